@@ -1,0 +1,1 @@
+//! See tests/nostd.rs.
