@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the test suite and the demo need on a fresh Debian machine.
+# Idempotent; needs root (or sudo). Called by tests/run.sh and .ci/run.
+set -euo pipefail
+
+packages=(
+  gcc                # builds the C side of the ABI layout test
+  libxen-dev         # Xen's public headers: the reference for every ABI struct
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "setup-host: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
