@@ -6,6 +6,9 @@ set -euo pipefail
 packages=(
   gcc                # builds the C side of the ABI layout test
   libxen-dev         # Xen's public headers: the reference for every ABI struct
+  xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/client, xenstore/xenstored)
+  xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference
+  python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
 )
 
 missing=()

@@ -26,7 +26,9 @@ fn test_nostd_crates_link_into_freestanding_binary_and_run() {
     assert!(status.success(), "building the no_std check binary failed");
 
     let bin = target_dir.join("release/nostd-check");
-    let out = Command::new(&bin).output().expect("the no_std binary must run");
+    let out = Command::new(&bin)
+        .output()
+        .expect("the no_std binary must run");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "nostd-check: ok\n",

@@ -2,7 +2,63 @@
 //! `write`/`exit` system calls, the `mem*` symbols `core` calls, and a panic
 //! handler.
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Size of the bump allocator's arena.
+const HEAP_SIZE: usize = 8 << 20;
+
+#[repr(C, align(4096))]
+struct Arena(UnsafeCell<[u8; HEAP_SIZE]>);
+
+// SAFETY: the arena is only handed out in disjoint pieces by `Bump::alloc`
+// (an atomic bump of `next`), so no two users ever share bytes.
+unsafe impl Sync for Arena {}
+
+static ARENA: Arena = Arena(UnsafeCell::new([0; HEAP_SIZE]));
+
+/// A bump allocator over a static array: `alloc` carves, `dealloc` never
+/// reuses. Enough for the short exercise of the `alloc`-using crates.
+struct Bump {
+    next: AtomicUsize,
+}
+
+#[global_allocator]
+static ALLOCATOR: Bump = Bump {
+    next: AtomicUsize::new(0),
+};
+
+// SAFETY: `alloc` returns either null or a block of `layout.size()` bytes
+// aligned to `layout.align()` inside ARENA that no other allocation overlaps
+// (the compare-exchange reserves [start, end) for this caller alone).
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = ARENA.0.get().cast::<u8>() as usize;
+        let mut cur = self.next.load(Ordering::Relaxed);
+        loop {
+            let Some(start) = (base + cur).checked_next_multiple_of(layout.align()) else {
+                return core::ptr::null_mut();
+            };
+            let Some(end) = (start - base).checked_add(layout.size()) else {
+                return core::ptr::null_mut();
+            };
+            if end > HEAP_SIZE {
+                return core::ptr::null_mut();
+            }
+            match self
+                .next
+                .compare_exchange(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return start as *mut u8,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+}
 
 /// `write(2)` through a raw system call.
 pub fn write(fd: i32, buf: &[u8]) {
@@ -24,6 +80,20 @@ pub fn exit(code: i32) -> ! {
         asm!("syscall", in("rax") 231isize, in("rdi") code as isize, options(noreturn, nostack));
     }
 }
+
+/// The precompiled `alloc` of the std toolchain is built with `panic=unwind`,
+/// so a few of its functions name the unwinder even though this binary
+/// aborts on panic and never unwinds: these stand-ins satisfy the linker and
+/// abort if ever reached.
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    write(2, b"nostd-check: unwinding is not supported\n");
+    exit(134)
+}
+
+/// See [`_Unwind_Resume`]: never called, since nothing unwinds.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {

@@ -1,0 +1,1117 @@
+//! The protocol engine: connections' protocol state, request dispatch,
+//! watches and domains. Pure: bytes in ([`Core::handle`]), bytes out
+//! (each connection's output queue); the server moves them.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+
+use xenstore_wire::{
+    path, DomId, Header, MsgType, PacketWriter, PermList, Request, XsError, DOMID_SELF,
+    XENSTORE_PAYLOAD_MAX, XENSTORE_SERVER_FEATURE_WATCHDEPTH,
+};
+
+use crate::domain::{Domain, Domains};
+use crate::ops::{self, Caller, Event};
+use crate::persist::{Encoder, Record};
+use crate::quota::{self, Quotas};
+use crate::ratelimit::RateLimit;
+use crate::store::{Journaled, Node, Nodes, Tree};
+use crate::txn::{Transaction, TxView};
+use crate::watch::{ConnId, Watch, WatchId, Watches};
+
+/// `server_features` this daemon supports.
+pub const SERVER_FEATURES: u32 = xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_RECONNECTION
+    | xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_ERROR
+    | XENSTORE_SERVER_FEATURE_WATCHDEPTH;
+
+/// Watch events queued for a privileged connection before further ones are
+/// dropped (a Dom0 client that never reads must not grow memory forever).
+pub const MAX_QUEUED_EVENTS_PRIVILEGED: usize = 65536;
+
+/// Bytes of unsent output above which even a privileged connection is not
+/// read until it drains (a Dom0 client that pipelines without reading must
+/// not grow the daemon's memory without bound).
+pub const MAX_PENDING_OUTPUT: usize = 8 << 20;
+
+/// What kind of peer a connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A Unix socket client (Dom0 tools).
+    Socket {
+        /// Connected on the read-only socket: changes get `EROFS`.
+        read_only: bool,
+    },
+    /// A domain's shared ring.
+    Domain,
+}
+
+/// A packet queue: whole packets appended, bytes drained from the front.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    buf: Vec<u8>,
+    sent: usize,
+    /// End offset of each queued packet and whether it is a watch event.
+    ends: VecDeque<(usize, bool)>,
+    events: usize,
+}
+
+impl OutQueue {
+    /// Bytes waiting to be sent.
+    #[must_use]
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.sent..]
+    }
+
+    /// Whether nothing waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.sent == self.buf.len()
+    }
+
+    /// Packets (replies and events) not completely sent.
+    #[must_use]
+    pub fn packets(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Watch events not completely sent.
+    #[must_use]
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Records that `n` bytes were sent.
+    pub fn consume(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.buf.len());
+        while let Some(&(end, ev)) = self.ends.front() {
+            if end > self.sent {
+                break;
+            }
+            self.ends.pop_front();
+            if ev {
+                self.events -= 1;
+            }
+        }
+        if self.sent == self.buf.len() {
+            self.buf.clear();
+            self.sent = 0;
+            self.ends.clear();
+        } else if self.sent > 65536 && self.sent * 2 > self.buf.len() {
+            self.buf.drain(..self.sent);
+            for e in &mut self.ends {
+                e.0 -= self.sent;
+            }
+            self.sent = 0;
+        }
+    }
+
+    fn mark(&mut self, ev: bool) {
+        self.ends.push_back((self.buf.len(), ev));
+        if ev {
+            self.events += 1;
+        }
+    }
+
+    /// Removes the last queued packet if it has not started to be sent.
+    fn pop_last(&mut self) {
+        if let Some(&(end, ev)) = self.ends.back() {
+            if end != self.buf.len() {
+                return;
+            }
+            self.ends.pop_back();
+            let start = self.ends.back().map_or(self.sent, |e| e.0).max(self.sent);
+            self.buf.truncate(start);
+            if ev {
+                self.events -= 1;
+            }
+        }
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.sent = 0;
+        self.ends.clear();
+        self.events = 0;
+    }
+}
+
+/// The protocol state of one connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Who the peer is.
+    pub caller: Caller,
+    /// Socket or ring.
+    pub kind: ConnKind,
+    /// The base of relative paths (`/local/domain/<domid>`).
+    pub home: String,
+    /// Replies and events to send.
+    pub out: OutQueue,
+    txs: HashMap<u32, Transaction>,
+    next_tx: u32,
+    watches: Vec<WatchId>,
+    /// Watch events dropped because the queue was full.
+    pub dropped_events: u64,
+}
+
+impl Conn {
+    fn new(caller: Caller, kind: ConnKind) -> Conn {
+        Conn {
+            home: path::domain_path(caller.domid),
+            caller,
+            kind,
+            out: OutQueue::default(),
+            txs: HashMap::new(),
+            next_tx: 1,
+            watches: Vec::new(),
+            dropped_events: 0,
+        }
+    }
+
+    /// Open transactions.
+    #[must_use]
+    pub fn transactions(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Watches set.
+    #[must_use]
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+}
+
+/// A domain event the server must act on (map or unmap a ring).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainAction {
+    /// `XS_INTRODUCE`: map the domain's xenstore page and bind its port.
+    Introduced {
+        /// The domain.
+        domid: DomId,
+        /// Its mfn.
+        mfn: u64,
+        /// Its event channel.
+        port: u32,
+    },
+    /// `XS_RELEASE`: the ring connection (already closed in the engine)
+    /// is to be dropped and unmapped.
+    Released {
+        /// The domain.
+        domid: DomId,
+        /// Its connection, if it had one.
+        conn: Option<ConnId>,
+    },
+    /// `XS_SET_FEATURE`: update the ring page's `server_features`.
+    Features {
+        /// The domain.
+        domid: DomId,
+        /// The new value.
+        features: u32,
+    },
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Core {
+    /// The node tree.
+    pub tree: Tree,
+    /// Quotas.
+    pub quotas: Quotas,
+    /// Introduced domains.
+    pub domains: Domains,
+    /// Journal records not yet written.
+    pub journal: Encoder,
+    watches: Watches,
+    conns: Vec<Option<Conn>>,
+    free: Vec<ConnId>,
+    /// Connections with new output since the last [`Core::take_dirty`].
+    dirty: Vec<ConnId>,
+    dirty_flag: Vec<bool>,
+    /// Domain actions for the server.
+    pub actions: Vec<DomainAction>,
+    canon: String,
+    ids: Vec<WatchId>,
+    /// Requests handled.
+    pub requests: u64,
+    /// `XS_CONTROL log`: whether requests are traced.
+    pub trace_requests: bool,
+    drop_log: RateLimit,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Self::new(Tree::new(), false)
+    }
+}
+
+fn is_mutating(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::Write
+            | MsgType::Mkdir
+            | MsgType::Rm
+            | MsgType::SetPerms
+            | MsgType::TransactionEnd
+            | MsgType::Introduce
+            | MsgType::Release
+            | MsgType::Resume
+            | MsgType::SetTarget
+            | MsgType::SetFeature
+            | MsgType::SetQuota
+            | MsgType::Control
+    )
+}
+
+fn is_privileged_only(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::Control
+            | MsgType::Introduce
+            | MsgType::Release
+            | MsgType::IsDomainIntroduced
+            | MsgType::Resume
+            | MsgType::SetTarget
+            | MsgType::GetFeature
+            | MsgType::SetFeature
+            | MsgType::GetQuota
+            | MsgType::SetQuota
+    )
+}
+
+/// Either the tree (journaled) or a transaction's view.
+enum View<'a> {
+    Base(Journaled<'a, Encoder>),
+    Tx(TxView<'a>),
+}
+
+impl Nodes for View<'_> {
+    fn node(&mut self, p: &str) -> Option<&Node> {
+        match self {
+            View::Base(b) => b.node(p),
+            View::Tx(t) => t.node(p),
+        }
+    }
+    fn modify<R>(&mut self, p: &str, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
+        match self {
+            View::Base(b) => b.modify(p, f),
+            View::Tx(t) => t.modify(p, f),
+        }
+    }
+    fn insert(&mut self, p: &str, node: Node) {
+        match self {
+            View::Base(b) => b.insert(p, node),
+            View::Tx(t) => t.insert(p, node),
+        }
+    }
+    fn remove(&mut self, p: &str) -> Option<Node> {
+        match self {
+            View::Base(b) => b.remove(p),
+            View::Tx(t) => t.remove(p),
+        }
+    }
+    fn owned_by(&self, domid: DomId) -> u64 {
+        match self {
+            View::Base(b) => b.owned_by(domid),
+            View::Tx(t) => t.owned_by(domid),
+        }
+    }
+}
+
+/// Appends a reply packet; `E2BIG` instead if the payload is too big.
+fn reply(out: &mut OutQueue, hdr: &Header, ty: MsgType, payload: &[&[u8]]) {
+    let mut w = PacketWriter::begin(&mut out.buf, ty, hdr.req_id, hdr.tx_id);
+    for p in payload {
+        w.push(p);
+    }
+    if w.finish().is_err() {
+        PacketWriter::error(&mut out.buf, hdr.req_id, hdr.tx_id, XsError::E2big);
+    }
+    out.mark(false);
+}
+
+fn reply_error(out: &mut OutQueue, hdr: &Header, e: XsError) {
+    PacketWriter::error(&mut out.buf, hdr.req_id, hdr.tx_id, e);
+    out.mark(false);
+}
+
+impl Core {
+    /// An engine over `tree`; `persist` turns journal encoding on.
+    #[must_use]
+    pub fn new(tree: Tree, persist: bool) -> Core {
+        Core {
+            tree,
+            quotas: Quotas::default(),
+            domains: Domains::default(),
+            journal: Encoder::new(persist),
+            watches: Watches::default(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            dirty_flag: Vec::new(),
+            actions: Vec::new(),
+            canon: String::new(),
+            ids: Vec::new(),
+            requests: 0,
+            trace_requests: false,
+            drop_log: RateLimit::new(10, std::time::Duration::from_secs(5)),
+        }
+    }
+
+    /// Adds a connection.
+    pub fn new_conn(&mut self, caller: Caller, kind: ConnKind) -> ConnId {
+        let c = Conn::new(caller, kind);
+        if let Some(id) = self.free.pop() {
+            self.conns[id] = Some(c);
+            self.dirty_flag[id] = false;
+            id
+        } else {
+            self.conns.push(Some(c));
+            self.dirty_flag.push(false);
+            self.conns.len() - 1
+        }
+    }
+
+    /// Removes a connection with its watches and transactions.
+    pub fn close_conn(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        for w in c.watches {
+            self.watches.remove(w);
+        }
+        let owner = self
+            .domains
+            .iter()
+            .find(|d| d.conn == Some(id))
+            .map(|d| d.domid);
+        if let Some(d) = owner.and_then(|d| self.domains.get_mut(d)) {
+            d.conn = None;
+        }
+        self.free.push(id);
+    }
+
+    /// Discards a connection's watches, transactions and queued output
+    /// (ring reconnection), keeping the connection.
+    pub fn reset_conn(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        for w in c.watches.drain(..) {
+            self.watches.remove(w);
+        }
+        c.txs.clear();
+        c.out.clear();
+    }
+
+    /// The connection `id`.
+    #[must_use]
+    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id).and_then(Option::as_ref)
+    }
+
+    /// The connection `id`, mutably (to drain its output).
+    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// Number of open connections.
+    #[must_use]
+    pub fn conn_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// Number of watches.
+    #[must_use]
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Whether the daemon should read more requests from `id` now: an
+    /// unprivileged connection waits while it has `outstanding` replies or
+    /// events unread.
+    #[must_use]
+    pub fn can_read(&self, id: ConnId) -> bool {
+        match self.conn(id) {
+            None => false,
+            Some(c) if c.out.pending().len() > MAX_PENDING_OUTPUT => false,
+            Some(c) if c.caller.privileged => true,
+            Some(c) => {
+                c.out.packets() < self.quotas.get(c.caller.domid, quota::OUTSTANDING) as usize
+            }
+        }
+    }
+
+    /// Connections with new output since the last call.
+    pub fn take_dirty(&mut self, out: &mut Vec<ConnId>) {
+        for &id in &self.dirty {
+            if let Some(f) = self.dirty_flag.get_mut(id) {
+                *f = false;
+            }
+        }
+        out.append(&mut self.dirty);
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(f) = self.dirty_flag.get_mut(id) {
+            if !*f {
+                *f = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn canonical(&mut self, id: ConnId, p: &str, allow_special: bool) -> Result<(), XsError> {
+        let c = self.conns[id].as_ref().ok_or(XsError::Eio)?;
+        path::canonicalize(&c.home, p, &mut self.canon);
+        let rel_max = if c.caller.privileged {
+            xenstore_wire::XENSTORE_REL_PATH_MAX
+        } else {
+            self.quotas.get(c.caller.domid, quota::PATH_LENGTH) as usize
+        };
+        path::validate_with_limit(&self.canon, allow_special, rel_max)
+            .map(|_| ())
+            .map_err(|_| XsError::Einval)
+    }
+
+    /// Handles one request packet from connection `id`; the reply (and any
+    /// watch events) are queued on the connections concerned.
+    pub fn handle(&mut self, id: ConnId, hdr: &Header, payload: &[u8]) {
+        if self.conn(id).is_none() {
+            return;
+        }
+        self.requests += 1;
+        if let Err(e) = self.dispatch(id, hdr, payload) {
+            if let Some(c) = self.conns[id].as_mut() {
+                reply_error(&mut c.out, hdr, e);
+            }
+        }
+        self.mark_dirty(id);
+    }
+
+    fn dispatch(&mut self, id: ConnId, hdr: &Header, payload: &[u8]) -> Result<(), XsError> {
+        let c = self.conns[id].as_ref().ok_or(XsError::Eio)?;
+        let caller = c.caller.clone();
+        if !caller.privileged
+            && payload.len() > self.quotas.get(caller.domid, quota::PAYLOAD) as usize
+        {
+            return Err(XsError::E2big);
+        }
+        let req = Request::parse(hdr, payload).map_err(|e| e.xs_error())?;
+        let ty = req.msg_type();
+        if self.trace_requests {
+            tracing::info!(conn = id, domid = caller.domid, "request {}", ty.name());
+        }
+        if is_privileged_only(ty) && !caller.privileged {
+            return Err(XsError::Eacces);
+        }
+        if matches!(c.kind, ConnKind::Socket { read_only: true }) && is_mutating(ty) {
+            return Err(XsError::Erofs);
+        }
+        // Transaction lookup (WATCH and UNWATCH ignore tx_id).
+        let tx_id = match ty {
+            MsgType::Watch | MsgType::Unwatch => 0,
+            MsgType::TransactionStart => {
+                if hdr.tx_id != 0 {
+                    return Err(XsError::Ebusy);
+                }
+                0
+            }
+            _ => hdr.tx_id,
+        };
+        if tx_id != 0 && !c.txs.contains_key(&tx_id) {
+            return Err(XsError::Enoent);
+        }
+        match req {
+            Request::Read { path } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
+                    let n = ops::read(v, caller, p)?;
+                    reply(out, hdr, MsgType::Read, &[&n.value]);
+                    Ok(None)
+                })
+            }
+            Request::Directory { path } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
+                    let n = ops::read(v, caller, p)?;
+                    let mut w = PacketWriter::begin(
+                        &mut out.buf,
+                        MsgType::Directory,
+                        hdr.req_id,
+                        hdr.tx_id,
+                    );
+                    for ch in &n.children {
+                        w.push_str0(ch.as_bytes());
+                    }
+                    if w.finish().is_err() {
+                        PacketWriter::error(&mut out.buf, hdr.req_id, hdr.tx_id, XsError::E2big);
+                    }
+                    out.mark(false);
+                    Ok(None)
+                })
+            }
+            Request::DirectoryPart { path, offset } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
+                    let n = ops::read(v, caller, p)?;
+                    let mut buf = Vec::new();
+                    ops::directory_part(n, offset as usize, &mut buf);
+                    reply(out, hdr, MsgType::DirectoryPart, &[&buf]);
+                    Ok(None)
+                })
+            }
+            Request::GetPerms { path } => {
+                self.canonical(id, path, true)?;
+                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
+                    let n = ops::read(v, caller, p)?;
+                    let w = n.perms.to_wire();
+                    reply(out, hdr, MsgType::GetPerms, &[&w]);
+                    Ok(None)
+                })
+            }
+            Request::Write { path, value } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, q, p, out| {
+                    let mut ev = Vec::with_capacity(1);
+                    ops::write(v, caller, q, p, value, &mut ev)?;
+                    reply(out, hdr, MsgType::Write, &[xenstore_wire::OK]);
+                    Ok(Some(ev))
+                })
+            }
+            Request::Mkdir { path } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, q, p, out| {
+                    let mut ev = Vec::new();
+                    ops::mkdir(v, caller, q, p, &mut ev)?;
+                    reply(out, hdr, MsgType::Mkdir, &[xenstore_wire::OK]);
+                    Ok(Some(ev))
+                })
+            }
+            Request::Rm { path } => {
+                self.canonical(id, path, false)?;
+                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
+                    let mut ev = Vec::new();
+                    ops::rm(v, caller, p, &mut ev)?;
+                    reply(out, hdr, MsgType::Rm, &[xenstore_wire::OK]);
+                    Ok(Some(ev))
+                })
+            }
+            Request::SetPerms { path, perms } => {
+                self.canonical(id, path, true)?;
+                self.node_op(id, tx_id, hdr, move |v, caller, q, p, out| {
+                    let mut ev = Vec::new();
+                    ops::set_perms(v, caller, q, p, perms, &mut ev)?;
+                    reply(out, hdr, MsgType::SetPerms, &[xenstore_wire::OK]);
+                    Ok(Some(ev))
+                })
+            }
+            Request::Watch { path, token, depth } => self.do_watch(id, hdr, path, token, depth),
+            Request::Unwatch { path, token } => {
+                self.canonical(id, path, true)?;
+                let wid = self
+                    .watches
+                    .find(id, &self.canon, token)
+                    .ok_or(XsError::Enoent)?;
+                self.watches.remove(wid);
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                c.watches.retain(|w| *w != wid);
+                reply(&mut c.out, hdr, MsgType::Unwatch, &[xenstore_wire::OK]);
+                Ok(())
+            }
+            Request::ResetWatches => {
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                for w in c.watches.drain(..) {
+                    self.watches.remove(w);
+                }
+                c.txs.clear();
+                reply(&mut c.out, hdr, MsgType::ResetWatches, &[xenstore_wire::OK]);
+                Ok(())
+            }
+            Request::TransactionStart => {
+                let max = self.quotas.get(caller.domid, quota::TRANSACTIONS) as usize;
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                if !caller.privileged && c.txs.len() >= max {
+                    return Err(XsError::Enospc);
+                }
+                let mut tid = c.next_tx;
+                let mut tries = 0u32;
+                while tid == 0 || c.txs.contains_key(&tid) {
+                    tid = tid.wrapping_add(1);
+                    tries += 1;
+                    if tries > 1_000_000 {
+                        return Err(XsError::Enospc);
+                    }
+                }
+                c.next_tx = tid.wrapping_add(1);
+                c.txs.insert(tid, Transaction::new(tid));
+                let s = format!("{tid}\0");
+                reply(&mut c.out, hdr, MsgType::TransactionStart, &[s.as_bytes()]);
+                Ok(())
+            }
+            Request::TransactionEnd { commit } => {
+                if tx_id == 0 {
+                    return Err(XsError::Enoent);
+                }
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                let tx = c.txs.remove(&tx_id).ok_or(XsError::Enoent)?;
+                if commit {
+                    let events = tx.commit(&mut self.tree, &mut self.journal)?;
+                    self.fire(events);
+                }
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                reply(
+                    &mut c.out,
+                    hdr,
+                    MsgType::TransactionEnd,
+                    &[xenstore_wire::OK],
+                );
+                Ok(())
+            }
+            Request::GetDomainPath { domid } => {
+                let p = path::domain_path(domid);
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                reply(
+                    &mut c.out,
+                    hdr,
+                    MsgType::GetDomainPath,
+                    &[p.as_bytes(), b"\0"],
+                );
+                Ok(())
+            }
+            Request::IsDomainIntroduced { domid } => {
+                let yes = domid == DOMID_SELF || self.domains.is_introduced(domid);
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                reply(
+                    &mut c.out,
+                    hdr,
+                    MsgType::IsDomainIntroduced,
+                    &[if yes { b"T\0" } else { b"F\0" }],
+                );
+                Ok(())
+            }
+            Request::Introduce { domid, mfn, port } => {
+                self.introduce(domid, mfn, port)?;
+                self.ack(id, hdr, MsgType::Introduce)
+            }
+            Request::Release { domid } => {
+                self.release(domid)?;
+                self.ack(id, hdr, MsgType::Release)
+            }
+            Request::Resume { domid } => {
+                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
+                d.shutdown = false;
+                self.ack(id, hdr, MsgType::Resume)
+            }
+            Request::SetTarget { domid, target } => {
+                if !self.domains.is_introduced(target) {
+                    return Err(XsError::Enoent);
+                }
+                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
+                d.target = Some(target);
+                let conn = d.conn;
+                let rec = d.clone();
+                self.journal.domain(&rec);
+                if let Some(cid) = conn {
+                    if let Some(c) = self.conns.get_mut(cid).and_then(Option::as_mut) {
+                        c.caller.target = Some(target);
+                    }
+                }
+                self.ack(id, hdr, MsgType::SetTarget)
+            }
+            Request::GetFeature { domid } => {
+                let f = match domid {
+                    None => SERVER_FEATURES,
+                    Some(d) => self.domains.get(d).ok_or(XsError::Enoent)?.features,
+                };
+                let s = format!("{f}\0");
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                reply(&mut c.out, hdr, MsgType::GetFeature, &[s.as_bytes()]);
+                Ok(())
+            }
+            Request::SetFeature { domid, features } => {
+                if features & !SERVER_FEATURES != 0 {
+                    return Err(XsError::Einval);
+                }
+                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
+                d.features = features;
+                let rec = d.clone();
+                self.journal.domain(&rec);
+                self.actions
+                    .push(DomainAction::Features { domid, features });
+                self.ack(id, hdr, MsgType::SetFeature)
+            }
+            Request::GetQuota { domid, quota: name } => {
+                let mut s = Vec::new();
+                match (domid, name) {
+                    (_, None) => {
+                        for n in quota::NAMES {
+                            s.extend_from_slice(n.as_bytes());
+                            s.push(0);
+                        }
+                    }
+                    (d, Some(name)) => {
+                        let q = quota::by_name(name).map_err(|_| XsError::Einval)?;
+                        let v = match d {
+                            None => self.quotas.global(q),
+                            Some(d) => {
+                                if !self.domains.is_introduced(d) {
+                                    return Err(XsError::Enoent);
+                                }
+                                self.quotas.get(d, q)
+                            }
+                        };
+                        s.extend_from_slice(v.to_string().as_bytes());
+                        s.push(0);
+                    }
+                }
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                reply(&mut c.out, hdr, MsgType::GetQuota, &[&s]);
+                Ok(())
+            }
+            Request::SetQuota {
+                domid,
+                quota: name,
+                value,
+            } => {
+                let q = quota::by_name(name).map_err(|_| XsError::Einval)?;
+                match domid {
+                    None => self.quotas.set_global(q, value),
+                    Some(d) => {
+                        if !self.domains.is_introduced(d) {
+                            return Err(XsError::Enoent);
+                        }
+                        self.quotas.set_domain(d, q, Some(value))
+                    }
+                }
+                .map_err(|_| XsError::Einval)?;
+                self.journal.record(&Record::Quota {
+                    domid,
+                    name: name.to_owned(),
+                    value: Some(value),
+                });
+                self.ack(id, hdr, MsgType::SetQuota)
+            }
+            Request::Control { args } => {
+                let r = crate::control::control(self, args)?;
+                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+                match r {
+                    None => reply(&mut c.out, hdr, MsgType::Control, &[xenstore_wire::OK]),
+                    Some(text) => {
+                        reply(&mut c.out, hdr, MsgType::Control, &[text.as_bytes(), b"\0"])
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn ack(&mut self, id: ConnId, hdr: &Header, ty: MsgType) -> Result<(), XsError> {
+        let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+        reply(&mut c.out, hdr, ty, &[xenstore_wire::OK]);
+        Ok(())
+    }
+
+    /// Runs a node operation on the tree or in transaction `tx_id`; the
+    /// operation returns its watch events (fired now, or at commit).
+    fn node_op<F>(&mut self, id: ConnId, tx_id: u32, _hdr: &Header, f: F) -> Result<(), XsError>
+    where
+        F: FnOnce(
+            &mut View<'_>,
+            &Caller,
+            &Quotas,
+            &str,
+            &mut OutQueue,
+        ) -> Result<Option<Vec<Event>>, XsError>,
+    {
+        let Core {
+            tree,
+            conns,
+            journal,
+            quotas,
+            canon,
+            ..
+        } = self;
+        let c = conns[id].as_mut().ok_or(XsError::Eio)?;
+        let caller = c.caller.clone();
+        if tx_id == 0 {
+            let mut v = View::Base(Journaled {
+                tree,
+                sink: journal,
+            });
+            let ev = f(&mut v, &caller, quotas, canon, &mut c.out)?;
+            if let Some(ev) = ev {
+                self.fire(ev);
+            }
+            return Ok(());
+        }
+        let tx = c.txs.get_mut(&tx_id).ok_or(XsError::Enoent)?;
+        if tx.failed {
+            return Err(XsError::Eio);
+        }
+        let max_nodes = quotas.get(caller.domid, quota::TRANSACTION_NODES) as usize;
+        let mut events = std::mem::take(&mut tx.events);
+        let r = {
+            let mut v = View::Tx(tx.view(tree));
+            f(&mut v, &caller, quotas, canon, &mut c.out)
+        };
+        if let Ok(Some(ev)) = &r {
+            events.extend(ev.iter().cloned());
+        }
+        tx.events = events;
+        if !caller.privileged && tx.touched() > max_nodes {
+            tx.failed = true;
+            if r.is_ok() {
+                // The reply already queued becomes the error.
+                c.out.pop_last();
+            }
+            return Err(XsError::Enospc);
+        }
+        r.map(|_| ())
+    }
+
+    fn do_watch(
+        &mut self,
+        id: ConnId,
+        hdr: &Header,
+        p: &str,
+        token: &[u8],
+        depth: Option<u32>,
+    ) -> Result<(), XsError> {
+        let relative = path::is_relative(p);
+        self.canonical(id, p, true)?;
+        if self.watches.find(id, &self.canon, token).is_some() {
+            return Err(XsError::Eexist);
+        }
+        let c = self.conns[id].as_ref().ok_or(XsError::Eio)?;
+        if !c.caller.privileged
+            && c.watches.len() >= self.quotas.get(c.caller.domid, quota::WATCHES) as usize
+        {
+            return Err(XsError::E2big);
+        }
+        let w = Watch {
+            conn: id,
+            path: self.canon.clone(),
+            token: token.to_vec(),
+            prefix_len: if relative { c.home.len() + 1 } else { 0 },
+            depth,
+        };
+        let ev_path = w.event_path(&w.path).to_owned();
+        let wid = self.watches.add(w);
+        let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
+        c.watches.push(wid);
+        reply(&mut c.out, hdr, MsgType::Watch, &[xenstore_wire::OK]);
+        // Fires once when set.
+        Self::queue_event(
+            &mut c.out,
+            &ev_path,
+            token,
+            &mut c.dropped_events,
+            usize::MAX,
+        );
+        Ok(())
+    }
+
+    fn queue_event(
+        out: &mut OutQueue,
+        p: &str,
+        token: &[u8],
+        dropped: &mut u64,
+        limit: usize,
+    ) -> bool {
+        if out.events() >= limit {
+            *dropped += 1;
+            return false;
+        }
+        if PacketWriter::watch_event(&mut out.buf, p.as_bytes(), token).is_ok() {
+            out.mark(true);
+        }
+        true
+    }
+
+    fn permitted(&self, caller: &Caller, ev: &Event) -> bool {
+        if caller.privileged {
+            return true;
+        }
+        let can = |p: &PermList| caller.access(p) & xenstore_wire::PERM_READ != 0;
+        if ev.old_perms.as_ref().is_some_and(can) || can(&ev.perms) {
+            return true;
+        }
+        if let Some(pp) = &ev.parent_perms {
+            return can(pp);
+        }
+        let parent = path::parent(&ev.path).unwrap_or("/");
+        self.tree.get(parent).is_some_and(|n| can(&n.perms))
+    }
+
+    /// Fires the watches matching `events`.
+    pub fn fire(&mut self, events: Vec<Event>) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.ids);
+        for ev in &events {
+            ids.clear();
+            self.watches.matching(&ev.path, ev.exact, &mut ids);
+            for &wid in &ids {
+                let Some(w) = self.watches.get(wid) else {
+                    continue;
+                };
+                let cid = w.conn;
+                let Some(c) = self.conns.get(cid).and_then(Option::as_ref) else {
+                    continue;
+                };
+                if !self.permitted(&c.caller, ev) {
+                    continue;
+                }
+                let limit = if c.caller.privileged {
+                    MAX_QUEUED_EVENTS_PRIVILEGED
+                } else {
+                    self.quotas.get(c.caller.domid, quota::WATCH_EVENTS) as usize
+                };
+                let ep = w.event_path(&ev.path).to_owned();
+                let token = w.token.clone();
+                let Some(c) = self.conns.get_mut(cid).and_then(Option::as_mut) else {
+                    continue;
+                };
+                let domid = c.caller.domid;
+                if !Self::queue_event(&mut c.out, &ep, &token, &mut c.dropped_events, limit) {
+                    if self.drop_log.allow() {
+                        tracing::warn!(
+                            conn = cid,
+                            domid,
+                            "watch event queue full, dropping events"
+                        );
+                    }
+                    continue;
+                }
+                self.mark_dirty(cid);
+            }
+        }
+        self.ids = ids;
+    }
+
+    fn special_event(&mut self, name: &str) {
+        let perms = self
+            .tree
+            .get(name)
+            .map(|n| n.perms.clone())
+            .unwrap_or_else(|| PermList::owner(0, 0));
+        self.fire(vec![Event {
+            path: name.to_owned(),
+            exact: false,
+            perms,
+            old_perms: None,
+            parent_perms: None,
+        }]);
+    }
+
+    /// `XS_INTRODUCE`.
+    pub fn introduce(&mut self, domid: DomId, mfn: u64, port: u32) -> Result<(), XsError> {
+        if domid >= xen_abi::xen::DOMID_FIRST_RESERVED {
+            return Err(XsError::Einval);
+        }
+        let existed = self.domains.get(domid).is_some();
+        let prev_conn = self.domains.get(domid).and_then(|d| d.conn);
+        let d = Domain {
+            domid,
+            mfn,
+            port,
+            target: self.domains.get(domid).and_then(|d| d.target),
+            features: self
+                .domains
+                .get(domid)
+                .map_or(SERVER_FEATURES, |d| d.features),
+            conn: prev_conn,
+            shutdown: false,
+        };
+        self.journal.domain(&d);
+        self.domains.insert(d);
+        self.actions
+            .push(DomainAction::Introduced { domid, mfn, port });
+        if !existed {
+            self.special_event(path::INTRODUCE_DOMAIN);
+        }
+        Ok(())
+    }
+
+    /// `XS_RELEASE`.
+    pub fn release(&mut self, domid: DomId) -> Result<(), XsError> {
+        let d = self.domains.remove(domid).ok_or(XsError::Enoent)?;
+        if let Some(cid) = d.conn {
+            self.close_conn(cid);
+        }
+        self.journal.record(&Record::Release { domid });
+        self.actions.push(DomainAction::Released {
+            domid,
+            conn: d.conn,
+        });
+        self.special_event(path::RELEASE_DOMAIN);
+        Ok(())
+    }
+
+    /// Attaches ring connection `conn` to introduced domain `domid`.
+    pub fn attach_domain_conn(&mut self, domid: DomId, conn: ConnId) {
+        let target = self.domains.get(domid).and_then(|d| d.target);
+        if let Some(d) = self.domains.get_mut(domid) {
+            d.conn = Some(conn);
+        }
+        if let Some(c) = self.conn_mut(conn) {
+            c.caller.target = target;
+        }
+    }
+
+    /// A report for `XS_CONTROL`: tree, connections, watches.
+    #[must_use]
+    pub fn stats(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "nodes: {}\nconnections: {}\nwatches: {}\ndomains: {}\nrequests: {}\ngeneration: {}",
+            self.tree.len(),
+            self.conn_count(),
+            self.watches.len(),
+            self.domains.len(),
+            self.requests,
+            self.tree.generation()
+        );
+        s
+    }
+
+    /// The per-domain usage report of `xenstore-control quota <domid>`.
+    #[must_use]
+    pub fn domain_quota_report(&self, domid: DomId) -> String {
+        let mut s = format!("Domain {domid}:\n");
+        let conns: Vec<&Conn> = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.caller.domid == domid)
+            .collect();
+        let watches: usize = conns.iter().map(|c| c.watches.len()).sum();
+        let txs: usize = conns.iter().map(|c| c.txs.len()).sum();
+        let outstanding: usize = conns.iter().map(|c| c.out.packets()).sum();
+        let used = [
+            (quota::NODES, self.tree.owner_count(domid)),
+            (quota::WATCHES, watches as u64),
+            (quota::TRANSACTIONS, txs as u64),
+            (quota::OUTSTANDING, outstanding as u64),
+        ];
+        for (q, v) in used {
+            let _ = writeln!(
+                s,
+                "{:<17}: {:>8} (max {:>8})",
+                quota::NAMES[q],
+                v,
+                self.quotas.get(domid, q)
+            );
+        }
+        s
+    }
+
+    /// Checks the payload limit for bytes a client wants to send (for the
+    /// fuzz harness and tests).
+    #[must_use]
+    pub fn max_payload() -> usize {
+        XENSTORE_PAYLOAD_MAX
+    }
+}

@@ -1,0 +1,261 @@
+//! Transactions: a copy-on-write overlay over the tree that records the
+//! generation of every node it read or wrote.
+//!
+//! At commit, the transaction fails with `EAGAIN` if and only if one of
+//! those nodes changed (or appeared, or vanished) since it was first
+//! touched; unrelated commits never make it fail. Watch events of the
+//! transaction are queued and fire at commit.
+
+use std::collections::HashMap;
+
+use xenstore_wire::{path, DomId, XsError};
+
+use crate::ops::Event;
+use crate::store::{ChangeSink, Node, Nodes, Tree};
+
+/// One open transaction.
+#[derive(Debug)]
+pub struct Transaction {
+    /// The id the client uses in `tx_id`.
+    pub id: u32,
+    /// Nodes changed by the transaction: `None` means removed.
+    changes: HashMap<String, Option<Node>>,
+    /// Generation of each node at first access (`None`: it did not exist).
+    accessed: HashMap<String, Option<u64>>,
+    /// Copies of nodes read (not changed) by the transaction, as they were
+    /// at first access: later reads see the same value (`None`: absent).
+    reads: HashMap<String, Option<Node>>,
+    /// Owner count changes made by the transaction.
+    owner_delta: HashMap<DomId, i64>,
+    /// Watch events to fire at commit.
+    pub events: Vec<Event>,
+    /// Set when an operation failed half-way: the commit then fails.
+    pub failed: bool,
+}
+
+impl Transaction {
+    /// A fresh transaction.
+    #[must_use]
+    pub fn new(id: u32) -> Transaction {
+        Transaction {
+            id,
+            changes: HashMap::new(),
+            accessed: HashMap::new(),
+            reads: HashMap::new(),
+            owner_delta: HashMap::new(),
+            events: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// How many nodes the transaction touched (the `transaction-nodes`
+    /// quota).
+    #[must_use]
+    pub fn touched(&self) -> usize {
+        self.accessed.len()
+    }
+
+    /// The view of `base` through this transaction.
+    pub fn view<'a>(&'a mut self, base: &'a Tree) -> TxView<'a> {
+        TxView { base, tx: self }
+    }
+
+    /// Whether committing now would conflict.
+    #[must_use]
+    pub fn conflicts(&self, base: &Tree) -> bool {
+        self.accessed.iter().any(|(p, g)| base.gen_of(p) != *g)
+    }
+
+    /// Commits into `base`, reporting every change to `sink`; returns the
+    /// queued watch events, or `EAGAIN` on a conflict.
+    pub fn commit(
+        self,
+        base: &mut Tree,
+        sink: &mut impl ChangeSink,
+    ) -> Result<Vec<Event>, XsError> {
+        if self.failed {
+            return Err(XsError::Eio);
+        }
+        if self.conflicts(base) {
+            return Err(XsError::Eagain);
+        }
+        let mut removes: Vec<&String> = Vec::new();
+        let mut upserts: Vec<(&String, &Node)> = Vec::new();
+        for (p, c) in &self.changes {
+            match c {
+                None => removes.push(p),
+                Some(n) => upserts.push((p, n)),
+            }
+        }
+        // Deepest first for removals, shallowest first for creations, so the
+        // journal always has parents before children.
+        removes.sort_by_key(|p| std::cmp::Reverse(path::depth(p)));
+        upserts.sort_by_key(|(p, _)| path::depth(p));
+        for p in removes {
+            if Nodes::remove(base, p).is_some() {
+                sink.remove(p);
+            }
+        }
+        for (p, n) in upserts {
+            let mut n = n.clone();
+            if base.get(p).is_some() {
+                base.modify(p, |old| {
+                    old.value = std::mem::take(&mut n.value);
+                    old.perms = n.perms.clone();
+                    old.children = std::mem::take(&mut n.children);
+                });
+            } else {
+                Nodes::insert(base, p, n);
+            }
+            if let Some(now) = base.get(p) {
+                sink.upsert(p, now);
+            }
+        }
+        Ok(self.events)
+    }
+}
+
+/// A transaction's view of the tree.
+#[derive(Debug)]
+pub struct TxView<'a> {
+    base: &'a Tree,
+    tx: &'a mut Transaction,
+}
+
+impl TxView<'_> {
+    fn record(&mut self, p: &str) {
+        if !self.tx.accessed.contains_key(p) {
+            self.tx.accessed.insert(p.to_owned(), self.base.gen_of(p));
+            self.tx
+                .reads
+                .insert(p.to_owned(), self.base.get(p).cloned());
+        }
+    }
+
+    /// The node as the transaction first saw it.
+    fn seen(&mut self, p: &str) -> Option<&Node> {
+        self.record(p);
+        self.tx.reads.get(p).and_then(Option::as_ref)
+    }
+
+    fn delta(&mut self, owner: DomId, d: i64) {
+        *self.tx.owner_delta.entry(owner).or_insert(0) += d;
+    }
+}
+
+impl Nodes for TxView<'_> {
+    fn node(&mut self, p: &str) -> Option<&Node> {
+        if self.tx.changes.contains_key(p) {
+            return self.tx.changes.get(p).and_then(Option::as_ref);
+        }
+        self.seen(p)
+    }
+
+    fn modify<R>(&mut self, p: &str, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
+        if !self.tx.changes.contains_key(p) {
+            let copy = self.seen(p)?.clone();
+            self.tx.reads.remove(p);
+            self.tx.changes.insert(p.to_owned(), Some(copy));
+        }
+        let n = self.tx.changes.get_mut(p)?.as_mut()?;
+        let before = n.owner();
+        let r = f(n);
+        let after = n.owner();
+        if before != after {
+            self.delta(before, -1);
+            self.delta(after, 1);
+        }
+        Some(r)
+    }
+
+    fn insert(&mut self, p: &str, node: Node) {
+        self.record(p);
+        self.tx.reads.remove(p);
+        self.delta(node.owner(), 1);
+        if let Some(Some(old)) = self.tx.changes.insert(p.to_owned(), Some(node)) {
+            self.delta(old.owner(), -1);
+        }
+    }
+
+    fn remove(&mut self, p: &str) -> Option<Node> {
+        let old = if self.tx.changes.contains_key(p) {
+            self.tx.changes.insert(p.to_owned(), None).flatten()
+        } else {
+            let old = self.seen(p).cloned();
+            self.tx.reads.remove(p);
+            if old.is_some() {
+                self.tx.changes.insert(p.to_owned(), None);
+            }
+            old
+        };
+        if let Some(o) = &old {
+            self.delta(o.owner(), -1);
+        }
+        old
+    }
+
+    fn owned_by(&self, domid: DomId) -> u64 {
+        let d = self.tx.owner_delta.get(&domid).copied().unwrap_or(0);
+        self.base.owner_count(domid).saturating_add_signed(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NoSink;
+    use xenstore_wire::{PermList, PERM_NONE};
+
+    fn tree_with(p: &str, v: &[u8]) -> Tree {
+        let mut t = Tree::new();
+        t.upsert(p, v.to_vec(), PermList::owner(0, PERM_NONE));
+        t
+    }
+
+    #[test]
+    fn test_tx_write_invisible_until_commit() {
+        let mut t = tree_with("/a", b"1");
+        let mut tx = Transaction::new(1);
+        tx.view(&t).modify("/a", |n| n.value = b"2".to_vec());
+        assert_eq!(t.get("/a").unwrap().value, b"1");
+        tx.commit(&mut t, &mut NoSink).unwrap();
+        assert_eq!(t.get("/a").unwrap().value, b"2");
+    }
+
+    #[test]
+    fn test_tx_unrelated_commit_no_conflict() {
+        let mut t = tree_with("/a", b"1");
+        t.upsert("/b", b"1".to_vec(), PermList::owner(0, PERM_NONE));
+        let mut tx = Transaction::new(1);
+        tx.view(&t).modify("/a", |n| n.value = b"2".to_vec());
+        t.modify("/b", |n| n.value = b"3".to_vec());
+        assert!(tx.commit(&mut t, &mut NoSink).is_ok());
+    }
+
+    #[test]
+    fn test_tx_read_node_changed_conflicts() {
+        let mut t = tree_with("/a", b"1");
+        let mut tx = Transaction::new(1);
+        assert!(tx.view(&t).node("/a").is_some());
+        t.modify("/a", |n| n.value = b"3".to_vec());
+        assert_eq!(tx.commit(&mut t, &mut NoSink).unwrap_err(), XsError::Eagain);
+    }
+
+    #[test]
+    fn test_tx_reads_keep_first_seen_value() {
+        let mut t = tree_with("/a", b"1");
+        let mut tx = Transaction::new(1);
+        assert_eq!(tx.view(&t).node("/a").unwrap().value, b"1");
+        t.modify("/a", |n| n.value = b"2".to_vec());
+        assert_eq!(tx.view(&t).node("/a").unwrap().value, b"1");
+    }
+
+    #[test]
+    fn test_tx_absent_node_created_meanwhile_conflicts() {
+        let mut t = Tree::new();
+        let mut tx = Transaction::new(1);
+        assert!(tx.view(&t).node("/new").is_none());
+        t.upsert("/new", vec![], PermList::owner(0, PERM_NONE));
+        assert_eq!(tx.commit(&mut t, &mut NoSink).unwrap_err(), XsError::Eagain);
+    }
+}
