@@ -11,7 +11,7 @@ mod rt;
 fn exercise() -> bool {
     // Filled in as the no_std crates grow: each one gets a small use here so the
     // linker has to pull it in.
-    exercise_abi() && exercise_ring() && exercise_xenstore_wire()
+    exercise_abi() && exercise_ring() && exercise_xenstore_wire() && exercise_platform()
 }
 
 /// The ABI mirrors: a few layouts the rest of the stack relies on.
@@ -89,6 +89,54 @@ fn exercise_xenstore_wire() -> bool {
     let mut out = alloc::vec::Vec::new();
     PacketWriter::error(&mut out, 3, 0, XsError::Enoent);
     ok && out.ends_with(b"ENOENT\0") && xenstore_wire::path::validate("/a/b", false).is_ok()
+}
+
+/// The frontend platform trait through its fake (alloc, grants, event
+/// channels, xenstore): a frontend-shaped round trip without std.
+fn exercise_platform() -> bool {
+    use xen_front_platform::fake::FakePlatform;
+    use xen_front_platform::{Platform, XBT_NIL};
+
+    let p = FakePlatform::new(7);
+    let Ok(pages) = p.alloc_pages(1) else {
+        return false;
+    };
+    let Ok(gref) = p.grant_access(0, pages.first_gfn(), false) else {
+        return false;
+    };
+    if pages.write(0, b"ping").is_err() {
+        return false;
+    }
+    let Ok(map) = p.peer_map(gref, 0, true) else {
+        return false;
+    };
+    let mut seen = [0u8; 4];
+    map.read(0, &mut seen);
+    map.write(4, b"pong");
+    let busy = p.end_access(gref).is_err();
+    p.peer_unmap(map);
+    let mut answer = [0u8; 4];
+    let read_ok = pages.read(4, &mut answer).is_ok();
+    let revoked = p.end_access(gref).is_ok();
+
+    let Ok(port) = p.evtchn_alloc_unbound(0) else {
+        return false;
+    };
+    let bound = p.peer_bind(port, 0, 1).is_ok() && p.peer_notify(port).is_ok();
+    let pending = p.evtchn_clear(port) == Ok(true);
+
+    let xs = p.xs_write(XBT_NIL, "device/vif/0/state", b"1").is_ok()
+        && p.xs_read(XBT_NIL, "device/vif/0/state").as_deref() == Ok(&b"1"[..]);
+
+    seen == *b"ping"
+        && busy
+        && read_ok
+        && answer == *b"pong"
+        && revoked
+        && bound
+        && pending
+        && xs
+        && p.free_pages(pages).is_ok()
 }
 
 // Entry point called by the kernel (no crt0): align the stack as the SysV ABI

@@ -1,0 +1,210 @@
+//! The `xen-pvguest` command line and what the binary does with it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use xen_abi::xen::domid_t;
+use xen_shim::protocol::ShutdownReason;
+
+use crate::demo::{self, emit, DemoError};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::PvGuestError;
+
+/// The frontend the runtime runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Frontend {
+    /// No device: run until the toolstack shuts the domain down.
+    Idle,
+    /// Share one page with the peer by grant and signal it (see `demo`).
+    GrantDemo,
+    /// An `io/ring.h` ring with the peer (see `demo`).
+    RingDemo,
+}
+
+/// `xen-pvguest`: the PV guest runtime, started by the toolstack as domain N.
+#[derive(Debug, Parser)]
+#[command(
+    name = "xen-pvguest",
+    about = "PV guest runtime: attaches to xen-shimd as domain N and runs frontends"
+)]
+pub struct Args {
+    /// The shim's control socket (default: $XEN_SHIM_SOCKET, else
+    /// /run/xen-shim/control.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// This domain's id (default: $XEN_SHIM_DOMID).
+    #[arg(long)]
+    pub domid: Option<domid_t>,
+    /// The one-time attach token from create_domain (default:
+    /// $XEN_SHIM_TOKEN; prefer the environment, argv is visible to `ps`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The frontend to run.
+    #[arg(long, value_enum, default_value_t = Frontend::Idle)]
+    pub frontend: Frontend,
+    /// The backend's domain.
+    #[arg(long, default_value_t = 0)]
+    pub peer: domid_t,
+    /// Messages of the ring demo.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Pages of the ring demo's ring (1, 2, 4, 8 or 16).
+    #[arg(long, default_value_t = 1)]
+    pub ring_pages: usize,
+    /// Seconds to wait for the peer at each step of a demo.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// After the demo, keep running until the toolstack shuts the domain
+    /// down (instead of powering off).
+    #[arg(long)]
+    pub stay: bool,
+}
+
+impl Args {
+    fn config(&self) -> Result<RuntimeConfig, PvGuestError> {
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(xen_shim::default_socket_path);
+        let domid = match self.domid {
+            Some(d) => d,
+            None => std::env::var(xen_shim::ENV_DOMID)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(PvGuestError::Missing(
+                    "the domid (--domid or XEN_SHIM_DOMID)",
+                ))?,
+        };
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => std::env::var(xen_shim::ENV_TOKEN)
+                .map_err(|_| PvGuestError::Missing("the token (--token or XEN_SHIM_TOKEN)"))?,
+        };
+        Ok(RuntimeConfig {
+            socket,
+            domid,
+            token,
+        })
+    }
+}
+
+/// How long the runtime keeps trying to reattach after the daemon went away.
+pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn reason_name(r: ShutdownReason) -> &'static str {
+    match r {
+        ShutdownReason::Poweroff => "poweroff",
+        ShutdownReason::Reboot => "reboot",
+        ShutdownReason::Suspend => "suspend",
+        ShutdownReason::Crash => "crash",
+        ShutdownReason::Watchdog => "watchdog",
+        ShutdownReason::SoftReset => "soft_reset",
+    }
+}
+
+/// Runs the runtime: attach, print `pvguest ready ...`, run the frontend,
+/// then shut the domain down (`SCHEDOP_shutdown`): with the toolstack's
+/// reason when it asked, `poweroff` after a successful demo, `crash` after
+/// a failed one. Exit status 0, or 1 after a failed demo, 2 when the domain
+/// could not be brought up.
+pub fn run(args: &Args) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("xen-pvguest: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
+    let cfg = args.config()?;
+    let rt = Runtime::start(&cfg)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let boot = rt.boot_info();
+    let _ = emit(
+        &mut out,
+        "pvguest ready",
+        &[
+            ("domid", rt.domid().to_string()),
+            ("pid", std::process::id().to_string()),
+            ("nr_pages", boot.nr_pages.to_string()),
+            ("grant_frames", rt.platform().grant_frames().to_string()),
+            ("store_evtchn", boot.store_evtchn.to_string()),
+            ("console_evtchn", boot.console_evtchn.to_string()),
+        ],
+    );
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let p = rt.platform().as_ref();
+    let result: Result<(), DemoError> = match args.frontend {
+        Frontend::Idle => {
+            let _ = emit(&mut out, "idle running", &[]);
+            Ok(())
+        }
+        Frontend::GrantDemo => demo::grant_demo(p, args.peer, timeout, &mut out).map(|_| ()),
+        Frontend::RingDemo => demo::ring_demo(
+            p,
+            args.peer,
+            args.messages,
+            args.ring_pages,
+            timeout,
+            &mut out,
+        )
+        .map(|_| ()),
+    };
+    let (reason, code) = match result {
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            let _ = emit(
+                &mut out,
+                "pvguest frontend-failed",
+                &[("error", msg.replace(' ', "_"))],
+            );
+            (ShutdownReason::Crash, ExitCode::from(1))
+        }
+        Ok(()) if args.stay || args.frontend == Frontend::Idle => loop {
+            if let Some(r) = rt.hub().wait_shutdown(None) {
+                break (r, ExitCode::SUCCESS);
+            }
+            // The daemon went away (a restart): the domain keeps running;
+            // reattach when it is back.
+            let _ = emit(&mut out, "pvguest disconnected", &[]);
+            if !rt.reattach(REATTACH_TIMEOUT) {
+                return Ok(ExitCode::from(1));
+            }
+            let _ = emit(&mut out, "pvguest reattached", &[]);
+        },
+        Ok(()) => (ShutdownReason::Poweroff, ExitCode::SUCCESS),
+    };
+    let _ = emit(
+        &mut out,
+        "pvguest shutdown",
+        &[("reason", reason_name(reason).to_owned())],
+    );
+    let _ = out.flush();
+    drop(out);
+    rt.finish(reason)?;
+    Ok(code)
+}

@@ -1,0 +1,337 @@
+//! Event delivery inside the runtime: the dispatcher thread (the guest's
+//! vCPU, as far as events go) and the hub the frontends wait on.
+//!
+//! The dispatcher waits on the shim's epoll fd (every port's incoming
+//! eventfd and the control socket). When it fires, the shim's
+//! [`Hypervisor::process_events`] does Xen's `evtchn_2l_set_pending` for each
+//! signalled port in this domain's `shared_info` (pending bit, then for an
+//! unmasked port `evtchn_pending_sel` and `evtchn_upcall_pending`). The
+//! dispatcher then runs the upcall as Linux's `evtchn_2l_handle_events`
+//! ([`Hypervisor::handle_upcall`]: clear `upcall_pending`, take
+//! `pending_sel`, clear and hand over each pending unmasked port) and, for
+//! each port, calls its registered handler or, without one, latches it for
+//! [`EventHub::poll`] (the platform's `SCHEDOP_poll`). Masked ports keep
+//! their pending bit in `shared_info` and are found there by `poll`.
+//!
+//! Control messages from the daemon (a toolstack shutdown request, a peer
+//! closing a channel) are recorded in the hub too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use xen_abi::event_channel::evtchn_port_t;
+use xen_shim::guest::Hypervisor;
+use xen_shim::protocol::{ControlEvent, ShutdownReason};
+
+use crate::ratelimit::LogLimiter;
+
+/// A port handler, called on the dispatcher thread.
+pub type PortHandler = Arc<dyn Fn(evtchn_port_t) + Send + Sync>;
+
+/// How often the dispatcher wakes up without events (to notice a stop).
+pub const DISPATCH_TICK: Duration = Duration::from_millis(200);
+
+/// Wake-ups with nothing to deliver after which the dispatcher naps.
+const IDLE_WAKEUPS_BEFORE_NAP: u32 = 64;
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// Ports the upcall handed over that no handler took.
+    latched: BTreeSet<evtchn_port_t>,
+    /// Ports whose remote end closed.
+    peer_closed: BTreeSet<evtchn_port_t>,
+    /// The toolstack's shutdown request, if one came.
+    shutdown: Option<ShutdownReason>,
+    /// The control connection to the daemon broke.
+    disconnected: bool,
+}
+
+/// Counters of the dispatcher.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    /// Dispatcher wake-ups.
+    pub wakeups: AtomicU64,
+    /// Ports handed over by upcalls.
+    pub events: AtomicU64,
+    /// Upcalls run.
+    pub upcalls: AtomicU64,
+}
+
+/// What frontends and the runtime wait on.
+pub struct EventHub {
+    hv: &'static Hypervisor,
+    state: Mutex<HubState>,
+    cond: Condvar,
+    handlers: RwLock<BTreeMap<evtchn_port_t, PortHandler>>,
+    stop: AtomicBool,
+    /// Dispatcher counters.
+    pub stats: DispatchStats,
+    log: LogLimiter,
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("stop", &self.stop)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventHub {
+    /// A hub for the domain behind `hv`.
+    pub fn new(hv: &'static Hypervisor) -> Self {
+        Self {
+            hv,
+            state: Mutex::new(HubState::default()),
+            cond: Condvar::new(),
+            handlers: RwLock::new(BTreeMap::new()),
+            stop: AtomicBool::new(false),
+            stats: DispatchStats::default(),
+            log: LogLimiter::new(Duration::from_secs(5)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding this lock cannot leave the sets inconsistent
+        // (each update is a single insert/remove), so recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `h` for `port` (replacing any); its events are no longer
+    /// latched for [`EventHub::poll`].
+    pub fn set_handler(&self, port: evtchn_port_t, h: Option<PortHandler>) {
+        let mut map = self.handlers.write().unwrap_or_else(|p| p.into_inner());
+        match h {
+            Some(h) => {
+                map.insert(port, h);
+            }
+            None => {
+                map.remove(&port);
+            }
+        }
+    }
+
+    /// Whether `port` has fired and not been cleared: latched by an upcall,
+    /// or pending in `shared_info` (masked ports).
+    fn fired(&self, st: &HubState, port: evtchn_port_t) -> bool {
+        st.latched.contains(&port) || self.hv.is_pending(port)
+    }
+
+    /// `SCHEDOP_poll`: waits until one of `ports` fired (`true`) or `timeout`
+    /// passed (`false`). Does not clear.
+    pub fn poll(&self, ports: &[evtchn_port_t], timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            if ports.iter().any(|&p| self.fired(&st, p)) {
+                return true;
+            }
+            // Wait in slices: a masked port's pending bit is set by the
+            // dispatcher without a condvar signal when nothing else happened.
+            let slice = Duration::from_millis(50);
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    (d - now).min(slice)
+                }
+                None => slice,
+            };
+            st = match self.cond.wait_timeout(st, wait) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Clears a port's fired state (latch and `shared_info` pending bit);
+    /// returns whether it had fired.
+    pub fn clear(&self, port: evtchn_port_t) -> bool {
+        let mut st = self.lock();
+        let latched = st.latched.remove(&port);
+        let pending = self.hv.is_pending(port);
+        if pending {
+            self.hv.clear_pending(port);
+        }
+        latched || pending
+    }
+
+    /// Forgets a port (after close).
+    pub fn forget(&self, port: evtchn_port_t) {
+        let mut st = self.lock();
+        st.latched.remove(&port);
+        st.peer_closed.remove(&port);
+        drop(st);
+        self.set_handler(port, None);
+    }
+
+    /// Whether the remote end of `port` closed it.
+    pub fn peer_closed(&self, port: evtchn_port_t) -> bool {
+        self.lock().peer_closed.contains(&port)
+    }
+
+    /// The toolstack's shutdown request, if one arrived.
+    pub fn shutdown_requested(&self) -> Option<ShutdownReason> {
+        self.lock().shutdown
+    }
+
+    /// Whether the control connection broke.
+    pub fn disconnected(&self) -> bool {
+        self.lock().disconnected
+    }
+
+    /// Records that the control connection works again (after a reattach).
+    pub fn clear_disconnected(&self) {
+        self.lock().disconnected = false;
+    }
+
+    /// Waits until the toolstack asks for a shutdown (returns the reason),
+    /// the control connection breaks (`None`) or `timeout` passes (`None`).
+    pub fn wait_shutdown(&self, timeout: Option<Duration>) -> Option<ShutdownReason> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            if st.shutdown.is_some() || st.disconnected {
+                return st.shutdown;
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    d - now
+                }
+                None => DISPATCH_TICK,
+            };
+            st = match self.cond.wait_timeout(st, wait) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Asks the dispatcher to stop (it notices within [`DISPATCH_TICK`], or
+    /// at once when `kick` is a bound IPI port, which it sends on).
+    pub fn stop(&self, kick: Option<evtchn_port_t>) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(port) = kick {
+            let _ = self
+                .hv
+                .evtchnop_send(&xen_abi::event_channel::evtchn_send { port });
+        }
+        self.cond.notify_all();
+    }
+
+    /// The dispatcher loop; returns when [`EventHub::stop`] was called.
+    pub fn dispatch_loop(&self) {
+        let vcpus = self.hv.info().vcpus.max(1);
+        // Wake-ups in a row that found nothing to do: a descriptor that stays
+        // readable (say, the control socket at EOF) must not make this loop
+        // spin, so after a few of them it naps between polls.
+        let mut idle_wakeups = 0u32;
+        while !self.stop.load(Ordering::SeqCst) {
+            if idle_wakeups >= IDLE_WAKEUPS_BEFORE_NAP {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // SAFETY: the epoll fd belongs to the Hypervisor, which is
+            // 'static and never closes it while it exists.
+            let fd = unsafe { BorrowedFd::borrow_raw(self.hv.as_raw_fd()) };
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            let tick = PollTimeout::try_from(DISPATCH_TICK).unwrap_or(PollTimeout::NONE);
+            match poll(&mut fds, tick) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    if self.log.allow() {
+                        tracing::warn!(error = %e, "event dispatcher: poll failed");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.hv.process_events() {
+                if self.log.allow() {
+                    tracing::warn!(error = %e, "event dispatcher: delivering events failed");
+                }
+            }
+            let work = self.run_upcalls(vcpus) | self.take_control_events();
+            idle_wakeups = if work {
+                0
+            } else {
+                idle_wakeups.saturating_add(1)
+            };
+            if idle_wakeups == IDLE_WAKEUPS_BEFORE_NAP && self.log.allow() {
+                tracing::warn!(
+                    "event dispatcher: woken repeatedly with nothing to deliver; throttling"
+                );
+            }
+            self.cond.notify_all();
+        }
+    }
+
+    /// Runs pending upcalls; returns whether there were any.
+    fn run_upcalls(&self, vcpus: u32) -> bool {
+        let mut fired: Vec<evtchn_port_t> = Vec::new();
+        let upcalls_before = self.stats.upcalls.load(Ordering::Relaxed);
+        for v in 0..vcpus {
+            if self.hv.vcpu(v).is_some_and(|vi| vi.upcall_pending()) {
+                self.stats.upcalls.fetch_add(1, Ordering::Relaxed);
+                self.hv.handle_upcall(v, |p| fired.push(p));
+            }
+        }
+        let ran = self.stats.upcalls.load(Ordering::Relaxed) != upcalls_before;
+        if fired.is_empty() {
+            return ran;
+        }
+        self.stats
+            .events
+            .fetch_add(fired.len() as u64, Ordering::Relaxed);
+        let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+        let mut unhandled = Vec::new();
+        for p in fired {
+            match handlers.get(&p) {
+                Some(h) => h(p),
+                None => unhandled.push(p),
+            }
+        }
+        drop(handlers);
+        if !unhandled.is_empty() {
+            self.lock().latched.extend(unhandled);
+        }
+        true
+    }
+
+    /// Records the daemon's notifications; returns whether there were any.
+    fn take_control_events(&self) -> bool {
+        let evs = self.hv.take_control_events();
+        if evs.is_empty() {
+            return false;
+        }
+        let mut st = self.lock();
+        for e in evs {
+            match e {
+                ControlEvent::Shutdown { reason } => {
+                    tracing::info!(?reason, "the toolstack asks this domain to shut down");
+                    st.shutdown = Some(reason);
+                }
+                ControlEvent::PeerClosed { port } => {
+                    st.peer_closed.insert(port);
+                }
+                ControlEvent::Disconnected => {
+                    st.disconnected = true;
+                }
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,44 @@
+//! The PV guest runtime: a Linux process that the toolstack (or a test)
+//! starts as domain N of the hypervisor shim, and that runs `no_std`
+//! frontends through the `xen-front-platform` trait.
+//!
+//! ```text
+//!   xen-pvguest (domain N)                               Dom0
+//!   ┌───────────────────────────────────┐     ┌──────────────────────────┐
+//!   │ frontends (demo, later blk/net)   │     │ backend (dom0peer, later │
+//!   │   │ Platform trait                │     │ backendd): Gntdev, Evtchn │
+//!   │ PvPlatform: pages, grants, evtchn │     └────────────┬─────────────┘
+//!   │ EventHub + dispatcher thread      │                  │
+//!   │ xen_shim::guest::Hypervisor ──────┼── control ── xen-shimd
+//!   │   memory file (RAM, shared_info,  │                  │
+//!   │   start_info, grant frames)  ◄────┼── data plane: mapped pages,
+//!   └───────────────────────────────────┘   eventfds (no daemon hop)
+//! ```
+//!
+//! - [`runtime`]: attach as domain N (domid and one-time token from argv or
+//!   the environment), map the memory, read `start_info`, set up the grant
+//!   table (`GNTTABOP_setup_table`), start the event dispatcher;
+//! - [`events`]: the dispatcher (epoll over the ports' eventfds → Xen's
+//!   2-level pending bits in `shared_info` → upcall → registered handlers)
+//!   and the hub frontends wait on (`SCHEDOP_poll`);
+//! - [`platform`]: [`platform::PvPlatform`], the platform trait for process
+//!   guests;
+//! - [`demo`]: the built-in plumbing frontends (grant + event demo, ring
+//!   demo) and their line protocol; [`dom0peer`]: their Dom0 halves on the
+//!   shim's `Gntdev`/`Evtchn`;
+//! - [`cli`]: the `xen-pvguest` binary; [`testkit`]: an in-process daemon
+//!   and a guest-process launcher for cross-process tests and benchmarks.
+
+pub mod cli;
+pub mod demo;
+pub mod dom0peer;
+mod error;
+pub mod events;
+pub mod grefalloc;
+pub mod pagealloc;
+pub mod platform;
+pub mod ratelimit;
+pub mod runtime;
+pub mod testkit;
+
+pub use error::PvGuestError;

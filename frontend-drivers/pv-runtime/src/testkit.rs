@@ -1,0 +1,304 @@
+//! Support for cross-process tests and benchmarks: a `xen-shimd` daemon on
+//! private paths, run in a thread of the calling process, and
+//! [`GuestProcess`], a PV runtime process started as a fresh domain the way
+//! the toolstack will (create the domain, pass the domid and one-time token
+//! in the environment, read the runtime's protocol lines, destroy the domain
+//! when dropped).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xen_abi::xen::domid_t;
+use xen_shim::daemon::{self, DaemonConfig};
+use xen_shim::dom0::Control;
+use xen_shim::protocol::{ControlError, DomainConfig};
+
+use crate::demo::Line;
+
+/// Why a test fixture failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// A file-system or process operation failed.
+    #[error("cannot {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// The daemon did not come up.
+    #[error("the shim daemon did not start listening on {0}")]
+    DaemonDown(PathBuf),
+    /// A control operation failed.
+    #[error("control operation failed")]
+    Control(#[from] ControlError),
+    /// The guest did not print the expected line in time.
+    #[error("no `{tag}` line from domain {domid} within {timeout:?} (saw: {seen:?})")]
+    NoLine {
+        /// Domain.
+        domid: domid_t,
+        /// Expected tag.
+        tag: String,
+        /// Timeout.
+        timeout: Duration,
+        /// Lines seen meanwhile.
+        seen: Vec<String>,
+    },
+    /// The guest's line lacked a field.
+    #[error("line `{0}` lacks field {1}")]
+    Field(String, &'static str),
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique in this machine for this run: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A `xen-shimd` on a private socket, state directory and memory directory,
+/// served by a thread of this process.
+///
+/// The daemon's `run` has no stop handle (it stops on SIGTERM, which would
+/// end this whole process), so the thread lives until the process exits; dropping
+/// this value removes its directories (destroy the domains first).
+#[derive(Debug)]
+pub struct ShimDaemon {
+    dir: PathBuf,
+    mem_dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl ShimDaemon {
+    /// Starts a daemon; `tag` goes into its paths. Waits until it answers.
+    pub fn start(tag: &str) -> Result<Self, TestkitError> {
+        let name = unique_name(tag);
+        let dir = std::env::temp_dir().join(format!("xen-shim-{name}"));
+        let mem_dir = PathBuf::from("/dev/shm").join(format!("xen-shim-{name}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TestkitError::Io("create the daemon's directory", e))?;
+        let socket = dir.join("control.sock");
+        let cfg = DaemonConfig {
+            socket: socket.clone(),
+            state_dir: dir.join("state"),
+            mem_dir: mem_dir.clone(),
+            ..DaemonConfig::default()
+        };
+        let s = socket.clone();
+        std::thread::Builder::new()
+            .name(format!("xen-shimd-{name}"))
+            .spawn(move || {
+                if let Err(e) = daemon::run(cfg) {
+                    tracing::error!(error = %e, socket = %s.display(), "test daemon stopped");
+                }
+            })
+            .map_err(|e| TestkitError::Io("start the daemon thread", e))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if Control::connect(&socket).is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::DaemonDown(socket));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Self {
+            dir,
+            mem_dir,
+            socket,
+        })
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The directory of guest memory files.
+    pub fn mem_dir(&self) -> &Path {
+        &self.mem_dir
+    }
+
+    /// A new Dom0 control connection.
+    pub fn control(&self) -> Result<Control, TestkitError> {
+        Ok(Control::connect(&self.socket)?)
+    }
+}
+
+impl Drop for ShimDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+/// A PV runtime process running as a new domain.
+#[derive(Debug)]
+pub struct GuestProcess {
+    control: Arc<Control>,
+    domid: domid_t,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    destroyed: bool,
+}
+
+impl GuestProcess {
+    /// Creates a PV domain `name` with `memory_mib` MiB and starts `exe`
+    /// (the `xen-pvguest` binary) with `args` as its runtime, with
+    /// `XEN_SHIM_SOCKET`, `XEN_SHIM_DOMID` and `XEN_SHIM_TOKEN` set.
+    pub fn spawn(
+        control: Arc<Control>,
+        socket: &Path,
+        name: &str,
+        memory_mib: u64,
+        exe: &Path,
+        args: &[&str],
+    ) -> Result<Self, TestkitError> {
+        let created = control.create_domain(&DomainConfig::pv(name, memory_mib))?;
+        let spawned = Command::new(exe)
+            .args(args)
+            .env(xen_shim::ENV_SOCKET, socket)
+            .env(xen_shim::ENV_DOMID, created.domid.to_string())
+            .env(xen_shim::ENV_TOKEN, &created.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = control.destroy_domain(created.domid);
+                return Err(TestkitError::Io("start the guest runtime", e));
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            let spawned = std::thread::Builder::new()
+                .name(format!("guest-{}-stdout", created.domid))
+                .spawn(move || {
+                    for line in BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = control.destroy_domain(created.domid);
+                return Err(TestkitError::Io("start the stdout reader", e));
+            }
+        }
+        Ok(Self {
+            control,
+            domid: created.domid,
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            destroyed: false,
+        })
+    }
+
+    /// The domain id.
+    pub fn domid(&self) -> domid_t {
+        self.domid
+    }
+
+    /// The runtime's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The control connection.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Waits for the next line whose tag is `tag`, skipping others (kept for
+    /// error messages).
+    pub fn expect(&mut self, tag: &str, timeout: Duration) -> Result<Line, TestkitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(s) => {
+                    let parsed = Line::parse(&s);
+                    self.seen.push(s);
+                    if let Some(l) = parsed {
+                        if l.tag == tag {
+                            return Ok(l);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    return Err(TestkitError::NoLine {
+                        domid: self.domid,
+                        tag: tag.to_owned(),
+                        timeout,
+                        seen: self.seen.clone(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Lines seen so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Waits up to `timeout` for the runtime to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, TestkitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self
+                .child
+                .try_wait()
+                .map_err(|e| TestkitError::Io("wait for the runtime", e))?
+            {
+                return Ok(Some(st));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Destroys the domain (the daemon kills the runtime) and reaps the
+    /// process.
+    pub fn destroy(&mut self) -> Result<ExitStatus, TestkitError> {
+        if !self.destroyed {
+            self.control.destroy_domain(self.domid)?;
+            self.destroyed = true;
+        }
+        match self.wait_exit(Duration::from_secs(10))? {
+            Some(st) => Ok(st),
+            None => {
+                let _ = self.child.kill();
+                self.child
+                    .wait()
+                    .map_err(|e| TestkitError::Io("reap the runtime", e))
+            }
+        }
+    }
+}
+
+impl Drop for GuestProcess {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = self.control.destroy_domain(self.domid);
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,825 @@
+//! Grant tables with Xen's semantics.
+//!
+//! The granting domain writes v1 (or v2) entries in its own grant frames
+//! ([`grant_access`]: frame and domid, release barrier, then flags). A mapper
+//! validates the entry and sets `GTF_reading` / `GTF_writing` by
+//! compare-and-swap ([`set_status`], Xen's `_set_status_v1/v2`, at most five
+//! attempts against a guest that keeps changing the entry), then gets access
+//! to exactly that page; unmap clears the bits when the last pin goes
+//! ([`clear_status`]). The granter revokes only by compare-and-swap when
+//! neither bit is set ([`end_access`], XSA-396) and learns when that fails.
+//!
+//! Pins are counted in the Dom0-only active-grant file ([`active`]) so every
+//! Dom0 mapper process shares them, like Xen's active entries.
+//! [`ForeignDomain`] puts it together for one granting domain;
+//! [`GrantMapping`] is one mapping.
+//!
+//! Everything here reads guest entries with atomic loads, never through a
+//! reference to a guest-writable struct; garbage in a guest's grant table
+//! makes the operation fail with Xen's `GNTST_*` code ([`GrantError::gntst`]).
+
+pub mod active;
+mod foreign;
+
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+pub use foreign::{grant_copy_one, CopySide, ForeignDomain, GrantMapping};
+use xen_abi::grant_table::*;
+use xen_abi::xen::domid_t;
+
+use crate::layout::{DomainLayout, PAGE_SIZE};
+use crate::mem::GuestMemory;
+
+/// Attempts of the flags compare-and-swap before declaring the entry unstable
+/// (Xen's `retries++ == 4`).
+pub const SET_STATUS_RETRIES: u32 = 5;
+/// Attempts of the granter's revoke compare-and-swap.
+pub const END_ACCESS_RETRIES: u32 = 64;
+
+/// Grant-table errors. [`GrantError::gntst`] gives the `GNTST_*` code Xen
+/// would report.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The reference is beyond the domain's current table.
+    #[error("grant reference {gref} is beyond the table's {nr_entries} entries")]
+    BadGntref {
+        /// Reference.
+        gref: grant_ref_t,
+        /// Entries in the table.
+        nr_entries: u32,
+    },
+    /// The granting domain does not exist or is dying.
+    #[error("domain {0} does not exist or is dying")]
+    BadDomain(domid_t),
+    /// The entry is not a (whole-page, for maps) `GTF_permit_access` grant.
+    #[error("grant entry {gref} has flags {flags:#06x}: not a grant this operation accepts")]
+    BadEntry {
+        /// Reference.
+        gref: grant_ref_t,
+        /// Flags found.
+        flags: u16,
+    },
+    /// The entry grants access to another domain.
+    #[error("grant entry {gref} is for domain {granted_to}, not for domain {mapper}")]
+    WrongDomain {
+        /// Reference.
+        gref: grant_ref_t,
+        /// Domain in the entry.
+        granted_to: domid_t,
+        /// Domain asking.
+        mapper: domid_t,
+    },
+    /// A write mapping of a read-only grant.
+    #[error("grant entry {gref} is read-only and a write access was asked")]
+    ReadOnlyGrant {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// The granter kept changing the entry during the compare-and-swap.
+    #[error("grant entry {gref} kept changing; giving up")]
+    Unstable {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// The entry names a frame the domain may not grant.
+    #[error("grant entry {gref} names frame {frame:#x}, which the domain may not grant")]
+    BadFrame {
+        /// Reference.
+        gref: grant_ref_t,
+        /// Frame.
+        frame: u64,
+    },
+    /// The reference is already mapped by another domain, or its pin count
+    /// would overflow, or it is a sub-page grant pinned for a copy.
+    #[error("grant entry {gref} cannot be pinned again")]
+    PinConflict {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// Another Dom0 thread holds the reference's active entry for too long.
+    #[error("grant entry {gref} is busy; try again")]
+    Busy {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// The granter's revoke failed: a mapper still has the grant mapped.
+    #[error("grant entry {gref} is still in use by its mapper")]
+    InUse {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// A copy's offset plus length leaves the page or the sub-page grant.
+    #[error("copy of {len} bytes at offset {offset} leaves the granted area")]
+    BadCopyArg {
+        /// Offset.
+        offset: u16,
+        /// Length.
+        len: u16,
+    },
+    /// A copy by frame number (not by reference) of a foreign domain's page.
+    #[error("copy by frame number is allowed only for the caller's own memory")]
+    PermissionDenied,
+    /// Unmap of something not mapped (an internal pin-count mismatch).
+    #[error("grant entry {gref} is not mapped")]
+    BadHandle {
+        /// Reference.
+        gref: grant_ref_t,
+    },
+    /// The table is full (no free grant reference) or the frame limit is hit.
+    #[error("no free grant reference")]
+    NoSpace,
+    /// The operation or entry kind is not supported by this shim.
+    #[error("unsupported grant operation: {0}")]
+    Unsupported(&'static str),
+    /// An invalid argument (version, frame count...).
+    #[error("invalid grant-table argument: {0}")]
+    Invalid(&'static str),
+    /// A `GNTST_*` status reported by the daemon for an operation it did.
+    #[error("grant operation failed with {}", gntst_name(*.0))]
+    Status(i16),
+    /// The control plane failed.
+    #[error("control operation failed")]
+    Control(#[from] crate::protocol::ControlError),
+    /// Mapping memory failed.
+    #[error("mapping failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl GrantError {
+    /// The `GNTST_*` code Xen reports for this failure.
+    pub fn gntst(&self) -> i16 {
+        match self {
+            GrantError::BadGntref { .. } => GNTST_bad_gntref,
+            GrantError::BadDomain(_) => GNTST_bad_domain,
+            GrantError::BadEntry { .. }
+            | GrantError::WrongDomain { .. }
+            | GrantError::ReadOnlyGrant { .. }
+            | GrantError::Unstable { .. }
+            | GrantError::PinConflict { .. }
+            | GrantError::InUse { .. }
+            | GrantError::Unsupported(_)
+            | GrantError::Invalid(_)
+            | GrantError::Control(_)
+            | GrantError::Io(_) => GNTST_general_error,
+            GrantError::BadFrame { .. } => GNTST_bad_page,
+            GrantError::Busy { .. } => GNTST_eagain,
+            GrantError::BadCopyArg { .. } => GNTST_bad_copy_arg,
+            GrantError::PermissionDenied => GNTST_permission_denied,
+            GrantError::BadHandle { .. } => GNTST_bad_handle,
+            GrantError::NoSpace => GNTST_no_space,
+            GrantError::Status(s) => *s,
+        }
+    }
+
+    /// The error for a `GNTST_*` status from the daemon (`None` for okay).
+    pub fn from_gntst(status: i16) -> Option<Self> {
+        (status != GNTST_okay).then_some(GrantError::Status(status))
+    }
+}
+
+/// Flag bits of a grant entry's first 32-bit word: flags in the low half,
+/// domid in the high half (x86 little-endian, Xen's `union grant_combo`).
+#[inline]
+pub const fn combo(flags: u16, domid: domid_t) -> u32 {
+    flags as u32 | ((domid as u32) << 16)
+}
+
+#[inline]
+const fn combo_flags(raw: u32) -> u16 {
+    raw as u16
+}
+
+#[inline]
+const fn combo_domid(raw: u32) -> domid_t {
+    (raw >> 16) as u16
+}
+
+/// Access to one domain's grant entries (v1 or v2) and v2 status words, as
+/// atomics. Implemented over guest memory ([`SharedGrantTable`]) and over
+/// plain vectors in tests.
+pub trait GrantTableView {
+    /// Table version (1 or 2).
+    fn version(&self) -> u32;
+    /// Entries in the current table.
+    fn nr_entries(&self) -> u32;
+    /// The `{flags, domid}` word of entry `gref` (`gref < nr_entries`).
+    fn header(&self, gref: grant_ref_t) -> &AtomicU32;
+    /// v1: the `frame` word; v2: the low half of `full_page.frame`.
+    fn frame_lo(&self, gref: grant_ref_t) -> &AtomicU32;
+    /// v2 only: the whole second 8-byte word (`full_page.frame`, or
+    /// `sub_page.page_off|length` in its first half for sub-page entries).
+    fn word1(&self, gref: grant_ref_t) -> Option<&AtomicU64>;
+    /// v2 only: the 8 bytes holding `sub_page.page_off` and `length`
+    /// (bytes 4..8 of the entry) as a 32-bit word.
+    fn sub_page_word(&self, gref: grant_ref_t) -> Option<&AtomicU32>;
+    /// v2 only: the status word of entry `gref`.
+    fn status(&self, gref: grant_ref_t) -> Option<&AtomicU16>;
+}
+
+/// What a successful pin found in the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantTarget {
+    /// The granted frame.
+    pub frame: u64,
+    /// v2 sub-page grants: `(offset, length)`; `None` for a whole page.
+    pub sub_page: Option<(u16, u16)>,
+}
+
+/// Validates entry `gref` and sets `GTF_reading` (and `GTF_writing` unless
+/// `readonly`): Xen's `_set_status_v1` / `_set_status_v2`.
+///
+/// `pinned`: the active entry already has pins (the type and domid were
+/// checked by the first pinner and are not re-checked, as in Xen).
+/// `mapflag`: a map (sub-page grants refused) rather than a copy.
+///
+/// `gref` must be below `t.nr_entries()` (the caller checks, reporting
+/// `GNTST_bad_gntref`).
+pub fn set_status(
+    t: &impl GrantTableView,
+    gref: grant_ref_t,
+    mapper: domid_t,
+    readonly: bool,
+    pinned: bool,
+    mapflag: bool,
+) -> Result<(), GrantError> {
+    let mut mask = GTF_type_mask;
+    if mapflag {
+        mask |= GTF_sub_page;
+    }
+    let hdr = t.header(gref);
+    if t.version() == 2 {
+        return set_status_v2(t, gref, mapper, readonly, pinned, mask);
+    }
+    let mut cur = hdr.load(Ordering::Acquire);
+    let mut retries = 0;
+    loop {
+        let flags = combo_flags(cur);
+        if !pinned {
+            check_type_and_domid(gref, flags, combo_domid(cur), mask, mapper, false)?;
+        }
+        let mut new_flags = flags | GTF_reading;
+        if !readonly {
+            new_flags |= GTF_writing;
+            if flags & GTF_readonly != 0 {
+                return Err(GrantError::ReadOnlyGrant { gref });
+            }
+        }
+        let new = combo(new_flags, combo_domid(cur));
+        match hdr.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Ok(()),
+            Err(prev) => {
+                retries += 1;
+                if retries >= SET_STATUS_RETRIES {
+                    return Err(GrantError::Unstable { gref });
+                }
+                cur = prev;
+            }
+        }
+    }
+}
+
+fn check_type_and_domid(
+    gref: grant_ref_t,
+    flags: u16,
+    domid: domid_t,
+    mask: u16,
+    mapper: domid_t,
+    allow_transitive: bool,
+) -> Result<(), GrantError> {
+    let kind = flags & mask;
+    if kind == GTF_transitive && allow_transitive {
+        return Err(GrantError::Unsupported("transitive grants"));
+    }
+    if kind != GTF_permit_access {
+        return Err(GrantError::BadEntry { gref, flags });
+    }
+    if domid != mapper {
+        return Err(GrantError::WrongDomain {
+            gref,
+            granted_to: domid,
+            mapper,
+        });
+    }
+    Ok(())
+}
+
+fn set_status_v2(
+    t: &impl GrantTableView,
+    gref: grant_ref_t,
+    mapper: domid_t,
+    readonly: bool,
+    pinned: bool,
+    mask: u16,
+) -> Result<(), GrantError> {
+    let status = t
+        .status(gref)
+        .ok_or(GrantError::Invalid("v2 table without status frames"))?;
+    let hdr = t.header(gref);
+    let raw = hdr.load(Ordering::Acquire);
+    let (flags, domid) = (combo_flags(raw), combo_domid(raw));
+    if !pinned {
+        check_type_and_domid(gref, flags, domid, mask, mapper, true)?;
+    }
+    let bits = if readonly {
+        GTF_reading
+    } else {
+        if flags & GTF_readonly != 0 {
+            return Err(GrantError::ReadOnlyGrant { gref });
+        }
+        GTF_reading | GTF_writing
+    };
+    status.fetch_or(bits, Ordering::SeqCst);
+    // Make sure the guest sees the status update before re-checking that the
+    // flags are still valid (Xen's smp_mb()).
+    fence(Ordering::SeqCst);
+    let raw = hdr.load(Ordering::Acquire);
+    let (flags, domid) = (combo_flags(raw), combo_domid(raw));
+    if !pinned {
+        let still_ok = check_type_and_domid(gref, flags, domid, mask, mapper, true).is_ok()
+            && (readonly || flags & GTF_readonly == 0);
+        if !still_ok {
+            status.fetch_and(!(GTF_reading | GTF_writing), Ordering::SeqCst);
+            return Err(GrantError::Unstable { gref });
+        }
+    } else if flags & GTF_readonly != 0 && !readonly {
+        status.fetch_and(!GTF_writing, Ordering::SeqCst);
+        return Err(GrantError::Unstable { gref });
+    }
+    Ok(())
+}
+
+/// Clears `bits` (`GTF_reading`, `GTF_writing`) of entry `gref`: in the entry
+/// flags (v1) or the status word (v2). An atomic AND, as Xen's
+/// `gnttab_clear_flags`: it cannot be livelocked by the guest.
+pub fn clear_status(t: &impl GrantTableView, gref: grant_ref_t, bits: u16) {
+    if t.version() == 2 {
+        if let Some(s) = t.status(gref) {
+            s.fetch_and(!bits, Ordering::SeqCst);
+        }
+        return;
+    }
+    t.header(gref).fetch_and(!(bits as u32), Ordering::SeqCst);
+}
+
+/// Reads the frame (and v2 sub-page range) of entry `gref`, after its status
+/// was set. A sub-page grant whose range leaves the page is refused.
+pub fn read_target(t: &impl GrantTableView, gref: grant_ref_t) -> Result<GrantTarget, GrantError> {
+    if t.version() == 2 {
+        let flags = combo_flags(t.header(gref).load(Ordering::Acquire));
+        let frame = t
+            .word1(gref)
+            .map(|w| w.load(Ordering::Acquire))
+            .unwrap_or(u64::MAX);
+        if flags & GTF_sub_page != 0 {
+            let sp = t
+                .sub_page_word(gref)
+                .map(|w| w.load(Ordering::Acquire))
+                .unwrap_or(0);
+            let (off, len) = (sp as u16, (sp >> 16) as u16);
+            if usize::from(off) + usize::from(len) > PAGE_SIZE {
+                return Err(GrantError::BadCopyArg { offset: off, len });
+            }
+            return Ok(GrantTarget {
+                frame,
+                sub_page: Some((off, len)),
+            });
+        }
+        return Ok(GrantTarget {
+            frame,
+            sub_page: None,
+        });
+    }
+    Ok(GrantTarget {
+        frame: u64::from(t.frame_lo(gref).load(Ordering::Acquire)),
+        sub_page: None,
+    })
+}
+
+/// Granter side: lets `domid` access `frame` through entry `gref` (v1: frame
+/// and domid, release barrier, then flags: `gnttab_grant_foreign_access_ref`).
+pub fn grant_access(
+    t: &impl GrantTableView,
+    gref: grant_ref_t,
+    domid: domid_t,
+    frame: u64,
+    readonly: bool,
+) -> Result<(), GrantError> {
+    if gref >= t.nr_entries() {
+        return Err(GrantError::BadGntref {
+            gref,
+            nr_entries: t.nr_entries(),
+        });
+    }
+    let flags = GTF_permit_access | if readonly { GTF_readonly } else { 0 };
+    if t.version() == 2 {
+        let w = t
+            .word1(gref)
+            .ok_or(GrantError::Invalid("v2 entry without frame word"))?;
+        w.store(frame, Ordering::Relaxed);
+    } else {
+        let f = u32::try_from(frame).map_err(|_| GrantError::Invalid("v1 frame above 2^32"))?;
+        t.frame_lo(gref).store(f, Ordering::Relaxed);
+    }
+    // The mapper must see the frame before it sees the flags (Xen's wmb()).
+    t.header(gref).store(combo(flags, domid), Ordering::Release);
+    Ok(())
+}
+
+/// Granter side: revokes entry `gref` only if no mapper holds it (XSA-396):
+/// v1 compare-and-swap of the flags to 0 unless `GTF_reading|GTF_writing`;
+/// v2 clear the flags, full barrier, then check the status word. Returns
+/// [`GrantError::InUse`] when a mapper still holds it (v2: the entry is
+/// already invalid for new mappers; retry later).
+pub fn end_access(t: &impl GrantTableView, gref: grant_ref_t) -> Result<(), GrantError> {
+    if gref >= t.nr_entries() {
+        return Err(GrantError::BadGntref {
+            gref,
+            nr_entries: t.nr_entries(),
+        });
+    }
+    let hdr = t.header(gref);
+    if t.version() == 2 {
+        let raw = hdr.load(Ordering::Acquire);
+        hdr.store(combo(0, combo_domid(raw)), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let st = t
+            .status(gref)
+            .map(|s| s.load(Ordering::Acquire))
+            .unwrap_or(0);
+        if st & (GTF_reading | GTF_writing) != 0 {
+            return Err(GrantError::InUse { gref });
+        }
+        return Ok(());
+    }
+    let mut cur = hdr.load(Ordering::Acquire);
+    for _ in 0..END_ACCESS_RETRIES {
+        if combo_flags(cur) & (GTF_reading | GTF_writing) != 0 {
+            return Err(GrantError::InUse { gref });
+        }
+        match hdr.compare_exchange(
+            cur,
+            combo(0, combo_domid(cur)),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(prev) => cur = prev,
+        }
+    }
+    Err(GrantError::Unstable { gref })
+}
+
+/// Reads entry `gref`'s flags and domid (for diagnostics and tests).
+pub fn entry_flags(t: &impl GrantTableView, gref: grant_ref_t) -> Option<(u16, domid_t)> {
+    if gref >= t.nr_entries() {
+        return None;
+    }
+    let raw = t.header(gref).load(Ordering::Acquire);
+    Some((combo_flags(raw), combo_domid(raw)))
+}
+
+/// A domain's grant table in its memory file.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedGrantTable<'a> {
+    mem: &'a GuestMemory,
+    frames: *mut u8,
+    status: *mut u8,
+    version: u32,
+    nr_entries: u32,
+}
+
+impl<'a> SharedGrantTable<'a> {
+    /// The table of `mem` with `version` and `nr_frames` current frames
+    /// (clamped to the layout's maximum; version 1 or 2, else `Invalid`).
+    pub fn new(mem: &'a GuestMemory, version: u32, nr_frames: u32) -> Result<Self, GrantError> {
+        let layout: &DomainLayout = mem.layout();
+        if version != 1 && version != 2 {
+            return Err(GrantError::Invalid("grant table version"));
+        }
+        let frames_gfn = layout
+            .grant_frame_gfn(0)
+            .ok_or(GrantError::Invalid("no grant frames"))?;
+        let status_gfn = layout
+            .status_frame_gfn(0)
+            .ok_or(GrantError::Invalid("no status frames"))?;
+        let frames = mem
+            .page_ptr(frames_gfn)
+            .map_err(|_| GrantError::Invalid("grant frames"))?;
+        let status = mem
+            .page_ptr(status_gfn)
+            .map_err(|_| GrantError::Invalid("status frames"))?;
+        let nr_frames = nr_frames.min(layout.max_grant_frames);
+        Ok(Self {
+            mem,
+            frames,
+            status,
+            version,
+            nr_entries: crate::layout::entries_for_frames(nr_frames, version),
+        })
+    }
+
+    /// The memory the table lives in.
+    pub fn memory(&self) -> &'a GuestMemory {
+        self.mem
+    }
+
+    fn entry_ptr(&self, gref: grant_ref_t, byte: usize) -> *mut u8 {
+        let off = crate::layout::grant_entry_offset(
+            gref.min(self.nr_entries.saturating_sub(1)),
+            self.version,
+        );
+        // SAFETY: `gref` is clamped below nr_entries, whose entries lie inside
+        // the grant frames (nr_frames <= max_grant_frames), inside the mapping;
+        // `byte` is below the entry size (8 or 16) at every call site.
+        unsafe { self.frames.add(off as usize + byte) }
+    }
+}
+
+impl GrantTableView for SharedGrantTable<'_> {
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn nr_entries(&self) -> u32 {
+        self.nr_entries
+    }
+    fn header(&self, gref: grant_ref_t) -> &AtomicU32 {
+        // SAFETY: an aligned in-bounds word of the mapped grant frames (entry
+        // sizes are multiples of 8 and frames are page-aligned), valid while
+        // `self.mem` lives; guest memory is only accessed atomically/volatilely.
+        unsafe { AtomicU32::from_ptr(self.entry_ptr(gref, 0).cast()) }
+    }
+    fn frame_lo(&self, gref: grant_ref_t) -> &AtomicU32 {
+        let byte = if self.version == 2 { 8 } else { 4 };
+        // SAFETY: as in `header`: aligned, in bounds, valid while mapped.
+        unsafe { AtomicU32::from_ptr(self.entry_ptr(gref, byte).cast()) }
+    }
+    fn word1(&self, gref: grant_ref_t) -> Option<&AtomicU64> {
+        if self.version != 2 {
+            return None;
+        }
+        // SAFETY: as in `header`; v2 entries are 16 bytes, 8-aligned.
+        Some(unsafe { AtomicU64::from_ptr(self.entry_ptr(gref, 8).cast()) })
+    }
+    fn sub_page_word(&self, gref: grant_ref_t) -> Option<&AtomicU32> {
+        if self.version != 2 {
+            return None;
+        }
+        // SAFETY: as in `header`; bytes 4..8 of a 16-byte v2 entry.
+        Some(unsafe { AtomicU32::from_ptr(self.entry_ptr(gref, 4).cast()) })
+    }
+    fn status(&self, gref: grant_ref_t) -> Option<&AtomicU16> {
+        if self.version != 2 {
+            return None;
+        }
+        let g = gref.min(self.nr_entries.saturating_sub(1)) as usize;
+        // SAFETY: the status frames hold max v2 entries * 2 bytes (layout's
+        // max_status_frames), `g` is below the v2 entry count, so the u16 is
+        // aligned and in bounds, valid while mapped.
+        Some(unsafe { AtomicU16::from_ptr(self.status.add(g * 2).cast()) })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A grant table in plain vectors, for unit tests of the pure logic.
+    use super::*;
+
+    /// v1 or v2 table of `n` entries.
+    pub(crate) struct FakeTable {
+        pub version: u32,
+        pub words: Vec<AtomicU64>,
+        pub status: Vec<AtomicU16>,
+    }
+
+    impl FakeTable {
+        pub(crate) fn new(version: u32, n: usize) -> Self {
+            let per = if version == 2 { 2 } else { 1 };
+            Self {
+                version,
+                words: (0..n * per).map(|_| AtomicU64::new(0)).collect(),
+                status: (0..n).map(|_| AtomicU16::new(0)).collect(),
+            }
+        }
+        fn base(&self, gref: u32) -> *const u8 {
+            let per = if self.version == 2 { 2 } else { 1 };
+            self.words[gref as usize * per].as_ptr().cast_const().cast()
+        }
+        /// Writes raw bytes into entry `gref` (hostile contents).
+        pub(crate) fn poke(&self, gref: u32, word: usize, v: u64) {
+            let per = if self.version == 2 { 2 } else { 1 };
+            self.words[gref as usize * per + word].store(v, Ordering::SeqCst);
+        }
+    }
+
+    impl GrantTableView for FakeTable {
+        fn version(&self) -> u32 {
+            self.version
+        }
+        fn nr_entries(&self) -> u32 {
+            self.status.len() as u32
+        }
+        fn header(&self, gref: u32) -> &AtomicU32 {
+            // SAFETY: the first half of an aligned AtomicU64 we own; only
+            // accessed atomically.
+            unsafe { AtomicU32::from_ptr(self.base(gref).cast_mut().cast()) }
+        }
+        fn frame_lo(&self, gref: u32) -> &AtomicU32 {
+            let byte = if self.version == 2 { 8 } else { 4 };
+            // SAFETY: an aligned u32 inside the entry's words, which we own.
+            unsafe { AtomicU32::from_ptr(self.base(gref).add(byte).cast_mut().cast()) }
+        }
+        fn word1(&self, gref: u32) -> Option<&AtomicU64> {
+            (self.version == 2).then(|| &self.words[gref as usize * 2 + 1])
+        }
+        fn sub_page_word(&self, gref: u32) -> Option<&AtomicU32> {
+            // SAFETY: bytes 4..8 of the entry's first word, which we own.
+            (self.version == 2)
+                .then(|| unsafe { AtomicU32::from_ptr(self.base(gref).add(4).cast_mut().cast()) })
+        }
+        fn status(&self, gref: u32) -> Option<&AtomicU16> {
+            (self.version == 2).then(|| &self.status[gref as usize])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeTable;
+    use super::*;
+
+    #[test]
+    fn test_set_status_valid_rw_grant_sets_reading_and_writing() {
+        // Arrange
+        let t = FakeTable::new(1, 8);
+        grant_access(&t, 3, 0, 42, false).expect("grant");
+
+        // Act
+        set_status(&t, 3, 0, false, false, true).expect("map");
+
+        // Assert
+        let (flags, domid) = entry_flags(&t, 3).expect("entry");
+        assert_eq!(flags, GTF_permit_access | GTF_reading | GTF_writing);
+        assert_eq!(domid, 0);
+        assert_eq!(read_target(&t, 3).expect("target").frame, 42);
+    }
+
+    #[test]
+    fn test_set_status_write_of_readonly_grant_is_general_error() {
+        let t = FakeTable::new(1, 8);
+        grant_access(&t, 1, 0, 5, true).expect("grant");
+
+        let e = set_status(&t, 1, 0, false, false, true).expect_err("refused");
+
+        assert!(matches!(e, GrantError::ReadOnlyGrant { gref: 1 }));
+        assert_eq!(e.gntst(), GNTST_general_error);
+        // The flags are untouched.
+        assert_eq!(
+            entry_flags(&t, 1),
+            Some((GTF_permit_access | GTF_readonly, 0))
+        );
+        // A read-only map of it works.
+        set_status(&t, 1, 0, true, false, true).expect("ro map");
+    }
+
+    #[test]
+    fn test_set_status_wrong_domid_is_refused() {
+        let t = FakeTable::new(1, 8);
+        grant_access(&t, 2, 7, 5, false).expect("grant");
+
+        let e = set_status(&t, 2, 0, true, false, true).expect_err("refused");
+
+        assert!(matches!(
+            e,
+            GrantError::WrongDomain {
+                granted_to: 7,
+                mapper: 0,
+                ..
+            }
+        ));
+        assert_eq!(e.gntst(), GNTST_general_error);
+    }
+
+    #[test]
+    fn test_set_status_invalid_or_transfer_type_is_refused() {
+        let t = FakeTable::new(1, 8);
+        for flags in [
+            GTF_invalid,
+            GTF_accept_transfer,
+            GTF_transitive,
+            GTF_permit_access | GTF_sub_page,
+        ] {
+            t.poke(0, 0, u64::from(flags));
+            let e = set_status(&t, 0, 0, true, false, true).expect_err("refused");
+            assert!(matches!(e, GrantError::BadEntry { .. }), "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn test_set_status_already_pinned_skips_type_check() {
+        // Xen does not re-validate the type and domid of a pinned entry.
+        let t = FakeTable::new(1, 8);
+        t.poke(0, 0, u64::from(GTF_permit_access | GTF_reading) | (9 << 16));
+        set_status(&t, 0, 0, true, true, true).expect("pinned entries are not re-checked");
+    }
+
+    #[test]
+    fn test_end_access_while_mapped_fails_then_succeeds_after_clear() {
+        // Arrange
+        let t = FakeTable::new(1, 8);
+        grant_access(&t, 4, 0, 1, false).expect("grant");
+        set_status(&t, 4, 0, false, false, true).expect("map");
+
+        // Act / Assert: revoke refused while mapped (XSA-396)
+        assert!(matches!(
+            end_access(&t, 4),
+            Err(GrantError::InUse { gref: 4 })
+        ));
+        clear_status(&t, 4, GTF_writing);
+        assert!(matches!(end_access(&t, 4), Err(GrantError::InUse { .. })));
+        clear_status(&t, 4, GTF_reading);
+        end_access(&t, 4).expect("revoked");
+        assert_eq!(entry_flags(&t, 4).map(|f| f.0), Some(0));
+        // A map after revoke fails.
+        assert!(set_status(&t, 4, 0, true, false, true).is_err());
+    }
+
+    #[test]
+    fn test_set_status_v2_uses_status_word() {
+        let t = FakeTable::new(2, 8);
+        grant_access(&t, 5, 0, 0x0001_2345_6789, false).expect("grant");
+
+        set_status(&t, 5, 0, false, false, true).expect("map");
+
+        assert_eq!(
+            t.status[5].load(Ordering::SeqCst),
+            GTF_reading | GTF_writing
+        );
+        assert_eq!(entry_flags(&t, 5), Some((GTF_permit_access, 0)));
+        assert_eq!(read_target(&t, 5).expect("target").frame, 0x0001_2345_6789);
+        assert!(matches!(end_access(&t, 5), Err(GrantError::InUse { .. })));
+        clear_status(&t, 5, GTF_reading | GTF_writing);
+        end_access(&t, 5).expect("revoked");
+    }
+
+    #[test]
+    fn test_v2_sub_page_is_refused_for_map_allowed_for_copy() {
+        let t = FakeTable::new(2, 8);
+        t.poke(
+            1,
+            0,
+            u64::from(GTF_permit_access | GTF_sub_page) | (100u64 << 32) | (200u64 << 48),
+        );
+        t.poke(1, 1, 77);
+
+        assert!(set_status(&t, 1, 0, true, false, true).is_err());
+        set_status(&t, 1, 0, true, false, false).expect("copy pin");
+        assert_eq!(
+            read_target(&t, 1).expect("target"),
+            GrantTarget {
+                frame: 77,
+                sub_page: Some((100, 200))
+            }
+        );
+    }
+
+    #[test]
+    fn test_v2_sub_page_beyond_page_is_refused() {
+        let t = FakeTable::new(2, 2);
+        t.poke(
+            0,
+            0,
+            u64::from(GTF_permit_access | GTF_sub_page) | (4000u64 << 32) | (200u64 << 48),
+        );
+        set_status(&t, 0, 0, true, false, false).expect("pin");
+        assert!(matches!(
+            read_target(&t, 0),
+            Err(GrantError::BadCopyArg { .. })
+        ));
+    }
+
+    #[test]
+    fn test_grant_access_out_of_range_ref_is_bad_gntref() {
+        let t = FakeTable::new(1, 4);
+        let e = grant_access(&t, 4, 0, 1, false).expect_err("out of range");
+        assert_eq!(e.gntst(), GNTST_bad_gntref);
+    }
+
+    #[test]
+    fn test_set_status_random_entries_never_panic() {
+        // Hostile contents: every combination of flag bits and domids.
+        let t = FakeTable::new(1, 1);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t.poke(0, 0, x);
+            let r = set_status(&t, 0, (x >> 40) as u16 & 3, x & 1 == 0, false, true);
+            if r.is_ok() {
+                let (flags, _) = entry_flags(&t, 0).expect("entry");
+                assert_eq!(flags & GTF_type_mask, GTF_permit_access);
+                assert_ne!(flags & GTF_reading, 0);
+            }
+        }
+    }
+}
