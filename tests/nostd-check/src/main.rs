@@ -11,7 +11,11 @@ mod rt;
 fn exercise() -> bool {
     // Filled in as the no_std crates grow: each one gets a small use here so the
     // linker has to pull it in.
-    exercise_abi() && exercise_ring() && exercise_xenstore_wire() && exercise_platform()
+    exercise_abi()
+        && exercise_ring()
+        && exercise_xenstore_wire()
+        && exercise_platform()
+        && exercise_blkfront()
 }
 
 /// The ABI mirrors: a few layouts the rest of the stack relies on.
@@ -137,6 +141,90 @@ fn exercise_platform() -> bool {
         && pending
         && xs
         && p.free_pages(pages).is_ok()
+}
+
+/// The block frontend over the fake platform: the xenbus handshake to
+/// Connected against a minimal backend played here, then a flush answered on
+/// the ring.
+fn exercise_blkfront() -> bool {
+    use xen_blkfront::request::{ReqSlot, RspSlot};
+    use xen_blkfront::{BlkFront, BlkStatus, BlkfrontConfig, FrontState};
+    use xen_front_platform::fake::FakePlatform;
+    use xen_front_platform::{Platform, XBT_NIL};
+    use xen_ring::{BackRing, SharedRing};
+
+    let p = FakePlatform::new(2);
+    let fe = "/local/domain/2/device/vbd/51712";
+    let be = "/local/domain/0/backend/vbd/2/51712";
+    let mut ok = true;
+    for (k, v) in [("backend", be), ("backend-id", "0"), ("state", "1")] {
+        ok &= p
+            .xs_write(XBT_NIL, &alloc::format!("{fe}/{k}"), v.as_bytes())
+            .is_ok();
+    }
+    let cfg = BlkfrontConfig {
+        max_ring_page_order: 0,
+        ..BlkfrontConfig::default()
+    };
+    let Ok(mut front) = BlkFront::new(&p, 51712, cfg) else {
+        return false;
+    };
+    let pump = |front: &mut BlkFront<'_, FakePlatform>| {
+        while let Ok(Some(ev)) = p.xs_read_watch(Some(core::time::Duration::ZERO)) {
+            let _ = front.handle_watch(&ev);
+        }
+    };
+    pump(&mut front);
+    ok &= p
+        .xs_write(XBT_NIL, &alloc::format!("{be}/state"), b"2")
+        .is_ok();
+    pump(&mut front);
+    let num = |k: &str| {
+        p.xs_read(XBT_NIL, &alloc::format!("{fe}/{k}"))
+            .ok()
+            .and_then(|v| core::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+    };
+    let (Some(gref), Some(port)) = (num("ring-ref"), num("event-channel")) else {
+        return false;
+    };
+    let Ok(map) = p.peer_map(gref, 0, true) else {
+        return false;
+    };
+    // SAFETY: the mapped ring page stays valid while mapped (the fake frees
+    // no granted page); this BackRing is its only back endpoint.
+    let Ok(mem) = (unsafe { SharedRing::new(map.as_ptr(), 4096) }) else {
+        return false;
+    };
+    let Ok(mut back) = BackRing::<ReqSlot, RspSlot>::attach(mem) else {
+        return false;
+    };
+    ok &= p.peer_bind(port, 0, 9).is_ok();
+    for (k, v) in [
+        ("sectors", "64"),
+        ("feature-flush-cache", "1"),
+        ("state", "4"),
+    ] {
+        ok &= p
+            .xs_write(XBT_NIL, &alloc::format!("{be}/{k}"), v.as_bytes())
+            .is_ok();
+    }
+    pump(&mut front);
+    if !ok || front.state() != FrontState::Connected || front.flush().is_err() {
+        return false;
+    }
+    let Ok(Some(req)) = back.take_request() else {
+        return false;
+    };
+    // Response: id (bytes 0..8), operation (byte 8), status 0.
+    let rsp: RspSlot = [req[1], u64::from(req[0] as u8)];
+    if back.push_response(&rsp).is_err() {
+        return false;
+    }
+    back.push_responses_and_check_notify();
+    let done = front.poll_completions();
+    let _mem: SharedRing = back.into_shared();
+    p.peer_unmap(map);
+    matches!(done.as_deref(), Ok([c]) if c.status == BlkStatus::Okay)
 }
 
 // Entry point called by the kernel (no crt0): align the stack as the SysV ABI
