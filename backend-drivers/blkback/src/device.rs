@@ -1,0 +1,1022 @@
+//! A connected device: one worker thread per queue, each serving its ring.
+//!
+//! A worker owns its ring mapping, its event-channel handle and its
+//! persistent-grant cache. Per round it copies out at most one ring's worth
+//! of requests (each slot read once by the ring), parses and serves each one
+//! synchronously (zero copy: `preadv`/`pwritev` between the image and the
+//! mapped guest pages), pushes the responses, notifies the frontend only if
+//! `push_responses_and_check_notify` says so, and sleeps on the event channel
+//! only after `final_check_for_requests` found nothing.
+//!
+//! A bad request gets an error response. A producer overflow, too many
+//! invalid requests in a row, or a broken event channel fail the device: the
+//! worker records a [`DeviceFailure`], the other queues stop, and the
+//! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
+//! frontend writes makes a worker panic.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use xen_abi::event_channel::evtchn_port_t;
+use xen_abi::grant_table::grant_ref_t;
+use xen_abi::io::blkif::*;
+use xen_abi::xen::domid_t;
+use xen_ring::{BackRing, RingError, SharedRing};
+use xen_shim::dom0::{Evtchn, Gntdev};
+use xen_shim::GrantMapping;
+use zerocopy::IntoBytes;
+
+use crate::io::{IoPool, IoVec, RawError, RawImage};
+use crate::metrics::{Counter, LogLimiter, Metrics, MetricsSnapshot};
+use crate::request::{
+    slot_id_op, validate_segments, Direction, Limits, Request, RequestError, Segment, Segments,
+    SECTOR_SIZE,
+};
+
+/// A ring slot as copied out of the ring.
+pub type Slot = [u8; BLKIF_SRING_ENTRY_SIZE];
+/// A response as pushed to the ring.
+pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
+
+/// Longest sleep on the event channel before the worker looks at its stop
+/// flag again (a safety net: stopping also kicks the worker).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Errors of setting up or tearing down a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The ring's grants could not be mapped.
+    #[error("cannot map ring grants {grefs:?} of domain {domid}")]
+    MapRing {
+        /// Frontend domain.
+        domid: domid_t,
+        /// Ring references.
+        grefs: Vec<grant_ref_t>,
+        /// Cause.
+        #[source]
+        source: xen_shim::GrantError,
+    },
+    /// The ring mapping is unusable.
+    #[error("the ring mapping is not a valid shared ring")]
+    Ring(#[source] RingError),
+    /// Event-channel set-up failed.
+    #[error("event channel set-up failed: {what}")]
+    Evtchn {
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: xen_shim::EvtchnError,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start a queue worker")]
+    Spawn(#[source] std::io::Error),
+    /// The I/O threads could not be started.
+    #[error("cannot start the I/O threads")]
+    Pool(#[source] crate::io::PoolError),
+}
+
+/// Why a device failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The frontend published a request producer index no correct frontend
+    /// could have written (`RING_REQUEST_PROD_OVERFLOW`).
+    RingOverflow {
+        /// The producer index read.
+        prod: u32,
+        /// The backend's consumer index.
+        cons: u32,
+    },
+    /// Too many invalid requests in a row.
+    TooManyInvalidRequests(u32),
+    /// The event channel broke (the message says how).
+    EventChannel(String),
+    /// Another ring error (the message says which).
+    Ring(String),
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureReason::RingOverflow { prod, cons } => write!(
+                f,
+                "the frontend's request producer {prod} overflows the ring (consumer at {cons})"
+            ),
+            FailureReason::TooManyInvalidRequests(n) => {
+                write!(f, "the frontend sent {n} invalid requests in a row")
+            }
+            FailureReason::EventChannel(e) => write!(f, "the event channel failed: {e}"),
+            FailureReason::Ring(e) => write!(f, "the ring failed: {e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "queue {}: {}", self.queue, self.reason)
+    }
+}
+
+/// A failed device: which queue and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFailure {
+    /// Queue index.
+    pub queue: u32,
+    /// Why.
+    pub reason: FailureReason,
+}
+
+/// What a device is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// All queues serve requests.
+    Running,
+    /// A queue failed; all queues stopped serving.
+    Failed(DeviceFailure),
+    /// Disconnected.
+    Stopped,
+}
+
+/// The rings of one queue as the frontend advertised them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueParams {
+    /// Ring page references (`ring-ref`, or `ring-ref0..N`).
+    pub ring_refs: Vec<grant_ref_t>,
+    /// The frontend's unbound port (`event-channel`).
+    pub event_channel: evtchn_port_t,
+}
+
+/// Per-connection settings the workers use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerConfig {
+    pub(crate) limits: Limits,
+    /// Persistent grants negotiated (both sides offered them).
+    pub(crate) persistent: bool,
+    /// Cache size of persistent grants per queue.
+    pub(crate) max_persistent_grants: usize,
+    /// Invalid requests in a row that fail the device.
+    pub(crate) max_consecutive_invalid: u32,
+    /// I/O threads of the device (0: transfers run in the queue workers).
+    pub(crate) io_threads: usize,
+}
+
+/// Called once, from the failing queue's worker thread, when a device
+/// fails (with the frontend's domid): e.g. to wake `backendd`'s event loop.
+/// It must not block for long and must not call back into the device.
+pub type FailureHook = Arc<dyn Fn(domid_t, &DeviceFailure) + Send + Sync>;
+
+#[derive(Default)]
+struct Shared {
+    domid: domid_t,
+    stop: AtomicBool,
+    metrics: Metrics,
+    failure: Mutex<Option<DeviceFailure>>,
+    changed: Condvar,
+    hook: Option<FailureHook>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("domid", &self.domid)
+            .field("stop", &self.stop)
+            .field("failure", &self.failure)
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn fail(&self, f: DeviceFailure) {
+        let first = match self.failure.lock() {
+            Ok(mut g) if g.is_none() => {
+                *g = Some(f.clone());
+                true
+            }
+            _ => false,
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+        if first {
+            if let Some(h) = &self.hook {
+                h(self.domid, &f);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct QueueHandle {
+    thread: Option<JoinHandle<()>>,
+    evtchn: Arc<Evtchn>,
+    kick: evtchn_port_t,
+}
+
+/// A connected device.
+#[derive(Debug)]
+pub struct Device {
+    domid: domid_t,
+    queues: Vec<QueueHandle>,
+    shared: Arc<Shared>,
+    stopped: bool,
+}
+
+impl Device {
+    /// Maps every queue's ring, binds its event channel and starts its
+    /// worker; on any failure, what was set up is torn down.
+    pub(crate) fn start(
+        gntdev: &Arc<Gntdev>,
+        socket: &std::path::Path,
+        domid: domid_t,
+        queues: &[QueueParams],
+        image: &Arc<RawImage>,
+        cfg: WorkerConfig,
+        hook: Option<FailureHook>,
+    ) -> Result<Device, DeviceError> {
+        let shared = Arc::new(Shared {
+            domid,
+            hook,
+            ..Shared::default()
+        });
+        let pool = match cfg.io_threads {
+            0 => None,
+            n => Some(Arc::new(
+                IoPool::new(&format!("blkback-{domid}-io"), n).map_err(DeviceError::Pool)?,
+            )),
+        };
+        let mut dev = Device {
+            domid,
+            queues: Vec::with_capacity(queues.len()),
+            shared: Arc::clone(&shared),
+            stopped: false,
+        };
+        for (i, q) in queues.iter().enumerate() {
+            // On error `dev` drops here and stops the queues already started.
+            let h = start_queue(
+                gntdev,
+                socket,
+                domid,
+                i as u32,
+                q,
+                image,
+                cfg,
+                &shared,
+                pool.clone(),
+            )?;
+            dev.queues.push(h);
+        }
+        Ok(dev)
+    }
+
+    /// The frontend domain.
+    pub fn domid(&self) -> domid_t {
+        self.domid
+    }
+
+    /// Number of queues.
+    pub fn nr_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// What the device is doing.
+    pub fn status(&self) -> DeviceStatus {
+        if let Some(f) = self.failure() {
+            return DeviceStatus::Failed(f);
+        }
+        if self.stopped {
+            DeviceStatus::Stopped
+        } else {
+            DeviceStatus::Running
+        }
+    }
+
+    /// The failure, if a queue failed.
+    pub fn failure(&self) -> Option<DeviceFailure> {
+        self.shared.failure.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Waits up to `timeout` for a failure.
+    pub fn wait_failure(&self, timeout: Duration) -> Option<DeviceFailure> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.failure.lock().ok()?;
+        loop {
+            if let Some(f) = g.as_ref() {
+                return Some(f.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            g = self.shared.changed.wait_timeout(g, left).ok()?.0;
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Stops the workers, unmaps the rings and every grant, unbinds the
+    /// event channels; returns the final counters.
+    pub fn disconnect(mut self) -> MetricsSnapshot {
+        self.stop();
+        self.shared.metrics.snapshot()
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for q in &self.queues {
+            let _ = q.evtchn.notify(q.kick);
+        }
+        for q in &mut self.queues {
+            if let Some(t) = q.thread.take() {
+                if t.join().is_err() {
+                    tracing::error!(domid = self.domid, "a blkback queue worker panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_queue(
+    gntdev: &Arc<Gntdev>,
+    socket: &std::path::Path,
+    domid: domid_t,
+    index: u32,
+    q: &QueueParams,
+    image: &Arc<RawImage>,
+    cfg: WorkerConfig,
+    shared: &Arc<Shared>,
+    pool: Option<Arc<IoPool>>,
+) -> Result<QueueHandle, DeviceError> {
+    let map = gntdev
+        .map_grant_refs(domid, &q.ring_refs, true)
+        .map_err(|source| DeviceError::MapRing {
+            domid,
+            grefs: q.ring_refs.clone(),
+            source,
+        })?;
+    let base = map
+        .as_mut_ptr()
+        .ok_or(DeviceError::Ring(RingError::BadLayout))?;
+    // SAFETY: `base..base + map.len()` is the frontend's ring, mapped
+    // writable; the mapping is moved into the worker with the ring and
+    // dropped only after the ring (`Worker::drop` order: `ring` before `map`).
+    // Only this BackRing touches it in this process.
+    let mem = unsafe { SharedRing::new(base, map.len()) }.map_err(DeviceError::Ring)?;
+    let ring = BackRing::<Slot, RspSlot>::attach(mem).map_err(DeviceError::Ring)?;
+    let ev = |what| move |source| DeviceError::Evtchn { what, source };
+    let evtchn = Arc::new(Evtchn::open(socket).map_err(ev("opening a handle"))?);
+    let port = evtchn
+        .bind_interdomain(domid, q.event_channel)
+        .map_err(ev("binding the frontend's port"))?;
+    let kick = evtchn.bind_ipi().map_err(ev("binding the stop kick"))?;
+    let worker = Worker {
+        index,
+        domid,
+        ring,
+        _ring_map: map,
+        evtchn: Arc::clone(&evtchn),
+        port,
+        kick,
+        gntdev: Arc::clone(gntdev),
+        image: Arc::clone(image),
+        cfg,
+        shared: Arc::clone(shared),
+        pool,
+        persistent: HashMap::new(),
+        invalid_in_a_row: 0,
+        log: LogLimiter::new(10, Duration::from_secs(5)),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("blkback-{domid}-q{index}"))
+        .spawn(move || worker.run())
+        .map_err(DeviceError::Spawn)?;
+    Ok(QueueHandle {
+        thread: Some(thread),
+        evtchn,
+        kick,
+    })
+}
+
+struct Worker {
+    index: u32,
+    domid: domid_t,
+    // Field order matters: the ring is dropped before the mapping it uses.
+    ring: BackRing<Slot, RspSlot>,
+    // Keeps the ring pages mapped; never read directly.
+    _ring_map: GrantMapping,
+    evtchn: Arc<Evtchn>,
+    port: evtchn_port_t,
+    kick: evtchn_port_t,
+    gntdev: Arc<Gntdev>,
+    image: Arc<RawImage>,
+    cfg: WorkerConfig,
+    shared: Arc<Shared>,
+    pool: Option<Arc<IoPool>>,
+    persistent: HashMap<grant_ref_t, GrantMapping>,
+    invalid_in_a_row: u32,
+    log: LogLimiter,
+}
+
+/// Why a request failed while being served (mapped to a response status).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("invalid request")]
+    Invalid(#[from] RequestError),
+    #[error("grant {gref} cannot be mapped")]
+    Grant {
+        gref: grant_ref_t,
+        #[source]
+        source: xen_shim::GrantError,
+    },
+    #[error("disk I/O failed")]
+    Io(#[from] RawError),
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+impl ServeError {
+    fn status(&self) -> i16 {
+        match self {
+            ServeError::Invalid(e) => e.status(),
+            ServeError::Io(RawError::DiscardUnsupported) => BLKIF_RSP_EOPNOTSUPP,
+            _ => BLKIF_RSP_ERROR,
+        }
+    }
+}
+
+/// A data transfer ready to run: the buffers are mapped.
+struct Transfer {
+    /// Position of the request in its batch.
+    index: usize,
+    id: u64,
+    operation: u8,
+    dir: Direction,
+    offset: u64,
+    bytes: u64,
+    iov: SendIov,
+    /// Non-persistent mappings of this request, unmapped when it is done.
+    own: Vec<GrantMapping>,
+}
+
+/// The buffers of a [`Transfer`].
+struct SendIov(Vec<IoVec>);
+
+// SAFETY: the pointers lead into grant mappings that stay mapped until the
+// transfer is done: its own mappings travel with it (`Transfer::own`), and
+// persistent ones stay in the worker's cache, which the worker clears only
+// after every transfer it submitted has completed (`Worker::drain` before
+// `teardown`). The memory is only reached by `preadv`/`pwritev`, never
+// through Rust references, so moving the pointers to another thread is sound.
+unsafe impl Send for SendIov {}
+
+/// The outcome of a transfer.
+struct Done {
+    index: usize,
+    id: u64,
+    operation: u8,
+    dir: Direction,
+    bytes: u64,
+    result: Result<(), RawError>,
+}
+
+impl Transfer {
+    fn run(self, image: &RawImage) -> Done {
+        let result = match self.dir {
+            // SAFETY: see `SendIov`: every buffer lies inside a writable
+            // grant mapping that stays mapped until this call returns.
+            Direction::Read => unsafe { image.readv(&self.iov.0, self.offset) },
+            // SAFETY: as above (mappings readable).
+            Direction::Write => unsafe { image.writev(&self.iov.0, self.offset) },
+        };
+        drop(self.own);
+        Done {
+            index: self.index,
+            id: self.id,
+            operation: self.operation,
+            dir: self.dir,
+            bytes: self.bytes,
+            result,
+        }
+    }
+}
+
+/// What to do with one slot of a batch.
+enum Step {
+    /// Answered already (an invalid request, or one that failed to map).
+    Answer(RspSlot),
+    /// A flush, discard or barrier: runs after everything before it.
+    Fence {
+        id: u64,
+        operation: u8,
+        req: Request,
+    },
+    /// A read or write, mapped.
+    Data(Transfer),
+}
+
+/// Where a segment's page is mapped for one request.
+enum PageRef {
+    /// Index into the request's own mappings.
+    Own(usize),
+    /// A persistent grant (key of the cache).
+    Persistent(grant_ref_t),
+}
+
+impl Worker {
+    fn run(mut self) {
+        tracing::debug!(
+            domid = self.domid,
+            queue = self.index,
+            "blkback queue started"
+        );
+        let nr = self.ring.nr_ents() as usize;
+        let mut batch: Vec<Slot> = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
+        let mut rsps: Vec<Option<RspSlot>> = vec![None; nr];
+        let (done_tx, done_rx) = channel::<Done>();
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            // At most one ring's worth per round (bounded), then publish.
+            let n = match self.ring.take_requests(&mut batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.ring_failed(e);
+                    break;
+                }
+            };
+            self.process(&batch[..n], &mut rsps[..n], &done_tx, &done_rx);
+            let mut pushed = true;
+            for r in rsps.iter_mut().take(n) {
+                let rsp = r
+                    .take()
+                    .unwrap_or_else(|| self.answer(0, 0, Err(ServeError::Internal("no response"))));
+                if let Err(e) = self.ring.push_response(&rsp) {
+                    self.ring_failed(e);
+                    pushed = false;
+                    break;
+                }
+            }
+            if !pushed {
+                break;
+            }
+            // Publish even when stopping: a response pushed privately has
+            // overwritten its request slot, so a later backend attaching to
+            // this ring must see it as answered.
+            if self.ring.push_responses_and_check_notify() {
+                self.shared.metrics.add(Counter::Notifications, 1);
+                if let Err(e) = self.evtchn.notify(self.port) {
+                    self.fail(FailureReason::EventChannel(e.to_string()));
+                    break;
+                }
+            }
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if n > 0 {
+                continue;
+            }
+            match self.ring.final_check_for_requests() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    self.ring_failed(e);
+                    break;
+                }
+            }
+            if let Err(e) = self.wait() {
+                self.fail(FailureReason::EventChannel(e.to_string()));
+                break;
+            }
+        }
+        self.teardown();
+    }
+
+    /// Serves a batch: data transfers between fences go to the I/O pool
+    /// together; a fence waits for every transfer before it. Returns only
+    /// when every slot has its response in `rsps`.
+    fn process(
+        &mut self,
+        slots: &[Slot],
+        rsps: &mut [Option<RspSlot>],
+        done_tx: &Sender<Done>,
+        done_rx: &Receiver<Done>,
+    ) {
+        let mut outstanding = 0usize;
+        for (i, slot) in slots.iter().enumerate() {
+            match self.prepare(i, slot) {
+                Step::Answer(r) => rsps[i] = Some(r),
+                Step::Data(t) => match self.pool.clone() {
+                    Some(pool) => {
+                        let (id, op) = (t.id, t.operation);
+                        let tx = done_tx.clone();
+                        let image = Arc::clone(&self.image);
+                        let job = Box::new(move || {
+                            let _ = tx.send(t.run(&image));
+                        });
+                        match pool.submit(job) {
+                            Ok(()) => outstanding += 1,
+                            Err(e) => {
+                                tracing::error!(error = %e, "blkback I/O pool refused a job");
+                                rsps[i] = Some(self.answer(
+                                    id,
+                                    op,
+                                    Err(ServeError::Internal("I/O pool stopped")),
+                                ));
+                            }
+                        }
+                    }
+                    None => {
+                        let d = t.run(&self.image);
+                        rsps[i] = Some(self.complete(d));
+                    }
+                },
+                Step::Fence { id, operation, req } => {
+                    self.drain(&mut outstanding, rsps, done_rx);
+                    let r = self.execute_fence(req);
+                    rsps[i] = Some(self.answer(id, operation, r));
+                }
+            }
+        }
+        self.drain(&mut outstanding, rsps, done_rx);
+    }
+
+    /// Waits for every submitted transfer.
+    fn drain(
+        &mut self,
+        outstanding: &mut usize,
+        rsps: &mut [Option<RspSlot>],
+        rx: &Receiver<Done>,
+    ) {
+        while *outstanding > 0 {
+            let Ok(d) = rx.recv() else {
+                // Cannot happen while this worker holds a sender; the jobs
+                // are gone, so nothing refers to the buffers any more.
+                tracing::error!("blkback I/O pool lost completions");
+                *outstanding = 0;
+                return;
+            };
+            *outstanding -= 1;
+            if let Some(slot) = rsps.get_mut(d.index) {
+                let r = self.complete(d);
+                *slot = Some(r);
+            }
+        }
+    }
+
+    /// Turns a finished transfer into its response.
+    fn complete(&mut self, d: Done) -> RspSlot {
+        if d.result.is_ok() {
+            let (n, b) = match d.dir {
+                Direction::Read => (Counter::Reads, Counter::BytesRead),
+                Direction::Write => (Counter::Writes, Counter::BytesWritten),
+            };
+            self.shared.metrics.add(n, 1);
+            self.shared.metrics.add(b, d.bytes);
+        }
+        self.answer(d.id, d.operation, d.result.map_err(ServeError::Io))
+    }
+
+    /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`).
+    fn wait(&mut self) -> Result<(), xen_shim::EvtchnError> {
+        let fired = self.evtchn.pending(Some(IDLE_WAIT))?;
+        if !fired.is_empty() {
+            self.shared.metrics.add(Counter::Wakeups, 1);
+        }
+        for p in fired {
+            self.evtchn.unmask(p)?;
+        }
+        Ok(())
+    }
+
+    fn ring_failed(&mut self, e: RingError) {
+        let reason = match e {
+            RingError::ProducerOverflow { prod, cons, .. } => {
+                FailureReason::RingOverflow { prod, cons }
+            }
+            other => FailureReason::Ring(other.to_string()),
+        };
+        self.fail(reason);
+    }
+
+    fn fail(&mut self, reason: FailureReason) {
+        tracing::warn!(
+            domid = self.domid,
+            queue = self.index,
+            ?reason,
+            "blkback device failed; its queues stop"
+        );
+        self.shared.fail(DeviceFailure {
+            queue: self.index,
+            reason,
+        });
+    }
+
+    fn teardown(&mut self) {
+        let n = self.persistent.len() as u64;
+        self.persistent.clear();
+        self.shared.metrics.sub(Counter::PersistentGrants, n);
+        let _ = self.evtchn.unbind(self.port);
+        let _ = self.evtchn.unbind(self.kick);
+        tracing::debug!(
+            domid = self.domid,
+            queue = self.index,
+            "blkback queue stopped"
+        );
+    }
+
+    /// Parses one copied slot and, for a read or write, maps its buffers.
+    fn prepare(&mut self, index: usize, slot: &Slot) -> Step {
+        self.shared.metrics.add(Counter::Requests, 1);
+        let (id, raw_op) = slot_id_op(slot);
+        let req = match Request::parse(slot, &self.cfg.limits) {
+            Ok(req) => {
+                self.invalid_in_a_row = 0;
+                req
+            }
+            Err(e) => {
+                self.invalid_in_a_row = self.invalid_in_a_row.saturating_add(1);
+                if self.invalid_in_a_row >= self.cfg.max_consecutive_invalid {
+                    self.fail(FailureReason::TooManyInvalidRequests(self.invalid_in_a_row));
+                }
+                return Step::Answer(self.answer(id, raw_op, Err(ServeError::Invalid(e))));
+            }
+        };
+        match req {
+            Request::Data {
+                operation,
+                dir,
+                barrier: false,
+                sector,
+                segments,
+                ..
+            } => {
+                // Indirect responses carry the inner operation, as Linux
+                // blkback answers them (and blkfront checks).
+                let operation = match (operation, dir) {
+                    (BLKIF_OP_INDIRECT, Direction::Read) => BLKIF_OP_READ,
+                    (BLKIF_OP_INDIRECT, Direction::Write) => BLKIF_OP_WRITE,
+                    (op, _) => op,
+                };
+                match self.map_request(index, id, operation, dir, sector, segments) {
+                    Ok(t) => Step::Data(t),
+                    Err(e) => Step::Answer(self.answer(id, operation, Err(e))),
+                }
+            }
+            req => Step::Fence {
+                id,
+                operation: raw_op,
+                req,
+            },
+        }
+    }
+
+    /// Builds a response and accounts for it; errors are logged, rate-limited.
+    fn answer(&mut self, id: u64, operation: u8, result: Result<(), ServeError>) -> RspSlot {
+        let status = match result {
+            Ok(()) => BLKIF_RSP_OKAY,
+            Err(e) => {
+                let s = e.status();
+                if s == BLKIF_RSP_EOPNOTSUPP {
+                    self.shared.metrics.add(Counter::Unsupported, 1);
+                } else {
+                    self.shared.metrics.add(Counter::Errors, 1);
+                }
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::warn!(
+                        domid = self.domid,
+                        queue = self.index,
+                        id,
+                        operation,
+                        suppressed,
+                        error = %e,
+                        cause = ?std::error::Error::source(&e).map(|c| c.to_string()),
+                        "blkback request refused"
+                    );
+                }
+                s
+            }
+        };
+        let rsp = blkif_response {
+            id,
+            operation,
+            status,
+            ..Default::default()
+        };
+        let mut out = [0u8; core::mem::size_of::<blkif_response>()];
+        out.copy_from_slice(rsp.as_bytes());
+        out
+    }
+
+    /// Runs a flush, discard or barrier write (every earlier request of the
+    /// batch has completed).
+    fn execute_fence(&mut self, req: Request) -> Result<(), ServeError> {
+        match req {
+            Request::Flush { .. } => {
+                self.image.flush()?;
+                self.shared.metrics.add(Counter::Flushes, 1);
+                Ok(())
+            }
+            Request::Discard {
+                sector, nr_sectors, ..
+            } => {
+                // In range (checked by the parser), so these cannot overflow.
+                let off = sector.saturating_mul(SECTOR_SIZE);
+                let len = nr_sectors.saturating_mul(SECTOR_SIZE);
+                self.image.discard(off, len)?;
+                self.shared.metrics.add(Counter::Discards, 1);
+                Ok(())
+            }
+            Request::Data {
+                id,
+                operation,
+                dir,
+                sector,
+                segments,
+                ..
+            } => {
+                let t = self.map_request(0, id, operation, dir, sector, segments)?;
+                let d = t.run(&self.image);
+                d.result?;
+                self.shared.metrics.add(Counter::Writes, 1);
+                self.shared.metrics.add(Counter::BytesWritten, d.bytes);
+                self.image.flush()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves the segments (reading indirect pages) and maps the buffers.
+    fn map_request(
+        &mut self,
+        index: usize,
+        id: u64,
+        operation: u8,
+        dir: Direction,
+        sector: u64,
+        segments: Segments,
+    ) -> Result<Transfer, ServeError> {
+        let segs = match segments {
+            Segments::Direct(s) => s,
+            Segments::Indirect { pages, count } => {
+                let raw = self.read_indirect(&pages, count)?;
+                validate_segments(&raw, sector, self.cfg.limits.disk_sectors)?.0
+            }
+        };
+        let (iov, own, bytes) = self.map_segments(dir, &segs)?;
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(ServeError::Invalid(
+            RequestError::OutOfRange {
+                start: sector,
+                count: bytes / SECTOR_SIZE,
+                disk: self.cfg.limits.disk_sectors,
+            },
+        ))?;
+        Ok(Transfer {
+            index,
+            id,
+            operation,
+            dir,
+            offset,
+            bytes,
+            iov: SendIov(iov),
+            own,
+        })
+    }
+
+    /// Copies `count` segments out of the indirect pages (each page read
+    /// once, through a read-only map, into a local copy).
+    fn read_indirect(
+        &mut self,
+        pages: &[grant_ref_t],
+        count: u16,
+    ) -> Result<Vec<blkif_request_segment>, ServeError> {
+        let mut out = Vec::with_capacity(usize::from(count));
+        let mut left = usize::from(count);
+        let mut buf = vec![0u8; xen_abi::io::ring::XEN_PAGE_SIZE];
+        for &gref in pages {
+            let n = left.min(BLKIF_SEGS_PER_INDIRECT_FRAME);
+            let bytes = n * core::mem::size_of::<blkif_request_segment>();
+            let dst = buf.get_mut(..bytes).ok_or(ServeError::Invalid(
+                RequestError::BadIndirectSegmentCount {
+                    count,
+                    max: self.cfg.limits.max_indirect_segments,
+                },
+            ))?;
+            if let Some(m) = self.persistent.get(&gref) {
+                m.read(0, dst)
+                    .map_err(|_| ServeError::Internal("indirect page read out of bounds"))?;
+            } else {
+                let m = self.map_page(gref, false)?;
+                m.read(0, dst)
+                    .map_err(|_| ServeError::Internal("indirect page read out of bounds"))?;
+            }
+            for c in dst.chunks_exact(core::mem::size_of::<blkif_request_segment>()) {
+                let s = <blkif_request_segment as zerocopy::FromBytes>::read_from_bytes(c)
+                    .map_err(|_| ServeError::Internal("indirect segment of the wrong size"))?;
+                out.push(s);
+            }
+            left -= n;
+        }
+        Ok(out)
+    }
+
+    fn map_page(&self, gref: grant_ref_t, writable: bool) -> Result<GrantMapping, ServeError> {
+        let m = self
+            .gntdev
+            .map_grant_ref(self.domid, gref, writable)
+            .map_err(|source| ServeError::Grant { gref, source })?;
+        self.shared.metrics.add(Counter::GrantMaps, 1);
+        Ok(m)
+    }
+
+    /// Maps the segments' pages (persistent ones from the cache, inserted
+    /// there on first use while the cache has room) and returns the buffers,
+    /// the request's own mappings and the byte count.
+    fn map_segments(
+        &mut self,
+        dir: Direction,
+        segs: &[Segment],
+    ) -> Result<(Vec<IoVec>, Vec<GrantMapping>, u64), ServeError> {
+        let writable = dir == Direction::Read;
+        let mut own: Vec<GrantMapping> = Vec::new();
+        let mut refs: Vec<PageRef> = Vec::with_capacity(segs.len());
+        for s in segs {
+            if self.cfg.persistent {
+                if self.persistent.contains_key(&s.gref) {
+                    refs.push(PageRef::Persistent(s.gref));
+                    continue;
+                }
+                if self.persistent.len() < self.cfg.max_persistent_grants {
+                    // Persistent grants are granted read-write by the
+                    // frontend whatever the direction (blkif.h).
+                    let m = self.map_page(s.gref, true)?;
+                    self.persistent.insert(s.gref, m);
+                    self.shared.metrics.add(Counter::PersistentGrants, 1);
+                    refs.push(PageRef::Persistent(s.gref));
+                    continue;
+                }
+            }
+            own.push(self.map_page(s.gref, writable)?);
+            refs.push(PageRef::Own(own.len() - 1));
+        }
+        let mut iov = Vec::with_capacity(segs.len());
+        let mut total: u64 = 0;
+        for (s, r) in segs.iter().zip(&refs) {
+            let m = match r {
+                PageRef::Own(i) => own.get(*i),
+                PageRef::Persistent(g) => self.persistent.get(g),
+            }
+            .ok_or(ServeError::Internal("segment mapping missing"))?;
+            let base = if writable {
+                m.as_mut_ptr().ok_or(ServeError::Grant {
+                    gref: s.gref,
+                    source: xen_shim::GrantError::Invalid("page mapped read-only"),
+                })?
+            } else {
+                m.as_ptr().cast_mut()
+            };
+            // `offset + len <= 4096 == m.len()` by validation; checked again.
+            let end = (s.offset as usize).checked_add(s.len as usize);
+            if end.is_none_or(|e| e > m.len()) {
+                return Err(ServeError::Invalid(RequestError::BadSegment {
+                    index: iov.len(),
+                    first: 0,
+                    last: 0,
+                }));
+            }
+            // SAFETY: `offset < m.len()` (checked above), so the pointer stays
+            // inside the mapping.
+            let ptr = unsafe { base.add(s.offset as usize) };
+            iov.push(IoVec {
+                ptr,
+                len: s.len as usize,
+            });
+            total += u64::from(s.len);
+        }
+        Ok((iov, own, total))
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("domid", &self.domid)
+            .field("queue", &self.index)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,517 @@
+//! blkback: the PV block backend, as a library for `backendd`.
+//!
+//! ```text
+//!   BlkBackend::new(DiskConfig)      open the image (raw), size it
+//!     .features()                    xenstore keys to write in the backend dir
+//!   FrontendParams::from_keys(..)    read the frontend's ring-ref(s), event
+//!                                    channel(s), protocol, feature-persistent,
+//!                                    multi-queue-num-queues
+//!     .connect(handles, domid, &p)   map rings, bind ports, one worker per queue
+//!   Device::{status, metrics, wait_failure, disconnect}
+//! ```
+//!
+//! Modules: [`request`] (pure parsing and validation of ring slots),
+//! [`io`] (the raw image engine), [`device`] (the connected device and its
+//! queue workers), [`metrics`].
+//!
+//! What the backend offers: read, write, write barrier, flush
+//! (`feature-flush-cache`, `fdatasync`), discard (`feature-discard`, hole
+//! punching), indirect segments (up to 256), persistent grants, multi-page
+//! rings (order up to 4), multi-queue. Only the native x86_64 ring ABI and
+//! 512-byte sectors. Raw images only (no qcow2 or NBD yet).
+
+pub mod device;
+pub mod io;
+pub mod metrics;
+pub mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
+use xen_abi::xen::domid_t;
+use xen_shim::dom0::Gntdev;
+
+pub use device::{
+    Device, DeviceError, DeviceFailure, DeviceStatus, FailureHook, FailureReason, QueueParams,
+};
+pub use io::{RawError, RawImage};
+pub use metrics::MetricsSnapshot;
+pub use request::{Limits, Request, RequestError};
+
+use request::{MAX_INDIRECT_SEGMENTS, SECTOR_SIZE};
+
+/// Largest `max-ring-page-order` (16 pages, `xen_ring`'s limit).
+pub const MAX_RING_PAGE_ORDER: u32 = 4;
+/// Largest number of queues offered.
+pub const MAX_QUEUES: u32 = 16;
+/// Default cache of persistent grants per queue (Linux's
+/// `xen_blkif_max_pgrants`).
+pub const DEFAULT_MAX_PERSISTENT_GRANTS: usize = 1056;
+
+/// Default I/O threads per device.
+pub const DEFAULT_IO_THREADS: usize = 4;
+
+/// Errors of the block backend's API.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkbackError {
+    /// The image could not be opened.
+    #[error("cannot open the disk")]
+    Image(#[from] RawError),
+    /// The disk format is not served yet.
+    #[error("disk format {0:?} is not supported yet")]
+    UnsupportedFormat(DiskFormat),
+    /// A frontend key is missing.
+    #[error("frontend key {0} is missing")]
+    MissingKey(String),
+    /// A frontend key has a value this backend refuses.
+    #[error("frontend key {key} has an invalid value {value:?}")]
+    BadKey {
+        /// Key.
+        key: String,
+        /// Value read.
+        value: String,
+    },
+    /// The frontend asked for a ring ABI this backend does not serve.
+    #[error("ring protocol {0:?} is not supported (only {XEN_IO_PROTO_ABI_NATIVE})")]
+    UnsupportedProtocol(String),
+    /// Connecting failed.
+    #[error("cannot connect the device")]
+    Device(#[from] DeviceError),
+}
+
+/// Disk image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A raw image file or block device.
+    Raw,
+    /// qcow2 (not served yet).
+    Qcow2,
+}
+
+/// How to serve one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Image path (file or block device).
+    pub path: PathBuf,
+    /// Image format.
+    pub format: DiskFormat,
+    /// Refuse writes and discards (the frontend sees `info` = `VDISK_READONLY`).
+    pub readonly: bool,
+    /// Try `O_DIRECT` (falls back to buffered I/O when refused).
+    pub direct_io: bool,
+    /// Offer `feature-discard`.
+    pub discard: bool,
+    /// `feature-max-indirect-segments` (0: none; at most 256).
+    pub max_indirect_segments: u32,
+    /// Offer `feature-persistent`.
+    pub persistent_grants: bool,
+    /// Persistent grants cached per queue.
+    pub max_persistent_grants: usize,
+    /// `max-ring-page-order` (at most 4).
+    pub max_ring_page_order: u32,
+    /// `multi-queue-max-queues` (1 to 16).
+    pub max_queues: u32,
+    /// Invalid requests in a row that fail the device.
+    pub max_consecutive_invalid: u32,
+    /// I/O threads per connected device, shared by its queues (0: each
+    /// queue worker does its transfers itself, one at a time).
+    pub io_threads: usize,
+}
+
+impl DiskConfig {
+    /// A raw image with every feature on.
+    pub fn raw(path: impl Into<PathBuf>, readonly: bool) -> Self {
+        Self {
+            path: path.into(),
+            format: DiskFormat::Raw,
+            readonly,
+            direct_io: true,
+            discard: true,
+            max_indirect_segments: MAX_INDIRECT_SEGMENTS,
+            persistent_grants: true,
+            max_persistent_grants: DEFAULT_MAX_PERSISTENT_GRANTS,
+            max_ring_page_order: MAX_RING_PAGE_ORDER,
+            max_queues: 4,
+            max_consecutive_invalid: 1024,
+            io_threads: DEFAULT_IO_THREADS,
+        }
+    }
+}
+
+/// The frontend's transport parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendParams {
+    /// One entry per queue.
+    pub queues: Vec<QueueParams>,
+    /// The frontend offered `feature-persistent`.
+    pub persistent: bool,
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, BlkbackError> {
+    v.trim().parse().map_err(|_| BlkbackError::BadKey {
+        key: key.to_string(),
+        value: v.to_string(),
+    })
+}
+
+impl FrontendParams {
+    /// Reads the parameters through `read` (a key relative to the frontend's
+    /// directory, e.g. `"ring-ref"` or `"queue-1/event-channel"`, to its
+    /// value), as Linux blkback's `connect_ring` does: `protocol` (default
+    /// native), `feature-persistent`, `multi-queue-num-queues` (default 1;
+    /// above 1 the rings are under `queue-N/`), and per queue
+    /// `ring-page-order` (absent: one page at `ring-ref`, else
+    /// `ring-ref0..`) and `event-channel`.
+    pub fn from_keys(
+        read: impl Fn(&str) -> Option<String>,
+        max_ring_page_order: u32,
+        max_queues: u32,
+    ) -> Result<Self, BlkbackError> {
+        if let Some(p) = read(keys::PROTOCOL) {
+            if p != XEN_IO_PROTO_ABI_NATIVE {
+                return Err(BlkbackError::UnsupportedProtocol(p));
+            }
+        }
+        let persistent = read(keys::FEATURE_PERSISTENT)
+            .map(|v| parse_num::<u32>(keys::FEATURE_PERSISTENT, &v))
+            .transpose()?
+            .is_some_and(|v| v != 0);
+        let nq = match read(keys::MULTI_QUEUE_NUM_QUEUES) {
+            None => 1,
+            Some(v) => {
+                let n: u32 = parse_num(keys::MULTI_QUEUE_NUM_QUEUES, &v)?;
+                if n == 0 || n > max_queues.max(1) {
+                    return Err(BlkbackError::BadKey {
+                        key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+                        value: v,
+                    });
+                }
+                n
+            }
+        };
+        let mut queues = Vec::with_capacity(nq as usize);
+        for q in 0..nq {
+            let dir = if nq == 1 {
+                String::new()
+            } else {
+                format!("{}{q}/", keys::QUEUE_PREFIX)
+            };
+            let get = |k: &str| {
+                let key = format!("{dir}{k}");
+                read(&key)
+                    .map(|v| (key.clone(), v))
+                    .ok_or(BlkbackError::MissingKey(key))
+            };
+            let (key, v) = get(keys::EVENT_CHANNEL)?;
+            let event_channel = parse_num(&key, &v)?;
+            let order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
+            let ring_refs = match read(&order_key) {
+                None => {
+                    let (key, v) = get(keys::RING_REF)?;
+                    vec![parse_num(&key, &v)?]
+                }
+                Some(v) => {
+                    let order: u32 = parse_num(&order_key, &v)?;
+                    if order > max_ring_page_order.min(MAX_RING_PAGE_ORDER) {
+                        return Err(BlkbackError::BadKey {
+                            key: order_key,
+                            value: v,
+                        });
+                    }
+                    let mut refs = Vec::with_capacity(1 << order);
+                    for i in 0..(1u32 << order) {
+                        let (key, v) = get(&format!("{}{i}", keys::RING_REF))?;
+                        refs.push(parse_num(&key, &v)?);
+                    }
+                    refs
+                }
+            };
+            queues.push(QueueParams {
+                ring_refs,
+                event_channel,
+            });
+        }
+        Ok(Self { queues, persistent })
+    }
+}
+
+/// Dom0 handles a device needs: a grant mapper and the shim's socket (each
+/// queue opens its own event-channel handle).
+#[derive(Debug, Clone)]
+pub struct Dom0Handles {
+    /// Grant mapper (shared by all queues and devices).
+    pub gntdev: Arc<Gntdev>,
+    /// The shim daemon's socket.
+    pub socket: PathBuf,
+}
+
+/// One disk, ready to serve frontends.
+#[derive(Debug)]
+pub struct BlkBackend {
+    config: DiskConfig,
+    image: Arc<RawImage>,
+    sectors: u64,
+}
+
+impl BlkBackend {
+    /// Opens the disk.
+    pub fn new(config: DiskConfig) -> Result<Self, BlkbackError> {
+        if config.format != DiskFormat::Raw {
+            return Err(BlkbackError::UnsupportedFormat(config.format));
+        }
+        let image = RawImage::open(&config.path, config.readonly, config.direct_io)?;
+        let sectors = image.size() / SECTOR_SIZE;
+        Ok(Self {
+            config: DiskConfig {
+                max_indirect_segments: config.max_indirect_segments.min(MAX_INDIRECT_SEGMENTS),
+                max_ring_page_order: config.max_ring_page_order.min(MAX_RING_PAGE_ORDER),
+                max_queues: config.max_queues.clamp(1, MAX_QUEUES),
+                max_consecutive_invalid: config.max_consecutive_invalid.max(1),
+                ..config
+            },
+            image: Arc::new(image),
+            sectors,
+        })
+    }
+
+    /// The configuration (limits clamped).
+    pub fn config(&self) -> &DiskConfig {
+        &self.config
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        self.image.path()
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Whether `O_DIRECT` is in use.
+    pub fn is_direct(&self) -> bool {
+        self.image.is_direct()
+    }
+
+    /// The keys and values to write in the backend's xenstore directory
+    /// before switching to Connected (`sectors`, `sector-size`, `info`,
+    /// features and transport limits).
+    pub fn features(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let info = if c.readonly { VDISK_READONLY } else { 0 };
+        let discard = c.discard && !c.readonly;
+        let mut v = vec![
+            (keys::SECTORS, self.sectors.to_string()),
+            (keys::SECTOR_SIZE, SECTOR_SIZE.to_string()),
+            (keys::PHYSICAL_SECTOR_SIZE, SECTOR_SIZE.to_string()),
+            (keys::INFO, info.to_string()),
+            (keys::FEATURE_FLUSH_CACHE, "1".to_string()),
+            (keys::FEATURE_BARRIER, "1".to_string()),
+            (keys::FEATURE_DISCARD, u8::from(discard).to_string()),
+        ];
+        if discard {
+            v.push((
+                keys::DISCARD_GRANULARITY,
+                self.image.block_size().to_string(),
+            ));
+            v.push((keys::DISCARD_ALIGNMENT, "0".to_string()));
+            v.push((keys::DISCARD_SECURE, "0".to_string()));
+        }
+        v.extend([
+            (
+                keys::FEATURE_MAX_INDIRECT_SEGMENTS,
+                c.max_indirect_segments.to_string(),
+            ),
+            (
+                keys::FEATURE_PERSISTENT,
+                u8::from(c.persistent_grants).to_string(),
+            ),
+            (keys::MAX_RING_PAGE_ORDER, c.max_ring_page_order.to_string()),
+            (keys::MULTI_QUEUE_MAX_QUEUES, c.max_queues.to_string()),
+        ]);
+        v
+    }
+
+    /// The limits the parser applies for this disk.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            disk_sectors: self.sectors,
+            readonly: self.config.readonly,
+            flush: true,
+            discard: self.config.discard && !self.config.readonly,
+            max_indirect_segments: self.config.max_indirect_segments,
+        }
+    }
+
+    /// Connects to frontend `domid`: maps each queue's ring, binds its event
+    /// channel and starts its worker.
+    pub fn connect(
+        &self,
+        handles: &Dom0Handles,
+        domid: domid_t,
+        params: &FrontendParams,
+    ) -> Result<Device, BlkbackError> {
+        self.connect_with_hook(handles, domid, params, None)
+    }
+
+    /// [`BlkBackend::connect`], calling `on_failure` once if the device
+    /// fails (see [`FailureHook`]).
+    pub fn connect_with_hook(
+        &self,
+        handles: &Dom0Handles,
+        domid: domid_t,
+        params: &FrontendParams,
+        on_failure: Option<FailureHook>,
+    ) -> Result<Device, BlkbackError> {
+        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
+            return Err(BlkbackError::BadKey {
+                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+                value: params.queues.len().to_string(),
+            });
+        }
+        let cfg = device::WorkerConfig {
+            limits: self.limits(),
+            persistent: params.persistent && self.config.persistent_grants,
+            max_persistent_grants: self.config.max_persistent_grants,
+            max_consecutive_invalid: self.config.max_consecutive_invalid,
+            io_threads: self.config.io_threads.min(64),
+        };
+        Ok(Device::start(
+            &handles.gntdev,
+            &handles.socket,
+            domid,
+            &params.queues,
+            &self.image,
+            cfg,
+            on_failure,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn reader(kv: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn test_frontend_params_single_page_ring_parses() {
+        let p = FrontendParams::from_keys(
+            reader(&[
+                ("ring-ref", "8"),
+                ("event-channel", "5"),
+                ("protocol", "x86_64-abi"),
+            ]),
+            4,
+            4,
+        )
+        .expect("valid");
+        assert_eq!(
+            p,
+            FrontendParams {
+                queues: vec![QueueParams {
+                    ring_refs: vec![8],
+                    event_channel: 5
+                }],
+                persistent: false
+            }
+        );
+    }
+
+    #[test]
+    fn test_frontend_params_multi_queue_multi_page_parses() {
+        let p = FrontendParams::from_keys(
+            reader(&[
+                ("multi-queue-num-queues", "2"),
+                ("feature-persistent", "1"),
+                ("queue-0/ring-page-order", "1"),
+                ("queue-0/ring-ref0", "10"),
+                ("queue-0/ring-ref1", "11"),
+                ("queue-0/event-channel", "3"),
+                ("queue-1/ring-ref", "12"),
+                ("queue-1/event-channel", "4"),
+            ]),
+            4,
+            4,
+        )
+        .expect("valid");
+        assert!(p.persistent);
+        assert_eq!(p.queues[0].ring_refs, vec![10, 11]);
+        assert_eq!(p.queues[1].ring_refs, vec![12]);
+        assert_eq!(p.queues[1].event_channel, 4);
+    }
+
+    #[test]
+    fn test_frontend_params_bad_values_are_refused() {
+        let base = [("ring-ref", "8"), ("event-channel", "5")];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut v = base.to_vec();
+            v.push(extra);
+            FrontendParams::from_keys(reader(&v), 4, 4)
+        };
+        assert!(matches!(
+            with(("protocol", "x86_32-abi")),
+            Err(BlkbackError::UnsupportedProtocol(_))
+        ));
+        assert!(matches!(
+            with(("ring-page-order", "5")),
+            Err(BlkbackError::BadKey { .. })
+        ));
+        assert!(matches!(
+            with(("multi-queue-num-queues", "0")),
+            Err(BlkbackError::BadKey { .. })
+        ));
+        assert!(matches!(
+            with(("multi-queue-num-queues", "5")),
+            Err(BlkbackError::BadKey { .. })
+        ));
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&[("ring-ref", "x"), ("event-channel", "5")]), 4, 4),
+            Err(BlkbackError::BadKey { .. })
+        ));
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&[("ring-ref", "1")]), 4, 4),
+            Err(BlkbackError::MissingKey(k)) if k == "event-channel"
+        ));
+        assert!(matches!(
+            with(("ring-page-order", "1")),
+            Err(BlkbackError::MissingKey(k)) if k == "ring-ref0"
+        ));
+    }
+
+    #[test]
+    fn test_features_readonly_disk_advertises_readonly_without_discard() {
+        let f = tempfile::NamedTempFile::new().expect("temp");
+        f.as_file().set_len(1 << 20).expect("size");
+        let b = BlkBackend::new(DiskConfig::raw(f.path(), true)).expect("open");
+        let feats: HashMap<_, _> = b.features().into_iter().collect();
+        assert_eq!(feats["sectors"], "2048");
+        assert_eq!(feats["sector-size"], "512");
+        assert_eq!(feats["info"], VDISK_READONLY.to_string());
+        assert_eq!(feats["feature-discard"], "0");
+        assert_eq!(feats["feature-max-indirect-segments"], "256");
+        assert_eq!(feats["max-ring-page-order"], "4");
+        assert_eq!(feats["feature-flush-cache"], "1");
+        assert!(!feats.contains_key("discard-granularity"));
+    }
+
+    #[test]
+    fn test_backend_qcow2_is_refused() {
+        let mut c = DiskConfig::raw("/nonexistent", false);
+        c.format = DiskFormat::Qcow2;
+        assert!(matches!(
+            BlkBackend::new(c),
+            Err(BlkbackError::UnsupportedFormat(DiskFormat::Qcow2))
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Per-device counters, shared by the queue workers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters (relaxed atomics, updated by the workers).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    discards: AtomicU64,
+    errors: AtomicU64,
+    unsupported: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    notifications: AtomicU64,
+    wakeups: AtomicU64,
+    persistent_grants: AtomicU64,
+    grant_maps: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Requests taken from the rings.
+    pub requests: u64,
+    /// Reads answered with success.
+    pub reads: u64,
+    /// Writes (including barriers) answered with success.
+    pub writes: u64,
+    /// Flushes answered with success.
+    pub flushes: u64,
+    /// Discards answered with success.
+    pub discards: u64,
+    /// Requests answered with `BLKIF_RSP_ERROR`.
+    pub errors: u64,
+    /// Requests answered with `BLKIF_RSP_EOPNOTSUPP`.
+    pub unsupported: u64,
+    /// Bytes read from the disk into guest pages.
+    pub bytes_read: u64,
+    /// Bytes written from guest pages to the disk.
+    pub bytes_written: u64,
+    /// Event-channel notifications sent to the frontend.
+    pub notifications: u64,
+    /// Times a worker woke up from the event channel.
+    pub wakeups: u64,
+    /// Persistent grants currently mapped (all queues).
+    pub persistent_grants: u64,
+    /// Grant maps done (persistent grants count once).
+    pub grant_maps: u64,
+}
+
+/// The counters a worker bumps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    Requests,
+    Reads,
+    Writes,
+    Flushes,
+    Discards,
+    Errors,
+    Unsupported,
+    BytesRead,
+    BytesWritten,
+    Notifications,
+    Wakeups,
+    PersistentGrants,
+    GrantMaps,
+}
+
+impl Metrics {
+    fn cell(&self, c: Counter) -> &AtomicU64 {
+        match c {
+            Counter::Requests => &self.requests,
+            Counter::Reads => &self.reads,
+            Counter::Writes => &self.writes,
+            Counter::Flushes => &self.flushes,
+            Counter::Discards => &self.discards,
+            Counter::Errors => &self.errors,
+            Counter::Unsupported => &self.unsupported,
+            Counter::BytesRead => &self.bytes_read,
+            Counter::BytesWritten => &self.bytes_written,
+            Counter::Notifications => &self.notifications,
+            Counter::Wakeups => &self.wakeups,
+            Counter::PersistentGrants => &self.persistent_grants,
+            Counter::GrantMaps => &self.grant_maps,
+        }
+    }
+
+    pub(crate) fn add(&self, c: Counter, n: u64) {
+        self.cell(c).fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, c: Counter, n: u64) {
+        self.cell(c).fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let g = |c| self.cell(c).load(Ordering::Relaxed);
+        MetricsSnapshot {
+            requests: g(Counter::Requests),
+            reads: g(Counter::Reads),
+            writes: g(Counter::Writes),
+            flushes: g(Counter::Flushes),
+            discards: g(Counter::Discards),
+            errors: g(Counter::Errors),
+            unsupported: g(Counter::Unsupported),
+            bytes_read: g(Counter::BytesRead),
+            bytes_written: g(Counter::BytesWritten),
+            notifications: g(Counter::Notifications),
+            wakeups: g(Counter::Wakeups),
+            persistent_grants: g(Counter::PersistentGrants),
+            grant_maps: g(Counter::GrantMaps),
+        }
+    }
+}
+
+/// A token bucket for logs on guest-triggerable paths: `burst` messages,
+/// then one per `interval`.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    burst: u32,
+    tokens: u32,
+    interval: std::time::Duration,
+    last: std::time::Instant,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(burst: u32, interval: std::time::Duration) -> Self {
+        Self {
+            burst,
+            tokens: burst,
+            interval,
+            last: std::time::Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log now; when it says yes after suppressing, the count of
+    /// suppressed messages is returned too.
+    pub(crate) fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last) >= self.interval {
+            self.tokens = self.burst;
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_log_limiter_after_burst_suppresses() {
+        let mut l = LogLimiter::new(2, std::time::Duration::from_secs(3600));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.suppressed, 2);
+    }
+
+    #[test]
+    fn test_metrics_add_shows_in_snapshot() {
+        let m = Metrics::default();
+        m.add(Counter::Reads, 2);
+        m.add(Counter::BytesRead, 8192);
+        m.add(Counter::PersistentGrants, 3);
+        m.sub(Counter::PersistentGrants, 1);
+        let s = m.snapshot();
+        assert_eq!((s.reads, s.bytes_read, s.persistent_grants), (2, 8192, 2));
+    }
+}
