@@ -1,0 +1,128 @@
+//! The `backendd` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use xenstore_client::Client;
+
+use crate::backend::BackendFactory;
+use crate::service::{Service, ServiceConfig};
+
+/// `backendd`: runs the backends of the devices in
+/// `/local/domain/<domid>/backend`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "backendd",
+    about = "Dom0 backend service: one backend per xenstore backend directory"
+)]
+pub struct Args {
+    /// The backend domain (this service's domain).
+    #[arg(long, default_value_t = 0)]
+    pub domid: u16,
+    /// xenstored's socket (default: $XENSTORED_PATH, else
+    /// $XENSTORED_RUNDIR/socket, else /var/run/xenstored/socket).
+    #[arg(long)]
+    pub xenstored: Option<PathBuf>,
+    /// The hypervisor shim's control socket (default: $XEN_SHIM_SOCKET,
+    /// else /run/xen-shim/control.sock).
+    #[arg(long)]
+    pub shim_socket: Option<PathBuf>,
+    /// Milliseconds between a device's state re-checks without events.
+    #[arg(long, default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Write the pid here (removed on a clean exit).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The factories compiled in: `vbd` (blkback) over the shim at `socket`.
+#[must_use]
+pub fn factories(socket: PathBuf) -> Vec<Arc<dyn BackendFactory>> {
+    vec![Arc::new(crate::vbd::VbdFactory::new(socket))]
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+#[must_use]
+pub fn run(args: &Args) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let path = args
+        .xenstored
+        .clone()
+        .unwrap_or_else(xenstore_client::discovery::socket_path);
+    let xs = match Client::connect_path(&path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("backendd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(p) = &args.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            eprintln!("backendd: cannot write {}: {e}", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = ServiceConfig {
+        domid: args.domid,
+        poll: Duration::from_millis(args.poll_ms.max(1)),
+    };
+    let shim = args
+        .shim_socket
+        .clone()
+        .unwrap_or_else(xen_shim::default_socket_path);
+    let mut svc = Service::new(xs, &cfg, factories(shim));
+    let stop = svc.stop_flag();
+    let signals = install_signal_flag();
+    let watcher = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            if signals.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+    if watcher.is_err() {
+        eprintln!("backendd: cannot start the signal thread");
+        return ExitCode::from(2);
+    }
+    let r = svc.run();
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backendd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_flag() -> &'static std::sync::atomic::AtomicBool {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: `on_signal` is async-signal-safe (one atomic store) and
+        // has the `extern "C" fn(c_int)` signature `signal` expects; the
+        // previous handler is not needed.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+    &SIGNALLED
+}

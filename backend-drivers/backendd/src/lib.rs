@@ -1,0 +1,33 @@
+//! `backendd`: the Dom0 service that watches
+//! `/local/domain/0/backend/<type>/<domid>/<devid>` and runs one backend per
+//! device through the `io/xenbus.h` handshake.
+//!
+//! ```text
+//!   xenstored ── watch /local/domain/0/backend ──► Service (one thread)
+//!        │                                            │ per backend dir
+//!        │ watch <frontend>/state ◄── DeviceHandle ───┘ (a thread each)
+//!        │                               │ Backend trait (blkback...)
+//!        └── state, features, error ◄────┘
+//! ```
+//!
+//! - [`state`]: the backend side of the handshake as a pure function
+//!   (Linux `xen-blkback` `frontend_changed`), skipped states tolerated;
+//! - [`backend`]: the [`backend::Backend`] trait a device type implements
+//!   (advertise, connect with the frontend's parameters, disconnect,
+//!   failure) and its factory;
+//! - [`device`]: the per-device thread (failure isolation: a failing or
+//!   panicking backend, or a frontend writing garbage, closes that device
+//!   only, logged once and rate-limited);
+//! - [`service`]: the watch loop; [`vbd`]: the block backend
+//!   (`xen-blkback`) as the `vbd` type; [`cli`]: the binary.
+
+pub mod backend;
+pub mod cli;
+pub mod device;
+pub mod ratelimit;
+pub mod service;
+pub mod state;
+pub mod vbd;
+
+pub use backend::{Backend, BackendError, BackendFactory, DeviceInfo};
+pub use service::{Service, ServiceConfig, ServiceError};

@@ -1,0 +1,100 @@
+//! The `xl` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::toolstack;
+
+/// `xl`: the toolstack of the split-driver stack, with Xen's verbs.
+#[derive(Debug, Parser)]
+#[command(name = "xl", about = "Xen-style toolstack over the hypervisor shim")]
+pub struct Args {
+    /// The verb.
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// `xl` verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Create a domain from an xl.cfg file (starts xen-shimd, xenstored and
+    /// backendd when they are not running).
+    Create {
+        /// The configuration file.
+        config: PathBuf,
+        /// Attach to the console afterwards (not available yet).
+        #[arg(short = 'c')]
+        console: bool,
+    },
+    /// List domains.
+    List {
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// Destroy a domain at once.
+    Destroy {
+        /// Name or id.
+        domain: String,
+    },
+    /// Pause a domain (its runtime stops running).
+    Pause {
+        /// Name or id.
+        domain: String,
+    },
+    /// Unpause a domain.
+    Unpause {
+        /// Name or id.
+        domain: String,
+    },
+    /// List a domain's virtual block devices.
+    #[command(name = "block-list")]
+    BlockList {
+        /// Name or id.
+        domain: String,
+    },
+}
+
+fn report(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+/// Runs one verb; errors go to stderr with exit status 1.
+#[must_use]
+pub fn run(args: &Args) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let r = match &args.verb {
+        Verb::Create { config, console } => toolstack::create(config, true).map(|c| {
+            eprintln!(
+                "Parsing config from {}\nDomain {} created (runtime pid {}, log {})",
+                config.display(),
+                c.domid,
+                c.pid,
+                c.log.display()
+            );
+            if *console {
+                eprintln!("xl: console attach is not available yet (no console backend)");
+            }
+        }),
+        Verb::List { domains } => toolstack::list(&mut out, domains),
+        Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
+        Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
+        Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
+        Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xl: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

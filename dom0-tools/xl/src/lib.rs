@@ -1,0 +1,19 @@
+//! The `xl` toolstack.
+//!
+//! - [`config`]: the `xl.cfg` parser (Xen's syntax; errors name file and
+//!   line), with [`disk`] (`xl-disk-configuration(5)`, vdev → devid as in
+//!   `xen-vbd-interface(7)`) and [`vif`] (`xl-network-configuration(5)`);
+//! - [`xsplan`]: the xenstore nodes and permissions libxl writes for a PV
+//!   domain and its vbds, as a pure plan;
+//! - [`toolstack`]: the verbs (`create`, `list`, `destroy`, `block-list`)
+//!   over the shim's `dom0::Control` and `xenstore-client`;
+//! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
+//!   none run; [`cli`]: the binary.
+
+pub mod cli;
+pub mod config;
+pub mod daemons;
+pub mod disk;
+pub mod toolstack;
+pub mod vif;
+pub mod xsplan;
