@@ -9,6 +9,8 @@ packages=(
   xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/client, xenstore/xenstored)
   xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
+  e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)
+  mount              # losetup, mount -o loop: the PV disk tests (frontend-drivers/pv-runtime)
 )
 
 missing=()

@@ -22,6 +22,17 @@ pub enum Frontend {
     GrantDemo,
     /// An `io/ring.h` ring with the peer (see `demo`).
     RingDemo,
+    /// Use the domain's xenstore over its ring (see `xsdemo`).
+    XenstoreDemo,
+    /// Corrupt the xenstore ring, then recover by reconnecting (see
+    /// `xsdemo`).
+    XenstoreHostile,
+    /// Time `--messages` xenstore reads and writes over the ring.
+    XenstoreBench,
+    /// Connect every `device/vbd`, expose each as `/dev/<vdev>` (a FUSE
+    /// block file) in a private mount namespace and run `--init` there
+    /// (see `pvdisk`).
+    Disk,
 }
 
 /// `xen-pvguest`: the PV guest runtime, started by the toolstack as domain N.
@@ -48,7 +59,8 @@ pub struct Args {
     /// The backend's domain.
     #[arg(long, default_value_t = 0)]
     pub peer: domid_t,
-    /// Messages of the ring demo.
+    /// Messages of the ring demo (operations of each kind for the xenstore
+    /// benchmark).
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
     /// Pages of the ring demo's ring (1, 2, 4, 8 or 16).
@@ -57,6 +69,13 @@ pub struct Args {
     /// Seconds to wait for the peer at each step of a demo.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
+    /// The guest's init program (run by the `disk` frontend with the
+    /// disks exposed; without it the disks are connected and released).
+    #[arg(long)]
+    pub init: Option<String>,
+    /// An argument of the init program (repeat for more).
+    #[arg(long = "init-arg", allow_hyphen_values = true)]
+    pub init_args: Vec<String>,
     /// After the demo, keep running until the toolstack shuts the domain
     /// down (instead of powering off).
     #[arg(long)]
@@ -168,6 +187,20 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
             &mut out,
         )
         .map(|_| ()),
+        Frontend::XenstoreDemo => crate::xsdemo::xenstore_demo(p, timeout, &mut out),
+        Frontend::XenstoreHostile => crate::xsdemo::xenstore_hostile(p, timeout, &mut out),
+        Frontend::XenstoreBench => {
+            crate::xsdemo::xenstore_bench(p, args.messages, timeout, &mut out)
+        }
+        Frontend::Disk => {
+            let init: Vec<String> = args
+                .init
+                .iter()
+                .chain(args.init_args.iter())
+                .cloned()
+                .collect();
+            crate::pvdisk::run_with_disks(p, &init, timeout, &mut out).map_err(DemoError::from)
+        }
     };
     let (reason, code) = match result {
         Err(e) => {

@@ -85,6 +85,9 @@ pub enum DemoError {
     /// Writing the protocol line failed.
     #[error("cannot write to the output")]
     Output(#[from] std::io::Error),
+    /// The disk frontend failed (see `pvdisk`).
+    #[error("the disk frontend failed")]
+    Disk(#[from] crate::pvdisk::PvdiskError),
 }
 
 fn plat(what: &'static str) -> impl FnOnce(PlatformError) -> DemoError {

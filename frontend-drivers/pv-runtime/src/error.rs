@@ -20,6 +20,9 @@ pub enum PvGuestError {
     /// Reporting the shutdown to the shim failed.
     #[error("cannot report the shutdown to the hypervisor shim")]
     Shutdown(#[source] ShimError),
+    /// The xenstore ring could not be set up.
+    #[error("cannot set up the xenstore connection")]
+    Xenstore(#[source] xen_xenbus::XenbusError),
     /// The domid or token is missing.
     #[error("{0} is missing: pass it on the command line or in the environment")]
     Missing(&'static str),

@@ -23,12 +23,17 @@
 //!   and the hub frontends wait on (`SCHEDOP_poll`);
 //! - [`platform`]: [`platform::PvPlatform`], the platform trait for process
 //!   guests;
+//! - [`xenstore`]: the domain's xenstore connection (the `xen-xenbus`
+//!   client on the store ring and event channel from `start_info`) behind
+//!   the platform's `xs_*` methods;
 //! - [`demo`]: the built-in plumbing frontends (grant + event demo, ring
 //!   demo) and their line protocol; [`dom0peer`]: their Dom0 halves on the
-//!   shim's `Gntdev`/`Evtchn`;
+//!   shim's `Gntdev`/`Evtchn`; [`xsdemo`]: xenstore frontends (a guest using
+//!   its store over the ring, and a hostile one that corrupts it);
 //! - [`cli`]: the `xen-pvguest` binary; [`testkit`]: an in-process daemon
 //!   and a guest-process launcher for cross-process tests and benchmarks.
 
+pub mod blockfile;
 pub mod cli;
 pub mod demo;
 pub mod dom0peer;
@@ -37,8 +42,12 @@ pub mod events;
 pub mod grefalloc;
 pub mod pagealloc;
 pub mod platform;
+pub mod pvdisk;
 pub mod ratelimit;
 pub mod runtime;
 pub mod testkit;
+pub mod vbd;
+pub mod xenstore;
+pub mod xsdemo;
 
 pub use error::PvGuestError;

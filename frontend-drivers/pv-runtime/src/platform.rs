@@ -10,11 +10,12 @@
 //!   `GNTTABOP_setup_table`, up to the domain's frame limit;
 //! - event channels go through the shim's `EVTCHNOP_*`; waiting is the
 //!   dispatcher's [`EventHub`];
-//! - xenstore is not wired yet (the xenstore client comes with the wire
-//!   crate): those methods return [`PlatformError::Unsupported`].
+//! - xenstore is the `xen-xenbus` client on the domain's store ring
+//!   ([`PvXenstore`], attached by the runtime at start); without one the
+//!   `xs_*` methods return [`PlatformError::Unsupported`].
 
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use xen_abi::event_channel::{
@@ -34,9 +35,10 @@ use xen_shim::layout::GRANT_ENTRIES_PER_FRAME_V1;
 use crate::events::EventHub;
 use crate::grefalloc::GrefAllocator;
 use crate::pagealloc::{PageAllocError, PageAllocator};
+use crate::xenstore::PvXenstore;
 
 const XS_UNSUPPORTED: PlatformError = PlatformError::Unsupported {
-    op: "xenstore (the runtime's xenstore client is not wired yet)",
+    op: "xenstore (no xenstore connection is attached to this platform)",
 };
 
 /// The grant table's growth state.
@@ -55,6 +57,7 @@ pub struct PvPlatform {
     pages: Mutex<PageAllocator>,
     grants: Mutex<Grants>,
     epoch: Instant,
+    xs: OnceLock<PvXenstore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,7 +101,23 @@ impl PvPlatform {
                 max_frames,
             }),
             epoch: Instant::now(),
+            xs: OnceLock::new(),
         }
+    }
+
+    /// Attaches the domain's xenstore connection (once; the runtime does it
+    /// at start). Returns `false` if one was attached already.
+    pub fn attach_xenstore(&self, xs: PvXenstore) -> bool {
+        self.xs.set(xs).is_ok()
+    }
+
+    /// The xenstore connection, if attached.
+    pub fn xenstore(&self) -> Option<&PvXenstore> {
+        self.xs.get()
+    }
+
+    fn xs(&self) -> Result<&PvXenstore, PlatformError> {
+        self.xs.get().ok_or(XS_UNSUPPORTED)
     }
 
     /// The shim's guest API.
@@ -308,52 +327,49 @@ unsafe impl Platform for PvPlatform {
         Ok(self.hub.poll(ports, timeout))
     }
 
-    fn xs_read(&self, _tx: XsTransaction, _path: &str) -> Result<Vec<u8>, PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_read(&self, tx: XsTransaction, path: &str) -> Result<Vec<u8>, PlatformError> {
+        self.xs()?.with_client(|c| c.read(tx.0, path))
     }
 
-    fn xs_write(
-        &self,
-        _tx: XsTransaction,
-        _path: &str,
-        _value: &[u8],
-    ) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_write(&self, tx: XsTransaction, path: &str, value: &[u8]) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.write(tx.0, path, value))
     }
 
-    fn xs_mkdir(&self, _tx: XsTransaction, _path: &str) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_mkdir(&self, tx: XsTransaction, path: &str) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.mkdir(tx.0, path))
     }
 
-    fn xs_rm(&self, _tx: XsTransaction, _path: &str) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_rm(&self, tx: XsTransaction, path: &str) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.rm(tx.0, path))
     }
 
-    fn xs_directory(&self, _tx: XsTransaction, _path: &str) -> Result<Vec<String>, PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_directory(&self, tx: XsTransaction, path: &str) -> Result<Vec<String>, PlatformError> {
+        self.xs()?.with_client(|c| c.directory(tx.0, path))
     }
 
-    fn xs_watch(&self, _path: &str, _token: &str) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_watch(&self, path: &str, token: &str) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.watch(path, token))
     }
 
-    fn xs_unwatch(&self, _path: &str, _token: &str) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_unwatch(&self, path: &str, token: &str) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.unwatch(path, token))
     }
 
     fn xs_read_watch(
         &self,
-        _timeout: Option<Duration>,
+        timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
-        Err(XS_UNSUPPORTED)
+        self.xs()?.read_watch(timeout)
     }
 
     fn xs_transaction_start(&self) -> Result<XsTransaction, PlatformError> {
-        Err(XS_UNSUPPORTED)
+        self.xs()?
+            .with_client(|c| c.transaction_start())
+            .map(XsTransaction)
     }
 
-    fn xs_transaction_end(&self, _tx: XsTransaction, _commit: bool) -> Result<(), PlatformError> {
-        Err(XS_UNSUPPORTED)
+    fn xs_transaction_end(&self, tx: XsTransaction, commit: bool) -> Result<(), PlatformError> {
+        self.xs()?.with_client(|c| c.transaction_end(tx.0, commit))
     }
 
     fn monotonic_ns(&self) -> u64 {

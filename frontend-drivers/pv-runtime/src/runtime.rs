@@ -7,7 +7,9 @@
 //! 3. set up the grant table with `GNTTABOP_setup_table`;
 //! 4. start the event dispatcher thread ([`EventHub::dispatch_loop`]) and
 //!    bind an IPI port to wake it;
-//! 5. hand the frontends a [`PvPlatform`].
+//! 5. open the xenstore connection on the store page and port of
+//!    `start_info` ([`PvXenstore`]);
+//! 6. hand the frontends a [`PvPlatform`].
 //!
 //! [`Runtime::finish`] ends the domain the way a Xen guest does: stop the
 //! dispatcher, then `SCHEDOP_shutdown` with the reason.
@@ -27,6 +29,7 @@ use xen_shim::protocol::ShutdownReason;
 use crate::error::PvGuestError;
 use crate::events::EventHub;
 use crate::platform::PvPlatform;
+use crate::xenstore::PvXenstore;
 
 /// Grant frames the runtime sets up at start (the table grows on demand).
 pub const INITIAL_GRANT_FRAMES: u32 = 4;
@@ -173,6 +176,24 @@ impl Runtime {
             .name(format!("evtchn-d{domid}"))
             .spawn(move || h.dispatch_loop())
             .map_err(PvGuestError::Thread)?;
+        // After the dispatcher: a page found broken is reconnected, which
+        // waits for the store port.
+        let xs = PvXenstore::open(
+            hv,
+            Arc::clone(&hub),
+            boot.store_mfn,
+            boot.store_evtchn,
+            xen_xenbus::ClientConfig::default(),
+        );
+        let xs = match xs {
+            Ok(xs) => xs,
+            Err(e) => {
+                hub.stop(kick);
+                let _ = dispatcher.join();
+                return Err(e);
+            }
+        };
+        platform.attach_xenstore(xs);
         Ok(Self {
             hv,
             platform,

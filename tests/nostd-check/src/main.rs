@@ -15,6 +15,7 @@ fn exercise() -> bool {
         && exercise_ring()
         && exercise_xenstore_wire()
         && exercise_platform()
+        && exercise_xenbus()
         && exercise_blkfront()
 }
 
@@ -141,6 +142,67 @@ fn exercise_platform() -> bool {
         && pending
         && xs
         && p.free_pages(pages).is_ok()
+}
+
+/// The guest's xenbus client over a static xenstore page: a watch event
+/// written by a server end is read and queued; the state helpers over the
+/// fake platform.
+fn exercise_xenbus() -> bool {
+    use xen_front_platform::fake::FakePlatform;
+    use xen_front_platform::{Platform, XBT_NIL};
+    use xen_ring::bytes::XsRing;
+    use xen_ring::SharedRing;
+    use xen_xenbus::{state, ClientConfig, FnEvents, XenbusClient};
+    use xenstore_wire::PacketWriter;
+
+    #[repr(C, align(4096))]
+    struct Page(core::cell::UnsafeCell<[u8; 4096]>);
+    // SAFETY: only this function touches the page, through a guest end and a
+    // server end of the xenstore ring, which use atomic and volatile accesses.
+    unsafe impl Sync for Page {}
+    static PAGE: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+
+    let p = PAGE.0.get().cast::<u8>();
+    // SAFETY: PAGE is 4096 bytes, page-aligned and lives forever; the server
+    // end and the client are its only users.
+    let (Ok(server_mem), Ok(guest_mem)) = (unsafe { SharedRing::new(p, 4096) }, unsafe {
+        SharedRing::new(p, 4096)
+    }) else {
+        return false;
+    };
+    let Ok(mut server) = XsRing::server(server_mem) else {
+        return false;
+    };
+    let events = FnEvents {
+        notify: || Ok(()),
+        wait: |_| false,
+        now_ns: || 0,
+    };
+    let Ok(mut client) = XenbusClient::new(guest_mem, events, ClientConfig::default()) else {
+        return false;
+    };
+    let mut ev = alloc::vec::Vec::new();
+    if PacketWriter::watch_event(&mut ev, b"device/vif", b"tok").is_err()
+        || server.write(&ev) != ev.len()
+    {
+        return false;
+    }
+    let got = matches!(
+        client.try_read_watch(),
+        Ok(Some(e)) if e.path == "device/vif" && e.token == "tok"
+    );
+
+    let fake = FakePlatform::new(3);
+    let seeded = fake.xs_write(XBT_NIL, "device/vif/0/state", b"1").is_ok();
+    let switched = state::switch_state(
+        &fake,
+        "device/vif/0",
+        xen_abi::io::xenbus::XenbusState::Connected,
+    ) == Ok(true);
+    got && seeded
+        && switched
+        && state::read_state(&fake, XBT_NIL, "device/vif/0")
+            == xen_abi::io::xenbus::XenbusState::Connected
 }
 
 /// The block frontend over the fake platform: the xenbus handshake to

@@ -1,18 +1,40 @@
 //! `xsbench`: our xenstored against Xen 4.17's C xenstored, same machine,
 //! same clients, same run.
 //!
-//! For each repetition and each server (interleaved, so drift hits both):
+//! For each placement, repetition and server (interleaved, so drift hits
+//! every server alike):
 //! - libxenstore client `xs-bench.c` from the peers directory (built once with
 //!   `gcc -O2 -lxenstore`, as `c-xenstored.sh bench` builds it): write+read
-//!   pairs/s, ops/s, transactions/s;
+//!   pairs/s, ops/s, transactions/s, and the server's CPU time per request
+//!   (from `/proc/<pid>/task/*/schedstat`, kernel time included);
 //! - Xen's `test-xenstore -i N`: the average time of each of its 12 tests;
 //! - per-request latency of a `READ` (our sync client) with no other
-//!   connection open, and with `--idle` idle connections open.
+//!   connection open, and with `--idle` idle connections open;
+//! - server throughput ([`load`]): one connection with `--load-depth`
+//!   requests in flight, and `--load-conns` synchronous connections.
 //!
-//! Reports median, min and max over the repetitions, and the ratio of our
+//! Placements: `--pin CPU` puts this program, every server and every
+//! client on one CPU (a request costs the server's work plus two context
+//! switches, no cross-CPU wake-up); `--split C,S` puts the clients on CPU
+//! `C` and the servers on CPU `S` (a request then also costs two cross-CPU
+//! wake-ups, which on a virtual machine whose idle CPUs halt take tens of
+//! microseconds and dominate); `--split-busy C,S` is split with
+//! idle-priority spinners keeping both CPUs from halting (a host where an
+//! idle CPU wakes cheaply). Several may be given and run one after
+//! the other; none runs everything unpinned.
+//!
+//! Besides the C xenstored and ours (and `--no-persist-variant`), a null
+//! server ([`null`]) answers xs-bench, the latency and the load with the
+//! least work a socket server can do: its ratio to C bounds what any
+//! server could reach on this machine with these clients.
+//!
+//! Reports median, min and max over the repetitions, and the ratio of each
 //! median to C's. The C xenstored runs through `c-xenstored.sh start DIR`
 //! (an `LD_PRELOAD` shim fakes the hypervisor); ours through its binary on a
 //! temporary socket and state directory.
+
+pub mod load;
+pub mod null;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -75,9 +97,9 @@ pub enum XsBenchError {
     },
 }
 
-type Result<T> = std::result::Result<T, XsBenchError>;
+pub(crate) type Result<T> = std::result::Result<T, XsBenchError>;
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> XsBenchError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> XsBenchError {
     let what = what.into();
     move |source| XsBenchError::Io { what, source }
 }
@@ -124,30 +146,241 @@ pub struct Args {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Pin this program, both servers and every client to this CPU (all
-    /// inherit the affinity). A request then costs the server's work and two
-    /// context switches, without cross-CPU wake-ups, whose latency varies a
-    /// lot on virtual machines.
+    /// Pin this program, every server and every client to this CPU. A
+    /// request then costs the server's work and two context switches,
+    /// without cross-CPU wake-ups, whose latency varies a lot on virtual
+    /// machines.
     #[arg(long, value_name = "CPU")]
     pub pin: Option<usize>,
+    /// Also (or only) run with the clients on CPU `C` and the servers on
+    /// CPU `S` (`--split 0,1`).
+    #[arg(long, value_name = "C,S", value_parser = parse_split)]
+    pub split: Option<(usize, usize)>,
+    /// Also run split with an idle-priority (`SCHED_IDLE`) spinner on each
+    /// of the two CPUs, so that neither halts: on a virtual machine whose
+    /// idle vCPUs halt (no guest halt-polling), waking one costs tens of
+    /// microseconds per request and swamps the servers' differences; this
+    /// models a host where an idle CPU wakes cheaply. The spinners yield to
+    /// any other task at once (`SCHED_IDLE` loses every wake-up).
+    #[arg(long, value_name = "C,S", value_parser = parse_split)]
+    pub split_busy: Option<(usize, usize)>,
+    /// Do not run the null server (the floor of any socket server).
+    #[arg(long)]
+    pub no_null_server: bool,
+    /// Requests in flight on the pipelined load's one connection.
+    #[arg(long, default_value_t = 32)]
+    pub load_depth: usize,
+    /// Synchronous connections of the concurrent load.
+    #[arg(long, default_value_t = 8)]
+    pub load_conns: usize,
+    /// Write+read pairs per connection of each load.
+    #[arg(long, default_value_t = 10_000)]
+    pub load_pairs: usize,
+    /// Another xenstored binary to measure alongside (persistent, like
+    /// ours), e.g. an older build: `--also before=/tmp/xenstored.old`.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_also)]
+    pub also: Vec<(String, PathBuf)>,
+    /// Run only these parts (comma-separated: xs-bench, test-xenstore,
+    /// latency, load).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "xs-bench,test-xenstore,latency,load",
+        value_parser = clap::builder::PossibleValuesParser::new(["xs-bench", "test-xenstore", "latency", "load"])
+    )]
+    pub only: Vec<String>,
 }
 
-/// Pins the calling process (and so its future children) to `cpu`.
-fn pin_to(cpu: usize) -> Result<()> {
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.iter().any(|p| p == part)
+    }
+}
+
+/// Parses `--also NAME=PATH`.
+fn parse_also(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (n, p) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
+    if n.is_empty() || ["c-xenstored", "ours", "ours-nopersist", "null"].contains(&n) {
+        return Err(format!("{n:?} is empty or the name of a built-in server"));
+    }
+    Ok((n.to_owned(), PathBuf::from(p)))
+}
+
+/// Parses `--split C,S`.
+fn parse_split(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (c, sv) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not CLIENT_CPU,SERVER_CPU"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{x:?} is not a CPU number: {e}"))
+    };
+    Ok((num(c)?, num(sv)?))
+}
+
+/// Where clients and servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them.
+    Unpinned,
+    /// Everything on one CPU.
+    Same(usize),
+    /// Clients on the first CPU, servers on the second.
+    Split(usize, usize),
+    /// As `Split`, with idle-priority spinners keeping both CPUs out of
+    /// their halted idle state.
+    SplitBusy(usize, usize),
+}
+
+impl Placement {
+    /// The label used in reports.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match self {
+            Placement::Unpinned => "unpinned".into(),
+            Placement::Same(c) => format!("same-cpu{c}"),
+            Placement::Split(c, s) => format!("split-c{c}-s{s}"),
+            Placement::SplitBusy(c, s) => format!("split-busy-c{c}-s{s}"),
+        }
+    }
+}
+
+/// The placements `args` asks for, in order.
+#[must_use]
+pub fn placements(args: &Args) -> Vec<Placement> {
+    let mut v = Vec::new();
+    if let Some(c) = args.pin {
+        v.push(Placement::Same(c));
+    }
+    if let Some((c, s)) = args.split {
+        v.push(Placement::Split(c, s));
+    }
+    if let Some((c, s)) = args.split_busy {
+        v.push(Placement::SplitBusy(c, s));
+    }
+    if v.is_empty() {
+        v.push(Placement::Unpinned);
+    }
+    v
+}
+
+/// A CPU set holding `cpu` only.
+fn cpu_set(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: `cpu_set_t` is a plain bit array for which all-zero is valid.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes one bit of the live local `set`; CPU numbers past
     // the set's capacity are ignored by libc's macro.
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is this process; the pointer and size describe `set`.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    set
+}
+
+/// The affinity of task `tid` (0: the calling thread).
+fn get_affinity(tid: libc::pid_t) -> Result<libc::cpu_set_t> {
+    // SAFETY: `cpu_set_t` is a plain bit array for which all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into the
+    // live local `set`.
+    let r =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if r != 0 {
         return Err(XsBenchError::Io {
-            what: format!("pinning to CPU {cpu}"),
+            what: format!("reading the CPU affinity of task {tid}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(set)
+}
+
+/// Sets the affinity of task `tid` (0: the calling thread, whose future
+/// threads and children inherit it).
+fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> Result<()> {
+    // SAFETY: the kernel only reads the `cpu_set_t` it is given, a live
+    // reference of the right size.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if r != 0 {
+        return Err(XsBenchError::Io {
+            what: format!("setting the CPU affinity of task {tid}"),
             source: std::io::Error::last_os_error(),
         });
     }
     Ok(())
+}
+
+/// A `SCHED_IDLE` thread spinning on one CPU until dropped.
+#[derive(Debug)]
+struct Spinner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn start(cpu: usize) -> Result<Spinner> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("idle-spinner".into())
+                .spawn(move || {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    // SAFETY: pid 0 is this thread; the kernel only reads
+                    // `param`, a live local.
+                    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                    let set = cpu_set(cpu);
+                    let ok = r == 0 && set_affinity(0, &set).is_ok();
+                    let _ = tx.send(ok);
+                    while ok && !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+                .map_err(io_err("starting the idle spinner"))?
+        };
+        let spinner = Spinner {
+            stop,
+            thread: Some(thread),
+        };
+        if rx.recv().unwrap_or(false) {
+            Ok(spinner)
+        } else {
+            Err(XsBenchError::Step {
+                what: "starting the idle spinner".into(),
+                detail: format!("cannot make a SCHED_IDLE thread on CPU {cpu}"),
+            })
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread ids of process `pid` (itself if it cannot be listed).
+fn threads_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut v: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if v.is_empty() {
+        v.push(pid);
+    }
+    v
+}
+
+/// Nanoseconds task `tid` has run (first field of its `schedstat`).
+fn task_cpu_ns(tid: libc::pid_t) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 /// A running server under test.
@@ -164,6 +397,48 @@ enum ServerKind {
     Ours { child: Child, dir: PathBuf },
     /// C xenstored started by `c-xenstored.sh start dir`.
     C { script: PathBuf, dir: PathBuf },
+    /// The null server, a thread of this program.
+    Null(null::NullServer),
+}
+
+impl Server {
+    /// The tasks (thread ids) serving.
+    fn tasks(&self) -> Vec<libc::pid_t> {
+        match &self.kind {
+            ServerKind::Ours { child, .. } => {
+                threads_of(libc::pid_t::try_from(child.id()).unwrap_or(0))
+            }
+            ServerKind::C { dir, .. } => std::fs::read_to_string(dir.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .map(threads_of)
+                .unwrap_or_default(),
+            ServerKind::Null(n) => vec![n.tid()],
+        }
+    }
+
+    /// CPU time the server has used so far (ns).
+    fn cpu_ns(&self) -> Option<u64> {
+        let tasks = self.tasks();
+        if tasks.is_empty() {
+            return None;
+        }
+        tasks.into_iter().map(task_cpu_ns).sum()
+    }
+
+    /// Moves every task of the server to `set`.
+    fn pin(&self, set: &libc::cpu_set_t) -> Result<()> {
+        for t in self.tasks() {
+            set_affinity(t, set)?;
+        }
+        Ok(())
+    }
+
+    /// Whether it implements the whole protocol (the null server does not
+    /// run test-xenstore).
+    fn is_full(&self) -> bool {
+        !matches!(self.kind, ServerKind::Null(_))
+    }
 }
 
 impl Drop for Server {
@@ -182,6 +457,7 @@ impl Drop for Server {
                     .status();
                 let _ = std::fs::remove_dir_all(dir);
             }
+            ServerKind::Null(_) => {}
         }
     }
 }
@@ -212,6 +488,10 @@ fn wait_listening(name: &str, socket: &Path) -> Result<()> {
 
 fn start_ours(bin: &Path, persist: bool) -> Result<Server> {
     let name = if persist { "ours" } else { "ours-nopersist" };
+    start_named(name, bin, persist)
+}
+
+fn start_named(name: &str, bin: &Path, persist: bool) -> Result<Server> {
     let dir = scratch_dir(name)?;
     let socket = dir.join("socket");
     let log =
@@ -431,8 +711,9 @@ fn raise_nofile() {
     }
 }
 
-/// Samples of one metric of one server.
-type Samples = BTreeMap<(String, String), Vec<f64>>;
+/// Samples of one metric of one server in one placement:
+/// (placement, server, metric) to values.
+type Samples = BTreeMap<(String, String, String), Vec<f64>>;
 
 /// Median (mean of the middle two for an even count), min and max.
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -452,7 +733,9 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 
 /// Which way is better for a metric, and the goal for ours/C.
 fn goal(metric: &str) -> (&'static str, &'static str) {
-    if metric.starts_with("xs-bench.") {
+    if metric.ends_with("server_cpu_ns_per_req") {
+        ("lower", "<= 0.5")
+    } else if metric.starts_with("xs-bench.") || metric.starts_with("load.") {
         ("higher", ">= 2")
     } else if metric.starts_with("test-xenstore.") {
         ("lower", "<= 0.5")
@@ -500,21 +783,69 @@ fn default_xenstored() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("xenstored"))
 }
 
+/// CPU nanoseconds `s` used while `f` ran, per request of `requests`.
+fn cpu_per_req<T>(
+    s: &Server,
+    requests: u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Option<f64>)> {
+    let before = s.cpu_ns();
+    let r = f()?;
+    let after = s.cpu_ns();
+    let per = match (before, after) {
+        (Some(b), Some(a)) if requests > 0 => Some(a.saturating_sub(b) as f64 / requests as f64),
+        _ => None,
+    };
+    Ok((r, per))
+}
+
 /// One repetition against one server; adds to `samples`.
-fn run_one(args: &Args, xs_bench: &Path, s: &Server, samples: &mut Samples) -> Result<()> {
+fn run_one(
+    args: &Args,
+    placement: &str,
+    xs_bench: &Path,
+    s: &Server,
+    samples: &mut Samples,
+) -> Result<()> {
     let mut put = |metric: &str, v: f64| {
         samples
-            .entry((s.name.clone(), metric.to_owned()))
+            .entry((placement.to_owned(), s.name.clone(), metric.to_owned()))
             .or_default()
             .push(v);
     };
-    let o = run_with_deadline(
-        Command::new(xs_bench)
-            .arg(args.pairs.to_string())
-            .env("XENSTORED_PATH", &s.socket),
-        &format!("xs-bench against {}", s.name),
-        Duration::from_secs(600),
-    )?;
+    // xs-bench: `pairs` writes and reads, then pairs/10 transactions of
+    // three requests each.
+    if args.runs("xs-bench") {
+        run_xs_bench(args, xs_bench, s, &mut put)?;
+    }
+    if s.is_full() && args.runs("test-xenstore") {
+        run_test_xenstore(args, s, &mut put)?;
+    }
+    if args.runs("latency") {
+        run_latency(args, s, &mut put)?;
+    }
+    if args.runs("load") {
+        run_loads(args, s, &mut put)?;
+    }
+    Ok(())
+}
+
+fn run_xs_bench(
+    args: &Args,
+    xs_bench: &Path,
+    s: &Server,
+    put: &mut impl FnMut(&str, f64),
+) -> Result<()> {
+    let xs_requests = u64::from(args.pairs) * 2 + u64::from(args.pairs / 10) * 3;
+    let (o, cpu) = cpu_per_req(s, xs_requests, || {
+        run_with_deadline(
+            Command::new(xs_bench)
+                .arg(args.pairs.to_string())
+                .env("XENSTORED_PATH", &s.socket),
+            &format!("xs-bench against {}", s.name),
+            Duration::from_secs(600),
+        )
+    })?;
     let text = String::from_utf8_lossy(&o.stdout);
     let r = parse_xs_bench(&text).ok_or_else(|| XsBenchError::Step {
         what: "parsing xs-bench output".into(),
@@ -523,7 +854,13 @@ fn run_one(args: &Args, xs_bench: &Path, s: &Server, samples: &mut Samples) -> R
     put("xs-bench.pairs_per_s", r.pairs_per_s);
     put("xs-bench.ops_per_s", r.ops_per_s);
     put("xs-bench.tx_per_s", r.tx_per_s);
+    if let Some(c) = cpu {
+        put("xs-bench.server_cpu_ns_per_req", c);
+    }
+    Ok(())
+}
 
+fn run_test_xenstore(args: &Args, s: &Server, put: &mut impl FnMut(&str, f64)) -> Result<()> {
     let o = run_with_deadline(
         Command::new(&args.test_xenstore)
             .args(["-i", &args.iterations.to_string()])
@@ -545,7 +882,10 @@ fn run_one(args: &Args, xs_bench: &Path, s: &Server, samples: &mut Samples) -> R
         put(&format!("test-xenstore.{name}.avg_ns"), ns);
     }
     put("test-xenstore.sum_of_avgs_ns", total);
+    Ok(())
+}
 
+fn run_latency(args: &Args, s: &Server, put: &mut impl FnMut(&str, f64)) -> Result<()> {
     let none = measure_latency(&s.socket, args.latency_requests)?;
     let idle = open_idle(&s.socket, args.idle)?;
     let with_idle = measure_latency(&s.socket, args.latency_requests)?;
@@ -561,15 +901,35 @@ fn run_one(args: &Args, xs_bench: &Path, s: &Server, samples: &mut Samples) -> R
     Ok(())
 }
 
+fn run_loads(args: &Args, s: &Server, put: &mut impl FnMut(&str, f64)) -> Result<()> {
+    let loads = [
+        (
+            format!("load.pipelined{}", args.load_depth),
+            1,
+            args.load_depth,
+        ),
+        (format!("load.conns{}", args.load_conns), args.load_conns, 1),
+    ];
+    for (name, conns, depth) in loads {
+        let requests = (conns * args.load_pairs * 2) as u64;
+        let (r, cpu) = cpu_per_req(s, requests, || {
+            load::run_load(&s.socket, conns, depth, args.load_pairs)
+        })?;
+        put(&format!("{name}.ops_per_s"), r.per_second());
+        if let Some(c) = cpu {
+            put(&format!("{name}.server_cpu_ns_per_req"), c);
+        }
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints the report.
 ///
 /// # Errors
 /// A missing peer, a server that does not start, or a failing client run.
 pub fn run(args: &Args) -> Result<()> {
     raise_nofile();
-    if let Some(cpu) = args.pin {
-        pin_to(cpu)?;
-    }
+    let all_cpus = get_affinity(0)?;
     let peers = args.peers.clone().unwrap_or_else(default_peers);
     let script = peers.join("c-xenstored.sh");
     if !script.exists() {
@@ -600,28 +960,55 @@ pub fn run(args: &Args) -> Result<()> {
             return Err(e);
         }
     };
-    let mut servers = vec![start_c(&peers)?, start_ours(&ours_bin, true)?];
-    if args.no_persist_variant {
-        servers.push(start_ours(&ours_bin, false)?);
-    }
     let mut samples = Samples::new();
     let result = (|| {
-        for rep in 0..args.reps {
+        let mut servers = vec![start_c(&peers)?, start_ours(&ours_bin, true)?];
+        if args.no_persist_variant {
+            servers.push(start_ours(&ours_bin, false)?);
+        }
+        for (name, bin) in &args.also {
+            servers.push(start_named(name, bin, true)?);
+        }
+        if !args.no_null_server {
+            let n = null::NullServer::start(&work).map_err(io_err("starting the null server"))?;
+            servers.push(Server {
+                name: "null".into(),
+                socket: n.socket().to_owned(),
+                kind: ServerKind::Null(n),
+            });
+        }
+        for placement in placements(args) {
+            let (client_set, server_set) = match placement {
+                Placement::Unpinned => (all_cpus, all_cpus),
+                Placement::Same(c) => (cpu_set(c), cpu_set(c)),
+                Placement::Split(c, sv) | Placement::SplitBusy(c, sv) => (cpu_set(c), cpu_set(sv)),
+            };
+            let _spinners = match placement {
+                Placement::SplitBusy(c, sv) => vec![Spinner::start(c)?, Spinner::start(sv)?],
+                _ => Vec::new(),
+            };
+            // This thread's children and threads (the clients) inherit it.
+            set_affinity(0, &client_set)?;
             for s in &servers {
-                if !args.json {
-                    eprintln!(
-                        "xsbench: repetition {}/{} against {}",
-                        rep + 1,
-                        args.reps,
-                        s.name
-                    );
+                s.pin(&server_set)?;
+            }
+            let label = placement.label();
+            for rep in 0..args.reps {
+                for s in &servers {
+                    if !args.json {
+                        eprintln!(
+                            "xsbench: {label}: repetition {}/{} against {}",
+                            rep + 1,
+                            args.reps,
+                            s.name
+                        );
+                    }
+                    run_one(args, &label, &xs_bench, s, &mut samples)?;
                 }
-                run_one(args, &xs_bench, s, &mut samples)?;
             }
         }
         Ok(())
     })();
-    drop(servers);
     let _ = std::fs::remove_dir_all(&work);
     result?;
     report(args, &samples);
@@ -640,38 +1027,51 @@ fn best(better: &str, min: f64, max: f64) -> f64 {
 
 fn report(args: &Args, samples: &Samples) {
     let mut seen = std::collections::BTreeSet::new();
-    let metrics: Vec<&String> = samples
+    let keys: Vec<(&String, &String)> = samples
         .keys()
-        .map(|(_, m)| m)
-        .filter(|m| seen.insert(*m))
+        .map(|(p, _, m)| (p, m))
+        .filter(|k| seen.insert(*k))
         .collect();
     let mut seen = std::collections::BTreeSet::new();
-    let servers: Vec<&String> = samples
+    let mut servers: Vec<&String> = samples
         .keys()
-        .map(|(s, _)| s)
+        .map(|(_, s, _)| s)
         .filter(|s| seen.insert(*s))
         .collect();
+    // C first, the null server (the floor) last.
+    servers.sort_by_key(|s| match s.as_str() {
+        "c-xenstored" => 0,
+        "null" => 2,
+        _ => 1,
+    });
     if !args.json {
-        let pin = args.pin.map_or_else(
-            || "not pinned".to_owned(),
-            |c| format!("all pinned to CPU {c}"),
+        let placements: Vec<String> = placements(args).iter().map(Placement::label).collect();
+        println!(
+            "xsbench: {} repetitions; xs-bench {} pairs; test-xenstore -i {}; latency over {} READs, {} idle connections; load {} pairs per connection; placements: {}",
+            args.reps,
+            args.pairs,
+            args.iterations,
+            args.latency_requests,
+            args.idle,
+            args.load_pairs,
+            placements.join(", ")
         );
         println!(
-            "xsbench: {} repetitions; xs-bench {} pairs; test-xenstore -i {}; latency over {} READs, {} idle connections; {pin}",
-            args.reps, args.pairs, args.iterations, args.latency_requests, args.idle
+            "ratios: ours/C; the null server's ratio bounds what any socket server can reach here"
         );
         println!(
-            "{:<36} {:>15} {:>13} {:>27} {:>8} {:>8}  goal (ours/C)",
-            "metric", "server", "median", "[min .. max]", "med/C", "best/C"
+            "{:<16} {:<38} {:>15} {:>13} {:>27} {:>8} {:>8}  goal (ours/C)",
+            "placement", "metric", "server", "median", "[min .. max]", "med/C", "best/C"
         );
     }
-    for metric in metrics {
+    for (placement, metric) in keys {
         let (better, goal) = goal(metric);
         let c = samples
-            .get(&("c-xenstored".to_owned(), metric.clone()))
+            .get(&(placement.clone(), "c-xenstored".to_owned(), metric.clone()))
             .map(|v| stats(v));
         for server in &servers {
-            let Some(v) = samples.get(&((*server).clone(), metric.clone())) else {
+            let Some(v) = samples.get(&(placement.clone(), (*server).clone(), metric.clone()))
+            else {
                 continue;
             };
             let (med, min, max) = stats(v);
@@ -682,9 +1082,15 @@ fn report(args: &Args, samples: &Samples) {
                 ),
                 _ => (None, None),
             };
+            let goal = match (ratio, server.as_str()) {
+                (None, _) => "",
+                (Some(_), "null") => "(floor: no socket server beats this)",
+                (Some(_), _) => goal,
+            };
             if args.json {
                 let line = json!({
                     "bench": "xsbench",
+                    "placement": placement,
                     "server": server,
                     "metric": metric,
                     "reps": v.len(),
@@ -696,15 +1102,13 @@ fn report(args: &Args, samples: &Samples) {
                     "ratio_vs_c": ratio,
                     "best_ratio_vs_c": best_ratio,
                     "goal_ratio": goal,
-                    "pinned_cpu": args.pin,
                 });
                 println!("{line}");
             } else {
                 let r = ratio.map_or_else(String::new, |r| format!("{r:.3}"));
                 let b = best_ratio.map_or_else(String::new, |r| format!("{r:.3}"));
-                let g = if ratio.is_some() { goal } else { "" };
                 println!(
-                    "{metric:<36} {server:>15} {med:>13.1} {:>27} {r:>8} {b:>8}  {g}",
+                    "{placement:<16} {metric:<38} {server:>15} {med:>13.1} {:>27} {r:>8} {b:>8}  {goal}",
                     format!("[{min:.1} .. {max:.1}]")
                 );
             }
@@ -746,6 +1150,58 @@ mod tests {
                 ("ta err".to_owned(), 129_879.0)
             ]
         );
+    }
+
+    #[test]
+    fn test_parse_also_name_and_path() {
+        assert_eq!(
+            parse_also("old=/x/xenstored"),
+            Ok(("old".to_owned(), PathBuf::from("/x/xenstored")))
+        );
+        assert!(parse_also("ours=/x").is_err());
+        assert!(parse_also("/x").is_err());
+    }
+
+    #[test]
+    fn test_parse_split_two_cpus() {
+        assert_eq!(parse_split("0,1"), Ok((0, 1)));
+        assert!(parse_split("0").is_err());
+        assert!(parse_split("a,1").is_err());
+    }
+
+    #[test]
+    fn test_placements_pin_and_split_both_run() {
+        let mut args = Args::parse_from([
+            "xsbench",
+            "--pin",
+            "1",
+            "--split",
+            "0,1",
+            "--split-busy",
+            "0,1",
+        ]);
+        assert_eq!(
+            placements(&args),
+            vec![
+                Placement::Same(1),
+                Placement::Split(0, 1),
+                Placement::SplitBusy(0, 1)
+            ]
+        );
+        args.pin = None;
+        args.split = None;
+        args.split_busy = None;
+        assert_eq!(placements(&args), vec![Placement::Unpinned]);
+    }
+
+    #[test]
+    fn test_goal_server_cpu_lower_load_higher() {
+        assert_eq!(
+            goal("load.conns8.server_cpu_ns_per_req"),
+            ("lower", "<= 0.5")
+        );
+        assert_eq!(goal("load.pipelined32.ops_per_s"), ("higher", ">= 2"));
+        assert_eq!(goal("xs-bench.ops_per_s"), ("higher", ">= 2"));
     }
 
     #[test]

@@ -61,8 +61,20 @@ pub enum PathKind {
 #[inline]
 #[must_use]
 pub fn is_valid_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@')
+    VALID_CHARS[usize::from(b)]
 }
+
+/// [`is_valid_char`] as a table: path validation runs on every request.
+const VALID_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@');
+        i += 1;
+    }
+    t
+};
 
 /// The length of a `/local/domain/<domid>/` prefix of `path` (0 if none).
 #[must_use]

@@ -97,6 +97,15 @@ pub struct Options {
     /// fdatasync the journal before replies (survives power loss).
     #[arg(long)]
     pub fsync: bool,
+    /// The hypervisor shim's control socket, through which domains' rings
+    /// are mapped and VIRQ_DOM_EXC is bound (default: $XEN_SHIM_SOCKET,
+    /// else /run/xen-shim/control.sock).
+    #[arg(long, value_name = "PATH")]
+    pub shim_socket: Option<PathBuf>,
+    /// Do not use the hypervisor shim: XS_INTRODUCE is recorded only and no
+    /// domain ring is served.
+    #[arg(long, conflicts_with = "shim_socket")]
+    pub no_shim: bool,
 }
 
 /// The socket path as Xen's clients find it: `$XENSTORED_PATH`, else
@@ -126,6 +135,15 @@ impl Options {
     #[must_use]
     pub fn socket_path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(default_socket_path)
+    }
+
+    /// The hypervisor shim's socket: `--shim-socket`, else
+    /// `$XEN_SHIM_SOCKET`, else the shim's default.
+    #[must_use]
+    pub fn shim_socket_path(&self) -> PathBuf {
+        self.shim_socket
+            .clone()
+            .unwrap_or_else(xen_shim::default_socket_path)
     }
 
     /// The quota settings given on the command line.
@@ -199,6 +217,18 @@ mod tests {
         );
         let o = Options::try_parse_from(["xenstored", "--foreground"]).unwrap();
         assert!(o.foreground);
+    }
+
+    #[test]
+    fn test_options_shim_socket_flag_overrides_default() {
+        let o = Options::try_parse_from(["xenstored", "--shim-socket", "/tmp/shim.sock"]).unwrap();
+        assert_eq!(o.shim_socket_path(), PathBuf::from("/tmp/shim.sock"));
+        assert!(!o.no_shim);
+        let o = Options::try_parse_from(["xenstored", "--no-shim"]).unwrap();
+        assert!(o.no_shim);
+        assert!(
+            Options::try_parse_from(["xenstored", "--no-shim", "--shim-socket", "/s"]).is_err()
+        );
     }
 
     #[test]

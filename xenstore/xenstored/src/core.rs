@@ -10,7 +10,7 @@ use xenstore_wire::{
     XENSTORE_PAYLOAD_MAX, XENSTORE_SERVER_FEATURE_WATCHDEPTH,
 };
 
-use crate::domain::{Domain, Domains};
+use crate::domain::{Domain, Domains, IntroduceCheck};
 use crate::ops::{self, Caller, Event};
 use crate::persist::{Encoder, Record};
 use crate::quota::{self, Quotas};
@@ -229,6 +229,9 @@ pub struct Core {
     dirty_flag: Vec<bool>,
     /// Domain actions for the server.
     pub actions: Vec<DomainAction>,
+    /// Checks `XS_INTRODUCE` with the hypervisor before it is acknowledged
+    /// (none: introductions are recorded as they come).
+    pub introduce_check: Option<Box<dyn IntroduceCheck>>,
     canon: String,
     ids: Vec<WatchId>,
     /// Requests handled.
@@ -349,6 +352,7 @@ impl Core {
             dirty: Vec::new(),
             dirty_flag: Vec::new(),
             actions: Vec::new(),
+            introduce_check: None,
             canon: String::new(),
             ids: Vec::new(),
             requests: 0,
@@ -571,9 +575,17 @@ impl Core {
             }
             Request::Write { path, value } => {
                 self.canonical(id, path, false)?;
+                // Outside a transaction with no watch set no event can
+                // fire (events fire before the next request): build none.
+                let want_events = tx_id != 0 || !self.watches.is_empty();
                 self.node_op(id, tx_id, hdr, |v, caller, q, p, out| {
+                    if !want_events {
+                        ops::write(v, caller, q, p, value, None)?;
+                        reply(out, hdr, MsgType::Write, &[xenstore_wire::OK]);
+                        return Ok(None);
+                    }
                     let mut ev = Vec::with_capacity(1);
-                    ops::write(v, caller, q, p, value, &mut ev)?;
+                    ops::write(v, caller, q, p, value, Some(&mut ev))?;
                     reply(out, hdr, MsgType::Write, &[xenstore_wire::OK]);
                     Ok(Some(ev))
                 })
@@ -990,7 +1002,7 @@ impl Core {
         self.ids = ids;
     }
 
-    fn special_event(&mut self, name: &str) {
+    pub(crate) fn special_event(&mut self, name: &str) {
         let perms = self
             .tree
             .get(name)
@@ -1009,6 +1021,9 @@ impl Core {
     pub fn introduce(&mut self, domid: DomId, mfn: u64, port: u32) -> Result<(), XsError> {
         if domid >= xen_abi::xen::DOMID_FIRST_RESERVED {
             return Err(XsError::Einval);
+        }
+        if let Some(c) = self.introduce_check.as_mut() {
+            c.check(domid, mfn, port)?;
         }
         let existed = self.domains.get(domid).is_some();
         let prev_conn = self.domains.get(domid).and_then(|d| d.conn);

@@ -1,8 +1,9 @@
 //! Introduced domains (`XS_INTRODUCE` and friends).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use xenstore_wire::DomId;
+use xenstore_wire::{DomId, XsError};
 
 use crate::watch::ConnId;
 
@@ -76,4 +77,15 @@ impl Domains {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// Checks an `XS_INTRODUCE` with the hypervisor before it is acknowledged,
+/// and may map and bind the domain's ring already (the shim's
+/// [`crate::shim_mapper::ShimLink`]), so that a domain that does not exist,
+/// a wrong store frame or a port that cannot be bound fail the request with
+/// an error reply, as in Xen, instead of being recorded and failing later.
+pub trait IntroduceCheck: fmt::Debug + Send {
+    /// Accepts (`Ok`) or refuses (`EINVAL`, `ENOENT`...) the introduction of
+    /// `domid` with store frame `mfn` and event channel `port`.
+    fn check(&mut self, domid: DomId, mfn: u64, port: u32) -> Result<(), XsError>;
 }

@@ -10,6 +10,9 @@
 //! - [`core`]: the protocol engine (pure: packets in, packets out).
 //! - [`persist`]: journal and snapshots.
 //! - [`transport`], [`server`]: sockets, domain rings and the epoll loop.
+//! - [`shim_mapper`], [`domain_exc`]: domains' rings and `VIRQ_DOM_EXC`
+//!   through the hypervisor shim (`xen-shimd`): `XS_INTRODUCE` checked and
+//!   mapped before it is acknowledged, dead domains released.
 //!
 //! [`run`] is the daemon's `main`.
 
@@ -17,12 +20,14 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod domain;
+pub mod domain_exc;
 pub mod harness;
 pub mod ops;
 pub mod persist;
 pub mod quota;
 pub mod ratelimit;
 pub mod server;
+pub mod shim_mapper;
 pub mod store;
 pub mod transport;
 pub mod txn;
@@ -59,6 +64,9 @@ pub enum DaemonError {
     /// Signal set-up failed.
     #[error("cannot set up signal handling")]
     Signals(#[source] nix::Error),
+    /// The hypervisor shim link could not be set up.
+    #[error("cannot set up the link to the hypervisor shim")]
+    Shim(#[from] shim_mapper::ShimLinkError),
 }
 
 fn init_logging(opts: &Options) -> Result<(), DaemonError> {
@@ -107,6 +115,28 @@ fn daemonize() -> Result<bool, DaemonError> {
     Ok(true)
 }
 
+/// Serves domains' rings through the hypervisor shim at `socket`
+/// ([`shim_mapper::ShimLink`]): checks `XS_INTRODUCE`, maps rings (those of
+/// restored domains too) and watches `VIRQ_DOM_EXC`. A shim that is not
+/// running yet is looked for again at each `XS_INTRODUCE`.
+pub fn install_shim(server: &mut Server, socket: &std::path::Path) -> Result<(), DaemonError> {
+    let link = shim_mapper::ShimLink::new(socket)?;
+    match link.connect() {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            socket = %socket.display(),
+            error = %e,
+            "the hypervisor shim is not reachable: XS_INTRODUCE fails until it is"
+        ),
+    }
+    server.core.introduce_check = Some(Box::new(link.clone()));
+    server.set_domain_watcher(Box::new(link.clone()))?;
+    server.set_mapper(Box::new(link));
+    // Domains restored from the state directory that died meanwhile.
+    server.check_domains();
+    Ok(())
+}
+
 /// The daemon: parses nothing (see [`Options`]), sets up logging, loads
 /// the state, listens, forks unless `--no-fork`, writes the pid file and
 /// serves until SIGTERM/SIGINT/SIGHUP.
@@ -130,6 +160,9 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
             .quotas
             .set_global(q, v)
             .map_err(|_| config::ConfigError::BadQuota(quota::NAMES[q].to_owned()))?;
+    }
+    if !opts.no_shim {
+        install_shim(&mut server, &opts.shim_socket_path())?;
     }
     if !opts.foreground && !daemonize()? {
         // The parent: the socket exists already, clients may connect.

@@ -111,6 +111,16 @@ fn event(p: &str, perms: &PermList, exact: bool) -> Event {
     }
 }
 
+fn event_owned(p: &str, perms: PermList) -> Event {
+    Event {
+        path: p.to_owned(),
+        exact: false,
+        perms,
+        old_perms: None,
+        parent_perms: None,
+    }
+}
+
 /// Creates `p` and its missing parents (`create_node`), `value` at `p`.
 fn create<N: Nodes>(
     n: &mut N,
@@ -168,14 +178,15 @@ fn create<N: Nodes>(
     Ok(perms)
 }
 
-/// `XS_WRITE`.
+/// `XS_WRITE`. The watch event goes to `events`; `None` when no watch
+/// could fire (the hot path of a store without watches builds none).
 pub fn write<N: Nodes>(
     n: &mut N,
     c: &Caller,
     q: &Quotas,
     p: &str,
     value: &[u8],
-    events: &mut Vec<Event>,
+    events: Option<&mut Vec<Event>>,
 ) -> Result<(), XsError> {
     match check(n, c, p, PERM_WRITE) {
         Ok(()) => {
@@ -186,18 +197,23 @@ pub fn write<N: Nodes>(
                     return Err(XsError::Enospc);
                 }
             }
+            let want = events.is_some();
             let perms = n
                 .modify(p, |node| {
                     node.value.clear();
                     node.value.extend_from_slice(value);
-                    node.perms.clone()
+                    want.then(|| node.perms.clone())
                 })
                 .ok_or(XsError::Enoent)?;
-            events.push(event(p, &perms, false));
+            if let (Some(events), Some(perms)) = (events, perms) {
+                events.push(event_owned(p, perms));
+            }
         }
         Err(XsError::Enoent) => {
             let perms = create(n, c, q, p, value)?;
-            events.push(event(p, &perms, false));
+            if let Some(events) = events {
+                events.push(event_owned(p, perms));
+            }
         }
         Err(e) => return Err(e),
     }

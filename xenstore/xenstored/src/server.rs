@@ -15,6 +15,7 @@ use nix::sys::signalfd::SignalFd;
 use xenstore_wire::{DecodeError, Decoder, DomId, Header, XENSTORE_PAYLOAD_MAX};
 
 use crate::core::{ConnKind, Core, DomainAction};
+use crate::domain_exc::DomainWatcher;
 use crate::ops::Caller;
 use crate::persist::{PersistError, StateDir};
 use crate::ratelimit::RateLimit;
@@ -51,6 +52,7 @@ const T_LISTEN: u64 = 0;
 const T_LISTEN_RO: u64 = 1;
 const T_STOP: u64 = 2;
 const T_SIGNAL: u64 = 3;
+const T_DOM_EXC: u64 = 4;
 const T_CONN: u64 = 16;
 
 /// Reads per connection per wakeup (fairness).
@@ -103,6 +105,7 @@ pub struct Server {
     io: Vec<Option<ConnIo>>,
     state: Option<StateDir>,
     mapper: Option<Box<dyn DomainMapper>>,
+    watcher: Option<Box<dyn DomainWatcher>>,
     stop: Arc<EventFd>,
     signal: Option<SignalFd>,
     bad_client_log: RateLimit,
@@ -202,6 +205,7 @@ impl Server {
             io: Vec::new(),
             state,
             mapper: None,
+            watcher: None,
             stop,
             signal: None,
             bad_client_log: RateLimit::new(10, std::time::Duration::from_secs(5)),
@@ -230,6 +234,30 @@ impl Server {
                 .push(DomainAction::Introduced { domid, mfn, port });
         }
         self.process_actions();
+    }
+
+    /// Watches `VIRQ_DOM_EXC` through `watcher`: when its fd is readable,
+    /// dead domains are released and shut-down ones reported
+    /// ([`crate::domain_exc`]).
+    pub fn set_domain_watcher(
+        &mut self,
+        watcher: Box<dyn DomainWatcher>,
+    ) -> Result<(), ServerError> {
+        self.epoll.add(
+            watcher.fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, T_DOM_EXC),
+        )?;
+        self.watcher = Some(watcher);
+        Ok(())
+    }
+
+    /// Asks the domain watcher which introduced domains shut down or died,
+    /// and cleans up (Xen's `domain_cleanup`).
+    pub fn check_domains(&mut self) {
+        if let Some(w) = self.watcher.as_mut() {
+            crate::domain_exc::check(&mut self.core, w.as_mut());
+            self.process_actions();
+        }
     }
 
     /// Stops the loop on SIGTERM, SIGINT and SIGHUP (the signals must be
@@ -277,6 +305,7 @@ impl Server {
                     T_LISTEN => self.accept(false),
                     T_LISTEN_RO => self.accept(true),
                     T_STOP | T_SIGNAL => stop = true,
+                    T_DOM_EXC => self.check_domains(),
                     t => {
                         let id = (t - T_CONN) as ConnId;
                         let f = ev.events();
@@ -489,9 +518,13 @@ impl Server {
                 return;
             };
             let buf = cio.decoder.read_buf(READ_CHUNK);
-            match cio.transport.read(buf) {
+            let room = buf.len();
+            let drained = match cio.transport.read(buf) {
                 Ok(0) => break,
-                Ok(n) => cio.decoder.commit(n),
+                Ok(n) => {
+                    cio.decoder.commit(n);
+                    n < room && cio.transport.short_read_drains()
+                }
                 Err(TransportError::Closed) => {
                     self.drop_conn(id);
                     return;
@@ -505,8 +538,8 @@ impl Server {
                     self.drop_conn(id);
                     return;
                 }
-            }
-            if !self.process_input(id) {
+            };
+            if !self.process_input(id) || drained {
                 return;
             }
         }

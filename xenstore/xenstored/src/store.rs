@@ -139,8 +139,7 @@ impl Tree {
     }
 
     fn count(&mut self, owner: DomId, delta: i64) {
-        let c = self.owners.entry(owner).or_insert(0);
-        *c = c.saturating_add_signed(delta);
+        count_in(&mut self.owners, owner, delta);
     }
 
     fn insert_raw(&mut self, p: &str, mut node: Node) {
@@ -357,6 +356,11 @@ impl Tree {
     }
 }
 
+fn count_in(owners: &mut HashMap<DomId, u64>, owner: DomId, delta: i64) {
+    let c = owners.entry(owner).or_insert(0);
+    *c = c.saturating_add_signed(delta);
+}
+
 /// `parent/child` (`/child` under the root).
 #[must_use]
 pub fn join(parent: &str, child: &str) -> String {
@@ -419,9 +423,19 @@ impl<S: ChangeSink> Nodes for Journaled<'_, S> {
     }
 
     fn modify<R>(&mut self, path: &str, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
-        let r = self.tree.modify(path, f)?;
-        if let Some(n) = self.tree.nodes.get(path) {
-            self.sink.upsert(path, n);
+        // Tree::modify plus the journal record, with one lookup.
+        let tree = &mut *self.tree;
+        let g = tree.next_gen;
+        let n = tree.nodes.get_mut(path)?;
+        let before = n.owner();
+        let r = f(n);
+        n.gen = g;
+        let after = n.owner();
+        self.sink.upsert(path, n);
+        tree.next_gen += 1;
+        if before != after {
+            count_in(&mut tree.owners, before, -1);
+            count_in(&mut tree.owners, after, 1);
         }
         Some(r)
     }

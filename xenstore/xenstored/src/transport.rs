@@ -51,6 +51,15 @@ pub trait Transport: fmt::Debug {
     /// Whether the fd also signals writability (sockets) or only peer
     /// notifications (rings).
     fn polls_writable(&self) -> bool;
+    /// Whether a read that returned less than the buffer's size means that
+    /// nothing more is available now. For a stream socket it does (the
+    /// kernel copies everything queued), so the server does not issue a
+    /// second `recv` only to get `EAGAIN`: the level-triggered epoll set
+    /// reports the socket again if more arrives. Rings are read from
+    /// memory, where one more look costs nothing.
+    fn short_read_drains(&self) -> bool {
+        false
+    }
     /// Called when the fd is readable, before reading.
     fn wakeup(&mut self) -> Result<Wakeup, TransportError> {
         Ok(Wakeup::Data)
@@ -119,6 +128,10 @@ impl Transport for SocketTransport {
     }
 
     fn polls_writable(&self) -> bool {
+        true
+    }
+
+    fn short_read_drains(&self) -> bool {
         true
     }
 }

@@ -179,7 +179,12 @@ pub struct ChildDaemon {
 impl ChildDaemon {
     pub fn spawn(socket: &Path, state: Option<&Path>, extra: &[&str]) -> ChildDaemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xenstored"));
-        cmd.arg("--no-fork").arg("--socket").arg(socket);
+        // No hypervisor shim: introductions are recorded only (the shim
+        // tests live with the PV runtime, frontend-drivers/pv-runtime).
+        cmd.arg("--no-fork")
+            .arg("--no-shim")
+            .arg("--socket")
+            .arg(socket);
         match state {
             Some(s) => cmd.arg("--state-dir").arg(s),
             None => cmd.arg("--no-persist"),

@@ -1,0 +1,203 @@
+//! The guest's PV disks for ordinary programs: connect every
+//! `device/vbd/<devid>` (blkfront through the xenbus handshake), expose
+//! each as the block file `/dev/<vdev>` (FUSE, [`crate::blockfile`]) in a
+//! private mount namespace with its own `/dev`, and run the guest's init
+//! program there. When init exits the files are unmounted and the disks
+//! flushed.
+//!
+//! Limits: the devices share the platform's one xenstore watch queue;
+//! during I/O each device's waiter takes the watch events it finds and
+//! ignores other devices' (with several disks, a backend restart is only
+//! followed by the device that sees its event).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use xen_blkfront::BlkfrontConfig;
+use xen_front_platform::{Platform, XBT_NIL};
+
+use crate::blockfile::{self, BlockFile, BlockfileError};
+use crate::demo::emit;
+use crate::vbd::{self, BlockDevice, EventWaiter, Vbd, VbdConfig, VbdError};
+
+/// Most disks a guest exposes.
+const MAX_DISKS: usize = 16;
+/// How long the file servers get to stop after init exited.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the disks or the init program failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PvdiskError {
+    /// Listing `device/vbd` failed.
+    #[error("cannot list the guest's vbd devices")]
+    List(#[source] xen_front_platform::PlatformError),
+    /// A device did not connect.
+    #[error("vbd {devid} did not connect")]
+    Connect {
+        /// The device id.
+        devid: u32,
+        /// The failure.
+        #[source]
+        source: VbdError,
+    },
+    /// A device id has no Linux name.
+    #[error("vbd {0} has no xvd name")]
+    BadDevid(u32),
+    /// Exposing a disk failed.
+    #[error("cannot expose the disks")]
+    Blockfile(#[from] BlockfileError),
+    /// Starting the init program failed.
+    #[error("cannot start the init program {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The init program failed.
+    #[error("the init program exited with {0}")]
+    InitFailed(std::process::ExitStatus),
+    /// A disk's file server failed or did not stop.
+    #[error("the file server of /dev/{0} failed")]
+    Server(String),
+}
+
+/// The device ids under `device/vbd`, sorted.
+pub fn list_vbds<P: Platform + ?Sized>(p: &P) -> Result<Vec<u32>, PvdiskError> {
+    let names = match p.xs_directory(XBT_NIL, "device/vbd") {
+        Ok(n) => n,
+        Err(e) if e.is_xs_enoent() => Vec::new(),
+        Err(e) => return Err(PvdiskError::List(e)),
+    };
+    let mut ids: Vec<u32> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    ids.sort_unstable();
+    ids.truncate(MAX_DISKS);
+    Ok(ids)
+}
+
+/// Aborts the FUSE connection of the file at `path` (whose mount was
+/// detached but is still held open, by a loop device for instance), so its
+/// server returns.
+fn abort_fuse(path: &Path, st_dev: Option<u64>) {
+    let Some(dev) = st_dev else { return };
+    let minor = nix::sys::stat::minor(dev);
+    let ctl = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
+    if !ctl.exists() {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            "/sys/fs/fuse/connections",
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    if std::fs::write(&ctl, "1").is_err() {
+        tracing::warn!(path = %path.display(), "cannot abort the FUSE connection");
+    }
+}
+
+/// Connects the guest's disks, exposes them as `/dev/<vdev>` in a private
+/// mount namespace and runs `init` (program and arguments) there; see the
+/// [module docs](self). Writes `pvdisk ...` lines to `out`.
+pub fn run_with_disks<P: Platform + Sync + ?Sized>(
+    p: &P,
+    init: &[String],
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<(), PvdiskError> {
+    let ids = list_vbds(p)?;
+    let mut disks = Vec::new();
+    for &devid in &ids {
+        let name = vbd::vdev_name(devid).ok_or(PvdiskError::BadDevid(devid))?;
+        let dev = vbd::open(p, devid, BlkfrontConfig::default(), timeout)
+            .map_err(|source| PvdiskError::Connect { devid, source })?;
+        let waiter = EventWaiter::new(p, Duration::from_millis(50));
+        let d = Vbd::new(p, dev, waiter, VbdConfig::default())
+            .map_err(|source| PvdiskError::Connect { devid, source })?;
+        let _ = emit(
+            out,
+            "pvdisk connected",
+            &[
+                ("devid", devid.to_string()),
+                ("vdev", name.clone()),
+                ("bytes", d.size_bytes().to_string()),
+                ("sector_size", d.block_size().to_string()),
+                ("read_only", d.read_only().to_string()),
+                ("max_request", d.device().max_request_bytes().to_string()),
+            ],
+        );
+        disks.push((name, d));
+    }
+    blockfile::private_mount_namespace()?;
+    blockfile::private_dev()?;
+    let mut files = Vec::new();
+    for (name, d) in disks {
+        let path = PathBuf::from(format!("/dev/{name}"));
+        blockfile::create_mount_point(&path)?;
+        let mut bf = BlockFile::mount(d, &path)?;
+        let unmounter = bf.unmounter();
+        files.push((name, path, bf, unmounter));
+    }
+    std::thread::scope(|s| {
+        let mut running = Vec::new();
+        for (name, path, bf, unmounter) in files {
+            let h = s.spawn(move || bf.serve());
+            // Only now: a stat of the file is a FUSE request to its server.
+            let st_dev = std::fs::metadata(&path)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+            let _ = emit(
+                out,
+                "pvdisk exposed",
+                &[("path", path.display().to_string())],
+            );
+            running.push((name, path, h, unmounter, st_dev));
+        }
+        let _ = out.flush();
+        let status = match init.split_first() {
+            Some((prog, args)) => {
+                Command::new(prog)
+                    .args(args)
+                    .status()
+                    .map_err(|source| PvdiskError::Spawn {
+                        program: prog.clone(),
+                        source,
+                    })
+            }
+            None => Ok(std::process::ExitStatus::default()),
+        };
+        if let Ok(st) = &status {
+            let _ = emit(
+                out,
+                "pvdisk init-exited",
+                &[("status", st.to_string().replace(' ', "_"))],
+            );
+        }
+        let mut server_failed = None;
+        for (name, path, h, mut unmounter, st_dev) in running {
+            let _ = unmounter.unmount();
+            let start = Instant::now();
+            while !h.is_finished() && start.elapsed() < STOP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !h.is_finished() {
+                abort_fuse(&path, st_dev);
+            }
+            match h.join() {
+                Ok(Ok(())) => {}
+                _ => server_failed = Some(name),
+            }
+        }
+        let st = status?;
+        if !st.success() {
+            return Err(PvdiskError::InitFailed(st));
+        }
+        match server_failed {
+            Some(n) => Err(PvdiskError::Server(n)),
+            None => Ok(()),
+        }
+    })
+}

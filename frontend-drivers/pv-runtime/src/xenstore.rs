@@ -1,0 +1,211 @@
+//! The runtime's xenstore: the `xen-xenbus` client on the domain's store
+//! page (`start_info.store_mfn`, inside the domain's memory the runtime
+//! maps) with the store event channel (`start_info.store_evtchn`), behind
+//! the platform's `xs_*` methods.
+//!
+//! The client is shared by every frontend of the domain behind a mutex; a
+//! request holds it until its reply. Waiting for a watch event does not: it
+//! polls the client's queue and sleeps on the store port in between, so a
+//! frontend blocked in [`PvXenstore::read_watch`] does not stall the others.
+//! The port's events have no handler, so the dispatcher latches them for
+//! [`EventHub::poll`]; a waiter clears the latch before looking at the ring,
+//! and waits in slices (a wake-up taken by another waiter costs one slice).
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use xen_abi::event_channel::{evtchn_port_t, evtchn_send};
+use xen_front_platform::{PlatformError, XsWatchEvent, PAGE_SIZE};
+use xen_ring::SharedRing;
+use xen_shim::guest::Hypervisor;
+use xen_xenbus::{ClientConfig, WatchEvent, XenbusClient, XenbusError, XenbusEvents};
+
+use crate::events::EventHub;
+use crate::ratelimit::LogLimiter;
+use crate::PvGuestError;
+
+/// Longest single sleep of [`PvXenstore::read_watch`] between looks at the
+/// ring.
+const WATCH_SLICE: Duration = Duration::from_millis(20);
+
+/// The store event channel and the clock, for the xenbus client.
+#[derive(Debug, Clone)]
+pub struct PvXsEvents {
+    hv: &'static Hypervisor,
+    hub: Arc<EventHub>,
+    port: evtchn_port_t,
+    epoch: Instant,
+}
+
+impl PvXsEvents {
+    /// The store channel `port` of the domain behind `hv`, whose events the
+    /// dispatcher of `hub` latches.
+    pub fn new(hv: &'static Hypervisor, hub: Arc<EventHub>, port: evtchn_port_t) -> Self {
+        Self {
+            hv,
+            hub,
+            port,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The store port.
+    pub fn port(&self) -> evtchn_port_t {
+        self.port
+    }
+}
+
+impl XenbusEvents for PvXsEvents {
+    fn notify(&self) -> Result<(), XenbusError> {
+        self.hv
+            .evtchnop_send(&evtchn_send { port: self.port })
+            .map_err(|e| XenbusError::Notify(e.errno()))
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let fired = self.hub.poll(&[self.port], Some(timeout));
+        if fired {
+            self.hub.clear(self.port);
+        }
+        fired
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The domain's xenstore connection; see the [module docs](self).
+#[derive(Debug)]
+pub struct PvXenstore {
+    client: Mutex<XenbusClient<PvXsEvents>>,
+    events: PvXsEvents,
+    store_page: NonNull<u8>,
+    log: LogLimiter,
+}
+
+// SAFETY: `store_page` points into the domain's memory mapping, which is
+// 'static (the runtime leaks its Hypervisor) and shared memory anyway; it is
+// only used for atomic accesses (`ring_word`). The client is behind a mutex.
+unsafe impl Send for PvXenstore {}
+// SAFETY: as above: shared access goes through the mutex or atomics.
+unsafe impl Sync for PvXenstore {}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The client's state stays consistent across a panic in a caller (it
+    // repairs a broken stream by reconnecting), so recover the guard.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PvXenstore {
+    /// The client on the store page `store_gfn` of the domain behind `hv`,
+    /// signalling on `store_port`.
+    pub fn open(
+        hv: &'static Hypervisor,
+        hub: Arc<EventHub>,
+        store_gfn: u64,
+        store_port: evtchn_port_t,
+        cfg: ClientConfig,
+    ) -> Result<Self, PvGuestError> {
+        let ptr = hv
+            .memory()
+            .page_ptr(store_gfn)
+            .ok()
+            .and_then(NonNull::new)
+            .ok_or_else(|| {
+                PvGuestError::BadStartInfo(format!("store_mfn {store_gfn:#x} is not in the domain"))
+            })?;
+        // SAFETY: the page is one page of the domain's memory mapping, which
+        // lives for the rest of the process (the Hypervisor is leaked by the
+        // runtime) and is page-aligned; in this process only this client
+        // uses it as a xenstore ring (and the hostile demo, deliberately,
+        // with atomic stores), always through atomics and volatile copies.
+        let mem = unsafe { SharedRing::new(ptr.as_ptr(), PAGE_SIZE) }
+            .map_err(|e| PvGuestError::Xenstore(XenbusError::Ring(e)))?;
+        let events = PvXsEvents::new(hv, hub, store_port);
+        let client = XenbusClient::new(mem, events.clone(), cfg).map_err(PvGuestError::Xenstore)?;
+        Ok(Self {
+            client: Mutex::new(client),
+            events,
+            store_page: ptr,
+            log: LogLimiter::new(Duration::from_secs(5)),
+        })
+    }
+
+    /// The store port.
+    pub fn port(&self) -> evtchn_port_t {
+        self.events.port
+    }
+
+    /// Changes how long a request waits for xenstored.
+    pub fn set_timeout(&self, timeout: Duration) {
+        lock(&self.client).set_timeout(timeout);
+    }
+
+    /// Runs `f` on the client (holding its lock) and turns its error into
+    /// the platform's.
+    pub fn with_client<R>(
+        &self,
+        f: impl FnOnce(&mut XenbusClient<PvXsEvents>) -> Result<R, XenbusError>,
+    ) -> Result<R, PlatformError> {
+        let mut c = lock(&self.client);
+        f(&mut c).map_err(|e| self.error(e))
+    }
+
+    /// The word at byte `offset` of the store page, for the hostile demo
+    /// (`None` if misaligned or outside the interface).
+    pub fn ring_word(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        if offset % 4 != 0 || offset + 4 > xen_ring::bytes::xs_offsets::SIZE {
+            return None;
+        }
+        // SAFETY: `offset` is 4-aligned and inside the page (checked above),
+        // the page is page-aligned and valid for the rest of the process
+        // (see `open`), and its words are only ever accessed atomically.
+        Some(unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(self.store_page.as_ptr().add(offset).cast())
+        })
+    }
+
+    fn error(&self, e: XenbusError) -> PlatformError {
+        match e {
+            XenbusError::Xs(x) => PlatformError::Xenstore { errno: x.errno() },
+            XenbusError::Timeout => PlatformError::Hypervisor {
+                errno: libc::ETIMEDOUT,
+            },
+            XenbusError::Notify(errno) => PlatformError::Hypervisor { errno },
+            XenbusError::TooBig => PlatformError::Xenstore { errno: libc::E2BIG },
+            other => {
+                if self.log.allow() {
+                    tracing::warn!(error = %other, "xenstore connection broken");
+                }
+                PlatformError::Xenstore { errno: libc::EIO }
+            }
+        }
+    }
+
+    /// The next watch event, waiting up to `timeout` (`None`: forever)
+    /// without holding the client between looks.
+    pub fn read_watch(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<XsWatchEvent>, PlatformError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(WatchEvent { path, token }) = self.with_client(|c| c.try_read_watch())? {
+                return Ok(Some(XsWatchEvent { path, token }));
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    (d - now).min(WATCH_SLICE)
+                }
+                None => WATCH_SLICE,
+            };
+            self.events.wait(slice);
+        }
+    }
+}
