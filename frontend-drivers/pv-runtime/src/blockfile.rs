@@ -172,7 +172,6 @@ impl<D: BlockDevice> Filesystem for BlockFileFs<D> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // the trait's signature
     fn setattr(
         &mut self,
         _req: &Request<'_>,
@@ -194,11 +193,10 @@ impl<D: BlockDevice> Filesystem for BlockFileFs<D> {
         if ino != ROOT_INO {
             return reply.error(libc::ENOENT);
         }
-        // A disk's size is fixed; truncating to its own size (O_TRUNC on a
-        // block file is a no-op on Linux) is accepted.
-        if size.is_some_and(|s| s != self.dev.size_bytes()) {
-            return reply.error(libc::EPERM);
-        }
+        // A disk's size is fixed. The kernel turns `open(O_TRUNC)` (what a
+        // shell's `>` does) into a size-0 setattr; on a block device Linux
+        // ignores O_TRUNC, so the size is ignored here too.
+        let _ = size;
         if let Some(m) = mode {
             self.perm = (m & 0o7777) as u16;
         }
@@ -484,6 +482,35 @@ pub fn private_dev() -> Result<(), BlockfileError> {
 mod tests {
     use super::*;
     use crate::vbd::RamDisk;
+
+    #[test]
+    fn test_block_file_attr_is_read_only_for_read_only_disk() {
+        struct Ro(RamDisk);
+        impl BlockDevice for Ro {
+            fn size_bytes(&self) -> u64 {
+                self.0.size_bytes()
+            }
+            fn block_size(&self) -> u32 {
+                4096
+            }
+            fn read_only(&self) -> bool {
+                true
+            }
+            fn read_at(&mut self, o: u64, b: &mut [u8]) -> Result<(), VbdError> {
+                self.0.read_at(o, b)
+            }
+            fn write_at(&mut self, _o: u64, _d: &[u8]) -> Result<(), VbdError> {
+                Err(VbdError::ReadOnly)
+            }
+            fn flush(&mut self) -> Result<(), VbdError> {
+                Ok(())
+            }
+        }
+        let fs = BlockFileFs::new(Ro(RamDisk::new(8192)));
+        let a = fs.attr();
+        assert_eq!(a.perm, 0o440);
+        assert_eq!(a.blksize, 4096);
+    }
 
     #[test]
     fn test_block_file_attr_is_regular_file_of_disk_size() {

@@ -2,8 +2,10 @@
 //! `mkfs.ext4`, `mount -o loop` (losetup on the FUSE file), a file written
 //! and read back through ext4, `umount`, `fsck -n`.
 //!
-//! Needs root, `/dev/fuse`, loop devices and e2fsprogs + mount
-//! (`apt-get install e2fsprogs mount`); fails loudly without them.
+//! Also `fio` with verification on the file.
+//!
+//! Needs root, `/dev/fuse`, loop devices, e2fsprogs, mount and fio
+//! (`apt-get install e2fsprogs mount fio`); fails loudly without them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,7 +67,11 @@ struct Mounted {
 
 impl Mounted {
     fn finish(&mut self) {
-        let _ = Command::new("umount").arg(&self.fs_mount).status();
+        // Unmounted already when the test got that far: quietly.
+        let _ = Command::new("umount")
+            .arg(&self.fs_mount)
+            .stderr(std::process::Stdio::null())
+            .status();
         if let Some(mut u) = self.unmounter.take() {
             let _ = u.unmount();
         }
@@ -133,4 +139,48 @@ fn test_block_file_ram_disk_mkfs_mount_write_fsck_clean() {
     assert!(back == data, "the payload read back differs");
     // fsck -n exits 0 only on a clean file system (checked by `run`).
     assert!(fsck.contains(" files "), "{fsck}");
+}
+
+#[test]
+fn test_block_file_ram_disk_fio_random_write_verifies() {
+    // Arrange
+    preconditions();
+    need("fio", "fio");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("xvdb");
+    create_mount_point(&file).expect("mount point");
+    let mut bf = BlockFile::mount(RamDisk::new(16 << 20), &file).expect("mount the block file");
+    let unmounter = bf.unmounter();
+    let server = std::thread::spawn(move || bf.serve().expect("serve"));
+    let mut m = Mounted {
+        fs_mount: dir.path().join("unused"),
+        file: file.clone(),
+        unmounter: Some(unmounter),
+        server: Some(server),
+    };
+    let f = format!("--filename={}", file.display());
+
+    // Act: random 4 KiB and unaligned-size writes, each block verified.
+    let out = run(
+        "fio",
+        &[
+            "--name=verify",
+            &f,
+            "--rw=randwrite",
+            "--bsrange=512-64k",
+            "--size=8M",
+            "--direct=1",
+            "--ioengine=psync",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            // No verify state file in the working directory.
+            "--verify_state_save=0",
+            "--do_verify=1",
+            "--output-format=terse",
+        ],
+    );
+    m.finish();
+
+    // Assert: fio exits 0 only when every block verified (checked by `run`).
+    assert!(out.starts_with("3;"), "{out}");
 }

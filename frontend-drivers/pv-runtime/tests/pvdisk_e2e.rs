@@ -2,7 +2,7 @@
 //! image whose `extra=` runs a shell script as the guest's init; the guest
 //! runtime connects blkfront to backendd's blkback through xenstore and
 //! exposes the disk as `/dev/xvda` (FUSE) in its own mount namespace; the
-//! script runs `mkfs.ext4 /dev/xvda`, mounts it, writes 10 MiB, syncs,
+//! script runs a verified `fio` job on `/dev/xvda`, `mkfs.ext4 /dev/xvda`, mounts it, writes 10 MiB, syncs,
 //! unmounts and runs `fsck -n`. Then `xl destroy`, and Dom0 checks the
 //! image itself: `fsck -n`, a read-only loop mount and the payload's
 //! checksum against the one the guest computed.
@@ -10,7 +10,7 @@
 //! Private `xen-shimd` and `xenstored` (threads of this process, on
 //! temporary sockets), the real `xl`, `backendd` and `xen-pvguest`
 //! binaries. Needs root, `/dev/fuse`, loop devices and e2fsprogs
-//! (`apt-get install e2fsprogs mount coreutils`).
+//! (`apt-get install e2fsprogs mount coreutils fio`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -93,6 +93,7 @@ impl Host {
             ("fsck.ext4", "e2fsprogs"),
             ("losetup", "mount"),
             ("sha256sum", "coreutils"),
+            ("fio", "fio"),
         ] {
             need(t, p);
         }
@@ -226,6 +227,10 @@ fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image(
             "#!/bin/sh\nset -e\n\
              echo guest-init-start\n\
              ls -l /dev/xvda\n\
+             fio --name=verify --filename=/dev/xvda --rw=randwrite --bs=4k --size=4M \
+             --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=terse \
+             > /dev/null\n\
+             echo guest-fio-ok\n\
              mkfs.ext4 -q -F /dev/xvda\n\
              m=$(mktemp -d)\n\
              mount -o loop /dev/xvda \"$m\"\n\
@@ -277,6 +282,7 @@ fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image(
     // Assert: the guest's view.
     assert!(log.contains("pvdisk connected"), "{log}");
     assert!(log.contains("path=/dev/xvda"), "{log}");
+    assert!(log.contains("guest-fio-ok"), "{log}");
     assert!(log.contains("guest-init-ok"), "{log}");
     assert!(log.contains("reason=poweroff"), "{log}");
     eprintln!(
