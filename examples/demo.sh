@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 tests/setup-host.sh
 cargo build --release --locked -p xen-xl -p xen-backendd -p xen-pvguest -p xen-shim -p xenstored --bins
 xl=target/release/xl
-rundir=${XEN_SPLIT_RUNDIR:-/run/xen-split}
 
 img=examples/pv-disk.img
 rm -f "$img" && truncate -s 256M "$img"
@@ -19,7 +18,7 @@ echo "== xl create examples/pv-disk.cfg"
 "$xl" list
 "$xl" block-list pv-disk
 
-log=$(ls -t "$rundir"/guests/pv-disk.*.log | head -n 1)
+log=${XEN_CONSOLE_LOGDIR:-/var/log/xen/console}/guest-pv-disk.log
 for _ in $(seq 120); do
   grep -qE "pv-disk demo done|FAIL|rror" "$log" && break
   sleep 0.5

@@ -11,7 +11,7 @@ packages=(
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
   e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)
   mount              # losetup, mount -o loop: the PV disk tests (frontend-drivers/pv-runtime)
-  fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime)
+  fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime); blkbench's reference (tests/blkbench)
 )
 
 missing=()

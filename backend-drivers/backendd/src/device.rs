@@ -200,6 +200,11 @@ struct Device {
     connected: bool,
     failed: bool,
     watching: bool,
+    /// The frontend was already Connected when this device was probed (a
+    /// backendd restart): its rings were another backend's, which may have
+    /// consumed requests it never answered. Do not connect to them; wait
+    /// until the frontend, seeing our InitWait, re-offers (Initialised).
+    stale_frontend: bool,
 }
 
 fn device_main(
@@ -216,6 +221,7 @@ fn device_main(
         connected: false,
         failed: false,
         watching: false,
+        stale_frontend: false,
     };
     let r = catch_unwind(AssertUnwindSafe(|| dev.run(&*factory, &rx, poll)));
     if r.is_err() {
@@ -247,6 +253,11 @@ impl Device {
             Ok(b) => self.backend = Some(b),
             Err(e) => self.fail(&e.to_string()),
         }
+        let fe_at_probe = self.xs.read_opt(&fe_state).unwrap_or(None);
+        self.stale_frontend = matches!(
+            FrontendState::from_node(fe_at_probe.as_deref()),
+            FrontendState::State(XenbusState::Connected)
+        );
         if !self.failed {
             let nodes = self
                 .backend
@@ -318,7 +329,15 @@ impl Device {
             .read_opt(&format!("{}/state", self.info.frontend_path))
             .unwrap_or(None);
         let fe = FrontendState::from_node(fe_raw.as_deref());
-        match frontend_changed(be, &fe, online) {
+        if self.stale_frontend && fe != FrontendState::State(XenbusState::Connected) {
+            self.stale_frontend = false;
+        }
+        let step = match frontend_changed(be, &fe, online) {
+            // The previous backend's transport: wait for a fresh offer.
+            Step::Connect if self.stale_frontend => Step::Nothing,
+            s => s,
+        };
+        match step {
             Step::Nothing => {}
             Step::InitWait => {
                 self.failed = false;

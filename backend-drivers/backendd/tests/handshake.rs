@@ -311,13 +311,14 @@ fn test_handshake_full_cycle_states_in_order() {
 }
 
 #[test]
-fn test_handshake_frontend_connected_directly_connects() {
+fn test_handshake_frontend_connected_at_probe_waits_for_fresh_offer() {
     let xsd = Xenstored::start();
     let xs = xsd.client();
     let log = Log::default();
     let (dom, dev) = (3, 51712);
     // The frontend is already Connected when backendd first sees the
-    // device (a backendd restart, or skipped states).
+    // device (a backendd restart): those rings were the previous
+    // backend's, which may have consumed requests it never answered.
     toolstack_add(&xs, dom, dev, "/srv/a.img");
     frontend_publish(&xs, dom, dev, 11, 7, "4");
     let _svc = Backendd::start(
@@ -327,8 +328,17 @@ fn test_handshake_frontend_connected_directly_connects() {
             panic_devid: None,
         },
     );
+    wait_value(&xs, &format!("{}/state", be_path(dom, dev)), Some("2"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !log.get(dev).iter().any(|e| e.starts_with("connect")),
+        "connected to the stale transport: {:?}",
+        log.get(dev)
+    );
+    // The frontend sees InitWait and offers fresh rings.
+    frontend_publish(&xs, dom, dev, 12, 8, "3");
     wait_value(&xs, &format!("{}/state", be_path(dom, dev)), Some("4"));
-    wait_log(&log, dev, "connect ring-ref=11 event-channel=7");
+    wait_log(&log, dev, "connect ring-ref=12 event-channel=8");
 }
 
 #[test]
@@ -518,8 +528,8 @@ fn test_handshake_restarted_service_reconnects_connected_device() {
     wait_log(&log, dev, "disconnect");
     assert_eq!(read(&xs, &format!("{be}/state")).as_deref(), Some("4"));
 
-    // A new service finds the device and connects it again from the
-    // frontend's published parameters.
+    // A new service finds the device, goes back to InitWait and connects
+    // it again once the frontend re-offered (as blkfront does on InitWait).
     let _svc = Backendd::start(
         &xsd,
         FakeFactory {
@@ -527,6 +537,8 @@ fn test_handshake_restarted_service_reconnects_connected_device() {
             panic_devid: None,
         },
     );
+    wait_value(&xs, &format!("{be}/state"), Some("2"));
+    frontend_publish(&xs, dom, dev, 9, 6, "3");
     let deadline = Instant::now() + TIMEOUT;
     while log
         .get(dev)

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_RUNDIR: &str = "/run/xen-split";
 /// Overrides [`DEFAULT_RUNDIR`].
 pub const ENV_RUNDIR: &str = "XEN_SPLIT_RUNDIR";
+/// Where guest console output is logged, as xenconsoled does
+/// (`guest-<name>.log`).
+pub const DEFAULT_CONSOLE_LOGDIR: &str = "/var/log/xen/console";
+/// Overrides [`DEFAULT_CONSOLE_LOGDIR`].
+pub const ENV_CONSOLE_LOGDIR: &str = "XEN_CONSOLE_LOGDIR";
 /// Overrides where the sibling binaries are looked for.
 pub const ENV_LIBEXEC: &str = "XL_LIBEXEC_DIR";
 /// How long a started service gets to answer.
@@ -56,6 +61,14 @@ pub fn rundir() -> PathBuf {
     std::env::var_os(ENV_RUNDIR)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_RUNDIR), PathBuf::from)
+}
+
+/// The directory of the guests' console logs.
+#[must_use]
+pub fn console_logdir() -> PathBuf {
+    std::env::var_os(ENV_CONSOLE_LOGDIR)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CONSOLE_LOGDIR), PathBuf::from)
 }
 
 /// The directory of the sibling binaries.

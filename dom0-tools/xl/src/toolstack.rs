@@ -382,12 +382,14 @@ fn spawn_runtime(
     runtime: &Path,
     cmdline: &str,
 ) -> Result<Created, ToolstackError> {
-    let dir = daemons::rundir().join("guests");
+    // Until the PV console exists, the runtime's output is the guest's
+    // console: logged where xenconsoled logs it (truncated per boot).
+    let dir = daemons::console_logdir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
         what: format!("create {}", dir.display()),
         source,
     })?;
-    let log = dir.join(format!("{name}.{domid}.log"));
+    let log = dir.join(format!("guest-{name}.log"));
     let out = std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
         what: format!("create {}", log.display()),
         source,

@@ -148,6 +148,7 @@ impl Host {
             .env(xen_shim::ENV_SOCKET, self.shim_socket())
             .env("XENSTORED_PATH", self.xs_socket())
             .env("XEN_SPLIT_RUNDIR", self.rundir())
+            .env("XEN_CONSOLE_LOGDIR", self.rundir().join("console"))
             .env("XL_LIBEXEC_DIR", libexec())
             .output()
             .expect("run xl")

@@ -33,6 +33,10 @@ pub enum Frontend {
     /// block file) in a private mount namespace and run `--init` there
     /// (see `pvdisk`).
     Disk,
+    /// Drive the first `device/vbd` directly with `--pattern`, `--bs`,
+    /// `--qd` for `--seconds` each, printing one JSON line per pattern
+    /// (see `blkload`).
+    Blkload,
 }
 
 /// `xen-pvguest`: the PV guest runtime, started by the toolstack as domain N.
@@ -76,6 +80,18 @@ pub struct Args {
     /// An argument of the init program (repeat for more).
     #[arg(long = "init-arg", allow_hyphen_values = true)]
     pub init_args: Vec<String>,
+    /// Patterns of the `blkload` frontend (comma-separated, run in turn).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "randread")]
+    pub pattern: Vec<crate::blkload::Pattern>,
+    /// I/O size in bytes of the `blkload` frontend.
+    #[arg(long, default_value_t = 4096)]
+    pub bs: usize,
+    /// I/Os in flight of the `blkload` frontend.
+    #[arg(long, default_value_t = 32)]
+    pub qd: usize,
+    /// Seconds each `blkload` pattern runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
     /// After the demo, keep running until the toolstack shuts the domain
     /// down (instead of powering off).
     #[arg(long)]
@@ -200,6 +216,18 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
                 .cloned()
                 .collect();
             crate::pvdisk::run_with_disks(p, &init, timeout, &mut out).map_err(DemoError::from)
+        }
+        Frontend::Blkload => {
+            let cfg = crate::blkload::LoadConfig {
+                patterns: args.pattern.clone(),
+                bs: args.bs,
+                qd: args.qd,
+                duration: Duration::try_from_secs_f64(args.seconds)
+                    .unwrap_or(Duration::from_secs(5)),
+            };
+            crate::blkload::run_load(p, &cfg, timeout, &mut out)
+                .map(drop)
+                .map_err(DemoError::from)
         }
     };
     let (reason, code) = match result {

@@ -88,6 +88,9 @@ pub enum DemoError {
     /// The disk frontend failed (see `pvdisk`).
     #[error("the disk frontend failed")]
     Disk(#[from] crate::pvdisk::PvdiskError),
+    /// The block load generator failed (see `blkload`).
+    #[error("the block load generator failed")]
+    Blkload(#[from] crate::blkload::BlkloadError),
 }
 
 fn plat(what: &'static str) -> impl FnOnce(PlatformError) -> DemoError {

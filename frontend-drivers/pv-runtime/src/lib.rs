@@ -33,6 +33,7 @@
 //! - [`cli`]: the `xen-pvguest` binary; [`testkit`]: an in-process daemon
 //!   and a guest-process launcher for cross-process tests and benchmarks.
 
+pub mod blkload;
 pub mod blockfile;
 pub mod cli;
 pub mod demo;

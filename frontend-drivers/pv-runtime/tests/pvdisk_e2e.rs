@@ -142,12 +142,17 @@ impl Host {
         self.dir.path().join("run")
     }
 
+    fn console_logdir(&self) -> PathBuf {
+        self.dir.path().join("console")
+    }
+
     fn xl(&self, args: &[&str]) -> Output {
         Command::new(self.libexec.join("xl"))
             .args(args)
             .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
             .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
             .env("XEN_SPLIT_RUNDIR", self.rundir())
+            .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
             .env("XL_LIBEXEC_DIR", &self.libexec)
             .output()
             .expect("run xl")
@@ -197,17 +202,9 @@ fn run(cmd: &str, args: &[&str]) -> String {
     ok(&format!("{cmd} {args:?}"), &out)
 }
 
-/// The guest's log (`<rundir>/guests/<name>.<domid>.log`).
+/// The guest's log (`$XEN_CONSOLE_LOGDIR/guest-<name>.log`).
 fn guest_log(host: &Host, name: &str) -> Option<String> {
-    let dir = host.rundir().join("guests");
-    let rd = std::fs::read_dir(dir).ok()?;
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!("{name}.")) && n.ends_with(".log") {
-            return std::fs::read_to_string(e.path()).ok();
-        }
-    }
-    None
+    std::fs::read_to_string(host.console_logdir().join(format!("guest-{name}.log"))).ok()
 }
 
 #[test]

@@ -1,0 +1,401 @@
+//! backendd is killed with SIGKILL while the guest writes, then started
+//! again: blkfront sees the new backend come back through InitWait, puts
+//! its in-flight requests back in line and reconnects; the guest's script
+//! finishes, every record it saw acknowledged (written and `fsync`ed, then
+//! `syncfs`) is on the image and the ext4 filesystem is clean (project
+//! issue 5).
+//!
+//! The guest's init makes ext4 on `/dev/xvda`, mounts it and writes
+//! numbered records, one file each (`dd conv=fsync` + `sync -f`), printing
+//! `ack N` after each; the test kills backendd (pid from
+//! `<rundir>/backendd.pid`) once each `ack KILL_AT[i]` shows in the guest's log,
+//! starts a new backendd with the arguments `xl` uses (twice), and waits for the
+//! guest to finish. Then `xl destroy`, and Dom0 checks the image: `fsck -n`
+//! and every acknowledged record's content through a read-only loop mount.
+//!
+//! Private `xen-shimd` and `xenstored` (threads of this process, on
+//! temporary sockets), the real `xl`, `backendd` and `xen-pvguest`
+//! binaries. Needs root, `/dev/fuse`, loop devices and e2fsprogs
+//! (`apt-get install e2fsprogs mount coreutils`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use xen_shim::daemon::{DaemonConfig, DaemonHandle};
+use xenstored::server::{Server, ServerConfig, StopHandle};
+
+const STEP: Duration = Duration::from_secs(10);
+const GUEST_RUN: Duration = Duration::from_secs(240);
+/// Records the guest writes.
+const RECORDS: u32 = 120;
+/// backendd is killed (and restarted) once the guest logged each of these
+/// records' ack.
+const KILL_AT: [u32; 2] = [30, 75];
+
+fn need(tool: &str, package: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is missing: run `apt-get install -y {package}` (or tests/setup-host.sh)"
+    );
+}
+
+/// Builds `xl` and `backendd` next to our `xen-pvguest` (once).
+fn libexec() -> PathBuf {
+    let pv = PathBuf::from(env!("CARGO_BIN_EXE_xen-pvguest"));
+    let profile = pv.parent().expect("<target>/<profile>").to_path_buf();
+    let target = profile.parent().expect("<target>").to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "xen-xl",
+        "--bin",
+        "xl",
+        "-p",
+        "xen-backendd",
+        "--bin",
+        "backendd",
+    ])
+    .arg("--target-dir")
+    .arg(&target)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(st.success(), "building xl and backendd failed: {st}");
+    profile
+}
+
+/// The private services and files of the test; stopped and removed on
+/// drop (also a `backendd` that `xl` started, and the guest).
+struct Host {
+    dir: tempfile::TempDir,
+    shim: Option<DaemonHandle>,
+    xs_stop: StopHandle,
+    xs_thread: Option<JoinHandle<()>>,
+    mem_dir: PathBuf,
+    libexec: PathBuf,
+    guest: Option<String>,
+    /// The backendd this test started after the kill.
+    backendd: Option<std::process::Child>,
+}
+
+impl Host {
+    fn start() -> Host {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (shim, FUSE, loop devices): run it as root"
+        );
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+        );
+        for (t, p) in [
+            ("mkfs.ext4", "e2fsprogs"),
+            ("fsck.ext4", "e2fsprogs"),
+            ("losetup", "mount"),
+            ("sha256sum", "coreutils"),
+        ] {
+            need(t, p);
+        }
+        let libexec = libexec();
+        let dir = tempfile::Builder::new()
+            .prefix("bkill-")
+            .tempdir()
+            .expect("temp dir");
+        // The guest (root) reads the script; tempdir is 0700 but root.
+        let mem_dir =
+            PathBuf::from("/dev/shm").join(dir.path().file_name().expect("temp dir has a name"));
+        let shim_sock = dir.path().join("shim.sock");
+        let shim = xen_shim::daemon::spawn(DaemonConfig {
+            socket: shim_sock.clone(),
+            state_dir: dir.path().join("shim-state"),
+            mem_dir: mem_dir.clone(),
+            ..DaemonConfig::default()
+        })
+        .expect("start xen-shimd");
+        let cfg = ServerConfig {
+            socket: dir.path().join("xenstored.sock"),
+            read_only_socket: false,
+            state_dir: None,
+            fsync: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let xs_thread = std::thread::spawn(move || {
+            let mut s = Server::new(&cfg).expect("xenstored starts");
+            xenstored::install_shim(&mut s, &shim_sock).expect("xenstored links to the shim");
+            tx.send(s.stop_handle()).expect("the test waits");
+            s.run().expect("xenstored runs");
+        });
+        let xs_stop = rx.recv_timeout(STEP).expect("xenstored started");
+        Host {
+            dir,
+            shim: Some(shim),
+            xs_stop,
+            xs_thread: Some(xs_thread),
+            mem_dir,
+            libexec,
+            guest: None,
+            backendd: None,
+        }
+    }
+
+    fn rundir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn console_logdir(&self) -> PathBuf {
+        self.dir.path().join("console")
+    }
+
+    fn xl(&self, args: &[&str]) -> Output {
+        Command::new(self.libexec.join("xl"))
+            .args(args)
+            .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
+            .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
+            .env("XEN_SPLIT_RUNDIR", self.rundir())
+            .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
+            .env("XL_LIBEXEC_DIR", &self.libexec)
+            .output()
+            .expect("run xl")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(g) = self.guest.take() {
+            let _ = self.xl(&["destroy", &g]);
+        }
+        if let Ok(s) = std::fs::read_to_string(self.rundir().join("backendd.pid")) {
+            if let Ok(pid) = s.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        if let Some(mut c) = self.backendd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(s) = self.shim.take() {
+            let _ = s.stop();
+        }
+        self.xs_stop.stop();
+        if let Some(t) = self.xs_thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+fn ok(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    ok(&format!("{cmd} {args:?}"), &out)
+}
+
+/// The guest's log (`$XEN_CONSOLE_LOGDIR/guest-<name>.log`).
+fn guest_log(host: &Host, name: &str) -> Option<String> {
+    std::fs::read_to_string(host.console_logdir().join(format!("guest-{name}.log"))).ok()
+}
+
+/// The pid in `<rundir>/backendd.pid`.
+fn backendd_pid(host: &Host) -> i32 {
+    let p = host.rundir().join("backendd.pid");
+    let s =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    s.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("bad pid in {}: {s:?}: {e}", p.display()))
+}
+
+/// Starts `backendd` as `xl` does (same arguments, log appended to
+/// `<rundir>/backendd.log`).
+fn start_backendd(host: &mut Host) {
+    let rundir = host.rundir();
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(rundir.join("backendd.log"))
+        .expect("open backendd.log");
+    let log2 = log.try_clone().expect("dup the log fd");
+    let child = Command::new(host.libexec.join("backendd"))
+        .arg("--xenstored")
+        .arg(host.dir.path().join("xenstored.sock"))
+        .arg("--shim-socket")
+        .arg(host.dir.path().join("shim.sock"))
+        .arg("--pid-file")
+        .arg(rundir.join("backendd.pid"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .expect("start backendd");
+    host.backendd = Some(child);
+}
+
+/// The records the guest logged as acknowledged (`ack N` lines).
+fn acked(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("ack "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn wait_log(host: &Host, name: &str, what: &str, until: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + GUEST_RUN;
+    loop {
+        let log = guest_log(host, name).unwrap_or_default();
+        if until(&log) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {GUEST_RUN:?}; the guest's log:\n{log}\nbackendd's log:\n{}",
+            std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_acked_records() {
+    // Arrange
+    let mut host = Host::start();
+    let name = format!("bkill{}", std::process::id());
+    let img = host.dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("create the disk image");
+    let script = host.dir.path().join("init.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nset -e\n\
+             echo guest-init-start\n\
+             mkfs.ext4 -q -F /dev/xvda\n\
+             m=$(mktemp -d)\n\
+             mount -o loop /dev/xvda \"$m\"\n\
+             i=1\n\
+             while [ $i -le {RECORDS} ]; do\n\
+             printf 'record %06d\\n' $i | dd of=\"$m/rec$i\" conv=fsync status=none\n\
+             sync -f \"$m\"\n\
+             echo \"ack $i\"\n\
+             i=$((i + 1))\n\
+             done\n\
+             umount \"$m\"\n\
+             rmdir \"$m\"\n\
+             fsck.ext4 -n -f /dev/xvda\n\
+             echo guest-init-ok\n"
+        ),
+    )
+    .expect("write the init script");
+    run("chmod", &["0755", script.to_str().expect("utf-8 path")]);
+    let cfg = host.dir.path().join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+             extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target=disk.img' ]\n",
+            script.display()
+        ),
+    )
+    .expect("write the config");
+    ok(
+        "xl create",
+        &host.xl(&["create", cfg.to_str().expect("utf-8 path")]),
+    );
+    host.guest = Some(name.clone());
+
+    // Act: kill backendd mid-stream, start a new one (twice), let the
+    // guest finish.
+    let mut kills = Vec::new();
+    for at in KILL_AT {
+        let before = wait_log(&host, &name, "the guest's records", |l| {
+            acked(l).contains(&at) || l.contains("pvguest shutdown")
+        });
+        assert!(acked(&before).contains(&at), "{before}");
+        let pid = backendd_pid(&host);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL backendd");
+        if let Some(mut c) = host.backendd.take() {
+            let _ = c.wait();
+        }
+        let after = acked(&guest_log(&host, &name).unwrap_or_default())
+            .last()
+            .copied()
+            .unwrap_or(0);
+        kills.push((pid, after));
+        std::thread::sleep(Duration::from_millis(500));
+        start_backendd(&mut host);
+    }
+    let log = wait_log(&host, &name, "the guest's script after the restart", |l| {
+        l.contains("pvguest shutdown") || l.contains("frontend-failed")
+    });
+    let destroyed = host.xl(&["destroy", &name]);
+    host.guest = None;
+    eprintln!(
+        "killed backendd (pid, last ack): {kills:?}\nguest log:\n{log}\nxl destroy: {}\nbackendd log:\n{}",
+        String::from_utf8_lossy(&destroyed.stderr),
+        std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default()
+    );
+
+    // Assert: the guest finished and its disk reconnected.
+    assert!(
+        kills.iter().all(|&(_, after)| after < RECORDS),
+        "a kill came after the last write: {kills:?}"
+    );
+    assert!(log.contains("guest-init-ok"), "{log}");
+    assert!(log.contains("reason=poweroff"), "{log}");
+    let acks = acked(&log);
+    assert_eq!(acks, (1..=RECORDS).collect::<Vec<_>>(), "{log}");
+    // Dom0's view of the image: clean, every acknowledged record there.
+    let i = img.to_str().expect("utf-8 path");
+    run("fsck.ext4", &["-n", "-f", i]);
+    let mnt = host.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let m = mnt.to_str().expect("utf-8 path");
+    run("mount", &["-o", "loop,ro", i, m]);
+    let missing: Vec<u32> = acks
+        .iter()
+        .copied()
+        .filter(|n| {
+            std::fs::read_to_string(mnt.join(format!("rec{n}"))).ok()
+                != Some(format!("record {n:06}\n"))
+        })
+        .collect();
+    let _ = Command::new("umount").arg(m).status();
+    assert!(
+        missing.is_empty(),
+        "acknowledged records missing or wrong on the image: {missing:?}"
+    );
+}

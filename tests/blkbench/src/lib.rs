@@ -1,0 +1,445 @@
+//! The block benchmark of the PV disk: blkfront in a PV guest against the
+//! same load by `fio` (io_uring) on the backing file in Dom0, in one run.
+//!
+//! 1. a raw image on tmpfs (a private directory under `/dev/shm`), filled;
+//! 2. for each repetition: `fio --ioengine=io_uring --direct=0` on the image
+//!    for every load (the native reference; tmpfs has no O_DIRECT), then a
+//!    PV guest (`xl create`, private `xen-shimd`/`xenstored`, `backendd`)
+//!    running `--frontend blkload` for the same loads (the guest prints one
+//!    JSON line per load to its console log), then optionally a guest
+//!    running `fio --ioengine=psync --direct=1` on its `/dev/xvda` (the FUSE
+//!    block file);
+//! 3. a table and, with `--json`, one JSON line per implementation and
+//!    load: median, min and max over the repetitions, and the ratio of the
+//!    medians against `fio-native`.
+//!
+//! Loads: 4 KiB random read at queue depth 32, 1 MiB sequential read and
+//! write at queue depth `--seq-qd`.
+
+mod fio;
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+pub use host::Host;
+
+/// `blkbench`'s command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "blkbench",
+    about = "PV block benchmark: blkfront in a PV guest against fio io_uring on the backing file"
+)]
+pub struct Args {
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// A fast run that only checks that everything works (1 repetition,
+    /// short runs, small image).
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Seconds of each load.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Size of the image, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Queue depth of the 1 MiB sequential loads.
+    #[arg(long, default_value_t = 32)]
+    pub seq_qd: usize,
+    /// Also run fio (psync, O_DIRECT) inside the guest on /dev/xvda.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub guest_fio: bool,
+    /// Seconds of each guest fio load.
+    #[arg(long, default_value_t = 2.0)]
+    pub guest_fio_seconds: f64,
+    /// Directory of `xl`, `backendd` and `xen-pvguest` (default: next to
+    /// this executable).
+    #[arg(long)]
+    pub libexec: Option<PathBuf>,
+}
+
+/// One load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// `randread`, `seqread` or `seqwrite`.
+    pub pattern: &'static str,
+    /// I/O size in bytes.
+    pub bs: usize,
+    /// I/Os in flight.
+    pub qd: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// I/Os per second.
+    pub iops: f64,
+    /// Bytes per second.
+    pub bytes_per_s: f64,
+    /// Median latency.
+    pub p50_ns: u64,
+    /// 99th percentile latency.
+    pub p99_ns: u64,
+}
+
+/// Median, min and max of a non-empty series (`None` if empty).
+pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Some((med, s[0], s[n - 1]))
+}
+
+/// One result row: an implementation on a load over the repetitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `fio-native`, `blkfront` or `fio-guest`.
+    pub imp: &'static str,
+    /// The load.
+    pub load: Load,
+    /// One sample per repetition.
+    pub samples: Vec<Sample>,
+}
+
+impl Row {
+    fn med(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+        let v: Vec<f64> = self.samples.iter().map(f).collect();
+        spread(&v).unwrap_or((0.0, 0.0, 0.0))
+    }
+
+    /// The row as one JSON object; `reference` is fio-native's row of the
+    /// same load.
+    pub fn to_json(&self, reference: Option<&Row>) -> serde_json::Value {
+        let (iops, iops_min, iops_max) = self.med(|s| s.iops);
+        let (bw, bw_min, bw_max) = self.med(|s| s.bytes_per_s);
+        let (p50, _, _) = self.med(|s| s.p50_ns as f64);
+        let (p99, _, _) = self.med(|s| s.p99_ns as f64);
+        let ratio = reference.and_then(|r| {
+            let (ri, _, _) = r.med(|s| s.iops);
+            (ri > 0.0).then(|| iops / ri)
+        });
+        serde_json::json!({
+            "impl": self.imp,
+            "pattern": self.load.pattern,
+            "bs": self.load.bs,
+            "qd": self.load.qd,
+            "reps": self.samples.len(),
+            "iops": iops,
+            "iops_min": iops_min,
+            "iops_max": iops_max,
+            "bytes_per_s": bw,
+            "bytes_per_s_min": bw_min,
+            "bytes_per_s_max": bw_max,
+            "p50_ns": p50 as u64,
+            "p99_ns": p99 as u64,
+            "ratio": ratio,
+        })
+    }
+}
+
+fn loads(seq_qd: usize) -> [Load; 3] {
+    [
+        Load {
+            pattern: "randread",
+            bs: 4096,
+            qd: 32,
+        },
+        Load {
+            pattern: "seqread",
+            bs: 1 << 20,
+            qd: seq_qd,
+        },
+        Load {
+            pattern: "seqwrite",
+            bs: 1 << 20,
+            qd: seq_qd,
+        },
+    ]
+}
+
+/// Parses the guest's `blkload` JSON lines from its console log.
+pub fn parse_blkload(log: &str) -> Result<Vec<(String, Sample)>> {
+    let mut v = Vec::new();
+    for line in log.lines().filter(|l| l.starts_with("{\"blkload\"")) {
+        let j: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("bad blkload line {line}"))?;
+        let f = |k: &str| {
+            j[k].as_f64()
+                .with_context(|| format!("{k} missing in {line}"))
+        };
+        v.push((
+            j["pattern"].as_str().unwrap_or_default().to_owned(),
+            Sample {
+                iops: f("iops")?,
+                bytes_per_s: f("bytes_per_s")?,
+                p50_ns: f("p50_ns")? as u64,
+                p99_ns: f("p99_ns")? as u64,
+            },
+        ));
+    }
+    Ok(v)
+}
+
+fn default_libexec() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find this executable")?;
+    Ok(exe
+        .parent()
+        .context("the executable has a directory")?
+        .to_path_buf())
+}
+
+fn make_image(path: &Path, bytes: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).context("fill the image")?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
+}
+
+/// Runs the benchmark (see the [crate docs](crate)) and returns the rows.
+pub fn measure(args: &Args) -> Result<Vec<Row>> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("blkbench needs root (the shim's guests, FUSE in the guest): run it as root");
+    }
+    let (reps, seconds, size_mib, gfio_secs) = if args.quick {
+        (1, 0.3, 64, 0.3)
+    } else {
+        (
+            args.reps.max(1),
+            args.seconds,
+            args.size_mib.max(8),
+            args.guest_fio_seconds,
+        )
+    };
+    let libexec = match &args.libexec {
+        Some(d) => d.clone(),
+        None => default_libexec()?,
+    };
+    let loads = loads(args.seq_qd.max(1));
+    let mut host = Host::start(&libexec)?;
+    // The image lives on tmpfs: a private directory under /dev/shm.
+    let shm = tempfile::Builder::new()
+        .prefix("blkbench-img-")
+        .tempdir_in("/dev/shm")
+        .context("create a directory in /dev/shm")?;
+    let image = shm.path().join("disk.img");
+    make_image(&image, size_mib << 20)?;
+    let mut native: Vec<Row> = loads
+        .iter()
+        .map(|&load| Row {
+            imp: "fio-native",
+            load,
+            samples: vec![],
+        })
+        .collect();
+    let mut front: Vec<Row> = loads
+        .iter()
+        .map(|&load| Row {
+            imp: "blkfront",
+            load,
+            samples: vec![],
+        })
+        .collect();
+    let mut gfio: Vec<Row> = loads
+        .iter()
+        .map(|&load| Row {
+            imp: "fio-guest",
+            load: Load { qd: 1, ..load },
+            samples: vec![],
+        })
+        .collect();
+    let limit = secs(60.0 + 3.0 * seconds.max(gfio_secs) * 4.0);
+    for rep in 0..reps {
+        for (i, load) in loads.iter().enumerate() {
+            let a = fio::args(&image, load, secs(seconds), "io_uring", false);
+            native[i].samples.push(fio::run(&a, load.bs)?);
+        }
+        // blkload runs every load of one block size in one guest.
+        for bs in [4096usize, 1 << 20] {
+            let of_bs: Vec<&Load> = loads.iter().filter(|l| l.bs == bs).collect();
+            let patterns: Vec<&str> = of_bs.iter().map(|l| l.pattern).collect();
+            let qd = of_bs.first().map_or(32, |l| l.qd);
+            let name = format!("blkbench{}r{rep}b{bs}", std::process::id());
+            let extra = format!(
+                "--frontend blkload --timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds}",
+                patterns.join(",")
+            );
+            let log = host.run_guest(&name, &image, &extra, limit)?;
+            let got = parse_blkload(&log)?;
+            for l in of_bs {
+                let s = got
+                    .iter()
+                    .find(|(p, _)| p == l.pattern)
+                    .map(|(_, s)| *s)
+                    .with_context(|| {
+                        format!("the guest printed no {} result; its log:\n{log}", l.pattern)
+                    })?;
+                if let Some(r) = front.iter_mut().find(|r| r.load == *l) {
+                    r.samples.push(s);
+                }
+            }
+        }
+        if args.guest_fio {
+            let script = host.dir().join(format!("fio-r{rep}.sh"));
+            let mut body = String::from("#!/bin/sh\nset -e\n");
+            for (i, load) in loads.iter().enumerate() {
+                let a = fio::args(
+                    Path::new("/dev/xvda"),
+                    &Load { qd: 1, ..*load },
+                    secs(gfio_secs),
+                    "psync",
+                    true,
+                );
+                let out = host.dir().join(format!("fio-r{rep}-{i}.json"));
+                body.push_str(&format!("fio {} > {}\n", a.join(" "), out.display()));
+            }
+            body.push_str("echo guest-fio-done\n");
+            std::fs::write(&script, body).context("write the guest's fio script")?;
+            let st = std::process::Command::new("chmod")
+                .arg("0755")
+                .arg(&script)
+                .status()
+                .context("chmod")?;
+            if !st.success() {
+                bail!("chmod of the guest script failed");
+            }
+            let name = format!("blkbench{}r{rep}fio", std::process::id());
+            let extra = format!(
+                "--frontend disk --timeout-secs 30 --init {}",
+                script.display()
+            );
+            let log = host.run_guest(&name, &image, &extra, limit)?;
+            if !log.contains("guest-fio-done") {
+                bail!("fio in the guest failed; its log:\n{log}");
+            }
+            for (i, load) in loads.iter().enumerate() {
+                let out = host.dir().join(format!("fio-r{rep}-{i}.json"));
+                let text = std::fs::read_to_string(&out)
+                    .with_context(|| format!("read {}", out.display()))?;
+                gfio[i].samples.push(fio::parse(&text, load.bs)?);
+            }
+        }
+    }
+    let mut rows = native;
+    rows.append(&mut front);
+    if args.guest_fio {
+        rows.append(&mut gfio);
+    }
+    Ok(rows)
+}
+
+/// The reference row of `row`'s load.
+fn reference<'r>(rows: &'r [Row], row: &Row) -> Option<&'r Row> {
+    rows.iter()
+        .find(|r| r.imp == "fio-native" && r.load.pattern == row.load.pattern)
+}
+
+/// Runs the benchmark and prints the table (or the JSON lines).
+pub fn run(args: &Args) -> Result<()> {
+    let rows = measure(args)?;
+    if args.json {
+        for r in &rows {
+            println!("{}", r.to_json(reference(&rows, r)));
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:<9} {:>8} {:>3} {:>12} {:>22} {:>11} {:>9} {:>9} {:>6}",
+        "impl", "pattern", "bs", "qd", "iops", "(min..max)", "MB/s", "p50_us", "p99_us", "ratio"
+    );
+    for r in &rows {
+        let j = r.to_json(reference(&rows, r));
+        let g = |k: &str| j[k].as_f64().unwrap_or(0.0);
+        println!(
+            "{:<11} {:<9} {:>8} {:>3} {:>12.0} {:>22} {:>11.1} {:>9.1} {:>9.1} {:>6}",
+            r.imp,
+            r.load.pattern,
+            r.load.bs,
+            r.load.qd,
+            g("iops"),
+            format!("({:.0}..{:.0})", g("iops_min"), g("iops_max")),
+            g("bytes_per_s") / 1e6,
+            g("p50_ns") / 1e3,
+            g("p99_ns") / 1e3,
+            j["ratio"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.3}")),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_spread_of_odd_and_even_series_gives_median_min_max() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(&[]), None);
+    }
+
+    #[test]
+    fn test_parse_blkload_lines_among_guest_log_are_found() {
+        // Arrange
+        let log = "pvguest ready domid=1\n\
+                   {\"blkload\":1,\"pattern\":\"randread\",\"iops\":10.0,\"bytes_per_s\":40960.0,\"p50_ns\":5,\"p99_ns\":9}\n\
+                   pvguest shutdown reason=poweroff\n";
+        // Act
+        let v = parse_blkload(log).expect("parses");
+        // Assert
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, "randread");
+        assert_eq!(v[0].1.p99_ns, 9);
+    }
+
+    #[test]
+    fn test_row_json_ratio_is_against_the_reference_median() {
+        let load = loads(32)[0];
+        let s = |iops| Sample {
+            iops,
+            bytes_per_s: iops * 4096.0,
+            p50_ns: 1,
+            p99_ns: 2,
+        };
+        let native = Row {
+            imp: "fio-native",
+            load,
+            samples: vec![s(100.0), s(200.0), s(300.0)],
+        };
+        let front = Row {
+            imp: "blkfront",
+            load,
+            samples: vec![s(50.0), s(100.0), s(150.0)],
+        };
+        let j = front.to_json(Some(&native));
+        assert_eq!(j["ratio"].as_f64(), Some(0.5));
+        assert_eq!(j["iops_min"].as_f64(), Some(50.0));
+    }
+}

@@ -1,0 +1,96 @@
+//! `blkbench --quick --json` end to end: a private Dom0, fio on the tmpfs
+//! image, the blkload guest and fio in the guest; checks the JSON shape of
+//! every row, never the speed. Needs root, /dev/fuse and fio
+//! (`apt-get install -y fio`, or tests/setup-host.sh).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds `xl`, `backendd` and `xen-pvguest` next to `blkbench` (same
+/// target dir and profile) and returns that directory.
+fn libexec() -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_blkbench"));
+    let profile = me.parent().expect("<target>/<profile>").to_path_buf();
+    let target = profile.parent().expect("<target>").to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "xen-xl",
+        "--bin",
+        "xl",
+        "-p",
+        "xen-backendd",
+        "--bin",
+        "backendd",
+        "-p",
+        "xen-pvguest",
+        "--bin",
+        "xen-pvguest",
+    ])
+    .arg("--target-dir")
+    .arg(&target)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(
+        st.success(),
+        "building xl, backendd and xen-pvguest failed: {st}"
+    );
+    profile
+}
+
+#[test]
+fn test_blkbench_quick_json_rows_have_the_documented_shape() {
+    // Arrange
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (shim guests, FUSE): run it as root"
+    );
+    let fio = Command::new("fio").arg("--version").output();
+    assert!(
+        fio.is_ok_and(|o| o.status.success()),
+        "fio is missing: run `apt-get install -y fio` (or tests/setup-host.sh)"
+    );
+    let libexec = libexec();
+
+    // Act
+    let out = Command::new(env!("CARGO_BIN_EXE_blkbench"))
+        .args(["--quick", "--json", "--libexec"])
+        .arg(&libexec)
+        .output()
+        .expect("run blkbench");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "blkbench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect();
+    assert_eq!(rows.len(), 9, "3 impls x 3 loads: {stdout}");
+    for imp in ["fio-native", "blkfront", "fio-guest"] {
+        for pat in ["randread", "seqread", "seqwrite"] {
+            let r = rows
+                .iter()
+                .find(|r| r["impl"] == imp && r["pattern"] == pat)
+                .unwrap_or_else(|| panic!("no {imp} {pat} row: {stdout}"));
+            for k in ["bs", "qd", "reps", "p50_ns", "p99_ns"] {
+                assert!(r[k].is_u64(), "{k} of {r}");
+            }
+            for k in ["iops", "iops_min", "iops_max", "bytes_per_s"] {
+                assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k} of {r}");
+            }
+            assert!(r["ratio"].as_f64().is_some_and(|x| x > 0.0), "ratio of {r}");
+        }
+    }
+}
