@@ -50,7 +50,9 @@ pub struct BlkfrontConfig {
     pub max_indirect_segments: u32,
     /// Offer `feature-persistent` (used when the backend offers it too).
     pub persistent_grants: bool,
-    /// Free data pages kept for reuse (with their grants when persistent).
+    /// Free data pages kept for reuse (with their grants when persistent),
+    /// per pool (data, indirect); the pools always keep at least what the
+    /// rings can have in flight (slots x segments per request).
     pub max_cached_pages: usize,
 }
 
@@ -234,6 +236,9 @@ pub struct BlkFront<'p, P: Platform + ?Sized> {
     free_indirect: Vec<DataPage>,
     deferred: Vec<Deferred>,
     completions: VecDeque<Completion>,
+    /// Read buffers handed back by [`BlkFront::give_back_buffer`], reused
+    /// for the next reads' [`Completion::data`].
+    spare_bufs: Vec<Vec<u8>>,
     next_tag: u64,
     next_seq: u64,
     rr: usize,
@@ -321,6 +326,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             free_data: Vec::new(),
             free_indirect: Vec::new(),
             deferred: Vec::new(),
+            spare_bufs: Vec::new(),
             completions: VecDeque::new(),
             next_tag: 1,
             next_seq: 0,
@@ -1197,6 +1203,21 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
     // ----------------------------------------------------------------------
     // Completion.
 
+    /// Hands a [`Completion::data`] buffer back for reuse by later reads
+    /// (saves allocating and faulting in a fresh one per completion). Keeps
+    /// at most one buffer per ring slot, none larger than a request can be.
+    pub fn give_back_buffer(&mut self, buf: Vec<u8>) {
+        let slots = self
+            .queues
+            .iter()
+            .map(|q| q.ring.size() as usize)
+            .fold(0usize, usize::saturating_add);
+        let largest = self.max_segments.saturating_mul(PAGE_SIZE);
+        if self.spare_bufs.len() < slots && buf.capacity() > 0 && buf.capacity() <= largest {
+            self.spare_bufs.push(buf);
+        }
+    }
+
     /// Takes the responses on every ring (validated: an overflowing
     /// producer index or an unknown id fails the device), issues waiting
     /// requests into the freed slots, and returns the finished requests.
@@ -1271,7 +1292,9 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         let mut kept = false;
         let mut data = Vec::new();
         if s.kind == RequestKind::Read && status == BlkStatus::Okay {
-            data = alloc::vec![0u8; s.len as usize];
+            data = self.spare_bufs.pop().unwrap_or_default();
+            data.clear();
+            data.resize(s.len as usize, 0);
         }
         for (i, dp) in s.data.into_iter().enumerate() {
             let start = i.saturating_mul(PAGE_SIZE);
@@ -1316,7 +1339,16 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                 }
             }
         }
-        let cap = self.cfg.max_cached_pages;
+        // Keep at least what the rings can have in flight, so a full queue
+        // of the largest requests recycles its pages instead of freeing and
+        // allocating (and zeroing) them again.
+        let in_flight = self
+            .queues
+            .iter()
+            .map(|q| q.ring.size() as usize)
+            .fold(0usize, usize::saturating_add)
+            .saturating_mul(self.max_segments);
+        let cap = self.cfg.max_cached_pages.max(in_flight);
         let pool = if indirect {
             &mut self.free_indirect
         } else {

@@ -485,3 +485,29 @@ fn test_grant_table_exhaustion_holds_requests_until_grants_free() {
     assert!(done.iter().all(|c| c.status == BlkStatus::Okay));
     assert!(back.disk == model);
 }
+
+#[test]
+fn test_given_back_buffer_reused_read_has_exact_length_and_data() {
+    // Arrange: a written region and a stale, larger buffer handed back.
+    let p = platform();
+    let (mut front, mut back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    let data: Vec<u8> = (0..8192u32).map(|i| ((i * 13) ^ (i >> 8)) as u8).collect();
+    front.submit_write(8, &data).expect("submit write");
+    let done = run_until(&mut front, &mut back, 1);
+    assert_eq!(done[0].status, BlkStatus::Okay);
+    front.give_back_buffer(vec![0xaa; 4096 * 3]);
+
+    // Act: two reads, shorter than the stale buffer.
+    front.submit_read(8, 4096).expect("submit read");
+    front.submit_read(16, 4096).expect("submit read");
+    let done = run_until(&mut front, &mut back, 2);
+
+    // Assert
+    assert_eq!(done.len(), 2);
+    for c in &done {
+        assert_eq!(c.status, BlkStatus::Okay);
+        assert_eq!(c.data.len(), 4096);
+        assert!(c.data == data[..4096] || c.data == data[4096..]);
+    }
+    assert!(done[0].data != done[1].data, "the two reads differ");
+}

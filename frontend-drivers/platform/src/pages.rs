@@ -10,6 +10,10 @@ use xen_abi::xen::xen_pfn_t;
 /// Xen's page size (`XEN_PAGE_SIZE`).
 pub const PAGE_SIZE: usize = 4096;
 
+/// The word size of the bulk copies in [`SharedPages::read`], `write` and
+/// `fill`.
+const WORD: usize = core::mem::size_of::<u64>();
+
 /// Why a [`SharedPages`] access was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PagesError {
@@ -151,35 +155,98 @@ impl SharedPages {
         Ok(())
     }
 
+    /// Bytes from `offset` to the next 8-byte boundary of the pages (the
+    /// base is page-aligned, so offsets and addresses agree), at most `len`.
+    #[inline]
+    fn head_len(offset: usize, len: usize) -> usize {
+        ((WORD - offset % WORD) % WORD).min(len)
+    }
+
     /// Copies `buf.len()` bytes starting at `offset` out of the pages
-    /// (volatile byte reads: the peer may be writing them).
+    /// (volatile reads: the peer may be writing them; aligned 8-byte reads
+    /// for the middle of the range, byte reads at its unaligned edges).
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), PagesError> {
         self.check(offset, buf.len())?;
-        for (i, b) in buf.iter_mut().enumerate() {
+        let base = self.ptr.as_ptr();
+        let head = Self::head_len(offset, buf.len());
+        let (head_buf, rest) = buf.split_at_mut(head);
+        for (i, b) in head_buf.iter_mut().enumerate() {
             // SAFETY: offset + i < offset + buf.len() <= len (checked), the
             // memory is valid for reads (contract of `new`), byte reads need
             // no alignment, and no reference to the byte exists.
-            *b = unsafe { ptr::read_volatile(self.ptr.as_ptr().add(offset + i)) };
+            *b = unsafe { ptr::read_volatile(base.add(offset + i)) };
+        }
+        let mut at = offset + head;
+        let mut words = rest.chunks_exact_mut(WORD);
+        for chunk in words.by_ref() {
+            // SAFETY: at + WORD <= offset + buf.len() <= len (checked; the
+            // chunk is a whole word of `buf` at the same position), `at` is a
+            // multiple of 8 (the head ends on a boundary) on a page-aligned
+            // base so the u64 access is aligned, the memory is valid for
+            // reads (contract of `new`), and no reference to it exists.
+            let w = unsafe { ptr::read_volatile(base.add(at).cast::<u64>()) };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+            at += WORD;
+        }
+        for b in words.into_remainder() {
+            // SAFETY: as for the head bytes: `at` < offset + buf.len() <= len.
+            *b = unsafe { ptr::read_volatile(base.add(at)) };
+            at += 1;
         }
         Ok(())
     }
 
-    /// Copies `data` into the pages at `offset` (volatile byte writes).
+    /// Copies `data` into the pages at `offset` (volatile writes: aligned
+    /// 8-byte writes for the middle of the range, bytes at its edges).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), PagesError> {
         self.check(offset, data.len())?;
-        for (i, b) in data.iter().enumerate() {
+        let base = self.ptr.as_ptr();
+        let head = Self::head_len(offset, data.len());
+        let (head_data, rest) = data.split_at(head);
+        for (i, b) in head_data.iter().enumerate() {
             // SAFETY: as in `read`, for writes.
-            unsafe { ptr::write_volatile(self.ptr.as_ptr().add(offset + i), *b) };
+            unsafe { ptr::write_volatile(base.add(offset + i), *b) };
+        }
+        let mut at = offset + head;
+        let mut words = rest.chunks_exact(WORD);
+        for chunk in words.by_ref() {
+            let mut w = [0u8; WORD];
+            w.copy_from_slice(chunk);
+            // SAFETY: as for the words in `read`, for writes.
+            unsafe { ptr::write_volatile(base.add(at).cast::<u64>(), u64::from_ne_bytes(w)) };
+            at += WORD;
+        }
+        for b in words.remainder() {
+            // SAFETY: as in `read`, for writes.
+            unsafe { ptr::write_volatile(base.add(at), *b) };
+            at += 1;
         }
         Ok(())
     }
 
-    /// Sets `len` bytes at `offset` to `value`.
+    /// Sets `len` bytes at `offset` to `value` (volatile writes, 8 bytes at
+    /// a time for the aligned middle).
     pub fn fill(&self, offset: usize, len: usize, value: u8) -> Result<(), PagesError> {
         self.check(offset, len)?;
-        for i in 0..len {
-            // SAFETY: as in `write`.
-            unsafe { ptr::write_volatile(self.ptr.as_ptr().add(offset + i), value) };
+        let base = self.ptr.as_ptr();
+        let end = offset + len;
+        let head_end = offset + Self::head_len(offset, len);
+        let mid_end = head_end + (end - head_end) / WORD * WORD;
+        let word = u64::from_ne_bytes([value; WORD]);
+        for at in offset..head_end {
+            // SAFETY: at < end <= self.len() (checked), valid for writes
+            // (contract of `new`), no alignment needed, no reference exists.
+            unsafe { ptr::write_volatile(base.add(at), value) };
+        }
+        for at in (head_end..mid_end).step_by(WORD) {
+            // SAFETY: at + WORD <= mid_end <= end <= self.len() (checked),
+            // `at` is 8-aligned (head_end is, steps are 8) on a page-aligned
+            // base, valid for writes (contract of `new`), no reference exists.
+            unsafe { ptr::write_volatile(base.add(at).cast::<u64>(), word) };
+        }
+        for at in mid_end..end {
+            // SAFETY: as for the head bytes.
+            unsafe { ptr::write_volatile(base.add(at), value) };
         }
         Ok(())
     }
@@ -279,6 +346,84 @@ mod tests {
                 .expect("aligned");
             assert_eq!(p.load_u64(8, Ordering::Acquire), Ok(0xdead_beef_0000_0001));
             assert_eq!(p.load_u32(8, Ordering::Relaxed), Ok(1));
+        });
+    }
+
+    /// A byte pattern that differs at every position and from the fill.
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(1))
+            .collect()
+    }
+
+    #[test]
+    fn test_shared_pages_word_copy_every_edge_matches_bytes() {
+        with_pages(1, |p| {
+            for offset in 0..=9usize {
+                for len in 0..=17usize {
+                    p.fill(0, 64, 0xee).expect("in bounds");
+                    let data = pattern(len);
+                    p.write(offset, &data).expect("in bounds");
+                    let mut all = [0u8; 64];
+                    p.read(0, &mut all).expect("in bounds");
+                    for (i, b) in all.iter().enumerate() {
+                        let want = if i >= offset && i < offset + len {
+                            data[i - offset]
+                        } else {
+                            0xee
+                        };
+                        assert_eq!(*b, want, "write offset {offset} len {len} byte {i}");
+                    }
+                    let mut back = vec![0u8; len];
+                    p.read(offset, &mut back).expect("in bounds");
+                    assert_eq!(back, data, "read offset {offset} len {len}");
+                    p.fill(offset, len, 0x5a).expect("in bounds");
+                    p.read(0, &mut all).expect("in bounds");
+                    for (i, b) in all.iter().enumerate() {
+                        let want = if i >= offset && i < offset + len {
+                            0x5a
+                        } else {
+                            0xee
+                        };
+                        assert_eq!(*b, want, "fill offset {offset} len {len} byte {i}");
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn test_shared_pages_word_copy_across_page_roundtrips() {
+        with_pages(2, |p| {
+            for offset in PAGE_SIZE - 17..=PAGE_SIZE + 1 {
+                for len in [0usize, 1, 7, 8, 9, 16, 17, 33] {
+                    let data = pattern(len);
+                    p.write(offset, &data).expect("in bounds");
+                    let mut back = vec![0u8; len];
+                    p.read(offset, &mut back).expect("in bounds");
+                    assert_eq!(back, data, "offset {offset} len {len}");
+                }
+            }
+            p.fill(PAGE_SIZE - 3, 11, 0x11).expect("in bounds");
+            let mut back = [0u8; 13];
+            p.read(PAGE_SIZE - 4, &mut back).expect("in bounds");
+            assert_ne!(back[0], 0x11);
+            assert!(back[1..12].iter().all(|b| *b == 0x11));
+        });
+    }
+
+    #[test]
+    fn test_shared_pages_word_copy_at_end_is_bounded() {
+        with_pages(1, |p| {
+            let data = pattern(17);
+            p.write(PAGE_SIZE - 17, &data).expect("last bytes");
+            let mut back = [0u8; 17];
+            p.read(PAGE_SIZE - 17, &mut back).expect("last bytes");
+            assert_eq!(&back[..], &data[..]);
+            assert!(p.write(PAGE_SIZE - 16, &data).is_err());
+            assert!(p.read(PAGE_SIZE - 8, &mut back).is_err());
+            assert!(p.fill(PAGE_SIZE - 7, 8, 0).is_err());
+            p.fill(PAGE_SIZE, 0, 0).expect("empty range at the end");
         });
     }
 }

@@ -401,6 +401,7 @@ fn run_pattern<P: Platform + ?Sized>(
                 });
             }
             slot.pending = slot.pending.saturating_sub(1);
+            dev.give_back_buffer(c.data);
             let complete = slot.pending == 0 && partial.is_none_or(|(p, _)| p != si);
             if complete {
                 let ns = u64::try_from(t.duration_since(slot.start).as_nanos()).unwrap_or(u64::MAX);

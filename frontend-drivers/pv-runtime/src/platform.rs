@@ -24,9 +24,7 @@ use xen_abi::event_channel::{
 };
 use xen_abi::grant_table::{gnttab_setup_table, grant_ref_t};
 use xen_abi::xen::{domid_t, xen_pfn_t, DOMID_SELF};
-use xen_front_platform::{
-    Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent, PAGE_SIZE,
-};
+use xen_front_platform::{Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent};
 use xen_shim::evtchn::EvtchnError;
 use xen_shim::grant::GrantError;
 use xen_shim::guest::Hypervisor;
@@ -191,16 +189,21 @@ unsafe impl Platform for PvPlatform {
                 return Err(nomem);
             }
         };
-        if slice.fill(0, count * PAGE_SIZE, 0).is_err() {
+        let Some(ptr) = NonNull::new(slice.as_ptr()) else {
             let _ = lock(&self.pages).free(gfn, n);
             return Err(nomem);
-        }
-        let ptr = NonNull::new(slice.as_ptr()).ok_or(nomem)?;
+        };
         // SAFETY: `ptr` is page `gfn` of the 'static guest-memory mapping,
         // `count` pages long (`pages` checked the range), page-aligned; the
         // allocator gives this run to no one else until `free_pages`; nothing
         // in the runtime holds references to guest RAM.
-        Ok(unsafe { SharedPages::new(ptr, gfn, count) })
+        let pages = unsafe { SharedPages::new(ptr, gfn, count) };
+        // Zeroed through the handle: its fill writes aligned words, the
+        // guest-memory slice's writes bytes.
+        pages
+            .fill(0, pages.len(), 0)
+            .expect("the whole run is inside its own handle");
+        Ok(pages)
     }
 
     fn free_pages(&self, pages: SharedPages) -> Result<(), PlatformError> {
