@@ -1,59 +1,14 @@
 //! The `backendd` binary: pid file, serving, clean exit on SIGTERM.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xenstore_client::{Client, XsOps};
-use xenstored::server::{Server, ServerConfig, StopHandle};
+
+mod common;
+use common::Xenstored;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Xenstored {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Xenstored {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("backendd-bin-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("socket");
-        let cfg = ServerConfig {
-            socket: socket.clone(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut s = Server::new(&cfg).expect("xenstored starts");
-            tx.send(s.stop_handle()).expect("test waits");
-            s.run().expect("xenstored runs");
-        });
-        let stop = rx.recv_timeout(TIMEOUT).expect("xenstored started");
-        Self {
-            dir,
-            socket,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Xenstored {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Kills the child if the test fails before it exits.
 struct ChildGuard(std::process::Child);
@@ -69,7 +24,7 @@ impl Drop for ChildGuard {
 
 #[test]
 fn test_backendd_binary_serves_and_exits_on_sigterm() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-bin-");
     let pidfile = xsd.dir.path().join("backendd.pid");
     let child = Command::new(env!("CARGO_BIN_EXE_backendd"))
         .arg("--xenstored")

@@ -3,7 +3,6 @@
 //! frontend's nodes the way a guest's xenbus driver does.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,59 +11,11 @@ use std::time::{Duration, Instant};
 use xen_backendd::backend::FrontendReader;
 use xen_backendd::{Backend, BackendError, BackendFactory, DeviceInfo, Service, ServiceConfig};
 use xenstore_client::{Client, XsOps};
-use xenstored::server::{Server, ServerConfig, StopHandle};
+
+mod common;
+use common::Xenstored;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// xenstored in a thread of this process; stopped and cleaned up on drop.
-struct Xenstored {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Xenstored {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("backendd-test-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("socket");
-        let cfg = ServerConfig {
-            socket: socket.clone(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut s = Server::new(&cfg).expect("xenstored starts");
-            tx.send(s.stop_handle()).expect("test waits");
-            s.run().expect("xenstored runs");
-        });
-        let stop = rx.recv_timeout(TIMEOUT).expect("xenstored started");
-        Self {
-            _dir: dir,
-            socket,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_path(&self.socket).expect("connect to xenstored")
-    }
-}
-
-impl Drop for Xenstored {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// What the fake backends did, per device id.
 #[derive(Default, Clone)]
@@ -254,7 +205,7 @@ fn set_fe_state(xs: &Client, domid: u16, devid: u32, state: &str) {
 
 #[test]
 fn test_handshake_full_cycle_states_in_order() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -312,7 +263,7 @@ fn test_handshake_full_cycle_states_in_order() {
 
 #[test]
 fn test_handshake_frontend_connected_at_probe_waits_for_fresh_offer() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let (dom, dev) = (3, 51712);
@@ -343,7 +294,7 @@ fn test_handshake_frontend_connected_at_probe_waits_for_fresh_offer() {
 
 #[test]
 fn test_handshake_garbage_state_fails_only_that_device() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -386,7 +337,7 @@ fn test_handshake_garbage_state_fails_only_that_device() {
 
 #[test]
 fn test_handshake_backend_errors_and_panics_fail_only_their_device() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -419,7 +370,7 @@ fn test_handshake_backend_errors_and_panics_fail_only_their_device() {
 
 #[test]
 fn test_handshake_backend_dir_removed_tears_device_down() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -455,7 +406,7 @@ fn test_handshake_backend_dir_removed_tears_device_down() {
 
 #[test]
 fn test_handshake_offline_device_closes_on_frontend_closed() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -481,7 +432,7 @@ fn test_handshake_offline_device_closes_on_frontend_closed() {
 
 #[test]
 fn test_handshake_frontend_path_outside_its_domain_ignored() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let _svc = Backendd::start(
@@ -506,7 +457,7 @@ fn test_handshake_frontend_path_outside_its_domain_ignored() {
 
 #[test]
 fn test_handshake_restarted_service_reconnects_connected_device() {
-    let xsd = Xenstored::start();
+    let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
     let (dom, dev) = (8, 51712);

@@ -9,7 +9,6 @@
 //! attached runtime's pid, which is this test process).
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,8 +24,10 @@ use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
 use xen_shim::protocol::DomainConfig;
 use xenstore_client::{Client, XsOps};
-use xenstored::server::{Server, ServerConfig, StopHandle};
 use zerocopy::{FromBytes, IntoBytes};
+
+mod common;
+use common::Xenstored;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 type Slot = [u8; BLKIF_SRING_ENTRY_SIZE];
@@ -36,51 +37,6 @@ fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert_eq!(uid, 0, "this test runs the shim daemon and needs root");
-}
-
-struct Xenstored {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Xenstored {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("backendd-vbd-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("socket");
-        let cfg = ServerConfig {
-            socket: socket.clone(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut s = Server::new(&cfg).expect("xenstored starts");
-            tx.send(s.stop_handle()).expect("test waits");
-            s.run().expect("xenstored runs");
-        });
-        let stop = rx.recv_timeout(TIMEOUT).expect("xenstored started");
-        Self {
-            _dir: dir,
-            socket,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Xenstored {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 struct Backendd {
@@ -117,7 +73,7 @@ impl World {
             .expect("create the guest domain");
         let rt = Runtime::start_with(shim.socket(), created.domid, &created.token)
             .expect("runtime attaches");
-        let xsd = Xenstored::start();
+        let xsd = Xenstored::start("backendd-vbd-");
         let xs = Client::connect_path(&xsd.socket).expect("xenstore");
         let image = tempfile::Builder::new()
             .prefix("backendd-vbd-")
