@@ -108,6 +108,50 @@ impl Conn {
     }
 }
 
+/// The daemon's notifications a handle has received but not yet handed out.
+pub(crate) type EventQueue = std::sync::Mutex<VecDeque<ControlEvent>>;
+
+/// Moves the events `conn` queued while reading into the handle's `queue`.
+pub(crate) fn stash_events(conn: &mut Conn, queue: &EventQueue) {
+    let evs = conn.take_events();
+    if !evs.is_empty() {
+        if let Ok(mut q) = queue.lock() {
+            q.extend(evs);
+        }
+    }
+}
+
+/// One request on a handle's shared connection; notifications that arrived
+/// with the reply go to the handle's `queue`.
+pub(crate) fn call_stashing(
+    conn: &std::sync::Mutex<Conn>,
+    queue: &EventQueue,
+    req: &Request,
+) -> Result<(Reply, Vec<OwnedFd>), ControlError> {
+    let mut c = conn
+        .lock()
+        .map_err(|_| ControlError::Unexpected("control connection lock poisoned".into()))?;
+    let r = c.call(req, &[]);
+    stash_events(&mut c, queue);
+    r
+}
+
+/// Reads whatever notifications the daemon sent, then hands out every
+/// queued one.
+pub(crate) fn poll_and_drain(
+    conn: &std::sync::Mutex<Conn>,
+    queue: &EventQueue,
+) -> Vec<ControlEvent> {
+    if let Ok(mut c) = conn.lock() {
+        let _ = c.poll_events();
+        stash_events(&mut c, queue);
+    }
+    queue
+        .lock()
+        .map(|mut q| q.drain(..).collect())
+        .unwrap_or_default()
+}
+
 /// Takes the reply's fds in order, failing if too few came.
 pub(crate) fn take_fds(
     fds: &mut std::vec::IntoIter<OwnedFd>,

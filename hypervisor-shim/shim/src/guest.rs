@@ -164,19 +164,7 @@ impl Hypervisor {
     }
 
     fn call_once(&self, req: &Request) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ControlError> {
-        let mut c = self
-            .conn
-            .lock()
-            .map_err(|_| ControlError::Unexpected("control connection lock poisoned".into()))?;
-        let r = c.call(req, &[]);
-        let evs = c.take_events();
-        drop(c);
-        if !evs.is_empty() {
-            if let Ok(mut q) = self.events.lock() {
-                q.extend(evs);
-            }
-        }
-        r
+        crate::client::call_stashing(&self.conn, &self.events, req)
     }
 
     /// A daemon request; if the daemon restarted meanwhile, reattaches once
@@ -275,17 +263,7 @@ impl Hypervisor {
 
     /// Notifications from the daemon (shutdown requests, peer closes).
     pub fn take_control_events(&self) -> Vec<ControlEvent> {
-        if let Ok(mut c) = self.conn.lock() {
-            let _ = c.poll_events();
-            let evs = c.take_events();
-            if let Ok(mut q) = self.events.lock() {
-                q.extend(evs);
-            }
-        }
-        self.events
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default()
+        crate::client::poll_and_drain(&self.conn, &self.events)
     }
 
     // ---------------------------------------------------------------- grants
@@ -640,10 +618,7 @@ impl Hypervisor {
                         let _ = self.ports.remove_control_watch(c.raw_fd());
                         c.push_event(ControlEvent::Disconnected);
                     }
-                    let evs = c.take_events();
-                    if let Ok(mut q) = self.events.lock() {
-                        q.extend(evs);
-                    }
+                    crate::client::stash_events(&mut c, &self.events);
                 }
             }
             Fired::Kick => {}

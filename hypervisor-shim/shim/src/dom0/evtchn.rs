@@ -59,18 +59,7 @@ impl Evtchn {
         &self,
         req: &Request,
     ) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), crate::protocol::ControlError> {
-        let mut c = self.conn.lock().map_err(|_| {
-            crate::protocol::ControlError::Unexpected("connection lock poisoned".into())
-        })?;
-        let r = c.call(req, &[]);
-        let evs = c.take_events();
-        drop(c);
-        if !evs.is_empty() {
-            if let Ok(mut q) = self.events.lock() {
-                q.extend(evs);
-            }
-        }
-        r
+        crate::client::call_stashing(&self.conn, &self.events, req)
     }
 
     /// A daemon request; if the daemon restarted meanwhile, reattaches once
@@ -235,10 +224,7 @@ impl Evtchn {
                         let _ = self.ports.remove_control_watch(c.raw_fd());
                         c.push_event(ControlEvent::Disconnected);
                     }
-                    let evs = c.take_events();
-                    if let Ok(mut q) = self.events.lock() {
-                        q.extend(evs);
-                    }
+                    crate::client::stash_events(&mut c, &self.events);
                 }
             }
             Fired::Kick => {}
@@ -312,17 +298,7 @@ impl Evtchn {
 
     /// Notifications from the daemon (e.g. a peer closed one of our ports).
     pub fn take_control_events(&self) -> Vec<ControlEvent> {
-        if let Ok(mut c) = self.conn.lock() {
-            let _ = c.poll_events();
-            let evs = c.take_events();
-            if let Ok(mut q) = self.events.lock() {
-                q.extend(evs);
-            }
-        }
-        self.events
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default()
+        crate::client::poll_and_drain(&self.conn, &self.events)
     }
 
     /// The epoll fd, for an outer event loop: readable when a port fired.
