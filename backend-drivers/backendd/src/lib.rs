@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod console;
 pub mod device;
 pub mod ratelimit;
 pub mod service;
