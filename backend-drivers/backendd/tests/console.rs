@@ -411,6 +411,39 @@ fn test_console_garbage_out_prod_fails_only_that_console() {
 }
 
 #[test]
+fn test_console_garbage_in_cons_or_rename_cannot_hurt_other_consoles() {
+    // Arrange
+    let w = World::start("con-hostile-in", 2);
+    let (bad, good) = (&w.guests[0], &w.guests[1]);
+    w.wait_tty(bad.domid());
+    w.wait_tty(good.domid());
+
+    // Act: the bad guest renames itself after the good one (its log must
+    // not move onto the good one's), then corrupts in_cons.
+    w.xs.write(&format!("/local/domain/{}/name", bad.domid()), &good.name)
+        .expect("rename");
+    std::thread::sleep(Duration::from_millis(100));
+    bad.console()
+        .write_all(b"renamed\r\n", TIMEOUT)
+        .expect("write");
+    w.wait_log(bad, "renamed");
+    bad.word(cons_offsets::IN_CONS)
+        .store(0xdead_beef, Ordering::SeqCst);
+    let _ = xen_front_platform::Platform::evtchn_notify(
+        bad.rt.platform().as_ref(),
+        bad.rt.boot_info().console_evtchn,
+    );
+
+    // Assert
+    let why = w.wait_failed(bad.domid());
+    assert!(why.contains("corrupt"), "{why}");
+    good.console()
+        .write_all(b"good output\r\n", TIMEOUT)
+        .expect("write");
+    assert_eq!(w.wait_log(good, "good output"), "good output\r\n");
+}
+
+#[test]
 fn test_console_event_storm_is_throttled_and_other_console_keeps_working() {
     // Arrange
     let w = World::start("con-storm", 2);

@@ -11,7 +11,8 @@
 //! [`ConsoleHandle`] per domain that has a console, and stops it (after a
 //! last drain of the ring) once the domain's home is gone. A console that
 //! failed (a corrupt ring) stays failed until its domain goes: it is not
-//! restarted for the same domain, port and name.
+//! restarted for the same domain and port. The log's name is the domain's
+//! `name` when serving starts (sanitized: the node is guest-writable).
 //!
 //! Each console writes `/local/domain/<id>/console/tty` (the pty slave,
 //! as xenconsoled does) and appends every byte of the guest's output to
@@ -332,11 +333,13 @@ impl Consoles {
                 present.insert(d, n);
             }
         }
-        // Gone, or a new incarnation (another port or name): stop.
+        // Gone, or a new incarnation (another port): stop. The name is
+        // taken once, when serving starts (as xenconsoled does): a guest
+        // renaming itself later must not move its log onto another's.
         let stale: Vec<u16> = self
             .live
             .iter()
-            .filter(|(d, e)| present.get(d) != Some(&e.nodes))
+            .filter(|(d, e)| present.get(d).map(|n| n.port) != Some(e.nodes.port))
             .map(|(&d, _)| d)
             .collect();
         for d in stale {
