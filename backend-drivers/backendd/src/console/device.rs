@@ -13,8 +13,10 @@
 //!
 //! A corrupt index from the guest fails only this console (the thread ends
 //! with [`ConsoleFailure`], logged rate-limited); an event storm is
-//! throttled by the event channel's rate limit (xenconsoled's 30 events
-//! per 200 ms), the ring is still drained every tick.
+//! throttled by [`EventBudget`] (xenconsoled's 30 events per 200 ms for
+//! events that bring no output: the port stays masked until the period
+//! ends). The ring is drained every [`TICK`] anyway, and every [`FLOWING`]
+//! while output keeps coming.
 
 use std::fs::File;
 use std::io::Write;
@@ -32,10 +34,10 @@ use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
 use xen_ring::bytes::ConsRing;
 use xen_ring::{RingError, SharedRing};
 use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::evtchn::EvtchnRateLimit;
 use xen_shim::GrantMapping;
 use xenstore_client::{Client, XsOps};
 
+use super::budget::{EventBudget, Unmask};
 use super::outbuf::OutBuf;
 use super::pty::Pty;
 use crate::warn_limited;
@@ -44,11 +46,9 @@ use crate::warn_limited;
 pub const MAX_ROUNDS: usize = 8;
 /// How often the ring is looked at without events.
 pub const TICK: Duration = Duration::from_millis(200);
-/// xenconsoled's event rate limit: 30 events per 200 ms.
-pub const RATE_LIMIT: EvtchnRateLimit = EvtchnRateLimit {
-    per_second: 150,
-    burst: 30,
-};
+/// How soon the ring is looked at again without an event after a round
+/// that took output.
+pub const FLOWING: Duration = Duration::from_millis(1);
 
 /// Why a console could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ pub struct ConsoleStats {
     pub pty_dropped: AtomicU64,
     /// Events taken from the port.
     pub events: AtomicU64,
-    /// Times the port's rate limit parked it (an event storm).
+    /// Events after which the port was held masked (an event storm).
     pub throttled: AtomicU64,
 }
 
@@ -166,7 +166,6 @@ impl ConsoleHandle {
             source,
         };
         let evtchn = Evtchn::open(shim_socket).map_err(bind)?;
-        evtchn.set_rate_limit(Some(RATE_LIMIT));
         let local = evtchn
             .bind_interdomain(domid, spec.remote_port)
             .map_err(bind)?;
@@ -195,6 +194,8 @@ impl ConsoleHandle {
             log,
             log_ok: true,
             out: OutBuf::new(spec.pty_limit),
+            budget: EventBudget::new(std::time::Instant::now()),
+            masked_until: None,
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
             domid,
@@ -288,6 +289,9 @@ struct Console {
     log: File,
     log_ok: bool,
     out: OutBuf,
+    budget: EventBudget,
+    /// The port is held masked by the budget until then.
+    masked_until: Option<std::time::Instant>,
     stop: Arc<AtomicBool>,
     stats: Arc<ConsoleStats>,
     domid: u16,
@@ -309,10 +313,9 @@ impl Console {
 
     fn serve(&mut self) -> Result<(), ConsoleFailure> {
         // A freshly bound port may have missed events: look at once.
-        self.round()?;
+        let mut took = self.round()?;
         loop {
-            let stopping = self.stop.load(Ordering::Relaxed);
-            if stopping {
+            if self.stop.load(Ordering::Relaxed) {
                 // The last words of a dying guest.
                 self.round()?;
                 return Ok(());
@@ -325,6 +328,11 @@ impl Console {
             if !self.out.is_empty() {
                 pty_flags |= PollFlags::POLLOUT;
             }
+            let now = std::time::Instant::now();
+            let mut wait = if took > 0 { FLOWING } else { TICK };
+            if let Some(t) = self.masked_until {
+                wait = wait.min(t.saturating_duration_since(now).max(FLOWING));
+            }
             let ev_fd = self.evtchn.as_raw_fd();
             // SAFETY: the epoll fd is owned by `self.evtchn`, which outlives
             // this borrow (the poll below).
@@ -333,20 +341,35 @@ impl Console {
                 PollFd::new(ev, PollFlags::POLLIN),
                 PollFd::new(fd(&self.pty.master), pty_flags),
             ];
-            match nix::poll::poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16)) {
+            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
+            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(ConsoleFailure::Poll(e)),
             }
+            let mut fired = false;
             for p in self.evtchn.try_pending().unwrap_or_default() {
                 if p == self.local {
+                    fired = true;
                     self.stats.events.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.evtchn.unmask(p);
                 }
             }
-            if let Some(ps) = self.evtchn.stats(self.local) {
-                self.stats.throttled.store(ps.throttled, Ordering::Relaxed);
+            took = self.round()?;
+            let now = std::time::Instant::now();
+            if fired {
+                match self.budget.on_event(now, took) {
+                    Unmask::Now => {
+                        let _ = self.evtchn.unmask(self.local);
+                    }
+                    Unmask::At(t) => self.masked_until = Some(t),
+                }
+                self.stats
+                    .throttled
+                    .store(self.budget.throttled(), Ordering::Relaxed);
             }
-            self.round()?;
+            if self.masked_until.is_some_and(|t| now >= t) {
+                self.masked_until = None;
+                let _ = self.evtchn.unmask(self.local);
+            }
         }
     }
 
@@ -354,22 +377,22 @@ impl Console {
         let _ = self.evtchn.notify(self.local);
     }
 
-    /// One pass over both directions (see the module docs).
-    fn round(&mut self) -> Result<(), ConsoleFailure> {
+    /// One pass over both directions (see the module docs); returns the
+    /// bytes of output taken.
+    fn round(&mut self) -> Result<usize, ConsoleFailure> {
         let mut buf = [0u8; 2048];
-        let mut took = false;
+        let mut took = 0;
         for _ in 0..MAX_ROUNDS {
             let n = self.ring.read(&mut buf).map_err(ConsoleFailure::Ring)?;
             if n == 0 {
                 break;
             }
-            took = true;
+            took += n;
+            // Signal at once: the guest refills while the log is written.
+            self.notify();
             self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             self.append_log(&buf[..n]);
             self.out.push(&buf[..n]);
-        }
-        if took {
-            self.notify();
         }
         self.flush_pty();
         self.stats
@@ -391,7 +414,7 @@ impl Console {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(took)
     }
 
     fn append_log(&mut self, bytes: &[u8]) {

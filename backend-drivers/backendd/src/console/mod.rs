@@ -20,6 +20,7 @@
 //! domain up again: the ring's indices live in the guest's page, so no
 //! output is lost; the pty (and `console/tty`) is new.
 
+pub mod budget;
 pub mod device;
 pub mod outbuf;
 pub mod pty;
