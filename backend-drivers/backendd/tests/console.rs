@@ -395,6 +395,19 @@ fn test_console_garbage_out_prod_fails_only_that_console() {
     // Assert: that console failed, the service and the other console live.
     let why = w.wait_failed(bad.domid());
     assert!(why.contains("corrupt"), "{why}");
+    let deadline = Instant::now() + TIMEOUT;
+    while w
+        .xs
+        .read_opt(&format!("/local/domain/{}/console/tty", bad.domid()))
+        .expect("read")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "console/tty of a failed console stays"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut good_con = good.console();
     good_con
         .write_all(b"still here\r\n", TIMEOUT)

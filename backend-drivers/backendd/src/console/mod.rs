@@ -15,7 +15,9 @@
 //! `name` when serving starts (sanitized: the node is guest-writable).
 //!
 //! Each console writes `/local/domain/<id>/console/tty` (the pty slave,
-//! as xenconsoled does) and appends every byte of the guest's output to
+//! as xenconsoled does; removed again when the console fails or the service
+//! stops, so it never names a closed pty whose number may be reused) and
+//! appends every byte of the guest's output to
 //! `<log_dir>/guest-<name>.log`. A restarted service picks every running
 //! domain up again: the ring's indices live in the guest's page, so no
 //! output is lost; the pty (and `console/tty`) is new.
@@ -260,9 +262,10 @@ impl Consoles {
                 })?;
         }
         let r = self.event_loop();
-        for (_, e) in self.live.drain() {
+        for (d, e) in std::mem::take(&mut self.live) {
             if let Some(h) = e.handle {
                 let _ = h.stop();
+                self.forget_tty(d);
             }
         }
         r
@@ -301,6 +304,15 @@ impl Consoles {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| domid.to_string());
         Some(ConsoleNodes { port, name })
+    }
+
+    /// Removes `console/tty` (`rm` never recreates a removed domain).
+    fn forget_tty(&self, domid: u16) {
+        match self.xs.rm(&format!("/local/domain/{domid}/console/tty")) {
+            Ok(()) => {}
+            Err(e) if e.is_enoent() => {}
+            Err(e) => warn_limited!(domid, error = %e, "cannot remove console/tty"),
+        }
     }
 
     fn gntdev(&self) -> Option<&Gntdev> {
@@ -351,8 +363,10 @@ impl Consoles {
                 }
             }
         }
-        // Failed ones stay failed (no restart loop on a hostile guest).
-        for e in self.live.values_mut() {
+        // Failed ones stay failed (no restart loop on a hostile guest), and
+        // their closed pty is no longer named (its number may be reused).
+        let mut failed = Vec::new();
+        for (d, e) in &mut self.live {
             if e.handle.as_ref().is_some_and(ConsoleHandle::is_finished) {
                 if let Some(mut h) = e.handle.take() {
                     let why = match h.join() {
@@ -361,8 +375,12 @@ impl Consoles {
                     };
                     e.status.tty = None;
                     e.status.failed = Some(why);
+                    failed.push(*d);
                 }
             }
+        }
+        for d in failed {
+            self.forget_tty(d);
         }
         for (d, nodes) in present {
             if self.live.contains_key(&d) {
