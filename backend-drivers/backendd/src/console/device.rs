@@ -13,9 +13,9 @@
 //!
 //! A corrupt index from the guest fails only this console (the thread ends
 //! with [`ConsoleFailure`], logged rate-limited); an event storm is
-//! throttled by [`EventBudget`] (xenconsoled's 30 events per 200 ms for
-//! events that bring no output: the port stays masked until the period
-//! ends). The ring is drained every [`TICK`] anyway, and every [`FLOWING`]
+//! throttled by [`EventBudget`] (xenconsoled's 30 events per 200 ms, plus
+//! one per 512 bytes of output drained: past that the port stays masked and
+//! out of the poll set until the period ends). The ring is drained every [`TICK`] anyway, and every [`FLOWING`]
 //! while output keeps coming.
 
 use std::fs::File;
@@ -121,6 +121,8 @@ pub struct ConsoleStats {
     pub events: AtomicU64,
     /// Events after which the port was held masked (an event storm).
     pub throttled: AtomicU64,
+    /// Times the console thread woke up.
+    pub wakeups: AtomicU64,
 }
 
 /// A running console thread.
@@ -337,8 +339,15 @@ impl Console {
             // SAFETY: the epoll fd is owned by `self.evtchn`, which outlives
             // this borrow (the poll below).
             let ev = unsafe { BorrowedFd::borrow_raw(ev_fd) };
+            // While the budget holds the port masked, its events must not
+            // wake us either: they wait in the channel's counter.
+            let ev_flags = if self.masked_until.is_some() {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             let mut fds = [
-                PollFd::new(ev, PollFlags::POLLIN),
+                PollFd::new(ev, ev_flags),
                 PollFd::new(fd(&self.pty.master), pty_flags),
             ];
             let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
@@ -346,8 +355,14 @@ impl Console {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(ConsoleFailure::Poll(e)),
             }
+            self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             let mut fired = false;
-            for p in self.evtchn.try_pending().unwrap_or_default() {
+            let pending = if self.masked_until.is_some() {
+                Vec::new()
+            } else {
+                self.evtchn.try_pending().unwrap_or_default()
+            };
+            for p in pending {
                 if p == self.local {
                     fired = true;
                     self.stats.events.fetch_add(1, Ordering::Relaxed);
@@ -355,8 +370,9 @@ impl Console {
             }
             took = self.round()?;
             let now = std::time::Instant::now();
+            self.budget.credit(now, took);
             if fired {
-                match self.budget.on_event(now, took) {
+                match self.budget.on_event(now) {
                     Unmask::Now => {
                         let _ = self.evtchn.unmask(self.local);
                     }
