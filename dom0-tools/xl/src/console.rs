@@ -21,6 +21,9 @@ use crate::toolstack::{self, ToolstackError};
 pub const ESCAPE: u8 = 0x1d;
 /// How long `xl console` waits for the console's pty to be published.
 pub const TTY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most typed bytes held for a console that takes no input (more is
+/// dropped).
+pub const MAX_TYPED_AHEAD: usize = 64 * 1024;
 /// How often it checks that the domain still exists.
 const CHECK: Duration = Duration::from_millis(200);
 
@@ -96,7 +99,7 @@ fn wait_tty(xs: &Client, domid: u16, not: Option<&str>) -> Result<Option<File>, 
             match File::options()
                 .read(true)
                 .write(true)
-                .custom_flags(libc::O_NOCTTY)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
                 .open(&p)
             {
                 Ok(f) => return Ok(Some(f)),
@@ -149,12 +152,19 @@ pub fn attach(xs: &Client, domid: u16) -> Result<Detach, ToolstackError> {
     };
     let mut last_check = Instant::now();
     let mut buf = [0u8; 4096];
+    // Typed bytes the console has not taken yet (a guest that reads no
+    // input); stdin is read on regardless, so Ctrl-] always works.
+    let mut typed: Vec<u8> = Vec::new();
     loop {
         let (pty_ev, in_ev) = {
             // SAFETY: fd 0 is this process's stdin, open for its life.
             let in_fd = unsafe { BorrowedFd::borrow_raw(0) };
+            let mut pty_flags = PollFlags::POLLIN;
+            if !typed.is_empty() {
+                pty_flags |= PollFlags::POLLOUT;
+            }
             let mut fds = [
-                PollFd::new(pty.as_fd(), PollFlags::POLLIN),
+                PollFd::new(pty.as_fd(), pty_flags),
                 PollFd::new(in_fd, PollFlags::POLLIN),
             ];
             let ms = u16::try_from(CHECK.as_millis()).unwrap_or(200);
@@ -173,9 +183,21 @@ pub fn attach(xs: &Client, domid: u16) -> Result<Detach, ToolstackError> {
                 return Ok(Detach::InputClosed);
             }
             let (send, escape) = split_escape(&buf[..n]);
-            pty.write_all(send).map_err(io("write to the console"))?;
             if escape {
+                let _ = pty.write(send);
                 return Ok(Detach::Escape);
+            }
+            if typed.len() + send.len() <= MAX_TYPED_AHEAD {
+                typed.extend_from_slice(send);
+            }
+        }
+        if !typed.is_empty() {
+            match pty.write(&typed) {
+                Ok(n) => {
+                    typed.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(io("write to the console")(e)),
             }
         }
         if pty_ev.contains(PollFlags::POLLIN) {
@@ -197,6 +219,7 @@ pub fn attach(xs: &Client, domid: u16) -> Result<Detach, ToolstackError> {
                 Ok(Some(p)) => {
                     pty = p;
                     path = read_tty(xs, domid);
+                    typed.clear();
                 }
                 Ok(None) => return Ok(Detach::DomainGone),
                 Err(e) => return Err(e),
