@@ -5,7 +5,11 @@
 //! echo of the line), detaches with `Ctrl-]` and checks the console log
 //! (`$XEN_CONSOLE_LOGDIR/guest-<name>.log`) holds the whole session.
 //! Then `xl create -c` of a second guest attaches at once and `xl console`
-//! returns by itself when the guest is destroyed.
+//! returns by itself when the guest is destroyed. Last, with backendd
+//! serving no consoles, the test is a hostile console backend: it serves
+//! the ring until the init speaks, then corrupts `out_cons`; the guest's
+//! init, writing 100 KiB, still runs to its end (the broken console
+//! discards output rather than blocking programs) and the domain powers off.
 //!
 //! Private `xen-shimd` and `xenstored` (threads of this process), the real
 //! `xl`, `backendd` (consback) and `xen-pvguest` binaries. Needs root.
@@ -209,4 +213,129 @@ fn test_xl_create_c_attaches_and_console_returns_when_domain_destroyed() {
     let log = guest_log(&host, &name).unwrap_or_default();
     assert!(log.contains("create-c-marker"), "{log}");
     assert!(log.contains("again:ping"), "{log}");
+}
+
+/// Starts `backendd` as `xl` would, but without consoles: the test is the
+/// console backend.
+fn start_backendd_without_consoles(host: &mut Host) {
+    let rundir = host.rundir();
+    std::fs::create_dir_all(&rundir).expect("rundir");
+    let log = std::fs::File::create(rundir.join("backendd.log")).expect("backendd.log");
+    let child = std::process::Command::new(host.libexec.join("backendd"))
+        .arg("--xenstored")
+        .arg(host.dir.path().join("xenstored.sock"))
+        .arg("--shim-socket")
+        .arg(host.dir.path().join("shim.sock"))
+        .arg("--pid-file")
+        .arg(rundir.join("backendd.pid"))
+        .arg("--no-consoles")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("start backendd");
+    host.backendd = Some(child);
+    let deadline = Instant::now() + STEP;
+    while !rundir.join("backendd.pid").exists() {
+        assert!(Instant::now() < deadline, "backendd wrote no pid file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn test_hostile_console_backend_never_blocks_the_guests_programs() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
+    use xen_ring::bytes::{cons_offsets, ConsRing};
+    use xen_ring::SharedRing;
+    use xen_shim::dom0::{Control, Evtchn, Gntdev};
+
+    // Arrange: the test is the console backend; the guest's init writes
+    // 100 KiB (far more than the ring and the pty hold), then a file.
+    let mut host = Host::start("console-hostile-be-");
+    start_backendd_without_consoles(&mut host);
+    let name = format!("conh{}", std::process::id());
+    let done = host.dir.path().join("init-finished");
+    let cfg = guest_cfg(
+        &host,
+        &name,
+        &format!(
+            "#!/bin/sh\necho init-start\ni=0\nwhile [ $i -lt 2000 ]; do \
+             echo \"line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"; i=$((i+1)); done\n\
+             touch {}\n",
+            done.display()
+        ),
+    );
+    ok("xl create", &host.xl(&["create", &cfg]));
+    host.guest = Some(name.clone());
+    let shim = host.dir.path().join("shim.sock");
+    let control = Control::connect(&shim).expect("control");
+    let info = control
+        .list_domains()
+        .expect("list")
+        .into_iter()
+        .find(|d| d.name == name)
+        .expect("the guest's domain");
+    let gntdev = Gntdev::open(&shim).expect("gntdev");
+    let map = gntdev
+        .map_grant_ref(info.domid, GNTTAB_RESERVED_CONSOLE, true)
+        .expect("map the console page");
+    let page = map.as_mut_ptr().expect("writable");
+    // SAFETY: the mapping is one writable page that outlives `ring` and
+    // `word` (both dropped before `map`); only atomics and volatile copies
+    // touch it here.
+    let mut ring =
+        ConsRing::backend(unsafe { SharedRing::new(page, 4096) }.expect("page")).expect("ring");
+    // SAFETY: inside the mapped page, 4-aligned, accessed atomically only.
+    let word = |off: usize| unsafe { AtomicU32::from_ptr(page.add(off).cast()) };
+    let evtchn = Evtchn::open(&shim).expect("evtchn");
+    let port = evtchn
+        .bind_interdomain(info.domid, info.console_port)
+        .expect("bind the console port");
+
+    // Act: serve honestly until the init speaks, then corrupt out_cons.
+    let deadline = Instant::now() + STEP;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !String::from_utf8_lossy(&seen).contains("init-start") {
+        let n = ring.read(&mut buf).expect("a sane guest ring");
+        seen.extend_from_slice(&buf[..n]);
+        let _ = evtchn.notify(port);
+        assert!(
+            Instant::now() < deadline,
+            "no init output: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let prod = word(cons_offsets::OUT_PROD).load(Ordering::SeqCst);
+    word(cons_offsets::OUT_CONS).store(prod.wrapping_add(0x4000), Ordering::SeqCst);
+    let _ = evtchn.notify(port);
+
+    // Assert: the init ran to its end (its output discarded, not blocked)
+    // and the domain powered off.
+    let deadline = Instant::now() + STEP;
+    while !done.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's init blocked on a broken console"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + STEP;
+    loop {
+        let st = control.domain_info(info.domid).map(|i| i.flags);
+        if st.as_ref().is_ok_and(|f| f.contains('s')) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the domain did not shut down: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("pvguest ready"));
+    let _ = evtchn.unbind(port);
+    drop(ring);
+    drop(map);
 }
