@@ -282,8 +282,8 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
         .expect("map the console page");
     let page = map.as_mut_ptr().expect("writable");
     // SAFETY: the mapping is one writable page that outlives `ring` and
-    // `word` (both dropped before `map`); only atomics and volatile copies
-    // touch it here.
+    // `word` (declared after `map`, so dropped first); only atomics and
+    // volatile copies touch it here.
     let mut ring =
         ConsRing::backend(unsafe { SharedRing::new(page, 4096) }.expect("page")).expect("ring");
     // SAFETY: inside the mapped page, 4-aligned, accessed atomically only.
@@ -336,6 +336,4 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
     }
     assert!(String::from_utf8_lossy(&seen).contains("pvguest ready"));
     let _ = evtchn.unbind(port);
-    drop(ring);
-    drop(map);
 }
