@@ -10,6 +10,7 @@ use clap::Parser;
 use xenstore_client::Client;
 
 use crate::backend::BackendFactory;
+use crate::console::{Consoles, ConsolesConfig};
 use crate::service::{Service, ServiceConfig};
 
 /// `backendd`: runs the backends of the devices in
@@ -37,6 +38,13 @@ pub struct Args {
     /// Write the pid here (removed on a clean exit).
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+    /// Directory of the guests' console logs, `guest-<name>.log`
+    /// (default: $XEN_CONSOLE_LOGDIR, else /var/log/xen/console).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Do not serve the guests' primary consoles (consback).
+    #[arg(long)]
+    pub no_consoles: bool,
 }
 
 /// The factories compiled in: `vbd` (blkback) over the shim at `socket`.
@@ -80,14 +88,29 @@ pub fn run(args: &Args) -> ExitCode {
         .shim_socket
         .clone()
         .unwrap_or_else(xen_shim::default_socket_path);
+    let consoles = if args.no_consoles {
+        None
+    } else {
+        match start_consoles(&path, args, &cfg, &shim) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("backendd: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let mut svc = Service::new(xs, &cfg, factories(shim));
     let stop = svc.stop_flag();
+    let console_stop = consoles.as_ref().map(|(s, _)| Arc::clone(s));
     let signals = install_signal_flag();
     let watcher = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             if signals.load(Ordering::Relaxed) {
                 stop.store(true, Ordering::Relaxed);
+                if let Some(c) = &console_stop {
+                    c.store(true, Ordering::Relaxed);
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -97,6 +120,10 @@ pub fn run(args: &Args) -> ExitCode {
         return ExitCode::from(2);
     }
     let r = svc.run();
+    if let Some((stop, thread)) = consoles {
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
     if let Some(p) = &args.pid_file {
         let _ = std::fs::remove_file(p);
     }
@@ -107,6 +134,42 @@ pub fn run(args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+type ConsolesThread = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
+
+/// consback on its own xenstore connection and thread.
+fn start_consoles(
+    xs_path: &std::path::Path,
+    args: &Args,
+    cfg: &ServiceConfig,
+    shim: &std::path::Path,
+) -> Result<ConsolesThread, String> {
+    let xs = Client::connect_path(xs_path).map_err(|e| e.to_string())?;
+    let ccfg = ConsolesConfig {
+        domid: cfg.domid,
+        log_dir: args
+            .log_dir
+            .clone()
+            .unwrap_or_else(ConsolesConfig::default_log_dir),
+        shim_socket: shim.to_path_buf(),
+        poll: cfg.poll,
+        pty_limit: crate::console::DEFAULT_PTY_LIMIT,
+    };
+    let mut consoles = Consoles::new(Arc::new(xs), ccfg);
+    let stop = consoles.stop_flag();
+    let t = std::thread::Builder::new()
+        .name("consoles".into())
+        .spawn(move || {
+            if let Err(e) = consoles.run() {
+                tracing::error!(error = %e, "the console service stopped");
+            }
+        })
+        .map_err(|e| format!("cannot start the console thread: {e}"))?;
+    Ok((stop, t))
 }
 
 static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

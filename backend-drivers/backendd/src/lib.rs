@@ -19,10 +19,14 @@
 //!   panicking backend, or a frontend writing garbage, closes that device
 //!   only, logged once and rate-limited);
 //! - [`service`]: the watch loop; [`vbd`]: the block backend
-//!   (`xen-blkback`) as the `vbd` type; [`cli`]: the binary.
+//!   (`xen-blkback`) as the `vbd` type;
+//! - [`console`]: consback, every guest's primary console (the xenconsoled
+//!   role: `@introduceDomain`/`@releaseDomain`, the console ring to a pty
+//!   and `guest-<name>.log`); [`cli`]: the binary.
 
 pub mod backend;
 pub mod cli;
+pub mod console;
 pub mod device;
 pub mod ratelimit;
 pub mod service;

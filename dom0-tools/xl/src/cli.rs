@@ -24,7 +24,7 @@ pub enum Verb {
     Create {
         /// The configuration file.
         config: PathBuf,
-        /// Attach to the console afterwards (not available yet).
+        /// Attach to the console afterwards (`Ctrl-]` detaches).
         #[arg(short = 'c')]
         console: bool,
     },
@@ -45,6 +45,11 @@ pub enum Verb {
     },
     /// Unpause a domain.
     Unpause {
+        /// Name or id.
+        domain: String,
+    },
+    /// Attach to a domain's console (`Ctrl-]` detaches).
+    Console {
         /// Name or id.
         domain: String,
     },
@@ -72,18 +77,21 @@ pub fn run(args: &Args) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let r = match &args.verb {
-        Verb::Create { config, console } => toolstack::create(config, true).map(|c| {
+        Verb::Create { config, console } => toolstack::create(config, true).and_then(|c| {
             eprintln!(
-                "Parsing config from {}\nDomain {} created (runtime pid {}, log {})",
+                "Parsing config from {}\nDomain {} created (runtime pid {}, console log {})",
                 config.display(),
                 c.domid,
                 c.pid,
                 c.log.display()
             );
             if *console {
-                eprintln!("xl: console attach is not available yet (no console backend)");
+                let xs = toolstack::xenstore(false)?;
+                crate::console::attach(&xs, c.domid)?;
             }
+            Ok(())
         }),
+        Verb::Console { domain } => crate::console::console(domain).map(drop),
         Verb::List { domains } => toolstack::list(&mut out, domains),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),

@@ -7,11 +7,14 @@
 //!   domain and its vbds, as a pure plan;
 //! - [`toolstack`]: the verbs (`create`, `list`, `destroy`, `block-list`)
 //!   over the shim's `dom0::Control` and `xenstore-client`;
+//! - [`console`]: `xl console` (the pty consback publishes, raw mode,
+//!   `Ctrl-]` detaches);
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemons;
 pub mod disk;
 pub mod toolstack;

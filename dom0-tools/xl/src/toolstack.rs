@@ -159,6 +159,7 @@ pub fn ensure_backendd() -> Result<(), ToolstackError> {
     let bin = daemons::sibling("backendd")?;
     let xs = xenstore_client::discovery::socket_path();
     let shim = xen_shim::default_socket_path();
+    let logdir = daemons::console_logdir();
     let p = pid.clone();
     daemons::start(
         "backendd",
@@ -170,6 +171,8 @@ pub fn ensure_backendd() -> Result<(), ToolstackError> {
             shim.as_os_str(),
             "--pid-file".as_ref(),
             pid.as_os_str(),
+            "--log-dir".as_ref(),
+            logdir.as_os_str(),
         ],
         move || daemons::pidfile_alive(&p),
     )?;
@@ -279,8 +282,10 @@ pub struct Created {
     pub domid: u16,
     /// The runtime's pid.
     pub pid: u32,
-    /// The runtime's log file.
+    /// The guest's console log (`guest-<name>.log`).
     pub log: PathBuf,
+    /// The runtime's own log until its console is up.
+    pub runtime_log: PathBuf,
 }
 
 /// `xl create`: the domain in the shim, its xenstore nodes, XS_INTRODUCE,
@@ -316,7 +321,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     };
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
-    if start_daemons && !cfg.disks.is_empty() {
+    // backendd serves the disks and, as xenconsoled does, every guest's
+    // console: it runs for every domain.
+    if start_daemons {
         ensure_backendd()?;
     }
     let dc = DomainConfig {
@@ -354,6 +361,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 *blk,
             ));
         }
+        // The console log, truncated per boot; consback appends to it from
+        // the introduction on.
+        let log = console_log(&cfg.name)?;
         apply(&xs, &ops)?;
         xs.introduce(domid, plan.store.0, plan.store.1)
             .map_err(xs_err(format!("introduce domain {domid}")))?;
@@ -367,6 +377,12 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
             &runtime,
             &cmdline,
         )
+        .map(|(pid, runtime_log)| Created {
+            domid,
+            pid,
+            log,
+            runtime_log,
+        })
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -374,6 +390,25 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     r
 }
 
+/// Creates (or truncates) the guest's console log, `guest-<name>.log` in
+/// the console log directory.
+fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
+    let dir = daemons::console_logdir();
+    std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
+        what: format!("create {}", dir.display()),
+        source,
+    })?;
+    let log = dir.join(format!("guest-{name}.log"));
+    std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
+        what: format!("create {}", log.display()),
+        source,
+    })?;
+    Ok(log)
+}
+
+/// Starts the runtime with its console on the PV console (`--console
+/// hvc0`); what it prints before its console is up (a failed attach) goes
+/// to `<rundir>/pvguest-<name>.log`. Returns its pid and that log.
 fn spawn_runtime(
     control: &Control,
     domid: u16,
@@ -381,15 +416,13 @@ fn spawn_runtime(
     name: &str,
     runtime: &Path,
     cmdline: &str,
-) -> Result<Created, ToolstackError> {
-    // Until the PV console exists, the runtime's output is the guest's
-    // console: logged where xenconsoled logs it (truncated per boot).
-    let dir = daemons::console_logdir();
+) -> Result<(u32, PathBuf), ToolstackError> {
+    let dir = daemons::rundir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
         what: format!("create {}", dir.display()),
         source,
     })?;
-    let log = dir.join(format!("guest-{name}.log"));
+    let log = dir.join(format!("pvguest-{name}.log"));
     let out = std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
         what: format!("create {}", log.display()),
         source,
@@ -399,6 +432,7 @@ fn spawn_runtime(
         source,
     })?;
     let mut child = Command::new(runtime)
+        .args(["--console", "hvc0"])
         .args(cmdline.split_whitespace())
         .env(xen_shim::ENV_SOCKET, control.socket_path())
         .env(xen_shim::ENV_DOMID, domid.to_string())
@@ -417,7 +451,7 @@ fn spawn_runtime(
     loop {
         if let Ok(info) = control.domain_info(domid) {
             if info.pid.is_some() {
-                return Ok(Created { domid, pid, log });
+                return Ok((pid, log));
             }
         }
         if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() >= deadline {

@@ -39,9 +39,19 @@ pub enum Frontend {
     Blkload,
 }
 
+/// Where the runtime's stdio goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsoleMode {
+    /// The stdio the runtime was started with (tests read stdout).
+    Stdio,
+    /// The domain's PV console (`start_info`'s console ring), as a tty.
+    Hvc0,
+}
+
 /// `xen-pvguest`: the PV guest runtime, started by the toolstack as domain N.
 #[derive(Debug, Parser)]
 #[command(
+    args_override_self = true,
     name = "xen-pvguest",
     about = "PV guest runtime: attaches to xen-shimd as domain N and runs frontends"
 )]
@@ -57,6 +67,10 @@ pub struct Args {
     /// $XEN_SHIM_TOKEN; prefer the environment, argv is visible to `ps`).
     #[arg(long)]
     pub token: Option<String>,
+    /// Where stdin, stdout and stderr of the runtime and its programs go:
+    /// `hvc0` is the domain's PV console (what `xl` passes).
+    #[arg(long, value_enum, default_value_t = ConsoleMode::Stdio)]
+    pub console: ConsoleMode,
     /// The frontend to run.
     #[arg(long, value_enum, default_value_t = Frontend::Idle)]
     pub frontend: Frontend,
@@ -171,6 +185,18 @@ pub fn run(args: &Args) -> ExitCode {
 fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
     let cfg = args.config()?;
     let rt = Runtime::start(&cfg)?;
+    let console = match args.console {
+        ConsoleMode::Stdio => None,
+        ConsoleMode::Hvc0 => {
+            let boot = rt.boot_info();
+            Some(crate::console::PvConsole::start(
+                rt.hypervisor(),
+                std::sync::Arc::clone(rt.hub()),
+                boot.console_mfn,
+                boot.console_evtchn,
+            )?)
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let boot = rt.boot_info();
@@ -266,6 +292,9 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
     );
     let _ = out.flush();
     drop(out);
+    if let Some(c) = console {
+        c.finish();
+    }
     rt.finish(reason)?;
     Ok(code)
 }

@@ -23,6 +23,9 @@ pub enum PvGuestError {
     /// The xenstore ring could not be set up.
     #[error("cannot set up the xenstore connection")]
     Xenstore(#[source] xen_xenbus::XenbusError),
+    /// The console could not be set up.
+    #[error("cannot set up the console")]
+    Console(#[source] crate::console::ConsoleError),
     /// The domid or token is missing.
     #[error("{0} is missing: pass it on the command line or in the environment")]
     Missing(&'static str),

@@ -30,12 +30,15 @@
 //!   demo) and their line protocol; [`dom0peer`]: their Dom0 halves on the
 //!   shim's `Gntdev`/`Evtchn`; [`xsdemo`]: xenstore frontends (a guest using
 //!   its store over the ring, and a hostile one that corrupts it);
+//! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
+//!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`cli`]: the `xen-pvguest` binary; [`testkit`]: an in-process daemon
 //!   and a guest-process launcher for cross-process tests and benchmarks.
 
 pub mod blkload;
 pub mod blockfile;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod dom0peer;
 mod error;

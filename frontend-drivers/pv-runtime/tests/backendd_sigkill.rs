@@ -60,6 +60,8 @@ fn start_backendd(host: &mut Host) {
         .arg(host.dir.path().join("shim.sock"))
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
+        .arg("--log-dir")
+        .arg(host.console_logdir())
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)

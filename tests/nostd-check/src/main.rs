@@ -16,6 +16,7 @@ fn exercise() -> bool {
         && exercise_xenstore_wire()
         && exercise_platform()
         && exercise_xenbus()
+        && exercise_consfront()
         && exercise_blkfront()
 }
 
@@ -203,6 +204,59 @@ fn exercise_xenbus() -> bool {
         && switched
         && state::read_state(&fake, XBT_NIL, "device/vif/0")
             == xen_abi::io::xenbus::XenbusState::Connected
+}
+
+/// The console frontend over a static console page: output lands in `out`
+/// with one notification, input put in `in` by a backend end is read.
+fn exercise_consfront() -> bool {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    use xen_consfront::{ConsFront, ConsoleEvents};
+    use xen_ring::bytes::ConsRing;
+    use xen_ring::SharedRing;
+
+    #[repr(C, align(4096))]
+    struct Page(core::cell::UnsafeCell<[u8; 4096]>);
+    // SAFETY: only this function touches the page, through a guest end and a
+    // backend end of the console ring, which use atomic and volatile accesses.
+    unsafe impl Sync for Page {}
+    static PAGE: Page = Page(core::cell::UnsafeCell::new([0; 4096]));
+
+    struct Ev(AtomicU32);
+    impl ConsoleEvents for Ev {
+        fn notify(&self) -> Result<(), i32> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn wait(&self, _: core::time::Duration) -> bool {
+            false
+        }
+        fn now_ns(&self) -> u64 {
+            0
+        }
+    }
+
+    let p = PAGE.0.get().cast::<u8>();
+    // SAFETY: PAGE is 4096 bytes, page-aligned and lives forever; the backend
+    // end and the frontend are its only users.
+    let (Ok(back_mem), Ok(guest_mem)) = (unsafe { SharedRing::new(p, 4096) }, unsafe {
+        SharedRing::new(p, 4096)
+    }) else {
+        return false;
+    };
+    let Ok(mut back) = ConsRing::backend(back_mem) else {
+        return false;
+    };
+    let ev = Ev(AtomicU32::new(0));
+    let Ok(mut con) = ConsFront::new(guest_mem, &ev) else {
+        return false;
+    };
+    let wrote = con.write(b"hvc0") == Ok(4);
+    let mut out = [0u8; 8];
+    let got_out = back.read(&mut out) == Ok(4) && &out[..4] == b"hvc0";
+    let typed = back.write(b"ok") == 2;
+    let mut inp = [0u8; 8];
+    let got_in = con.read(&mut inp) == Ok(2) && &inp[..2] == b"ok";
+    wrote && got_out && typed && got_in && ev.0.load(Ordering::Relaxed) == 2
 }
 
 /// The block frontend over the fake platform: the xenbus handshake to

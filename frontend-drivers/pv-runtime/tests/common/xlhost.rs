@@ -144,16 +144,20 @@ impl Host {
         self.dir.path().join("console")
     }
 
-    pub fn xl(&self, args: &[&str]) -> Output {
-        Command::new(self.libexec.join("xl"))
-            .args(args)
+    /// `xl` with this host's sockets and directories in its environment.
+    pub fn xl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.libexec.join("xl"));
+        c.args(args)
             .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
             .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
             .env("XEN_SPLIT_RUNDIR", self.rundir())
             .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
-            .env("XL_LIBEXEC_DIR", &self.libexec)
-            .output()
-            .expect("run xl")
+            .env("XL_LIBEXEC_DIR", &self.libexec);
+        c
+    }
+
+    pub fn xl(&self, args: &[&str]) -> Output {
+        self.xl_command(args).output().expect("run xl")
     }
 }
 
