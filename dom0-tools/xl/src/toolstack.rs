@@ -285,19 +285,15 @@ pub struct Created {
 
 /// `xl create`: the domain in the shim, its xenstore nodes, XS_INTRODUCE,
 /// the devices' nodes, `backendd`, then the PV guest runtime as the
-/// domain's "kernel". On any failure after the domain exists, it is
+/// domain's "kernel" (`type = "pv"`) or `xen-vmm` booting `kernel=` in a
+/// KVM virtual machine (`type = "pvh"` or `"hvm"`). On any failure after the domain exists, it is
 /// destroyed again.
 ///
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
-    if cfg.guest_type != GuestType::Pv {
-        return Err(ToolstackError::Unsupported(format!(
-            "type \"{}\" is not supported yet (only pv)",
-            cfg.guest_type.as_str()
-        )));
-    }
+    let pvhvm = cfg.guest_type != GuestType::Pv;
     if !cfg.vifs.is_empty() {
         return Err(ToolstackError::Unsupported(
             "vif= is parsed but network devices are not supported yet".into(),
@@ -310,9 +306,41 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     for d in &cfg.disks {
         targets.push(disk_target(d, &cfg_dir)?);
     }
-    let runtime = match &cfg.kernel {
-        Some(k) => PathBuf::from(k),
-        None => daemons::sibling("xen-pvguest")?,
+    // A PV guest's "kernel" is the PV guest runtime (or the program named by
+    // `kernel=`), started with the command line as its arguments; a PVH/HVM
+    // guest is a KVM virtual machine: `xen-vmm` boots `kernel=` (relative
+    // to the configuration's directory), whose command line goes to
+    // `start_info.cmd_line` only.
+    let cmdline = cfg.cmdline.clone().unwrap_or_default();
+    let (runtime, args): (PathBuf, Vec<std::ffi::OsString>) = if pvhvm {
+        let Some(k) = &cfg.kernel else {
+            return Err(ToolstackError::Unsupported(format!(
+                "type \"{}\" needs kernel= (a PVHVM kernel image)",
+                cfg.guest_type.as_str()
+            )));
+        };
+        let k = Path::new(k);
+        let k = if k.is_absolute() {
+            k.to_path_buf()
+        } else {
+            cfg_dir.join(k)
+        };
+        if !k.is_file() {
+            return Err(ToolstackError::Unsupported(format!(
+                "kernel {} does not exist",
+                k.display()
+            )));
+        }
+        (
+            daemons::sibling("xen-vmm")?,
+            vec!["--kernel".into(), k.into_os_string()],
+        )
+    } else {
+        let r = match &cfg.kernel {
+            Some(k) => PathBuf::from(k),
+            None => daemons::sibling("xen-pvguest")?,
+        };
+        (r, cmdline.split_whitespace().map(Into::into).collect())
     };
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
@@ -321,6 +349,11 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     }
     let dc = DomainConfig {
         vcpus: cfg.vcpus,
+        kind: if pvhvm {
+            xen_shim::layout::DomainType::Pvhvm
+        } else {
+            xen_shim::layout::DomainType::Pv
+        },
         ..DomainConfig::pv(&cfg.name, cfg.memory_mib)
     };
     let created = control
@@ -357,16 +390,8 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
         apply(&xs, &ops)?;
         xs.introduce(domid, plan.store.0, plan.store.1)
             .map_err(xs_err(format!("introduce domain {domid}")))?;
-        let cmdline = cfg.cmdline.clone().unwrap_or_default();
         write_cmdline(&control, domid, &cmdline)?;
-        spawn_runtime(
-            &control,
-            domid,
-            &created.token,
-            &cfg.name,
-            &runtime,
-            &cmdline,
-        )
+        spawn_runtime(&control, domid, &created.token, &cfg.name, &runtime, &args)
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -380,7 +405,7 @@ fn spawn_runtime(
     token: &str,
     name: &str,
     runtime: &Path,
-    cmdline: &str,
+    args: &[std::ffi::OsString],
 ) -> Result<Created, ToolstackError> {
     // Until the PV console exists, the runtime's output is the guest's
     // console: logged where xenconsoled logs it (truncated per boot).
@@ -399,7 +424,7 @@ fn spawn_runtime(
         source,
     })?;
     let mut child = Command::new(runtime)
-        .args(cmdline.split_whitespace())
+        .args(args)
         .env(xen_shim::ENV_SOCKET, control.socket_path())
         .env(xen_shim::ENV_DOMID, domid.to_string())
         .env(xen_shim::ENV_TOKEN, token)
