@@ -125,24 +125,33 @@ fn connect<'p>(p: &'p KPlatform) -> Result<BlkFront<'p, KPlatform>, String> {
     Ok(dev)
 }
 
+/// Completions that arrived for other requests than the one waited for.
+type Done = alloc::collections::BTreeMap<u64, (BlkStatus, Vec<u8>)>;
+
 /// Waits for the completion of `tag`; returns its status and data.
 fn wait_for(
     dev: &mut BlkFront<'_, KPlatform>,
+    done: &mut Done,
     tag: xen_blkfront::RequestTag,
 ) -> Result<(BlkStatus, Vec<u8>), String> {
-    for _ in 0..100_000 {
-        for c in dev
-            .poll_completions()
-            .map_err(|e| format!("completions: {e}"))?
-        {
-            if c.tag == tag {
-                return Ok((c.status, c.data));
-            }
+    for _ in 0..600 {
+        if let Some(r) = done.remove(&tag.0) {
+            return Ok(r);
+        }
+        for c in dev.poll_completions().map_err(|e| format!("completions: {e}"))? {
+            done.insert(c.tag.0, (c.status, c.data));
+        }
+        if done.contains_key(&tag.0) {
+            continue;
         }
         dev.wait(Some(Duration::from_millis(100)))
             .map_err(|e| format!("wait: {e}"))?;
     }
-    Err(String::from("request never completed"))
+    Err(format!(
+        "request {} not completed within 60 s ({:?})",
+        tag.0,
+        dev.stats()
+    ))
 }
 
 fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
@@ -191,6 +200,7 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
     let seed = p.monotonic_ns();
     let t0 = p.monotonic_ns();
     let mut tags = Vec::new();
+    let mut done = Done::new();
     let mut bytes = 0u64;
     for &(off, len) in &ios {
         let mut buf = alloc::vec![0u8; len];
@@ -202,7 +212,7 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
                     break;
                 }
                 Err(xen_blkfront::BlkfrontError::Busy) if !tags.is_empty() => {
-                    let (st, _) = wait_for(&mut dev, tags.remove(0))?;
+                    let (st, _) = wait_for(&mut dev, &mut done, tags.remove(0))?;
                     if st != BlkStatus::Okay {
                         return Err(format!("a write failed: {st:?}"));
                     }
@@ -213,13 +223,13 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
         bytes += len as u64;
     }
     for t in tags.drain(..) {
-        let (st, _) = wait_for(&mut dev, t)?;
+        let (st, _) = wait_for(&mut dev, &mut done, t)?;
         if st != BlkStatus::Okay {
             return Err(format!("a write failed: {st:?}"));
         }
     }
     let ft = dev.flush().map_err(|e| format!("flush: {e}"))?;
-    let (st, _) = wait_for(&mut dev, ft)?;
+    let (st, _) = wait_for(&mut dev, &mut done, ft)?;
     if st != BlkStatus::Okay {
         return Err(format!("flush failed: {st:?}"));
     }
@@ -227,7 +237,7 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
         let t = dev
             .submit_read(off / 512, len)
             .map_err(|e| format!("read at {off}: {e}"))?;
-        let (st, data) = wait_for(&mut dev, t)?;
+        let (st, data) = wait_for(&mut dev, &mut done, t)?;
         if st != BlkStatus::Okay {
             return Err(format!("read at {off} failed: {st:?}"));
         }

@@ -216,6 +216,7 @@ impl Vmm {
         let addr = IoEventAddress::Pio(u64::from(DOORBELL_PORT));
         match self.vm.register_ioevent(&efd, &addr, port) {
             Ok(()) => {
+                tracing::debug!(port, "ioeventfd doorbell registered");
                 if let Ok(mut d) = self.doorbells.lock() {
                     if let Some(old) = d.insert(port, efd) {
                         let _ = self.vm.unregister_ioevent(&old, &addr, port);
@@ -310,7 +311,8 @@ impl Vmm {
                 DOORBELL_PORT if len == 4 => {
                     // A port without an ioeventfd (yet): send it here, and
                     // register one so the next send does not exit.
-                    let _ = self.hv.evtchnop_send(&evtchn_send { port: val });
+                    let r = self.hv.evtchnop_send(&evtchn_send { port: val });
+                    tracing::debug!(port = val, ?r, "doorbell without an ioeventfd");
                     self.add_doorbell(val);
                 }
                 DEBUG_PORT => self.debug_byte(val as u8),
@@ -344,6 +346,7 @@ impl Vmm {
     fn hypercall(&self, v: &mut VcpuFd, nr: u32) -> Result<Option<Outcome>, VmmError> {
         let mut regs = v.get_regs().map_err(kvm("get registers"))?;
         let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
+        tracing::trace!(nr, ?a, "hypercall");
         let r = match nr {
             __HYPERVISOR_sched_op => self.sched_op(a[0], a[1]),
             __HYPERVISOR_event_channel_op => Gate::Continue(self.evtchn_op(a[0], a[1])),
@@ -401,7 +404,8 @@ impl Vmm {
                     (t, Some((epoch, _))) => Some(epoch + Duration::from_nanos(t)),
                     (_, None) => Some(Instant::now() + Duration::from_millis(10)),
                 };
-                self.events.poll(&ports, deadline);
+                let fired = self.events.poll(&ports, deadline);
+                tracing::trace!(?ports, fired, "SCHEDOP_poll");
                 Gate::Continue(0)
             }
             SCHEDOP_shutdown => match self.mem.read_obj::<sched_shutdown>(arg) {
