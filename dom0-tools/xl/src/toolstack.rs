@@ -272,6 +272,11 @@ fn write_cmdline(control: &Control, domid: u16, cmdline: &str) -> Result<(), Too
         })
 }
 
+/// Whether an HVM guest's disk is an emulated one (`hd*`), not a PV vbd.
+fn is_emulated(d: &DiskSpec) -> bool {
+    d.vdev.starts_with("hd")
+}
+
 /// What `create` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -331,10 +336,24 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 k.display()
             )));
         }
-        (
-            daemons::sibling("xen-vmm")?,
-            vec!["--kernel".into(), k.into_os_string()],
-        )
+        let mut args: Vec<std::ffi::OsString> = vec!["--kernel".into(), k.into_os_string()];
+        // An `hd*` disk of an HVM guest is emulated (IDE in Xen's QEMU; here
+        // the VMM's PIO disk), not a PV vbd.
+        let mut emulated = cfg
+            .disks
+            .iter()
+            .zip(&targets)
+            .filter(|(d, _)| is_emulated(d));
+        if let Some((_, (path, _))) = emulated.next() {
+            args.push("--fvdisk".into());
+            args.push(path.clone().into_os_string());
+        }
+        if emulated.next().is_some() {
+            return Err(ToolstackError::Unsupported(
+                "only one emulated (hd*) disk is supported".into(),
+            ));
+        }
+        (daemons::sibling("xen-vmm")?, args)
     } else {
         let r = match &cfg.kernel {
             Some(k) => PathBuf::from(k),
@@ -379,6 +398,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
         };
         let mut ops = xsplan::domain_ops(&plan);
         for (d, (path, blk)) in cfg.disks.iter().zip(&targets) {
+            if pvhvm && is_emulated(d) {
+                continue;
+            }
             ops.extend(xsplan::vbd_ops(
                 domid,
                 BACKEND_DOMID,

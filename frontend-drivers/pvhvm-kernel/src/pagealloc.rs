@@ -45,11 +45,6 @@ impl PageAllocator {
         }
     }
 
-    /// Pages not allocated.
-    pub fn free_pages(&self) -> u64 {
-        self.free_pages
-    }
-
     /// Allocates `count` contiguous pages; returns the first gfn.
     pub fn alloc(&mut self, count: u64) -> Result<u64, PageAllocError> {
         if count == 0 {
@@ -93,13 +88,5 @@ impl PageAllocator {
         }
         self.free.insert(start, len);
         Ok(())
-    }
-
-    /// Whether `gfn` lies in an allocated run.
-    pub fn is_allocated(&self, gfn: u64) -> bool {
-        self.used
-            .range(..=gfn)
-            .next_back()
-            .is_some_and(|(&s, &l)| gfn < s + l)
     }
 }

@@ -177,6 +177,7 @@ pub struct MemoryPlan {
 /// The platform; see the [module docs](self).
 pub struct KPlatform {
     domid: domid_t,
+    store: (u64, evtchn_port_t),
     events: Events,
     clock: Clock,
     pages: RefCell<PageAllocator>,
@@ -248,6 +249,7 @@ impl KPlatform {
         let xs = XenbusClient::new(mem, se, ClientConfig::default()).map_err(xs_err)?;
         let mut p = Self {
             domid: DOMID_SELF,
+            store: b.store,
             events,
             clock,
             pages: RefCell::new(PageAllocator::new(
@@ -267,21 +269,21 @@ impl KPlatform {
         Ok(p)
     }
 
-    /// The clock.
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// The event bitmaps.
-    pub fn events(&self) -> &Events {
-        &self.events
-    }
-
     /// Address of grant entry `gref` (for the hostile test).
     pub fn grant_entry_addr(&self, gref: grant_ref_t) -> Option<u64> {
         let g = self.grants.borrow();
         let f = g.frames.get((gref / GREFS_PER_FRAME) as usize)?;
         Some((f << 12) + 8 * u64::from(gref % GREFS_PER_FRAME))
+    }
+
+    /// Guest-physical address of the store ring (for the hostile test).
+    pub fn store_page(&self) -> u64 {
+        self.store.0 << 12
+    }
+
+    /// The store port.
+    pub fn store_port(&self) -> evtchn_port_t {
+        self.store.1
     }
 
     /// Runs `f` on the xenstore client.

@@ -1,13 +1,20 @@
 //! The workloads named on the command line.
 //!
 //! - `hello`: print and power off (boot check);
-//! - `selftest` (the default): connect the first `device/vbd` with
+//! - `selftest [seed=N]` (the default): connect the first `device/vbd` with
 //!   `xen-blkfront`, write patterns across the disk, flush, read them back
-//!   and verify; prints `disk self-test: PASS` or `disk self-test: FAIL: why`;
+//!   and verify; prints `disk self-test: PASS` or `disk self-test: FAIL: why`
+//!   (the pattern at byte offset `o` is the little-endian `u64`
+//!   `o ^ seed * 0x9E3779B97F4A7C15` every 8 bytes);
+//! - `xenstore`: read its own name from xenstore and print it;
 //! - `blkload [pattern=randread|seqread|seqwrite] [bs=N] [qd=N] [secs=N]`:
 //!   the block load generator (JSON lines as the PV guest's `blkload`);
 //! - `hostile`: scribbles on its xenstore and console rings, its blkif ring
 //!   and its grant table, then triple-faults;
+//! - `fvcompare [bs=N] [secs=N]`: the same sequential writes then reads
+//!   (one I/O at a time) through the VMM's emulated PIO disk (every 4 bytes
+//!   a trapped port access, like IDE PIO) and through blkfront; one JSON
+//!   line per path and direction;
 //! - `fault`: a page fault at CPL3 (reported by the exception handler).
 
 use alloc::format;
@@ -39,7 +46,6 @@ pub fn run(b: &BootInfo) -> Option<u32> {
         }
         "fault" => crate::arch::page_fault(),
         _ => {
-            let t0 = crate::arch::rdtsc();
             let p = match KPlatform::new(
                 &Boot {
                     shared_info: b.shared_info,
@@ -57,12 +63,12 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                     return Some(SHUTDOWN_crash);
                 }
             };
-            let _ = t0;
             println!("pvhvm-kernel: domain {} on xenstore", p.domid());
             match cmd {
-                "selftest" => selftest(&p),
+                "selftest" => selftest(&p, &words[1..]),
                 "blkload" => blkload(&p, &words[1..]),
-                "hostile" => hostile(&p),
+                "hostile" => hostile(&p, b),
+                "fvcompare" => fvcompare(&p, &words[1..]),
                 "xenstore" => {
                     let name = p.xs_read(XBT_NIL, "name").unwrap_or_default();
                     println!(
@@ -138,7 +144,10 @@ fn wait_for(
         if let Some(r) = done.remove(&tag.0) {
             return Ok(r);
         }
-        for c in dev.poll_completions().map_err(|e| format!("completions: {e}"))? {
+        for c in dev
+            .poll_completions()
+            .map_err(|e| format!("completions: {e}"))?
+        {
             done.insert(c.tag.0, (c.status, c.data));
         }
         if done.contains_key(&tag.0) {
@@ -163,8 +172,9 @@ fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
     }
 }
 
-fn selftest(p: &KPlatform) -> Option<u32> {
-    match selftest_inner(p) {
+fn selftest(p: &KPlatform, words: &[&str]) -> Option<u32> {
+    let seed = arg(words, "seed").and_then(|s| s.parse().ok());
+    match selftest_inner(p, seed) {
         Ok(summary) => {
             println!("disk self-test: PASS ({summary})");
             None
@@ -176,7 +186,10 @@ fn selftest(p: &KPlatform) -> Option<u32> {
     }
 }
 
-fn selftest_inner(p: &KPlatform) -> Result<String, String> {
+/// Spots of the self-test: `(byte offset, length)`, 64 spread over the
+/// disk (first and last included), lengths from one sector to 128 KiB.
+/// The data at each is [`pattern`] with the seed.
+fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
     let mut dev = connect(p)?;
     let disk = *dev.disk().ok_or("no disk info")?;
     if disk.read_only() {
@@ -197,7 +210,7 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
         let off = (max_off * i / (spots - 1)) / ss * ss;
         ios.push((off, len));
     }
-    let seed = p.monotonic_ns();
+    let seed = seed.unwrap_or_else(|| p.monotonic_ns());
     let t0 = p.monotonic_ns();
     let mut tags = Vec::new();
     let mut done = Done::new();
@@ -266,13 +279,377 @@ fn selftest_inner(p: &KPlatform) -> Result<String, String> {
     ))
 }
 
-fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
-    let _ = (p, words);
-    println!("blkload: not implemented yet");
-    Some(SHUTDOWN_crash)
+/// Xorshift64*, as the PV guest's load generator.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }
 
-fn hostile(p: &KPlatform) -> Option<u32> {
-    let _ = p;
+fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
+    match blkload_inner(p, words) {
+        Ok(()) => None,
+        Err(why) => {
+            println!("blkload: FAIL: {why}");
+            Some(SHUTDOWN_crash)
+        }
+    }
+}
+
+/// `blkload [pattern=P[,P...]] [bs=N] [qd=N] [secs=N]`: keeps `qd` I/Os of
+/// `bs` bytes in flight for `secs` seconds per pattern and prints one JSON
+/// line per pattern in the PV guest's `blkload` format (plus
+/// `"guest":"pvhvm"`).
+fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
+    let num = |k: &str, d: u64| -> Result<u64, String> {
+        match arg(words, k) {
+            Some(v) => v.parse().map_err(|_| format!("bad {k}={v}")),
+            None => Ok(d),
+        }
+    };
+    let bs = num("bs", 4096)? as usize;
+    let qd = num("qd", 32)? as usize;
+    let secs = num("secs", 5)?;
+    let patterns = arg(words, "pattern").unwrap_or("randread");
+    if qd == 0 || qd > 1024 {
+        return Err(format!("qd {qd} is not in 1..=1024"));
+    }
+    let mut dev = connect(p)?;
+    let disk = *dev.disk().ok_or("no disk info")?;
+    let ss = disk.sector_size as usize;
+    if bs == 0 || bs % ss != 0 || bs > dev.max_request_bytes() {
+        return Err(format!(
+            "bs {bs} must be a multiple of {ss} up to {}",
+            dev.max_request_bytes()
+        ));
+    }
+    let slots = disk.size_bytes() / bs as u64;
+    if slots == 0 {
+        return Err(String::from("the disk is smaller than one I/O"));
+    }
+    for (i, pattern) in patterns.split(',').enumerate() {
+        let write = match pattern {
+            "randread" | "seqread" => false,
+            "seqwrite" => true,
+            other => return Err(format!("unknown pattern {other}")),
+        };
+        let random = pattern == "randread";
+        let mut rng = XorShift(0x5EED + i as u64);
+        let mut next = 0u64;
+        let data = alloc::vec![0xA5u8; bs];
+        let mut started: alloc::collections::BTreeMap<u64, u64> = Default::default();
+        let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
+        let start = p.monotonic_ns();
+        let end = start + secs * 1_000_000_000;
+        let mut last_done = start;
+        let mut ios = 0u64;
+        loop {
+            let now = p.monotonic_ns();
+            let submitting = now < end;
+            while submitting && started.len() < qd {
+                let slot = if random {
+                    rng.next() % slots
+                } else {
+                    let s = next;
+                    next = (next + 1) % slots;
+                    s
+                };
+                let sector = slot * bs as u64 / 512;
+                let r = if write {
+                    dev.submit_write(sector, &data)
+                } else {
+                    dev.submit_read(sector, bs)
+                };
+                match r {
+                    Ok(tag) => {
+                        started.insert(tag.0, p.monotonic_ns());
+                    }
+                    Err(xen_blkfront::BlkfrontError::Busy) if !started.is_empty() => break,
+                    Err(e) => return Err(format!("submit: {e}")),
+                }
+            }
+            if started.is_empty() && !submitting {
+                break;
+            }
+            let done = dev
+                .poll_completions()
+                .map_err(|e| format!("completions: {e}"))?;
+            if done.is_empty() {
+                dev.wait(Some(Duration::from_millis(50)))
+                    .map_err(|e| format!("wait: {e}"))?;
+                if p.monotonic_ns() > end + 30_000_000_000 {
+                    return Err(String::from("stalled for 30 s"));
+                }
+                continue;
+            }
+            let t = p.monotonic_ns();
+            for c in done {
+                if c.status != BlkStatus::Okay {
+                    return Err(format!("an I/O failed: {:?}", c.status));
+                }
+                if let Some(s) = started.remove(&c.tag.0) {
+                    if lat.len() < (1 << 22) {
+                        lat.push(t - s);
+                    }
+                    ios += 1;
+                    last_done = t;
+                }
+                dev.give_back_buffer(c.data);
+            }
+        }
+        lat.sort_unstable();
+        let q = |f: u64| -> u64 {
+            if lat.is_empty() {
+                0
+            } else {
+                lat[((lat.len() as u64 - 1) * f / 100) as usize]
+            }
+        };
+        let ns = (last_done - start).max(1);
+        let iops = ios as f64 * 1e9 / ns as f64;
+        println!(
+            "{{\"blkload\":1,\"guest\":\"pvhvm\",\"pattern\":\"{pattern}\",\"bs\":{bs},\"qd\":{qd},\"ios\":{ios},\"seconds\":{:.3},\"iops\":{:.1},\"bytes_per_s\":{:.1},\"p50_ns\":{},\"p99_ns\":{},\"requests_per_io\":1,\"max_request_bytes\":{}}}",
+            ns as f64 / 1e9,
+            iops,
+            iops * bs as f64,
+            q(50),
+            q(99),
+            dev.max_request_bytes()
+        );
+    }
+    Ok(())
+}
+
+/// The hostile guest: connects its disk, then scribbles garbage over its
+/// blkif ring, its xenstore and console rings and its grant table, rings
+/// every doorbell, and triple-faults.
+fn hostile(p: &KPlatform, b: &BootInfo) -> Option<u32> {
+    let dev = connect(p).ok();
+    let ports: Vec<u32> = dev.as_ref().map(|d| d.ports()).unwrap_or_default();
+    let mut rng = XorShift(0xBAD_C0DE);
+    // The blkif ring: its first page is granted through the first ring
+    // reference; find its frame in our grant table and scribble the sring
+    // header (req_prod far ahead of rsp_prod) and the slots.
+    let devid = dev.as_ref().map_or(51712, |d| d.devid());
+    let ring_ref = p
+        .xs_read(XBT_NIL, &format!("device/vbd/{devid}/ring-ref0"))
+        .or_else(|_| p.xs_read(XBT_NIL, &format!("device/vbd/{devid}/ring-ref")))
+        .ok()
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if let Some(e) = ring_ref.and_then(|r| p.grant_entry_addr(r)) {
+        // SAFETY: the entry is ours (identity-mapped grant frame); its
+        // frame is one of our RAM pages: scribbling on them is the point.
+        unsafe {
+            let frame = u64::from(((e + 4) as *const u32).read_volatile());
+            let ring = (frame << 12) as *mut u64;
+            for i in 0..512 {
+                ring.add(i).write_volatile(rng.next());
+            }
+            (ring as *mut u32).write_volatile(0x7fff_fff0); // req_prod
+        }
+    }
+    for &port in &ports {
+        crate::hypercall::doorbell(port);
+    }
+    println!("hostile: blkif ring scribbled");
+    // The xenstore ring: garbage indices and data.
+    let store = p.store_page();
+    // SAFETY: our own store page; garbage is the point.
+    unsafe {
+        let w = store as *mut u64;
+        for i in 0..512 {
+            w.add(i).write_volatile(rng.next());
+        }
+    }
+    crate::hypercall::doorbell(p.store_port());
+    // The console ring: garbage indices (out_prod far ahead of out_cons).
+    // SAFETY: our own console page.
+    unsafe {
+        let c = (b.console.0 << 12) as *mut u32;
+        c.add(3084 / 4).write_volatile(0x8000_0000);
+        c.add(3080 / 4).write_volatile(7);
+    }
+    crate::hypercall::doorbell(b.console.1);
+    // The grant table: every entry of frame 0 beyond the ring's made
+    // garbage (permit-access flags, random frames and domids).
+    for gref in 16..512u32 {
+        if let Some(e) = p.grant_entry_addr(gref) {
+            // SAFETY: our own grant frame.
+            unsafe { (e as *mut u64).write_volatile(rng.next() | 1) };
+        }
+    }
+    for &port in &ports {
+        crate::hypercall::doorbell(port);
+    }
+    println!("hostile: xenstore ring and grant table scribbled; triple-faulting");
+    core::mem::forget(dev);
     crate::arch::triple_fault()
+}
+
+/// The emulated PIO disk (`xen_abi::pvhvm::fvdisk`).
+mod pio {
+    use crate::hypercall::{inl, outb, outl};
+    use xen_abi::pvhvm::{fvdisk::*, FVDISK_PORT};
+
+    /// Disk size in sectors (0: no disk).
+    pub fn sectors() -> u64 {
+        let lo = inl(FVDISK_PORT + SIZE_LO);
+        if lo == u32::MAX {
+            return 0;
+        }
+        u64::from(lo) | (u64::from(inl(FVDISK_PORT + SIZE_HI)) << 32)
+    }
+
+    fn select(sector: u64) {
+        outl(FVDISK_PORT + SECTOR_LO, sector as u32);
+        outl(FVDISK_PORT + SECTOR_HI, (sector >> 32) as u32);
+    }
+
+    /// Writes one 512-byte sector.
+    pub fn write(sector: u64, data: &[u8]) -> bool {
+        select(sector);
+        for w in data.chunks_exact(4).take(128) {
+            outl(
+                FVDISK_PORT + DATA,
+                u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+            );
+        }
+        outb(FVDISK_PORT + COMMAND, CMD_WRITE);
+        inl(FVDISK_PORT + STATUS) == STATUS_OK
+    }
+
+    /// Reads one 512-byte sector.
+    pub fn read(sector: u64, data: &mut [u8]) -> bool {
+        select(sector);
+        outb(FVDISK_PORT + COMMAND, CMD_READ);
+        if inl(FVDISK_PORT + STATUS) != STATUS_OK {
+            return false;
+        }
+        for w in data.chunks_exact_mut(4).take(128) {
+            w.copy_from_slice(&inl(FVDISK_PORT + DATA).to_le_bytes());
+        }
+        true
+    }
+}
+
+fn fvcompare(p: &KPlatform, words: &[&str]) -> Option<u32> {
+    match fvcompare_inner(p, words) {
+        Ok(()) => None,
+        Err(why) => {
+            println!("fvcompare: FAIL: {why}");
+            Some(SHUTDOWN_crash)
+        }
+    }
+}
+
+fn report(path: &str, op: &str, bs: usize, ios: u64, ns: u64) {
+    let ns = ns.max(1);
+    let iops = ios as f64 * 1e9 / ns as f64;
+    println!(
+        "{{\"fvcompare\":1,\"path\":\"{path}\",\"op\":\"{op}\",\"bs\":{bs},\"ios\":{ios},\"seconds\":{:.3},\"iops\":{:.1},\"bytes_per_s\":{:.1}}}",
+        ns as f64 / 1e9,
+        iops,
+        iops * bs as f64
+    );
+}
+
+fn fvcompare_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
+    let bs: usize = arg(words, "bs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let secs: u64 = arg(words, "secs").and_then(|v| v.parse().ok()).unwrap_or(2);
+    if bs == 0 || bs % 512 != 0 {
+        return Err(format!("bs {bs} is not a multiple of 512"));
+    }
+    let per = (bs / 512) as u64;
+    let fv = pio::sectors();
+    if fv < per {
+        return Err(String::from(
+            "no emulated disk (xl.cfg: a disk with vdev=hda)",
+        ));
+    }
+    let mut buf = alloc::vec![0u8; bs];
+    pattern(&mut buf, 0, 7);
+    // PIO: writes, then reads of what was written.
+    let mut n_w = 0u64;
+    let t0 = p.monotonic_ns();
+    let end = t0 + secs * 1_000_000_000;
+    while p.monotonic_ns() < end {
+        let base = (n_w * per) % (fv - per + 1);
+        for (i, s) in buf.chunks(512).enumerate() {
+            if !pio::write(base + i as u64, s) {
+                return Err(String::from("emulated disk write failed"));
+            }
+        }
+        n_w += 1;
+    }
+    report("pio", "write", bs, n_w, p.monotonic_ns() - t0);
+    let mut rbuf = alloc::vec![0u8; bs];
+    let mut n_r = 0u64;
+    let t0 = p.monotonic_ns();
+    let end = t0 + secs * 1_000_000_000;
+    while p.monotonic_ns() < end && n_r < n_w {
+        let base = (n_r * per) % (fv - per + 1);
+        for (i, s) in rbuf.chunks_mut(512).enumerate() {
+            if !pio::read(base + i as u64, s) {
+                return Err(String::from("emulated disk read failed"));
+            }
+        }
+        if rbuf != buf {
+            return Err(String::from("emulated disk read back other data"));
+        }
+        n_r += 1;
+    }
+    report("pio", "read", bs, n_r, p.monotonic_ns() - t0);
+
+    // blkfront: the same I/Os, one at a time.
+    let mut dev = connect(p)?;
+    let disk = *dev.disk().ok_or("no disk info")?;
+    let slots = (disk.size_bytes() / bs as u64).max(1);
+    let mut done = Done::new();
+    let mut written = 1u64;
+    for write in [true, false] {
+        let mut n = 0u64;
+        let t0 = p.monotonic_ns();
+        let end = t0 + secs * 1_000_000_000;
+        while p.monotonic_ns() < end {
+            // Reads go over what the writes covered.
+            let span = if write { slots } else { written.min(slots) };
+            let sector = (n % span) * per;
+            let tag = if write {
+                dev.submit_write(sector, &buf)
+            } else {
+                dev.submit_read(sector, bs)
+            }
+            .map_err(|e| format!("submit: {e}"))?;
+            let (st, data) = wait_for(&mut dev, &mut done, tag)?;
+            if st != BlkStatus::Okay {
+                return Err(format!("blkfront I/O failed: {st:?}"));
+            }
+            if !write && data != buf {
+                return Err(String::from("blkfront read back other data"));
+            }
+            dev.give_back_buffer(data);
+            n += 1;
+        }
+        if write {
+            written = n.max(1);
+        }
+        report(
+            "blkfront",
+            if write { "write" } else { "read" },
+            bs,
+            n,
+            p.monotonic_ns() - t0,
+        );
+    }
+    Ok(())
 }
