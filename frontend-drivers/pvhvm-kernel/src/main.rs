@@ -101,6 +101,7 @@ pub fn main(si_gpa: u64) -> ! {
         tsc_khz,
         boot.cmdline
     );
-    let reason = workload::run(&boot);
-    hypercall::shutdown(reason.unwrap_or(SHUTDOWN_poweroff))
+    let reason = workload::run(&boot).unwrap_or(SHUTDOWN_poweroff);
+    println!("pvhvm-kernel: shutdown (reason {reason})");
+    hypercall::shutdown(reason)
 }

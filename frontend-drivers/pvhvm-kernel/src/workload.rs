@@ -306,7 +306,8 @@ fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
 /// `blkload [pattern=P[,P...]] [bs=N] [qd=N] [secs=N]`: keeps `qd` I/Os of
 /// `bs` bytes in flight for `secs` seconds per pattern and prints one JSON
 /// line per pattern in the PV guest's `blkload` format (plus
-/// `"guest":"pvhvm"`).
+/// `"guest":"pvhvm"`). An I/O larger than one request is split into
+/// several and completes when all of them have (as the PV guest's).
 fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     let num = |k: &str, d: u64| -> Result<u64, String> {
         match arg(words, k) {
@@ -321,15 +322,17 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     if qd == 0 || qd > 1024 {
         return Err(format!("qd {qd} is not in 1..=1024"));
     }
+    if bs == 0 || bs > 16 << 20 {
+        return Err(format!("bs {bs} is not in 1..=16 MiB"));
+    }
     let mut dev = connect(p)?;
     let disk = *dev.disk().ok_or("no disk info")?;
     let ss = disk.sector_size as usize;
-    if bs == 0 || bs % ss != 0 || bs > dev.max_request_bytes() {
-        return Err(format!(
-            "bs {bs} must be a multiple of {ss} up to {}",
-            dev.max_request_bytes()
-        ));
+    if bs % ss != 0 {
+        return Err(format!("bs {bs} is not a multiple of the sector size {ss}"));
     }
+    let chunk = (dev.max_request_bytes() / ss * ss).max(ss);
+    let nchunks = bs.div_ceil(chunk);
     let slots = disk.size_bytes() / bs as u64;
     if slots == 0 {
         return Err(String::from("the disk is smaller than one I/O"));
@@ -344,38 +347,65 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         let mut rng = XorShift(0x5EED + i as u64);
         let mut next = 0u64;
         let data = alloc::vec![0xA5u8; bs];
-        let mut started: alloc::collections::BTreeMap<u64, u64> = Default::default();
+        // I/O slot -> (start ns, requests pending); tag -> slot.
+        let mut ios_in: Vec<Option<(u64, usize)>> = alloc::vec![None; qd];
+        let mut free: Vec<usize> = (0..qd).rev().collect();
+        let mut tags: alloc::collections::BTreeMap<u64, usize> = Default::default();
+        // A partly submitted I/O: (slot, byte offset, next chunk).
+        let mut partial: Option<(usize, u64, usize)> = None;
         let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
         let start = p.monotonic_ns();
         let end = start + secs * 1_000_000_000;
         let mut last_done = start;
         let mut ios = 0u64;
+        let mut inflight = 0usize;
         loop {
-            let now = p.monotonic_ns();
-            let submitting = now < end;
-            while submitting && started.len() < qd {
-                let slot = if random {
-                    rng.next() % slots
-                } else {
-                    let s = next;
-                    next = (next + 1) % slots;
-                    s
+            let submitting = p.monotonic_ns() < end;
+            'submit: loop {
+                let (si, off, first) = match partial.take() {
+                    Some(x) => x,
+                    None if !submitting => break,
+                    None => match free.pop() {
+                        Some(si) => {
+                            let slot = if random {
+                                rng.next() % slots
+                            } else {
+                                let s = next;
+                                next = (next + 1) % slots;
+                                s
+                            };
+                            ios_in[si] = Some((p.monotonic_ns(), 0));
+                            inflight += 1;
+                            (si, slot * bs as u64, 0)
+                        }
+                        None => break,
+                    },
                 };
-                let sector = slot * bs as u64 / 512;
-                let r = if write {
-                    dev.submit_write(sector, &data)
-                } else {
-                    dev.submit_read(sector, bs)
-                };
-                match r {
-                    Ok(tag) => {
-                        started.insert(tag.0, p.monotonic_ns());
+                for c in first..nchunks {
+                    let o = c * chunk;
+                    let len = chunk.min(bs - o);
+                    let sector = (off + o as u64) / 512;
+                    let r = if write {
+                        dev.submit_write(sector, &data[o..o + len])
+                    } else {
+                        dev.submit_read(sector, len)
+                    };
+                    match r {
+                        Ok(tag) => {
+                            tags.insert(tag.0, si);
+                            if let Some(io) = ios_in[si].as_mut() {
+                                io.1 += 1;
+                            }
+                        }
+                        Err(xen_blkfront::BlkfrontError::Busy) if !tags.is_empty() => {
+                            partial = Some((si, off, c));
+                            break 'submit;
+                        }
+                        Err(e) => return Err(format!("submit: {e}")),
                     }
-                    Err(xen_blkfront::BlkfrontError::Busy) if !started.is_empty() => break,
-                    Err(e) => return Err(format!("submit: {e}")),
                 }
             }
-            if started.is_empty() && !submitting {
+            if inflight == 0 && !submitting {
                 break;
             }
             let done = dev
@@ -394,14 +424,24 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
                 if c.status != BlkStatus::Okay {
                     return Err(format!("an I/O failed: {:?}", c.status));
                 }
-                if let Some(s) = started.remove(&c.tag.0) {
+                dev.give_back_buffer(c.data);
+                let Some(si) = tags.remove(&c.tag.0) else {
+                    continue;
+                };
+                let Some(io) = ios_in[si].as_mut() else {
+                    continue;
+                };
+                io.1 = io.1.saturating_sub(1);
+                if io.1 == 0 && partial.is_none_or(|(ps, _, _)| ps != si) {
                     if lat.len() < (1 << 22) {
-                        lat.push(t - s);
+                        lat.push(t - io.0);
                     }
                     ios += 1;
                     last_done = t;
+                    ios_in[si] = None;
+                    free.push(si);
+                    inflight -= 1;
                 }
-                dev.give_back_buffer(c.data);
             }
         }
         lat.sort_unstable();
@@ -415,7 +455,7 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         let ns = (last_done - start).max(1);
         let iops = ios as f64 * 1e9 / ns as f64;
         println!(
-            "{{\"blkload\":1,\"guest\":\"pvhvm\",\"pattern\":\"{pattern}\",\"bs\":{bs},\"qd\":{qd},\"ios\":{ios},\"seconds\":{:.3},\"iops\":{:.1},\"bytes_per_s\":{:.1},\"p50_ns\":{},\"p99_ns\":{},\"requests_per_io\":1,\"max_request_bytes\":{}}}",
+            "{{\"blkload\":1,\"guest\":\"pvhvm\",\"pattern\":\"{pattern}\",\"bs\":{bs},\"qd\":{qd},\"ios\":{ios},\"seconds\":{:.3},\"iops\":{:.1},\"bytes_per_s\":{:.1},\"p50_ns\":{},\"p99_ns\":{},\"requests_per_io\":{nchunks},\"max_request_bytes\":{}}}",
             ns as f64 / 1e9,
             iops,
             iops * bs as f64,
