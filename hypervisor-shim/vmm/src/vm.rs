@@ -176,6 +176,14 @@ impl Vmm {
         for p in hv.ports() {
             me.add_doorbell(p);
         }
+        // The event thread may busy-poll the channels' doorbell pages before
+        // sleeping (a sender that sees it polling skips the eventfd write).
+        if let Some(us) = std::env::var("XEN_VMM_POLL_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            hv.set_poll_budget(Duration::from_micros(us));
+        }
         Ok((me, fds))
     }
 

@@ -409,6 +409,9 @@ fn measure_pvhvm(
     if !kernel.is_file() {
         bail!("the PVHVM kernel {} does not exist", kernel.display());
     }
+    // The guest configs live in a temporary directory: an absolute path.
+    let kernel =
+        &std::fs::canonicalize(kernel).with_context(|| format!("resolve {}", kernel.display()))?;
     let mut rows: Vec<Row> = loads
         .iter()
         .map(|&load| Row {
@@ -488,8 +491,9 @@ fn measure_pvhvm(
 
 /// The reference row of `row`'s load.
 fn reference<'r>(rows: &'r [Row], row: &Row) -> Option<&'r Row> {
-    rows.iter()
-        .find(|r| r.imp == "fio-native" && r.load.pattern == row.load.pattern)
+    rows.iter().find(|r| {
+        r.imp == "fio-native" && r.load.pattern == row.load.pattern && r.load.bs == row.load.bs
+    })
 }
 
 /// The JSON of `row`: its ratio against fio-native, and for the PVHVM
