@@ -529,6 +529,34 @@ fn hostile(p: &KPlatform, b: &BootInfo) -> Option<u32> {
     for &port in &ports {
         crate::hypercall::doorbell(port);
     }
+    // Doorbells on random ports, and hypercalls with random numbers and
+    // arguments (not sched_op, console_io or vmm_op, which would end the
+    // run early, block it or flood the log legitimately).
+    for _ in 0..2000 {
+        crate::hypercall::doorbell((rng.next() % 8192) as u32);
+    }
+    let mut rejected = 0u32;
+    for _ in 0..300 {
+        let nr = (rng.next() % 64) as u32;
+        if matches!(nr, 18 | 29 | 48) {
+            continue;
+        }
+        let a = [
+            rng.next() % 16,
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+        ];
+        // SAFETY: deliberately hostile: the VMM must validate every value;
+        // pointers into our own memory may be written by it, which is ours
+        // to lose.
+        let rc = unsafe { crate::hypercall::hypercall(nr, a[0], a[1], a[2], a[3], a[4]) };
+        if rc < 0 {
+            rejected += 1;
+        }
+    }
+    println!("hostile: random doorbells and hypercalls done ({rejected} rejected)");
     println!("hostile: xenstore ring and grant table scribbled; triple-faulting");
     core::mem::forget(dev);
     crate::arch::triple_fault()

@@ -76,6 +76,7 @@ pub struct Vmm {
     vm: VmFd,
     events: Arc<EventLoop>,
     doorbells: Mutex<HashMap<evtchn_port_t, EventFd>>,
+    bad_ports: Mutex<std::collections::HashSet<evtchn_port_t>>,
     debug_line: Mutex<Vec<u8>>,
     clock: Mutex<Option<Instant>>,
     fvdisk: Option<Mutex<FvDisk>>,
@@ -169,6 +170,7 @@ impl Vmm {
             vm,
             events: EventLoop::new(hv),
             doorbells: Mutex::new(HashMap::new()),
+            bad_ports: Mutex::new(std::collections::HashSet::new()),
             debug_line: Mutex::new(Vec::new()),
             clock: Mutex::new(None),
             fvdisk,
@@ -215,6 +217,9 @@ impl Vmm {
     }
 
     fn add_doorbell(&self, port: evtchn_port_t) {
+        if let Ok(mut bad) = self.bad_ports.lock() {
+            bad.clear();
+        }
         let Some(fd) = self.hv.port_out_fd(port) else {
             return;
         };
@@ -232,6 +237,33 @@ impl Vmm {
                 }
             }
             Err(e) => tracing::warn!(port, error = %e, "no ioeventfd doorbell; sends will exit"),
+        }
+    }
+
+    /// A doorbell on a port without an ioeventfd (yet): sends it here and
+    /// registers one so the next send does not exit. A port that cannot be
+    /// sent on is remembered and not asked of the daemon again until the
+    /// guest binds a port (a guest ringing random ports costs only itself).
+    fn slow_send(&self, port: evtchn_port_t) {
+        if port as usize >= EVTCHN_2L_NR_CHANNELS {
+            return;
+        }
+        let Ok(mut bad) = self.bad_ports.lock() else {
+            return;
+        };
+        if bad.contains(&port) {
+            return;
+        }
+        let r = self.hv.evtchnop_send(&evtchn_send { port });
+        tracing::debug!(port, ?r, "doorbell without an ioeventfd");
+        match r {
+            Ok(()) => {
+                drop(bad);
+                self.add_doorbell(port);
+            }
+            Err(_) => {
+                bad.insert(port);
+            }
         }
     }
 
@@ -316,13 +348,7 @@ impl Vmm {
                     Ok(None) => {}
                     Err(e) => return self.crash_report(v, &format!("hypercall gate: {e}")),
                 },
-                DOORBELL_PORT if len == 4 => {
-                    // A port without an ioeventfd (yet): send it here, and
-                    // register one so the next send does not exit.
-                    let r = self.hv.evtchnop_send(&evtchn_send { port: val });
-                    tracing::debug!(port = val, ?r, "doorbell without an ioeventfd");
-                    self.add_doorbell(val);
-                }
+                DOORBELL_PORT if len == 4 => self.slow_send(val),
                 DEBUG_PORT => self.debug_byte(val as u8),
                 p if (FVDISK_PORT..FVDISK_PORT + fvdisk::SPAN).contains(&p) => {
                     if let Some(d) = &self.fvdisk {
@@ -409,7 +435,8 @@ impl Vmm {
                     .collect();
                 let deadline = match (op.timeout, self.guest_now_ns()) {
                     (0, _) => None,
-                    (t, Some((epoch, _))) => Some(epoch + Duration::from_nanos(t)),
+                    // A deadline beyond what Instant holds is "forever".
+                    (t, Some((epoch, _))) => epoch.checked_add(Duration::from_nanos(t)),
                     (_, None) => Some(Instant::now() + Duration::from_millis(10)),
                 };
                 let fired = self.events.poll(&ports, deadline);

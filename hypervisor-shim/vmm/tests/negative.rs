@@ -21,6 +21,10 @@ fn test_pvhvm_hostile_guest_crashes_only_itself() {
     let log = h.wait_log("pvh-hostile", "crashed: triple fault", T);
     assert!(log.contains("hostile: blkif ring scribbled"), "log:\n{log}");
     assert!(log.contains("grant table scribbled"), "log:\n{log}");
+    assert!(
+        log.contains("random doorbells and hypercalls done"),
+        "log:\n{log}"
+    );
     h.wait_state("pvh-hostile", 'c', T);
     let backendd = h
         .backendd_pid()
