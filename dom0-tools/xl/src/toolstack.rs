@@ -244,6 +244,8 @@ fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<(PathBuf, bool), Tools
         target: p.display().to_string(),
         source,
     })?;
+    // backendd opens it from its own working directory: an absolute path.
+    let p = std::fs::canonicalize(&p).unwrap_or(p);
     Ok((p, meta.file_type().is_block_device()))
 }
 
@@ -336,6 +338,7 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 k.display()
             )));
         }
+        let k = std::fs::canonicalize(&k).unwrap_or(k);
         let mut args: Vec<std::ffi::OsString> = vec!["--kernel".into(), k.into_os_string()];
         // An `hd*` disk of an HVM guest is emulated (IDE in Xen's QEMU; here
         // the VMM's PIO disk), not a PV vbd.

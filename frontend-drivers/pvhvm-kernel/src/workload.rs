@@ -22,6 +22,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use xen_abi::io::xenbus::XenbusState;
 use xen_abi::xen::SHUTDOWN_crash;
 use xen_blkfront::{BlkFront, BlkStatus, BlkfrontConfig, FrontState};
 use xen_front_platform::{Platform, XBT_NIL};
@@ -103,6 +104,17 @@ fn connect<'p>(p: &'p KPlatform) -> Result<BlkFront<'p, KPlatform>, String> {
     while dev.state() != FrontState::Connected {
         if let Some(f) = dev.failure() {
             return Err(format!("blkfront failed: {f:?}"));
+        }
+        if matches!(
+            dev.backend_state(),
+            Some(XenbusState::Closing | XenbusState::Closed)
+        ) {
+            let be = String::from(dev.backend_path());
+            let why = p
+                .xs_read(XBT_NIL, &format!("{be}/error"))
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            return Err(format!("the backend {be} closed the device {why}"));
         }
         if p.monotonic_ns() >= deadline {
             return Err(format!(
