@@ -85,6 +85,16 @@ pub fn main(si_gpa: u64) -> ! {
         .unwrap_or(si.cmd_line.len());
     let bytes: alloc::vec::Vec<u8> = si.cmd_line[..len].iter().map(|&c| c as u8).collect();
     let cmdline = alloc::string::String::from_utf8_lossy(&bytes).into_owned();
+    if let Some(us) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("spin_us="))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        platform::SPIN_NS.store(
+            us.saturating_mul(1000),
+            core::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let boot = BootInfo {
         nr_pages: si.nr_pages,
         shared_info: si.shared_info,

@@ -45,8 +45,9 @@ const GREFS_PER_FRAME: u32 = (PAGE_SIZE / 8) as u32;
 /// Most grant frames this kernel grows to.
 const MAX_GRANT_FRAMES: u32 = 64;
 /// How long `evtchn_poll` spins on the pending bits before `SCHEDOP_poll`
-/// (an exit costs ~25 us from CPL3; a backend answer often comes sooner).
-const SPIN_NS: u64 = 30_000;
+/// (an exit costs ~25 us from CPL3; a backend answer often comes sooner);
+/// `spin_us=N` on the command line sets it.
+pub static SPIN_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(30_000);
 
 /// The clock: Xen's `vcpu_time_info` scaling of the TSC.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +150,7 @@ fn poll(ev: &Events, clock: &Clock, ports: &[evtchn_port_t], timeout: Option<Dur
         if deadline.is_some_and(|d| now >= d) {
             return false;
         }
-        if now.saturating_sub(start) < SPIN_NS {
+        if now.saturating_sub(start) < SPIN_NS.load(Ordering::Relaxed) {
             core::hint::spin_loop();
             continue;
         }
