@@ -340,7 +340,7 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     let mut dev = connect(p)?;
     let disk = *dev.disk().ok_or("no disk info")?;
     let ss = disk.sector_size as usize;
-    if bs % ss != 0 {
+    if !bs.is_multiple_of(ss) {
         return Err(format!("bs {bs} is not a multiple of the sector size {ss}"));
     }
     let chunk = (dev.max_request_bytes() / ss * ss).max(ss);
@@ -646,7 +646,7 @@ fn fvcompare_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4096);
     let secs: u64 = arg(words, "secs").and_then(|v| v.parse().ok()).unwrap_or(2);
-    if bs == 0 || bs % 512 != 0 {
+    if bs == 0 || !bs.is_multiple_of(512) {
         return Err(format!("bs {bs} is not a multiple of 512"));
     }
     let per = (bs / 512) as u64;
