@@ -29,6 +29,20 @@ fn test_pvhvm_hostile_guest_crashes_only_itself() {
     let backendd = h
         .backendd_pid()
         .expect("backendd survives the hostile guest");
+    // blkback saw the scribbled ring (req_prod far ahead) and failed only
+    // that device.
+    let t0 = std::time::Instant::now();
+    loop {
+        let blog = std::fs::read_to_string(h.rundir().join("backendd.log")).unwrap_or_default();
+        if blog.contains("RingOverflow") && blog.contains("device failed") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "blkback did not fail the hostile ring:\n{blog}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The host is fine: another guest's disk works with the same backendd.
     let img2 = h.image("next.img", 64);
