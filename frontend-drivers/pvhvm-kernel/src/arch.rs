@@ -250,6 +250,34 @@ extern "C" fn user_entry(start_info: u64) -> ! {
     crate::main(start_info)
 }
 
+// A secondary vCPU's first (and only) code, at CPL0 in the VMM's boot state
+// (so emulated: kept to a few thousand instructions): rdi -> [state,
+// counter]; state = 1, count to 1000, state = 2, then vmm_op(vcpu_down).
+global_asm!(
+    ".text",
+    ".global ap_entry",
+    "ap_entry:",
+    "mov qword ptr [rdi], 1",
+    "mov rcx, 1000",
+    "2:",
+    "inc qword ptr [rdi + 8]",
+    "dec rcx",
+    "jnz 2b",
+    "mov qword ptr [rdi], 2",
+    "mov eax, {vmm_op}",
+    "mov edi, {down}",
+    "out 0xe4, eax",
+    "3: hlt",
+    "jmp 3b",
+    vmm_op = const xen_abi::pvhvm::HYPERVISOR_vmm_op,
+    down = const xen_abi::pvhvm::VMMOP_vcpu_down,
+);
+
+unsafe extern "C" {
+    /// See the `global_asm!` above.
+    pub fn ap_entry();
+}
+
 /// Reads the TSC (native at CPL3 on this KVM).
 #[inline]
 pub fn rdtsc() -> u64 {

@@ -56,6 +56,11 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// The clock of `vcpu_time_info` `t`.
+    pub fn new(t: vcpu_time_info) -> Self {
+        Self { t }
+    }
+
     /// System time in ns.
     pub fn now_ns(&self) -> u64 {
         let d = rdtsc().wrapping_sub(self.t.tsc_timestamp);

@@ -15,6 +15,8 @@
 //!   (one I/O at a time) through the VMM's emulated PIO disk (every 4 bytes
 //!   a trapped port access, like IDE PIO) and through blkfront; one JSON
 //!   line per path and direction;
+//! - `smp`: brings up vCPU 1 (`vmm_op(vcpu_up)`), which counts to 1000 in
+//!   shared memory in its own VMM thread and goes down again;
 //! - `fault`: a page fault at CPL3 (reported by the exception handler).
 
 use alloc::format;
@@ -46,6 +48,7 @@ pub fn run(b: &BootInfo) -> Option<u32> {
             None
         }
         "fault" => crate::arch::page_fault(),
+        "smp" => smp(b),
         _ => {
             let p = match KPlatform::new(
                 &Boot {
@@ -732,4 +735,50 @@ fn fvcompare_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The state and counter vCPU 1 writes (see `arch::ap_entry`).
+static SMP_AREA: [core::sync::atomic::AtomicU64; 2] = [
+    core::sync::atomic::AtomicU64::new(0),
+    core::sync::atomic::AtomicU64::new(0),
+];
+
+fn smp(b: &BootInfo) -> Option<u32> {
+    use core::sync::atomic::Ordering;
+    let area = SMP_AREA.as_ptr() as u64;
+    // SAFETY: vmm_op(vcpu_up) starts vCPU 1 at `ap_entry`, which only
+    // writes the two words of SMP_AREA (atomics) and needs no stack.
+    let rc = unsafe {
+        crate::hypercall::hypercall(
+            xen_abi::pvhvm::HYPERVISOR_vmm_op,
+            xen_abi::pvhvm::VMMOP_vcpu_up,
+            1,
+            crate::arch::ap_entry as *const () as u64,
+            0,
+            area,
+        )
+    };
+    if rc != 0 {
+        println!("smp: vCPU 1 cannot come up ({rc}): is vcpus >= 2?");
+        return None;
+    }
+    let clock = crate::platform::Clock::new(b.time);
+    let t0 = clock.now_ns();
+    while SMP_AREA[0].load(Ordering::Acquire) != 2 {
+        if clock.now_ns() - t0 > 5_000_000_000 {
+            println!(
+                "smp: FAIL: vCPU 1 did not finish (state {}, counter {})",
+                SMP_AREA[0].load(Ordering::Acquire),
+                SMP_AREA[1].load(Ordering::Acquire)
+            );
+            return Some(SHUTDOWN_crash);
+        }
+        core::hint::spin_loop();
+    }
+    println!(
+        "smp: vCPU 1 came up in its own thread, counted to {} in {} us and went down",
+        SMP_AREA[1].load(Ordering::Acquire),
+        (clock.now_ns() - t0) / 1000
+    );
+    None
 }

@@ -89,6 +89,14 @@ pub const VMMOP_fault: u64 = 0;
 /// writes `vcpu_info[0].time` (system time 0 at that TSC) and returns the
 /// TSC frequency in kHz.
 pub const VMMOP_clock_sync: u64 = 1;
+/// `vmm_op`: brings up secondary vCPU `rsi` (1 ..< vcpus, once): it starts
+/// in the boot state (64-bit, CPL0, boot GDT and page tables) at `rip` =
+/// `rdx` with `rsp` = `r10` and `rdi` = `r8`, in its own VMM thread.
+/// Returns 0, or `-EINVAL` (no such vCPU) / `-EBUSY` (already up).
+pub const VMMOP_vcpu_up: u64 = 2;
+/// `vmm_op`: the calling secondary vCPU stops (its thread parks); on vCPU 0
+/// it is `-EINVAL`.
+pub const VMMOP_vcpu_down: u64 = 3;
 
 /// The emulated PIO disk: every sector moved by trapped port accesses, as
 /// IDE PIO does (the full-virtualization reference of the benchmarks).

@@ -17,8 +17,8 @@ use xen_abi::grant_table::{
     gnttab_query_size, gnttab_setup_table, GNTTABOP_query_size, GNTTABOP_setup_table,
 };
 use xen_abi::pvhvm::{
-    fvdisk, HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, BOOT_RESERVED_END, DEBUG_PORT,
-    DOORBELL_PORT, FVDISK_PORT, HYPERCALL_PORT,
+    fvdisk, HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, VMMOP_vcpu_down, VMMOP_vcpu_up,
+    BOOT_RESERVED_END, DEBUG_PORT, DOORBELL_PORT, FVDISK_PORT, HYPERCALL_PORT,
 };
 use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
@@ -38,6 +38,7 @@ use crate::VmmError;
 const ENOSYS: i64 = -38;
 const EINVAL: i64 = -22;
 const EFAULT: i64 = -14;
+const EBUSY: i64 = -16;
 /// Most ports one `SCHEDOP_poll` may name.
 const MAX_POLL_PORTS: u32 = 128;
 /// Most bytes of one `CONSOLEIO_write`.
@@ -67,6 +68,19 @@ pub struct VmmConfig {
 enum Gate {
     Continue(i64),
     Stop(Outcome),
+    /// A secondary vCPU went down.
+    Down,
+}
+
+/// Where a secondary vCPU starts: `(rip, rsp, rdi)`.
+type ApStart = (u64, u64, u64);
+
+/// A secondary vCPU's start request, set by `VMMOP_vcpu_up`.
+#[derive(Debug, Default)]
+struct ApSlot {
+    start: Mutex<Option<ApStart>>,
+    up: std::sync::atomic::AtomicBool,
+    cv: std::sync::Condvar,
 }
 
 /// A running PVHVM domain.
@@ -80,6 +94,10 @@ pub struct Vmm {
     debug_line: Mutex<Vec<u8>>,
     clock: Mutex<Option<Instant>>,
     fvdisk: Option<Mutex<FvDisk>>,
+    /// Secondary vCPUs 1.. (index 0 is vCPU 1).
+    aps: Vec<ApSlot>,
+    /// The domain's end was reported (by whichever vCPU got there first).
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -174,6 +192,8 @@ impl Vmm {
             debug_line: Mutex::new(Vec::new()),
             clock: Mutex::new(None),
             fvdisk,
+            aps: (1..vcpus).map(|_| ApSlot::default()).collect(),
+            ended: std::sync::atomic::AtomicBool::new(false),
         });
         for p in hv.ports() {
             me.add_doorbell(p);
@@ -190,20 +210,47 @@ impl Vmm {
     }
 
     /// Runs the domain to its end: the event thread, vCPU 0 on this thread
-    /// (the others stay down: the kernel does not bring up secondary vCPUs
-    /// yet), then reports the outcome to the shim.
+    /// and one thread per secondary vCPU (parked until the guest brings it
+    /// up with `VMMOP_vcpu_up`); the first vCPU to end the domain
+    /// (`SCHEDOP_shutdown`, a crash) reports it to the shim. A secondary
+    /// vCPU that ends it also ends this process.
     pub fn run(self: &Arc<Self>, mut vcpus: Vec<VcpuFd>) -> Result<Outcome, VmmError> {
         let ev = self.events.spawn().map_err(|source| VmmError::Io {
             what: "start the event thread".into(),
             source,
         })?;
-        let _parked: Vec<VcpuFd> = vcpus.drain(1..).collect();
+        for (i, v) in vcpus.drain(1..).enumerate() {
+            let me = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("xen-vmm-vcpu{}", i + 1))
+                .spawn(move || me.ap_thread(i, v))
+                .map_err(|source| VmmError::Io {
+                    what: "start a vCPU thread".into(),
+                    source,
+                })?;
+        }
         let outcome = match vcpus.first_mut() {
-            Some(v) => self.vcpu_loop(v),
+            Some(v) => loop {
+                match self.vcpu_loop(v, 0) {
+                    Some(o) => break o,
+                    None => continue, // vCPU 0 cannot go down
+                }
+            },
             None => Outcome::Crashed("no vCPU".into()),
         };
+        self.report(&outcome)?;
+        self.events.stop();
+        let _ = ev.join();
+        Ok(outcome)
+    }
+
+    /// Reports the domain's end to the shim, once.
+    fn report(&self, outcome: &Outcome) -> Result<(), VmmError> {
+        if self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         self.flush_debug();
-        let reason = match &outcome {
+        let reason = match outcome {
             Outcome::Shutdown(r) => *r,
             Outcome::Crashed(why) => {
                 console(format!("xen-vmm: domain {} crashed: {why}\n", self.hv.domid()).as_bytes());
@@ -211,9 +258,50 @@ impl Vmm {
             }
         };
         self.hv.schedop_shutdown(&sched_shutdown { reason })?;
-        self.events.stop();
-        let _ = ev.join();
-        Ok(outcome)
+        Ok(())
+    }
+
+    fn ap_thread(&self, idx: usize, mut v: VcpuFd) {
+        let Some(slot) = self.aps.get(idx) else {
+            return;
+        };
+        loop {
+            let start = {
+                let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(s) = g.take() {
+                        break s;
+                    }
+                    g = slot.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let (rip, rsp, rdi) = start;
+            let regs = kvm_bindings::kvm_regs {
+                rip,
+                rsp,
+                rdi,
+                rflags: 2,
+                ..Default::default()
+            };
+            let outcome = match v.set_regs(&regs) {
+                Ok(()) => self.vcpu_loop(&mut v, idx as u32 + 1),
+                Err(e) => Some(Outcome::Crashed(format!(
+                    "cannot start vCPU {}: {e}",
+                    idx + 1
+                ))),
+            };
+            match outcome {
+                None => slot.up.store(false, std::sync::atomic::Ordering::SeqCst),
+                Some(o) => {
+                    let code = match &o {
+                        Outcome::Shutdown(_) => 0,
+                        Outcome::Crashed(_) => 1,
+                    };
+                    let _ = self.report(&o);
+                    std::process::exit(code);
+                }
+            }
+        }
     }
 
     fn add_doorbell(&self, port: evtchn_port_t) {
@@ -308,7 +396,18 @@ impl Vmm {
         Outcome::Crashed(format!("{why}{regs}{sregs}"))
     }
 
-    fn vcpu_loop(&self, v: &mut VcpuFd) -> Outcome {
+    /// Runs a vCPU until it ends the domain (`Some`) or, for a secondary
+    /// vCPU, goes down (`None`).
+    fn vcpu_loop(&self, v: &mut VcpuFd, id: u32) -> Option<Outcome> {
+        match self.vcpu_loop_inner(v, id) {
+            Some(Outcome::Crashed(why)) if id > 0 => {
+                Some(Outcome::Crashed(format!("vCPU {id}: {why}")))
+            }
+            other => other,
+        }
+    }
+
+    fn vcpu_loop_inner(&self, v: &mut VcpuFd, id: u32) -> Option<Outcome> {
         loop {
             let (port, val, len) = match v.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -321,32 +420,37 @@ impl Vmm {
                     self.io_in(port, data);
                     continue;
                 }
-                Ok(VcpuExit::Shutdown) => return self.crash_report(v, "triple fault"),
-                Ok(VcpuExit::Hlt) => return self.crash_report(v, "hlt with interrupts off"),
+                Ok(VcpuExit::Shutdown) => return Some(self.crash_report(v, "triple fault")),
+                Ok(VcpuExit::Hlt) => return Some(self.crash_report(v, "hlt with interrupts off")),
                 Ok(VcpuExit::InternalError) => {
-                    return self.crash_report(v, "KVM internal error (instruction emulation)")
+                    return Some(self.crash_report(v, "KVM internal error (instruction emulation)"))
                 }
                 Ok(VcpuExit::FailEntry(reason, _)) => {
-                    return self.crash_report(v, &format!("VM entry failed ({reason:#x})"))
+                    return Some(self.crash_report(v, &format!("VM entry failed ({reason:#x})")))
                 }
                 Ok(VcpuExit::MmioRead(addr, _)) => {
-                    return self.crash_report(v, &format!("read of unbacked address {addr:#x}"))
+                    return Some(
+                        self.crash_report(v, &format!("read of unbacked address {addr:#x}")),
+                    )
                 }
                 Ok(VcpuExit::MmioWrite(addr, _)) => {
-                    return self.crash_report(v, &format!("write to unbacked address {addr:#x}"))
+                    return Some(
+                        self.crash_report(v, &format!("write to unbacked address {addr:#x}")),
+                    )
                 }
                 Ok(other) => {
                     let what = format!("unexpected exit {other:?}");
-                    return self.crash_report(v, &what);
+                    return Some(self.crash_report(v, &what));
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => return self.crash_report(v, &format!("KVM_RUN failed: {e}")),
+                Err(e) => return Some(self.crash_report(v, &format!("KVM_RUN failed: {e}"))),
             };
             match port {
-                HYPERCALL_PORT => match self.hypercall(v, val) {
-                    Ok(Some(outcome)) => return outcome,
+                HYPERCALL_PORT => match self.hypercall(v, val, id) {
+                    Ok(Some(Gate::Stop(outcome))) => return Some(outcome),
+                    Ok(Some(_)) => return None,
                     Ok(None) => {}
-                    Err(e) => return self.crash_report(v, &format!("hypercall gate: {e}")),
+                    Err(e) => return Some(self.crash_report(v, &format!("hypercall gate: {e}"))),
                 },
                 DOORBELL_PORT if len == 4 => self.slow_send(val),
                 DEBUG_PORT => self.debug_byte(val as u8),
@@ -376,8 +480,9 @@ impl Vmm {
         data[..n].copy_from_slice(&b[..n]);
     }
 
-    /// One hypercall: `Ok(Some(_))` ends the domain.
-    fn hypercall(&self, v: &mut VcpuFd, nr: u32) -> Result<Option<Outcome>, VmmError> {
+    /// One hypercall: `Ok(Some(Stop))` ends the domain, `Ok(Some(Down))`
+    /// stops this secondary vCPU.
+    fn hypercall(&self, v: &mut VcpuFd, nr: u32, id: u32) -> Result<Option<Gate>, VmmError> {
         let mut regs = v.get_regs().map_err(kvm("get registers"))?;
         let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
         tracing::trace!(nr, ?a, "hypercall");
@@ -386,7 +491,7 @@ impl Vmm {
             __HYPERVISOR_event_channel_op => Gate::Continue(self.evtchn_op(a[0], a[1])),
             __HYPERVISOR_grant_table_op => Gate::Continue(self.gnttab_op(a[0], a[1], a[2])),
             __HYPERVISOR_console_io => Gate::Continue(self.console_io(a[0], a[1], a[2])),
-            HYPERVISOR_vmm_op => self.vmm_op(a),
+            HYPERVISOR_vmm_op => self.vmm_op(a, id),
             _ => Gate::Continue(ENOSYS),
         };
         match r {
@@ -395,7 +500,7 @@ impl Vmm {
                 v.set_regs(&regs).map_err(kvm("set registers"))?;
                 Ok(None)
             }
-            Gate::Stop(o) => Ok(Some(o)),
+            other => Ok(Some(other)),
         }
     }
 
@@ -552,8 +657,26 @@ impl Vmm {
         n as i64
     }
 
-    fn vmm_op(&self, a: [u64; 5]) -> Gate {
+    fn vmm_op(&self, a: [u64; 5], id: u32) -> Gate {
         match a[0] {
+            VMMOP_vcpu_up => {
+                let Some(slot) = usize::try_from(a[1])
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| self.aps.get(i))
+                else {
+                    return Gate::Continue(EINVAL);
+                };
+                if slot.up.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return Gate::Continue(EBUSY);
+                }
+                let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
+                *g = Some((a[2], a[3], a[4]));
+                slot.cv.notify_all();
+                Gate::Continue(0)
+            }
+            VMMOP_vcpu_down if id > 0 => Gate::Down,
+            VMMOP_vcpu_down => Gate::Continue(EINVAL),
             VMMOP_fault => Gate::Stop(Outcome::Crashed(format!(
                 "guest fault: vector {} error code {:#x} at rip {:#x} (cr2 {:#x})",
                 a[1], a[2], a[3], a[4]

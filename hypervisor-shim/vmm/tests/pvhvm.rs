@@ -25,6 +25,20 @@ fn test_pvhvm_kernel_boots_prints_and_powers_off() {
 }
 
 #[test]
+fn test_pvhvm_second_vcpu_runs_in_its_own_thread() {
+    let mut h = Host::start("pvhvm-smp-");
+    let cfg = h.config_vcpus("pvh-smp", "smp", &[], 2);
+    ok("xl create", &h.create("pvh-smp", &cfg));
+    let log = h.wait_log("pvh-smp", "pvhvm-kernel: shutdown", T);
+    assert!(
+        log.contains("smp: vCPU 1 came up in its own thread, counted to 1000"),
+        "log:\n{log}"
+    );
+    let row = h.wait_state("pvh-smp", 's', T);
+    assert_eq!(row.split_whitespace().nth(3), Some("2"), "{row}");
+}
+
+#[test]
 fn test_pvhvm_guest_reads_xenstore_over_its_ring() {
     let mut h = Host::start("pvhvm-xs-");
     let cfg = h.config("pvh-xs", "xenstore", &[]);

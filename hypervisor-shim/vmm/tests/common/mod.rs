@@ -194,6 +194,11 @@ impl Host {
     /// Writes `<name>.cfg` for a PVHVM guest running `extra`, with `disks`
     /// (xl disk specifications), and returns its path.
     pub fn config(&self, name: &str, extra: &str, disks: &[String]) -> PathBuf {
+        self.config_vcpus(name, extra, disks, 1)
+    }
+
+    /// [`Host::config`] with `vcpus` vCPUs.
+    pub fn config_vcpus(&self, name: &str, extra: &str, disks: &[String], vcpus: u32) -> PathBuf {
         let disk = if disks.is_empty() {
             String::new()
         } else {
@@ -201,7 +206,7 @@ impl Host {
             format!("disk = [ {} ]\n", d.join(", "))
         };
         let text = format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = 1\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}",
+            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}",
             self.kernel.display()
         );
         let p = self.dir.path().join(format!("{name}.cfg"));
