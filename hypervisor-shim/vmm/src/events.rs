@@ -2,7 +2,9 @@
 //! eventfds and sets Xen's 2-level pending bits in `shared_info` (through
 //! the shim's guest API), so a guest that polls `shared_info` at CPL3 sees
 //! them with no exit. A vCPU blocked in `SCHEDOP_poll` (in the VMM) waits on
-//! a condition variable that the thread signals after each delivery.
+//! a condition variable that the thread signals after each delivery. A
+//! shutdown request from the toolstack (the shim already marked the domain
+//! shut down) ends the VMM process.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,7 +25,6 @@ pub struct EventLoop {
     generation: Mutex<u64>,
     cv: Condvar,
     stop: AtomicBool,
-    shutdown_requests: Mutex<Vec<u32>>,
 }
 
 impl EventLoop {
@@ -34,7 +35,6 @@ impl EventLoop {
             generation: Mutex::new(0),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
-            shutdown_requests: Mutex::new(Vec::new()),
         })
     }
 
@@ -61,9 +61,16 @@ impl EventLoop {
                     failures = 0;
                     for ev in self.hv.take_control_events() {
                         if let ControlEvent::Shutdown { reason } = ev {
-                            if let Ok(mut q) = self.shutdown_requests.lock() {
-                                q.push(reason as u32);
-                            }
+                            // The kernel does not watch control/shutdown:
+                            // the domain is already shut down in the shim,
+                            // so the VMM stops the VM (the power is cut).
+                            let msg = format!(
+                                "xen-vmm: the toolstack shut the domain down ({reason:?})\n"
+                            );
+                            let mut out = std::io::stdout().lock();
+                            let _ = std::io::Write::write_all(&mut out, msg.as_bytes());
+                            let _ = std::io::Write::flush(&mut out);
+                            std::process::exit(0);
                         }
                     }
                     let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());

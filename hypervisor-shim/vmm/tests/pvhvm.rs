@@ -113,6 +113,45 @@ fn test_pvhvm_guest_is_listed_while_busy_and_destroy_stops_it() {
     }
 }
 
+#[test]
+fn test_pvhvm_toolstack_shutdown_stops_a_busy_guest() {
+    let mut h = Host::start("pvhvm-shut-");
+    let img = h.image("shut.img", 64);
+    let cfg = h.config(
+        "pvh-shut",
+        "blkload pattern=randread bs=4096 qd=4 secs=600",
+        &[format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            img.display()
+        )],
+    );
+    ok("xl create", &h.create("pvh-shut", &cfg));
+    h.wait_log("pvh-shut", "Connected in", T);
+    let control = xen_shim::dom0::Control::connect(&h.dir.path().join("shim.sock"))
+        .expect("connect to the shim");
+    let d = control
+        .list_domains()
+        .expect("list")
+        .into_iter()
+        .find(|d| d.name == "pvh-shut")
+        .expect("the guest is a shim domain");
+    control
+        .shutdown_domain(d.domid, xen_shim::protocol::ShutdownReason::Poweroff)
+        .expect("shutdown");
+    h.wait_log("pvh-shut", "the toolstack shut the domain down", T);
+    h.wait_state("pvh-shut", 's', T);
+    let marker = format!(
+        "{}={}",
+        xen_shim::ENV_SOCKET,
+        h.dir.path().join("shim.sock").display()
+    );
+    let t0 = Instant::now();
+    while vmm_alive(&marker) {
+        assert!(t0.elapsed() < T, "the VMM survived the shutdown");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn vmm_alive(marker: &str) -> bool {
     std::fs::read_dir("/proc")
         .expect("/proc")
