@@ -4,7 +4,8 @@
 //! them with no exit. A vCPU blocked in `SCHEDOP_poll` (in the VMM) waits on
 //! a condition variable that the thread signals after each delivery. A
 //! shutdown request from the toolstack (the shim already marked the domain
-//! shut down) ends the VMM process.
+//! shut down) ends the VMM process; when the shim daemon restarts, the thread
+//! reattaches the domain to the new one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -60,6 +61,10 @@ impl EventLoop {
                 Ok(_) => {
                     failures = 0;
                     for ev in self.hv.take_control_events() {
+                        if let ControlEvent::Disconnected = ev {
+                            self.reattach();
+                            continue;
+                        }
                         if let ControlEvent::Shutdown { reason } = ev {
                             // The kernel does not watch control/shutdown:
                             // the domain is already shut down in the shim,
@@ -83,6 +88,33 @@ impl EventLoop {
                         tracing::warn!(error = %e, failures, "waiting for events failed");
                     }
                     std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// The shim daemon went away (restarted): the data path keeps running on
+    /// the eventfds and memory we hold; reattach to the new daemon (same
+    /// token, our port fds handed back) as soon as it answers.
+    fn reattach(&self) {
+        let t0 = std::time::Instant::now();
+        let mut tries = 0u32;
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.hv.reattach() {
+                Ok(()) => {
+                    tracing::info!(tries, "reattached to the shim daemon");
+                    return;
+                }
+                Err(e) => {
+                    tries += 1;
+                    if tries == 1 || tries.is_power_of_two() {
+                        tracing::warn!(error = %e, tries, "the shim daemon is gone; retrying");
+                    }
+                    if t0.elapsed() > Duration::from_secs(60) {
+                        tracing::error!("no shim daemon for 60 s; the domain runs detached");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }

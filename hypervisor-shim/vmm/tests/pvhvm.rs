@@ -152,6 +152,29 @@ fn test_pvhvm_toolstack_shutdown_stops_a_busy_guest() {
     }
 }
 
+#[test]
+fn test_pvhvm_guest_survives_a_shim_daemon_restart() {
+    let mut h = Host::start("pvhvm-restart-");
+    let img = h.image("restart.img", 64);
+    let cfg = h.config(
+        "pvh-restart",
+        "blkload pattern=randread bs=4096 qd=4 secs=4",
+        &[format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            img.display()
+        )],
+    );
+    ok("xl create", &h.create("pvh-restart", &cfg));
+    h.wait_log("pvh-restart", "Connected in", T);
+    // The data path (ring, grants, ioeventfd doorbells) never goes through
+    // the daemon: the load goes on while it restarts, and the VMM
+    // reattaches so that the guest's shutdown reaches the new daemon.
+    h.restart_shim();
+    let log = h.wait_log("pvh-restart", "pvhvm-kernel: shutdown (reason 0)", T);
+    assert!(log.contains("{\"blkload\":1"), "log:\n{log}");
+    h.wait_state("pvh-restart", 's', T);
+}
+
 fn vmm_alive(marker: &str) -> bool {
     std::fs::read_dir("/proc")
         .expect("/proc")

@@ -171,6 +171,24 @@ impl Host {
         }
     }
 
+    fn shim_config(&self) -> DaemonConfig {
+        DaemonConfig {
+            socket: self.dir.path().join("shim.sock"),
+            state_dir: self.dir.path().join("shim-state"),
+            mem_dir: self.mem_dir.clone(),
+            ..DaemonConfig::default()
+        }
+    }
+
+    /// Stops the shim daemon and starts a new one on the same state (a
+    /// daemon restart: running domains must survive it).
+    pub fn restart_shim(&mut self) {
+        if let Some(s) = self.shim.take() {
+            s.stop().expect("stop xen-shimd");
+        }
+        self.shim = Some(xen_shim::daemon::spawn(self.shim_config()).expect("restart xen-shimd"));
+    }
+
     pub fn rundir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
