@@ -247,6 +247,8 @@ fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<(PathBuf, bool), Tools
         target: p.display().to_string(),
         source,
     })?;
+    // backendd opens it from its own working directory: an absolute path.
+    let p = std::fs::canonicalize(&p).unwrap_or(p);
     Ok((p, meta.file_type().is_block_device()))
 }
 
@@ -275,6 +277,11 @@ fn write_cmdline(control: &Control, domid: u16, cmdline: &str) -> Result<(), Too
         })
 }
 
+/// Whether an HVM guest's disk is an emulated one (`hd*`), not a PV vbd.
+fn is_emulated(d: &DiskSpec) -> bool {
+    d.vdev.starts_with("hd")
+}
+
 /// What `create` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -290,19 +297,15 @@ pub struct Created {
 
 /// `xl create`: the domain in the shim, its xenstore nodes, XS_INTRODUCE,
 /// the devices' nodes, `backendd`, then the PV guest runtime as the
-/// domain's "kernel". On any failure after the domain exists, it is
+/// domain's "kernel" (`type = "pv"`) or `xen-vmm` booting `kernel=` in a
+/// KVM virtual machine (`type = "pvh"` or `"hvm"`). On any failure after the domain exists, it is
 /// destroyed again.
 ///
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
-    if cfg.guest_type != GuestType::Pv {
-        return Err(ToolstackError::Unsupported(format!(
-            "type \"{}\" is not supported yet (only pv)",
-            cfg.guest_type.as_str()
-        )));
-    }
+    let pvhvm = cfg.guest_type != GuestType::Pv;
     if !cfg.vifs.is_empty() {
         return Err(ToolstackError::Unsupported(
             "vif= is parsed but network devices are not supported yet".into(),
@@ -315,9 +318,59 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     for d in &cfg.disks {
         targets.push(disk_target(d, &cfg_dir)?);
     }
-    let runtime = match &cfg.kernel {
-        Some(k) => PathBuf::from(k),
-        None => daemons::sibling("xen-pvguest")?,
+    // A PV guest's "kernel" is the PV guest runtime (or the program named by
+    // `kernel=`), started with the command line as its arguments; a PVH/HVM
+    // guest is a KVM virtual machine: `xen-vmm` boots `kernel=` (relative
+    // to the configuration's directory), whose command line goes to
+    // `start_info.cmd_line` only.
+    let cmdline = cfg.cmdline.clone().unwrap_or_default();
+    let (runtime, args): (PathBuf, Vec<std::ffi::OsString>) = if pvhvm {
+        let Some(k) = &cfg.kernel else {
+            return Err(ToolstackError::Unsupported(format!(
+                "type \"{}\" needs kernel= (a PVHVM kernel image)",
+                cfg.guest_type.as_str()
+            )));
+        };
+        let k = Path::new(k);
+        let k = if k.is_absolute() {
+            k.to_path_buf()
+        } else {
+            cfg_dir.join(k)
+        };
+        if !k.is_file() {
+            return Err(ToolstackError::Unsupported(format!(
+                "kernel {} does not exist",
+                k.display()
+            )));
+        }
+        let k = std::fs::canonicalize(&k).unwrap_or(k);
+        let mut args: Vec<std::ffi::OsString> = vec!["--kernel".into(), k.into_os_string()];
+        // An `hd*` disk of an HVM guest is emulated (IDE in Xen's QEMU; here
+        // the VMM's PIO disk), not a PV vbd.
+        let mut emulated = cfg
+            .disks
+            .iter()
+            .zip(&targets)
+            .filter(|(d, _)| is_emulated(d));
+        if let Some((_, (path, _))) = emulated.next() {
+            args.push("--fvdisk".into());
+            args.push(path.clone().into_os_string());
+        }
+        if emulated.next().is_some() {
+            return Err(ToolstackError::Unsupported(
+                "only one emulated (hd*) disk is supported".into(),
+            ));
+        }
+        (daemons::sibling("xen-vmm")?, args)
+    } else {
+        let r = match &cfg.kernel {
+            Some(k) => PathBuf::from(k),
+            None => daemons::sibling("xen-pvguest")?,
+        };
+        // The runtime's stdio is its PV console (hvc0), served by consback.
+        let mut args: Vec<std::ffi::OsString> = vec!["--console".into(), "hvc0".into()];
+        args.extend(cmdline.split_whitespace().map(Into::into));
+        (r, args)
     };
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
@@ -328,6 +381,11 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     }
     let dc = DomainConfig {
         vcpus: cfg.vcpus,
+        kind: if pvhvm {
+            xen_shim::layout::DomainType::Pvhvm
+        } else {
+            xen_shim::layout::DomainType::Pv
+        },
         ..DomainConfig::pv(&cfg.name, cfg.memory_mib)
     };
     let created = control
@@ -353,6 +411,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
         };
         let mut ops = xsplan::domain_ops(&plan);
         for (d, (path, blk)) in cfg.disks.iter().zip(&targets) {
+            if pvhvm && is_emulated(d) {
+                continue;
+            }
             ops.extend(xsplan::vbd_ops(
                 domid,
                 BACKEND_DOMID,
@@ -367,22 +428,15 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
         apply(&xs, &ops)?;
         xs.introduce(domid, plan.store.0, plan.store.1)
             .map_err(xs_err(format!("introduce domain {domid}")))?;
-        let cmdline = cfg.cmdline.clone().unwrap_or_default();
         write_cmdline(&control, domid, &cmdline)?;
-        spawn_runtime(
-            &control,
-            domid,
-            &created.token,
-            &cfg.name,
-            &runtime,
-            &cmdline,
+        spawn_runtime(&control, domid, &created.token, &cfg.name, &runtime, &args).map(
+            |(pid, runtime_log)| Created {
+                domid,
+                pid,
+                log,
+                runtime_log,
+            },
         )
-        .map(|(pid, runtime_log)| Created {
-            domid,
-            pid,
-            log,
-            runtime_log,
-        })
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -406,8 +460,8 @@ fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
     Ok(log)
 }
 
-/// Starts the runtime with its console on the PV console (`--console
-/// hvc0`); what it prints before its console is up (a failed attach) goes
+/// Starts the guest's process (the PV runtime, with its console on the PV
+/// console, or the PVHVM guest's VMM) with `args`; what it prints before its console is up (a failed attach) goes
 /// to `<rundir>/pvguest-<name>.log`. Returns its pid and that log.
 fn spawn_runtime(
     control: &Control,
@@ -415,7 +469,7 @@ fn spawn_runtime(
     token: &str,
     name: &str,
     runtime: &Path,
-    cmdline: &str,
+    args: &[std::ffi::OsString],
 ) -> Result<(u32, PathBuf), ToolstackError> {
     let dir = daemons::rundir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
@@ -432,8 +486,7 @@ fn spawn_runtime(
         source,
     })?;
     let mut child = Command::new(runtime)
-        .args(["--console", "hvc0"])
-        .args(cmdline.split_whitespace())
+        .args(args)
         .env(xen_shim::ENV_SOCKET, control.socket_path())
         .env(xen_shim::ENV_DOMID, domid.to_string())
         .env(xen_shim::ENV_TOKEN, token)

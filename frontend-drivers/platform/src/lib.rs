@@ -4,10 +4,11 @@
 //! that can be granted.
 //!
 //! Two platforms implement it: the PV guest runtime (a Linux process attached
-//! to the hypervisor shim, crate `xen-pvguest`) and, later, the PVHVM guest
-//! kernel. The [`fake`] module (feature `fake`, always on in this crate's own
-//! tests) is an in-process platform with heap pages, an in-memory xenstore and
-//! a simulated peer domain, for unit tests of frontends.
+//! to the hypervisor shim, crate `xen-pvguest`) and the PVHVM guest kernel
+//! (`frontend-drivers/pvhvm-kernel`, in a KVM guest of `xen-vmm`). The
+//! [`fake`] module (feature `fake`, always on in this crate's own tests) is
+//! an in-process platform with heap pages, an in-memory xenstore and a
+//! simulated peer domain, for unit tests of frontends.
 //!
 //! The trait is `no_std` + `alloc`; frontends are expected to be too, and
 //! `tests/nostd-check` links this crate into a freestanding binary.

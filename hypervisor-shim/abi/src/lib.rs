@@ -34,6 +34,7 @@
 pub mod event_channel;
 pub mod grant_table;
 pub mod io;
+pub mod pvhvm;
 pub mod xen;
 
 mod union;

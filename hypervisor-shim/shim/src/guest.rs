@@ -633,6 +633,29 @@ impl Hypervisor {
         self.events.lock().map(|q| !q.is_empty()).unwrap_or(false)
     }
 
+    /// Waits up to `timeout` (`None`: forever) for events and delivers them
+    /// (pending bits in `shared_info`, control messages queued) without
+    /// looking at any particular port: the event loop of a VMM whose guest
+    /// polls `shared_info` itself. Returns how many fired.
+    pub fn wait_events(&self, timeout: Option<Duration>) -> Result<usize, EvtchnError> {
+        self.ports.wait(timeout, |f| self.deliver(f))
+    }
+
+    /// Wakes a thread blocked in [`Hypervisor::wait_events`] (or another
+    /// wait of this handle) from another thread.
+    pub fn kick(&self) -> Result<(), EvtchnError> {
+        self.ports.kick()
+    }
+
+    /// A duplicate of port `port`'s `out` eventfd (what `EVTCHNOP_send`
+    /// writes), for a VMM that registers it as the guest's ioeventfd
+    /// doorbell. `None` for unknown ports and ports without one (VIRQs).
+    pub fn port_out_fd(&self, port: evtchn_port_t) -> Option<std::os::fd::OwnedFd> {
+        self.ports
+            .with(port, |p| p.out_fd.as_ref().and_then(|f| f.try_clone().ok()))
+            .flatten()
+    }
+
     /// Processes events that already arrived without waiting.
     pub fn process_events(&self) -> Result<usize, EvtchnError> {
         self.ports.wait(Some(Duration::ZERO), |f| self.deliver(f))

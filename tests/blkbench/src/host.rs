@@ -136,18 +136,70 @@ impl Host {
         extra: &str,
         limit: Duration,
     ) -> Result<String> {
-        let cfg = self.dir.path().join(format!("{name}.cfg"));
-        std::fs::write(
+        let cfg = format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+             extra = '{extra}'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
+            image.display()
+        );
+        let (log, _) = self.run_cfg(
+            name,
             &cfg,
+            &["pvguest shutdown", "frontend-failed"],
+            "frontend-failed",
+            limit,
+        )?;
+        Ok(log)
+    }
+
+    /// `xl create`s a PVHVM guest `name` booting `kernel` with `extra` as
+    /// its command line, PV disk `image` and, if given, the emulated disk
+    /// `fv_image` (`vdev=hda`); waits until it shut down (or `limit`),
+    /// destroys it and returns its console log and the time from `xl
+    /// create` to its disk's Connected line in the log.
+    pub fn run_pvhvm_guest(
+        &mut self,
+        name: &str,
+        kernel: &Path,
+        image: &Path,
+        fv_image: Option<&Path>,
+        extra: &str,
+        limit: Duration,
+    ) -> Result<(String, Option<Duration>)> {
+        let fv = fv_image.map_or(String::new(), |p| {
             format!(
-                "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-                 extra = '{extra}'\n\
-                 disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
-                image.display()
-            ),
+                ", 'format=raw, vdev=hda, access=rw, target={}'",
+                p.display()
+            )
+        });
+        let cfg = format!(
+            "name = \"{name}\"\ntype = 'pvh'\nmemory = 128\nvcpus = 1\n\
+             kernel = '{}'\nextra = '{extra}'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target={}'{fv} ]\n",
+            kernel.display(),
+            image.display()
+        );
+        self.run_cfg(
+            name,
+            &cfg,
+            &["pvhvm-kernel: shutdown", "crashed"],
+            "crashed",
+            limit,
         )
-        .context("write the guest config")?;
+    }
+
+    fn run_cfg(
+        &mut self,
+        name: &str,
+        text: &str,
+        done: &[&str],
+        failed: &str,
+        limit: Duration,
+    ) -> Result<(String, Option<Duration>)> {
+        let cfg = self.dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&cfg, text).context("write the guest config")?;
         let cfg_s = cfg.to_str().context("utf-8 temp path")?;
+        let t0 = Instant::now();
         let out = self.xl(&["create", cfg_s])?;
         if !out.status.success() {
             bail!(
@@ -158,22 +210,28 @@ impl Host {
         }
         self.guest = Some(name.to_owned());
         let deadline = Instant::now() + limit;
+        let mut connected = None;
         let log = loop {
             let log = self.guest_log(name);
-            if log.contains("pvguest shutdown") || log.contains("frontend-failed") {
+            if connected.is_none() && log.contains("Connected in") {
+                connected = Some(t0.elapsed());
+            }
+            if done.iter().any(|d| log.contains(d)) {
                 break log;
             }
             if Instant::now() >= deadline {
                 self.destroy_guest();
                 bail!("the guest did not finish within {limit:?}; its log:\n{log}");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Poll finely until the disk connected (that time is measured).
+            let nap = if connected.is_none() { 1 } else { 50 };
+            std::thread::sleep(Duration::from_millis(nap));
         };
         self.destroy_guest();
-        if log.contains("frontend-failed") {
+        if log.contains(failed) {
             bail!("the guest failed; its log:\n{log}");
         }
-        Ok(log)
+        Ok((log, connected))
     }
 
     fn destroy_guest(&mut self) {

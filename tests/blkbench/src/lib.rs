@@ -63,6 +63,13 @@ pub struct Args {
     /// this executable).
     #[arg(long)]
     pub libexec: Option<PathBuf>,
+    /// Also run the same loads in a PVHVM guest booting this kernel
+    /// (`frontend-drivers/pvhvm-kernel`; needs `/dev/kvm` and `xen-vmm` in
+    /// the libexec directory): rows `pvhvm` (with `ratio_pv`, against the PV
+    /// guest's `blkfront`), the `xl create` to disk Connected time, and the
+    /// full-virtualization comparison (`fv-pio` against `pvhvm-qd1`).
+    #[arg(long)]
+    pub pvhvm_kernel: Option<PathBuf>,
 }
 
 /// One load.
@@ -108,7 +115,8 @@ pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
 /// One result row: an implementation on a load over the repetitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// `fio-native`, `blkfront` or `fio-guest`.
+    /// `fio-native`, `blkfront`, `fio-guest`, `pvhvm`, `pvhvm-qd1` or
+    /// `fv-pio`.
     pub imp: &'static str,
     /// The load.
     pub load: Load,
@@ -350,13 +358,182 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
     if args.guest_fio {
         rows.append(&mut gfio);
     }
+    if let Some(kernel) = &args.pvhvm_kernel {
+        rows.append(&mut measure_pvhvm(
+            &mut host, kernel, &libexec, &image, &loads, reps, seconds, limit,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// The `xl create` to disk-Connected times of the PVHVM guests, seconds.
+pub static CONNECT_TIMES: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+/// Parses the PVHVM guest's `fvcompare` lines: `(path, op, sample)`.
+pub fn parse_fvcompare(log: &str) -> Result<Vec<(String, String, Sample)>> {
+    let mut v = Vec::new();
+    for line in log.lines().filter(|l| l.starts_with("{\"fvcompare\"")) {
+        let j: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("bad fvcompare line {line}"))?;
+        v.push((
+            j["path"].as_str().unwrap_or_default().to_owned(),
+            j["op"].as_str().unwrap_or_default().to_owned(),
+            Sample {
+                iops: j["iops"].as_f64().unwrap_or(0.0),
+                bytes_per_s: j["bytes_per_s"].as_f64().unwrap_or(0.0),
+                p50_ns: 0,
+                p99_ns: 0,
+            },
+        ));
+    }
+    Ok(v)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_pvhvm(
+    host: &mut Host,
+    kernel: &Path,
+    libexec: &Path,
+    image: &Path,
+    loads: &[Load],
+    reps: usize,
+    seconds: f64,
+    limit: Duration,
+) -> Result<Vec<Row>> {
+    if !libexec.join("xen-vmm").is_file() {
+        bail!(
+            "xen-vmm is missing in {}: cargo build --release -p xen-vmm",
+            libexec.display()
+        );
+    }
+    if !kernel.is_file() {
+        bail!("the PVHVM kernel {} does not exist", kernel.display());
+    }
+    // The guest configs live in a temporary directory: an absolute path.
+    let kernel =
+        &std::fs::canonicalize(kernel).with_context(|| format!("resolve {}", kernel.display()))?;
+    let mut rows: Vec<Row> = loads
+        .iter()
+        .map(|&load| Row {
+            imp: "pvhvm",
+            load,
+            samples: vec![],
+        })
+        .collect();
+    let fv_load = |pattern| Load {
+        pattern,
+        bs: 4096,
+        qd: 1,
+    };
+    let mut fv: Vec<Row> = ["fv-pio", "pvhvm-qd1"]
+        .iter()
+        .flat_map(|&imp| {
+            ["seqwrite", "seqread"].map(|p| Row {
+                imp,
+                load: fv_load(p),
+                samples: vec![],
+            })
+        })
+        .collect();
+    let fv_image = image.with_file_name("fv.img");
+    make_image(&fv_image, 16 << 20)?;
+    let secs_u = seconds.ceil().max(1.0) as u64;
+    for rep in 0..reps {
+        for bs in [4096usize, 1 << 20] {
+            let of_bs: Vec<&Load> = loads.iter().filter(|l| l.bs == bs).collect();
+            let patterns: Vec<&str> = of_bs.iter().map(|l| l.pattern).collect();
+            let qd = of_bs.first().map_or(32, |l| l.qd);
+            let name = format!("blkbench{}r{rep}h{bs}", std::process::id());
+            let extra = format!(
+                "blkload pattern={} bs={bs} qd={qd} secs={secs_u}",
+                patterns.join(",")
+            );
+            let (log, connected) =
+                host.run_pvhvm_guest(&name, kernel, image, None, &extra, limit)?;
+            if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
+                t.push(c.as_secs_f64());
+            }
+            let got = parse_blkload(&log)?;
+            for l in of_bs {
+                let s = got
+                    .iter()
+                    .find(|(p, _)| p == l.pattern)
+                    .map(|(_, s)| *s)
+                    .with_context(|| {
+                        format!(
+                            "the PVHVM guest printed no {} result; its log:\n{log}",
+                            l.pattern
+                        )
+                    })?;
+                if let Some(r) = rows.iter_mut().find(|r| r.load == *l) {
+                    r.samples.push(s);
+                }
+            }
+        }
+        let name = format!("blkbench{}r{rep}fv", std::process::id());
+        let extra = format!("fvcompare bs=4096 secs={}", secs_u.min(2));
+        let (log, _) =
+            host.run_pvhvm_guest(&name, kernel, image, Some(&fv_image), &extra, limit)?;
+        for (path, op, s) in parse_fvcompare(&log)? {
+            let imp = if path == "pio" { "fv-pio" } else { "pvhvm-qd1" };
+            let pattern = if op == "write" { "seqwrite" } else { "seqread" };
+            if let Some(r) = fv
+                .iter_mut()
+                .find(|r| r.imp == imp && r.load.pattern == pattern)
+            {
+                r.samples.push(s);
+            }
+        }
+    }
+    rows.append(&mut fv);
     Ok(rows)
 }
 
 /// The reference row of `row`'s load.
 fn reference<'r>(rows: &'r [Row], row: &Row) -> Option<&'r Row> {
-    rows.iter()
-        .find(|r| r.imp == "fio-native" && r.load.pattern == row.load.pattern)
+    rows.iter().find(|r| {
+        r.imp == "fio-native" && r.load.pattern == row.load.pattern && r.load.bs == row.load.bs
+    })
+}
+
+/// The JSON of `row`: its ratio against fio-native, and for the PVHVM
+/// rows `ratio_pv`: against the PV guest's blkfront on the same load
+/// (`pvhvm`), or against the PVHVM blkfront one I/O at a time (`fv-pio`).
+fn row_json(rows: &[Row], row: &Row) -> serde_json::Value {
+    let mut j = row.to_json(reference(rows, row));
+    let other = match row.imp {
+        "pvhvm" => rows
+            .iter()
+            .find(|r| r.imp == "blkfront" && r.load == row.load),
+        "fv-pio" => rows
+            .iter()
+            .find(|r| r.imp == "pvhvm-qd1" && r.load.pattern == row.load.pattern),
+        _ => None,
+    };
+    if let Some(o) = other {
+        let mine = j["iops"].as_f64().unwrap_or(0.0);
+        let theirs = o.to_json(None)["iops"].as_f64().unwrap_or(0.0);
+        let key = if row.imp == "pvhvm" {
+            "ratio_pv"
+        } else {
+            "ratio_blkfront"
+        };
+        j[key] = serde_json::json!((theirs > 0.0).then(|| mine / theirs));
+    }
+    j
+}
+
+fn connect_json() -> Option<serde_json::Value> {
+    let t = CONNECT_TIMES.lock().ok()?.clone();
+    let (med, min, max) = spread(&t)?;
+    Some(serde_json::json!({
+        "impl": "pvhvm",
+        "metric": "xl_create_to_disk_connected_ms",
+        "samples": t.len(),
+        "median": med * 1e3,
+        "min": min * 1e3,
+        "max": max * 1e3,
+    }))
 }
 
 /// Runs the benchmark and prints the table (or the JSON lines).
@@ -364,7 +541,10 @@ pub fn run(args: &Args) -> Result<()> {
     let rows = measure(args)?;
     if args.json {
         for r in &rows {
-            println!("{}", r.to_json(reference(&rows, r)));
+            println!("{}", row_json(&rows, r));
+        }
+        if let Some(c) = connect_json() {
+            println!("{c}");
         }
         return Ok(());
     }
@@ -373,7 +553,7 @@ pub fn run(args: &Args) -> Result<()> {
         "impl", "pattern", "bs", "qd", "iops", "(min..max)", "MB/s", "p50_us", "p99_us", "ratio"
     );
     for r in &rows {
-        let j = r.to_json(reference(&rows, r));
+        let j = row_json(&rows, r);
         let g = |k: &str| j[k].as_f64().unwrap_or(0.0);
         println!(
             "{:<11} {:<9} {:>8} {:>3} {:>12.0} {:>22} {:>11.1} {:>9.1} {:>9.1} {:>6}",
@@ -389,6 +569,20 @@ pub fn run(args: &Args) -> Result<()> {
             j["ratio"]
                 .as_f64()
                 .map_or("-".into(), |x| format!("{x:.3}")),
+        );
+        for k in ["ratio_pv", "ratio_blkfront"] {
+            if let Some(x) = j[k].as_f64() {
+                println!("{:>11} {k} = {x:.3}", "");
+            }
+        }
+    }
+    if let Some(c) = connect_json() {
+        println!(
+            "pvhvm: xl create to disk Connected: median {:.1} ms ({:.1}..{:.1}) over {} guests",
+            c["median"].as_f64().unwrap_or(0.0),
+            c["min"].as_f64().unwrap_or(0.0),
+            c["max"].as_f64().unwrap_or(0.0),
+            c["samples"]
         );
     }
     Ok(())

@@ -1,0 +1,551 @@
+//! [`KPlatform`]: the `xen-front-platform` trait in the PVHVM kernel, so the
+//! very same frontend crates as the PV process guest run here.
+//!
+//! - pages: runs of RAM frames above the kernel image and heap (identity
+//!   mapped, so a frame's address is `gfn << 12`), first fit;
+//! - grants: v1 entries this kernel writes in its own grant frames (whose
+//!   gfns `GNTTABOP_setup_table` returned), revoked by compare-and-swap only
+//!   when the peer holds no mapping (XSA-396); the table grows a frame at a
+//!   time;
+//! - event channels: pending/mask bits of `shared_info` read and cleared
+//!   here at CPL3; sends ring the ioeventfd doorbell (no exit); binds, close
+//!   and unmask are hypercalls; `evtchn_poll` spins on the pending bits for
+//!   a few microseconds, then sleeps in `SCHEDOP_poll`;
+//! - xenstore: the `xen-xenbus` client on the domain's store ring.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
+
+use xen_abi::event_channel::{
+    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_port_t, evtchn_unmask,
+    EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain, EVTCHNOP_close, EVTCHNOP_unmask,
+};
+use xen_abi::grant_table::{
+    gnttab_setup_table, grant_ref_t, GNTTABOP_setup_table, GTF_permit_access, GTF_reading,
+    GTF_readonly, GTF_writing, GNTTAB_NR_RESERVED_ENTRIES,
+};
+use xen_abi::xen::{domid_t, shared_info, vcpu_time_info, xen_guest_handle, xen_pfn_t, DOMID_SELF};
+use xen_front_platform::{
+    Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent, PAGE_SIZE,
+};
+use xen_ring::SharedRing;
+use xen_xenbus::{ClientConfig, XenbusClient, XenbusError, XenbusEvents};
+
+use crate::arch::rdtsc;
+use crate::hypercall;
+use crate::pagealloc::PageAllocator;
+
+/// v1 grant entries per frame.
+const GREFS_PER_FRAME: u32 = (PAGE_SIZE / 8) as u32;
+/// Most grant frames this kernel grows to.
+const MAX_GRANT_FRAMES: u32 = 64;
+/// How long `evtchn_poll` spins on the pending bits before `SCHEDOP_poll`
+/// (an exit costs ~25 us from CPL3; a backend answer often comes sooner);
+/// `spin_us=N` on the command line sets it.
+pub static SPIN_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(30_000);
+
+/// The clock: Xen's `vcpu_time_info` scaling of the TSC.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    t: vcpu_time_info,
+}
+
+impl Clock {
+    /// The clock of `vcpu_time_info` `t`.
+    pub fn new(t: vcpu_time_info) -> Self {
+        Self { t }
+    }
+
+    /// System time in ns.
+    pub fn now_ns(&self) -> u64 {
+        let d = rdtsc().wrapping_sub(self.t.tsc_timestamp);
+        let d = if self.t.tsc_shift >= 0 {
+            d << self.t.tsc_shift
+        } else {
+            d >> -self.t.tsc_shift
+        };
+        self.t
+            .system_time
+            .wrapping_add(((u128::from(d) * u128::from(self.t.tsc_to_system_mul)) >> 32) as u64)
+    }
+}
+
+/// The 2-level event bitmaps of `shared_info`.
+#[derive(Debug, Clone, Copy)]
+pub struct Events {
+    shinfo: u64,
+}
+
+impl Events {
+    fn word(&self, field: usize, port: evtchn_port_t) -> Option<(&'static AtomicU64, u64)> {
+        let idx = port as usize / 64;
+        if idx >= 64 {
+            return None;
+        }
+        let addr = self.shinfo + field as u64 + 8 * idx as u64;
+        // SAFETY: `addr` is an 8-aligned word of the shared_info page (the
+        // VMM maps it for the kernel's whole life), accessed only atomically.
+        Some((
+            unsafe { AtomicU64::from_ptr(addr as *mut u64) },
+            1 << (port % 64),
+        ))
+    }
+
+    /// Whether `port` is pending.
+    pub fn is_pending(&self, port: evtchn_port_t) -> bool {
+        self.word(core::mem::offset_of!(shared_info, evtchn_pending), port)
+            .is_some_and(|(w, b)| w.load(Ordering::Acquire) & b != 0)
+    }
+
+    /// Clears `port`'s pending bit, returning whether it was set.
+    pub fn clear(&self, port: evtchn_port_t) -> bool {
+        self.word(core::mem::offset_of!(shared_info, evtchn_pending), port)
+            .is_some_and(|(w, b)| w.fetch_and(!b, Ordering::AcqRel) & b != 0)
+    }
+
+    /// Sets `port`'s mask bit.
+    pub fn mask(&self, port: evtchn_port_t) -> bool {
+        self.word(core::mem::offset_of!(shared_info, evtchn_mask), port)
+            .map(|(w, b)| w.fetch_or(b, Ordering::AcqRel))
+            .is_some()
+    }
+}
+
+/// The store channel for the xenbus client.
+pub struct StoreEvents {
+    port: evtchn_port_t,
+    events: Events,
+    clock: Clock,
+}
+
+impl XenbusEvents for StoreEvents {
+    fn notify(&self) -> Result<(), XenbusError> {
+        hypercall::doorbell(self.port);
+        Ok(())
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let fired = poll(&self.events, &self.clock, &[self.port], Some(timeout));
+        if fired {
+            self.events.clear(self.port);
+        }
+        fired
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+}
+
+/// `SCHEDOP_poll` with a CPL3 spin first.
+fn poll(ev: &Events, clock: &Clock, ports: &[evtchn_port_t], timeout: Option<Duration>) -> bool {
+    let start = clock.now_ns();
+    let deadline =
+        timeout.map(|t| start.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
+    loop {
+        if ports.iter().any(|&p| ev.is_pending(p)) {
+            return true;
+        }
+        let now = clock.now_ns();
+        if deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        if now.saturating_sub(start) < SPIN_NS.load(Ordering::Relaxed) {
+            core::hint::spin_loop();
+            continue;
+        }
+        // Sleep in the VMM at most 100 ms at a time.
+        let until = now.saturating_add(100_000_000);
+        let until = deadline.map_or(until, |d| d.min(until));
+        hypercall::sched_poll(ports, until.max(1));
+    }
+}
+
+struct Grants {
+    frames: Vec<xen_pfn_t>,
+    free: Vec<grant_ref_t>,
+}
+
+/// Where the kernel's RAM goes.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryPlan {
+    /// First gfn the page allocator may hand out.
+    pub first_gfn: u64,
+    /// End of RAM (gfn).
+    pub end_gfn: u64,
+}
+
+/// The platform; see the [module docs](self).
+pub struct KPlatform {
+    domid: domid_t,
+    store: (u64, evtchn_port_t),
+    events: Events,
+    clock: Clock,
+    pages: RefCell<PageAllocator>,
+    grants: RefCell<Grants>,
+    xs: RefCell<XenbusClient<StoreEvents>>,
+}
+
+impl core::fmt::Debug for KPlatform {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KPlatform")
+            .field("domid", &self.domid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `KPlatform::new` needs from `start_info`.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot {
+    /// Guest-physical address of `shared_info`.
+    pub shared_info: u64,
+    /// The store ring's gfn and port.
+    pub store: (u64, evtchn_port_t),
+    /// RAM for the page allocator.
+    pub plan: MemoryPlan,
+}
+
+fn xs_err(e: XenbusError) -> PlatformError {
+    match e {
+        XenbusError::Xs(x) => PlatformError::Xenstore { errno: x.errno() },
+        XenbusError::Timeout => PlatformError::Hypervisor { errno: 110 },
+        XenbusError::Notify(errno) => PlatformError::Hypervisor { errno },
+        XenbusError::TooBig => PlatformError::Xenstore { errno: 7 },
+        _ => PlatformError::Xenstore { errno: 5 },
+    }
+}
+
+fn evtchn_err(port: evtchn_port_t, rc: i64) -> PlatformError {
+    if rc == -22 {
+        PlatformError::BadPort { port }
+    } else {
+        PlatformError::Evtchn {
+            errno: i32::try_from(-rc).unwrap_or(5),
+        }
+    }
+}
+
+impl KPlatform {
+    /// The platform: grant table frame 0, the xenstore client, the domid.
+    pub fn new(b: &Boot, clock_ti: vcpu_time_info) -> Result<Self, PlatformError> {
+        let clock = Clock { t: clock_ti };
+        let events = Events {
+            shinfo: b.shared_info,
+        };
+        let frames = setup_table(1)?;
+        // SAFETY: the store page is the domain's xenstore ring, inside the
+        // identity map, used only by this client (atomics and volatile
+        // copies).
+        let mem =
+            unsafe { SharedRing::new((b.store.0 << 12) as *mut u8, PAGE_SIZE) }.map_err(|_| {
+                PlatformError::Unsupported {
+                    op: "xenstore ring",
+                }
+            })?;
+        let se = StoreEvents {
+            port: b.store.1,
+            events,
+            clock,
+        };
+        let xs = XenbusClient::new(mem, se, ClientConfig::default()).map_err(xs_err)?;
+        let mut p = Self {
+            domid: DOMID_SELF,
+            store: b.store,
+            events,
+            clock,
+            pages: RefCell::new(PageAllocator::new(
+                b.plan.first_gfn,
+                b.plan.end_gfn.saturating_sub(b.plan.first_gfn),
+            )),
+            grants: RefCell::new(Grants {
+                free: (GNTTAB_NR_RESERVED_ENTRIES..GREFS_PER_FRAME)
+                    .rev()
+                    .collect(),
+                frames,
+            }),
+            xs: RefCell::new(xs),
+        };
+        let id = xen_front_platform::xs_read_u64(&p, xen_front_platform::XBT_NIL, "domid")?;
+        p.domid = domid_t::try_from(id).map_err(|_| PlatformError::Xenstore { errno: 22 })?;
+        Ok(p)
+    }
+
+    /// Address of grant entry `gref` (for the hostile test).
+    pub fn grant_entry_addr(&self, gref: grant_ref_t) -> Option<u64> {
+        let g = self.grants.borrow();
+        let f = g.frames.get((gref / GREFS_PER_FRAME) as usize)?;
+        Some((f << 12) + 8 * u64::from(gref % GREFS_PER_FRAME))
+    }
+
+    /// Guest-physical address of the store ring (for the hostile test).
+    pub fn store_page(&self) -> u64 {
+        self.store.0 << 12
+    }
+
+    /// The store port.
+    pub fn store_port(&self) -> evtchn_port_t {
+        self.store.1
+    }
+
+    /// Runs `f` on the xenstore client.
+    pub fn with_xs<R>(
+        &self,
+        f: impl FnOnce(&mut XenbusClient<StoreEvents>) -> Result<R, XenbusError>,
+    ) -> Result<R, PlatformError> {
+        let mut c = self
+            .xs
+            .try_borrow_mut()
+            .map_err(|_| PlatformError::Unsupported {
+                op: "re-entrant xenstore",
+            })?;
+        f(&mut c).map_err(xs_err)
+    }
+
+    fn grow_grants(&self, g: &mut Grants) -> Result<(), PlatformError> {
+        let have = g.frames.len() as u32;
+        if have >= MAX_GRANT_FRAMES {
+            return Err(PlatformError::NoFreeGrantRef);
+        }
+        g.frames = setup_table(have + 1)?;
+        let first = have * GREFS_PER_FRAME;
+        g.free.extend((first..first + GREFS_PER_FRAME).rev());
+        Ok(())
+    }
+
+    fn entry(&self, g: &Grants, gref: grant_ref_t) -> Option<u64> {
+        let f = g.frames.get((gref / GREFS_PER_FRAME) as usize)?;
+        Some((f << 12) + 8 * u64::from(gref % GREFS_PER_FRAME))
+    }
+}
+
+fn setup_table(nr: u32) -> Result<Vec<xen_pfn_t>, PlatformError> {
+    let mut frames = vec![0 as xen_pfn_t; nr as usize];
+    let mut op = gnttab_setup_table {
+        dom: DOMID_SELF,
+        nr_frames: nr,
+        frame_list: xen_guest_handle {
+            p: frames.as_mut_ptr() as u64,
+        },
+        ..Default::default()
+    };
+    let rc = hypercall::gnttab_op(GNTTABOP_setup_table, &mut op);
+    if rc != 0 || op.status != 0 {
+        return Err(PlatformError::Grant {
+            status: if op.status != 0 { op.status } else { -1 },
+        });
+    }
+    Ok(frames)
+}
+
+// SAFETY: pages are runs of identity-mapped RAM above the kernel and heap,
+// never unmapped; the allocator never hands out overlapping runs; a run's
+// gfns are its addresses >> 12, which is exactly what a grant of them
+// exposes to the peer (guest RAM is the domain's memory file).
+unsafe impl Platform for KPlatform {
+    fn domid(&self) -> domid_t {
+        self.domid
+    }
+
+    fn alloc_pages(&self, count: usize) -> Result<SharedPages, PlatformError> {
+        let nomem = PlatformError::NoMemory { pages: count };
+        let gfn = self
+            .pages
+            .borrow_mut()
+            .alloc(count as u64)
+            .map_err(|_| nomem.clone())?;
+        let ptr = (gfn << 12) as *mut u8;
+        // SAFETY: the run is ours alone (just allocated), identity-mapped
+        // RAM of `count` pages.
+        unsafe { core::ptr::write_bytes(ptr, 0, count * PAGE_SIZE) };
+        let nn = NonNull::new(ptr).ok_or(nomem)?;
+        // SAFETY: see the impl's safety comment; the run is page-aligned.
+        Ok(unsafe { SharedPages::new(nn, gfn, count) })
+    }
+
+    fn free_pages(&self, pages: SharedPages) -> Result<(), PlatformError> {
+        let gfn = pages.first_gfn();
+        self.pages
+            .borrow_mut()
+            .free(gfn, pages.count() as u64)
+            .map_err(|_| PlatformError::UnknownPages { gfn })
+    }
+
+    fn grant_access(
+        &self,
+        domid: domid_t,
+        gfn: xen_pfn_t,
+        readonly: bool,
+    ) -> Result<grant_ref_t, PlatformError> {
+        let frame = u32::try_from(gfn).map_err(|_| PlatformError::Grant { status: -1 })?;
+        let mut g = self.grants.borrow_mut();
+        if g.free.is_empty() {
+            self.grow_grants(&mut g)?;
+        }
+        let gref = g.free.pop().ok_or(PlatformError::NoFreeGrantRef)?;
+        let Some(e) = self.entry(&g, gref) else {
+            g.free.push(gref);
+            return Err(PlatformError::NoFreeGrantRef);
+        };
+        // SAFETY: `e` is the 8-aligned v1 entry `gref` in one of our grant
+        // frames (identity-mapped), accessed only atomically here and by
+        // the peer.
+        unsafe {
+            AtomicU16::from_ptr((e + 2) as *mut u16).store(domid, Ordering::Relaxed);
+            AtomicU32::from_ptr((e + 4) as *mut u32).store(frame, Ordering::Relaxed);
+            fence(Ordering::Release);
+            let flags = GTF_permit_access | if readonly { GTF_readonly } else { 0 };
+            AtomicU16::from_ptr(e as *mut u16).store(flags, Ordering::Release);
+        }
+        Ok(gref)
+    }
+
+    fn end_access(&self, gref: grant_ref_t) -> Result<(), PlatformError> {
+        let mut g = self.grants.borrow_mut();
+        if gref < GNTTAB_NR_RESERVED_ENTRIES || g.free.contains(&gref) {
+            return Err(PlatformError::BadGrantRef { gref });
+        }
+        let e = self
+            .entry(&g, gref)
+            .ok_or(PlatformError::BadGrantRef { gref })?;
+        // SAFETY: as in grant_access.
+        let flags = unsafe { AtomicU16::from_ptr(e as *mut u16) };
+        let mut cur = flags.load(Ordering::Acquire);
+        loop {
+            if cur & (GTF_reading | GTF_writing) != 0 {
+                return Err(PlatformError::GrantInUse { gref });
+            }
+            match flags.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        g.free.push(gref);
+        Ok(())
+    }
+
+    fn evtchn_alloc_unbound(&self, remote_dom: domid_t) -> Result<evtchn_port_t, PlatformError> {
+        let mut op = evtchn_alloc_unbound {
+            dom: DOMID_SELF,
+            remote_dom,
+            port: 0,
+        };
+        match hypercall::evtchn_op(EVTCHNOP_alloc_unbound, &mut op) {
+            0 => Ok(op.port),
+            rc => Err(evtchn_err(0, rc)),
+        }
+    }
+
+    fn evtchn_bind_interdomain(
+        &self,
+        remote_dom: domid_t,
+        remote_port: evtchn_port_t,
+    ) -> Result<evtchn_port_t, PlatformError> {
+        let mut op = evtchn_bind_interdomain {
+            remote_dom,
+            remote_port,
+            ..Default::default()
+        };
+        match hypercall::evtchn_op(EVTCHNOP_bind_interdomain, &mut op) {
+            0 => Ok(op.local_port),
+            rc => Err(evtchn_err(remote_port, rc)),
+        }
+    }
+
+    fn evtchn_notify(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
+        hypercall::doorbell(port);
+        Ok(())
+    }
+
+    fn evtchn_unmask(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
+        let mut op = evtchn_unmask { port };
+        match hypercall::evtchn_op(EVTCHNOP_unmask, &mut op) {
+            0 => Ok(()),
+            rc => Err(evtchn_err(port, rc)),
+        }
+    }
+
+    fn evtchn_mask(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
+        if self.events.mask(port) {
+            Ok(())
+        } else {
+            Err(PlatformError::BadPort { port })
+        }
+    }
+
+    fn evtchn_close(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
+        let mut op = evtchn_close { port };
+        match hypercall::evtchn_op(EVTCHNOP_close, &mut op) {
+            0 => Ok(()),
+            rc => Err(evtchn_err(port, rc)),
+        }
+    }
+
+    fn evtchn_clear(&self, port: evtchn_port_t) -> Result<bool, PlatformError> {
+        Ok(self.events.clear(port))
+    }
+
+    fn evtchn_poll(
+        &self,
+        ports: &[evtchn_port_t],
+        timeout: Option<Duration>,
+    ) -> Result<bool, PlatformError> {
+        Ok(poll(&self.events, &self.clock, ports, timeout))
+    }
+
+    fn xs_read(&self, tx: XsTransaction, path: &str) -> Result<Vec<u8>, PlatformError> {
+        self.with_xs(|c| c.read(tx.0, path))
+    }
+
+    fn xs_write(&self, tx: XsTransaction, path: &str, value: &[u8]) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.write(tx.0, path, value))
+    }
+
+    fn xs_mkdir(&self, tx: XsTransaction, path: &str) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.mkdir(tx.0, path))
+    }
+
+    fn xs_rm(&self, tx: XsTransaction, path: &str) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.rm(tx.0, path))
+    }
+
+    fn xs_directory(&self, tx: XsTransaction, path: &str) -> Result<Vec<String>, PlatformError> {
+        self.with_xs(|c| c.directory(tx.0, path))
+    }
+
+    fn xs_watch(&self, path: &str, token: &str) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.watch(path, token))
+    }
+
+    fn xs_unwatch(&self, path: &str, token: &str) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.unwatch(path, token))
+    }
+
+    fn xs_read_watch(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<XsWatchEvent>, PlatformError> {
+        self.with_xs(|c| c.read_watch(timeout)).map(|e| {
+            e.map(|w| XsWatchEvent {
+                path: w.path,
+                token: w.token,
+            })
+        })
+    }
+
+    fn xs_transaction_start(&self) -> Result<XsTransaction, PlatformError> {
+        self.with_xs(|c| c.transaction_start()).map(XsTransaction)
+    }
+
+    fn xs_transaction_end(&self, tx: XsTransaction, commit: bool) -> Result<(), PlatformError> {
+        self.with_xs(|c| c.transaction_end(tx.0, commit))
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+}

@@ -1,0 +1,43 @@
+//! The VMM's error type.
+
+/// Why the VMM could not start or run a domain.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// `/dev/kvm` is missing or refused an operation.
+    #[error("KVM: cannot {what}")]
+    Kvm {
+        /// What was tried.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Attaching to the hypervisor shim or a shim operation failed.
+    #[error("hypervisor shim operation failed")]
+    Shim(#[from] xen_shim::ShimError),
+    /// The kernel image is unusable.
+    #[error("kernel image: {0}")]
+    Kernel(String),
+    /// An I/O operation failed.
+    #[error("cannot {what}")]
+    Io {
+        /// What was tried.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A guest-physical access is outside guest memory.
+    #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
+    BadGpa {
+        /// Address.
+        gpa: u64,
+        /// Length.
+        len: usize,
+    },
+}
+
+/// Shorthand for KVM errors.
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}

@@ -1,0 +1,48 @@
+//! `xen-vmm --kernel IMAGE [--fvdisk IMAGE]`: runs the domain named by the
+//! environment (`XEN_SHIM_DOMID`, `XEN_SHIM_TOKEN`) as a KVM guest.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Runs a PVHVM domain of the hypervisor shim under KVM.
+#[derive(Debug, Parser)]
+#[command(name = "xen-vmm")]
+struct Args {
+    /// The guest kernel (an ELF64 image).
+    #[arg(long)]
+    kernel: std::path::PathBuf,
+    /// An image file for the emulated PIO disk (the full-virtualization
+    /// reference).
+    #[arg(long)]
+    fvdisk: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XEN_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let a = Args::parse();
+    let cfg = xen_vmm::VmmConfig {
+        kernel: a.kernel,
+        fvdisk: a.fvdisk,
+    };
+    match xen_vmm::run(&cfg) {
+        Ok(xen_vmm::Outcome::Shutdown(_)) => ExitCode::SUCCESS,
+        Ok(xen_vmm::Outcome::Crashed(_)) => ExitCode::from(1),
+        Err(e) => {
+            let mut msg = format!("xen-vmm: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! The virtual machine: KVM setup over the domain's memory file, the vCPU
+//! loop, the hypercall gate and the ioeventfd doorbells.
+#![allow(non_upper_case_globals)] // Xen constant names in patterns
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+use xen_abi::event_channel::*;
+use xen_abi::grant_table::{
+    gnttab_query_size, gnttab_setup_table, GNTTABOP_query_size, GNTTABOP_setup_table,
+};
+use xen_abi::pvhvm::{
+    fvdisk, HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, VMMOP_vcpu_down, VMMOP_vcpu_up,
+    BOOT_RESERVED_END, DEBUG_PORT, DOORBELL_PORT, FVDISK_PORT, HYPERCALL_PORT,
+};
+use xen_abi::xen::{
+    __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
+    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, shared_info, vcpu_info, vcpu_time_info,
+    xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_yield,
+    SHUTDOWN_crash,
+};
+use xen_shim::guest::Hypervisor;
+
+use crate::boot;
+use crate::error::kvm;
+use crate::events::EventLoop;
+use crate::fvdisk::FvDisk;
+use crate::gmem::GuestPhys;
+use crate::VmmError;
+
+const ENOSYS: i64 = -38;
+const EINVAL: i64 = -22;
+const EFAULT: i64 = -14;
+const EBUSY: i64 = -16;
+/// Most ports one `SCHEDOP_poll` may name.
+const MAX_POLL_PORTS: u32 = 128;
+/// Most bytes of one `CONSOLEIO_write`.
+const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
+/// Most grant frames one `GNTTABOP_setup_table` may ask for.
+const MAX_SETUP_FRAMES: u32 = 64;
+
+/// How a domain's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `SCHEDOP_shutdown` with this `SHUTDOWN_*` reason (not crash).
+    Shutdown(u32),
+    /// The guest crashed (reported by it, or a triple fault, emulation
+    /// failure, access to unbacked memory...); the text says what.
+    Crashed(String),
+}
+
+/// What the VMM is told to run.
+#[derive(Debug, Clone, Default)]
+pub struct VmmConfig {
+    /// The kernel ELF image.
+    pub kernel: std::path::PathBuf,
+    /// An image file to expose as the emulated PIO disk.
+    pub fvdisk: Option<std::path::PathBuf>,
+}
+
+enum Gate {
+    Continue(i64),
+    Stop(Outcome),
+    /// A secondary vCPU went down.
+    Down,
+}
+
+/// Where a secondary vCPU starts: `(rip, rsp, rdi)`.
+type ApStart = (u64, u64, u64);
+
+/// A secondary vCPU's start request, set by `VMMOP_vcpu_up`.
+#[derive(Debug, Default)]
+struct ApSlot {
+    start: Mutex<Option<ApStart>>,
+    up: std::sync::atomic::AtomicBool,
+    cv: std::sync::Condvar,
+}
+
+/// A running PVHVM domain.
+pub struct Vmm {
+    hv: &'static Hypervisor,
+    mem: GuestPhys,
+    vm: VmFd,
+    events: Arc<EventLoop>,
+    doorbells: Mutex<HashMap<evtchn_port_t, EventFd>>,
+    bad_ports: Mutex<std::collections::HashSet<evtchn_port_t>>,
+    debug_line: Mutex<Vec<u8>>,
+    clock: Mutex<Option<Instant>>,
+    fvdisk: Option<Mutex<FvDisk>>,
+    /// Secondary vCPUs 1.. (index 0 is vCPU 1).
+    aps: Vec<ApSlot>,
+    /// The domain's end was reported (by whichever vCPU got there first).
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("domid", &self.hv.domid())
+            .finish_non_exhaustive()
+    }
+}
+
+fn console(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
+impl Vmm {
+    /// Sets up the VM of the attached domain `hv`: memory, kernel, boot
+    /// state, CPUID, doorbells. Returns it with its vCPUs.
+    pub fn new(
+        hv: &'static Hypervisor,
+        cfg: &VmmConfig,
+    ) -> Result<(Arc<Self>, Vec<VcpuFd>), VmmError> {
+        let kvm_sys = Kvm::new().map_err(kvm("open /dev/kvm"))?;
+        let vm = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
+        let memory = hv.memory();
+        // SAFETY: the Hypervisor is 'static and owns the mapping of the whole
+        // memory file for the life of the process; it is shared memory that
+        // the VMM only touches volatilely.
+        let mem = unsafe { GuestPhys::new(memory.as_ptr(), memory.len()) };
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.len() as u64,
+            userspace_addr: mem.base() as u64,
+        };
+        // SAFETY: the region is a live shared mapping of `mem.len()` bytes
+        // that stays mapped until the process exits (the VM dies with it).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm("map guest memory"))?;
+        let _ = vm.set_tss_address(0xfffb_d000);
+
+        let layout = *hv.layout();
+        let ram_end = layout.nr_ram_pages * xen_shim::layout::PAGE_SIZE as u64;
+        let image = std::fs::read(&cfg.kernel).map_err(|source| VmmError::Io {
+            what: format!("read the kernel {}", cfg.kernel.display()),
+            source,
+        })?;
+        let k = crate::elf::parse(&image, BOOT_RESERVED_END, ram_end)
+            .map_err(|e| VmmError::Kernel(e.to_string()))?;
+        for s in &k.segments {
+            let off = s.offset as usize;
+            mem.write(s.paddr, &image[off..off + s.filesz as usize])?;
+            mem.zero(s.paddr + s.filesz, (s.memsz - s.filesz) as usize)?;
+        }
+        boot::write_page_tables(&mem)?;
+        boot::write_gdt(&mem)?;
+
+        let mut cpuid = kvm_sys
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("get the supported CPUID"))?;
+        boot::xen_cpuid(&mut cpuid);
+        let vcpus = hv.info().vcpus.max(1);
+        let mut fds = Vec::new();
+        for id in 0..vcpus {
+            let v = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm("create a vCPU"))?;
+            v.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
+            let s = v.get_sregs().map_err(kvm("get sregs"))?;
+            v.set_sregs(&boot::long_mode_sregs(s))
+                .map_err(kvm("set sregs"))?;
+            v.set_fpu(&boot::fpu()).map_err(kvm("set the FPU state"))?;
+            fds.push(v);
+        }
+        let si = layout.start_info_gfn() * xen_shim::layout::PAGE_SIZE as u64;
+        fds[0]
+            .set_regs(&boot::entry_regs(k.entry, si))
+            .map_err(kvm("set registers"))?;
+
+        let fvdisk = match &cfg.fvdisk {
+            Some(p) => Some(Mutex::new(FvDisk::open(p)?)),
+            None => None,
+        };
+        let me = Arc::new(Self {
+            hv,
+            mem,
+            vm,
+            events: EventLoop::new(hv),
+            doorbells: Mutex::new(HashMap::new()),
+            bad_ports: Mutex::new(std::collections::HashSet::new()),
+            debug_line: Mutex::new(Vec::new()),
+            clock: Mutex::new(None),
+            fvdisk,
+            aps: (1..vcpus).map(|_| ApSlot::default()).collect(),
+            ended: std::sync::atomic::AtomicBool::new(false),
+        });
+        for p in hv.ports() {
+            me.add_doorbell(p);
+        }
+        // The event thread may busy-poll the channels' doorbell pages before
+        // sleeping (a sender that sees it polling skips the eventfd write).
+        if let Some(us) = std::env::var("XEN_VMM_POLL_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            hv.set_poll_budget(Duration::from_micros(us));
+        }
+        Ok((me, fds))
+    }
+
+    /// Runs the domain to its end: the event thread, vCPU 0 on this thread
+    /// and one thread per secondary vCPU (parked until the guest brings it
+    /// up with `VMMOP_vcpu_up`); the first vCPU to end the domain
+    /// (`SCHEDOP_shutdown`, a crash) reports it to the shim. A secondary
+    /// vCPU that ends it also ends this process.
+    pub fn run(self: &Arc<Self>, mut vcpus: Vec<VcpuFd>) -> Result<Outcome, VmmError> {
+        let ev = self.events.spawn().map_err(|source| VmmError::Io {
+            what: "start the event thread".into(),
+            source,
+        })?;
+        for (i, v) in vcpus.drain(1..).enumerate() {
+            let me = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("xen-vmm-vcpu{}", i + 1))
+                .spawn(move || me.ap_thread(i, v))
+                .map_err(|source| VmmError::Io {
+                    what: "start a vCPU thread".into(),
+                    source,
+                })?;
+        }
+        let outcome = match vcpus.first_mut() {
+            Some(v) => loop {
+                match self.vcpu_loop(v, 0) {
+                    Some(o) => break o,
+                    None => continue, // vCPU 0 cannot go down
+                }
+            },
+            None => Outcome::Crashed("no vCPU".into()),
+        };
+        self.report(&outcome)?;
+        self.events.stop();
+        let _ = ev.join();
+        Ok(outcome)
+    }
+
+    /// Reports the domain's end to the shim, once.
+    fn report(&self, outcome: &Outcome) -> Result<(), VmmError> {
+        if self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.flush_debug();
+        let reason = match outcome {
+            Outcome::Shutdown(r) => *r,
+            Outcome::Crashed(why) => {
+                console(format!("xen-vmm: domain {} crashed: {why}\n", self.hv.domid()).as_bytes());
+                SHUTDOWN_crash
+            }
+        };
+        self.hv.schedop_shutdown(&sched_shutdown { reason })?;
+        Ok(())
+    }
+
+    fn ap_thread(&self, idx: usize, mut v: VcpuFd) {
+        let Some(slot) = self.aps.get(idx) else {
+            return;
+        };
+        loop {
+            let start = {
+                let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(s) = g.take() {
+                        break s;
+                    }
+                    g = slot.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let (rip, rsp, rdi) = start;
+            let regs = kvm_bindings::kvm_regs {
+                rip,
+                rsp,
+                rdi,
+                rflags: 2,
+                ..Default::default()
+            };
+            let outcome = match v.set_regs(&regs) {
+                Ok(()) => self.vcpu_loop(&mut v, idx as u32 + 1),
+                Err(e) => Some(Outcome::Crashed(format!(
+                    "cannot start vCPU {}: {e}",
+                    idx + 1
+                ))),
+            };
+            match outcome {
+                None => slot.up.store(false, std::sync::atomic::Ordering::SeqCst),
+                Some(o) => {
+                    let code = match &o {
+                        Outcome::Shutdown(_) => 0,
+                        Outcome::Crashed(_) => 1,
+                    };
+                    let _ = self.report(&o);
+                    std::process::exit(code);
+                }
+            }
+        }
+    }
+
+    fn add_doorbell(&self, port: evtchn_port_t) {
+        if let Ok(mut bad) = self.bad_ports.lock() {
+            bad.clear();
+        }
+        let Some(fd) = self.hv.port_out_fd(port) else {
+            return;
+        };
+        // SAFETY: `fd` is a freshly duplicated eventfd we own; EventFd takes
+        // ownership of it.
+        let efd = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        let addr = IoEventAddress::Pio(u64::from(DOORBELL_PORT));
+        match self.vm.register_ioevent(&efd, &addr, port) {
+            Ok(()) => {
+                tracing::debug!(port, "ioeventfd doorbell registered");
+                if let Ok(mut d) = self.doorbells.lock() {
+                    if let Some(old) = d.insert(port, efd) {
+                        let _ = self.vm.unregister_ioevent(&old, &addr, port);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(port, error = %e, "no ioeventfd doorbell; sends will exit"),
+        }
+    }
+
+    /// A doorbell on a port without an ioeventfd (yet): sends it here and
+    /// registers one so the next send does not exit. A port that cannot be
+    /// sent on is remembered and not asked of the daemon again until the
+    /// guest binds a port (a guest ringing random ports costs only itself).
+    fn slow_send(&self, port: evtchn_port_t) {
+        if port as usize >= EVTCHN_2L_NR_CHANNELS {
+            return;
+        }
+        let Ok(mut bad) = self.bad_ports.lock() else {
+            return;
+        };
+        if bad.contains(&port) {
+            return;
+        }
+        let r = self.hv.evtchnop_send(&evtchn_send { port });
+        tracing::debug!(port, ?r, "doorbell without an ioeventfd");
+        match r {
+            Ok(()) => {
+                drop(bad);
+                self.add_doorbell(port);
+            }
+            Err(_) => {
+                bad.insert(port);
+            }
+        }
+    }
+
+    fn remove_doorbell(&self, port: evtchn_port_t) {
+        let addr = IoEventAddress::Pio(u64::from(DOORBELL_PORT));
+        if let Ok(mut d) = self.doorbells.lock() {
+            if let Some(old) = d.remove(&port) {
+                let _ = self.vm.unregister_ioevent(&old, &addr, port);
+            }
+        }
+    }
+
+    fn flush_debug(&self) {
+        if let Ok(mut l) = self.debug_line.lock() {
+            if !l.is_empty() {
+                l.push(b'\n');
+                console(&l);
+                l.clear();
+            }
+        }
+    }
+
+    fn debug_byte(&self, b: u8) {
+        if let Ok(mut l) = self.debug_line.lock() {
+            l.push(b);
+            if b == b'\n' || l.len() >= 4096 {
+                console(&l);
+                l.clear();
+            }
+        }
+    }
+
+    fn crash_report(&self, v: &VcpuFd, why: &str) -> Outcome {
+        let regs = v
+            .get_regs()
+            .map(|r| format!(" rip={:#x} rsp={:#x} rax={:#x}", r.rip, r.rsp, r.rax))
+            .unwrap_or_default();
+        let sregs = v
+            .get_sregs()
+            .map(|s| format!(" cs={:#x} cr2={:#x}", s.cs.selector, s.cr2))
+            .unwrap_or_default();
+        Outcome::Crashed(format!("{why}{regs}{sregs}"))
+    }
+
+    /// Runs a vCPU until it ends the domain (`Some`) or, for a secondary
+    /// vCPU, goes down (`None`).
+    fn vcpu_loop(&self, v: &mut VcpuFd, id: u32) -> Option<Outcome> {
+        match self.vcpu_loop_inner(v, id) {
+            Some(Outcome::Crashed(why)) if id > 0 => {
+                Some(Outcome::Crashed(format!("vCPU {id}: {why}")))
+            }
+            other => other,
+        }
+    }
+
+    fn vcpu_loop_inner(&self, v: &mut VcpuFd, id: u32) -> Option<Outcome> {
+        loop {
+            let (port, val, len) = match v.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let mut d = [0u8; 4];
+                    let n = data.len().min(4);
+                    d[..n].copy_from_slice(&data[..n]);
+                    (port, u32::from_le_bytes(d), n)
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.io_in(port, data);
+                    continue;
+                }
+                Ok(VcpuExit::Shutdown) => return Some(self.crash_report(v, "triple fault")),
+                Ok(VcpuExit::Hlt) => return Some(self.crash_report(v, "hlt with interrupts off")),
+                Ok(VcpuExit::InternalError) => {
+                    return Some(self.crash_report(v, "KVM internal error (instruction emulation)"))
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    return Some(self.crash_report(v, &format!("VM entry failed ({reason:#x})")))
+                }
+                Ok(VcpuExit::MmioRead(addr, _)) => {
+                    return Some(
+                        self.crash_report(v, &format!("read of unbacked address {addr:#x}")),
+                    )
+                }
+                Ok(VcpuExit::MmioWrite(addr, _)) => {
+                    return Some(
+                        self.crash_report(v, &format!("write to unbacked address {addr:#x}")),
+                    )
+                }
+                Ok(other) => {
+                    let what = format!("unexpected exit {other:?}");
+                    return Some(self.crash_report(v, &what));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Some(self.crash_report(v, &format!("KVM_RUN failed: {e}"))),
+            };
+            match port {
+                HYPERCALL_PORT => match self.hypercall(v, val, id) {
+                    Ok(Some(Gate::Stop(outcome))) => return Some(outcome),
+                    Ok(Some(_)) => return None,
+                    Ok(None) => {}
+                    Err(e) => return Some(self.crash_report(v, &format!("hypercall gate: {e}"))),
+                },
+                DOORBELL_PORT if len == 4 => self.slow_send(val),
+                DEBUG_PORT => self.debug_byte(val as u8),
+                p if (FVDISK_PORT..FVDISK_PORT + fvdisk::SPAN).contains(&p) => {
+                    if let Some(d) = &self.fvdisk {
+                        if let Ok(mut d) = d.lock() {
+                            d.out(p - FVDISK_PORT, val, len);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn io_in(&self, port: u16, data: &mut [u8]) {
+        let mut v = u32::MAX;
+        if (FVDISK_PORT..FVDISK_PORT + fvdisk::SPAN).contains(&port) {
+            if let Some(d) = &self.fvdisk {
+                if let Ok(mut d) = d.lock() {
+                    v = d.inp(port - FVDISK_PORT, data.len());
+                }
+            }
+        }
+        let b = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&b[..n]);
+    }
+
+    /// One hypercall: `Ok(Some(Stop))` ends the domain, `Ok(Some(Down))`
+    /// stops this secondary vCPU.
+    fn hypercall(&self, v: &mut VcpuFd, nr: u32, id: u32) -> Result<Option<Gate>, VmmError> {
+        let mut regs = v.get_regs().map_err(kvm("get registers"))?;
+        let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
+        tracing::trace!(nr, ?a, "hypercall");
+        let r = match nr {
+            __HYPERVISOR_sched_op => self.sched_op(a[0], a[1]),
+            __HYPERVISOR_event_channel_op => Gate::Continue(self.evtchn_op(a[0], a[1])),
+            __HYPERVISOR_grant_table_op => Gate::Continue(self.gnttab_op(a[0], a[1], a[2])),
+            __HYPERVISOR_console_io => Gate::Continue(self.console_io(a[0], a[1], a[2])),
+            HYPERVISOR_vmm_op => self.vmm_op(a, id),
+            _ => Gate::Continue(ENOSYS),
+        };
+        match r {
+            Gate::Continue(ret) => {
+                regs.rax = ret as u64;
+                v.set_regs(&regs).map_err(kvm("set registers"))?;
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    fn guest_now_ns(&self) -> Option<(Instant, u64)> {
+        let c = self.clock.lock().ok()?;
+        let epoch = (*c)?;
+        Some((
+            epoch,
+            u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn sched_op(&self, cmd: u64, arg: u64) -> Gate {
+        match cmd as u32 {
+            SCHEDOP_yield => {
+                std::thread::yield_now();
+                Gate::Continue(0)
+            }
+            SCHEDOP_block => {
+                self.events.block(Duration::from_millis(10));
+                Gate::Continue(0)
+            }
+            SCHEDOP_poll => {
+                let Ok(op) = self.mem.read_obj::<sched_poll>(arg) else {
+                    return Gate::Continue(EFAULT);
+                };
+                if op.nr_ports > MAX_POLL_PORTS {
+                    return Gate::Continue(EINVAL);
+                }
+                let mut raw = vec![0u8; op.nr_ports as usize * 4];
+                if self.mem.read(op.ports.p, &mut raw).is_err() {
+                    return Gate::Continue(EFAULT);
+                }
+                let ports: Vec<evtchn_port_t> = raw
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let deadline = match (op.timeout, self.guest_now_ns()) {
+                    (0, _) => None,
+                    // A deadline beyond what Instant holds is "forever".
+                    (t, Some((epoch, _))) => epoch.checked_add(Duration::from_nanos(t)),
+                    (_, None) => Some(Instant::now() + Duration::from_millis(10)),
+                };
+                let fired = self.events.poll(&ports, deadline);
+                tracing::trace!(?ports, fired, "SCHEDOP_poll");
+                Gate::Continue(0)
+            }
+            SCHEDOP_shutdown => match self.mem.read_obj::<sched_shutdown>(arg) {
+                Ok(op) if op.reason == SHUTDOWN_crash => {
+                    Gate::Stop(Outcome::Crashed("the guest reported a crash".into()))
+                }
+                Ok(op) if op.reason <= xen_abi::xen::SHUTDOWN_MAX => {
+                    Gate::Stop(Outcome::Shutdown(op.reason))
+                }
+                Ok(_) => Gate::Continue(EINVAL),
+                Err(_) => Gate::Continue(EFAULT),
+            },
+            _ => Gate::Continue(ENOSYS),
+        }
+    }
+
+    fn evtchn_op(&self, cmd: u64, arg: u64) -> i64 {
+        fn errno(e: &xen_shim::EvtchnError) -> i64 {
+            -i64::from(e.errno())
+        }
+        macro_rules! op {
+            ($t:ty, |$op:ident| $body:expr) => {{
+                #[allow(unused_mut)]
+                let Ok(mut $op) = self.mem.read_obj::<$t>(arg) else {
+                    return EFAULT;
+                };
+                let r: Result<(), xen_shim::EvtchnError> = $body;
+                match r {
+                    Ok(()) => {
+                        if self.mem.write_obj(arg, &$op).is_err() {
+                            return EFAULT;
+                        }
+                        0
+                    }
+                    Err(e) => errno(&e),
+                }
+            }};
+        }
+        match cmd as u32 {
+            EVTCHNOP_alloc_unbound => op!(evtchn_alloc_unbound, |op| {
+                self.hv.evtchnop_alloc_unbound(&mut op).map(|()| {
+                    self.add_doorbell(op.port);
+                })
+            }),
+            EVTCHNOP_bind_interdomain => op!(evtchn_bind_interdomain, |op| {
+                self.hv.evtchnop_bind_interdomain(&mut op).map(|()| {
+                    self.add_doorbell(op.local_port);
+                })
+            }),
+            EVTCHNOP_close => op!(evtchn_close, |op| {
+                self.remove_doorbell(op.port);
+                self.hv.evtchnop_close(&op)
+            }),
+            EVTCHNOP_send => op!(evtchn_send, |op| self.hv.evtchnop_send(&op)),
+            EVTCHNOP_unmask => op!(evtchn_unmask, |op| self.hv.evtchnop_unmask(&op)),
+            EVTCHNOP_status => op!(evtchn_status, |op| self.hv.evtchnop_status(&mut op)),
+            _ => ENOSYS,
+        }
+    }
+
+    fn gnttab_op(&self, cmd: u64, uop: u64, count: u64) -> i64 {
+        if count != 1 {
+            return EINVAL;
+        }
+        match cmd as u32 {
+            GNTTABOP_setup_table => {
+                let Ok(mut op) = self.mem.read_obj::<gnttab_setup_table>(uop) else {
+                    return EFAULT;
+                };
+                let n = op.nr_frames.min(MAX_SETUP_FRAMES);
+                let mut frames = vec![0 as xen_pfn_t; n as usize];
+                op.nr_frames = n;
+                let _ = self.hv.gnttabop_setup_table(&mut op, &mut frames);
+                if op.status == 0 {
+                    let bytes: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    if self.mem.write(op.frame_list.p, &bytes).is_err() {
+                        return EFAULT;
+                    }
+                }
+                if self.mem.write_obj(uop, &op).is_err() {
+                    return EFAULT;
+                }
+                0
+            }
+            GNTTABOP_query_size => {
+                let Ok(mut op) = self.mem.read_obj::<gnttab_query_size>(uop) else {
+                    return EFAULT;
+                };
+                let _ = self.hv.gnttabop_query_size(&mut op);
+                if self.mem.write_obj(uop, &op).is_err() {
+                    return EFAULT;
+                }
+                0
+            }
+            _ => ENOSYS,
+        }
+    }
+
+    fn console_io(&self, cmd: u64, count: u64, buf: u64) -> i64 {
+        if cmd as u32 != CONSOLEIO_write {
+            return ENOSYS;
+        }
+        let n = count.min(MAX_CONSOLE_WRITE) as usize;
+        let mut b = vec![0u8; n];
+        if self.mem.read(buf, &mut b).is_err() {
+            return EFAULT;
+        }
+        console(&b);
+        n as i64
+    }
+
+    fn vmm_op(&self, a: [u64; 5], id: u32) -> Gate {
+        match a[0] {
+            VMMOP_vcpu_up => {
+                let Some(slot) = usize::try_from(a[1])
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| self.aps.get(i))
+                else {
+                    return Gate::Continue(EINVAL);
+                };
+                if slot.up.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return Gate::Continue(EBUSY);
+                }
+                let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
+                *g = Some((a[2], a[3], a[4]));
+                slot.cv.notify_all();
+                Gate::Continue(0)
+            }
+            VMMOP_vcpu_down if id > 0 => Gate::Down,
+            VMMOP_vcpu_down => Gate::Continue(EINVAL),
+            VMMOP_fault => Gate::Stop(Outcome::Crashed(format!(
+                "guest fault: vector {} error code {:#x} at rip {:#x} (cr2 {:#x})",
+                a[1], a[2], a[3], a[4]
+            ))),
+            VMMOP_clock_sync => {
+                // a[1] = the guest's TSC now, a[2] = the host TSC kHz the
+                // guest should assume (0: let the VMM say).
+                let khz = host_tsc_khz();
+                let mut t: vcpu_time_info = boot::time_info(khz);
+                t.tsc_timestamp = a[1];
+                let off = core::mem::offset_of!(shared_info, vcpu_info)
+                    + core::mem::offset_of!(vcpu_info, time);
+                let gpa = self.hv.layout().shared_info_gfn() * xen_shim::layout::PAGE_SIZE as u64
+                    + off as u64;
+                if self.mem.write_obj(gpa, &t).is_err() {
+                    return Gate::Continue(EFAULT);
+                }
+                if let Ok(mut c) = self.clock.lock() {
+                    *c = Some(Instant::now());
+                }
+                Gate::Continue(khz as i64)
+            }
+            _ => Gate::Continue(ENOSYS),
+        }
+    }
+}
+
+/// The host TSC frequency in kHz: from `/sys` when the kernel exports it,
+/// else measured against the monotonic clock over 20 ms.
+pub fn host_tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
+            if let Ok(v) = s.trim().parse::<u64>() {
+                return v;
+            }
+        }
+        // SAFETY: rdtsc has no memory-safety preconditions.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let i0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let ns = i0.elapsed().as_nanos().max(1);
+        ((u128::from(t1.wrapping_sub(t0)) * 1_000_000) / ns) as u64
+    })
+}
+
+/// Attaches to the shim as the domain named by the environment
+/// (`XEN_SHIM_DOMID`, `XEN_SHIM_TOKEN`, `XEN_SHIM_SOCKET`), builds the VM
+/// and runs it to its end.
+pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
+    let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
+    let (vmm, vcpus) = Vmm::new(hv, cfg)?;
+    vmm.run(vcpus)
+}
+
+/// Whether `path` can be opened as `/dev/kvm` (for error messages).
+pub fn kvm_available(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .is_ok()
+}

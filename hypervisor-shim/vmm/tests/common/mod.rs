@@ -1,0 +1,351 @@
+//! The private Dom0 of the PVHVM end-to-end tests: `xen-shimd` and
+//! `xenstored` as threads of the test process on temporary sockets, the real
+//! `xl`, `backendd` and `xen-vmm` binaries, and the PVHVM kernel built from
+//! `frontend-drivers/pvhvm-kernel`. Everything is stopped and removed on
+//! drop. Needs root and `/dev/kvm`: fails loudly without them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use xen_shim::daemon::{DaemonConfig, DaemonHandle};
+use xenstored::server::{Server, ServerConfig, StopHandle};
+
+/// Timeout of each set-up step.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn profile_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xen-vmm"))
+        .parent()
+        .expect("<target>/<profile>")
+        .to_path_buf()
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Builds `xl` and `backendd` next to our `xen-vmm` (once per test binary).
+pub fn libexec() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let profile = profile_dir();
+        let target = profile.parent().expect("<target>").to_path_buf();
+        let mut cmd = Command::new(cargo());
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "xen-xl",
+            "--bin",
+            "xl",
+            "-p",
+            "xen-backendd",
+            "--bin",
+            "backendd",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(root());
+        if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building xl and backendd failed: {st}");
+        profile
+    })
+    .clone()
+}
+
+/// Builds the PVHVM kernel (its own workspace, `--release`, static
+/// relocation) once per test binary and returns the ELF's path.
+pub fn kernel() -> PathBuf {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        let target = profile_dir()
+            .parent()
+            .expect("<target>")
+            .join("pvhvm-kernel");
+        let st = Command::new(cargo())
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
+            .arg("--manifest-path")
+            .arg(root().join("frontend-drivers/pvhvm-kernel/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env("RUSTFLAGS", "-C relocation-model=static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("run cargo build for the kernel");
+        assert!(st.success(), "building the PVHVM kernel failed: {st}");
+        target.join("x86_64-unknown-linux-gnu/release/pvhvm-kernel")
+    })
+    .clone()
+}
+
+/// Fails loudly unless we are root and `/dev/kvm` can be opened.
+pub fn require_root_and_kvm() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the PVHVM tests need root (shim daemon, /dev/kvm): run them as root"
+    );
+    assert!(
+        xen_vmm::vm::kvm_available(Path::new("/dev/kvm")),
+        "/dev/kvm is missing or cannot be opened: the PVHVM tests need KVM \
+         (load kvm / kvm_pvm, and run as root)"
+    );
+}
+
+/// The private services and files of a test.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub shim: Option<DaemonHandle>,
+    pub xs_stop: StopHandle,
+    pub xs_thread: Option<JoinHandle<()>>,
+    pub mem_dir: PathBuf,
+    pub libexec: PathBuf,
+    pub kernel: PathBuf,
+    /// Guests `xl destroy`ed on drop.
+    pub guests: Vec<String>,
+}
+
+impl Host {
+    /// Starts the private services; `prefix` names the temporary directory.
+    pub fn start(prefix: &str) -> Host {
+        require_root_and_kvm();
+        let libexec = libexec();
+        let kernel = kernel();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("temp dir");
+        let mem_dir =
+            PathBuf::from("/dev/shm").join(dir.path().file_name().expect("temp dir has a name"));
+        let shim_sock = dir.path().join("shim.sock");
+        let shim = xen_shim::daemon::spawn(DaemonConfig {
+            socket: shim_sock.clone(),
+            state_dir: dir.path().join("shim-state"),
+            mem_dir: mem_dir.clone(),
+            ..DaemonConfig::default()
+        })
+        .expect("start xen-shimd");
+        let cfg = ServerConfig {
+            socket: dir.path().join("xenstored.sock"),
+            read_only_socket: false,
+            state_dir: None,
+            fsync: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let xs_thread = std::thread::spawn(move || {
+            let mut s = Server::new(&cfg).expect("xenstored starts");
+            xenstored::install_shim(&mut s, &shim_sock).expect("xenstored links to the shim");
+            tx.send(s.stop_handle()).expect("the test waits");
+            s.run().expect("xenstored runs");
+        });
+        let xs_stop = rx.recv_timeout(STEP).expect("xenstored started");
+        Host {
+            dir,
+            shim: Some(shim),
+            xs_stop,
+            xs_thread: Some(xs_thread),
+            mem_dir,
+            libexec,
+            kernel,
+            guests: Vec::new(),
+        }
+    }
+
+    fn shim_config(&self) -> DaemonConfig {
+        DaemonConfig {
+            socket: self.dir.path().join("shim.sock"),
+            state_dir: self.dir.path().join("shim-state"),
+            mem_dir: self.mem_dir.clone(),
+            ..DaemonConfig::default()
+        }
+    }
+
+    /// Stops the shim daemon and starts a new one on the same state (a
+    /// daemon restart: running domains must survive it).
+    pub fn restart_shim(&mut self) {
+        if let Some(s) = self.shim.take() {
+            s.stop().expect("stop xen-shimd");
+        }
+        self.shim = Some(xen_shim::daemon::spawn(self.shim_config()).expect("restart xen-shimd"));
+    }
+
+    pub fn rundir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn console_logdir(&self) -> PathBuf {
+        self.dir.path().join("console")
+    }
+
+    pub fn xl(&self, args: &[&str]) -> Output {
+        Command::new(self.libexec.join("xl"))
+            .args(args)
+            .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
+            .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
+            .env("XEN_SPLIT_RUNDIR", self.rundir())
+            .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
+            .env("XL_LIBEXEC_DIR", &self.libexec)
+            .output()
+            .expect("run xl")
+    }
+
+    /// Writes `<name>.cfg` for a PVHVM guest running `extra`, with `disks`
+    /// (xl disk specifications), and returns its path.
+    pub fn config(&self, name: &str, extra: &str, disks: &[String]) -> PathBuf {
+        self.config_vcpus(name, extra, disks, 1)
+    }
+
+    /// [`Host::config`] with `vcpus` vCPUs.
+    pub fn config_vcpus(&self, name: &str, extra: &str, disks: &[String], vcpus: u32) -> PathBuf {
+        let disk = if disks.is_empty() {
+            String::new()
+        } else {
+            let d: Vec<String> = disks.iter().map(|d| format!("'{d}'")).collect();
+            format!("disk = [ {} ]\n", d.join(", "))
+        };
+        let text = format!(
+            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}",
+            self.kernel.display()
+        );
+        let p = self.dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&p, text).expect("write the config");
+        p
+    }
+
+    /// A sparse raw image of `mib` MiB in the test directory.
+    pub fn image(&self, name: &str, mib: u64) -> PathBuf {
+        let p = self.dir.path().join(name);
+        let f = std::fs::File::create(&p).expect("create image");
+        f.set_len(mib << 20).expect("size image");
+        p
+    }
+
+    /// `xl create CFG`; the guest is destroyed on drop.
+    pub fn create(&mut self, name: &str, cfg: &Path) -> Output {
+        self.guests.push(name.to_owned());
+        self.xl(&["create", cfg.to_str().expect("utf-8 path")])
+    }
+
+    /// The guest's console log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.console_logdir().join(format!("guest-{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Waits until the guest's log contains `needle`; panics with the log
+    /// after `timeout`.
+    pub fn wait_log(&self, name: &str, needle: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let l = self.log(name);
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "guest {name} did not print {needle:?} within {timeout:?}; log:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The `xl list` row of `name` (`None` if not listed).
+    pub fn list_row(&self, name: &str) -> Option<String> {
+        let out = ok("xl list", &self.xl(&["list"]));
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(str::to_owned)
+    }
+
+    /// Waits until `xl list` shows `name` with state flag `flag` (`s`, `c`...).
+    pub fn wait_state(&self, name: &str, flag: char, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(r) = self.list_row(name) {
+                if r.split_whitespace()
+                    .nth(4)
+                    .is_some_and(|s| s.contains(flag))
+                {
+                    return r;
+                }
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{name} not in state {flag} within {timeout:?}: {:?}; log:\n{}",
+                self.list_row(name),
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The backendd xl started (its pid, if alive).
+    pub fn backendd_pid(&self) -> Option<i32> {
+        let s = std::fs::read_to_string(self.rundir().join("backendd.pid")).ok()?;
+        let pid: i32 = s.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for g in std::mem::take(&mut self.guests) {
+            let _ = self.xl(&["destroy", &g]);
+        }
+        if let Some(pid) = self.backendd_pid() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // the backendd this test's xl started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if let Some(s) = self.shim.take() {
+            let _ = s.stop();
+        }
+        self.xs_stop.stop();
+        if let Some(t) = self.xs_thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+pub fn ok(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The self-test's data at byte `offset` of the disk (see the kernel's
+/// `workload::pattern`).
+pub fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
+    for (i, c) in buf.chunks_mut(8).enumerate() {
+        let v = (offset + 8 * i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let b = v.to_le_bytes();
+        let n = c.len();
+        c.copy_from_slice(&b[..n]);
+    }
+}
