@@ -1,5 +1,5 @@
 //! The console: every line goes to the VMM's log through `CONSOLEIO_write`
-//! (visible in `/var/log/xen/console/guest-<name>.log` at once) and, once
+//! (Xen's hypervisor console: there from the first line on) and, once
 //! [`init`] has run, into the Xen console ring (`xencons_interface.out`,
 //! dropped when the ring is full: a console backend that does not read must
 //! not stall the guest) with a notification on the console channel.

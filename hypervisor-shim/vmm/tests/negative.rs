@@ -18,7 +18,7 @@ fn test_pvhvm_hostile_guest_crashes_only_itself() {
     let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
     let cfg = h.config("pvh-hostile", "hostile", std::slice::from_ref(&disk));
     ok("xl create", &h.create("pvh-hostile", &cfg));
-    let log = h.wait_log("pvh-hostile", "crashed: triple fault", T);
+    let log = h.wait_vmm_log("pvh-hostile", "crashed: triple fault", T);
     assert!(log.contains("hostile: blkif ring scribbled"), "log:\n{log}");
     assert!(log.contains("grant table scribbled"), "log:\n{log}");
     assert!(
@@ -65,7 +65,7 @@ fn test_pvhvm_page_fault_is_reported_as_a_crash() {
     let mut h = Host::start("pvhvm-fault-");
     let cfg = h.config("pvh-fault", "fault", &[]);
     ok("xl create", &h.create("pvh-fault", &cfg));
-    let log = h.wait_log("pvh-fault", "crashed: guest fault: vector 14", T);
+    let log = h.wait_vmm_log("pvh-fault", "crashed: guest fault: vector 14", T);
     assert!(log.contains("cr2 0x7ffffffff000"), "log:\n{log}");
     h.wait_state("pvh-fault", 'c', T);
 }

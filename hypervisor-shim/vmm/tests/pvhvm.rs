@@ -138,7 +138,7 @@ fn test_pvhvm_toolstack_shutdown_stops_a_busy_guest() {
     control
         .shutdown_domain(d.domid, xen_shim::protocol::ShutdownReason::Poweroff)
         .expect("shutdown");
-    h.wait_log("pvh-shut", "the toolstack shut the domain down", T);
+    h.wait_vmm_log("pvh-shut", "the toolstack shut the domain down", T);
     h.wait_state("pvh-shut", 's', T);
     let marker = format!(
         "{}={}",

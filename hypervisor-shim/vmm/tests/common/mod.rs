@@ -252,12 +252,36 @@ impl Host {
             .unwrap_or_default()
     }
 
-    /// Waits until the guest's log contains `needle`; panics with the log
-    /// after `timeout`.
+    /// The VMM's own log (its stdout: what the guest wrote with
+    /// `CONSOLEIO_write`, as Xen's hypervisor console has it, and the VMM's
+    /// reports such as a crash), `<rundir>/pvguest-<name>.log`.
+    pub fn vmm_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.rundir().join(format!("pvguest-{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Waits until the guest's console log contains `needle`; panics with
+    /// the log after `timeout`.
     pub fn wait_log(&self, name: &str, needle: &str, timeout: Duration) -> String {
+        self.wait_in(name, needle, timeout, Self::log)
+    }
+
+    /// Waits until the VMM's log contains `needle`; panics with the log
+    /// after `timeout`.
+    pub fn wait_vmm_log(&self, name: &str, needle: &str, timeout: Duration) -> String {
+        self.wait_in(name, needle, timeout, Self::vmm_log)
+    }
+
+    fn wait_in(
+        &self,
+        name: &str,
+        needle: &str,
+        timeout: Duration,
+        read: fn(&Self, &str) -> String,
+    ) -> String {
         let t0 = Instant::now();
         loop {
-            let l = self.log(name);
+            let l = read(self, name);
             if l.contains(needle) {
                 return l;
             }
