@@ -34,7 +34,16 @@ fn create(dir: &Path, name: &str, opts: &str, size: &str) -> PathBuf {
     let p = dir.join(name);
     ok(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", opts, p.to_str().expect("utf-8"), size],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            p.to_str().expect("utf-8"),
+            size,
+        ],
     );
     p
 }
@@ -193,8 +202,15 @@ fn test_qcow2_reads_data_qemu_wrote_and_zero_clusters() {
     ok(
         "qemu-io",
         &[
-            "-f", "qcow2", "-c", "write -P 0xab 1M 128k", "-c", "write -P 0xcd 5M 4k", "-c",
-            "write -z 1M 64k", ps,
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 1M 128k",
+            "-c",
+            "write -P 0xcd 5M 4k",
+            "-c",
+            "write -z 1M 64k",
+            ps,
         ],
     );
     let img = Qcow2Image::open(&p, false, false).expect("open");
@@ -214,7 +230,10 @@ fn test_qcow2_reads_data_qemu_wrote_and_zero_clusters() {
     img.flush().expect("flush");
     drop(img);
     check_clean(&p);
-    ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0x11 1052672 512", ps]);
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0x11 1052672 512", ps],
+    );
 }
 
 #[test]
@@ -292,7 +311,10 @@ fn test_qcow2_corrupt_l1_entry_outside_the_file_is_refused() {
     assert!(matches!(e, Qcow2Error::Corrupt { .. }), "{e:?}");
     assert!(e.is_fatal());
     let msg = e.to_string();
-    assert!(msg.contains("L1 entry 0") && msg.contains("c.qcow2"), "{msg}");
+    assert!(
+        msg.contains("L1 entry 0") && msg.contains("c.qcow2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -303,8 +325,8 @@ fn test_qcow2_corrupt_l2_entry_fails_reads_fatally_without_panic() {
     ok("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 4k", ps]);
     let mut f = std::fs::read(&p).expect("read");
     let l1 = u64::from_be_bytes(f[40..48].try_into().expect("8 bytes")) as usize;
-    let l2 = (u64::from_be_bytes(f[l1..l1 + 8].try_into().expect("8 bytes")) & 0x00ff_ffff_ffff_fe00)
-        as usize;
+    let l2 = (u64::from_be_bytes(f[l1..l1 + 8].try_into().expect("8 bytes"))
+        & 0x00ff_ffff_ffff_fe00) as usize;
     // Entry 0 points far past the end; entry 1 is misaligned.
     f[l2..l2 + 8].copy_from_slice(&((1u64 << 63) | (1 << 44)).to_be_bytes());
     f[l2 + 8..l2 + 16].copy_from_slice(&((1u64 << 63) | 65536 + 4096).to_be_bytes());

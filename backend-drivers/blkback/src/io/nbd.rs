@@ -40,6 +40,11 @@ use super::{DiskImage, ImageError, IoVec};
 pub const MAX_CONNECTIONS: usize = 8;
 /// Longest wait for a server's answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the handshake of an extra connection (a server that
+/// takes one client at a time, `qemu-nbd`'s default `--shared=1`, leaves
+/// it in its listen queue): after that the image keeps the connections it
+/// has.
+pub const EXTRA_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The IANA port of NBD.
 pub const DEFAULT_PORT: u16 = 10809;
 
@@ -348,6 +353,8 @@ pub struct NbdImage {
     idle: Mutex<Vec<Conn>>,
     /// Connections open (idle or busy).
     open: Mutex<usize>,
+    /// Connections the server takes (lowered when an extra one fails).
+    cap: std::sync::atomic::AtomicUsize,
     freed: Condvar,
     /// I/O holds it shared, flush exclusively.
     gate: RwLock<()>,
@@ -365,7 +372,7 @@ impl NbdImage {
     /// Connects to `target` (one connection now, more on demand).
     pub fn open(target: NbdTarget, readonly: bool) -> Result<Self, NbdError> {
         let uri = target.uri();
-        let (sock, info) = connect(&target, &uri)?;
+        let (sock, info) = connect(&target, &uri, IO_TIMEOUT)?;
         if info.flags & flags::READ_ONLY != 0 && !readonly {
             return Err(NbdError::ExportReadOnly(uri));
         }
@@ -376,6 +383,7 @@ impl NbdImage {
             readonly,
             idle: Mutex::new(vec![Conn { sock, dirty: false }]),
             open: Mutex::new(1),
+            cap: std::sync::atomic::AtomicUsize::new(MAX_CONNECTIONS),
             freed: Condvar::new(),
             gate: RwLock::new(()),
             broken: AtomicBool::new(false),
@@ -438,10 +446,16 @@ impl NbdImage {
                 return Ok(c);
             }
             let mut open = self.open.lock().map_err(|_| self.poisoned())?;
-            if *open < MAX_CONNECTIONS {
+            if *open < self.cap.load(Ordering::Relaxed) {
                 *open += 1;
+                let first = *open == 1;
                 drop(open);
-                return match connect(&self.target, &self.uri) {
+                let timeout = if first {
+                    IO_TIMEOUT
+                } else {
+                    EXTRA_CONNECT_TIMEOUT
+                };
+                return match connect(&self.target, &self.uri, timeout) {
                     Ok((sock, info)) if info.size == self.info.size => {
                         Ok(Conn { sock, dirty: false })
                     }
@@ -453,6 +467,17 @@ impl NbdImage {
                         };
                         self.mark_broken(&e);
                         Err(e)
+                    }
+                    Err(e) if !first => {
+                        // The server takes no more clients: go on with the
+                        // connections there are.
+                        if let Ok(mut g) = self.open.lock() {
+                            *g = g.saturating_sub(1);
+                            self.cap.store((*g).max(1), Ordering::Relaxed);
+                        }
+                        tracing::info!(uri = %self.uri, error = %e,
+                            "the NBD server takes no more connections; using the open ones");
+                        continue;
                     }
                     Err(e) => {
                         self.lost();
@@ -767,7 +792,11 @@ unsafe fn xfer_all(fd: RawFd, mut v: Vec<libc::iovec>, write: bool) -> std::io::
 }
 
 /// Opens a socket to `target` and does the handshake.
-fn connect(target: &NbdTarget, uri: &str) -> Result<(Sock, ExportInfo), NbdError> {
+fn connect(
+    target: &NbdTarget,
+    uri: &str,
+    handshake_timeout: Duration,
+) -> Result<(Sock, ExportInfo), NbdError> {
     let cerr = |source| NbdError::Connect {
         uri: uri.to_string(),
         source,
@@ -776,18 +805,23 @@ fn connect(target: &NbdTarget, uri: &str) -> Result<(Sock, ExportInfo), NbdError
         NbdTarget::Tcp { host, port, .. } => {
             let s = TcpStream::connect((host.as_str(), *port)).map_err(cerr)?;
             let _ = s.set_nodelay(true);
-            s.set_read_timeout(Some(IO_TIMEOUT)).map_err(cerr)?;
+            s.set_read_timeout(Some(handshake_timeout)).map_err(cerr)?;
             s.set_write_timeout(Some(IO_TIMEOUT)).map_err(cerr)?;
             Sock::Tcp(s)
         }
         NbdTarget::Unix { socket, .. } => {
             let s = UnixStream::connect(socket).map_err(cerr)?;
-            s.set_read_timeout(Some(IO_TIMEOUT)).map_err(cerr)?;
+            s.set_read_timeout(Some(handshake_timeout)).map_err(cerr)?;
             s.set_write_timeout(Some(IO_TIMEOUT)).map_err(cerr)?;
             Sock::Unix(s)
         }
     };
     let info = handshake(&mut sock, target.export(), uri)?;
+    let restore = match &sock {
+        Sock::Tcp(s) => s.set_read_timeout(Some(IO_TIMEOUT)),
+        Sock::Unix(s) => s.set_read_timeout(Some(IO_TIMEOUT)),
+    };
+    restore.map_err(cerr)?;
     Ok((sock, info))
 }
 
