@@ -329,7 +329,7 @@ fn test_qcow2_corrupt_l2_entry_fails_reads_fatally_without_panic() {
         & 0x00ff_ffff_ffff_fe00) as usize;
     // Entry 0 points far past the end; entry 1 is misaligned.
     f[l2..l2 + 8].copy_from_slice(&((1u64 << 63) | (1 << 44)).to_be_bytes());
-    f[l2 + 8..l2 + 16].copy_from_slice(&((1u64 << 63) | 65536 + 4096).to_be_bytes());
+    f[l2 + 8..l2 + 16].copy_from_slice(&((1u64 << 63) | (65536 + 4096)).to_be_bytes());
     std::fs::write(&p, f).expect("corrupt");
     let img = Qcow2Image::open(&p, false, false).expect("the header is fine");
     for off in [0u64, 65536] {

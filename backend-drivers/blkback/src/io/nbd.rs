@@ -684,16 +684,14 @@ impl NbdImage {
         let mut conns = std::mem::take(&mut *self.idle.lock().map_err(|_| self.poisoned())?);
         let multi = self.info.flags & flags::CAN_MULTI_CONN != 0;
         let mut result = Ok(());
-        let mut first = true;
+        let mut sent = false;
         for c in &mut conns {
-            if !c.dirty && !(first && multi) {
-                continue;
-            }
-            if multi && !first {
+            // With CAN_MULTI_CONN one flush covers every connection.
+            if (multi && sent) || (!multi && !c.dirty) {
                 c.dirty = false;
                 continue;
             }
-            first = false;
+            sent = true;
             // SAFETY: a flush has no buffers.
             match unsafe { self.command(c, CMD_FLUSH, 0, 0, &[]) } {
                 Ok(()) => c.dirty = false,
