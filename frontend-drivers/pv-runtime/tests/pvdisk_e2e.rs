@@ -49,7 +49,17 @@ struct NbdServer {
 impl NbdServer {
     fn start(file: &Path, sock: &Path) -> NbdServer {
         let child = Command::new("qemu-nbd")
-            .args(["-f", "raw", "-x", "disk", "-e", "4", "--persistent", "-k"])
+            .args([
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-e",
+                "4",
+                "--persistent",
+                "--discard=unmap",
+                "-k",
+            ])
             .arg(sock)
             .arg(file)
             .stdin(Stdio::null())
