@@ -752,10 +752,16 @@ unsafe fn xfer_all(fd: RawFd, mut v: Vec<libc::iovec>, write: bool) -> std::io::
             continue;
         }
         let cnt = (v.len() - first).min(1024) as libc::c_int;
-        // SAFETY: the iovecs are valid per the caller; `cnt` is in range.
+        // SAFETY: the iovecs are valid per the caller; `cnt` is in range;
+        // an all-zero msghdr is valid (no name, no control data).
         let r = unsafe {
             if write {
-                libc::writev(fd, v.as_ptr().add(first), cnt)
+                // sendmsg with MSG_NOSIGNAL: a closed peer is EPIPE, not
+                // SIGPIPE.
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = v.as_mut_ptr().add(first);
+                msg.msg_iovlen = cnt as usize;
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
             } else {
                 libc::readv(fd, v.as_ptr().add(first), cnt)
             }
