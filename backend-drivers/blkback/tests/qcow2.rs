@@ -420,3 +420,27 @@ fn test_qcow2_readonly_refuses_writes_and_out_of_range_reads() {
         Err(ImageError::Qcow2(Qcow2Error::OutOfRange { .. }))
     ));
 }
+
+#[test]
+fn test_qcow2_encrypted_image_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path().join("e.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "--object",
+            "secret,id=sec0,data=123456",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0",
+            p.to_str().expect("utf-8"),
+            "1M",
+        ],
+    );
+    let e = Qcow2Image::open(&p, false, false).expect_err("encrypted");
+    assert!(matches!(e, Qcow2Error::Unsupported { .. }), "{e:?}");
+    assert!(e.to_string().contains("encrypted"), "{e}");
+}
