@@ -323,10 +323,25 @@ struct Conn {
     sock: Sock,
     /// Wrote since its last flush.
     dirty: bool,
+    /// Between requests (a failed one may have left the stream mid-message).
+    clean: bool,
+}
+
+impl Conn {
+    fn new(sock: Sock) -> Self {
+        Self {
+            sock,
+            dirty: false,
+            clean: true,
+        }
+    }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if !self.clean {
+            return;
+        }
         // NBD_CMD_DISC: the server closes its end; no reply.
         let mut h = [0u8; 28];
         request_header(&mut h, CMD_DISC, 0, 0, 0);
@@ -381,7 +396,7 @@ impl NbdImage {
             uri,
             info,
             readonly,
-            idle: Mutex::new(vec![Conn { sock, dirty: false }]),
+            idle: Mutex::new(vec![Conn::new(sock)]),
             open: Mutex::new(1),
             cap: std::sync::atomic::AtomicUsize::new(MAX_CONNECTIONS),
             freed: Condvar::new(),
@@ -429,23 +444,34 @@ impl NbdImage {
     }
 
     fn mark_broken(&self, e: &NbdError) {
+        let mut why = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            why.push_str(&format!(": {s}"));
+            src = s.source();
+        }
         if let Ok(mut g) = self.why.lock() {
             if g.is_none() {
-                *g = Some(e.to_string());
+                *g = Some(why.clone());
             }
         }
-        self.broken.store(true, Ordering::Release);
-        tracing::warn!(uri = %self.uri, error = %e, "NBD disk broken");
+        // Logged once: later calls fail in `check` before reaching here,
+        // except the few already in flight.
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::warn!(uri = %self.uri, error = %why, "NBD disk broken");
+        }
     }
 
     /// Takes an idle connection or opens one (waits when all are busy).
     fn take(&self) -> Result<Conn, NbdError> {
         loop {
             self.check()?;
+            // `open` is held while looking at `idle`, and `give` notifies
+            // under it: a connection given back is never missed.
+            let mut open = self.open.lock().map_err(|_| self.poisoned())?;
             if let Some(c) = self.idle.lock().ok().and_then(|mut g| g.pop()) {
                 return Ok(c);
             }
-            let mut open = self.open.lock().map_err(|_| self.poisoned())?;
             if *open < self.cap.load(Ordering::Relaxed) {
                 *open += 1;
                 let first = *open == 1;
@@ -456,9 +482,7 @@ impl NbdImage {
                     EXTRA_CONNECT_TIMEOUT
                 };
                 return match connect(&self.target, &self.uri, timeout) {
-                    Ok((sock, info)) if info.size == self.info.size => {
-                        Ok(Conn { sock, dirty: false })
-                    }
+                    Ok((sock, info)) if info.size == self.info.size => Ok(Conn::new(sock)),
                     Ok(_) => {
                         self.lost();
                         let e = NbdError::Protocol {
@@ -504,6 +528,7 @@ impl NbdImage {
         if let Ok(mut g) = self.idle.lock() {
             g.push(c);
         }
+        let _open = self.open.lock();
         self.freed.notify_one();
     }
 
@@ -642,6 +667,7 @@ impl NbdImage {
             }
             Err(e) => {
                 self.mark_broken(&e);
+                c.clean = false;
                 drop(c);
                 self.lost();
                 Err(e)
@@ -697,6 +723,7 @@ impl NbdImage {
                 Ok(()) => c.dirty = false,
                 Err(e) => {
                     self.mark_broken(&e);
+                    c.clean = false;
                     result = Err(e);
                     break;
                 }
