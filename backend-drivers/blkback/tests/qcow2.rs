@@ -444,3 +444,39 @@ fn test_qcow2_encrypted_image_is_refused_clearly() {
     assert!(matches!(e, Qcow2Error::Unsupported { .. }), "{e:?}");
     assert!(e.to_string().contains("encrypted"), "{e}");
 }
+
+#[test]
+fn test_qcow2_discard_rewrite_cycles_reuse_clusters_and_file_stays_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = create(dir.path(), "g.qcow2", "compat=1.1", "16M");
+    let mut sizes = Vec::new();
+    {
+        let img = Qcow2Image::open(&p, false, false).expect("open");
+        for round in 0..10u64 {
+            // Each round writes 4 MiB somewhere else, then discards it.
+            let off = (round % 3) * (4 << 20);
+            let mut d = pattern(round, 4 << 20);
+            write(&img, off, &mut d).expect("write");
+            img.discard(off, 4 << 20).expect("discard");
+            sizes.push(std::fs::metadata(&p).expect("stat").len());
+        }
+        assert!(img.free_clusters() >= 64, "{}", img.free_clusters());
+        img.flush().expect("flush");
+    }
+    // The file grew once, by the 4 MiB the first round needed.
+    assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+    check_clean(&p);
+    // A new session finds the free clusters and fills them first.
+    let img = Qcow2Image::open(&p, false, false).expect("reopen");
+    assert!(img.free_clusters() >= 64, "{}", img.free_clusters());
+    let mut d = pattern(99, 2 << 20);
+    write(&img, 8 << 20, &mut d).expect("write");
+    img.flush().expect("flush");
+    drop(img);
+    assert_eq!(std::fs::metadata(&p).expect("stat").len(), sizes[0]);
+    check_clean(&p);
+    let raw = as_raw(&p, dir.path());
+    assert!(raw[8 << 20..10 << 20] == pattern(99, 2 << 20)[..]);
+    assert!(raw[..8 << 20].iter().all(|&b| b == 0));
+    assert!(raw[10 << 20..].iter().all(|&b| b == 0));
+}

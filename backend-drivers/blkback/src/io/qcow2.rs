@@ -16,8 +16,10 @@
 //! it) outside the metadata lock, so transfers run in parallel.
 //!
 //! Discard drops whole clusters: the L2 entry is cleared, the refcount set
-//! to 0 and the host cluster's blocks punched out of the file (freed
-//! clusters are not reused; the file's length stays).
+//! to 0 and the host cluster's blocks punched out of the file. Clusters
+//! with refcount 0 inside the file (found at open, or freed by discard) are
+//! allocated again before the file grows, so discarding and rewriting
+//! does not grow the file.
 //!
 //! Refused with a clear error at open: backing files, encryption, internal
 //! snapshots (on writable disks), external data files, extended L2
@@ -182,7 +184,13 @@ struct Meta {
     l2: HashMap<u64, Vec<u64>>,
     /// Length of the host file (allocation happens here).
     file_len: u64,
+    /// Host clusters inside the file with refcount 0 (found at open, or
+    /// freed by discard), reused before the file grows.
+    free: Vec<u64>,
 }
+
+/// Free clusters remembered at most (more are simply not reused).
+const MAX_FREE: usize = 1 << 16;
 
 /// A qcow2 image.
 #[derive(Debug)]
@@ -388,7 +396,7 @@ impl Qcow2Image {
             RawError::Open { path, source } => Qcow2Error::Open { path, source },
             e => Qcow2Error::Data(e),
         })?;
-        Ok(Self {
+        let img = Self {
             path: path.to_path_buf(),
             file,
             data,
@@ -400,8 +408,61 @@ impl Qcow2Image {
                 rt,
                 l2: HashMap::new(),
                 file_len,
+                free: Vec::new(),
             }),
-        })
+        };
+        if !readonly {
+            let mut m = img.lock()?;
+            img.scan_free(&mut m)?;
+        }
+        Ok(img)
+    }
+
+    /// Collects the clusters inside the file whose refcount is 0.
+    fn scan_free(&self, m: &mut Meta) -> Result<(), Qcow2Error> {
+        let w = self.refcount_bytes() as usize;
+        let per_block = self.cluster_size / w as u64;
+        let inside = m.file_len / self.cluster_size;
+        let mut buf = vec![0u8; self.cluster_size as usize];
+        let mut free = Vec::new();
+        for (rti, &rte) in m.rt.iter().enumerate() {
+            let first = rti as u64 * per_block;
+            if first >= inside || free.len() >= MAX_FREE {
+                break;
+            }
+            let block = rte & !0x1ff;
+            if block == 0 {
+                // No refcount block: every cluster it would cover is free.
+                free.extend((first..inside.min(first + per_block)).map(|c| c * self.cluster_size));
+                continue;
+            }
+            self.file
+                .read_exact_at(&mut buf, block)
+                .map_err(|source| Qcow2Error::Meta {
+                    what: "read of a refcount block",
+                    offset: block,
+                    source,
+                })?;
+            for (i, e) in buf.chunks_exact(w).enumerate() {
+                let c = first + i as u64;
+                if c >= inside {
+                    break;
+                }
+                if c > 0 && e.iter().all(|&b| b == 0) {
+                    free.push(c * self.cluster_size);
+                }
+            }
+        }
+        free.truncate(MAX_FREE);
+        // Popped from the end: lowest offsets first.
+        free.reverse();
+        m.free = free;
+        Ok(())
+    }
+
+    /// Clusters known free (refcount 0 inside the file).
+    pub fn free_clusters(&self) -> usize {
+        self.meta.lock().map_or(0, |m| m.free.len())
     }
 
     /// The image path.
@@ -567,6 +628,19 @@ impl Qcow2Image {
 
     /// Appends one cluster to the file (reads as zeros) and counts it.
     fn alloc_cluster(&self, m: &mut Meta) -> Result<u64, Qcow2Error> {
+        // A free cluster inside the file first (its old contents dropped,
+        // so it reads as zeros like a new one).
+        while let Some(off) = m.free.pop() {
+            if self.refcount(m, off)? != 0 {
+                continue;
+            }
+            if !punch_hole(&self.file, off, self.cluster_size) {
+                let z = vec![0u8; self.cluster_size as usize];
+                self.write_meta(off, &z, "zeroing of a reused cluster")?;
+            }
+            self.set_refcount(m, off, 1, 0)?;
+            return Ok(off);
+        }
         // Anything past the end of the file is unreferenced; skip clusters
         // a refcount block already counts (bounded by the table's reach).
         for _ in 0..1024 {
@@ -833,25 +907,30 @@ impl Qcow2Image {
             self.set_l2(&mut m, l2off, i, 0)?;
             self.set_refcount(&mut m, h, 0, 0)?;
             punch_hole(&self.file, h, self.cluster_size);
+            if m.free.len() < MAX_FREE {
+                m.free.push(h);
+            }
         }
         Ok(())
     }
 }
 
-/// Best-effort `fallocate(PUNCH_HOLE)`: the cluster is free either way.
-fn punch_hole(f: &File, off: u64, len: u64) {
+/// `fallocate(PUNCH_HOLE)`; whether the range now reads as zeros.
+fn punch_hole(f: &File, off: u64, len: u64) -> bool {
     use std::os::fd::AsRawFd;
-    if let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) {
-        // SAFETY: fallocate on an fd we own; no memory is passed.
-        let _ = unsafe {
-            libc::fallocate(
-                f.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                o,
-                l,
-            )
-        };
-    }
+    let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            o,
+            l,
+        )
+    };
+    r == 0
 }
 
 /// Reads as much of `buf` as the file has at `off`.
