@@ -795,7 +795,8 @@ impl Worker {
             Ok(()) => BLKIF_RSP_OKAY,
             Err(e) => {
                 if let ServeError::Io(io) = &e {
-                    if io.is_fatal() {
+                    // Once: after the first, the device is stopping.
+                    if io.is_fatal() && !self.shared.stop.load(Ordering::SeqCst) {
                         self.fail(FailureReason::Disk(error_chain(io)));
                     }
                 }
