@@ -12,6 +12,8 @@ packages=(
   e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)
   mount              # losetup, mount -o loop: the PV disk tests (frontend-drivers/pv-runtime)
   fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime); blkbench's reference (tests/blkbench)
+  qemu-utils         # qemu-img, qemu-io, qemu-nbd: qcow2 images and NBD exports for blkback's engines (backend-drivers/blkback) and the qcow2/NBD e2e tests (frontend-drivers/pv-runtime)
+  nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
 )
 
 missing=()

@@ -47,10 +47,15 @@ pub struct Args {
     pub no_consoles: bool,
 }
 
-/// The factories compiled in: `vbd` (blkback) over the shim at `socket`.
+/// The factories compiled in: `vbd` and `qdisk` (blkback; libxl's
+/// backend types for raw disks and for qcow2/NBD disks) over the shim at
+/// `socket`.
 #[must_use]
 pub fn factories(socket: PathBuf) -> Vec<Arc<dyn BackendFactory>> {
-    vec![Arc::new(crate::vbd::VbdFactory::new(socket))]
+    vec![
+        Arc::new(crate::vbd::VbdFactory::new(socket.clone())),
+        Arc::new(crate::vbd::VbdFactory::qdisk(socket)),
+    ]
 }
 
 /// Runs the service until SIGTERM/SIGINT.

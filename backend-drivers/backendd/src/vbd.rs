@@ -1,6 +1,11 @@
-//! The `vbd` backend type: [`xen_blkback`] behind the [`Backend`] trait.
+//! The `vbd` and `qdisk` backend types: [`xen_blkback`] behind the
+//! [`Backend`] trait.
 //!
-//! The backend directory's `params` names the image, `mode` is `r` or `w`,
+//! The backend directory's `params` names the disk as libxl writes it:
+//! a path for `vbd` (`phy`: raw files and block devices), and
+//! `FORMAT:TARGET` for `qdisk` (`aio:` or `raw:` raw, `qcow2:`), where the
+//! target is a path or an NBD URI (`nbd://HOST:PORT/EXPORT`,
+//! `nbd+unix:///EXPORT?socket=PATH`, QEMU's forms). `mode` is `r` or `w`,
 //! `discard-enable` (default 1) offers discard. The features, sizes and
 //! limits are advertised before InitWait (Linux writes the sizes at connect
 //! time; a frontend reads them only once the backend is Connected, so
@@ -10,25 +15,86 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use xen_blkback::{BlkBackend, Device, DiskConfig, Dom0Handles, FrontendParams};
+use xen_blkback::{
+    BlkBackend, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles, FrontendParams, NbdTarget,
+};
 use xen_shim::dom0::Gntdev;
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
 
-/// Makes a [`VbdBackend`] per `vbd` directory; the shim's grant device is
-/// opened on first use (so the service may start before the shim).
+/// Makes a [`VbdBackend`] per `vbd` (or `qdisk`) directory; the shim's
+/// grant device is opened on first use (so the service may start before
+/// the shim).
 #[derive(Debug)]
 pub struct VbdFactory {
     socket: PathBuf,
+    device_type: &'static str,
     handles: OnceLock<Dom0Handles>,
 }
 
+/// Format names of libxl's `qdisk` `params` prefix
+/// (`libxl__device_disk_string_of_format`).
+const LIBXL_FORMATS: &[&str] = &["aio", "raw", "qcow", "qcow2", "vpc", "vhd", "qed", "empty"];
+
+/// The disk `params` names: `[FORMAT:]TARGET`, the target a path or an
+/// NBD URI.
+pub fn disk_source(params: &str) -> Result<(DiskSource, DiskFormat), BackendError> {
+    let (format, target) = match params.split_once(':') {
+        Some((f, rest)) if LIBXL_FORMATS.contains(&f) => {
+            let fmt = DiskFormat::parse(f).ok_or_else(|| {
+                BackendError::Config(format!(
+                    "disk {rest}: format {f} is not supported (raw or qcow2)"
+                ))
+            })?;
+            (fmt, rest)
+        }
+        _ => (DiskFormat::Raw, params),
+    };
+    if target.is_empty() {
+        return Err(BackendError::Config("no params node".into()));
+    }
+    if NbdTarget::is_uri(target) {
+        let t = NbdTarget::parse(target)
+            .map_err(|e| BackendError::Config(format!("disk {target}: {e}")))?;
+        if format != DiskFormat::Raw {
+            return Err(BackendError::Config(format!(
+                "disk {target}: an NBD export is served as raw, not {format:?}"
+            )));
+        }
+        return Ok((DiskSource::Nbd(t), format));
+    }
+    Ok((DiskSource::Path(PathBuf::from(target)), format))
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
 impl VbdFactory {
-    /// A factory using the shim at `socket`.
+    /// A `vbd` factory using the shim at `socket`.
     #[must_use]
     pub fn new(socket: PathBuf) -> Self {
+        Self::of_type(socket, "vbd")
+    }
+
+    /// A `qdisk` factory (libxl's backend for qcow2 and NBD disks, QEMU's
+    /// in Xen) using the shim at `socket`.
+    #[must_use]
+    pub fn qdisk(socket: PathBuf) -> Self {
+        Self::of_type(socket, "qdisk")
+    }
+
+    fn of_type(socket: PathBuf, device_type: &'static str) -> Self {
         Self {
             socket,
+            device_type,
             handles: OnceLock::new(),
         }
     }
@@ -49,24 +115,26 @@ impl VbdFactory {
 
 impl BackendFactory for VbdFactory {
     fn device_type(&self) -> &str {
-        "vbd"
+        self.device_type
     }
 
     fn create(&self, info: &DeviceInfo) -> Result<Box<dyn Backend>, BackendError> {
-        let path = info
+        let params = info
             .nodes
             .get("params")
             .filter(|p| !p.is_empty())
             .ok_or_else(|| BackendError::Config("no params node".into()))?;
+        let (source, format) = disk_source(params)?;
         let readonly = match info.nodes.get("mode").map(String::as_str) {
             Some("w") => false,
             Some("r") | None => true,
             Some(m) => return Err(BackendError::Config(format!("mode {m:?} is not r or w"))),
         };
-        let mut cfg = DiskConfig::raw(path, readonly);
+        let name = source.to_string();
+        let mut cfg = DiskConfig::new(source, format, readonly);
         cfg.discard = info.nodes.get("discard-enable").map(String::as_str) != Some("0");
-        let disk =
-            BlkBackend::new(cfg).map_err(|e| BackendError::Config(format!("{}: {e}", path)))?;
+        let disk = BlkBackend::new(cfg)
+            .map_err(|e| BackendError::Config(format!("disk {name}: {}", chain(&e))))?;
         Ok(Box::new(VbdBackend {
             disk,
             handles: self.handles()?,
@@ -106,15 +174,7 @@ impl Backend for VbdBackend {
         let dev = self
             .disk
             .connect(&self.handles, self.domid, &params)
-            .map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                BackendError::Connect(msg)
-            })?;
+            .map_err(|e| BackendError::Connect(chain(&e)))?;
         self.device = Some(dev);
         Ok(Vec::new())
     }
@@ -185,5 +245,67 @@ mod tests {
         let p = img.path().to_str().expect("utf-8").to_owned();
         let e = create_err(&[("params", &p), ("mode", "r")]);
         assert!(e.contains("gntdev"), "{e}");
+    }
+
+    #[test]
+    fn test_disk_source_libxl_params_forms() {
+        let p = |s: &str| disk_source(s).expect(s);
+        assert_eq!(
+            p("/srv/d.img"),
+            (DiskSource::Path("/srv/d.img".into()), DiskFormat::Raw)
+        );
+        assert_eq!(
+            p("qcow2:/srv/d.qcow2"),
+            (DiskSource::Path("/srv/d.qcow2".into()), DiskFormat::Qcow2)
+        );
+        assert_eq!(
+            p("aio:/srv/a:b.img"),
+            (DiskSource::Path("/srv/a:b.img".into()), DiskFormat::Raw)
+        );
+        assert_eq!(
+            p("/srv/a:b.img"),
+            (DiskSource::Path("/srv/a:b.img".into()), DiskFormat::Raw)
+        );
+        assert_eq!(
+            p("aio:nbd://127.0.0.1:10809/e").0,
+            DiskSource::Nbd(NbdTarget::parse("nbd://127.0.0.1:10809/e").expect("uri"))
+        );
+        assert_eq!(
+            p("nbd+unix:///e?socket=/run/n.sock").0,
+            DiskSource::Nbd(NbdTarget::parse("nbd+unix:///e?socket=/run/n.sock").expect("uri"))
+        );
+    }
+
+    #[test]
+    fn test_disk_source_bad_forms_name_the_disk() {
+        let e = |s: &str| disk_source(s).expect_err(s).to_string();
+        assert!(e("vhd:/srv/d.vhd").contains("format vhd is not supported"));
+        assert!(e("vhd:/srv/d.vhd").contains("/srv/d.vhd"));
+        assert!(e("qcow2:nbd://h/e").contains("raw"));
+        assert!(e("nbd://h:x/e").contains("nbd://h:x/e"));
+        assert!(e("qcow2:").contains("no params"));
+    }
+
+    #[test]
+    fn test_vbd_factory_unreachable_nbd_server_names_the_disk() {
+        let e = create_err(&[
+            ("params", "aio:nbd+unix:///e?socket=/nonexistent/nbd.sock"),
+            ("mode", "w"),
+        ]);
+        assert!(
+            e.contains("disk nbd+unix:///e?socket=/nonexistent/nbd.sock"),
+            "{e}"
+        );
+        assert!(e.contains("cannot connect"), "{e}");
+    }
+
+    #[test]
+    fn test_vbd_factory_corrupt_qcow2_names_the_disk() {
+        let img = tempfile::NamedTempFile::new().expect("temp file");
+        img.as_file().set_len(1 << 20).expect("size");
+        let p = format!("qcow2:{}", img.path().display());
+        let e = create_err(&[("params", &p), ("mode", "w")]);
+        assert!(e.contains("not a qcow2 image"), "{e}");
+        assert!(e.contains(&img.path().display().to_string()), "{e}");
     }
 }

@@ -30,7 +30,7 @@ use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::IntoBytes;
 
-use crate::io::{IoPool, IoVec, RawError, RawImage};
+use crate::io::{DiskImage, ImageError, IoPool, IoVec};
 use crate::metrics::{Counter, LogLimiter, Metrics, MetricsSnapshot};
 use crate::request::{
     slot_id_op, validate_segments, Direction, Limits, Request, RequestError, Segment, Segments,
@@ -97,6 +97,9 @@ pub enum FailureReason {
     EventChannel(String),
     /// Another ring error (the message says which).
     Ring(String),
+    /// The disk itself broke (a corrupt image, an NBD server that broke
+    /// the protocol or went away).
+    Disk(String),
 }
 
 impl std::fmt::Display for FailureReason {
@@ -111,6 +114,7 @@ impl std::fmt::Display for FailureReason {
             }
             FailureReason::EventChannel(e) => write!(f, "the event channel failed: {e}"),
             FailureReason::Ring(e) => write!(f, "the ring failed: {e}"),
+            FailureReason::Disk(e) => write!(f, "the disk failed: {e}"),
         }
     }
 }
@@ -233,7 +237,7 @@ impl Device {
         socket: &std::path::Path,
         domid: domid_t,
         queues: &[QueueParams],
-        image: &Arc<RawImage>,
+        image: &Arc<dyn DiskImage>,
         cfg: WorkerConfig,
         hook: Option<FailureHook>,
     ) -> Result<Device, DeviceError> {
@@ -359,7 +363,7 @@ fn start_queue(
     domid: domid_t,
     index: u32,
     q: &QueueParams,
-    image: &Arc<RawImage>,
+    image: &Arc<dyn DiskImage>,
     cfg: WorkerConfig,
     shared: &Arc<Shared>,
     pool: Option<Arc<IoPool>>,
@@ -425,7 +429,7 @@ struct Worker {
     port: evtchn_port_t,
     kick: evtchn_port_t,
     gntdev: Arc<Gntdev>,
-    image: Arc<RawImage>,
+    image: Arc<dyn DiskImage>,
     cfg: WorkerConfig,
     shared: Arc<Shared>,
     pool: Option<Arc<IoPool>>,
@@ -446,7 +450,7 @@ enum ServeError {
         source: xen_shim::GrantError,
     },
     #[error("disk I/O failed")]
-    Io(#[from] RawError),
+    Io(#[from] ImageError),
     #[error("{0}")]
     Internal(&'static str),
 }
@@ -455,7 +459,7 @@ impl ServeError {
     fn status(&self) -> i16 {
         match self {
             ServeError::Invalid(e) => e.status(),
-            ServeError::Io(RawError::DiscardUnsupported) => BLKIF_RSP_EOPNOTSUPP,
+            ServeError::Io(ImageError::DiscardUnsupported) => BLKIF_RSP_EOPNOTSUPP,
             _ => BLKIF_RSP_ERROR,
         }
     }
@@ -493,11 +497,11 @@ struct Done {
     operation: u8,
     dir: Direction,
     bytes: u64,
-    result: Result<(), RawError>,
+    result: Result<(), ImageError>,
 }
 
 impl Transfer {
-    fn run(self, image: &RawImage) -> Done {
+    fn run(self, image: &Arc<dyn DiskImage>) -> Done {
         let result = match self.dir {
             // SAFETY: see `SendIov`: every buffer lies inside a writable
             // grant mapping that stays mapped until this call returns.
@@ -790,6 +794,12 @@ impl Worker {
         let status = match result {
             Ok(()) => BLKIF_RSP_OKAY,
             Err(e) => {
+                if let ServeError::Io(io) = &e {
+                    // Once: after the first, the device is stopping.
+                    if io.is_fatal() && !self.shared.stop.load(Ordering::SeqCst) {
+                        self.fail(FailureReason::Disk(error_chain(io)));
+                    }
+                }
                 let s = e.status();
                 if s == BLKIF_RSP_EOPNOTSUPP {
                     self.shared.metrics.add(Counter::Unsupported, 1);
@@ -1019,4 +1029,16 @@ impl std::fmt::Debug for Worker {
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

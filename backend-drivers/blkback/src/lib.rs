@@ -1,7 +1,7 @@
 //! blkback: the PV block backend, as a library for `backendd`.
 //!
 //! ```text
-//!   BlkBackend::new(DiskConfig)      open the image (raw), size it
+//!   BlkBackend::new(DiskConfig)      open the disk (raw, qcow2, NBD), size it
 //!     .features()                    xenstore keys to write in the backend dir
 //!   FrontendParams::from_keys(..)    read the frontend's ring-ref(s), event
 //!                                    channel(s), protocol, feature-persistent,
@@ -11,21 +11,22 @@
 //! ```
 //!
 //! Modules: [`request`] (pure parsing and validation of ring slots),
-//! [`io`] (the raw image engine), [`device`] (the connected device and its
+//! [`io`] (the disk engines: raw, qcow2, NBD), [`device`] (the connected device and its
 //! queue workers), [`metrics`].
 //!
 //! What the backend offers: read, write, write barrier, flush
 //! (`feature-flush-cache`, `fdatasync`), discard (`feature-discard`, hole
 //! punching), indirect segments (up to 256), persistent grants, multi-page
 //! rings (order up to 4), multi-queue. Only the native x86_64 ring ABI and
-//! 512-byte sectors. Raw images only (no qcow2 or NBD yet).
+//! 512-byte sectors. Disks: raw files or block devices, qcow2 images
+//! (versions 2 and 3, no backing files), NBD exports (TCP or Unix socket).
 
 pub mod device;
 pub mod io;
 pub mod metrics;
 pub mod request;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
@@ -35,7 +36,10 @@ use xen_shim::dom0::Gntdev;
 pub use device::{
     Device, DeviceError, DeviceFailure, DeviceStatus, FailureHook, FailureReason, QueueParams,
 };
-pub use io::{RawError, RawImage};
+pub use io::{
+    DiskImage, ImageError, NbdError, NbdImage, NbdTarget, Qcow2Error, Qcow2Image, RawError,
+    RawImage,
+};
 pub use metrics::MetricsSnapshot;
 pub use request::{Limits, Request, RequestError};
 
@@ -55,11 +59,17 @@ pub const DEFAULT_IO_THREADS: usize = 4;
 /// Errors of the block backend's API.
 #[derive(Debug, thiserror::Error)]
 pub enum BlkbackError {
-    /// The image could not be opened.
-    #[error("cannot open the disk")]
+    /// The raw image could not be opened.
+    #[error("cannot open the raw disk image")]
     Image(#[from] RawError),
-    /// The disk format is not served yet.
-    #[error("disk format {0:?} is not supported yet")]
+    /// The qcow2 image could not be opened.
+    #[error("cannot open the qcow2 disk image")]
+    Qcow2(#[from] Qcow2Error),
+    /// The NBD export could not be reached or refused.
+    #[error("cannot attach the NBD export")]
+    Nbd(#[from] NbdError),
+    /// The format cannot be served from this source.
+    #[error("disk format {0:?} is not supported over NBD (only raw)")]
     UnsupportedFormat(DiskFormat),
     /// A frontend key is missing.
     #[error("frontend key {0} is missing")]
@@ -85,15 +95,44 @@ pub enum BlkbackError {
 pub enum DiskFormat {
     /// A raw image file or block device.
     Raw,
-    /// qcow2 (not served yet).
+    /// QEMU's qcow2 (versions 2 and 3).
     Qcow2,
+}
+
+impl DiskFormat {
+    /// Parses `raw`/`aio` (QEMU's and libxl's name for raw) or `qcow2`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "raw" | "aio" | "" => Some(DiskFormat::Raw),
+            "qcow2" => Some(DiskFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
+/// Where a disk's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A file or block device.
+    Path(PathBuf),
+    /// An NBD export.
+    Nbd(NbdTarget),
+}
+
+impl std::fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskSource::Path(p) => write!(f, "{}", p.display()),
+            DiskSource::Nbd(t) => f.write_str(&t.uri()),
+        }
+    }
 }
 
 /// How to serve one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// Image path (file or block device).
-    pub path: PathBuf,
+    /// Where the disk is (a file or block device, or an NBD export).
+    pub source: DiskSource,
     /// Image format.
     pub format: DiskFormat,
     /// Refuse writes and discards (the frontend sees `info` = `VDISK_READONLY`).
@@ -122,9 +161,24 @@ pub struct DiskConfig {
 impl DiskConfig {
     /// A raw image with every feature on.
     pub fn raw(path: impl Into<PathBuf>, readonly: bool) -> Self {
+        Self::new(DiskSource::Path(path.into()), DiskFormat::Raw, readonly)
+    }
+
+    /// A qcow2 image with every feature on.
+    pub fn qcow2(path: impl Into<PathBuf>, readonly: bool) -> Self {
+        Self::new(DiskSource::Path(path.into()), DiskFormat::Qcow2, readonly)
+    }
+
+    /// An NBD export (raw) with every feature on.
+    pub fn nbd(target: NbdTarget, readonly: bool) -> Self {
+        Self::new(DiskSource::Nbd(target), DiskFormat::Raw, readonly)
+    }
+
+    /// A disk with every feature on.
+    pub fn new(source: DiskSource, format: DiskFormat, readonly: bool) -> Self {
         Self {
-            path: path.into(),
-            format: DiskFormat::Raw,
+            source,
+            format,
             readonly,
             direct_io: true,
             discard: true,
@@ -250,17 +304,25 @@ pub struct Dom0Handles {
 #[derive(Debug)]
 pub struct BlkBackend {
     config: DiskConfig,
-    image: Arc<RawImage>,
+    image: Arc<dyn DiskImage>,
     sectors: u64,
 }
 
 impl BlkBackend {
     /// Opens the disk.
     pub fn new(config: DiskConfig) -> Result<Self, BlkbackError> {
-        if config.format != DiskFormat::Raw {
-            return Err(BlkbackError::UnsupportedFormat(config.format));
-        }
-        let image = RawImage::open(&config.path, config.readonly, config.direct_io)?;
+        let image: Arc<dyn DiskImage> = match (&config.source, config.format) {
+            (DiskSource::Path(p), DiskFormat::Raw) => {
+                Arc::new(RawImage::open(p, config.readonly, config.direct_io)?)
+            }
+            (DiskSource::Path(p), DiskFormat::Qcow2) => {
+                Arc::new(Qcow2Image::open(p, config.readonly, config.direct_io)?)
+            }
+            (DiskSource::Nbd(t), DiskFormat::Raw) => {
+                Arc::new(NbdImage::open(t.clone(), config.readonly)?)
+            }
+            (DiskSource::Nbd(_), f) => return Err(BlkbackError::UnsupportedFormat(f)),
+        };
         let sectors = image.size() / SECTOR_SIZE;
         Ok(Self {
             config: DiskConfig {
@@ -270,7 +332,7 @@ impl BlkBackend {
                 max_consecutive_invalid: config.max_consecutive_invalid.max(1),
                 ..config
             },
-            image: Arc::new(image),
+            image,
             sectors,
         })
     }
@@ -280,9 +342,14 @@ impl BlkBackend {
         &self.config
     }
 
-    /// The image path.
-    pub fn path(&self) -> &Path {
-        self.image.path()
+    /// Where the disk is.
+    pub fn source(&self) -> &DiskSource {
+        &self.config.source
+    }
+
+    /// The disk engine.
+    pub fn image(&self) -> &Arc<dyn DiskImage> {
+        &self.image
     }
 
     /// Disk size in 512-byte sectors.
@@ -301,7 +368,8 @@ impl BlkBackend {
     pub fn features(&self) -> Vec<(&'static str, String)> {
         let c = &self.config;
         let info = if c.readonly { VDISK_READONLY } else { 0 };
-        let discard = c.discard && !c.readonly;
+        let granularity = self.image.discard_granularity();
+        let discard = c.discard && !c.readonly && granularity.is_some();
         let mut v = vec![
             (keys::SECTORS, self.sectors.to_string()),
             (keys::SECTOR_SIZE, SECTOR_SIZE.to_string()),
@@ -314,7 +382,7 @@ impl BlkBackend {
         if discard {
             v.push((
                 keys::DISCARD_GRANULARITY,
-                self.image.block_size().to_string(),
+                granularity.unwrap_or(512).to_string(),
             ));
             v.push((keys::DISCARD_ALIGNMENT, "0".to_string()));
             v.push((keys::DISCARD_SECURE, "0".to_string()));
@@ -340,7 +408,9 @@ impl BlkBackend {
             disk_sectors: self.sectors,
             readonly: self.config.readonly,
             flush: true,
-            discard: self.config.discard && !self.config.readonly,
+            discard: self.config.discard
+                && !self.config.readonly
+                && self.image.discard_granularity().is_some(),
             max_indirect_segments: self.config.max_indirect_segments,
         }
     }
@@ -506,12 +576,29 @@ mod tests {
     }
 
     #[test]
-    fn test_backend_qcow2_is_refused() {
-        let mut c = DiskConfig::raw("/nonexistent", false);
+    fn test_backend_qcow2_over_nbd_is_refused() {
+        let mut c = DiskConfig::nbd(
+            NbdTarget::parse("nbd+unix:///x?socket=/nonexistent").expect("uri"),
+            false,
+        );
         c.format = DiskFormat::Qcow2;
         assert!(matches!(
             BlkBackend::new(c),
             Err(BlkbackError::UnsupportedFormat(DiskFormat::Qcow2))
         ));
+    }
+
+    #[test]
+    fn test_backend_unreachable_nbd_server_names_the_uri() {
+        let c = DiskConfig::nbd(
+            NbdTarget::parse("nbd+unix:///x?socket=/nonexistent/nbd.sock").expect("uri"),
+            false,
+        );
+        let e = BlkBackend::new(c).expect_err("no server");
+        let chain = format!("{e}: {}", std::error::Error::source(&e).expect("source"));
+        assert!(
+            chain.contains("nbd+unix:///x?socket=/nonexistent/nbd.sock"),
+            "{chain}"
+        );
     }
 }

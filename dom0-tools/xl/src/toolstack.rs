@@ -15,13 +15,17 @@ use xenstore_client::{Client, XsClientError, XsOps};
 
 use crate::config::{ConfigError, GuestType, XlConfig};
 use crate::daemons::{self, DaemonsError};
-use crate::disk::{DiskFormat, DiskSpec};
+use crate::disk::{BackendType, DiskFormat, DiskSpec};
+use crate::xsplan::BackendDisk;
 use crate::xsplan::{self, DomainPlan, XsOp};
 
 /// The backend domain of every device (driver domains are not supported).
 pub const BACKEND_DOMID: u16 = 0;
 /// How long `create` waits for the runtime to attach.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `create` waits for each disk's backend to reach InitWait (or
+/// fail), as libxl waits for its devices.
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Errors of the verbs.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,14 @@ pub enum ToolstackError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A disk's backend refused it (the message is backendd's error node).
+    #[error("disk {vdev}: the backend refused it: {msg}")]
+    DiskFailed {
+        /// Virtual device.
+        vdev: String,
+        /// The backend's error.
+        msg: String,
     },
     /// The guest runtime exited or did not attach.
     #[error("the guest runtime of domain {domid} did not start (log: {log})")]
@@ -220,9 +232,123 @@ fn apply(xs: &Client, ops: &[XsOp]) -> Result<(), ToolstackError> {
     .map_err(xs_err("write the domain's nodes"))
 }
 
-/// A disk's absolute target, checked: relative paths are taken from the
+/// Whether a target is an NBD URI (QEMU's forms).
+fn is_nbd_uri(t: &str) -> bool {
+    t.starts_with("nbd://") || t.starts_with("nbd+tcp://") || t.starts_with("nbd+unix://")
+}
+
+/// A disk's target, checked, and the backend that serves it (libxl's
+/// choice, `libxl__device_disk_set_backend`): raw files and block devices
+/// go to `vbd`, qcow2 images and NBD exports to `qdisk`. Relative paths are
+/// taken from the configuration file's directory.
+fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<BackendDisk, ToolstackError> {
+    let unsupported =
+        |what: String| ToolstackError::Unsupported(format!("disk {}: {what}", disk.vdev));
+    match disk.backendtype {
+        Some(BackendType::Tap) => {
+            return Err(unsupported(
+                "backendtype tap is not supported (phy or qdisk)".into(),
+            ))
+        }
+        Some(BackendType::Standalone) => {
+            return Err(unsupported(
+                "backendtype standalone is not supported (phy or qdisk)".into(),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(t) = disk.target.as_deref().filter(|t| is_nbd_uri(t)) {
+        if disk.format != DiskFormat::Raw {
+            return Err(unsupported(format!(
+                "an NBD export is served raw; format {} over NBD is not supported",
+                disk.format.as_str()
+            )));
+        }
+        if disk.backendtype == Some(BackendType::Phy) {
+            return Err(unsupported(format!(
+                "backendtype phy cannot serve {t} (use qdisk or no backendtype)"
+            )));
+        }
+        return Ok(BackendDisk::qdisk(DiskFormat::Raw, t));
+    }
+    let (path, blk) = disk_path(disk, cfg_dir)?;
+    let p = path.display().to_string();
+    if disk.format == DiskFormat::Qcow2 {
+        if disk.backendtype == Some(BackendType::Phy) {
+            return Err(unsupported(
+                "backendtype phy supports only raw disks, not qcow2".into(),
+            ));
+        }
+        let mut magic = [0u8; 4];
+        let is_qcow2 = std::fs::File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut magic, 0))
+            .is_ok()
+            && magic == *b"QFI\xfb";
+        if !is_qcow2 {
+            return Err(unsupported(format!(
+                "{p} is not a qcow2 image (format=qcow2)"
+            )));
+        }
+        return Ok(BackendDisk::qdisk(DiskFormat::Qcow2, &p));
+    }
+    if disk.backendtype == Some(BackendType::Qdisk) {
+        return Ok(BackendDisk::qdisk(DiskFormat::Raw, &p));
+    }
+    Ok(BackendDisk::vbd(&p, blk))
+}
+
+/// Waits until every disk's backend is in InitWait or later, or fails
+/// with its error node (`/local/domain/0/error/backend/<kind>/N/<devid>`).
+fn wait_backends(
+    xs: &Client,
+    domid: u16,
+    disks: &[(&DiskSpec, &BackendDisk)],
+) -> Result<(), ToolstackError> {
+    let read = |p: &str| {
+        xs.read_opt(p).ok().flatten().map(|v| {
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+    };
+    for (d, b) in disks {
+        let be = xsplan::disk_backend_path(b.kind, BACKEND_DOMID, domid, d.devid);
+        let err = format!(
+            "/local/domain/{BACKEND_DOMID}/error/backend/{}/{domid}/{}/error",
+            b.kind, d.devid
+        );
+        let deadline = Instant::now() + BACKEND_TIMEOUT;
+        loop {
+            if let Some(e) = read(&err) {
+                let msg = e.split_once(' ').map_or(e.as_str(), |(_, m)| m).to_owned();
+                return Err(ToolstackError::DiskFailed {
+                    vdev: d.vdev.clone(),
+                    msg,
+                });
+            }
+            let state: u32 = read(&format!("{be}/state"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if (2..=4).contains(&state) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ToolstackError::DiskFailed {
+                    vdev: d.vdev.clone(),
+                    msg: format!(
+                        "backendd did not bring {be} to InitWait in {BACKEND_TIMEOUT:?} (state {state})"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// A disk's absolute path, checked: relative paths are taken from the
 /// configuration file's directory.
-fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<(PathBuf, bool), ToolstackError> {
+fn disk_path(disk: &DiskSpec, cfg_dir: &Path) -> Result<(PathBuf, bool), ToolstackError> {
     let Some(t) = &disk.target else {
         return Err(ToolstackError::Unsupported(format!(
             "disk {}: empty cdrom drives are not supported yet",
@@ -352,7 +478,14 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
             .iter()
             .zip(&targets)
             .filter(|(d, _)| is_emulated(d));
-        if let Some((_, (path, _))) = emulated.next() {
+        if let Some((d, _)) = emulated.next() {
+            if d.format != DiskFormat::Raw || d.target.as_deref().is_some_and(is_nbd_uri) {
+                return Err(ToolstackError::Unsupported(format!(
+                    "disk {}: an emulated (hd*) disk must be a raw file",
+                    d.vdev
+                )));
+            }
+            let (path, _) = disk_path(d, &cfg_dir)?;
             args.push("--fvdisk".into());
             args.push(path.clone().into_os_string());
         }
@@ -410,22 +543,26 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 .map_or(0, |d| d.as_secs()),
         };
         let mut ops = xsplan::domain_ops(&plan);
-        for (d, (path, blk)) in cfg.disks.iter().zip(&targets) {
+        for (d, b) in cfg.disks.iter().zip(&targets) {
             if pvhvm && is_emulated(d) {
                 continue;
             }
-            ops.extend(xsplan::vbd_ops(
-                domid,
-                BACKEND_DOMID,
-                d,
-                &path.display().to_string(),
-                *blk,
-            ));
+            ops.extend(xsplan::disk_ops(domid, BACKEND_DOMID, d, b));
         }
         // The console log, truncated per boot; consback appends to it from
         // the introduction on.
         let log = console_log(&cfg.name)?;
         apply(&xs, &ops)?;
+        if !cfg.disks.is_empty() && daemons::pidfile_alive(&daemons::rundir().join("backendd.pid"))
+        {
+            let disks: Vec<_> = cfg
+                .disks
+                .iter()
+                .zip(&targets)
+                .filter(|(d, _)| !(pvhvm && is_emulated(d)))
+                .collect();
+            wait_backends(&xs, domid, &disks)?;
+        }
         xs.introduce(domid, plan.store.0, plan.store.1)
             .map_err(xs_err(format!("introduce domain {domid}")))?;
         write_cmdline(&control, domid, &cmdline)?;
@@ -567,9 +704,11 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
     for b in &backends {
         let _ = xs.rm(b);
     }
-    let _ = xs.rm(&format!(
-        "/local/domain/{BACKEND_DOMID}/error/backend/vbd/{domid}"
-    ));
+    for kind in ["vbd", "qdisk"] {
+        let _ = xs.rm(&format!(
+            "/local/domain/{BACKEND_DOMID}/error/backend/{kind}/{domid}"
+        ));
+    }
     if let Some(vm) = vm {
         let _ = xs.rm(&vm);
     }
@@ -733,4 +872,67 @@ pub fn block_list(out: &mut dyn Write, which: &str) -> Result<(), ToolstackError
         .map_err(io)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(spec: &str, dir: &Path) -> Result<BackendDisk, String> {
+        let d = DiskSpec::parse(spec).expect("valid spec");
+        disk_target(&d, dir).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn test_disk_target_raw_qcow2_nbd_choose_libxl_backends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("d.img"), [0u8; 512]).expect("raw");
+        let mut q = b"QFI\xfb".to_vec();
+        q.resize(512, 0);
+        std::fs::write(dir.path().join("d.qcow2"), &q).expect("qcow2");
+        let p = dir.path().display().to_string();
+        let raw = target("format=raw, vdev=xvda, target=d.img", dir.path()).expect("raw");
+        assert_eq!(raw, BackendDisk::vbd(&format!("{p}/d.img"), false));
+        let qc = target("format=qcow2, vdev=xvda, target=d.qcow2", dir.path()).expect("qcow2");
+        assert_eq!((qc.kind, qc.type_node), ("qdisk", "qdisk"));
+        assert_eq!(qc.params, format!("qcow2:{p}/d.qcow2"));
+        let nbd = target(
+            "format=raw, vdev=xvda, target=nbd+unix:///e?socket=/run/x.sock",
+            dir.path(),
+        )
+        .expect("nbd");
+        assert_eq!(nbd.params, "aio:nbd+unix:///e?socket=/run/x.sock");
+        let forced = target(
+            "format=raw, vdev=xvda, backendtype=qdisk, target=d.img",
+            dir.path(),
+        )
+        .expect("qdisk raw");
+        assert_eq!(forced.params, format!("aio:{p}/d.img"));
+    }
+
+    #[test]
+    fn test_disk_target_bad_combinations_name_the_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("d.img"), [0u8; 512]).expect("raw");
+        let e = target("format=qcow2, vdev=xvdb, target=d.img", dir.path()).expect_err("magic");
+        assert!(
+            e.contains("disk xvdb") && e.contains("is not a qcow2 image"),
+            "{e}"
+        );
+        let e = target("format=qcow2, vdev=xvdb, target=nbd://h:1/e", dir.path())
+            .expect_err("qcow2 over nbd");
+        assert!(e.contains("disk xvdb") && e.contains("NBD"), "{e}");
+        let e = target(
+            "format=raw, vdev=xvdc, backendtype=phy, target=nbd://h:1/e",
+            dir.path(),
+        )
+        .expect_err("phy nbd");
+        assert!(e.contains("disk xvdc") && e.contains("phy"), "{e}");
+        let e = target(
+            "format=qcow2, vdev=xvdc, backendtype=phy, target=d.img",
+            dir.path(),
+        )
+        .expect_err("phy qcow2");
+        assert!(e.contains("phy supports only raw"), "{e}");
+    }
 }

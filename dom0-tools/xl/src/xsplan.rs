@@ -15,6 +15,13 @@
 //!   frontend, frontend-id, online=1, state=1, params, type, mode, dev,
 //!   removable, bootable, discard-enable
 //! ```
+//!
+//! Which backend serves a disk follows `libxl__device_disk_set_backend`:
+//! raw files and block devices go to `vbd` (`params` = the path, `type` =
+//! `file` or `phy`); qcow2 images and NBD exports, which libxl's `phy`
+//! cannot serve, go to `qdisk` (`backend/qdisk/N/<devid>`, `type` =
+//! `qdisk`, `params` = `FORMAT:TARGET` with libxl's format names: `aio:`
+//! for raw, `qcow2:`), as `backendtype=qdisk` does for any disk.
 
 use xenstore_client::{Perm, PERM_NONE, PERM_READ};
 
@@ -140,6 +147,53 @@ pub fn vbd_backend_path(backend_domid: u16, domid: u16, devid: u32) -> String {
     format!("/local/domain/{backend_domid}/backend/vbd/{domid}/{devid}")
 }
 
+/// The backend directory of a disk of backend kind `kind` (`vbd`,
+/// `qdisk`).
+#[must_use]
+pub fn disk_backend_path(kind: &str, backend_domid: u16, domid: u16, devid: u32) -> String {
+    format!("/local/domain/{backend_domid}/backend/{kind}/{domid}/{devid}")
+}
+
+/// How one disk is handed to its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDisk {
+    /// Backend kind (the directory under `backend/`): `vbd` or `qdisk`.
+    pub kind: &'static str,
+    /// The `params` node.
+    pub params: String,
+    /// The `type` node: `phy`, `file` or `qdisk`.
+    pub type_node: &'static str,
+}
+
+impl BackendDisk {
+    /// A raw file or block device served by `vbd` (libxl's `phy`).
+    #[must_use]
+    pub fn vbd(path: &str, block_device: bool) -> Self {
+        Self {
+            kind: "vbd",
+            params: path.to_owned(),
+            type_node: backend_type(block_device),
+        }
+    }
+
+    /// A disk served by `qdisk`: `params` = `FORMAT:TARGET` with libxl's
+    /// format name (`libxl__device_disk_string_of_format`: raw is `aio`).
+    #[must_use]
+    pub fn qdisk(format: crate::disk::DiskFormat, target: &str) -> Self {
+        use crate::disk::DiskFormat;
+        let f = match format {
+            DiskFormat::Raw => "aio",
+            DiskFormat::Vhd => "vpc",
+            other => other.as_str(),
+        };
+        Self {
+            kind: "qdisk",
+            params: format!("{f}:{target}"),
+            type_node: "qdisk",
+        }
+    }
+}
+
 /// The backend `type` node for a target: `phy` for a block device, `file`
 /// for an image (`io/blkif.h`'s documented values).
 #[must_use]
@@ -151,8 +205,9 @@ pub fn backend_type(target_is_block_device: bool) -> &'static str {
     }
 }
 
-/// The frontend and backend nodes of one disk; `params` is the absolute
-/// target path, `backend_domid` the serving domain.
+/// The frontend and backend nodes of one raw disk served by `vbd`;
+/// `params` is the absolute target path, `backend_domid` the serving
+/// domain.
 #[must_use]
 pub fn vbd_ops(
     domid: u16,
@@ -161,8 +216,19 @@ pub fn vbd_ops(
     params: &str,
     block_device: bool,
 ) -> Vec<XsOp> {
+    disk_ops(
+        domid,
+        backend_domid,
+        disk,
+        &BackendDisk::vbd(params, block_device),
+    )
+}
+
+/// The frontend and backend nodes of one disk, served as `b` says.
+#[must_use]
+pub fn disk_ops(domid: u16, backend_domid: u16, disk: &DiskSpec, b: &BackendDisk) -> Vec<XsOp> {
     let fe = vbd_frontend_path(domid, disk.devid);
-    let be = vbd_backend_path(backend_domid, domid, disk.devid);
+    let be = disk_backend_path(b.kind, backend_domid, domid, disk.devid);
     let cdrom = disk.devtype == DevType::Cdrom;
     vec![
         dir(
@@ -183,8 +249,8 @@ pub fn vbd_ops(
         w(format!("{be}/frontend-id"), domid.to_string()),
         w(format!("{be}/online"), "1"),
         w(format!("{be}/state"), "1"),
-        w(format!("{be}/params"), params),
-        w(format!("{be}/type"), backend_type(block_device)),
+        w(format!("{be}/params"), &b.params),
+        w(format!("{be}/type"), b.type_node),
         w(
             format!("{be}/mode"),
             match disk.access {
@@ -333,5 +399,29 @@ mod tests {
         assert_eq!(value(&ops, &format!("{be}/discard-enable")), Some("0"));
         assert_eq!(value(&ops, &format!("{fe}/device-type")), Some("cdrom"));
         assert_eq!(value(&ops, &format!("{fe}/trusted")), Some("0"));
+    }
+
+    #[test]
+    fn test_disk_ops_qcow2_and_nbd_go_to_qdisk_as_libxl_writes_them() {
+        use crate::disk::DiskFormat;
+        let disk = DiskSpec::parse("format=qcow2, vdev=xvdb, target=/srv/d.qcow2").expect("valid");
+        let ops = disk_ops(
+            3,
+            0,
+            &disk,
+            &BackendDisk::qdisk(DiskFormat::Qcow2, "/srv/d.qcow2"),
+        );
+        let fe = "/local/domain/3/device/vbd/51728";
+        let be = "/local/domain/0/backend/qdisk/3/51728";
+        assert_eq!(value(&ops, &format!("{fe}/backend")), Some(be));
+        assert_eq!(
+            value(&ops, &format!("{be}/params")),
+            Some("qcow2:/srv/d.qcow2")
+        );
+        assert_eq!(value(&ops, &format!("{be}/type")), Some("qdisk"));
+        assert_eq!(value(&ops, &format!("{be}/frontend")), Some(fe));
+        let b = BackendDisk::qdisk(DiskFormat::Raw, "nbd://127.0.0.1:10809/e");
+        assert_eq!(b.params, "aio:nbd://127.0.0.1:10809/e");
+        assert_eq!(b.kind, "qdisk");
     }
 }

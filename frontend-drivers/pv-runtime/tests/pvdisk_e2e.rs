@@ -1,38 +1,142 @@
-//! The PV disk end to end: `xl create` of a PV guest with a 64 MiB raw
-//! image whose `extra=` runs a shell script as the guest's init; the guest
-//! runtime connects blkfront to backendd's blkback through xenstore and
-//! exposes the disk as `/dev/xvda` (FUSE) in its own mount namespace; the
-//! script runs a verified `fio` job on `/dev/xvda`, `mkfs.ext4 /dev/xvda`, mounts it, writes 10 MiB, syncs,
-//! unmounts and runs `fsck -n`. Then `xl destroy`, and Dom0 checks the
-//! image itself: `fsck -n`, a read-only loop mount and the payload's
-//! checksum against the one the guest computed.
+//! The PV disk end to end, as a user runs it, for each kind of disk: a
+//! 256 MiB raw image, a 256 MiB qcow2 image (`qemu-img create`) and a
+//! 256 MiB NBD export (`qemu-nbd` on a Unix socket, serving a raw file).
+//! `xl create` of a PV guest whose `extra=` runs a shell script as the
+//! guest's init; the guest runtime connects blkfront to backendd's blkback
+//! through xenstore (`vbd` for raw, `qdisk` for qcow2 and NBD, as libxl
+//! writes them) and exposes the disk as `/dev/xvda` (FUSE) in its own
+//! mount namespace; the script runs a verified `fio` job on `/dev/xvda`,
+//! `mkfs.ext4 /dev/xvda`, mounts it, writes 100 MiB of files, checksums
+//! them, syncs, unmounts and runs `fsck -n`. Then `xl destroy`, and Dom0
+//! checks the image itself: `qemu-img check` (qcow2; then `qemu-img
+//! convert -O raw`), `fsck -n`, a read-only loop mount and every file's
+//! checksum against the ones the guest computed.
 //!
 //! Private `xen-shimd` and `xenstored` (threads of this process, on
 //! temporary sockets), the real `xl`, `backendd` and `xen-pvguest`
-//! binaries. Needs root, `/dev/fuse`, loop devices and e2fsprogs
-//! (`apt-get install e2fsprogs mount coreutils fio`).
+//! binaries. Needs root, `/dev/fuse`, loop devices, e2fsprogs, fio and
+//! qemu-utils (`apt-get install e2fsprogs mount coreutils fio qemu-utils`).
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/xlhost.rs"]
 mod xlhost;
 
-use xlhost::{guest_log, ok, run, Host};
+use xlhost::{guest_log, need, ok, run, Host};
 
-const GUEST_RUN: Duration = Duration::from_secs(180);
+const GUEST_RUN: Duration = Duration::from_secs(300);
+/// The disk.
+const DISK_MIB: u64 = 256;
+/// Files the guest writes (`FILES` x `FILE_MIB`).
+const FILES: u32 = 10;
+const FILE_MIB: u32 = 10;
 
-#[test]
-fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image() {
+/// What backs the guest's disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Raw,
+    Qcow2,
+    Nbd,
+}
+
+/// `qemu-nbd`, killed (and waited for) on drop.
+struct NbdServer {
+    child: Option<Child>,
+}
+
+impl NbdServer {
+    fn start(file: &Path, sock: &Path) -> NbdServer {
+        let child = Command::new("qemu-nbd")
+            .args([
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-e",
+                "4",
+                "--persistent",
+                "--discard=unmap",
+                "-k",
+            ])
+            .arg(sock)
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start qemu-nbd (apt-get install qemu-utils)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "qemu-nbd did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NbdServer { child: Some(child) }
+    }
+
+    /// Stops the server (it flushes on SIGTERM) and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn e2e(kind: Kind) {
     // Arrange
+    let t0 = Instant::now();
     let mut host = Host::start("pvdisk-e2e-");
-    let name = format!("pvdisk{}", std::process::id());
-    let img = host.dir.path().join("disk.img");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("create the disk image");
-    let sum = host.dir.path().join("guest.sha256");
-    let script = host.dir.path().join("init.sh");
+    need("qemu-img", "qemu-utils");
+    need("qemu-nbd", "qemu-utils");
+    let name = format!("pvdisk{kind:?}{}", std::process::id()).to_lowercase();
+    let dir = host.dir.path().to_path_buf();
+    let raw = dir.join("disk.img");
+    let qcow2 = dir.join("disk.qcow2");
+    let sock = dir.join("nbd.sock");
+    let mut nbd = None;
+    let target = match kind {
+        Kind::Raw => {
+            std::fs::File::create(&raw)
+                .and_then(|f| f.set_len(DISK_MIB << 20))
+                .expect("create the disk image");
+            "format=raw, vdev=xvda, access=rw, target=disk.img".to_string()
+        }
+        Kind::Qcow2 => {
+            run(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    qcow2.to_str().expect("utf-8 path"),
+                    &format!("{DISK_MIB}M"),
+                ],
+            );
+            "format=qcow2, vdev=xvda, access=rw, target=disk.qcow2".to_string()
+        }
+        Kind::Nbd => {
+            std::fs::File::create(&raw)
+                .and_then(|f| f.set_len(DISK_MIB << 20))
+                .expect("create the exported file");
+            nbd = Some(NbdServer::start(&raw, &sock));
+            format!(
+                "format=raw, vdev=xvda, access=rw, target=nbd+unix:///disk?socket={}",
+                sock.display()
+            )
+        }
+    };
+    let sums = dir.join("guest.sha256");
+    let script = dir.join("init.sh");
     std::fs::write(
         &script,
         format!(
@@ -46,36 +150,43 @@ fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image(
              mkfs.ext4 -q -F /dev/xvda\n\
              m=$(mktemp -d)\n\
              mount -o loop /dev/xvda \"$m\"\n\
-             dd if=/dev/urandom of=\"$m/payload\" bs=1M count=10 status=none\n\
-             (cd \"$m\" && sha256sum payload) > {sum}\n\
+             mkdir \"$m/data\"\n\
+             i=0\n\
+             while [ $i -lt {FILES} ]; do\n\
+               dd if=/dev/urandom of=\"$m/data/f$i\" bs=1M count={FILE_MIB} status=none\n\
+               i=$((i + 1))\n\
+             done\n\
+             (cd \"$m\" && sha256sum data/*) > {sums}\n\
              sync\n\
              umount \"$m\"\n\
              rmdir \"$m\"\n\
              fsck.ext4 -n -f /dev/xvda\n\
              echo guest-init-ok\n",
-            sum = sum.display()
+            sums = sums.display()
         ),
     )
     .expect("write the init script");
     run("chmod", &["0755", script.to_str().expect("utf-8 path")]);
-    let cfg = host.dir.path().join(format!("{name}.cfg"));
+    let cfg = dir.join(format!("{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n\
-             disk = [ 'format=raw, vdev=xvda, access=rw, target=disk.img' ]\n",
+             extra = '--frontend disk --timeout-secs 120 --init {}'\n\
+             disk = [ '{target}' ]\n",
             script.display()
         ),
     )
     .expect("write the config");
 
     // Act: the guest runs its init to the end.
+    let t1 = Instant::now();
     ok(
         "xl create",
         &host.xl(&["create", cfg.to_str().expect("utf-8 path")]),
     );
     host.guest = Some(name.clone());
+    let listing = ok("xl block-list", &host.xl(&["block-list", &name]));
     let deadline = Instant::now() + GUEST_RUN;
     let log = loop {
         let log = guest_log(&host, &name).unwrap_or_default();
@@ -88,10 +199,19 @@ fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image(
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    let guest_time = t1.elapsed();
     let destroyed = host.xl(&["destroy", &name]);
     host.guest = None;
+    if let Some(n) = nbd.as_mut() {
+        n.stop();
+    }
 
-    // Assert: the guest's view.
+    // Assert: the toolstack's and the guest's view.
+    let be_kind = if kind == Kind::Raw { "vbd" } else { "qdisk" };
+    assert!(
+        listing.contains(&format!("/local/domain/0/backend/{be_kind}/")),
+        "{listing}"
+    );
     assert!(log.contains("pvdisk connected"), "{log}");
     assert!(log.contains("path=/dev/xvda"), "{log}");
     assert!(log.contains("guest-fio-ok"), "{log}");
@@ -102,20 +222,93 @@ fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image(
         String::from_utf8_lossy(&destroyed.stderr)
     );
     // Dom0's view of the image.
-    let i = img.to_str().expect("utf-8 path");
+    let check_img: PathBuf = match kind {
+        Kind::Raw | Kind::Nbd => raw.clone(),
+        Kind::Qcow2 => {
+            let q = qcow2.to_str().expect("utf-8 path");
+            let check = run("qemu-img", &["check", q]);
+            assert!(check.contains("No errors were found"), "{check}");
+            let conv = dir.join("converted.raw");
+            run(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-f",
+                    "qcow2",
+                    "-O",
+                    "raw",
+                    q,
+                    conv.to_str().expect("utf-8 path"),
+                ],
+            );
+            conv
+        }
+    };
+    let i = check_img.to_str().expect("utf-8 path");
     run("fsck.ext4", &["-n", "-f", i]);
-    let mnt = host.dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let m = mnt.to_str().expect("utf-8 path");
     run("mount", &["-o", "loop,ro", i, m]);
+    let guest_sums = std::fs::read_to_string(&sums).expect("the guest wrote its checksums");
     let dom0_sum = Command::new("sha256sum")
-        .arg("payload")
+        .arg("-c")
+        .arg(&sums)
         .current_dir(&mnt)
         .output();
     let _ = Command::new("umount").arg(m).status();
-    let dom0_sum = ok("sha256sum", &dom0_sum.expect("run sha256sum"));
-    let guest_sum = std::fs::read_to_string(&sum).expect("the guest wrote its checksum");
-    assert_eq!(dom0_sum, guest_sum);
-    let size = std::fs::metadata(&img).expect("stat").len();
-    assert_eq!(size, 64 << 20);
+    ok("sha256sum -c", &dom0_sum.expect("run sha256sum"));
+    assert_eq!(guest_sums.lines().count(), FILES as usize, "{guest_sums}");
+    let size = std::fs::metadata(&check_img).expect("stat").len();
+    assert_eq!(size, DISK_MIB << 20);
+    eprintln!(
+        "pvdisk e2e {kind:?}: guest run {:.1} s, whole test {:.1} s",
+        guest_time.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image() {
+    e2e(Kind::Raw);
+}
+
+#[test]
+fn test_xl_create_pv_guest_on_qcow2_image_then_qemu_img_check_and_dom0_checks() {
+    e2e(Kind::Qcow2);
+}
+
+#[test]
+fn test_xl_create_pv_guest_on_nbd_export_then_dom0_checks_the_exported_file() {
+    e2e(Kind::Nbd);
+}
+
+#[test]
+fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() {
+    let host = Host::start("pvdisk-e2e-bad-");
+    let name = format!("pvdisknbdbad{}", std::process::id());
+    let sock = host.dir.path().join("nobody.sock");
+    let cfg = host.dir.path().join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 64\n\
+             extra = '--frontend disk --timeout-secs 5'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target=nbd+unix:///disk?socket={}' ]\n",
+            sock.display()
+        ),
+    )
+    .expect("write the config");
+    let out = host.xl(&["create", cfg.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "xl create must fail: {err}");
+    assert!(err.contains("disk xvda"), "{err}");
+    assert!(
+        err.contains(&format!("nbd+unix:///disk?socket={}", sock.display())),
+        "{err}"
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    // No domain is left behind.
+    let list = ok("xl list", &host.xl(&["list"]));
+    assert!(!list.contains(&name), "{list}");
 }

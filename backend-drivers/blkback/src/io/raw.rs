@@ -99,6 +99,7 @@ pub struct RawImage {
     direct: Option<File>,
     size: u64,
     block_size: u64,
+    readonly: bool,
 }
 
 impl RawImage {
@@ -138,6 +139,7 @@ impl RawImage {
             direct,
             size,
             block_size,
+            readonly,
         })
     }
 
@@ -149,6 +151,11 @@ impl RawImage {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Whether the image was opened read-only.
+    pub fn readonly(&self) -> bool {
+        self.readonly
     }
 
     /// Whether an `O_DIRECT` handle is open.

@@ -1,0 +1,192 @@
+//! blkback serving a guest's rings from a qcow2 image and from an NBD
+//! export (the same hand-written frontend as `normal.rs`): reads, writes,
+//! flush and discard through the ring; `qemu-img check` clean afterwards;
+//! an NBD server that goes away fails the device (not the service). Needs
+//! root, qemu-utils (`apt-get install qemu-utils`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use xen_abi::io::blkif::*;
+use xen_blkback::{BlkBackend, DeviceStatus, DiskConfig, FailureReason, NbdTarget};
+
+fn tool(name: &str, args: &[&str]) -> String {
+    let out = Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name} ({e}): apt-get install qemu-utils"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} {args:?} failed: {text}");
+    text
+}
+
+/// `qemu-nbd` on a Unix socket, killed on drop.
+struct QemuNbd {
+    child: Child,
+    uri: String,
+}
+
+impl QemuNbd {
+    fn start(file: &Path, sock: &Path) -> QemuNbd {
+        let child = Command::new("qemu-nbd")
+            .args([
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-e",
+                "4",
+                "--persistent",
+                "--discard=unmap",
+                "-k",
+            ])
+            .arg(sock)
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start qemu-nbd (apt-get install qemu-utils)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "qemu-nbd did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        QemuNbd {
+            child,
+            uri: format!("nbd+unix:///disk?socket={}", sock.display()),
+        }
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes two pages at sector 64, reads them back, flushes, discards the
+/// first 64 KiB-aligned cluster and checks it reads as zeros.
+fn exercise(w: &World, be: &BlkBackend) {
+    let mut f = Front::new(&w.rt, 1, 1, 4);
+    let dev = be
+        .connect(&w.handles, w.domid(), &f.params(false))
+        .expect("connect");
+    let a = pattern(1, PAGE);
+    let b = pattern(2, PAGE);
+    f.write_data(0, 0, &a);
+    f.write_data(1, 0, &b);
+    let (g0, g1, g2, g3) = (
+        f.data_refs[0],
+        f.data_refs[1],
+        f.data_refs[2],
+        f.data_refs[3],
+    );
+    let wr = f.call(
+        0,
+        rw(BLKIF_OP_WRITE, 1, 64, &[seg(g0, 0, 7), seg(g1, 0, 7)]),
+    );
+    assert_eq!(wr.status, BLKIF_RSP_OKAY);
+    let fl = f.call(0, flush(2));
+    assert_eq!(fl.status, BLKIF_RSP_OKAY);
+    let rd = f.call(0, rw(BLKIF_OP_READ, 3, 64, &[seg(g2, 0, 7), seg(g3, 0, 7)]));
+    assert_eq!(rd.status, BLKIF_RSP_OKAY);
+    assert_eq!(f.read_data(2, 0, PAGE), a);
+    assert_eq!(f.read_data(3, 0, PAGE), b);
+    // Write at 64 KiB, discard 64 KiB there, read zeros.
+    let wr = f.call(0, rw(BLKIF_OP_WRITE, 4, 128, &[seg(g0, 0, 7)]));
+    assert_eq!(wr.status, BLKIF_RSP_OKAY);
+    let d = f.call(0, discard(5, 128, 128));
+    assert_eq!(d.status, BLKIF_RSP_OKAY);
+    let rd = f.call(0, rw(BLKIF_OP_READ, 6, 128, &[seg(g2, 0, 7)]));
+    assert_eq!(rd.status, BLKIF_RSP_OKAY);
+    assert!(f.read_data(2, 0, PAGE).iter().all(|&x| x == 0));
+    assert_eq!(dev.status(), DeviceStatus::Running);
+    let m = dev.disconnect();
+    assert_eq!((m.errors, m.discards), (0, 1));
+}
+
+#[test]
+fn test_blkback_qcow2_image_through_the_ring_and_qemu_img_check_clean() {
+    let w = World::start("bb-qcow2");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path().join("d.qcow2");
+    let ps = p.to_str().expect("utf-8");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", ps, "8M"]);
+    let be = BlkBackend::new(DiskConfig::qcow2(&p, false)).expect("open");
+    let feats: std::collections::HashMap<_, _> = be.features().into_iter().collect();
+    assert_eq!(feats["sectors"], (8u64 << 20 >> 9).to_string());
+    assert_eq!(feats["feature-discard"], "1");
+    assert_eq!(feats["discard-granularity"], "65536");
+    exercise(&w, &be);
+    drop(be);
+    let check = tool("qemu-img", &["check", ps]);
+    assert!(check.contains("No errors were found"), "{check}");
+    let data = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0 65536 65536", ps],
+    );
+    assert!(!data.contains("Pattern verification failed"), "{data}");
+}
+
+#[test]
+fn test_blkback_nbd_export_through_the_ring() {
+    let w = World::start("bb-nbd");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("export.raw");
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("export file");
+    let srv = QemuNbd::start(&file, &dir.path().join("nbd.sock"));
+    let t = NbdTarget::parse(&srv.uri).expect("uri");
+    let be = BlkBackend::new(DiskConfig::nbd(t, false)).expect("attach");
+    assert_eq!(be.sectors(), (8u64 << 20) / 512);
+    exercise(&w, &be);
+    let on_disk = std::fs::read(&file).expect("read the export");
+    assert_eq!(&on_disk[64 * 512..64 * 512 + PAGE], &pattern(1, PAGE)[..]);
+}
+
+#[test]
+fn test_blkback_nbd_server_gone_fails_only_the_device() {
+    let w = World::start("bb-nbd-gone");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("export.raw");
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("export file");
+    let mut srv = QemuNbd::start(&file, &dir.path().join("nbd.sock"));
+    let t = NbdTarget::parse(&srv.uri).expect("uri");
+    let mut cfg = DiskConfig::nbd(t, false);
+    cfg.io_threads = 0;
+    let be = BlkBackend::new(cfg).expect("attach");
+    let mut f = Front::new(&w.rt, 1, 1, 1);
+    let dev = be
+        .connect(&w.handles, w.domid(), &f.params(false))
+        .expect("connect");
+    let g = f.data_refs[0];
+    assert_eq!(
+        f.call(0, rw(BLKIF_OP_READ, 1, 0, &[seg(g, 0, 7)])).status,
+        BLKIF_RSP_OKAY
+    );
+
+    // Act: the server goes away; the next request cannot be served.
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    let r = f.call(0, rw(BLKIF_OP_READ, 2, 0, &[seg(g, 0, 7)]));
+
+    // Assert: an error answer, and the device fails with the disk's reason.
+    assert_eq!(r.status, BLKIF_RSP_ERROR);
+    let failure = dev.wait_failure(STEP).expect("the device fails");
+    match &failure.reason {
+        FailureReason::Disk(msg) => assert!(msg.contains(&srv.uri), "{msg}"),
+        other => panic!("unexpected failure {other:?}"),
+    }
+    dev.disconnect();
+}
