@@ -11,6 +11,10 @@ packages=(
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
   e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)
   mount              # losetup, mount -o loop: the PV disk tests (frontend-drivers/pv-runtime)
+  iproute2           # ip netns/link/addr: the PV NIC tests' namespaces and bridges (frontend-drivers/pv-runtime, backend-drivers/netback, tests/netbench)
+  iputils-ping       # ping over the PV NIC (frontend-drivers/pv-runtime)
+  iperf3             # TCP throughput over the PV NIC and the veth reference (frontend-drivers/pv-runtime, tests/netbench)
+  curl               # a 1 GiB HTTP download over the PV NIC (frontend-drivers/pv-runtime)
   fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime); blkbench's reference (tests/blkbench)
 )
 

@@ -39,10 +39,14 @@ pub struct Args {
     pub pid_file: Option<PathBuf>,
 }
 
-/// The factories compiled in: `vbd` (blkback) over the shim at `socket`.
+/// The factories compiled in: `vbd` (blkback) and `vif` (netback) over
+/// the shim at `socket`.
 #[must_use]
 pub fn factories(socket: PathBuf) -> Vec<Arc<dyn BackendFactory>> {
-    vec![Arc::new(crate::vbd::VbdFactory::new(socket))]
+    vec![
+        Arc::new(crate::vbd::VbdFactory::new(socket.clone())),
+        Arc::new(crate::vif::VifFactory::new(socket)),
+    ]
 }
 
 /// Runs the service until SIGTERM/SIGINT.

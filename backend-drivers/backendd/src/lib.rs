@@ -19,7 +19,8 @@
 //!   panicking backend, or a frontend writing garbage, closes that device
 //!   only, logged once and rate-limited);
 //! - [`service`]: the watch loop; [`vbd`]: the block backend
-//!   (`xen-blkback`) as the `vbd` type; [`cli`]: the binary.
+//!   (`xen-blkback`) as the `vbd` type; [`vif`]: the network backend
+//!   (`xen-netback`) as the `vif` type; [`cli`]: the binary.
 
 pub mod backend;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod service;
 pub mod state;
 pub mod vbd;
+pub mod vif;
 
 pub use backend::{Backend, BackendError, BackendFactory, DeviceInfo};
 pub use service::{Service, ServiceConfig, ServiceError};

@@ -115,7 +115,13 @@ fn ioctl_ifr(fd: RawFd, req: libc::c_ulong, ifr: &mut IfReq) -> io::Result<()> {
 /// Whether interface `name` exists.
 #[must_use]
 pub fn exists(name: &str) -> bool {
-    check_name(name).is_ok() && std::path::Path::new("/sys/class/net").join(name).exists()
+    // if_nametoindex asks the calling thread's network namespace (sysfs
+    // may show another one).
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated string.
+    check_name(name).is_ok() && unsafe { libc::if_nametoindex(c.as_ptr()) } != 0
 }
 
 /// Whether `name` is a bridge.

@@ -7,6 +7,8 @@
 //!   domain and its vbds, as a pure plan;
 //! - [`toolstack`]: the verbs (`create`, `list`, `destroy`, `block-list`)
 //!   over the shim's `dom0::Control` and `xenstore-client`;
+//! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,
+//!   `network-list`;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -14,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod daemons;
 pub mod disk;
+pub mod network;
 pub mod toolstack;
 pub mod vif;
 pub mod xsplan;

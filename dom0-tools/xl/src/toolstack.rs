@@ -298,11 +298,6 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
             cfg.guest_type.as_str()
         )));
     }
-    if !cfg.vifs.is_empty() {
-        return Err(ToolstackError::Unsupported(
-            "vif= is parsed but network devices are not supported yet".into(),
-        ));
-    }
     let cfg_dir = cfg_path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -316,7 +311,7 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     };
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
-    if start_daemons && !cfg.disks.is_empty() {
+    if start_daemons && !(cfg.disks.is_empty() && cfg.vifs.is_empty()) {
         ensure_backendd()?;
     }
     let dc = DomainConfig {
@@ -352,6 +347,19 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 d,
                 &path.display().to_string(),
                 *blk,
+            ));
+        }
+        for (devid, v) in cfg.vifs.iter().enumerate() {
+            let mac = match v.mac {
+                Some(m) => m,
+                None => crate::network::random_mac()?,
+            };
+            ops.extend(crate::network::vif_ops(
+                domid,
+                BACKEND_DOMID,
+                devid as u32,
+                v,
+                mac,
             ));
         }
         apply(&xs, &ops)?;
@@ -482,6 +490,9 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
     }
     let _ = xs.rm(&format!(
         "/local/domain/{BACKEND_DOMID}/error/backend/vbd/{domid}"
+    ));
+    let _ = xs.rm(&format!(
+        "/local/domain/{BACKEND_DOMID}/error/backend/vif/{domid}"
     ));
     if let Some(vm) = vm {
         let _ = xs.rm(&vm);

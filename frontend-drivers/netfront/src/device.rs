@@ -239,6 +239,11 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     // ----------------------------------------------------------------------
     // Accessors.
 
+    /// The platform.
+    pub fn platform(&self) -> &'p P {
+        self.p
+    }
+
     /// The device id.
     pub fn devid(&self) -> u32 {
         self.devid

@@ -41,6 +41,7 @@ extern crate alloc;
 
 mod device;
 mod error;
+pub mod offload;
 pub mod request;
 
 pub use device::{
