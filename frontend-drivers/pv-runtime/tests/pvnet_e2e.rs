@@ -112,3 +112,107 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
     );
     assert!(!tap_a.status.success(), "xl destroy removes the TAP");
 }
+
+#[test]
+fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
+    // Arrange
+    need("iperf3", "iperf3");
+    need("curl", "curl");
+    need("python3", "python3");
+    need("ss", "iproute2");
+    let mut host = Host::start("pvnet-tcp-");
+    let ns = Netns::new("t");
+    let br = bridge_name("t");
+    make_bridge(&ns, &br, "10.77.0.1/24");
+    start_backendd_in(&mut host, &ns);
+    let _iperf = nethost::spawn_in(&ns, "iperf3", &["-s", "-B", "10.77.0.1", "-p", "5201"]);
+    let www = host.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www dir");
+    let big = www.join("big.bin");
+    xlhost::run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", big.display()),
+            "bs=1M",
+            "count=1024",
+            "status=none",
+        ],
+    );
+    let want = xlhost::run("sha256sum", &[big.to_str().expect("utf-8")]);
+    let want = want.split_whitespace().next().expect("a sum").to_owned();
+    let _http = nethost::spawn_in(
+        &ns,
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "10.77.0.1",
+            "--directory",
+            www.to_str().expect("utf-8"),
+        ],
+    );
+    nethost::wait_listen(&ns, 5201);
+    nethost::wait_listen(&ns, 8080);
+    let flag = host.dir.path().join("done");
+    let wait_flag = format!(
+        "i=0; while [ ! -e {f} ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done\n",
+        f = flag.display()
+    );
+    let sum = host.dir.path().join("guest.sha256");
+    let mut guests = Guests {
+        host: &host,
+        names: Vec::new(),
+    };
+    let pid = std::process::id();
+    let (a, b) = (format!("tcpa{pid}"), format!("tcpb{pid}"));
+
+    // Act
+    // (iperf3's server re-opens its listening socket between tests: the
+    // clients pause a second between runs.)
+    guests.create(
+        &b,
+        &[vif(13, &br, "10.77.0.3")],
+        &format!("#!/bin/sh\niperf3 -s -D -B 10.77.0.3 -p 5202\necho guest-ready\n{wait_flag}echo guest-init-ok\n"),
+    );
+    guests.wait_log(&b, "guest-ready", GUEST_RUN);
+    guests.create(
+        &a,
+        &[vif(12, &br, "10.77.0.2")],
+        &format!(
+            "#!/bin/sh\nset -e\n\
+             iperf3 -c 10.77.0.1 -p 5201 -t 3\n\
+             sleep 1\n\
+             iperf3 -c 10.77.0.1 -p 5201 -t 3 -R\n\
+             sleep 1\n\
+             iperf3 -c 10.77.0.3 -p 5202 -t 3\n\
+             sleep 1\n\
+             iperf3 -c 10.77.0.3 -p 5202 -t 3 -R\n\
+             echo iperf-done\n\
+             curl -sS --fail http://10.77.0.1:8080/big.bin | sha256sum > {sum}\n\
+             echo curl-done\n\
+             touch {flag}\necho guest-init-ok\n",
+            sum = sum.display(),
+            flag = flag.display()
+        ),
+    );
+    let log_a = guests.wait_log(&a, "guest-init-ok", Duration::from_secs(300));
+    guests.wait_log(&b, "guest-init-ok", GUEST_RUN);
+
+    // Assert
+    let rates = nethost::iperf_receiver_gbps(&log_a);
+    eprintln!("iperf3 receiver Gbit/s (A->Dom0, Dom0->A, A->B, B->A): {rates:?}");
+    assert_eq!(rates.len(), 4, "four iperf3 runs:\n{log_a}");
+    assert!(
+        rates.iter().all(|&r| r > 0.01),
+        "every direction carries data: {rates:?}\n{log_a}"
+    );
+    let got = std::fs::read_to_string(&sum).expect("the guest's checksum");
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(want.as_str()),
+        "the 1 GiB download arrives intact"
+    );
+}

@@ -199,3 +199,57 @@ pub fn bridge_ports(ns: &Netns, br: &str) -> Vec<String> {
         .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
         .collect()
 }
+
+/// A child process killed on drop.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `prog args` in `ns` in the background (killed on drop).
+pub fn spawn_in(ns: &Netns, prog: &str, args: &[&str]) -> Daemon {
+    let c = ns
+        .cmd(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {prog}: {e}"));
+    Daemon(c)
+}
+
+/// Waits until TCP `port` listens in `ns`.
+pub fn wait_listen(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = ns.exec("ss", &["-Htln", &format!("sport = :{port}")]);
+        if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The receiver bitrates (Gbit/s) of the `iperf3 -c` runs in `log`.
+pub fn iperf_receiver_gbps(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("receiver"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| x.ends_with("bits/sec"))?;
+            let v: f64 = w.get(i - 1)?.parse().ok()?;
+            Some(match w[i].chars().next()? {
+                'G' => v,
+                'M' => v / 1e3,
+                'K' => v / 1e6,
+                _ => v / 1e9,
+            })
+        })
+        .collect()
+}
