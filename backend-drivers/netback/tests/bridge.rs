@@ -25,19 +25,13 @@ fn ip(args: &[&str]) -> String {
 #[test]
 fn test_netback_creates_missing_xenbr0_and_removes_its_port_on_drop() {
     // SAFETY: getuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::getuid() },
-        0,
-        "this test needs root (network namespaces, TAP)"
-    );
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "this test needs root (network namespaces, TAP)");
     std::thread::spawn(|| {
         // Arrange: this thread (and the ip commands it runs) in a new namespace.
         // SAFETY: unshare(2) with CLONE_NEWNET affects only the calling thread.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET)"
-        );
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare(CLONE_NEWNET)");
         assert!(!xen_netback::tap::exists("xenbr0"));
 
         // Act

@@ -37,11 +37,8 @@ struct World {
 impl World {
     fn start(tag: &str) -> World {
         // SAFETY: getuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::getuid() },
-            0,
-            "these tests need root (shim daemon, TAP devices)"
-        );
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(uid, 0, "these tests need root (shim daemon, TAP devices)");
         let daemon = ShimDaemon::start(tag).expect("the shim daemon starts");
         let control = daemon.control().expect("Dom0 control");
         let gntdev = Arc::new(Gntdev::open(daemon.socket()).expect("gntdev"));
