@@ -64,8 +64,8 @@ impl Default for NetfrontConfig {
 pub enum FrontState {
     /// Waiting for the backend's InitWait.
     WaitBackend,
-    /// Rings offered and our state Connected (as Linux netfront does),
-    /// waiting for the backend's Connected.
+    /// Rings offered and our state Initialised, waiting for the
+    /// backend's Connected.
     Offered,
     /// Packets flow.
     Connected,
@@ -359,6 +359,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             }
             (XenbusState::Connected, FrontState::Offered) => {
                 self.state = FrontState::Connected;
+                self.switch_state(XenbusState::Connected).map_err(plat)?;
                 // Wake the backend for the rx buffers already posted.
                 for i in 0..self.queues.len() {
                     let port = self.queues[i].port_rx;
@@ -431,7 +432,10 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             return Err(self.fail(FailReason::Platform(e)));
         }
         self.state = FrontState::Offered;
-        self.switch_state(XenbusState::Connected).map_err(plat)
+        // Initialised, then Connected once the backend is: Linux netback
+        // connects on either, and a restarted backend that finds a
+        // frontend already Connected waits for a fresh offer.
+        self.switch_state(XenbusState::Initialised).map_err(plat)
     }
 
     fn grant_run(
@@ -728,37 +732,57 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         meta: PacketMeta,
     ) -> Result<bool, NetfrontError> {
         self.usable(q)?;
-        let max = self.max_frame();
-        let (_, gso4, gso6) = self.offloads();
-        let gso_ok = meta.gso.is_none_or(|g| if g.ipv6 { gso6 } else { gso4 });
-        if frame.len() < ETH_HLEN || frame.len() > max || !gso_ok {
-            return Err(NetfrontError::BadFrame {
-                len: frame.len(),
-                max,
-            });
-        }
+        self.check_frame(frame.len(), &meta)?;
         let nslots = frame.len().div_ceil(PAGE_SIZE);
         let need = nslots + usize::from(meta.gso.is_some());
-        {
-            let qu = &self.queues[q];
-            if (qu.tx.free_requests() as usize) < need || qu.tx_free.len() < nslots {
-                self.reap_tx(q)?;
+        if !self.room(q, need, nslots) {
+            self.reap_tx(q)?;
+            if !self.room(q, need, nslots) {
+                return Ok(false);
             }
         }
         let qu = &mut self.queues[q];
-        if (qu.tx.free_requests() as usize) < need || qu.tx_free.len() < nslots {
-            return Ok(false);
-        }
+        let mut ids = [0u16; MAX_SLOTS];
         for (i, chunk) in frame.chunks(PAGE_SIZE).enumerate() {
             let Some(id) = qu.tx_free.pop() else {
                 return Ok(false);
             };
-            let off = usize::from(id) * PAGE_SIZE;
-            if qu.tx_pages.write(off, chunk).is_err() {
+            ids[i] = id;
+            if qu
+                .tx_pages
+                .write(usize::from(id) * PAGE_SIZE, chunk)
+                .is_err()
+            {
                 return Err(NetfrontError::Platform(PlatformError::Unsupported {
                     op: "tx page write",
                 }));
             }
+        }
+        self.push_frame(q, &ids[..nslots], frame.len(), meta);
+        Ok(true)
+    }
+
+    fn check_frame(&self, len: usize, meta: &PacketMeta) -> Result<(), NetfrontError> {
+        let max = self.max_frame();
+        let (_, gso4, gso6) = self.offloads();
+        let gso_ok = meta.gso.is_none_or(|g| if g.ipv6 { gso6 } else { gso4 });
+        if len < ETH_HLEN || len > max || !gso_ok {
+            return Err(NetfrontError::BadFrame { len, max });
+        }
+        Ok(())
+    }
+
+    fn room(&self, q: usize, slots: usize, pages: usize) -> bool {
+        let qu = &self.queues[q];
+        qu.tx.free_requests() as usize >= slots && qu.tx_free.len() >= pages
+    }
+
+    /// Pushes the requests of a frame of `len` bytes whose data is in the
+    /// tx pages `ids` (one per 4 KiB); the caller checked the room.
+    fn push_frame(&mut self, q: usize, ids: &[u16], len: usize, meta: PacketMeta) {
+        let qu = &mut self.queues[q];
+        let n = ids.len();
+        for (i, &id) in ids.iter().enumerate() {
             qu.tx_busy[usize::from(id)] = true;
             let mut flags = 0u16;
             let size = if i == 0 {
@@ -770,11 +794,13 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                 if meta.gso.is_some() {
                     flags |= NETTXF_extra_info;
                 }
-                frame.len() as u16
+                len as u16
+            } else if i + 1 == n {
+                (len - i * PAGE_SIZE) as u16
             } else {
-                chunk.len() as u16
+                PAGE_SIZE as u16
             };
-            if i + 1 < nslots {
+            if i + 1 < n {
                 flags |= NETTXF_more_data;
             }
             let gref = qu.tx_grefs[usize::from(id)];
@@ -786,8 +812,72 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             }
         }
         self.stats.tx_packets = self.stats.tx_packets.saturating_add(1);
-        self.stats.tx_bytes = self.stats.tx_bytes.saturating_add(frame.len() as u64);
-        Ok(true)
+        self.stats.tx_bytes = self.stats.tx_bytes.saturating_add(len as u64);
+    }
+
+    /// Reserves tx pages for the largest frame on queue `q`, for a frame
+    /// written in place (zero copy: e.g. `readv(2)` straight into them,
+    /// [`NetFront::tx_page_ptrs`]); `Ok(None)` when there is no room
+    /// (reap and retry). Finish with [`NetFront::commit_tx`] or
+    /// [`NetFront::cancel_tx`].
+    pub fn reserve_tx(&mut self, q: usize) -> Result<Option<TxReservation>, NetfrontError> {
+        self.usable(q)?;
+        let pages = self.max_frame().div_ceil(PAGE_SIZE);
+        if !self.room(q, pages + 1, pages) {
+            self.reap_tx(q)?;
+            if !self.room(q, pages + 1, pages) {
+                return Ok(None);
+            }
+        }
+        let qu = &mut self.queues[q];
+        let at = qu.tx_free.len() - pages;
+        let ids = qu.tx_free.split_off(at);
+        Ok(Some(TxReservation { q, ids }))
+    }
+
+    /// The pages of a reservation, in frame order, each [`PAGE_SIZE`]
+    /// bytes, valid for writes until the reservation is committed or
+    /// cancelled (the backend cannot map them before).
+    pub fn tx_page_ptrs(&self, r: &TxReservation) -> Vec<*mut u8> {
+        let Some(qu) = self.queues.get(r.q) else {
+            return Vec::new();
+        };
+        r.ids
+            .iter()
+            .map(|&id| {
+                // SAFETY: `id < NETIF_TX_RING_SIZE`, so the offset is inside
+                // the tx page run.
+                unsafe { qu.tx_pages.as_ptr().add(usize::from(id) * PAGE_SIZE) }
+            })
+            .collect()
+    }
+
+    /// Sends the first `len` bytes written into a reservation's pages.
+    /// A bad length or offload gives the pages back and fails with
+    /// [`NetfrontError::BadFrame`].
+    pub fn commit_tx(
+        &mut self,
+        r: TxReservation,
+        len: usize,
+        meta: PacketMeta,
+    ) -> Result<(), NetfrontError> {
+        let q = r.q;
+        if let Err(e) = self.usable(q).and_then(|()| self.check_frame(len, &meta)) {
+            self.cancel_tx(r);
+            return Err(e);
+        }
+        let n = len.div_ceil(PAGE_SIZE).min(r.ids.len());
+        let (used, rest) = r.ids.split_at(n);
+        self.queues[q].tx_free.extend_from_slice(rest);
+        self.push_frame(q, used, len, meta);
+        Ok(())
+    }
+
+    /// Gives a reservation's pages back unused.
+    pub fn cancel_tx(&mut self, r: TxReservation) {
+        if let Some(qu) = self.queues.get_mut(r.q) {
+            qu.tx_free.extend_from_slice(&r.ids);
+        }
     }
 
     /// Publishes queued frames of queue `q`, notifying the backend if its
@@ -865,7 +955,45 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         q: usize,
         buf: &mut [u8],
     ) -> Result<Option<(usize, PacketMeta)>, NetfrontError> {
+        let mut out = None;
+        while out.is_none() {
+            let r = self.receive_with(q, |frags, _head, meta| {
+                let mut len = 0usize;
+                for f in frags {
+                    if len + f.len > buf.len() {
+                        return None;
+                    }
+                    // SAFETY: `f` lies inside this queue's rx page run
+                    // (validated offsets), alive while the callback runs;
+                    // the backend may still write it: the copy is volatile.
+                    unsafe { volatile_copy_from(buf[len..].as_mut_ptr(), f.ptr, f.len) };
+                    len += f.len;
+                }
+                Some((len, meta))
+            })?;
+            match r {
+                None => return Ok(None),
+                Some(None) => {
+                    self.stats.rx_errors = self.stats.rx_errors.saturating_add(1);
+                }
+                Some(Some(x)) => out = Some(x),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the next received frame of queue `q` and hands it to `f` in
+    /// place (zero copy): its fragments in the rx pages, a copy of its
+    /// first bytes (up to 128, for header parsing) and its offloads; then
+    /// re-posts the pages. `Ok(None)` when no whole frame is there; bad
+    /// chains are dropped (counted in `rx_errors`) without calling `f`.
+    pub fn receive_with<R>(
+        &mut self,
+        q: usize,
+        f: impl FnOnce(&[RxFrag], &[u8], PacketMeta) -> R,
+    ) -> Result<Option<R>, NetfrontError> {
         self.usable(q)?;
+        let mut f = Some(f);
         loop {
             let pkt = loop {
                 let qu = &mut self.queues[q];
@@ -887,25 +1015,51 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             let mask = qu.rx.nr_ents() - 1;
             // The ring index of rx_pending[0].
             let base = qu.rx.rsp_cons().wrapping_sub(qu.rx_pending.len() as u32);
+            let mut frags = [RxFrag {
+                ptr: core::ptr::null(),
+                len: 0,
+            }; MAX_SLOTS];
+            let mut n = 0;
             let mut len = 0usize;
-            let mut bad = pkt.bad;
-            if !bad {
-                for s in &pkt.segs {
-                    let page = (base.wrapping_add(s.slot as u32) & mask) as usize;
-                    let l = usize::from(s.len);
-                    if len + l > buf.len() {
-                        bad = true;
+            for s in &pkt.segs {
+                let page = (base.wrapping_add(s.slot as u32) & mask) as usize;
+                // SAFETY: `page < NETIF_RX_RING_SIZE` and `offset + len <=
+                // 4096` (checked by `parse_rx`): inside the rx page run.
+                let ptr = unsafe {
+                    qu.rx_pages
+                        .as_ptr()
+                        .add(page * PAGE_SIZE + usize::from(s.offset))
+                };
+                if n < MAX_SLOTS {
+                    frags[n] = RxFrag {
+                        ptr,
+                        len: usize::from(s.len),
+                    };
+                    n += 1;
+                }
+                len += usize::from(s.len);
+            }
+            let ok = !pkt.bad && (ETH_HLEN..=MAX_FRAME + ETH_HLEN).contains(&len);
+            let mut head = [0u8; 128];
+            let mut hl = 0;
+            if ok {
+                for fr in &frags[..n] {
+                    let take = fr.len.min(head.len() - hl);
+                    // SAFETY: as above, inside the rx pages; volatile.
+                    unsafe { volatile_copy_from(head[hl..].as_mut_ptr(), fr.ptr, take) };
+                    hl += take;
+                    if hl == head.len() {
                         break;
                     }
-                    let off = page * PAGE_SIZE + usize::from(s.offset);
-                    if qu.rx_pages.read(off, &mut buf[len..len + l]).is_err() {
-                        bad = true;
-                        break;
-                    }
-                    len += l;
                 }
             }
+            let r = if ok {
+                f.take().map(|f| f(&frags[..n], &head[..hl], pkt.meta))
+            } else {
+                None
+            };
             // Re-post the chain's pages, each in its own slot again.
+            let qu = &mut self.queues[q];
             qu.rx_pending.drain(..pkt.slots);
             for _ in 0..pkt.slots {
                 let slot = (qu.rx.req_prod_pvt() & mask) as usize;
@@ -913,13 +1067,16 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                     .rx
                     .push_request(&rx_request(slot as u16, qu.rx_grefs[slot]));
             }
-            if bad || len < ETH_HLEN {
-                self.stats.rx_errors = self.stats.rx_errors.saturating_add(1);
-                continue;
+            match r {
+                Some(r) => {
+                    self.stats.rx_packets = self.stats.rx_packets.saturating_add(1);
+                    self.stats.rx_bytes = self.stats.rx_bytes.saturating_add(len as u64);
+                    return Ok(Some(r));
+                }
+                None => {
+                    self.stats.rx_errors = self.stats.rx_errors.saturating_add(1);
+                }
             }
-            self.stats.rx_packets = self.stats.rx_packets.saturating_add(1);
-            self.stats.rx_bytes = self.stats.rx_bytes.saturating_add(len as u64);
-            return Ok(Some((len, pkt.meta)));
         }
     }
 
@@ -979,6 +1136,52 @@ impl<P: Platform + ?Sized> Drop for NetFront<'_, P> {
             .p
             .xs_unwatch(&format!("{}/state", self.backend), &self.token);
         self.teardown_queues();
+    }
+}
+
+/// Tx pages reserved for one frame ([`NetFront::reserve_tx`]).
+#[derive(Debug)]
+pub struct TxReservation {
+    q: usize,
+    ids: Vec<u16>,
+}
+
+impl TxReservation {
+    /// Bytes the reserved pages hold.
+    pub fn capacity(&self) -> usize {
+        self.ids.len() * PAGE_SIZE
+    }
+}
+
+/// One fragment of a received frame, in place in an rx page.
+#[derive(Debug, Clone, Copy)]
+pub struct RxFrag {
+    /// Start of the data (shared memory: read only with volatile or
+    /// system-call copies).
+    pub ptr: *const u8,
+    /// Its length.
+    pub len: usize,
+}
+
+/// Copies `len` bytes of shared memory at `src` to `dst` with volatile
+/// word reads.
+///
+/// # Safety
+/// `src..src+len` must be readable and `dst..dst+len` writable, not
+/// overlapping.
+unsafe fn volatile_copy_from(dst: *mut u8, src: *const u8, len: usize) {
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: in bounds by the caller's contract; unaligned reads.
+        let w = unsafe { core::ptr::read_volatile(src.add(i).cast::<[u8; 8]>()) };
+        // SAFETY: as above for the destination.
+        unsafe { core::ptr::write(dst.add(i).cast::<[u8; 8]>(), w) };
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: as above.
+        unsafe { *dst.add(i) = core::ptr::read_volatile(src.add(i)) };
+        i += 1;
     }
 }
 

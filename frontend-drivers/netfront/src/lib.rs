@@ -11,8 +11,8 @@
 //!
 //! | backend | frontend was | frontend does |
 //! |---|---|---|
-//! | InitWait | waiting or Closed | read `multi-queue-max-queues`, `feature-split-event-channels`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `mtu`; per queue allocate and grant a tx and an rx ring page, 256 tx pages (read-only) and 256 rx pages (writable), one or two unbound ports; post every rx page; write `tx-ring-ref`, `rx-ring-ref`, `event-channel` (or `-tx`/`-rx`), `queue-N/` with `multi-queue-num-queues`, `request-rx-copy`, `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `feature-no-csum-offload` in one transaction; switch to Connected (as Linux netfront) |
-//! | Connected | offered | the data path starts; the backend is kicked for the posted rx pages |
+//! | InitWait | waiting or Closed | read `multi-queue-max-queues`, `feature-split-event-channels`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `mtu`; per queue allocate and grant a tx and an rx ring page, 256 tx pages (read-only) and 256 rx pages (writable), one or two unbound ports; post every rx page; write `tx-ring-ref`, `rx-ring-ref`, `event-channel` (or `-tx`/`-rx`), `queue-N/` with `multi-queue-num-queues`, `request-rx-copy`, `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `feature-no-csum-offload` in one transaction; switch to Initialised (Linux netfront goes straight to Connected; Linux netback connects on either, and backendd after a restart waits for a fresh Initialised) |
+//! | Connected | offered | switch to Connected; the data path starts; the backend is kicked for the posted rx pages |
 //! | Closing, Closed, or removed | offered or Connected | revoke every grant (pages the backend still maps are never reused), free the rings, close the ports, switch to Closed |
 //!
 //! # Data path
@@ -45,8 +45,8 @@ pub mod offload;
 pub mod request;
 
 pub use device::{
-    gso, parse_mac, pick_queue, FrontState, NetFront, NetfrontConfig, NetfrontStats, MAX_FRAME,
-    MAX_QUEUES,
+    gso, parse_mac, pick_queue, FrontState, NetFront, NetfrontConfig, NetfrontStats, RxFrag,
+    TxReservation, MAX_FRAME, MAX_QUEUES,
 };
 pub use error::{FailReason, NetfrontError};
 pub use request::{Gso, PacketMeta};

@@ -23,6 +23,11 @@ fn test_netfront_handshake_writes_netif_keys_and_connects() {
     let f = connected(&p, &mut b);
 
     // Assert
+    assert_eq!(
+        b.fe_node("state").as_deref(),
+        Some("4"),
+        "Connected after the backend"
+    );
     assert_eq!(f.mac(), [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03]);
     assert_eq!(f.mtu(), 1500);
     assert_eq!(f.offloads(), (true, true, true));

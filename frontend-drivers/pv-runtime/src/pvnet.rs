@@ -30,9 +30,7 @@ use std::time::{Duration, Instant};
 
 use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
 use xen_netfront::offload::{self, VnetHdr, VNET_HDR_LEN};
-use xen_netfront::{
-    FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, PacketMeta, MAX_FRAME,
-};
+use xen_netfront::{FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, PacketMeta};
 
 use crate::demo::emit;
 
@@ -41,7 +39,7 @@ const MAX_NICS: usize = 8;
 /// Frames read from the TAP per tx batch.
 const TX_BATCH: usize = 64;
 /// How long the rx thread polls the ring before sleeping.
-const RX_SPIN: Duration = Duration::from_micros(50);
+const RX_SPIN: Duration = Duration::from_micros(30);
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
 
@@ -253,20 +251,13 @@ impl GuestTap {
         self.file.as_raw_fd()
     }
 
-    /// Reads one frame (non-blocking): `Ok(None)` when none is queued.
-    fn read(&self, hdr: &mut [u8; VNET_HDR_LEN], buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        ];
-        // SAFETY: both iovecs describe live, writable local buffers.
-        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), 2) };
+    /// `readv(2)` of one frame into `iov`; `Ok(None)` when none is queued.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for writes of its length.
+    unsafe fn readv_raw(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+        // SAFETY: the caller promises the iovecs are writable.
+        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -274,23 +265,16 @@ impl GuestTap {
                 _ => Err(e),
             };
         }
-        Ok(Some((n as usize).saturating_sub(VNET_HDR_LEN)))
+        Ok(Some(n as usize))
     }
 
-    /// Writes one frame.
-    fn write(&self, hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<()> {
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
-        // SAFETY: both iovecs describe live local buffers, only read.
-        let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), 2) };
+    /// `writev(2)` of one frame.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for reads of its length.
+    unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: the caller promises the iovecs are readable.
+        let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -443,10 +427,10 @@ fn meta_from_vnet(h: &VnetHdr) -> PacketMeta {
     }
 }
 
-fn vnet_from_meta(m: &PacketMeta, frame: &mut [u8]) -> Option<VnetHdr> {
+fn vnet_from_meta(m: &PacketMeta, head: &[u8]) -> Option<VnetHdr> {
     let mut h = VnetHdr::default();
     if m.csum_blank || m.gso.is_some() {
-        let ci = offload::checksum_info(frame)?;
+        let ci = offload::checksum_info(head)?;
         h.flags = offload::VNET_F_NEEDS_CSUM;
         h.csum_start = ci.start;
         h.csum_offset = ci.offset;
@@ -472,37 +456,31 @@ fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The tx pump of `nic` (TAP to netfront, queue 0) until `stop`.
+/// The tx pump of `nic` (TAP to netfront, queue 0) until `stop`: each
+/// frame is read from the TAP straight into reserved tx pages (`readv(2)`
+/// of the virtio-net header and the pages: no copy in this process).
 pub fn tx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let mut buf = vec![0u8; MAX_FRAME + 64];
     let port_tx = lock(&nic.nf).ports(0).map(|p| p.0).unwrap_or(0);
     let p = nic_platform(&nic.nf);
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
         for _ in 0..TX_BATCH {
-            let mut h = [0u8; VNET_HDR_LEN];
-            let n = match nic.tap.read(&mut h, &mut buf) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => return Err(os("read the guest TAP")(e)),
-            };
-            let meta = meta_from_vnet(&VnetHdr::decode(&h));
-            let frame = &buf[..n];
-            loop {
+            let (res, ptrs) = {
                 let mut nf = lock(&nic.nf);
-                match nf.transmit(0, frame, meta) {
-                    Ok(true) => break,
-                    Ok(false) => {
+                match nf.reserve_tx(0).map_err(nf_err)? {
+                    Some(r) => {
+                        let ptrs = nf.tx_page_ptrs(&r);
+                        (r, ptrs)
+                    }
+                    None => {
                         // Ring or buffers full: publish, wait for responses.
                         nf.push_tx(0).map_err(nf_err)?;
-                        if nf.reap_tx(0).map_err(nf_err)? > 0 {
-                            continue;
-                        }
                         let ready = nf.arm_tx(0).map_err(nf_err)?;
                         drop(nf);
                         if !ready {
@@ -511,13 +489,46 @@ pub fn tx_loop<P: Platform + ?Sized>(
                         if stop.load(Ordering::Relaxed) {
                             return Ok(());
                         }
+                        continue;
                     }
-                    // A frame the device cannot carry: drop it.
-                    Err(NetfrontError::BadFrame { .. }) => break,
-                    Err(e) => return Err(nf_err(e)),
+                }
+            };
+            let mut h = [0u8; VNET_HDR_LEN];
+            iov.clear();
+            iov.push(libc::iovec {
+                iov_base: h.as_mut_ptr().cast(),
+                iov_len: h.len(),
+            });
+            for &ptr in &ptrs {
+                iov.push(libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: xen_front_platform::PAGE_SIZE,
+                });
+            }
+            // SAFETY: the header is a live local array; each page pointer is
+            // a reserved tx page of PAGE_SIZE bytes, writable and not
+            // granted to the backend in any request until committed.
+            let r = unsafe { nic.tap.readv_raw(&iov) };
+            let mut nf = lock(&nic.nf);
+            match r {
+                Ok(Some(n)) => {
+                    let meta = meta_from_vnet(&VnetHdr::decode(&h));
+                    match nf.commit_tx(res, n.saturating_sub(VNET_HDR_LEN), meta) {
+                        Ok(()) => sent += 1,
+                        // A frame the device cannot carry: dropped.
+                        Err(NetfrontError::BadFrame { .. }) => {}
+                        Err(e) => return Err(nf_err(e)),
+                    }
+                }
+                Ok(None) => {
+                    nf.cancel_tx(res);
+                    break;
+                }
+                Err(e) => {
+                    nf.cancel_tx(res);
+                    return Err(os("read the guest TAP")(e));
                 }
             }
-            sent += 1;
         }
         if sent > 0 {
             let mut nf = lock(&nic.nf);
@@ -534,27 +545,48 @@ fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P 
     lock(nf).platform()
 }
 
-/// The rx pump of `nic` (netfront queue 0 to the TAP) until `stop`.
+/// The rx pump of `nic` (netfront queue 0 to the TAP) until `stop`: each
+/// frame is written to the TAP straight from the rx pages (`writev(2)`).
 pub fn rx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let mut buf = vec![0u8; MAX_FRAME + 64];
     let port_rx = lock(&nic.nf).ports(0).map(|p| p.1).unwrap_or(0);
     let p = nic_platform(&nic.nf);
     let mut idle_since: Option<Instant> = None;
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut got = 0;
         {
             let mut nf = lock(&nic.nf);
-            while let Some((n, meta)) = nf.receive(0, &mut buf).map_err(nf_err)? {
-                got += 1;
-                let frame = &mut buf[..n];
-                if let Some(h) = vnet_from_meta(&meta, frame) {
-                    // A full TAP queue drops the frame, as a NIC would.
-                    let _ = nic.tap.write(&h.encode(), frame);
+            loop {
+                let r = nf.receive_with(0, |frags, head, meta| {
+                    let Some(h) = vnet_from_meta(&meta, head) else {
+                        return;
+                    };
+                    let h = h.encode();
+                    iov.clear();
+                    iov.push(libc::iovec {
+                        iov_base: h.as_ptr() as *mut libc::c_void,
+                        iov_len: h.len(),
+                    });
+                    for f in frags {
+                        iov.push(libc::iovec {
+                            iov_base: f.ptr as *mut libc::c_void,
+                            iov_len: f.len,
+                        });
+                    }
+                    // SAFETY: the header is a live local array and every
+                    // fragment lies in netfront's rx pages, alive while this
+                    // callback runs; the kernel only reads them. A full TAP
+                    // queue drops the frame, as a NIC would.
+                    let _ = unsafe { nic.tap.writev_raw(&iov) };
+                });
+                match r.map_err(nf_err)? {
+                    Some(()) => got += 1,
+                    None => break,
                 }
                 if got % 32 == 0 {
                     nf.push_rx(0).map_err(nf_err)?;
@@ -571,7 +603,10 @@ pub fn rx_loop<P: Platform + ?Sized>(
         }
         let now = Instant::now();
         if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
-            if !lock(&nic.nf).rx_ready(0) {
+            for _ in 0..64 {
+                if lock(&nic.nf).rx_ready(0) {
+                    break;
+                }
                 std::hint::spin_loop();
             }
             continue;

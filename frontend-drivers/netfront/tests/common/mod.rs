@@ -122,8 +122,8 @@ impl<'a> FakeBack<'a> {
     pub fn connect(&mut self) {
         assert_eq!(
             self.fe_node("state").as_deref(),
-            Some("4"),
-            "netfront goes Connected (as Linux)"
+            Some("3"),
+            "netfront offers its rings (Initialised)"
         );
         assert_eq!(self.fe_node("request-rx-copy").as_deref(), Some("1"));
         assert_eq!(self.fe_node("feature-rx-notify").as_deref(), Some("1"));
