@@ -424,6 +424,7 @@ fn start_queue(
         rx_max,
         shared: Arc::clone(shared),
         pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
+        rx_held: std::collections::VecDeque::with_capacity(MAX_SLOTS + 2),
         last_log: None,
     };
     let thread = std::thread::Builder::new()
@@ -459,7 +460,17 @@ struct Worker {
     shared: Arc<Shared>,
     /// Tx slots taken whose packet is not complete yet.
     pending: Vec<TxSlot>,
+    /// Rx requests taken (their pages mapped) and not answered yet: the
+    /// next packets are read from the TAP straight into these pages.
+    rx_held: std::collections::VecDeque<Held>,
     last_log: Option<Instant>,
+}
+
+/// An rx request taken from the ring, its page mapped (`None`: the grant
+/// did not map; its slot gets `NETIF_RSP_ERROR`).
+struct Held {
+    id: u16,
+    map: Option<GrantMapping>,
 }
 
 fn tx_rsp(id: u16, status: i16) -> TxRsp {
@@ -719,6 +730,244 @@ impl Worker {
 
     /// TAP to guest. `Ok(true)` if anything was done.
     fn serve_rx(&mut self, buf: &mut [u8]) -> Result<bool, FailureReason> {
+        if self.feats.sg {
+            return self.serve_rx_in_place(buf);
+        }
+        self.serve_rx_copy(buf)
+    }
+
+    /// Rx requests available: held plus unconsumed on the ring.
+    fn rx_avail(&self) -> Result<u32, FailureReason> {
+        let n = self
+            .rx
+            .unconsumed_requests()
+            .map_err(|e| Self::ring_err("rx", e))?;
+        Ok(n.saturating_add(self.rx_held.len() as u32))
+    }
+
+    /// TAP to guest with scatter-gather: each packet is read from the TAP
+    /// straight into the held requests' pages (`readv(2)` of the header,
+    /// the first page, and the pages after the slot a GSO extra takes).
+    fn serve_rx_in_place(&mut self, scratch: &mut [u8]) -> Result<bool, FailureReason> {
+        let need = self.rx_need as usize;
+        let mut work = false;
+        let mut discard = [0u8; 4096];
+        for _ in 0..self.rx.nr_ents() {
+            while self.rx_held.len() < need {
+                match self
+                    .rx
+                    .take_request()
+                    .map_err(|e| Self::ring_err("rx", e))?
+                {
+                    Some(s) => {
+                        let req = netif_rx_request::read_from_bytes(&s).unwrap_or_default();
+                        let map = match self.gntdev.map_grant_ref(self.domid, req.gref, true) {
+                            Ok(m) => Some(m),
+                            Err(e) => {
+                                self.log_drop("an rx grant cannot be mapped", &e);
+                                None
+                            }
+                        };
+                        self.rx_held.push_back(Held { id: req.id, map });
+                    }
+                    None => break,
+                }
+            }
+            if self.rx_held.len() < need {
+                break;
+            }
+            let mut h = [0u8; VNET_HDR_LEN];
+            let mut iov = [libc::iovec {
+                iov_base: core::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_SLOTS + 2];
+            iov[0] = libc::iovec {
+                iov_base: h.as_mut_ptr().cast(),
+                iov_len: h.len(),
+            };
+            let mut n_iov = 1;
+            for (i, held) in self.rx_held.iter().enumerate().take(need) {
+                if i == 1 {
+                    continue; // kept for a GSO extra
+                }
+                let ptr = held
+                    .map
+                    .as_ref()
+                    .and_then(GrantMapping::as_mut_ptr)
+                    .unwrap_or(discard.as_mut_ptr());
+                iov[n_iov] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: 4096,
+                };
+                n_iov += 1;
+            }
+            // SAFETY: the header and the discard page are live local
+            // arrays; every other iovec is a writable one-page grant
+            // mapping held in `rx_held` until after the call.
+            let n = match unsafe { self.tap.read_packet_raw(&iov[..n_iov]) } {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => return Err(FailureReason::Tap(e.to_string())),
+            };
+            work = true;
+            let len = n.saturating_sub(VNET_HDR_LEN);
+            self.deliver_in_place(VnetHdr::decode(&h), len, scratch)?;
+        }
+        if self.rx.push_responses_and_check_notify() {
+            self.notify(self.port_rx)?;
+        }
+        Ok(work)
+    }
+
+    /// Answers the held requests a packet of `len` bytes was read into.
+    fn deliver_in_place(
+        &mut self,
+        hdr: VnetHdr,
+        len: usize,
+        scratch: &mut [u8],
+    ) -> Result<(), FailureReason> {
+        if !(offload::ETH_HLEN..=RX_BUF).contains(&len) {
+            // Nothing is answered: the pages are reused for the next one.
+            self.shared.metrics.add(Counter::RxDropped, 1);
+            return Ok(());
+        }
+        let chunks = len.div_ceil(4096);
+        let gso = match hdr.gso_type & !offload::VNET_GSO_ECN {
+            offload::VNET_GSO_NONE => None,
+            offload::VNET_GSO_TCPV4 if self.feats.gso_tcpv4 => {
+                Some((XEN_NETIF_GSO_TYPE_TCPV4, hdr.gso_size))
+            }
+            offload::VNET_GSO_TCPV6 if self.feats.gso_tcpv6 => {
+                Some((XEN_NETIF_GSO_TYPE_TCPV6, hdr.gso_size))
+            }
+            _ => {
+                self.shared.metrics.add(Counter::RxDropped, 1);
+                return Ok(());
+            }
+        };
+        // Held index of each data chunk as read: 0, then 2, 3, ...
+        let read_at = |k: usize| if k == 0 { 0 } else { k + 1 };
+        let mut failed = false;
+        if gso.is_none() && chunks > 1 {
+            // No extra slot: move chunks 1.. down one slot (jumbo frames
+            // only; each destination is below its source).
+            let mut page = [0u8; 4096];
+            for k in 1..chunks {
+                let ok = match (&self.rx_held[read_at(k)].map, &self.rx_held[k].map) {
+                    (Some(src), Some(dst)) => {
+                        src.read(0, &mut page).is_ok() && dst.write(0, &page).is_ok()
+                    }
+                    _ => false,
+                };
+                failed |= !ok;
+            }
+        }
+        let slot_of = |k: usize| if gso.is_some() { read_at(k) } else { k };
+        let mut flags = 0u16;
+        if hdr.flags & offload::VNET_F_NEEDS_CSUM != 0 {
+            let mut head = [0u8; 128];
+            if let Some(m) = &self.rx_held[0].map {
+                let _ = m.read(0, &mut head[..len.min(128)]);
+            }
+            let v6 = offload::checksum_info(&head[..len.min(128)]).is_some_and(|c| c.ipv6);
+            let partial_ok = if v6 {
+                self.feats.csum_ipv6
+            } else {
+                self.feats.csum_ipv4
+            };
+            if partial_ok {
+                flags |= NETRXF_csum_blank | NETRXF_data_validated;
+            } else {
+                // Gather, complete the checksum, scatter back.
+                let mut ok = len <= scratch.len();
+                for k in 0..chunks {
+                    let l = (len - k * 4096).min(4096);
+                    ok &= ok
+                        && self.rx_held[slot_of(k)].map.as_ref().is_some_and(|m| {
+                            m.read(0, &mut scratch[k * 4096..k * 4096 + l]).is_ok()
+                        });
+                }
+                ok = ok
+                    && offload::complete_checksum(
+                        &mut scratch[..len],
+                        usize::from(hdr.csum_start),
+                        usize::from(hdr.csum_offset),
+                    );
+                for k in 0..chunks {
+                    let l = (len - k * 4096).min(4096);
+                    ok &= ok
+                        && self.rx_held[slot_of(k)]
+                            .map
+                            .as_ref()
+                            .is_some_and(|m| m.write(0, &scratch[k * 4096..k * 4096 + l]).is_ok());
+                }
+                failed |= !ok;
+                flags |= NETRXF_data_validated;
+            }
+        } else if hdr.flags & offload::VNET_F_DATA_VALID != 0 {
+            flags |= NETRXF_data_validated;
+        }
+        for k in 0..chunks {
+            failed |= self.rx_held[slot_of(k)].map.is_none();
+        }
+        let used = if gso.is_some() { chunks + 1 } else { chunks };
+        for i in 0..used {
+            let Some(held) = self.rx_held.pop_front() else {
+                return Err(FailureReason::Ring("held rx requests vanished".into()));
+            };
+            let rsp = if gso.is_some() && i == 1 {
+                let (t, size) = gso.unwrap_or_default();
+                let e = netif_extra_info {
+                    r#type: XEN_NETIF_EXTRA_TYPE_GSO,
+                    flags: 0,
+                    u: netif_extra_info_u::from_gso(netif_extra_info_gso {
+                        size,
+                        r#type: t,
+                        pad: 0,
+                        features: 0,
+                    }),
+                };
+                let mut s = [0u8; NETIF_RX_SRING_ENTRY_SIZE];
+                s.copy_from_slice(e.as_bytes());
+                s
+            } else {
+                let k = if gso.is_some() && i > 1 { i - 1 } else { i };
+                let l = (len - k * 4096).min(4096);
+                let mut f = if i == 0 { flags } else { 0 };
+                if k + 1 < chunks {
+                    f |= NETRXF_more_data;
+                }
+                if i == 0 && gso.is_some() {
+                    f |= NETRXF_extra_info;
+                }
+                let status = if held.map.is_none() || failed {
+                    NETIF_RSP_ERROR
+                } else {
+                    l as i16
+                };
+                rx_rsp(netif_rx_response {
+                    id: held.id,
+                    offset: 0,
+                    flags: f,
+                    status,
+                })
+            };
+            self.rx
+                .push_response(&rsp)
+                .map_err(|e| Self::ring_err("rx", e))?;
+        }
+        if failed {
+            self.shared.metrics.add(Counter::RxDropped, 1);
+        } else {
+            self.shared.metrics.add(Counter::RxPackets, 1);
+            self.shared.metrics.add(Counter::RxBytes, len as u64);
+        }
+        Ok(())
+    }
+
+    /// TAP to guest without scatter-gather: read into a local buffer, copy
+    /// into one posted page.
+    fn serve_rx_copy(&mut self, buf: &mut [u8]) -> Result<bool, FailureReason> {
         let mut work = false;
         // Bounded: at most a ring's worth of packets per call.
         for _ in 0..self.rx.nr_ents() {
@@ -883,18 +1132,12 @@ impl Worker {
         {
             return Ok(true);
         }
-        let avail = self
-            .rx
-            .unconsumed_requests()
-            .map_err(|e| Self::ring_err("rx", e))?;
+        let avail = self.rx_avail()?;
         if avail < self.rx_need {
-            self.rx.set_req_event(self.rx_need);
+            let ahead = self.rx_need - self.rx_held.len() as u32;
+            self.rx.set_req_event(ahead);
             fence(Ordering::SeqCst);
-            let avail = self
-                .rx
-                .unconsumed_requests()
-                .map_err(|e| Self::ring_err("rx", e))?;
-            if avail >= self.rx_need {
+            if self.rx_avail()? >= self.rx_need {
                 return Ok(true);
             }
         }
@@ -904,11 +1147,7 @@ impl Worker {
     /// Sleeps until a port fires or, when it can receive, the TAP has a
     /// packet.
     fn sleep(&mut self) -> Result<(), FailureReason> {
-        let can_rx = self
-            .rx
-            .unconsumed_requests()
-            .map_err(|e| Self::ring_err("rx", e))?
-            >= self.rx_need;
+        let can_rx = self.rx_avail()? >= self.rx_need;
         let mut fds = [
             libc::pollfd {
                 fd: self.evtchn.as_raw_fd(),

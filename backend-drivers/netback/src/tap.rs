@@ -280,6 +280,25 @@ impl TapQueue {
         Ok(Some(n as usize))
     }
 
+    /// `readv(2)` of one packet into `iov`; `Ok(None)` when nothing is
+    /// queued.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for writes of its length for
+    /// the duration of the call.
+    pub unsafe fn read_packet_raw(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+        // SAFETY: the caller promises the iovecs are writable.
+        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(n as usize))
+    }
+
     /// `writev(2)` of one packet.
     ///
     /// # Safety
