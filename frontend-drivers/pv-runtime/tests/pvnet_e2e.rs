@@ -74,6 +74,7 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
     let dom0_to_a = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"]);
     let dom0_to_b = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.3"]);
     let (da, db) = (guests.domid(&a), guests.domid(&b));
+    let netlist = xlhost::ok("xl network-list", &host.xl(&["network-list", &a]));
     let ports_before = bridge_ports(&ns, &br);
     std::fs::write(&flag, b"1").expect("write the flag");
     guests.wait_log(&a, "guest-init-ok", GUEST_RUN);
@@ -92,6 +93,26 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
     assert!(
         log_a.contains("10.77.0.2/24"),
         "eth0 has the vif's address:\n{log_a}"
+    );
+    let mac_a = vif(2, "", "");
+    let mac_a = mac_a
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("mac=");
+    let row: Vec<&str> = netlist
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(netlist.starts_with("Idx"), "{netlist}");
+    assert_eq!(row.first().copied(), Some("0"), "{netlist}");
+    assert_eq!(row.get(2).copied(), Some(mac_a), "{netlist}");
+    assert_eq!(
+        row.get(4).copied(),
+        Some("4"),
+        "the vif is Connected: {netlist}"
     );
     for (what, o) in [("Dom0 -> A", &dom0_to_a), ("Dom0 -> B", &dom0_to_b)] {
         let s = String::from_utf8_lossy(&o.stdout);
