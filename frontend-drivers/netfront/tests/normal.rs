@@ -156,3 +156,54 @@ fn test_netfront_receive_multi_slot_frame_and_repost() {
         "both pages re-posted"
     );
 }
+
+#[test]
+fn test_netfront_multi_queue_writes_per_queue_keys() {
+    // Arrange: the backend offers 4 queues, the frontend wants 2 (514
+    // pages and grants each).
+    let p = FakePlatform::with_limits(GUEST, 4096, 4096);
+    let b = FakeBack::new(&p);
+    let cfg = xen_netfront::NetfrontConfig {
+        max_queues: 2,
+        ..xen_netfront::NetfrontConfig::default()
+    };
+    let mut f = xen_netfront::NetFront::new(&p, DEVID, cfg).expect("new");
+    b.init_wait();
+    xen_front_platform::Platform::xs_write(
+        &p,
+        xen_front_platform::XBT_NIL,
+        &format!("{}/multi-queue-max-queues", b.be),
+        b"4",
+    )
+    .expect("offer 4 queues");
+
+    // Act
+    pump(&p, &mut f);
+
+    // Assert
+    assert_eq!(f.queues(), 2);
+    assert_eq!(b.fe_node("multi-queue-num-queues").as_deref(), Some("2"));
+    assert!(
+        b.fe_node("tx-ring-ref").is_none(),
+        "no flat keys with queues"
+    );
+    for q in 0..2 {
+        for k in [
+            "tx-ring-ref",
+            "rx-ring-ref",
+            "event-channel-tx",
+            "event-channel-rx",
+        ] {
+            assert!(
+                b.fe_node(&format!("queue-{q}/{k}")).is_some(),
+                "queue-{q}/{k}"
+            );
+        }
+    }
+    let (t0, r0) = f.ports(0).expect("queue 0");
+    let (t1, r1) = f.ports(1).expect("queue 1");
+    assert!(
+        t0 != t1 && r0 != r1 && t0 != r0,
+        "own ports per queue and direction"
+    );
+}
