@@ -48,13 +48,14 @@ pub struct Args {
 }
 
 /// The factories compiled in: `vbd` and `qdisk` (blkback; libxl's
-/// backend types for raw disks and for qcow2/NBD disks) over the shim at
-/// `socket`.
+/// backend types for raw disks and for qcow2/NBD disks) and `vif`
+/// (netback) over the shim at `socket`.
 #[must_use]
 pub fn factories(socket: PathBuf) -> Vec<Arc<dyn BackendFactory>> {
     vec![
         Arc::new(crate::vbd::VbdFactory::new(socket.clone())),
-        Arc::new(crate::vbd::VbdFactory::qdisk(socket)),
+        Arc::new(crate::vbd::VbdFactory::qdisk(socket.clone())),
+        Arc::new(crate::vif::VifFactory::new(socket)),
     ]
 }
 

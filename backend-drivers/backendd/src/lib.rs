@@ -19,7 +19,8 @@
 //!   panicking backend, or a frontend writing garbage, closes that device
 //!   only, logged once and rate-limited);
 //! - [`service`]: the watch loop; [`vbd`]: the block backend
-//!   (`xen-blkback`) as the `vbd` type;
+//!   (`xen-blkback`) as the `vbd` and `qdisk` types; [`vif`]: the network
+//!   backend (`xen-netback`) as the `vif` type;
 //! - [`console`]: consback, every guest's primary console (the xenconsoled
 //!   role: `@introduceDomain`/`@releaseDomain`, the console ring to a pty
 //!   and `guest-<name>.log`); [`cli`]: the binary.
@@ -32,6 +33,7 @@ pub mod ratelimit;
 pub mod service;
 pub mod state;
 pub mod vbd;
+pub mod vif;
 
 pub use backend::{Backend, BackendError, BackendFactory, DeviceInfo};
 pub use service::{Service, ServiceConfig, ServiceError};

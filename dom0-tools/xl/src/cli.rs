@@ -59,6 +59,12 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// List a domain's virtual network interfaces.
+    #[command(name = "network-list")]
+    NetworkList {
+        /// Name or id.
+        domain: String,
+    },
 }
 
 fn report(e: &dyn std::error::Error) -> String {
@@ -97,6 +103,7 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
+        Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

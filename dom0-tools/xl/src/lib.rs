@@ -9,6 +9,8 @@
 //!   over the shim's `dom0::Control` and `xenstore-client`;
 //! - [`console`]: `xl console` (the pty consback publishes, raw mode,
 //!   `Ctrl-]` detaches);
+//! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,
+//!   `network-list`;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod console;
 pub mod daemons;
 pub mod disk;
+pub mod network;
 pub mod toolstack;
 pub mod vif;
 pub mod xsplan;

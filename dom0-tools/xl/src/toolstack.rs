@@ -432,10 +432,11 @@ pub struct Created {
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
     let pvhvm = cfg.guest_type != GuestType::Pv;
-    if !cfg.vifs.is_empty() {
-        return Err(ToolstackError::Unsupported(
-            "vif= is parsed but network devices are not supported yet".into(),
-        ));
+    if pvhvm && !cfg.vifs.is_empty() {
+        return Err(ToolstackError::Unsupported(format!(
+            "vif= is not supported yet for type \"{}\" (PVHVM guests have no netfront yet)",
+            cfg.guest_type.as_str()
+        )));
     }
     let cfg_dir = cfg_path
         .parent()
@@ -507,8 +508,8 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
     };
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
-    // backendd serves the disks and, as xenconsoled does, every guest's
-    // console: it runs for every domain.
+    // backendd serves the disks, the vifs and, as xenconsoled does, every
+    // guest's console: it runs for every domain.
     if start_daemons {
         ensure_backendd()?;
     }
@@ -548,6 +549,19 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 continue;
             }
             ops.extend(xsplan::disk_ops(domid, BACKEND_DOMID, d, b));
+        }
+        for (devid, v) in cfg.vifs.iter().enumerate() {
+            let mac = match v.mac {
+                Some(m) => m,
+                None => crate::network::random_mac()?,
+            };
+            ops.extend(crate::network::vif_ops(
+                domid,
+                BACKEND_DOMID,
+                devid as u32,
+                v,
+                mac,
+            ));
         }
         // The console log, truncated per boot; consback appends to it from
         // the introduction on.
@@ -704,7 +718,7 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
     for b in &backends {
         let _ = xs.rm(b);
     }
-    for kind in ["vbd", "qdisk"] {
+    for kind in ["vbd", "qdisk", "vif"] {
         let _ = xs.rm(&format!(
             "/local/domain/{BACKEND_DOMID}/error/backend/{kind}/{domid}"
         ));

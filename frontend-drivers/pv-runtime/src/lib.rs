@@ -47,6 +47,7 @@ pub mod grefalloc;
 pub mod pagealloc;
 pub mod platform;
 pub mod pvdisk;
+pub mod pvnet;
 pub mod ratelimit;
 pub mod runtime;
 pub mod testkit;

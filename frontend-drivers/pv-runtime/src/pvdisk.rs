@@ -48,6 +48,9 @@ pub enum PvdiskError {
     /// Exposing a disk failed.
     #[error("cannot expose the disks")]
     Blockfile(#[from] BlockfileError),
+    /// Bringing the NICs up failed.
+    #[error("cannot bring the network interfaces up")]
+    Net(#[from] crate::pvnet::PvnetError),
     /// Starting the init program failed.
     #[error("cannot start the init program {program}")]
     Spawn {
@@ -131,6 +134,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         );
         disks.push((name, d));
     }
+    let nics = if crate::pvnet::list_vifs(p)?.is_empty() {
+        Vec::new()
+    } else {
+        crate::pvnet::bring_up(p, timeout, out)?
+    };
+    let net_stop = std::sync::atomic::AtomicBool::new(false);
     blockfile::private_mount_namespace()?;
     blockfile::private_dev()?;
     let mut files = Vec::new();
@@ -142,6 +151,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         files.push((name, path, bf, unmounter));
     }
     std::thread::scope(|s| {
+        let mut pumps = Vec::new();
+        for nic in &nics {
+            let stop = &net_stop;
+            pumps.push(s.spawn(move || crate::pvnet::tx_loop(nic, stop)));
+            pumps.push(s.spawn(move || crate::pvnet::rx_loop(nic, stop)));
+        }
         let mut running = Vec::new();
         for (name, path, bf, unmounter) in files {
             let h = s.spawn(move || bf.serve());
@@ -175,6 +190,22 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
                 "pvdisk init-exited",
                 &[("status", st.to_string().replace(' ', "_"))],
             );
+        }
+        net_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in pumps {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = emit(
+                        out,
+                        "pvnet pump-failed",
+                        &[("error", e.to_string().replace(' ', "_"))],
+                    );
+                }
+                Err(_) => {
+                    let _ = emit(out, "pvnet pump-panicked", &[]);
+                }
+            }
         }
         let mut server_failed = None;
         for (name, path, h, mut unmounter, st_dev) in running {

@@ -18,6 +18,7 @@ fn exercise() -> bool {
         && exercise_xenbus()
         && exercise_consfront()
         && exercise_blkfront()
+        && exercise_netfront()
 }
 
 /// The ABI mirrors: a few layouts the rest of the stack relies on.
@@ -341,6 +342,94 @@ fn exercise_blkfront() -> bool {
     let _mem: SharedRing = back.into_shared();
     p.peer_unmap(map);
     matches!(done.as_deref(), Ok([c]) if c.status == BlkStatus::Okay)
+}
+
+/// The network frontend over the fake platform: the handshake to
+/// Connected against a minimal backend played here, then one frame sent and
+/// its response reaped.
+fn exercise_netfront() -> bool {
+    use xen_front_platform::fake::FakePlatform;
+    use xen_front_platform::{Platform, XBT_NIL};
+    use xen_netfront::request::{TxRspSlot, TxSlot};
+    use xen_netfront::{NetFront, NetfrontConfig, PacketMeta};
+    use xen_ring::{BackRing, SharedRing};
+
+    let p = FakePlatform::new(3);
+    let fe = "/local/domain/3/device/vif/0";
+    let be = "/local/domain/0/backend/vif/3/0";
+    let mut ok = true;
+    for (k, v) in [
+        ("backend", be),
+        ("backend-id", "0"),
+        ("state", "1"),
+        ("mac", "00:16:3e:00:00:01"),
+    ] {
+        ok &= p
+            .xs_write(XBT_NIL, &alloc::format!("{fe}/{k}"), v.as_bytes())
+            .is_ok();
+    }
+    let Ok(mut front) = NetFront::new(&p, 0, NetfrontConfig::default()) else {
+        return false;
+    };
+    let pump = |front: &mut NetFront<'_, FakePlatform>| {
+        while let Ok(Some(ev)) = p.xs_read_watch(Some(core::time::Duration::ZERO)) {
+            let _ = front.handle_watch(&ev);
+        }
+    };
+    pump(&mut front);
+    ok &= p
+        .xs_write(XBT_NIL, &alloc::format!("{be}/state"), b"2")
+        .is_ok();
+    pump(&mut front);
+    let num = |k: &str| {
+        p.xs_read(XBT_NIL, &alloc::format!("{fe}/{k}"))
+            .ok()
+            .and_then(|v| core::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+    };
+    let (Some(gref), Some(port)) = (num("tx-ring-ref"), num("event-channel")) else {
+        return false;
+    };
+    let Ok(map) = p.peer_map(gref, 0, true) else {
+        return false;
+    };
+    // SAFETY: the mapped ring page stays valid while mapped (the fake frees
+    // no granted page); this BackRing is its only back endpoint.
+    let Ok(mem) = (unsafe { SharedRing::new(map.as_ptr(), 4096) }) else {
+        return false;
+    };
+    let Ok(mut back) = BackRing::<TxSlot, TxRspSlot>::attach(mem) else {
+        return false;
+    };
+    ok &= p.peer_bind(port, 0, 9).is_ok();
+    ok &= p
+        .xs_write(XBT_NIL, &alloc::format!("{be}/state"), b"4")
+        .is_ok();
+    pump(&mut front);
+    if !ok || !front.is_connected() {
+        return false;
+    }
+    if !matches!(
+        front.transmit(0, &[0u8; 60], PacketMeta::default()),
+        Ok(true)
+    ) {
+        return false;
+    }
+    if front.push_tx(0).is_err() {
+        return false;
+    }
+    let Ok(Some(req)) = back.take_request() else {
+        return false;
+    };
+    // netif_tx_response: id (bytes 8..10 of the request), status 0.
+    let rsp: TxRspSlot = [req[8], req[9], 0, 0];
+    if back.push_response(&rsp).is_err() {
+        return false;
+    }
+    back.push_responses_and_check_notify();
+    let done = front.reap_tx(0);
+    let _mem: SharedRing = back.into_shared();
+    p.peer_unmap(map);
+    matches!(done, Ok(1))
 }
 
 // Entry point called by the kernel (no crt0): align the stack as the SysV ABI

@@ -1,0 +1,414 @@
+//! netback: the PV network backend, as a library for `backendd`.
+//!
+//! ```text
+//!   NetBackend::new(NetConfig)       the TAP vif<domid>.<devid> (virtio-net
+//!                                    header, multi-queue) on its bridge
+//!     .features()                    xenstore keys for the backend dir
+//!   FrontendParams::from_keys(..)    tx-ring-ref, rx-ring-ref, event
+//!                                    channel(s), offloads, queues
+//!     .connect(handles, domid, &p)   map rings, bind ports, one worker per
+//!                                    queue, each on its own TAP queue
+//!   Device::{failure, metrics, disconnect}
+//! ```
+//!
+//! Modules: [`request`] (pure parsing of the tx ring), [`offload`]
+//! (virtio-net header and checksum positions), [`tap`] (TAP and bridge
+//! ioctls), [`device`] (the connected vif and its queue workers).
+//!
+//! What the backend offers: scatter-gather (`feature-sg`), IPv4 and IPv6
+//! checksum offload, TCPv4/v6 segmentation offload (`feature-gso-tcpv4`,
+//! `-tcpv6`) carried through the TAP's virtio-net header both ways,
+//! split event channels, multi-queue (one TAP queue per ring pair), copy
+//! receive (`feature-rx-copy`; the frontend must ask for it and must
+//! offer `feature-rx-notify`, as with Linux netback).
+
+pub mod device;
+pub mod offload;
+pub mod request;
+pub mod tap;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use xen_abi::io::netif::keys;
+use xen_abi::xen::domid_t;
+use xen_shim::dom0::Gntdev;
+
+pub use device::{Device, DeviceError, DeviceFailure, FailureReason, MetricsSnapshot, QueueParams};
+pub use tap::{TapError, TapQueue};
+
+/// Largest number of queues offered.
+pub const MAX_QUEUES: u32 = 8;
+/// The MAC Xen gives the Dom0 end of every vif (`fe:ff:ff:ff:ff:ff`): it
+/// never wins the bridge's address election.
+pub const BACKEND_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+/// The default bridge (Xen's).
+pub const DEFAULT_BRIDGE: &str = "xenbr0";
+
+/// Errors of the network backend's API.
+#[derive(Debug, thiserror::Error)]
+pub enum NetbackError {
+    /// The TAP or bridge could not be set up.
+    #[error("cannot set up the vif's TAP device")]
+    Tap(#[from] TapError),
+    /// A frontend key is missing.
+    #[error("frontend key {0} is missing")]
+    MissingKey(String),
+    /// A frontend key has a value this backend refuses.
+    #[error("frontend key {key} has an invalid value {value:?}")]
+    BadKey {
+        /// Key.
+        key: String,
+        /// Value read.
+        value: String,
+    },
+    /// The frontend lacks a feature this backend requires.
+    #[error("the frontend does not offer {0}")]
+    Required(&'static str),
+    /// Connecting failed.
+    #[error("cannot connect the vif")]
+    Device(#[from] DeviceError),
+}
+
+/// How to serve one vif.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP's name (`vif<domid>.<devid>` by default).
+    pub ifname: String,
+    /// The bridge to attach to (`None`: no bridge).
+    pub bridge: Option<String>,
+    /// MTU of the TAP (and advertised as `mtu`).
+    pub mtu: u32,
+    /// `multi-queue-max-queues`.
+    pub max_queues: u32,
+}
+
+impl NetConfig {
+    /// The Xen defaults for vif `devid` of `domid`: `vif<domid>.<devid>`
+    /// on `xenbr0`, MTU 1500.
+    #[must_use]
+    pub fn new(domid: domid_t, devid: u32) -> Self {
+        Self {
+            ifname: format!("vif{domid}.{devid}"),
+            bridge: Some(DEFAULT_BRIDGE.to_owned()),
+            mtu: 1500,
+            max_queues: 2,
+        }
+    }
+}
+
+/// The frontend's transport parameters and features.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendParams {
+    /// One entry per queue.
+    pub queues: Vec<QueueParams>,
+    /// `feature-sg`.
+    pub sg: bool,
+    /// `feature-gso-tcpv4`.
+    pub gso_tcpv4: bool,
+    /// `feature-gso-tcpv6`.
+    pub gso_tcpv6: bool,
+    /// Partial IPv4 checksums may be sent to the frontend (not
+    /// `feature-no-csum-offload`).
+    pub csum_ipv4: bool,
+    /// `feature-ipv6-csum-offload`.
+    pub csum_ipv6: bool,
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, NetbackError> {
+    v.trim().parse().map_err(|_| NetbackError::BadKey {
+        key: key.to_string(),
+        value: v.to_string(),
+    })
+}
+
+fn flag(
+    read: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: bool,
+) -> Result<bool, NetbackError> {
+    match read(key) {
+        None => Ok(default),
+        Some(v) => Ok(parse_num::<u32>(key, &v)? != 0),
+    }
+}
+
+impl FrontendParams {
+    /// Reads the parameters through `read` (a key relative to the
+    /// frontend's directory), as Linux netback's `connect`/`connect_data_rings`:
+    /// `multi-queue-num-queues` (default 1; above 1 the rings are under
+    /// `queue-N/`), per queue `tx-ring-ref`, `rx-ring-ref` and
+    /// `event-channel` or `event-channel-tx` + `event-channel-rx`;
+    /// `request-rx-copy` and `feature-rx-notify` are required.
+    pub fn from_keys(
+        read: impl Fn(&str) -> Option<String>,
+        max_queues: u32,
+    ) -> Result<Self, NetbackError> {
+        if !flag(&read, keys::REQUEST_RX_COPY, false)? {
+            return Err(NetbackError::Required(keys::REQUEST_RX_COPY));
+        }
+        if !flag(&read, keys::FEATURE_RX_NOTIFY, false)? {
+            return Err(NetbackError::Required(keys::FEATURE_RX_NOTIFY));
+        }
+        let nq = match read(keys::MULTI_QUEUE_NUM_QUEUES) {
+            None => 1,
+            Some(v) => {
+                let n: u32 = parse_num(keys::MULTI_QUEUE_NUM_QUEUES, &v)?;
+                if n == 0 || n > max_queues.clamp(1, MAX_QUEUES) {
+                    return Err(NetbackError::BadKey {
+                        key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+                        value: v,
+                    });
+                }
+                n
+            }
+        };
+        let mut queues = Vec::with_capacity(nq as usize);
+        for q in 0..nq {
+            let dir = if nq == 1 {
+                String::new()
+            } else {
+                format!("{}{q}/", keys::QUEUE_PREFIX)
+            };
+            let get = |k: &str| -> Result<u32, NetbackError> {
+                let key = format!("{dir}{k}");
+                let v = read(&key).ok_or_else(|| NetbackError::MissingKey(key.clone()))?;
+                parse_num(&key, &v)
+            };
+            let tx_ring_ref = get(keys::TX_RING_REF)?;
+            let rx_ring_ref = get(keys::RX_RING_REF)?;
+            let (evtchn_tx, evtchn_rx) = match read(&format!("{dir}{}", keys::EVENT_CHANNEL_TX)) {
+                Some(_) => (get(keys::EVENT_CHANNEL_TX)?, get(keys::EVENT_CHANNEL_RX)?),
+                None => {
+                    let p = get(keys::EVENT_CHANNEL)?;
+                    (p, p)
+                }
+            };
+            queues.push(QueueParams {
+                tx_ring_ref,
+                rx_ring_ref,
+                evtchn_tx,
+                evtchn_rx,
+            });
+        }
+        let sg = flag(&read, keys::FEATURE_SG, false)?;
+        Ok(Self {
+            queues,
+            sg,
+            // GSO needs scatter-gather (a segment train spans pages).
+            gso_tcpv4: sg && flag(&read, keys::FEATURE_GSO_TCPV4, false)?,
+            gso_tcpv6: sg && flag(&read, keys::FEATURE_GSO_TCPV6, false)?,
+            csum_ipv4: !flag(&read, keys::FEATURE_NO_CSUM_OFFLOAD, false)?,
+            csum_ipv6: flag(&read, keys::FEATURE_IPV6_CSUM_OFFLOAD, false)?,
+        })
+    }
+}
+
+/// Dom0 handles a device needs: a grant mapper and the shim's socket.
+#[derive(Debug, Clone)]
+pub struct Dom0Handles {
+    /// Grant mapper (shared by all queues and devices).
+    pub gntdev: Arc<Gntdev>,
+    /// The shim daemon's socket.
+    pub socket: PathBuf,
+}
+
+/// One vif's Dom0 end: the TAP exists (and is a bridge port) from
+/// [`NetBackend::new`] until the value is dropped.
+#[derive(Debug)]
+pub struct NetBackend {
+    config: NetConfig,
+    /// Queue 0's file: keeps the device alive between connections.
+    queue0: Arc<TapQueue>,
+}
+
+impl NetBackend {
+    /// Creates the TAP, sets its MAC (`fe:ff:ff:ff:ff:ff`) and MTU, makes
+    /// it a port of the bridge (created if missing) and sets it up.
+    pub fn new(config: NetConfig) -> Result<Self, NetbackError> {
+        let mut config = config;
+        config.max_queues = config.max_queues.clamp(1, MAX_QUEUES);
+        let q = TapQueue::open(&config.ifname)?;
+        tap::set_mac(&config.ifname, BACKEND_MAC)?;
+        tap::set_mtu(&config.ifname, config.mtu)?;
+        if let Some(br) = &config.bridge {
+            tap::ensure_bridge(br)?;
+            tap::bridge_add_port(br, &config.ifname)?;
+        }
+        tap::set_up(&config.ifname)?;
+        Ok(Self {
+            config,
+            queue0: Arc::new(q),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The keys to write in the backend's directory before InitWait.
+    #[must_use]
+    pub fn features(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (keys::FEATURE_SG, "1".into()),
+            (keys::FEATURE_GSO_TCPV4, "1".into()),
+            (keys::FEATURE_GSO_TCPV6, "1".into()),
+            (keys::FEATURE_IPV6_CSUM_OFFLOAD, "1".into()),
+            (keys::FEATURE_RX_COPY, "1".into()),
+            (keys::FEATURE_RX_FLIP, "0".into()),
+            (keys::FEATURE_SPLIT_EVENT_CHANNELS, "1".into()),
+            (keys::FEATURE_MULTICAST_CONTROL, "0".into()),
+            (
+                keys::MULTI_QUEUE_MAX_QUEUES,
+                self.config.max_queues.to_string(),
+            ),
+            (keys::MTU, self.config.mtu.to_string()),
+        ]
+    }
+
+    /// Connects to frontend `domid`: maps each queue's rings, binds its
+    /// event channel(s), sets the TAP's offloads to what the frontend takes
+    /// and starts one worker per queue.
+    pub fn connect(
+        &self,
+        handles: &Dom0Handles,
+        domid: domid_t,
+        params: &FrontendParams,
+    ) -> Result<Device, NetbackError> {
+        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
+            return Err(NetbackError::BadKey {
+                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
+                value: params.queues.len().to_string(),
+            });
+        }
+        let mut offload = 0;
+        if params.csum_ipv4 || params.csum_ipv6 {
+            offload |= tap::TUN_F_CSUM;
+            if params.gso_tcpv4 {
+                offload |= tap::TUN_F_TSO4;
+            }
+            if params.gso_tcpv6 {
+                offload |= tap::TUN_F_TSO6;
+            }
+        }
+        self.queue0
+            .set_offload(offload)
+            .map_err(|source| TapError::Io {
+                what: "TUNSETOFFLOAD",
+                name: self.config.ifname.clone(),
+                source,
+            })?;
+        let mut taps = vec![Arc::clone(&self.queue0)];
+        for _ in 1..params.queues.len() {
+            taps.push(Arc::new(TapQueue::open(&self.config.ifname)?));
+        }
+        Ok(Device::start(
+            handles,
+            domid,
+            params,
+            taps,
+            self.config.mtu,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn reader(kv: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const BASE: [(&str, &str); 5] = [
+        ("tx-ring-ref", "8"),
+        ("rx-ring-ref", "9"),
+        ("event-channel", "5"),
+        ("request-rx-copy", "1"),
+        ("feature-rx-notify", "1"),
+    ];
+
+    #[test]
+    fn test_frontend_params_single_queue_parses() {
+        let mut kv = BASE.to_vec();
+        kv.extend([("feature-sg", "1"), ("feature-gso-tcpv4", "1")]);
+        let p = FrontendParams::from_keys(reader(&kv), 4).expect("valid");
+        assert_eq!(
+            p.queues,
+            vec![QueueParams {
+                tx_ring_ref: 8,
+                rx_ring_ref: 9,
+                evtchn_tx: 5,
+                evtchn_rx: 5
+            }]
+        );
+        assert!(p.sg && p.gso_tcpv4 && !p.gso_tcpv6 && p.csum_ipv4 && !p.csum_ipv6);
+    }
+
+    #[test]
+    fn test_frontend_params_multi_queue_split_channels_parse() {
+        let p = FrontendParams::from_keys(
+            reader(&[
+                ("request-rx-copy", "1"),
+                ("feature-rx-notify", "1"),
+                ("multi-queue-num-queues", "2"),
+                ("queue-0/tx-ring-ref", "1"),
+                ("queue-0/rx-ring-ref", "2"),
+                ("queue-0/event-channel-tx", "3"),
+                ("queue-0/event-channel-rx", "4"),
+                ("queue-1/tx-ring-ref", "5"),
+                ("queue-1/rx-ring-ref", "6"),
+                ("queue-1/event-channel", "7"),
+                ("feature-gso-tcpv4", "1"),
+            ]),
+            4,
+        )
+        .expect("valid");
+        assert_eq!(p.queues.len(), 2);
+        assert_eq!((p.queues[0].evtchn_tx, p.queues[0].evtchn_rx), (3, 4));
+        assert_eq!((p.queues[1].evtchn_tx, p.queues[1].evtchn_rx), (7, 7));
+        assert!(!p.gso_tcpv4, "GSO without feature-sg is not used");
+    }
+
+    #[test]
+    fn test_frontend_params_missing_or_bad_keys_are_refused() {
+        let without = |k: &str| {
+            BASE.iter()
+                .copied()
+                .filter(|(x, _)| *x != k)
+                .collect::<Vec<_>>()
+        };
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&without("request-rx-copy")), 4),
+            Err(NetbackError::Required(_))
+        ));
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&without("feature-rx-notify")), 4),
+            Err(NetbackError::Required(_))
+        ));
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&without("rx-ring-ref")), 4),
+            Err(NetbackError::MissingKey(k)) if k == "rx-ring-ref"
+        ));
+        let mut bad = BASE.to_vec();
+        bad.push(("multi-queue-num-queues", "9"));
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&bad), 4),
+            Err(NetbackError::BadKey { .. })
+        ));
+        let mut bad = BASE.to_vec();
+        bad[0] = ("tx-ring-ref", "x");
+        assert!(matches!(
+            FrontendParams::from_keys(reader(&bad), 4),
+            Err(NetbackError::BadKey { .. })
+        ));
+    }
+}

@@ -1,0 +1,621 @@
+//! The guest's PV NICs for ordinary programs: connect every
+//! `device/vif/<devid>` (netfront through the xenbus handshake), move the
+//! runtime's thread into a private network namespace, expose each NIC
+//! there as a TAP interface `eth<N>` (its MAC the vif's, its MTU the
+//! backend's, its addresses the vif's `ip=`, read from the backend's `ip`
+//! node), and pump frames between the TAP and netfront: `ping`, `iperf3`,
+//! `curl` and any server in the guest's namespace run over the split
+//! driver.
+//!
+//! The TAP carries the virtio-net header (`IFF_VNET_HDR`), and its
+//! offloads (`TUNSETOFFLOAD`: checksum, TSO4, TSO6) are what netfront
+//! negotiated, so the guest kernel hands 64 KiB TCP segments with partial
+//! checksums to netfront and back (GSO end to end).
+//!
+//! Per NIC two threads: tx reads batches of frames from the TAP and
+//! queues them on netfront (one publish and at most one notification per
+//! batch); rx takes received frames, writes them to the TAP, re-posts the
+//! buffers, and spins briefly on the ring before arming the event index
+//! and sleeping on the rx port.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
+use xen_netfront::offload::{self, VnetHdr, VNET_HDR_LEN};
+use xen_netfront::{FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, PacketMeta};
+
+use crate::demo::emit;
+
+/// Most NICs a guest exposes.
+const MAX_NICS: usize = 8;
+/// Frames read from the TAP per tx batch.
+const TX_BATCH: usize = 64;
+/// How long the rx thread polls the ring before sleeping.
+const RX_SPIN: Duration = Duration::from_micros(30);
+/// Longest sleep of a pump thread (it checks its stop flag after).
+const SLEEP: Duration = Duration::from_millis(100);
+
+/// Why the NICs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PvnetError {
+    /// Listing `device/vif` failed.
+    #[error("cannot list the guest's vif devices")]
+    List(#[source] xen_front_platform::PlatformError),
+    /// A device did not connect.
+    #[error("vif {devid} did not connect (state {state:?})")]
+    NotConnected {
+        /// The device id.
+        devid: u32,
+        /// Where it stopped.
+        state: FrontState,
+    },
+    /// netfront failed.
+    #[error("vif {devid} failed")]
+    Netfront {
+        /// The device id.
+        devid: u32,
+        /// Why.
+        #[source]
+        source: NetfrontError,
+    },
+    /// A namespace, TAP or address operation failed.
+    #[error("{what} failed")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An `ip` command failed.
+    #[error("`ip {0}` failed")]
+    Ip(String),
+}
+
+fn os(what: impl Into<String>) -> impl FnOnce(io::Error) -> PvnetError {
+    let what = what.into();
+    move |source| PvnetError::Os { what, source }
+}
+
+/// The device ids under `device/vif`, sorted.
+pub fn list_vifs<P: Platform + ?Sized>(p: &P) -> Result<Vec<u32>, PvnetError> {
+    let names = match p.xs_directory(XBT_NIL, "device/vif") {
+        Ok(n) => n,
+        Err(e) if e.is_xs_enoent() => Vec::new(),
+        Err(e) => return Err(PvnetError::List(e)),
+    };
+    let mut ids: Vec<u32> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    ids.sort_unstable();
+    ids.truncate(MAX_NICS);
+    Ok(ids)
+}
+
+/// Connects vif `devid` (handshake until Connected, at most `timeout`).
+pub fn open<P: Platform + ?Sized>(
+    p: &P,
+    devid: u32,
+    cfg: NetfrontConfig,
+    timeout: Duration,
+) -> Result<NetFront<'_, P>, PvnetError> {
+    let nf_err = |source| PvnetError::Netfront { devid, source };
+    let mut dev = NetFront::new(p, devid, cfg).map_err(nf_err)?;
+    let deadline = Instant::now() + timeout;
+    while dev.state() != FrontState::Connected {
+        if Instant::now() >= deadline {
+            return Err(PvnetError::NotConnected {
+                devid,
+                state: dev.state(),
+            });
+        }
+        match p.xs_read_watch(Some(Duration::from_millis(100))) {
+            Ok(Some(ev)) => {
+                dev.handle_watch(&ev).map_err(nf_err)?;
+            }
+            // Level-triggered: look again even without an event.
+            Ok(None) => dev.backend_changed().map_err(nf_err)?,
+            Err(e) => return Err(nf_err(NetfrontError::Platform(e))),
+        }
+    }
+    Ok(dev)
+}
+
+// ---------------------------------------------------------------------------
+// The guest's TAP.
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+fn ifreq(name: &str) -> IfReq {
+    let mut r = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: [0; 24],
+    };
+    for (d, s) in r.name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *d = s as libc::c_char;
+    }
+    r
+}
+
+fn ioctl_ifr(fd: RawFd, req: libc::c_ulong, ifr: &mut IfReq) -> io::Result<()> {
+    // SAFETY: each request used here reads or writes at most a `struct
+    // ifreq` (name + 24-byte union), which `IfReq` is.
+    let r = unsafe { libc::ioctl(fd, req, ifr as *mut IfReq) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn ctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A guest-side TAP interface (one queue).
+#[derive(Debug)]
+pub struct GuestTap {
+    file: File,
+    name: String,
+}
+
+impl GuestTap {
+    /// Creates TAP `name` with the virtio-net header, sets its MAC and MTU
+    /// and the offloads the reader (netfront) takes, and sets it up.
+    pub fn create(
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        offloads: (bool, bool, bool),
+    ) -> Result<Self, PvnetError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(os("open /dev/net/tun"))?;
+        let fd = file.as_raw_fd();
+        let mut r = ifreq(name);
+        r.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
+        ioctl_ifr(fd, TUNSETIFF, &mut r).map_err(os(format!("TUNSETIFF {name}")))?;
+        let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &sz as *const libc::c_int) } < 0 {
+            return Err(os("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
+        }
+        let (sg, tso4, tso6) = offloads;
+        let mut off = 0;
+        if sg {
+            off |= TUN_F_CSUM;
+            if tso4 {
+                off |= TUN_F_TSO4;
+            }
+            if tso6 {
+                off |= TUN_F_TSO6;
+            }
+        }
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, off) } < 0 {
+            return Err(os("TUNSETOFFLOAD")(io::Error::last_os_error()));
+        }
+        let s = ctl_socket().map_err(os("socket"))?;
+        let mut r = ifreq(name);
+        r.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+        r.data[2..8].copy_from_slice(&mac);
+        ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFHWADDR, &mut r)
+            .map_err(os(format!("set the MAC of {name}")))?;
+        let mut r = ifreq(name);
+        r.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
+        ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFMTU, &mut r)
+            .map_err(os(format!("set the MTU of {name}")))?;
+        set_up(name)?;
+        Ok(Self {
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The interface name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// `readv(2)` of one frame into `iov`; `Ok(None)` when none is queued.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for writes of its length.
+    unsafe fn readv_raw(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+        // SAFETY: the caller promises the iovecs are writable.
+        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// `writev(2)` of one frame.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for reads of its length.
+    unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: the caller promises the iovecs are readable.
+        let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits up to `timeout` for a frame to read.
+    fn wait_readable(&self, timeout: Duration) {
+        let mut fd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    }
+}
+
+fn set_up(name: &str) -> Result<(), PvnetError> {
+    let s = ctl_socket().map_err(os("socket"))?;
+    let mut r = ifreq(name);
+    ioctl_ifr(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut r)
+        .map_err(os(format!("get the flags of {name}")))?;
+    let flags = i16::from_ne_bytes([r.data[0], r.data[1]]) | libc::IFF_UP as i16;
+    r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut r).map_err(os(format!("set {name} up")))
+}
+
+/// Moves the calling thread (and the programs it starts) into a new
+/// network namespace with its loopback up.
+pub fn private_net_namespace() -> Result<(), PvnetError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| os("unshare(CLONE_NEWNET)")(io::Error::from(e)))?;
+    set_up("lo")
+}
+
+fn ip(args: &[&str]) -> Result<(), PvnetError> {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .map_err(os("run ip"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(PvnetError::Ip(args.join(" ")))
+    }
+}
+
+/// Adds `addr` (`a.b.c.d[/len]`, default /24; IPv6 default /64) to `dev`.
+pub fn add_address(dev: &str, addr: &str) -> Result<(), PvnetError> {
+    let a = if addr.contains('/') {
+        addr.to_owned()
+    } else if addr.contains(':') {
+        format!("{addr}/64")
+    } else {
+        format!("{addr}/24")
+    };
+    let fam = if a.contains(':') { "-6" } else { "-4" };
+    ip(&[fam, "addr", "add", &a, "dev", dev])
+}
+
+// ---------------------------------------------------------------------------
+// The NICs.
+
+/// One NIC exposed in the guest: netfront and its TAP.
+#[derive(Debug)]
+pub struct GuestNic<'p, P: Platform + ?Sized> {
+    /// The device id.
+    pub devid: u32,
+    /// The frontend (shared by the two pump threads).
+    pub nf: Mutex<NetFront<'p, P>>,
+    /// The guest interface.
+    pub tap: GuestTap,
+    /// The addresses configured.
+    pub addresses: Vec<String>,
+}
+
+/// Connects every vif, enters a private network namespace and creates
+/// `eth<N>` for each with its addresses. Writes `pvnet ...` lines.
+pub fn bring_up<'p, P: Platform + ?Sized>(
+    p: &'p P,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<Vec<GuestNic<'p, P>>, PvnetError> {
+    let ids = list_vifs(p)?;
+    private_net_namespace()?;
+    let mut nics = Vec::new();
+    for (n, &devid) in ids.iter().enumerate() {
+        let nf = open(p, devid, NetfrontConfig::default(), timeout)?;
+        let name = format!("eth{n}");
+        let tap = GuestTap::create(&name, nf.mac(), nf.mtu(), nf.offloads())?;
+        let addresses: Vec<String> =
+            xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
+                .map(|s| {
+                    s.trim_end_matches('\0')
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+        for a in &addresses {
+            add_address(&name, a)?;
+        }
+        let m = nf.mac();
+        let _ = emit(
+            out,
+            "pvnet up",
+            &[
+                ("devid", devid.to_string()),
+                ("ifname", name.clone()),
+                (
+                    "mac",
+                    format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        m[0], m[1], m[2], m[3], m[4], m[5]
+                    ),
+                ),
+                ("mtu", nf.mtu().to_string()),
+                ("ip", addresses.join(",")),
+                ("offloads", format!("{:?}", nf.offloads())),
+            ],
+        );
+        nics.push(GuestNic {
+            devid,
+            nf: Mutex::new(nf),
+            tap,
+            addresses,
+        });
+    }
+    Ok(nics)
+}
+
+fn meta_from_vnet(h: &VnetHdr) -> PacketMeta {
+    let gso = match h.gso_type & !offload::VNET_GSO_ECN {
+        offload::VNET_GSO_TCPV4 => Some(Gso {
+            ipv6: false,
+            size: h.gso_size,
+        }),
+        offload::VNET_GSO_TCPV6 => Some(Gso {
+            ipv6: true,
+            size: h.gso_size,
+        }),
+        _ => None,
+    };
+    PacketMeta {
+        csum_blank: h.flags & offload::VNET_F_NEEDS_CSUM != 0,
+        data_validated: h.flags & offload::VNET_F_DATA_VALID != 0,
+        gso,
+    }
+}
+
+fn vnet_from_meta(m: &PacketMeta, head: &[u8]) -> Option<VnetHdr> {
+    let mut h = VnetHdr::default();
+    if m.csum_blank || m.gso.is_some() {
+        let ci = offload::checksum_info(head)?;
+        h.flags = offload::VNET_F_NEEDS_CSUM;
+        h.csum_start = ci.start;
+        h.csum_offset = ci.offset;
+        if let Some(g) = m.gso {
+            if !ci.tcp || ci.ipv6 != g.ipv6 {
+                return None;
+            }
+            h.gso_type = if g.ipv6 {
+                offload::VNET_GSO_TCPV6
+            } else {
+                offload::VNET_GSO_TCPV4
+            };
+            h.gso_size = g.size;
+            h.hdr_len = ci.headers_end;
+        }
+    } else if m.data_validated {
+        h.flags = offload::VNET_F_DATA_VALID;
+    }
+    Some(h)
+}
+
+fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The tx pump of `nic` (TAP to netfront, queue 0) until `stop`: each
+/// frame is read from the TAP straight into reserved tx pages (`readv(2)`
+/// of the virtio-net header and the pages: no copy in this process).
+pub fn tx_loop<P: Platform + ?Sized>(
+    nic: &GuestNic<'_, P>,
+    stop: &AtomicBool,
+) -> Result<(), PvnetError> {
+    let devid = nic.devid;
+    let nf_err = |source| PvnetError::Netfront { devid, source };
+    let port_tx = lock(&nic.nf).ports(0).map(|p| p.0).unwrap_or(0);
+    let p = nic_platform(&nic.nf);
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
+    while !stop.load(Ordering::Relaxed) {
+        let mut sent = 0;
+        for _ in 0..TX_BATCH {
+            let (res, ptrs) = {
+                let mut nf = lock(&nic.nf);
+                match nf.reserve_tx(0).map_err(nf_err)? {
+                    Some(r) => {
+                        let ptrs = nf.tx_page_ptrs(&r);
+                        (r, ptrs)
+                    }
+                    None => {
+                        // Ring or buffers full: publish, wait for responses.
+                        nf.push_tx(0).map_err(nf_err)?;
+                        let ready = nf.arm_tx(0).map_err(nf_err)?;
+                        drop(nf);
+                        if !ready {
+                            let _ = NetFront::<P>::poll_ports(p, &[port_tx], Some(SLEEP));
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            };
+            let mut h = [0u8; VNET_HDR_LEN];
+            iov.clear();
+            iov.push(libc::iovec {
+                iov_base: h.as_mut_ptr().cast(),
+                iov_len: h.len(),
+            });
+            for &ptr in &ptrs {
+                iov.push(libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: xen_front_platform::PAGE_SIZE,
+                });
+            }
+            // SAFETY: the header is a live local array; each page pointer is
+            // a reserved tx page of PAGE_SIZE bytes, writable and not
+            // granted to the backend in any request until committed.
+            let r = unsafe { nic.tap.readv_raw(&iov) };
+            let mut nf = lock(&nic.nf);
+            match r {
+                Ok(Some(n)) => {
+                    let meta = meta_from_vnet(&VnetHdr::decode(&h));
+                    match nf.commit_tx(res, n.saturating_sub(VNET_HDR_LEN), meta) {
+                        Ok(()) => sent += 1,
+                        // A frame the device cannot carry: dropped.
+                        Err(NetfrontError::BadFrame { .. }) => {}
+                        Err(e) => return Err(nf_err(e)),
+                    }
+                }
+                Ok(None) => {
+                    nf.cancel_tx(res);
+                    break;
+                }
+                Err(e) => {
+                    nf.cancel_tx(res);
+                    return Err(os("read the guest TAP")(e));
+                }
+            }
+        }
+        if sent > 0 {
+            let mut nf = lock(&nic.nf);
+            nf.push_tx(0).map_err(nf_err)?;
+            nf.reap_tx(0).map_err(nf_err)?;
+            continue;
+        }
+        nic.tap.wait_readable(SLEEP);
+    }
+    Ok(())
+}
+
+fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P {
+    lock(nf).platform()
+}
+
+/// The rx pump of `nic` (netfront queue 0 to the TAP) until `stop`: each
+/// frame is written to the TAP straight from the rx pages (`writev(2)`).
+pub fn rx_loop<P: Platform + ?Sized>(
+    nic: &GuestNic<'_, P>,
+    stop: &AtomicBool,
+) -> Result<(), PvnetError> {
+    let devid = nic.devid;
+    let nf_err = |source| PvnetError::Netfront { devid, source };
+    let port_rx = lock(&nic.nf).ports(0).map(|p| p.1).unwrap_or(0);
+    let p = nic_platform(&nic.nf);
+    let mut idle_since: Option<Instant> = None;
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
+    while !stop.load(Ordering::Relaxed) {
+        let mut got = 0;
+        {
+            let mut nf = lock(&nic.nf);
+            loop {
+                let r = nf.receive_with(0, |frags, head, meta| {
+                    let Some(h) = vnet_from_meta(&meta, head) else {
+                        return;
+                    };
+                    let h = h.encode();
+                    iov.clear();
+                    iov.push(libc::iovec {
+                        iov_base: h.as_ptr() as *mut libc::c_void,
+                        iov_len: h.len(),
+                    });
+                    for f in frags {
+                        iov.push(libc::iovec {
+                            iov_base: f.ptr as *mut libc::c_void,
+                            iov_len: f.len,
+                        });
+                    }
+                    // SAFETY: the header is a live local array and every
+                    // fragment lies in netfront's rx pages, alive while this
+                    // callback runs; the kernel only reads them. A full TAP
+                    // queue drops the frame, as a NIC would.
+                    let _ = unsafe { nic.tap.writev_raw(&iov) };
+                });
+                match r.map_err(nf_err)? {
+                    Some(()) => got += 1,
+                    None => break,
+                }
+                if got % 32 == 0 {
+                    nf.push_rx(0).map_err(nf_err)?;
+                }
+                if got == 256 {
+                    break;
+                }
+            }
+            nf.push_rx(0).map_err(nf_err)?;
+        }
+        if got > 0 {
+            idle_since = None;
+            continue;
+        }
+        let now = Instant::now();
+        if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
+            for _ in 0..64 {
+                if lock(&nic.nf).rx_ready(0) {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        idle_since = None;
+        if lock(&nic.nf).arm_rx(0).map_err(nf_err)? {
+            continue;
+        }
+        let _ = NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP));
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The network benchmark of the PV NIC: `iperf3` between a PV guest and
+//! Dom0 through netfront, netback's TAP and a bridge, against `iperf3`
+//! across a plain veth pair between two namespaces, in one run.
+//!
+//! 1. the reference: two fresh network namespaces joined by a veth pair;
+//!    `iperf3 -s` in one, the client in the other: TCP one way (`tcp-tx`),
+//!    the other way (`tcp-rx`, `-R`), and 64-byte UDP packets at full rate
+//!    (`udp64`, `-u -l 64 -b 0`), `--reps` times each;
+//! 2. the PV NIC: a private Dom0 (`xen-shimd`, `xenstored`, `backendd`
+//!    started inside a fresh "Dom0" namespace with its bridge and address),
+//!    one PV guest (`xl create` with a `vif`) whose init runs the same
+//!    iperf3 clients against Dom0's server (`tcp-tx` is guest to Dom0);
+//! 3. a table and, with `--json`, one JSON line per implementation and
+//!    load: median, min and max over the repetitions, and the ratio of the
+//!    medians against `veth`.
+//!
+//! All addresses (10.78.0.0/24, 10.79.0.0/24) exist only in the
+//! namespaces the run creates; they are deleted at the end.
+
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+pub use host::Host;
+
+/// `netbench`'s command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "netbench",
+    about = "PV network benchmark: iperf3 through netfront/netback against a veth pair"
+)]
+pub struct Args {
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// A fast run that only checks that everything works.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of each load.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Seconds of each iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// Directory of `xl`, `backendd` and `xen-pvguest` (default: next to
+    /// this executable).
+    #[arg(long)]
+    pub libexec: Option<PathBuf>,
+}
+
+/// The loads.
+pub const LOADS: [&str; 3] = ["tcp-tx", "tcp-rx", "udp64"];
+
+/// Median, min and max of a non-empty series.
+pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Some((med, s[0], s[n - 1]))
+}
+
+/// The iperf3 client arguments of a load (after `-c HOST`).
+pub fn client_args(load: &str, seconds: u32) -> Vec<String> {
+    let mut v = vec!["-t".to_owned(), seconds.to_string(), "-J".to_owned()];
+    match load {
+        "tcp-rx" => v.push("-R".into()),
+        "udp64" => v.extend(["-u", "-l", "64", "-b", "0"].map(String::from)),
+        _ => {}
+    }
+    v
+}
+
+/// The value of an iperf3 `-J` report: received bits/s (TCP) or
+/// received packets/s (UDP).
+pub fn parse_iperf_json(load: &str, json: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3 JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3 failed: {e}");
+    }
+    let end = &v["end"];
+    if load == "udp64" {
+        let s = &end["sum"];
+        let packets = s["packets"].as_f64().context("end.sum.packets")?;
+        let lost = s["lost_packets"].as_f64().unwrap_or(0.0);
+        let secs = s["seconds"]
+            .as_f64()
+            .filter(|&x| x > 0.0)
+            .context("end.sum.seconds")?;
+        Ok((packets - lost) / secs)
+    } else {
+        end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("end.sum_received.bits_per_second")
+    }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Result<Netns> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut v = vec!["-n", self.0.as_str()];
+        v.extend_from_slice(args);
+        sh("ip", &v)
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A background process killed on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(prog: &str, args: &[&str]) -> Result<()> {
+    let o = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
+    if !o.status.success() {
+        bail!(
+            "{prog} {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn iperf_server(ns: &Netns, bind: &str) -> Result<Bg> {
+    let c = ns
+        .cmd("iperf3")
+        .args(["-s", "-B", bind])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Bg(c))
+}
+
+/// The veth reference: `reps` samples per load.
+fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
+    let pid = std::process::id();
+    let a = Netns::new(format!("nbva{pid}"))?;
+    let b = Netns::new(format!("nbvb{pid}"))?;
+    sh(
+        "ip",
+        &[
+            "link", "add", "nbv0", "netns", &a.0, "type", "veth", "peer", "name", "nbv1", "netns",
+            &b.0,
+        ],
+    )?;
+    a.ip(&["addr", "add", "10.78.0.1/24", "dev", "nbv0"])?;
+    b.ip(&["addr", "add", "10.78.0.2/24", "dev", "nbv1"])?;
+    a.ip(&["link", "set", "nbv0", "up"])?;
+    b.ip(&["link", "set", "nbv1", "up"])?;
+    let _srv = iperf_server(&a, "10.78.0.1")?;
+    let mut out = Vec::new();
+    for load in LOADS {
+        let mut v = Vec::new();
+        for _ in 0..reps {
+            let o = b
+                .cmd("iperf3")
+                .args(["-c", "10.78.0.1"])
+                .args(client_args(load, args.seconds))
+                .output()
+                .context("run iperf3 -c")?;
+            v.push(parse_iperf_json(load, &String::from_utf8_lossy(&o.stdout))?);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        out.push((load.to_owned(), v));
+    }
+    Ok(out)
+}
+
+/// The PV NIC: one guest running every load `reps` times.
+fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
+    let pid = std::process::id();
+    let mut host = Host::start(libexec)?;
+    let dom0 = Netns::new(format!("nbd{pid}"))?;
+    let br = format!("nbr{}", pid % 1_000_000);
+    dom0.ip(&["link", "add", &br, "type", "bridge"])?;
+    dom0.ip(&["addr", "add", "10.79.0.1/24", "dev", &br])?;
+    dom0.ip(&["link", "set", &br, "up"])?;
+    let rundir = host.rundir();
+    std::fs::create_dir_all(&rundir).context("create the rundir")?;
+    let log = std::fs::File::create(rundir.join("backendd.log")).context("backendd.log")?;
+    let log2 = log.try_clone().context("dup")?;
+    let bd = dom0
+        .cmd(
+            host.libexec()
+                .join("backendd")
+                .to_str()
+                .context("utf-8 path")?,
+        )
+        .arg("--xenstored")
+        .arg(host.dir().join("xenstored.sock"))
+        .arg("--shim-socket")
+        .arg(host.dir().join("shim.sock"))
+        .arg("--pid-file")
+        .arg(rundir.join("backendd.pid"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .context("start backendd")?;
+    let _bd = Bg(bd);
+    for _ in 0..200 {
+        if rundir.join("backendd.pid").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _srv = iperf_server(&dom0, "10.79.0.1")?;
+    let mut script = String::from("#!/bin/sh\n");
+    for load in LOADS {
+        for _ in 0..reps {
+            script.push_str(&format!(
+                "iperf3 -c 10.79.0.1 {} > {dir}/r.json; \
+                 python3 -c 'import sys; print(\"netbench {load}\", open(sys.argv[1]).read().replace(chr(10), \" \"))' {dir}/r.json\n\
+                 sleep 0.5\n",
+                client_args(load, args.seconds).join(" "),
+                dir = host.dir().display()
+            ));
+        }
+    }
+    let init = host.dir().join("init.sh");
+    std::fs::write(&init, script).context("write the init script")?;
+    sh("chmod", &["0755", init.to_str().context("utf-8")?])?;
+    let name = format!("netbench{pid}");
+    let cfg = format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
+         extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+         vif = [ 'mac=00:16:3e:4e:42:01, bridge={br}, ip=10.79.0.2' ]\n",
+        init.display()
+    );
+    let limit = Duration::from_secs(u64::from(args.seconds + 5) * (reps as u64) * 3 + 60);
+    let glog = host.run_guest(&name, &cfg, limit)?;
+    let mut out: Vec<(String, Vec<f64>)> = LOADS
+        .iter()
+        .map(|l| ((*l).to_owned(), Vec::new()))
+        .collect();
+    for line in glog.lines() {
+        let Some(rest) = line.strip_prefix("netbench ") else {
+            continue;
+        };
+        let Some((load, json)) = rest.split_once(' ') else {
+            continue;
+        };
+        let v = parse_iperf_json(load, json)
+            .with_context(|| format!("the guest's {load} run: {glog}"))?;
+        if let Some(e) = out.iter_mut().find(|(l, _)| l == load) {
+            e.1.push(v);
+        }
+    }
+    for (l, v) in &out {
+        if v.len() != reps {
+            bail!(
+                "the guest reported {} of {reps} {l} runs; its log:\n{glog}",
+                v.len()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark and prints the results.
+pub fn run(args: &Args) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("netbench needs root (namespaces, the shim, TAP devices)");
+    }
+    for t in ["ip", "iperf3", "python3"] {
+        sh("sh", &["-c", &format!("command -v {t} > /dev/null")])
+            .with_context(|| format!("{t} is missing (tests/setup-host.sh installs it)"))?;
+    }
+    let libexec = match &args.libexec {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("own path")?
+            .parent()
+            .context("own directory")?
+            .to_path_buf(),
+    };
+    let (reps, args) = if args.quick {
+        (
+            1,
+            Args {
+                seconds: 1,
+                ..args.clone()
+            },
+        )
+    } else {
+        (args.reps.max(1), args.clone())
+    };
+    let veth = measure_veth(&args, reps)?;
+    let pv = measure_pv(&args, &libexec, reps)?;
+    if !args.json {
+        println!(
+            "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8}",
+            "imp", "load", "median", "min", "max", "ratio"
+        );
+    }
+    for (imp, rows) in [("veth", &veth), ("pv-netfront", &pv)] {
+        for (load, v) in rows.iter() {
+            let (med, min, max) = spread(v).unwrap_or((0.0, 0.0, 0.0));
+            let reference = veth
+                .iter()
+                .find(|(l, _)| l == load)
+                .and_then(|(_, r)| spread(r))
+                .map(|s| s.0);
+            let ratio = reference.filter(|&r| r > 0.0).map(|r| med / r);
+            let unit = if load == "udp64" {
+                "packets/s"
+            } else {
+                "bits/s"
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "netbench", "imp": imp, "load": load, "unit": unit,
+                        "median": med, "min": min, "max": max, "samples": v,
+                        "seconds": args.seconds, "reps": reps,
+                        "ratio_to_veth": ratio,
+                    })
+                );
+            } else {
+                println!(
+                    "{imp:<12} {load:<8} {med:>14.4e} {min:>14.4e} {max:>14.4e} {:>8}",
+                    ratio.map_or("-".into(), |r| format!("{r:.3}"))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_iperf_json_tcp_and_udp() {
+        let tcp = r#"{"end":{"sum_received":{"bits_per_second":1.5e9}}}"#;
+        assert_eq!(parse_iperf_json("tcp-tx", tcp).expect("tcp"), 1.5e9);
+        let udp = r#"{"end":{"sum":{"packets":1000,"lost_packets":100,"seconds":2.0}}}"#;
+        assert_eq!(parse_iperf_json("udp64", udp).expect("udp"), 450.0);
+        assert!(parse_iperf_json("tcp-tx", r#"{"error":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn test_spread_median_min_max() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(&[]), None);
+    }
+}
