@@ -94,6 +94,8 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         .arg(host.dir.path().join("shim.sock"))
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
+        .arg("--log-dir")
+        .arg(host.console_logdir())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log)
