@@ -27,6 +27,7 @@ pub mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::xen::domid_t;
@@ -51,6 +52,12 @@ pub const DEFAULT_MAX_PERSISTENT_GRANTS: usize = 1056;
 
 /// Default I/O threads per device.
 pub const DEFAULT_IO_THREADS: usize = 4;
+/// Default largest transfer a queue worker serves itself although the
+/// device has I/O threads (see [`DiskConfig::inline_max_bytes`]).
+pub const DEFAULT_INLINE_MAX_BYTES: u64 = 64 << 10;
+/// Default bounded busy-poll of an idle queue worker on its ring before it
+/// arms `req_event` and sleeps (see [`DiskConfig::poll_budget`]).
+pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 
 /// Errors of the block backend's API.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +124,16 @@ pub struct DiskConfig {
     /// I/O threads per connected device, shared by its queues (0: each
     /// queue worker does its transfers itself, one at a time).
     pub io_threads: usize,
+    /// Transfers of at most this many bytes are served by the queue worker
+    /// itself, in ring order, even when the device has I/O threads: handing
+    /// a page-cache hit to another thread and waking it costs more than the
+    /// copy. Larger ones go to the I/O threads, several at once.
+    pub inline_max_bytes: u64,
+    /// How long an idle queue worker keeps polling its ring (no syscall)
+    /// before it arms `req_event` (`RING_FINAL_CHECK_FOR_REQUESTS`) and
+    /// sleeps on the event channel. While it polls, the frontend sees no
+    /// armed event index and sends no notification. Zero: sleep at once.
+    pub poll_budget: Duration,
 }
 
 impl DiskConfig {
@@ -135,6 +152,8 @@ impl DiskConfig {
             max_queues: 4,
             max_consecutive_invalid: 1024,
             io_threads: DEFAULT_IO_THREADS,
+            inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
+            poll_budget: DEFAULT_POLL_BUDGET,
         }
     }
 }
@@ -377,6 +396,8 @@ impl BlkBackend {
             max_persistent_grants: self.config.max_persistent_grants,
             max_consecutive_invalid: self.config.max_consecutive_invalid,
             io_threads: self.config.io_threads.min(64),
+            inline_max_bytes: self.config.inline_max_bytes,
+            poll_budget: self.config.poll_budget.min(Duration::from_millis(10)),
         };
         Ok(Device::start(
             &handles.gntdev,

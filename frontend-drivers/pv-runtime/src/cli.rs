@@ -92,6 +92,14 @@ pub struct Args {
     /// Seconds each `blkload` pattern runs.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// `blkload` moves the data through blkfront's copying API instead of
+    /// registered buffers.
+    #[arg(long)]
+    pub blkload_copy: bool,
+    /// How long blkfront polls its rings before sleeping on the event
+    /// channel, microseconds (`blkload`).
+    #[arg(long, default_value_t = 50)]
+    pub poll_us: u64,
     /// After the demo, keep running until the toolstack shuts the domain
     /// down (instead of powering off).
     #[arg(long)]
@@ -224,6 +232,8 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
                 qd: args.qd,
                 duration: Duration::try_from_secs_f64(args.seconds)
                     .unwrap_or(Duration::from_secs(5)),
+                copy: args.blkload_copy,
+                poll_budget: Duration::from_micros(args.poll_us),
             };
             crate::blkload::run_load(p, &cfg, timeout, &mut out)
                 .map(drop)
