@@ -224,8 +224,16 @@ impl FrontendParams {
             };
             let (key, v) = get(keys::EVENT_CHANNEL)?;
             let event_channel = parse_num(&key, &v)?;
-            let order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
-            let ring_refs = match read(&order_key) {
+            // Linux's blkfront writes one `ring-page-order` for all queues,
+            // at the top (blkback's `connect_ring` reads it there); a
+            // per-queue one is accepted too.
+            let mut order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
+            let mut order = read(&order_key);
+            if order.is_none() && !dir.is_empty() {
+                order_key = keys::RING_PAGE_ORDER.to_string();
+                order = read(&order_key);
+            }
+            let ring_refs = match order {
                 None => {
                     let (key, v) = get(keys::RING_REF)?;
                     vec![parse_num(&key, &v)?]
@@ -470,6 +478,27 @@ mod tests {
         assert_eq!(p.queues[0].ring_refs, vec![10, 11]);
         assert_eq!(p.queues[1].ring_refs, vec![12]);
         assert_eq!(p.queues[1].event_channel, 4);
+    }
+
+    #[test]
+    fn test_frontend_params_multi_queue_top_level_order_as_linux_writes_it() {
+        let p = FrontendParams::from_keys(
+            reader(&[
+                ("multi-queue-num-queues", "2"),
+                ("ring-page-order", "1"),
+                ("queue-0/ring-ref0", "10"),
+                ("queue-0/ring-ref1", "11"),
+                ("queue-0/event-channel", "3"),
+                ("queue-1/ring-ref0", "12"),
+                ("queue-1/ring-ref1", "13"),
+                ("queue-1/event-channel", "4"),
+            ]),
+            4,
+            4,
+        )
+        .expect("valid");
+        assert_eq!(p.queues[0].ring_refs, vec![10, 11]);
+        assert_eq!(p.queues[1].ring_refs, vec![12, 13]);
     }
 
     #[test]

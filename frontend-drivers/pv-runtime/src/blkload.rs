@@ -119,6 +119,8 @@ pub struct LoadConfig {
     pub copy: bool,
     /// [`BlkfrontConfig::poll_budget`] of the device.
     pub poll_budget: Duration,
+    /// [`BlkfrontConfig::max_queues`] of the device.
+    pub queues: u32,
 }
 
 /// One pattern's result.
@@ -279,6 +281,7 @@ pub fn run_load<P: Platform + ?Sized>(
     let devid = *list_vbds(p)?.first().ok_or(BlkloadError::NoDisk)?;
     let bcfg = BlkfrontConfig {
         poll_budget: cfg.poll_budget,
+        max_queues: cfg.queues,
         ..BlkfrontConfig::default()
     };
     let mut dev = vbd::open(p, devid, bcfg, timeout)

@@ -100,6 +100,9 @@ pub struct Args {
     /// channel, microseconds (`blkload`).
     #[arg(long, default_value_t = 50)]
     pub poll_us: u64,
+    /// Queues (rings) `blkload` asks blkfront for.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
     /// After the demo, keep running until the toolstack shuts the domain
     /// down (instead of powering off).
     #[arg(long)]
@@ -234,6 +237,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
                     .unwrap_or(Duration::from_secs(5)),
                 copy: args.blkload_copy,
                 poll_budget: Duration::from_micros(args.poll_us),
+                queues: args.queues,
             };
             crate::blkload::run_load(p, &cfg, timeout, &mut out)
                 .map(drop)
