@@ -14,6 +14,7 @@
 //! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
 //! frontend writes makes a worker panic.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -535,14 +536,6 @@ enum Step {
     Data(Transfer),
 }
 
-/// Where a segment's page is mapped for one request.
-enum PageRef {
-    /// Index into the request's own mappings.
-    Own(usize),
-    /// A persistent grant (key of the cache).
-    Persistent(grant_ref_t),
-}
-
 impl Worker {
     fn run(mut self) {
         tracing::debug!(
@@ -980,17 +973,13 @@ impl Worker {
     }
 
     fn map_page(&self, gref: grant_ref_t, writable: bool) -> Result<GrantMapping, ServeError> {
-        let m = self
-            .gntdev
-            .map_grant_ref(self.domid, gref, writable)
-            .map_err(|source| ServeError::Grant { gref, source })?;
-        self.shared.metrics.add(Counter::GrantMaps, 1);
-        Ok(m)
+        map_page(&self.gntdev, self.domid, &self.shared, gref, writable)
     }
 
     /// Maps the segments' pages (persistent ones from the cache, inserted
     /// there on first use while the cache has room) and returns the buffers,
-    /// the request's own mappings and the byte count.
+    /// the request's own mappings and the byte count. One cache lookup per
+    /// segment.
     fn map_segments(
         &mut self,
         dir: Direction,
@@ -998,34 +987,38 @@ impl Worker {
     ) -> Result<(Vec<IoVec>, Vec<GrantMapping>, u64), ServeError> {
         let writable = dir == Direction::Read;
         let mut own: Vec<GrantMapping> = Vec::new();
-        let mut refs: Vec<PageRef> = Vec::with_capacity(segs.len());
-        for s in segs {
-            if self.cfg.persistent {
-                if self.persistent.contains_key(&s.gref) {
-                    refs.push(PageRef::Persistent(s.gref));
-                    continue;
-                }
-                if self.persistent.len() < self.cfg.max_persistent_grants {
-                    // Persistent grants are granted read-write by the
-                    // frontend whatever the direction (blkif.h).
-                    let m = self.map_page(s.gref, true)?;
-                    self.persistent.insert(s.gref, m);
-                    self.shared.metrics.add(Counter::PersistentGrants, 1);
-                    refs.push(PageRef::Persistent(s.gref));
-                    continue;
-                }
-            }
-            own.push(self.map_page(s.gref, writable)?);
-            refs.push(PageRef::Own(own.len() - 1));
-        }
         let mut iov = Vec::with_capacity(segs.len());
         let mut total: u64 = 0;
-        for (s, r) in segs.iter().zip(&refs) {
-            let m = match r {
-                PageRef::Own(i) => own.get(*i),
-                PageRef::Persistent(g) => self.persistent.get(g),
+        for s in segs {
+            let mut cached = None;
+            if self.cfg.persistent {
+                let room = self.persistent.len() < self.cfg.max_persistent_grants;
+                match self.persistent.entry(s.gref) {
+                    Entry::Occupied(e) => cached = Some(&*e.into_mut()),
+                    Entry::Vacant(v) if room => {
+                        // Persistent grants are granted read-write by the
+                        // frontend whatever the direction (blkif.h).
+                        let m = map_page(&self.gntdev, self.domid, &self.shared, s.gref, true)?;
+                        self.shared.metrics.add(Counter::PersistentGrants, 1);
+                        cached = Some(&*v.insert(m));
+                    }
+                    Entry::Vacant(_) => {}
+                }
             }
-            .ok_or(ServeError::Internal("segment mapping missing"))?;
+            let m = match cached {
+                Some(m) => m,
+                None => {
+                    own.push(map_page(
+                        &self.gntdev,
+                        self.domid,
+                        &self.shared,
+                        s.gref,
+                        writable,
+                    )?);
+                    own.last()
+                        .ok_or(ServeError::Internal("segment mapping missing"))?
+                }
+            };
             let base = if writable {
                 m.as_mut_ptr().ok_or(ServeError::Grant {
                     gref: s.gref,
@@ -1054,6 +1047,21 @@ impl Worker {
         }
         Ok((iov, own, total))
     }
+}
+
+/// Maps one grant of the frontend (counted).
+fn map_page(
+    gntdev: &Gntdev,
+    domid: domid_t,
+    shared: &Shared,
+    gref: grant_ref_t,
+    writable: bool,
+) -> Result<GrantMapping, ServeError> {
+    let m = gntdev
+        .map_grant_ref(domid, gref, writable)
+        .map_err(|source| ServeError::Grant { gref, source })?;
+    shared.metrics.add(Counter::GrantMaps, 1);
+    Ok(m)
 }
 
 impl std::fmt::Debug for Worker {
