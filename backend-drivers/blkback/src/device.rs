@@ -26,7 +26,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, RingError, SharedRing};
+use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::IntoBytes;
@@ -408,6 +408,7 @@ fn start_queue(
         persistent: HashMap::new(),
         invalid_in_a_row: 0,
         broken: false,
+        poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
         log: LogLimiter::new(10, Duration::from_secs(5)),
     };
     let thread = std::thread::Builder::new()
@@ -440,6 +441,8 @@ struct Worker {
     invalid_in_a_row: u32,
     /// The ring or event channel failed: answer nothing more, stop.
     broken: bool,
+    /// The adaptive ring poll of an idle worker.
+    poll: PollWindow,
     log: LogLimiter,
 }
 
@@ -569,8 +572,11 @@ impl Worker {
             // (the frontend sends no notification meanwhile), then the
             // final check that arms it, then sleep.
             match self.poll_ring() {
-                Ok(true) => continue,
-                Ok(false) => {}
+                Ok(true) => {
+                    self.poll.hit();
+                    continue;
+                }
+                Ok(false) => self.poll.miss(),
                 Err(e) => {
                     self.ring_failed(e);
                     break;
@@ -587,18 +593,26 @@ impl Worker {
                     break;
                 }
             }
-            if let Err(e) = self.wait() {
-                self.fail(FailureReason::EventChannel(e.to_string()));
-                break;
+            let slept = Instant::now();
+            match self.wait() {
+                Ok(true) => self
+                    .poll
+                    .woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(FailureReason::EventChannel(e.to_string()));
+                    break;
+                }
             }
         }
         self.teardown();
     }
 
     /// Busy-polls the ring's `req_prod` (no syscall, `req_event` not armed)
-    /// for up to the poll budget; `true` as soon as requests are there.
+    /// for the current poll window (adaptive, at most the poll budget);
+    /// `true` as soon as requests are there.
     fn poll_ring(&mut self) -> Result<bool, RingError> {
-        let budget = self.cfg.poll_budget;
+        let budget = Duration::from_nanos(self.poll.budget_ns());
         if budget.is_zero() {
             return Ok(false);
         }
@@ -731,16 +745,18 @@ impl Worker {
         self.answer(d.id, d.operation, d.result.map_err(ServeError::Io))
     }
 
-    /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`).
-    fn wait(&mut self) -> Result<(), xen_shim::EvtchnError> {
+    /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`);
+    /// `true` if the frontend's port fired.
+    fn wait(&mut self) -> Result<bool, xen_shim::EvtchnError> {
         let fired = self.evtchn.pending(Some(IDLE_WAIT))?;
         if !fired.is_empty() {
             self.shared.metrics.add(Counter::Wakeups, 1);
         }
+        let ours = fired.contains(&self.port);
         for p in fired {
             self.evtchn.unmask(p)?;
         }
-        Ok(())
+        Ok(ours)
     }
 
     fn ring_failed(&mut self, e: RingError) {

@@ -129,10 +129,14 @@ pub struct DiskConfig {
     /// a page-cache hit to another thread and waking it costs more than the
     /// copy. Larger ones go to the I/O threads, several at once.
     pub inline_max_bytes: u64,
-    /// How long an idle queue worker keeps polling its ring (no syscall)
-    /// before it arms `req_event` (`RING_FINAL_CHECK_FOR_REQUESTS`) and
-    /// sleeps on the event channel. While it polls, the frontend sees no
-    /// armed event index and sends no notification. Zero: sleep at once.
+    /// The longest an idle queue worker keeps polling its ring (no
+    /// syscall) before it arms `req_event` (`RING_FINAL_CHECK_FOR_REQUESTS`)
+    /// and sleeps on the event channel. While it polls, the frontend sees
+    /// no armed event index and sends no notification. The window adapts
+    /// between zero and this (`xen_ring::PollWindow`, as KVM's halt
+    /// polling): a poll that finds nothing (the frontend shares our CPU, or
+    /// is idle) stops polling until a quick wake-up says it pays again.
+    /// Zero: never poll.
     pub poll_budget: Duration,
 }
 

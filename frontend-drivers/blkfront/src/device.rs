@@ -22,7 +22,7 @@ use xen_front_platform::{
     xs_read_string, Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent, PAGE_SIZE,
     XBT_NIL,
 };
-use xen_ring::{FrontRing, SharedRing};
+use xen_ring::{FrontRing, PollWindow, SharedRing};
 
 use crate::error::{BlkfrontError, FailReason};
 use crate::features::{parse_u64, DiskInfo, FlushOp, TransportOffer, MAX_QUEUES};
@@ -85,10 +85,12 @@ pub struct BlkfrontConfig {
     /// per pool (data, indirect); the pools always keep at least what the
     /// rings can have in flight (slots x segments per request).
     pub max_cached_pages: usize,
-    /// How long [`BlkFront::wait`] polls the rings for responses (reading
-    /// `rsp_prod`, no syscall, `rsp_event` not armed, so the backend sends
-    /// no notification) before the final check and the sleep on the event
-    /// channels. Zero: sleep at once.
+    /// The longest [`BlkFront::wait`] polls the rings for responses
+    /// (reading `rsp_prod`, no syscall, `rsp_event` not armed, so the
+    /// backend sends no notification) before the final check and the sleep
+    /// on the event channels. The window adapts between zero and this
+    /// ([`xen_ring::PollWindow`]: it shrinks to zero when a poll finds
+    /// nothing, as when the backend shares our CPU). Zero: never poll.
     pub poll_budget: Duration,
 }
 
@@ -308,6 +310,8 @@ pub struct BlkFront<'p, P: Platform + ?Sized> {
     next_tag: u64,
     next_seq: u64,
     rr: usize,
+    /// The adaptive ring poll of [`BlkFront::wait`].
+    poll: PollWindow,
     stats: BlkfrontStats,
 }
 
@@ -399,6 +403,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             next_tag: 1,
             next_seq: 0,
             rr: 0,
+            poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
             stats: BlkfrontStats::default(),
         })
     }
@@ -1677,12 +1682,15 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if !self.completions.is_empty() {
             return Ok(true);
         }
-        let budget = match timeout {
-            Some(t) => t.min(self.cfg.poll_budget),
-            None => self.cfg.poll_budget,
-        };
+        let window = Duration::from_nanos(self.poll.budget_ns());
+        let budget = timeout.map_or(window, |t| t.min(window));
         match self.poll_rings(budget) {
-            Ok(true) => return Ok(true),
+            Ok(true) => {
+                self.poll.hit();
+                return Ok(true);
+            }
+            // Only a poll of the whole window says polling does not pay.
+            Ok(false) if !budget.is_zero() && budget == window => self.poll.miss(),
             Ok(false) => {}
             Err(e) => return Err(self.fail(FailReason::RingCorrupt(e))),
         }
@@ -1697,7 +1705,12 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if ports.is_empty() {
             return Ok(false);
         }
-        self.p.evtchn_poll(&ports, timeout).map_err(plat)
+        let slept = self.p.monotonic_ns();
+        let fired = self.p.evtchn_poll(&ports, timeout).map_err(plat)?;
+        if fired {
+            self.poll.woke(self.p.monotonic_ns().saturating_sub(slept));
+        }
+        Ok(fired)
     }
 }
 
