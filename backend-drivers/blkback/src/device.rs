@@ -14,6 +14,7 @@
 //! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
 //! frontend writes makes a worker panic.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -25,7 +26,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, RingError, SharedRing};
+use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::IntoBytes;
@@ -166,6 +167,11 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_consecutive_invalid: u32,
     /// I/O threads of the device (0: transfers run in the queue workers).
     pub(crate) io_threads: usize,
+    /// Larger transfers go to the I/O threads; these and smaller ones run
+    /// in the queue worker.
+    pub(crate) inline_max_bytes: u64,
+    /// Busy-poll of an idle worker on its ring before it sleeps.
+    pub(crate) poll_budget: Duration,
 }
 
 /// Called once, from the failing queue's worker thread, when a device
@@ -405,6 +411,8 @@ fn start_queue(
         pool,
         persistent: HashMap::new(),
         invalid_in_a_row: 0,
+        broken: false,
+        poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
         log: LogLimiter::new(10, Duration::from_secs(5)),
     };
     let thread = std::thread::Builder::new()
@@ -435,6 +443,10 @@ struct Worker {
     pool: Option<Arc<IoPool>>,
     persistent: HashMap<grant_ref_t, GrantMapping>,
     invalid_in_a_row: u32,
+    /// The ring or event channel failed: answer nothing more, stop.
+    broken: bool,
+    /// The adaptive ring poll of an idle worker.
+    poll: PollWindow,
     log: LogLimiter,
 }
 
@@ -467,8 +479,6 @@ impl ServeError {
 
 /// A data transfer ready to run: the buffers are mapped.
 struct Transfer {
-    /// Position of the request in its batch.
-    index: usize,
     id: u64,
     operation: u8,
     dir: Direction,
@@ -492,7 +502,6 @@ unsafe impl Send for SendIov {}
 
 /// The outcome of a transfer.
 struct Done {
-    index: usize,
     id: u64,
     operation: u8,
     dir: Direction,
@@ -511,7 +520,6 @@ impl Transfer {
         };
         drop(self.own);
         Done {
-            index: self.index,
             id: self.id,
             operation: self.operation,
             dir: self.dir,
@@ -535,14 +543,6 @@ enum Step {
     Data(Transfer),
 }
 
-/// Where a segment's page is mapped for one request.
-enum PageRef {
-    /// Index into the request's own mappings.
-    Own(usize),
-    /// A persistent grant (key of the cache).
-    Persistent(grant_ref_t),
-}
-
 impl Worker {
     fn run(mut self) {
         tracing::debug!(
@@ -552,10 +552,9 @@ impl Worker {
         );
         let nr = self.ring.nr_ents() as usize;
         let mut batch: Vec<Slot> = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
-        let mut rsps: Vec<Option<RspSlot>> = vec![None; nr];
         let (done_tx, done_rx) = channel::<Done>();
-        while !self.shared.stop.load(Ordering::SeqCst) {
-            // At most one ring's worth per round (bounded), then publish.
+        while !self.shared.stop.load(Ordering::SeqCst) && !self.broken {
+            // At most one ring's worth per round (bounded).
             let n = match self.ring.take_requests(&mut batch) {
                 Ok(n) => n,
                 Err(e) => {
@@ -563,36 +562,32 @@ impl Worker {
                     break;
                 }
             };
-            self.process(&batch[..n], &mut rsps[..n], &done_tx, &done_rx);
-            let mut pushed = true;
-            for r in rsps.iter_mut().take(n) {
-                let rsp = r
-                    .take()
-                    .unwrap_or_else(|| self.answer(0, 0, Err(ServeError::Internal("no response"))));
-                if let Err(e) = self.ring.push_response(&rsp) {
-                    self.ring_failed(e);
-                    pushed = false;
-                    break;
-                }
-            }
-            if !pushed {
+            // Answers each request as soon as it is served (published at
+            // once, so the frontend can reuse the slot while the rest of
+            // the batch is served).
+            self.process(&batch[..n], &done_tx, &done_rx);
+            if self.broken || self.shared.stop.load(Ordering::SeqCst) {
                 break;
             }
-            // Publish even when stopping: a response pushed privately has
-            // overwritten its request slot, so a later backend attaching to
-            // this ring must see it as answered.
-            if self.ring.push_responses_and_check_notify() {
-                self.shared.metrics.add(Counter::Notifications, 1);
-                if let Err(e) = self.evtchn.notify(self.port) {
-                    self.fail(FailureReason::EventChannel(e.to_string()));
+            if n > 0 {
+                continue;
+            }
+            // Idle: poll the ring for a while without arming `req_event`
+            // (the frontend sends no notification meanwhile), then the
+            // final check that arms it, then sleep.
+            match self.poll_ring() {
+                Ok(true) => {
+                    self.poll.hit();
+                    continue;
+                }
+                Ok(false) => self.poll.miss(),
+                Err(e) => {
+                    self.ring_failed(e);
                     break;
                 }
             }
             if self.shared.stop.load(Ordering::SeqCst) {
                 break;
-            }
-            if n > 0 {
-                continue;
             }
             match self.ring.final_check_for_requests() {
                 Ok(true) => continue,
@@ -602,30 +597,84 @@ impl Worker {
                     break;
                 }
             }
-            if let Err(e) = self.wait() {
-                self.fail(FailureReason::EventChannel(e.to_string()));
-                break;
+            let slept = Instant::now();
+            match self.wait() {
+                Ok(true) => self
+                    .poll
+                    .woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(FailureReason::EventChannel(e.to_string()));
+                    break;
+                }
             }
         }
         self.teardown();
     }
 
-    /// Serves a batch: data transfers between fences go to the I/O pool
-    /// together; a fence waits for every transfer before it. Returns only
-    /// when every slot has its response in `rsps`.
-    fn process(
-        &mut self,
-        slots: &[Slot],
-        rsps: &mut [Option<RspSlot>],
-        done_tx: &Sender<Done>,
-        done_rx: &Receiver<Done>,
-    ) {
+    /// Busy-polls the ring's `req_prod` (no syscall, `req_event` not armed)
+    /// for the current poll window (adaptive, at most the poll budget);
+    /// `true` as soon as requests are there.
+    fn poll_ring(&mut self) -> Result<bool, RingError> {
+        let budget = Duration::from_nanos(self.poll.budget_ns());
+        if budget.is_zero() {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        let mut round: u32 = 0;
+        loop {
+            if self.ring.unconsumed_requests()? > 0 {
+                self.shared.metrics.add(Counter::PolledWakeups, 1);
+                return Ok(true);
+            }
+            round = round.wrapping_add(1);
+            if round % 64 == 0
+                && (start.elapsed() >= budget || self.shared.stop.load(Ordering::Relaxed))
+            {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Pushes one response and publishes it (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`),
+    /// notifying the frontend if it armed `rsp_event` for it. After a ring
+    /// or event-channel failure the worker is `broken` and answers nothing
+    /// more.
+    fn respond(&mut self, rsp: &RspSlot) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.ring.push_response(rsp) {
+            self.ring_failed(e);
+            self.broken = true;
+            return;
+        }
+        // Publish even when stopping: a response pushed privately has
+        // overwritten its request slot, so a later backend attaching to
+        // this ring must see it as answered.
+        if self.ring.push_responses_and_check_notify() {
+            self.shared.metrics.add(Counter::Notifications, 1);
+            if let Err(e) = self.evtchn.notify(self.port) {
+                self.fail(FailureReason::EventChannel(e.to_string()));
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Serves a batch in ring order: small transfers in this thread, larger
+    /// ones on the I/O pool (several at once); a fence waits for every
+    /// transfer before it. Each request is answered as soon as it is done.
+    /// Returns only when every transfer it submitted has completed (the
+    /// buffers of pool jobs may be persistent grants, which `teardown`
+    /// unmaps).
+    fn process(&mut self, slots: &[Slot], done_tx: &Sender<Done>, done_rx: &Receiver<Done>) {
         let mut outstanding = 0usize;
-        for (i, slot) in slots.iter().enumerate() {
-            match self.prepare(i, slot) {
-                Step::Answer(r) => rsps[i] = Some(r),
+        for slot in slots {
+            match self.prepare(slot) {
+                Step::Answer(r) => self.respond(&r),
                 Step::Data(t) => match self.pool.clone() {
-                    Some(pool) => {
+                    Some(pool) if t.bytes > self.cfg.inline_max_bytes => {
                         let (id, op) = (t.id, t.operation);
                         let tx = done_tx.clone();
                         let image = Arc::clone(&self.image);
@@ -636,36 +685,43 @@ impl Worker {
                             Ok(()) => outstanding += 1,
                             Err(e) => {
                                 tracing::error!(error = %e, "blkback I/O pool refused a job");
-                                rsps[i] = Some(self.answer(
+                                let r = self.answer(
                                     id,
                                     op,
                                     Err(ServeError::Internal("I/O pool stopped")),
-                                ));
+                                );
+                                self.respond(&r);
                             }
                         }
                     }
-                    None => {
+                    _ => {
                         let d = t.run(&self.image);
-                        rsps[i] = Some(self.complete(d));
+                        let r = self.complete(d);
+                        self.respond(&r);
                     }
                 },
                 Step::Fence { id, operation, req } => {
-                    self.drain(&mut outstanding, rsps, done_rx);
+                    self.drain(&mut outstanding, done_rx);
                     let r = self.execute_fence(req);
-                    rsps[i] = Some(self.answer(id, operation, r));
+                    let r = self.answer(id, operation, r);
+                    self.respond(&r);
                 }
             }
+            // Answer the pool's finished transfers without waiting.
+            while outstanding > 0 {
+                let Ok(d) = done_rx.try_recv() else {
+                    break;
+                };
+                outstanding -= 1;
+                let r = self.complete(d);
+                self.respond(&r);
+            }
         }
-        self.drain(&mut outstanding, rsps, done_rx);
+        self.drain(&mut outstanding, done_rx);
     }
 
-    /// Waits for every submitted transfer.
-    fn drain(
-        &mut self,
-        outstanding: &mut usize,
-        rsps: &mut [Option<RspSlot>],
-        rx: &Receiver<Done>,
-    ) {
+    /// Waits for every submitted transfer, answering each.
+    fn drain(&mut self, outstanding: &mut usize, rx: &Receiver<Done>) {
         while *outstanding > 0 {
             let Ok(d) = rx.recv() else {
                 // Cannot happen while this worker holds a sender; the jobs
@@ -675,10 +731,8 @@ impl Worker {
                 return;
             };
             *outstanding -= 1;
-            if let Some(slot) = rsps.get_mut(d.index) {
-                let r = self.complete(d);
-                *slot = Some(r);
-            }
+            let r = self.complete(d);
+            self.respond(&r);
         }
     }
 
@@ -695,16 +749,18 @@ impl Worker {
         self.answer(d.id, d.operation, d.result.map_err(ServeError::Io))
     }
 
-    /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`).
-    fn wait(&mut self) -> Result<(), xen_shim::EvtchnError> {
+    /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`);
+    /// `true` if the frontend's port fired.
+    fn wait(&mut self) -> Result<bool, xen_shim::EvtchnError> {
         let fired = self.evtchn.pending(Some(IDLE_WAIT))?;
         if !fired.is_empty() {
             self.shared.metrics.add(Counter::Wakeups, 1);
         }
+        let ours = fired.contains(&self.port);
         for p in fired {
             self.evtchn.unmask(p)?;
         }
-        Ok(())
+        Ok(ours)
     }
 
     fn ring_failed(&mut self, e: RingError) {
@@ -744,7 +800,7 @@ impl Worker {
     }
 
     /// Parses one copied slot and, for a read or write, maps its buffers.
-    fn prepare(&mut self, index: usize, slot: &Slot) -> Step {
+    fn prepare(&mut self, slot: &Slot) -> Step {
         self.shared.metrics.add(Counter::Requests, 1);
         let (id, raw_op) = slot_id_op(slot);
         let req = match Request::parse(slot, &self.cfg.limits) {
@@ -776,7 +832,7 @@ impl Worker {
                     (BLKIF_OP_INDIRECT, Direction::Write) => BLKIF_OP_WRITE,
                     (op, _) => op,
                 };
-                match self.map_request(index, id, operation, dir, sector, segments) {
+                match self.map_request(id, operation, dir, sector, segments) {
                     Ok(t) => Step::Data(t),
                     Err(e) => Step::Answer(self.answer(id, operation, Err(e))),
                 }
@@ -859,7 +915,7 @@ impl Worker {
                 segments,
                 ..
             } => {
-                let t = self.map_request(0, id, operation, dir, sector, segments)?;
+                let t = self.map_request(id, operation, dir, sector, segments)?;
                 let d = t.run(&self.image);
                 d.result?;
                 self.shared.metrics.add(Counter::Writes, 1);
@@ -873,7 +929,6 @@ impl Worker {
     /// Resolves the segments (reading indirect pages) and maps the buffers.
     fn map_request(
         &mut self,
-        index: usize,
         id: u64,
         operation: u8,
         dir: Direction,
@@ -896,7 +951,6 @@ impl Worker {
             },
         ))?;
         Ok(Transfer {
-            index,
             id,
             operation,
             dir,
@@ -945,17 +999,13 @@ impl Worker {
     }
 
     fn map_page(&self, gref: grant_ref_t, writable: bool) -> Result<GrantMapping, ServeError> {
-        let m = self
-            .gntdev
-            .map_grant_ref(self.domid, gref, writable)
-            .map_err(|source| ServeError::Grant { gref, source })?;
-        self.shared.metrics.add(Counter::GrantMaps, 1);
-        Ok(m)
+        map_page(&self.gntdev, self.domid, &self.shared, gref, writable)
     }
 
     /// Maps the segments' pages (persistent ones from the cache, inserted
     /// there on first use while the cache has room) and returns the buffers,
-    /// the request's own mappings and the byte count.
+    /// the request's own mappings and the byte count. One cache lookup per
+    /// segment.
     fn map_segments(
         &mut self,
         dir: Direction,
@@ -963,34 +1013,38 @@ impl Worker {
     ) -> Result<(Vec<IoVec>, Vec<GrantMapping>, u64), ServeError> {
         let writable = dir == Direction::Read;
         let mut own: Vec<GrantMapping> = Vec::new();
-        let mut refs: Vec<PageRef> = Vec::with_capacity(segs.len());
-        for s in segs {
-            if self.cfg.persistent {
-                if self.persistent.contains_key(&s.gref) {
-                    refs.push(PageRef::Persistent(s.gref));
-                    continue;
-                }
-                if self.persistent.len() < self.cfg.max_persistent_grants {
-                    // Persistent grants are granted read-write by the
-                    // frontend whatever the direction (blkif.h).
-                    let m = self.map_page(s.gref, true)?;
-                    self.persistent.insert(s.gref, m);
-                    self.shared.metrics.add(Counter::PersistentGrants, 1);
-                    refs.push(PageRef::Persistent(s.gref));
-                    continue;
-                }
-            }
-            own.push(self.map_page(s.gref, writable)?);
-            refs.push(PageRef::Own(own.len() - 1));
-        }
         let mut iov = Vec::with_capacity(segs.len());
         let mut total: u64 = 0;
-        for (s, r) in segs.iter().zip(&refs) {
-            let m = match r {
-                PageRef::Own(i) => own.get(*i),
-                PageRef::Persistent(g) => self.persistent.get(g),
+        for s in segs {
+            let mut cached = None;
+            if self.cfg.persistent {
+                let room = self.persistent.len() < self.cfg.max_persistent_grants;
+                match self.persistent.entry(s.gref) {
+                    Entry::Occupied(e) => cached = Some(&*e.into_mut()),
+                    Entry::Vacant(v) if room => {
+                        // Persistent grants are granted read-write by the
+                        // frontend whatever the direction (blkif.h).
+                        let m = map_page(&self.gntdev, self.domid, &self.shared, s.gref, true)?;
+                        self.shared.metrics.add(Counter::PersistentGrants, 1);
+                        cached = Some(&*v.insert(m));
+                    }
+                    Entry::Vacant(_) => {}
+                }
             }
-            .ok_or(ServeError::Internal("segment mapping missing"))?;
+            let m = match cached {
+                Some(m) => m,
+                None => {
+                    own.push(map_page(
+                        &self.gntdev,
+                        self.domid,
+                        &self.shared,
+                        s.gref,
+                        writable,
+                    )?);
+                    own.last()
+                        .ok_or(ServeError::Internal("segment mapping missing"))?
+                }
+            };
             let base = if writable {
                 m.as_mut_ptr().ok_or(ServeError::Grant {
                     gref: s.gref,
@@ -1019,6 +1073,21 @@ impl Worker {
         }
         Ok((iov, own, total))
     }
+}
+
+/// Maps one grant of the frontend (counted).
+fn map_page(
+    gntdev: &Gntdev,
+    domid: domid_t,
+    shared: &Shared,
+    gref: grant_ref_t,
+    writable: bool,
+) -> Result<GrantMapping, ServeError> {
+    let m = gntdev
+        .map_grant_ref(domid, gref, writable)
+        .map_err(|source| ServeError::Grant { gref, source })?;
+    shared.metrics.add(Counter::GrantMaps, 1);
+    Ok(m)
 }
 
 impl std::fmt::Debug for Worker {

@@ -28,6 +28,7 @@ pub mod request;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::xen::domid_t;
@@ -55,6 +56,12 @@ pub const DEFAULT_MAX_PERSISTENT_GRANTS: usize = 1056;
 
 /// Default I/O threads per device.
 pub const DEFAULT_IO_THREADS: usize = 4;
+/// Default largest transfer a queue worker serves itself although the
+/// device has I/O threads (see [`DiskConfig::inline_max_bytes`]).
+pub const DEFAULT_INLINE_MAX_BYTES: u64 = 64 << 10;
+/// Default bounded busy-poll of an idle queue worker on its ring before it
+/// arms `req_event` and sleeps (see [`DiskConfig::poll_budget`]).
+pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
 
 /// Errors of the block backend's API.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +163,20 @@ pub struct DiskConfig {
     /// I/O threads per connected device, shared by its queues (0: each
     /// queue worker does its transfers itself, one at a time).
     pub io_threads: usize,
+    /// Transfers of at most this many bytes are served by the queue worker
+    /// itself, in ring order, even when the device has I/O threads: handing
+    /// a page-cache hit to another thread and waking it costs more than the
+    /// copy. Larger ones go to the I/O threads, several at once.
+    pub inline_max_bytes: u64,
+    /// The longest an idle queue worker keeps polling its ring (no
+    /// syscall) before it arms `req_event` (`RING_FINAL_CHECK_FOR_REQUESTS`)
+    /// and sleeps on the event channel. While it polls, the frontend sees
+    /// no armed event index and sends no notification. The window adapts
+    /// between zero and this (`xen_ring::PollWindow`, as KVM's halt
+    /// polling): a poll that finds nothing (the frontend shares our CPU, or
+    /// is idle) stops polling until a quick wake-up says it pays again.
+    /// Zero: never poll.
+    pub poll_budget: Duration,
 }
 
 impl DiskConfig {
@@ -189,6 +210,8 @@ impl DiskConfig {
             max_queues: 4,
             max_consecutive_invalid: 1024,
             io_threads: DEFAULT_IO_THREADS,
+            inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
+            poll_budget: DEFAULT_POLL_BUDGET,
         }
     }
 }
@@ -259,8 +282,16 @@ impl FrontendParams {
             };
             let (key, v) = get(keys::EVENT_CHANNEL)?;
             let event_channel = parse_num(&key, &v)?;
-            let order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
-            let ring_refs = match read(&order_key) {
+            // Linux's blkfront writes one `ring-page-order` for all queues,
+            // at the top (blkback's `connect_ring` reads it there); a
+            // per-queue one is accepted too.
+            let mut order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
+            let mut order = read(&order_key);
+            if order.is_none() && !dir.is_empty() {
+                order_key = keys::RING_PAGE_ORDER.to_string();
+                order = read(&order_key);
+            }
+            let ring_refs = match order {
                 None => {
                     let (key, v) = get(keys::RING_REF)?;
                     vec![parse_num(&key, &v)?]
@@ -447,6 +478,8 @@ impl BlkBackend {
             max_persistent_grants: self.config.max_persistent_grants,
             max_consecutive_invalid: self.config.max_consecutive_invalid,
             io_threads: self.config.io_threads.min(64),
+            inline_max_bytes: self.config.inline_max_bytes,
+            poll_budget: self.config.poll_budget.min(Duration::from_millis(10)),
         };
         Ok(Device::start(
             &handles.gntdev,
@@ -519,6 +552,27 @@ mod tests {
         assert_eq!(p.queues[0].ring_refs, vec![10, 11]);
         assert_eq!(p.queues[1].ring_refs, vec![12]);
         assert_eq!(p.queues[1].event_channel, 4);
+    }
+
+    #[test]
+    fn test_frontend_params_multi_queue_top_level_order_as_linux_writes_it() {
+        let p = FrontendParams::from_keys(
+            reader(&[
+                ("multi-queue-num-queues", "2"),
+                ("ring-page-order", "1"),
+                ("queue-0/ring-ref0", "10"),
+                ("queue-0/ring-ref1", "11"),
+                ("queue-0/event-channel", "3"),
+                ("queue-1/ring-ref0", "12"),
+                ("queue-1/ring-ref1", "13"),
+                ("queue-1/event-channel", "4"),
+            ]),
+            4,
+            4,
+        )
+        .expect("valid");
+        assert_eq!(p.queues[0].ring_refs, vec![10, 11]);
+        assert_eq!(p.queues[1].ring_refs, vec![12, 13]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub struct Metrics {
     bytes_written: AtomicU64,
     notifications: AtomicU64,
     wakeups: AtomicU64,
+    polled_wakeups: AtomicU64,
     persistent_grants: AtomicU64,
     grant_maps: AtomicU64,
 }
@@ -45,6 +46,9 @@ pub struct MetricsSnapshot {
     pub notifications: u64,
     /// Times a worker woke up from the event channel.
     pub wakeups: u64,
+    /// Times an idle worker found new requests while polling its ring
+    /// (no notification, no sleep).
+    pub polled_wakeups: u64,
     /// Persistent grants currently mapped (all queues).
     pub persistent_grants: u64,
     /// Grant maps done (persistent grants count once).
@@ -65,6 +69,7 @@ pub(crate) enum Counter {
     BytesWritten,
     Notifications,
     Wakeups,
+    PolledWakeups,
     PersistentGrants,
     GrantMaps,
 }
@@ -83,6 +88,7 @@ impl Metrics {
             Counter::BytesWritten => &self.bytes_written,
             Counter::Notifications => &self.notifications,
             Counter::Wakeups => &self.wakeups,
+            Counter::PolledWakeups => &self.polled_wakeups,
             Counter::PersistentGrants => &self.persistent_grants,
             Counter::GrantMaps => &self.grant_maps,
         }
@@ -111,6 +117,7 @@ impl Metrics {
             bytes_written: g(Counter::BytesWritten),
             notifications: g(Counter::Notifications),
             wakeups: g(Counter::Wakeups),
+            polled_wakeups: g(Counter::PolledWakeups),
             persistent_grants: g(Counter::PersistentGrants),
             grant_maps: g(Counter::GrantMaps),
         }

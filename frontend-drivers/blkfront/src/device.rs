@@ -22,7 +22,7 @@ use xen_front_platform::{
     xs_read_string, Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent, PAGE_SIZE,
     XBT_NIL,
 };
-use xen_ring::{FrontRing, SharedRing};
+use xen_ring::{FrontRing, PollWindow, SharedRing};
 
 use crate::error::{BlkfrontError, FailReason};
 use crate::features::{parse_u64, DiskInfo, FlushOp, TransportOffer, MAX_QUEUES};
@@ -32,6 +32,37 @@ use crate::request::{
     indirect_page_bytes, indirect_pages_needed, response_op_matches, ReqSlot, RspSlot,
     MAX_INDIRECT_SEGMENTS, SECTOR_BYTES,
 };
+
+/// Largest registered buffer ([`BlkFront::alloc_buffer`]): what one request
+/// with the most indirect segments carries.
+pub const MAX_BUFFER_BYTES: usize = MAX_INDIRECT_SEGMENTS * PAGE_SIZE;
+
+/// Calls `f(page, offset in page, range of the caller's slice)` for each
+/// page piece of `offset..offset + len` of buffer `b`.
+fn buffer_chunks(
+    b: &IoBuffer,
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(&DataPage, usize, core::ops::Range<usize>) -> Result<(), BlkfrontError>,
+) -> Result<(), BlkfrontError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= b.len => {}
+        _ => return Err(BlkfrontError::BadBuffer),
+    }
+    let mut done = 0usize;
+    while done < len {
+        let at = offset + done;
+        let dp = b
+            .pages
+            .get(at / PAGE_SIZE)
+            .ok_or(BlkfrontError::BadBuffer)?;
+        let in_page = at % PAGE_SIZE;
+        let n = (PAGE_SIZE - in_page).min(len - done);
+        f(dp, in_page, done..done + n)?;
+        done += n;
+    }
+    Ok(())
+}
 
 /// Attempts at a xenstore transaction that keeps conflicting (`EAGAIN`).
 const XS_TX_ATTEMPTS: usize = 16;
@@ -54,7 +85,20 @@ pub struct BlkfrontConfig {
     /// per pool (data, indirect); the pools always keep at least what the
     /// rings can have in flight (slots x segments per request).
     pub max_cached_pages: usize,
+    /// The longest [`BlkFront::wait`] polls the rings for responses
+    /// (reading `rsp_prod`, no syscall, `rsp_event` not armed, so the
+    /// backend sends no notification) before the final check and the sleep
+    /// on the event channels. The window adapts between zero and this
+    /// ([`xen_ring::PollWindow`]: it shrinks to zero when a poll finds
+    /// nothing, as when the backend shares our CPU). Zero: never poll.
+    pub poll_budget: Duration,
 }
+
+/// Default [`BlkfrontConfig::poll_budget`].
+pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
+
+/// Largest [`BlkfrontConfig::poll_budget`] honoured.
+const MAX_POLL_BUDGET: Duration = Duration::from_millis(10);
 
 impl Default for BlkfrontConfig {
     fn default() -> Self {
@@ -64,6 +108,7 @@ impl Default for BlkfrontConfig {
             max_indirect_segments: 32,
             persistent_grants: true,
             max_cached_pages: 1024,
+            poll_budget: DEFAULT_POLL_BUDGET,
         }
     }
 }
@@ -84,6 +129,12 @@ pub enum FrontState {
     /// The backend broke the protocol; see [`BlkFront::failure`].
     Failed,
 }
+
+/// A registered I/O buffer of a [`BlkFront`] (see
+/// [`BlkFront::alloc_buffer`]): frontend-owned pages the caller reads and
+/// writes, and that reads and writes go to directly, without a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufferId(pub u32);
 
 /// A caller-visible handle of a submitted request (unique for the device's
 /// life; not the ring id).
@@ -170,6 +221,18 @@ struct DataPage {
     grant: Option<(grant_ref_t, bool)>,
 }
 
+/// A registered buffer: its pages stay with it (with their grants, when
+/// persistent) from request to request.
+#[derive(Debug)]
+struct IoBuffer {
+    /// Empty while a request uses the pages (they travel in its shadow).
+    pages: Vec<DataPage>,
+    /// Bytes.
+    len: usize,
+    /// A request is using it.
+    busy: bool,
+}
+
 /// Pages the backend still maps: revoked and freed later.
 #[derive(Debug)]
 struct Deferred {
@@ -192,6 +255,9 @@ struct Shadow {
     indirect: Vec<DataPage>,
     /// The queue whose ring holds the request, if it is on one.
     queue: Option<usize>,
+    /// The registered buffer the data pages belong to (they go back to it
+    /// when the request ends, and no data is copied).
+    buffer: Option<u32>,
     sent_op: u8,
     inner_op: u8,
 }
@@ -239,9 +305,13 @@ pub struct BlkFront<'p, P: Platform + ?Sized> {
     /// Read buffers handed back by [`BlkFront::give_back_buffer`], reused
     /// for the next reads' [`Completion::data`].
     spare_bufs: Vec<Vec<u8>>,
+    /// Registered buffers, by [`BufferId`] (freed ids are `None`).
+    buffers: Vec<Option<IoBuffer>>,
     next_tag: u64,
     next_seq: u64,
     rr: usize,
+    /// The adaptive ring poll of [`BlkFront::wait`].
+    poll: PollWindow,
     stats: BlkfrontStats,
 }
 
@@ -299,6 +369,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             .map_err(plat)?;
         let mut cfg = cfg;
         cfg.max_ring_page_order = cfg.max_ring_page_order.min(4);
+        cfg.poll_budget = cfg.poll_budget.min(MAX_POLL_BUDGET);
         cfg.max_queues = cfg.max_queues.clamp(1, MAX_QUEUES);
         cfg.max_indirect_segments = cfg.max_indirect_segments.clamp(
             BLKIF_MAX_SEGMENTS_PER_REQUEST as u32,
@@ -327,10 +398,12 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             free_indirect: Vec::new(),
             deferred: Vec::new(),
             spare_bufs: Vec::new(),
+            buffers: Vec::new(),
             completions: VecDeque::new(),
             next_tag: 1,
             next_seq: 0,
             rr: 0,
+            poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
             stats: BlkfrontStats::default(),
         })
     }
@@ -819,11 +892,17 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             }
         }
         self.pending.clear();
-        let pool: Vec<DataPage> = self
+        let mut pool: Vec<DataPage> = self
             .free_data
             .drain(..)
             .chain(self.free_indirect.drain(..))
             .collect();
+        // Registered buffers lose their pages (and grants): `buffer_*`
+        // refuse them from now on; `free_buffer` still unregisters them.
+        for b in self.buffers.iter_mut().flatten() {
+            pool.append(&mut b.pages);
+            b.busy = false;
+        }
         for dp in pool {
             self.drop_page(dp);
         }
@@ -900,7 +979,21 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         }
     }
 
-    fn enqueue(&mut self, mut shadow: Shadow) -> Result<RequestTag, BlkfrontError> {
+    fn enqueue(&mut self, shadow: Shadow) -> Result<RequestTag, BlkfrontError> {
+        self.enqueue_kept(shadow).map_err(|(e, s)| {
+            for dp in s.into_iter().flatten() {
+                self.recycle(dp, false);
+            }
+            e
+        })
+    }
+
+    /// [`Self::enqueue`] that hands the data pages back when no id is free
+    /// (`Some`); `None` when the request was accepted but issuing failed.
+    fn enqueue_kept(
+        &mut self,
+        mut shadow: Shadow,
+    ) -> Result<RequestTag, (BlkfrontError, Option<Vec<DataPage>>)> {
         let tag = self.next_tag;
         shadow.tag = tag;
         shadow.seq = self.next_seq;
@@ -910,15 +1003,10 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                 self.next_seq += 1;
                 self.stats.submitted = self.stats.submitted.saturating_add(1);
                 self.pending.push_back(id);
-                self.kick()?;
+                self.kick().map_err(|e| (e, None))?;
                 Ok(RequestTag(tag))
             }
-            Err(s) => {
-                for dp in s.data {
-                    self.recycle(dp, false);
-                }
-                Err(BlkfrontError::Busy)
-            }
+            Err(s) => Err((BlkfrontError::Busy, Some(s.data))),
         }
     }
 
@@ -933,6 +1021,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
             data: Vec::new(),
             indirect: Vec::new(),
             queue: None,
+            buffer: None,
             sent_op: 0,
             inner_op: 0,
         }
@@ -1054,7 +1143,8 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if self.state != FrontState::Connected {
             return Ok(());
         }
-        let mut touched = alloc::vec![false; self.queues.len()];
+        // Queues pushed to (at most MAX_QUEUES = 16, a bit each).
+        let mut touched: u32 = 0;
         let budget = self.pending.len();
         for _ in 0..budget {
             let Some(&id) = self.pending.front() else {
@@ -1073,7 +1163,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                     if let Some(s) = self.ids.get_mut(id) {
                         s.queue = Some(q);
                     }
-                    touched[q] = true;
+                    touched |= 1 << q;
                     self.stats.pushed = self.stats.pushed.saturating_add(1);
                 }
                 Err(BuildError::Unfit) => {
@@ -1096,8 +1186,8 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                 }
             }
         }
-        for (q, t) in touched.into_iter().enumerate() {
-            if t && self.queues[q].ring.push_requests_and_check_notify() {
+        for q in 0..self.queues.len() {
+            if touched & (1 << q) != 0 && self.queues[q].ring.push_requests_and_check_notify() {
                 self.p.evtchn_notify(self.queues[q].port).map_err(plat)?;
                 self.stats.notifications = self.stats.notifications.saturating_add(1);
             }
@@ -1218,6 +1308,174 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         }
     }
 
+    // ----------------------------------------------------------------------
+    // Registered buffers (zero copy).
+
+    /// Registers a buffer of `len` bytes (a multiple of 512, at most
+    /// [`MAX_BUFFER_BYTES`]): whole frontend-owned pages, taken from the
+    /// page pool, that keep their grants from request to request when
+    /// persistent grants are in use. Read into it with
+    /// [`BlkFront::submit_read_buffer`] and write from it with
+    /// [`BlkFront::submit_write_buffer`]: the backend moves the data
+    /// straight between the disk and these pages, with no copy in the
+    /// frontend (io_uring's registered buffers, or Linux blkfront granting
+    /// the bio's own pages). The caller reaches the bytes with
+    /// [`BlkFront::buffer_read`] / [`BlkFront::buffer_write`] while no
+    /// request uses the buffer.
+    pub fn alloc_buffer(&mut self, len: usize) -> Result<BufferId, BlkfrontError> {
+        if let Some(f) = &self.failure {
+            return Err(BlkfrontError::Failed(f.clone()));
+        }
+        if len == 0 || len % SECTOR_BYTES != 0 || len > MAX_BUFFER_BYTES {
+            return Err(BlkfrontError::BadBuffer);
+        }
+        let pages = self.data_pages(len, None)?;
+        let buf = IoBuffer {
+            pages,
+            len,
+            busy: false,
+        };
+        let id = match self.buffers.iter().position(Option::is_none) {
+            Some(i) => {
+                self.buffers[i] = Some(buf);
+                i
+            }
+            None => {
+                self.buffers.push(Some(buf));
+                self.buffers.len() - 1
+            }
+        };
+        u32::try_from(id)
+            .map(BufferId)
+            .map_err(|_| BlkfrontError::BadBuffer)
+    }
+
+    /// Unregisters a buffer that no request uses; its pages go back to the
+    /// pool.
+    pub fn free_buffer(&mut self, id: BufferId) -> Result<(), BlkfrontError> {
+        let slot = self
+            .buffers
+            .get_mut(id.0 as usize)
+            .ok_or(BlkfrontError::BadBuffer)?;
+        match slot {
+            Some(b) if b.busy => return Err(BlkfrontError::BufferBusy),
+            Some(_) => {}
+            None => return Err(BlkfrontError::BadBuffer),
+        }
+        let Some(b) = slot.take() else {
+            return Err(BlkfrontError::BadBuffer);
+        };
+        for dp in b.pages {
+            self.recycle(dp, false);
+        }
+        Ok(())
+    }
+
+    /// An idle, intact buffer.
+    fn idle_buffer(&self, id: BufferId) -> Result<&IoBuffer, BlkfrontError> {
+        let b = self
+            .buffers
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(BlkfrontError::BadBuffer)?;
+        if b.busy {
+            return Err(BlkfrontError::BufferBusy);
+        }
+        if b.pages.len() != b.len.div_ceil(PAGE_SIZE) {
+            // Lost pages to a failure or a backend that kept a grant.
+            return Err(BlkfrontError::BadBuffer);
+        }
+        Ok(b)
+    }
+
+    /// The length of a registered buffer.
+    pub fn buffer_len(&self, id: BufferId) -> Result<usize, BlkfrontError> {
+        self.buffers
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|b| b.len)
+            .ok_or(BlkfrontError::BadBuffer)
+    }
+
+    /// Copies `out.len()` bytes at `offset` out of an idle buffer.
+    pub fn buffer_read(
+        &self,
+        id: BufferId,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), BlkfrontError> {
+        let b = self.idle_buffer(id)?;
+        buffer_chunks(b, offset, out.len(), |dp, at, range| {
+            dp.page
+                .read(at, &mut out[range])
+                .map_err(|_| BlkfrontError::BadBuffer)
+        })
+    }
+
+    /// Copies `data` into an idle buffer at `offset`.
+    pub fn buffer_write(
+        &self,
+        id: BufferId,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), BlkfrontError> {
+        let b = self.idle_buffer(id)?;
+        buffer_chunks(b, offset, data.len(), |dp, at, range| {
+            dp.page
+                .write(at, &data[range])
+                .map_err(|_| BlkfrontError::BadBuffer)
+        })
+    }
+
+    /// Submits a read of the whole buffer `id` at 512-byte sector `sector`
+    /// (same rules as [`BlkFront::submit_read`]); the data lands in the
+    /// buffer's pages. The buffer is busy until the request completes.
+    pub fn submit_read_buffer(
+        &mut self,
+        sector: u64,
+        id: BufferId,
+    ) -> Result<RequestTag, BlkfrontError> {
+        self.submit_buffer(RequestKind::Read, sector, id)
+    }
+
+    /// Submits a write of the whole buffer `id` at `sector` (no copy; the
+    /// buffer is busy until the request completes).
+    pub fn submit_write_buffer(
+        &mut self,
+        sector: u64,
+        id: BufferId,
+    ) -> Result<RequestTag, BlkfrontError> {
+        self.submit_buffer(RequestKind::Write, sector, id)
+    }
+
+    fn submit_buffer(
+        &mut self,
+        kind: RequestKind,
+        sector: u64,
+        id: BufferId,
+    ) -> Result<RequestTag, BlkfrontError> {
+        let len = self.idle_buffer(id)?.len;
+        self.check_range(sector, len, kind == RequestKind::Write)?;
+        let Some(b) = self.buffers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return Err(BlkfrontError::BadBuffer);
+        };
+        let mut s = Self::new_shadow(kind, sector, len as u64);
+        s.data = core::mem::take(&mut b.pages);
+        s.buffer = Some(id.0);
+        b.busy = true;
+        match self.enqueue_kept(s) {
+            Ok(tag) => Ok(tag),
+            Err((e, Some(pages))) => {
+                if let Some(b) = self.buffers.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                    b.pages = pages;
+                    b.busy = false;
+                }
+                Err(e)
+            }
+            Err((e, None)) => Err(e),
+        }
+    }
+
     /// Takes the responses on every ring (validated: an overflowing
     /// producer index or an unknown id fails the device), issues waiting
     /// requests into the freed slots, and returns the finished requests.
@@ -1291,9 +1549,48 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         };
         let mut kept = false;
         let mut data = Vec::new();
+        if let Some(b) = s.buffer {
+            // A registered buffer: the data stays in its pages.
+            let mut pages = Vec::with_capacity(s.data.len());
+            for dp in s.data {
+                match self.revoke_unless_persistent(dp) {
+                    Some(dp) => pages.push(dp),
+                    None => kept = true,
+                }
+            }
+            for dp in s.indirect {
+                kept |= !self.recycle(dp, true);
+            }
+            match self.buffers.get_mut(b as usize).and_then(Option::as_mut) {
+                // A page deferred above leaves the buffer short: it is
+                // unusable (`buffer_*` refuse it) and only worth freeing.
+                Some(buf) => {
+                    buf.pages = pages;
+                    buf.busy = false;
+                }
+                None => {
+                    for dp in pages {
+                        self.drop_page(dp);
+                    }
+                }
+            }
+            self.completions.push_back(Completion {
+                tag: RequestTag(s.tag),
+                kind: s.kind,
+                status,
+                data,
+            });
+            self.stats.completed = self.stats.completed.saturating_add(1);
+            if kept {
+                return Err(self.fail(FailReason::BackendKeptGrant));
+            }
+            return Ok(());
+        }
         if s.kind == RequestKind::Read && status == BlkStatus::Okay {
             data = self.spare_bufs.pop().unwrap_or_default();
-            data.clear();
+            // Every byte is overwritten below: a reused buffer of the right
+            // size is not zeroed again (resize only fills what it adds).
+            data.truncate(s.len as usize);
             data.resize(s.len as usize, 0);
         }
         for (i, dp) in s.data.into_iter().enumerate() {
@@ -1323,22 +1620,10 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
     /// Returns a page to its pool. Without persistent grants its grant is
     /// revoked first; `false` if the backend still maps it (the page is
     /// deferred).
-    fn recycle(&mut self, mut dp: DataPage, indirect: bool) -> bool {
-        if !self.persistent {
-            if let Some((g, _)) = dp.grant {
-                match self.p.end_access(g) {
-                    Ok(()) => dp.grant = None,
-                    Err(PlatformError::GrantInUse { .. }) => {
-                        self.deferred.push(Deferred {
-                            grefs: alloc::vec![g],
-                            pages: dp.page,
-                        });
-                        return false;
-                    }
-                    Err(_) => dp.grant = None,
-                }
-            }
-        }
+    fn recycle(&mut self, dp: DataPage, indirect: bool) -> bool {
+        let Some(dp) = self.revoke_unless_persistent(dp) else {
+            return false;
+        };
         // Keep at least what the rings can have in flight, so a full queue
         // of the largest requests recycles its pages instead of freeing and
         // allocating (and zeroing) them again.
@@ -1362,6 +1647,30 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         true
     }
 
+    /// Without persistent grants, revokes the page's grant. `None` if the
+    /// backend still maps it: the page went to `deferred`.
+    fn revoke_unless_persistent(&mut self, mut dp: DataPage) -> Option<DataPage> {
+        if self.persistent {
+            return Some(dp);
+        }
+        let Some((g, _)) = dp.grant else {
+            return Some(dp);
+        };
+        match self.p.end_access(g) {
+            Ok(()) => dp.grant = None,
+            Err(PlatformError::GrantInUse { .. }) => {
+                self.deferred.push(Deferred {
+                    grefs: alloc::vec![g],
+                    pages: dp.page,
+                });
+                return None;
+            }
+            // Not ours any more (cannot happen with a correct platform).
+            Err(_) => dp.grant = None,
+        }
+        Some(dp)
+    }
+
     /// Sleeps until a queue's event channel fires or `timeout` passes
     /// (`None`: forever). Returns at once with `true` when completions are
     /// ready or responses wait on a ring (after the final check that arms
@@ -1372,6 +1681,18 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         }
         if !self.completions.is_empty() {
             return Ok(true);
+        }
+        let window = Duration::from_nanos(self.poll.budget_ns());
+        let budget = timeout.map_or(window, |t| t.min(window));
+        match self.poll_rings(budget) {
+            Ok(true) => {
+                self.poll.hit();
+                return Ok(true);
+            }
+            // Only a poll of the whole window says polling does not pay.
+            Ok(false) if !budget.is_zero() && budget == window => self.poll.miss(),
+            Ok(false) => {}
+            Err(e) => return Err(self.fail(FailReason::RingCorrupt(e))),
         }
         for q in 0..self.queues.len() {
             match self.queues[q].ring.final_check_for_responses() {
@@ -1384,7 +1705,43 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if ports.is_empty() {
             return Ok(false);
         }
-        self.p.evtchn_poll(&ports, timeout).map_err(plat)
+        let slept = self.p.monotonic_ns();
+        let fired = self.p.evtchn_poll(&ports, timeout).map_err(plat)?;
+        if fired {
+            self.poll.woke(self.p.monotonic_ns().saturating_sub(slept));
+        }
+        Ok(fired)
+    }
+}
+
+impl<P: Platform + ?Sized> BlkFront<'_, P> {
+    /// Busy-polls the rings' `rsp_prod` (validated, not armed) for up to
+    /// `budget`; `true` as soon as a response is there.
+    fn poll_rings(&self, budget: Duration) -> Result<bool, xen_ring::RingError> {
+        if budget.is_zero() || self.queues.is_empty() {
+            return Ok(false);
+        }
+        let limit = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+        // A round takes well over 4 ns (an atomic load per ring and a
+        // spin-loop hint), so this bound ends the loop even on a platform
+        // whose clock does not move.
+        let max_rounds = (limit / 4).max(64);
+        let start = self.p.monotonic_ns();
+        let mut round: u64 = 0;
+        loop {
+            for q in &self.queues {
+                if q.ring.has_unconsumed_responses()? > 0 {
+                    return Ok(true);
+                }
+            }
+            round += 1;
+            if round >= max_rounds
+                || (round % 64 == 0 && self.p.monotonic_ns().saturating_sub(start) >= limit)
+            {
+                return Ok(false);
+            }
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -1426,11 +1783,14 @@ impl<P: Platform + ?Sized> Drop for BlkFront<'_, P> {
                 }
             }
         }
-        let pool: Vec<DataPage> = self
+        let mut pool: Vec<DataPage> = self
             .free_data
             .drain(..)
             .chain(self.free_indirect.drain(..))
             .collect();
+        for b in self.buffers.iter_mut().flatten() {
+            pool.append(&mut b.pages);
+        }
         for dp in pool {
             self.drop_page(dp);
         }

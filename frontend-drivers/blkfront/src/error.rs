@@ -116,6 +116,13 @@ pub enum BlkfrontError {
         /// The operation.
         op: &'static str,
     },
+    /// The registered buffer does not exist, lost its pages (the device
+    /// failed), or the length or range asked for does not fit it.
+    #[error("no such registered buffer, or the range does not fit it")]
+    BadBuffer,
+    /// A request is using the registered buffer.
+    #[error("the registered buffer is in use by a request")]
+    BufferBusy,
     /// A request could not be built.
     #[error("invalid request")]
     Request(#[from] RequestError),

@@ -56,8 +56,8 @@ pub mod idtable;
 pub mod request;
 
 pub use device::{
-    BlkFront, BlkStatus, BlkfrontConfig, BlkfrontStats, Completion, FrontState, RequestKind,
-    RequestTag,
+    BlkFront, BlkStatus, BlkfrontConfig, BlkfrontStats, BufferId, Completion, FrontState,
+    RequestKind, RequestTag, DEFAULT_POLL_BUDGET, MAX_BUFFER_BYTES,
 };
 pub use error::{BlkfrontError, FailReason};
 pub use features::{DiscardInfo, DiskInfo, FlushOp, TransportOffer};

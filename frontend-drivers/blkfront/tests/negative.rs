@@ -296,3 +296,80 @@ fn test_eopnotsupp_flush_disables_flush() {
         Err(BlkfrontError::Unsupported { op: "flush" })
     );
 }
+
+#[test]
+fn test_backend_keeping_a_buffer_grant_fails_device_and_buffer_is_refused() {
+    // Arrange: a non-persistent backend keeps the page of a registered
+    // buffer mapped after answering.
+    let p = platform();
+    let offer = Offer {
+        persistent: false,
+        ..Offer::default()
+    };
+    let (mut front, mut back) = connected(&p, offer, BlkfrontConfig::default());
+    let buf = front.alloc_buffer(4096).expect("buffer");
+    front.submit_read_buffer(0, buf).expect("read");
+    back.take_and_hold(1, false);
+    let req = xen_blkfront::request::decode_request(&back.held[0].1);
+    let kept = p.peer_map(req.seg[0].gref, 0, true).expect("map");
+
+    // Act
+    back.push_raw(
+        0,
+        blkif_response {
+            id: req.id,
+            operation: BLKIF_OP_READ,
+            status: BLKIF_RSP_OKAY,
+            ..Default::default()
+        },
+    );
+    let r = front.poll_completions();
+
+    // Assert: failed; the buffer lost its page (refused, not freed while
+    // mapped), can still be unregistered, and nothing leaks once unmapped.
+    assert_eq!(r, Err(BlkfrontError::Failed(FailReason::BackendKeptGrant)));
+    assert_eq!(
+        front.buffer_read(buf, 0, &mut [0u8; 16]),
+        Err(BlkfrontError::BadBuffer)
+    );
+    assert!(front.deferred_pages() >= 1);
+    front.free_buffer(buf).expect("unregister");
+    p.peer_unmap(kept);
+    back.unmap_all();
+    let _ = front.backend_changed();
+    assert_eq!(front.deferred_pages(), 0);
+    drop(front);
+    assert_eq!(p.grants_in_use(), 0);
+}
+
+#[test]
+fn test_device_failure_with_busy_buffer_completes_it_with_error() {
+    let p = platform();
+    let (mut front, mut back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    let buf = front.alloc_buffer(8192).expect("buffer");
+    front.submit_write_buffer(8, buf).expect("write");
+    back.take_and_hold(1, false);
+    // A response for an id never issued fails the device.
+    back.push_raw(
+        0,
+        blkif_response {
+            id: 0xdead_beef,
+            operation: BLKIF_OP_WRITE,
+            status: BLKIF_RSP_OKAY,
+            ..Default::default()
+        },
+    );
+    assert!(matches!(
+        front.poll_completions(),
+        Err(BlkfrontError::Failed(_))
+    ));
+    assert_failed_cleanly(&mut front, &back, 1);
+    assert_eq!(
+        front.buffer_write(buf, 0, &[0u8; 16]),
+        Err(BlkfrontError::BadBuffer)
+    );
+    front.free_buffer(buf).expect("unregister");
+    back.unmap_all();
+    drop(front);
+    assert_eq!(p.grants_in_use(), 0);
+}

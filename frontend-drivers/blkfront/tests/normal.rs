@@ -511,3 +511,117 @@ fn test_given_back_buffer_reused_read_has_exact_length_and_data() {
     }
     assert!(done[0].data != done[1].data, "the two reads differ");
 }
+
+fn buffer_roundtrip(persistent_backend: bool) {
+    // Arrange: a 64 KiB buffer (indirect) and a 4 KiB one (direct).
+    let p = platform();
+    let offer = Offer {
+        persistent: persistent_backend,
+        ..Offer::default()
+    };
+    let (mut front, mut back) = connected(&p, offer, BlkfrontConfig::default());
+    let big = front.alloc_buffer(65536).expect("buffer");
+    let small = front.alloc_buffer(4096).expect("buffer");
+    let mut rng = Rng(7);
+    let data = rng.bytes(65536);
+    front.buffer_write(big, 0, &data).expect("fill");
+
+    // Act: write it at sector 16, read it back into the other buffers.
+    let w = front.submit_write_buffer(16, big).expect("write");
+    let busy = front.buffer_write(big, 0, &[0; 8]);
+    let done = run_until(&mut front, &mut back, 1);
+    let readback = front.alloc_buffer(65536).expect("buffer");
+    front.submit_read_buffer(16, readback).expect("read");
+    front.submit_read_buffer(16 + 8, small).expect("read");
+    let reads = run_until(&mut front, &mut back, 2);
+
+    // Assert
+    assert_eq!(busy, Err(BlkfrontError::BufferBusy));
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].tag, w);
+    assert_eq!(done[0].status, BlkStatus::Okay);
+    assert!(done[0].data.is_empty(), "no copy for a buffer request");
+    assert_eq!(&back.disk[16 * 512..16 * 512 + 65536], &data[..]);
+    assert!(reads.iter().all(|c| c.status == BlkStatus::Okay));
+    let mut got = vec![0u8; 65536];
+    front
+        .buffer_read(readback, 0, &mut got)
+        .expect("read buffer");
+    assert_eq!(got, data);
+    let mut part = vec![0u8; 4096];
+    front.buffer_read(small, 0, &mut part).expect("read buffer");
+    assert_eq!(&part[..], &data[4096..8192]);
+    // Unaligned access across a page boundary of the buffer.
+    let mut mid = vec![0u8; 100];
+    front
+        .buffer_read(readback, 4050, &mut mid)
+        .expect("read buffer");
+    assert_eq!(&mid[..], &data[4050..4150]);
+    for b in [big, small, readback] {
+        front.free_buffer(b).expect("free");
+    }
+    assert_eq!(front.free_buffer(big), Err(BlkfrontError::BadBuffer));
+}
+
+#[test]
+fn test_buffer_write_then_read_roundtrips_with_persistent_backend() {
+    buffer_roundtrip(true);
+}
+
+#[test]
+fn test_buffer_write_then_read_roundtrips_without_persistent_grants() {
+    buffer_roundtrip(false);
+}
+
+#[test]
+fn test_buffer_bad_lengths_and_ranges_are_refused() {
+    let p = platform();
+    let (mut front, _back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    assert_eq!(front.alloc_buffer(0), Err(BlkfrontError::BadBuffer));
+    assert_eq!(front.alloc_buffer(100), Err(BlkfrontError::BadBuffer));
+    assert_eq!(
+        front.alloc_buffer(xen_blkfront::MAX_BUFFER_BYTES + 512),
+        Err(BlkfrontError::BadBuffer)
+    );
+    let b = front.alloc_buffer(1024).expect("buffer");
+    assert_eq!(front.buffer_len(b), Ok(1024));
+    assert_eq!(
+        front.buffer_write(b, 1000, &[0; 25]),
+        Err(BlkfrontError::BadBuffer)
+    );
+    assert_eq!(
+        front.buffer_read(b, usize::MAX, &mut [0; 2]),
+        Err(BlkfrontError::BadBuffer)
+    );
+    // A buffer larger than one request carries is refused at submission.
+    let max = front.max_request_bytes();
+    let huge = front.alloc_buffer(max + 4096).expect("buffer");
+    assert!(matches!(
+        front.submit_read_buffer(0, huge),
+        Err(BlkfrontError::TooLarge { .. })
+    ));
+    // Outside the disk.
+    let sectors = front.disk().expect("disk").sectors;
+    assert!(matches!(
+        front.submit_read_buffer(sectors - 1, b),
+        Err(BlkfrontError::OutOfRange { .. })
+    ));
+    // Refused submissions leave the buffer idle and usable.
+    front.buffer_write(huge, 0, &[1; 16]).expect("idle");
+    front.buffer_write(b, 0, &[1; 16]).expect("idle");
+}
+
+#[test]
+fn test_wait_polls_then_times_out_without_a_moving_clock() {
+    // The fake platform's clock does not move: the bounded poll must end.
+    let p = platform();
+    let cfg = BlkfrontConfig {
+        poll_budget: Duration::from_millis(10),
+        ..BlkfrontConfig::default()
+    };
+    let (mut front, mut back) = connected(&p, Offer::default(), cfg);
+    assert_eq!(front.wait(Some(Duration::from_millis(20))), Ok(false));
+    front.submit_read(0, 512).expect("read");
+    back.serve();
+    assert_eq!(front.wait(Some(Duration::from_millis(20))), Ok(true));
+}

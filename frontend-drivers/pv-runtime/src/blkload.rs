@@ -22,7 +22,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use xen_blkfront::{BlkStatus, BlkfrontConfig, BlkfrontError, RequestTag};
+use xen_blkfront::{BlkStatus, BlkfrontConfig, BlkfrontError, BufferId, RequestTag};
 use xen_front_platform::Platform;
 
 use crate::pvdisk::{list_vbds, PvdiskError};
@@ -113,6 +113,14 @@ pub struct LoadConfig {
     pub qd: usize,
     /// How long each pattern runs.
     pub duration: Duration,
+    /// Move the data through the copying API ([`BlkFront::submit_read`]
+    /// returning a `Vec`, [`BlkFront::submit_write`] copying one) instead
+    /// of registered buffers.
+    pub copy: bool,
+    /// [`BlkfrontConfig::poll_budget`] of the device.
+    pub poll_budget: Duration,
+    /// [`BlkfrontConfig::max_queues`] of the device.
+    pub queues: u32,
 }
 
 /// One pattern's result.
@@ -271,7 +279,12 @@ pub fn run_load<P: Platform + ?Sized>(
         )));
     }
     let devid = *list_vbds(p)?.first().ok_or(BlkloadError::NoDisk)?;
-    let mut dev = vbd::open(p, devid, BlkfrontConfig::default(), timeout)
+    let bcfg = BlkfrontConfig {
+        poll_budget: cfg.poll_budget,
+        max_queues: cfg.queues,
+        ..BlkfrontConfig::default()
+    };
+    let mut dev = vbd::open(p, devid, bcfg, timeout)
         .map_err(|source| BlkloadError::Connect { devid, source })?;
     let disk = *dev.disk().ok_or(BlkfrontError::NotConnected)?;
     let ss = disk.sector_size as usize;
@@ -308,8 +321,56 @@ fn run_pattern<P: Platform + ?Sized>(
     chunk: usize,
     offs: &mut Offsets,
 ) -> Result<LoadReport, BlkloadError> {
-    let what = pattern.name();
     let data = vec![0xA5u8; cfg.bs];
+    let nchunks = cfg.bs.div_ceil(chunk);
+    // Registered buffers: one per chunk of each slot, filled once for
+    // writes (as fio fills its buffers once).
+    let mut bufs: Vec<BufferId> = Vec::new();
+    if !cfg.copy {
+        for _ in 0..cfg.qd {
+            for c in 0..nchunks {
+                let len = chunk.min(cfg.bs - c * chunk);
+                let b = dev.alloc_buffer(len)?;
+                if pattern == Pattern::Seqwrite {
+                    dev.buffer_write(b, 0, &data[..len])?;
+                }
+                bufs.push(b);
+            }
+        }
+    }
+    let r = drive(dev, pattern, cfg, chunk, offs, &data, &bufs);
+    for b in bufs {
+        let _ = dev.free_buffer(b);
+    }
+    let (ios, seconds, mut lat) = r?;
+    lat.sort_unstable();
+    Ok(LoadReport {
+        pattern,
+        bs: cfg.bs,
+        qd: cfg.qd,
+        ios,
+        seconds,
+        iops: ios as f64 / seconds,
+        bytes_per_s: (ios as f64) * (cfg.bs as f64) / seconds,
+        p50_ns: quantile(&lat, 0.50),
+        p99_ns: quantile(&lat, 0.99),
+        requests_per_io: nchunks,
+        max_request_bytes: chunk,
+    })
+}
+
+/// Runs one pattern; returns the I/Os done, the seconds measured and the
+/// latency samples.
+fn drive<P: Platform + ?Sized>(
+    dev: &mut xen_blkfront::BlkFront<'_, P>,
+    pattern: Pattern,
+    cfg: &LoadConfig,
+    chunk: usize,
+    offs: &mut Offsets,
+    data: &[u8],
+    bufs: &[BufferId],
+) -> Result<(u64, f64, Vec<u64>), BlkloadError> {
+    let what = pattern.name();
     let nchunks = cfg.bs.div_ceil(chunk);
     let mut slots: Vec<Option<Slot>> = vec![None; cfg.qd];
     let mut free: Vec<usize> = (0..cfg.qd).rev().collect();
@@ -357,9 +418,13 @@ fn run_pattern<P: Platform + ?Sized>(
                 let len = chunk.min(cfg.bs - off);
                 let byte = slot.offset + off as u64;
                 let sector = byte / 512;
-                let r = match pattern {
-                    Pattern::Randread | Pattern::Seqread => dev.submit_read(sector, len),
-                    Pattern::Seqwrite => dev.submit_write(sector, &data[off..off + len]),
+                let r = match (pattern, bufs.get(si * nchunks + c)) {
+                    (Pattern::Randread | Pattern::Seqread, Some(&b)) => {
+                        dev.submit_read_buffer(sector, b)
+                    }
+                    (Pattern::Seqwrite, Some(&b)) => dev.submit_write_buffer(sector, b),
+                    (Pattern::Randread | Pattern::Seqread, None) => dev.submit_read(sector, len),
+                    (Pattern::Seqwrite, None) => dev.submit_write(sector, &data[off..off + len]),
                 };
                 match r {
                     Ok(tag) => {
@@ -417,20 +482,7 @@ fn run_pattern<P: Platform + ?Sized>(
         }
     }
     let seconds = last_done.duration_since(start).as_secs_f64().max(1e-9);
-    lat.sort_unstable();
-    Ok(LoadReport {
-        pattern,
-        bs: cfg.bs,
-        qd: cfg.qd,
-        ios,
-        seconds,
-        iops: ios as f64 / seconds,
-        bytes_per_s: (ios as f64) * (cfg.bs as f64) / seconds,
-        p50_ns: quantile(&lat, 0.50),
-        p99_ns: quantile(&lat, 0.99),
-        requests_per_io: nchunks,
-        max_request_bytes: chunk,
-    })
+    Ok((ios, seconds, lat))
 }
 
 #[cfg(test)]

@@ -106,6 +106,17 @@ pub struct Args {
     /// Seconds each `blkload` pattern runs.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// `blkload` moves the data through blkfront's copying API instead of
+    /// registered buffers.
+    #[arg(long)]
+    pub blkload_copy: bool,
+    /// How long blkfront polls its rings before sleeping on the event
+    /// channel, microseconds (`blkload`).
+    #[arg(long, default_value_t = 50)]
+    pub poll_us: u64,
+    /// Queues (rings) `blkload` asks blkfront for.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
     /// After the demo, keep running until the toolstack shuts the domain
     /// down (instead of powering off).
     #[arg(long)]
@@ -250,6 +261,9 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
                 qd: args.qd,
                 duration: Duration::try_from_secs_f64(args.seconds)
                     .unwrap_or(Duration::from_secs(5)),
+                copy: args.blkload_copy,
+                poll_budget: Duration::from_micros(args.poll_us),
+                queues: args.queues,
             };
             crate::blkload::run_load(p, &cfg, timeout, &mut out)
                 .map(drop)

@@ -92,6 +92,7 @@ pub mod bytes;
 mod entry;
 mod error;
 mod front;
+pub mod poll;
 mod shared;
 mod sync;
 
@@ -99,6 +100,7 @@ pub use back::BackRing;
 pub use entry::RingEntry;
 pub use error::RingError;
 pub use front::FrontRing;
+pub use poll::PollWindow;
 pub use shared::{const_ring_size, SharedRing, MIN_BASE_ALIGN};
 
 /// Xen's ring page size (`XEN_PAGE_SHIFT` 12), whatever the host's page size.

@@ -137,7 +137,7 @@ impl Host {
         limit: Duration,
     ) -> Result<String> {
         let cfg = format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
              extra = '{extra}'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
             image.display()

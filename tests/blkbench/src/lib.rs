@@ -70,6 +70,16 @@ pub struct Args {
     /// full-virtualization comparison (`fv-pio` against `pvhvm-qd1`).
     #[arg(long)]
     pub pvhvm_kernel: Option<PathBuf>,
+    /// Only these loads (comma-separated: randread, seqread, seqwrite).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip fio in Dom0 (for profiling the guest path alone; no ratios).
+    #[arg(long)]
+    pub no_native: bool,
+    /// Extra arguments of the `blkload` guest (e.g. `--blkload-copy`,
+    /// `--poll-us 0`).
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    pub blkload_args: String,
 }
 
 /// One load.
@@ -248,7 +258,10 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         Some(d) => d.clone(),
         None => default_libexec()?,
     };
-    let loads = loads(args.seq_qd.max(1));
+    let loads: Vec<Load> = loads(args.seq_qd.max(1))
+        .into_iter()
+        .filter(|l| args.only.is_empty() || args.only.iter().any(|o| o == l.pattern))
+        .collect();
     let mut host = Host::start(&libexec)?;
     // The image lives on tmpfs: a private directory under /dev/shm.
     let shm = tempfile::Builder::new()
@@ -284,18 +297,25 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
     let limit = secs(60.0 + 3.0 * seconds.max(gfio_secs) * 4.0);
     for rep in 0..reps {
         for (i, load) in loads.iter().enumerate() {
+            if args.no_native {
+                break;
+            }
             let a = fio::args(&image, load, secs(seconds), "io_uring", false);
             native[i].samples.push(fio::run(&a, load.bs)?);
         }
         // blkload runs every load of one block size in one guest.
         for bs in [4096usize, 1 << 20] {
             let of_bs: Vec<&Load> = loads.iter().filter(|l| l.bs == bs).collect();
+            if of_bs.is_empty() {
+                continue;
+            }
             let patterns: Vec<&str> = of_bs.iter().map(|l| l.pattern).collect();
             let qd = of_bs.first().map_or(32, |l| l.qd);
             let name = format!("blkbench{}r{rep}b{bs}", std::process::id());
             let extra = format!(
-                "--frontend blkload --timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds}",
-                patterns.join(",")
+                "--frontend blkload --timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds} {}",
+                patterns.join(","),
+                args.blkload_args
             );
             let log = host.run_guest(&name, &image, &extra, limit)?;
             let got = parse_blkload(&log)?;
@@ -353,7 +373,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             }
         }
     }
-    let mut rows = native;
+    let mut rows = if args.no_native { Vec::new() } else { native };
     rows.append(&mut front);
     if args.guest_fio {
         rows.append(&mut gfio);

@@ -90,6 +90,8 @@ pub struct IoVec {
 
 /// Largest iovec count of one `preadv`/`pwritev` (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
+/// Iovec arrays up to this length live on the stack.
+const STACK_IOVS: usize = 32;
 
 /// A raw image file.
 #[derive(Debug)]
@@ -196,13 +198,29 @@ impl RawImage {
     /// As [`RawImage::readv`] / [`RawImage::writev`].
     unsafe fn transfer(&self, iov: &[IoVec], offset: u64, write: bool) -> Result<(), RawError> {
         let op = if write { "write" } else { "read" };
-        let mut vecs: Vec<libc::iovec> = iov
-            .iter()
-            .map(|v| libc::iovec {
-                iov_base: v.ptr.cast(),
-                iov_len: v.len,
-            })
-            .collect();
+        // Up to STACK_IOVS buffers (a request of 32 segments, Linux
+        // blkfront's default) need no allocation.
+        let to_c = |v: &IoVec| libc::iovec {
+            iov_base: v.ptr.cast(),
+            iov_len: v.len,
+        };
+        let mut stack = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; STACK_IOVS];
+        let mut heap: Vec<libc::iovec> = Vec::new();
+        let vecs: &mut [libc::iovec] = match stack.get_mut(..iov.len()) {
+            Some(s) => {
+                for (d, v) in s.iter_mut().zip(iov) {
+                    *d = to_c(v);
+                }
+                s
+            }
+            None => {
+                heap.extend(iov.iter().map(to_c));
+                &mut heap
+            }
+        };
         let total: u64 = iov.iter().map(|v| v.len as u64).sum();
         let mut fd = self
             .direct

@@ -519,11 +519,46 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<
     Ok(())
 }
 
-/// The calling thread's id.
+/// Bumped in a child after `fork` (a `pthread_atfork` handler): a thread id
+/// cached before the fork is the parent's, not the child's.
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+std::thread_local! {
+    /// `(fork generation, tid)` of this thread, 0 tid: not asked yet.
+    static TID: std::cell::Cell<(u64, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The calling thread's id (the kernel's, as `gettid(2)`; cached per thread,
+/// asked again after a `fork`). The grant tables' entry locks take it on
+/// every map and unmap, so it must not cost a syscall each time.
 pub fn gettid() -> u32 {
-    // SAFETY: gettid cannot fail.
-    let tid = unsafe { libc::gettid() };
-    u32::try_from(tid).unwrap_or(u32::MAX)
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic (async-signal
+        // safe, as a handler run in the child of a fork must be); it stays
+        // valid for the life of the process (a plain function).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+    let gen = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+    let ask = || {
+        // SAFETY: gettid cannot fail.
+        let tid = unsafe { libc::gettid() };
+        u32::try_from(tid).unwrap_or(u32::MAX)
+    };
+    TID.try_with(|c| {
+        let (g, tid) = c.get();
+        if tid != 0 && g == gen {
+            return tid;
+        }
+        let tid = ask();
+        c.set((gen, tid));
+        tid
+    })
+    .unwrap_or_else(|_| ask())
 }
 
 /// Whether a thread or process with id `tid` exists (`kill(tid, 0)`).
@@ -626,14 +661,86 @@ pub unsafe fn volatile_copy(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
-/// Fills `len` bytes at `dst` (shared memory) with `byte`, volatile.
+/// Fills `len` bytes at `dst` (shared memory) with `byte`, volatile (8
+/// bytes at a time between the unaligned edges).
 ///
 /// # Safety
 ///
 /// `dst` must be valid for writes of `len` bytes.
 pub unsafe fn volatile_fill(dst: *mut u8, byte: u8, len: usize) {
-    for i in 0..len {
+    let head = ((8 - (dst as usize) % 8) % 8).min(len);
+    let words = (len - head) / 8;
+    let word = u64::from_ne_bytes([byte; 8]);
+    for i in 0..head {
+        // SAFETY: `i < head <= len` keeps the write in bounds (caller's contract).
+        unsafe { std::ptr::write_volatile(dst.add(i), byte) };
+    }
+    for w in 0..words {
+        // SAFETY: `head + 8 * (w + 1) <= len` keeps the write in bounds, and
+        // `dst + head` is 8-aligned (the head ends on a boundary).
+        unsafe { std::ptr::write_volatile(dst.add(head + 8 * w).cast::<u64>(), word) };
+    }
+    for i in head + 8 * words..len {
         // SAFETY: `i < len` keeps the write in bounds (caller's contract).
         unsafe { std::ptr::write_volatile(dst.add(i), byte) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_tid() -> u32 {
+        // SAFETY: gettid cannot fail.
+        u32::try_from(unsafe { libc::gettid() }).expect("tid")
+    }
+
+    #[test]
+    fn test_volatile_fill_every_edge_touches_exactly_the_range() {
+        for start in 0..17 {
+            for len in 0..40 {
+                let mut buf = [0xeeu8; 64];
+                // SAFETY: start + len <= 56 < 64, inside `buf`.
+                unsafe { volatile_fill(buf.as_mut_ptr().add(start), 0x5a, len) };
+                for (i, &b) in buf.iter().enumerate() {
+                    let want = if (start..start + len).contains(&i) {
+                        0x5a
+                    } else {
+                        0xee
+                    };
+                    assert_eq!(b, want, "start {start} len {len} byte {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_gettid_cached_matches_kernel_in_each_thread() {
+        assert_eq!(gettid(), kernel_tid());
+        assert_eq!(gettid(), kernel_tid());
+        let other = std::thread::spawn(|| (gettid(), kernel_tid()))
+            .join()
+            .expect("thread");
+        assert_eq!(other.0, other.1);
+        assert_ne!(other.0, gettid());
+    }
+
+    #[test]
+    fn test_gettid_after_fork_is_the_child_s() {
+        let parent = gettid();
+        // SAFETY: the child only reads its thread id (a thread-local and a
+        // raw syscall, no locks) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = gettid() == kernel_tid() && gettid() != parent;
+            // SAFETY: ends the child without running the parent's atexit state.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
