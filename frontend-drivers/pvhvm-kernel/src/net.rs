@@ -11,9 +11,12 @@
 //!   page, `GET /bytes/N` returns `N` bytes (byte `i` is `b'a' + i % 26`)
 //!   for throughput runs, anything else is `404`.
 //!
-//! The loop polls netfront and smoltcp until nothing moves, then arms the
-//! rx and tx event indices and waits on the vif's ports: the platform spins
-//! on the pending bits for `spin_us` (default 30 us), then sleeps in
+//! The loop serves the sockets, polls smoltcp (which takes the received
+//! frames and sends at most one segment per socket per poll) up to 64
+//! times while anything changes, publishes the batch of tx frames and
+//! re-posted rx pages with at most one notification each; when nothing
+//! moves it arms the rx and tx event indices and waits on the vif's ports:
+//! the platform spins on the pending bits for `spin_us` (default 30 us), then sleeps in
 //! `SCHEDOP_poll` with smoltcp's next timer (at most 100 ms) as timeout.
 //! Netfront runs without offloads (`feature-no-csum-offload`: netback
 //! completes checksums for us; one-page frames of at most the MTU).
@@ -47,6 +50,8 @@ const ECHO_SOCKETS: usize = 4;
 const HTTP_TX: usize = 256 << 10;
 const HTTP_RX: usize = 4 << 10;
 const ECHO_BUF: usize = 64 << 10;
+/// `Interface::poll` calls per published batch.
+const POLL_BATCH: usize = 64;
 /// The longest HTTP request head we read.
 const MAX_HEAD: usize = 2048;
 /// The page of `GET /`.
@@ -544,14 +549,22 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     };
     loop {
         let before = dev.moved;
-        let t = now(p);
-        let changed = iface.poll(t, &mut dev, &mut sockets);
-        let mut did = matches!(changed, smoltcp::iface::PollResult::SocketStateChanged);
+        let mut did = false;
         for (h, st) in &mut http {
             did |= serve_http(sockets.get_mut::<tcp::Socket>(*h), st, &pat);
         }
         for h in &echo {
             did |= serve_echo(sockets.get_mut::<tcp::Socket>(*h), &mut ebuf);
+        }
+        // smoltcp sends at most one segment per socket and poll: poll
+        // until nothing changes (at most POLL_BATCH times), then publish
+        // the batch with one notification.
+        for _ in 0..POLL_BATCH {
+            let changed = iface.poll(now(p), &mut dev, &mut sockets);
+            if !matches!(changed, smoltcp::iface::PollResult::SocketStateChanged) {
+                break;
+            }
+            did = true;
         }
         dev.flush();
         if let Some(e) = dev.error.take() {
