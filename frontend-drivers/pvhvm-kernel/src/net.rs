@@ -41,13 +41,14 @@ use crate::platform::KPlatform;
 use crate::println;
 
 /// TCP sockets listening on each port (a socket serves one connection,
-/// then listens again once closed; a server-closed HTTP connection spends
-/// smoltcp's 10 s in TIME-WAIT).
-const HTTP_SOCKETS: usize = 8;
+/// then listens again once closed; a server-closed connection spends
+/// smoltcp's 10 s in TIME-WAIT unless a new one needs the socket, see
+/// `reclaim_time_wait`).
+const HTTP_SOCKETS: usize = 4;
 const ECHO_SOCKETS: usize = 4;
 /// Socket buffers: HTTP sends (a large send buffer keeps the window full),
 /// echo both ways.
-const HTTP_TX: usize = 256 << 10;
+const HTTP_TX: usize = 1 << 20;
 const HTTP_RX: usize = 4 << 10;
 const ECHO_BUF: usize = 64 << 10;
 /// `Interface::poll` calls per published batch.
@@ -475,6 +476,23 @@ fn serve_echo(s: &mut tcp::Socket<'_>, buf: &mut [u8]) -> bool {
     did
 }
 
+/// When none of a port's sockets listens, ends the TIME-WAIT of one (its
+/// peer has closed already), so that it listens again at once.
+fn reclaim_time_wait(sockets: &mut SocketSet<'_>, hs: impl Iterator<Item = SocketHandle> + Clone) {
+    let listening = hs
+        .clone()
+        .any(|h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen);
+    if listening {
+        return;
+    }
+    if let Some(h) = hs
+        .into_iter()
+        .find(|&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::TimeWait)
+    {
+        sockets.get_mut::<tcp::Socket>(h).abort();
+    }
+}
+
 fn now(p: &KPlatform) -> Instant {
     Instant::from_micros((p.monotonic_ns() / 1000) as i64)
 }
@@ -553,6 +571,8 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         for (h, st) in &mut http {
             did |= serve_http(sockets.get_mut::<tcp::Socket>(*h), st, &pat);
         }
+        reclaim_time_wait(&mut sockets, http.iter().map(|(h, _)| *h));
+        reclaim_time_wait(&mut sockets, echo.iter().copied());
         for h in &echo {
             did |= serve_echo(sockets.get_mut::<tcp::Socket>(*h), &mut ebuf);
         }

@@ -3,8 +3,9 @@
 //! workload (`xen-netfront` + `smoltcp`); backendd, inside the test's own
 //! "Dom0" network namespace where the test made bridge BR with Dom0's
 //! address, creates the TAP `vif<domid>.0` on BR; from that namespace Dom0
-//! pings the guest, fetches its HTTP pages with `curl` and makes a TCP echo
-//! round trip (python3); `xl destroy` removes the TAP.
+//! pings the guest, fetches its HTTP pages with `curl` (also ten in a row,
+//! more than the guest's HTTP sockets) and makes a TCP echo round trip
+//! (python3); `xl destroy` removes the TAP.
 //!
 //! Needs root, `/dev/kvm`, iproute2, iputils-ping, curl and python3
 //! (tests/setup-host.sh); fails loudly without. Traffic stays in the test's
@@ -77,22 +78,26 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
     ok("xl create", &h.create(&name, &cfg));
     let boot = wait_guest(&h, &name, "netserve: 10.78.0.2/24 up", T);
     let ping = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.78.0.2"]);
-    let curl = |path: &str| {
+    let curl_in = |path: &str, secs: &str| {
         ns.exec(
             "curl",
             &[
                 "-sS",
                 "--max-time",
-                "20",
+                secs,
                 "-D",
                 "/dev/stderr",
                 &format!("http://10.78.0.2{path}"),
             ],
         )
     };
+    let curl = |path: &str| curl_in(path, "20");
     let index = curl("/");
     let bytes = curl("/bytes/1000000");
     let missing = curl("/nothing-here");
+    // More connections in a row than the guest has HTTP sockets (4), each
+    // answered within 5 s (less than smoltcp's 10 s TIME-WAIT).
+    let repeated: Vec<_> = (0..10).map(|_| curl_in("/", "5")).collect();
     let echo = ns.exec("python3", &["-c", ECHO_PY, "10.78.0.2", "300000"]);
     let d = domid(&h, &name);
     let tap = format!("vif{d}.0");
@@ -137,6 +142,15 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
         "curl of an unknown path: {}",
         text(&missing)
     );
+    for (i, o) in repeated.iter().enumerate() {
+        assert!(
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("pvhvm-kernel netserve"),
+            "curl / number {} of 10 in a row: {}",
+            i + 1,
+            text(o)
+        );
+    }
     assert!(
         echo.status.success() && String::from_utf8_lossy(&echo.stdout).trim() == "echo-ok 300000",
         "TCP echo round trip: {}",

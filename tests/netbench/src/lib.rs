@@ -318,6 +318,8 @@ fn measure_http(
             libexec.join("xen-vmm").display()
         );
     }
+    let kernel = std::fs::canonicalize(kernel)
+        .with_context(|| format!("the PVHVM kernel {}", kernel.display()))?;
     let pid = std::process::id();
     let mut host = Host::start(libexec)?;
     let dom0 = Netns::new(format!("nbh{pid}"))?;
