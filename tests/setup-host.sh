@@ -8,13 +8,14 @@ packages=(
   libxen-dev         # Xen's public headers: the reference for every ABI struct
   xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/client, xenstore/xenstored)
   xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference
+  python3            # TCP echo client (hypervisor-shim/vmm), http.server in PV guests (frontend-drivers/pv-runtime, tests/netbench)
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
   e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)
   mount              # losetup, mount -o loop: the PV disk tests (frontend-drivers/pv-runtime)
   iproute2           # ip netns/link/addr: the PV NIC tests' namespaces and bridges (frontend-drivers/pv-runtime, backend-drivers/netback, tests/netbench)
-  iputils-ping       # ping over the PV NIC (frontend-drivers/pv-runtime)
+  iputils-ping       # ping over the PV NIC (frontend-drivers/pv-runtime) and of the PVHVM guest (hypervisor-shim/vmm)
   iperf3             # TCP throughput over the PV NIC and the veth reference (frontend-drivers/pv-runtime, tests/netbench)
-  curl               # a 1 GiB HTTP download over the PV NIC (frontend-drivers/pv-runtime)
+  curl               # a 1 GiB HTTP download over the PV NIC (frontend-drivers/pv-runtime); the PVHVM guest's HTTP responder (hypervisor-shim/vmm, tests/netbench)
   fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime); blkbench's reference (tests/blkbench)
   qemu-utils         # qemu-img, qemu-io, qemu-nbd: qcow2 images and NBD exports for blkback's engines (backend-drivers/blkback) and the qcow2/NBD e2e tests (frontend-drivers/pv-runtime)
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)

@@ -431,13 +431,9 @@ pub struct Created {
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
+    // PV and PVHVM guests get the same vif nodes (`network::vif_ops`):
+    // both run xen-netfront.
     let pvhvm = cfg.guest_type != GuestType::Pv;
-    if pvhvm && !cfg.vifs.is_empty() {
-        return Err(ToolstackError::Unsupported(format!(
-            "vif= is not supported yet for type \"{}\" (PVHVM guests have no netfront yet)",
-            cfg.guest_type.as_str()
-        )));
-    }
     let cfg_dir = cfg_path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);

@@ -1,6 +1,6 @@
 //! The PVHVM guest kernel: a `no_std` Rust kernel that `xen-vmm` boots in a
 //! KVM virtual machine, running the project's frontend crates
-//! (`xen-blkfront`, `xen-xenbus`) unmodified through [`platform::KPlatform`].
+//! (`xen-blkfront`, `xen-netfront`, `xen-xenbus`) unmodified through [`platform::KPlatform`].
 //!
 //! Boot (CPL0, emulated by this KVM: a few hundred instructions) is in
 //! [`arch`]; everything else runs at CPL3, natively. The command line
@@ -15,6 +15,7 @@ mod arch;
 mod console;
 mod global;
 mod hypercall;
+mod net;
 mod pagealloc;
 mod platform;
 mod rt;

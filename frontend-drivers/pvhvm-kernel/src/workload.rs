@@ -17,6 +17,10 @@
 //!   line per path and direction;
 //! - `smp`: brings up vCPU 1 (`vmm_op(vcpu_up)`), which counts to 1000 in
 //!   shared memory in its own VMM thread and goes down again;
+//! - `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N]`: connects the vif with
+//!   `xen-netfront` and serves ICMP echo, TCP echo (port 7) and HTTP/1.0
+//!   (port 80: `/` and `/bytes/N`) with `smoltcp` until destroyed (see
+//!   [`crate::net`]);
 //! - `fault`: a page fault at CPL3 (reported by the exception handler).
 
 use alloc::format;
@@ -73,6 +77,7 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
                 "fvcompare" => fvcompare(&p, &words[1..]),
+                "netserve" => crate::net::netserve(&p, &words[1..]),
                 "xenstore" => {
                     let name = p.xs_read(XBT_NIL, "name").unwrap_or_default();
                     println!(

@@ -27,7 +27,7 @@ pub struct Host {
     xs_thread: Option<JoinHandle<()>>,
     mem_dir: PathBuf,
     libexec: PathBuf,
-    guest: Option<String>,
+    guests: Vec<String>,
 }
 
 impl Host {
@@ -89,7 +89,7 @@ impl Host {
             xs_thread: Some(xs_thread),
             mem_dir,
             libexec: libexec.to_path_buf(),
-            guest: None,
+            guests: Vec::new(),
         };
         host.xs_stop = Some(rx.recv_timeout(STEP).context("xenstored did not start")?);
         Ok(host)
@@ -105,7 +105,8 @@ impl Host {
         self.dir.path().join("run")
     }
 
-    fn console_logdir(&self) -> PathBuf {
+    /// Where backendd's consback writes the guests' console logs.
+    pub fn console_logdir(&self) -> PathBuf {
         self.dir.path().join("console")
     }
 
@@ -147,7 +148,7 @@ impl Host {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        self.guest = Some(name.to_owned());
+        self.guests.push(name.to_owned());
         let deadline = Instant::now() + limit;
         let log = loop {
             let log = self.guest_log(name);
@@ -167,8 +168,41 @@ impl Host {
         Ok(log)
     }
 
+    /// `xl create`s guest `name` from config text `cfg` and leaves it
+    /// running (destroyed on drop).
+    pub fn create_guest(&mut self, name: &str, cfg: &str) -> Result<()> {
+        let path = self.dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&path, cfg).context("write the guest config")?;
+        let out = self.xl(&["create", path.to_str().context("utf-8 temp path")?])?;
+        if !out.status.success() {
+            bail!(
+                "xl create of {name} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.guests.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Waits until guest `name`'s console log has `needle` (at most
+    /// `limit`); returns the log.
+    pub fn wait_log(&self, name: &str, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.guest_log(name);
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline {
+                bail!("guest {name} did not print {needle:?} within {limit:?}; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn destroy_guest(&mut self) {
-        if let Some(g) = self.guest.take() {
+        for g in std::mem::take(&mut self.guests) {
             let _ = self.xl(&["destroy", &g]);
         }
     }

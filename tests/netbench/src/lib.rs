@@ -51,6 +51,19 @@ pub struct Args {
     /// this executable).
     #[arg(long)]
     pub libexec: Option<PathBuf>,
+    /// Also compare HTTP downloads: `curl` of `/bytes/N` from a PVHVM
+    /// guest booting this kernel (`frontend-drivers/pvhvm-kernel`'s
+    /// `netserve`: netfront + smoltcp; needs `/dev/kvm` and `xen-vmm` in
+    /// the libexec directory) against the same download from a PV guest
+    /// (`python3 -m http.server`), both on one bridge, in the same run.
+    #[arg(long)]
+    pub pvhvm_kernel: Option<PathBuf>,
+    /// Bytes of each HTTP download.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub http_bytes: u64,
+    /// Only the HTTP comparison (skip the iperf3 loads).
+    #[arg(long)]
+    pub http_only: bool,
 }
 
 /// The loads.
@@ -216,20 +229,14 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
     Ok(out)
 }
 
-/// The PV NIC: one guest running every load `reps` times.
-fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
-    let pid = std::process::id();
-    let mut host = Host::start(libexec)?;
-    let dom0 = Netns::new(format!("nbd{pid}"))?;
-    let br = format!("nbr{}", pid % 1_000_000);
-    dom0.ip(&["link", "add", &br, "type", "bridge"])?;
-    dom0.ip(&["addr", "add", "10.79.0.1/24", "dev", &br])?;
-    dom0.ip(&["link", "set", &br, "up"])?;
+/// Starts `backendd` inside `ns` (its TAPs and bridges are there) as `xl`
+/// would; `xl` finds it through its pid file.
+fn start_backendd(host: &Host, ns: &Netns) -> Result<Bg> {
     let rundir = host.rundir();
     std::fs::create_dir_all(&rundir).context("create the rundir")?;
     let log = std::fs::File::create(rundir.join("backendd.log")).context("backendd.log")?;
     let log2 = log.try_clone().context("dup")?;
-    let bd = dom0
+    let bd = ns
         .cmd(
             host.libexec()
                 .join("backendd")
@@ -242,18 +249,188 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
         .arg(host.dir().join("shim.sock"))
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
+        .arg("--log-dir")
+        .arg(host.console_logdir())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         .spawn()
         .context("start backendd")?;
-    let _bd = Bg(bd);
+    let bd = Bg(bd);
     for _ in 0..200 {
         if rundir.join("backendd.pid").exists() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(bd)
+}
+
+/// `/bytes/N`'s body (the PVHVM kernel's `netserve`): byte `i` is
+/// `b'a' + i % 26`.
+pub fn bytes_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// One `curl` download of `url` into /dev/null from `ns`: bytes/s, after
+/// checking that `want` bytes came.
+fn curl_rate(ns: &Netns, url: &str, want: u64) -> Result<f64> {
+    let o = ns
+        .cmd("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "300",
+            "-w",
+            "%{size_download} %{speed_download}",
+            url,
+        ])
+        .output()
+        .context("run curl")?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut w = out.split_whitespace();
+    let size: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let speed: f64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    if !o.status.success() || size != want {
+        bail!(
+            "curl {url}: {} ({size} of {want} bytes) {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(speed)
+}
+
+/// The HTTP comparison: a PVHVM guest (`netserve`) and a PV guest
+/// (`python3 -m http.server` over the same `/bytes/N` content) on one
+/// bridge; `reps` downloads from each, alternating.
+fn measure_http(
+    args: &Args,
+    libexec: &Path,
+    kernel: &Path,
+    reps: usize,
+) -> Result<Vec<(String, Vec<f64>)>> {
+    if !libexec.join("xen-vmm").exists() {
+        bail!(
+            "{} is missing: cargo build --release -p xen-vmm (or pass --libexec)",
+            libexec.join("xen-vmm").display()
+        );
+    }
+    let kernel = std::fs::canonicalize(kernel)
+        .with_context(|| format!("the PVHVM kernel {}", kernel.display()))?;
+    let pid = std::process::id();
+    let mut host = Host::start(libexec)?;
+    let dom0 = Netns::new(format!("nbh{pid}"))?;
+    let br = format!("nbh{}", pid % 1_000_000);
+    dom0.ip(&["link", "add", &br, "type", "bridge"])?;
+    dom0.ip(&["addr", "add", "10.79.1.1/24", "dev", &br])?;
+    dom0.ip(&["link", "set", &br, "up"])?;
+    let _bd = start_backendd(&host, &dom0)?;
+    let n = args.http_bytes;
+    let www = host.dir().join("www");
+    std::fs::create_dir_all(www.join("bytes")).context("www dir")?;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(www.join("bytes").join(n.to_string())).context("www file")?,
+        );
+        let block = bytes_body(26 * 4096);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..k]).context("write the www file")?;
+            left -= k as u64;
+        }
+        f.flush().context("flush the www file")?;
+    }
+    let init = host.dir().join("http.sh");
+    std::fs::write(
+        &init,
+        format!(
+            "#!/bin/sh
+echo http-starting
+exec python3 -m http.server 80 --bind 10.79.1.3 --directory {}
+",
+            www.display()
+        ),
+    )
+    .context("write the init script")?;
+    sh("chmod", &["0755", init.to_str().context("utf-8")?])?;
+    let (pv, hvm) = (format!("nbhpv{pid}"), format!("nbhvm{pid}"));
+    host.create_guest(
+        &pv,
+        &format!(
+            "name = \"{pv}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
+             extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+             vif = [ 'mac=00:16:3e:4e:43:03, bridge={br}, ip=10.79.1.3' ]\n",
+            init.display()
+        ),
+    )?;
+    host.create_guest(
+        &hvm,
+        &format!(
+            "name = \"{hvm}\"\ntype = 'pvh'\nmemory = 64\nvcpus = 1\nkernel = \"{}\"\n\
+             extra = 'netserve ip=10.79.1.2/24'\n\
+             vif = [ 'mac=00:16:3e:4e:43:02, bridge={br}' ]\n",
+            kernel.display()
+        ),
+    )?;
+    host.wait_log(&hvm, "netserve: 10.79.1.2/24 up", Duration::from_secs(30))?;
+    // python3's server is up once a small download works.
+    let small = format!("http://10.79.1.3/bytes/{n}");
+    let mut up = false;
+    for _ in 0..100 {
+        let o = dom0
+            .cmd("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-r",
+                "0-0",
+                "--max-time",
+                "2",
+                &small,
+            ])
+            .output()
+            .context("run curl")?;
+        if o.status.success() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !up {
+        bail!(
+            "the PV guest's HTTP server does not answer; its log:\n{}",
+            host.guest_log(&pv)
+        );
+    }
+    let mut rows = vec![
+        ("pv-python".to_owned(), Vec::new()),
+        ("pvhvm-smoltcp".to_owned(), Vec::new()),
+    ];
+    for _ in 0..reps {
+        for (i, ip) in ["10.79.1.3", "10.79.1.2"].iter().enumerate() {
+            let r = curl_rate(&dom0, &format!("http://{ip}/bytes/{n}"), n)?;
+            rows[i].1.push(r);
+        }
+    }
+    Ok(rows)
+}
+
+/// The PV NIC: one guest running every load `reps` times.
+fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
+    let pid = std::process::id();
+    let mut host = Host::start(libexec)?;
+    let dom0 = Netns::new(format!("nbd{pid}"))?;
+    let br = format!("nbr{}", pid % 1_000_000);
+    dom0.ip(&["link", "add", &br, "type", "bridge"])?;
+    dom0.ip(&["addr", "add", "10.79.0.1/24", "dev", &br])?;
+    dom0.ip(&["link", "set", &br, "up"])?;
+    let _bd = start_backendd(&host, &dom0)?;
     let _srv = iperf_server(&dom0, "10.79.0.1")?;
     let mut script = String::from("#!/bin/sh\n");
     for load in LOADS {
@@ -335,15 +512,73 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         (args.reps.max(1), args.clone())
     };
-    let veth = measure_veth(&args, reps)?;
-    let pv = measure_pv(&args, &libexec, reps)?;
+    if args.http_only && args.pvhvm_kernel.is_none() {
+        bail!("--http-only needs --pvhvm-kernel KERNEL");
+    }
+    let (veth, pv) = if args.http_only {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            measure_veth(&args, reps)?,
+            measure_pv(&args, &libexec, reps)?,
+        )
+    };
+    let http = match &args.pvhvm_kernel {
+        Some(k) => {
+            sh("sh", &["-c", "command -v curl > /dev/null"])
+                .context("curl is missing (tests/setup-host.sh installs it)")?;
+            measure_http(&args, &libexec, k, reps)?
+        }
+        None => Vec::new(),
+    };
+    print_iperf(&args, reps, &veth, &pv);
+    print_http(&args, reps, &http);
+    Ok(())
+}
+
+fn print_http(args: &Args, reps: usize, http: &[(String, Vec<f64>)]) {
+    if http.is_empty() {
+        return;
+    }
+    let reference = http.first().and_then(|(_, v)| spread(v)).map(|s| s.0);
+    if !args.json {
+        println!(
+            "\nHTTP GET /bytes/{} (curl from Dom0), bytes/s:\n{:<14} {:>14} {:>14} {:>14} {:>8}",
+            args.http_bytes, "imp", "median", "min", "max", "ratio"
+        );
+    }
+    for (imp, v) in http {
+        let (med, min, max) = spread(v).unwrap_or((0.0, 0.0, 0.0));
+        let ratio = reference.filter(|&r| r > 0.0).map(|r| med / r);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": "netbench", "imp": imp, "load": "http-get", "unit": "bytes/s",
+                    "bytes": args.http_bytes, "median": med, "min": min, "max": max,
+                    "samples": v, "reps": reps, "ratio_to_pv": ratio,
+                })
+            );
+        } else {
+            println!(
+                "{imp:<14} {med:>14.4e} {min:>14.4e} {max:>14.4e} {:>8}",
+                ratio.map_or("-".into(), |r| format!("{r:.3}"))
+            );
+        }
+    }
+}
+
+fn print_iperf(args: &Args, reps: usize, veth: &[(String, Vec<f64>)], pv: &[(String, Vec<f64>)]) {
+    if veth.is_empty() {
+        return;
+    }
     if !args.json {
         println!(
             "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8}",
             "imp", "load", "median", "min", "max", "ratio"
         );
     }
-    for (imp, rows) in [("veth", &veth), ("pv-netfront", &pv)] {
+    for (imp, rows) in [("veth", veth), ("pv-netfront", pv)] {
         for (load, v) in rows.iter() {
             let (med, min, max) = spread(v).unwrap_or((0.0, 0.0, 0.0));
             let reference = veth
@@ -375,7 +610,6 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! drop. Needs root and `/dev/kvm`: fails loudly without them.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -217,6 +219,25 @@ impl Host {
 
     /// [`Host::config`] with `vcpus` vCPUs.
     pub fn config_vcpus(&self, name: &str, extra: &str, disks: &[String], vcpus: u32) -> PathBuf {
+        self.config_full(name, extra, disks, vcpus, &[])
+    }
+
+    /// [`Host::config`] with `vcpus` vCPUs and `vifs` (xl vif
+    /// specifications).
+    pub fn config_full(
+        &self,
+        name: &str,
+        extra: &str,
+        disks: &[String],
+        vcpus: u32,
+        vifs: &[String],
+    ) -> PathBuf {
+        let vif = if vifs.is_empty() {
+            String::new()
+        } else {
+            let v: Vec<String> = vifs.iter().map(|v| format!("'{v}'")).collect();
+            format!("vif = [ {} ]\n", v.join(", "))
+        };
         let disk = if disks.is_empty() {
             String::new()
         } else {
@@ -224,7 +245,7 @@ impl Host {
             format!("disk = [ {} ]\n", d.join(", "))
         };
         let text = format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}",
+            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}{vif}",
             self.kernel.display()
         );
         let p = self.dir.path().join(format!("{name}.cfg"));
