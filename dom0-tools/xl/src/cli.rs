@@ -30,6 +30,9 @@ pub enum Verb {
     },
     /// List domains.
     List {
+        /// Also the UUID and the shutdown reason code (`-v`, as xl).
+        #[arg(short = 'v', long)]
+        verbose: bool,
         /// Only these domains (names or ids).
         domains: Vec<String>,
     },
@@ -98,7 +101,7 @@ pub fn run(args: &Args) -> ExitCode {
             Ok(())
         }),
         Verb::Console { domain } => crate::console::console(domain).map(drop),
-        Verb::List { domains } => toolstack::list(&mut out, domains),
+        Verb::List { verbose, domains } => toolstack::list(&mut out, domains, *verbose),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),

@@ -817,11 +817,45 @@ pub fn list_row(d: &DomainInfo) -> String {
     )
 }
 
-/// `xl list [DOMAIN...]`.
+/// `xl list -v`'s extra header columns.
+pub const LIST_VERBOSE_HEADER: &str =
+    "   UUID                            Reason-Code\tSecurity Label";
+
+/// The `SHUTDOWN_*` code of a shut down or crashed domain (`xl list -v`'s
+/// Reason-Code; a runtime that died without shutting down is a crash).
+#[must_use]
+pub fn shutdown_code(d: &DomainInfo) -> Option<u32> {
+    use xen_shim::protocol::{DomainState, ShutdownReason};
+    match d.state {
+        DomainState::Shutdown { reason } => Some(reason.code()),
+        DomainState::Crashed => Some(ShutdownReason::Crash.code()),
+        _ => None,
+    }
+}
+
+/// The domain's UUID (from `/local/domain/N/vm` = `/vm/<uuid>`; Domain-0's
+/// is all zeros, as in Xen).
+fn domain_uuid(xs: Option<&Client>, domid: u16) -> String {
+    const NIL: &str = "00000000-0000-0000-0000-000000000000";
+    if domid == 0 {
+        return NIL.into();
+    }
+    xs.and_then(|xs| {
+        xs.read_opt(&format!("/local/domain/{domid}/vm"))
+            .ok()
+            .flatten()
+    })
+    .map(|v| String::from_utf8_lossy(&v).into_owned())
+    .and_then(|v| v.strip_prefix("/vm/").map(str::to_owned))
+    .filter(|u| u.len() == NIL.len())
+    .unwrap_or_else(|| NIL.into())
+}
+
+/// `xl list [-v] [DOMAIN...]`.
 ///
 /// # Errors
 /// A shim failure or an unknown domain.
-pub fn list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackError> {
+pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), ToolstackError> {
     let control = shim(false)?;
     let domains = if which.is_empty() {
         control.list_domains().map_err(shim_err("list domains"))?
@@ -835,9 +869,24 @@ pub fn list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackError>
         what: "write the listing".into(),
         source,
     };
-    writeln!(out, "{LIST_HEADER}").map_err(io)?;
+    if !verbose {
+        writeln!(out, "{LIST_HEADER}").map_err(io)?;
+        for d in &domains {
+            writeln!(out, "{}", list_row(d)).map_err(io)?;
+        }
+        return Ok(());
+    }
+    let xs = xenstore(false).ok();
+    writeln!(out, "{LIST_HEADER}{LIST_VERBOSE_HEADER}").map_err(io)?;
     for d in &domains {
-        writeln!(out, "{}", list_row(d)).map_err(io)?;
+        let reason = shutdown_code(d).map_or_else(|| format!("{:>8}", "-"), |c| format!("{c:>8x}"));
+        writeln!(
+            out,
+            "{} {} {reason}",
+            list_row(d),
+            domain_uuid(xs.as_ref(), d.domid)
+        )
+        .map_err(io)?;
     }
     Ok(())
 }
