@@ -62,6 +62,18 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// The domain-death watcher `xl create` starts (internal).
+    #[command(name = "monitor-domain", hide = true)]
+    MonitorDomain {
+        /// Domain id.
+        #[arg(long)]
+        domid: u16,
+        /// The shim's instance number of that domain.
+        #[arg(long)]
+        instance: u64,
+        /// Its configuration file.
+        config: PathBuf,
+    },
     /// List a domain's virtual network interfaces.
     #[command(name = "network-list")]
     NetworkList {
@@ -107,6 +119,11 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
+        Verb::MonitorDomain {
+            domid,
+            instance,
+            config,
+        } => crate::monitor::run(config, *domid, *instance),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

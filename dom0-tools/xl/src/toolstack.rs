@@ -419,6 +419,12 @@ pub struct Created {
     pub log: PathBuf,
     /// The runtime's own log until its console is up.
     pub runtime_log: PathBuf,
+    /// The shim's instance number of the domain.
+    pub instance: u64,
+    /// The domain's name.
+    pub name: String,
+    /// Pid of the domain's monitor (`None` when not started).
+    pub monitor: Option<u32>,
 }
 
 /// `xl create`: the domain in the shim, its xenstore nodes, XS_INTRODUCE,
@@ -430,7 +436,32 @@ pub struct Created {
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
+    let mut c = create_inner(cfg_path, start_daemons)?;
+    // As xl's child after `xl create`: a watcher that applies the on_*
+    // action when the domain shuts down.
+    match crate::monitor::spawn(cfg_path, &c.name, c.domid, c.instance) {
+        Ok(pid) => c.monitor = Some(pid),
+        Err(e) => {
+            if let (Ok(control), Ok(xs)) = (shim(false), xenstore(false)) {
+                let _ = destroy_domid(&control, &xs, c.domid);
+            }
+            return Err(e);
+        }
+    }
+    Ok(c)
+}
+
+/// [`create`] without starting a monitor (the monitor's own restarts).
+///
+/// # Errors
+/// Any [`ToolstackError`].
+pub fn create_unmonitored(cfg_path: &Path) -> Result<Created, ToolstackError> {
+    create_inner(cfg_path, true)
+}
+
+fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
+    crate::monitor::check_actions(&cfg)?;
     let pvhvm = cfg.guest_type != GuestType::Pv;
     if pvhvm && !cfg.vifs.is_empty() {
         return Err(ToolstackError::Unsupported(format!(
@@ -586,6 +617,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 pid,
                 log,
                 runtime_log,
+                instance: info.instance,
+                monitor: None,
+                name: cfg.name.clone(),
             },
         )
     })();
@@ -750,6 +784,17 @@ pub fn destroy(which: &str) -> Result<u16, ToolstackError> {
     }
     destroy_domid(&control, &xs, d.domid)?;
     Ok(d.domid)
+}
+
+/// Destroys domain `domid` as `xl destroy` does (the monitor's
+/// `destroy` and `restart` actions).
+///
+/// # Errors
+/// A shim or xenstore failure.
+pub fn destroy_by_id(domid: u16) -> Result<(), ToolstackError> {
+    let control = shim(false)?;
+    let xs = xenstore(false)?;
+    destroy_domid(&control, &xs, domid)
 }
 
 /// `xl pause` (`pause = true`) or `xl unpause`.

@@ -215,8 +215,30 @@ impl Host {
         self.config_vcpus(name, extra, disks, 1)
     }
 
-    /// [`Host::config`] with `vcpus` vCPUs.
+    /// [`Host::config`] with `vcpus` vCPUs. The domain is kept listed when
+    /// it ends (`on_poweroff`, `on_crash`, `on_watchdog` = `preserve`) so
+    /// that tests can read its final state; [`Host::config_actions`] sets
+    /// other actions.
     pub fn config_vcpus(&self, name: &str, extra: &str, disks: &[String], vcpus: u32) -> PathBuf {
+        self.config_actions(
+            name,
+            extra,
+            disks,
+            vcpus,
+            "on_poweroff = \"preserve\"\non_crash = \"preserve\"\non_watchdog = \"preserve\"\n",
+        )
+    }
+
+    /// A PVHVM config with `actions` (xl.cfg lines, e.g. `on_crash = ...`;
+    /// empty: xl's defaults).
+    pub fn config_actions(
+        &self,
+        name: &str,
+        extra: &str,
+        disks: &[String],
+        vcpus: u32,
+        actions: &str,
+    ) -> PathBuf {
         let disk = if disks.is_empty() {
             String::new()
         } else {
@@ -224,7 +246,7 @@ impl Host {
             format!("disk = [ {} ]\n", d.join(", "))
         };
         let text = format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}",
+            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}{actions}",
             self.kernel.display()
         );
         let p = self.dir.path().join(format!("{name}.cfg"));
@@ -318,6 +340,24 @@ impl Host {
                 "{name} not in state {flag} within {timeout:?}: {:?}; log:\n{}",
                 self.list_row(name),
                 self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The log of the domain's monitor (`<rundir>/xl-<name>.log`).
+    pub fn monitor_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.rundir().join(format!("xl-{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `xl list` no longer shows `name`.
+    pub fn wait_gone(&self, name: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while let Some(r) = self.list_row(name) {
+            assert!(
+                t0.elapsed() < timeout,
+                "{name} still listed after {timeout:?}: {r}; monitor log:\n{}",
+                self.monitor_log(name)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
