@@ -198,15 +198,19 @@ impl Host {
     }
 
     pub fn xl(&self, args: &[&str]) -> Output {
-        Command::new(self.libexec.join("xl"))
-            .args(args)
+        self.xl_command(args).output().expect("run xl")
+    }
+
+    /// The `xl` command with this host's environment (to spawn it).
+    pub fn xl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.libexec.join("xl"));
+        c.args(args)
             .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
             .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
             .env("XEN_SPLIT_RUNDIR", self.rundir())
             .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
-            .env("XL_LIBEXEC_DIR", &self.libexec)
-            .output()
-            .expect("run xl")
+            .env("XL_LIBEXEC_DIR", &self.libexec);
+        c
     }
 
     /// Writes `<name>.cfg` for a PVHVM guest running `extra`, with `disks`
