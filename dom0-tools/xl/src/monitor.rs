@@ -6,8 +6,10 @@
 //! `xl create` starts one monitor per domain: the `xl` binary itself with
 //! the hidden verb `monitor-domain`, in its own process group, its output in
 //! `<rundir>/xl-<name>.log` (as Xen's `/var/log/xen/xl-<name>.log`). It
-//! polls the shim for the domain's state every [`POLL`] and, once the
-//! domain is shut down or crashed:
+//! binds `VIRQ_DOM_EXC` (as libxl does) and reads the domain's state from
+//! the shim each time it fires, and at least every [`POLL`] (every
+//! [`POLL_FALLBACK`] if the VIRQ cannot be bound); once the domain is shut
+//! down or crashed:
 //!
 //! - `destroy` (the default of all but `on_reboot`): removes the domain as
 //!   `xl destroy` does (shim domain, every xenstore node, `XS_RELEASE`);
@@ -28,8 +30,52 @@ use crate::config::{Action, XlConfig};
 use crate::daemons;
 use crate::toolstack::{self, ToolstackError};
 
-/// How often the monitor asks the shim for its domain's state.
-pub const POLL: Duration = Duration::from_millis(20);
+/// Longest wait for `VIRQ_DOM_EXC` between two looks at the domain.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// How often the monitor looks when it has no `VIRQ_DOM_EXC`.
+pub const POLL_FALLBACK: Duration = Duration::from_millis(20);
+
+/// `VIRQ_DOM_EXC` on an event-channel handle of the shim (`None` if it
+/// cannot be bound).
+fn dom_exc() -> Option<(xen_shim::dom0::Evtchn, u32)> {
+    let ev = xen_shim::dom0::Evtchn::open_default().ok()?;
+    let port = ev.bind_virq(xen_abi::xen::VIRQ_DOM_EXC).ok()?;
+    Some((ev, port))
+}
+
+/// Waits until `VIRQ_DOM_EXC` fires or [`POLL`] passes (or sleeps
+/// [`POLL_FALLBACK`] without the VIRQ); drops the handle when it fails (a
+/// daemon restart) so that the next call binds again.
+fn wait_dom_exc(virq: &mut Option<(xen_shim::dom0::Evtchn, u32)>) {
+    if virq.is_none() {
+        *virq = dom_exc();
+    }
+    let Some((ev, port)) = virq.as_ref() else {
+        std::thread::sleep(POLL_FALLBACK);
+        return;
+    };
+    match ev.pending(Some(POLL)) {
+        Ok(fired) => {
+            let gone = ev
+                .take_control_events()
+                .iter()
+                .any(|e| matches!(e, xen_shim::protocol::ControlEvent::Disconnected));
+            if fired.contains(port) {
+                let _ = ev.unmask(*port);
+            }
+            if gone {
+                // The daemon went away: bind again on the next wait.
+                *virq = None;
+                std::thread::sleep(POLL_FALLBACK);
+            }
+        }
+        Err(_) => {
+            *virq = None;
+            std::thread::sleep(POLL_FALLBACK);
+        }
+    }
+}
 
 /// How long the monitor tolerates an unreachable shim daemon (a restart).
 const DAEMON_GRACE: Duration = Duration::from_secs(60);
@@ -156,6 +202,8 @@ pub fn run(cfg_path: &Path, mut domid: u16, mut instance: u64) -> Result<(), Too
     println!("{} monitoring domain {domid} ({})", now(), cfg.name);
     let mut unreachable: Option<Instant> = None;
     let mut control = None;
+    // Bound before the first look, so no state change is missed.
+    let mut virq = dom_exc();
     loop {
         let d = match info(&mut control, domid, instance) {
             Ok(Some(d)) => {
@@ -181,7 +229,7 @@ pub fn run(cfg_path: &Path, mut domid: u16, mut instance: u64) -> Result<(), Too
             }
         };
         let Some(action) = action_for(&cfg, &d.state) else {
-            std::thread::sleep(POLL);
+            wait_dom_exc(&mut virq);
             continue;
         };
         println!(
