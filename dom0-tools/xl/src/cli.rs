@@ -30,6 +30,9 @@ pub enum Verb {
     },
     /// List domains.
     List {
+        /// Also the UUID and the shutdown reason code (`-v`, as xl).
+        #[arg(short = 'v', long)]
+        verbose: bool,
         /// Only these domains (names or ids).
         domains: Vec<String>,
     },
@@ -58,6 +61,18 @@ pub enum Verb {
     BlockList {
         /// Name or id.
         domain: String,
+    },
+    /// The domain-death watcher `xl create` starts (internal).
+    #[command(name = "monitor-domain", hide = true)]
+    MonitorDomain {
+        /// Domain id.
+        #[arg(long)]
+        domid: u16,
+        /// The shim's instance number of that domain.
+        #[arg(long)]
+        instance: u64,
+        /// Its configuration file.
+        config: PathBuf,
     },
     /// List a domain's virtual network interfaces.
     #[command(name = "network-list")]
@@ -98,12 +113,17 @@ pub fn run(args: &Args) -> ExitCode {
             Ok(())
         }),
         Verb::Console { domain } => crate::console::console(domain).map(drop),
-        Verb::List { domains } => toolstack::list(&mut out, domains),
+        Verb::List { verbose, domains } => toolstack::list(&mut out, domains, *verbose),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
+        Verb::MonitorDomain {
+            domid,
+            instance,
+            config,
+        } => crate::monitor::run(config, *domid, *instance),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

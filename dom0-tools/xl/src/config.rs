@@ -688,6 +688,8 @@ pub struct XlConfig {
     pub on_reboot: Action,
     /// `on_crash` (default destroy).
     pub on_crash: Action,
+    /// `on_watchdog` (default destroy).
+    pub on_watchdog: Action,
     /// `disk`.
     pub disks: Vec<DiskSpec>,
     /// `vif`.
@@ -712,6 +714,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "on_poweroff",
     "on_reboot",
     "on_crash",
+    "on_watchdog",
     "disk",
     "vif",
 ];
@@ -913,6 +916,7 @@ impl XlConfig {
         let on_poweroff = k.action("on_poweroff", Action::Destroy)?;
         let on_reboot = k.action("on_reboot", Action::Restart)?;
         let on_crash = k.action("on_crash", Action::Destroy)?;
+        let on_watchdog = k.action("on_watchdog", Action::Destroy)?;
         let mut disks: Vec<DiskSpec> = Vec::new();
         for (spec, line) in k.strings("disk")? {
             let d = DiskSpec::parse(&spec).map_err(|e| k.err(line, ConfigErrorKind::Disk(e)))?;
@@ -941,6 +945,7 @@ impl XlConfig {
             on_poweroff,
             on_reboot,
             on_crash,
+            on_watchdog,
             disks,
             vifs,
             ignored,

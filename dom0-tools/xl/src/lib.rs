@@ -11,6 +11,8 @@
 //!   `Ctrl-]` detaches);
 //! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,
 //!   `network-list`;
+//! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
+//!   applies `on_poweroff`/`on_reboot`/`on_crash`/`on_watchdog`;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -19,6 +21,7 @@ pub mod config;
 pub mod console;
 pub mod daemons;
 pub mod disk;
+pub mod monitor;
 pub mod network;
 pub mod toolstack;
 pub mod vif;

@@ -419,6 +419,12 @@ pub struct Created {
     pub log: PathBuf,
     /// The runtime's own log until its console is up.
     pub runtime_log: PathBuf,
+    /// The shim's instance number of the domain.
+    pub instance: u64,
+    /// The domain's name.
+    pub name: String,
+    /// Pid of the domain's monitor (`None` when not started).
+    pub monitor: Option<u32>,
 }
 
 /// `xl create`: the domain in the shim, its xenstore nodes, XS_INTRODUCE,
@@ -430,7 +436,32 @@ pub struct Created {
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
+    let mut c = create_inner(cfg_path, start_daemons)?;
+    // As xl's child after `xl create`: a watcher that applies the on_*
+    // action when the domain shuts down.
+    match crate::monitor::spawn(cfg_path, &c.name, c.domid, c.instance) {
+        Ok(pid) => c.monitor = Some(pid),
+        Err(e) => {
+            if let (Ok(control), Ok(xs)) = (shim(false), xenstore(false)) {
+                let _ = destroy_domid(&control, &xs, c.domid);
+            }
+            return Err(e);
+        }
+    }
+    Ok(c)
+}
+
+/// [`create`] without starting a monitor (the monitor's own restarts).
+///
+/// # Errors
+/// Any [`ToolstackError`].
+pub fn create_unmonitored(cfg_path: &Path) -> Result<Created, ToolstackError> {
+    create_inner(cfg_path, true)
+}
+
+fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
+    crate::monitor::check_actions(&cfg)?;
     // PV and PVHVM guests get the same vif nodes (`network::vif_ops`):
     // both run xen-netfront.
     let pvhvm = cfg.guest_type != GuestType::Pv;
@@ -582,6 +613,9 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
                 pid,
                 log,
                 runtime_log,
+                instance: info.instance,
+                monitor: None,
+                name: cfg.name.clone(),
             },
         )
     })();
@@ -748,6 +782,17 @@ pub fn destroy(which: &str) -> Result<u16, ToolstackError> {
     Ok(d.domid)
 }
 
+/// Destroys domain `domid` as `xl destroy` does (the monitor's
+/// `destroy` and `restart` actions).
+///
+/// # Errors
+/// A shim or xenstore failure.
+pub fn destroy_by_id(domid: u16) -> Result<(), ToolstackError> {
+    let control = shim(false)?;
+    let xs = xenstore(false)?;
+    destroy_domid(&control, &xs, domid)
+}
+
 /// `xl pause` (`pause = true`) or `xl unpause`.
 ///
 /// # Errors
@@ -813,11 +858,45 @@ pub fn list_row(d: &DomainInfo) -> String {
     )
 }
 
-/// `xl list [DOMAIN...]`.
+/// `xl list -v`'s extra header columns.
+pub const LIST_VERBOSE_HEADER: &str =
+    "   UUID                            Reason-Code\tSecurity Label";
+
+/// The `SHUTDOWN_*` code of a shut down or crashed domain (`xl list -v`'s
+/// Reason-Code; a runtime that died without shutting down is a crash).
+#[must_use]
+pub fn shutdown_code(d: &DomainInfo) -> Option<u32> {
+    use xen_shim::protocol::{DomainState, ShutdownReason};
+    match d.state {
+        DomainState::Shutdown { reason } => Some(reason.code()),
+        DomainState::Crashed => Some(ShutdownReason::Crash.code()),
+        _ => None,
+    }
+}
+
+/// The domain's UUID (from `/local/domain/N/vm` = `/vm/<uuid>`; Domain-0's
+/// is all zeros, as in Xen).
+fn domain_uuid(xs: Option<&Client>, domid: u16) -> String {
+    const NIL: &str = "00000000-0000-0000-0000-000000000000";
+    if domid == 0 {
+        return NIL.into();
+    }
+    xs.and_then(|xs| {
+        xs.read_opt(&format!("/local/domain/{domid}/vm"))
+            .ok()
+            .flatten()
+    })
+    .map(|v| String::from_utf8_lossy(&v).into_owned())
+    .and_then(|v| v.strip_prefix("/vm/").map(str::to_owned))
+    .filter(|u| u.len() == NIL.len())
+    .unwrap_or_else(|| NIL.into())
+}
+
+/// `xl list [-v] [DOMAIN...]`.
 ///
 /// # Errors
 /// A shim failure or an unknown domain.
-pub fn list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackError> {
+pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), ToolstackError> {
     let control = shim(false)?;
     let domains = if which.is_empty() {
         control.list_domains().map_err(shim_err("list domains"))?
@@ -831,9 +910,24 @@ pub fn list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackError>
         what: "write the listing".into(),
         source,
     };
-    writeln!(out, "{LIST_HEADER}").map_err(io)?;
+    if !verbose {
+        writeln!(out, "{LIST_HEADER}").map_err(io)?;
+        for d in &domains {
+            writeln!(out, "{}", list_row(d)).map_err(io)?;
+        }
+        return Ok(());
+    }
+    let xs = xenstore(false).ok();
+    writeln!(out, "{LIST_HEADER}{LIST_VERBOSE_HEADER}").map_err(io)?;
     for d in &domains {
-        writeln!(out, "{}", list_row(d)).map_err(io)?;
+        let reason = shutdown_code(d).map_or_else(|| format!("{:>8}", "-"), |c| format!("{c:>8x}"));
+        writeln!(
+            out,
+            "{} {} {reason}",
+            list_row(d),
+            domain_uuid(xs.as_ref(), d.domid)
+        )
+        .map_err(io)?;
     }
     Ok(())
 }

@@ -128,6 +128,7 @@ fn guest_cfg(host: &Host, name: &str, script: &str) -> String {
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n\
+             on_poweroff = 'preserve'\n\
              extra = '--frontend disk --timeout-secs 30 --init {}'\n",
             init.display()
         ),

@@ -6,8 +6,8 @@ use core::arch::asm;
 use xen_abi::pvhvm::{HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, DOORBELL_PORT};
 use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
-    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, xen_guest_handle, CONSOLEIO_write,
-    SCHEDOP_poll, SCHEDOP_shutdown,
+    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog, xen_guest_handle,
+    CONSOLEIO_write, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_watchdog,
 };
 
 /// A raw hypercall.
@@ -84,6 +84,23 @@ pub fn sched_poll(ports: &[u32], timeout_ns: u64) -> i64 {
             __HYPERVISOR_sched_op,
             u64::from(SCHEDOP_poll),
             &mut op as *mut sched_poll as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+/// `SCHEDOP_watchdog`: `id` 0 arms a new watchdog of `timeout` seconds and
+/// returns its id; `id` N re-arms it (`timeout` > 0) or destroys it (0).
+pub fn watchdog(id: u32, timeout: u32) -> i64 {
+    let mut op = sched_watchdog { id, timeout };
+    // SAFETY: `op` is live and identity-mapped.
+    unsafe {
+        hypercall(
+            __HYPERVISOR_sched_op,
+            u64::from(SCHEDOP_watchdog),
+            &mut op as *mut sched_watchdog as u64,
             0,
             0,
             0,

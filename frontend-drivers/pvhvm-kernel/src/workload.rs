@@ -21,7 +21,11 @@
 //!   `xen-netfront` and serves ICMP echo, TCP echo (port 7) and HTTP/1.0
 //!   (port 80: `/` and `/bytes/N`) with `smoltcp` until destroyed (see
 //!   [`crate::net`]);
-//! - `fault`: a page fault at CPL3 (reported by the exception handler).
+//! - `fault`: a page fault at CPL3 (reported by the exception handler);
+//! - `runaway [timeout=S] [pets=N]`: arms a domain watchdog of `S` seconds
+//!   (`SCHEDOP_watchdog`, default 1), pets it `N` times (default 3) every
+//!   half timeout, then spins at CPL3 forever without a hypercall: the
+//!   watchdog shuts the domain down (`SHUTDOWN_watchdog`).
 
 use alloc::format;
 use alloc::string::String;
@@ -53,6 +57,7 @@ pub fn run(b: &BootInfo) -> Option<u32> {
         }
         "fault" => crate::arch::page_fault(),
         "smp" => smp(b),
+        "runaway" => runaway(b, &words[1..]),
         _ => {
             let p = match KPlatform::new(
                 &Boot {
@@ -786,4 +791,38 @@ fn smp(b: &BootInfo) -> Option<u32> {
         (clock.now_ns() - t0) / 1000
     );
     None
+}
+
+fn runaway(b: &BootInfo, words: &[&str]) -> Option<u32> {
+    let timeout: u32 = arg(words, "timeout")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let pets: u32 = arg(words, "pets").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let id = crate::hypercall::watchdog(0, timeout);
+    if id <= 0 {
+        println!("runaway: FAIL: SCHEDOP_watchdog refused a new watchdog ({id})");
+        return Some(SHUTDOWN_crash);
+    }
+    let id = id as u32;
+    println!("runaway: watchdog {id} armed ({timeout} s)");
+    let clock = crate::platform::Clock::new(b.time);
+    let half = u64::from(timeout) * 500_000_000;
+    for i in 1..=pets {
+        let t0 = clock.now_ns();
+        while clock.now_ns() - t0 < half {
+            core::hint::spin_loop();
+        }
+        let rc = crate::hypercall::watchdog(id, timeout);
+        if rc != 0 {
+            println!("runaway: FAIL: petting watchdog {id} returned {rc}");
+            return Some(SHUTDOWN_crash);
+        }
+        println!("runaway: pet {i} of {pets}");
+    }
+    println!("runaway: spinning at CPL3 forever");
+    let spins = core::sync::atomic::AtomicU64::new(0);
+    loop {
+        spins.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        core::hint::spin_loop();
+    }
 }

@@ -26,6 +26,9 @@ pub struct EventLoop {
     generation: Mutex<u64>,
     cv: Condvar,
     stop: AtomicBool,
+    /// Set when the domain is being stopped: vCPUs blocked in
+    /// `SCHEDOP_poll` / `SCHEDOP_block` return.
+    interrupted: AtomicBool,
 }
 
 impl EventLoop {
@@ -36,6 +39,7 @@ impl EventLoop {
             generation: Mutex::new(0),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
         })
     }
 
@@ -51,6 +55,15 @@ impl EventLoop {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.hv.kick();
+    }
+
+    /// Wakes every vCPU blocked in [`EventLoop::poll`] or
+    /// [`EventLoop::block`], and makes later waits return at once.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g = g.wrapping_add(1);
+        self.cv.notify_all();
     }
 
     fn run(&self) {
@@ -133,6 +146,9 @@ impl EventLoop {
         loop {
             if self.any_pending(ports) {
                 return true;
+            }
+            if self.interrupted.load(Ordering::SeqCst) {
+                return false;
             }
             let now = Instant::now();
             let wait = match deadline {

@@ -14,6 +14,9 @@
 //!                   channel's eventfd: a send never exits to userspace
 //!     event thread: incoming eventfds → Xen 2-level pending bits in shared_info
 //!                   (the guest polls them at CPL3; SCHEDOP_poll blocks here)
+//!     watchdog thread: SCHEDOP_watchdog timers; on expiry the domain is shut
+//!                   down (SHUTDOWN_watchdog) and the vCPU threads are
+//!                   signalled out of KVM_RUN (a guest spinning at CPL3 never exits)
 //! ```
 //!
 //! The guest ABI (entry state, gate registers, ports) is documented in
@@ -29,6 +32,7 @@ pub mod events;
 pub mod fvdisk;
 pub mod gmem;
 pub mod vm;
+pub mod watchdog;
 
 pub use error::VmmError;
 pub use vm::{run, Outcome, Vmm, VmmConfig};

@@ -22,9 +22,9 @@ use xen_abi::pvhvm::{
 };
 use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
-    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, shared_info, vcpu_info, vcpu_time_info,
-    xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_yield,
-    SHUTDOWN_crash,
+    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog, shared_info, vcpu_info,
+    vcpu_time_info, xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown,
+    SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash, SHUTDOWN_watchdog,
 };
 use xen_shim::guest::Hypervisor;
 
@@ -33,6 +33,7 @@ use crate::error::kvm;
 use crate::events::EventLoop;
 use crate::fvdisk::FvDisk;
 use crate::gmem::GuestPhys;
+use crate::watchdog::Watchdogs;
 use crate::VmmError;
 
 const ENOSYS: i64 = -38;
@@ -98,7 +99,26 @@ pub struct Vmm {
     aps: Vec<ApSlot>,
     /// The domain's end was reported (by whichever vCPU got there first).
     ended: std::sync::atomic::AtomicBool,
+    /// `SCHEDOP_watchdog` timers.
+    watchdogs: Watchdogs,
+    /// Set when the domain was ended from outside the vCPUs (a watchdog):
+    /// every vCPU loop returns [`Outcome::Shutdown`] with this reason.
+    stop_reason: std::sync::atomic::AtomicU32,
+    /// The threads running vCPUs (signalled out of `KVM_RUN` to stop them).
+    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+    /// vCPU 0's loop returned (the VMM is ending).
+    done: std::sync::atomic::AtomicBool,
 }
+
+/// No [`Vmm::stop_reason`] yet.
+const NO_STOP: u32 = u32::MAX;
+
+/// The signal that interrupts a vCPU thread's `KVM_RUN` (`EINTR`).
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl std::fmt::Debug for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +214,19 @@ impl Vmm {
             fvdisk,
             aps: (1..vcpus).map(|_| ApSlot::default()).collect(),
             ended: std::sync::atomic::AtomicBool::new(false),
+            watchdogs: Watchdogs::new(),
+            stop_reason: std::sync::atomic::AtomicU32::new(NO_STOP),
+            vcpu_threads: Mutex::new(Vec::new()),
+            done: std::sync::atomic::AtomicBool::new(false),
         });
+        // A handler (doing nothing) so that the kick signal interrupts
+        // KVM_RUN with EINTR instead of killing the process.
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(
+            |e| VmmError::Io {
+                what: "install the vCPU kick signal handler".into(),
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            },
+        )?;
         for p in hv.ports() {
             me.add_doorbell(p);
         }
@@ -219,6 +251,21 @@ impl Vmm {
             what: "start the event thread".into(),
             source,
         })?;
+        {
+            let me = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("xen-vmm-watchdog".into())
+                .spawn(move || {
+                    if let Some(id) = me.watchdogs.wait_expiry() {
+                        me.watchdog_fired(id);
+                    }
+                })
+                .map_err(|source| VmmError::Io {
+                    what: "start the watchdog thread".into(),
+                    source,
+                })?;
+        }
+        self.register_vcpu_thread();
         for (i, v) in vcpus.drain(1..).enumerate() {
             let me = Arc::clone(self);
             std::thread::Builder::new()
@@ -238,6 +285,7 @@ impl Vmm {
             },
             None => Outcome::Crashed("no vCPU".into()),
         };
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         self.report(&outcome)?;
         self.events.stop();
         let _ = ev.join();
@@ -249,6 +297,7 @@ impl Vmm {
         if self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
+        self.watchdogs.stop();
         self.flush_debug();
         let reason = match outcome {
             Outcome::Shutdown(r) => *r,
@@ -261,10 +310,69 @@ impl Vmm {
         Ok(())
     }
 
+    /// Records the calling thread as one that runs a vCPU.
+    fn register_vcpu_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if let Ok(mut t) = self.vcpu_threads.lock() {
+            t.push(me);
+        }
+    }
+
+    fn stopping(&self) -> Option<u32> {
+        match self.stop_reason.load(std::sync::atomic::Ordering::SeqCst) {
+            NO_STOP => None,
+            r => Some(r),
+        }
+    }
+
+    /// Watchdog `id` expired: as Xen's `domain_watchdog_timeout`, the
+    /// domain is shut down with `SHUTDOWN_watchdog` at once (the shim and
+    /// `xl list` see it); then every vCPU is stopped, even one spinning at
+    /// CPL3 that never exits: its thread is signalled until `KVM_RUN`
+    /// returns `EINTR` (again every 10 ms, in case a signal lands just
+    /// before the thread enters `KVM_RUN`).
+    fn watchdog_fired(&self, id: u32) {
+        if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        console(
+            format!(
+                "xen-vmm: watchdog timer {id} fired for domain {}\n",
+                self.hv.domid()
+            )
+            .as_bytes(),
+        );
+        self.stop_reason
+            .store(SHUTDOWN_watchdog, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.report(&Outcome::Shutdown(SHUTDOWN_watchdog)) {
+            tracing::warn!(error = %e, "cannot report the watchdog shutdown");
+        }
+        self.events.interrupt();
+        let t0 = Instant::now();
+        while !self.done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(threads) = self.vcpu_threads.lock() {
+                for &t in threads.iter() {
+                    // SAFETY: `t` is a live thread of this process: a vCPU
+                    // thread removes itself from the list (under this lock)
+                    // before it ends, and vCPU 0's is the main thread,
+                    // alive until `done`. The signal's handler does nothing.
+                    unsafe { libc::pthread_kill(t, kick_signal()) };
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                console(b"xen-vmm: the vCPUs did not stop within 5 s; exiting\n");
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn ap_thread(&self, idx: usize, mut v: VcpuFd) {
         let Some(slot) = self.aps.get(idx) else {
             return;
         };
+        self.register_vcpu_thread();
         loop {
             let start = {
                 let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,6 +400,15 @@ impl Vmm {
             };
             match outcome {
                 None => slot.up.store(false, std::sync::atomic::Ordering::SeqCst),
+                // Stopped from outside: vCPU 0 ends the VMM.
+                Some(_) if self.stopping().is_some() => {
+                    // SAFETY: pthread_self has no preconditions.
+                    let me = unsafe { libc::pthread_self() };
+                    if let Ok(mut t) = self.vcpu_threads.lock() {
+                        t.retain(|&x| x != me);
+                    }
+                    return;
+                }
                 Some(o) => {
                     let code = match &o {
                         Outcome::Shutdown(_) => 0,
@@ -409,6 +526,9 @@ impl Vmm {
 
     fn vcpu_loop_inner(&self, v: &mut VcpuFd, id: u32) -> Option<Outcome> {
         loop {
+            if let Some(r) = self.stopping() {
+                return Some(Outcome::Shutdown(r));
+            }
             let (port, val, len) = match v.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut d = [0u8; 4];
@@ -548,6 +668,10 @@ impl Vmm {
                 tracing::trace!(?ports, fired, "SCHEDOP_poll");
                 Gate::Continue(0)
             }
+            SCHEDOP_watchdog => match self.mem.read_obj::<sched_watchdog>(arg) {
+                Ok(op) => Gate::Continue(self.watchdogs.op(op.id, op.timeout, Instant::now())),
+                Err(_) => Gate::Continue(EFAULT),
+            },
             SCHEDOP_shutdown => match self.mem.read_obj::<sched_shutdown>(arg) {
                 Ok(op) if op.reason == SHUTDOWN_crash => {
                     Gate::Stop(Outcome::Crashed("the guest reported a crash".into()))

@@ -72,6 +72,7 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
         &[],
         1,
         &[format!("mac={mac}, bridge={br}")],
+        common::PRESERVE_ALL,
     );
 
     // Act

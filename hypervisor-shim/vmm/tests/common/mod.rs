@@ -127,6 +127,11 @@ pub struct Host {
     pub guests: Vec<String>,
 }
 
+/// xl.cfg lines keeping a guest listed when it ends, so that tests can read
+/// its final state.
+pub const PRESERVE_ALL: &str =
+    "on_poweroff = \"preserve\"\non_crash = \"preserve\"\non_watchdog = \"preserve\"\n";
+
 impl Host {
     /// Starts the private services; `prefix` names the temporary directory.
     pub fn start(prefix: &str) -> Host {
@@ -200,15 +205,19 @@ impl Host {
     }
 
     pub fn xl(&self, args: &[&str]) -> Output {
-        Command::new(self.libexec.join("xl"))
-            .args(args)
+        self.xl_command(args).output().expect("run xl")
+    }
+
+    /// The `xl` command with this host's environment (to spawn it).
+    pub fn xl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.libexec.join("xl"));
+        c.args(args)
             .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
             .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
             .env("XEN_SPLIT_RUNDIR", self.rundir())
             .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
-            .env("XL_LIBEXEC_DIR", &self.libexec)
-            .output()
-            .expect("run xl")
+            .env("XL_LIBEXEC_DIR", &self.libexec);
+        c
     }
 
     /// Writes `<name>.cfg` for a PVHVM guest running `extra`, with `disks`
@@ -217,13 +226,28 @@ impl Host {
         self.config_vcpus(name, extra, disks, 1)
     }
 
-    /// [`Host::config`] with `vcpus` vCPUs.
+    /// [`Host::config`] with `vcpus` vCPUs. The domain is kept listed when
+    /// it ends (`on_poweroff`, `on_crash`, `on_watchdog` = `preserve`) so
+    /// that tests can read its final state; [`Host::config_actions`] sets
+    /// other actions.
     pub fn config_vcpus(&self, name: &str, extra: &str, disks: &[String], vcpus: u32) -> PathBuf {
-        self.config_full(name, extra, disks, vcpus, &[])
+        self.config_actions(name, extra, disks, vcpus, PRESERVE_ALL)
     }
 
-    /// [`Host::config`] with `vcpus` vCPUs and `vifs` (xl vif
-    /// specifications).
+    /// A PVHVM config with `actions` (xl.cfg lines, e.g. `on_crash = ...`;
+    /// empty: xl's defaults).
+    pub fn config_actions(
+        &self,
+        name: &str,
+        extra: &str,
+        disks: &[String],
+        vcpus: u32,
+        actions: &str,
+    ) -> PathBuf {
+        self.config_full(name, extra, disks, vcpus, &[], actions)
+    }
+
+    /// [`Host::config_actions`] with `vifs` (xl vif specifications).
     pub fn config_full(
         &self,
         name: &str,
@@ -231,6 +255,7 @@ impl Host {
         disks: &[String],
         vcpus: u32,
         vifs: &[String],
+        actions: &str,
     ) -> PathBuf {
         let vif = if vifs.is_empty() {
             String::new()
@@ -245,7 +270,7 @@ impl Host {
             format!("disk = [ {} ]\n", d.join(", "))
         };
         let text = format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}{vif}",
+            "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = {vcpus}\nkernel = \"{}\"\nextra = \"{extra}\"\n{disk}{vif}{actions}",
             self.kernel.display()
         );
         let p = self.dir.path().join(format!("{name}.cfg"));
@@ -339,6 +364,24 @@ impl Host {
                 "{name} not in state {flag} within {timeout:?}: {:?}; log:\n{}",
                 self.list_row(name),
                 self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The log of the domain's monitor (`<rundir>/xl-<name>.log`).
+    pub fn monitor_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.rundir().join(format!("xl-{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `xl list` no longer shows `name`.
+    pub fn wait_gone(&self, name: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while let Some(r) = self.list_row(name) {
+            assert!(
+                t0.elapsed() < timeout,
+                "{name} still listed after {timeout:?}: {r}; monitor log:\n{}",
+                self.monitor_log(name)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
