@@ -38,6 +38,9 @@ use crate::demo::emit;
 const MAX_NICS: usize = 8;
 /// Frames read from the TAP per tx batch.
 const TX_BATCH: usize = 64;
+/// Small frames queued between publications (a big one is published at
+/// once).
+const PUSH_EVERY: usize = 16;
 /// How long the rx thread polls the ring before sleeping.
 const RX_SPIN: Duration = Duration::from_micros(30);
 /// Longest sleep of a pump thread (it checks its stop flag after).
@@ -470,6 +473,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
+        let mut unpushed = 0usize;
         for _ in 0..TX_BATCH {
             let (res, ptrs) = {
                 let mut nf = lock(&nic.nf);
@@ -513,8 +517,18 @@ pub fn tx_loop<P: Platform + ?Sized>(
             match r {
                 Ok(Some(n)) => {
                     let meta = meta_from_vnet(&VnetHdr::decode(&h));
-                    match nf.commit_tx(res, n.saturating_sub(VNET_HDR_LEN), meta) {
-                        Ok(()) => sent += 1,
+                    let len = n.saturating_sub(VNET_HDR_LEN);
+                    match nf.commit_tx(res, len, meta) {
+                        Ok(()) => {
+                            sent += 1;
+                            unpushed += 1;
+                            // Publish as we go: the backend writes this
+                            // frame while we read the next one.
+                            if len > xen_front_platform::PAGE_SIZE || unpushed >= PUSH_EVERY {
+                                unpushed = 0;
+                                nf.push_tx(0).map_err(nf_err)?;
+                            }
+                        }
                         // A frame the device cannot carry: dropped.
                         Err(NetfrontError::BadFrame { .. }) => {}
                         Err(e) => return Err(nf_err(e)),

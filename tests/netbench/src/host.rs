@@ -105,7 +105,9 @@ impl Host {
         self.dir.path().join("run")
     }
 
-    fn console_logdir(&self) -> PathBuf {
+    /// Where the guests' console logs go (`XEN_CONSOLE_LOGDIR` of `xl`
+    /// and of `backendd`, whose consback writes them).
+    pub fn console_logdir(&self) -> PathBuf {
         self.dir.path().join("console")
     }
 

@@ -47,6 +47,9 @@ pub struct Args {
     /// Seconds of each iperf3 run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// The loads to run (comma-separated; default all of [`LOADS`]).
+    #[arg(long, value_delimiter = ',')]
+    pub loads: Vec<String>,
     /// Directory of `xl`, `backendd` and `xen-pvguest` (default: next to
     /// this executable).
     #[arg(long)]
@@ -55,6 +58,16 @@ pub struct Args {
 
 /// The loads.
 pub const LOADS: [&str; 3] = ["tcp-tx", "tcp-rx", "udp64"];
+
+impl Args {
+    /// The loads asked for, in [`LOADS`] order (all when none was named).
+    pub fn loads(&self) -> Vec<&'static str> {
+        LOADS
+            .into_iter()
+            .filter(|l| self.loads.is_empty() || self.loads.iter().any(|x| x == l))
+            .collect()
+    }
+}
 
 /// Median, min and max of a non-empty series.
 pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
@@ -199,7 +212,7 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
     b.ip(&["link", "set", "nbv1", "up"])?;
     let _srv = iperf_server(&a, "10.78.0.1")?;
     let mut out = Vec::new();
-    for load in LOADS {
+    for load in args.loads() {
         let mut v = Vec::new();
         for _ in 0..reps {
             let o = b
@@ -242,6 +255,7 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
         .arg(host.dir().join("shim.sock"))
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
+        .env("XEN_CONSOLE_LOGDIR", host.console_logdir())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -256,7 +270,7 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
     }
     let _srv = iperf_server(&dom0, "10.79.0.1")?;
     let mut script = String::from("#!/bin/sh\n");
-    for load in LOADS {
+    for load in args.loads() {
         for _ in 0..reps {
             script.push_str(&format!(
                 "iperf3 -c 10.79.0.1 {} > {dir}/r.json; \
@@ -279,7 +293,8 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
     );
     let limit = Duration::from_secs(u64::from(args.seconds + 5) * (reps as u64) * 3 + 60);
     let glog = host.run_guest(&name, &cfg, limit)?;
-    let mut out: Vec<(String, Vec<f64>)> = LOADS
+    let mut out: Vec<(String, Vec<f64>)> = args
+        .loads()
         .iter()
         .map(|l| ((*l).to_owned(), Vec::new()))
         .collect();
@@ -305,6 +320,14 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
         }
     }
     Ok(out)
+}
+
+/// The 1-minute load average (other work on the machine skews the figures).
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints the results.
@@ -335,9 +358,15 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         (args.reps.max(1), args.clone())
     };
+    let load_start = loadavg();
     let veth = measure_veth(&args, reps)?;
+    let load_mid = loadavg();
     let pv = measure_pv(&args, &libexec, reps)?;
+    let load_end = loadavg();
     if !args.json {
+        println!(
+            "load average (1 min) at start {load_start:.2}, after veth {load_mid:.2}, after pv {load_end:.2}"
+        );
         println!(
             "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8}",
             "imp", "load", "median", "min", "max", "ratio"
@@ -365,6 +394,7 @@ pub fn run(args: &Args) -> Result<()> {
                         "median": med, "min": min, "max": max, "samples": v,
                         "seconds": args.seconds, "reps": reps,
                         "ratio_to_veth": ratio,
+                        "loadavg": [load_start, load_mid, load_end],
                     })
                 );
             } else {

@@ -519,11 +519,39 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<
     Ok(())
 }
 
-/// The calling thread's id.
+/// Bumped in the child of every `fork(2)` (the thread ids cached by
+/// [`gettid`] belong to the parent there).
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+thread_local! {
+    /// The calling thread's id and the fork generation it was read in.
+    static TID: std::cell::Cell<Option<(u64, u32)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The calling thread's id (read once per thread: the grant locks take it
+/// on every map and unmap, and a system call per page showed in profiles).
 pub fn gettid() -> u32 {
-    // SAFETY: gettid cannot fail.
-    let tid = unsafe { libc::gettid() };
-    u32::try_from(tid).unwrap_or(u32::MAX)
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic
+        // (async-signal-safe); no prepare or parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+    let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+    TID.with(|c| match c.get() {
+        Some((g, tid)) if g == generation => tid,
+        _ => {
+            // SAFETY: gettid cannot fail.
+            let tid = unsafe { libc::gettid() };
+            let tid = u32::try_from(tid).unwrap_or(u32::MAX);
+            c.set(Some((generation, tid)));
+            tid
+        }
+    })
 }
 
 /// Whether a thread or process with id `tid` exists (`kill(tid, 0)`).
