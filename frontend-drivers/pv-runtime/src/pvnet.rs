@@ -42,7 +42,7 @@ const TX_BATCH: usize = 64;
 /// once).
 const PUSH_EVERY: usize = 16;
 /// How long the rx thread polls the ring before sleeping.
-const RX_SPIN: Duration = Duration::from_micros(30);
+const RX_SPIN: Duration = Duration::from_micros(100);
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
 
@@ -618,7 +618,9 @@ pub fn rx_loop<P: Platform + ?Sized>(
         let now = Instant::now();
         if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
             for _ in 0..64 {
-                if lock(&nic.nf).rx_ready(0) {
+                // `try_lock`: a spinning rx pump must not make the tx pump
+                // wait for the lock (a futex sleep and wake-up).
+                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(0)) {
                     break;
                 }
                 std::hint::spin_loop();

@@ -95,6 +95,8 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
         .env("RUST_LOG", "info")
+        // consback writes the guests' console logs where the tests read them.
+        .env("XEN_CONSOLE_LOGDIR", host.console_logdir())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
