@@ -574,8 +574,10 @@ pub fn rx_loop<P: Platform + ?Sized>(
     while !stop.load(Ordering::Relaxed) {
         let mut got = 0;
         {
-            let mut nf = lock(&nic.nf);
             loop {
+                // The lock per frame: the tx pump (our ACKs) gets its turn
+                // between frames, not after a whole batch.
+                let mut nf = lock(&nic.nf);
                 let r = nf.receive_with(0, |frags, head, meta| {
                     let Some(h) = vnet_from_meta(&meta, head) else {
                         return;
@@ -609,7 +611,7 @@ pub fn rx_loop<P: Platform + ?Sized>(
                     break;
                 }
             }
-            nf.push_rx(0).map_err(nf_err)?;
+            lock(&nic.nf).push_rx(0).map_err(nf_err)?;
         }
         if got > 0 {
             idle_since = None;
