@@ -55,6 +55,9 @@ pub type TxRsp = [u8; core::mem::size_of::<netif_tx_response>()];
 
 /// How long a worker polls its rings and TAP before sleeping.
 pub const SPIN: Duration = Duration::from_micros(30);
+/// Small packets answered between publications of the responses (a big
+/// one is published at once).
+const PUSH_EVERY: usize = 16;
 /// Longest sleep before the worker looks at its stop flag again.
 const IDLE_WAIT_MS: i32 = 500;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
@@ -586,6 +589,7 @@ impl Worker {
     /// Guest to TAP. `Ok(true)` if anything was done.
     fn serve_tx(&mut self) -> Result<bool, FailureReason> {
         let mut work = false;
+        let mut unpushed = 0usize;
         // At most one ring's worth per call (bounded).
         let mut budget = self.tx.nr_ents() as usize;
         loop {
@@ -632,6 +636,15 @@ impl Worker {
                             .map_err(|e| Self::ring_err("tx", e))?;
                     }
                     self.pending.drain(..slots.len());
+                    // Publish as we go (the frontend reuses the pages while
+                    // we write the next packets: the two copies overlap).
+                    unpushed += 1;
+                    if slots.len() > 2 || unpushed >= PUSH_EVERY {
+                        unpushed = 0;
+                        if self.tx.push_responses_and_check_notify() {
+                            self.notify(self.port_tx)?;
+                        }
+                    }
                 }
             }
         }
@@ -752,6 +765,7 @@ impl Worker {
         let need = self.rx_need as usize;
         let mut work = false;
         let mut discard = [0u8; 4096];
+        let mut unpushed = 0usize;
         for _ in 0..self.rx.nr_ents() {
             while self.rx_held.len() < need {
                 match self
@@ -812,6 +826,15 @@ impl Worker {
             work = true;
             let len = n.saturating_sub(VNET_HDR_LEN);
             self.deliver_in_place(VnetHdr::decode(&h), len, scratch)?;
+            // Publish as we go: the frontend hands this packet on while we
+            // read the next one.
+            unpushed += 1;
+            if len > 4096 || unpushed >= PUSH_EVERY {
+                unpushed = 0;
+                if self.rx.push_responses_and_check_notify() {
+                    self.notify(self.port_rx)?;
+                }
+            }
         }
         if self.rx.push_responses_and_check_notify() {
             self.notify(self.port_rx)?;

@@ -38,8 +38,11 @@ use crate::demo::emit;
 const MAX_NICS: usize = 8;
 /// Frames read from the TAP per tx batch.
 const TX_BATCH: usize = 64;
+/// Small frames queued between publications (a big one is published at
+/// once).
+const PUSH_EVERY: usize = 16;
 /// How long the rx thread polls the ring before sleeping.
-const RX_SPIN: Duration = Duration::from_micros(30);
+const RX_SPIN: Duration = Duration::from_micros(100);
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
 
@@ -470,6 +473,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
+        let mut unpushed = 0usize;
         for _ in 0..TX_BATCH {
             let (res, ptrs) = {
                 let mut nf = lock(&nic.nf);
@@ -513,8 +517,18 @@ pub fn tx_loop<P: Platform + ?Sized>(
             match r {
                 Ok(Some(n)) => {
                     let meta = meta_from_vnet(&VnetHdr::decode(&h));
-                    match nf.commit_tx(res, n.saturating_sub(VNET_HDR_LEN), meta) {
-                        Ok(()) => sent += 1,
+                    let len = n.saturating_sub(VNET_HDR_LEN);
+                    match nf.commit_tx(res, len, meta) {
+                        Ok(()) => {
+                            sent += 1;
+                            unpushed += 1;
+                            // Publish as we go: the backend writes this
+                            // frame while we read the next one.
+                            if len > xen_front_platform::PAGE_SIZE || unpushed >= PUSH_EVERY {
+                                unpushed = 0;
+                                nf.push_tx(0).map_err(nf_err)?;
+                            }
+                        }
                         // A frame the device cannot carry: dropped.
                         Err(NetfrontError::BadFrame { .. }) => {}
                         Err(e) => return Err(nf_err(e)),
@@ -560,8 +574,10 @@ pub fn rx_loop<P: Platform + ?Sized>(
     while !stop.load(Ordering::Relaxed) {
         let mut got = 0;
         {
-            let mut nf = lock(&nic.nf);
             loop {
+                // The lock per frame: the tx pump (our ACKs) gets its turn
+                // between frames, not after a whole batch.
+                let mut nf = lock(&nic.nf);
                 let r = nf.receive_with(0, |frags, head, meta| {
                     let Some(h) = vnet_from_meta(&meta, head) else {
                         return;
@@ -595,7 +611,7 @@ pub fn rx_loop<P: Platform + ?Sized>(
                     break;
                 }
             }
-            nf.push_rx(0).map_err(nf_err)?;
+            lock(&nic.nf).push_rx(0).map_err(nf_err)?;
         }
         if got > 0 {
             idle_since = None;
@@ -604,7 +620,9 @@ pub fn rx_loop<P: Platform + ?Sized>(
         let now = Instant::now();
         if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
             for _ in 0..64 {
-                if lock(&nic.nf).rx_ready(0) {
+                // `try_lock`: a spinning rx pump must not make the tx pump
+                // wait for the lock (a futex sleep and wake-up).
+                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(0)) {
                     break;
                 }
                 std::hint::spin_loop();

@@ -47,6 +47,9 @@ pub struct Args {
     /// Seconds of each iperf3 run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// The loads to run (comma-separated; default all of [`LOADS`]).
+    #[arg(long, value_delimiter = ',')]
+    pub loads: Vec<String>,
     /// Directory of `xl`, `backendd` and `xen-pvguest` (default: next to
     /// this executable).
     #[arg(long)]
@@ -68,6 +71,16 @@ pub struct Args {
 
 /// The loads.
 pub const LOADS: [&str; 3] = ["tcp-tx", "tcp-rx", "udp64"];
+
+impl Args {
+    /// The loads asked for, in [`LOADS`] order (all when none was named).
+    pub fn loads(&self) -> Vec<&'static str> {
+        LOADS
+            .into_iter()
+            .filter(|l| self.loads.is_empty() || self.loads.iter().any(|x| x == l))
+            .collect()
+    }
+}
 
 /// Median, min and max of a non-empty series.
 pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
@@ -212,7 +225,7 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
     b.ip(&["link", "set", "nbv1", "up"])?;
     let _srv = iperf_server(&a, "10.78.0.1")?;
     let mut out = Vec::new();
-    for load in LOADS {
+    for load in args.loads() {
         let mut v = Vec::new();
         for _ in 0..reps {
             let o = b
@@ -433,7 +446,7 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
     let _bd = start_backendd(&host, &dom0)?;
     let _srv = iperf_server(&dom0, "10.79.0.1")?;
     let mut script = String::from("#!/bin/sh\n");
-    for load in LOADS {
+    for load in args.loads() {
         for _ in 0..reps {
             script.push_str(&format!(
                 "iperf3 -c 10.79.0.1 {} > {dir}/r.json; \
@@ -456,7 +469,8 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
     );
     let limit = Duration::from_secs(u64::from(args.seconds + 5) * (reps as u64) * 3 + 60);
     let glog = host.run_guest(&name, &cfg, limit)?;
-    let mut out: Vec<(String, Vec<f64>)> = LOADS
+    let mut out: Vec<(String, Vec<f64>)> = args
+        .loads()
         .iter()
         .map(|l| ((*l).to_owned(), Vec::new()))
         .collect();
@@ -482,6 +496,14 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
         }
     }
     Ok(out)
+}
+
+/// The 1-minute load average (other work on the machine skews the figures).
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints the results.
@@ -515,14 +537,15 @@ pub fn run(args: &Args) -> Result<()> {
     if args.http_only && args.pvhvm_kernel.is_none() {
         bail!("--http-only needs --pvhvm-kernel KERNEL");
     }
-    let (veth, pv) = if args.http_only {
-        (Vec::new(), Vec::new())
+    let load_start = loadavg();
+    let (veth, load_mid, pv) = if args.http_only {
+        (Vec::new(), load_start, Vec::new())
     } else {
-        (
-            measure_veth(&args, reps)?,
-            measure_pv(&args, &libexec, reps)?,
-        )
+        let veth = measure_veth(&args, reps)?;
+        let load_mid = loadavg();
+        (veth, load_mid, measure_pv(&args, &libexec, reps)?)
     };
+    let load_end = loadavg();
     let http = match &args.pvhvm_kernel {
         Some(k) => {
             sh("sh", &["-c", "command -v curl > /dev/null"])
@@ -531,7 +554,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         None => Vec::new(),
     };
-    print_iperf(&args, reps, &veth, &pv);
+    print_iperf(&args, reps, &veth, &pv, [load_start, load_mid, load_end]);
     print_http(&args, reps, &http);
     Ok(())
 }
@@ -568,11 +591,21 @@ fn print_http(args: &Args, reps: usize, http: &[(String, Vec<f64>)]) {
     }
 }
 
-fn print_iperf(args: &Args, reps: usize, veth: &[(String, Vec<f64>)], pv: &[(String, Vec<f64>)]) {
+fn print_iperf(
+    args: &Args,
+    reps: usize,
+    veth: &[(String, Vec<f64>)],
+    pv: &[(String, Vec<f64>)],
+    loads: [f64; 3],
+) {
     if veth.is_empty() {
         return;
     }
+    let [load_start, load_mid, load_end] = loads;
     if !args.json {
+        println!(
+            "load average (1 min) at start {load_start:.2}, after veth {load_mid:.2}, after pv {load_end:.2}"
+        );
         println!(
             "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8}",
             "imp", "load", "median", "min", "max", "ratio"
@@ -600,6 +633,7 @@ fn print_iperf(args: &Args, reps: usize, veth: &[(String, Vec<f64>)], pv: &[(Str
                         "median": med, "min": min, "max": max, "samples": v,
                         "seconds": args.seconds, "reps": reps,
                         "ratio_to_veth": ratio,
+                        "loadavg": [load_start, load_mid, load_end],
                     })
                 );
             } else {
