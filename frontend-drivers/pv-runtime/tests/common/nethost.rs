@@ -98,7 +98,6 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         .arg(host.console_logdir())
         .env("RUST_LOG", "info")
         // consback writes the guests' console logs where the tests read them.
-        .env("XEN_CONSOLE_LOGDIR", host.console_logdir())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
