@@ -94,10 +94,10 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         .arg(host.dir.path().join("shim.sock"))
         .arg("--pid-file")
         .arg(rundir.join("backendd.pid"))
+        // consback writes the guests' console logs where the tests read them.
         .arg("--log-dir")
         .arg(host.console_logdir())
         .env("RUST_LOG", "info")
-        // consback writes the guests' console logs where the tests read them.
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
