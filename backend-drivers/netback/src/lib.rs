@@ -23,7 +23,8 @@
 //! offer `feature-rx-notify`, as with Linux netback).
 
 pub mod device;
-pub mod offload;
+/// The TAP offloads, shared with the guest side (`xen-netif-offload`).
+pub use xen_netif_offload as offload;
 pub mod request;
 pub mod tap;
 

@@ -41,7 +41,9 @@ extern crate alloc;
 
 mod device;
 mod error;
-pub mod offload;
+/// The TAP offloads (`xen-netif-offload`), for the platforms that pump frames
+/// between netfront and a TAP.
+pub use xen_netif_offload as offload;
 pub mod request;
 
 pub use device::{

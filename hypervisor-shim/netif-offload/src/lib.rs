@@ -1,9 +1,14 @@
-//! Offloads between the netif protocol and the TAP's virtio-net header
+//! `xen-netif-offload`: offloads between the netif protocol and a Linux
+//! TAP's virtio-net header
 //! (`struct virtio_net_hdr`, `IFF_VNET_HDR`): where a partial checksum
 //! starts and is stored (the netif protocol does not carry it, so it is
 //! found in the packet's headers, as Linux netback's
 //! `skb_checksum_setup` does), and the checksum itself when a frontend
 //! cannot take a partial one.
+//!
+//! Shared by netback (its Dom0 TAP) and the PV guest runtime (the guest's
+//! `eth<N>` TAP, through netfront): pure computation, `no_std`, no I/O.
+#![cfg_attr(not(test), no_std)]
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
 pub const VNET_F_NEEDS_CSUM: u8 = 1;
