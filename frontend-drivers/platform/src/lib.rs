@@ -49,6 +49,7 @@ use xen_abi::xen::{domid_t, xen_pfn_t};
 mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod pagealloc;
 mod pages;
 
 pub use error::{PlatformError, EAGAIN, EINVAL, ENOENT, ENOSPC};

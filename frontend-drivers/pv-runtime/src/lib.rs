@@ -44,7 +44,8 @@ pub mod dom0peer;
 mod error;
 pub mod events;
 pub mod grefalloc;
-pub mod pagealloc;
+/// The guest-page allocator (shared with the PVHVM kernel).
+pub use xen_front_platform::pagealloc;
 pub mod platform;
 pub mod pvdisk;
 pub mod pvnet;

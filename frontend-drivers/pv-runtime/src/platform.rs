@@ -32,8 +32,8 @@ use xen_shim::layout::GRANT_ENTRIES_PER_FRAME_V1;
 
 use crate::events::EventHub;
 use crate::grefalloc::GrefAllocator;
-use crate::pagealloc::{PageAllocError, PageAllocator};
 use crate::xenstore::PvXenstore;
+use xen_front_platform::pagealloc::{PageAllocError, PageAllocator};
 
 const XS_UNSUPPORTED: PlatformError = PlatformError::Unsupported {
     op: "xenstore (no xenstore connection is attached to this platform)",

@@ -16,7 +16,6 @@ mod console;
 mod global;
 mod hypercall;
 mod net;
-mod pagealloc;
 mod platform;
 mod rt;
 mod workload;

@@ -38,7 +38,7 @@ use xen_xenbus::{ClientConfig, XenbusClient, XenbusError, XenbusEvents};
 
 use crate::arch::rdtsc;
 use crate::hypercall;
-use crate::pagealloc::PageAllocator;
+use xen_front_platform::pagealloc::PageAllocator;
 
 /// v1 grant entries per frame.
 const GREFS_PER_FRAME: u32 = (PAGE_SIZE / 8) as u32;
