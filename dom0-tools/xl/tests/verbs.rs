@@ -7,17 +7,15 @@
 //! Needs root (the shim serves only its own uid's peers and guest memory
 //! lives in /dev/shm).
 
-use std::ffi::OsStr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xen_shim::daemon::{DaemonConfig, DaemonHandle};
 use xen_shim::dom0::Control;
+use xen_testhost::Dom0;
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
-use xenstored::server::{Server, ServerConfig, StopHandle};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,41 +25,13 @@ fn libexec() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let xl = PathBuf::from(env!("CARGO_BIN_EXE_xl"));
-        let profile = xl.parent().expect("xl in <target>/<profile>").to_path_buf();
-        let target = profile.parent().expect("<target> above <profile>");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "xen-pvguest",
-            "--bin",
-            "xen-pvguest",
-            "-p",
-            "xen-backendd",
-            "--bin",
-            "backendd",
-        ])
-        .arg("--target-dir")
-        .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile.file_name() == Some(OsStr::new("release")) {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build");
-        assert!(
-            st.success(),
-            "building xen-pvguest and backendd failed: {st}"
-        );
-        // The in-process xenstored sets a 077 umask for this whole process,
-        // which the build inherits: make the binaries executable again.
-        for bin in ["xen-pvguest", "backendd"] {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(profile.join(bin), std::fs::Permissions::from_mode(0o755))
-                .expect("chmod the built binary");
-        }
-        profile
+        let profile = xl.parent().expect("xl in <target>/<profile>");
+        xen_testhost::build_binaries(
+            profile,
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            &[("xen-pvguest", "xen-pvguest"), ("xen-backendd", "backendd")],
+        )
+        .expect("build xen-pvguest and backendd")
     })
 }
 
@@ -74,64 +44,26 @@ fn require_root() {
     );
 }
 
-/// The private services and directories of one test; everything is
-/// stopped and removed on drop, including a `backendd` that `xl` started.
-struct Host {
-    dir: tempfile::TempDir,
-    shim: Option<DaemonHandle>,
-    xs_stop: StopHandle,
-    xs_thread: Option<JoinHandle<()>>,
-    mem_dir: PathBuf,
+/// The private services and directories of one test (a [`Dom0`]);
+/// everything is stopped and removed on drop, including a `backendd` that
+/// `xl` started.
+struct Host(Dom0);
+
+impl Deref for Host {
+    type Target = Dom0;
+    fn deref(&self) -> &Dom0 {
+        &self.0
+    }
 }
 
 impl Host {
     fn start() -> Self {
         require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("xl-test-")
-            .tempdir()
-            .expect("temp dir");
-        let mem_dir =
-            PathBuf::from("/dev/shm").join(dir.path().file_name().expect("temp dir has a name"));
-        let shim = xen_shim::daemon::spawn(DaemonConfig {
-            socket: dir.path().join("shim.sock"),
-            state_dir: dir.path().join("shim-state"),
-            mem_dir: mem_dir.clone(),
-            ..DaemonConfig::default()
-        })
-        .expect("start xen-shimd");
-        let cfg = ServerConfig {
-            socket: dir.path().join("xenstored.sock"),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let xs_thread = std::thread::spawn(move || {
-            let mut s = Server::new(&cfg).expect("xenstored starts");
-            tx.send(s.stop_handle()).expect("test waits");
-            s.run().expect("xenstored runs");
-        });
-        let xs_stop = rx.recv_timeout(TIMEOUT).expect("xenstored started");
-        Self {
-            dir,
-            shim: Some(shim),
-            xs_stop,
-            xs_thread: Some(xs_thread),
-            mem_dir,
-        }
-    }
-
-    fn shim_socket(&self) -> PathBuf {
-        self.dir.path().join("shim.sock")
+        Host(Dom0::start("xl-test-", libexec()).expect("start the private Dom0"))
     }
 
     fn xs_socket(&self) -> PathBuf {
-        self.dir.path().join("xenstored.sock")
-    }
-
-    fn rundir(&self) -> PathBuf {
-        self.dir.path().join("run")
+        self.xenstored_socket()
     }
 
     fn xs(&self) -> Client {
@@ -143,44 +75,11 @@ impl Host {
     }
 
     fn xl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_xl"))
-            .args(args)
-            .env(xen_shim::ENV_SOCKET, self.shim_socket())
-            .env("XENSTORED_PATH", self.xs_socket())
-            .env("XEN_SPLIT_RUNDIR", self.rundir())
-            .env("XEN_CONSOLE_LOGDIR", self.rundir().join("console"))
-            .env("XL_LIBEXEC_DIR", libexec())
-            .output()
-            .expect("run xl")
+        self.0.xl(args).expect("run xl")
     }
 
     fn write_config(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.dir.path().join(format!("{name}.cfg"));
-        std::fs::write(&p, body).expect("write config");
-        p
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // backendd started by xl: stop it by the pid it wrote.
-        if let Ok(s) = std::fs::read_to_string(self.rundir().join("backendd.pid")) {
-            if let Ok(pid) = s.trim().parse::<i32>() {
-                // SAFETY: kill has no memory-safety preconditions; the pid is
-                // the backendd this test's xl started.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-        }
-        if let Some(s) = self.shim.take() {
-            let _ = s.stop();
-        }
-        self.xs_stop.stop();
-        if let Some(t) = self.xs_thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.mem_dir);
+        self.0.write_config(name, body).expect("write config")
     }
 }
 

@@ -49,7 +49,7 @@ fn test_pvhvm_xl_create_c_shows_the_verdict_and_returns_at_shutdown() {
     let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
     // xl's default actions: on_poweroff = destroy.
     let cfg = h.config_actions("pvh-cc", "selftest", std::slice::from_ref(&disk), 1, "");
-    h.guests.push("pvh-cc".into());
+    h.track_guest("pvh-cc");
     let (mut master, slave) = openpty();
     let mut xl = h
         .xl_command(&["create", "-c", cfg.to_str().expect("utf-8 path")])

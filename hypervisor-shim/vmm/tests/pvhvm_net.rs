@@ -16,8 +16,8 @@ mod common;
 use std::time::Duration;
 
 use common::net::{
-    bridge_name, bridge_ports, bytes_body, domid, make_bridge, need, start_backendd_in, wait_guest,
-    Netns,
+    bridge_name, bridge_ports, bytes_body, domid, exec, make_bridge, need, netns,
+    start_backendd_in, wait_guest,
 };
 use common::{ok, Host};
 
@@ -59,7 +59,7 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
     need("curl", "curl");
     need("python3", "python3");
     let mut h = Host::start("pvhvm-net-");
-    let ns = Netns::new("n");
+    let ns = netns("n");
     let br = bridge_name("n");
     make_bridge(&ns, &br, "10.78.0.1/24");
     let _backendd = start_backendd_in(&h, &ns);
@@ -78,9 +78,14 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
     // Act
     ok("xl create", &h.create(&name, &cfg));
     let boot = wait_guest(&h, &name, "netserve: 10.78.0.2/24 up", T);
-    let ping = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.78.0.2"]);
+    let ping = exec(
+        &ns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "5", "10.78.0.2"],
+    );
     let curl_in = |path: &str, secs: &str| {
-        ns.exec(
+        exec(
+            &ns,
             "curl",
             &[
                 "-sS",
@@ -99,15 +104,17 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
     // More connections in a row than the guest has HTTP sockets (4), each
     // answered within 5 s (less than smoltcp's 10 s TIME-WAIT).
     let repeated: Vec<_> = (0..10).map(|_| curl_in("/", "5")).collect();
-    let echo = ns.exec("python3", &["-c", ECHO_PY, "10.78.0.2", "300000"]);
+    let echo = exec(&ns, "python3", &["-c", ECHO_PY, "10.78.0.2", "300000"]);
     let d = domid(&h, &name);
     let tap = format!("vif{d}.0");
     let ports_before = bridge_ports(&ns, &br);
-    ok("xl destroy", &h.xl(&["destroy", &name]));
-    h.guests.retain(|g| g != &name);
+    ok(
+        "xl destroy",
+        &h.dom0.destroy_guest(&name).expect("run xl destroy"),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let ports_after = bridge_ports(&ns, &br);
-    let tap_after = ns.exec("ip", &["link", "show", &tap]);
+    let tap_after = exec(&ns, "ip", &["link", "show", &tap]);
 
     // Assert
     assert!(

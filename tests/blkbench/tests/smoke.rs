@@ -3,45 +3,18 @@
 //! every row, never the speed. Needs root, /dev/fuse and fio
 //! (`apt-get install -y fio`, or tests/setup-host.sh).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Builds `xl`, `backendd` and `xen-pvguest` next to `blkbench` (same
 /// target dir and profile) and returns that directory.
 fn libexec() -> PathBuf {
     let me = PathBuf::from(env!("CARGO_BIN_EXE_blkbench"));
-    let profile = me.parent().expect("<target>/<profile>").to_path_buf();
-    let target = profile.parent().expect("<target>").to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "xen-xl",
-        "--bin",
-        "xl",
-        "-p",
-        "xen-backendd",
-        "--bin",
-        "backendd",
-        "-p",
-        "xen-pvguest",
-        "--bin",
-        "xen-pvguest",
-    ])
-    .arg("--target-dir")
-    .arg(&target)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
-        cmd.arg("--release");
-    }
-    let st = cmd.status().expect("run cargo build");
-    assert!(
-        st.success(),
-        "building xl, backendd and xen-pvguest failed: {st}"
-    );
-    profile
+    let profile = me.parent().expect("<target>/<profile>");
+    let mut bins = xen_testhost::DOM0_BINARIES.to_vec();
+    bins.push(("xen-pvguest", "xen-pvguest"));
+    xen_testhost::build_binaries(profile, Path::new(env!("CARGO_MANIFEST_DIR")), &bins)
+        .expect("build the binaries")
 }
 
 #[test]

@@ -20,13 +20,14 @@
 mod host;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 pub use host::Host;
+use xen_testhost::net::{Daemon as Bg, Netns};
 
 /// `netbench`'s command line.
 #[derive(Debug, Clone, Parser)]
@@ -133,66 +134,8 @@ pub fn parse_iperf_json(load: &str, json: &str) -> Result<f64> {
     }
 }
 
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Result<Netns> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        sh("ip", &["netns", "add", &name])?;
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut v = vec!["-n", self.0.as_str()];
-        v.extend_from_slice(args);
-        sh("ip", &v)
-    }
-
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, prog]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A background process killed on drop.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn sh(prog: &str, args: &[&str]) -> Result<()> {
-    let o = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {prog}"))?;
-    if !o.status.success() {
-        bail!(
-            "{prog} {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    Ok(())
+    xen_testhost::run(prog, args).map(drop)
 }
 
 fn iperf_server(ns: &Netns, bind: &str) -> Result<Bg> {
@@ -215,8 +158,8 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
     sh(
         "ip",
         &[
-            "link", "add", "nbv0", "netns", &a.0, "type", "veth", "peer", "name", "nbv1", "netns",
-            &b.0,
+            "link", "add", "nbv0", "netns", &a.name, "type", "veth", "peer", "name", "nbv1",
+            "netns", &b.name,
         ],
     )?;
     a.ip(&["addr", "add", "10.78.0.1/24", "dev", "nbv0"])?;
@@ -245,38 +188,7 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
 /// Starts `backendd` inside `ns` (its TAPs and bridges are there) as `xl`
 /// would; `xl` finds it through its pid file.
 fn start_backendd(host: &Host, ns: &Netns) -> Result<Bg> {
-    let rundir = host.rundir();
-    std::fs::create_dir_all(&rundir).context("create the rundir")?;
-    let log = std::fs::File::create(rundir.join("backendd.log")).context("backendd.log")?;
-    let log2 = log.try_clone().context("dup")?;
-    let bd = ns
-        .cmd(
-            host.libexec()
-                .join("backendd")
-                .to_str()
-                .context("utf-8 path")?,
-        )
-        .arg("--xenstored")
-        .arg(host.dir().join("xenstored.sock"))
-        .arg("--shim-socket")
-        .arg(host.dir().join("shim.sock"))
-        .arg("--pid-file")
-        .arg(rundir.join("backendd.pid"))
-        .arg("--log-dir")
-        .arg(host.console_logdir())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .context("start backendd")?;
-    let bd = Bg(bd);
-    for _ in 0..200 {
-        if rundir.join("backendd.pid").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(bd)
+    xen_testhost::net::start_backendd_in(host, ns)
 }
 
 /// `/bytes/N`'s body (the PVHVM kernel's `netserve`): byte `i` is

@@ -1,23 +1,19 @@
-//! The private Dom0 of the PVHVM end-to-end tests: `xen-shimd` and
-//! `xenstored` as threads of the test process on temporary sockets, the real
-//! `xl`, `backendd` and `xen-vmm` binaries, and the PVHVM kernel built from
+//! The private Dom0 of the PVHVM end-to-end tests ([`xen_testhost::Dom0`]:
+//! `xen-shimd` and `xenstored` as threads of the test process, the real
+//! `xl`, `backendd` and `xen-vmm` binaries) and the PVHVM kernel built from
 //! `frontend-drivers/pvhvm-kernel`. Everything is stopped and removed on
 //! drop. Needs root and `/dev/kvm`: fails loudly without them.
 #![allow(dead_code)]
 
 pub mod net;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xen_shim::daemon::{DaemonConfig, DaemonHandle};
-use xenstored::server::{Server, ServerConfig, StopHandle};
-
-/// Timeout of each set-up step.
-pub const STEP: Duration = Duration::from_secs(10);
+use xen_testhost::Dom0;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -39,30 +35,8 @@ fn cargo() -> std::ffi::OsString {
 pub fn libexec() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let profile = profile_dir();
-        let target = profile.parent().expect("<target>").to_path_buf();
-        let mut cmd = Command::new(cargo());
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "xen-xl",
-            "--bin",
-            "xl",
-            "-p",
-            "xen-backendd",
-            "--bin",
-            "backendd",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(root());
-        if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build");
-        assert!(st.success(), "building xl and backendd failed: {st}");
-        profile
+        xen_testhost::build_binaries(&profile_dir(), &root(), &xen_testhost::DOM0_BINARIES)
+            .expect("build xl and backendd")
     })
     .clone()
 }
@@ -114,17 +88,24 @@ pub fn require_root_and_kvm() {
     );
 }
 
-/// The private services and files of a test.
+/// The private services and files of a test (a [`Dom0`], which it
+/// dereferences to) and the kernel its guests boot.
 pub struct Host {
-    pub dir: tempfile::TempDir,
-    pub shim: Option<DaemonHandle>,
-    pub xs_stop: StopHandle,
-    pub xs_thread: Option<JoinHandle<()>>,
-    pub mem_dir: PathBuf,
-    pub libexec: PathBuf,
+    pub dom0: Dom0,
     pub kernel: PathBuf,
-    /// Guests `xl destroy`ed on drop.
-    pub guests: Vec<String>,
+}
+
+impl Deref for Host {
+    type Target = Dom0;
+    fn deref(&self) -> &Dom0 {
+        &self.dom0
+    }
+}
+
+impl DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Dom0 {
+        &mut self.dom0
+    }
 }
 
 /// xl.cfg lines keeping a guest listed when it ends, so that tests can read
@@ -138,86 +119,18 @@ impl Host {
         require_root_and_kvm();
         let libexec = libexec();
         let kernel = kernel();
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .expect("temp dir");
-        let mem_dir =
-            PathBuf::from("/dev/shm").join(dir.path().file_name().expect("temp dir has a name"));
-        let shim_sock = dir.path().join("shim.sock");
-        let shim = xen_shim::daemon::spawn(DaemonConfig {
-            socket: shim_sock.clone(),
-            state_dir: dir.path().join("shim-state"),
-            mem_dir: mem_dir.clone(),
-            ..DaemonConfig::default()
-        })
-        .expect("start xen-shimd");
-        let cfg = ServerConfig {
-            socket: dir.path().join("xenstored.sock"),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let xs_thread = std::thread::spawn(move || {
-            let mut s = Server::new(&cfg).expect("xenstored starts");
-            xenstored::install_shim(&mut s, &shim_sock).expect("xenstored links to the shim");
-            tx.send(s.stop_handle()).expect("the test waits");
-            s.run().expect("xenstored runs");
-        });
-        let xs_stop = rx.recv_timeout(STEP).expect("xenstored started");
-        Host {
-            dir,
-            shim: Some(shim),
-            xs_stop,
-            xs_thread: Some(xs_thread),
-            mem_dir,
-            libexec,
-            kernel,
-            guests: Vec::new(),
-        }
-    }
-
-    fn shim_config(&self) -> DaemonConfig {
-        DaemonConfig {
-            socket: self.dir.path().join("shim.sock"),
-            state_dir: self.dir.path().join("shim-state"),
-            mem_dir: self.mem_dir.clone(),
-            ..DaemonConfig::default()
-        }
+        let dom0 = Dom0::start(prefix, &libexec).expect("start the private Dom0");
+        Host { dom0, kernel }
     }
 
     /// Stops the shim daemon and starts a new one on the same state (a
     /// daemon restart: running domains must survive it).
     pub fn restart_shim(&mut self) {
-        if let Some(s) = self.shim.take() {
-            s.stop().expect("stop xen-shimd");
-        }
-        self.shim = Some(xen_shim::daemon::spawn(self.shim_config()).expect("restart xen-shimd"));
-    }
-
-    pub fn rundir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    pub fn console_logdir(&self) -> PathBuf {
-        self.dir.path().join("console")
+        self.dom0.restart_shim().expect("restart xen-shimd");
     }
 
     pub fn xl(&self, args: &[&str]) -> Output {
-        self.xl_command(args).output().expect("run xl")
-    }
-
-    /// The `xl` command with this host's environment (to spawn it).
-    pub fn xl_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(self.libexec.join("xl"));
-        c.args(args)
-            .env(xen_shim::ENV_SOCKET, self.dir.path().join("shim.sock"))
-            .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
-            .env("XEN_SPLIT_RUNDIR", self.rundir())
-            .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
-            .env("XL_LIBEXEC_DIR", &self.libexec);
-        c
+        self.dom0.xl(args).expect("run xl")
     }
 
     /// Writes `<name>.cfg` for a PVHVM guest running `extra`, with `disks`
@@ -288,14 +201,13 @@ impl Host {
 
     /// `xl create CFG`; the guest is destroyed on drop.
     pub fn create(&mut self, name: &str, cfg: &Path) -> Output {
-        self.guests.push(name.to_owned());
+        self.dom0.track_guest(name);
         self.xl(&["create", cfg.to_str().expect("utf-8 path")])
     }
 
     /// The guest's console log.
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.console_logdir().join(format!("guest-{name}.log")))
-            .unwrap_or_default()
+        self.dom0.guest_log(name)
     }
 
     /// The VMM's own log (its stdout: what the guest wrote with
@@ -385,34 +297,6 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    /// The backendd xl started (its pid, if alive).
-    pub fn backendd_pid(&self) -> Option<i32> {
-        let s = std::fs::read_to_string(self.rundir().join("backendd.pid")).ok()?;
-        let pid: i32 = s.trim().parse().ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for g in std::mem::take(&mut self.guests) {
-            let _ = self.xl(&["destroy", &g]);
-        }
-        if let Some(pid) = self.backendd_pid() {
-            // SAFETY: kill has no memory-safety preconditions; the pid is
-            // the backendd this test's xl started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        if let Some(s) = self.shim.take() {
-            let _ = s.stop();
-        }
-        self.xs_stop.stop();
-        if let Some(t) = self.xs_thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.mem_dir);
     }
 }
 

@@ -1,157 +1,53 @@
-//! Network fixtures of the PVHVM network tests (after
-//! `frontend-drivers/pv-runtime/tests/common/nethost.rs`): a private "Dom0"
+//! Network fixtures of the PVHVM network tests, over [`xen_testhost::net`]: a private "Dom0"
 //! network namespace holding the test's bridge (with Dom0's address) and
 //! the `backendd` whose TAPs are ports of it. Names are unique per test
 //! (pid + tag); Drop guards remove everything even when a test fails.
 //! Addresses are private ranges inside these namespaces only.
 
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Host;
+pub use xen_testhost::net::{Daemon, Netns};
 
 /// Fails loudly unless `tool` is installed (from Debian's `package`).
 pub fn need(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{tool} is missing: run `apt-get install -y {package}` (or tests/setup-host.sh)"
-    );
+    xen_testhost::need(tool, package).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-fn run(prog: &str, args: &[&str]) -> String {
-    let o = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-    super::ok(&format!("{prog} {}", args.join(" ")), &o)
+/// A network namespace unique to this test, deleted on drop.
+pub fn netns(tag: &str) -> Netns {
+    Netns::unique("xsv", tag).unwrap_or_else(|e| panic!("create a namespace: {e:#}"))
 }
 
-/// A network namespace, deleted on drop (with everything in it).
-pub struct Netns {
-    pub name: String,
+/// `ip -n NS ARGS...`; its stdout (panics on failure).
+pub fn ip(ns: &Netns, args: &[&str]) -> String {
+    ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        need("ip", "iproute2");
-        let name = format!("xsv{}{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// `ip -n NS ARGS...`.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["-n", self.name.as_str()];
-        v.extend_from_slice(args);
-        run("ip", &v)
-    }
-
-    /// A command inside the namespace.
-    pub fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-
-    /// Runs `prog args` in the namespace; its output.
-    pub fn exec(&self, prog: &str, args: &[&str]) -> Output {
-        self.cmd(prog)
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// Runs `prog args` in `ns`; its output, whatever its status.
+pub fn exec(ns: &Netns, prog: &str, args: &[&str]) -> std::process::Output {
+    ns.exec(prog, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A bridge name unique to this test (at most 15 bytes).
 pub fn bridge_name(tag: &str) -> String {
-    let n = format!("xv{}{tag}", std::process::id() % 1_000_000);
-    assert!(n.len() <= 15, "bridge name {n} too long");
-    n
+    xen_testhost::net::bridge_name("xv", tag).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Creates the bridge in `ns` with Dom0's address `addr` (a.b.c.d/len).
 pub fn make_bridge(ns: &Netns, br: &str, addr: &str) {
-    ns.ip(&["link", "add", br, "type", "bridge"]);
-    ns.ip(&["addr", "add", addr, "dev", br]);
-    ns.ip(&["link", "set", br, "up"]);
+    xen_testhost::net::make_bridge(ns, br, addr).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The ports of bridge `br` in `ns`.
 pub fn bridge_ports(ns: &Netns, br: &str) -> Vec<String> {
-    let out = ns.ip(&["-o", "link", "show", "master", br]);
-    out.lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
-        .collect()
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct Daemon(pub std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    xen_testhost::net::bridge_ports(ns, br).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Starts `backendd` inside `ns` (so its TAPs and bridges are there), as
 /// `xl` would start it; `xl` then finds it through its pid file.
 pub fn start_backendd_in(host: &Host, ns: &Netns) -> Daemon {
-    let rundir = host.rundir();
-    std::fs::create_dir_all(&rundir).expect("create the rundir");
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(rundir.join("backendd.log"))
-        .expect("open backendd.log");
-    let log2 = log.try_clone().expect("dup the log fd");
-    let child = ns
-        .cmd(host.libexec.join("backendd").to_str().expect("utf-8 path"))
-        .arg("--xenstored")
-        .arg(host.dir.path().join("xenstored.sock"))
-        .arg("--shim-socket")
-        .arg(host.dir.path().join("shim.sock"))
-        .arg("--pid-file")
-        .arg(rundir.join("backendd.pid"))
-        .arg("--log-dir")
-        .arg(host.console_logdir())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .expect("start backendd");
-    let d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rundir.join("backendd.pid").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "backendd did not write its pid file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    xen_testhost::net::start_backendd_in(host, ns).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The domid of guest `name` (from `xl list`).

@@ -1,0 +1,353 @@
+//! The private Dom0 of our end-to-end tests and benchmarks.
+//!
+//! [`Dom0`] runs `xen-shimd` and `xenstored` as threads of the calling
+//! process on sockets in a fresh temporary directory (its domains' memory
+//! files in a matching directory under `/dev/shm`), and runs the real `xl`
+//! with that directory in its environment, so `xl` starts the real
+//! `backendd` and guest processes against these private services. Nothing
+//! is shared with the host's own services or with other tests, so tests run
+//! in parallel. Everything (guests created through it, the `backendd` `xl`
+//! started, the services, both directories) is stopped and removed on drop,
+//! also when a test panics.
+//!
+//! [`build_binaries`] builds the binaries a test needs into its own target
+//! directory and profile; [`net`] has the network namespaces, bridges and
+//! the hand-started `backendd` of the network tests.
+
+pub mod net;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xen_shim::daemon::{DaemonConfig, DaemonHandle};
+use xenstored::server::{Server, ServerConfig, StopHandle};
+
+/// How long each service gets to start.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// The private services and files of one test or benchmark run; see the
+/// [crate docs](crate).
+#[derive(Debug)]
+pub struct Dom0 {
+    /// The run's temporary directory (sockets, `run/`, `console/`, configs).
+    pub dir: tempfile::TempDir,
+    /// Where the shim keeps the domains' memory files.
+    pub mem_dir: PathBuf,
+    /// The directory holding `xl`, `backendd` and the guest binaries.
+    pub libexec: PathBuf,
+    shim: Option<DaemonHandle>,
+    xs_stop: Option<StopHandle>,
+    xs_thread: Option<JoinHandle<()>>,
+    guests: Vec<String>,
+}
+
+impl Dom0 {
+    /// Starts the shim and xenstored in a temporary directory named
+    /// `prefix...`; `libexec` holds the binaries `xl` runs.
+    pub fn start(prefix: &str, libexec: &Path) -> Result<Dom0> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("create a temp dir")?;
+        let mem_dir = PathBuf::from("/dev/shm")
+            .join(dir.path().file_name().context("the temp dir has a name")?);
+        let mut d = Dom0 {
+            dir,
+            mem_dir,
+            libexec: libexec.to_path_buf(),
+            shim: None,
+            xs_stop: None,
+            xs_thread: None,
+            guests: Vec::new(),
+        };
+        d.shim = Some(xen_shim::daemon::spawn(d.shim_config()).context("start xen-shimd")?);
+        let cfg = ServerConfig {
+            socket: d.xenstored_socket(),
+            read_only_socket: false,
+            state_dir: None,
+            fsync: false,
+        };
+        let shim_sock = d.shim_socket();
+        let (tx, rx) = std::sync::mpsc::channel();
+        d.xs_thread = Some(std::thread::spawn(move || {
+            let mut s = match Server::new(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("xenstored does not start: {e}")));
+                    return;
+                }
+            };
+            if let Err(e) = xenstored::install_shim(&mut s, &shim_sock) {
+                let _ = tx.send(Err(format!("xenstored cannot link to the shim: {e}")));
+                return;
+            }
+            if tx.send(Ok(s.stop_handle())).is_err() {
+                return;
+            }
+            if let Err(e) = s.run() {
+                eprintln!("xen-testhost: xenstored failed: {e}");
+            }
+        }));
+        match rx.recv_timeout(STEP) {
+            Ok(Ok(stop)) => d.xs_stop = Some(stop),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("xenstored did not start within {STEP:?}"),
+        }
+        Ok(d)
+    }
+
+    /// The shim daemon's configuration (the same on a restart).
+    pub fn shim_config(&self) -> DaemonConfig {
+        DaemonConfig {
+            socket: self.shim_socket(),
+            state_dir: self.dir.path().join("shim-state"),
+            mem_dir: self.mem_dir.clone(),
+            ..DaemonConfig::default()
+        }
+    }
+
+    /// Stops the shim daemon and starts a new one on the same state (a
+    /// daemon restart: running domains must survive it).
+    pub fn restart_shim(&mut self) -> Result<()> {
+        if let Some(s) = self.shim.take() {
+            s.stop().context("stop xen-shimd")?;
+        }
+        self.shim = Some(xen_shim::daemon::spawn(self.shim_config()).context("restart xen-shimd")?);
+        Ok(())
+    }
+
+    /// The run's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The shim daemon's socket.
+    pub fn shim_socket(&self) -> PathBuf {
+        self.dir.path().join("shim.sock")
+    }
+
+    /// xenstored's socket.
+    pub fn xenstored_socket(&self) -> PathBuf {
+        self.dir.path().join("xenstored.sock")
+    }
+
+    /// The `xl` run directory (pid files, backendd's and the VMM's logs).
+    pub fn rundir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Where backendd's consback writes the guests' console logs.
+    pub fn console_logdir(&self) -> PathBuf {
+        self.dir.path().join("console")
+    }
+
+    /// `xl ARGS` with this Dom0's sockets and directories in its
+    /// environment (to spawn it or add to it).
+    pub fn xl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.libexec.join("xl"));
+        c.args(args)
+            .env(xen_shim::ENV_SOCKET, self.shim_socket())
+            .env("XENSTORED_PATH", self.xenstored_socket())
+            .env("XEN_SPLIT_RUNDIR", self.rundir())
+            .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
+            .env("XL_LIBEXEC_DIR", &self.libexec);
+        c
+    }
+
+    /// Runs `xl ARGS`; its output, whatever its status.
+    pub fn xl(&self, args: &[&str]) -> Result<Output> {
+        self.xl_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run {}", self.libexec.join("xl").display()))
+    }
+
+    /// Writes `<name>.cfg` with `text` into the run directory; its path.
+    pub fn write_config(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// `xl create`s guest `name` from config text `cfg` and leaves it
+    /// running (destroyed on drop); fails with xl's message.
+    pub fn create_guest(&mut self, name: &str, cfg: &str) -> Result<()> {
+        let p = self.write_config(name, cfg)?;
+        let out = self.xl(&["create", p.to_str().context("utf-8 temp path")?])?;
+        // Tracked even when xl failed half-way: destroy removes what it left.
+        self.track_guest(name);
+        if !out.status.success() {
+            bail!(
+                "xl create of {name} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes `xl destroy NAME` run on drop (for guests created by hand).
+    pub fn track_guest(&mut self, name: &str) {
+        if !self.guests.iter().any(|g| g == name) {
+            self.guests.push(name.to_owned());
+        }
+    }
+
+    /// `xl destroy`s guest `name` now (and no longer on drop).
+    pub fn destroy_guest(&mut self, name: &str) -> Result<Output> {
+        self.guests.retain(|g| g != name);
+        self.xl(&["destroy", name])
+    }
+
+    /// `xl destroy`s every guest created through this Dom0.
+    pub fn destroy_guests(&mut self) {
+        for g in std::mem::take(&mut self.guests) {
+            let _ = self.xl(&["destroy", &g]);
+        }
+    }
+
+    /// The console log of guest `name` (empty until consback wrote it).
+    pub fn guest_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.console_logdir().join(format!("guest-{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Waits until guest `name`'s console log has one of `needles` (at most
+    /// `limit`, polling every `nap`); the log and the needle found.
+    pub fn wait_log_any(
+        &self,
+        name: &str,
+        needles: &[&str],
+        limit: Duration,
+        nap: Duration,
+    ) -> Result<(String, usize)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.guest_log(name);
+            if let Some(i) = needles.iter().position(|n| log.contains(n)) {
+                return Ok((log, i));
+            }
+            if Instant::now() >= deadline {
+                bail!("guest {name} did not print any of {needles:?} within {limit:?}; its log:\n{log}");
+            }
+            std::thread::sleep(nap);
+        }
+    }
+
+    /// Waits until guest `name`'s console log has `needle` (at most
+    /// `limit`); the log.
+    pub fn wait_log(&self, name: &str, needle: &str, limit: Duration) -> Result<String> {
+        self.wait_log_any(name, &[needle], limit, Duration::from_millis(20))
+            .map(|(log, _)| log)
+    }
+
+    /// The pid of the backendd `xl` started (from its pid file), if alive.
+    pub fn backendd_pid(&self) -> Option<i32> {
+        let s = std::fs::read_to_string(self.rundir().join("backendd.pid")).ok()?;
+        let pid: i32 = s.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+}
+
+impl Drop for Dom0 {
+    fn drop(&mut self) {
+        self.destroy_guests();
+        if let Some(pid) = self.backendd_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if let Some(s) = self.shim.take() {
+            let _ = s.stop();
+        }
+        if let Some(s) = self.xs_stop.take() {
+            s.stop();
+        }
+        if let Some(t) = self.xs_thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+/// Builds the binaries `bins` (`(package, binary)` pairs) of the workspace
+/// at `workspace` into the target directory and profile that `profile_dir`
+/// (`<target>/<profile>`, e.g. the directory of a test's
+/// `CARGO_BIN_EXE_...`) belongs to; returns `profile_dir`.
+pub fn build_binaries(
+    profile_dir: &Path,
+    workspace: &Path,
+    bins: &[(&str, &str)],
+) -> Result<PathBuf> {
+    let target = profile_dir
+        .parent()
+        .context("the profile directory is <target>/<profile>")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"]);
+    for (pkg, bin) in bins {
+        cmd.args(["-p", pkg, "--bin", bin]);
+    }
+    cmd.arg("--target-dir").arg(target).current_dir(workspace);
+    if profile_dir.file_name() == Some(OsStr::new("release")) {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().context("run cargo build")?;
+    if !st.success() {
+        bail!("building {bins:?} failed: {st}");
+    }
+    // A running in-process xenstored sets a 077 umask for the whole
+    // process, which a build started after it inherits: keep the binaries
+    // executable for the guests' (and everyone's) exec.
+    for (_, bin) in bins {
+        use std::os::unix::fs::PermissionsExt;
+        let p = profile_dir.join(bin);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", p.display()))?;
+    }
+    Ok(profile_dir.to_path_buf())
+}
+
+/// `xl` and `backendd`, which every Dom0 needs.
+pub const DOM0_BINARIES: [(&str, &str); 2] = [("xen-xl", "xl"), ("xen-backendd", "backendd")];
+
+/// Fails unless `tool` is on the PATH, naming Debian's `package`.
+pub fn need(tool: &str, package: &str) -> Result<()> {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("{tool} is missing: run `apt-get install -y {package}` (or tests/setup-host.sh)");
+    }
+    Ok(())
+}
+
+/// `out`'s stdout if its command succeeded, else an error with both streams.
+pub fn stdout_of(what: &str, out: &Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `prog args` to completion; its stdout, or an error naming it.
+pub fn run(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {prog}"))?;
+    stdout_of(&format!("{prog} {}", args.join(" ")), &out)
+}

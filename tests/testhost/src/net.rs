@@ -1,0 +1,156 @@
+//! Network fixtures: network namespaces, bridges, and a `backendd` started
+//! by hand inside a "Dom0" namespace (so its TAPs and bridges are there).
+//! Names are unique per test (a prefix, the pid and a tag); the Drop guards
+//! remove everything even when a test fails. Addresses are private ranges
+//! that exist only inside these namespaces.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{need, run, Dom0};
+
+/// A network namespace, deleted on drop (with everything in it).
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name (`ip netns`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` (removing a stale one of that name) with
+    /// `lo` up.
+    pub fn new(name: String) -> Result<Netns> {
+        need("ip", "iproute2")?;
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Creates namespace `<prefix><pid><tag>`, unique to this process.
+    pub fn unique(prefix: &str, tag: &str) -> Result<Netns> {
+        Netns::new(format!("{prefix}{}{tag}", std::process::id()))
+    }
+
+    /// `ip -n NS ARGS...`; its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["-n", self.name.as_str()];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+
+    /// A command inside the namespace.
+    pub fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]);
+        c
+    }
+
+    /// Runs `prog args` in the namespace; its output, whatever its status.
+    pub fn exec(&self, prog: &str, args: &[&str]) -> Result<Output> {
+        self.cmd(prog)
+            .args(args)
+            .output()
+            .with_context(|| format!("run {prog} in {}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A bridge name unique to this process: `<prefix><pid mod 10^6><tag>`
+/// (an interface name has at most 15 bytes).
+pub fn bridge_name(prefix: &str, tag: &str) -> Result<String> {
+    let n = format!("{prefix}{}{tag}", std::process::id() % 1_000_000);
+    if n.len() > 15 {
+        bail!("bridge name {n} is longer than 15 bytes");
+    }
+    Ok(n)
+}
+
+/// Creates bridge `br` in `ns` with Dom0's address `addr` (a.b.c.d/len), up.
+pub fn make_bridge(ns: &Netns, br: &str, addr: &str) -> Result<()> {
+    ns.ip(&["link", "add", br, "type", "bridge"])?;
+    ns.ip(&["addr", "add", addr, "dev", br])?;
+    ns.ip(&["link", "set", br, "up"])?;
+    Ok(())
+}
+
+/// The ports of bridge `br` in `ns`.
+pub fn bridge_ports(ns: &Netns, br: &str) -> Result<Vec<String>> {
+    let out = ns.ip(&["-o", "link", "show", "master", br])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
+        .collect())
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `backendd` inside `ns` as `xl` would start it (its log appended
+/// to `<rundir>/backendd.log`, consback's console logs where
+/// [`Dom0::guest_log`] reads them); `xl` then finds it through its pid file.
+pub fn start_backendd_in(dom0: &Dom0, ns: &Netns) -> Result<Daemon> {
+    let rundir = dom0.rundir();
+    std::fs::create_dir_all(&rundir).context("create the rundir")?;
+    let pid_file = rundir.join("backendd.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(rundir.join("backendd.log"))
+        .context("open backendd.log")?;
+    let log2 = log.try_clone().context("dup the log fd")?;
+    let child = ns
+        .cmd(
+            dom0.libexec
+                .join("backendd")
+                .to_str()
+                .context("utf-8 path")?,
+        )
+        .arg("--xenstored")
+        .arg(dom0.xenstored_socket())
+        .arg("--shim-socket")
+        .arg(dom0.shim_socket())
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--log-dir")
+        .arg(dom0.console_logdir())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .context("start backendd")?;
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pid_file.exists() {
+        if Instant::now() >= deadline {
+            bail!("backendd did not write its pid file within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
