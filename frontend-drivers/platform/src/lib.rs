@@ -37,6 +37,9 @@
 
 extern crate alloc;
 
+#[cfg(all(feature = "freestanding", target_arch = "x86_64"))]
+pub mod freestanding;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};

@@ -305,6 +305,9 @@ fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
 }
 
 /// Xorshift64*, as the PV guest's load generator.
+/// Latency samples a blkload pattern keeps (1 MiB of the heap).
+const LAT_SAMPLES: usize = 1 << 17;
+
 struct XorShift(u64);
 
 impl XorShift {
@@ -378,7 +381,12 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         let mut tags: alloc::collections::BTreeMap<u64, usize> = Default::default();
         // A partly submitted I/O: (slot, byte offset, next chunk).
         let mut partial: Option<(usize, u64, usize)> = None;
-        let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
+        // Latency samples: a fixed reservoir (uniform over all I/Os, so
+        // the quantiles stay unbiased), allocated once. The heap is a
+        // quarter of the guest's RAM and never coalesces size classes: a
+        // growing Vec ran a fast run out of memory.
+        let mut lat: Vec<u64> = Vec::with_capacity(LAT_SAMPLES);
+        let mut lat_rng = XorShift(0x1A7 + i as u64);
         let start = p.monotonic_ns();
         let end = start + secs * 1_000_000_000;
         let mut last_done = start;
@@ -458,8 +466,15 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
                 };
                 io.1 = io.1.saturating_sub(1);
                 if io.1 == 0 && partial.is_none_or(|(ps, _, _)| ps != si) {
-                    if lat.len() < (1 << 22) {
+                    if lat.len() < LAT_SAMPLES {
                         lat.push(t - io.0);
+                    } else {
+                        // Reservoir sampling: keep this one with
+                        // probability LAT_SAMPLES / (ios + 1).
+                        let j = (lat_rng.next() % (ios + 1)) as usize;
+                        if j < LAT_SAMPLES {
+                            lat[j] = t - io.0;
+                        }
                     }
                     ios += 1;
                     last_done = t;
