@@ -10,8 +10,17 @@
 //! The port's events have no handler, so the dispatcher latches them for
 //! [`EventHub::poll`]; a waiter clears the latch before looking at the ring,
 //! and waits in slices (a wake-up taken by another waiter costs one slice).
+//!
+//! Watch events go to every reader: the guest has one connection, and each
+//! device's waiter (its own thread) looks for its own token. Taken off the
+//! client's queue by whoever looks first, events are kept in a [`WatchLog`]
+//! from which each thread reads at its own cursor, so a disk's waiter can
+//! never swallow another device's backend change.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +37,49 @@ use crate::PvGuestError;
 /// Longest single sleep of [`PvXenstore::read_watch`] between looks at the
 /// ring.
 const WATCH_SLICE: Duration = Duration::from_millis(20);
+
+/// Watch events a [`WatchLog`] keeps for readers that have not seen them.
+pub const WATCH_LOG_EVENTS: usize = 4096;
+
+/// The watch events of one connection, for several readers: each reader
+/// reads at its own cursor (a sequence number); the oldest events are
+/// dropped past [`WATCH_LOG_EVENTS`] (a reader that far behind starts at the
+/// oldest kept; frontends re-read the state they watch, so that is only
+/// late, never wrong).
+#[derive(Debug, Default)]
+pub struct WatchLog {
+    /// Sequence number of `events[0]`.
+    base: u64,
+    events: VecDeque<XsWatchEvent>,
+}
+
+impl WatchLog {
+    /// Appends `ev`.
+    pub fn push(&mut self, ev: XsWatchEvent) {
+        if self.events.len() == WATCH_LOG_EVENTS {
+            self.events.pop_front();
+            self.base += 1;
+        }
+        self.events.push_back(ev);
+    }
+
+    /// The event at `*cursor` (or the oldest kept, if that one is gone),
+    /// advancing the cursor past it; `None` when the reader saw them all.
+    pub fn next(&self, cursor: &mut u64) -> Option<XsWatchEvent> {
+        let at = (*cursor).max(self.base);
+        let ev = self.events.get(usize::try_from(at - self.base).ok()?)?;
+        *cursor = at + 1;
+        Some(ev.clone())
+    }
+}
+
+/// Tells the [`PvXenstore`] instances apart in the readers' cursors.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's cursor into each store's [`WatchLog`].
+    static CURSORS: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
+}
 
 /// The store event channel and the clock, for the xenbus client.
 #[derive(Debug, Clone)]
@@ -80,6 +132,8 @@ impl XenbusEvents for PvXsEvents {
 #[derive(Debug)]
 pub struct PvXenstore {
     client: Mutex<XenbusClient<PvXsEvents>>,
+    watches: Mutex<WatchLog>,
+    id: u64,
     events: PvXsEvents,
     store_page: NonNull<u8>,
     log: LogLimiter,
@@ -127,6 +181,8 @@ impl PvXenstore {
         let client = XenbusClient::new(mem, events.clone(), cfg).map_err(PvGuestError::Xenstore)?;
         Ok(Self {
             client: Mutex::new(client),
+            watches: Mutex::new(WatchLog::default()),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             events,
             store_page: ptr,
             log: LogLimiter::new(Duration::from_secs(5)),
@@ -167,6 +223,22 @@ impl PvXenstore {
         })
     }
 
+    /// Moves the client's queued events into the log, then returns the next
+    /// one at this thread's cursor.
+    fn next_watch(&self) -> Result<Option<XsWatchEvent>, PlatformError> {
+        let mut log = lock(&self.watches);
+        self.with_client(|c| {
+            while let Some(WatchEvent { path, token }) = c.try_read_watch()? {
+                log.push(XsWatchEvent { path, token });
+            }
+            Ok(())
+        })?;
+        Ok(CURSORS.with(|c| {
+            let mut c = c.borrow_mut();
+            log.next(c.entry(self.id).or_insert(0))
+        }))
+    }
+
     fn error(&self, e: XenbusError) -> PlatformError {
         match e {
             XenbusError::Xs(x) => PlatformError::Xenstore { errno: x.errno() },
@@ -184,16 +256,17 @@ impl PvXenstore {
         }
     }
 
-    /// The next watch event, waiting up to `timeout` (`None`: forever)
-    /// without holding the client between looks.
+    /// The next watch event this thread has not seen, waiting up to
+    /// `timeout` (`None`: forever) without holding the client between
+    /// looks.
     pub fn read_watch(
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(WatchEvent { path, token }) = self.with_client(|c| c.try_read_watch())? {
-                return Ok(Some(XsWatchEvent { path, token }));
+            if let Some(ev) = self.next_watch()? {
+                return Ok(Some(ev));
             }
             let slice = match deadline {
                 Some(d) => {
@@ -207,5 +280,44 @@ impl PvXenstore {
             };
             self.events.wait(slice);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: usize) -> XsWatchEvent {
+        XsWatchEvent {
+            path: format!("p{i}"),
+            token: format!("t{}", i % 2),
+        }
+    }
+
+    #[test]
+    fn test_watch_log_every_reader_sees_every_event_in_order() {
+        let mut log = WatchLog::default();
+        let (mut a, mut b) = (0u64, 0u64);
+        log.push(ev(0));
+        log.push(ev(1));
+        assert_eq!(log.next(&mut a), Some(ev(0)));
+        log.push(ev(2));
+        let seen_b: Vec<_> = std::iter::from_fn(|| log.next(&mut b)).collect();
+        let seen_a: Vec<_> = std::iter::from_fn(|| log.next(&mut a)).collect();
+        assert_eq!(seen_b, vec![ev(0), ev(1), ev(2)]);
+        assert_eq!(seen_a, vec![ev(1), ev(2)]);
+        assert_eq!(log.next(&mut a), None);
+    }
+
+    #[test]
+    fn test_watch_log_reader_far_behind_starts_at_the_oldest_kept() {
+        let mut log = WatchLog::default();
+        let mut slow = 0u64;
+        for i in 0..WATCH_LOG_EVENTS + 10 {
+            log.push(ev(i));
+        }
+        assert_eq!(log.next(&mut slow), Some(ev(10)));
+        let rest = std::iter::from_fn(|| log.next(&mut slow)).count();
+        assert_eq!(rest, WATCH_LOG_EVENTS - 1);
     }
 }

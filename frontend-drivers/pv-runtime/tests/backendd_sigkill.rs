@@ -96,32 +96,61 @@ fn wait_log(host: &Host, name: &str, what: &str, until: impl Fn(&str) -> bool) -
 
 #[test]
 fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_acked_records() {
+    sigkill_during_writes(&["xvda"]);
+}
+
+/// With two disks both reconnect: each disk's waiter sees the watch events
+/// of the other's device too (one xenstore connection per guest), so one
+/// disk cannot swallow the other's backend change.
+#[test]
+fn test_backendd_sigkill_with_two_disks_both_reconnect_without_losing_acked_records() {
+    sigkill_during_writes(&["xvda", "xvdb"]);
+}
+
+fn sigkill_during_writes(vdevs: &[&str]) {
     // Arrange
     let mut host = Host::start("bkill-");
-    let name = format!("bkill{}", std::process::id());
-    let img = host.dir.path().join("disk.img");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("create the disk image");
+    let name = format!("bkill{}{}", std::process::id(), vdevs.len());
+    let mut imgs = Vec::new();
+    let mut disks = Vec::new();
+    let (mut mkfs, mut mount, mut write, mut umount) =
+        (String::new(), String::new(), String::new(), String::new());
+    for v in vdevs {
+        let img = host.dir.path().join(format!("{v}.img"));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("create the disk image");
+        disks.push(format!("'format=raw, vdev={v}, access=rw, target={v}.img'"));
+        mkfs.push_str(&format!("mkfs.ext4 -q -F /dev/{v}\n"));
+        mount.push_str(&format!(
+            "mkdir \"$m/{v}\"\nmount -o loop /dev/{v} \"$m/{v}\"\n"
+        ));
+        write.push_str(&format!(
+            "printf 'record %06d\\n' $i | dd of=\"$m/{v}/rec$i\" conv=fsync status=none\n\
+             sync -f \"$m/{v}\"\n"
+        ));
+        umount.push_str(&format!(
+            "umount \"$m/{v}\"\nrmdir \"$m/{v}\"\nfsck.ext4 -n -f /dev/{v}\n"
+        ));
+        imgs.push(img);
+    }
     let script = host.dir.path().join("init.sh");
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\nset -e\n\
              echo guest-init-start\n\
-             mkfs.ext4 -q -F /dev/xvda\n\
+             {mkfs}\
              m=$(mktemp -d)\n\
-             mount -o loop /dev/xvda \"$m\"\n\
+             {mount}\
              i=1\n\
              while [ $i -le {RECORDS} ]; do\n\
-             printf 'record %06d\\n' $i | dd of=\"$m/rec$i\" conv=fsync status=none\n\
-             sync -f \"$m\"\n\
+             {write}\
              echo \"ack $i\"\n\
              i=$((i + 1))\n\
              done\n\
-             umount \"$m\"\n\
+             {umount}\
              rmdir \"$m\"\n\
-             fsck.ext4 -n -f /dev/xvda\n\
              echo guest-init-ok\n"
         ),
     )
@@ -133,8 +162,9 @@ fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_a
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
              extra = '--frontend disk --timeout-secs 30 --init {}'\n\
-             disk = [ 'format=raw, vdev=xvda, access=rw, target=disk.img' ]\n",
-            script.display()
+             disk = [ {} ]\n",
+            script.display(),
+            disks.join(", ")
         ),
     )
     .expect("write the config");
@@ -189,24 +219,26 @@ fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_a
     assert!(log.contains("reason=poweroff"), "{log}");
     let acks = acked(&log);
     assert_eq!(acks, (1..=RECORDS).collect::<Vec<_>>(), "{log}");
-    // Dom0's view of the image: clean, every acknowledged record there.
-    let i = img.to_str().expect("utf-8 path");
-    run("fsck.ext4", &["-n", "-f", i]);
-    let mnt = host.dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let m = mnt.to_str().expect("utf-8 path");
-    run("mount", &["-o", "loop,ro", i, m]);
-    let missing: Vec<u32> = acks
-        .iter()
-        .copied()
-        .filter(|n| {
-            std::fs::read_to_string(mnt.join(format!("rec{n}"))).ok()
-                != Some(format!("record {n:06}\n"))
-        })
-        .collect();
-    let _ = Command::new("umount").arg(m).status();
-    assert!(
-        missing.is_empty(),
-        "acknowledged records missing or wrong on the image: {missing:?}"
-    );
+    // Dom0's view of each image: clean, every acknowledged record there.
+    for (v, img) in vdevs.iter().zip(&imgs) {
+        let i = img.to_str().expect("utf-8 path");
+        run("fsck.ext4", &["-n", "-f", i]);
+        let mnt = host.dir.path().join(format!("mnt-{v}"));
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let m = mnt.to_str().expect("utf-8 path");
+        run("mount", &["-o", "loop,ro", i, m]);
+        let missing: Vec<u32> = acks
+            .iter()
+            .copied()
+            .filter(|n| {
+                std::fs::read_to_string(mnt.join(format!("rec{n}"))).ok()
+                    != Some(format!("record {n:06}\n"))
+            })
+            .collect();
+        let _ = Command::new("umount").arg(m).status();
+        assert!(
+            missing.is_empty(),
+            "acknowledged records missing or wrong on {v}'s image: {missing:?}"
+        );
+    }
 }
