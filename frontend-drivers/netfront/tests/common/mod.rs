@@ -213,6 +213,17 @@ impl<'a> FakeBack<'a> {
         ring.push_response(&s).expect("rx response");
     }
 
+    /// The backend dies (a killed backendd): its rings and mappings are
+    /// gone without an unmap (the grants stay pinned), nothing is written
+    /// to xenstore.
+    pub fn crash(&mut self) {
+        self.tx = None;
+        self.rx = None;
+        // FakeMapping has no Drop: the pages stay mapped as a dead
+        // process's would.
+        self.maps.clear();
+    }
+
     /// Overwrites `rsp_prod` of the rx ring (a hostile backend).
     pub fn corrupt_rx_rsp_prod(&self, v: u32) {
         let m = &self.maps[1];
