@@ -92,8 +92,10 @@ pub struct NetfrontStats {
     pub rx_errors: u64,
     /// Notifications sent.
     pub notifications: u64,
-    /// Pages kept forever because the backend still mapped them at
-    /// disconnect (never freed for reuse).
+    /// Pages the backend still mapped at a disconnect: kept, their
+    /// revocation retried at each later look at the backend's state, never
+    /// reused while mapped (a backend that died mapping them keeps them
+    /// forever).
     pub leaked_pages: u64,
     /// Disconnects.
     pub disconnects: u64,
@@ -140,7 +142,17 @@ struct RetiredTx {
     conn: u64,
     q: usize,
     pages: SharedPages,
+    /// Its grants the backend still maps (revoked before the run is freed).
+    grefs: Vec<grant_ref_t>,
     outstanding: usize,
+}
+
+/// Pages whose grants the backend still maps: freed once every one is
+/// revoked (blkfront's deferred runs).
+#[derive(Debug)]
+struct Deferred {
+    grefs: Vec<grant_ref_t>,
+    pages: SharedPages,
 }
 
 impl core::fmt::Debug for Queue {
@@ -175,6 +187,7 @@ pub struct NetFront<'p, P: Platform + ?Sized> {
     /// made on rings since torn down is recognised.
     conn: u64,
     retired: Vec<RetiredTx>,
+    deferred: Vec<Deferred>,
 }
 
 impl core::fmt::Debug for RetiredTx {
@@ -261,6 +274,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             stats: NetfrontStats::default(),
             conn: 0,
             retired: Vec::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -367,6 +381,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// Connected while offered: start the data path; Closing, Closed or
     /// removed: tear down and go Closed.
     pub fn backend_changed(&mut self) -> Result<(), NetfrontError> {
+        self.retry_deferred();
         if let Some(f) = &self.failure {
             return Err(NetfrontError::Failed(f.clone()));
         }
@@ -710,46 +725,75 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             } = q;
             let _tx_mem: SharedRing = tx.into_shared();
             let _rx_mem: SharedRing = rx.into_shared();
-            // The pages back to the platform once every grant ended;
-            // `None` when they are kept (mapped by the backend, or handed
-            // back to the caller to keep).
-            let release = |pages: SharedPages,
-                           grefs: &[grant_ref_t],
-                           keep: bool,
-                           stats: &mut NetfrontStats|
-             -> Option<SharedPages> {
-                let mut ok = true;
-                for &g in grefs {
-                    ok &= p.end_access(g).is_ok();
-                }
-                if !ok {
-                    // Still mapped by the backend: never reuse these pages.
-                    stats.leaked_pages = stats.leaked_pages.saturating_add(pages.count() as u64);
-                    let _leaked = pages;
-                    None
-                } else if keep {
-                    Some(pages)
-                } else {
-                    let _ = p.free_pages(pages);
-                    None
-                }
-            };
-            release(tx_ring, &[tx_ring_gref], false, &mut self.stats);
-            release(rx_ring, &[rx_ring_gref], false, &mut self.stats);
-            if let Some(pages) = release(tx_pages, &tx_grefs, tx_reserved > 0, &mut self.stats) {
+            self.release_run(&[tx_ring_gref], tx_ring);
+            self.release_run(&[rx_ring_gref], rx_ring);
+            if tx_reserved > 0 {
+                // Writers are filling some of these pages: revoke now, free
+                // when the last reservation ends.
+                let grefs = self.revoke(&tx_grefs, tx_pages.count());
                 self.retired.push(RetiredTx {
                     conn,
                     q: qi,
-                    pages,
+                    pages: tx_pages,
+                    grefs,
                     outstanding: tx_reserved,
                 });
+            } else {
+                self.release_run(&tx_grefs, tx_pages);
             }
-            release(rx_pages, &rx_grefs, false, &mut self.stats);
+            self.release_run(&rx_grefs, rx_pages);
             let _ = p.evtchn_close(port_tx);
             if port_rx != port_tx {
                 let _ = p.evtchn_close(port_rx);
             }
         }
+    }
+
+    /// Revokes `grefs`; those the backend still maps (counted in
+    /// `leaked_pages` as `pages` pages once per run).
+    fn revoke(&mut self, grefs: &[grant_ref_t], pages: usize) -> Vec<grant_ref_t> {
+        let left: Vec<grant_ref_t> = grefs
+            .iter()
+            .copied()
+            .filter(|&g| matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. })))
+            .collect();
+        if !left.is_empty() {
+            self.stats.leaked_pages = self.stats.leaked_pages.saturating_add(pages as u64);
+        }
+        left
+    }
+
+    /// Revokes `grefs` and frees `pages`, or defers both while the
+    /// backend maps any of them.
+    fn release_run(&mut self, grefs: &[grant_ref_t], pages: SharedPages) {
+        let left = self.revoke(grefs, pages.count());
+        self.free_or_defer(left, pages);
+    }
+
+    fn free_or_defer(&mut self, left: Vec<grant_ref_t>, pages: SharedPages) {
+        if left.is_empty() {
+            // A platform refusal leaks the pages, which is safe.
+            let _ = self.p.free_pages(pages);
+        } else {
+            self.deferred.push(Deferred { grefs: left, pages });
+        }
+    }
+
+    /// Retries the deferred revocations; frees the runs no longer mapped.
+    fn retry_deferred(&mut self) {
+        for d in core::mem::take(&mut self.deferred) {
+            let left: Vec<grant_ref_t> = d
+                .grefs
+                .into_iter()
+                .filter(|&g| matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. })))
+                .collect();
+            self.free_or_defer(left, d.pages);
+        }
+    }
+
+    /// Pages kept because the backend still maps some of their grants.
+    pub fn deferred_pages(&self) -> usize {
+        self.deferred.iter().map(|d| d.pages.count()).sum()
     }
 
     fn disconnect(&mut self) {
@@ -939,7 +983,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             t.outstanding = t.outstanding.saturating_sub(1);
             if t.outstanding == 0 {
                 let t = self.retired.swap_remove(i);
-                let _ = self.p.free_pages(t.pages);
+                let RetiredTx { grefs, pages, .. } = t;
+                let left: Vec<grant_ref_t> = grefs
+                    .into_iter()
+                    .filter(|&g| {
+                        matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. }))
+                    })
+                    .collect();
+                self.free_or_defer(left, pages);
             }
         }
     }
@@ -1243,9 +1294,13 @@ impl<P: Platform + ?Sized> Drop for NetFront<'_, P> {
             .xs_unwatch(&format!("{}/state", self.backend), &self.token);
         self.teardown_queues();
         // Tx runs that reservations still point into are kept (leaked):
-        // their writers may outlive this value.
+        // their writers may outlive this value; so are runs still mapped.
         for t in core::mem::take(&mut self.retired) {
             let _kept = t.pages;
+        }
+        self.retry_deferred();
+        for d in core::mem::take(&mut self.deferred) {
+            let _kept = d.pages;
         }
     }
 }

@@ -213,15 +213,14 @@ impl<'a> FakeBack<'a> {
         ring.push_response(&s).expect("rx response");
     }
 
-    /// The backend dies (a killed backendd): its rings and mappings are
-    /// gone without an unmap (the grants stay pinned), nothing is written
-    /// to xenstore.
-    pub fn crash(&mut self) {
+    /// The backend goes away without unmapping (the grants stay pinned)
+    /// or writing to xenstore, as a killed backendd; its ring mappings,
+    /// for a test to unmap later (a backend slow to let go) or to drop
+    /// (FakeMapping has no Drop: they stay mapped, as a dead process's).
+    pub fn crash(&mut self) -> Vec<FakeMapping> {
         self.tx = None;
         self.rx = None;
-        // FakeMapping has no Drop: the pages stay mapped as a dead
-        // process's would.
-        self.maps.clear();
+        core::mem::take(&mut self.maps)
     }
 
     /// Overwrites `rsp_prod` of the rx ring (a hostile backend).
