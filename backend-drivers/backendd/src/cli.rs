@@ -45,17 +45,26 @@ pub struct Args {
     /// Do not serve the guests' primary consoles (consback).
     #[arg(long)]
     pub no_consoles: bool,
+    /// Milliseconds a vif's guest may leave a waiting packet without rx
+    /// requests before its TAP loses carrier (Linux netback's
+    /// `rx_stall_timeout_msecs`); 0 turns stall detection off.
+    #[arg(long, default_value_t = 60_000)]
+    pub vif_rx_stall_timeout_ms: u64,
 }
 
 /// The factories compiled in: `vbd` and `qdisk` (blkback; libxl's
 /// backend types for raw disks and for qcow2/NBD disks) and `vif`
-/// (netback) over the shim at `socket`.
+/// (netback, with guest rx stall detection after `rx_stall_timeout`)
+/// over the shim at `socket`.
 #[must_use]
-pub fn factories(socket: PathBuf) -> Vec<Arc<dyn BackendFactory>> {
+pub fn factories(
+    socket: PathBuf,
+    rx_stall_timeout: Option<Duration>,
+) -> Vec<Arc<dyn BackendFactory>> {
     vec![
         Arc::new(crate::vbd::VbdFactory::new(socket.clone())),
         Arc::new(crate::vbd::VbdFactory::qdisk(socket.clone())),
-        Arc::new(crate::vif::VifFactory::new(socket)),
+        Arc::new(crate::vif::VifFactory::new(socket).with_rx_stall_timeout(rx_stall_timeout)),
     ]
 }
 
@@ -105,7 +114,9 @@ pub fn run(args: &Args) -> ExitCode {
             }
         }
     };
-    let mut svc = Service::new(xs, &cfg, factories(shim));
+    let stall = (args.vif_rx_stall_timeout_ms > 0)
+        .then(|| Duration::from_millis(args.vif_rx_stall_timeout_ms));
+    let mut svc = Service::new(xs, &cfg, factories(shim, stall));
     let stop = svc.stop_flag();
     let console_stop = consoles.as_ref().map(|(s, _)| Arc::clone(s));
     let signals = install_signal_flag();

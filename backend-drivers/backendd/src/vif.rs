@@ -5,7 +5,11 @@
 //! the TAP (default `vif<domid>.<devid>`), `mtu` its MTU (default 1500).
 //! The TAP exists from the device's probe until its directory goes away
 //! (`xl destroy`, `xl network-detach`): dropping the backend closes it,
-//! which removes the interface and its bridge port.
+//! which removes the interface and its bridge port. A restarted backendd
+//! makes it again (the old one went with the old process's files) or
+//! attaches to it if it is still there. Its carrier is on only while the
+//! frontend is connected and receiving (netback's rx stall detection,
+//! `--vif-rx-stall-timeout-ms`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -20,6 +24,7 @@ use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, Frontend
 pub struct VifFactory {
     socket: PathBuf,
     handles: OnceLock<Dom0Handles>,
+    rx_stall_timeout: Option<std::time::Duration>,
 }
 
 impl VifFactory {
@@ -29,7 +34,16 @@ impl VifFactory {
         Self {
             socket,
             handles: OnceLock::new(),
+            rx_stall_timeout: Some(xen_netback::DEFAULT_RX_STALL_TIMEOUT),
         }
+    }
+
+    /// Guest rx stall detection of the vifs (`None`: off; default 60 s,
+    /// as Linux netback's `rx_stall_timeout_msecs`).
+    #[must_use]
+    pub fn with_rx_stall_timeout(mut self, t: Option<std::time::Duration>) -> Self {
+        self.rx_stall_timeout = t;
+        self
     }
 
     fn handles(&self) -> Result<Dom0Handles, BackendError> {
@@ -83,7 +97,8 @@ impl BackendFactory for VifFactory {
     }
 
     fn create(&self, info: &DeviceInfo) -> Result<Box<dyn Backend>, BackendError> {
-        let cfg = net_config(info)?;
+        let mut cfg = net_config(info)?;
+        cfg.rx_stall_timeout = self.rx_stall_timeout;
         let handles = self.handles()?;
         let nic = NetBackend::new(cfg).map_err(|e| BackendError::Config(chain(&e)))?;
         tracing::info!(ifname = %nic.config().ifname, bridge = ?nic.config().bridge, "vif TAP up");

@@ -21,6 +21,15 @@
 //! slots it needs) and sleeps in `poll(2)` on the event channels and, when
 //! it can receive, the TAP.
 //!
+//! Carrier (Linux netback's `xenvif_carrier_on`/`_off` and guest rx stall
+//! detection): [`Device::start`] turns the TAP's carrier on, stopping the
+//! device turns it off. A queue whose TAP has had a packet waiting while
+//! the frontend posted fewer rx requests than that packet may need, and
+//! that has delivered nothing for the stall timeout, is stalled: while any
+//! queue is stalled the carrier is off (the bridge stops forwarding to a
+//! guest that does not receive); it comes back when every stalled queue
+//! has enough requests again.
+//!
 //! Bad packets (short, crossing a page, a bad grant, an unknown GSO type)
 //! are dropped with `NETIF_RSP_ERROR`. A producer overflow, a packet of
 //! more than `XEN_NETIF_NR_SLOTS_MIN` slots, or a broken event channel
@@ -208,14 +217,66 @@ impl Metrics {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
     metrics: Metrics,
     failure: Mutex<Option<DeviceFailure>>,
+    /// The carrier: a TAP queue file (the ioctl is device-wide) and the
+    /// number of stalled queues, changed together under the lock.
+    carrier: Mutex<Carrier>,
+}
+
+#[derive(Debug)]
+struct Carrier {
+    tap: Arc<TapQueue>,
+    /// Whether the device is started (carrier allowed on).
+    running: bool,
+    stalled: u32,
+    last_log: Option<Instant>,
+}
+
+impl Carrier {
+    fn apply(&mut self) {
+        let on = self.running && self.stalled == 0;
+        if let Err(e) = self.tap.set_carrier(on) {
+            let now = Instant::now();
+            if self
+                .last_log
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
+            {
+                self.last_log = Some(now);
+                tracing::warn!(error = %e, on, "cannot set the vif's carrier");
+            }
+        }
+    }
 }
 
 impl Shared {
+    fn carrier(&self) -> std::sync::MutexGuard<'_, Carrier> {
+        self.carrier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A queue stalled (`true`) or became ready again (`false`).
+    fn queue_stalled(&self, domid: domid_t, queue: u32, stalled: bool) {
+        let mut c = self.carrier();
+        if stalled {
+            c.stalled += 1;
+            if c.stalled == 1 {
+                tracing::info!(domid, queue, "guest rx stalled: carrier off");
+                c.apply();
+            }
+        } else {
+            c.stalled = c.stalled.saturating_sub(1);
+            if c.stalled == 0 {
+                tracing::info!(domid, queue, "guest rx ready: carrier on");
+                c.apply();
+            }
+        }
+    }
+
     fn fail(&self, f: DeviceFailure) {
         if let Ok(mut g) = self.failure.lock() {
             if g.is_none() {
@@ -224,6 +285,11 @@ impl Shared {
             }
         }
         self.stop.store(true, Ordering::SeqCst);
+        // A failed vif carries nothing (Linux: xenvif_carrier_off when the
+        // frontend is found rogue).
+        let mut c = self.carrier();
+        c.running = false;
+        c.apply();
     }
 }
 
@@ -260,8 +326,25 @@ impl Device {
         params: &FrontendParams,
         taps: Vec<Arc<TapQueue>>,
         mtu: u32,
+        rx_stall_timeout: Option<Duration>,
     ) -> Result<Device, DeviceError> {
-        let shared = Arc::new(Shared::default());
+        let Some(tap0) = taps.first().cloned() else {
+            return Err(DeviceError::Spawn(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a vif needs at least one queue",
+            )));
+        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            failure: Mutex::new(None),
+            carrier: Mutex::new(Carrier {
+                tap: tap0,
+                running: false,
+                stalled: 0,
+                last_log: None,
+            }),
+        });
         let mut dev = Device {
             domid,
             queues: Vec::with_capacity(params.queues.len()),
@@ -277,8 +360,25 @@ impl Device {
         };
         for (i, (q, tap)) in params.queues.iter().zip(taps).enumerate() {
             // On error `dev` drops here and stops the queues already started.
-            let h = start_queue(handles, domid, i as u32, q, tap, feats, mtu, &shared)?;
+            let h = start_queue(
+                handles,
+                domid,
+                i as u32,
+                q,
+                tap,
+                feats,
+                mtu,
+                rx_stall_timeout,
+                &shared,
+            )?;
             dev.queues.push(h);
+        }
+        if !shared.stop.load(Ordering::SeqCst) {
+            let mut c = shared.carrier();
+            // (A queue that failed meanwhile set `stop` under this lock's
+            // protection order: fail() stores it before taking the lock.)
+            c.running = !shared.stop.load(Ordering::SeqCst);
+            c.apply();
         }
         Ok(dev)
     }
@@ -322,8 +422,15 @@ impl Device {
         }
     }
 
-    /// Stops the workers, unmaps the rings, unbinds the event channels;
-    /// returns the final counters.
+    /// Whether the device has the carrier on (started, no queue stalled).
+    #[must_use]
+    pub fn carrier(&self) -> bool {
+        let c = self.shared.carrier();
+        c.running && c.stalled == 0
+    }
+
+    /// Stops the workers, unmaps the rings, unbinds the event channels,
+    /// turns the carrier off; returns the final counters.
     pub fn disconnect(mut self) -> MetricsSnapshot {
         self.stop();
         self.shared.metrics.snapshot()
@@ -334,6 +441,13 @@ impl Device {
             return;
         }
         self.stopped = true;
+        {
+            // Off first: a worker leaving its stalled state on the way out
+            // must not turn it back on.
+            let mut c = self.shared.carrier();
+            c.running = false;
+            c.apply();
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         for q in &self.queues {
             let _ = q.evtchn.notify(q.kick);
@@ -345,6 +459,7 @@ impl Device {
                 }
             }
         }
+        self.shared.carrier().apply();
     }
 }
 
@@ -363,6 +478,7 @@ fn start_queue(
     tap: Arc<TapQueue>,
     feats: RxFeatures,
     mtu: u32,
+    rx_stall_timeout: Option<Duration>,
     shared: &Arc<Shared>,
 ) -> Result<QueueHandle, DeviceError> {
     let map = |gref| {
@@ -429,6 +545,10 @@ fn start_queue(
         pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
         rx_held: std::collections::VecDeque::with_capacity(MAX_SLOTS + 2),
         last_log: None,
+        stall: rx_stall_timeout.map(|t| t.max(Duration::from_millis(1))),
+        stalled: false,
+        last_rx: Instant::now(),
+        rounds: 0,
     };
     let thread = std::thread::Builder::new()
         .name(format!("netback-{domid}-q{index}"))
@@ -467,6 +587,15 @@ struct Worker {
     /// next packets are read from the TAP straight into these pages.
     rx_held: std::collections::VecDeque<Held>,
     last_log: Option<Instant>,
+    /// The rx stall timeout (`None`: no stall detection).
+    stall: Option<Duration>,
+    /// This queue counts as stalled in `shared`'s carrier.
+    stalled: bool,
+    /// When a packet was last delivered to the frontend (or the queue
+    /// became ready).
+    last_rx: Instant,
+    /// Busy rounds since the last stall check.
+    rounds: u32,
 }
 
 /// An rx request taken from the ring, its page mapped (`None`: the grant
@@ -506,7 +635,12 @@ impl Worker {
                 }
             };
             match self.serve_rx(&mut buf) {
-                Ok(w) => work |= w,
+                Ok(w) => {
+                    if w {
+                        self.last_rx = Instant::now();
+                    }
+                    work |= w;
+                }
                 Err(r) => {
                     self.fail(r);
                     break;
@@ -514,6 +648,14 @@ impl Worker {
             }
             if work {
                 idle_since = None;
+                // A queue busy with tx still looks at its rx side now and then.
+                self.rounds = self.rounds.wrapping_add(1);
+                if self.rounds % 1024 == 0 {
+                    if let Err(r) = self.check_stall() {
+                        self.fail(r);
+                        break;
+                    }
+                }
                 continue;
             }
             // Spin on the rings only (no system call) for a while: a
@@ -531,6 +673,10 @@ impl Worker {
                 continue;
             }
             idle_since = None;
+            if let Err(r) = self.check_stall() {
+                self.fail(r);
+                break;
+            }
             match self.arm() {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -547,6 +693,10 @@ impl Worker {
         // Publish what was pushed: a response overwrote its request slot.
         self.tx.publish_responses();
         self.rx.publish_responses();
+        if self.stalled {
+            self.stalled = false;
+            self.shared.queue_stalled(self.domid, self.index, false);
+        }
         tracing::debug!(
             domid = self.domid,
             queue = self.index,
@@ -559,6 +709,29 @@ impl Worker {
             queue: self.index,
             reason,
         });
+    }
+
+    /// Guest rx stall detection (Linux netback's `xenvif_rx_queue_stalled`
+    /// and `_ready`): stalled when a packet waits on the TAP, the frontend
+    /// has posted fewer rx requests than the largest packet needs, and
+    /// nothing was delivered for the stall timeout; ready again once it
+    /// has posted enough.
+    fn check_stall(&mut self) -> Result<(), FailureReason> {
+        let Some(timeout) = self.stall else {
+            return Ok(());
+        };
+        let enough = self.rx_avail()? >= self.rx_need;
+        if self.stalled {
+            if enough {
+                self.stalled = false;
+                self.last_rx = Instant::now();
+                self.shared.queue_stalled(self.domid, self.index, false);
+            }
+        } else if !enough && self.last_rx.elapsed() >= timeout && self.tap.readable() {
+            self.stalled = true;
+            self.shared.queue_stalled(self.domid, self.index, true);
+        }
+        Ok(())
     }
 
     fn ring_err(which: &'static str, e: RingError) -> FailureReason {

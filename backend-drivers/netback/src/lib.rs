@@ -30,6 +30,7 @@ pub mod tap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use xen_abi::io::netif::keys;
 use xen_abi::xen::domid_t;
@@ -45,6 +46,10 @@ pub const MAX_QUEUES: u32 = 8;
 pub const BACKEND_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
 /// The default bridge (Xen's).
 pub const DEFAULT_BRIDGE: &str = "xenbr0";
+/// How long a queue may go without being able to deliver a waiting packet
+/// before the vif's carrier goes off (Linux netback's
+/// `rx_stall_timeout_msecs`, 60 s).
+pub const DEFAULT_RX_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of the network backend's API.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,13 @@ pub struct NetConfig {
     pub mtu: u32,
     /// `multi-queue-max-queues`.
     pub max_queues: u32,
+    /// Guest rx stall detection (`None`: off): a queue that has had a
+    /// packet waiting for this long without the frontend posting enough rx
+    /// requests for it, and delivered nothing meanwhile, is stalled; while
+    /// a queue is stalled the TAP's carrier is off, so the bridge stops
+    /// forwarding to a guest that does not receive (Linux netback's
+    /// `xenvif_rx_queue_stalled`/`_ready`).
+    pub rx_stall_timeout: Option<Duration>,
 }
 
 impl NetConfig {
@@ -94,6 +106,7 @@ impl NetConfig {
             bridge: Some(DEFAULT_BRIDGE.to_owned()),
             mtu: 1500,
             max_queues: 2,
+            rx_stall_timeout: Some(DEFAULT_RX_STALL_TIMEOUT),
         }
     }
 }
@@ -215,7 +228,10 @@ pub struct Dom0Handles {
 }
 
 /// One vif's Dom0 end: the TAP exists (and is a bridge port) from
-/// [`NetBackend::new`] until the value is dropped.
+/// [`NetBackend::new`] until the value is dropped. Its carrier is on only
+/// while a frontend is connected ([`NetBackend::connect`] until the
+/// [`Device`] is disconnected or dropped) and its rx queues are not
+/// stalled, as Linux netback's `netif_carrier_on`/`_off`.
 #[derive(Debug)]
 pub struct NetBackend {
     config: NetConfig,
@@ -224,17 +240,25 @@ pub struct NetBackend {
 }
 
 impl NetBackend {
-    /// Creates the TAP, sets its MAC (`fe:ff:ff:ff:ff:ff`) and MTU, makes
-    /// it a port of the bridge (created if missing) and sets it up.
+    /// Creates the TAP (or attaches to it when it exists: a restarted
+    /// service finds a vif whose TAP another process still holds), turns
+    /// its carrier off (no frontend yet), sets its MAC
+    /// (`fe:ff:ff:ff:ff:ff`) and MTU, makes it a port of the bridge
+    /// (created if missing; kept when it already is one) and sets it up.
     pub fn new(config: NetConfig) -> Result<Self, NetbackError> {
         let mut config = config;
         config.max_queues = config.max_queues.clamp(1, MAX_QUEUES);
         let q = TapQueue::open(&config.ifname)?;
+        q.set_carrier(false).map_err(|source| TapError::Io {
+            what: "TUNSETCARRIER",
+            name: config.ifname.clone(),
+            source,
+        })?;
         tap::set_mac(&config.ifname, BACKEND_MAC)?;
         tap::set_mtu(&config.ifname, config.mtu)?;
         if let Some(br) = &config.bridge {
             tap::ensure_bridge(br)?;
-            tap::bridge_add_port(br, &config.ifname)?;
+            tap::ensure_port(br, &config.ifname)?;
         }
         tap::set_up(&config.ifname)?;
         Ok(Self {
@@ -270,8 +294,8 @@ impl NetBackend {
     }
 
     /// Connects to frontend `domid`: maps each queue's rings, binds its
-    /// event channel(s), sets the TAP's offloads to what the frontend takes
-    /// and starts one worker per queue.
+    /// event channel(s), sets the TAP's offloads to what the frontend takes,
+    /// starts one worker per queue and turns the carrier on.
     pub fn connect(
         &self,
         handles: &Dom0Handles,
@@ -301,17 +325,25 @@ impl NetBackend {
                 name: self.config.ifname.clone(),
                 source,
             })?;
-        let mut taps = vec![Arc::clone(&self.queue0)];
-        for _ in 1..params.queues.len() {
-            taps.push(Arc::new(TapQueue::open(&self.config.ifname)?));
+        let started = (|| {
+            let mut taps = vec![Arc::clone(&self.queue0)];
+            for _ in 1..params.queues.len() {
+                // (Attaching a queue file turns the carrier on.)
+                taps.push(Arc::new(TapQueue::open(&self.config.ifname)?));
+            }
+            Ok(Device::start(
+                handles,
+                domid,
+                params,
+                taps,
+                self.config.mtu,
+                self.config.rx_stall_timeout,
+            )?)
+        })();
+        if started.is_err() {
+            let _ = self.queue0.set_carrier(false);
         }
-        Ok(Device::start(
-            handles,
-            domid,
-            params,
-            taps,
-            self.config.mtu,
-        )?)
+        started
     }
 }
 

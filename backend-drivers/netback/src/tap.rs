@@ -37,8 +37,11 @@ const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `TUNSETCARRIER` (`_IOW('T', 226, int)`, Linux 5.0).
+const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+const SIOCBRDELIF: libc::c_ulong = 0x89a3;
 
 /// `TUN_F_CSUM`: the reader takes partial checksums.
 pub const TUN_F_CSUM: libc::c_uint = 0x01;
@@ -185,6 +188,15 @@ pub fn ensure_bridge(name: &str) -> Result<(), TapError> {
 
 /// Makes `port` a port of `bridge`.
 pub fn bridge_add_port(bridge: &str, port: &str) -> Result<(), TapError> {
+    bridge_port_op(bridge, port, SIOCBRADDIF, "SIOCBRADDIF")
+}
+
+fn bridge_port_op(
+    bridge: &str,
+    port: &str,
+    req: libc::c_ulong,
+    what: &'static str,
+) -> Result<(), TapError> {
     check_name(port)?;
     let c = CString::new(port).map_err(|_| TapError::BadName(port.to_owned()))?;
     // SAFETY: a NUL-terminated string.
@@ -195,15 +207,21 @@ pub fn bridge_add_port(bridge: &str, port: &str) -> Result<(), TapError> {
     let s = ctl_socket().map_err(io_err("socket", bridge))?;
     let mut r = ifreq(bridge)?;
     r.data[..4].copy_from_slice(&(idx as i32).to_ne_bytes());
-    ioctl_ifr(s.as_raw_fd(), SIOCBRADDIF, &mut r).map_err(io_err("SIOCBRADDIF", bridge))
+    ioctl_ifr(s.as_raw_fd(), req, &mut r).map_err(io_err(what, bridge))
 }
 
-/// The bridge `port` belongs to, if any.
-#[must_use]
-pub fn master_of(port: &str) -> Option<String> {
-    check_name(port).ok()?;
-    let l = std::fs::read_link(format!("/sys/class/net/{port}/master")).ok()?;
-    l.file_name().map(|n| n.to_string_lossy().into_owned())
+/// Makes `port` a port of `bridge`, also when it already is one (a
+/// restarted backend attaching to its predecessor's TAP): a port with a
+/// master (`EBUSY`) is taken off `bridge` and added again, and the error
+/// stays when it belongs to another bridge (the removal fails).
+pub fn ensure_port(bridge: &str, port: &str) -> Result<(), TapError> {
+    match bridge_add_port(bridge, port) {
+        Err(TapError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+            bridge_port_op(bridge, port, SIOCBRDELIF, "SIOCBRDELIF")?;
+            bridge_add_port(bridge, port)
+        }
+        r => r,
+    }
 }
 
 /// One queue file of a TAP device.
@@ -247,6 +265,41 @@ impl TapQueue {
         } else {
             Ok(())
         }
+    }
+
+    /// `TUNSETCARRIER`: the device's carrier on or off (device-wide; the
+    /// kernel refuses "on" while no queue file is attached). A TAP starts
+    /// with its carrier on: netback turns it off until a frontend connects,
+    /// as Linux netback's vif has no carrier until `connect`.
+    pub fn set_carrier(&self, on: bool) -> io::Result<()> {
+        let v: libc::c_int = on.into();
+        // SAFETY: TUNSETCARRIER reads one int through the pointer, which
+        // points at a live local.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETCARRIER,
+                &v as *const libc::c_int,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a packet is queued for reading (`poll(2)` without waiting).
+    #[must_use]
+    pub fn readable(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, no wait.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r > 0 && p.revents & libc::POLLIN != 0
     }
 
     /// The file descriptor.

@@ -62,3 +62,39 @@ fn test_netback_creates_missing_xenbr0_and_removes_its_port_on_drop() {
     .join()
     .expect("the namespace thread");
 }
+
+#[test]
+fn test_netback_attaches_to_an_existing_vif_tap_and_keeps_its_bridge_port() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "this test needs root (network namespaces, TAP)");
+    std::thread::spawn(|| {
+        // Arrange: a vif whose TAP another holder still has (a restarted
+        // service finding its predecessor's device).
+        // SAFETY: unshare(2) with CLONE_NEWNET affects only the calling thread.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare(CLONE_NEWNET)");
+        let old = NetBackend::new(NetConfig::new(8, 1)).expect("vif up");
+
+        // Act
+        let new = NetBackend::new(NetConfig::new(8, 1)).expect("attaches to the TAP");
+        let ports = ip(&["-o", "link", "show", "master", "xenbr0"]);
+        drop(old);
+        let still = xen_netback::tap::exists("vif8.1");
+        let ports_after = ip(&["-o", "link", "show", "master", "xenbr0"]);
+        let link = ip(&["-o", "link", "show", "vif8.1"]);
+        drop(new);
+
+        // Assert
+        assert!(ports.contains("vif8.1"), "{ports}");
+        assert!(still, "the TAP stays while the new backend holds it");
+        assert!(
+            ports_after.contains("vif8.1"),
+            "still a port: {ports_after}"
+        );
+        assert!(link.contains("NO-CARRIER"), "no frontend yet: {link}");
+        assert!(!xen_netback::tap::exists("vif8.1"));
+    })
+    .join()
+    .expect("the namespace thread");
+}

@@ -92,8 +92,10 @@ pub struct NetfrontStats {
     pub rx_errors: u64,
     /// Notifications sent.
     pub notifications: u64,
-    /// Pages kept forever because the backend still mapped them at
-    /// disconnect (never freed for reuse).
+    /// Pages the backend still mapped at a disconnect: kept, their
+    /// revocation retried at each later look at the backend's state, never
+    /// reused while mapped (a backend that died mapping them keeps them
+    /// forever).
     pub leaked_pages: u64,
     /// Disconnects.
     pub disconnects: u64,
@@ -129,6 +131,28 @@ struct Queue {
     rx_grefs: Vec<grant_ref_t>,
     /// Responses taken of a chain whose end is not published yet.
     rx_pending: Vec<RxSlot>,
+    /// Tx reservations handed out and not yet committed or cancelled.
+    tx_reserved: usize,
+}
+
+/// The tx pages of a torn-down queue that reservations still point into
+/// (their writers may be filling them): freed when the last one is
+/// committed or cancelled.
+struct RetiredTx {
+    conn: u64,
+    q: usize,
+    pages: SharedPages,
+    /// Its grants the backend still maps (revoked before the run is freed).
+    grefs: Vec<grant_ref_t>,
+    outstanding: usize,
+}
+
+/// Pages whose grants the backend still maps: freed once every one is
+/// revoked (blkfront's deferred runs).
+#[derive(Debug)]
+struct Deferred {
+    grefs: Vec<grant_ref_t>,
+    pages: SharedPages,
 }
 
 impl core::fmt::Debug for Queue {
@@ -159,6 +183,21 @@ pub struct NetFront<'p, P: Platform + ?Sized> {
     offer: BackendOffer,
     queues: Vec<Queue>,
     stats: NetfrontStats,
+    /// The connection: counts teardowns of the queues, so a reservation
+    /// made on rings since torn down is recognised.
+    conn: u64,
+    retired: Vec<RetiredTx>,
+    deferred: Vec<Deferred>,
+}
+
+impl core::fmt::Debug for RetiredTx {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RetiredTx")
+            .field("conn", &self.conn)
+            .field("q", &self.q)
+            .field("outstanding", &self.outstanding)
+            .finish_non_exhaustive()
+    }
 }
 
 fn plat(e: PlatformError) -> NetfrontError {
@@ -233,6 +272,9 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             offer: BackendOffer::default(),
             queues: Vec::new(),
             stats: NetfrontStats::default(),
+            conn: 0,
+            retired: Vec::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -306,6 +348,13 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         self.stats
     }
 
+    /// The connection number: changes whenever the rings are torn down
+    /// (the backend went away, restarted, or the device failed). Ports,
+    /// offloads and MTU read before a change may be stale.
+    pub fn connection(&self) -> u64 {
+        self.conn
+    }
+
     /// The largest frame [`NetFront::transmit`] takes.
     pub fn max_frame(&self) -> usize {
         if self.offloads().0 {
@@ -332,6 +381,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// Connected while offered: start the data path; Closing, Closed or
     /// removed: tear down and go Closed.
     pub fn backend_changed(&mut self) -> Result<(), NetfrontError> {
+        self.retry_deferred();
         if let Some(f) = &self.failure {
             return Err(NetfrontError::Failed(f.clone()));
         }
@@ -526,6 +576,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             rx_pages,
             rx_grefs,
             rx_pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
+            tx_reserved: 0,
         };
         // Post every rx page: page i for ring slot i, so a response's slot
         // names its page (the backend answers in the request's slot).
@@ -646,10 +697,16 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     }
 
     /// Revokes every grant, frees the pages (keeping those the backend
-    /// still maps), closes the ports.
+    /// still maps, and tx pages outstanding reservations point into until
+    /// they end), closes the ports.
     fn teardown_queues(&mut self) {
         let p = self.p;
-        for q in core::mem::take(&mut self.queues) {
+        if self.queues.is_empty() {
+            return;
+        }
+        let conn = self.conn;
+        self.conn = self.conn.wrapping_add(1);
+        for (qi, q) in core::mem::take(&mut self.queues).into_iter().enumerate() {
             let Queue {
                 tx,
                 rx,
@@ -663,32 +720,80 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                 tx_grefs,
                 rx_pages,
                 rx_grefs,
+                tx_reserved,
                 ..
             } = q;
             let _tx_mem: SharedRing = tx.into_shared();
             let _rx_mem: SharedRing = rx.into_shared();
-            let release = |pages: SharedPages, grefs: &[grant_ref_t], stats: &mut NetfrontStats| {
-                let mut ok = true;
-                for &g in grefs {
-                    ok &= p.end_access(g).is_ok();
-                }
-                if ok {
-                    let _ = p.free_pages(pages);
-                } else {
-                    // Still mapped by the backend: never reuse these pages.
-                    stats.leaked_pages = stats.leaked_pages.saturating_add(pages.count() as u64);
-                    let _leaked = pages;
-                }
-            };
-            release(tx_ring, &[tx_ring_gref], &mut self.stats);
-            release(rx_ring, &[rx_ring_gref], &mut self.stats);
-            release(tx_pages, &tx_grefs, &mut self.stats);
-            release(rx_pages, &rx_grefs, &mut self.stats);
+            self.release_run(&[tx_ring_gref], tx_ring);
+            self.release_run(&[rx_ring_gref], rx_ring);
+            if tx_reserved > 0 {
+                // Writers are filling some of these pages: revoke now, free
+                // when the last reservation ends.
+                let grefs = self.revoke(&tx_grefs, tx_pages.count());
+                self.retired.push(RetiredTx {
+                    conn,
+                    q: qi,
+                    pages: tx_pages,
+                    grefs,
+                    outstanding: tx_reserved,
+                });
+            } else {
+                self.release_run(&tx_grefs, tx_pages);
+            }
+            self.release_run(&rx_grefs, rx_pages);
             let _ = p.evtchn_close(port_tx);
             if port_rx != port_tx {
                 let _ = p.evtchn_close(port_rx);
             }
         }
+    }
+
+    /// Revokes `grefs`; those the backend still maps (counted in
+    /// `leaked_pages` as `pages` pages once per run).
+    fn revoke(&mut self, grefs: &[grant_ref_t], pages: usize) -> Vec<grant_ref_t> {
+        let left: Vec<grant_ref_t> = grefs
+            .iter()
+            .copied()
+            .filter(|&g| matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. })))
+            .collect();
+        if !left.is_empty() {
+            self.stats.leaked_pages = self.stats.leaked_pages.saturating_add(pages as u64);
+        }
+        left
+    }
+
+    /// Revokes `grefs` and frees `pages`, or defers both while the
+    /// backend maps any of them.
+    fn release_run(&mut self, grefs: &[grant_ref_t], pages: SharedPages) {
+        let left = self.revoke(grefs, pages.count());
+        self.free_or_defer(left, pages);
+    }
+
+    fn free_or_defer(&mut self, left: Vec<grant_ref_t>, pages: SharedPages) {
+        if left.is_empty() {
+            // A platform refusal leaks the pages, which is safe.
+            let _ = self.p.free_pages(pages);
+        } else {
+            self.deferred.push(Deferred { grefs: left, pages });
+        }
+    }
+
+    /// Retries the deferred revocations; frees the runs no longer mapped.
+    fn retry_deferred(&mut self) {
+        for d in core::mem::take(&mut self.deferred) {
+            let left: Vec<grant_ref_t> = d
+                .grefs
+                .into_iter()
+                .filter(|&g| matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. })))
+                .collect();
+            self.free_or_defer(left, d.pages);
+        }
+    }
+
+    /// Pages kept because the backend still maps some of their grants.
+    pub fn deferred_pages(&self) -> usize {
+        self.deferred.iter().map(|d| d.pages.count()).sum()
     }
 
     fn disconnect(&mut self) {
@@ -832,14 +937,28 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         let qu = &mut self.queues[q];
         let at = qu.tx_free.len() - pages;
         let ids = qu.tx_free.split_off(at);
-        Ok(Some(TxReservation { q, ids }))
+        qu.tx_reserved += 1;
+        Ok(Some(TxReservation {
+            q,
+            ids,
+            conn: self.conn,
+        }))
     }
 
     /// The pages of a reservation, in frame order, each [`PAGE_SIZE`]
     /// bytes, valid for writes until the reservation is committed or
     /// cancelled (the backend cannot map them before).
     pub fn tx_page_ptrs(&self, r: &TxReservation) -> Vec<*mut u8> {
-        let Some(qu) = self.queues.get(r.q) else {
+        let run = if r.conn == self.conn {
+            self.queues.get(r.q).map(|qu| &qu.tx_pages)
+        } else {
+            // Rings torn down since: the run is kept until the reservation ends.
+            self.retired
+                .iter()
+                .find(|t| t.conn == r.conn && t.q == r.q)
+                .map(|t| &t.pages)
+        };
+        let Some(run) = run else {
             return Vec::new();
         };
         r.ids
@@ -847,14 +966,41 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             .map(|&id| {
                 // SAFETY: `id < NETIF_TX_RING_SIZE`, so the offset is inside
                 // the tx page run.
-                unsafe { qu.tx_pages.as_ptr().add(usize::from(id) * PAGE_SIZE) }
+                unsafe { run.as_ptr().add(usize::from(id) * PAGE_SIZE) }
             })
             .collect()
     }
 
+    /// Ends a reservation made on rings torn down since: the frame is
+    /// dropped, and its page run freed with the last such reservation.
+    fn end_stale(&mut self, r: &TxReservation) {
+        if let Some(i) = self
+            .retired
+            .iter()
+            .position(|t| t.conn == r.conn && t.q == r.q)
+        {
+            let t = &mut self.retired[i];
+            t.outstanding = t.outstanding.saturating_sub(1);
+            if t.outstanding == 0 {
+                let t = self.retired.swap_remove(i);
+                let RetiredTx { grefs, pages, .. } = t;
+                let left: Vec<grant_ref_t> = grefs
+                    .into_iter()
+                    .filter(|&g| {
+                        matches!(self.p.end_access(g), Err(PlatformError::GrantInUse { .. }))
+                    })
+                    .collect();
+                self.free_or_defer(left, pages);
+            }
+        }
+    }
+
     /// Sends the first `len` bytes written into a reservation's pages.
     /// A bad length or offload gives the pages back and fails with
-    /// [`NetfrontError::BadFrame`].
+    /// [`NetfrontError::BadFrame`]; a reservation made before the rings
+    /// were torn down (a backend reconnect) drops the frame and fails with
+    /// [`NetfrontError::NotConnected`] (even when connected again: the
+    /// caller's ports may be stale).
     pub fn commit_tx(
         &mut self,
         r: TxReservation,
@@ -862,21 +1008,32 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         meta: PacketMeta,
     ) -> Result<(), NetfrontError> {
         let q = r.q;
+        if r.conn != self.conn {
+            self.end_stale(&r);
+            return Err(NetfrontError::NotConnected);
+        }
         if let Err(e) = self.usable(q).and_then(|()| self.check_frame(len, &meta)) {
             self.cancel_tx(r);
             return Err(e);
         }
         let n = len.div_ceil(PAGE_SIZE).min(r.ids.len());
         let (used, rest) = r.ids.split_at(n);
-        self.queues[q].tx_free.extend_from_slice(rest);
+        let qu = &mut self.queues[q];
+        qu.tx_free.extend_from_slice(rest);
+        qu.tx_reserved = qu.tx_reserved.saturating_sub(1);
         self.push_frame(q, used, len, meta);
         Ok(())
     }
 
     /// Gives a reservation's pages back unused.
     pub fn cancel_tx(&mut self, r: TxReservation) {
+        if r.conn != self.conn {
+            self.end_stale(&r);
+            return;
+        }
         if let Some(qu) = self.queues.get_mut(r.q) {
             qu.tx_free.extend_from_slice(&r.ids);
+            qu.tx_reserved = qu.tx_reserved.saturating_sub(1);
         }
     }
 
@@ -1136,6 +1293,15 @@ impl<P: Platform + ?Sized> Drop for NetFront<'_, P> {
             .p
             .xs_unwatch(&format!("{}/state", self.backend), &self.token);
         self.teardown_queues();
+        // Tx runs that reservations still point into are kept (leaked):
+        // their writers may outlive this value; so are runs still mapped.
+        for t in core::mem::take(&mut self.retired) {
+            let _kept = t.pages;
+        }
+        self.retry_deferred();
+        for d in core::mem::take(&mut self.deferred) {
+            let _kept = d.pages;
+        }
     }
 }
 
@@ -1144,6 +1310,8 @@ impl<P: Platform + ?Sized> Drop for NetFront<'_, P> {
 pub struct TxReservation {
     q: usize,
     ids: Vec<u16>,
+    /// [`NetFront::connection`] when it was made.
+    conn: u64,
 }
 
 impl TxReservation {

@@ -13,7 +13,14 @@
 //! |---|---|---|
 //! | InitWait | waiting or Closed | read `multi-queue-max-queues`, `feature-split-event-channels`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `mtu`; per queue allocate and grant a tx and an rx ring page, 256 tx pages (read-only) and 256 rx pages (writable), one or two unbound ports; post every rx page; write `tx-ring-ref`, `rx-ring-ref`, `event-channel` (or `-tx`/`-rx`), `queue-N/` with `multi-queue-num-queues`, `request-rx-copy`, `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4`/`v6`, `feature-ipv6-csum-offload`, `feature-no-csum-offload` in one transaction; switch to Initialised (Linux netfront goes straight to Connected; Linux netback connects on either, and backendd after a restart waits for a fresh Initialised) |
 //! | Connected | offered | switch to Connected; the data path starts; the backend is kicked for the posted rx pages |
-//! | Closing, Closed, or removed | offered or Connected | revoke every grant (pages the backend still maps are never reused), free the rings, close the ports, switch to Closed |
+//! | InitWait | Connected | the backend restarted without closing (a killed and restarted backendd): tear down as below, then offer fresh rings as above |
+//! | Closing, Closed, or removed | offered or Connected | revoke every grant (pages the backend still maps are deferred: kept and retried at each later look, never reused while mapped), free the rings, close the ports, switch to Closed |
+//!
+//! Every teardown changes [`NetFront::connection`]: a caller that cached
+//! ports, offloads or the MTU reads them again. A tx reservation made on
+//! torn-down rings ends with [`NetfrontError::NotConnected`] (its frame is
+//! dropped, as a NIC drops frames while its link is down); its pages stay
+//! valid until then.
 //!
 //! # Data path
 //!

@@ -154,9 +154,15 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         let mut pumps = Vec::new();
         for nic in &nics {
             let stop = &net_stop;
-            pumps.push(s.spawn(move || crate::pvnet::tx_loop(nic, stop)));
-            pumps.push(s.spawn(move || crate::pvnet::rx_loop(nic, stop)));
+            pumps.push(s.spawn(move || crate::pvnet::run_pump(nic, stop, crate::pvnet::tx_loop)));
+            pumps.push(s.spawn(move || crate::pvnet::run_pump(nic, stop, crate::pvnet::rx_loop)));
         }
+        let link_watcher = (!nics.is_empty()).then(|| {
+            let (nics, stop) = (&nics, &net_stop);
+            // The disks' waiters take the watch queue when there are disks.
+            let read_watches = ids.is_empty();
+            s.spawn(move || crate::pvnet::watch_links(p, nics, stop, read_watches))
+        });
         let mut running = Vec::new();
         for (name, path, bf, unmounter) in files {
             let h = s.spawn(move || bf.serve());
@@ -192,6 +198,9 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             );
         }
         net_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = link_watcher {
+            let _ = h.join();
+        }
         for h in pumps {
             match h.join() {
                 Ok(Ok(())) => {}

@@ -17,6 +17,19 @@
 //! batch); rx takes received frames, writes them to the TAP, re-posts the
 //! buffers, and spins briefly on the ring before arming the event index
 //! and sleeping on the rx port.
+//!
+//! The link: [`watch_links`] follows each backend's state after
+//! `bring_up` (level-triggered, every [`LINK_POLL`], and on the NICs' watch
+//! events when no disk takes the watch queue): a backend that goes away
+//! (Closing, Closed, removed) or restarts (InitWait again, as a killed and
+//! restarted backendd) tears netfront's rings down and the TAP's carrier
+//! goes off, as Linux netfront's `netif_carrier_off`; netfront offers
+//! fresh rings and, once the backend is Connected again, the carrier comes
+//! back with the offloads and MTU the new backend negotiated. The TAP, its
+//! addresses and routes are never touched: programs in the guest see a
+//! link that went down and up. The pumps run under [`run_pump`], which
+//! waits for the link while netfront is not connected and starts them
+//! again (frames in flight meanwhile are lost, as on any NIC).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -45,6 +58,8 @@ const PUSH_EVERY: usize = 16;
 const RX_SPIN: Duration = Duration::from_micros(100);
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
+/// How often [`watch_links`] reads the backends' states without an event.
+pub const LINK_POLL: Duration = Duration::from_millis(50);
 
 /// Why the NICs failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +154,8 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `TUNSETCARRIER` (`_IOW('T', 226, int)`, Linux 5.0).
+const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
@@ -212,6 +229,25 @@ impl GuestTap {
         if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &sz as *const libc::c_int) } < 0 {
             return Err(os("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
         }
+        let tap = Self {
+            file,
+            name: name.to_owned(),
+        };
+        tap.set_offloads(offloads)?;
+        let s = ctl_socket().map_err(os("socket"))?;
+        let mut r = ifreq(name);
+        r.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+        r.data[2..8].copy_from_slice(&mac);
+        ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFHWADDR, &mut r)
+            .map_err(os(format!("set the MAC of {name}")))?;
+        tap.set_mtu(mtu)?;
+        set_up(name)?;
+        Ok(tap)
+    }
+
+    /// `TUNSETOFFLOAD`: what netfront carries (scatter-gather with
+    /// checksum offload, TSO4, TSO6).
+    pub fn set_offloads(&self, offloads: (bool, bool, bool)) -> Result<(), PvnetError> {
         let (sg, tso4, tso6) = offloads;
         let mut off = 0;
         if sg {
@@ -224,24 +260,33 @@ impl GuestTap {
             }
         }
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, off) } < 0 {
+        if unsafe { libc::ioctl(self.fd(), TUNSETOFFLOAD, off) } < 0 {
             return Err(os("TUNSETOFFLOAD")(io::Error::last_os_error()));
         }
+        Ok(())
+    }
+
+    /// Sets the interface's MTU.
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), PvnetError> {
         let s = ctl_socket().map_err(os("socket"))?;
-        let mut r = ifreq(name);
-        r.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
-        r.data[2..8].copy_from_slice(&mac);
-        ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFHWADDR, &mut r)
-            .map_err(os(format!("set the MAC of {name}")))?;
-        let mut r = ifreq(name);
+        let mut r = ifreq(&self.name);
         r.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
         ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFMTU, &mut r)
-            .map_err(os(format!("set the MTU of {name}")))?;
-        set_up(name)?;
-        Ok(Self {
-            file,
-            name: name.to_owned(),
-        })
+            .map_err(os(format!("set the MTU of {}", self.name)))
+    }
+
+    /// `TUNSETCARRIER`: the link as programs in the guest see it
+    /// (`NO-CARRIER` in `ip link` while off).
+    pub fn set_carrier(&self, on: bool) -> Result<(), PvnetError> {
+        let v: libc::c_int = on.into();
+        // SAFETY: TUNSETCARRIER reads one int through the pointer, which
+        // points at a live local.
+        if unsafe { libc::ioctl(self.fd(), TUNSETCARRIER, &v as *const libc::c_int) } < 0 {
+            return Err(os(format!("TUNSETCARRIER {}", self.name))(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// The interface name.
@@ -468,7 +513,6 @@ pub fn tx_loop<P: Platform + ?Sized>(
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_tx = lock(&nic.nf).ports(0).map(|p| p.0).unwrap_or(0);
     let p = nic_platform(&nic.nf);
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
@@ -486,6 +530,8 @@ pub fn tx_loop<P: Platform + ?Sized>(
                         // Ring or buffers full: publish, wait for responses.
                         nf.push_tx(0).map_err(nf_err)?;
                         let ready = nf.arm_tx(0).map_err(nf_err)?;
+                        // (Read each time: a reconnect gives new ports.)
+                        let port_tx = nf.ports(0).map(|p| p.0).unwrap_or(0);
                         drop(nf);
                         if !ready {
                             let _ = NetFront::<P>::poll_ports(p, &[port_tx], Some(SLEEP));
@@ -567,7 +613,6 @@ pub fn rx_loop<P: Platform + ?Sized>(
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_rx = lock(&nic.nf).ports(0).map(|p| p.1).unwrap_or(0);
     let p = nic_platform(&nic.nf);
     let mut idle_since: Option<Instant> = None;
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
@@ -630,10 +675,188 @@ pub fn rx_loop<P: Platform + ?Sized>(
             continue;
         }
         idle_since = None;
-        if lock(&nic.nf).arm_rx(0).map_err(nf_err)? {
-            continue;
-        }
+        let port_rx = {
+            let mut nf = lock(&nic.nf);
+            if nf.arm_rx(0).map_err(nf_err)? {
+                continue;
+            }
+            // (Read each time: a reconnect gives new ports.)
+            nf.ports(0).map(|p| p.1).unwrap_or(0)
+        };
         let _ = NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The link.
+
+/// Runs `pump` (e.g. [`tx_loop`] or [`rx_loop`] of `nic`) until `stop`,
+/// across backend reconnects: when it ends because netfront is not
+/// connected (the backend went away, or the rings it used were replaced),
+/// waits until [`watch_links`] has connected netfront again and starts it
+/// anew (it reads the new rings' ports). Other errors, a failed device
+/// among them (a hostile backend), end it.
+pub fn run_pump<'p, P: Platform + ?Sized>(
+    nic: &GuestNic<'p, P>,
+    stop: &AtomicBool,
+    pump: impl Fn(&GuestNic<'p, P>, &AtomicBool) -> Result<(), PvnetError>,
+) -> Result<(), PvnetError> {
+    loop {
+        match pump(nic, stop) {
+            Err(PvnetError::Netfront {
+                source: NetfrontError::NotConnected,
+                ..
+            }) => {}
+            r => return r,
+        }
+        while !lock(&nic.nf).is_connected() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// What [`watch_links`] last saw of a NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinkSeen {
+    up: bool,
+    conn: u64,
+    failed: bool,
+}
+
+/// Follows every NIC's backend until `stop` (see the [module docs](self)):
+/// hands each a look at its backend's state (`NetFront::backend_changed`)
+/// every [`LINK_POLL`], and also on the NICs' watch events when
+/// `read_watches` (no other frontend reads the platform's one watch
+/// queue); turns each TAP's carrier off while its netfront is not
+/// connected and on again, with the renegotiated offloads and MTU, once it
+/// is. Writes `pvnet link-down`/`link-up`/`link-failed` lines to the
+/// runtime's standard output.
+pub fn watch_links<P: Platform + ?Sized>(
+    p: &P,
+    nics: &[GuestNic<'_, P>],
+    stop: &AtomicBool,
+    read_watches: bool,
+) {
+    let mut seen: Vec<LinkSeen> = nics
+        .iter()
+        .map(|n| {
+            let nf = lock(&n.nf);
+            LinkSeen {
+                up: nf.is_connected(),
+                conn: nf.connection(),
+                failed: nf.failure().is_some(),
+            }
+        })
+        .collect();
+    let state_paths: Vec<String> = nics
+        .iter()
+        .map(|n| format!("{}/state", lock(&n.nf).backend_path()))
+        .collect();
+    // The backend states last handed to netfront (outer `None`: not yet).
+    let mut last_raw: Vec<Option<Option<Vec<u8>>>> = vec![None; nics.len()];
+    while !stop.load(Ordering::Relaxed) {
+        if read_watches {
+            // Any event is a reason to look at every NIC (level-triggered).
+            let _ = p.xs_read_watch(Some(LINK_POLL));
+            for _ in 0..64 {
+                match p.xs_read_watch(Some(Duration::ZERO)) {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        } else {
+            std::thread::sleep(LINK_POLL);
+        }
+        for (i, (nic, last)) in nics.iter().zip(seen.iter_mut()).enumerate() {
+            // Read without the NIC's lock (the pumps keep going); only a
+            // changed state goes to netfront, whose reaction depends on
+            // nothing else.
+            let raw = match p.xs_read(XBT_NIL, &state_paths[i]) {
+                Ok(v) => Some(v),
+                Err(e) if e.is_xs_enoent() => None,
+                Err(_) => continue,
+            };
+            if last_raw[i].as_ref() == Some(&raw) {
+                continue;
+            }
+            let mut nf = lock(&nic.nf);
+            // Errors: a failed device stays failed (reported below); a
+            // xenstore hiccup is retried at the next look.
+            if nf.backend_changed().is_ok() || nf.failure().is_some() {
+                last_raw[i] = Some(raw);
+            }
+            let now = LinkSeen {
+                up: nf.is_connected(),
+                conn: nf.connection(),
+                failed: nf.failure().is_some(),
+            };
+            if now == *last {
+                continue;
+            }
+            let devid = nic.devid.to_string();
+            let ifname = nic.tap.name().to_owned();
+            if now.failed && !last.failed {
+                let why = nf.failure().map(ToString::to_string).unwrap_or_default();
+                drop(nf);
+                let _ = nic.tap.set_carrier(false);
+                emit_unlocked(
+                    "pvnet link-failed",
+                    &[
+                        ("devid", devid),
+                        ("ifname", ifname),
+                        ("error", why.replace(' ', "_")),
+                    ],
+                );
+            } else if now.up && (!last.up || now.conn != last.conn) {
+                let (offloads, mtu) = (nf.offloads(), nf.mtu());
+                drop(nf);
+                let r = nic
+                    .tap
+                    .set_offloads(offloads)
+                    .and_then(|()| nic.tap.set_mtu(mtu))
+                    .and_then(|()| nic.tap.set_carrier(true));
+                let mut fields = vec![
+                    ("devid", devid),
+                    ("ifname", ifname),
+                    ("mtu", mtu.to_string()),
+                    ("offloads", format!("{offloads:?}").replace(' ', "")),
+                ];
+                if let Err(e) = r {
+                    fields.push(("error", e.to_string().replace(' ', "_")));
+                }
+                emit_unlocked("pvnet link-up", &fields);
+            } else if !now.up && last.up {
+                let state = format!("{:?}", nf.state());
+                drop(nf);
+                let _ = nic.tap.set_carrier(false);
+                emit_unlocked(
+                    "pvnet link-down",
+                    &[("devid", devid), ("ifname", ifname), ("state", state)],
+                );
+            }
+            *last = now;
+        }
+    }
+}
+
+/// A `tag key=value...` line written straight to file descriptor 1,
+/// without `Stdout`'s lock (the runtime's main thread holds it while the
+/// guest's init runs).
+fn emit_unlocked(tag: &str, fields: &[(&str, String)]) {
+    let mut s = String::from(tag);
+    for (k, v) in fields {
+        s.push_str(&format!(" {k}={v}"));
+    }
+    s.push('\n');
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        match nix::unistd::write(std::io::stdout(), b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => b = &b[n..],
+        }
+    }
 }

@@ -20,6 +20,15 @@
 //! `SCHEDOP_poll` with smoltcp's next timer (at most 100 ms) as timeout.
 //! Netfront runs without offloads (`feature-no-csum-offload`: netback
 //! completes checksums for us; one-page frames of at most the MTU).
+//!
+//! The link: every [`LINK_CHECK_MS`] the loop hands the vif's watch
+//! events (its backend's `state`) to netfront, and reads the state itself
+//! every second (level-triggered). A backend that goes away or restarts
+//! (a killed and restarted backendd: InitWait while Connected) makes
+//! netfront tear the rings down and offer fresh ones; meanwhile the loop
+//! waits on the watch queue, and once netfront is Connected again it
+//! serves on (new ports, MTU); smoltcp's sockets stay, TCP retransmits
+//! what was lost. A device failed by a hostile backend ends the workload.
 
 use alloc::format;
 use alloc::string::String;
@@ -55,6 +64,10 @@ const ECHO_BUF: usize = 64 << 10;
 const POLL_BATCH: usize = 64;
 /// The longest HTTP request head we read.
 const MAX_HEAD: usize = 2048;
+/// How often the loop looks at the vif's watch events.
+const LINK_CHECK_MS: u64 = 50;
+/// How often it reads the backend's state without an event.
+const LINK_READ_MS: u64 = 1000;
 /// The page of `GET /`.
 const INDEX: &str = "<html><body><h1>pvhvm-kernel netserve</h1>\
 <p>xen-netfront + smoltcp in a PVHVM guest. Try /bytes/N.</p></body></html>\n";
@@ -522,7 +535,6 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
             .ok_or_else(|| String::from("no vif device (a vif= in xl.cfg?)"))?,
     };
     let nf = connect(p, devid)?;
-    let (port_tx, port_rx) = nf.ports(0).ok_or("no queue")?;
     let mac = nf.mac();
     let mut dev = NetDev::new(nf);
     let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
@@ -560,12 +572,29 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         "netserve: {} up: ICMP echo, TCP echo on port 7, HTTP on port 80",
         args.addr
     );
-    let ports: Vec<evtchn_port_t> = if port_tx == port_rx {
-        vec![port_rx]
-    } else {
-        vec![port_rx, port_tx]
-    };
+    let ms = |ns: u64| ns / 1_000_000;
+    let mut next_check = ms(p.monotonic_ns()) + LINK_CHECK_MS;
+    let mut next_read = ms(p.monotonic_ns()) + LINK_READ_MS;
+    let mut conn = dev.nf.connection();
     loop {
+        let t = ms(p.monotonic_ns());
+        if t >= next_check || !dev.nf.is_connected() {
+            next_check = t + LINK_CHECK_MS;
+            let read = t >= next_read;
+            if read {
+                next_read = t + LINK_READ_MS;
+            }
+            follow_link(p, &mut dev, read)?;
+            if !dev.nf.is_connected() {
+                continue;
+            }
+            if dev.nf.connection() != conn {
+                conn = dev.nf.connection();
+                dev.mtu = dev.nf.max_frame();
+                dev.error = None;
+                println!("netserve: vif {devid} reconnected, mtu {}", dev.nf.mtu());
+            }
+        }
         let before = dev.moved;
         let mut did = false;
         for (h, st) in &mut http {
@@ -587,26 +616,83 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
             did = true;
         }
         dev.flush();
-        if let Some(e) = dev.error.take() {
-            return Err(format!("the vif failed: {e}"));
+        match dev.error.take() {
+            // The backend went away (the link is followed above).
+            Some(NetfrontError::NotConnected) => continue,
+            Some(e) => return Err(format!("the vif failed: {e}")),
+            None => {}
         }
         if did || dev.moved != before {
             continue;
         }
         // Idle: arm both event indices, then wait for the backend or
         // smoltcp's next timer.
-        let ready = dev.nf.arm_rx(0).map_err(|e| format!("arm rx: {e}"))?
-            | dev.nf.arm_tx(0).map_err(|e| format!("arm tx: {e}"))?;
+        let armed = dev.nf.arm_rx(0).and_then(|a| Ok(a | dev.nf.arm_tx(0)?));
+        let ready = match armed {
+            Ok(r) => r,
+            Err(NetfrontError::NotConnected) => continue,
+            Err(e) => return Err(format!("arm: {e}")),
+        };
         if ready || dev.nf.rx_ready(0) {
             continue;
         }
         let delay = iface
             .poll_delay(now(p), &sockets)
-            .map_or(100_000, |d| d.total_micros().min(100_000));
+            .map_or(100_000, |d| d.total_micros().min(100_000))
+            .min(LINK_CHECK_MS * 1000);
         if delay == 0 {
             continue;
         }
+        // (Read each time: a reconnect gives new ports.)
+        let Some((port_tx, port_rx)) = dev.nf.ports(0) else {
+            continue;
+        };
+        let ports: Vec<evtchn_port_t> = if port_tx == port_rx {
+            vec![port_rx]
+        } else {
+            vec![port_rx, port_tx]
+        };
         NetFront::<KPlatform>::poll_ports(p, &ports, Some(Duration::from_micros(delay)))
             .map_err(|e| format!("poll: {e}"))?;
     }
+}
+
+/// Hands the vif's watch events to netfront (waiting up to
+/// [`LINK_CHECK_MS`] for one while it is not connected) and, when `read`
+/// or not connected, lets it read its backend's state; a failed device
+/// ends the workload.
+fn follow_link(p: &KPlatform, dev: &mut NetDev<'_>, read: bool) -> Result<(), String> {
+    let was = dev.nf.is_connected();
+    let wait = if was {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(LINK_CHECK_MS)
+    };
+    let mut first = true;
+    for _ in 0..64 {
+        let w = if first { wait } else { Duration::ZERO };
+        first = false;
+        match p.xs_read_watch(Some(w)) {
+            Ok(Some(ev)) => {
+                dev.nf
+                    .handle_watch(&ev)
+                    .map_err(|e| format!("the vif failed: {e}"))?;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("xenstore: {e}")),
+        }
+    }
+    if read || !dev.nf.is_connected() {
+        dev.nf
+            .backend_changed()
+            .map_err(|e| format!("the vif failed: {e}"))?;
+    }
+    if was && !dev.nf.is_connected() {
+        println!(
+            "netserve: vif {} down: backend gone ({:?})",
+            dev.nf.devid(),
+            dev.nf.state()
+        );
+    }
+    Ok(())
 }

@@ -178,3 +178,87 @@ fn test_pvhvm_guest_answers_ping_curl_and_tcp_echo_from_dom0_and_destroy_removes
         "xl destroy removes the TAP {tap}"
     );
 }
+
+#[test]
+fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
+    // Arrange
+    need("ping", "iputils-ping");
+    need("curl", "curl");
+    let mut h = Host::start("pvhvm-netrc-");
+    let ns = Netns::new("k");
+    let br = bridge_name("k");
+    make_bridge(&ns, &br, "10.78.0.1/24");
+    let mut backendd = start_backendd_in(&h, &ns);
+    let pid = std::process::id();
+    let name = format!("pvrc{pid}");
+    let mac = format!("00:16:3e:4f:{:02x}:03", pid as u8);
+    let cfg = h.config_full(
+        &name,
+        "netserve ip=10.78.0.3/24",
+        &[],
+        1,
+        &[format!("mac={mac}, bridge={br}")],
+        common::PRESERVE_ALL,
+    );
+    ok("xl create", &h.create(&name, &cfg));
+    wait_guest(&h, &name, "netserve: 10.78.0.3/24 up", T);
+    let ping_once = || {
+        ns.exec("ping", &["-c", "1", "-W", "1", "10.78.0.3"])
+            .status
+            .success()
+    };
+    let before = ping_once();
+
+    // Act: SIGKILL backendd (its TAP goes with it), start a new one.
+    let mut answers_after = Vec::new();
+    for _ in 0..2 {
+        backendd.0.kill().expect("SIGKILL backendd");
+        let _ = backendd.0.wait();
+        // A killed backendd leaves its pid file behind.
+        let _ = std::fs::remove_file(h.rundir().join("backendd.pid"));
+        std::thread::sleep(Duration::from_millis(300));
+        let gone = !ping_once();
+        backendd = start_backendd_in(&h, &ns);
+        let t0 = std::time::Instant::now();
+        let mut back = None;
+        while t0.elapsed() < Duration::from_secs(20) {
+            if ping_once() {
+                back = Some(t0.elapsed());
+                break;
+            }
+        }
+        answers_after.push((gone, back));
+    }
+    let bytes = ns.exec(
+        "curl",
+        &["-sS", "--max-time", "20", "http://10.78.0.3/bytes/1000000"],
+    );
+    let log = wait_guest(&h, &name, "reconnected", T);
+    let d = domid(&h, &name);
+    let ports = bridge_ports(&ns, &br);
+    eprintln!("(unreachable while down, time to answer after the restart): {answers_after:?}");
+
+    // Assert
+    assert!(before, "Dom0 pings the guest before the kills");
+    for (gone, back) in &answers_after {
+        assert!(gone, "the guest is unreachable while no backendd runs");
+        assert!(
+            back.is_some(),
+            "Dom0 reaches the guest again after the restart:\n{log}"
+        );
+    }
+    assert!(
+        bytes.status.success() && bytes.stdout == bytes_body(1_000_000),
+        "HTTP after the restarts: {}",
+        text(&bytes)
+    );
+    assert_eq!(log.matches("reconnected").count(), 2, "{log}");
+    assert!(!log.contains("FAIL"), "{log}");
+    assert_eq!(
+        ports,
+        vec![format!("vif{d}.0")],
+        "the new TAP is a bridge port"
+    );
+    ok("xl destroy", &h.xl(&["destroy", &name]));
+    h.guests.retain(|g| g != &name);
+}

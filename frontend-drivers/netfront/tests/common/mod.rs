@@ -213,6 +213,16 @@ impl<'a> FakeBack<'a> {
         ring.push_response(&s).expect("rx response");
     }
 
+    /// The backend goes away without unmapping (the grants stay pinned)
+    /// or writing to xenstore, as a killed backendd; its ring mappings,
+    /// for a test to unmap later (a backend slow to let go) or to drop
+    /// (FakeMapping has no Drop: they stay mapped, as a dead process's).
+    pub fn crash(&mut self) -> Vec<FakeMapping> {
+        self.tx = None;
+        self.rx = None;
+        core::mem::take(&mut self.maps)
+    }
+
     /// Overwrites `rsp_prod` of the rx ring (a hostile backend).
     pub fn corrupt_rx_rsp_prod(&self, v: u32) {
         let m = &self.maps[1];

@@ -78,6 +78,67 @@ pub fn make_bridge(ns: &Netns, br: &str, addr: &str) {
 /// Starts `backendd` inside `ns` (so its TAPs and bridges are there), as
 /// `xl` would start it; `xl` then finds it through its pid file.
 pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
+    let d = spawn_backendd_in(host, ns, &[]);
+    host.backendd = Some(d.take());
+}
+
+/// The pid in `<rundir>/backendd.pid`.
+pub fn backendd_pid(host: &Host) -> i32 {
+    let p = host.rundir().join("backendd.pid");
+    let s =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    s.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("bad pid in {}: {s:?}: {e}", p.display()))
+}
+
+/// SIGKILLs backendd `d` (no clean-up: its TAPs go with its files,
+/// xenstore keeps what it wrote) and reaps it; its pid.
+pub fn kill_backendd(host: &Host, d: Daemon) -> i32 {
+    let mut c = d.take();
+    let pid = backendd_pid(host);
+    assert_eq!(pid as u32, c.id(), "the pid file names our backendd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL backendd");
+    let _ = c.wait();
+    // A killed backendd leaves its pid file: the next start writes its own.
+    let _ = std::fs::remove_file(host.rundir().join("backendd.pid"));
+    pid
+}
+
+/// `ip -o link show dev IF` in `ns` (empty when the interface is missing).
+pub fn link(ns: &Netns, ifname: &str) -> String {
+    let o = ns.exec("ip", &["-o", "link", "show", "dev", ifname]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits up to `within` until `pred` holds for `ip -o link show dev IF` in
+/// `ns`; the last output and whether it held.
+pub fn wait_link(
+    ns: &Netns,
+    ifname: &str,
+    within: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> (String, bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = link(ns, ifname);
+        if pred(&l) {
+            return (l, true);
+        }
+        if Instant::now() >= deadline {
+            return (l, false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `backendd` in `ns` with `extra` arguments, as `xl` would start
+/// it (killed on drop of the guard); waits for its pid file.
+pub fn spawn_backendd_in(host: &Host, ns: &Netns, extra: &[&str]) -> Daemon {
     let rundir = host.rundir();
     std::fs::create_dir_all(&rundir).expect("create the rundir");
     let log = std::fs::File::options()
@@ -97,13 +158,14 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         // consback writes the guests' console logs where the tests read them.
         .arg("--log-dir")
         .arg(host.console_logdir())
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         .spawn()
         .expect("start backendd");
-    host.backendd = Some(child);
+    let d = Daemon(Some(child));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !rundir.join("backendd.pid").exists() {
         assert!(
@@ -112,6 +174,7 @@ pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    d
 }
 
 /// Guests `xl destroy`ed on drop (declare after the [`Host`]).
@@ -204,12 +267,21 @@ pub fn bridge_ports(ns: &Netns, br: &str) -> Vec<String> {
 }
 
 /// A child process killed on drop.
-pub struct Daemon(pub std::process::Child);
+pub struct Daemon(pub Option<std::process::Child>);
+
+impl Daemon {
+    /// The child, no longer killed on drop.
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("a child")
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -223,7 +295,7 @@ pub fn spawn_in(ns: &Netns, prog: &str, args: &[&str]) -> Daemon {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {prog}: {e}"));
-    Daemon(c)
+    Daemon(Some(c))
 }
 
 /// Waits until TCP `port` listens in `ns`.
