@@ -159,9 +159,7 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         }
         let link_watcher = (!nics.is_empty()).then(|| {
             let (nics, stop) = (&nics, &net_stop);
-            // The disks' waiters take the watch queue when there are disks.
-            let read_watches = ids.is_empty();
-            s.spawn(move || crate::pvnet::watch_links(p, nics, stop, read_watches))
+            s.spawn(move || crate::pvnet::watch_links(p, nics, stop))
         });
         let mut running = Vec::new();
         for (name, path, bf, unmounter) in files {

@@ -19,8 +19,8 @@
 //! and sleeping on the rx port.
 //!
 //! The link: [`watch_links`] follows each backend's state after
-//! `bring_up` (level-triggered, every [`LINK_POLL`], and on the NICs' watch
-//! events when no disk takes the watch queue): a backend that goes away
+//! `bring_up` (level-triggered: on every watch event, which every thread
+//! of the guest sees, and every [`LINK_POLL`] without one): a backend that goes away
 //! (Closing, Closed, removed) or restarts (InitWait again, as a killed and
 //! restarted backendd) tears netfront's rings down and the TAP's carrier
 //! goes off, as Linux netfront's `netif_carrier_off`; netfront offers
@@ -58,8 +58,9 @@ const PUSH_EVERY: usize = 16;
 const RX_SPIN: Duration = Duration::from_micros(100);
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
-/// How often [`watch_links`] reads the backends' states without an event.
-pub const LINK_POLL: Duration = Duration::from_millis(50);
+/// How often [`watch_links`] reads the backends' states without an event
+/// (a safety net: every watch event reaches it and it looks at once).
+pub const LINK_POLL: Duration = Duration::from_millis(1000);
 
 /// Why the NICs failed.
 #[derive(Debug, thiserror::Error)]
@@ -729,18 +730,12 @@ struct LinkSeen {
 
 /// Follows every NIC's backend until `stop` (see the [module docs](self)):
 /// hands each a look at its backend's state (`NetFront::backend_changed`)
-/// every [`LINK_POLL`], and also on the NICs' watch events when
-/// `read_watches` (no other frontend reads the platform's one watch
-/// queue); turns each TAP's carrier off while its netfront is not
+/// on every watch event (each thread sees every event of the guest's
+/// xenstore connection) and every [`LINK_POLL`] without one; turns each TAP's carrier off while its netfront is not
 /// connected and on again, with the renegotiated offloads and MTU, once it
 /// is. Writes `pvnet link-down`/`link-up`/`link-failed` lines to the
 /// runtime's standard output.
-pub fn watch_links<P: Platform + ?Sized>(
-    p: &P,
-    nics: &[GuestNic<'_, P>],
-    stop: &AtomicBool,
-    read_watches: bool,
-) {
+pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: &AtomicBool) {
     let mut seen: Vec<LinkSeen> = nics
         .iter()
         .map(|n| {
@@ -759,17 +754,16 @@ pub fn watch_links<P: Platform + ?Sized>(
     // The backend states last handed to netfront (outer `None`: not yet).
     let mut last_raw: Vec<Option<Option<Vec<u8>>>> = vec![None; nics.len()];
     while !stop.load(Ordering::Relaxed) {
-        if read_watches {
-            // Any event is a reason to look at every NIC (level-triggered).
-            let _ = p.xs_read_watch(Some(LINK_POLL));
-            for _ in 0..64 {
-                match p.xs_read_watch(Some(Duration::ZERO)) {
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-        } else {
+        // Any event is a reason to look at every NIC (level-triggered; an
+        // unchanged state costs one read).
+        if p.xs_read_watch(Some(LINK_POLL)).is_err() {
             std::thread::sleep(LINK_POLL);
+        }
+        for _ in 0..64 {
+            match p.xs_read_watch(Some(Duration::ZERO)) {
+                Ok(Some(_)) => {}
+                _ => break,
+            }
         }
         for (i, (nic, last)) in nics.iter().zip(seen.iter_mut()).enumerate() {
             // Read without the NIC's lock (the pumps keep going); only a
