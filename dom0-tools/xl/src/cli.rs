@@ -51,6 +51,28 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// Ask a domain to shut down (its PV drivers see control/shutdown).
+    Shutdown {
+        /// Wait until the domain has shut down.
+        #[arg(short = 'w')]
+        wait: bool,
+        /// Without a PV control interface, have the hypervisor shut it down.
+        #[arg(short = 'F')]
+        force: bool,
+        /// Name or id.
+        domain: String,
+    },
+    /// Ask a domain to reboot (`on_reboot` then applies: restart by default).
+    Reboot {
+        /// Wait until the domain has shut down for the reboot.
+        #[arg(short = 'w')]
+        wait: bool,
+        /// Without a PV control interface, have the hypervisor reboot it.
+        #[arg(short = 'F')]
+        force: bool,
+        /// Name or id.
+        domain: String,
+    },
     /// Attach to a domain's console (`Ctrl-]` detaches).
     Console {
         /// Name or id.
@@ -115,6 +137,30 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Console { domain } => crate::console::console(domain).map(drop),
         Verb::List { verbose, domains } => toolstack::list(&mut out, domains, *verbose),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
+        Verb::Shutdown {
+            wait,
+            force,
+            domain,
+        } => toolstack::shutdown(
+            &mut out,
+            domain,
+            xen_shim::protocol::ShutdownReason::Poweroff,
+            *force,
+            *wait,
+        )
+        .map(drop),
+        Verb::Reboot {
+            wait,
+            force,
+            domain,
+        } => toolstack::shutdown(
+            &mut out,
+            domain,
+            xen_shim::protocol::ShutdownReason::Reboot,
+            *force,
+            *wait,
+        )
+        .map(drop),
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),

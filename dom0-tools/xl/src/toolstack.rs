@@ -625,8 +625,9 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
     r
 }
 
-/// Creates (or truncates) the guest's console log, `guest-<name>.log` in
-/// the console log directory.
+/// Creates the guest's console log, `guest-<name>.log` in the console log
+/// directory, or keeps it: like xenconsoled's logs it is appended to, so a
+/// guest restarted by `on_reboot` keeps what it printed before.
 fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
     let dir = daemons::console_logdir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
@@ -634,10 +635,14 @@ fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
         source,
     })?;
     let log = dir.join(format!("guest-{name}.log"));
-    std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
-        what: format!("create {}", log.display()),
-        source,
-    })?;
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|source| ToolstackError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
     Ok(log)
 }
 
@@ -815,6 +820,89 @@ pub fn pause(which: &str, pause: bool) -> Result<u16, ToolstackError> {
         if pause { "pause" } else { "unpause" },
         d.domid
     )))?;
+    Ok(d.domid)
+}
+
+/// `xl shutdown` (`reason` = poweroff) or `xl reboot` (reboot), as libxl's
+/// `libxl_domain_shutdown`/`libxl_domain_reboot`: writes the request to the
+/// guest's `control/shutdown`, which its PV drivers watch (our PV runtime
+/// does and advertises `control/feature-poweroff`/`feature-reboot`). A
+/// PVHVM guest that did not advertise the feature has no PV control
+/// interface: with `force` (`-F`, xl's fallback to an ACPI power event)
+/// the shim shuts it down instead, the VMM cutting its power; without it,
+/// an error. With `wait` (`-w`), returns once the domain has shut down or
+/// is gone, printing xl's lines to `out`.
+///
+/// # Errors
+/// [`ToolstackError::NoDomain`], Domain-0, no PV control interface, or a
+/// shim/xenstore failure.
+pub fn shutdown(
+    out: &mut dyn Write,
+    which: &str,
+    reason: xen_shim::protocol::ShutdownReason,
+    force: bool,
+    wait: bool,
+) -> Result<u16, ToolstackError> {
+    use xen_shim::protocol::{DomainState, ShutdownReason};
+    let control = shim(false)?;
+    let xs = xenstore(false)?;
+    let d = find_domain(&control, which)?;
+    if d.domid == 0 {
+        return Err(ToolstackError::Unsupported(
+            "cannot shut down or reboot Domain-0 from here".into(),
+        ));
+    }
+    let (word, feature) = if reason == ShutdownReason::Reboot {
+        ("reboot", "feature-reboot")
+    } else {
+        ("poweroff", "feature-poweroff")
+    };
+    let home = format!("/local/domain/{}", d.domid);
+    let pv_control = xs
+        .read_opt(&format!("{home}/control/{feature}"))
+        .map_err(xs_err(format!("read {home}/control/{feature}")))?
+        .is_some_and(|v| v.starts_with(b"1"));
+    if pv_control || d.kind == xen_shim::layout::DomainType::Pv {
+        xs.write(&format!("{home}/control/shutdown"), word)
+            .map_err(xs_err(format!("write {home}/control/shutdown")))?;
+    } else if force {
+        control
+            .shutdown_domain(d.domid, reason)
+            .map_err(shim_err(format!("shut domain {} down", d.domid)))?;
+    } else {
+        return Err(ToolstackError::Unsupported(format!(
+            "domain {}: PV control interface not available (the guest did not write              control/{feature}); use -F to fall back to the hypervisor shutting it down",
+            d.domid
+        )));
+    }
+    if wait {
+        let _ = writeln!(out, "Waiting for 1 domains");
+        loop {
+            let now = control
+                .list_domains()
+                .map_err(shim_err("list domains"))?
+                .into_iter()
+                .find(|x| x.domid == d.domid && x.instance == d.instance);
+            match now {
+                None => {
+                    let _ = writeln!(out, "Domain {} has been destroyed.", d.domid);
+                    break;
+                }
+                Some(x)
+                    if matches!(x.state, DomainState::Shutdown { .. } | DomainState::Crashed) =>
+                {
+                    let code = shutdown_code(&x).unwrap_or(0);
+                    let _ = writeln!(
+                        out,
+                        "Domain {} has been shut down, reason code {code}",
+                        d.domid
+                    );
+                    break;
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
     Ok(d.domid)
 }
 

@@ -7,7 +7,8 @@
 //!   vm, name, domid, memory/{static-max,target}, store/{port,ring-ref},
 //!   console/{port,ring-ref}, cpu/<i>/availability
 //!   cpu, memory, device, control  owner 0, N may read (roperm)
-//!   control/shutdown, data, drivers, feature, attr, error  owner N
+//!   control/shutdown, control/feature-{poweroff,reboot}, data, drivers,
+//!   feature, attr, error  owner N
 //!   device/vbd/<devid>       owner N, backend domain may read
 //!     backend, backend-id, state=1, virtual-device, device-type, trusted
 //! /vm/<uuid>                 owner 0, N may read: uuid, name, start_time
@@ -104,6 +105,8 @@ pub fn domain_ops(p: &DomainPlan) -> Vec<XsOp> {
     }
     for sub in [
         "control/shutdown",
+        "control/feature-poweroff",
+        "control/feature-reboot",
         "data",
         "drivers",
         "feature",

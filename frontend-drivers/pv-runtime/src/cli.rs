@@ -154,6 +154,9 @@ impl Args {
 /// How long the runtime keeps trying to reattach after the daemon went away.
 pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often an idle guest looks for a toolstack shutdown request.
+const CONTROL_LOOK: Duration = Duration::from_millis(100);
+
 fn reason_name(r: ShutdownReason) -> &'static str {
     match r {
         ShutdownReason::Poweroff => "poweroff",
@@ -224,6 +227,21 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
         ],
     );
     let timeout = Duration::from_secs(args.timeout_secs);
+    // Xen's PV shutdown protocol (control/shutdown), for the guests an xl
+    // user shuts down or reboots: the disk frontend runs an init, idle
+    // guests wait.
+    let ctl = std::sync::Arc::new(crate::control::ShutdownControl::new());
+    let ctl_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ctl_thread = matches!(args.frontend, Frontend::Disk | Frontend::Idle).then(|| {
+        let (p, ctl, stop) = (
+            std::sync::Arc::clone(rt.platform()),
+            std::sync::Arc::clone(&ctl),
+            std::sync::Arc::clone(&ctl_stop),
+        );
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || crate::control::watch(p.as_ref(), &ctl, &stop))
+    });
     let p = rt.platform().as_ref();
     let result: Result<(), DemoError> = match args.frontend {
         Frontend::Idle => {
@@ -252,7 +270,8 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
                 .chain(args.init_args.iter())
                 .cloned()
                 .collect();
-            crate::pvdisk::run_with_disks(p, &init, timeout, &mut out).map_err(DemoError::from)
+            crate::pvdisk::run_with_disks(p, &init, timeout, &ctl, &mut out)
+                .map_err(DemoError::from)
         }
         Frontend::Blkload => {
             let cfg = crate::blkload::LoadConfig {
@@ -286,8 +305,14 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
             (ShutdownReason::Crash, ExitCode::from(1))
         }
         Ok(()) if args.stay || args.frontend == Frontend::Idle => loop {
-            if let Some(r) = rt.hub().wait_shutdown(None) {
+            if let Some(r) = ctl.requested() {
                 break (r, ExitCode::SUCCESS);
+            }
+            if let Some(r) = rt.hub().wait_shutdown(Some(CONTROL_LOOK)) {
+                break (r, ExitCode::SUCCESS);
+            }
+            if !rt.hub().disconnected() {
+                continue;
             }
             // The daemon went away (a restart): the domain keeps running;
             // reattach when it is back.
@@ -297,8 +322,15 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
             }
             let _ = emit(&mut out, "pvguest reattached", &[]);
         },
-        Ok(()) => (ShutdownReason::Poweroff, ExitCode::SUCCESS),
+        Ok(()) => (
+            ctl.requested().unwrap_or(ShutdownReason::Poweroff),
+            ExitCode::SUCCESS,
+        ),
     };
+    // Not joined: without a xenstored the watcher may sit in a request
+    // until the client's timeout; the process ends after the shutdown.
+    ctl_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(ctl_thread);
     let _ = emit(
         &mut out,
         "pvguest shutdown",

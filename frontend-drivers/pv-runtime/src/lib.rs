@@ -39,6 +39,7 @@ pub mod blkload;
 pub mod blockfile;
 pub mod cli;
 pub mod console;
+pub mod control;
 pub mod demo;
 pub mod dom0peer;
 mod error;

@@ -12,7 +12,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use xen_blkfront::BlkfrontConfig;
@@ -109,6 +108,7 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     p: &P,
     init: &[String],
     timeout: Duration,
+    ctl: &crate::control::ShutdownControl,
     out: &mut dyn Write,
 ) -> Result<(), PvdiskError> {
     let ids = list_vbds(p)?;
@@ -177,14 +177,13 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         }
         let _ = out.flush();
         let status = match init.split_first() {
+            // The init ends by itself, or is stopped on the toolstack's
+            // request (`xl shutdown`/`xl reboot`: control/shutdown).
             Some((prog, args)) => {
-                Command::new(prog)
-                    .args(args)
-                    .status()
-                    .map_err(|source| PvdiskError::Spawn {
-                        program: prog.clone(),
-                        source,
-                    })
+                crate::control::run_init(prog, args, ctl).map_err(|source| PvdiskError::Spawn {
+                    program: prog.clone(),
+                    source,
+                })
             }
             None => Ok(std::process::ExitStatus::default()),
         };
@@ -230,7 +229,8 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             }
         }
         let st = status?;
-        if !st.success() {
+        // An init stopped for a requested shutdown ended as asked.
+        if !st.success() && ctl.requested().is_none() {
             return Err(PvdiskError::InitFailed(st));
         }
         match server_failed {

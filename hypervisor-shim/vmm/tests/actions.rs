@@ -125,3 +125,43 @@ fn test_pvhvm_on_watchdog_restart_recreates_the_domain() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Our PVHVM kernel does not watch `control/shutdown` (it advertises no
+/// `control/feature-poweroff`): `xl shutdown` refuses as libxl does for an
+/// HVM guest without PV drivers, and `-F` falls back to the hypervisor
+/// shutting it down (the VMM cuts the power); on_poweroff then applies.
+#[test]
+fn test_pvhvm_xl_shutdown_needs_f_without_pv_control_and_f_shuts_it_down() {
+    let mut h = Host::start("pvhvm-xlshutdown-");
+    let img = h.image("sd.img", 16);
+    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
+    let cfg = h.config_actions(
+        "pvh-sd",
+        "blkload pattern=randread bs=4096 qd=4 secs=120",
+        &[disk],
+        1,
+        "",
+    );
+    ok("xl create", &h.create("pvh-sd", &cfg));
+    h.wait_log("pvh-sd", "Connected in", T);
+
+    let refused = h.xl(&["shutdown", "pvh-sd"]);
+    assert!(
+        !refused.status.success(),
+        "xl shutdown without -F succeeded"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("PV control interface not available"), "{err}");
+    assert!(
+        h.list_row("pvh-sd").is_some(),
+        "the refusal touched the domain"
+    );
+
+    let forced = ok(
+        "xl shutdown -F -w",
+        &h.xl(&["shutdown", "-F", "-w", "pvh-sd"]),
+    );
+    assert!(forced.contains("Waiting for 1 domains"), "{forced}");
+    h.wait_vmm_log("pvh-sd", "the toolstack shut the domain down", T);
+    h.wait_gone("pvh-sd", T);
+}

@@ -185,7 +185,7 @@ fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
     need("ping", "iputils-ping");
     need("curl", "curl");
     let mut h = Host::start("pvhvm-netrc-");
-    let ns = Netns::new("k");
+    let ns = netns("k");
     let br = bridge_name("k");
     make_bridge(&ns, &br, "10.78.0.1/24");
     let mut backendd = start_backendd_in(&h, &ns);
@@ -203,7 +203,7 @@ fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
     ok("xl create", &h.create(&name, &cfg));
     wait_guest(&h, &name, "netserve: 10.78.0.3/24 up", T);
     let ping_once = || {
-        ns.exec("ping", &["-c", "1", "-W", "1", "10.78.0.3"])
+        exec(&ns, "ping", &["-c", "1", "-W", "1", "10.78.0.3"])
             .status
             .success()
     };
@@ -229,7 +229,8 @@ fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
         }
         answers_after.push((gone, back));
     }
-    let bytes = ns.exec(
+    let bytes = exec(
+        &ns,
         "curl",
         &["-sS", "--max-time", "20", "http://10.78.0.3/bytes/1000000"],
     );
@@ -259,6 +260,8 @@ fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
         vec![format!("vif{d}.0")],
         "the new TAP is a bridge port"
     );
-    ok("xl destroy", &h.xl(&["destroy", &name]));
-    h.guests.retain(|g| g != &name);
+    ok(
+        "xl destroy",
+        &h.dom0.destroy_guest(&name).expect("run xl destroy"),
+    );
 }

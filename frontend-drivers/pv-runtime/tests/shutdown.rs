@@ -1,0 +1,158 @@
+//! `xl shutdown` and `xl reboot` of PV guests through Xen's PV shutdown
+//! protocol: xl writes `control/shutdown`, the guest runtime (which
+//! advertised `control/feature-poweroff`/`feature-reboot`) acknowledges it,
+//! stops its init with SIGTERM and ends the domain with the requested
+//! reason; xl's `on_poweroff` (destroy) and `on_reboot` (restart) apply.
+//! Needs root and xenstore-utils.
+
+use std::time::{Duration, Instant};
+
+#[path = "common/xlhost.rs"]
+mod xlhost;
+
+use xlhost::{guest_log, ok, run, Host};
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// A config whose init waits (forever) and reports the SIGTERM it gets.
+fn cfg(host: &Host, name: &str) -> String {
+    let init = host.dir.path().join(format!("{name}-init.sh"));
+    std::fs::write(
+        &init,
+        "#!/bin/sh\ntrap 'echo init-got-term; exit 0' TERM\necho init-waiting\n\
+         while :; do sleep 1; done\n",
+    )
+    .expect("write the init script");
+    run("chmod", &["0755", init.to_str().expect("utf-8 path")]);
+    let cfg = host.dir.path().join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n\
+             extra = '--frontend disk --timeout-secs 30 --init {}'\n",
+            init.display()
+        ),
+    )
+    .expect("write the config");
+    cfg.to_str().expect("utf-8 path").to_owned()
+}
+
+fn wait_log(host: &Host, name: &str, needle: &str, n: usize) -> String {
+    let t0 = Instant::now();
+    loop {
+        let log = guest_log(host, name).unwrap_or_default();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(
+            t0.elapsed() < STEP,
+            "{name}: {needle:?} x{n} not in its log within {STEP:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn xs_read(host: &Host, path: &str) -> String {
+    let out = std::process::Command::new("xenstore-read")
+        .arg(path)
+        .env("XENSTORED_PATH", host.dir.path().join("xenstored.sock"))
+        .output()
+        .expect("run xenstore-read (xenstore-utils)");
+    ok(&format!("xenstore-read {path}"), &out)
+}
+
+/// The domid in `xl list NAME` (`None` if not listed).
+fn domid(host: &Host, name: &str) -> Option<u16> {
+    let out = host.xl(&["list", name]);
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|d| d.parse().ok())
+}
+
+#[test]
+fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() {
+    // Arrange
+    let mut host = Host::start("pv-shutdown-");
+    let name = format!("pvs{}", std::process::id());
+    ok("xl create", &host.xl(&["create", &cfg(&host, &name)]));
+    host.guest = Some(name.clone());
+    wait_log(&host, &name, "init-waiting", 1);
+    let id = domid(&host, &name).expect("listed");
+    let home = format!("/local/domain/{id}");
+    // The runtime advertises the protocol.
+    let t0 = Instant::now();
+    while xs_read(&host, &format!("{home}/control/feature-poweroff")).trim() != "1" {
+        assert!(t0.elapsed() < STEP, "no control/feature-poweroff");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        xs_read(&host, &format!("{home}/control/feature-reboot")).trim(),
+        "1"
+    );
+
+    // Act
+    let out = host.xl(&["shutdown", "-w", &name]);
+
+    // Assert: xl waited for it, the init was asked to stop, the domain
+    // ended with reason poweroff and on_poweroff (destroy) removed it.
+    let said = ok("xl shutdown -w", &out);
+    assert!(said.contains("Waiting for 1 domains"), "{said}");
+    assert!(said.contains(&format!("Domain {id} has been")), "{said}");
+    let log = wait_log(&host, &name, "pvguest shutdown", 1);
+    assert!(log.contains("init-got-term"), "{log}");
+    assert!(log.contains("reason=poweroff"), "{log}");
+    let t0 = Instant::now();
+    while domid(&host, &name).is_some() {
+        assert!(t0.elapsed() < STEP, "{name} still listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.guest = None;
+}
+
+#[test]
+fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() {
+    // Arrange
+    let mut host = Host::start("pv-reboot-");
+    let name = format!("pvr{}", std::process::id());
+    ok("xl create", &host.xl(&["create", &cfg(&host, &name)]));
+    host.guest = Some(name.clone());
+    wait_log(&host, &name, "init-waiting", 1);
+    let first = domid(&host, &name).expect("listed");
+    let t0 = Instant::now();
+    while xs_read(
+        &host,
+        &format!("/local/domain/{first}/control/feature-reboot"),
+    )
+    .trim()
+        != "1"
+    {
+        assert!(t0.elapsed() < STEP, "no control/feature-reboot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Act
+    ok("xl reboot", &host.xl(&["reboot", &name]));
+
+    // Assert: the first run ended with reason reboot and the monitor
+    // started the guest again (on_reboot's default, restart) as a new
+    // domain whose init runs again.
+    let log = wait_log(&host, &name, "init-waiting", 2);
+    assert!(log.contains("reason=reboot"), "{log}");
+    assert!(log.contains("init-got-term"), "{log}");
+    let second = domid(&host, &name).expect("listed again");
+    assert_ne!(first, second, "the restarted guest is a new domain");
+}
+
+#[test]
+fn test_xl_shutdown_of_unknown_domain_fails_by_name() {
+    let host = Host::start("pv-shutdown-none-");
+    let out = host.xl(&["shutdown", "no-such-guest"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-guest"), "{err}");
+}
