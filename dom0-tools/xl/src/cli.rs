@@ -52,27 +52,9 @@ pub enum Verb {
         domain: String,
     },
     /// Ask a domain to shut down (its PV drivers see control/shutdown).
-    Shutdown {
-        /// Wait until the domain has shut down.
-        #[arg(short = 'w')]
-        wait: bool,
-        /// Without a PV control interface, have the hypervisor shut it down.
-        #[arg(short = 'F')]
-        force: bool,
-        /// Name or id.
-        domain: String,
-    },
+    Shutdown(ShutdownArgs),
     /// Ask a domain to reboot (`on_reboot` then applies: restart by default).
-    Reboot {
-        /// Wait until the domain has shut down for the reboot.
-        #[arg(short = 'w')]
-        wait: bool,
-        /// Without a PV control interface, have the hypervisor reboot it.
-        #[arg(short = 'F')]
-        force: bool,
-        /// Name or id.
-        domain: String,
-    },
+    Reboot(ShutdownArgs),
     /// Attach to a domain's console (`Ctrl-]` detaches).
     Console {
         /// Name or id.
@@ -102,6 +84,20 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+}
+
+/// `xl shutdown`'s and `xl reboot`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ShutdownArgs {
+    /// Wait until the domain has shut down.
+    #[arg(short = 'w')]
+    pub wait: bool,
+    /// Without a PV control interface, have the hypervisor do it (xl's
+    /// fallback to an ACPI event).
+    #[arg(short = 'F')]
+    pub force: bool,
+    /// Name or id.
+    pub domain: String,
 }
 
 fn report(e: &dyn std::error::Error) -> String {
@@ -137,30 +133,14 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Console { domain } => crate::console::console(domain).map(drop),
         Verb::List { verbose, domains } => toolstack::list(&mut out, domains, *verbose),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
-        Verb::Shutdown {
-            wait,
-            force,
-            domain,
-        } => toolstack::shutdown(
-            &mut out,
-            domain,
-            xen_shim::protocol::ShutdownReason::Poweroff,
-            *force,
-            *wait,
-        )
-        .map(drop),
-        Verb::Reboot {
-            wait,
-            force,
-            domain,
-        } => toolstack::shutdown(
-            &mut out,
-            domain,
-            xen_shim::protocol::ShutdownReason::Reboot,
-            *force,
-            *wait,
-        )
-        .map(drop),
+        Verb::Shutdown(a) | Verb::Reboot(a) => {
+            let reason = if matches!(args.verb, Verb::Reboot(_)) {
+                xen_shim::protocol::ShutdownReason::Reboot
+            } else {
+                xen_shim::protocol::ShutdownReason::Poweroff
+            };
+            toolstack::shutdown(&mut out, &a.domain, reason, a.force, a.wait).map(drop)
+        }
         Verb::Pause { domain } => toolstack::pause(domain, true).map(drop),
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),

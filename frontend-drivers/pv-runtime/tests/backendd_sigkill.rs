@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 #[path = "common/xlhost.rs"]
 mod xlhost;
 
-use xlhost::{guest_log, ok, run, Host};
+use xlhost::{backendd_pid, guest_log, ok, run, Host};
 
 const GUEST_RUN: Duration = Duration::from_secs(240);
 /// Records the guest writes.
@@ -32,16 +32,6 @@ const RECORDS: u32 = 120;
 /// backendd is killed (and restarted) once the guest logged each of these
 /// records' ack.
 const KILL_AT: [u32; 2] = [30, 75];
-
-/// The pid in `<rundir>/backendd.pid`.
-fn backendd_pid(host: &Host) -> i32 {
-    let p = host.rundir().join("backendd.pid");
-    let s =
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
-    s.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("bad pid in {}: {s:?}: {e}", p.display()))
-}
 
 /// Starts `backendd` as `xl` does (same arguments, log appended to
 /// `<rundir>/backendd.log`).

@@ -8,25 +8,12 @@ use std::time::{Duration, Instant};
 #[path = "common/xlhost.rs"]
 mod xlhost;
 
-use xlhost::{ok, run, Host};
+use xlhost::{ok, Host};
 
 const STEP: Duration = Duration::from_secs(30);
 
 fn cfg(host: &Host, name: &str, actions: &str) -> String {
-    let init = host.dir.path().join(format!("{name}-init.sh"));
-    std::fs::write(&init, "#!/bin/sh\necho init-ran\n").expect("write the init script");
-    run("chmod", &["0755", init.to_str().expect("utf-8 path")]);
-    let cfg = host.dir.path().join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n{actions}\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n",
-            init.display()
-        ),
-    )
-    .expect("write the config");
-    cfg.to_str().expect("utf-8 path").to_owned()
+    host.pv_config(name, 32, "#!/bin/sh\necho init-ran\n", actions)
 }
 
 /// The `xl list` row of `name`.

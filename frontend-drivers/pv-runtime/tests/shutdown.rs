@@ -10,31 +10,19 @@ use std::time::{Duration, Instant};
 #[path = "common/xlhost.rs"]
 mod xlhost;
 
-use xlhost::{guest_log, ok, run, Host};
+use xlhost::{guest_log, ok, Host};
 
 const STEP: Duration = Duration::from_secs(30);
 
 /// A config whose init waits (forever) and reports the SIGTERM it gets.
 fn cfg(host: &Host, name: &str) -> String {
-    let init = host.dir.path().join(format!("{name}-init.sh"));
-    std::fs::write(
-        &init,
+    host.pv_config(
+        name,
+        32,
         "#!/bin/sh\ntrap 'echo init-got-term; exit 0' TERM\necho init-waiting\n\
          while :; do sleep 1; done\n",
+        "",
     )
-    .expect("write the init script");
-    run("chmod", &["0755", init.to_str().expect("utf-8 path")]);
-    let cfg = host.dir.path().join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n",
-            init.display()
-        ),
-    )
-    .expect("write the config");
-    cfg.to_str().expect("utf-8 path").to_owned()
 }
 
 fn wait_log(host: &Host, name: &str, needle: &str, n: usize) -> String {

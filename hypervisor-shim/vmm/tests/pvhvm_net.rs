@@ -212,8 +212,9 @@ fn test_pvhvm_guest_reconnects_after_a_backendd_sigkill_and_restart() {
     // Act: SIGKILL backendd (its TAP goes with it), start a new one.
     let mut answers_after = Vec::new();
     for _ in 0..2 {
-        backendd.0.kill().expect("SIGKILL backendd");
-        let _ = backendd.0.wait();
+        let mut child = backendd.take();
+        child.kill().expect("SIGKILL backendd");
+        let _ = child.wait();
         // A killed backendd leaves its pid file behind.
         let _ = std::fs::remove_file(h.rundir().join("backendd.pid"));
         std::thread::sleep(Duration::from_millis(300));

@@ -147,7 +147,7 @@ fn iperf_server(ns: &Netns, bind: &str) -> Result<Bg> {
         .spawn()
         .context("start iperf3 -s")?;
     std::thread::sleep(Duration::from_millis(300));
-    Ok(Bg(c))
+    Ok(Bg::new(c))
 }
 
 /// The veth reference: `reps` samples per load.
@@ -188,7 +188,7 @@ fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
 /// Starts `backendd` inside `ns` (its TAPs and bridges are there) as `xl`
 /// would; `xl` finds it through its pid file.
 fn start_backendd(host: &Host, ns: &Netns) -> Result<Bg> {
-    xen_testhost::net::start_backendd_in(host, ns)
+    xen_testhost::net::start_backendd_in(host, ns, &[])
 }
 
 /// `/bytes/N`'s body (the PVHVM kernel's `netserve`): byte `i` is

@@ -98,21 +98,98 @@ pub fn bridge_ports(ns: &Netns, br: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A child process killed (and reaped) on drop.
+/// A child process killed (and reaped) on drop, unless taken back.
 #[derive(Debug)]
-pub struct Daemon(pub Child);
+pub struct Daemon(pub Option<Child>);
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Daemon {
+    /// Guards `child`.
+    #[must_use]
+    pub fn new(child: Child) -> Daemon {
+        Daemon(Some(child))
+    }
+
+    /// The child, no longer killed on drop.
+    ///
+    /// # Panics
+    /// If it was taken already.
+    #[must_use]
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("the daemon's child is still there")
     }
 }
 
-/// Starts `backendd` inside `ns` as `xl` would start it (its log appended
-/// to `<rundir>/backendd.log`, consback's console logs where
-/// [`Dom0::guest_log`] reads them); `xl` then finds it through its pid file.
-pub fn start_backendd_in(dom0: &Dom0, ns: &Netns) -> Result<Daemon> {
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `prog args` in `ns` in the background, its output discarded
+/// (killed on drop).
+pub fn spawn_in(ns: &Netns, prog: &str, args: &[&str]) -> Result<Daemon> {
+    let c = ns
+        .cmd(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {prog} in {}", ns.name))?;
+    Ok(Daemon::new(c))
+}
+
+/// Waits (up to 10 s) until something listens on TCP `port` in `ns`.
+pub fn wait_listen(ns: &Netns, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = ns.exec("ss", &["-Htln", &format!("sport = :{port}")])?;
+        if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("nothing listens on port {port} in {}", ns.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ip -o link show dev IF` in `ns` (empty when the interface is missing).
+pub fn link(ns: &Netns, ifname: &str) -> String {
+    ns.exec("ip", &["-o", "link", "show", "dev", ifname])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits up to `within` until `pred` holds for [`link`]`(ns, ifname)`; the
+/// last output and whether it held.
+pub fn wait_link(
+    ns: &Netns,
+    ifname: &str,
+    within: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> (String, bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = link(ns, ifname);
+        if pred(&l) {
+            return (l, true);
+        }
+        if Instant::now() >= deadline {
+            return (l, false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `backendd` inside `ns` as `xl` would start it, with `extra`
+/// arguments (its log appended to `<rundir>/backendd.log`, consback's
+/// console logs where [`Dom0::guest_log`] reads them); `xl` then finds it
+/// through its pid file.
+pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daemon> {
     let rundir = dom0.rundir();
     std::fs::create_dir_all(&rundir).context("create the rundir")?;
     let pid_file = rundir.join("backendd.pid");
@@ -138,13 +215,14 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns) -> Result<Daemon> {
         .arg(&pid_file)
         .arg("--log-dir")
         .arg(dom0.console_logdir())
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         .spawn()
         .context("start backendd")?;
-    let d = Daemon(child);
+    let d = Daemon::new(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !pid_file.exists() {
         if Instant::now() >= deadline {

@@ -6,73 +6,55 @@
 //! private ranges inside these namespaces only.
 #![allow(dead_code)]
 
-use std::process::{Command, Stdio};
+use std::ops::Deref;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::xlhost::{guest_log, need, ok, run, Host};
+#[allow(unused_imports)]
+pub use xen_testhost::net::{link, wait_link, Daemon};
 
-/// A network namespace, deleted on drop (with everything in it).
-pub struct Netns {
-    pub name: String,
+pub use crate::xlhost::backendd_pid;
+use crate::xlhost::{guest_log, ok, run, Host};
+
+fn fail(e: anyhow::Error) -> ! {
+    panic!("{e:#}")
+}
+
+/// A network namespace unique to this test, deleted on drop (with
+/// everything in it); [`xen_testhost::net::Netns`] with panicking helpers.
+pub struct Netns(pub xen_testhost::net::Netns);
+
+impl Deref for Netns {
+    type Target = xen_testhost::net::Netns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        need("ip", "iproute2");
-        let name = format!("xsn{}{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
+        Netns(xen_testhost::net::Netns::unique("xsn", tag).unwrap_or_else(|e| fail(e)))
     }
 
-    /// `ip -n NS ARGS...`.
+    /// `ip -n NS ARGS...`; its stdout.
     pub fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["-n", self.name.as_str()];
-        v.extend_from_slice(args);
-        run("ip", &v)
+        self.0.ip(args).unwrap_or_else(|e| fail(e))
     }
 
-    /// A command inside the namespace.
-    pub fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-
-    /// Runs `prog args` in the namespace; its output, or the failure.
-    pub fn exec(&self, prog: &str, args: &[&str]) -> std::process::Output {
-        self.cmd(prog)
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+    /// Runs `prog args` in the namespace; its output, whatever its status.
+    pub fn exec(&self, prog: &str, args: &[&str]) -> Output {
+        self.0.exec(prog, args).unwrap_or_else(|e| fail(e))
     }
 }
 
 /// A bridge name unique to this test (at most 15 bytes).
 pub fn bridge_name(tag: &str) -> String {
-    let n = format!("xb{}{tag}", std::process::id() % 1_000_000);
-    assert!(n.len() <= 15, "bridge name {n} too long");
-    n
+    xen_testhost::net::bridge_name("xb", tag).unwrap_or_else(|e| fail(e))
 }
 
 /// Creates the bridge in `ns` with Dom0's address `addr` (a.b.c.d/len).
 pub fn make_bridge(ns: &Netns, br: &str, addr: &str) {
-    ns.ip(&["link", "add", br, "type", "bridge"]);
-    ns.ip(&["addr", "add", addr, "dev", br]);
-    ns.ip(&["link", "set", br, "up"]);
+    xen_testhost::net::make_bridge(ns, br, addr).unwrap_or_else(|e| fail(e));
 }
 
 /// Starts `backendd` inside `ns` (so its TAPs and bridges are there), as
@@ -80,16 +62,6 @@ pub fn make_bridge(ns: &Netns, br: &str, addr: &str) {
 pub fn start_backendd_in(host: &mut Host, ns: &Netns) {
     let d = spawn_backendd_in(host, ns, &[]);
     host.backendd = Some(d.take());
-}
-
-/// The pid in `<rundir>/backendd.pid`.
-pub fn backendd_pid(host: &Host) -> i32 {
-    let p = host.rundir().join("backendd.pid");
-    let s =
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
-    s.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("bad pid in {}: {s:?}: {e}", p.display()))
 }
 
 /// SIGKILLs backendd `d` (no clean-up: its TAPs go with its files,
@@ -109,72 +81,10 @@ pub fn kill_backendd(host: &Host, d: Daemon) -> i32 {
     pid
 }
 
-/// `ip -o link show dev IF` in `ns` (empty when the interface is missing).
-pub fn link(ns: &Netns, ifname: &str) -> String {
-    let o = ns.exec("ip", &["-o", "link", "show", "dev", ifname]);
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Waits up to `within` until `pred` holds for `ip -o link show dev IF` in
-/// `ns`; the last output and whether it held.
-pub fn wait_link(
-    ns: &Netns,
-    ifname: &str,
-    within: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> (String, bool) {
-    let deadline = Instant::now() + within;
-    loop {
-        let l = link(ns, ifname);
-        if pred(&l) {
-            return (l, true);
-        }
-        if Instant::now() >= deadline {
-            return (l, false);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Starts `backendd` in `ns` with `extra` arguments, as `xl` would start
 /// it (killed on drop of the guard); waits for its pid file.
 pub fn spawn_backendd_in(host: &Host, ns: &Netns, extra: &[&str]) -> Daemon {
-    let rundir = host.rundir();
-    std::fs::create_dir_all(&rundir).expect("create the rundir");
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(rundir.join("backendd.log"))
-        .expect("open backendd.log");
-    let log2 = log.try_clone().expect("dup the log fd");
-    let child = ns
-        .cmd(host.libexec.join("backendd").to_str().expect("utf-8 path"))
-        .arg("--xenstored")
-        .arg(host.dir.path().join("xenstored.sock"))
-        .arg("--shim-socket")
-        .arg(host.dir.path().join("shim.sock"))
-        .arg("--pid-file")
-        .arg(rundir.join("backendd.pid"))
-        // consback writes the guests' console logs where the tests read them.
-        .arg("--log-dir")
-        .arg(host.console_logdir())
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .expect("start backendd");
-    let d = Daemon(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rundir.join("backendd.pid").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "backendd did not write its pid file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    xen_testhost::net::start_backendd_in(host, ns, extra).unwrap_or_else(|e| fail(e))
 }
 
 /// Guests `xl destroy`ed on drop (declare after the [`Host`]).
@@ -259,56 +169,17 @@ impl Drop for Guests<'_> {
 
 /// The ports of bridge `br` in `ns`.
 pub fn bridge_ports(ns: &Netns, br: &str) -> Vec<String> {
-    let out = ns.ip(&["-o", "link", "show", "master", br]);
-    out.lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
-        .collect()
-}
-
-/// A child process killed on drop.
-pub struct Daemon(pub Option<std::process::Child>);
-
-impl Daemon {
-    /// The child, no longer killed on drop.
-    pub fn take(mut self) -> std::process::Child {
-        self.0.take().expect("a child")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    xen_testhost::net::bridge_ports(ns, br).unwrap_or_else(|e| fail(e))
 }
 
 /// Starts `prog args` in `ns` in the background (killed on drop).
 pub fn spawn_in(ns: &Netns, prog: &str, args: &[&str]) -> Daemon {
-    let c = ns
-        .cmd(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {prog}: {e}"));
-    Daemon(Some(c))
+    xen_testhost::net::spawn_in(ns, prog, args).unwrap_or_else(|e| fail(e))
 }
 
 /// Waits until TCP `port` listens in `ns`.
 pub fn wait_listen(ns: &Netns, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = ns.exec("ss", &["-Htln", &format!("sport = :{port}")]);
-        if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    xen_testhost::net::wait_listen(ns, port).unwrap_or_else(|e| fail(e));
 }
 
 /// The receiver bitrates (Gbit/s) of the `iperf3 -c` runs in `log`.

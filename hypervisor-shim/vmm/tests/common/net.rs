@@ -47,7 +47,7 @@ pub fn bridge_ports(ns: &Netns, br: &str) -> Vec<String> {
 /// Starts `backendd` inside `ns` (so its TAPs and bridges are there), as
 /// `xl` would start it; `xl` then finds it through its pid file.
 pub fn start_backendd_in(host: &Host, ns: &Netns) -> Daemon {
-    xen_testhost::net::start_backendd_in(host, ns).unwrap_or_else(|e| panic!("{e:#}"))
+    xen_testhost::net::start_backendd_in(host, ns, &[]).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The domid of guest `name` (from `xl list`).
