@@ -99,6 +99,19 @@ pub struct NetfrontStats {
     pub disconnects: u64,
 }
 
+/// Counters of one queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Frames queued for transmission on this queue.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames received on this queue.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+}
+
 /// What the backend offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct BackendOffer {
@@ -129,6 +142,7 @@ struct Queue {
     rx_grefs: Vec<grant_ref_t>,
     /// Responses taken of a chain whose end is not published yet.
     rx_pending: Vec<RxSlot>,
+    stats: QueueStats,
 }
 
 impl core::fmt::Debug for Queue {
@@ -304,6 +318,11 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// Counters.
     pub fn stats(&self) -> NetfrontStats {
         self.stats
+    }
+
+    /// Counters of queue `q` since it was set up (`None`: no such queue).
+    pub fn queue_stats(&self, q: usize) -> Option<QueueStats> {
+        self.queues.get(q).map(|qu| qu.stats)
     }
 
     /// The largest frame [`NetFront::transmit`] takes.
@@ -526,6 +545,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             rx_pages,
             rx_grefs,
             rx_pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
+            stats: QueueStats::default(),
         };
         // Post every rx page: page i for ring slot i, so a response's slot
         // names its page (the backend answers in the request's slot).
@@ -811,6 +831,8 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                 }
             }
         }
+        qu.stats.tx_packets = qu.stats.tx_packets.saturating_add(1);
+        qu.stats.tx_bytes = qu.stats.tx_bytes.saturating_add(len as u64);
         self.stats.tx_packets = self.stats.tx_packets.saturating_add(1);
         self.stats.tx_bytes = self.stats.tx_bytes.saturating_add(len as u64);
     }
@@ -1069,6 +1091,8 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             }
             match r {
                 Some(r) => {
+                    qu.stats.rx_packets = qu.stats.rx_packets.saturating_add(1);
+                    qu.stats.rx_bytes = qu.stats.rx_bytes.saturating_add(len as u64);
                     self.stats.rx_packets = self.stats.rx_packets.saturating_add(1);
                     self.stats.rx_bytes = self.stats.rx_bytes.saturating_add(len as u64);
                     return Ok(Some(r));

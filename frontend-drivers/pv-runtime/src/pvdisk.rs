@@ -153,9 +153,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     std::thread::scope(|s| {
         let mut pumps = Vec::new();
         for nic in &nics {
-            let stop = &net_stop;
-            pumps.push(s.spawn(move || crate::pvnet::tx_loop(nic, stop)));
-            pumps.push(s.spawn(move || crate::pvnet::rx_loop(nic, stop)));
+            // One tx and one rx pump per queue.
+            for q in 0..nic.tap.queues() {
+                let stop = &net_stop;
+                pumps.push(s.spawn(move || crate::pvnet::tx_loop(nic, q, stop)));
+                pumps.push(s.spawn(move || crate::pvnet::rx_loop(nic, q, stop)));
+            }
         }
         let mut running = Vec::new();
         for (name, path, bf, unmounter) in files {
@@ -206,6 +209,9 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
                     let _ = emit(out, "pvnet pump-panicked", &[]);
                 }
             }
+        }
+        for nic in &nics {
+            crate::pvnet::emit_stats(nic, out);
         }
         let mut server_failed = None;
         for (name, path, h, mut unmounter, st_dev) in running {

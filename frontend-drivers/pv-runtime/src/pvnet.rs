@@ -136,6 +136,7 @@ pub fn open<P: Platform + ?Sized>(
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -181,32 +182,49 @@ fn ctl_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A guest-side TAP interface (one queue).
+/// A guest-side TAP interface with one file per queue
+/// (`IFF_MULTI_QUEUE`: each pump pair reads and writes its own queue).
 #[derive(Debug)]
 pub struct GuestTap {
-    file: File,
+    files: Vec<File>,
     name: String,
 }
 
+/// Opens one queue of TAP `name` (created by the first).
+fn open_tap_queue(name: &str, multi: bool) -> Result<File, PvnetError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(os("open /dev/net/tun"))?;
+    let mut r = ifreq(name);
+    let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if multi {
+        flags |= IFF_MULTI_QUEUE;
+    }
+    r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl_ifr(file.as_raw_fd(), TUNSETIFF, &mut r).map_err(os(format!("TUNSETIFF {name}")))?;
+    Ok(file)
+}
+
 impl GuestTap {
-    /// Creates TAP `name` with the virtio-net header, sets its MAC and MTU
-    /// and the offloads the reader (netfront) takes, and sets it up.
+    /// Creates TAP `name` with `queues` queues (at least one) and the
+    /// virtio-net header, sets its MAC and MTU and the offloads the reader
+    /// (netfront) takes, and sets it up.
     pub fn create(
         name: &str,
+        queues: usize,
         mac: [u8; 6],
         mtu: u32,
         offloads: (bool, bool, bool),
     ) -> Result<Self, PvnetError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(os("open /dev/net/tun"))?;
-        let fd = file.as_raw_fd();
-        let mut r = ifreq(name);
-        r.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
-        ioctl_ifr(fd, TUNSETIFF, &mut r).map_err(os(format!("TUNSETIFF {name}")))?;
+        let queues = queues.max(1);
+        let mut files = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            files.push(open_tap_queue(name, queues > 1)?);
+        }
+        let fd = files[0].as_raw_fd();
         let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int.
         if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &sz as *const libc::c_int) } < 0 {
@@ -239,7 +257,7 @@ impl GuestTap {
             .map_err(os(format!("set the MTU of {name}")))?;
         set_up(name)?;
         Ok(Self {
-            file,
+            files,
             name: name.to_owned(),
         })
     }
@@ -250,17 +268,24 @@ impl GuestTap {
         &self.name
     }
 
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// The number of queues.
+    #[must_use]
+    pub fn queues(&self) -> usize {
+        self.files.len()
     }
 
-    /// `readv(2)` of one frame into `iov`; `Ok(None)` when none is queued.
+    fn fd(&self, q: usize) -> RawFd {
+        self.files[q.min(self.files.len() - 1)].as_raw_fd()
+    }
+
+    /// `readv(2)` of one frame of queue `q` into `iov`; `Ok(None)` when
+    /// none is queued.
     ///
     /// # Safety
     /// Every iovec must describe memory valid for writes of its length.
-    unsafe fn readv_raw(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+    unsafe fn readv_raw(&self, q: usize, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
         // SAFETY: the caller promises the iovecs are writable.
-        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        let n = unsafe { libc::readv(self.fd(q), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -271,13 +296,13 @@ impl GuestTap {
         Ok(Some(n as usize))
     }
 
-    /// `writev(2)` of one frame.
+    /// `writev(2)` of one frame on queue `q`.
     ///
     /// # Safety
     /// Every iovec must describe memory valid for reads of its length.
-    unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<()> {
+    unsafe fn writev_raw(&self, q: usize, iov: &[libc::iovec]) -> io::Result<()> {
         // SAFETY: the caller promises the iovecs are readable.
-        let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        let n = unsafe { libc::writev(self.fd(q), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -285,10 +310,10 @@ impl GuestTap {
         }
     }
 
-    /// Waits up to `timeout` for a frame to read.
-    fn wait_readable(&self, timeout: Duration) {
+    /// Waits up to `timeout` for a frame to read on queue `q`.
+    fn wait_readable(&self, q: usize, timeout: Duration) {
         let mut fd = libc::pollfd {
-            fd: self.fd(),
+            fd: self.fd(q),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -367,9 +392,14 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
     private_net_namespace()?;
     let mut nics = Vec::new();
     for (n, &devid) in ids.iter().enumerate() {
-        let nf = open(p, devid, NetfrontConfig::default(), timeout)?;
+        // Every queue the backend offers (up to netfront's maximum).
+        let cfg = NetfrontConfig {
+            max_queues: xen_netfront::MAX_QUEUES,
+            ..NetfrontConfig::default()
+        };
+        let nf = open(p, devid, cfg, timeout)?;
         let name = format!("eth{n}");
-        let tap = GuestTap::create(&name, nf.mac(), nf.mtu(), nf.offloads())?;
+        let tap = GuestTap::create(&name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
         let addresses: Vec<String> =
             xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
                 .map(|s| {
@@ -397,6 +427,7 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
                     ),
                 ),
                 ("mtu", nf.mtu().to_string()),
+                ("queues", nf.queues().to_string()),
                 ("ip", addresses.join(",")),
                 ("offloads", format!("{:?}", nf.offloads())),
             ],
@@ -459,16 +490,18 @@ fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The tx pump of `nic` (TAP to netfront, queue 0) until `stop`: each
-/// frame is read from the TAP straight into reserved tx pages (`readv(2)`
-/// of the virtio-net header and the pages: no copy in this process).
+/// The tx pump of queue `q` of `nic` (TAP queue `q` to netfront queue
+/// `q`) until `stop`: each frame is read from the TAP straight into
+/// reserved tx pages (`readv(2)` of the virtio-net header and the pages:
+/// no copy in this process).
 pub fn tx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
+    q: usize,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_tx = lock(&nic.nf).ports(0).map(|p| p.0).unwrap_or(0);
+    let port_tx = lock(&nic.nf).ports(q).map(|p| p.0).unwrap_or(0);
     let p = nic_platform(&nic.nf);
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
@@ -477,15 +510,15 @@ pub fn tx_loop<P: Platform + ?Sized>(
         for _ in 0..TX_BATCH {
             let (res, ptrs) = {
                 let mut nf = lock(&nic.nf);
-                match nf.reserve_tx(0).map_err(nf_err)? {
+                match nf.reserve_tx(q).map_err(nf_err)? {
                     Some(r) => {
                         let ptrs = nf.tx_page_ptrs(&r);
                         (r, ptrs)
                     }
                     None => {
                         // Ring or buffers full: publish, wait for responses.
-                        nf.push_tx(0).map_err(nf_err)?;
-                        let ready = nf.arm_tx(0).map_err(nf_err)?;
+                        nf.push_tx(q).map_err(nf_err)?;
+                        let ready = nf.arm_tx(q).map_err(nf_err)?;
                         drop(nf);
                         if !ready {
                             let _ = NetFront::<P>::poll_ports(p, &[port_tx], Some(SLEEP));
@@ -512,7 +545,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
             // SAFETY: the header is a live local array; each page pointer is
             // a reserved tx page of PAGE_SIZE bytes, writable and not
             // granted to the backend in any request until committed.
-            let r = unsafe { nic.tap.readv_raw(&iov) };
+            let r = unsafe { nic.tap.readv_raw(q, &iov) };
             let mut nf = lock(&nic.nf);
             match r {
                 Ok(Some(n)) => {
@@ -526,7 +559,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
                             // frame while we read the next one.
                             if len > xen_front_platform::PAGE_SIZE || unpushed >= PUSH_EVERY {
                                 unpushed = 0;
-                                nf.push_tx(0).map_err(nf_err)?;
+                                nf.push_tx(q).map_err(nf_err)?;
                             }
                         }
                         // A frame the device cannot carry: dropped.
@@ -546,11 +579,11 @@ pub fn tx_loop<P: Platform + ?Sized>(
         }
         if sent > 0 {
             let mut nf = lock(&nic.nf);
-            nf.push_tx(0).map_err(nf_err)?;
-            nf.reap_tx(0).map_err(nf_err)?;
+            nf.push_tx(q).map_err(nf_err)?;
+            nf.reap_tx(q).map_err(nf_err)?;
             continue;
         }
-        nic.tap.wait_readable(SLEEP);
+        nic.tap.wait_readable(q, SLEEP);
     }
     Ok(())
 }
@@ -559,15 +592,17 @@ fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P 
     lock(nf).platform()
 }
 
-/// The rx pump of `nic` (netfront queue 0 to the TAP) until `stop`: each
-/// frame is written to the TAP straight from the rx pages (`writev(2)`).
+/// The rx pump of queue `q` of `nic` (netfront queue `q` to TAP queue
+/// `q`) until `stop`: each frame is written to the TAP straight from the
+/// rx pages (`writev(2)`).
 pub fn rx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
+    q: usize,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_rx = lock(&nic.nf).ports(0).map(|p| p.1).unwrap_or(0);
+    let port_rx = lock(&nic.nf).ports(q).map(|p| p.1).unwrap_or(0);
     let p = nic_platform(&nic.nf);
     let mut idle_since: Option<Instant> = None;
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
@@ -578,7 +613,7 @@ pub fn rx_loop<P: Platform + ?Sized>(
                 // The lock per frame: the tx pump (our ACKs) gets its turn
                 // between frames, not after a whole batch.
                 let mut nf = lock(&nic.nf);
-                let r = nf.receive_with(0, |frags, head, meta| {
+                let r = nf.receive_with(q, |frags, head, meta| {
                     let Some(h) = vnet_from_meta(&meta, head) else {
                         return;
                     };
@@ -598,20 +633,20 @@ pub fn rx_loop<P: Platform + ?Sized>(
                     // fragment lies in netfront's rx pages, alive while this
                     // callback runs; the kernel only reads them. A full TAP
                     // queue drops the frame, as a NIC would.
-                    let _ = unsafe { nic.tap.writev_raw(&iov) };
+                    let _ = unsafe { nic.tap.writev_raw(q, &iov) };
                 });
                 match r.map_err(nf_err)? {
                     Some(()) => got += 1,
                     None => break,
                 }
                 if got % 32 == 0 {
-                    nf.push_rx(0).map_err(nf_err)?;
+                    nf.push_rx(q).map_err(nf_err)?;
                 }
                 if got == 256 {
                     break;
                 }
             }
-            lock(&nic.nf).push_rx(0).map_err(nf_err)?;
+            lock(&nic.nf).push_rx(q).map_err(nf_err)?;
         }
         if got > 0 {
             idle_since = None;
@@ -622,7 +657,7 @@ pub fn rx_loop<P: Platform + ?Sized>(
             for _ in 0..64 {
                 // `try_lock`: a spinning rx pump must not make the tx pump
                 // wait for the lock (a futex sleep and wake-up).
-                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(0)) {
+                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(q)) {
                     break;
                 }
                 std::hint::spin_loop();
@@ -630,10 +665,33 @@ pub fn rx_loop<P: Platform + ?Sized>(
             continue;
         }
         idle_since = None;
-        if lock(&nic.nf).arm_rx(0).map_err(nf_err)? {
+        if lock(&nic.nf).arm_rx(q).map_err(nf_err)? {
             continue;
         }
         let _ = NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP));
     }
     Ok(())
+}
+
+/// The counters of every queue of `nic`, as `pvnet stats` lines (written
+/// when the pumps stop).
+pub fn emit_stats<P: Platform + ?Sized>(nic: &GuestNic<'_, P>, out: &mut dyn Write) {
+    let nf = lock(&nic.nf);
+    for q in 0..nf.queues() {
+        let Some(st) = nf.queue_stats(q) else {
+            continue;
+        };
+        let _ = emit(
+            out,
+            "pvnet stats",
+            &[
+                ("devid", nic.devid.to_string()),
+                ("queue", q.to_string()),
+                ("tx_packets", st.tx_packets.to_string()),
+                ("tx_bytes", st.tx_bytes.to_string()),
+                ("rx_packets", st.rx_packets.to_string()),
+                ("rx_bytes", st.rx_bytes.to_string()),
+            ],
+        );
+    }
 }
