@@ -48,7 +48,7 @@ pub mod request;
 
 pub use device::{
     gso, parse_mac, pick_queue, FrontState, NetFront, NetfrontConfig, NetfrontStats, QueueStats,
-    RxFrag, TxReservation, MAX_FRAME, MAX_QUEUES,
+    RxFrag, RxFrame, TxReservation, MAX_FRAME, MAX_QUEUES,
 };
 pub use error::{FailReason, NetfrontError};
 pub use request::{Gso, PacketMeta};

@@ -12,11 +12,15 @@
 //! negotiated, so the guest kernel hands 64 KiB TCP segments with partial
 //! checksums to netfront and back (GSO end to end).
 //!
-//! Per NIC two threads: tx reads batches of frames from the TAP and
-//! queues them on netfront (one publish and at most one notification per
-//! batch); rx takes received frames, writes them to the TAP, re-posts the
-//! buffers, and spins briefly on the ring before arming the event index
-//! and sleeping on the rx port.
+//! Every queue the backend offers is used: the TAP has one queue
+//! (`IFF_MULTI_QUEUE` file) per netfront queue, and each queue has two
+//! threads: tx reads batches of frames from its TAP queue and queues them
+//! on netfront (one publish and at most one notification per batch); rx
+//! takes received frames, writes them to its TAP queue without holding the
+//! NIC's lock, re-posts the buffers, and polls the ring for an adaptive
+//! window before arming the event index and sleeping on the rx port. Each
+//! pump masks its own port (split event channels), so a notification
+//! wakes the pump itself, not the runtime's event dispatcher first.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -28,9 +32,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use xen_abi::event_channel::evtchn_port_t;
 use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
 use xen_netfront::offload::{self, VnetHdr, VNET_HDR_LEN};
 use xen_netfront::{FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, PacketMeta};
+
+use xen_ring::PollWindow;
 
 use crate::demo::emit;
 
@@ -41,8 +48,13 @@ const TX_BATCH: usize = 64;
 /// Small frames queued between publications (a big one is published at
 /// once).
 const PUSH_EVERY: usize = 16;
-/// How long the rx thread polls the ring before sleeping.
-const RX_SPIN: Duration = Duration::from_micros(100);
+/// Longest the rx pump polls the ring before sleeping (the window adapts
+/// between zero and this).
+const RX_SPIN: Duration = Duration::from_micros(50);
+/// Frames received between publications of the re-posted rx pages.
+const RX_PUSH_EVERY: usize = 8;
+/// Most frames taken per rx round.
+const RX_BATCH: usize = 256;
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
 
@@ -501,8 +513,9 @@ pub fn tx_loop<P: Platform + ?Sized>(
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_tx = lock(&nic.nf).ports(q).map(|p| p.0).unwrap_or(0);
+    let (port_tx, port_rx) = lock(&nic.nf).ports(q).unwrap_or((0, 0));
     let p = nic_platform(&nic.nf);
+    own_port(p, port_tx, port_tx == port_rx);
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
@@ -592,9 +605,25 @@ fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P 
     lock(nf).platform()
 }
 
+/// Takes port `port` for the calling pump: masked, its events wake this
+/// thread directly (the platform's `SCHEDOP_poll` on a masked port) rather
+/// than the runtime's event dispatcher, which then wakes the pump (two
+/// cross-CPU wake-ups per notification). A port shared by the tx and rx
+/// pumps (no split event channels) stays with the dispatcher.
+fn own_port<P: Platform + ?Sized>(p: &P, port: evtchn_port_t, shared: bool) {
+    if !shared {
+        let _ = p.evtchn_mask(port);
+    }
+}
+
 /// The rx pump of queue `q` of `nic` (netfront queue `q` to TAP queue
 /// `q`) until `stop`: each frame is written to the TAP straight from the
-/// rx pages (`writev(2)`).
+/// rx pages (`writev(2)`), without holding the NIC's lock (the frame is
+/// taken, its pages held from the backend until the write is done). With
+/// nothing received it polls the ring for an adaptive window
+/// ([`PollWindow`]: it shrinks to zero when polling finds nothing, as when
+/// the backend shares our CPU) before arming the event index and sleeping
+/// on its port.
 pub fn rx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
     q: usize,
@@ -602,73 +631,91 @@ pub fn rx_loop<P: Platform + ?Sized>(
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
-    let port_rx = lock(&nic.nf).ports(q).map(|p| p.1).unwrap_or(0);
+    let (port_tx, port_rx) = lock(&nic.nf).ports(q).unwrap_or((0, 0));
     let p = nic_platform(&nic.nf);
-    let mut idle_since: Option<Instant> = None;
+    own_port(p, port_rx, port_tx == port_rx);
+    let mut poll = PollWindow::new(u64::try_from(RX_SPIN.as_nanos()).unwrap_or(u64::MAX));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
-        let mut got = 0;
-        {
-            loop {
-                // The lock per frame: the tx pump (our ACKs) gets its turn
-                // between frames, not after a whole batch.
+        let mut got = 0usize;
+        let mut held = false;
+        loop {
+            // The lock per frame, only to give the last frame's pages back
+            // and take the next: the write to the TAP (which runs the
+            // guest's network stack) holds no lock the tx pump needs.
+            let fr = {
                 let mut nf = lock(&nic.nf);
-                let r = nf.receive_with(q, |frags, head, meta| {
-                    let Some(h) = vnet_from_meta(&meta, head) else {
-                        return;
-                    };
-                    let h = h.encode();
-                    iov.clear();
-                    iov.push(libc::iovec {
-                        iov_base: h.as_ptr() as *mut libc::c_void,
-                        iov_len: h.len(),
-                    });
-                    for f in frags {
-                        iov.push(libc::iovec {
-                            iov_base: f.ptr as *mut libc::c_void,
-                            iov_len: f.len,
-                        });
+                if held {
+                    nf.release_rx(q).map_err(nf_err)?;
+                    if got % RX_PUSH_EVERY == 0 {
+                        nf.push_rx(q).map_err(nf_err)?;
                     }
-                    // SAFETY: the header is a live local array and every
-                    // fragment lies in netfront's rx pages, alive while this
-                    // callback runs; the kernel only reads them. A full TAP
-                    // queue drops the frame, as a NIC would.
-                    let _ = unsafe { nic.tap.writev_raw(q, &iov) };
-                });
-                match r.map_err(nf_err)? {
-                    Some(()) => got += 1,
-                    None => break,
                 }
-                if got % 32 == 0 {
-                    nf.push_rx(q).map_err(nf_err)?;
-                }
-                if got == 256 {
+                if got == RX_BATCH {
                     break;
                 }
+                nf.take_rx(q).map_err(nf_err)?
+            };
+            let Some(fr) = fr else {
+                break;
+            };
+            held = true;
+            got += 1;
+            let Some(h) = vnet_from_meta(&fr.meta, fr.head()) else {
+                continue;
+            };
+            let h = h.encode();
+            iov.clear();
+            iov.push(libc::iovec {
+                iov_base: h.as_ptr() as *mut libc::c_void,
+                iov_len: h.len(),
+            });
+            for f in fr.frags() {
+                iov.push(libc::iovec {
+                    iov_base: f.ptr as *mut libc::c_void,
+                    iov_len: f.len,
+                });
             }
-            lock(&nic.nf).push_rx(q).map_err(nf_err)?;
+            // SAFETY: the header is a live local array and every fragment
+            // lies in netfront's rx pages, held from the backend until
+            // `release_rx` (and inside the domain's memory, mapped for the
+            // life of the process, even if the device were torn down
+            // meanwhile); the kernel only reads them. A full TAP queue
+            // drops the frame, as a NIC would.
+            let _ = unsafe { nic.tap.writev_raw(q, &iov) };
         }
         if got > 0 {
-            idle_since = None;
+            lock(&nic.nf).push_rx(q).map_err(nf_err)?;
             continue;
         }
-        let now = Instant::now();
-        if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
-            for _ in 0..64 {
-                // `try_lock`: a spinning rx pump must not make the tx pump
-                // wait for the lock (a futex sleep and wake-up).
-                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(q)) {
-                    break;
+        let window = Duration::from_nanos(poll.budget_ns());
+        if !window.is_zero() {
+            let deadline = Instant::now() + window;
+            let mut found = false;
+            while !found && Instant::now() < deadline {
+                for _ in 0..64 {
+                    // `try_lock`: a polling rx pump must not make the tx
+                    // pump wait for the lock (a futex sleep and wake-up).
+                    if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(q)) {
+                        found = true;
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
             }
-            continue;
+            if found {
+                poll.hit();
+                continue;
+            }
+            poll.miss();
         }
-        idle_since = None;
         if lock(&nic.nf).arm_rx(q).map_err(nf_err)? {
             continue;
         }
-        let _ = NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP));
+        let slept = Instant::now();
+        if NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP)).unwrap_or(false) {
+            poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
     }
     Ok(())
 }
