@@ -130,7 +130,9 @@ impl PvPlatform {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             for &p in ports {
-                if self.hv.is_direct(p) && self.hv.poll_port(p, Some(Duration::ZERO)).unwrap_or(false) {
+                if self.hv.is_direct(p)
+                    && self.hv.poll_port(p, Some(Duration::ZERO)).unwrap_or(false)
+                {
                     return true;
                 }
             }

@@ -51,6 +51,9 @@ const PUSH_EVERY: usize = 16;
 /// Longest the rx pump polls the ring before sleeping (the window adapts
 /// between zero and this).
 const RX_SPIN: Duration = Duration::from_micros(50);
+/// Longest the tx pump looks at an empty TAP queue before sleeping (the
+/// window adapts between zero and this).
+const TX_SPIN: Duration = Duration::from_micros(30);
 /// Frames received between publications of the re-posted rx pages.
 const RX_PUSH_EVERY: usize = 8;
 /// Most frames taken per rx round.
@@ -322,15 +325,17 @@ impl GuestTap {
         }
     }
 
-    /// Waits up to `timeout` for a frame to read on queue `q`.
-    fn wait_readable(&self, q: usize, timeout: Duration) {
+    /// Waits up to `timeout` (zero: just looks) for a frame to read on
+    /// queue `q`; whether one is there.
+    fn wait_readable(&self, q: usize, timeout: Duration) -> bool {
         let mut fd = libc::pollfd {
             fd: self.fd(q),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one live pollfd.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+        let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+        n > 0 && fd.revents & libc::POLLIN != 0
     }
 }
 
@@ -516,6 +521,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
     let (port_tx, port_rx) = lock(&nic.nf).ports(q).unwrap_or((0, 0));
     let p = nic_platform(&nic.nf);
     own_port(p, port_tx, port_tx == port_rx);
+    let mut poll = PollWindow::new(u64::try_from(TX_SPIN.as_nanos()).unwrap_or(u64::MAX));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
@@ -596,7 +602,25 @@ pub fn tx_loop<P: Platform + ?Sized>(
             nf.reap_tx(q).map_err(nf_err)?;
             continue;
         }
-        nic.tap.wait_readable(q, SLEEP);
+        // Nothing queued: look again for an adaptive window (the guest's
+        // stack is often about to send: no sleep and wake-up), then sleep.
+        let window = Duration::from_nanos(poll.budget_ns());
+        if !window.is_zero() {
+            let deadline = Instant::now() + window;
+            let mut found = false;
+            while !found && Instant::now() < deadline {
+                found = nic.tap.wait_readable(q, Duration::ZERO);
+            }
+            if found {
+                poll.hit();
+                continue;
+            }
+            poll.miss();
+        }
+        let slept = Instant::now();
+        if nic.tap.wait_readable(q, SLEEP) {
+            poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
     }
     Ok(())
 }
