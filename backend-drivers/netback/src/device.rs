@@ -14,9 +14,12 @@
 //!   after the first);
 //! - publishes the responses, notifying only when the event indices ask.
 //!
-//! With nothing to do it spins for [`SPIN`] on the tx ring's producer
-//! index (no system call; a blocked thread on another core takes 30-50 us
-//! to wake), then sets the event indices
+//! With nothing to do it polls the tx ring's producer index (no system
+//! call; a blocked thread on another core takes 30-50 us to wake) and,
+//! every few rounds, the TAP, for an adaptive window of up to [`SPIN`]
+//! (`xen_ring::PollWindow`: zero after a poll that found nothing, as when
+//! the frontend shares our CPU; growing again after short sleeps), then
+//! sets the event indices
 //! (`final_check_for_requests` on tx; rx `req_event` at the number of
 //! slots it needs) and sleeps in `poll(2)` on the event channels and, when
 //! it can receive, the TAP.
@@ -36,7 +39,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, RingError, SharedRing};
+use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::{FromBytes, IntoBytes};
@@ -53,8 +56,9 @@ pub type RxSlot = [u8; NETIF_RX_SRING_ENTRY_SIZE];
 /// A tx response.
 pub type TxRsp = [u8; core::mem::size_of::<netif_tx_response>()];
 
-/// How long a worker polls its rings and TAP before sleeping.
-pub const SPIN: Duration = Duration::from_micros(30);
+/// Longest a worker polls its rings and TAP before sleeping (the window
+/// adapts between zero and this, [`PollWindow`]).
+pub const SPIN: Duration = Duration::from_micros(50);
 /// Small packets answered between publications of the responses (a big
 /// one is published at once).
 const PUSH_EVERY: usize = 16;
@@ -429,6 +433,7 @@ fn start_queue(
         pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
         rx_held: std::collections::VecDeque::with_capacity(MAX_SLOTS + 2),
         last_log: None,
+        poll: PollWindow::new(u64::try_from(SPIN.as_nanos()).unwrap_or(u64::MAX)),
     };
     let thread = std::thread::Builder::new()
         .name(format!("netback-{domid}-q{index}"))
@@ -467,6 +472,8 @@ struct Worker {
     /// next packets are read from the TAP straight into these pages.
     rx_held: std::collections::VecDeque<Held>,
     last_log: Option<Instant>,
+    /// How long to poll before sleeping (adapts between 0 and [`SPIN`]).
+    poll: PollWindow,
 }
 
 /// An rx request taken from the ring, its page mapped (`None`: the grant
@@ -496,7 +503,6 @@ impl Worker {
             "netback queue started"
         );
         let mut buf = vec![0u8; RX_BUF];
-        let mut idle_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::SeqCst) {
             let mut work = match self.serve_tx() {
                 Ok(w) => w,
@@ -513,24 +519,35 @@ impl Worker {
                 }
             }
             if work {
-                idle_since = None;
                 continue;
             }
-            // Spin on the rings only (no system call) for a while: a
-            // frontend that is about to publish is served without a
-            // wake-up. TAP packets wait for the poll below.
-            let now = Instant::now();
-            let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) < SPIN {
-                for _ in 0..64 {
-                    if self.ring_work() {
-                        break;
+            // Poll the rings (and now and then the TAP) for an adaptive
+            // window before sleeping: a frontend that is about to publish,
+            // or Dom0's stack about to answer, is served without a wake-up.
+            let window = Duration::from_nanos(self.poll.budget_ns());
+            if !window.is_zero() {
+                let deadline = Instant::now() + window;
+                let mut found = false;
+                let mut round = 0u32;
+                while !found && Instant::now() < deadline {
+                    for _ in 0..64 {
+                        if self.ring_work() {
+                            found = true;
+                            break;
+                        }
+                        std::hint::spin_loop();
                     }
-                    std::hint::spin_loop();
+                    round = round.wrapping_add(1);
+                    if !found && round % 4 == 0 {
+                        found = self.tap_work();
+                    }
                 }
-                continue;
+                if found {
+                    self.poll.hit();
+                    continue;
+                }
+                self.poll.miss();
             }
-            idle_since = None;
             match self.arm() {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -539,9 +556,16 @@ impl Worker {
                     break;
                 }
             }
-            if let Err(r) = self.sleep() {
-                self.fail(r);
-                break;
+            let slept = Instant::now();
+            match self.sleep() {
+                Ok(true) => self
+                    .poll
+                    .woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+                Ok(false) => {}
+                Err(r) => {
+                    self.fail(r);
+                    break;
+                }
             }
         }
         // Publish what was pushed: a response overwrote its request slot.
@@ -1167,9 +1191,25 @@ impl Worker {
         Ok(false)
     }
 
+    /// Whether the TAP has a packet the frontend has room for (one
+    /// `poll(2)` that does not wait).
+    fn tap_work(&self) -> bool {
+        if !self.rx_avail().is_ok_and(|n| n >= self.rx_need) {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.tap.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & libc::POLLIN != 0
+    }
+
     /// Sleeps until a port fires or, when it can receive, the TAP has a
-    /// packet.
-    fn sleep(&mut self) -> Result<(), FailureReason> {
+    /// packet; whether something woke it (not the timeout).
+    fn sleep(&mut self) -> Result<bool, FailureReason> {
         let can_rx = self.rx_avail()? >= self.rx_need;
         let mut fds = [
             libc::pollfd {
@@ -1186,6 +1226,7 @@ impl Worker {
         let n = if can_rx { 2 } else { 1 };
         // SAFETY: `fds` is a live array of at least `n` pollfds.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), n, IDLE_WAIT_MS) };
+        let woke = r > 0;
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -1204,6 +1245,6 @@ impl Worker {
                     .map_err(|e| FailureReason::EventChannel(e.to_string()))?;
             }
         }
-        Ok(())
+        Ok(woke)
     }
 }
