@@ -62,6 +62,8 @@ pub const SPIN: Duration = Duration::from_micros(50);
 /// Small packets answered between publications of the responses (a big
 /// one is published at once).
 const PUSH_EVERY: usize = 16;
+/// The tx slots served per round are the ring's size divided by this.
+const TX_BUDGET_DIV: u32 = 4;
 /// Longest sleep before the worker looks at its stop flag again.
 const IDLE_WAIT_MS: i32 = 500;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
@@ -614,8 +616,11 @@ impl Worker {
     fn serve_tx(&mut self) -> Result<bool, FailureReason> {
         let mut work = false;
         let mut unpushed = 0usize;
-        // At most one ring's worth per call (bounded).
-        let mut budget = self.tx.nr_ents() as usize;
+        // A quarter of the ring per call (bounded): then the rx side gets
+        // its turn, so Dom0's ACKs to the guest do not wait for a whole
+        // ring of 64 KiB packets to be written (the guest's TCP sends only
+        // as far as its send buffer lets it before they arrive).
+        let mut budget = (self.tx.nr_ents() / TX_BUDGET_DIV) as usize;
         loop {
             while self.pending.len() < MAX_SLOTS + MAX_EXTRAS && budget > 0 {
                 match self.tx.take_request() {
