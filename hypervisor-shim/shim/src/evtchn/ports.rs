@@ -870,6 +870,62 @@ mod tests {
     }
 
     #[test]
+    fn test_direct_port_wakes_only_its_waiter_and_goes_back_on_undirect() {
+        // Arrange
+        let (a, b) = pair();
+        b.set_direct(1, true).expect("direct");
+        let mut seen = Vec::new();
+
+        // Act: an event to a direct port is not seen by a wait on the set,
+        // only by the port's own wait.
+        a.send(1).expect("send");
+        let on_set = b
+            .wait(Some(Duration::from_millis(20)), |_| {})
+            .expect("wait");
+        let on_port = b
+            .wait_port(1, Some(Duration::from_secs(5)), |f| seen.push(f))
+            .expect("wait_port");
+        let nothing_left = b
+            .wait_port(1, Some(Duration::ZERO), |_| {})
+            .expect("wait_port");
+        // Sent while direct and nobody waited: back on the set, it is seen.
+        a.send(1).expect("send");
+        b.set_direct(1, false).expect("undirect");
+        let after = b.wait(Some(Duration::from_secs(5)), |_| {}).expect("wait");
+
+        // Assert
+        assert_eq!(
+            on_set, 0,
+            "the set's waiter does not wake for a direct port"
+        );
+        assert_eq!(on_port, 1);
+        assert!(matches!(seen[..], [Fired::Port { port: 1, .. }]));
+        assert_eq!(nothing_left, 0, "the event was consumed once");
+        assert_eq!(after, 1, "a pending event is seen once the port is back");
+        assert!(!b.is_direct(1));
+    }
+
+    #[test]
+    fn test_wait_port_times_out_and_refuses_an_unknown_port() {
+        let (_a, b) = pair();
+        b.set_direct(1, true).expect("direct");
+        let t = Instant::now();
+        let n = b
+            .wait_port(1, Some(Duration::from_millis(30)), |_| {})
+            .expect("wait");
+        assert_eq!(n, 0);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert!(matches!(
+            b.wait_port(9, Some(Duration::ZERO), |_| {}),
+            Err(EvtchnError::InvalidPort(9))
+        ));
+        assert!(matches!(
+            b.set_direct(9, true),
+            Err(EvtchnError::InvalidPort(9))
+        ));
+    }
+
+    #[test]
     fn test_doorbell_ring_skips_the_eventfd_while_the_peer_polls() {
         let (a, b) = pair();
         let bell_b = |f: &dyn Fn(&Doorbell)| b.with(1, |p| f(p.doorbell.as_ref().expect("bell")));
