@@ -14,9 +14,12 @@
 //!   after the first);
 //! - publishes the responses, notifying only when the event indices ask.
 //!
-//! With nothing to do it spins for [`SPIN`] on the tx ring's producer
-//! index (no system call; a blocked thread on another core takes 30-50 us
-//! to wake), then sets the event indices
+//! With nothing to do it polls the tx ring's producer index (no system
+//! call; a blocked thread on another core takes 30-50 us to wake) and,
+//! every few rounds, the TAP, for an adaptive window of up to [`SPIN`]
+//! (`xen_ring::PollWindow`: zero after a poll that found nothing, as when
+//! the frontend shares our CPU; growing again after short sleeps), then
+//! sets the event indices
 //! (`final_check_for_requests` on tx; rx `req_event` at the number of
 //! slots it needs) and sleeps in `poll(2)` on the event channels and, when
 //! it can receive, the TAP.
@@ -45,7 +48,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, RingError, SharedRing};
+use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::{FromBytes, IntoBytes};
@@ -62,11 +65,14 @@ pub type RxSlot = [u8; NETIF_RX_SRING_ENTRY_SIZE];
 /// A tx response.
 pub type TxRsp = [u8; core::mem::size_of::<netif_tx_response>()];
 
-/// How long a worker polls its rings and TAP before sleeping.
-pub const SPIN: Duration = Duration::from_micros(30);
+/// Longest a worker polls its rings and TAP before sleeping (the window
+/// adapts between zero and this, [`PollWindow`]).
+pub const SPIN: Duration = Duration::from_micros(50);
 /// Small packets answered between publications of the responses (a big
 /// one is published at once).
 const PUSH_EVERY: usize = 16;
+/// The tx slots served per round are the ring's size divided by this.
+const TX_BUDGET_DIV: u32 = 4;
 /// Longest sleep before the worker looks at its stop flag again.
 const IDLE_WAIT_MS: i32 = 500;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
@@ -549,6 +555,7 @@ fn start_queue(
         stalled: false,
         last_rx: Instant::now(),
         rounds: 0,
+        poll: PollWindow::new(u64::try_from(SPIN.as_nanos()).unwrap_or(u64::MAX)),
     };
     let thread = std::thread::Builder::new()
         .name(format!("netback-{domid}-q{index}"))
@@ -596,6 +603,8 @@ struct Worker {
     last_rx: Instant,
     /// Busy rounds since the last stall check.
     rounds: u32,
+    /// How long to poll before sleeping (adapts between 0 and [`SPIN`]).
+    poll: PollWindow,
 }
 
 /// An rx request taken from the ring, its page mapped (`None`: the grant
@@ -625,7 +634,6 @@ impl Worker {
             "netback queue started"
         );
         let mut buf = vec![0u8; RX_BUF];
-        let mut idle_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::SeqCst) {
             let mut work = match self.serve_tx() {
                 Ok(w) => w,
@@ -647,7 +655,6 @@ impl Worker {
                 }
             }
             if work {
-                idle_since = None;
                 // A queue busy with tx still looks at its rx side now and then.
                 self.rounds = self.rounds.wrapping_add(1);
                 if self.rounds % 1024 == 0 {
@@ -658,21 +665,33 @@ impl Worker {
                 }
                 continue;
             }
-            // Spin on the rings only (no system call) for a while: a
-            // frontend that is about to publish is served without a
-            // wake-up. TAP packets wait for the poll below.
-            let now = Instant::now();
-            let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) < SPIN {
-                for _ in 0..64 {
-                    if self.ring_work() {
-                        break;
+            // Poll the rings (and now and then the TAP) for an adaptive
+            // window before sleeping: a frontend that is about to publish,
+            // or Dom0's stack about to answer, is served without a wake-up.
+            let window = Duration::from_nanos(self.poll.budget_ns());
+            if !window.is_zero() {
+                let deadline = Instant::now() + window;
+                let mut found = false;
+                let mut round = 0u32;
+                while !found && Instant::now() < deadline {
+                    for _ in 0..64 {
+                        if self.ring_work() {
+                            found = true;
+                            break;
+                        }
+                        std::hint::spin_loop();
                     }
-                    std::hint::spin_loop();
+                    round = round.wrapping_add(1);
+                    if !found && round % 4 == 0 {
+                        found = self.tap_work();
+                    }
                 }
-                continue;
+                if found {
+                    self.poll.hit();
+                    continue;
+                }
+                self.poll.miss();
             }
-            idle_since = None;
             if let Err(r) = self.check_stall() {
                 self.fail(r);
                 break;
@@ -685,9 +704,16 @@ impl Worker {
                     break;
                 }
             }
-            if let Err(r) = self.sleep() {
-                self.fail(r);
-                break;
+            let slept = Instant::now();
+            match self.sleep() {
+                Ok(true) => self
+                    .poll
+                    .woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+                Ok(false) => {}
+                Err(r) => {
+                    self.fail(r);
+                    break;
+                }
             }
         }
         // Publish what was pushed: a response overwrote its request slot.
@@ -763,8 +789,11 @@ impl Worker {
     fn serve_tx(&mut self) -> Result<bool, FailureReason> {
         let mut work = false;
         let mut unpushed = 0usize;
-        // At most one ring's worth per call (bounded).
-        let mut budget = self.tx.nr_ents() as usize;
+        // A quarter of the ring per call (bounded): then the rx side gets
+        // its turn, so Dom0's ACKs to the guest do not wait for a whole
+        // ring of 64 KiB packets to be written (the guest's TCP sends only
+        // as far as its send buffer lets it before they arrive).
+        let mut budget = (self.tx.nr_ents() / TX_BUDGET_DIV) as usize;
         loop {
             while self.pending.len() < MAX_SLOTS + MAX_EXTRAS && budget > 0 {
                 match self.tx.take_request() {
@@ -1340,9 +1369,25 @@ impl Worker {
         Ok(false)
     }
 
+    /// Whether the TAP has a packet the frontend has room for (one
+    /// `poll(2)` that does not wait).
+    fn tap_work(&self) -> bool {
+        if !self.rx_avail().is_ok_and(|n| n >= self.rx_need) {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.tap.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & libc::POLLIN != 0
+    }
+
     /// Sleeps until a port fires or, when it can receive, the TAP has a
-    /// packet.
-    fn sleep(&mut self) -> Result<(), FailureReason> {
+    /// packet; whether something woke it (not the timeout).
+    fn sleep(&mut self) -> Result<bool, FailureReason> {
         let can_rx = self.rx_avail()? >= self.rx_need;
         let mut fds = [
             libc::pollfd {
@@ -1359,6 +1404,7 @@ impl Worker {
         let n = if can_rx { 2 } else { 1 };
         // SAFETY: `fds` is a live array of at least `n` pollfds.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), n, IDLE_WAIT_MS) };
+        let woke = r > 0;
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -1377,6 +1423,6 @@ impl Worker {
                     .map_err(|e| FailureReason::EventChannel(e.to_string()))?;
             }
         }
-        Ok(())
+        Ok(woke)
     }
 }

@@ -101,6 +101,19 @@ pub struct NetfrontStats {
     pub disconnects: u64,
 }
 
+/// Counters of one queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Frames queued for transmission on this queue.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames received on this queue.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+}
+
 /// What the backend offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct BackendOffer {
@@ -133,6 +146,9 @@ struct Queue {
     rx_pending: Vec<RxSlot>,
     /// Tx reservations handed out and not yet committed or cancelled.
     tx_reserved: usize,
+    /// Slots of frames taken and not re-posted yet ([`NetFront::take_rx`]).
+    rx_held: usize,
+    stats: QueueStats,
 }
 
 /// The tx pages of a torn-down queue that reservations still point into
@@ -353,6 +369,11 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// offloads and MTU read before a change may be stale.
     pub fn connection(&self) -> u64 {
         self.conn
+    }
+
+    /// Counters of queue `q` since it was set up (`None`: no such queue).
+    pub fn queue_stats(&self, q: usize) -> Option<QueueStats> {
+        self.queues.get(q).map(|qu| qu.stats)
     }
 
     /// The largest frame [`NetFront::transmit`] takes.
@@ -577,6 +598,8 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             rx_grefs,
             rx_pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
             tx_reserved: 0,
+            rx_held: 0,
+            stats: QueueStats::default(),
         };
         // Post every rx page: page i for ring slot i, so a response's slot
         // names its page (the backend answers in the request's slot).
@@ -916,6 +939,8 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                 }
             }
         }
+        qu.stats.tx_packets = qu.stats.tx_packets.saturating_add(1);
+        qu.stats.tx_bytes = qu.stats.tx_bytes.saturating_add(len as u64);
         self.stats.tx_packets = self.stats.tx_packets.saturating_add(1);
         self.stats.tx_bytes = self.stats.tx_bytes.saturating_add(len as u64);
     }
@@ -1149,8 +1174,47 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         q: usize,
         f: impl FnOnce(&[RxFrag], &[u8], PacketMeta) -> R,
     ) -> Result<Option<R>, NetfrontError> {
+        self.release_rx(q)?;
+        match self.take_rx_frame(q)? {
+            None => Ok(None),
+            Some(fr) => {
+                let r = f(fr.frags(), fr.head(), fr.meta);
+                self.release_rx(q)?;
+                Ok(Some(r))
+            }
+        }
+    }
+
+    /// Takes the next received frame of queue `q` without re-posting its
+    /// pages: the fragments stay valid and the backend cannot write them
+    /// until [`NetFront::release_rx`] (so the caller may hand them on, say
+    /// a `writev(2)`, without holding this device). Frames taken so are
+    /// released together, in order; take several, then release. `Ok(None)`
+    /// when no whole frame is there; bad chains are dropped (counted in
+    /// `rx_errors`) and their pages re-posted at the next release.
+    pub fn take_rx(&mut self, q: usize) -> Result<Option<RxFrame>, NetfrontError> {
         self.usable(q)?;
-        let mut f = Some(f);
+        self.take_rx_frame(q)
+    }
+
+    /// Re-posts the pages of every frame of queue `q` taken with
+    /// [`NetFront::take_rx`] (published by [`NetFront::push_rx`]). The
+    /// frames' fragments must not be used after.
+    pub fn release_rx(&mut self, q: usize) -> Result<(), NetfrontError> {
+        self.usable(q)?;
+        let qu = &mut self.queues[q];
+        let mask = qu.rx.nr_ents() - 1;
+        for _ in 0..core::mem::take(&mut qu.rx_held) {
+            let slot = (qu.rx.req_prod_pvt() & mask) as usize;
+            let _ = qu
+                .rx
+                .push_request(&rx_request(slot as u16, qu.rx_grefs[slot]));
+        }
+        Ok(())
+    }
+
+    fn take_rx_frame(&mut self, q: usize) -> Result<Option<RxFrame>, NetfrontError> {
+        self.usable(q)?;
         loop {
             let pkt = loop {
                 let qu = &mut self.queues[q];
@@ -1172,11 +1236,16 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             let mask = qu.rx.nr_ents() - 1;
             // The ring index of rx_pending[0].
             let base = qu.rx.rsp_cons().wrapping_sub(qu.rx_pending.len() as u32);
-            let mut frags = [RxFrag {
-                ptr: core::ptr::null(),
-                len: 0,
-            }; MAX_SLOTS];
-            let mut n = 0;
+            let mut fr = RxFrame {
+                frags: [RxFrag {
+                    ptr: core::ptr::null(),
+                    len: 0,
+                }; MAX_SLOTS],
+                n: 0,
+                head: [0u8; 128],
+                hl: 0,
+                meta: pkt.meta,
+            };
             let mut len = 0usize;
             for s in &pkt.segs {
                 let page = (base.wrapping_add(s.slot as u32) & mask) as usize;
@@ -1187,53 +1256,39 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                         .as_ptr()
                         .add(page * PAGE_SIZE + usize::from(s.offset))
                 };
-                if n < MAX_SLOTS {
-                    frags[n] = RxFrag {
+                if fr.n < MAX_SLOTS {
+                    fr.frags[fr.n] = RxFrag {
                         ptr,
                         len: usize::from(s.len),
                     };
-                    n += 1;
+                    fr.n += 1;
                 }
                 len += usize::from(s.len);
             }
             let ok = !pkt.bad && (ETH_HLEN..=MAX_FRAME + ETH_HLEN).contains(&len);
-            let mut head = [0u8; 128];
-            let mut hl = 0;
             if ok {
-                for fr in &frags[..n] {
-                    let take = fr.len.min(head.len() - hl);
+                for f in &fr.frags[..fr.n] {
+                    let take = f.len.min(fr.head.len() - fr.hl);
                     // SAFETY: as above, inside the rx pages; volatile.
-                    unsafe { volatile_copy_from(head[hl..].as_mut_ptr(), fr.ptr, take) };
-                    hl += take;
-                    if hl == head.len() {
+                    unsafe { volatile_copy_from(fr.head[fr.hl..].as_mut_ptr(), f.ptr, take) };
+                    fr.hl += take;
+                    if fr.hl == fr.head.len() {
                         break;
                     }
                 }
             }
-            let r = if ok {
-                f.take().map(|f| f(&frags[..n], &head[..hl], pkt.meta))
-            } else {
-                None
-            };
-            // Re-post the chain's pages, each in its own slot again.
-            let qu = &mut self.queues[q];
+            // The chain's pages are re-posted, each in its own slot again,
+            // at the next release.
             qu.rx_pending.drain(..pkt.slots);
-            for _ in 0..pkt.slots {
-                let slot = (qu.rx.req_prod_pvt() & mask) as usize;
-                let _ = qu
-                    .rx
-                    .push_request(&rx_request(slot as u16, qu.rx_grefs[slot]));
+            qu.rx_held += pkt.slots;
+            if ok {
+                qu.stats.rx_packets = qu.stats.rx_packets.saturating_add(1);
+                qu.stats.rx_bytes = qu.stats.rx_bytes.saturating_add(len as u64);
+                self.stats.rx_packets = self.stats.rx_packets.saturating_add(1);
+                self.stats.rx_bytes = self.stats.rx_bytes.saturating_add(len as u64);
+                return Ok(Some(fr));
             }
-            match r {
-                Some(r) => {
-                    self.stats.rx_packets = self.stats.rx_packets.saturating_add(1);
-                    self.stats.rx_bytes = self.stats.rx_bytes.saturating_add(len as u64);
-                    return Ok(Some(r));
-                }
-                None => {
-                    self.stats.rx_errors = self.stats.rx_errors.saturating_add(1);
-                }
-            }
+            self.stats.rx_errors = self.stats.rx_errors.saturating_add(1);
         }
     }
 
@@ -1318,6 +1373,41 @@ impl TxReservation {
     /// Bytes the reserved pages hold.
     pub fn capacity(&self) -> usize {
         self.ids.len() * PAGE_SIZE
+    }
+}
+
+/// A received frame taken with [`NetFront::take_rx`]: its fragments in
+/// place in the rx pages (valid until [`NetFront::release_rx`]), a copy of
+/// its first bytes and its offloads.
+#[derive(Debug, Clone, Copy)]
+pub struct RxFrame {
+    frags: [RxFrag; MAX_SLOTS],
+    n: usize,
+    head: [u8; 128],
+    hl: usize,
+    /// Its offloads.
+    pub meta: PacketMeta,
+}
+
+impl RxFrame {
+    /// The fragments, in order.
+    pub fn frags(&self) -> &[RxFrag] {
+        &self.frags[..self.n]
+    }
+
+    /// A copy of the first bytes (up to 128), for header parsing.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.hl]
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.frags().iter().map(|f| f.len).sum()
+    }
+
+    /// Whether the frame is empty (never, for a frame taken).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

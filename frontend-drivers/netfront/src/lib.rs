@@ -54,8 +54,8 @@ pub use xen_netif_offload as offload;
 pub mod request;
 
 pub use device::{
-    gso, parse_mac, pick_queue, FrontState, NetFront, NetfrontConfig, NetfrontStats, RxFrag,
-    TxReservation, MAX_FRAME, MAX_QUEUES,
+    gso, parse_mac, pick_queue, FrontState, NetFront, NetfrontConfig, NetfrontStats, QueueStats,
+    RxFrag, RxFrame, TxReservation, MAX_FRAME, MAX_QUEUES,
 };
 pub use error::{FailReason, NetfrontError};
 pub use request::{Gso, PacketMeta};

@@ -158,6 +158,52 @@ fn test_netfront_receive_multi_slot_frame_and_repost() {
 }
 
 #[test]
+fn test_netfront_take_rx_holds_the_pages_until_release() {
+    // Arrange: two frames delivered (two slots and one slot).
+    let p = FakePlatform::new(GUEST);
+    let mut b = FakeBack::new(&p);
+    let mut f = connected(&p, &mut b);
+    let (d1, d2) = (frame(5000), frame(60));
+    b.rx_deliver(&d1, NETRXF_data_validated);
+    b.rx_deliver(&d2, 0);
+    let posted = |b: &FakeBack<'_>| {
+        b.rx.as_ref()
+            .expect("rx")
+            .unconsumed_requests()
+            .expect("rx")
+    };
+
+    // Act: take both without releasing, read them in place.
+    let read = |fr: &xen_netfront::RxFrame| -> Vec<u8> {
+        let mut v = Vec::new();
+        for g in fr.frags() {
+            // SAFETY: a taken frame's fragments stay valid until release.
+            v.extend_from_slice(unsafe { core::slice::from_raw_parts(g.ptr, g.len) });
+        }
+        v
+    };
+    let f1 = f.take_rx(0).expect("take").expect("frame 1");
+    let f2 = f.take_rx(0).expect("take").expect("frame 2");
+    let got = (read(&f1), read(&f2));
+    let none = f.take_rx(0).expect("take").is_none();
+    f.push_rx(0).expect("push");
+    let while_held = posted(&b);
+    f.release_rx(0).expect("release");
+    f.push_rx(0).expect("push");
+    let after = posted(&b);
+
+    // Assert
+    assert_eq!(got.0, d1);
+    assert_eq!(got.1, d2);
+    assert!(f1.meta.data_validated && !f2.meta.data_validated);
+    assert_eq!((f1.len(), f2.len()), (5000, 60));
+    assert!(none);
+    assert_eq!(while_held, 253, "the three held pages are not posted");
+    assert_eq!(after, 256, "all three re-posted on release");
+    assert_eq!(f.queue_stats(0).map(|s| s.rx_packets), Some(2));
+}
+
+#[test]
 fn test_netfront_multi_queue_writes_per_queue_keys() {
     // Arrange: the backend offers 4 queues, the frontend wants 2 (514
     // pages and grants each).

@@ -123,6 +123,36 @@ impl PvPlatform {
         self.hv
     }
 
+    /// `SCHEDOP_poll` on ports of which some are direct (masked, see
+    /// `evtchn_mask`): looks at the direct ports' eventfds between short
+    /// waits on the hub.
+    fn poll_mixed(&self, ports: &[evtchn_port_t], timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            for &p in ports {
+                if self.hv.is_direct(p)
+                    && self.hv.poll_port(p, Some(Duration::ZERO)).unwrap_or(false)
+                {
+                    return true;
+                }
+            }
+            let slice = Duration::from_millis(1);
+            let wait = match deadline {
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    (d - now).min(slice)
+                }
+                None => slice,
+            };
+            if self.hub.poll(ports, Some(wait)) {
+                return true;
+            }
+        }
+    }
+
     /// The event hub (handlers, shutdown requests).
     pub fn hub(&self) -> &Arc<EventHub> {
         &self.hub
@@ -294,6 +324,11 @@ unsafe impl Platform for PvPlatform {
     }
 
     fn evtchn_unmask(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
+        if self.hv.is_direct(port) {
+            self.hv
+                .set_direct(port, false)
+                .map_err(|e| evtchn_error(port, &e))?;
+        }
         self.hv
             .evtchnop_unmask(&evtchn_unmask { port })
             .map_err(|e| evtchn_error(port, &e))
@@ -304,7 +339,13 @@ unsafe impl Platform for PvPlatform {
             return Err(PlatformError::BadPort { port });
         }
         self.hv.mask(port);
-        Ok(())
+        // A masked port is polled by its owner (SCHEDOP_poll): its events go
+        // straight to that thread, not through the dispatcher (one wake-up
+        // instead of two). A port not known locally yet stays as it is.
+        match self.hv.set_direct(port, true) {
+            Ok(()) | Err(EvtchnError::InvalidPort(_)) => Ok(()),
+            Err(e) => Err(evtchn_error(port, &e)),
+        }
     }
 
     fn evtchn_close(&self, port: evtchn_port_t) -> Result<(), PlatformError> {
@@ -327,7 +368,14 @@ unsafe impl Platform for PvPlatform {
         ports: &[evtchn_port_t],
         timeout: Option<Duration>,
     ) -> Result<bool, PlatformError> {
-        Ok(self.hub.poll(ports, timeout))
+        match ports {
+            [port] if self.hv.is_direct(*port) => self
+                .hv
+                .poll_port(*port, timeout)
+                .map_err(|e| evtchn_error(*port, &e)),
+            _ if ports.iter().any(|&p| self.hv.is_direct(p)) => Ok(self.poll_mixed(ports, timeout)),
+            _ => Ok(self.hub.poll(ports, timeout)),
+        }
     }
 
     fn xs_read(&self, tx: XsTransaction, path: &str) -> Result<Vec<u8>, PlatformError> {

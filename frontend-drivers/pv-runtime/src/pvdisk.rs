@@ -153,9 +153,17 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     std::thread::scope(|s| {
         let mut pumps = Vec::new();
         for nic in &nics {
-            let stop = &net_stop;
-            pumps.push(s.spawn(move || crate::pvnet::run_pump(nic, stop, crate::pvnet::tx_loop)));
-            pumps.push(s.spawn(move || crate::pvnet::run_pump(nic, stop, crate::pvnet::rx_loop)));
+            // One tx and one rx pump per queue, each restarted across
+            // backend reconnects.
+            for q in 0..nic.tap.queues() {
+                let stop = &net_stop;
+                pumps.push(s.spawn(move || {
+                    crate::pvnet::run_pump(nic, stop, |n, st| crate::pvnet::tx_loop(n, q, st))
+                }));
+                pumps.push(s.spawn(move || {
+                    crate::pvnet::run_pump(nic, stop, |n, st| crate::pvnet::rx_loop(n, q, st))
+                }));
+            }
         }
         let link_watcher = (!nics.is_empty()).then(|| {
             let (nics, stop) = (&nics, &net_stop);
@@ -212,6 +220,9 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
                     let _ = emit(out, "pvnet pump-panicked", &[]);
                 }
             }
+        }
+        for nic in &nics {
+            crate::pvnet::emit_stats(nic, out);
         }
         let mut server_failed = None;
         for (name, path, h, mut unmounter, st_dev) in running {

@@ -12,11 +12,15 @@
 //! negotiated, so the guest kernel hands 64 KiB TCP segments with partial
 //! checksums to netfront and back (GSO end to end).
 //!
-//! Per NIC two threads: tx reads batches of frames from the TAP and
-//! queues them on netfront (one publish and at most one notification per
-//! batch); rx takes received frames, writes them to the TAP, re-posts the
-//! buffers, and spins briefly on the ring before arming the event index
-//! and sleeping on the rx port.
+//! Every queue the backend offers is used: the TAP has one queue
+//! (`IFF_MULTI_QUEUE` file) per netfront queue, and each queue has two
+//! threads: tx reads batches of frames from its TAP queue and queues them
+//! on netfront (one publish and at most one notification per batch); rx
+//! takes received frames, writes them to its TAP queue without holding the
+//! NIC's lock, re-posts the buffers, and polls the ring for an adaptive
+//! window before arming the event index and sleeping on the rx port. Each
+//! pump masks its own port (split event channels), so a notification
+//! wakes the pump itself, not the runtime's event dispatcher first.
 //!
 //! The link: [`watch_links`] follows each backend's state after
 //! `bring_up` (level-triggered: on every watch event, which every thread
@@ -41,9 +45,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use xen_abi::event_channel::evtchn_port_t;
 use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
 use xen_netfront::offload::{self, VnetHdr, VNET_HDR_LEN};
 use xen_netfront::{FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, PacketMeta};
+
+use xen_ring::PollWindow;
 
 use crate::demo::emit;
 
@@ -54,8 +61,16 @@ const TX_BATCH: usize = 64;
 /// Small frames queued between publications (a big one is published at
 /// once).
 const PUSH_EVERY: usize = 16;
-/// How long the rx thread polls the ring before sleeping.
-const RX_SPIN: Duration = Duration::from_micros(100);
+/// Longest the rx pump polls the ring before sleeping (the window adapts
+/// between zero and this).
+const RX_SPIN: Duration = Duration::from_micros(50);
+/// Longest the tx pump looks at an empty TAP queue before sleeping (the
+/// window adapts between zero and this).
+const TX_SPIN: Duration = Duration::from_micros(30);
+/// Frames received between publications of the re-posted rx pages.
+const RX_PUSH_EVERY: usize = 8;
+/// Most frames taken per rx round.
+const RX_BATCH: usize = 256;
 /// Longest sleep of a pump thread (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
 /// How often [`watch_links`] reads the backends' states without an event
@@ -152,6 +167,7 @@ pub fn open<P: Platform + ?Sized>(
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -199,39 +215,56 @@ fn ctl_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A guest-side TAP interface (one queue).
+/// A guest-side TAP interface with one file per queue
+/// (`IFF_MULTI_QUEUE`: each pump pair reads and writes its own queue).
 #[derive(Debug)]
 pub struct GuestTap {
-    file: File,
+    files: Vec<File>,
     name: String,
 }
 
+/// Opens one queue of TAP `name` (created by the first).
+fn open_tap_queue(name: &str, multi: bool) -> Result<File, PvnetError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(os("open /dev/net/tun"))?;
+    let mut r = ifreq(name);
+    let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if multi {
+        flags |= IFF_MULTI_QUEUE;
+    }
+    r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl_ifr(file.as_raw_fd(), TUNSETIFF, &mut r).map_err(os(format!("TUNSETIFF {name}")))?;
+    Ok(file)
+}
+
 impl GuestTap {
-    /// Creates TAP `name` with the virtio-net header, sets its MAC and MTU
-    /// and the offloads the reader (netfront) takes, and sets it up.
+    /// Creates TAP `name` with `queues` queues (at least one) and the
+    /// virtio-net header, sets its MAC and MTU and the offloads the reader
+    /// (netfront) takes, and sets it up.
     pub fn create(
         name: &str,
+        queues: usize,
         mac: [u8; 6],
         mtu: u32,
         offloads: (bool, bool, bool),
     ) -> Result<Self, PvnetError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(os("open /dev/net/tun"))?;
-        let fd = file.as_raw_fd();
-        let mut r = ifreq(name);
-        r.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
-        ioctl_ifr(fd, TUNSETIFF, &mut r).map_err(os(format!("TUNSETIFF {name}")))?;
+        let queues = queues.max(1);
+        let mut files = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            files.push(open_tap_queue(name, queues > 1)?);
+        }
+        let fd = files[0].as_raw_fd();
         let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int.
         if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &sz as *const libc::c_int) } < 0 {
             return Err(os("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
         }
         let tap = Self {
-            file,
+            files,
             name: name.to_owned(),
         };
         tap.set_offloads(offloads)?;
@@ -261,7 +294,7 @@ impl GuestTap {
             }
         }
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        if unsafe { libc::ioctl(self.fd(), TUNSETOFFLOAD, off) } < 0 {
+        if unsafe { libc::ioctl(self.fd(0), TUNSETOFFLOAD, off) } < 0 {
             return Err(os("TUNSETOFFLOAD")(io::Error::last_os_error()));
         }
         Ok(())
@@ -282,7 +315,7 @@ impl GuestTap {
         let v: libc::c_int = on.into();
         // SAFETY: TUNSETCARRIER reads one int through the pointer, which
         // points at a live local.
-        if unsafe { libc::ioctl(self.fd(), TUNSETCARRIER, &v as *const libc::c_int) } < 0 {
+        if unsafe { libc::ioctl(self.fd(0), TUNSETCARRIER, &v as *const libc::c_int) } < 0 {
             return Err(os(format!("TUNSETCARRIER {}", self.name))(
                 io::Error::last_os_error(),
             ));
@@ -296,17 +329,24 @@ impl GuestTap {
         &self.name
     }
 
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// The number of queues.
+    #[must_use]
+    pub fn queues(&self) -> usize {
+        self.files.len()
     }
 
-    /// `readv(2)` of one frame into `iov`; `Ok(None)` when none is queued.
+    fn fd(&self, q: usize) -> RawFd {
+        self.files[q.min(self.files.len() - 1)].as_raw_fd()
+    }
+
+    /// `readv(2)` of one frame of queue `q` into `iov`; `Ok(None)` when
+    /// none is queued.
     ///
     /// # Safety
     /// Every iovec must describe memory valid for writes of its length.
-    unsafe fn readv_raw(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+    unsafe fn readv_raw(&self, q: usize, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
         // SAFETY: the caller promises the iovecs are writable.
-        let n = unsafe { libc::readv(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        let n = unsafe { libc::readv(self.fd(q), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -317,13 +357,13 @@ impl GuestTap {
         Ok(Some(n as usize))
     }
 
-    /// `writev(2)` of one frame.
+    /// `writev(2)` of one frame on queue `q`.
     ///
     /// # Safety
     /// Every iovec must describe memory valid for reads of its length.
-    unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<()> {
+    unsafe fn writev_raw(&self, q: usize, iov: &[libc::iovec]) -> io::Result<()> {
         // SAFETY: the caller promises the iovecs are readable.
-        let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        let n = unsafe { libc::writev(self.fd(q), iov.as_ptr(), iov.len() as libc::c_int) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -331,15 +371,17 @@ impl GuestTap {
         }
     }
 
-    /// Waits up to `timeout` for a frame to read.
-    fn wait_readable(&self, timeout: Duration) {
+    /// Waits up to `timeout` (zero: just looks) for a frame to read on
+    /// queue `q`; whether one is there.
+    fn wait_readable(&self, q: usize, timeout: Duration) -> bool {
         let mut fd = libc::pollfd {
-            fd: self.fd(),
+            fd: self.fd(q),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one live pollfd.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+        let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+        n > 0 && fd.revents & libc::POLLIN != 0
     }
 }
 
@@ -413,9 +455,14 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
     private_net_namespace()?;
     let mut nics = Vec::new();
     for (n, &devid) in ids.iter().enumerate() {
-        let nf = open(p, devid, NetfrontConfig::default(), timeout)?;
+        // Every queue the backend offers (up to netfront's maximum).
+        let cfg = NetfrontConfig {
+            max_queues: xen_netfront::MAX_QUEUES,
+            ..NetfrontConfig::default()
+        };
+        let nf = open(p, devid, cfg, timeout)?;
         let name = format!("eth{n}");
-        let tap = GuestTap::create(&name, nf.mac(), nf.mtu(), nf.offloads())?;
+        let tap = GuestTap::create(&name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
         let addresses: Vec<String> =
             xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
                 .map(|s| {
@@ -443,6 +490,7 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
                     ),
                 ),
                 ("mtu", nf.mtu().to_string()),
+                ("queues", nf.queues().to_string()),
                 ("ip", addresses.join(",")),
                 ("offloads", format!("{:?}", nf.offloads())),
             ],
@@ -505,16 +553,27 @@ fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The tx pump of `nic` (TAP to netfront, queue 0) until `stop`: each
-/// frame is read from the TAP straight into reserved tx pages (`readv(2)`
-/// of the virtio-net header and the pages: no copy in this process).
+/// The tx pump of queue `q` of `nic` (TAP queue `q` to netfront queue
+/// `q`) until `stop`: each frame is read from the TAP straight into
+/// reserved tx pages (`readv(2)` of the virtio-net header and the pages:
+/// no copy in this process).
 pub fn tx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
+    q: usize,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
+    // The rings' ports and connection: a reconnect (new rings, new
+    // ports) ends this pump with NotConnected and `run_pump` starts it
+    // again on the new ones.
+    let (conn, (port_tx, port_rx)) = {
+        let nf = lock(&nic.nf);
+        (nf.connection(), nf.ports(q).unwrap_or((0, 0)))
+    };
     let p = nic_platform(&nic.nf);
+    own_port(p, port_tx, port_tx == port_rx);
+    let mut poll = PollWindow::new(u64::try_from(TX_SPIN.as_nanos()).unwrap_or(u64::MAX));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
         let mut sent = 0;
@@ -522,17 +581,18 @@ pub fn tx_loop<P: Platform + ?Sized>(
         for _ in 0..TX_BATCH {
             let (res, ptrs) = {
                 let mut nf = lock(&nic.nf);
-                match nf.reserve_tx(0).map_err(nf_err)? {
+                match nf.reserve_tx(q).map_err(nf_err)? {
                     Some(r) => {
                         let ptrs = nf.tx_page_ptrs(&r);
                         (r, ptrs)
                     }
                     None => {
                         // Ring or buffers full: publish, wait for responses.
-                        nf.push_tx(0).map_err(nf_err)?;
-                        let ready = nf.arm_tx(0).map_err(nf_err)?;
-                        // (Read each time: a reconnect gives new ports.)
-                        let port_tx = nf.ports(0).map(|p| p.0).unwrap_or(0);
+                        nf.push_tx(q).map_err(nf_err)?;
+                        let ready = nf.arm_tx(q).map_err(nf_err)?;
+                        if nf.connection() != conn {
+                            return Err(nf_err(NetfrontError::NotConnected));
+                        }
                         drop(nf);
                         if !ready {
                             let _ = NetFront::<P>::poll_ports(p, &[port_tx], Some(SLEEP));
@@ -559,7 +619,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
             // SAFETY: the header is a live local array; each page pointer is
             // a reserved tx page of PAGE_SIZE bytes, writable and not
             // granted to the backend in any request until committed.
-            let r = unsafe { nic.tap.readv_raw(&iov) };
+            let r = unsafe { nic.tap.readv_raw(q, &iov) };
             let mut nf = lock(&nic.nf);
             match r {
                 Ok(Some(n)) => {
@@ -573,7 +633,7 @@ pub fn tx_loop<P: Platform + ?Sized>(
                             // frame while we read the next one.
                             if len > xen_front_platform::PAGE_SIZE || unpushed >= PUSH_EVERY {
                                 unpushed = 0;
-                                nf.push_tx(0).map_err(nf_err)?;
+                                nf.push_tx(q).map_err(nf_err)?;
                             }
                         }
                         // A frame the device cannot carry: dropped.
@@ -593,11 +653,29 @@ pub fn tx_loop<P: Platform + ?Sized>(
         }
         if sent > 0 {
             let mut nf = lock(&nic.nf);
-            nf.push_tx(0).map_err(nf_err)?;
-            nf.reap_tx(0).map_err(nf_err)?;
+            nf.push_tx(q).map_err(nf_err)?;
+            nf.reap_tx(q).map_err(nf_err)?;
             continue;
         }
-        nic.tap.wait_readable(SLEEP);
+        // Nothing queued: look again for an adaptive window (the guest's
+        // stack is often about to send: no sleep and wake-up), then sleep.
+        let window = Duration::from_nanos(poll.budget_ns());
+        if !window.is_zero() {
+            let deadline = Instant::now() + window;
+            let mut found = false;
+            while !found && Instant::now() < deadline {
+                found = nic.tap.wait_readable(q, Duration::ZERO);
+            }
+            if found {
+                poll.hit();
+                continue;
+            }
+            poll.miss();
+        }
+        let slept = Instant::now();
+        if nic.tap.wait_readable(q, SLEEP) {
+            poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
     }
     Ok(())
 }
@@ -606,85 +684,126 @@ fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P 
     lock(nf).platform()
 }
 
-/// The rx pump of `nic` (netfront queue 0 to the TAP) until `stop`: each
-/// frame is written to the TAP straight from the rx pages (`writev(2)`).
+/// Takes port `port` for the calling pump: masked, its events wake this
+/// thread directly (the platform's `SCHEDOP_poll` on a masked port) rather
+/// than the runtime's event dispatcher, which then wakes the pump (two
+/// cross-CPU wake-ups per notification). A port shared by the tx and rx
+/// pumps (no split event channels) stays with the dispatcher.
+fn own_port<P: Platform + ?Sized>(p: &P, port: evtchn_port_t, shared: bool) {
+    if !shared {
+        let _ = p.evtchn_mask(port);
+    }
+}
+
+/// The rx pump of queue `q` of `nic` (netfront queue `q` to TAP queue
+/// `q`) until `stop`: each frame is written to the TAP straight from the
+/// rx pages (`writev(2)`), without holding the NIC's lock (the frame is
+/// taken, its pages held from the backend until the write is done). With
+/// nothing received it polls the ring for an adaptive window
+/// ([`PollWindow`]: it shrinks to zero when polling finds nothing, as when
+/// the backend shares our CPU) before arming the event index and sleeping
+/// on its port.
 pub fn rx_loop<P: Platform + ?Sized>(
     nic: &GuestNic<'_, P>,
+    q: usize,
     stop: &AtomicBool,
 ) -> Result<(), PvnetError> {
     let devid = nic.devid;
     let nf_err = |source| PvnetError::Netfront { devid, source };
+    // The rings' ports and connection: a reconnect (new rings, new
+    // ports) ends this pump with NotConnected and `run_pump` starts it
+    // again on the new ones.
+    let (conn, (port_tx, port_rx)) = {
+        let nf = lock(&nic.nf);
+        (nf.connection(), nf.ports(q).unwrap_or((0, 0)))
+    };
     let p = nic_platform(&nic.nf);
-    let mut idle_since: Option<Instant> = None;
+    own_port(p, port_rx, port_tx == port_rx);
+    let mut poll = PollWindow::new(u64::try_from(RX_SPIN.as_nanos()).unwrap_or(u64::MAX));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
     while !stop.load(Ordering::Relaxed) {
-        let mut got = 0;
-        {
-            loop {
-                // The lock per frame: the tx pump (our ACKs) gets its turn
-                // between frames, not after a whole batch.
+        let mut got = 0usize;
+        let mut held = false;
+        loop {
+            // The lock per frame, only to give the last frame's pages back
+            // and take the next: the write to the TAP (which runs the
+            // guest's network stack) holds no lock the tx pump needs.
+            let fr = {
                 let mut nf = lock(&nic.nf);
-                let r = nf.receive_with(0, |frags, head, meta| {
-                    let Some(h) = vnet_from_meta(&meta, head) else {
-                        return;
-                    };
-                    let h = h.encode();
-                    iov.clear();
-                    iov.push(libc::iovec {
-                        iov_base: h.as_ptr() as *mut libc::c_void,
-                        iov_len: h.len(),
-                    });
-                    for f in frags {
-                        iov.push(libc::iovec {
-                            iov_base: f.ptr as *mut libc::c_void,
-                            iov_len: f.len,
-                        });
+                if held {
+                    nf.release_rx(q).map_err(nf_err)?;
+                    if got % RX_PUSH_EVERY == 0 {
+                        nf.push_rx(q).map_err(nf_err)?;
                     }
-                    // SAFETY: the header is a live local array and every
-                    // fragment lies in netfront's rx pages, alive while this
-                    // callback runs; the kernel only reads them. A full TAP
-                    // queue drops the frame, as a NIC would.
-                    let _ = unsafe { nic.tap.writev_raw(&iov) };
-                });
-                match r.map_err(nf_err)? {
-                    Some(()) => got += 1,
-                    None => break,
                 }
-                if got % 32 == 0 {
-                    nf.push_rx(0).map_err(nf_err)?;
-                }
-                if got == 256 {
+                if got == RX_BATCH {
                     break;
                 }
+                nf.take_rx(q).map_err(nf_err)?
+            };
+            let Some(fr) = fr else {
+                break;
+            };
+            held = true;
+            got += 1;
+            let Some(h) = vnet_from_meta(&fr.meta, fr.head()) else {
+                continue;
+            };
+            let h = h.encode();
+            iov.clear();
+            iov.push(libc::iovec {
+                iov_base: h.as_ptr() as *mut libc::c_void,
+                iov_len: h.len(),
+            });
+            for f in fr.frags() {
+                iov.push(libc::iovec {
+                    iov_base: f.ptr as *mut libc::c_void,
+                    iov_len: f.len,
+                });
             }
-            lock(&nic.nf).push_rx(0).map_err(nf_err)?;
+            // SAFETY: the header is a live local array and every fragment
+            // lies in netfront's rx pages, held from the backend until
+            // `release_rx` (and inside the domain's memory, mapped for the
+            // life of the process, even if the device were torn down
+            // meanwhile); the kernel only reads them. A full TAP queue
+            // drops the frame, as a NIC would.
+            let _ = unsafe { nic.tap.writev_raw(q, &iov) };
         }
         if got > 0 {
-            idle_since = None;
+            lock(&nic.nf).push_rx(q).map_err(nf_err)?;
             continue;
         }
-        let now = Instant::now();
-        if now.duration_since(*idle_since.get_or_insert(now)) < RX_SPIN {
-            for _ in 0..64 {
-                // `try_lock`: a spinning rx pump must not make the tx pump
-                // wait for the lock (a futex sleep and wake-up).
-                if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(0)) {
-                    break;
+        let window = Duration::from_nanos(poll.budget_ns());
+        if !window.is_zero() {
+            let deadline = Instant::now() + window;
+            let mut found = false;
+            while !found && Instant::now() < deadline {
+                for _ in 0..64 {
+                    // `try_lock`: a polling rx pump must not make the tx
+                    // pump wait for the lock (a futex sleep and wake-up).
+                    if nic.nf.try_lock().is_ok_and(|nf| nf.rx_ready(q)) {
+                        found = true;
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
             }
-            continue;
-        }
-        idle_since = None;
-        let port_rx = {
-            let mut nf = lock(&nic.nf);
-            if nf.arm_rx(0).map_err(nf_err)? {
+            if found {
+                poll.hit();
                 continue;
             }
-            // (Read each time: a reconnect gives new ports.)
-            nf.ports(0).map(|p| p.1).unwrap_or(0)
-        };
-        let _ = NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP));
+            poll.miss();
+        }
+        if lock(&nic.nf).arm_rx(q).map_err(nf_err)? {
+            continue;
+        }
+        if lock(&nic.nf).connection() != conn {
+            return Err(nf_err(NetfrontError::NotConnected));
+        }
+        let slept = Instant::now();
+        if NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP)).unwrap_or(false) {
+            poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
     }
     Ok(())
 }
@@ -852,5 +971,28 @@ fn emit_unlocked(tag: &str, fields: &[(&str, String)]) {
             Ok(0) | Err(_) => return,
             Ok(n) => b = &b[n..],
         }
+    }
+}
+
+/// The counters of every queue of `nic`, as `pvnet stats` lines (written
+/// when the pumps stop).
+pub fn emit_stats<P: Platform + ?Sized>(nic: &GuestNic<'_, P>, out: &mut dyn Write) {
+    let nf = lock(&nic.nf);
+    for q in 0..nf.queues() {
+        let Some(st) = nf.queue_stats(q) else {
+            continue;
+        };
+        let _ = emit(
+            out,
+            "pvnet stats",
+            &[
+                ("devid", nic.devid.to_string()),
+                ("queue", q.to_string()),
+                ("tx_packets", st.tx_packets.to_string()),
+                ("tx_bytes", st.tx_bytes.to_string()),
+                ("rx_packets", st.rx_packets.to_string()),
+                ("rx_bytes", st.rx_bytes.to_string()),
+            ],
+        );
     }
 }

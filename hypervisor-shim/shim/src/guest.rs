@@ -722,6 +722,37 @@ impl Hypervisor {
         }
     }
 
+    /// Hands port `port` to one waiting thread ([`Hypervisor::poll_port`]):
+    /// the process's event loop ([`Hypervisor::wait_events`] and friends)
+    /// no longer wakes for it (`on`), or does again (`!on`). Meant for a
+    /// masked port that its owner polls (Xen's `SCHEDOP_poll` on a masked
+    /// port wakes the polling vCPU itself).
+    pub fn set_direct(&self, port: evtchn_port_t, on: bool) -> Result<(), EvtchnError> {
+        self.ports.set_direct(port, on)
+    }
+
+    /// Whether port `port` is handed to a waiting thread.
+    pub fn is_direct(&self, port: evtchn_port_t) -> bool {
+        self.ports.is_direct(port)
+    }
+
+    /// `SCHEDOP_poll` on one port, waiting on the port's own eventfd (see
+    /// [`Hypervisor::set_direct`]): `true` as soon as it is pending (its
+    /// event delivered to `shared_info` as any other), `false` after
+    /// `timeout`.
+    pub fn poll_port(
+        &self,
+        port: evtchn_port_t,
+        timeout: Option<Duration>,
+    ) -> Result<bool, EvtchnError> {
+        let tl = self.two_level();
+        if tl.is_pending(port) {
+            return Ok(true);
+        }
+        self.ports.wait_port(port, timeout, |f| self.deliver(f))?;
+        Ok(tl.is_pending(port))
+    }
+
     /// `SCHEDOP_shutdown`: records the shutdown and its reason (and fires
     /// `VIRQ_DOM_EXC` in Dom0). The runtime should exit afterwards.
     pub fn schedop_shutdown(&self, op: &sched_shutdown) -> Result<(), ShimError> {

@@ -239,6 +239,9 @@ pub struct PortSet {
     limit: Mutex<Option<EvtchnRateLimit>>,
     parked: Mutex<Vec<(evtchn_port_t, Instant)>>,
     poll_budget_ns: AtomicU64,
+    /// Ports waited on directly ([`PortSet::set_direct`]): not in the epoll
+    /// set's interest, so a waiter on the whole set never sees them.
+    direct: Mutex<std::collections::BTreeSet<evtchn_port_t>>,
 }
 
 impl PortSet {
@@ -254,6 +257,7 @@ impl PortSet {
             limit: Mutex::new(None),
             parked: Mutex::new(Vec::new()),
             poll_budget_ns: AtomicU64::new(0),
+            direct: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -299,8 +303,116 @@ impl PortSet {
             }
         }
         self.epoll.add(p.in_fd.as_raw_fd(), u64::from(port))?;
+        if self.is_direct(port) {
+            // A replaced port (reattach) stays with its direct waiter.
+            self.epoll.modify(p.in_fd.as_raw_fd(), 0, u64::from(port))?;
+        }
         ports.insert(port, p);
         Ok(())
+    }
+
+    /// Whether `port` is waited on directly.
+    pub fn is_direct(&self, port: evtchn_port_t) -> bool {
+        self.direct.lock().is_ok_and(|d| d.contains(&port))
+    }
+
+    /// Takes `port` out of (`on`) or puts it back into the epoll set's
+    /// interest: a direct port's events reach only
+    /// [`PortSet::wait_port`], so a thread that owns the port sleeps on
+    /// its eventfd and is woken by the sender itself (one wake-up, not a
+    /// waiter on the whole set that then wakes the owner). Events that
+    /// arrive in between stay in the eventfd and are seen by whichever
+    /// wait comes next.
+    pub fn set_direct(&self, port: evtchn_port_t, on: bool) -> Result<(), EvtchnError> {
+        let ports = self
+            .ports
+            .read()
+            .map_err(|_| EvtchnError::Invalid("port table poisoned"))?;
+        let p = ports.get(&port).ok_or(EvtchnError::InvalidPort(port))?;
+        let mut d = self
+            .direct
+            .lock()
+            .map_err(|_| EvtchnError::Invalid("poisoned"))?;
+        let changed = if on { d.insert(port) } else { d.remove(&port) };
+        if changed && !p.parked.load(Ordering::Acquire) {
+            let events = if on { 0 } else { libc::EPOLLIN as u32 };
+            self.epoll
+                .modify(p.in_fd.as_raw_fd(), events, u64::from(port))?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (`None` = forever) for an event on the one
+    /// port `port`, on its own eventfd (for a direct port, see
+    /// [`PortSet::set_direct`]), consumes it and calls `f`. Returns 1 if it
+    /// fired, 0 on timeout.
+    pub fn wait_port(
+        &self,
+        port: evtchn_port_t,
+        timeout: Option<Duration>,
+        mut f: impl FnMut(Fired),
+    ) -> Result<usize, EvtchnError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // A duplicate of the eventfd: the port may be closed (and its fd
+        // number reused) while this thread sleeps on it.
+        let fd = self
+            .with(port, |p| p.in_fd.try_clone())
+            .ok_or(EvtchnError::InvalidPort(port))??;
+        loop {
+            let took = self.with(port, |p| {
+                let count = sys::eventfd_consume(p.in_fd.as_raw_fd());
+                let (rang, signalled) = p.doorbell.as_ref().map_or((false, false), Doorbell::take);
+                count.map(|c| (p.vcpu, c, rang, signalled))
+            });
+            let Some(took) = took else {
+                return Err(EvtchnError::InvalidPort(port));
+            };
+            let (vcpu, count, rang, signalled) = took?;
+            // As in `dispatch`: a count whose doorbell mark was already
+            // taken is an event already delivered.
+            if rang || (count > 0 && !signalled) {
+                return self.fire(port, vcpu, count.max(1), &mut f);
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(0);
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            // A parked (rate-limited) port is not waited on before its
+            // time; its events stay counted in the eventfd.
+            let park_left = self
+                .parked
+                .lock()
+                .ok()
+                .and_then(|v| v.iter().find(|(p, _)| *p == port).map(|&(_, w)| w))
+                .map(|w| w.saturating_duration_since(Instant::now()));
+            if let Some(pl) = park_left {
+                std::thread::sleep(left.map_or(pl, |l| l.min(pl)));
+                let _ = self.rearm_parked(Instant::now());
+                continue;
+            }
+            let ms = left.map_or(-1, |l| {
+                i32::try_from(l.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            });
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd on a descriptor we own.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(EvtchnError::from(e));
+                }
+            }
+        }
     }
 
     /// Changes the vCPU a port notifies.
@@ -317,6 +429,9 @@ impl PortSet {
         let mut ports = self.ports.write().ok()?;
         let p = ports.remove(&port)?;
         let _ = self.epoll.delete(p.in_fd.as_raw_fd());
+        if let Ok(mut d) = self.direct.lock() {
+            d.remove(&port);
+        }
         Some(p)
     }
 
@@ -328,6 +443,9 @@ impl PortSet {
         let all: Vec<_> = ports.keys().copied().collect();
         for (_, p) in std::mem::take(&mut *ports) {
             let _ = self.epoll.delete(p.in_fd.as_raw_fd());
+        }
+        if let Ok(mut d) = self.direct.lock() {
+            d.clear();
         }
         all
     }
@@ -443,6 +561,10 @@ impl PortSet {
             if when <= now {
                 if let Some(p) = ports.as_ref().and_then(|ps| ps.get(&port)) {
                     p.parked.store(false, Ordering::Release);
+                    if self.is_direct(port) {
+                        // Its waiter looks at the eventfd and the doorbell.
+                        return false;
+                    }
                     let _ = self.epoll.modify(
                         p.in_fd.as_raw_fd(),
                         libc::EPOLLIN as u32,
@@ -745,6 +867,62 @@ mod tests {
         // A budget shorter than the peer's reply time makes the receiver
         // switch from polling to sleeping constantly: the Dekker hand-over.
         pingpong(Duration::from_nanos(500), Duration::ZERO, 5000);
+    }
+
+    #[test]
+    fn test_direct_port_wakes_only_its_waiter_and_goes_back_on_undirect() {
+        // Arrange
+        let (a, b) = pair();
+        b.set_direct(1, true).expect("direct");
+        let mut seen = Vec::new();
+
+        // Act: an event to a direct port is not seen by a wait on the set,
+        // only by the port's own wait.
+        a.send(1).expect("send");
+        let on_set = b
+            .wait(Some(Duration::from_millis(20)), |_| {})
+            .expect("wait");
+        let on_port = b
+            .wait_port(1, Some(Duration::from_secs(5)), |f| seen.push(f))
+            .expect("wait_port");
+        let nothing_left = b
+            .wait_port(1, Some(Duration::ZERO), |_| {})
+            .expect("wait_port");
+        // Sent while direct and nobody waited: back on the set, it is seen.
+        a.send(1).expect("send");
+        b.set_direct(1, false).expect("undirect");
+        let after = b.wait(Some(Duration::from_secs(5)), |_| {}).expect("wait");
+
+        // Assert
+        assert_eq!(
+            on_set, 0,
+            "the set's waiter does not wake for a direct port"
+        );
+        assert_eq!(on_port, 1);
+        assert!(matches!(seen[..], [Fired::Port { port: 1, .. }]));
+        assert_eq!(nothing_left, 0, "the event was consumed once");
+        assert_eq!(after, 1, "a pending event is seen once the port is back");
+        assert!(!b.is_direct(1));
+    }
+
+    #[test]
+    fn test_wait_port_times_out_and_refuses_an_unknown_port() {
+        let (_a, b) = pair();
+        b.set_direct(1, true).expect("direct");
+        let t = Instant::now();
+        let n = b
+            .wait_port(1, Some(Duration::from_millis(30)), |_| {})
+            .expect("wait");
+        assert_eq!(n, 0);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert!(matches!(
+            b.wait_port(9, Some(Duration::ZERO), |_| {}),
+            Err(EvtchnError::InvalidPort(9))
+        ));
+        assert!(matches!(
+            b.set_direct(9, true),
+            Err(EvtchnError::InvalidPort(9))
+        ));
     }
 
     #[test]
