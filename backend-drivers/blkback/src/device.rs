@@ -14,8 +14,6 @@
 //! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
 //! frontend writes makes a worker panic.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -33,6 +31,7 @@ use zerocopy::IntoBytes;
 
 use crate::io::{DiskImage, ImageError, IoPool, IoVec};
 use crate::metrics::{Counter, LogLimiter, Metrics, MetricsSnapshot};
+use crate::persistent::{Cached, PersistentCache};
 use crate::request::{
     slot_id_op, validate_segments, Direction, Limits, Request, RequestError, Segment, Segments,
     SECTOR_SIZE,
@@ -409,7 +408,11 @@ fn start_queue(
         cfg,
         shared: Arc::clone(shared),
         pool,
-        persistent: HashMap::new(),
+        persistent: PersistentCache::new(if cfg.persistent {
+            cfg.max_persistent_grants
+        } else {
+            0
+        }),
         invalid_in_a_row: 0,
         broken: false,
         poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
@@ -441,7 +444,8 @@ struct Worker {
     cfg: WorkerConfig,
     shared: Arc<Shared>,
     pool: Option<Arc<IoPool>>,
-    persistent: HashMap<grant_ref_t, GrantMapping>,
+    /// Persistent grants mapped by this queue (empty unless negotiated).
+    persistent: PersistentCache<GrantMapping>,
     invalid_in_a_row: u32,
     /// The ring or event channel failed: answer nothing more, stop.
     broken: bool,
@@ -669,6 +673,9 @@ impl Worker {
     /// buffers of pool jobs may be persistent grants, which `teardown`
     /// unmaps).
     fn process(&mut self, slots: &[Slot], done_tx: &Sender<Done>, done_rx: &Receiver<Done>) {
+        // Every transfer of the earlier rounds has completed: their
+        // persistent mappings may be evicted again.
+        self.persistent.next_round();
         let mut outstanding = 0usize;
         for slot in slots {
             match self.prepare(slot) {
@@ -787,8 +794,7 @@ impl Worker {
     }
 
     fn teardown(&mut self) {
-        let n = self.persistent.len() as u64;
-        self.persistent.clear();
+        let n = self.persistent.clear() as u64;
         self.shared.metrics.sub(Counter::PersistentGrants, n);
         let _ = self.evtchn.unbind(self.port);
         let _ = self.evtchn.unbind(self.kick);
@@ -980,7 +986,7 @@ impl Worker {
                     max: self.cfg.limits.max_indirect_segments,
                 },
             ))?;
-            if let Some(m) = self.persistent.get(&gref) {
+            if let Some(m) = self.persistent.get(gref) {
                 m.read(0, dst)
                     .map_err(|_| ServeError::Internal("indirect page read out of bounds"))?;
             } else {
@@ -1003,10 +1009,31 @@ impl Worker {
     }
 
     /// Maps the segments' pages (persistent ones from the cache, inserted
-    /// there on first use while the cache has room) and returns the buffers,
-    /// the request's own mappings and the byte count. One cache lookup per
-    /// segment.
+    /// there on first use, evicting mappings unused in this round when it
+    /// is full) and returns the buffers, the request's own mappings and the
+    /// byte count. One cache lookup per segment.
     fn map_segments(
+        &mut self,
+        dir: Direction,
+        segs: &[Segment],
+    ) -> Result<(Vec<IoVec>, Vec<GrantMapping>, u64), ServeError> {
+        let before = self.persistent.len();
+        let r = self.map_segments_counted(dir, segs);
+        let after = self.persistent.len();
+        if after >= before {
+            self.shared
+                .metrics
+                .add(Counter::PersistentGrants, (after - before) as u64);
+        } else {
+            self.shared
+                .metrics
+                .sub(Counter::PersistentGrants, (before - after) as u64);
+        }
+        r
+    }
+
+    /// [`Worker::map_segments`] but for the persistent-grant gauge.
+    fn map_segments_counted(
         &mut self,
         dir: Direction,
         segs: &[Segment],
@@ -1018,17 +1045,15 @@ impl Worker {
         for s in segs {
             let mut cached = None;
             if self.cfg.persistent {
-                let room = self.persistent.len() < self.cfg.max_persistent_grants;
-                match self.persistent.entry(s.gref) {
-                    Entry::Occupied(e) => cached = Some(&*e.into_mut()),
-                    Entry::Vacant(v) if room => {
-                        // Persistent grants are granted read-write by the
-                        // frontend whatever the direction (blkif.h).
-                        let m = map_page(&self.gntdev, self.domid, &self.shared, s.gref, true)?;
-                        self.shared.metrics.add(Counter::PersistentGrants, 1);
-                        cached = Some(&*v.insert(m));
-                    }
-                    Entry::Vacant(_) => {}
+                let (gntdev, domid, shared) = (&self.gntdev, self.domid, &self.shared);
+                // Persistent grants are granted read-write by the frontend
+                // whatever the direction (blkif.h).
+                match self
+                    .persistent
+                    .get_or_map(s.gref, || map_page(gntdev, domid, shared, s.gref, true))?
+                {
+                    Cached::Hit(m) | Cached::Inserted(m) => cached = Some(m),
+                    Cached::Full => {}
                 }
             }
             let m = match cached {

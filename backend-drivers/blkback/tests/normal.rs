@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use xen_abi::io::blkif::*;
 use xen_blkback::{DeviceStatus, DiskConfig};
-use xen_front_platform::Platform;
+use xen_front_platform::{Platform, PlatformError};
 
 #[test]
 fn test_blkback_write_then_read_roundtrips_through_guest_pages() {
@@ -399,4 +399,69 @@ fn test_blkback_persistent_cache_full_maps_the_rest_per_request() {
         assert_eq!(img.read_at(i * 4096, PAGE), pattern(i as u8 + 60, PAGE));
     }
     dev.disconnect();
+}
+
+#[test]
+fn test_blkback_persistent_cache_full_evicts_grants_of_earlier_rounds() {
+    // Arrange: room for 2 persistent grants; pages 0 and 1 used in one
+    // round, then pages 2 and 3 in later rounds.
+    let w = World::start("bb-pevict");
+    let img = Image::new(1 << 20);
+    let mut cfg = DiskConfig::raw(img.path(), false);
+    cfg.max_persistent_grants = 2;
+    let be = xen_blkback::BlkBackend::new(cfg).expect("open");
+    let mut f = Front::new(&w.rt, 1, 1, 4);
+    let dev = be
+        .connect(&w.handles, w.domid(), &f.params(true))
+        .expect("connect");
+    for i in 0..4 {
+        f.write_data(i, 0, &pattern(i as u8 + 80, PAGE));
+    }
+    let write = |f: &mut Front<'_>, id: u64, pages: &[usize]| {
+        let slots: Vec<_> = pages
+            .iter()
+            .map(|&i| {
+                rw(
+                    BLKIF_OP_WRITE,
+                    id + i as u64,
+                    i as u64 * 8,
+                    &[seg(f.data_refs[i], 0, 7)],
+                )
+            })
+            .collect();
+        f.submit(0, &slots);
+        let r = f.responses(0, pages.len());
+        assert!(r.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{r:?}");
+    };
+
+    // Act
+    write(&mut f, 0, &[0, 1]);
+    write(&mut f, 10, &[2]);
+    write(&mut f, 20, &[3]);
+    let p = w.rt.platform();
+    let revoke_evicted = [p.end_access(f.data_refs[0]), p.end_access(f.data_refs[1])];
+    let revoke_cached = p.end_access(f.data_refs[3]);
+
+    // Assert: each page mapped once, the two oldest unmapped to make room
+    // (their grants can be revoked again), the newest still pinned.
+    let m = dev.metrics();
+    assert_eq!(m.grant_maps, 4);
+    assert_eq!(m.persistent_grants, 2);
+    assert!(
+        revoke_evicted.iter().all(|r| r.is_ok()),
+        "{revoke_evicted:?}"
+    );
+    assert!(
+        matches!(revoke_cached, Err(PlatformError::GrantInUse { .. })),
+        "{revoke_cached:?}"
+    );
+    for i in 0..4 {
+        assert_eq!(img.read_at(i * 4096, PAGE), pattern(i as u8 + 80, PAGE));
+    }
+    let end = dev.disconnect();
+    assert_eq!(end.persistent_grants, 0);
+    assert!(
+        p.end_access(f.data_refs[3]).is_ok(),
+        "unmapped at disconnect"
+    );
 }
