@@ -68,6 +68,10 @@ pub const DEFAULT_IO_THREADS: usize = 4;
 /// Default largest transfer a queue worker serves itself although the
 /// device has I/O threads (see [`DiskConfig::inline_max_bytes`]).
 pub const DEFAULT_INLINE_MAX_BYTES: u64 = 64 << 10;
+/// Default largest transfer that adjacent requests of a batch merge into
+/// (see [`DiskConfig::merge_max_bytes`]): 1 MiB, 256 pages, the largest
+/// request of 256 indirect segments.
+pub const DEFAULT_MERGE_MAX_BYTES: u64 = 1 << 20;
 /// Default bounded busy-poll of an idle queue worker on its ring before it
 /// arms `req_event` and sleeps (see [`DiskConfig::poll_budget`]).
 pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_micros(50);
@@ -187,6 +191,15 @@ pub struct DiskConfig {
     /// is idle) stops polling until a quick wake-up says it pays again.
     /// Zero: never poll.
     pub poll_budget: Duration,
+    /// Reads (or writes) of one batch that continue each other on the disk
+    /// are served as one transfer of up to this many bytes: one
+    /// `preadv`/`pwritev`, one hand-off to an I/O thread, one hold of the
+    /// file's lock (tmpfs and most filesystems serialise the writers of a
+    /// file), as the block layer merges adjacent requests. Each request is
+    /// still answered on its own (all with an error if the transfer fails).
+    /// A frontend splitting 1 MiB into 128 KiB requests (Linux's default of
+    /// 32 indirect segments) gets 1 MiB transfers. 0: no merging.
+    pub merge_max_bytes: u64,
 }
 
 impl DiskConfig {
@@ -222,6 +235,7 @@ impl DiskConfig {
             io_threads: DEFAULT_IO_THREADS,
             inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
             poll_budget: DEFAULT_POLL_BUDGET,
+            merge_max_bytes: DEFAULT_MERGE_MAX_BYTES,
         }
     }
 }
@@ -490,6 +504,7 @@ impl BlkBackend {
             io_threads: self.config.io_threads.min(64),
             inline_max_bytes: self.config.inline_max_bytes,
             poll_budget: self.config.poll_budget.min(Duration::from_millis(10)),
+            merge_max_bytes: self.config.merge_max_bytes,
         };
         Ok(Device::start(
             &handles.gntdev,
