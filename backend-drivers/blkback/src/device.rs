@@ -14,8 +14,6 @@
 //! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
 //! frontend writes makes a worker panic.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -33,6 +31,7 @@ use zerocopy::IntoBytes;
 
 use crate::io::{DiskImage, ImageError, IoPool, IoVec};
 use crate::metrics::{Counter, LogLimiter, Metrics, MetricsSnapshot};
+use crate::persistent::{Cached, PersistentCache};
 use crate::request::{
     slot_id_op, validate_segments, Direction, Limits, Request, RequestError, Segment, Segments,
     SECTOR_SIZE,
@@ -172,6 +171,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) inline_max_bytes: u64,
     /// Busy-poll of an idle worker on its ring before it sleeps.
     pub(crate) poll_budget: Duration,
+    /// Adjacent reads or writes of a batch merge into one transfer up to
+    /// this many bytes (0: no merging).
+    pub(crate) merge_max_bytes: u64,
 }
 
 /// Called once, from the failing queue's worker thread, when a device
@@ -409,7 +411,11 @@ fn start_queue(
         cfg,
         shared: Arc::clone(shared),
         pool,
-        persistent: HashMap::new(),
+        persistent: PersistentCache::new(if cfg.persistent {
+            cfg.max_persistent_grants
+        } else {
+            0
+        }),
         invalid_in_a_row: 0,
         broken: false,
         poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
@@ -441,7 +447,8 @@ struct Worker {
     cfg: WorkerConfig,
     shared: Arc<Shared>,
     pool: Option<Arc<IoPool>>,
-    persistent: HashMap<grant_ref_t, GrantMapping>,
+    /// Persistent grants mapped by this queue (empty unless negotiated).
+    persistent: PersistentCache<GrantMapping>,
     invalid_in_a_row: u32,
     /// The ring or event channel failed: answer nothing more, stop.
     broken: bool,
@@ -477,15 +484,18 @@ impl ServeError {
     }
 }
 
-/// A data transfer ready to run: the buffers are mapped.
+/// A data transfer ready to run: the buffers are mapped. One request, or
+/// several adjacent ones of a batch merged ([`Transfer::merge`]).
 struct Transfer {
     id: u64,
     operation: u8,
+    /// The requests merged after the first, each answered with it.
+    more: Vec<(u64, u8)>,
     dir: Direction,
     offset: u64,
     bytes: u64,
     iov: SendIov,
-    /// Non-persistent mappings of this request, unmapped when it is done.
+    /// Non-persistent mappings of these requests, unmapped when done.
     own: Vec<GrantMapping>,
 }
 
@@ -494,22 +504,47 @@ struct SendIov(Vec<IoVec>);
 
 // SAFETY: the pointers lead into grant mappings that stay mapped until the
 // transfer is done: its own mappings travel with it (`Transfer::own`), and
-// persistent ones stay in the worker's cache, which the worker clears only
-// after every transfer it submitted has completed (`Worker::drain` before
-// `teardown`). The memory is only reached by `preadv`/`pwritev`, never
-// through Rust references, so moving the pointers to another thread is sound.
+// persistent ones stay in the worker's cache, which evicts only mappings
+// not used in the current round (every transfer of a round completes before
+// the next: `Worker::process` drains) and clears them only after every
+// transfer it submitted has completed (`Worker::drain` before `teardown`).
+// The memory is only reached by `preadv`/`pwritev`, never through Rust
+// references, so moving the pointers to another thread is sound.
 unsafe impl Send for SendIov {}
 
 /// The outcome of a transfer.
 struct Done {
     id: u64,
     operation: u8,
+    more: Vec<(u64, u8)>,
     dir: Direction,
     bytes: u64,
     result: Result<(), ImageError>,
 }
 
 impl Transfer {
+    /// Appends `next` if it continues this transfer on the disk in the
+    /// same direction and the sum stays within `max_bytes` (as a block
+    /// layer merges adjacent requests: one `preadv`/`pwritev`, one hand-off
+    /// to an I/O thread and one hold of the file's lock for all of them);
+    /// gives `next` back otherwise.
+    fn merge(&mut self, next: Transfer, max_bytes: u64) -> Result<(), Transfer> {
+        let contiguous = self.offset.checked_add(self.bytes) == Some(next.offset);
+        let fits = self
+            .bytes
+            .checked_add(next.bytes)
+            .is_some_and(|b| b <= max_bytes);
+        if self.dir != next.dir || !contiguous || !fits {
+            return Err(next);
+        }
+        self.bytes += next.bytes;
+        self.more.push((next.id, next.operation));
+        self.more.extend(next.more);
+        self.iov.0.extend(next.iov.0);
+        self.own.extend(next.own);
+        Ok(())
+    }
+
     fn run(self, image: &Arc<dyn DiskImage>) -> Done {
         let result = match self.dir {
             // SAFETY: see `SendIov`: every buffer lies inside a writable
@@ -522,6 +557,7 @@ impl Transfer {
         Done {
             id: self.id,
             operation: self.operation,
+            more: self.more,
             dir: self.dir,
             bytes: self.bytes,
             result,
@@ -669,38 +705,34 @@ impl Worker {
     /// buffers of pool jobs may be persistent grants, which `teardown`
     /// unmaps).
     fn process(&mut self, slots: &[Slot], done_tx: &Sender<Done>, done_rx: &Receiver<Done>) {
+        // Every transfer of the earlier rounds has completed: their
+        // persistent mappings may be evicted again.
+        self.persistent.next_round();
         let mut outstanding = 0usize;
+        // The transfer being built: adjacent requests merge into it.
+        let mut pending: Option<Transfer> = None;
         for slot in slots {
             match self.prepare(slot) {
                 Step::Answer(r) => self.respond(&r),
-                Step::Data(t) => match self.pool.clone() {
-                    Some(pool) if t.bytes > self.cfg.inline_max_bytes => {
-                        let (id, op) = (t.id, t.operation);
-                        let tx = done_tx.clone();
-                        let image = Arc::clone(&self.image);
-                        let job = Box::new(move || {
-                            let _ = tx.send(t.run(&image));
-                        });
-                        match pool.submit(job) {
-                            Ok(()) => outstanding += 1,
-                            Err(e) => {
-                                tracing::error!(error = %e, "blkback I/O pool refused a job");
-                                let r = self.answer(
-                                    id,
-                                    op,
-                                    Err(ServeError::Internal("I/O pool stopped")),
-                                );
-                                self.respond(&r);
+                Step::Data(t) => {
+                    pending = match pending.take() {
+                        None => Some(t),
+                        Some(mut p) => match p.merge(t, self.cfg.merge_max_bytes) {
+                            Ok(()) => {
+                                self.shared.metrics.add(Counter::Merged, 1);
+                                Some(p)
                             }
-                        }
-                    }
-                    _ => {
-                        let d = t.run(&self.image);
-                        let r = self.complete(d);
-                        self.respond(&r);
-                    }
-                },
+                            Err(t) => {
+                                self.start(p, &mut outstanding, done_tx);
+                                Some(t)
+                            }
+                        },
+                    };
+                }
                 Step::Fence { id, operation, req } => {
+                    if let Some(p) = pending.take() {
+                        self.start(p, &mut outstanding, done_tx);
+                    }
                     self.drain(&mut outstanding, done_rx);
                     let r = self.execute_fence(req);
                     let r = self.answer(id, operation, r);
@@ -713,11 +745,44 @@ impl Worker {
                     break;
                 };
                 outstanding -= 1;
-                let r = self.complete(d);
-                self.respond(&r);
+                self.complete(d);
             }
         }
+        if let Some(p) = pending.take() {
+            self.start(p, &mut outstanding, done_tx);
+        }
         self.drain(&mut outstanding, done_rx);
+    }
+
+    /// Runs a transfer: in this thread if it is small (or there is no
+    /// pool), else on the I/O pool (`outstanding` counts it).
+    fn start(&mut self, t: Transfer, outstanding: &mut usize, done_tx: &Sender<Done>) {
+        match self.pool.clone() {
+            Some(pool) if t.bytes > self.cfg.inline_max_bytes => {
+                let (id, op) = (t.id, t.operation);
+                let more = t.more.clone();
+                let tx = done_tx.clone();
+                let image = Arc::clone(&self.image);
+                let job = Box::new(move || {
+                    let _ = tx.send(t.run(&image));
+                });
+                match pool.submit(job) {
+                    Ok(()) => *outstanding += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "blkback I/O pool refused a job");
+                        for (id, op) in std::iter::once((id, op)).chain(more) {
+                            let r =
+                                self.answer(id, op, Err(ServeError::Internal("I/O pool stopped")));
+                            self.respond(&r);
+                        }
+                    }
+                }
+            }
+            _ => {
+                let d = t.run(&self.image);
+                self.complete(d);
+            }
+        }
     }
 
     /// Waits for every submitted transfer, answering each.
@@ -731,22 +796,34 @@ impl Worker {
                 return;
             };
             *outstanding -= 1;
-            let r = self.complete(d);
-            self.respond(&r);
+            self.complete(d);
         }
     }
 
-    /// Turns a finished transfer into its response.
-    fn complete(&mut self, d: Done) -> RspSlot {
+    /// Answers the requests of a finished transfer (all failed if it did).
+    fn complete(&mut self, d: Done) {
         if d.result.is_ok() {
             let (n, b) = match d.dir {
                 Direction::Read => (Counter::Reads, Counter::BytesRead),
                 Direction::Write => (Counter::Writes, Counter::BytesWritten),
             };
-            self.shared.metrics.add(n, 1);
+            self.shared.metrics.add(n, 1 + d.more.len() as u64);
             self.shared.metrics.add(b, d.bytes);
         }
-        self.answer(d.id, d.operation, d.result.map_err(ServeError::Io))
+        let failed = d.result.is_err();
+        let r = self.answer(d.id, d.operation, d.result.map_err(ServeError::Io));
+        self.respond(&r);
+        for (id, op) in d.more {
+            let result = if failed {
+                Err(ServeError::Internal(
+                    "the transfer this request was merged into failed",
+                ))
+            } else {
+                Ok(())
+            };
+            let r = self.answer(id, op, result);
+            self.respond(&r);
+        }
     }
 
     /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`);
@@ -787,8 +864,7 @@ impl Worker {
     }
 
     fn teardown(&mut self) {
-        let n = self.persistent.len() as u64;
-        self.persistent.clear();
+        let n = self.persistent.clear() as u64;
         self.shared.metrics.sub(Counter::PersistentGrants, n);
         let _ = self.evtchn.unbind(self.port);
         let _ = self.evtchn.unbind(self.kick);
@@ -953,6 +1029,7 @@ impl Worker {
         Ok(Transfer {
             id,
             operation,
+            more: Vec::new(),
             dir,
             offset,
             bytes,
@@ -980,7 +1057,7 @@ impl Worker {
                     max: self.cfg.limits.max_indirect_segments,
                 },
             ))?;
-            if let Some(m) = self.persistent.get(&gref) {
+            if let Some(m) = self.persistent.get(gref) {
                 m.read(0, dst)
                     .map_err(|_| ServeError::Internal("indirect page read out of bounds"))?;
             } else {
@@ -1003,10 +1080,31 @@ impl Worker {
     }
 
     /// Maps the segments' pages (persistent ones from the cache, inserted
-    /// there on first use while the cache has room) and returns the buffers,
-    /// the request's own mappings and the byte count. One cache lookup per
-    /// segment.
+    /// there on first use, evicting mappings unused in this round when it
+    /// is full) and returns the buffers, the request's own mappings and the
+    /// byte count. One cache lookup per segment.
     fn map_segments(
+        &mut self,
+        dir: Direction,
+        segs: &[Segment],
+    ) -> Result<(Vec<IoVec>, Vec<GrantMapping>, u64), ServeError> {
+        let before = self.persistent.len();
+        let r = self.map_segments_counted(dir, segs);
+        let after = self.persistent.len();
+        if after >= before {
+            self.shared
+                .metrics
+                .add(Counter::PersistentGrants, (after - before) as u64);
+        } else {
+            self.shared
+                .metrics
+                .sub(Counter::PersistentGrants, (before - after) as u64);
+        }
+        r
+    }
+
+    /// [`Worker::map_segments`] but for the persistent-grant gauge.
+    fn map_segments_counted(
         &mut self,
         dir: Direction,
         segs: &[Segment],
@@ -1018,17 +1116,15 @@ impl Worker {
         for s in segs {
             let mut cached = None;
             if self.cfg.persistent {
-                let room = self.persistent.len() < self.cfg.max_persistent_grants;
-                match self.persistent.entry(s.gref) {
-                    Entry::Occupied(e) => cached = Some(&*e.into_mut()),
-                    Entry::Vacant(v) if room => {
-                        // Persistent grants are granted read-write by the
-                        // frontend whatever the direction (blkif.h).
-                        let m = map_page(&self.gntdev, self.domid, &self.shared, s.gref, true)?;
-                        self.shared.metrics.add(Counter::PersistentGrants, 1);
-                        cached = Some(&*v.insert(m));
-                    }
-                    Entry::Vacant(_) => {}
+                let (gntdev, domid, shared) = (&self.gntdev, self.domid, &self.shared);
+                // Persistent grants are granted read-write by the frontend
+                // whatever the direction (blkif.h).
+                match self
+                    .persistent
+                    .get_or_map(s.gref, || map_page(gntdev, domid, shared, s.gref, true))?
+                {
+                    Cached::Hit(m) | Cached::Inserted(m) => cached = Some(m),
+                    Cached::Full => {}
                 }
             }
             let m = match cached {
@@ -1110,4 +1206,83 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer of `pages` 4 KiB buffers at byte `offset` (the pointers
+    /// are never dereferenced: only `merge` runs).
+    fn transfer(id: u64, dir: Direction, offset: u64, pages: usize) -> Transfer {
+        Transfer {
+            id,
+            operation: if dir == Direction::Read {
+                BLKIF_OP_READ
+            } else {
+                BLKIF_OP_WRITE
+            },
+            more: Vec::new(),
+            dir,
+            offset,
+            bytes: pages as u64 * 4096,
+            iov: SendIov(vec![
+                IoVec {
+                    ptr: std::ptr::null_mut(),
+                    len: 4096
+                };
+                pages
+            ]),
+            own: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn test_merge_adjacent_writes_become_one_transfer_answering_each() {
+        // Arrange
+        let mut t = transfer(1, Direction::Write, 0, 32);
+        // Act
+        let a = t.merge(transfer(2, Direction::Write, 32 * 4096, 32), 1 << 20);
+        let b = t.merge(transfer(3, Direction::Write, 64 * 4096, 1), 1 << 20);
+        // Assert
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!((t.offset, t.bytes, t.iov.0.len()), (0, 65 * 4096, 65));
+        assert_eq!(t.more, [(2, BLKIF_OP_WRITE), (3, BLKIF_OP_WRITE)]);
+    }
+
+    #[test]
+    fn test_merge_refuses_gaps_overlaps_other_direction_and_oversize() {
+        let mut t = transfer(1, Direction::Read, 8192, 2);
+        for (next, why) in [
+            (transfer(2, Direction::Read, 8192 + 3 * 4096, 1), "gap"),
+            (transfer(3, Direction::Read, 8192, 1), "overlap"),
+            (transfer(4, Direction::Read, 0, 1), "before"),
+            (
+                transfer(5, Direction::Write, 8192 + 2 * 4096, 1),
+                "direction",
+            ),
+            (
+                transfer(6, Direction::Read, 8192 + 2 * 4096, 255),
+                "too big",
+            ),
+        ] {
+            let back = t.merge(next, 1 << 20).expect_err(why);
+            assert_ne!(back.id, 1, "{why}: the refused transfer comes back");
+        }
+        assert_eq!((t.bytes, t.iov.0.len(), t.more.len()), (8192, 2, 0));
+        // Exactly the limit merges; nothing merges with a limit of 0.
+        assert!(t
+            .merge(transfer(7, Direction::Read, 8192 + 2 * 4096, 254), 1 << 20)
+            .is_ok());
+        let mut u = transfer(8, Direction::Read, 0, 1);
+        assert!(u.merge(transfer(9, Direction::Read, 4096, 1), 0).is_err());
+    }
+
+    #[test]
+    fn test_merge_offset_overflow_is_refused() {
+        let mut t = transfer(1, Direction::Write, u64::MAX - 4095, 1);
+        assert!(t
+            .merge(transfer(2, Direction::Write, 0, 1), 1 << 20)
+            .is_err());
+    }
 }

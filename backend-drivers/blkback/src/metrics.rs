@@ -19,6 +19,7 @@ pub struct Metrics {
     polled_wakeups: AtomicU64,
     persistent_grants: AtomicU64,
     grant_maps: AtomicU64,
+    merged: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -53,6 +54,9 @@ pub struct MetricsSnapshot {
     pub persistent_grants: u64,
     /// Grant maps done (persistent grants count once).
     pub grant_maps: u64,
+    /// Reads and writes served in the transfer of an adjacent earlier
+    /// request of their batch (`DiskConfig::merge_max_bytes`).
+    pub merged: u64,
 }
 
 /// The counters a worker bumps.
@@ -72,6 +76,7 @@ pub(crate) enum Counter {
     PolledWakeups,
     PersistentGrants,
     GrantMaps,
+    Merged,
 }
 
 impl Metrics {
@@ -91,6 +96,7 @@ impl Metrics {
             Counter::PolledWakeups => &self.polled_wakeups,
             Counter::PersistentGrants => &self.persistent_grants,
             Counter::GrantMaps => &self.grant_maps,
+            Counter::Merged => &self.merged,
         }
     }
 
@@ -120,6 +126,7 @@ impl Metrics {
             polled_wakeups: g(Counter::PolledWakeups),
             persistent_grants: g(Counter::PersistentGrants),
             grant_maps: g(Counter::GrantMaps),
+            merged: g(Counter::Merged),
         }
     }
 }

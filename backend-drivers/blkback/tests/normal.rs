@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use xen_abi::io::blkif::*;
 use xen_blkback::{DeviceStatus, DiskConfig};
-use xen_front_platform::Platform;
+use xen_front_platform::{Platform, PlatformError};
 
 #[test]
 fn test_blkback_write_then_read_roundtrips_through_guest_pages() {
@@ -398,5 +398,133 @@ fn test_blkback_persistent_cache_full_maps_the_rest_per_request() {
     for i in 0..4 {
         assert_eq!(img.read_at(i * 4096, PAGE), pattern(i as u8 + 60, PAGE));
     }
+    dev.disconnect();
+}
+
+#[test]
+fn test_blkback_persistent_cache_full_evicts_grants_of_earlier_rounds() {
+    // Arrange: room for 2 persistent grants; pages 0 and 1 used in one
+    // round, then pages 2 and 3 in later rounds.
+    let w = World::start("bb-pevict");
+    let img = Image::new(1 << 20);
+    let mut cfg = DiskConfig::raw(img.path(), false);
+    cfg.max_persistent_grants = 2;
+    let be = xen_blkback::BlkBackend::new(cfg).expect("open");
+    let mut f = Front::new(&w.rt, 1, 1, 4);
+    let dev = be
+        .connect(&w.handles, w.domid(), &f.params(true))
+        .expect("connect");
+    for i in 0..4 {
+        f.write_data(i, 0, &pattern(i as u8 + 80, PAGE));
+    }
+    let write = |f: &mut Front<'_>, id: u64, pages: &[usize]| {
+        let slots: Vec<_> = pages
+            .iter()
+            .map(|&i| {
+                rw(
+                    BLKIF_OP_WRITE,
+                    id + i as u64,
+                    i as u64 * 8,
+                    &[seg(f.data_refs[i], 0, 7)],
+                )
+            })
+            .collect();
+        f.submit(0, &slots);
+        let r = f.responses(0, pages.len());
+        assert!(r.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{r:?}");
+    };
+
+    // Act
+    write(&mut f, 0, &[0, 1]);
+    write(&mut f, 10, &[2]);
+    write(&mut f, 20, &[3]);
+    let p = w.rt.platform();
+    let revoke_evicted = [p.end_access(f.data_refs[0]), p.end_access(f.data_refs[1])];
+    let revoke_cached = p.end_access(f.data_refs[3]);
+
+    // Assert: each page mapped once, the two oldest unmapped to make room
+    // (their grants can be revoked again), the newest still pinned.
+    let m = dev.metrics();
+    assert_eq!(m.grant_maps, 4);
+    assert_eq!(m.persistent_grants, 2);
+    assert!(
+        revoke_evicted.iter().all(|r| r.is_ok()),
+        "{revoke_evicted:?}"
+    );
+    assert!(
+        matches!(revoke_cached, Err(PlatformError::GrantInUse { .. })),
+        "{revoke_cached:?}"
+    );
+    for i in 0..4 {
+        assert_eq!(img.read_at(i * 4096, PAGE), pattern(i as u8 + 80, PAGE));
+    }
+    let end = dev.disconnect();
+    assert_eq!(end.persistent_grants, 0);
+    assert!(
+        p.end_access(f.data_refs[3]).is_ok(),
+        "unmapped at disconnect"
+    );
+}
+
+#[test]
+fn test_blkback_adjacent_requests_of_a_batch_merge_and_each_is_answered() {
+    // Arrange: 4 pages with distinct data.
+    let w = World::start("bb-merge");
+    let img = Image::new(1 << 20);
+    let be = backend(&img, false);
+    let mut f = Front::new(&w.rt, 1, 1, 6);
+    let dev = be
+        .connect(&w.handles, w.domid(), &f.params(false))
+        .expect("connect");
+    for i in 0..4 {
+        f.write_data(i, 0, &pattern(i as u8 + 40, PAGE));
+    }
+    let g = f.data_refs.clone();
+
+    // Act: one batch of writes: pages 0..3 at sectors 64, 72, 80 (adjacent),
+    // then page 3 at sector 200 (not adjacent); then one batch of two
+    // adjacent reads of sectors 64..80 into pages 4 and 5.
+    let writes: Vec<_> = [(0usize, 64u64), (1, 72), (2, 80), (3, 200)]
+        .iter()
+        .map(|&(i, sector)| rw(BLKIF_OP_WRITE, 10 + i as u64, sector, &[seg(g[i], 0, 7)]))
+        .collect();
+    f.submit(0, &writes);
+    let mut wr = f.responses(0, 4);
+    let merged_writes = dev.metrics().merged;
+    f.submit(
+        0,
+        &[
+            rw(BLKIF_OP_READ, 20, 64, &[seg(g[4], 0, 7)]),
+            rw(BLKIF_OP_READ, 21, 72, &[seg(g[5], 0, 7)]),
+        ],
+    );
+    let mut rd = f.responses(0, 2);
+
+    // Assert: every request answered with its own id and operation.
+    wr.sort_by_key(|r| r.id);
+    rd.sort_by_key(|r| r.id);
+    let ids = |v: &[blkif_response]| {
+        v.iter()
+            .map(|r| (r.id, r.operation, r.status))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&wr),
+        [10, 11, 12, 13].map(|id| (id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY))
+    );
+    assert_eq!(
+        ids(&rd),
+        [20, 21].map(|id| (id, BLKIF_OP_READ, BLKIF_RSP_OKAY))
+    );
+    assert_eq!(merged_writes, 2, "sectors 72 and 80 joined sector 64");
+    let m = dev.metrics();
+    assert_eq!(m.merged, 3);
+    assert_eq!((m.writes, m.reads), (4, 2));
+    assert_eq!((m.bytes_written, m.bytes_read), (4 * 4096, 2 * 4096));
+    for (i, sector) in [(0u8, 64u64), (1, 72), (2, 80), (3, 200)] {
+        assert_eq!(img.read_at(sector * 512, PAGE), pattern(i + 40, PAGE));
+    }
+    assert_eq!(f.read_data(4, 0, PAGE), pattern(40, PAGE));
+    assert_eq!(f.read_data(5, 0, PAGE), pattern(41, PAGE));
     dev.disconnect();
 }
