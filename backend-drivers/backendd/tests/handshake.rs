@@ -3,17 +3,15 @@
 //! frontend's nodes the way a guest's xenbus driver does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_backendd::backend::FrontendReader;
-use xen_backendd::{Backend, BackendError, BackendFactory, DeviceInfo, Service, ServiceConfig};
+use xen_backendd::{Backend, BackendError, BackendFactory, DeviceInfo};
 use xenstore_client::{Client, XsOps};
 
 mod common;
-use common::Xenstored;
+use common::{Backendd, Xenstored};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,37 +91,12 @@ impl BackendFactory for FakeFactory {
 }
 
 /// The service in a thread; stopped on drop.
-struct Backendd {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backendd {
-    fn start(xsd: &Xenstored, factory: FakeFactory) -> Self {
-        let xs = Arc::new(xsd.client());
-        let cfg = ServiceConfig {
-            domid: 0,
-            poll: Duration::from_millis(50),
-        };
-        let mut svc = Service::new(xs, &cfg, vec![Arc::new(factory)]);
-        let stop = svc.stop_flag();
-        let thread = std::thread::spawn(move || {
-            let _ = svc.run();
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Backendd {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn start_backendd(xsd: &Xenstored, factory: FakeFactory) -> Backendd {
+    Backendd::start(
+        Arc::new(xsd.client()),
+        Duration::from_millis(50),
+        vec![Arc::new(factory)],
+    )
 }
 
 fn be_path(domid: u16, devid: u32) -> String {
@@ -208,7 +181,7 @@ fn test_handshake_full_cycle_states_in_order() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -272,7 +245,7 @@ fn test_handshake_frontend_connected_at_probe_waits_for_fresh_offer() {
     // backend's, which may have consumed requests it never answered.
     toolstack_add(&xs, dom, dev, "/srv/a.img");
     frontend_publish(&xs, dom, dev, 11, 7, "4");
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -297,7 +270,7 @@ fn test_handshake_garbage_state_fails_only_that_device() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -340,7 +313,7 @@ fn test_handshake_backend_errors_and_panics_fail_only_their_device() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -373,7 +346,7 @@ fn test_handshake_backend_dir_removed_tears_device_down() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -409,7 +382,7 @@ fn test_handshake_offline_device_closes_on_frontend_closed() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -435,7 +408,7 @@ fn test_handshake_frontend_path_outside_its_domain_ignored() {
     let xsd = Xenstored::start("backendd-test-");
     let xs = xsd.client();
     let log = Log::default();
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -462,7 +435,7 @@ fn test_handshake_restarted_service_reconnects_connected_device() {
     let log = Log::default();
     let (dom, dev) = (8, 51712);
     let be = be_path(dom, dev);
-    let svc = Backendd::start(
+    let svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),
@@ -481,7 +454,7 @@ fn test_handshake_restarted_service_reconnects_connected_device() {
 
     // A new service finds the device, goes back to InitWait and connects
     // it again once the frontend re-offered (as blkfront does on InitWait).
-    let _svc = Backendd::start(
+    let _svc = start_backendd(
         &xsd,
         FakeFactory {
             log: log.clone(),

@@ -9,15 +9,12 @@
 //! attached runtime's pid, which is this test process).
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_backendd::vbd::VbdFactory;
-use xen_backendd::{Service, ServiceConfig};
 use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
@@ -27,7 +24,7 @@ use xenstore_client::{Client, XsOps};
 use zerocopy::{FromBytes, IntoBytes};
 
 mod common;
-use common::Xenstored;
+use common::{Backendd, Xenstored};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 type Slot = [u8; BLKIF_SRING_ENTRY_SIZE];
@@ -37,20 +34,6 @@ fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert_eq!(uid, 0, "this test runs the shim daemon and needs root");
-}
-
-struct Backendd {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Backendd {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Everything one test needs; dropped in reverse order.
@@ -82,23 +65,13 @@ impl World {
             .expect("image");
         image.as_file().set_len(1 << 20).expect("size");
         let svc_xs = Arc::new(Client::connect_path(&xsd.socket).expect("xenstore"));
-        let mut svc = Service::new(
+        let svc = Backendd::start(
             svc_xs,
-            &ServiceConfig {
-                domid: 0,
-                poll: Duration::from_millis(20),
-            },
+            Duration::from_millis(20),
             vec![Arc::new(VbdFactory::new(shim.socket().to_path_buf()))],
         );
-        let stop = svc.stop_flag();
-        let thread = std::thread::spawn(move || {
-            let _ = svc.run();
-        });
         Self {
-            _svc: Backendd {
-                stop,
-                thread: Some(thread),
-            },
+            _svc: svc,
             xs,
             rt,
             _xsd: xsd,

@@ -14,15 +14,12 @@
 //! created; nothing host-wide is touched. Needs root and iproute2.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_backendd::vif::VifFactory;
-use xen_backendd::{Service, ServiceConfig};
 use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
@@ -32,26 +29,12 @@ use xenstore_client::{Client, XsOps};
 use zerocopy::IntoBytes;
 
 mod common;
-use common::Xenstored;
+use common::{Backendd, Xenstored};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 type TxSlot = [u8; 12];
 type TxRsp = [u8; 4];
 type RxSlot = [u8; 8];
-
-struct Backendd {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Backendd {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Everything the test needs; dropped in reverse order.
 struct World {
@@ -76,23 +59,13 @@ impl World {
         let xsd = Xenstored::start("backendd-vif-");
         let xs = Client::connect_path(&xsd.socket).expect("xenstore");
         let svc_xs = Arc::new(Client::connect_path(&xsd.socket).expect("xenstore"));
-        let mut svc = Service::new(
+        let svc = Backendd::start(
             svc_xs,
-            &ServiceConfig {
-                domid: 0,
-                poll: Duration::from_millis(20),
-            },
+            Duration::from_millis(20),
             vec![Arc::new(VifFactory::new(shim.socket().to_path_buf()))],
         );
-        let stop = svc.stop_flag();
-        let thread = std::thread::spawn(move || {
-            let _ = svc.run();
-        });
         Self {
-            _svc: Backendd {
-                stop,
-                thread: Some(thread),
-            },
+            _svc: svc,
             xs,
             rt,
             _xsd: xsd,

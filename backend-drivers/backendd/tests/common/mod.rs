@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use xen_backendd::{BackendFactory, Service, ServiceConfig};
 use xenstore_client::Client;
 use xenstored::server::{Server, ServerConfig, StopHandle};
 
@@ -61,6 +64,37 @@ impl Xenstored {
 impl Drop for Xenstored {
     fn drop(&mut self) {
         self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// backendd's service on a thread of the test, with `factories`, looking
+/// at xenstore every `poll`; stopped and joined on drop.
+pub struct Backendd {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backendd {
+    pub fn start(xs: Arc<Client>, poll: Duration, factories: Vec<Arc<dyn BackendFactory>>) -> Self {
+        let cfg = ServiceConfig { domid: 0, poll };
+        let mut svc = Service::new(xs, &cfg, factories);
+        let stop = svc.stop_flag();
+        let thread = std::thread::spawn(move || {
+            let _ = svc.run();
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backendd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
