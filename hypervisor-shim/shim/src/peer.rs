@@ -335,6 +335,8 @@ fn exec(hv: &Hypervisor, line: &str) -> Result<String, String> {
 /// Dom0 mode (`XEN_SHIM_PEER_DOM0=1`): a Dom0 mapper process holding
 /// [`crate::dom0::Gntdev`] mappings. Commands: `map DOMID REF ro|rw` and
 /// `mapn DOMID REF,REF,... ro|rw` (answer `ok INDEX`), `unmap INDEX`,
+/// `pin_halfway DOMID REF ro|rw` (stops inside a pin, the entry locked, as
+/// a mapper killed there),
 /// `write INDEX OFF HEX`, `read INDEX OFF LEN`, `close_gntdev` (drops the
 /// handle, the mappings stay), `exit`.
 fn dom0_main() -> ExitCode {
@@ -380,6 +382,13 @@ fn dom0_main() -> ExitCode {
                     .map_err(gr)?;
                     maps.push(Some(m));
                     format!("ok {}", maps.len() - 1)
+                }
+                "pin_halfway" => {
+                    let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
+                    let d = g.domain(num(&a, 1)?).map_err(gr)?;
+                    d.pin_halfway_for_tests(num(&a, 2)?, 0, a.get(3) == Some(&"rw"))
+                        .map_err(gr)?;
+                    "ok".into()
                 }
                 "unmap" => {
                     let m = maps

@@ -188,6 +188,36 @@ impl ForeignDomain {
         })
     }
 
+    /// For the tests of a mapper killed inside [`ForeignDomain::pin`]: its
+    /// first half, left as such a mapper leaves it. The active entry stays
+    /// locked by this thread (never unlocked by this process), this
+    /// mapper's ledger word is raised and the status bits are set, the pin
+    /// is not counted in the active entry.
+    #[doc(hidden)]
+    pub fn pin_halfway_for_tests(
+        &self,
+        gref: grant_ref_t,
+        mapper: domid_t,
+        writable: bool,
+    ) -> Result<(), GrantError> {
+        let t = self.table()?;
+        let act = self.active.lock(gref)?;
+        let pin = act.pin();
+        let inc = if writable {
+            PIN_WRITE_INC
+        } else {
+            PIN_READ_INC
+        };
+        if let Some(l) = &self.ledger {
+            l.set_pins(gref, l.pins(gref) + inc)?;
+        }
+        if pin == 0 || (writable && pin >> 16 == 0) {
+            set_status(&t, gref, mapper, !writable, pin != 0, true)?;
+        }
+        std::mem::forget(act);
+        Ok(())
+    }
+
     /// Drops one pin of `gref` taken by [`ForeignDomain::pin`]; clears
     /// `GTF_writing` when the last write pin goes and `GTF_reading` when the
     /// last pin goes.
