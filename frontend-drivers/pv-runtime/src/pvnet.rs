@@ -965,7 +965,10 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
                 *seen = pages;
                 emit_unlocked(
                     "pvnet deferred",
-                    &[("devid", nic.devid.to_string()), ("pages", pages.to_string())],
+                    &[
+                        ("devid", nic.devid.to_string()),
+                        ("pages", pages.to_string()),
+                    ],
                 );
             }
         }
