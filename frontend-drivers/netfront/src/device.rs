@@ -814,6 +814,17 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         }
     }
 
+    /// Retries the revocations of the pages kept because the backend still
+    /// mapped some of their grants (a backend that died with them mapped
+    /// releases them later, when its Dom0 unmaps them for it); the pages
+    /// still kept.
+    pub fn retry_deferred_pages(&mut self) -> usize {
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
+        self.deferred_pages()
+    }
+
     /// Pages kept because the backend still maps some of their grants.
     pub fn deferred_pages(&self) -> usize {
         self.deferred.iter().map(|d| d.pages.count()).sum()

@@ -872,6 +872,9 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
         .collect();
     // The backend states last handed to netfront (outer `None`: not yet).
     let mut last_raw: Vec<Option<Option<Vec<u8>>>> = vec![None; nics.len()];
+    // Pages each NIC keeps because a backend still mapped their grants
+    // when they were released, as last reported.
+    let mut deferred_seen = vec![0usize; nics.len()];
     while !stop.load(Ordering::Relaxed) {
         // Any event is a reason to look at every NIC (level-triggered; an
         // unchanged state costs one read).
@@ -952,6 +955,22 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
                 );
             }
             *last = now;
+        }
+        // Pages a backend still mapped when netfront released them (a
+        // backendd killed with the rings mapped): retried at every look,
+        // reported when the count changes (`pvnet deferred`).
+        for (nic, seen) in nics.iter().zip(deferred_seen.iter_mut()) {
+            let pages = lock(&nic.nf).retry_deferred_pages();
+            if pages != *seen {
+                *seen = pages;
+                emit_unlocked(
+                    "pvnet deferred",
+                    &[
+                        ("devid", nic.devid.to_string()),
+                        ("pages", pages.to_string()),
+                    ],
+                );
+            }
         }
     }
 }

@@ -228,6 +228,28 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
         "netfront went down and up at each restart ({downs} down, {ups} up)"
     );
     assert!(!log.contains("pump-failed") && !log.contains("link-failed"));
+    // The pages whose grants the killed backendds had mapped come back:
+    // the shim unmapped them for the dead process, so netfront's last
+    // `pvnet deferred` report (if it had to keep any) is zero.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let last_deferred = loop {
+        let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN);
+        let last = log
+            .lines()
+            .filter(|l| l.starts_with("pvnet deferred devid=0 "))
+            .filter_map(|l| l.rsplit("pages=").next())
+            .filter_map(|n| n.trim().parse::<usize>().ok())
+            .next_back();
+        if last.unwrap_or(0) == 0 || std::time::Instant::now() >= deadline {
+            break last;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        last_deferred.unwrap_or(0),
+        0,
+        "netfront gets back every page the killed backendds had mapped"
+    );
     guests.destroy(&name);
     drop(backendd);
 }

@@ -14,6 +14,9 @@
 //! `status PORT`, `close PORT`, `reset`, `stats PORT`, `events`,
 //! `ratelimit PER_SEC BURST`, `process`, `shutdown REASON`, `reattach`,
 //! `fds`, `exit`.
+//!
+//! With `XEN_SHIM_PEER_DOM0=1` it is a Dom0 grant mapper instead (see
+//! `dom0_main`), for the tests of what happens to a dead mapper's grants.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -329,8 +332,122 @@ fn exec(hv: &Hypervisor, line: &str) -> Result<String, String> {
     })
 }
 
+/// Dom0 mode (`XEN_SHIM_PEER_DOM0=1`): a Dom0 mapper process holding
+/// [`crate::dom0::Gntdev`] mappings. Commands: `map DOMID REF ro|rw` and
+/// `mapn DOMID REF,REF,... ro|rw` (answer `ok INDEX`), `unmap INDEX`,
+/// `pin_halfway DOMID REF ro|rw` (stops inside a pin, the entry locked, as
+/// a mapper killed there),
+/// `write INDEX OFF HEX`, `read INDEX OFF LEN`, `close_gntdev` (drops the
+/// handle, the mappings stay), `exit`.
+fn dom0_main() -> ExitCode {
+    use crate::dom0::Gntdev;
+    let mut gntdev = match Gntdev::open_default() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("err 5 gntdev open failed: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut maps: Vec<Option<crate::GrantMapping>> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "ok attached 0 pid {}", std::process::id())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else {
+            break;
+        };
+        let a: Vec<&str> = line.split_whitespace().collect();
+        let idx = |i: usize| -> Result<usize, String> { num::<usize>(&a, i) };
+        let reply: Result<String, String> = (|| {
+            Ok(match a.first().copied().unwrap_or("") {
+                "map" | "mapn" => {
+                    let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
+                    let domid: u16 = num(&a, 1)?;
+                    let refs: Vec<u32> = a
+                        .get(2)
+                        .ok_or("err 22 refs missing")?
+                        .split(',')
+                        .map(|r| r.parse().map_err(|_| "err 22 bad ref".to_string()))
+                        .collect::<Result<_, _>>()?;
+                    let rw = a.get(3) == Some(&"rw");
+                    let m = if a[0] == "map" {
+                        g.map_grant_ref(domid, refs[0], rw)
+                    } else {
+                        g.map_grant_refs(domid, &refs, rw)
+                    }
+                    .map_err(gr)?;
+                    maps.push(Some(m));
+                    format!("ok {}", maps.len() - 1)
+                }
+                "pin_halfway" => {
+                    let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
+                    let d = g.domain(num(&a, 1)?).map_err(gr)?;
+                    d.pin_halfway_for_tests(num(&a, 2)?, 0, a.get(3) == Some(&"rw"))
+                        .map_err(gr)?;
+                    "ok".into()
+                }
+                "unmap" => {
+                    let m = maps
+                        .get_mut(idx(1)?)
+                        .and_then(Option::take)
+                        .ok_or("err 22 no such mapping")?;
+                    m.unmap().map_err(gr)?;
+                    "ok".into()
+                }
+                "write" => {
+                    let m = maps
+                        .get(idx(1)?)
+                        .and_then(Option::as_ref)
+                        .ok_or("err 22 no such mapping")?;
+                    let data = unhex(a.get(3).copied().unwrap_or("")).ok_or("err 22 bad hex")?;
+                    m.write(num(&a, 2)?, &data)
+                        .map_err(|e| format!("err 22 {e}"))?;
+                    "ok".into()
+                }
+                "read" => {
+                    let m = maps
+                        .get(idx(1)?)
+                        .and_then(Option::as_ref)
+                        .ok_or("err 22 no such mapping")?;
+                    let mut buf = vec![0u8; num::<usize>(&a, 3)?.min(1 << 20)];
+                    m.read(num(&a, 2)?, &mut buf)
+                        .map_err(|e| format!("err 22 {e}"))?;
+                    format!("ok {}", hex(&buf))
+                }
+                "close_gntdev" => {
+                    gntdev = None;
+                    "ok".into()
+                }
+                "exit" => return Err("exit".into()),
+                "" => "ok".into(),
+                other => format!("err 22 unknown command {other}"),
+            })
+        })();
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if e == "exit" => {
+                let _ = writeln!(out, "ok bye");
+                let _ = out.flush();
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => e,
+        };
+        if writeln!(out, "{reply}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// The binary's entry.
 pub fn main_from_env() -> ExitCode {
+    if std::env::var_os("XEN_SHIM_PEER_DOM0").is_some_and(|v| v == "1") {
+        return dom0_main();
+    }
     let hv = match Hypervisor::attach_from_env() {
         Ok(h) => h,
         Err(e) => {

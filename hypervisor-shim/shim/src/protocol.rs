@@ -10,6 +10,8 @@
 //! File descriptors in replies, by request:
 //! - `AttachGuest`: `[memory, in/out of every port listed in the reply...]`
 //! - `DomainFds`: `[memory, active-grant]`
+//! - `MapperFds`: `[memory, active-grant, ledger]` (the ledger locked for the
+//!   caller; see [`crate::grant::ledger`])
 //! - `AllocUnbound` (for the caller's own domain), `BindInterdomain`,
 //!   `BindIpi`, `FetchPort`: `[in, out, doorbell page]`; `BindVirq`:
 //!   `[in, doorbell page]`
@@ -304,6 +306,12 @@ pub enum Request {
         /// Domain.
         domid: u16,
     },
+    /// Dom0: a domain's memory and active-grant files and a fresh grant
+    /// ledger for the calling mapper (its pins are dropped when it is gone).
+    MapperFds {
+        /// Domain.
+        domid: u16,
+    },
     /// Guest: `SCHEDOP_shutdown`.
     SchedShutdown {
         /// `SHUTDOWN_*` code.
@@ -455,7 +463,7 @@ pub enum Reply {
         /// The one-time attach token for the runtime.
         token: String,
     },
-    /// `DomainInfo`, `DomainFds` (the fds follow).
+    /// `DomainInfo`, `DomainFds`, `MapperFds` (the fds follow).
     Domain(DomainInfo),
     /// `ListDomains`.
     Domains {

@@ -136,6 +136,22 @@ impl Daemon {
                 let fds = vec![file_fd(d.foreign.memory_file())?, file_fd(&d.active_file)?];
                 Ok((Reply::Domain(d.info()), fds))
             }
+            Request::MapperFds { domid } if dom0 => {
+                let pid = self.clients.get(&id).map(|c| c.cred.pid).unwrap_or(0);
+                let (info, mem, active) = {
+                    let d = self.dom(domid)?;
+                    (
+                        d.info(),
+                        file_fd(d.foreign.memory_file())?,
+                        file_fd(&d.active_file)?,
+                    )
+                };
+                let ledger = self.create_ledger(domid, pid)?;
+                Ok((
+                    Reply::Domain(info),
+                    vec![mem, active, Arc::new(OwnedFd::from(ledger))],
+                ))
+            }
             Request::SchedShutdown { reason } if !dom0 => {
                 let r = ShutdownReason::from_code(reason)
                     .ok_or(errno(libc::EINVAL, "bad shutdown reason"))?;
@@ -415,6 +431,7 @@ impl Daemon {
         if let Some(d) = self.domains.remove(&domid) {
             let _ = std::fs::remove_file(&d.mem_path);
             let _ = std::fs::remove_file(&d.active_path);
+            self.remove_ledgers(domid, d.instance);
             tracing::info!(domid, "domain destroyed");
         }
         self.fire_dom_exc();

@@ -253,6 +253,14 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_CONN_BASE: u64 = 1 << 20;
 const TOKEN_PIDFD_BASE: u64 = 1 << 40;
+const TOKEN_OWNER_BASE: u64 = 1 << 50;
+/// Subdirectory of the memory directory holding the mappers' grant ledgers.
+const LEDGER_DIR: &str = "grants";
+/// How often the ledgers are checked without any other reason to.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Delay of the check after a Dom0 connection closes (a process's files
+/// close one by one as it exits).
+const SWEEP_AFTER_DISCONNECT: Duration = Duration::from_millis(20);
 const STATE_FILE: &str = "state.json";
 const STATE_VERSION: u32 = 1;
 
@@ -291,6 +299,14 @@ pub(crate) struct Daemon {
     next_domid: u16,
     next_instance: u64,
     reattach_deadline: Option<Instant>,
+    /// Directory of the mappers' grant ledgers.
+    ledger_dir: PathBuf,
+    ledger_seq: u64,
+    /// Pidfds of the processes that own ledgers (their death triggers a
+    /// sweep), by pid.
+    owners: HashMap<i32, OwnedFd>,
+    last_sweep: Instant,
+    sweep_at: Option<Instant>,
     log: LogLimiter,
     uid: u32,
     running: bool,
@@ -383,6 +399,9 @@ impl Daemon {
             .map_err(|e| DaemonError::Io("create the state directory", e))?;
         std::fs::create_dir_all(&cfg.mem_dir)
             .map_err(|e| DaemonError::Io("create the memory directory", e))?;
+        let ledger_dir = cfg.mem_dir.join(LEDGER_DIR);
+        std::fs::create_dir_all(&ledger_dir)
+            .map_err(|e| DaemonError::Io("create the grant-ledger directory", e))?;
         let signal = if signals {
             Some(block_signals()?)
         } else {
@@ -411,6 +430,11 @@ impl Daemon {
             next_domid: 1,
             next_instance: 1,
             reattach_deadline: None,
+            ledger_dir,
+            ledger_seq: 0,
+            owners: HashMap::new(),
+            last_sweep: Instant::now(),
+            sweep_at: None,
             log: LogLimiter::new(20),
             uid,
             running: true,
@@ -433,6 +457,9 @@ impl Daemon {
             d.domains.insert(0, dom0);
         }
         d.write_state();
+        // Mappers that died while no daemon ran lose their pins now; the
+        // live ones are watched.
+        d.sweep_ledgers();
         tracing::info!(socket = %d.cfg.socket.display(), domains = d.domains.len(), "xen-shimd ready");
         Ok(d)
     }
@@ -528,9 +555,16 @@ impl Daemon {
     fn serve(&mut self) -> Result<(), DaemonError> {
         let mut ready: Vec<Ready> = Vec::with_capacity(64);
         while self.running {
-            let timeout = self
-                .reattach_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let next_sweep = self
+                .sweep_at
+                .unwrap_or(self.last_sweep + SWEEP_INTERVAL)
+                .min(self.last_sweep + SWEEP_INTERVAL);
+            let timeout = Some(
+                self.reattach_deadline
+                    .map_or(next_sweep, |d| d.min(next_sweep))
+                    .saturating_duration_since(now),
+            );
             ready.clear();
             self.epoll
                 .wait(&mut ready, 64, timeout)
@@ -551,6 +585,13 @@ impl Daemon {
                         );
                         self.running = false;
                     }
+                    t if t >= TOKEN_OWNER_BASE => {
+                        let pid = (t - TOKEN_OWNER_BASE) as i32;
+                        if let Some(p) = self.owners.remove(&pid) {
+                            let _ = self.epoll.delete(p.as_raw_fd());
+                        }
+                        self.sweep_ledgers();
+                    }
                     t if t >= TOKEN_PIDFD_BASE => {
                         let domid = (t - TOKEN_PIDFD_BASE) as u16;
                         self.runtime_died(domid);
@@ -562,6 +603,10 @@ impl Daemon {
             if self.reattach_deadline.is_some_and(|d| Instant::now() >= d) {
                 self.reattach_deadline = None;
                 self.close_orphans();
+            }
+            let now = Instant::now();
+            if self.sweep_at.is_some_and(|t| now >= t) || now >= self.last_sweep + SWEEP_INTERVAL {
+                self.sweep_ledgers();
             }
             if self.dirty {
                 self.write_state();
@@ -682,7 +727,11 @@ impl Daemon {
         };
         let _ = self.epoll.delete(c.sock.as_raw_fd());
         match c.role {
-            Role::Dom0 => self.close_owned_ports(id),
+            Role::Dom0 => {
+                self.close_owned_ports(id);
+                let at = Instant::now() + SWEEP_AFTER_DISCONNECT;
+                self.sweep_at = Some(self.sweep_at.map_or(at, |t| t.min(at)));
+            }
             Role::Guest(domid) => {
                 if self
                     .domains
@@ -820,6 +869,159 @@ impl Daemon {
             if let Some(c) = tell {
                 self.notify(c, ControlEvent::PeerClosed { port: remote_port });
             }
+        }
+    }
+
+    /// Creates a grant ledger of domain `domid` for the mapper process
+    /// `pid` (request `MapperFds`), locked on the returned file, and watches
+    /// `pid`.
+    fn create_ledger(&mut self, domid: u16, pid: i32) -> Result<std::fs::File, DaemonError> {
+        use crate::grant::ledger::{ledger_name, Ledger, LedgerOwner};
+        let d = self.domains.get(&domid).ok_or(DaemonError::Errno(
+            libc::ESRCH,
+            format!("no domain {domid}"),
+        ))?;
+        let owner = LedgerOwner {
+            domid,
+            instance: d.instance as u32,
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+        };
+        let (instance, max) = (d.instance, d.layout.max_grant_entries(1));
+        let mut last = None;
+        for _ in 0..16 {
+            self.ledger_seq = self.ledger_seq.wrapping_add(1);
+            let mut r = [0u8; 4];
+            let _ = sys::random_bytes(&mut r);
+            let n = (u64::from(u32::from_le_bytes(r)) << 32) | (self.ledger_seq & 0xffff_ffff);
+            let path = self.ledger_dir.join(ledger_name(domid, instance, pid, n));
+            match Ledger::create(&path, owner, max) {
+                Ok(f) => {
+                    self.watch_owner(pid);
+                    return Ok(f);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(DaemonError::Io("create a grant ledger", e)),
+            }
+        }
+        Err(DaemonError::Io(
+            "create a grant ledger",
+            last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EEXIST)),
+        ))
+    }
+
+    /// Watches a ledger owner's death (not our own process's).
+    fn watch_owner(&mut self, pid: i32) {
+        if pid <= 0 || pid == std::process::id() as i32 || self.owners.contains_key(&pid) {
+            return;
+        }
+        if let Ok(pfd) = sys::pidfd_open(pid) {
+            let Ok(token) = u64::try_from(pid).map(|p| TOKEN_OWNER_BASE + p) else {
+                return;
+            };
+            if self.epoll.add(pfd.as_raw_fd(), token).is_ok() {
+                self.owners.insert(pid, pfd);
+            }
+        }
+    }
+
+    /// Removes the ledgers of a destroyed domain instance.
+    fn remove_ledgers(&self, domid: u16, instance: u64) {
+        for (p, d, i) in crate::grant::ledger::list_ledgers(&self.ledger_dir) {
+            if d == domid && i == instance {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    /// Finds the ledgers whose mapper is gone (their lock is free) and drops
+    /// their pins (gntdev's release, for a process that closed its handle or
+    /// died): see [`crate::grant::ledger`]. Ledgers of domains that no longer
+    /// exist are removed; owners of live ones are watched.
+    fn sweep_ledgers(&mut self) {
+        use crate::grant::ledger::{list_ledgers, reclaim, GrantTableViewDyn, Ledger};
+        self.last_sweep = Instant::now();
+        self.sweep_at = None;
+        let mut by_dom: BTreeMap<(u16, u64), Vec<PathBuf>> = BTreeMap::new();
+        for (p, d, i) in list_ledgers(&self.ledger_dir) {
+            by_dom.entry((d, i)).or_default().push(p);
+        }
+        let mut watch = Vec::new();
+        let mut retry = false;
+        for ((domid, instance), paths) in by_dom {
+            let Some(dom) = self.domains.get(&domid).filter(|d| d.instance == instance) else {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+                continue;
+            };
+            let mut dead = Vec::new();
+            let mut live = Vec::new();
+            let mut unreadable = false;
+            for p in paths {
+                let Ok(f) = sys::open_shm_file(&p) else {
+                    continue;
+                };
+                if Ledger::try_lock(&f) {
+                    dead.push((p, f));
+                } else {
+                    match Ledger::map(f) {
+                        Ok(l) => live.push(l),
+                        Err(e) => {
+                            warn_limited!(self.log, path = %p.display(), error = %e, "unreadable live grant ledger");
+                            unreadable = true;
+                        }
+                    }
+                }
+            }
+            for l in &live {
+                let o = l.owner();
+                if o.start_time != 0 && process_start_time(o.pid) == Some(o.start_time) {
+                    watch.push(o.pid);
+                }
+            }
+            if dead.is_empty() || unreadable {
+                continue;
+            }
+            let table = dom.foreign.table().ok();
+            for (p, f) in dead {
+                let l = match Ledger::map(f) {
+                    Ok(l) => l,
+                    Err(_) => {
+                        // Never handed out complete: nothing recorded.
+                        let _ = std::fs::remove_file(&p);
+                        continue;
+                    }
+                };
+                let r = reclaim(
+                    &l,
+                    &live,
+                    dom.active(),
+                    table.as_ref().map(|t| t as &dyn GrantTableViewDyn),
+                );
+                if r.grefs > 0 {
+                    let o = l.owner();
+                    tracing::info!(
+                        domid,
+                        pid = o.pid,
+                        grants = r.grefs,
+                        released = r.released,
+                        busy = r.busy,
+                        "dropped the grant mappings of a mapper that went away"
+                    );
+                }
+                if r.busy == 0 {
+                    let _ = std::fs::remove_file(&p);
+                } else {
+                    retry = true;
+                }
+            }
+        }
+        for pid in watch {
+            self.watch_owner(pid);
+        }
+        if retry {
+            self.sweep_at = Some(Instant::now() + Duration::from_millis(50));
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct DomainFiles {
     pub memory: File,
     /// The active-grant file.
     pub active: File,
+    /// The caller's grant ledger (`mapper_files` only).
+    pub ledger: Option<File>,
 }
 
 /// A Dom0 control connection.
@@ -181,6 +183,32 @@ impl Control {
             info,
             memory,
             active,
+            ledger: None,
+        })
+    }
+
+    /// A domain's memory and active-grant files and a new grant ledger for
+    /// a mapper in this process (see [`crate::grant::ledger`]): while the
+    /// ledger file stays open, the mapper's pins are its own; once it is
+    /// closed (the mapper dropped, or this process dead) the daemon drops
+    /// whatever pins it still records.
+    pub fn mapper_files(&self, domid: u16) -> Result<DomainFiles, ControlError> {
+        let (reply, fds) = self.call(&Request::MapperFds { domid })?;
+        let Reply::Domain(info) = reply else {
+            return Err(ControlError::Unexpected(format!(
+                "mapper fds answered with {reply:?}"
+            )));
+        };
+        let mut it = fds.into_iter();
+        let mut three = take_fds(&mut it, 3)?;
+        let ledger = File::from(three.remove(2));
+        let active = File::from(three.remove(1));
+        let memory = File::from(three.remove(0));
+        Ok(DomainFiles {
+            info,
+            memory,
+            active,
+            ledger: Some(ledger),
         })
     }
 

@@ -1,9 +1,17 @@
 //! `Gntdev`: Dom0 maps other domains' grants (like `/dev/xen/gntdev`).
 //!
 //! The first use of a domain costs one daemon round trip (its memory and
-//! active-grant files, mapped once); every map and unmap after that is a few
-//! atomic operations in shared memory, no syscall for a one-page map, no
-//! daemon.
+//! active-grant files, mapped once, and this handle's grant ledger); every
+//! map and unmap after that is a few atomic operations in shared memory, no
+//! syscall for a one-page map, no daemon.
+//!
+//! As with Linux's gntdev, whose `release` unmaps everything a process still
+//! has mapped when its file is closed, the grants a handle still has mapped
+//! when its process dies are unmapped for it: each pin is also recorded in
+//! the handle's ledger ([`crate::grant::ledger`]), and the daemon drops the
+//! pins of ledgers nobody holds open any more (`GTF_reading`/`GTF_writing`
+//! cleared, so the granter's `end_foreign_access` succeeds). A live process
+//! keeps its mappings, also across daemon restarts.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -66,14 +74,22 @@ impl Gntdev {
             }
             map.remove(&domid);
         }
-        let files = match self.control.domain_files(domid) {
+        let files = match self.control.mapper_files(domid) {
             Ok(f) => f,
             Err(ControlError::Remote(w)) if w.errno == libc::ESRCH => {
                 return Err(GrantError::BadDomain(domid))
             }
             Err(e) => return Err(GrantError::Control(e)),
         };
-        let d = Arc::new(ForeignDomain::open(domid, files.memory, &files.active)?);
+        let ledger = files
+            .ledger
+            .ok_or(GrantError::Invalid("no ledger from the daemon"))?;
+        let d = Arc::new(ForeignDomain::open_with_ledger(
+            domid,
+            files.memory,
+            &files.active,
+            ledger,
+        )?);
         map.insert(domid, Arc::clone(&d));
         Ok(d)
     }

@@ -20,6 +20,7 @@
 
 pub mod active;
 mod foreign;
+pub mod ledger;
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 

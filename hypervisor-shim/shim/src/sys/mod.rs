@@ -561,7 +561,9 @@ pub fn gettid() -> u32 {
     .unwrap_or_else(|_| ask())
 }
 
-/// Whether a thread or process with id `tid` exists (`kill(tid, 0)`).
+/// Whether a thread or process with id `tid` exists and runs (`kill(tid,
+/// 0)`, then `/proc/<tid>/stat`): a zombie (a SIGKILLed process its parent
+/// has not reaped yet) counts as gone, it holds nothing any more.
 pub fn task_alive(tid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(tid) else {
         return false;
@@ -571,7 +573,22 @@ pub fn task_alive(tid: u32) -> bool {
     }
     // SAFETY: signal 0 only checks existence and permission.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    if !(r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)) {
+        return false;
+    }
+    !task_is_zombie(pid)
+}
+
+/// Whether `/proc/<tid>/stat` shows a zombie or dead task (`false` when it
+/// cannot be read).
+fn task_is_zombie(tid: libc::pid_t) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    s.rfind(')')
+        .and_then(|i| s.get(i + 1..))
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|st| st == "Z" || st == "X")
 }
 
 /// `n` random bytes from the kernel (`getrandom`).

@@ -290,6 +290,71 @@ impl Drop for Peer {
     }
 }
 
+/// A Dom0 grant-mapper process (`shim-test-peer` in Dom0 mode) driven line
+/// by line: `map DOMID REF rw`, `unmap INDEX`... (see `xen_shim::peer`).
+pub struct Mapper {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Mapper {
+    /// Starts a mapper on the daemon at `socket`.
+    pub fn spawn(socket: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shim-test-peer"))
+            .env("XEN_SHIM_SOCKET", socket)
+            .env("XEN_SHIM_PEER_DOM0", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shim-test-peer as a Dom0 mapper");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut m = Mapper {
+            child,
+            stdin,
+            stdout,
+        };
+        let first = m.read_line();
+        assert!(first.starts_with("ok attached 0"), "mapper start: {first}");
+        m
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.stdout.read_line(&mut s);
+        s.trim_end().to_string()
+    }
+
+    /// Runs one command; returns the reply line.
+    pub fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("write to the mapper");
+        self.stdin.flush().expect("flush to the mapper");
+        self.read_line()
+    }
+
+    /// Runs a command that must succeed; returns what follows `ok`.
+    pub fn ok(&mut self, c: &str) -> String {
+        let r = self.cmd(c);
+        assert!(r.starts_with("ok"), "mapper command `{c}` failed: {r}");
+        r.trim_start_matches("ok").trim().to_string()
+    }
+
+    /// SIGKILLs the mapper and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mapper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
