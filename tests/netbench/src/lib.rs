@@ -11,8 +11,14 @@
 //!    one PV guest (`xl create` with a `vif`) whose init runs the same
 //!    iperf3 clients against Dom0's server (`tcp-tx` is guest to Dom0);
 //! 3. a table and, with `--json`, one JSON line per implementation and
-//!    load: median, min and max over the repetitions, and the ratio of the
-//!    medians against `veth`.
+//!    load: median, min and max over the repetitions, the ratio of the
+//!    medians against `veth`, and the ratio of each PV sample to the veth
+//!    sample taken next to it (`paired_ratios`, and their median).
+//!
+//! The two are measured interleaved: the guest's init blocks on a FIFO
+//! before each client and the run alternates one veth sample and one PV
+//! sample (veth first in even repetitions, PV first in odd ones), so that
+//! drifts of the machine's load hit both alike.
 //!
 //! All addresses (10.78.0.0/24, 10.79.0.0/24) exist only in the
 //! namespaces the run creates; they are deleted at the end.
@@ -150,39 +156,50 @@ fn iperf_server(ns: &Netns, bind: &str) -> Result<Bg> {
     Ok(Bg::new(c))
 }
 
-/// The veth reference: `reps` samples per load.
-fn measure_veth(args: &Args, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
-    let pid = std::process::id();
-    let a = Netns::new(format!("nbva{pid}"))?;
-    let b = Netns::new(format!("nbvb{pid}"))?;
-    sh(
-        "ip",
-        &[
-            "link", "add", "nbv0", "netns", &a.name, "type", "veth", "peer", "name", "nbv1",
-            "netns", &b.name,
-        ],
-    )?;
-    a.ip(&["addr", "add", "10.78.0.1/24", "dev", "nbv0"])?;
-    b.ip(&["addr", "add", "10.78.0.2/24", "dev", "nbv1"])?;
-    a.ip(&["link", "set", "nbv0", "up"])?;
-    b.ip(&["link", "set", "nbv1", "up"])?;
-    let _srv = iperf_server(&a, "10.78.0.1")?;
-    let mut out = Vec::new();
-    for load in args.loads() {
-        let mut v = Vec::new();
-        for _ in 0..reps {
-            let o = b
-                .cmd("iperf3")
-                .args(["-c", "10.78.0.1"])
-                .args(client_args(load, args.seconds))
-                .output()
-                .context("run iperf3 -c")?;
-            v.push(parse_iperf_json(load, &String::from_utf8_lossy(&o.stdout))?);
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        out.push((load.to_owned(), v));
+/// The veth reference: two namespaces joined by a veth pair, `iperf3 -s`
+/// in the first.
+struct Veth {
+    // Field order: the server ends before its namespace goes.
+    _srv: Bg,
+    _a: Netns,
+    b: Netns,
+}
+
+impl Veth {
+    fn new() -> Result<Veth> {
+        let pid = std::process::id();
+        let a = Netns::new(format!("nbva{pid}"))?;
+        let b = Netns::new(format!("nbvb{pid}"))?;
+        sh(
+            "ip",
+            &[
+                "link", "add", "nbv0", "netns", &a.name, "type", "veth", "peer", "name", "nbv1",
+                "netns", &b.name,
+            ],
+        )?;
+        a.ip(&["addr", "add", "10.78.0.1/24", "dev", "nbv0"])?;
+        b.ip(&["addr", "add", "10.78.0.2/24", "dev", "nbv1"])?;
+        a.ip(&["link", "set", "nbv0", "up"])?;
+        b.ip(&["link", "set", "nbv1", "up"])?;
+        let srv = iperf_server(&a, "10.78.0.1")?;
+        Ok(Veth {
+            _srv: srv,
+            _a: a,
+            b,
+        })
     }
-    Ok(out)
+
+    /// One sample of `load`.
+    fn sample(&self, load: &str, seconds: u32) -> Result<f64> {
+        let o = self
+            .b
+            .cmd("iperf3")
+            .args(["-c", "10.78.0.1"])
+            .args(client_args(load, seconds))
+            .output()
+            .context("run iperf3 -c")?;
+        parse_iperf_json(load, &String::from_utf8_lossy(&o.stdout))
+    }
 }
 
 /// Starts `backendd` inside `ns` (its TAPs and bridges are there) as `xl`
@@ -346,9 +363,16 @@ exec python3 -m http.server 80 --bind 10.79.1.3 --directory {}
     Ok(rows)
 }
 
-/// The PV NIC: one guest running every load `reps` times.
-fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, Vec<f64>)>> {
+/// Samples per load of the veth pair and of the PV NIC, interleaved: the
+/// guest runs each of its iperf3 clients when the run tells it to (a line
+/// in a FIFO it blocks on), so that a veth sample and a PV sample alternate
+/// (veth first in even repetitions, PV first in odd ones) and drifts of the
+/// machine's load hit both alike.
+type Samples = Vec<(String, Vec<f64>)>;
+
+fn measure_both(args: &Args, libexec: &Path, reps: usize) -> Result<(Samples, Samples)> {
     let pid = std::process::id();
+    let veth = Veth::new()?;
     let mut host = Host::start(libexec)?;
     let dom0 = Netns::new(format!("nbd{pid}"))?;
     let br = format!("nbr{}", pid % 1_000_000);
@@ -357,19 +381,27 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
     dom0.ip(&["link", "set", &br, "up"])?;
     let _bd = start_backendd(&host, &dom0)?;
     let _srv = iperf_server(&dom0, "10.79.0.1")?;
-    let mut script = String::from("#!/bin/sh\n");
+    let dir = host.dir().to_path_buf();
+    // The guest blocks reading this FIFO (no CPU) until the run writes
+    // a line for its next sample.
+    let go = dir.join("go");
+    sh("mkfifo", &[go.to_str().context("utf-8")?])?;
+    let mut script = String::from("#!/bin/sh\necho netbench-ready\n");
+    let mut n = 0usize;
     for load in args.loads() {
         for _ in 0..reps {
             script.push_str(&format!(
-                "iperf3 -c 10.79.0.1 {} > {dir}/r.json; \
+                "read go < {dir}/go\n\
+                 iperf3 -c 10.79.0.1 {} > {dir}/r.json; \
                  python3 -c 'import sys; print(\"netbench {load}\", open(sys.argv[1]).read().replace(chr(10), \" \"))' {dir}/r.json\n\
-                 sleep 0.5\n",
+                 echo netbench-rep {n} done\n",
                 client_args(load, args.seconds).join(" "),
-                dir = host.dir().display()
+                dir = dir.display()
             ));
+            n += 1;
         }
     }
-    let init = host.dir().join("init.sh");
+    let init = dir.join("init.sh");
     std::fs::write(&init, script).context("write the init script")?;
     sh("chmod", &["0755", init.to_str().context("utf-8")?])?;
     let name = format!("netbench{pid}");
@@ -379,9 +411,46 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
          vif = [ 'mac=00:16:3e:4e:42:01, bridge={br}, ip=10.79.0.2' ]\n",
         init.display()
     );
-    let limit = Duration::from_secs(u64::from(args.seconds + 5) * (reps as u64) * 3 + 60);
-    let glog = host.run_guest(&name, &cfg, limit)?;
-    let mut out: Vec<(String, Vec<f64>)> = args
+    host.create_guest(&name, &cfg)?;
+    let fails = ["frontend-failed", "pvguest shutdown"];
+    let wait = |needle: &str, limit: Duration| -> Result<String> {
+        let (log, which) = host.wait_log_any(
+            &name,
+            &[needle, fails[0], fails[1]],
+            limit,
+            Duration::from_millis(20),
+        )?;
+        if which != 0 {
+            bail!("the guest stopped before {needle:?}; its log:\n{log}");
+        }
+        Ok(log)
+    };
+    wait("netbench-ready", Duration::from_secs(30))?;
+    let limit = Duration::from_secs(u64::from(args.seconds) * 3 + 30);
+    let mut vout: Samples = Vec::new();
+    let mut n = 0usize;
+    for load in args.loads() {
+        let mut v = Vec::new();
+        for rep in 0..reps {
+            let pv_first = rep % 2 == 1;
+            if !pv_first {
+                v.push(veth.sample(load, args.seconds)?);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            std::fs::write(&go, format!("{n}\n")).context("write the guest's trigger FIFO")?;
+            wait(&format!("netbench-rep {n} done"), limit)?;
+            std::thread::sleep(Duration::from_millis(500));
+            if pv_first {
+                v.push(veth.sample(load, args.seconds)?);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            n += 1;
+        }
+        vout.push((load.to_owned(), v));
+    }
+    let glog = host.guest_log(&name);
+    host.destroy_guests();
+    let mut out: Samples = args
         .loads()
         .iter()
         .map(|l| ((*l).to_owned(), Vec::new()))
@@ -407,7 +476,7 @@ fn measure_pv(args: &Args, libexec: &Path, reps: usize) -> Result<Vec<(String, V
             );
         }
     }
-    Ok(out)
+    Ok((vout, out))
 }
 
 /// The 1-minute load average (other work on the machine skews the figures).
@@ -450,12 +519,10 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--http-only needs --pvhvm-kernel KERNEL");
     }
     let load_start = loadavg();
-    let (veth, load_mid, pv) = if args.http_only {
-        (Vec::new(), load_start, Vec::new())
+    let (veth, pv) = if args.http_only {
+        (Vec::new(), Vec::new())
     } else {
-        let veth = measure_veth(&args, reps)?;
-        let load_mid = loadavg();
-        (veth, load_mid, measure_pv(&args, &libexec, reps)?)
+        measure_both(&args, &libexec, reps)?
     };
     let load_end = loadavg();
     let http = match &args.pvhvm_kernel {
@@ -466,7 +533,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         None => Vec::new(),
     };
-    print_iperf(&args, reps, &veth, &pv, [load_start, load_mid, load_end]);
+    print_iperf(&args, reps, &veth, &pv, [load_start, load_end]);
     print_http(&args, reps, &http);
     Ok(())
 }
@@ -508,30 +575,41 @@ fn print_iperf(
     reps: usize,
     veth: &[(String, Vec<f64>)],
     pv: &[(String, Vec<f64>)],
-    loads: [f64; 3],
+    loads: [f64; 2],
 ) {
     if veth.is_empty() {
         return;
     }
-    let [load_start, load_mid, load_end] = loads;
+    let [load_start, load_end] = loads;
     if !args.json {
         println!(
-            "load average (1 min) at start {load_start:.2}, after veth {load_mid:.2}, after pv {load_end:.2}"
+            "load average (1 min) at start {load_start:.2}, after the iperf3 runs {load_end:.2}"
         );
         println!(
-            "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8}",
-            "imp", "load", "median", "min", "max", "ratio"
+            "{:<12} {:<8} {:>14} {:>14} {:>14} {:>8} {:>8}",
+            "imp", "load", "median", "min", "max", "ratio", "paired"
         );
     }
     for (imp, rows) in [("veth", veth), ("pv-netfront", pv)] {
         for (load, v) in rows.iter() {
             let (med, min, max) = spread(v).unwrap_or((0.0, 0.0, 0.0));
-            let reference = veth
-                .iter()
-                .find(|(l, _)| l == load)
-                .and_then(|(_, r)| spread(r))
-                .map(|s| s.0);
-            let ratio = reference.filter(|&r| r > 0.0).map(|r| med / r);
+            let reference = veth.iter().find(|(l, _)| l == load).map(|(_, r)| r);
+            let ratio = reference
+                .and_then(|r| spread(r))
+                .map(|s| s.0)
+                .filter(|&r| r > 0.0)
+                .map(|r| med / r);
+            // Each sample against the veth sample taken next to it.
+            let paired: Vec<f64> = reference
+                .map(|r| {
+                    v.iter()
+                        .zip(r)
+                        .filter(|(_, &b)| b > 0.0)
+                        .map(|(a, b)| a / b)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let paired_median = spread(&paired).map(|s| s.0);
             let unit = if load == "udp64" {
                 "packets/s"
             } else {
@@ -545,13 +623,16 @@ fn print_iperf(
                         "median": med, "min": min, "max": max, "samples": v,
                         "seconds": args.seconds, "reps": reps,
                         "ratio_to_veth": ratio,
-                        "loadavg": [load_start, load_mid, load_end],
+                        "paired_ratios": paired,
+                        "paired_ratio_median": paired_median,
+                        "loadavg": [load_start, load_end],
                     })
                 );
             } else {
                 println!(
-                    "{imp:<12} {load:<8} {med:>14.4e} {min:>14.4e} {max:>14.4e} {:>8}",
-                    ratio.map_or("-".into(), |r| format!("{r:.3}"))
+                    "{imp:<12} {load:<8} {med:>14.4e} {min:>14.4e} {max:>14.4e} {:>8} {:>8}",
+                    ratio.map_or("-".into(), |r| format!("{r:.3}")),
+                    paired_median.map_or("-".into(), |r| format!("{r:.3}"))
                 );
             }
         }
