@@ -349,8 +349,87 @@ fn dom0_main() -> ExitCode {
         }
     };
     let mut maps: Vec<Option<crate::GrantMapping>> = Vec::new();
+    serve_lines(
+        &format!("ok attached 0 pid {}", std::process::id()),
+        |line| {
+            let a: Vec<&str> = line.split_whitespace().collect();
+            let idx = |i: usize| -> Result<usize, String> { num::<usize>(&a, i) };
+            let reply: Result<String, String> = (|| {
+                Ok(match a.first().copied().unwrap_or("") {
+                    "map" | "mapn" => {
+                        let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
+                        let domid: u16 = num(&a, 1)?;
+                        let refs: Vec<u32> = a
+                            .get(2)
+                            .ok_or("err 22 refs missing")?
+                            .split(',')
+                            .map(|r| r.parse().map_err(|_| "err 22 bad ref".to_string()))
+                            .collect::<Result<_, _>>()?;
+                        let rw = a.get(3) == Some(&"rw");
+                        let m = if a[0] == "map" {
+                            g.map_grant_ref(domid, refs[0], rw)
+                        } else {
+                            g.map_grant_refs(domid, &refs, rw)
+                        }
+                        .map_err(gr)?;
+                        maps.push(Some(m));
+                        format!("ok {}", maps.len() - 1)
+                    }
+                    "pin_halfway" => {
+                        let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
+                        let d = g.domain(num(&a, 1)?).map_err(gr)?;
+                        d.pin_halfway_for_tests(num(&a, 2)?, 0, a.get(3) == Some(&"rw"))
+                            .map_err(gr)?;
+                        "ok".into()
+                    }
+                    "unmap" => {
+                        let m = maps
+                            .get_mut(idx(1)?)
+                            .and_then(Option::take)
+                            .ok_or("err 22 no such mapping")?;
+                        m.unmap().map_err(gr)?;
+                        "ok".into()
+                    }
+                    "write" => {
+                        let m = maps
+                            .get(idx(1)?)
+                            .and_then(Option::as_ref)
+                            .ok_or("err 22 no such mapping")?;
+                        let data =
+                            unhex(a.get(3).copied().unwrap_or("")).ok_or("err 22 bad hex")?;
+                        m.write(num(&a, 2)?, &data)
+                            .map_err(|e| format!("err 22 {e}"))?;
+                        "ok".into()
+                    }
+                    "read" => {
+                        let m = maps
+                            .get(idx(1)?)
+                            .and_then(Option::as_ref)
+                            .ok_or("err 22 no such mapping")?;
+                        let mut buf = vec![0u8; num::<usize>(&a, 3)?.min(1 << 20)];
+                        m.read(num(&a, 2)?, &mut buf)
+                            .map_err(|e| format!("err 22 {e}"))?;
+                        format!("ok {}", hex(&buf))
+                    }
+                    "close_gntdev" => {
+                        gntdev = None;
+                        "ok".into()
+                    }
+                    "exit" => return Err("exit".into()),
+                    "" => "ok".into(),
+                    other => format!("err 22 unknown command {other}"),
+                })
+            })();
+            reply
+        },
+    )
+}
+
+/// Writes `greeting`, then answers each line of stdin with `exec`'s reply
+/// until stdin ends or `exec` returns `Err("exit")` ("ok bye").
+fn serve_lines(greeting: &str, mut exec: impl FnMut(&str) -> Result<String, String>) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "ok attached 0 pid {}", std::process::id())
+    if writeln!(out, "{greeting}")
         .and_then(|_| out.flush())
         .is_err()
     {
@@ -360,74 +439,7 @@ fn dom0_main() -> ExitCode {
         let Ok(line) = line else {
             break;
         };
-        let a: Vec<&str> = line.split_whitespace().collect();
-        let idx = |i: usize| -> Result<usize, String> { num::<usize>(&a, i) };
-        let reply: Result<String, String> = (|| {
-            Ok(match a.first().copied().unwrap_or("") {
-                "map" | "mapn" => {
-                    let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
-                    let domid: u16 = num(&a, 1)?;
-                    let refs: Vec<u32> = a
-                        .get(2)
-                        .ok_or("err 22 refs missing")?
-                        .split(',')
-                        .map(|r| r.parse().map_err(|_| "err 22 bad ref".to_string()))
-                        .collect::<Result<_, _>>()?;
-                    let rw = a.get(3) == Some(&"rw");
-                    let m = if a[0] == "map" {
-                        g.map_grant_ref(domid, refs[0], rw)
-                    } else {
-                        g.map_grant_refs(domid, &refs, rw)
-                    }
-                    .map_err(gr)?;
-                    maps.push(Some(m));
-                    format!("ok {}", maps.len() - 1)
-                }
-                "pin_halfway" => {
-                    let g = gntdev.as_ref().ok_or("err 9 gntdev closed")?;
-                    let d = g.domain(num(&a, 1)?).map_err(gr)?;
-                    d.pin_halfway_for_tests(num(&a, 2)?, 0, a.get(3) == Some(&"rw"))
-                        .map_err(gr)?;
-                    "ok".into()
-                }
-                "unmap" => {
-                    let m = maps
-                        .get_mut(idx(1)?)
-                        .and_then(Option::take)
-                        .ok_or("err 22 no such mapping")?;
-                    m.unmap().map_err(gr)?;
-                    "ok".into()
-                }
-                "write" => {
-                    let m = maps
-                        .get(idx(1)?)
-                        .and_then(Option::as_ref)
-                        .ok_or("err 22 no such mapping")?;
-                    let data = unhex(a.get(3).copied().unwrap_or("")).ok_or("err 22 bad hex")?;
-                    m.write(num(&a, 2)?, &data)
-                        .map_err(|e| format!("err 22 {e}"))?;
-                    "ok".into()
-                }
-                "read" => {
-                    let m = maps
-                        .get(idx(1)?)
-                        .and_then(Option::as_ref)
-                        .ok_or("err 22 no such mapping")?;
-                    let mut buf = vec![0u8; num::<usize>(&a, 3)?.min(1 << 20)];
-                    m.read(num(&a, 2)?, &mut buf)
-                        .map_err(|e| format!("err 22 {e}"))?;
-                    format!("ok {}", hex(&buf))
-                }
-                "close_gntdev" => {
-                    gntdev = None;
-                    "ok".into()
-                }
-                "exit" => return Err("exit".into()),
-                "" => "ok".into(),
-                other => format!("err 22 unknown command {other}"),
-            })
-        })();
-        let reply = match reply {
+        let reply = match exec(&line) {
             Ok(r) => r,
             Err(e) if e == "exit" => {
                 let _ = writeln!(out, "ok bye");
@@ -455,30 +467,7 @@ pub fn main_from_env() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "ok attached {}", hv.domid())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
-        return ExitCode::FAILURE;
-    }
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else {
-            break;
-        };
-        let reply = match exec(&hv, &line) {
-            Ok(r) => r,
-            Err(e) if e == "exit" => {
-                let _ = writeln!(out, "ok bye");
-                let _ = out.flush();
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => e,
-        };
-        if writeln!(out, "{reply}").and_then(|_| out.flush()).is_err() {
-            break;
-        }
-    }
-    ExitCode::SUCCESS
+    serve_lines(&format!("ok attached {}", hv.domid()), |line| {
+        exec(&hv, line)
+    })
 }

@@ -9,12 +9,11 @@ use std::process::Command;
 /// Builds `xl`, `backendd` and `xen-pvguest` next to `netbench` (same
 /// target dir and profile) and returns that directory.
 fn libexec() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_netbench"));
-    let profile = me.parent().expect("<target>/<profile>");
-    let mut bins = xen_testhost::DOM0_BINARIES.to_vec();
-    bins.push(("xen-pvguest", "xen-pvguest"));
-    xen_testhost::build_binaries(profile, Path::new(env!("CARGO_MANIFEST_DIR")), &bins)
-        .expect("build the binaries")
+    xen_testhost::build_pv_binaries_next_to(
+        Path::new(env!("CARGO_BIN_EXE_netbench")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+    .expect("build the binaries")
 }
 
 #[test]

@@ -316,6 +316,17 @@ pub fn build_binaries(
 /// `xl` and `backendd`, which every Dom0 needs.
 pub const DOM0_BINARIES: [(&str, &str); 2] = [("xen-xl", "xl"), ("xen-backendd", "backendd")];
 
+/// Builds `xl`, `backendd` and `xen-pvguest` next to the binary `exe` (a
+/// benchmark's `CARGO_BIN_EXE_...`: same target dir and profile) from the
+/// workspace at `workspace`; returns that directory (a benchmark's
+/// `--libexec`).
+pub fn build_pv_binaries_next_to(exe: &Path, workspace: &Path) -> Result<PathBuf> {
+    let profile = exe.parent().context("<target>/<profile>")?;
+    let mut bins = DOM0_BINARIES.to_vec();
+    bins.push(("xen-pvguest", "xen-pvguest"));
+    build_binaries(profile, workspace, &bins)
+}
+
 /// Fails unless `tool` is on the PATH, naming Debian's `package`.
 pub fn need(tool: &str, package: &str) -> Result<()> {
     let ok = Command::new("sh")

@@ -97,18 +97,11 @@ impl ActiveTable {
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= self.region.len() && off % 4 == 0);
-        // SAFETY: header and entry offsets used here are 4-aligned and inside
-        // the mapping (header fields are constants below 4096; entry offsets
-        // are checked against max_entries by `entry`), valid while `self`
-        // lives, and the file is only ever accessed atomically.
-        unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(off).cast()) }
+        self.region.atomic_u32(off)
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off + 8 <= self.region.len() && off % 8 == 0);
-        // SAFETY: as in `u32_at`, 8-aligned.
-        unsafe { AtomicU64::from_ptr(self.region.as_ptr().add(off).cast()) }
+        self.region.atomic_u64(off)
     }
 
     /// The domain's layout as recorded in the header.

@@ -95,17 +95,11 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
 
 impl Ledger {
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= self.region.len() && off % 4 == 0);
-        // SAFETY: 4-aligned, inside the mapping (header constants below 4096,
-        // entries checked against max_entries), valid while `self` lives; the
-        // file is only accessed atomically.
-        unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(off).cast()) }
+        self.region.atomic_u32(off)
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off + 8 <= self.region.len() && off % 8 == 0);
-        // SAFETY: as in `u32_at`, 8-aligned.
-        unsafe { AtomicU64::from_ptr(self.region.as_ptr().add(off).cast()) }
+        self.region.atomic_u64(off)
     }
 
     /// Creates a ledger at `path` (exclusively) for `owner`, sized for

@@ -85,6 +85,25 @@ impl MappedRegion {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The 32-bit word at byte `off`, for files whose words every party
+    /// (processes included) only ever accesses atomically (the active-grant
+    /// and ledger files). Panics if the word is misaligned or outside the
+    /// region.
+    pub(crate) fn atomic_u32(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|e| e <= self.len));
+        // SAFETY: 4-aligned and inside the mapping (checked above; the mapping
+        // is page-aligned), valid while `self` lives; the file's words are only
+        // accessed atomically.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(self.as_ptr().add(off).cast()) }
+    }
+
+    /// The 64-bit word at byte `off`; as [`Self::atomic_u32`], 8-aligned.
+    pub(crate) fn atomic_u64(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(off % 8 == 0 && off.checked_add(8).is_some_and(|e| e <= self.len));
+        // SAFETY: as in `atomic_u32`, 8-aligned.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.as_ptr().add(off).cast()) }
+    }
 }
 
 impl Drop for MappedRegion {
