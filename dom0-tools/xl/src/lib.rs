@@ -5,8 +5,9 @@
 //!   `xen-vbd-interface(7)`) and [`vif`] (`xl-network-configuration(5)`);
 //! - [`xsplan`]: the xenstore nodes and permissions libxl writes for a PV
 //!   domain and its vbds, as a pure plan;
-//! - [`toolstack`]: the verbs (`create`, `list`, `destroy`, `block-list`)
-//!   over the shim's `dom0::Control` and `xenstore-client`;
+//! - [`toolstack`]: the verbs (`create`, `list`, `destroy`, `pause`,
+//!   `unpause`, `shutdown`/`reboot`, `block-list`) over the shim's
+//!   `dom0::Control` and `xenstore-client`;
 //! - [`console`]: `xl console` (the pty consback publishes, raw mode,
 //!   `Ctrl-]` detaches);
 //! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,

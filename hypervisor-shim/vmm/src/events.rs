@@ -4,7 +4,8 @@
 //! them with no exit. A vCPU blocked in `SCHEDOP_poll` (in the VMM) waits on
 //! a condition variable that the thread signals after each delivery. A
 //! shutdown request from the toolstack (the shim already marked the domain
-//! shut down) ends the VMM process; when the shim daemon restarts, the thread
+//! shut down) ends the thread with that reason, handed to the main thread,
+//! which ends the VMM process; when the shim daemon restarts, the thread
 //! reattaches the domain to the new one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,12 +44,20 @@ impl EventLoop {
         })
     }
 
-    /// Starts the event thread.
-    pub fn spawn(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the event thread; when the toolstack shuts the domain down,
+    /// the thread calls `on_shutdown` with the `SHUTDOWN_*` reason and ends.
+    pub fn spawn(
+        self: &Arc<Self>,
+        on_shutdown: impl FnOnce(u32) + Send + 'static,
+    ) -> std::io::Result<JoinHandle<()>> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("xen-vmm-events".into())
-            .spawn(move || me.run())
+            .spawn(move || {
+                if let Some(reason) = me.run() {
+                    on_shutdown(reason);
+                }
+            })
     }
 
     /// Stops the thread (it exits within one slice).
@@ -66,7 +75,9 @@ impl EventLoop {
         self.cv.notify_all();
     }
 
-    fn run(&self) {
+    /// Delivers events until [`EventLoop::stop`] (`None`) or until the
+    /// toolstack shuts the domain down (`Some`, its `SHUTDOWN_*` reason).
+    fn run(&self) -> Option<u32> {
         let mut failures = 0u32;
         while !self.stop.load(Ordering::SeqCst) {
             match self.hv.wait_events(Some(SLICE)) {
@@ -88,7 +99,7 @@ impl EventLoop {
                             let mut out = std::io::stdout().lock();
                             let _ = std::io::Write::write_all(&mut out, msg.as_bytes());
                             let _ = std::io::Write::flush(&mut out);
-                            std::process::exit(0);
+                            return Some(reason.code());
                         }
                     }
                     let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,6 +115,7 @@ impl EventLoop {
                 }
             }
         }
+        None
     }
 
     /// The shim daemon went away (restarted): the data path keeps running on

@@ -17,6 +17,8 @@
 //!     watchdog thread: SCHEDOP_watchdog timers; on expiry the domain is shut
 //!                   down (SHUTDOWN_watchdog) and the vCPU threads are
 //!                   signalled out of KVM_RUN (a guest spinning at CPL3 never exits)
+//!     main thread:  waits for the thread that ends the run to hand it the
+//!                   outcome; only `main` exits the process
 //! ```
 //!
 //! The guest ABI (entry state, gate registers, ports) is documented in

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
@@ -71,6 +71,45 @@ enum Gate {
     Stop(Outcome),
     /// A secondary vCPU went down.
     Down,
+}
+
+/// What the thread that ends the run hands to the main thread
+/// ([`Vmm::run`]), the only one that returns (and so ends the process).
+enum Exit {
+    /// The run is over: the domain's outcome (already reported to the shim,
+    /// or shut down by the toolstack), or the error that ended the VMM.
+    Ended(Result<Outcome, VmmError>),
+    /// vCPU 0's thread panicked: the panic goes on in the main thread.
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// A vCPU thread's entry in [`Vmm::vcpu_threads`], removed on drop.
+struct VcpuThread<'a> {
+    vmm: &'a Vmm,
+    me: libc::pthread_t,
+}
+
+impl Drop for VcpuThread<'_> {
+    fn drop(&mut self) {
+        let mut t = self
+            .vmm
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        t.retain(|&x| x != self.me);
+    }
+}
+
+/// Starts a named thread of the VMM.
+fn spawn(name: &str, what: &str, f: impl FnOnce() + Send + 'static) -> Result<(), VmmError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|source| VmmError::Io {
+            what: what.into(),
+            source,
+        })
 }
 
 /// Where a secondary vCPU starts: `(rip, rsp, rdi)`.
@@ -241,54 +280,102 @@ impl Vmm {
         Ok((me, fds))
     }
 
-    /// Runs the domain to its end: the event thread, vCPU 0 on this thread
-    /// and one thread per secondary vCPU (parked until the guest brings it
-    /// up with `VMMOP_vcpu_up`); the first vCPU to end the domain
-    /// (`SCHEDOP_shutdown`, a crash) reports it to the shim. A secondary
-    /// vCPU that ends it also ends this process.
+    /// Runs the domain to its end: the event thread, the watchdog thread,
+    /// one thread per vCPU (the secondary ones parked until the guest brings
+    /// them up with `VMMOP_vcpu_up`); the first vCPU to end the domain
+    /// (`SCHEDOP_shutdown`, a crash) reports it to the shim. Whichever
+    /// thread ends the run (a vCPU, the toolstack's shutdown seen by the
+    /// event thread, a watchdog whose vCPUs do not stop) hands its [`Exit`]
+    /// to this thread, which returns it: only `main` ends the process.
     pub fn run(self: &Arc<Self>, mut vcpus: Vec<VcpuFd>) -> Result<Outcome, VmmError> {
-        let ev = self.events.spawn().map_err(|source| VmmError::Io {
-            what: "start the event thread".into(),
-            source,
-        })?;
-        {
+        let (tx, rx) = mpsc::channel::<Exit>();
+        let ev = {
             let me = Arc::clone(self);
-            std::thread::Builder::new()
-                .name("xen-vmm-watchdog".into())
-                .spawn(move || {
-                    if let Some(id) = me.watchdogs.wait_expiry() {
-                        me.watchdog_fired(id);
-                    }
+            let tx = tx.clone();
+            self.events
+                .spawn(move |reason| {
+                    // The shim already shut the domain down: nothing to report.
+                    me.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = tx.send(Exit::Ended(Ok(Outcome::Shutdown(reason))));
                 })
                 .map_err(|source| VmmError::Io {
-                    what: "start the watchdog thread".into(),
+                    what: "start the event thread".into(),
                     source,
-                })?;
-        }
-        self.register_vcpu_thread();
-        for (i, v) in vcpus.drain(1..).enumerate() {
+                })?
+        };
+        let me = Arc::clone(self);
+        let watchdog_tx = tx.clone();
+        spawn("xen-vmm-watchdog", "start the watchdog thread", move || {
+            if let Some(id) = me.watchdogs.wait_expiry() {
+                if let Some(o) = me.watchdog_fired(id) {
+                    let _ = watchdog_tx.send(Exit::Ended(Ok(o)));
+                }
+            }
+        })?;
+        let first = (!vcpus.is_empty()).then(|| vcpus.remove(0));
+        for (i, v) in vcpus.into_iter().enumerate() {
             let me = Arc::clone(self);
-            std::thread::Builder::new()
-                .name(format!("xen-vmm-vcpu{}", i + 1))
-                .spawn(move || me.ap_thread(i, v))
-                .map_err(|source| VmmError::Io {
-                    what: "start a vCPU thread".into(),
-                    source,
-                })?;
+            let tx = tx.clone();
+            spawn(
+                &format!("xen-vmm-vcpu{}", i + 1),
+                "start a vCPU thread",
+                move || {
+                    if let Some(o) = me.ap_thread(i, v) {
+                        let _ = tx.send(Exit::Ended(Ok(o)));
+                    }
+                },
+            )?;
         }
-        let outcome = match vcpus.first_mut() {
-            Some(v) => loop {
-                match self.vcpu_loop(v, 0) {
+        match first {
+            Some(v) => {
+                let me = Arc::clone(self);
+                spawn("xen-vmm-vcpu0", "start a vCPU thread", move || {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        me.boot_vcpu_thread(v)
+                    }));
+                    let _ = tx.send(match r {
+                        Ok(r) => Exit::Ended(r),
+                        Err(panic) => Exit::Panicked(panic),
+                    });
+                })?;
+            }
+            None => {
+                drop(tx);
+                let outcome = Outcome::Crashed("no vCPU".into());
+                self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.report(&outcome)?;
+                self.events.stop();
+                let _ = ev.join();
+                return Ok(outcome);
+            }
+        }
+        // vCPU 0's thread always sends (its panic included), so this returns.
+        let exit = rx.recv();
+        self.events.stop();
+        let _ = ev.join();
+        match exit {
+            Ok(Exit::Ended(r)) => r,
+            Ok(Exit::Panicked(panic)) => std::panic::resume_unwind(panic),
+            Err(mpsc::RecvError) => Ok(Outcome::Crashed(
+                "every VMM thread ended without an outcome".into(),
+            )),
+        }
+    }
+
+    /// vCPU 0's thread: runs it until it ends the domain (or the domain is
+    /// ended from outside), then reports the end to the shim.
+    fn boot_vcpu_thread(&self, mut v: VcpuFd) -> Result<Outcome, VmmError> {
+        let outcome = {
+            let _registered = self.register_vcpu_thread();
+            loop {
+                match self.vcpu_loop(&mut v, 0) {
                     Some(o) => break o,
                     None => continue, // vCPU 0 cannot go down
                 }
-            },
-            None => Outcome::Crashed("no vCPU".into()),
+            }
         };
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         self.report(&outcome)?;
-        self.events.stop();
-        let _ = ev.join();
         Ok(outcome)
     }
 
@@ -310,13 +397,15 @@ impl Vmm {
         Ok(())
     }
 
-    /// Records the calling thread as one that runs a vCPU.
-    fn register_vcpu_thread(&self) {
+    /// Records the calling thread as one that runs a vCPU, until the
+    /// returned guard drops (before the thread ends, unwinding included).
+    fn register_vcpu_thread(&self) -> VcpuThread<'_> {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         if let Ok(mut t) = self.vcpu_threads.lock() {
             t.push(me);
         }
+        VcpuThread { vmm: self, me }
     }
 
     fn stopping(&self) -> Option<u32> {
@@ -331,10 +420,11 @@ impl Vmm {
     /// `xl list` see it); then every vCPU is stopped, even one spinning at
     /// CPL3 that never exits: its thread is signalled until `KVM_RUN`
     /// returns `EINTR` (again every 10 ms, in case a signal lands just
-    /// before the thread enters `KVM_RUN`).
-    fn watchdog_fired(&self, id: u32) {
+    /// before the thread enters `KVM_RUN`). Returns the outcome that ends
+    /// the VMM when the vCPUs did not stop within 5 s (else vCPU 0 ends it).
+    fn watchdog_fired(&self, id: u32) -> Option<Outcome> {
         if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+            return None;
         }
         console(
             format!(
@@ -354,25 +444,27 @@ impl Vmm {
             if let Ok(threads) = self.vcpu_threads.lock() {
                 for &t in threads.iter() {
                     // SAFETY: `t` is a live thread of this process: a vCPU
-                    // thread removes itself from the list (under this lock)
-                    // before it ends, and vCPU 0's is the main thread,
-                    // alive until `done`. The signal's handler does nothing.
+                    // thread removes itself from the list (under this lock,
+                    // `VcpuThread`'s drop) before it ends. The signal's
+                    // handler does nothing.
                     unsafe { libc::pthread_kill(t, kick_signal()) };
                 }
             }
             if t0.elapsed() > Duration::from_secs(5) {
                 console(b"xen-vmm: the vCPUs did not stop within 5 s; exiting\n");
-                std::process::exit(0);
+                return Some(Outcome::Shutdown(SHUTDOWN_watchdog));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        None
     }
 
-    fn ap_thread(&self, idx: usize, mut v: VcpuFd) {
-        let Some(slot) = self.aps.get(idx) else {
-            return;
-        };
-        self.register_vcpu_thread();
+    /// A secondary vCPU's thread: runs it each time the guest brings it up,
+    /// until it ends the domain (`Some`, reported to the shim) or the
+    /// domain is ended from outside (`None`: vCPU 0 ends the VMM).
+    fn ap_thread(&self, idx: usize, mut v: VcpuFd) -> Option<Outcome> {
+        let slot = self.aps.get(idx)?;
+        let _registered = self.register_vcpu_thread();
         loop {
             let start = {
                 let mut g = slot.start.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,21 +493,10 @@ impl Vmm {
             match outcome {
                 None => slot.up.store(false, std::sync::atomic::Ordering::SeqCst),
                 // Stopped from outside: vCPU 0 ends the VMM.
-                Some(_) if self.stopping().is_some() => {
-                    // SAFETY: pthread_self has no preconditions.
-                    let me = unsafe { libc::pthread_self() };
-                    if let Ok(mut t) = self.vcpu_threads.lock() {
-                        t.retain(|&x| x != me);
-                    }
-                    return;
-                }
+                Some(_) if self.stopping().is_some() => return None,
                 Some(o) => {
-                    let code = match &o {
-                        Outcome::Shutdown(_) => 0,
-                        Outcome::Crashed(_) => 1,
-                    };
                     let _ = self.report(&o);
-                    std::process::exit(code);
+                    return Some(o);
                 }
             }
         }

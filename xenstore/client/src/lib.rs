@@ -1,5 +1,5 @@
-//! Xenstore client library, the `xenstore` command and the `xsbench`
-//! benchmark.
+//! Xenstore client library, for Dom0 daemons and tools (the `xenstore`
+//! command is the `xenstore-cli` crate, the benchmark `tests/xsbench`).
 //!
 //! - [`Client`]: a blocking connection usable from many threads, with watch
 //!   events demultiplexed from replies ([`Client::watch_events`]),
@@ -26,8 +26,6 @@
 //! # Ok::<(), xenstore_client::XsClientError>(())
 //! ```
 
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod discovery;
 pub mod error;

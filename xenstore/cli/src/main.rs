@@ -1,7 +1,7 @@
 //! `xenstore`: Xen's xenstore command-line verbs (see `xenstore --help`).
 
 fn main() {
-    let code = xenstore_client::cli::run(
+    let code = xenstore_cli::run(
         std::env::args_os().collect(),
         &mut std::io::stdout(),
         &mut std::io::stderr(),

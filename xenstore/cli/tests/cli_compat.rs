@@ -6,6 +6,8 @@
 //! the expected listings hold whether a daemon keeps insertion order (as C
 //! xenstored does) or sorts.
 
+// The daemon fixture of xenstore-client's compatibility tests, shared.
+#[path = "../../client/tests/common/mod.rs"]
 mod common;
 
 use std::io::Read;

@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let args = xenstore_client::bench::Args::parse();
-    xenstore_client::bench::run(&args)?;
+    let args = xsbench::Args::parse();
+    xsbench::run(&args)?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use xenstore_wire::{Decoder, MsgType, Request};
 
-use super::{io_err, Result, XsBenchError};
+use crate::{io_err, Result, XsBenchError};
 
 /// What one load run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,7 +163,7 @@ mod tests {
     fn test_load_against_null_server_counts_every_request() {
         let dir = std::env::temp_dir().join(format!("xsbench-load-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let s = super::super::null::NullServer::start(&dir).expect("null server");
+        let s = crate::null::NullServer::start(&dir).expect("null server");
         let r = run_load(s.socket(), 2, 8, 50).expect("load runs");
         assert_eq!(r.requests, 2 * 2 * 50);
         assert!(r.per_second() > 0.0);

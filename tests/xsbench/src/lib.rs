@@ -46,9 +46,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 
-use crate::client::Client;
-use crate::ops::XsOps;
-use crate::request::{encode, Request};
+use xenstore_client::request::{encode, Request};
+use xenstore_client::{Client, XsClientError, XsOps};
 
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +92,7 @@ pub enum XsBenchError {
         what: String,
         /// The error.
         #[source]
-        source: crate::error::XsClientError,
+        source: XsClientError,
     },
 }
 
@@ -104,7 +103,7 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| XsBenchError::Io { what, source }
 }
 
-fn xs_err(what: impl Into<String>) -> impl FnOnce(crate::error::XsClientError) -> XsBenchError {
+fn xs_err(what: impl Into<String>) -> impl FnOnce(XsClientError) -> XsBenchError {
     let what = what.into();
     move |source| XsBenchError::Client { what, source }
 }

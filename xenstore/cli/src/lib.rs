@@ -10,10 +10,8 @@ use std::io::Write;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::Client;
-use crate::error::XsClientError;
-use crate::ops::XsOps;
 use sanitise::{sanitise, unsanitise};
+use xenstore_client::{Client, XsClientError, XsOps};
 use xenstore_wire::{Perm, PERM_BOTH, PERM_NONE, PERM_READ, PERM_WRITE};
 
 /// How often a command's transaction is retried on `EAGAIN`.

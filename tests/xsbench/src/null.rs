@@ -258,8 +258,8 @@ mod tests {
     fn test_null_server_write_then_read_returns_value() {
         let dir = tempfile_dir();
         let s = NullServer::start(&dir).expect("starts");
-        let c = crate::client::Client::connect_path(s.socket()).expect("connects");
-        use crate::ops::XsOps;
+        let c = xenstore_client::Client::connect_path(s.socket()).expect("connects");
+        use xenstore_client::XsOps;
         c.write("/a", "v1").expect("write");
         assert_eq!(c.read("/a").expect("read"), b"v1");
         assert!(c.read("/missing").is_err());
