@@ -13,12 +13,11 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::io::xenbus::XenbusState;
-use xen_abi::xen::{domid_t, DOMID_FIRST_RESERVED};
 use xen_front_platform::{
-    xs_read_string, Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent, PAGE_SIZE,
-    XBT_NIL,
+    xs_read_string, Platform, PlatformError, SharedPages, XsWatchEvent, PAGE_SIZE, XBT_NIL,
 };
 use xen_ring::{FrontRing, SharedRing};
+use xen_xenbus::{FrontendDevice, NodeWriter};
 
 use crate::error::{FailReason, NetfrontError};
 use crate::request::{
@@ -26,8 +25,6 @@ use crate::request::{
     TxRspSlot, TxSlot, MAX_EXTRAS, MAX_SLOTS,
 };
 
-/// Attempts at a xenstore transaction that keeps conflicting (`EAGAIN`).
-const XS_TX_ATTEMPTS: usize = 16;
 /// Most queues used.
 pub const MAX_QUEUES: u32 = 8;
 /// Largest frame sent or received (a 64 KiB GSO train with its headers).
@@ -187,10 +184,8 @@ pub struct NetFront<'p, P: Platform + ?Sized> {
     p: &'p P,
     cfg: NetfrontConfig,
     devid: u32,
-    node: String,
-    backend: String,
-    backend_id: domid_t,
-    token: String,
+    /// `device/vif/<devid>`, the backend, the watch token.
+    xb: FrontendDevice,
     mac: [u8; 6],
     mtu: u32,
     state: FrontState,
@@ -246,40 +241,21 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     pub fn new(p: &'p P, devid: u32, cfg: NetfrontConfig) -> Result<Self, NetfrontError> {
         let node = format!("device/vif/{devid}");
         let no_backend = NetfrontError::NoBackend { devid };
-        let backend = xs_read_string(p, XBT_NIL, &format!("{node}/backend"))
+        let xb = FrontendDevice::open(p, node.clone(), format!("netfront/{devid}"))
             .map_err(|_| no_backend.clone())?;
-        let backend = String::from(backend.trim_end_matches('\0'));
-        let backend_ok = backend.starts_with('/')
-            && backend.len() > 1
-            && !backend.ends_with('/')
-            && backend
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/_-@.".contains(&b));
-        let backend_id = xs_read_string(p, XBT_NIL, &format!("{node}/backend-id"))
-            .ok()
-            .and_then(|s| s.trim_end_matches('\0').trim().parse::<u64>().ok())
-            .and_then(|v| domid_t::try_from(v).ok())
-            .filter(|&d| d < DOMID_FIRST_RESERVED);
         let mac = xs_read_string(p, XBT_NIL, &format!("{node}/mac"))
             .ok()
             .and_then(|m| parse_mac(&m))
-            .filter(|m| m[0] & 1 == 0);
-        let (true, Some(backend_id), Some(mac)) = (backend_ok, backend_id, mac) else {
-            return Err(no_backend);
-        };
-        let token = format!("netfront/{devid}");
-        p.xs_watch(&format!("{backend}/state"), &token)
-            .map_err(plat)?;
+            .filter(|m| m[0] & 1 == 0)
+            .ok_or(no_backend)?;
+        xb.watch(p).map_err(plat)?;
         let mut cfg = cfg;
         cfg.max_queues = cfg.max_queues.clamp(1, MAX_QUEUES);
         Ok(NetFront {
             p,
             cfg,
             devid,
-            node,
-            backend,
-            backend_id,
-            token,
+            xb,
             mac,
             mtu: 1500,
             state: FrontState::WaitBackend,
@@ -319,12 +295,12 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
 
     /// The watch token this device answers to.
     pub fn watch_token(&self) -> &str {
-        &self.token
+        self.xb.token()
     }
 
     /// The backend's directory.
     pub fn backend_path(&self) -> &str {
-        &self.backend
+        self.xb.backend()
     }
 
     /// Where the handshake is.
@@ -390,7 +366,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
 
     /// Handles a fired watch: `Ok(false)` if it is not this device's.
     pub fn handle_watch(&mut self, ev: &XsWatchEvent) -> Result<bool, NetfrontError> {
-        if ev.token != self.token {
+        if ev.token != self.xb.token() {
             return Ok(false);
         }
         self.backend_changed()?;
@@ -406,19 +382,8 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         if let Some(f) = &self.failure {
             return Err(NetfrontError::Failed(f.clone()));
         }
-        let be = match self.p.xs_read(XBT_NIL, &format!("{}/state", self.backend)) {
-            Ok(v) => {
-                let v: &[u8] = match v.iter().position(|&b| b == 0) {
-                    Some(i) => &v[..i],
-                    None => &v,
-                };
-                match XenbusState::parse_bytes(v) {
-                    Ok(s) => s,
-                    Err(_) => return Ok(()),
-                }
-            }
-            Err(e) if e.is_xs_enoent() => XenbusState::Closed,
-            Err(e) => return Err(plat(e)),
+        let Some(be) = self.xb.backend_state(self.p).map_err(plat)? else {
+            return Ok(());
         };
         self.backend_state = Some(be);
         match (be, self.state) {
@@ -450,19 +415,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         }
     }
 
+    /// Writes our `state` (in a transaction), unless the toolstack removed
+    /// the node.
     fn switch_state(&self, s: XenbusState) -> Result<(), PlatformError> {
-        let path = format!("{}/state", self.node);
-        match self.p.xs_read(XBT_NIL, &path) {
-            Ok(_) => {}
-            Err(e) if e.is_xs_enoent() => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        self.p
-            .xs_write(XBT_NIL, &path, s.as_xenstore_str().as_bytes())
+        self.xb.switch_state(self.p, s)
     }
 
     fn read_backend(&self, key: &str) -> Option<String> {
-        xs_read_string(self.p, XBT_NIL, &format!("{}/{key}", self.backend)).ok()
+        self.xb.read_backend(self.p, key)
     }
 
     fn offer(&mut self) -> Result<(), NetfrontError> {
@@ -519,7 +479,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             let gfn = pages.gfn(i).ok_or(PlatformError::UnknownPages {
                 gfn: pages.first_gfn(),
             })?;
-            out.push(self.p.grant_access(self.backend_id, gfn, readonly)?);
+            out.push(self.p.grant_access(self.xb.backend_id(), gfn, readonly)?);
         }
         Ok(())
     }
@@ -548,10 +508,10 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                 grefs.push(g);
                 r?;
             }
-            let port_tx = p.evtchn_alloc_unbound(self.backend_id)?;
+            let port_tx = p.evtchn_alloc_unbound(self.xb.backend_id())?;
             ports.push(port_tx);
             if split {
-                ports.push(p.evtchn_alloc_unbound(self.backend_id)?);
+                ports.push(p.evtchn_alloc_unbound(self.xb.backend_id())?);
             }
             Ok(())
         })();
@@ -624,91 +584,53 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         FrontRing::init(mem).map_err(|_| bad())
     }
 
+    /// Writes the transport nodes (Linux's `talk_to_netback`) in one
+    /// transaction, retried while it conflicts (bounded).
     fn write_transport(&self) -> Result<(), PlatformError> {
-        let mut last = PlatformError::Xenstore {
-            errno: xen_front_platform::EAGAIN,
-        };
-        for _ in 0..XS_TX_ATTEMPTS {
-            let tx = self.p.xs_transaction_start()?;
-            if let Err(e) = self.write_transport_in(tx) {
-                let _ = self.p.xs_transaction_end(tx, false);
-                return Err(e);
-            }
-            match self.p.xs_transaction_end(tx, true) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_xs_eagain() => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        self.xb.write_nodes(self.p, |w| self.write_transport_in(w))
     }
 
-    fn write_transport_in(&self, tx: XsTransaction) -> Result<(), PlatformError> {
-        let p = self.p;
-        let n = &self.node;
-        let w = |k: &str, v: &str| p.xs_write(tx, &format!("{n}/{k}"), v.as_bytes());
-        let mut stale = vec![
-            String::from(keys::TX_RING_REF),
-            String::from(keys::RX_RING_REF),
-            String::from(keys::EVENT_CHANNEL),
-            String::from(keys::EVENT_CHANNEL_TX),
-            String::from(keys::EVENT_CHANNEL_RX),
-            String::from(keys::MULTI_QUEUE_NUM_QUEUES),
-        ];
-        for i in 0..MAX_QUEUES {
-            stale.push(format!("{}{i}", keys::QUEUE_PREFIX));
+    fn write_transport_in(&self, w: &NodeWriter<'_, P>) -> Result<(), PlatformError> {
+        // Remove what an earlier connection may have left.
+        for k in [
+            keys::TX_RING_REF,
+            keys::RX_RING_REF,
+            keys::EVENT_CHANNEL,
+            keys::EVENT_CHANNEL_TX,
+            keys::EVENT_CHANNEL_RX,
+            keys::MULTI_QUEUE_NUM_QUEUES,
+        ] {
+            w.remove(k)?;
         }
-        for k in &stale {
-            match p.xs_rm(tx, &format!("{n}/{k}")) {
-                Ok(()) => {}
-                Err(e) if e.is_xs_enoent() => {}
-                Err(e) => return Err(e),
-            }
+        for i in 0..MAX_QUEUES {
+            w.remove(&format!("{}{i}", keys::QUEUE_PREFIX))?;
         }
         let write_queue = |prefix: &str, q: &Queue| -> Result<(), PlatformError> {
-            w(
-                &format!("{prefix}{}", keys::TX_RING_REF),
-                &format!("{}", q.tx_ring_gref),
-            )?;
-            w(
-                &format!("{prefix}{}", keys::RX_RING_REF),
-                &format!("{}", q.rx_ring_gref),
-            )?;
+            w.write(&format!("{prefix}{}", keys::TX_RING_REF), q.tx_ring_gref)?;
+            w.write(&format!("{prefix}{}", keys::RX_RING_REF), q.rx_ring_gref)?;
             if q.port_tx == q.port_rx {
-                w(
-                    &format!("{prefix}{}", keys::EVENT_CHANNEL),
-                    &format!("{}", q.port_tx),
-                )
+                w.write(&format!("{prefix}{}", keys::EVENT_CHANNEL), q.port_tx)
             } else {
-                w(
-                    &format!("{prefix}{}", keys::EVENT_CHANNEL_TX),
-                    &format!("{}", q.port_tx),
-                )?;
-                w(
-                    &format!("{prefix}{}", keys::EVENT_CHANNEL_RX),
-                    &format!("{}", q.port_rx),
-                )
+                w.write(&format!("{prefix}{}", keys::EVENT_CHANNEL_TX), q.port_tx)?;
+                w.write(&format!("{prefix}{}", keys::EVENT_CHANNEL_RX), q.port_rx)
             }
         };
         if self.queues.len() == 1 {
             write_queue("", &self.queues[0])?;
         } else {
-            w(
-                keys::MULTI_QUEUE_NUM_QUEUES,
-                &format!("{}", self.queues.len()),
-            )?;
+            w.write(keys::MULTI_QUEUE_NUM_QUEUES, self.queues.len())?;
             for (i, q) in self.queues.iter().enumerate() {
                 write_queue(&format!("{}{i}/", keys::QUEUE_PREFIX), q)?;
             }
         }
         let on = if self.cfg.offloads { "1" } else { "0" };
-        w(keys::REQUEST_RX_COPY, "1")?;
-        w(keys::FEATURE_RX_NOTIFY, "1")?;
-        w(keys::FEATURE_SG, on)?;
-        w(keys::FEATURE_GSO_TCPV4, on)?;
-        w(keys::FEATURE_GSO_TCPV6, on)?;
-        w(keys::FEATURE_IPV6_CSUM_OFFLOAD, on)?;
-        w(
+        w.write(keys::REQUEST_RX_COPY, "1")?;
+        w.write(keys::FEATURE_RX_NOTIFY, "1")?;
+        w.write(keys::FEATURE_SG, on)?;
+        w.write(keys::FEATURE_GSO_TCPV4, on)?;
+        w.write(keys::FEATURE_GSO_TCPV6, on)?;
+        w.write(keys::FEATURE_IPV6_CSUM_OFFLOAD, on)?;
+        w.write(
             keys::FEATURE_NO_CSUM_OFFLOAD,
             if self.cfg.offloads { "0" } else { "1" },
         )
@@ -1355,9 +1277,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
 
 impl<P: Platform + ?Sized> Drop for NetFront<'_, P> {
     fn drop(&mut self) {
-        let _ = self
-            .p
-            .xs_unwatch(&format!("{}/state", self.backend), &self.token);
+        let _ = self.xb.unwatch(self.p);
         self.teardown_queues();
         // Tx runs that reservations still point into are kept (leaked):
         // their writers may outlive this value; so are runs still mapped.

@@ -200,7 +200,7 @@ mod tests {
         for value in [
             &b""[..],
             b"\0",
-            b"\04",
+            b"\x004",
             b" ",
             b"banana",
             b"99",
