@@ -107,9 +107,6 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                     None => kept = true,
                 }
             }
-            for dp in s.indirect {
-                kept |= !self.recycle(dp, true);
-            }
             match self.buffers.get_mut(b as usize).and_then(Option::as_mut) {
                 // A page deferred above leaves the buffer short: it is
                 // unusable (`buffer_*` refuse it) and only worth freeing.
@@ -123,47 +120,50 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
                     }
                 }
             }
-            self.completions.push_back(Completion {
-                tag: RequestTag(s.tag),
-                kind: s.kind,
-                status,
-                data,
-            });
-            self.stats.completed = self.stats.completed.saturating_add(1);
-            if kept {
-                return Err(self.fail(FailReason::BackendKeptGrant));
+        } else {
+            if s.kind == RequestKind::Read && status == BlkStatus::Okay {
+                data = self.spare_bufs.pop().unwrap_or_default();
+                // Every byte is overwritten below: a reused buffer of the
+                // right size is not zeroed again (resize only fills what it
+                // adds).
+                data.truncate(s.len as usize);
+                data.resize(s.len as usize, 0);
             }
-            return Ok(());
-        }
-        if s.kind == RequestKind::Read && status == BlkStatus::Okay {
-            data = self.spare_bufs.pop().unwrap_or_default();
-            // Every byte is overwritten below: a reused buffer of the right
-            // size is not zeroed again (resize only fills what it adds).
-            data.truncate(s.len as usize);
-            data.resize(s.len as usize, 0);
-        }
-        for (i, dp) in s.data.into_iter().enumerate() {
-            let start = i.saturating_mul(PAGE_SIZE);
-            let end = start.saturating_add(PAGE_SIZE).min(data.len());
-            if let Some(chunk) = data.get_mut(start..end) {
-                let _ = dp.page.read(0, chunk);
+            for (i, dp) in s.data.into_iter().enumerate() {
+                let start = i.saturating_mul(PAGE_SIZE);
+                let end = start.saturating_add(PAGE_SIZE).min(data.len());
+                if let Some(chunk) = data.get_mut(start..end) {
+                    let _ = dp.page.read(0, chunk);
+                }
+                kept |= !self.recycle(dp, false);
             }
-            kept |= !self.recycle(dp, false);
         }
         for dp in s.indirect {
             kept |= !self.recycle(dp, true);
         }
-        self.completions.push_back(Completion {
-            tag: RequestTag(s.tag),
-            kind: s.kind,
-            status,
-            data,
-        });
-        self.stats.completed = self.stats.completed.saturating_add(1);
+        self.push_completion(s.tag, s.kind, status, data);
         if kept {
             return Err(self.fail(FailReason::BackendKeptGrant));
         }
         Ok(())
+    }
+
+    /// Queues the completion of request `tag` for
+    /// [`BlkFront::take_completions`] and counts it.
+    pub(super) fn push_completion(
+        &mut self,
+        tag: u64,
+        kind: RequestKind,
+        status: BlkStatus,
+        data: Vec<u8>,
+    ) {
+        self.completions.push_back(Completion {
+            tag: RequestTag(tag),
+            kind,
+            status,
+            data,
+        });
+        self.stats.completed = self.stats.completed.saturating_add(1);
     }
 
     /// Sleeps until a queue's event channel fires or `timeout` passes

@@ -14,7 +14,7 @@ use xen_front_platform::{Platform, PlatformError, XsWatchEvent};
 use xen_ring::{FrontRing, SharedRing};
 use xen_xenbus::NodeWriter;
 
-use super::{plat, BlkFront, BlkStatus, Completion, FrontState, Queue, RequestTag};
+use super::{plat, BlkFront, BlkStatus, FrontState, Queue};
 use crate::error::{BlkfrontError, FailReason};
 use crate::features::{DiskInfo, TransportOffer};
 
@@ -289,13 +289,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         ids.sort_unstable_by_key(|&id| self.ids.get(id).map_or(0, |s| s.seq));
         for id in ids {
             if let Ok(s) = self.ids.remove(id) {
-                self.completions.push_back(Completion {
-                    tag: RequestTag(s.tag),
-                    kind: s.kind,
-                    status: BlkStatus::Error,
-                    data: Vec::new(),
-                });
-                self.stats.completed = self.stats.completed.saturating_add(1);
+                self.push_completion(s.tag, s.kind, BlkStatus::Error, Vec::new());
                 for dp in s.data.into_iter().chain(s.indirect) {
                     self.drop_page(dp);
                 }
