@@ -286,7 +286,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         }
     }
 
-    /// Hands a [`Completion::data`] buffer back for reuse by later reads
+    /// Hands a [`Completion::data`](super::Completion::data) buffer back for reuse by later reads
     /// (saves allocating and faulting in a fresh one per completion). Keeps
     /// at most one buffer per ring slot, none larger than a request can be.
     pub fn give_back_buffer(&mut self, buf: Vec<u8>) {

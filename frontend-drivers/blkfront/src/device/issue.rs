@@ -118,7 +118,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
     /// Submits a read of `len` bytes at 512-byte sector `sector` (both
     /// aligned to the disk's sector size, `len <=`
     /// [`BlkFront::max_request_bytes`]). The data comes in the
-    /// [`Completion`].
+    /// [`Completion`](super::Completion).
     pub fn submit_read(&mut self, sector: u64, len: usize) -> Result<RequestTag, BlkfrontError> {
         self.check_range(sector, len, false)?;
         let mut s = Self::new_shadow(RequestKind::Read, sector, len as u64);
