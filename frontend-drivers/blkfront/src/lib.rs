@@ -8,7 +8,10 @@
 //! [`BlkFront::new`] reads `device/vbd/<devid>/backend` and `backend-id` and
 //! watches `<backend>/state`. Every watch event goes to
 //! [`BlkFront::handle_watch`], which reads the backend's state and acts on it
-//! (level-triggered, so skipped or coalesced states are harmless):
+//! (level-triggered, so skipped or coalesced states are harmless). The
+//! xenstore side (backend details, the backend's state, our state switched
+//! and the transport nodes written in transactions) is
+//! [`xen_xenbus::FrontendDevice`], shared with netfront:
 //!
 //! | backend | frontend was | frontend does |
 //! |---|---|---|

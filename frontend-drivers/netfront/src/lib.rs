@@ -7,7 +7,10 @@
 //!
 //! [`NetFront::new`] reads `device/vif/<devid>/backend`, `backend-id` and
 //! `mac` and watches `<backend>/state`. Every watch event goes to
-//! [`NetFront::handle_watch`] (level-triggered):
+//! [`NetFront::handle_watch`] (level-triggered). The xenstore side
+//! (backend details, the backend's state, our state switched and the
+//! transport nodes written in transactions) is
+//! [`xen_xenbus::FrontendDevice`], shared with blkfront:
 //!
 //! | backend | frontend was | frontend does |
 //! |---|---|---|

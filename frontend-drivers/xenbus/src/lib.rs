@@ -13,7 +13,13 @@
 //!   guest runtime, the PVHVM kernel and unit tests; [`FnEvents`] builds one
 //!   from closures, [`PlatformEvents`] from a [`xen_front_platform::Platform`].
 //! - [`state`]: `switch_state`, `read_state`, `read_otherend` over the
-//!   platform trait, as Linux's `xenbus_client.c` has them.
+//!   platform trait, as Linux's `xenbus_client.c` has them, with the one
+//!   rule for parsing a `state` value ([`state::parse_state`]) and bounded
+//!   transactions ([`state::transaction`]).
+//! - [`frontend`]: [`FrontendDevice`], the frontend half of the handshake
+//!   every frontend (blkfront, netfront) uses: its backend, the backend's
+//!   state, our state switched in a transaction, the transport nodes
+//!   written in one transaction.
 //!
 //! ```no_run
 //! # use xen_xenbus::{ClientConfig, FnEvents, XenbusClient};
@@ -35,8 +41,10 @@ extern crate alloc;
 pub mod client;
 mod error;
 mod events;
+pub mod frontend;
 pub mod state;
 
 pub use client::{ClientConfig, ClientStats, WatchEvent, XenbusClient};
 pub use error::XenbusError;
 pub use events::{FnEvents, PlatformEvents, XenbusEvents};
+pub use frontend::{FrontendDevice, FrontendError, NodeWriter};

@@ -27,21 +27,58 @@ fn xs_err(errno: i32) -> PlatformError {
     PlatformError::Xenstore { errno }
 }
 
+/// Parses a `state` value the way Linux's `xenbus_read_driver_state` reads
+/// it (`xenbus_scanf("%d")` on the C string): the value ends at its first
+/// NUL, surrounding ASCII whitespace is ignored, and what is left must be
+/// the decimal number of a [`XenbusState`] (`"4"`, `"4\0"`, `" 4\n"`).
+/// Anything else (`"banana"`, `"99"`, `"4x"`, `""`) is `None`: unlike
+/// `scanf` we do not read a number off the front of garbage, a peer that
+/// writes it is broken.
+#[must_use]
+pub fn parse_state(value: &[u8]) -> Option<XenbusState> {
+    let text = value
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(value, |nul| &value[..nul]);
+    XenbusState::parse_bytes(text.trim_ascii()).ok()
+}
+
 /// The state in `<dir>/state`, or [`XenbusState::Unknown`] when it is
-/// missing, unreadable or not a state (as Linux's `xenbus_read_driver_state`).
+/// missing, unreadable or not a state ([`parse_state`]; as Linux's
+/// `xenbus_read_driver_state`).
 pub fn read_state<P: Platform + ?Sized>(p: &P, tx: XsTransaction, dir: &str) -> XenbusState {
     p.xs_read(tx, &format!("{dir}/state"))
         .ok()
-        .and_then(|v| XenbusState::parse_bytes(trim(&v)).ok())
+        .and_then(|v| parse_state(&v))
         .unwrap_or(XenbusState::Unknown)
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace() && *b != 0)
-        .map_or(0, |i| i + 1);
-    &v[..end]
+/// Runs `body` in a xenstore transaction and commits it; a commit that
+/// conflicted (`EAGAIN`) runs it again, at most
+/// [`MAX_TRANSACTION_ATTEMPTS`] times in all (then `Err(Xenstore {
+/// EAGAIN })`). An error from `body` aborts the transaction and is
+/// returned. `body` must be safe to run again: it sees a fresh
+/// transaction each time.
+pub fn transaction<P: Platform + ?Sized, T>(
+    p: &P,
+    mut body: impl FnMut(XsTransaction) -> Result<T, PlatformError>,
+) -> Result<T, PlatformError> {
+    for _ in 0..MAX_TRANSACTION_ATTEMPTS {
+        let tx = p.xs_transaction_start()?;
+        let value = match body(tx) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = p.xs_transaction_end(tx, false);
+                return Err(e);
+            }
+        };
+        match p.xs_transaction_end(tx, true) {
+            Ok(()) => return Ok(value),
+            Err(e) if e.is_xs_eagain() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(xs_err(xen_front_platform::EAGAIN))
 }
 
 /// Sets `<nodename>/state` to `state` in a transaction (retried on
@@ -54,30 +91,14 @@ pub fn switch_state<P: Platform + ?Sized>(
     state: XenbusState,
 ) -> Result<bool, PlatformError> {
     let node = format!("{nodename}/state");
-    for _ in 0..MAX_TRANSACTION_ATTEMPTS {
-        let tx = p.xs_transaction_start()?;
-        let current = match p.xs_read(tx, &node) {
-            Ok(v) => XenbusState::parse_bytes(trim(&v)).ok(),
-            Err(e) => {
-                let _ = p.xs_transaction_end(tx, false);
-                return Err(e);
-            }
-        };
+    transaction(p, |tx| {
+        let current = parse_state(&p.xs_read(tx, &node)?);
         if current == Some(state) {
-            let _ = p.xs_transaction_end(tx, false);
             return Ok(false);
         }
-        if let Err(e) = p.xs_write(tx, &node, state.as_xenstore_str().as_bytes()) {
-            let _ = p.xs_transaction_end(tx, false);
-            return Err(e);
-        }
-        match p.xs_transaction_end(tx, true) {
-            Ok(()) => return Ok(true),
-            Err(e) if e.is_xs_eagain() => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(xs_err(xen_front_platform::EAGAIN))
+        p.xs_write(tx, &node, state.as_xenstore_str().as_bytes())?;
+        Ok(true)
+    })
 }
 
 /// Reads the other end of device `nodename`: its domain from
@@ -154,6 +175,78 @@ mod tests {
         assert_eq!(read_state(&p, XBT_NIL, "missing"), XenbusState::Unknown);
         p.xs_write(XBT_NIL, "e/state", b"4\n").expect("seed");
         assert_eq!(read_state(&p, XBT_NIL, "e"), XenbusState::Connected);
+    }
+
+    #[test]
+    fn test_parse_state_nul_terminated_and_whitespace_are_tolerated() {
+        for (value, want) in [
+            (&b"4"[..], XenbusState::Connected),
+            (b"4\0", XenbusState::Connected),
+            (b"4\0\0", XenbusState::Connected),
+            (
+                b"4\0trailing bytes after the C string",
+                XenbusState::Connected,
+            ),
+            (b"  1\n", XenbusState::Initialising),
+            (b"\t6 \0", XenbusState::Closed),
+            (b"0", XenbusState::Unknown),
+        ] {
+            assert_eq!(parse_state(value), Some(want), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn test_parse_state_garbage_is_none() {
+        for value in [
+            &b""[..],
+            b"\0",
+            b"\x004",
+            b" ",
+            b"banana",
+            b"99",
+            b"-1",
+            b"+4",
+            b"4x",
+            b"4 4",
+            b"0x4",
+            b"\xff",
+        ] {
+            assert_eq!(parse_state(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn test_transaction_conflicts_retried_then_eagain() {
+        // Arrange: every run races with a write outside the transaction.
+        let p = FakePlatform::new(5);
+        let mut runs = 0u32;
+
+        // Act
+        let r = transaction(&p, |tx| {
+            runs += 1;
+            p.xs_write(tx, "d/a", b"1")?;
+            p.xs_write(XBT_NIL, "d/b", b"1")
+        });
+
+        // Assert
+        assert!(matches!(r, Err(e) if e.is_xs_eagain()));
+        assert_eq!(runs, MAX_TRANSACTION_ATTEMPTS);
+    }
+
+    #[test]
+    fn test_transaction_second_attempt_commits() {
+        let p = FakePlatform::new(5);
+        let mut runs = 0u32;
+        let r = transaction(&p, |tx| {
+            runs += 1;
+            p.xs_write(tx, "d/a", b"1")?;
+            if runs == 1 {
+                p.xs_write(XBT_NIL, "d/b", b"1")?;
+            }
+            Ok(runs)
+        });
+        assert_eq!(r, Ok(2));
+        assert_eq!(p.xs_read(XBT_NIL, "d/a"), Ok(b"1".to_vec()));
     }
 
     #[test]
