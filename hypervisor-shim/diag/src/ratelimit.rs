@@ -67,9 +67,9 @@ impl LogLimiter {
         }
     }
 
-    /// Whether a message may be logged now (the suppressed count is kept
-    /// for the next allowed message's [`LogLimiter::check`]... here it is
-    /// dropped: use this only where the count is not logged).
+    /// Whether a message may be logged now, for a caller that does not
+    /// log the suppressed count ([`LogLimiter::check`] and
+    /// [`warn_limited!`](crate::warn_limited) do).
     pub fn allow(&self) -> bool {
         self.check().is_some()
     }
