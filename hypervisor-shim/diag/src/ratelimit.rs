@@ -155,6 +155,35 @@ mod tests {
         assert_eq!(l.check_at(t0 + Duration::from_millis(500)), None);
     }
 
+    // The cases of the five limiters this one replaced (xenstored's,
+    // the shim's, backendd's, blkback's and the PV runtime's).
+
+    #[test]
+    fn test_log_limiter_allow_burst_then_refuses_and_counts() {
+        let l = LogLimiter::new(2, Duration::from_secs(3600));
+        assert!(l.allow());
+        assert!(l.allow());
+        assert!(!l.allow());
+        assert_eq!(l.suppressed(), 1);
+    }
+
+    #[test]
+    fn test_log_limiter_check_after_burst_suppresses() {
+        let l = LogLimiter::new(2, Duration::from_secs(3600));
+        assert_eq!(l.check(), Some(0));
+        assert_eq!(l.check(), Some(0));
+        assert_eq!(l.check(), None);
+        assert_eq!(l.check(), None);
+        assert_eq!(l.suppressed(), 2);
+    }
+
+    #[test]
+    fn test_log_limiter_second_message_in_interval_is_dropped() {
+        let l = LogLimiter::new(1, Duration::from_secs(60));
+        assert!(l.allow());
+        assert!(!l.allow());
+    }
+
     #[test]
     fn test_warn_limited_expands_with_and_without_fields() {
         static LOG: LogLimiter = LogLimiter::new(1, Duration::from_secs(3600));
