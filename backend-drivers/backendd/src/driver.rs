@@ -6,6 +6,7 @@
 //! ([`Driver`]).
 
 use xen_backend_common::{Dom0Handles, LazyDom0Handles};
+use xen_diag::ErrorChain;
 
 use crate::backend::{Backend, BackendError, FrontendReader};
 
@@ -13,21 +14,30 @@ use crate::backend::{Backend, BackendError, FrontendReader};
 pub trait Driver: Send + std::fmt::Debug {
     /// A connected device (its queue workers running).
     type Device: Send + std::fmt::Debug;
+    /// The frontend's parameters, read at connect time.
+    type Params;
+    /// The driver's errors.
+    type Error: std::error::Error;
 
     /// The keys to write in the backend directory before InitWait.
     fn features(&self) -> Vec<(&'static str, String)>;
 
-    /// Reads the frontend's parameters and connects to frontend `domid`.
+    /// Reads the frontend's parameters (an error is the frontend's fault).
     ///
     /// # Errors
-    /// [`BackendError::Frontend`] for unusable parameters,
-    /// [`BackendError::Connect`] when setting up the data path failed.
+    /// The parameters are missing or unusable.
+    fn params(&self, frontend: FrontendReader<'_>) -> Result<Self::Params, Self::Error>;
+
+    /// Connects to frontend `domid`.
+    ///
+    /// # Errors
+    /// Setting up the data path failed.
     fn connect(
         &self,
         handles: &Dom0Handles,
         domid: u16,
-        frontend: FrontendReader<'_>,
-    ) -> Result<Self::Device, BackendError>;
+        params: &Self::Params,
+    ) -> Result<Self::Device, Self::Error>;
 
     /// Stops a connected device.
     fn disconnect(device: Self::Device);
@@ -82,7 +92,14 @@ impl<D: Driver> Backend for DriverBackend<D> {
         frontend: FrontendReader<'_>,
     ) -> Result<Vec<(String, String)>, BackendError> {
         self.disconnect();
-        let dev = self.driver.connect(&self.handles, self.domid, frontend)?;
+        let params = self
+            .driver
+            .params(frontend)
+            .map_err(|e| BackendError::Frontend(e.to_string()))?;
+        let dev = self
+            .driver
+            .connect(&self.handles, self.domid, &params)
+            .map_err(|e| BackendError::Connect(ErrorChain(&e).to_string()))?;
         self.device = Some(dev);
         Ok(Vec::new())
     }

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 use xen_backend_common::LazyDom0Handles;
 use xen_blkback::{
-    BlkBackend, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles, FrontendParams, NbdTarget,
+    BlkBackend, BlkbackError, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles,
+    FrontendParams, NbdTarget,
 };
 use xen_diag::ErrorChain;
 
@@ -123,22 +124,25 @@ pub type VbdBackend = DriverBackend<BlkBackend>;
 
 impl Driver for BlkBackend {
     type Device = Device;
+    type Params = FrontendParams;
+    type Error = BlkbackError;
 
     fn features(&self) -> Vec<(&'static str, String)> {
         BlkBackend::features(self)
+    }
+
+    fn params(&self, frontend: FrontendReader<'_>) -> Result<FrontendParams, BlkbackError> {
+        let c = self.config();
+        FrontendParams::from_keys(frontend, c.max_ring_page_order, c.max_queues)
     }
 
     fn connect(
         &self,
         handles: &Dom0Handles,
         domid: u16,
-        frontend: FrontendReader<'_>,
-    ) -> Result<Device, BackendError> {
-        let c = self.config();
-        let params = FrontendParams::from_keys(frontend, c.max_ring_page_order, c.max_queues)
-            .map_err(|e| BackendError::Frontend(e.to_string()))?;
-        BlkBackend::connect(self, handles, domid, &params)
-            .map_err(|e| BackendError::Connect(ErrorChain(&e).to_string()))
+        params: &FrontendParams,
+    ) -> Result<Device, BlkbackError> {
+        BlkBackend::connect(self, handles, domid, params)
     }
 
     fn disconnect(device: Device) {

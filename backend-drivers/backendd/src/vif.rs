@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use xen_backend_common::LazyDom0Handles;
 use xen_diag::ErrorChain;
-use xen_netback::{Device, Dom0Handles, FrontendParams, NetBackend, NetConfig};
+use xen_netback::{Device, Dom0Handles, FrontendParams, NetBackend, NetConfig, NetbackError};
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
 use crate::driver::{handles, Driver, DriverBackend};
@@ -98,21 +98,24 @@ pub type VifBackend = DriverBackend<NetBackend>;
 
 impl Driver for NetBackend {
     type Device = Device;
+    type Params = FrontendParams;
+    type Error = NetbackError;
 
     fn features(&self) -> Vec<(&'static str, String)> {
         NetBackend::features(self)
+    }
+
+    fn params(&self, frontend: FrontendReader<'_>) -> Result<FrontendParams, NetbackError> {
+        FrontendParams::from_keys(frontend, self.config().max_queues)
     }
 
     fn connect(
         &self,
         handles: &Dom0Handles,
         domid: u16,
-        frontend: FrontendReader<'_>,
-    ) -> Result<Device, BackendError> {
-        let params = FrontendParams::from_keys(frontend, self.config().max_queues)
-            .map_err(|e| BackendError::Frontend(e.to_string()))?;
-        NetBackend::connect(self, handles, domid, &params)
-            .map_err(|e| BackendError::Connect(ErrorChain(&e).to_string()))
+        params: &FrontendParams,
+    ) -> Result<Device, NetbackError> {
+        NetBackend::connect(self, handles, domid, params)
     }
 
     fn disconnect(device: Device) {

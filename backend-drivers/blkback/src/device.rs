@@ -23,6 +23,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_abi::xen::domid_t;
+pub use xen_backend_common::DeviceError;
 use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
 use xen_diag::{ErrorChain, LogLimiter};
 use xen_ring::{PollWindow, RingError};
@@ -46,40 +47,6 @@ pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
 /// Longest sleep on the event channel before the worker looks at its stop
 /// flag again (a safety net: stopping also kicks the worker).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
-
-/// Errors of setting up or tearing down a device.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The ring's grants could not be mapped.
-    #[error("cannot map ring grants {grefs:?} of domain {domid}")]
-    MapRing {
-        /// Frontend domain.
-        domid: domid_t,
-        /// Ring references.
-        grefs: Vec<grant_ref_t>,
-        /// Cause.
-        #[source]
-        source: xen_shim::GrantError,
-    },
-    /// The ring mapping is unusable.
-    #[error("the ring mapping is not a valid shared ring")]
-    Ring(#[source] RingError),
-    /// Event-channel set-up failed.
-    #[error("event channel set-up failed: {what}")]
-    Evtchn {
-        /// What was being done.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: xen_shim::EvtchnError,
-    },
-    /// The worker thread could not be started.
-    #[error("cannot start a queue worker")]
-    Spawn(#[source] std::io::Error),
-    /// The I/O threads could not be started.
-    #[error("cannot start the I/O threads")]
-    Pool(#[source] crate::io::PoolError),
-}
 
 /// Why a device failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,20 +87,8 @@ impl std::fmt::Display for FailureReason {
     }
 }
 
-impl std::fmt::Display for DeviceFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "queue {}: {}", self.queue, self.reason)
-    }
-}
-
 /// A failed device: which queue and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceFailure {
-    /// Queue index.
-    pub queue: u32,
-    /// Why.
-    pub reason: FailureReason,
-}
+pub type DeviceFailure = xen_backend_common::DeviceFailure<FailureReason>;
 
 /// What a device is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +198,8 @@ impl Device {
         let pool = match cfg.io_threads {
             0 => None,
             n => Some(Arc::new(
-                IoPool::new(&format!("blkback-{domid}-io"), n).map_err(DeviceError::Pool)?,
+                IoPool::new(&format!("blkback-{domid}-io"), n)
+                    .map_err(|e| DeviceError::IoThreads(Box::new(e)))?,
             )),
         };
         let mut dev = Device {
@@ -350,7 +306,7 @@ fn start_queue(
             source,
         })?;
     let ring = MappedBackRing::attach(map).map_err(DeviceError::Ring)?;
-    let ev = |what| move |source| DeviceError::Evtchn { what, source };
+    let ev = DeviceError::evtchn;
     let evtchn = Arc::new(Evtchn::open(socket).map_err(ev("opening a handle"))?);
     let port = evtchn
         .bind_interdomain(domid, q.event_channel)

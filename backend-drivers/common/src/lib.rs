@@ -9,14 +9,16 @@
 //!   `xenbus` backends do.
 //! - [`MappedBackRing`]: a frontend's ring mapped from its grants, the
 //!   mapping kept alive as long as the ring.
-//! - [`FailOnce`]: the first failure of a device, waited for by its owner.
+//! - [`DeviceError`]: what can go wrong setting a device's queues up.
+//! - [`FailOnce`], [`DeviceFailure`]: the first failure of a device (which
+//!   queue, why), waited for by its owner.
 //! - [`QueueThread`]: a queue worker thread with its stop kick.
 
 pub mod keys;
 mod queue;
 
 pub use keys::{parse_num, FrontendKeys, KeyError};
-pub use queue::{stop_queues, FailOnce, MappedBackRing, QueueThread};
+pub use queue::{stop_queues, DeviceError, DeviceFailure, FailOnce, MappedBackRing, QueueThread};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -8,10 +8,52 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_abi::event_channel::evtchn_port_t;
+use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, RingEntry, RingError, SharedRing};
 use xen_shim::dom0::Evtchn;
 use xen_shim::GrantMapping;
+
+/// Errors of setting up a device's queues (or tearing them down).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A ring's grants could not be mapped.
+    #[error("cannot map ring grants {grefs:?} of domain {domid}")]
+    MapRing {
+        /// Frontend domain.
+        domid: domid_t,
+        /// Ring references.
+        grefs: Vec<grant_ref_t>,
+        /// Cause.
+        #[source]
+        source: xen_shim::GrantError,
+    },
+    /// The ring mapping is unusable.
+    #[error("the ring mapping is not a valid shared ring")]
+    Ring(#[source] RingError),
+    /// Event-channel set-up failed.
+    #[error("event channel set-up failed: {what}")]
+    Evtchn {
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: xen_shim::EvtchnError,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start a queue worker")]
+    Spawn(#[source] std::io::Error),
+    /// The device's own I/O threads could not be started.
+    #[error("cannot start the I/O threads")]
+    IoThreads(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl DeviceError {
+    /// A map of `Evtchn` errors while doing `what`.
+    pub fn evtchn(what: &'static str) -> impl Fn(xen_shim::EvtchnError) -> Self {
+        move |source| Self::Evtchn { what, source }
+    }
+}
 
 /// A frontend's ring, attached as the back end over the mapping of its
 /// grants; the mapping lives exactly as long as the ring (dereferences to
@@ -55,6 +97,21 @@ impl<Req, Rsp> Deref for MappedBackRing<Req, Rsp> {
 impl<Req, Rsp> DerefMut for MappedBackRing<Req, Rsp> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.ring
+    }
+}
+
+/// A failed device: which queue and why (`R`: the backend's reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFailure<R> {
+    /// Queue index.
+    pub queue: u32,
+    /// Why.
+    pub reason: R,
+}
+
+impl<R: std::fmt::Display> std::fmt::Display for DeviceFailure<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "queue {}: {}", self.queue, self.reason)
     }
 }
 

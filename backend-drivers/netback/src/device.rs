@@ -47,6 +47,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::xen::domid_t;
+pub use xen_backend_common::DeviceError;
 use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
 use xen_diag::{warn_limited, LogLimiter};
 use xen_ring::{PollWindow, RingError};
@@ -81,37 +82,6 @@ const IDLE_WAIT_MS: i32 = 500;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
 const RX_BUF: usize = 65536 + 128;
 
-/// Errors of setting up a device.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// A ring's grant could not be mapped.
-    #[error("cannot map ring grant {gref} of domain {domid}")]
-    MapRing {
-        /// Frontend domain.
-        domid: domid_t,
-        /// Ring reference.
-        gref: grant_ref_t,
-        /// Cause.
-        #[source]
-        source: xen_shim::GrantError,
-    },
-    /// The ring mapping is unusable.
-    #[error("the ring mapping is not a valid shared ring")]
-    Ring(#[source] RingError),
-    /// Event-channel set-up failed.
-    #[error("event channel set-up failed: {what}")]
-    Evtchn {
-        /// What was being done.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: xen_shim::EvtchnError,
-    },
-    /// The worker thread could not be started.
-    #[error("cannot start a queue worker")]
-    Spawn(#[source] std::io::Error),
-}
-
 /// Why a vif failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureReason {
@@ -142,19 +112,7 @@ impl std::fmt::Display for FailureReason {
 }
 
 /// A failed vif: which queue and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceFailure {
-    /// Queue index.
-    pub queue: u32,
-    /// Why.
-    pub reason: FailureReason,
-}
-
-impl std::fmt::Display for DeviceFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "queue {}: {}", self.queue, self.reason)
-    }
-}
+pub type DeviceFailure = xen_backend_common::DeviceFailure<FailureReason>;
 
 /// The rings of one queue as the frontend advertised them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +419,7 @@ fn start_queue(
             .map_grant_ref(domid, gref, true)
             .map_err(|source| DeviceError::MapRing {
                 domid,
-                gref,
+                grefs: vec![gref],
                 source,
             })
     };
@@ -469,7 +427,7 @@ fn start_queue(
     let rx_map = map(q.rx_ring_ref)?;
     let tx = MappedBackRing::attach(tx_map).map_err(DeviceError::Ring)?;
     let rx = MappedBackRing::attach(rx_map).map_err(DeviceError::Ring)?;
-    let ev = |what| move |source| DeviceError::Evtchn { what, source };
+    let ev = DeviceError::evtchn;
     let evtchn = Arc::new(Evtchn::open(&handles.socket).map_err(ev("opening a handle"))?);
     let port_tx = evtchn
         .bind_interdomain(domid, q.evtchn_tx)
