@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::xen::domid_t;
-use xen_backend_common::{parse_num, FrontendKeys, KeyError};
+use xen_backend_common::{check_queue_count, parse_num, FrontendKeys, KeyError};
 
 pub use xen_backend_common::Dom0Handles;
 
@@ -449,12 +449,7 @@ impl BlkBackend {
         params: &FrontendParams,
         on_failure: Option<FailureHook>,
     ) -> Result<Device, BlkbackError> {
-        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
-            return Err(BlkbackError::BadKey {
-                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                value: params.queues.len().to_string(),
-            });
-        }
+        check_queue_count(params.queues.len(), self.config.max_queues)?;
         let cfg = device::WorkerConfig {
             limits: self.limits(),
             persistent: params.persistent && self.config.persistent_grants,

@@ -44,6 +44,18 @@ pub fn parse_num<T: FromStr>(key: &str, v: &str) -> Result<T, KeyError> {
     v.trim().parse().map_err(|_| KeyError::bad(key, v))
 }
 
+/// Checks that `n` queues (of parameters read before, perhaps by another
+/// caller) are 1 to `max_queues`.
+///
+/// # Errors
+/// [`KeyError::Bad`] of `multi-queue-num-queues` with `n`.
+pub fn check_queue_count(n: usize, max_queues: u32) -> Result<(), KeyError> {
+    if n == 0 || n > max_queues as usize {
+        return Err(KeyError::bad(MULTI_QUEUE_NUM_QUEUES, n.to_string()));
+    }
+    Ok(())
+}
+
 /// A frontend's directory read through `read` (a key relative to the
 /// directory, e.g. `"ring-ref"` or `"queue-1/event-channel"`, to its value).
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +160,20 @@ mod tests {
                 Err(KeyError::bad("multi-queue-num-queues", v))
             );
         }
+    }
+
+    #[test]
+    fn test_check_queue_count_none_or_too_many_is_refused() {
+        assert_eq!(check_queue_count(1, 1), Ok(()));
+        assert_eq!(check_queue_count(4, 4), Ok(()));
+        assert_eq!(
+            check_queue_count(0, 4),
+            Err(KeyError::bad("multi-queue-num-queues", "0"))
+        );
+        assert_eq!(
+            check_queue_count(5, 4),
+            Err(KeyError::bad("multi-queue-num-queues", "5"))
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use xen_abi::io::netif::keys;
 use xen_abi::xen::domid_t;
-use xen_backend_common::{FrontendKeys, KeyError};
+use xen_backend_common::{check_queue_count, FrontendKeys, KeyError};
 
 pub use xen_backend_common::Dom0Handles;
 
@@ -265,12 +265,7 @@ impl NetBackend {
         domid: domid_t,
         params: &FrontendParams,
     ) -> Result<Device, NetbackError> {
-        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
-            return Err(NetbackError::BadKey {
-                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                value: params.queues.len().to_string(),
-            });
-        }
+        check_queue_count(params.queues.len(), self.config.max_queues)?;
         let mut offload = 0;
         if params.csum_ipv4 || params.csum_ipv6 {
             offload |= tap::TUN_F_CSUM;
