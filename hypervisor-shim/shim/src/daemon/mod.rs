@@ -23,11 +23,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use xen_diag::{warn_limited, LogLimiter};
 
 use crate::protocol::{ControlEvent, DomainConfig, Message, WireError};
 use crate::sys::{self, Epoll, PeerCred, Ready};
 use domain::{Domain, SavedDomain};
-use xen_diag::{warn_limited, LogLimiter};
 
 /// Errors of the daemon.
 #[derive(Debug, thiserror::Error)]

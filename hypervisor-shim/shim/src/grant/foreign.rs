@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use xen_abi::grant_table::*;
 use xen_abi::xen::domid_t;
+use xen_diag::{warn_limited, LogLimiter};
 
 use super::active::{ActiveTable, PIN_LIMIT, PIN_READ_INC, PIN_WRITE_INC};
 use super::ledger::Ledger;
@@ -15,7 +16,6 @@ use super::{clear_status, read_target, set_status, GrantError, GrantTarget, Shar
 use crate::layout::PAGE_SIZE;
 use crate::mem::{GuestMemory, GuestSlice, MemError};
 use crate::sys::PageWindow;
-use xen_diag::{warn_limited, LogLimiter};
 
 static UNMAP_LOG: LogLimiter = LogLimiter::new(5, std::time::Duration::from_secs(1));
 
