@@ -19,9 +19,11 @@ use std::time::Duration;
 use xen_abi::io::xenbus::XenbusState;
 use xenstore_client::{Client, XsClientError, XsOps};
 
+use xen_diag::warn_limited;
+
 use crate::backend::{Backend, BackendFactory, DeviceInfo};
 use crate::state::{frontend_changed, FrontendState, Step};
-use crate::warn_limited;
+use crate::GUEST_LOG;
 
 /// Most nodes read from a backend directory at creation.
 pub const MAX_BACKEND_NODES: usize = 256;
@@ -246,7 +248,7 @@ impl Device {
         match self.xs.watch(&fe_state, &token) {
             Ok(()) => self.watching = true,
             Err(e) => {
-                warn_limited!(path = %fe_state, error = %e, "cannot watch the frontend state")
+                warn_limited!(GUEST_LOG, path = %fe_state, error = %e, "cannot watch the frontend state")
             }
         }
         match factory.create(&self.info) {
@@ -319,7 +321,7 @@ impl Device {
             Ok(None) => return false,
             Ok(Some(v)) => XenbusState::parse_bytes(&v).unwrap_or(XenbusState::Unknown),
             Err(e) => {
-                warn_limited!(path = %self.info.backend_path, error = %e, "cannot read the backend state");
+                warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "cannot read the backend state");
                 return !matches!(e, XsClientError::Disconnected);
             }
         };
@@ -417,7 +419,7 @@ impl Device {
                 present
             }
             Err(e) => {
-                warn_limited!(path = %self.info.backend_path, error = %e, "cannot switch state");
+                warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "cannot switch state");
                 false
             }
         }
@@ -429,8 +431,7 @@ impl Device {
             return;
         }
         self.failed = true;
-        warn_limited!(
-            path = %self.info.backend_path,
+        warn_limited!(GUEST_LOG, path = %self.info.backend_path,
             domid = self.info.frontend_domid,
             error = %msg,
             "device failed: closing it"

@@ -15,6 +15,8 @@
 //! - [`backend`]: the [`backend::Backend`] trait a device type implements
 //!   (advertise, connect with the frontend's parameters, disconnect,
 //!   failure) and its factory;
+//! - [`driver`]: the [`backend::Backend`] scaffolding of the types a driver
+//!   crate serves (`vbd`, `qdisk`, `vif`), once;
 //! - [`device`]: the per-device thread (failure isolation: a failing or
 //!   panicking backend, or a frontend writing garbage, closes that device
 //!   only, logged once and rate-limited);
@@ -29,7 +31,7 @@ pub mod backend;
 pub mod cli;
 pub mod console;
 pub mod device;
-pub mod ratelimit;
+pub mod driver;
 pub mod service;
 pub mod state;
 pub mod vbd;
@@ -37,3 +39,8 @@ pub mod vif;
 
 pub use backend::{Backend, BackendError, BackendFactory, DeviceInfo};
 pub use service::{Service, ServiceConfig, ServiceError};
+
+/// The limiter of guest-triggerable device messages (10 per second), for
+/// [`xen_diag::warn_limited!`].
+pub static GUEST_LOG: xen_diag::LogLimiter =
+    xen_diag::LogLimiter::new(10, std::time::Duration::from_secs(1));

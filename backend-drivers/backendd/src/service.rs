@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use xenstore_client::{Client, XsClientError, XsOps};
 
+use xen_diag::warn_limited;
+
 use crate::backend::BackendFactory;
 use crate::device::{read_info, DeviceEvent, DeviceHandle};
-use crate::warn_limited;
+use crate::GUEST_LOG;
 
 /// Token of the service's backend-tree watch.
 pub const BACKEND_TOKEN: &str = "backend";
@@ -226,7 +228,7 @@ impl Service {
         let info = match read_info(&self.xs, &be, ty, domid, devid) {
             Ok(i) => i,
             Err(e) => {
-                warn_limited!(path = %be, error = %e, "ignoring backend directory");
+                warn_limited!(GUEST_LOG, path = %be, error = %e, "ignoring backend directory");
                 return;
             }
         };

@@ -13,23 +13,24 @@
 //! `connect_ring` does and starts one worker per queue.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
+use xen_backend_common::LazyDom0Handles;
 use xen_blkback::{
-    BlkBackend, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles, FrontendParams, NbdTarget,
+    BlkBackend, BlkbackError, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles,
+    FrontendParams, NbdTarget,
 };
-use xen_shim::dom0::Gntdev;
+use xen_diag::ErrorChain;
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
+use crate::driver::{handles, Driver, DriverBackend};
 
 /// Makes a [`VbdBackend`] per `vbd` (or `qdisk`) directory; the shim's
 /// grant device is opened on first use (so the service may start before
 /// the shim).
 #[derive(Debug)]
 pub struct VbdFactory {
-    socket: PathBuf,
     device_type: &'static str,
-    handles: OnceLock<Dom0Handles>,
+    handles: LazyDom0Handles,
 }
 
 /// Format names of libxl's `qdisk` `params` prefix
@@ -66,17 +67,6 @@ pub fn disk_source(params: &str) -> Result<(DiskSource, DiskFormat), BackendErro
     Ok((DiskSource::Path(PathBuf::from(target)), format))
 }
 
-/// An error and its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
 impl VbdFactory {
     /// A `vbd` factory using the shim at `socket`.
     #[must_use]
@@ -93,23 +83,9 @@ impl VbdFactory {
 
     fn of_type(socket: PathBuf, device_type: &'static str) -> Self {
         Self {
-            socket,
             device_type,
-            handles: OnceLock::new(),
+            handles: LazyDom0Handles::new(socket),
         }
-    }
-
-    fn handles(&self) -> Result<Dom0Handles, BackendError> {
-        if let Some(h) = self.handles.get() {
-            return Ok(h.clone());
-        }
-        let gntdev = Gntdev::open(&self.socket)
-            .map_err(|e| BackendError::Config(format!("cannot open the shim's gntdev: {e}")))?;
-        let h = Dom0Handles {
-            gntdev: Arc::new(gntdev),
-            socket: self.socket.clone(),
-        };
-        Ok(self.handles.get_or_init(|| h).clone())
     }
 }
 
@@ -134,61 +110,48 @@ impl BackendFactory for VbdFactory {
         let mut cfg = DiskConfig::new(source, format, readonly);
         cfg.discard = info.nodes.get("discard-enable").map(String::as_str) != Some("0");
         let disk = BlkBackend::new(cfg)
-            .map_err(|e| BackendError::Config(format!("disk {name}: {}", chain(&e))))?;
-        Ok(Box::new(VbdBackend {
+            .map_err(|e| BackendError::Config(format!("disk {name}: {}", ErrorChain(&e))))?;
+        Ok(Box::new(VbdBackend::new(
             disk,
-            handles: self.handles()?,
-            domid: info.frontend_domid,
-            device: None,
-        }))
+            handles(&self.handles)?,
+            info.frontend_domid,
+        )))
     }
 }
 
 /// One virtual block device.
-#[derive(Debug)]
-pub struct VbdBackend {
-    disk: BlkBackend,
-    handles: Dom0Handles,
-    domid: u16,
-    device: Option<Device>,
-}
+pub type VbdBackend = DriverBackend<BlkBackend>;
 
-impl Backend for VbdBackend {
-    fn advertise(&mut self) -> Result<Vec<(String, String)>, BackendError> {
-        Ok(self
-            .disk
-            .features()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect())
+impl Driver for BlkBackend {
+    type Device = Device;
+    type Params = FrontendParams;
+    type Error = BlkbackError;
+
+    fn features(&self) -> Vec<(&'static str, String)> {
+        BlkBackend::features(self)
+    }
+
+    fn params(&self, frontend: FrontendReader<'_>) -> Result<FrontendParams, BlkbackError> {
+        let c = self.config();
+        FrontendParams::from_keys(frontend, c.max_ring_page_order, c.max_queues)
     }
 
     fn connect(
-        &mut self,
-        frontend: FrontendReader<'_>,
-    ) -> Result<Vec<(String, String)>, BackendError> {
-        self.disconnect();
-        let c = self.disk.config();
-        let params = FrontendParams::from_keys(frontend, c.max_ring_page_order, c.max_queues)
-            .map_err(|e| BackendError::Frontend(e.to_string()))?;
-        let dev = self
-            .disk
-            .connect(&self.handles, self.domid, &params)
-            .map_err(|e| BackendError::Connect(chain(&e)))?;
-        self.device = Some(dev);
-        Ok(Vec::new())
+        &self,
+        handles: &Dom0Handles,
+        domid: u16,
+        params: &FrontendParams,
+    ) -> Result<Device, BlkbackError> {
+        BlkBackend::connect(self, handles, domid, params)
     }
 
-    fn disconnect(&mut self) {
-        if let Some(d) = self.device.take() {
-            let _ = d.disconnect();
-        }
+    fn disconnect(device: Device) {
+        let _ = device.disconnect();
     }
 
-    fn failure(&self) -> Option<String> {
-        self.device
-            .as_ref()
-            .and_then(Device::failure)
+    fn failure(device: &Device) -> Option<String> {
+        device
+            .failure()
             .map(|f| format!("queue {} failed: {:?}", f.queue, f.reason))
     }
 }

@@ -12,18 +12,18 @@
 //! `--vif-rx-stall-timeout-ms`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
-use xen_netback::{Dom0Handles, FrontendParams, NetBackend, NetConfig};
-use xen_shim::dom0::Gntdev;
+use xen_backend_common::LazyDom0Handles;
+use xen_diag::ErrorChain;
+use xen_netback::{Device, Dom0Handles, FrontendParams, NetBackend, NetConfig, NetbackError};
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
+use crate::driver::{handles, Driver, DriverBackend};
 
 /// Makes a [`VifBackend`] per `vif` directory.
 #[derive(Debug)]
 pub struct VifFactory {
-    socket: PathBuf,
-    handles: OnceLock<Dom0Handles>,
+    handles: LazyDom0Handles,
     rx_stall_timeout: Option<std::time::Duration>,
 }
 
@@ -32,8 +32,7 @@ impl VifFactory {
     #[must_use]
     pub fn new(socket: PathBuf) -> Self {
         Self {
-            socket,
-            handles: OnceLock::new(),
+            handles: LazyDom0Handles::new(socket),
             rx_stall_timeout: Some(xen_netback::DEFAULT_RX_STALL_TIMEOUT),
         }
     }
@@ -44,19 +43,6 @@ impl VifFactory {
     pub fn with_rx_stall_timeout(mut self, t: Option<std::time::Duration>) -> Self {
         self.rx_stall_timeout = t;
         self
-    }
-
-    fn handles(&self) -> Result<Dom0Handles, BackendError> {
-        if let Some(h) = self.handles.get() {
-            return Ok(h.clone());
-        }
-        let gntdev = Gntdev::open(&self.socket)
-            .map_err(|e| BackendError::Config(format!("cannot open the shim's gntdev: {e}")))?;
-        let h = Dom0Handles {
-            gntdev: Arc::new(gntdev),
-            socket: self.socket.clone(),
-        };
-        Ok(self.handles.get_or_init(|| h).clone())
     }
 }
 
@@ -99,73 +85,45 @@ impl BackendFactory for VifFactory {
     fn create(&self, info: &DeviceInfo) -> Result<Box<dyn Backend>, BackendError> {
         let mut cfg = net_config(info)?;
         cfg.rx_stall_timeout = self.rx_stall_timeout;
-        let handles = self.handles()?;
-        let nic = NetBackend::new(cfg).map_err(|e| BackendError::Config(chain(&e)))?;
+        let handles = handles(&self.handles)?;
+        let nic =
+            NetBackend::new(cfg).map_err(|e| BackendError::Config(ErrorChain(&e).to_string()))?;
         tracing::info!(ifname = %nic.config().ifname, bridge = ?nic.config().bridge, "vif TAP up");
-        Ok(Box::new(VifBackend {
-            nic,
-            handles,
-            domid: info.frontend_domid,
-            device: None,
-        }))
+        Ok(Box::new(VifBackend::new(nic, handles, info.frontend_domid)))
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
 }
 
 /// One virtual NIC.
-#[derive(Debug)]
-pub struct VifBackend {
-    nic: NetBackend,
-    handles: Dom0Handles,
-    domid: u16,
-    device: Option<xen_netback::Device>,
-}
+pub type VifBackend = DriverBackend<NetBackend>;
 
-impl Backend for VifBackend {
-    fn advertise(&mut self) -> Result<Vec<(String, String)>, BackendError> {
-        Ok(self
-            .nic
-            .features()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect())
+impl Driver for NetBackend {
+    type Device = Device;
+    type Params = FrontendParams;
+    type Error = NetbackError;
+
+    fn features(&self) -> Vec<(&'static str, String)> {
+        NetBackend::features(self)
+    }
+
+    fn params(&self, frontend: FrontendReader<'_>) -> Result<FrontendParams, NetbackError> {
+        FrontendParams::from_keys(frontend, self.config().max_queues)
     }
 
     fn connect(
-        &mut self,
-        frontend: FrontendReader<'_>,
-    ) -> Result<Vec<(String, String)>, BackendError> {
-        self.disconnect();
-        let params = FrontendParams::from_keys(frontend, self.nic.config().max_queues)
-            .map_err(|e| BackendError::Frontend(e.to_string()))?;
-        let dev = self
-            .nic
-            .connect(&self.handles, self.domid, &params)
-            .map_err(|e| BackendError::Connect(chain(&e)))?;
-        self.device = Some(dev);
-        Ok(Vec::new())
+        &self,
+        handles: &Dom0Handles,
+        domid: u16,
+        params: &FrontendParams,
+    ) -> Result<Device, NetbackError> {
+        NetBackend::connect(self, handles, domid, params)
     }
 
-    fn disconnect(&mut self) {
-        if let Some(d) = self.device.take() {
-            let _ = d.disconnect();
-        }
+    fn disconnect(device: Device) {
+        let _ = device.disconnect();
     }
 
-    fn failure(&self) -> Option<String> {
-        self.device
-            .as_ref()
-            .and_then(xen_netback::Device::failure)
-            .map(|f| f.to_string())
+    fn failure(device: &Device) -> Option<String> {
+        device.failure().map(|f| f.to_string())
     }
 }
 

@@ -16,21 +16,23 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
+pub use xen_backend_common::DeviceError;
+use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
+use xen_diag::{ErrorChain, LogLimiter};
+use xen_ring::{PollWindow, RingError};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::IntoBytes;
 
 use crate::io::{DiskImage, ImageError, IoPool, IoVec};
-use crate::metrics::{Counter, LogLimiter, Metrics, MetricsSnapshot};
+use crate::metrics::{Counter, Metrics, MetricsSnapshot};
 use crate::persistent::{Cached, PersistentCache};
 use crate::request::{
     slot_id_op, validate_segments, Direction, Limits, Request, RequestError, Segment, Segments,
@@ -45,40 +47,6 @@ pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
 /// Longest sleep on the event channel before the worker looks at its stop
 /// flag again (a safety net: stopping also kicks the worker).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
-
-/// Errors of setting up or tearing down a device.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The ring's grants could not be mapped.
-    #[error("cannot map ring grants {grefs:?} of domain {domid}")]
-    MapRing {
-        /// Frontend domain.
-        domid: domid_t,
-        /// Ring references.
-        grefs: Vec<grant_ref_t>,
-        /// Cause.
-        #[source]
-        source: xen_shim::GrantError,
-    },
-    /// The ring mapping is unusable.
-    #[error("the ring mapping is not a valid shared ring")]
-    Ring(#[source] RingError),
-    /// Event-channel set-up failed.
-    #[error("event channel set-up failed: {what}")]
-    Evtchn {
-        /// What was being done.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: xen_shim::EvtchnError,
-    },
-    /// The worker thread could not be started.
-    #[error("cannot start a queue worker")]
-    Spawn(#[source] std::io::Error),
-    /// The I/O threads could not be started.
-    #[error("cannot start the I/O threads")]
-    Pool(#[source] crate::io::PoolError),
-}
 
 /// Why a device failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,20 +87,8 @@ impl std::fmt::Display for FailureReason {
     }
 }
 
-impl std::fmt::Display for DeviceFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "queue {}: {}", self.queue, self.reason)
-    }
-}
-
 /// A failed device: which queue and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceFailure {
-    /// Queue index.
-    pub queue: u32,
-    /// Why.
-    pub reason: FailureReason,
-}
+pub type DeviceFailure = xen_backend_common::DeviceFailure<FailureReason>;
 
 /// What a device is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,8 +142,7 @@ struct Shared {
     domid: domid_t,
     stop: AtomicBool,
     metrics: Metrics,
-    failure: Mutex<Option<DeviceFailure>>,
-    changed: Condvar,
+    failure: FailOnce<DeviceFailure>,
     hook: Option<FailureHook>,
 }
 
@@ -204,15 +159,8 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     fn fail(&self, f: DeviceFailure) {
-        let first = match self.failure.lock() {
-            Ok(mut g) if g.is_none() => {
-                *g = Some(f.clone());
-                true
-            }
-            _ => false,
-        };
+        let first = self.failure.set(f.clone());
         self.stop.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
         if first {
             if let Some(h) = &self.hook {
                 h(self.domid, &f);
@@ -221,18 +169,11 @@ impl Shared {
     }
 }
 
-#[derive(Debug)]
-struct QueueHandle {
-    thread: Option<JoinHandle<()>>,
-    evtchn: Arc<Evtchn>,
-    kick: evtchn_port_t,
-}
-
 /// A connected device.
 #[derive(Debug)]
 pub struct Device {
     domid: domid_t,
-    queues: Vec<QueueHandle>,
+    queues: Vec<QueueThread>,
     shared: Arc<Shared>,
     stopped: bool,
 }
@@ -257,7 +198,8 @@ impl Device {
         let pool = match cfg.io_threads {
             0 => None,
             n => Some(Arc::new(
-                IoPool::new(&format!("blkback-{domid}-io"), n).map_err(DeviceError::Pool)?,
+                IoPool::new(&format!("blkback-{domid}-io"), n)
+                    .map_err(|e| DeviceError::IoThreads(Box::new(e)))?,
             )),
         };
         let mut dev = Device {
@@ -308,23 +250,12 @@ impl Device {
 
     /// The failure, if a queue failed.
     pub fn failure(&self) -> Option<DeviceFailure> {
-        self.shared.failure.lock().ok().and_then(|g| g.clone())
+        self.shared.failure.get()
     }
 
     /// Waits up to `timeout` for a failure.
     pub fn wait_failure(&self, timeout: Duration) -> Option<DeviceFailure> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.shared.failure.lock().ok()?;
-        loop {
-            if let Some(f) = g.as_ref() {
-                return Some(f.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            g = self.shared.changed.wait_timeout(g, left).ok()?.0;
-        }
+        self.shared.failure.wait(timeout)
     }
 
     /// The counters.
@@ -345,16 +276,7 @@ impl Device {
         }
         self.stopped = true;
         self.shared.stop.store(true, Ordering::SeqCst);
-        for q in &self.queues {
-            let _ = q.evtchn.notify(q.kick);
-        }
-        for q in &mut self.queues {
-            if let Some(t) = q.thread.take() {
-                if t.join().is_err() {
-                    tracing::error!(domid = self.domid, "a blkback queue worker panicked");
-                }
-            }
-        }
+        stop_queues(&mut self.queues, "blkback", self.domid);
     }
 }
 
@@ -375,7 +297,7 @@ fn start_queue(
     cfg: WorkerConfig,
     shared: &Arc<Shared>,
     pool: Option<Arc<IoPool>>,
-) -> Result<QueueHandle, DeviceError> {
+) -> Result<QueueThread, DeviceError> {
     let map = gntdev
         .map_grant_refs(domid, &q.ring_refs, true)
         .map_err(|source| DeviceError::MapRing {
@@ -383,16 +305,8 @@ fn start_queue(
             grefs: q.ring_refs.clone(),
             source,
         })?;
-    let base = map
-        .as_mut_ptr()
-        .ok_or(DeviceError::Ring(RingError::BadLayout))?;
-    // SAFETY: `base..base + map.len()` is the frontend's ring, mapped
-    // writable; the mapping is moved into the worker with the ring and
-    // dropped only after the ring (`Worker::drop` order: `ring` before `map`).
-    // Only this BackRing touches it in this process.
-    let mem = unsafe { SharedRing::new(base, map.len()) }.map_err(DeviceError::Ring)?;
-    let ring = BackRing::<Slot, RspSlot>::attach(mem).map_err(DeviceError::Ring)?;
-    let ev = |what| move |source| DeviceError::Evtchn { what, source };
+    let ring = MappedBackRing::attach(map).map_err(DeviceError::Ring)?;
+    let ev = DeviceError::evtchn;
     let evtchn = Arc::new(Evtchn::open(socket).map_err(ev("opening a handle"))?);
     let port = evtchn
         .bind_interdomain(domid, q.event_channel)
@@ -402,7 +316,6 @@ fn start_queue(
         index,
         domid,
         ring,
-        _ring_map: map,
         evtchn: Arc::clone(&evtchn),
         port,
         kick,
@@ -421,24 +334,19 @@ fn start_queue(
         poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
         log: LogLimiter::new(10, Duration::from_secs(5)),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("blkback-{domid}-q{index}"))
-        .spawn(move || worker.run())
-        .map_err(DeviceError::Spawn)?;
-    Ok(QueueHandle {
-        thread: Some(thread),
+    QueueThread::spawn(
+        format!("blkback-{domid}-q{index}"),
         evtchn,
         kick,
-    })
+        move || worker.run(),
+    )
+    .map_err(DeviceError::Spawn)
 }
 
 struct Worker {
     index: u32,
     domid: domid_t,
-    // Field order matters: the ring is dropped before the mapping it uses.
-    ring: BackRing<Slot, RspSlot>,
-    // Keeps the ring pages mapped; never read directly.
-    _ring_map: GrantMapping,
+    ring: MappedBackRing<Slot, RspSlot>,
     evtchn: Arc<Evtchn>,
     port: evtchn_port_t,
     kick: evtchn_port_t,
@@ -929,7 +837,7 @@ impl Worker {
                 if let ServeError::Io(io) = &e {
                     // Once: after the first, the device is stopping.
                     if io.is_fatal() && !self.shared.stop.load(Ordering::SeqCst) {
-                        self.fail(FailureReason::Disk(error_chain(io)));
+                        self.fail(FailureReason::Disk(ErrorChain(io).to_string()));
                     }
                 }
                 let s = e.status();
@@ -938,7 +846,7 @@ impl Worker {
                 } else {
                     self.shared.metrics.add(Counter::Errors, 1);
                 }
-                if let Some(suppressed) = self.log.allow() {
+                if let Some(suppressed) = self.log.check() {
                     tracing::warn!(
                         domid = self.domid,
                         queue = self.index,
@@ -1194,18 +1102,6 @@ impl std::fmt::Debug for Worker {
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
-}
-
-/// An error and its sources, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ use std::time::Duration;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::xen::domid_t;
-use xen_shim::dom0::Gntdev;
+use xen_backend_common::{check_queue_count, parse_num, FrontendKeys, KeyError};
+
+pub use xen_backend_common::Dom0Handles;
 
 pub use device::{
     Device, DeviceError, DeviceFailure, DeviceStatus, FailureHook, FailureReason, QueueParams,
@@ -249,11 +251,13 @@ pub struct FrontendParams {
     pub persistent: bool,
 }
 
-fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, BlkbackError> {
-    v.trim().parse().map_err(|_| BlkbackError::BadKey {
-        key: key.to_string(),
-        value: v.to_string(),
-    })
+impl From<KeyError> for BlkbackError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Missing(key) => BlkbackError::MissingKey(key),
+            KeyError::Bad { key, value } => BlkbackError::BadKey { key, value },
+        }
+    }
 }
 
 impl FrontendParams {
@@ -269,71 +273,36 @@ impl FrontendParams {
         max_ring_page_order: u32,
         max_queues: u32,
     ) -> Result<Self, BlkbackError> {
-        if let Some(p) = read(keys::PROTOCOL) {
+        let fe = FrontendKeys::new(read);
+        if let Some(p) = fe.get(keys::PROTOCOL) {
             if p != XEN_IO_PROTO_ABI_NATIVE {
                 return Err(BlkbackError::UnsupportedProtocol(p));
             }
         }
-        let persistent = read(keys::FEATURE_PERSISTENT)
-            .map(|v| parse_num::<u32>(keys::FEATURE_PERSISTENT, &v))
-            .transpose()?
-            .is_some_and(|v| v != 0);
-        let nq = match read(keys::MULTI_QUEUE_NUM_QUEUES) {
-            None => 1,
-            Some(v) => {
-                let n: u32 = parse_num(keys::MULTI_QUEUE_NUM_QUEUES, &v)?;
-                if n == 0 || n > max_queues.max(1) {
-                    return Err(BlkbackError::BadKey {
-                        key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                        value: v,
-                    });
-                }
-                n
-            }
-        };
-        let mut queues = Vec::with_capacity(nq as usize);
-        for q in 0..nq {
-            let dir = if nq == 1 {
-                String::new()
-            } else {
-                format!("{}{q}/", keys::QUEUE_PREFIX)
-            };
-            let get = |k: &str| {
-                let key = format!("{dir}{k}");
-                read(&key)
-                    .map(|v| (key.clone(), v))
-                    .ok_or(BlkbackError::MissingKey(key))
-            };
-            let (key, v) = get(keys::EVENT_CHANNEL)?;
-            let event_channel = parse_num(&key, &v)?;
+        let persistent = fe.flag(keys::FEATURE_PERSISTENT, false)?;
+        let dirs = fe.queue_dirs(max_queues.max(1))?;
+        let mut queues = Vec::with_capacity(dirs.len());
+        for dir in &dirs {
+            let event_channel = fe.num(&format!("{dir}{}", keys::EVENT_CHANNEL))?;
             // Linux's blkfront writes one `ring-page-order` for all queues,
             // at the top (blkback's `connect_ring` reads it there); a
             // per-queue one is accepted too.
             let mut order_key = format!("{dir}{}", keys::RING_PAGE_ORDER);
-            let mut order = read(&order_key);
+            let mut order = fe.get(&order_key);
             if order.is_none() && !dir.is_empty() {
                 order_key = keys::RING_PAGE_ORDER.to_string();
-                order = read(&order_key);
+                order = fe.get(&order_key);
             }
             let ring_refs = match order {
-                None => {
-                    let (key, v) = get(keys::RING_REF)?;
-                    vec![parse_num(&key, &v)?]
-                }
+                None => vec![fe.num(&format!("{dir}{}", keys::RING_REF))?],
                 Some(v) => {
                     let order: u32 = parse_num(&order_key, &v)?;
                     if order > max_ring_page_order.min(MAX_RING_PAGE_ORDER) {
-                        return Err(BlkbackError::BadKey {
-                            key: order_key,
-                            value: v,
-                        });
+                        return Err(KeyError::bad(order_key, v).into());
                     }
-                    let mut refs = Vec::with_capacity(1 << order);
-                    for i in 0..(1u32 << order) {
-                        let (key, v) = get(&format!("{}{i}", keys::RING_REF))?;
-                        refs.push(parse_num(&key, &v)?);
-                    }
-                    refs
+                    (0..(1u32 << order))
+                        .map(|i| fe.num(&format!("{dir}{}{i}", keys::RING_REF)))
+                        .collect::<Result<Vec<_>, _>>()?
                 }
             };
             queues.push(QueueParams {
@@ -343,16 +312,6 @@ impl FrontendParams {
         }
         Ok(Self { queues, persistent })
     }
-}
-
-/// Dom0 handles a device needs: a grant mapper and the shim's socket (each
-/// queue opens its own event-channel handle).
-#[derive(Debug, Clone)]
-pub struct Dom0Handles {
-    /// Grant mapper (shared by all queues and devices).
-    pub gntdev: Arc<Gntdev>,
-    /// The shim daemon's socket.
-    pub socket: PathBuf,
 }
 
 /// One disk, ready to serve frontends.
@@ -490,12 +449,7 @@ impl BlkBackend {
         params: &FrontendParams,
         on_failure: Option<FailureHook>,
     ) -> Result<Device, BlkbackError> {
-        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
-            return Err(BlkbackError::BadKey {
-                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                value: params.queues.len().to_string(),
-            });
-        }
+        check_queue_count(params.queues.len(), self.config.max_queues)?;
         let cfg = device::WorkerConfig {
             limits: self.limits(),
             persistent: params.persistent && self.config.persistent_grants,

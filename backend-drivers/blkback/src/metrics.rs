@@ -131,58 +131,9 @@ impl Metrics {
     }
 }
 
-/// A token bucket for logs on guest-triggerable paths: `burst` messages,
-/// then one per `interval`.
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    burst: u32,
-    tokens: u32,
-    interval: std::time::Duration,
-    last: std::time::Instant,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub(crate) fn new(burst: u32, interval: std::time::Duration) -> Self {
-        Self {
-            burst,
-            tokens: burst,
-            interval,
-            last: std::time::Instant::now(),
-            suppressed: 0,
-        }
-    }
-
-    /// Whether to log now; when it says yes after suppressing, the count of
-    /// suppressed messages is returned too.
-    pub(crate) fn allow(&mut self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        if now.duration_since(self.last) >= self.interval {
-            self.tokens = self.burst;
-            self.last = now;
-        }
-        if self.tokens == 0 {
-            self.suppressed = self.suppressed.saturating_add(1);
-            return None;
-        }
-        self.tokens -= 1;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_log_limiter_after_burst_suppresses() {
-        let mut l = LogLimiter::new(2, std::time::Duration::from_secs(3600));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.suppressed, 2);
-    }
 
     #[test]
     fn test_metrics_add_shows_in_snapshot() {

@@ -41,14 +41,16 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::xen::domid_t;
-use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
+pub use xen_backend_common::DeviceError;
+use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
+use xen_diag::{warn_limited, LogLimiter};
+use xen_ring::{PollWindow, RingError};
 use xen_shim::dom0::{Evtchn, Gntdev};
 use xen_shim::GrantMapping;
 use zerocopy::{FromBytes, IntoBytes};
@@ -73,41 +75,12 @@ pub const SPIN: Duration = Duration::from_micros(50);
 const PUSH_EVERY: usize = 16;
 /// The tx slots served per round are the ring's size divided by this.
 const TX_BUDGET_DIV: u32 = 4;
+/// A guest-triggerable message is logged at most once per this.
+const LOG_WINDOW: Duration = Duration::from_secs(5);
 /// Longest sleep before the worker looks at its stop flag again.
 const IDLE_WAIT_MS: i32 = 500;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
 const RX_BUF: usize = 65536 + 128;
-
-/// Errors of setting up a device.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// A ring's grant could not be mapped.
-    #[error("cannot map ring grant {gref} of domain {domid}")]
-    MapRing {
-        /// Frontend domain.
-        domid: domid_t,
-        /// Ring reference.
-        gref: grant_ref_t,
-        /// Cause.
-        #[source]
-        source: xen_shim::GrantError,
-    },
-    /// The ring mapping is unusable.
-    #[error("the ring mapping is not a valid shared ring")]
-    Ring(#[source] RingError),
-    /// Event-channel set-up failed.
-    #[error("event channel set-up failed: {what}")]
-    Evtchn {
-        /// What was being done.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: xen_shim::EvtchnError,
-    },
-    /// The worker thread could not be started.
-    #[error("cannot start a queue worker")]
-    Spawn(#[source] std::io::Error),
-}
 
 /// Why a vif failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,19 +112,7 @@ impl std::fmt::Display for FailureReason {
 }
 
 /// A failed vif: which queue and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceFailure {
-    /// Queue index.
-    pub queue: u32,
-    /// Why.
-    pub reason: FailureReason,
-}
-
-impl std::fmt::Display for DeviceFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "queue {}: {}", self.queue, self.reason)
-    }
-}
+pub type DeviceFailure = xen_backend_common::DeviceFailure<FailureReason>;
 
 /// The rings of one queue as the frontend advertised them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +188,7 @@ impl Metrics {
 struct Shared {
     stop: AtomicBool,
     metrics: Metrics,
-    failure: Mutex<Option<DeviceFailure>>,
+    failure: FailOnce<DeviceFailure>,
     /// The carrier: a TAP queue file (the ioctl is device-wide) and the
     /// number of stalled queues, changed together under the lock.
     carrier: Mutex<Carrier>,
@@ -239,21 +200,14 @@ struct Carrier {
     /// Whether the device is started (carrier allowed on).
     running: bool,
     stalled: u32,
-    last_log: Option<Instant>,
+    log: LogLimiter,
 }
 
 impl Carrier {
     fn apply(&mut self) {
         let on = self.running && self.stalled == 0;
         if let Err(e) = self.tap.set_carrier(on) {
-            let now = Instant::now();
-            if self
-                .last_log
-                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
-            {
-                self.last_log = Some(now);
-                tracing::warn!(error = %e, on, "cannot set the vif's carrier");
-            }
+            warn_limited!(self.log, error = %e, on, "cannot set the vif's carrier");
         }
     }
 }
@@ -284,11 +238,8 @@ impl Shared {
     }
 
     fn fail(&self, f: DeviceFailure) {
-        if let Ok(mut g) = self.failure.lock() {
-            if g.is_none() {
-                tracing::warn!(failure = %f, "vif failed");
-                *g = Some(f);
-            }
+        if self.failure.set(f.clone()) {
+            tracing::warn!(failure = %f, "vif failed");
         }
         self.stop.store(true, Ordering::SeqCst);
         // A failed vif carries nothing (Linux: xenvif_carrier_off when the
@@ -299,18 +250,11 @@ impl Shared {
     }
 }
 
-#[derive(Debug)]
-struct QueueHandle {
-    thread: Option<JoinHandle<()>>,
-    evtchn: Arc<Evtchn>,
-    kick: evtchn_port_t,
-}
-
 /// A connected vif.
 #[derive(Debug)]
 pub struct Device {
     domid: domid_t,
-    queues: Vec<QueueHandle>,
+    queues: Vec<QueueThread>,
     shared: Arc<Shared>,
     stopped: bool,
 }
@@ -343,12 +287,12 @@ impl Device {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             metrics: Metrics::default(),
-            failure: Mutex::new(None),
+            failure: FailOnce::new(),
             carrier: Mutex::new(Carrier {
                 tap: tap0,
                 running: false,
                 stalled: 0,
-                last_log: None,
+                log: LogLimiter::new(1, LOG_WINDOW),
             }),
         });
         let mut dev = Device {
@@ -404,7 +348,7 @@ impl Device {
     /// The failure, if a queue failed.
     #[must_use]
     pub fn failure(&self) -> Option<DeviceFailure> {
-        self.shared.failure.lock().ok().and_then(|g| g.clone())
+        self.shared.failure.get()
     }
 
     /// The counters.
@@ -416,16 +360,7 @@ impl Device {
     /// Waits up to `timeout` for a failure.
     #[must_use]
     pub fn wait_failure(&self, timeout: Duration) -> Option<DeviceFailure> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(f) = self.failure() {
-                return Some(f);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.shared.failure.wait(timeout)
     }
 
     /// Whether the device has the carrier on (started, no queue stalled).
@@ -455,16 +390,7 @@ impl Device {
             c.apply();
         }
         self.shared.stop.store(true, Ordering::SeqCst);
-        for q in &self.queues {
-            let _ = q.evtchn.notify(q.kick);
-        }
-        for q in &mut self.queues {
-            if let Some(t) = q.thread.take() {
-                if t.join().is_err() {
-                    tracing::error!(domid = self.domid, "a netback queue worker panicked");
-                }
-            }
-        }
+        stop_queues(&mut self.queues, "netback", self.domid);
         self.shared.carrier().apply();
     }
 }
@@ -486,32 +412,22 @@ fn start_queue(
     mtu: u32,
     rx_stall_timeout: Option<Duration>,
     shared: &Arc<Shared>,
-) -> Result<QueueHandle, DeviceError> {
+) -> Result<QueueThread, DeviceError> {
     let map = |gref| {
         handles
             .gntdev
             .map_grant_ref(domid, gref, true)
             .map_err(|source| DeviceError::MapRing {
                 domid,
-                gref,
+                grefs: vec![gref],
                 source,
             })
     };
     let tx_map = map(q.tx_ring_ref)?;
     let rx_map = map(q.rx_ring_ref)?;
-    let ring = |m: &GrantMapping| -> Result<SharedRing, DeviceError> {
-        let base = m
-            .as_mut_ptr()
-            .ok_or(DeviceError::Ring(RingError::BadLayout))?;
-        // SAFETY: `base..base + len` is the frontend's ring page, mapped
-        // writable; the mapping moves into the worker with the ring and is
-        // dropped after it (`Worker` field order). Only this ring touches
-        // it in this process.
-        unsafe { SharedRing::new(base, m.len()) }.map_err(DeviceError::Ring)
-    };
-    let tx = BackRing::<TxSlot, TxRsp>::attach(ring(&tx_map)?).map_err(DeviceError::Ring)?;
-    let rx = BackRing::<RxSlot, RxSlot>::attach(ring(&rx_map)?).map_err(DeviceError::Ring)?;
-    let ev = |what| move |source| DeviceError::Evtchn { what, source };
+    let tx = MappedBackRing::attach(tx_map).map_err(DeviceError::Ring)?;
+    let rx = MappedBackRing::attach(rx_map).map_err(DeviceError::Ring)?;
+    let ev = DeviceError::evtchn;
     let evtchn = Arc::new(Evtchn::open(&handles.socket).map_err(ev("opening a handle"))?);
     let port_tx = evtchn
         .bind_interdomain(domid, q.evtchn_tx)
@@ -536,8 +452,6 @@ fn start_queue(
         domid,
         tx,
         rx,
-        _tx_map: tx_map,
-        _rx_map: rx_map,
         gntdev: Arc::clone(&handles.gntdev),
         evtchn: Arc::clone(&evtchn),
         port_tx,
@@ -550,32 +464,27 @@ fn start_queue(
         shared: Arc::clone(shared),
         pending: Vec::with_capacity(MAX_SLOTS + MAX_EXTRAS),
         rx_held: std::collections::VecDeque::with_capacity(MAX_SLOTS + 2),
-        last_log: None,
+        log: LogLimiter::new(1, LOG_WINDOW),
         stall: rx_stall_timeout.map(|t| t.max(Duration::from_millis(1))),
         stalled: false,
         last_rx: Instant::now(),
         rounds: 0,
         poll: PollWindow::new(u64::try_from(SPIN.as_nanos()).unwrap_or(u64::MAX)),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("netback-{domid}-q{index}"))
-        .spawn(move || worker.run())
-        .map_err(DeviceError::Spawn)?;
-    Ok(QueueHandle {
-        thread: Some(thread),
+    QueueThread::spawn(
+        format!("netback-{domid}-q{index}"),
         evtchn,
         kick,
-    })
+        move || worker.run(),
+    )
+    .map_err(DeviceError::Spawn)
 }
 
 struct Worker {
     index: u32,
     domid: domid_t,
-    // Field order matters: the rings are dropped before their mappings.
-    tx: BackRing<TxSlot, TxRsp>,
-    rx: BackRing<RxSlot, RxSlot>,
-    _tx_map: GrantMapping,
-    _rx_map: GrantMapping,
+    tx: MappedBackRing<TxSlot, TxRsp>,
+    rx: MappedBackRing<RxSlot, RxSlot>,
     gntdev: Arc<Gntdev>,
     evtchn: Arc<Evtchn>,
     port_tx: evtchn_port_t,
@@ -593,7 +502,7 @@ struct Worker {
     /// Rx requests taken (their pages mapped) and not answered yet: the
     /// next packets are read from the TAP straight into these pages.
     rx_held: std::collections::VecDeque<Held>,
-    last_log: Option<Instant>,
+    log: LogLimiter,
     /// The rx stall timeout (`None`: no stall detection).
     stall: Option<Duration>,
     /// This queue counts as stalled in `shared`'s carrier.
@@ -768,14 +677,7 @@ impl Worker {
     }
 
     fn log_drop(&mut self, what: &str, err: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
-        {
-            self.last_log = Some(now);
-            tracing::warn!(domid = self.domid, queue = self.index, error = %err, "{what}");
-        }
+        warn_limited!(self.log, domid = self.domid, queue = self.index, error = %err, "{what}");
     }
 
     fn notify(&self, port: evtchn_port_t) -> Result<(), FailureReason> {

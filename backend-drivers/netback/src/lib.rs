@@ -28,13 +28,14 @@ pub use xen_netif_offload as offload;
 pub mod request;
 pub mod tap;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use xen_abi::io::netif::keys;
 use xen_abi::xen::domid_t;
-use xen_shim::dom0::Gntdev;
+use xen_backend_common::{check_queue_count, FrontendKeys, KeyError};
+
+pub use xen_backend_common::Dom0Handles;
 
 pub use device::{Device, DeviceError, DeviceFailure, FailureReason, MetricsSnapshot, QueueParams};
 pub use tap::{TapError, TapQueue};
@@ -129,21 +130,12 @@ pub struct FrontendParams {
     pub csum_ipv6: bool,
 }
 
-fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, NetbackError> {
-    v.trim().parse().map_err(|_| NetbackError::BadKey {
-        key: key.to_string(),
-        value: v.to_string(),
-    })
-}
-
-fn flag(
-    read: &impl Fn(&str) -> Option<String>,
-    key: &str,
-    default: bool,
-) -> Result<bool, NetbackError> {
-    match read(key) {
-        None => Ok(default),
-        Some(v) => Ok(parse_num::<u32>(key, &v)? != 0),
+impl From<KeyError> for NetbackError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Missing(key) => NetbackError::MissingKey(key),
+            KeyError::Bad { key, value } => NetbackError::BadKey { key, value },
+        }
     }
 }
 
@@ -158,43 +150,23 @@ impl FrontendParams {
         read: impl Fn(&str) -> Option<String>,
         max_queues: u32,
     ) -> Result<Self, NetbackError> {
-        if !flag(&read, keys::REQUEST_RX_COPY, false)? {
+        let fe = FrontendKeys::new(read);
+        if !fe.flag(keys::REQUEST_RX_COPY, false)? {
             return Err(NetbackError::Required(keys::REQUEST_RX_COPY));
         }
-        if !flag(&read, keys::FEATURE_RX_NOTIFY, false)? {
+        if !fe.flag(keys::FEATURE_RX_NOTIFY, false)? {
             return Err(NetbackError::Required(keys::FEATURE_RX_NOTIFY));
         }
-        let nq = match read(keys::MULTI_QUEUE_NUM_QUEUES) {
-            None => 1,
-            Some(v) => {
-                let n: u32 = parse_num(keys::MULTI_QUEUE_NUM_QUEUES, &v)?;
-                if n == 0 || n > max_queues.clamp(1, MAX_QUEUES) {
-                    return Err(NetbackError::BadKey {
-                        key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                        value: v,
-                    });
-                }
-                n
-            }
-        };
-        let mut queues = Vec::with_capacity(nq as usize);
-        for q in 0..nq {
-            let dir = if nq == 1 {
-                String::new()
-            } else {
-                format!("{}{q}/", keys::QUEUE_PREFIX)
-            };
-            let get = |k: &str| -> Result<u32, NetbackError> {
-                let key = format!("{dir}{k}");
-                let v = read(&key).ok_or_else(|| NetbackError::MissingKey(key.clone()))?;
-                parse_num(&key, &v)
-            };
-            let tx_ring_ref = get(keys::TX_RING_REF)?;
-            let rx_ring_ref = get(keys::RX_RING_REF)?;
-            let (evtchn_tx, evtchn_rx) = match read(&format!("{dir}{}", keys::EVENT_CHANNEL_TX)) {
-                Some(_) => (get(keys::EVENT_CHANNEL_TX)?, get(keys::EVENT_CHANNEL_RX)?),
+        let dirs = fe.queue_dirs(max_queues.clamp(1, MAX_QUEUES))?;
+        let mut queues = Vec::with_capacity(dirs.len());
+        for dir in &dirs {
+            let num = |k: &str| fe.num::<u32>(&format!("{dir}{k}"));
+            let tx_ring_ref = num(keys::TX_RING_REF)?;
+            let rx_ring_ref = num(keys::RX_RING_REF)?;
+            let (evtchn_tx, evtchn_rx) = match fe.get(&format!("{dir}{}", keys::EVENT_CHANNEL_TX)) {
+                Some(_) => (num(keys::EVENT_CHANNEL_TX)?, num(keys::EVENT_CHANNEL_RX)?),
                 None => {
-                    let p = get(keys::EVENT_CHANNEL)?;
+                    let p = num(keys::EVENT_CHANNEL)?;
                     (p, p)
                 }
             };
@@ -205,26 +177,17 @@ impl FrontendParams {
                 evtchn_rx,
             });
         }
-        let sg = flag(&read, keys::FEATURE_SG, false)?;
+        let sg = fe.flag(keys::FEATURE_SG, false)?;
         Ok(Self {
             queues,
             sg,
             // GSO needs scatter-gather (a segment train spans pages).
-            gso_tcpv4: sg && flag(&read, keys::FEATURE_GSO_TCPV4, false)?,
-            gso_tcpv6: sg && flag(&read, keys::FEATURE_GSO_TCPV6, false)?,
-            csum_ipv4: !flag(&read, keys::FEATURE_NO_CSUM_OFFLOAD, false)?,
-            csum_ipv6: flag(&read, keys::FEATURE_IPV6_CSUM_OFFLOAD, false)?,
+            gso_tcpv4: sg && fe.flag(keys::FEATURE_GSO_TCPV4, false)?,
+            gso_tcpv6: sg && fe.flag(keys::FEATURE_GSO_TCPV6, false)?,
+            csum_ipv4: !fe.flag(keys::FEATURE_NO_CSUM_OFFLOAD, false)?,
+            csum_ipv6: fe.flag(keys::FEATURE_IPV6_CSUM_OFFLOAD, false)?,
         })
     }
-}
-
-/// Dom0 handles a device needs: a grant mapper and the shim's socket.
-#[derive(Debug, Clone)]
-pub struct Dom0Handles {
-    /// Grant mapper (shared by all queues and devices).
-    pub gntdev: Arc<Gntdev>,
-    /// The shim daemon's socket.
-    pub socket: PathBuf,
 }
 
 /// One vif's Dom0 end: the TAP exists (and is a bridge port) from
@@ -302,12 +265,7 @@ impl NetBackend {
         domid: domid_t,
         params: &FrontendParams,
     ) -> Result<Device, NetbackError> {
-        if params.queues.is_empty() || params.queues.len() > self.config.max_queues as usize {
-            return Err(NetbackError::BadKey {
-                key: keys::MULTI_QUEUE_NUM_QUEUES.to_string(),
-                value: params.queues.len().to_string(),
-            });
-        }
+        check_queue_count(params.queues.len(), self.config.max_queues)?;
         let mut offload = 0;
         if params.csum_ipv4 || params.csum_ipv6 {
             offload |= tap::TUN_F_CSUM;

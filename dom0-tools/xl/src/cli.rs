@@ -100,16 +100,6 @@ pub struct ShutdownArgs {
     pub domain: String,
 }
 
-fn report(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
 /// Runs one verb; errors go to stderr with exit status 1.
 #[must_use]
 pub fn run(args: &Args) -> ExitCode {
@@ -154,7 +144,7 @@ pub fn run(args: &Args) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xl: {}", report(&e));
+            eprintln!("xl: {}", xen_diag::ErrorChain(&e));
             ExitCode::FAILURE
         }
     }

@@ -31,8 +31,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::ratelimit::LogLimiter;
 use crate::vbd::{BlockDevice, VbdError};
+use xen_diag::LogLimiter;
 
 /// `FOPEN_DIRECT_IO`: bypass the page cache for this open file.
 const FOPEN_DIRECT_IO: u32 = 1;
@@ -107,7 +107,7 @@ impl<D: BlockDevice> BlockFileFs<D> {
             gid: 0,
             perm,
             created: SystemTime::now(),
-            errors: LogLimiter::new(Duration::from_secs(1)),
+            errors: LogLimiter::new(1, Duration::from_secs(1)),
         }
     }
 

@@ -184,13 +184,7 @@ pub fn run(args: &Args) -> ExitCode {
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            let mut msg = format!("xen-pvguest: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("xen-pvguest: {}", xen_diag::ErrorChain(&e));
             ExitCode::from(2)
         }
     }
@@ -291,12 +285,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, PvGuestError> {
     };
     let (reason, code) = match result {
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
+            let msg = xen_diag::ErrorChain(&e).to_string();
             let _ = emit(
                 &mut out,
                 "pvguest frontend-failed",

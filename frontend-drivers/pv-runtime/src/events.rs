@@ -27,7 +27,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_shim::guest::Hypervisor;
 use xen_shim::protocol::{ControlEvent, ShutdownReason};
 
-use crate::ratelimit::LogLimiter;
+use xen_diag::LogLimiter;
 
 /// A port handler, called on the dispatcher thread.
 pub type PortHandler = Arc<dyn Fn(evtchn_port_t) + Send + Sync>;
@@ -92,7 +92,7 @@ impl EventHub {
             handlers: RwLock::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             stats: DispatchStats::default(),
-            log: LogLimiter::new(Duration::from_secs(5)),
+            log: LogLimiter::new(1, Duration::from_secs(5)),
         }
     }
 

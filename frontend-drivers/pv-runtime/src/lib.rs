@@ -50,7 +50,6 @@ pub use xen_front_platform::pagealloc;
 pub mod platform;
 pub mod pvdisk;
 pub mod pvnet;
-pub mod ratelimit;
 pub mod runtime;
 pub mod testkit;
 pub mod vbd;

@@ -31,8 +31,8 @@ use xen_shim::guest::Hypervisor;
 use xen_xenbus::{ClientConfig, WatchEvent, XenbusClient, XenbusError, XenbusEvents};
 
 use crate::events::EventHub;
-use crate::ratelimit::LogLimiter;
 use crate::PvGuestError;
+use xen_diag::LogLimiter;
 
 /// Longest single sleep of [`PvXenstore::read_watch`] between looks at the
 /// ring.
@@ -185,7 +185,7 @@ impl PvXenstore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             events,
             store_page: ptr,
-            log: LogLimiter::new(Duration::from_secs(5)),
+            log: LogLimiter::new(1, Duration::from_secs(5)),
         })
     }
 

@@ -96,7 +96,6 @@ pub mod protocol;
 pub mod sys;
 
 mod client;
-mod ratelimit;
 
 pub use error::ShimError;
 pub use evtchn::EvtchnError;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use xen_abi::event_channel::*;
 use xen_abi::grant_table::*;
 use xen_abi::xen::{sched_shutdown, DOMID_SELF};
+use xen_diag::ErrorChain;
 
 use crate::evtchn::{EvtchnError, EvtchnRateLimit};
 use crate::grant::GrantError;
@@ -44,23 +45,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 fn ev(e: EvtchnError) -> String {
-    format!("err {} {}", e.errno(), chain(&e))
+    format!("err {} {}", e.errno(), ErrorChain(&e))
 }
 
 fn gr(e: GrantError) -> String {
-    format!("err {} {}", e.gntst(), chain(&e))
+    format!("err {} {}", e.gntst(), ErrorChain(&e))
 }
 
 fn num<T: std::str::FromStr>(a: &[&str], i: usize) -> Result<T, String> {
@@ -79,7 +69,7 @@ fn exec(hv: &Hypervisor, line: &str) -> Result<String, String> {
         "info" => {
             let si = hv
                 .start_info()
-                .map_err(|e| format!("err 5 {}", chain(&e)))?;
+                .map_err(|e| format!("err 5 {}", ErrorChain(&e)))?;
             let l = hv.layout();
             format!(
                 "ok domid={} nr_pages={} shared_info={} store_mfn={} store_evtchn={} console_mfn={} console_evtchn={} xenstore_gfn={} console_gfn={}",
@@ -159,7 +149,7 @@ fn exec(hv: &Hypervisor, line: &str) -> Result<String, String> {
             match hv.gnttabop_set_version(&mut op) {
                 Ok(()) => format!("ok {}", op.version),
                 Err(GrantError::Control(e)) => {
-                    format!("err {} {}", e.errno().unwrap_or(5), chain(&e))
+                    format!("err {} {}", e.errno().unwrap_or(5), ErrorChain(&e))
                 }
                 Err(e) => gr(e),
             }
@@ -319,11 +309,12 @@ fn exec(hv: &Hypervisor, line: &str) -> Result<String, String> {
             hv.schedop_shutdown(&sched_shutdown {
                 reason: num(&a, 1)?,
             })
-            .map_err(|e| format!("err 5 {}", chain(&e)))?;
+            .map_err(|e| format!("err 5 {}", ErrorChain(&e)))?;
             "ok".into()
         }
         "reattach" => {
-            hv.reattach().map_err(|e| format!("err 5 {}", chain(&e)))?;
+            hv.reattach()
+                .map_err(|e| format!("err 5 {}", ErrorChain(&e)))?;
             "ok".into()
         }
         "fds" => format!("ok {}", crate::sys::count_open_fds().unwrap_or(0)),
@@ -344,7 +335,7 @@ fn dom0_main() -> ExitCode {
     let mut gntdev = match Gntdev::open_default() {
         Ok(g) => Some(g),
         Err(e) => {
-            println!("err 5 gntdev open failed: {}", chain(&e));
+            println!("err 5 gntdev open failed: {}", ErrorChain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -463,7 +454,7 @@ pub fn main_from_env() -> ExitCode {
     let hv = match Hypervisor::attach_from_env() {
         Ok(h) => h,
         Err(e) => {
-            println!("err 5 attach failed: {}", chain(&e));
+            println!("err 5 attach failed: {}", ErrorChain(&e));
             return ExitCode::FAILURE;
         }
     };

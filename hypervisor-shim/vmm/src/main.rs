@@ -35,13 +35,7 @@ fn main() -> ExitCode {
         Ok(xen_vmm::Outcome::Shutdown(_)) => ExitCode::SUCCESS,
         Ok(xen_vmm::Outcome::Crashed(_)) => ExitCode::from(1),
         Err(e) => {
-            let mut msg = format!("xen-vmm: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("xen-vmm: {}", xen_diag::ErrorChain(&e));
             ExitCode::from(2)
         }
     }

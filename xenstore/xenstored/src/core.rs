@@ -14,10 +14,10 @@ use crate::domain::{Domain, Domains, IntroduceCheck};
 use crate::ops::{self, Caller, Event};
 use crate::persist::{Encoder, Record};
 use crate::quota::{self, Quotas};
-use crate::ratelimit::RateLimit;
 use crate::store::{Journaled, Node, Nodes, Tree};
 use crate::txn::{Transaction, TxView};
 use crate::watch::{ConnId, Watch, WatchId, Watches};
+use xen_diag::LogLimiter as RateLimit;
 
 /// `server_features` this daemon supports.
 pub const SERVER_FEATURES: u32 = xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_RECONNECTION

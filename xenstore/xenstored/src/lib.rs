@@ -25,7 +25,6 @@ pub mod harness;
 pub mod ops;
 pub mod persist;
 pub mod quota;
-pub mod ratelimit;
 pub mod server;
 pub mod shim_mapper;
 pub mod store;

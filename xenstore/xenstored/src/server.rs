@@ -18,11 +18,11 @@ use crate::core::{ConnKind, Core, DomainAction};
 use crate::domain_exc::DomainWatcher;
 use crate::ops::Caller;
 use crate::persist::{PersistError, StateDir};
-use crate::ratelimit::RateLimit;
 use crate::transport::{
     DomainMapper, RingTransport, SocketTransport, Transport, TransportError, Wakeup,
 };
 use crate::watch::ConnId;
+use xen_diag::{warn_limited, LogLimiter};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ pub struct Server {
     watcher: Option<Box<dyn DomainWatcher>>,
     stop: Arc<EventFd>,
     signal: Option<SignalFd>,
-    bad_client_log: RateLimit,
+    bad_client_log: LogLimiter,
     work: Vec<ConnId>,
     retry: Vec<ConnId>,
 }
@@ -208,7 +208,7 @@ impl Server {
             watcher: None,
             stop,
             signal: None,
-            bad_client_log: RateLimit::new(10, std::time::Duration::from_secs(5)),
+            bad_client_log: LogLimiter::new(10, std::time::Duration::from_secs(5)),
             work: Vec::new(),
             retry: Vec::new(),
         };
@@ -435,9 +435,7 @@ impl Server {
     }
 
     fn bad_client(&mut self, id: ConnId, why: &str, code: u32) {
-        if self.bad_client_log.allow() {
-            tracing::warn!(conn = id, "dropping client: {why}");
-        }
+        warn_limited!(self.bad_client_log, conn = id, "dropping client: {why}");
         let is_ring = self
             .io
             .get(id)

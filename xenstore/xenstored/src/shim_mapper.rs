@@ -51,8 +51,8 @@ use xenstore_wire::{DomId, XsError};
 
 use crate::domain::IntroduceCheck;
 use crate::domain_exc::{DomainFate, DomainWatcher};
-use crate::ratelimit::RateLimit;
 use crate::transport::{DomainMapper, Notifier, RingPage, PAGE_SIZE};
+use xen_diag::{warn_limited, ErrorChain, LogLimiter};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +192,7 @@ struct Shared {
     /// Readable when `VIRQ_DOM_EXC` fired; stays the same fd whether or not
     /// the shim is up.
     exc: Epoll,
-    log: Mutex<RateLimit>,
+    log: LogLimiter,
 }
 
 impl fmt::Debug for Shared {
@@ -286,7 +286,7 @@ impl ShimLink {
                 serial: AtomicU64::new(1),
                 prepared: Mutex::new(HashMap::new()),
                 exc,
-                log: Mutex::new(RateLimit::new(10, std::time::Duration::from_secs(5))),
+                log: LogLimiter::new(10, std::time::Duration::from_secs(5)),
             }),
         })
     }
@@ -449,22 +449,8 @@ impl ShimLink {
     }
 
     fn warn(&self, domid: DomId, e: &ShimLinkError) {
-        if lock(&self.shared.log).allow() {
-            tracing::warn!(domid, error = %crate::shim_mapper::chain(e), "domain ring not connected");
-        }
+        warn_limited!(self.shared.log, domid, error = %ErrorChain(e), "domain ring not connected");
     }
-}
-
-/// An error with its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 impl IntroduceCheck for ShimLink {
@@ -501,7 +487,7 @@ impl DomainMapper for ShimLink {
         // state directory.
         match self.prepare(domid, mfn, port) {
             Ok(p) => Ok((p.page, Box::new(p.notifier))),
-            Err(e) => Err(io::Error::other(chain(&e))),
+            Err(e) => Err(io::Error::other(ErrorChain(&e).to_string())),
         }
     }
 
@@ -531,7 +517,7 @@ impl DomainWatcher for ShimLink {
             .gntdev
             .control()
             .list_domains()
-            .map_err(|e| io::Error::other(chain(&e)))?;
+            .map_err(|e| io::Error::other(ErrorChain(&e).to_string()))?;
         let state: HashMap<u16, DomainState> = doms.iter().map(|d| (d.domid, d.state)).collect();
         let fates = introduced
             .iter()

@@ -40,7 +40,9 @@ use xenstore_client::{Client, XsOps};
 use super::budget::{EventBudget, Unmask};
 use super::outbuf::OutBuf;
 use super::pty::Pty;
-use crate::warn_limited;
+use xen_diag::{warn_limited, ErrorChain};
+
+use crate::GUEST_LOG;
 
 /// Ring-fulls of output taken per round before input gets a turn.
 pub const MAX_ROUNDS: usize = 8;
@@ -276,7 +278,7 @@ fn write_tty(xs: &Client, domid: u16, tty: &std::path::Path) {
         tx.write(&format!("{dir}/tty"), tty.display().to_string())
     });
     if let Err(e) = r {
-        warn_limited!(domid, error = %e, "cannot write console/tty");
+        warn_limited!(GUEST_LOG, domid, error = %e, "cannot write console/tty");
     }
 }
 
@@ -308,7 +310,7 @@ impl Console {
         let r = self.serve();
         let _ = self.evtchn.unbind(self.local);
         if let Err(e) = &r {
-            warn_limited!(domid = self.domid, error = %crate::console::chain(e), "console failed");
+            warn_limited!(GUEST_LOG, domid = self.domid, error = %ErrorChain(e), "console failed");
         }
         r
     }
@@ -438,7 +440,7 @@ impl Console {
             Ok(()) => self.log_ok = true,
             Err(e) => {
                 if self.log_ok {
-                    warn_limited!(domid = self.domid, error = %e, "cannot append to the console log");
+                    warn_limited!(GUEST_LOG, domid = self.domid, error = %e, "cannot append to the console log");
                 }
                 self.log_ok = false;
             }

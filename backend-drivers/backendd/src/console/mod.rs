@@ -38,7 +38,9 @@ use xenstore_client::{Client, XsClientError, XsOps};
 
 pub use device::{ConsoleFailure, ConsoleHandle, ConsoleSpec, ConsoleStats};
 
-use crate::warn_limited;
+use xen_diag::{warn_limited, ErrorChain};
+
+use crate::GUEST_LOG;
 
 /// Token of the `@introduceDomain` watch.
 pub const INTRODUCE_TOKEN: &str = "console-introduce";
@@ -139,18 +141,6 @@ pub fn parse_port(v: &[u8]) -> Option<u32> {
         .parse::<u32>()
         .ok()
         .filter(|&p| p != 0)
-}
-
-/// An error with its sources, on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// What the service says about one domain's console.
@@ -278,7 +268,7 @@ impl Consoles {
                 Ok(_) => {}
                 Err(XsClientError::Disconnected) => return Err(ConsolesError::Disconnected),
                 Err(e) => {
-                    warn_limited!(error = %e, "console watch wait failed");
+                    warn_limited!(GUEST_LOG, error = %e, "console watch wait failed");
                     std::thread::sleep(self.cfg.poll);
                 }
             }
@@ -311,7 +301,7 @@ impl Consoles {
         match self.xs.rm(&format!("/local/domain/{domid}/console/tty")) {
             Ok(()) => {}
             Err(e) if e.is_enoent() => {}
-            Err(e) => warn_limited!(domid, error = %e, "cannot remove console/tty"),
+            Err(e) => warn_limited!(GUEST_LOG, domid, error = %e, "cannot remove console/tty"),
         }
     }
 
@@ -322,7 +312,7 @@ impl Consoles {
         match Gntdev::open(&self.cfg.shim_socket) {
             Ok(g) => Some(self.gntdev.get_or_init(|| g)),
             Err(e) => {
-                warn_limited!(error = %e, "cannot open the shim's gntdev for consoles");
+                warn_limited!(GUEST_LOG, error = %e, "cannot open the shim's gntdev for consoles");
                 None
             }
         }
@@ -334,7 +324,7 @@ impl Consoles {
             Ok(v) => v.iter().filter_map(|d| d.parse().ok()).collect(),
             Err(e) if e.is_enoent() => Vec::new(),
             Err(e) => {
-                warn_limited!(error = %e, "cannot list /local/domain");
+                warn_limited!(GUEST_LOG, error = %e, "cannot list /local/domain");
                 return;
             }
         };
@@ -371,7 +361,7 @@ impl Consoles {
                 if let Some(mut h) = e.handle.take() {
                     let why = match h.join() {
                         Ok(()) => "the console thread ended".to_owned(),
-                        Err(f) => chain(&f),
+                        Err(f) => ErrorChain(&f).to_string(),
                     };
                     e.status.tty = None;
                     e.status.failed = Some(why);
@@ -394,7 +384,7 @@ impl Consoles {
     fn start(&mut self, domid: u16, nodes: ConsoleNodes) {
         let Some(gntdev) = self.gntdev() else { return };
         if let Err(e) = std::fs::create_dir_all(&self.cfg.log_dir) {
-            warn_limited!(dir = %self.cfg.log_dir.display(), error = %e, "cannot create the console log directory");
+            warn_limited!(GUEST_LOG, dir = %self.cfg.log_dir.display(), error = %e, "cannot create the console log directory");
         }
         let spec = ConsoleSpec {
             domid,
@@ -423,9 +413,9 @@ impl Consoles {
             Err(e) => {
                 // The domain may still be being built (its runtime not yet
                 // attached): a later rescan tries again.
-                tracing::debug!(domid, error = %chain(&e), "console not started");
+                tracing::debug!(domid, error = %ErrorChain(&e), "console not started");
                 if matches!(e, ConsoleFailure::Ring(_)) {
-                    warn_limited!(domid, error = %chain(&e), "console refused");
+                    warn_limited!(GUEST_LOG, domid, error = %ErrorChain(&e), "console refused");
                     self.live.insert(
                         domid,
                         Entry {
@@ -433,7 +423,7 @@ impl Consoles {
                             handle: None,
                             status: ConsoleStatus {
                                 tty: None,
-                                failed: Some(chain(&e)),
+                                failed: Some(ErrorChain(&e).to_string()),
                                 stats: Arc::default(),
                             },
                         },

@@ -444,12 +444,7 @@ impl NbdImage {
     }
 
     fn mark_broken(&self, e: &NbdError) {
-        let mut why = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            why.push_str(&format!(": {s}"));
-            src = s.source();
-        }
+        let why = xen_diag::ErrorChain(e).to_string();
         if let Ok(mut g) = self.why.lock() {
             if g.is_none() {
                 *g = Some(why.clone());

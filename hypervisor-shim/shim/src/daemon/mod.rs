@@ -23,9 +23,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use xen_diag::{warn_limited, LogLimiter};
 
 use crate::protocol::{ControlEvent, DomainConfig, Message, WireError};
-use crate::ratelimit::{warn_limited, LogLimiter};
 use crate::sys::{self, Epoll, PeerCred, Ready};
 use domain::{Domain, SavedDomain};
 
@@ -170,13 +170,7 @@ pub fn main_from_env() -> ExitCode {
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = format!("xen-shimd: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("xen-shimd: {}", xen_diag::ErrorChain(&e));
             ExitCode::FAILURE
         }
     }
@@ -435,7 +429,7 @@ impl Daemon {
             owners: HashMap::new(),
             last_sweep: Instant::now(),
             sweep_at: None,
-            log: LogLimiter::new(20),
+            log: LogLimiter::new(20, Duration::from_secs(1)),
             uid,
             running: true,
             dirty: false,

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use xen_abi::grant_table::*;
 use xen_abi::xen::domid_t;
+use xen_diag::{warn_limited, LogLimiter};
 
 use super::active::{ActiveTable, PIN_LIMIT, PIN_READ_INC, PIN_WRITE_INC};
 use super::ledger::Ledger;
 use super::{clear_status, read_target, set_status, GrantError, GrantTarget, SharedGrantTable};
 use crate::layout::PAGE_SIZE;
 use crate::mem::{GuestMemory, GuestSlice, MemError};
-use crate::ratelimit::{warn_limited, LogLimiter};
 use crate::sys::PageWindow;
 
-static UNMAP_LOG: std::sync::LazyLock<LogLimiter> = std::sync::LazyLock::new(|| LogLimiter::new(5));
+static UNMAP_LOG: LogLimiter = LogLimiter::new(5, std::time::Duration::from_secs(1));
 
 /// A granting domain as seen by a mapper: its whole memory file mapped
 /// (Dom0 is privileged), its active-grant file, the memory file's fd for
