@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use xen_blkback::{
     BlkBackend, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles, FrontendParams, NbdTarget,
 };
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
 

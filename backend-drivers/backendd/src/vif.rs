@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use xen_netback::{Dom0Handles, FrontendParams, NetBackend, NetConfig};
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 
 use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
 

@@ -25,8 +25,8 @@ use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::blkif::*;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::GrantMapping;
+use xen_shim_dom0::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
 use zerocopy::IntoBytes;
 
 use crate::io::{DiskImage, ImageError, IoPool, IoVec};
@@ -58,7 +58,7 @@ pub enum DeviceError {
         grefs: Vec<grant_ref_t>,
         /// Cause.
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     /// The ring mapping is unusable.
     #[error("the ring mapping is not a valid shared ring")]
@@ -70,7 +70,7 @@ pub enum DeviceError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: xen_shim::EvtchnError,
+        source: xen_shim_proto::EvtchnError,
     },
     /// The worker thread could not be started.
     #[error("cannot start a queue worker")]
@@ -466,7 +466,7 @@ enum ServeError {
     Grant {
         gref: grant_ref_t,
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     #[error("disk I/O failed")]
     Io(#[from] ImageError),
@@ -828,7 +828,7 @@ impl Worker {
 
     /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`);
     /// `true` if the frontend's port fired.
-    fn wait(&mut self) -> Result<bool, xen_shim::EvtchnError> {
+    fn wait(&mut self) -> Result<bool, xen_shim_proto::EvtchnError> {
         let fired = self.evtchn.pending(Some(IDLE_WAIT))?;
         if !fired.is_empty() {
             self.shared.metrics.add(Counter::Wakeups, 1);
@@ -1144,7 +1144,7 @@ impl Worker {
             let base = if writable {
                 m.as_mut_ptr().ok_or(ServeError::Grant {
                     gref: s.gref,
-                    source: xen_shim::GrantError::Invalid("page mapped read-only"),
+                    source: xen_shim_proto::GrantError::Invalid("page mapped read-only"),
                 })?
             } else {
                 m.as_ptr().cast_mut()

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use xen_abi::io::blkif::{keys, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::xen::domid_t;
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 
 pub use device::{
     Device, DeviceError, DeviceFailure, DeviceStatus, FailureHook, FailureReason, QueueParams,

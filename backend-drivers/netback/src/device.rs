@@ -49,8 +49,8 @@ use xen_abi::grant_table::grant_ref_t;
 use xen_abi::io::netif::*;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, PollWindow, RingError, SharedRing};
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::GrantMapping;
+use xen_shim_dom0::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
@@ -90,7 +90,7 @@ pub enum DeviceError {
         gref: grant_ref_t,
         /// Cause.
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     /// The ring mapping is unusable.
     #[error("the ring mapping is not a valid shared ring")]
@@ -102,7 +102,7 @@ pub enum DeviceError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: xen_shim::EvtchnError,
+        source: xen_shim_proto::EvtchnError,
     },
     /// The worker thread could not be started.
     #[error("cannot start a queue worker")]

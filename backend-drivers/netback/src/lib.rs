@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use xen_abi::io::netif::keys;
 use xen_abi::xen::domid_t;
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 
 pub use device::{Device, DeviceError, DeviceFailure, FailureReason, MetricsSnapshot, QueueParams};
 pub use tap::{TapError, TapQueue};
