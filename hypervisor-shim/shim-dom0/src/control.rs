@@ -58,7 +58,7 @@ impl Control {
         })
     }
 
-    /// Connects to [`crate::default_socket_path`].
+    /// Connects to [`xen_shim_proto::default_socket_path`].
     pub fn connect_default() -> Result<Self, ControlError> {
         Self::connect(&xen_shim_proto::default_socket_path())
     }

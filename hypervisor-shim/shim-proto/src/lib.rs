@@ -83,7 +83,8 @@
 //!
 //! The receiver's runtime turns a wake-up into Xen's 2-level bits: for a
 //! guest, `evtchn_2l_set_pending` on its own `shared_info`; for a Dom0
-//! `xen_shim_dom0::Evtchn`, process-local bitmaps with `/dev/xen/evtchn` semantics.
+//! `xen_shim_dom0::Evtchn`, process-local bitmaps with `/dev/xen/evtchn`
+//! semantics.
 //! A KVM VMM can register a port's `out` eventfd as an ioeventfd doorbell
 //! (the guest's sends) and its `in` eventfd as an irqfd (when it does not
 //! busy-poll the doorbell page).

@@ -11,7 +11,7 @@
 //! - `AttachGuest`: `[memory, in/out of every port listed in the reply...]`
 //! - `DomainFds`: `[memory, active-grant]`
 //! - `MapperFds`: `[memory, active-grant, ledger]` (the ledger locked for the
-//!   caller; see [`crate::grant::ledger`])
+//!   caller; see `xen_shim_dom0::grant::ledger`)
 //! - `AllocUnbound` (for the caller's own domain), `BindInterdomain`,
 //!   `BindIpi`, `FetchPort`: `[in, out, doorbell page]`; `BindVirq`:
 //!   `[in, doorbell page]`

@@ -944,8 +944,8 @@ impl Daemon {
 
     /// Finds the ledgers whose mapper is gone (their lock is free) and drops
     /// their pins (gntdev's release, for a process that closed its handle or
-    /// died): see [`crate::grant::ledger`]. Ledgers of domains that no longer
-    /// exist are removed; owners of live ones are watched.
+    /// died): see [`xen_shim_dom0::grant::ledger`]. Ledgers of domains that
+    /// no longer exist are removed; owners of live ones are watched.
     fn sweep_ledgers(&mut self) {
         use xen_shim_dom0::grant::ledger::{list_ledgers, reclaim, GrantTableViewDyn, Ledger};
         self.last_sweep = Instant::now();

@@ -1,7 +1,7 @@
 //! The Dom0-only active-grant file: per grant reference, the pins of current
 //! mappings (Xen's `struct active_grant_entry`), shared by every Dom0 process
 //! that maps the domain's grants, plus a header the daemon keeps current
-//! (table version, frames, dying flag). See [`crate::layout`] for the byte
+//! (table version, frames, dying flag). See [`xen_shim_proto::layout`] for the byte
 //! layout.
 //!
 //! Each entry has a lock word holding the id of the Dom0 thread changing it.

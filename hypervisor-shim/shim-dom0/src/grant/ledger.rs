@@ -1,4 +1,4 @@
-//! Per-mapper grant ledgers: what one Dom0 mapper (one [`crate::dom0::Gntdev`]
+//! Per-mapper grant ledgers: what one Dom0 mapper (one [`crate::Gntdev`]
 //! handle's view of one granting domain) has pinned, so that its pins can be
 //! dropped when it goes away, as Linux's gntdev does in its `release`
 //! (closing `/dev/xen/gntdev`, which happens when its process dies, unmaps

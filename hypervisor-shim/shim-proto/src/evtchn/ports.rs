@@ -1,8 +1,8 @@
 //! The receiving side of event channels in one process: the local ports with
 //! their eventfds and doorbell pages, one epoll set over their `in` eventfds,
 //! per-port statistics and rate limiting, and an optional bounded busy-poll
-//! before sleeping. Used by [`crate::guest::Hypervisor`] and
-//! [`crate::dom0::Evtchn`].
+//! before sleeping. Used by a guest's `xen_shim_guest::Hypervisor` and by
+//! Dom0's `xen_shim_dom0::Evtchn`.
 //!
 //! # Doorbells (notification suppression)
 //!
