@@ -7,7 +7,7 @@
 //! ```text
 //!   Dom0 processes (backendd, xenstored, xl)          guest runtime (domain N)
 //!   xen-shim-dom0: Gntdev, Gntalloc, Evtchn,         xen-shim-guest: Hypervisor
-//!                  Control, GrantMapping                     │
+//!        │         Control, GrantMapping                     │
 //!        │  control plane: SOCK_SEQPACKET + SCM_RIGHTS       │
 //!        └──────────────► xen-shimd (daemon) ◄───────────────┘
 //!            owns: domain table, domids, port tables, memory files,
@@ -28,8 +28,9 @@
 //! ```
 //!
 //! Dependencies go one way: `xen-shim-guest` and `xen-shim-dom0` depend on
-//! this crate, `xen-shimd` on `xen-shim-dom0`; a guest crate never reaches
-//! `xen-shim-dom0` or `xen-shimd` (`tests/testhost/tests/layering.rs`).
+//! this crate, `xen-shimd` on `xen-shim-dom0` (and on `xen-shim-guest` for
+//! its test-only peer binary); a guest crate never reaches `xen-shim-dom0`
+//! or `xen-shimd` (`tests/testhost/tests/layering.rs`).
 //!
 //! This crate:
 //!
