@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup-host.sh
-cargo build --release --locked -p xen-xl -p xen-backendd -p xen-pvguest -p xen-shim -p xenstored --bins
+cargo build --release --locked -p xen-xl -p xen-backendd -p xen-pvguest -p xen-shimd -p xenstored --bins
 xl=target/release/xl
 
 img=examples/pv-disk.img

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -w /dev/kvm ] || { echo "pvhvm.sh: /dev/kvm is missing or not writable" >&2; exit 1; }
-cargo build --release --locked -p xen-xl -p xen-backendd -p xen-vmm -p xen-shim -p xenstored --bins
+cargo build --release --locked -p xen-xl -p xen-backendd -p xen-vmm -p xen-shimd -p xenstored --bins
 RUSTFLAGS="-C relocation-model=static" cargo build --release --locked \
   --manifest-path frontend-drivers/pvhvm-kernel/Cargo.toml \
   --target x86_64-unknown-linux-gnu --target-dir target/pvhvm-kernel

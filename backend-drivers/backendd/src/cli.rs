@@ -102,7 +102,7 @@ pub fn run(args: &Args) -> ExitCode {
     let shim = args
         .shim_socket
         .clone()
-        .unwrap_or_else(xen_shim::default_socket_path);
+        .unwrap_or_else(xen_shim_proto::default_socket_path);
     let consoles = if args.no_consoles {
         None
     } else {

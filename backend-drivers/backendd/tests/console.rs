@@ -31,7 +31,7 @@ use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::bytes::cons_offsets;
 use xen_ring::SharedRing;
-use xen_shim::protocol::DomainConfig;
+use xen_shim_proto::protocol::DomainConfig;
 use xenstore_client::{Client, XsOps};
 
 mod common;

@@ -24,7 +24,7 @@ use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
-use xen_shim::protocol::DomainConfig;
+use xen_shim_proto::protocol::DomainConfig;
 use xenstore_client::{Client, XsOps};
 use zerocopy::IntoBytes;
 

@@ -27,8 +27,8 @@ pub use xen_backend_common::DeviceError;
 use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
 use xen_diag::{ErrorChain, LogLimiter};
 use xen_ring::{PollWindow, RingError};
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
+use xen_shim_dom0::GrantMapping;
 use zerocopy::IntoBytes;
 
 use crate::io::{DiskImage, ImageError, IoPool, IoVec};
@@ -374,7 +374,7 @@ enum ServeError {
     Grant {
         gref: grant_ref_t,
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     #[error("disk I/O failed")]
     Io(#[from] ImageError),
@@ -736,7 +736,7 @@ impl Worker {
 
     /// Sleeps until the frontend or the owner kicks (or `IDLE_WAIT`);
     /// `true` if the frontend's port fired.
-    fn wait(&mut self) -> Result<bool, xen_shim::EvtchnError> {
+    fn wait(&mut self) -> Result<bool, xen_shim_proto::EvtchnError> {
         let fired = self.evtchn.pending(Some(IDLE_WAIT))?;
         if !fired.is_empty() {
             self.shared.metrics.add(Counter::Wakeups, 1);
@@ -1052,7 +1052,7 @@ impl Worker {
             let base = if writable {
                 m.as_mut_ptr().ok_or(ServeError::Grant {
                     gref: s.gref,
-                    source: xen_shim::GrantError::Invalid("page mapped read-only"),
+                    source: xen_shim_proto::GrantError::Invalid("page mapped read-only"),
                 })?
             } else {
                 m.as_ptr().cast_mut()

@@ -18,7 +18,7 @@
 //! the page for that request alone.
 //!
 //! Generic over the mapping so that the logic is tested without a shim;
-//! the device stores `xen_shim::GrantMapping`s, whose drop unmaps.
+//! the device stores `xen_shim_dom0::GrantMapping`s, whose drop unmaps.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;

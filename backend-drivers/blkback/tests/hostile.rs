@@ -15,7 +15,7 @@ use xen_blkback::DeviceStatus;
 use xen_front_platform::{Platform, PlatformError};
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::unique_name;
-use xen_shim::protocol::DomainConfig;
+use xen_shim_proto::protocol::DomainConfig;
 
 /// A second guest domain, attached in this process.
 fn second_guest(w: &World, tag: &str) -> Runtime {

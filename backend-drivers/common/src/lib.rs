@@ -23,7 +23,7 @@ pub use queue::{stop_queues, DeviceError, DeviceFailure, FailOnce, MappedBackRin
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 
 /// Dom0 handles a device needs: a grant mapper and the shim's socket (each
 /// queue opens its own event-channel handle).
@@ -40,7 +40,7 @@ impl Dom0Handles {
     ///
     /// # Errors
     /// The shim refused or is not there.
-    pub fn open(socket: &Path) -> Result<Self, xen_shim::ShimError> {
+    pub fn open(socket: &Path) -> Result<Self, xen_shim_proto::ShimError> {
         Ok(Self {
             gntdev: Arc::new(Gntdev::open(socket)?),
             socket: socket.to_path_buf(),
@@ -70,7 +70,7 @@ impl LazyDom0Handles {
     ///
     /// # Errors
     /// The shim refused or is not there (tried again next call).
-    pub fn get(&self) -> Result<Dom0Handles, xen_shim::ShimError> {
+    pub fn get(&self) -> Result<Dom0Handles, xen_shim_proto::ShimError> {
         if let Some(h) = self.cell.get() {
             return Ok(h.clone());
         }

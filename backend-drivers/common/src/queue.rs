@@ -11,8 +11,8 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, RingEntry, RingError, SharedRing};
-use xen_shim::dom0::Evtchn;
-use xen_shim::GrantMapping;
+use xen_shim_dom0::Evtchn;
+use xen_shim_dom0::GrantMapping;
 
 /// Errors of setting up a device's queues (or tearing them down).
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum DeviceError {
         grefs: Vec<grant_ref_t>,
         /// Cause.
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     /// The ring mapping is unusable.
     #[error("the ring mapping is not a valid shared ring")]
@@ -38,7 +38,7 @@ pub enum DeviceError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: xen_shim::EvtchnError,
+        source: xen_shim_proto::EvtchnError,
     },
     /// The worker thread could not be started.
     #[error("cannot start a queue worker")]
@@ -50,7 +50,7 @@ pub enum DeviceError {
 
 impl DeviceError {
     /// A map of `Evtchn` errors while doing `what`.
-    pub fn evtchn(what: &'static str) -> impl Fn(xen_shim::EvtchnError) -> Self {
+    pub fn evtchn(what: &'static str) -> impl Fn(xen_shim_proto::EvtchnError) -> Self {
         move |source| Self::Evtchn { what, source }
     }
 }

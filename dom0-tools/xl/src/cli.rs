@@ -125,9 +125,9 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
         Verb::Shutdown(a) | Verb::Reboot(a) => {
             let reason = if matches!(args.verb, Verb::Reboot(_)) {
-                xen_shim::protocol::ShutdownReason::Reboot
+                xen_shim_proto::protocol::ShutdownReason::Reboot
             } else {
-                xen_shim::protocol::ShutdownReason::Poweroff
+                xen_shim_proto::protocol::ShutdownReason::Poweroff
             };
             toolstack::shutdown(&mut out, &a.domain, reason, a.force, a.wait).map(drop)
         }

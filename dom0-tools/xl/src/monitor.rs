@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xen_shim::protocol::{DomainInfo, DomainState, ShutdownReason};
+use xen_shim_proto::protocol::{DomainInfo, DomainState, ShutdownReason};
 
 use crate::config::{Action, XlConfig};
 use crate::daemons;
@@ -38,8 +38,8 @@ pub const POLL_FALLBACK: Duration = Duration::from_millis(20);
 
 /// `VIRQ_DOM_EXC` on an event-channel handle of the shim (`None` if it
 /// cannot be bound).
-fn dom_exc() -> Option<(xen_shim::dom0::Evtchn, u32)> {
-    let ev = xen_shim::dom0::Evtchn::open_default().ok()?;
+fn dom_exc() -> Option<(xen_shim_dom0::Evtchn, u32)> {
+    let ev = xen_shim_dom0::Evtchn::open_default().ok()?;
     let port = ev.bind_virq(xen_abi::xen::VIRQ_DOM_EXC).ok()?;
     Some((ev, port))
 }
@@ -47,7 +47,7 @@ fn dom_exc() -> Option<(xen_shim::dom0::Evtchn, u32)> {
 /// Waits until `VIRQ_DOM_EXC` fires or [`POLL`] passes (or sleeps
 /// [`POLL_FALLBACK`] without the VIRQ); drops the handle when it fails (a
 /// daemon restart) so that the next call binds again.
-fn wait_dom_exc(virq: &mut Option<(xen_shim::dom0::Evtchn, u32)>) {
+fn wait_dom_exc(virq: &mut Option<(xen_shim_dom0::Evtchn, u32)>) {
     if virq.is_none() {
         *virq = dom_exc();
     }
@@ -60,7 +60,7 @@ fn wait_dom_exc(virq: &mut Option<(xen_shim::dom0::Evtchn, u32)>) {
             let gone = ev
                 .take_control_events()
                 .iter()
-                .any(|e| matches!(e, xen_shim::protocol::ControlEvent::Disconnected));
+                .any(|e| matches!(e, xen_shim_proto::protocol::ControlEvent::Disconnected));
             if fired.contains(port) {
                 let _ = ev.unmask(*port);
             }
@@ -171,7 +171,7 @@ fn now() -> String {
 /// Our domain's info; `Ok(None)` once it is gone (destroyed, or its domid
 /// reused by another domain).
 fn info(
-    control: &mut Option<xen_shim::dom0::Control>,
+    control: &mut Option<xen_shim_dom0::Control>,
     domid: u16,
     instance: u64,
 ) -> Result<Option<DomainInfo>, ToolstackError> {
@@ -182,7 +182,9 @@ fn info(
     match c.domain_info(domid) {
         Ok(i) if i.instance == instance && i.state != DomainState::Dying => Ok(Some(i)),
         Ok(_) => Ok(None),
-        Err(xen_shim::protocol::ControlError::Remote(w)) if w.errno == libc::ESRCH => Ok(None),
+        Err(xen_shim_proto::protocol::ControlError::Remote(w)) if w.errno == libc::ESRCH => {
+            Ok(None)
+        }
         Err(e) => {
             // Reconnect next time (the daemon may have restarted).
             *control = None;
@@ -218,7 +220,7 @@ pub fn run(cfg_path: &Path, mut domid: u16, mut instance: u64) -> Result<(), Too
                 let t0 = *unreachable.get_or_insert_with(Instant::now);
                 // A daemon that restarts comes back on the same socket; one
                 // whose socket is gone (and stays gone) has ended for good.
-                let gone = !xen_shim::default_socket_path().exists()
+                let gone = !xen_shim_proto::default_socket_path().exists()
                     && t0.elapsed() > Duration::from_secs(2);
                 if gone || t0.elapsed() > DAEMON_GRACE {
                     println!("{} the shim daemon is gone: {e}", now());

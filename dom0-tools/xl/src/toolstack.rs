@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xen_shim::dom0::Control;
-use xen_shim::layout::PAGE_SIZE;
-use xen_shim::protocol::{ControlError, DomainConfig, DomainInfo};
+use xen_shim_dom0::Control;
+use xen_shim_proto::layout::PAGE_SIZE;
+use xen_shim_proto::protocol::{ControlError, DomainConfig, DomainInfo};
 use xenstore_client::{Client, XsClientError, XsOps};
 
 use crate::config::{ConfigError, GuestType, XlConfig};
@@ -113,7 +113,7 @@ fn xs_err(what: impl Into<String>) -> impl FnOnce(XsClientError) -> ToolstackErr
 /// # Errors
 /// [`ToolstackError::Daemons`] or [`ToolstackError::Shim`].
 pub fn shim(start: bool) -> Result<Control, ToolstackError> {
-    let socket = xen_shim::default_socket_path();
+    let socket = xen_shim_proto::default_socket_path();
     if let Ok(c) = Control::connect(&socket) {
         return Ok(c);
     }
@@ -170,7 +170,7 @@ pub fn ensure_backendd() -> Result<(), ToolstackError> {
     }
     let bin = daemons::sibling("backendd")?;
     let xs = xenstore_client::discovery::socket_path();
-    let shim = xen_shim::default_socket_path();
+    let shim = xen_shim_proto::default_socket_path();
     let logdir = daemons::console_logdir();
     let p = pid.clone();
     daemons::start(
@@ -543,9 +543,9 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
     let dc = DomainConfig {
         vcpus: cfg.vcpus,
         kind: if pvhvm {
-            xen_shim::layout::DomainType::Pvhvm
+            xen_shim_proto::layout::DomainType::Pvhvm
         } else {
-            xen_shim::layout::DomainType::Pv
+            xen_shim_proto::layout::DomainType::Pv
         },
         ..DomainConfig::pv(&cfg.name, cfg.memory_mib)
     };
@@ -673,9 +673,9 @@ fn spawn_runtime(
     })?;
     let mut child = Command::new(runtime)
         .args(args)
-        .env(xen_shim::ENV_SOCKET, control.socket_path())
-        .env(xen_shim::ENV_DOMID, domid.to_string())
-        .env(xen_shim::ENV_TOKEN, token)
+        .env(xen_shim_proto::ENV_SOCKET, control.socket_path())
+        .env(xen_shim_proto::ENV_DOMID, domid.to_string())
+        .env(xen_shim_proto::ENV_TOKEN, token)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -839,11 +839,11 @@ pub fn pause(which: &str, pause: bool) -> Result<u16, ToolstackError> {
 pub fn shutdown(
     out: &mut dyn Write,
     which: &str,
-    reason: xen_shim::protocol::ShutdownReason,
+    reason: xen_shim_proto::protocol::ShutdownReason,
     force: bool,
     wait: bool,
 ) -> Result<u16, ToolstackError> {
-    use xen_shim::protocol::{DomainState, ShutdownReason};
+    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
     let control = shim(false)?;
     let xs = xenstore(false)?;
     let d = find_domain(&control, which)?;
@@ -862,7 +862,7 @@ pub fn shutdown(
         .read_opt(&format!("{home}/control/{feature}"))
         .map_err(xs_err(format!("read {home}/control/{feature}")))?
         .is_some_and(|v| v.starts_with(b"1"));
-    if pv_control || d.kind == xen_shim::layout::DomainType::Pv {
+    if pv_control || d.kind == xen_shim_proto::layout::DomainType::Pv {
         xs.write(&format!("{home}/control/shutdown"), word)
             .map_err(xs_err(format!("write {home}/control/shutdown")))?;
     } else if force {
@@ -954,7 +954,7 @@ pub const LIST_VERBOSE_HEADER: &str =
 /// Reason-Code; a runtime that died without shutting down is a crash).
 #[must_use]
 pub fn shutdown_code(d: &DomainInfo) -> Option<u32> {
-    use xen_shim::protocol::{DomainState, ShutdownReason};
+    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
     match d.state {
         DomainState::Shutdown { reason } => Some(reason.code()),
         DomainState::Crashed => Some(ShutdownReason::Crash.code()),

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use xen_shim::dom0::Control;
+use xen_shim_dom0::Control;
 use xen_testhost::Dom0;
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
 

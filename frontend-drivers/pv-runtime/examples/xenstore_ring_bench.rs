@@ -65,7 +65,7 @@ fn start_xenstored(shim: &Path) -> anyhow::Result<(PathBuf, PathBuf, xenstored::
     Ok((dir, socket, stop))
 }
 
-fn introduce(control: &xen_shim::dom0::Control, xs: &Client, domid: u16) -> anyhow::Result<()> {
+fn introduce(control: &xen_shim_dom0::Control, xs: &Client, domid: u16) -> anyhow::Result<()> {
     let info = control.domain_info(domid)?;
     let home = format!("/local/domain/{domid}");
     let ro = [Perm::new(0, PERM_NONE), Perm::new(domid, PERM_READ)];

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use xen_abi::xen::domid_t;
-use xen_shim::protocol::ShutdownReason;
+use xen_shim_proto::protocol::ShutdownReason;
 
 use crate::demo::{self, emit, DemoError};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -128,10 +128,10 @@ impl Args {
         let socket = self
             .socket
             .clone()
-            .unwrap_or_else(xen_shim::default_socket_path);
+            .unwrap_or_else(xen_shim_proto::default_socket_path);
         let domid = match self.domid {
             Some(d) => d,
-            None => std::env::var(xen_shim::ENV_DOMID)
+            None => std::env::var(xen_shim_proto::ENV_DOMID)
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or(PvGuestError::Missing(
@@ -140,7 +140,7 @@ impl Args {
         };
         let token = match &self.token {
             Some(t) => t.clone(),
-            None => std::env::var(xen_shim::ENV_TOKEN)
+            None => std::env::var(xen_shim_proto::ENV_TOKEN)
                 .map_err(|_| PvGuestError::Missing("the token (--token or XEN_SHIM_TOKEN)"))?,
         };
         Ok(RuntimeConfig {

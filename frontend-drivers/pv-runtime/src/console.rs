@@ -37,7 +37,7 @@ use xen_abi::event_channel::{evtchn_port_t, evtchn_send};
 use xen_consfront::{ConsFront, ConsoleEvents};
 use xen_front_platform::PAGE_SIZE;
 use xen_ring::SharedRing;
-use xen_shim::guest::Hypervisor;
+use xen_shim_guest::Hypervisor;
 
 use crate::events::EventHub;
 use crate::PvGuestError;

@@ -17,7 +17,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use xen_front_platform::{Platform, XBT_NIL};
-use xen_shim::protocol::ShutdownReason;
+use xen_shim_proto::protocol::ShutdownReason;
 
 /// The node the toolstack writes shutdown requests to.
 pub const SHUTDOWN_NODE: &str = "control/shutdown";

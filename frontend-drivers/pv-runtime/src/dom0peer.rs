@@ -12,9 +12,9 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, RingError, SharedRing};
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::evtchn::EvtchnError;
-use xen_shim::grant::{GrantError, GrantMapping};
+use xen_shim_dom0::{Evtchn, Gntdev, GrantMapping};
+use xen_shim_proto::evtchn::EvtchnError;
+use xen_shim_proto::grant::GrantError;
 
 use crate::demo::{
     answer_byte, pattern_byte, ring_answer, DemoMsg, ANSWER_LEN, ANSWER_OFF, DOM0_ANSWERED,
@@ -139,7 +139,7 @@ pub fn grant_demo_peer(
     let map = gntdev
         .map_grant_ref(domid, gref, true)
         .map_err(gn("mapping the guest's grant"))?;
-    let bad = |e: xen_shim::mem::MemError| Dom0PeerError::BadData(e.to_string());
+    let bad = |e: xen_shim_proto::mem::MemError| Dom0PeerError::BadData(e.to_string());
     let slice = map.slice();
     let phase = slice
         .atomic_u32(GUEST_PHASE_OFF)

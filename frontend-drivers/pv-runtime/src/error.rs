@@ -1,6 +1,6 @@
 //! The runtime's error.
 
-use xen_shim::ShimError;
+use xen_shim_proto::ShimError;
 
 /// Why the runtime could not bring the domain up or end it.
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +13,7 @@ pub enum PvGuestError {
     BadStartInfo(String),
     /// Setting up the grant table failed.
     #[error("cannot set up the grant table")]
-    GrantSetup(#[source] xen_shim::GrantError),
+    GrantSetup(#[source] xen_shim_proto::GrantError),
     /// Starting a thread failed.
     #[error("cannot start the event dispatcher thread")]
     Thread(#[source] std::io::Error),

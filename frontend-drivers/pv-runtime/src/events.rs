@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use xen_abi::event_channel::evtchn_port_t;
-use xen_shim::guest::Hypervisor;
-use xen_shim::protocol::{ControlEvent, ShutdownReason};
+use xen_shim_guest::Hypervisor;
+use xen_shim_proto::protocol::{ControlEvent, ShutdownReason};
 
 use xen_diag::LogLimiter;
 

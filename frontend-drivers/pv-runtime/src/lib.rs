@@ -9,7 +9,7 @@
 //!   │   │ Platform trait                │     │ backendd): Gntdev, Evtchn │
 //!   │ PvPlatform: pages, grants, evtchn │     └────────────┬─────────────┘
 //!   │ EventHub + dispatcher thread      │                  │
-//!   │ xen_shim::guest::Hypervisor ──────┼── control ── xen-shimd
+//!   │ xen_shim_guest::Hypervisor ───────┼── control ── xen-shimd
 //!   │   memory file (RAM, shared_info,  │                  │
 //!   │   start_info, grant frames)  ◄────┼── data plane: mapped pages,
 //!   └───────────────────────────────────┘   eventfds (no daemon hop)

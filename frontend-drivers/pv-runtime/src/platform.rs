@@ -25,10 +25,10 @@ use xen_abi::event_channel::{
 use xen_abi::grant_table::{gnttab_setup_table, grant_ref_t};
 use xen_abi::xen::{domid_t, xen_pfn_t, DOMID_SELF};
 use xen_front_platform::{Platform, PlatformError, SharedPages, XsTransaction, XsWatchEvent};
-use xen_shim::evtchn::EvtchnError;
-use xen_shim::grant::GrantError;
-use xen_shim::guest::Hypervisor;
-use xen_shim::layout::GRANT_ENTRIES_PER_FRAME_V1;
+use xen_shim_guest::Hypervisor;
+use xen_shim_proto::evtchn::EvtchnError;
+use xen_shim_proto::grant::GrantError;
+use xen_shim_proto::layout::GRANT_ENTRIES_PER_FRAME_V1;
 
 use crate::events::EventHub;
 use crate::grefalloc::GrefAllocator;

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use xen_abi::event_channel::{evtchn_bind_ipi, evtchn_port_t};
 use xen_abi::grant_table::{gnttab_query_size, gnttab_setup_table};
 use xen_abi::xen::{domid_t, sched_shutdown, start_info, xen_pfn_t, DOMID_SELF};
-use xen_shim::guest::Hypervisor;
-use xen_shim::layout::{DomainLayout, PAGE_SHIFT};
-use xen_shim::protocol::ShutdownReason;
+use xen_shim_guest::Hypervisor;
+use xen_shim_proto::layout::{DomainLayout, PAGE_SHIFT};
+use xen_shim_proto::protocol::ShutdownReason;
 
 use crate::error::PvGuestError;
 use crate::events::EventHub;

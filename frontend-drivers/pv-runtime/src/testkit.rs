@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xen_abi::xen::domid_t;
-use xen_shim::daemon::{self, DaemonConfig};
-use xen_shim::dom0::Control;
-use xen_shim::protocol::{ControlError, DomainConfig};
+use xen_shim_dom0::Control;
+use xen_shim_proto::protocol::{ControlError, DomainConfig};
+use xen_shimd::{self as daemon, DaemonConfig};
 
 use crate::demo::Line;
 
@@ -163,9 +163,9 @@ impl GuestProcess {
         let created = control.create_domain(&DomainConfig::pv(name, memory_mib))?;
         let spawned = Command::new(exe)
             .args(args)
-            .env(xen_shim::ENV_SOCKET, socket)
-            .env(xen_shim::ENV_DOMID, created.domid.to_string())
-            .env(xen_shim::ENV_TOKEN, &created.token)
+            .env(xen_shim_proto::ENV_SOCKET, socket)
+            .env(xen_shim_proto::ENV_DOMID, created.domid.to_string())
+            .env(xen_shim_proto::ENV_TOKEN, &created.token)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

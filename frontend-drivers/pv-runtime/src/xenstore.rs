@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use xen_abi::event_channel::{evtchn_port_t, evtchn_send};
 use xen_front_platform::{PlatformError, XsWatchEvent, PAGE_SIZE};
 use xen_ring::SharedRing;
-use xen_shim::guest::Hypervisor;
+use xen_shim_guest::Hypervisor;
 use xen_xenbus::{ClientConfig, WatchEvent, XenbusClient, XenbusError, XenbusEvents};
 
 use crate::events::EventHub;

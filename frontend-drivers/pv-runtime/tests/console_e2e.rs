@@ -249,7 +249,7 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
     use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
     use xen_ring::bytes::{cons_offsets, ConsRing};
     use xen_ring::SharedRing;
-    use xen_shim::dom0::{Control, Evtchn, Gntdev};
+    use xen_shim_dom0::{Control, Evtchn, Gntdev};
 
     // Arrange: the test is the console backend; the guest's init writes
     // 100 KiB (far more than the ring and the pty hold), then a file.

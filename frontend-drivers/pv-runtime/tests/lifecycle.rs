@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{proc_state, Dom0, STEP};
 use xen_abi::xen::VIRQ_DOM_EXC;
 use xen_pvguest::dom0peer::wait_port;
-use xen_shim::protocol::{DomainState, ShutdownReason};
+use xen_shim_proto::protocol::{DomainState, ShutdownReason};
 
 fn wait_proc_state(pid: u32, want: impl Fn(char) -> bool, what: &str) {
     let deadline = Instant::now() + STEP;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use common::{Dom0, STEP};
 use xen_pvguest::demo::{ANSWER_OFF, DOM0_ANSWERED, DOM0_PHASE_OFF};
-use xen_shim::protocol::{DomainConfig, DomainState, ShutdownReason};
+use xen_shim_proto::protocol::{DomainConfig, DomainState, ShutdownReason};
 
 #[test]
 fn test_grant_demo_wrong_answer_from_dom0_guest_crashes_cleanly() {
@@ -113,9 +113,9 @@ fn test_runtime_wrong_token_is_refused() {
 
     // Act
     let out = Command::new(env!("CARGO_BIN_EXE_xen-pvguest"))
-        .env(xen_shim::ENV_SOCKET, d.daemon.socket())
-        .env(xen_shim::ENV_DOMID, created.domid.to_string())
-        .env(xen_shim::ENV_TOKEN, "not-the-token")
+        .env(xen_shim_proto::ENV_SOCKET, d.daemon.socket())
+        .env(xen_shim_proto::ENV_DOMID, created.domid.to_string())
+        .env(xen_shim_proto::ENV_TOKEN, "not-the-token")
         .stdin(Stdio::null())
         .output()
         .expect("the runtime runs");
@@ -131,9 +131,9 @@ fn test_runtime_wrong_token_is_refused() {
 #[test]
 fn test_runtime_without_domid_exits_with_usage_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_xen-pvguest"))
-        .env_remove(xen_shim::ENV_DOMID)
-        .env_remove(xen_shim::ENV_TOKEN)
-        .env(xen_shim::ENV_SOCKET, "/nonexistent/xen-shim.sock")
+        .env_remove(xen_shim_proto::ENV_DOMID)
+        .env_remove(xen_shim_proto::ENV_TOKEN)
+        .env(xen_shim_proto::ENV_SOCKET, "/nonexistent/xen-shim.sock")
         .stdin(Stdio::null())
         .output()
         .expect("the runtime runs");

@@ -19,8 +19,8 @@ use xen_front_platform::{Platform, PlatformError};
 use xen_pvguest::dom0peer::wait_port;
 use xen_pvguest::runtime::{Runtime, INITIAL_GRANT_FRAMES};
 use xen_pvguest::testkit::unique_name;
-use xen_shim::layout::GRANT_ENTRIES_PER_FRAME_V1;
-use xen_shim::protocol::DomainConfig;
+use xen_shim_proto::layout::GRANT_ENTRIES_PER_FRAME_V1;
+use xen_shim_proto::protocol::DomainConfig;
 
 fn in_process_guest(d: &Dom0) -> Runtime {
     let created = d

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Dom0, STEP};
 use xen_pvguest::dom0peer::{grant_demo_peer, ring_demo_peer};
-use xen_shim::protocol::{DomainState, ShutdownReason};
+use xen_shim_proto::protocol::{DomainState, ShutdownReason};
 
 #[test]
 fn test_grant_demo_cross_process_page_and_events_roundtrip_ok() {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{require_root, MEMORY_MIB, STEP};
 use xen_pvguest::testkit::{unique_name, GuestProcess};
-use xen_shim::daemon::DaemonConfig;
-use xen_shim::dom0::Control;
-use xen_shim::protocol::{DomainState, ShutdownReason};
+use xen_shim_dom0::Control;
+use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+use xen_shimd::DaemonConfig;
 
 const DIR_ENV: &str = "XEN_PVGUEST_TEST_DAEMON_DIR";
 const MEM_ENV: &str = "XEN_PVGUEST_TEST_DAEMON_MEM";
@@ -36,7 +36,7 @@ fn helper_run_daemon() {
         mem_dir: PathBuf::from(mem),
         ..DaemonConfig::default()
     };
-    xen_shim::daemon::run(cfg).expect("the daemon runs");
+    xen_shimd::run(cfg).expect("the daemon runs");
 }
 
 /// A daemon process; killed (SIGKILL) on drop.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use common::{Dom0, MEMORY_MIB, STEP};
 use xen_pvguest::testkit::{unique_name, GuestProcess};
 use xen_pvguest::xsdemo::{DOM0_SECRET, TEST_DEVICE};
-use xen_shim::protocol::DomainConfig;
+use xen_shim_proto::protocol::DomainConfig;
 use xenstore_client::{Client, Perm, XsError, XsOps, PERM_NONE, PERM_READ};
 use xenstored::server::{Server, ServerConfig, StopHandle};
 
@@ -366,7 +366,7 @@ fn test_xenstore_introduce_checked_with_shim_before_ack() {
     wait_event(&xs, "@introduceDomain");
     assert!(xs.is_domain_introduced(created.domid).expect("introduced?"));
     let files = d.control.domain_files(created.domid).expect("files");
-    let mem = xen_shim::mem::GuestMemory::map(&files.memory, info.layout).expect("map");
+    let mem = xen_shim_proto::mem::GuestMemory::map(&files.memory, info.layout).expect("map");
     let page = mem.page(gfn).expect("store page");
     let features: u32 = page
         .read_obj(xen_ring::bytes::xs_offsets::SERVER_FEATURES)

@@ -14,7 +14,7 @@ pub enum VmmError {
     },
     /// Attaching to the hypervisor shim or a shim operation failed.
     #[error("hypervisor shim operation failed")]
-    Shim(#[from] xen_shim::ShimError),
+    Shim(#[from] xen_shim_proto::ShimError),
     /// The kernel image is unusable.
     #[error("kernel image: {0}")]
     Kernel(String),

@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xen_abi::event_channel::evtchn_port_t;
-use xen_shim::guest::Hypervisor;
-use xen_shim::protocol::ControlEvent;
+use xen_shim_guest::Hypervisor;
+use xen_shim_proto::protocol::ControlEvent;
 
 /// Longest single wait of the event thread (it rechecks `stop` in between).
 const SLICE: Duration = Duration::from_millis(100);

@@ -62,7 +62,7 @@ impl GuestPhys {
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmmError> {
         let p = self.ptr(gpa, buf.len())?;
         // SAFETY: `p` is valid for buf.len() bytes (checked); `buf` is ours.
-        unsafe { xen_shim::sys::volatile_copy(buf.as_mut_ptr(), p, buf.len()) };
+        unsafe { xen_shim_proto::sys::volatile_copy(buf.as_mut_ptr(), p, buf.len()) };
         Ok(())
     }
 
@@ -70,7 +70,7 @@ impl GuestPhys {
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), VmmError> {
         let p = self.ptr(gpa, buf.len())?;
         // SAFETY: `p` is valid for buf.len() bytes (checked).
-        unsafe { xen_shim::sys::volatile_copy(p, buf.as_ptr(), buf.len()) };
+        unsafe { xen_shim_proto::sys::volatile_copy(p, buf.as_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl GuestPhys {
     pub fn zero(&self, gpa: u64, len: usize) -> Result<(), VmmError> {
         let p = self.ptr(gpa, len)?;
         // SAFETY: `p` is valid for `len` bytes (checked).
-        unsafe { xen_shim::sys::volatile_fill(p, 0, len) };
+        unsafe { xen_shim_proto::sys::volatile_fill(p, 0, len) };
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use xen_abi::xen::{
     vcpu_time_info, xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown,
     SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash, SHUTDOWN_watchdog,
 };
-use xen_shim::guest::Hypervisor;
+use xen_shim_guest::Hypervisor;
 
 use crate::boot;
 use crate::error::kvm;
@@ -200,7 +200,7 @@ impl Vmm {
         let _ = vm.set_tss_address(0xfffb_d000);
 
         let layout = *hv.layout();
-        let ram_end = layout.nr_ram_pages * xen_shim::layout::PAGE_SIZE as u64;
+        let ram_end = layout.nr_ram_pages * xen_shim_proto::layout::PAGE_SIZE as u64;
         let image = std::fs::read(&cfg.kernel).map_err(|source| VmmError::Io {
             what: format!("read the kernel {}", cfg.kernel.display()),
             source,
@@ -232,7 +232,7 @@ impl Vmm {
             v.set_fpu(&boot::fpu()).map_err(kvm("set the FPU state"))?;
             fds.push(v);
         }
-        let si = layout.start_info_gfn() * xen_shim::layout::PAGE_SIZE as u64;
+        let si = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
         fds[0]
             .set_regs(&boot::entry_regs(k.entry, si))
             .map_err(kvm("set registers"))?;
@@ -768,7 +768,7 @@ impl Vmm {
     }
 
     fn evtchn_op(&self, cmd: u64, arg: u64) -> i64 {
-        fn errno(e: &xen_shim::EvtchnError) -> i64 {
+        fn errno(e: &xen_shim_proto::EvtchnError) -> i64 {
             -i64::from(e.errno())
         }
         macro_rules! op {
@@ -777,7 +777,7 @@ impl Vmm {
                 let Ok(mut $op) = self.mem.read_obj::<$t>(arg) else {
                     return EFAULT;
                 };
-                let r: Result<(), xen_shim::EvtchnError> = $body;
+                let r: Result<(), xen_shim_proto::EvtchnError> = $body;
                 match r {
                     Ok(()) => {
                         if self.mem.write_obj(arg, &$op).is_err() {
@@ -894,7 +894,8 @@ impl Vmm {
                 t.tsc_timestamp = a[1];
                 let off = core::mem::offset_of!(shared_info, vcpu_info)
                     + core::mem::offset_of!(vcpu_info, time);
-                let gpa = self.hv.layout().shared_info_gfn() * xen_shim::layout::PAGE_SIZE as u64
+                let gpa = self.hv.layout().shared_info_gfn()
+                    * xen_shim_proto::layout::PAGE_SIZE as u64
                     + off as u64;
                 if self.mem.write_obj(gpa, &t).is_err() {
                     return Gate::Continue(EFAULT);

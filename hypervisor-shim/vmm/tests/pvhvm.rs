@@ -103,7 +103,7 @@ fn test_pvhvm_guest_is_listed_while_busy_and_destroy_stops_it() {
     // this test's shim socket in its environment.
     let marker = format!(
         "{}={}",
-        xen_shim::ENV_SOCKET,
+        xen_shim_proto::ENV_SOCKET,
         h.dir.path().join("shim.sock").display()
     );
     let t0 = Instant::now();
@@ -127,7 +127,7 @@ fn test_pvhvm_toolstack_shutdown_stops_a_busy_guest() {
     );
     ok("xl create", &h.create("pvh-shut", &cfg));
     h.wait_log("pvh-shut", "Connected in", T);
-    let control = xen_shim::dom0::Control::connect(&h.dir.path().join("shim.sock"))
+    let control = xen_shim_dom0::Control::connect(&h.dir.path().join("shim.sock"))
         .expect("connect to the shim");
     let d = control
         .list_domains()
@@ -136,13 +136,13 @@ fn test_pvhvm_toolstack_shutdown_stops_a_busy_guest() {
         .find(|d| d.name == "pvh-shut")
         .expect("the guest is a shim domain");
     control
-        .shutdown_domain(d.domid, xen_shim::protocol::ShutdownReason::Poweroff)
+        .shutdown_domain(d.domid, xen_shim_proto::protocol::ShutdownReason::Poweroff)
         .expect("shutdown");
     h.wait_vmm_log("pvh-shut", "the toolstack shut the domain down", T);
     h.wait_state("pvh-shut", 's', T);
     let marker = format!(
         "{}={}",
-        xen_shim::ENV_SOCKET,
+        xen_shim_proto::ENV_SOCKET,
         h.dir.path().join("shim.sock").display()
     );
     let t0 = Instant::now();

@@ -1,14 +1,14 @@
 //! The hypervisor-shim cases, all between two processes:
 //!
 //! - `shim-evtchn` / `shim-evtchn-poll`: event-channel send → wake round
-//!   trips through `xen-shim`. This process is Dom0 (`dom0::Evtchn`: bind,
+//!   trips through `xen-shim`. This process is Dom0 (`xen_shim_dom0::Evtchn`: bind,
 //!   `notify`, `pending`, `unmask`, like `/dev/xen/evtchn`); the child is a
 //!   guest domain (`guest::Hypervisor`: `SCHEDOP_poll`, which sets Xen's
 //!   2-level pending bits in its `shared_info`, then `EVTCHNOP_send`).
 //!   `-poll` busy-polls for `--spin-us` before sleeping in `epoll_wait`; the
 //!   shim then spins on the channel's shared doorbell word and the sender
 //!   skips the eventfd write while the receiver polls (see
-//!   `xen_shim::evtchn::ports`), so that mode involves no system call at all.
+//!   `xen_shim_proto::evtchn::ports`), so that mode involves no system call at all.
 //! - `eventfd` / `eventfd-poll`: the reference, a bare eventfd ping-pong
 //!   between the same two kinds of processes (blocking `read(2)`; or
 //!   non-blocking reads for `--spin-us`, then a sleeping `poll(2)`).
@@ -35,10 +35,10 @@ use nix::errno::Errno;
 use xen_abi::event_channel::{evtchn_alloc_unbound, evtchn_port_t, evtchn_send};
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::DOMID_SELF;
-use xen_shim::daemon::DaemonConfig;
-use xen_shim::dom0::{Control, Evtchn, Gntdev};
-use xen_shim::guest::Hypervisor;
-use xen_shim::protocol::DomainConfig;
+use xen_shim_dom0::{Control, Evtchn, Gntdev};
+use xen_shim_guest::Hypervisor;
+use xen_shim_proto::protocol::DomainConfig;
+use xen_shimd::DaemonConfig;
 
 use crate::stats::{latency_summary, Sample};
 use crate::{sys, Case, Impl, Settings};
@@ -119,7 +119,7 @@ fn daemon_socket() -> Result<PathBuf> {
     std::thread::Builder::new()
         .name("xen-shimd".into())
         .spawn(move || {
-            if let Err(e) = xen_shim::daemon::run(cfg) {
+            if let Err(e) = xen_shimd::run(cfg) {
                 eprintln!("ringbench: the embedded xen-shimd stopped: {e:#}");
             }
         })
@@ -393,7 +393,7 @@ fn shim_case(case: &Case, set: &Settings) -> Result<Vec<Sample>> {
         .arg(&socket)
         .arg(format!("--domid={}", created.domid))
         .arg(format!("--spin-us={}", spin.as_micros()))
-        .env(xen_shim::ENV_TOKEN, &created.token)
+        .env(xen_shim_proto::ENV_TOKEN, &created.token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     if let Some(core) = set.back_core() {
@@ -480,8 +480,8 @@ pub fn shim_guest_main(args: &ShimGuestArgs) -> Result<()> {
     if let Some(core) = args.core {
         sys::pin_to(core).context("cannot pin the guest runtime")?;
     }
-    let token = std::env::var(xen_shim::ENV_TOKEN)
-        .with_context(|| format!("{} is not set", xen_shim::ENV_TOKEN))?;
+    let token = std::env::var(xen_shim_proto::ENV_TOKEN)
+        .with_context(|| format!("{} is not set", xen_shim_proto::ENV_TOKEN))?;
     let hv = Hypervisor::attach(&args.socket, args.domid, &token)
         .context("cannot attach to the shim as the benchmark's domain")?;
     hv.set_poll_budget(Duration::from_micros(args.spin_us));

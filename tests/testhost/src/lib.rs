@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use xen_shim::daemon::{DaemonConfig, DaemonHandle};
+use xen_shimd::{DaemonConfig, DaemonHandle};
 use xenstored::server::{Server, ServerConfig, StopHandle};
 
 /// How long each service gets to start.
@@ -64,7 +64,7 @@ impl Dom0 {
             xs_thread: None,
             guests: Vec::new(),
         };
-        d.shim = Some(xen_shim::daemon::spawn(d.shim_config()).context("start xen-shimd")?);
+        d.shim = Some(xen_shimd::spawn(d.shim_config()).context("start xen-shimd")?);
         let cfg = ServerConfig {
             socket: d.xenstored_socket(),
             read_only_socket: false,
@@ -116,7 +116,7 @@ impl Dom0 {
         if let Some(s) = self.shim.take() {
             s.stop().context("stop xen-shimd")?;
         }
-        self.shim = Some(xen_shim::daemon::spawn(self.shim_config()).context("restart xen-shimd")?);
+        self.shim = Some(xen_shimd::spawn(self.shim_config()).context("restart xen-shimd")?);
         Ok(())
     }
 
@@ -150,7 +150,7 @@ impl Dom0 {
     pub fn xl_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(self.libexec.join("xl"));
         c.args(args)
-            .env(xen_shim::ENV_SOCKET, self.shim_socket())
+            .env(xen_shim_proto::ENV_SOCKET, self.shim_socket())
             .env("XENSTORED_PATH", self.xenstored_socket())
             .env("XEN_SPLIT_RUNDIR", self.rundir())
             .env("XEN_CONSOLE_LOGDIR", self.console_logdir())

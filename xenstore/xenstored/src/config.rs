@@ -143,7 +143,7 @@ impl Options {
     pub fn shim_socket_path(&self) -> PathBuf {
         self.shim_socket
             .clone()
-            .unwrap_or_else(xen_shim::default_socket_path)
+            .unwrap_or_else(xen_shim_proto::default_socket_path)
     }
 
     /// The quota settings given on the command line.

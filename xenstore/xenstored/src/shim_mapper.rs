@@ -1,5 +1,5 @@
 //! Xenstored on the hypervisor shim: domains' rings and `VIRQ_DOM_EXC`
-//! through the shim's Dom0 API (`xen_shim::dom0`), as Xen's xenstored uses
+//! through the shim's Dom0 API (`xen_shim_dom0`), as Xen's xenstored uses
 //! `/dev/xen/gntdev` and `/dev/xen/evtchn`.
 //!
 //! [`ShimLink`] is one shared connection to `xen-shimd` that plays three
@@ -44,9 +44,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use xen_abi::grant_table::GNTTAB_RESERVED_XENSTORE;
 use xen_abi::xen::VIRQ_DOM_EXC;
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::protocol::{ControlError, ControlEvent, DomainState};
-use xen_shim::{EvtchnError, GrantError, ShimError};
+use xen_shim_dom0::{Evtchn, Gntdev};
+use xen_shim_proto::protocol::{ControlError, ControlEvent, DomainState};
+use xen_shim_proto::{EvtchnError, GrantError, ShimError};
 use xenstore_wire::{DomId, XsError};
 
 use crate::domain::IntroduceCheck;
@@ -141,7 +141,7 @@ unsafe fn dup_fd(raw: RawFd) -> io::Result<OwnedFd> {
 
 /// Drains an eventfd (non-blocking: the shim creates them `EFD_NONBLOCK`).
 fn drain_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
-    match xen_shim::sys::eventfd_consume(fd.as_raw_fd()) {
+    match xen_shim_proto::sys::eventfd_consume(fd.as_raw_fd()) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),

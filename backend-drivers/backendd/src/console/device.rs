@@ -33,8 +33,8 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
 use xen_ring::bytes::ConsRing;
 use xen_ring::{RingError, SharedRing};
-use xen_shim::dom0::{Evtchn, Gntdev};
-use xen_shim::GrantMapping;
+use xen_shim_dom0::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
 use xenstore_client::{Client, XsOps};
 
 use super::budget::{EventBudget, Unmask};
@@ -62,7 +62,7 @@ pub enum ConsoleFailure {
         domid: u16,
         /// Why.
         #[source]
-        source: xen_shim::GrantError,
+        source: xen_shim_proto::GrantError,
     },
     /// The mapping is not one writable, aligned page.
     #[error("the console mapping of domain {0} is not a writable page")]
@@ -76,7 +76,7 @@ pub enum ConsoleFailure {
         port: u32,
         /// Why.
         #[source]
-        source: xen_shim::EvtchnError,
+        source: xen_shim_proto::EvtchnError,
     },
     /// The pty or the log could not be opened.
     #[error("cannot {what}")]

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use xen_shim::dom0::Gntdev;
+use xen_shim_dom0::Gntdev;
 use xenstore_client::{Client, XsClientError, XsOps};
 
 pub use device::{ConsoleFailure, ConsoleHandle, ConsoleSpec, ConsoleStats};

@@ -21,8 +21,8 @@ use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
-use xen_shim::dom0::{Control, Gntdev};
-use xen_shim::protocol::DomainConfig;
+use xen_shim_dom0::{Control, Gntdev};
+use xen_shim_proto::protocol::DomainConfig;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Timeout of every step.

@@ -17,8 +17,8 @@ use xen_netback::{Dom0Handles, FrontendParams, NetBackend, NetConfig, QueueParam
 use xen_pvguest::runtime::Runtime;
 use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
-use xen_shim::dom0::Gntdev;
-use xen_shim::protocol::DomainConfig;
+use xen_shim_dom0::Gntdev;
+use xen_shim_proto::protocol::DomainConfig;
 use zerocopy::{FromBytes, IntoBytes};
 
 pub const STEP: Duration = Duration::from_secs(10);

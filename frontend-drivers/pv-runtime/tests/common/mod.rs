@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xen_pvguest::testkit::{unique_name, GuestProcess, ShimDaemon};
-use xen_shim::dom0::{Control, Evtchn, Gntdev};
-use xen_shim::protocol::{DomainInfo, DomainState};
+use xen_shim_dom0::{Control, Evtchn, Gntdev};
+use xen_shim_proto::protocol::{DomainInfo, DomainState};
 
 /// Timeout of every step.
 pub const STEP: Duration = Duration::from_secs(30);
