@@ -12,9 +12,12 @@
 //!
 //! [`build_binaries`] builds the binaries a test needs into its own target
 //! directory and profile; [`net`] has the network namespaces, bridges and
-//! the hand-started `backendd` of the network tests.
+//! the hand-started `backendd` of the network tests; [`shim`] is the
+//! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
+//! programs themselves or attach a runtime in the test process.
 
 pub mod net;
+pub mod shim;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -158,12 +161,77 @@ impl Dom0 {
         c
     }
 
+    /// Starts a Dom0 for the PV guest end-to-end tests: checks that the
+    /// machine can run PV guests with disks (root, `/dev/fuse`, the tools
+    /// their inits and the checks use), builds `xl` and `backendd` next to
+    /// `exe` (a test's `CARGO_BIN_EXE_...`) from the workspace at
+    /// `workspace`, and starts the services; `prefix` names the directory.
+    pub fn start_for_pv_guests(prefix: &str, exe: &Path, workspace: &Path) -> Result<Dom0> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("this test needs root (shim, FUSE, loop devices): run it as root");
+        }
+        if !Path::new("/dev/fuse").exists() {
+            bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
+        }
+        for (t, p) in [
+            ("mkfs.ext4", "e2fsprogs"),
+            ("fsck.ext4", "e2fsprogs"),
+            ("losetup", "mount"),
+            ("sha256sum", "coreutils"),
+            ("fio", "fio"),
+        ] {
+            need(t, p)?;
+        }
+        let profile = exe.parent().context("<target>/<profile>")?;
+        let libexec = build_binaries(profile, workspace, &DOM0_BINARIES)?;
+        Dom0::start(prefix, &libexec)
+    }
+
     /// Runs `xl ARGS`; its output, whatever its status.
     pub fn xl(&self, args: &[&str]) -> Result<Output> {
         self.xl_command(args)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("run {}", self.libexec.join("xl").display()))
+    }
+
+    /// Runs `xl ARGS`; its stdout, or an error with both streams unless it
+    /// succeeded.
+    pub fn xl_ok(&self, args: &[&str]) -> Result<String> {
+        stdout_of(&format!("xl {}", args.join(" ")), &self.xl(args)?)
+    }
+
+    /// Writes the shell script `script` as `<name>-init.sh` (executable)
+    /// into the run directory; its path.
+    pub fn write_init(&self, name: &str, script: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(format!("{name}-init.sh"));
+        std::fs::write(&p, script).with_context(|| format!("write {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// A PV guest config `<name>.cfg` whose init is the shell script
+    /// `script` (written by [`Dom0::write_init`]), with `memory_mib` MiB
+    /// and `extra_lines` of xl.cfg (disks, vifs, actions); its path.
+    pub fn pv_config(
+        &self,
+        name: &str,
+        memory_mib: u32,
+        script: &str,
+        extra_lines: &str,
+    ) -> Result<String> {
+        let init = self.write_init(name, script)?;
+        let cfg = self.write_config(
+            name,
+            &format!(
+                "name = \"{name}\"\ntype = 'pv'\nmemory = {memory_mib}\nvcpus = 1\n\
+                 extra = '{}'\n{extra_lines}",
+                pv_cmdline(&init)
+            ),
+        )?;
+        Ok(cfg.to_str().context("utf-8 temp path")?.to_owned())
     }
 
     /// Writes `<name>.cfg` with `text` into the run directory; its path.
@@ -195,6 +263,11 @@ impl Dom0 {
         if !self.guests.iter().any(|g| g == name) {
             self.guests.push(name.to_owned());
         }
+    }
+
+    /// No longer `xl destroy`s guest `name` on drop (it is gone).
+    pub fn untrack_guest(&mut self, name: &str) {
+        self.guests.retain(|g| g != name);
     }
 
     /// `xl destroy`s guest `name` now (and no longer on drop).
@@ -311,6 +384,13 @@ pub fn build_binaries(
             .with_context(|| format!("chmod {}", p.display()))?;
     }
     Ok(profile_dir.to_path_buf())
+}
+
+/// The `xen-pvguest` command line (`extra =`) of a guest whose init is the
+/// program `init`: the runtime connects the domain's disks and NICs, runs
+/// the init with them and powers off when it ends.
+pub fn pv_cmdline(init: &Path) -> String {
+    format!("--timeout-secs 30 --init {}", init.display())
 }
 
 /// `xl` and `backendd`, which every Dom0 needs.

@@ -1,7 +1,7 @@
 //! Xenstore over a guest's ring versus Dom0's socket, in the same run.
 //!
 //! A private `xen-shimd` and our `xenstored` (threads of this process); per
-//! round a PV guest process (`xen-pvguest --frontend xenstore-bench`) does
+//! round a PV guest process (`pvguest-demo --demo xenstore-bench`) does
 //! `--messages` `XS_READ`s then `XS_WRITE`s of a 64-byte node one at a time
 //! over its ring, and this process does the same over the Unix socket
 //! (`xenstore-client`) as the reference. Prints one JSON object per
@@ -9,18 +9,18 @@
 //! rates over the rounds and the ring/socket ratios.
 //!
 //! ```text
-//! cargo build --release -p xen-pvguest
+//! cargo build --release -p pvguest-demos --bins --examples
 //! sudo target/release/examples/xenstore_ring_bench [messages] [rounds]
 //! ```
-//! (or `cargo run --release -p xen-pvguest --example xenstore_ring_bench`
+//! (or `cargo run --release -p pvguest-demos --example xenstore_ring_bench`
 //! after building the binary). Needs root, like the shim daemon.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xen_pvguest::testkit::{unique_name, GuestProcess, ShimDaemon};
-use xen_pvguest::xsdemo::latency_summary;
+use pvguest_demos::xsdemo::latency_summary;
+use xen_testhost::shim::{unique_name, GuestProcess, ShimDaemon};
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
 use xenstored::server::{Server, ServerConfig};
 
@@ -131,11 +131,11 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("xen-pvguest"))
+        .map(|d| d.join("pvguest-demo"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
     anyhow::ensure!(
         exe.exists(),
-        "{} is missing: cargo build --release -p xen-pvguest",
+        "{} is missing: cargo build --release -p pvguest-demos --bins",
         exe.display()
     );
     let shim = ShimDaemon::start("xsbench")?;
@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
             8,
             &exe,
             &[
-                "--frontend",
+                "--demo",
                 "xenstore-bench",
                 "--messages",
                 &m,

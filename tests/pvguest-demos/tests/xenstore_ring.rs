@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Dom0, MEMORY_MIB, STEP};
-use xen_pvguest::testkit::{unique_name, GuestProcess};
-use xen_pvguest::xsdemo::{DOM0_SECRET, TEST_DEVICE};
+use pvguest_demos::xsdemo::{DOM0_SECRET, TEST_DEVICE};
+use xen_pvguest::line::Line;
 use xen_shim::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, GuestProcess, ShimDom0 as Dom0, MEMORY_MIB, STEP};
 use xenstore_client::{Client, Perm, XsError, XsOps, PERM_NONE, PERM_READ};
 use xenstored::server::{Server, ServerConfig, StopHandle};
 
@@ -95,7 +95,7 @@ struct Stack {
 
 impl Stack {
     fn start(tag: &str) -> Stack {
-        let d = Dom0::start(tag);
+        let d = Dom0::start(tag).expect("the private shim starts");
         let xsd = Xenstored::start(d.daemon.socket());
         Stack { xsd: Some(xsd), d }
     }
@@ -171,19 +171,19 @@ fn toolstack_introduce(d: &Dom0, xs: &Client, domid: u16) {
         .expect("XS_INTRODUCE");
 }
 
-fn guest(d: &Dom0, frontend: &str) -> GuestProcess {
-    d.guest(&["--frontend", frontend, "--stay", "--timeout-secs", "60"])
+fn guest(d: &Dom0, demo: &str) -> GuestProcess {
+    common::demo(d, &["--demo", demo, "--stay", "--timeout-secs", "60"])
 }
 
 fn read(xs: &Client, path: &str) -> String {
     String::from_utf8_lossy(&xs.read(path).expect(path)).into_owned()
 }
 
-fn field(l: &xen_pvguest::demo::Line, k: &str) -> String {
+fn field(l: &Line, k: &str) -> String {
     l.fields.get(k).cloned().unwrap_or_default()
 }
 
-/// Drives a guest running `xenstore-demo` to its end.
+/// Drives a guest running the xenstore demo to its end.
 fn run_demo(g: &mut GuestProcess, xs: &Client) {
     let domid = g.domid();
     let home = format!("/local/domain/{domid}");
@@ -263,7 +263,7 @@ fn test_xenstore_ring_guest_uses_store_and_destroy_releases_domain() {
     let stack = Stack::start("xsring");
     let (d, xsd) = (&stack.d, stack.xsd());
     let xs = xsd.client();
-    let mut g = guest(d, "xenstore-demo");
+    let mut g = guest(d, "xenstore");
     let domid = g.domid();
 
     // Act / Assert: the toolstack introduces it, the guest uses its store.
@@ -292,7 +292,7 @@ fn test_xenstore_ring_hostile_guest_costs_only_its_connection() {
     let (d, xsd) = (&stack.d, stack.xsd());
     let xs = xsd.client();
     let mut bad = guest(d, "xenstore-hostile");
-    let mut good = guest(d, "xenstore-demo");
+    let mut good = guest(d, "xenstore");
     toolstack_introduce(d, &xs, bad.domid());
     toolstack_introduce(d, &xs, good.domid());
 
