@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::boot::{AttachArgs, PvShutdown, Then};
-pub use crate::boot::{ConsoleMode, REATTACH_TIMEOUT};
 use crate::line::emit;
 use crate::pvdisk::PvdiskError;
 

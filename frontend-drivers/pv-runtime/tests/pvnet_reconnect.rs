@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use xen_testhost::net::{
     bridge_name, bridge_ports, iperf_receiver_gbps, kill_backendd, link, make_bridge,
-    start_backendd_in, wait_link, Guests, Netns,
+    start_backendd_in, wait_link, Daemon, Guests, Netns,
 };
 use xen_testhost::{need, Dom0};
 use xenstore_client::XsOps;
@@ -127,13 +127,15 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() -> 
 
     // Act 1: Dom0 streams TCP to the guest; backendd is killed 3 s in and
     // started again.
-    let iperf = ns
-        .cmd("iperf3")
-        .args(["-c", "10.77.0.2", "-p", "5203", "-t", "12"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start iperf3");
+    // Killed on an early return, waited for below.
+    let iperf = Daemon::new(
+        ns.cmd("iperf3")
+            .args(["-c", "10.77.0.2", "-p", "5203", "-t", "12"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start iperf3"),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let mut restarts = Vec::new();
     for round in 0..2 {
@@ -161,7 +163,7 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() -> 
             ports,
         ));
     }
-    let iperf = iperf.wait_with_output().expect("iperf3 ends");
+    let iperf = iperf.take().wait_with_output().expect("iperf3 ends");
     let iperf_out = String::from_utf8_lossy(&iperf.stdout).into_owned();
     std::fs::write(&go, b"1").expect("write the flag");
     let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN)?;

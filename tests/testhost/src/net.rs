@@ -237,19 +237,20 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daem
 /// xenstore keeps what it wrote), checks it was the one in `dom0`'s pid
 /// file, and reaps it; its pid.
 pub fn kill_backendd(dom0: &Dom0, d: Daemon) -> Result<i32> {
-    let mut c = d.take();
+    // On an early return the guard kills and reaps it.
+    let ours = d.0.as_ref().map(Child::id).context("the daemon's child")?;
     let pid = dom0
         .backendd_pid()
         .context("backendd's pid file names a live process")?;
-    if u32::try_from(pid).ok() != Some(c.id()) {
-        bail!("the pid file names {pid}, not our backendd {}", c.id());
+    if u32::try_from(pid).ok() != Some(ours) {
+        bail!("the pid file names {pid}, not our backendd {ours}");
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .context("SIGKILL backendd")?;
-    let _ = c.wait();
+    let _ = d.take().wait();
     // A killed backendd leaves its pid file: the next start writes its own.
     let _ = std::fs::remove_file(dom0.rundir().join("backendd.pid"));
     Ok(pid)
