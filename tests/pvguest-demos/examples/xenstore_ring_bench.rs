@@ -15,14 +15,13 @@
 //! (or `cargo run --release -p pvguest-demos --example xenstore_ring_bench`
 //! after building the binary). Needs root, like the shim daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pvguest_demos::xsdemo::latency_summary;
 use xen_testhost::shim::{unique_name, GuestProcess, ShimDaemon};
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
-use xenstored::server::{Server, ServerConfig};
 
 const STEP: Duration = Duration::from_secs(120);
 
@@ -32,37 +31,6 @@ struct Sample {
     ops_per_s: f64,
     p50_ns: u64,
     p99_ns: u64,
-}
-
-fn start_xenstored(shim: &Path) -> anyhow::Result<(PathBuf, PathBuf, xenstored::StopHandle)> {
-    let dir = std::env::temp_dir().join(unique_name("xenstored-bench"));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("socket");
-    let cfg = ServerConfig {
-        socket: socket.clone(),
-        read_only_socket: false,
-        state_dir: None,
-        fsync: false,
-    };
-    let shim = shim.to_owned();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = match Server::new(&cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("xenstored: {e}");
-                return;
-            }
-        };
-        if let Err(e) = xenstored::install_shim(&mut s, &shim) {
-            eprintln!("xenstored: {e}");
-            return;
-        }
-        let _ = tx.send(s.stop_handle());
-        let _ = s.run();
-    });
-    let stop = rx.recv_timeout(STEP)?;
-    Ok((dir, socket, stop))
 }
 
 fn introduce(control: &xen_shim::dom0::Control, xs: &Client, domid: u16) -> anyhow::Result<()> {
@@ -140,8 +108,10 @@ fn main() -> anyhow::Result<()> {
     );
     let shim = ShimDaemon::start("xsbench")?;
     let control = Arc::new(shim.control()?);
-    let (dir, socket, stop) = start_xenstored(shim.socket())?;
-    let xs = Client::connect_path(&socket)?;
+    let dir = std::env::temp_dir().join(unique_name("xenstored-bench"));
+    std::fs::create_dir_all(&dir)?;
+    let xsd = xen_testhost::Xenstored::start(&dir.join("socket"), shim.socket())?;
+    let xs = Client::connect_path(xsd.socket())?;
     let mut samples = Vec::new();
     for round in 0..rounds {
         let m = messages.to_string();
@@ -209,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             p50("socket"),
         );
     }
-    stop.stop();
+    drop(xsd);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -19,7 +19,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pvguest_demos::xsdemo::{DOM0_SECRET, TEST_DEVICE};
@@ -27,59 +26,35 @@ use xen_pvguest::line::Line;
 use xen_shim::protocol::DomainConfig;
 use xen_testhost::shim::{unique_name, GuestProcess, ShimDom0 as Dom0, MEMORY_MIB, STEP};
 use xenstore_client::{Client, Perm, XsError, XsOps, PERM_NONE, PERM_READ};
-use xenstored::server::{Server, ServerConfig, StopHandle};
 
-/// Our xenstored in a thread of the test process, on a private socket,
-/// serving domains' rings through the shim at `shim`.
+/// Our xenstored in a thread of the test process ([`xen_testhost::Xenstored`]),
+/// on a private socket, serving domains' rings through the shim at `shim`.
 struct Xenstored {
     dir: PathBuf,
-    socket: PathBuf,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
+    xsd: Option<xen_testhost::Xenstored>,
 }
 
 impl Xenstored {
     fn start(shim: &Path) -> Xenstored {
         let dir = std::env::temp_dir().join(unique_name("xenstored-e2e"));
         std::fs::create_dir_all(&dir).expect("xenstored's directory");
-        let socket = dir.join("socket");
-        let cfg = ServerConfig {
-            socket: socket.clone(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let shim = shim.to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("xenstored".into())
-            .spawn(move || {
-                let mut s = Server::new(&cfg).expect("xenstored starts");
-                xenstored::install_shim(&mut s, &shim).expect("the shim link is set up");
-                tx.send(s.stop_handle()).expect("the test waits");
-                s.run().expect("xenstored runs");
-            })
-            .expect("xenstored's thread starts");
-        let stop = rx.recv_timeout(STEP).expect("xenstored listens");
+        let xsd =
+            xen_testhost::Xenstored::start(&dir.join("socket"), shim).expect("xenstored listens");
         Xenstored {
             dir,
-            socket,
-            stop,
-            thread: Some(thread),
+            xsd: Some(xsd),
         }
     }
 
     fn client(&self) -> Client {
-        Client::connect_path(&self.socket).expect("Dom0 connects to xenstored")
+        let xsd = self.xsd.as_ref().expect("xenstored runs until dropped");
+        Client::connect_path(xsd.socket()).expect("Dom0 connects to xenstored")
     }
 }
 
 impl Drop for Xenstored {
     fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.xsd.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

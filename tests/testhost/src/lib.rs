@@ -10,6 +10,11 @@
 //! started, the services, both directories) is stopped and removed on drop,
 //! also when a test panics.
 //!
+//! [`Xenstored`] is that xenstored alone (also for tests that play the
+//! toolstack themselves); [`Dom0::pv_config`] and [`pv_cmdline`] write the
+//! PV guest configs of the tests and benchmarks (the runtime's command
+//! line in one place).
+//!
 //! [`build_binaries`] builds the binaries a test needs into its own target
 //! directory and profile; [`net`] has the network namespaces, bridges and
 //! the hand-started `backendd` of the network tests; [`shim`] is the
@@ -43,8 +48,7 @@ pub struct Dom0 {
     /// The directory holding `xl`, `backendd` and the guest binaries.
     pub libexec: PathBuf,
     shim: Option<DaemonHandle>,
-    xs_stop: Option<StopHandle>,
-    xs_thread: Option<JoinHandle<()>>,
+    xenstored: Option<Xenstored>,
     guests: Vec<String>,
 }
 
@@ -63,43 +67,11 @@ impl Dom0 {
             mem_dir,
             libexec: libexec.to_path_buf(),
             shim: None,
-            xs_stop: None,
-            xs_thread: None,
+            xenstored: None,
             guests: Vec::new(),
         };
         d.shim = Some(xen_shim::daemon::spawn(d.shim_config()).context("start xen-shimd")?);
-        let cfg = ServerConfig {
-            socket: d.xenstored_socket(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let shim_sock = d.shim_socket();
-        let (tx, rx) = std::sync::mpsc::channel();
-        d.xs_thread = Some(std::thread::spawn(move || {
-            let mut s = match Server::new(&cfg) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("xenstored does not start: {e}")));
-                    return;
-                }
-            };
-            if let Err(e) = xenstored::install_shim(&mut s, &shim_sock) {
-                let _ = tx.send(Err(format!("xenstored cannot link to the shim: {e}")));
-                return;
-            }
-            if tx.send(Ok(s.stop_handle())).is_err() {
-                return;
-            }
-            if let Err(e) = s.run() {
-                eprintln!("xen-testhost: xenstored failed: {e}");
-            }
-        }));
-        match rx.recv_timeout(STEP) {
-            Ok(Ok(stop)) => d.xs_stop = Some(stop),
-            Ok(Err(e)) => bail!("{e}"),
-            Err(_) => bail!("xenstored did not start within {STEP:?}"),
-        }
+        d.xenstored = Some(Xenstored::start(&d.xenstored_socket(), &d.shim_socket())?);
         Ok(d)
     }
 
@@ -338,13 +310,81 @@ impl Drop for Dom0 {
         if let Some(s) = self.shim.take() {
             let _ = s.stop();
         }
-        if let Some(s) = self.xs_stop.take() {
+        drop(self.xenstored.take());
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+/// Our xenstored in a thread of this process on a Unix socket, serving
+/// domains' rings through the shim daemon at `shim` (no persistence, no
+/// fsync); stopped and joined on drop.
+#[derive(Debug)]
+pub struct Xenstored {
+    socket: PathBuf,
+    stop: Option<StopHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Xenstored {
+    /// Starts it on `socket`; waits (up to [`STEP`]) until it listens.
+    pub fn start(socket: &Path, shim: &Path) -> Result<Xenstored> {
+        let cfg = ServerConfig {
+            socket: socket.to_path_buf(),
+            read_only_socket: false,
+            state_dir: None,
+            fsync: false,
+        };
+        let shim = shim.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("xenstored".into())
+            .spawn(move || {
+                let mut s = match Server::new(&cfg) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("xenstored does not start: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = xenstored::install_shim(&mut s, &shim) {
+                    let _ = tx.send(Err(format!("xenstored cannot link to the shim: {e}")));
+                    return;
+                }
+                if tx.send(Ok(s.stop_handle())).is_err() {
+                    return;
+                }
+                if let Err(e) = s.run() {
+                    eprintln!("xen-testhost: xenstored failed: {e}");
+                }
+            })
+            .context("start xenstored's thread")?;
+        let mut x = Xenstored {
+            socket: socket.to_path_buf(),
+            stop: None,
+            thread: Some(thread),
+        };
+        match rx.recv_timeout(STEP) {
+            Ok(Ok(stop)) => x.stop = Some(stop),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("xenstored did not start within {STEP:?}"),
+        }
+        Ok(x)
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Xenstored {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
             s.stop();
         }
-        if let Some(t) = self.xs_thread.take() {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.mem_dir);
     }
 }
 
