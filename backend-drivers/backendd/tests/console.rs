@@ -28,10 +28,10 @@ use xen_backendd::console::{Consoles, ConsolesConfig, StatusBoard};
 use xen_consfront::{ConsFront, PlatformEvents};
 use xen_pvguest::platform::PvPlatform;
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::bytes::cons_offsets;
 use xen_ring::SharedRing;
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, ShimDaemon};
 use xenstore_client::{Client, XsOps};
 
 mod common;

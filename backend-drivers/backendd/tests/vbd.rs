@@ -17,9 +17,9 @@ use xen_abi::io::blkif::*;
 use xen_backendd::vbd::VbdFactory;
 use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, ShimDaemon};
 use xenstore_client::{Client, XsOps};
 use zerocopy::{FromBytes, IntoBytes};
 

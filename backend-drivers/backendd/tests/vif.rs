@@ -22,9 +22,9 @@ use xen_abi::io::netif::*;
 use xen_backendd::vif::VifFactory;
 use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, ShimDaemon};
 use xenstore_client::{Client, XsOps};
 use zerocopy::IntoBytes;
 

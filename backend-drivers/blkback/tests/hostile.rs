@@ -14,8 +14,8 @@ use xen_abi::io::blkif::*;
 use xen_blkback::DeviceStatus;
 use xen_front_platform::{Platform, PlatformError};
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::unique_name;
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::unique_name;
 
 /// A second guest domain, attached in this process.
 fn second_guest(w: &World, tag: &str) -> Runtime {

@@ -51,8 +51,8 @@ pub use xen_backend_common::DeviceError;
 use xen_backend_common::{stop_queues, FailOnce, MappedBackRing, QueueThread};
 use xen_diag::{warn_limited, LogLimiter};
 use xen_ring::{PollWindow, RingError};
-use xen_shim_dom0::{Evtchn, Gntdev};
 use xen_shim_dom0::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::offload::{self, VnetHdr, VNET_HDR_LEN};

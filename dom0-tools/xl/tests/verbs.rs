@@ -122,7 +122,6 @@ fn test_xl_create_list_destroy_pv_domain_with_raw_disk_leaves_no_trace() {
         &name,
         &format!(
             "# test guest\nname = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n\
-             extra = '--frontend idle'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target=disk.img' ]\n"
         ),
     );
@@ -334,10 +333,7 @@ fn test_xl_destroy_unknown_domain_fails() {
 fn test_xl_create_duplicate_name_fails_and_leaves_first_intact() {
     let host = Host::start();
     let name = format!("dup{}", std::process::id());
-    let cfg = host.write_config(
-        &name,
-        &format!("name = '{name}'\nmemory = 16\nextra = '--frontend idle'\n"),
-    );
+    let cfg = host.write_config(&name, &format!("name = '{name}'\nmemory = 16\n"));
     ok(&host.xl(&["create", cfg.to_str().expect("utf-8 path")]));
     let out = host.xl(&["create", cfg.to_str().expect("utf-8 path")]);
     assert!(!out.status.success(), "second create succeeded");

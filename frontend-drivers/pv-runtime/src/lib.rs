@@ -1,13 +1,19 @@
 //! The PV guest runtime: a Linux process that the toolstack (or a test)
 //! starts as domain N of the hypervisor shim, and that runs `no_std`
-//! frontends through the `xen-front-platform` trait.
+//! frontends through the `xen-front-platform` trait. This crate is the
+//! guest's kernel only: booting and attaching, the platform, the devices,
+//! and the `xen-pvguest` binary. Guest programs with other roles link it as
+//! a library (the plumbing demos in `tests/pvguest-demos`, the block load
+//! generator in `tests/blkbench`); the Dom0 side of the tests is
+//! `tests/testhost`.
 //!
 //! ```text
 //!   xen-pvguest (domain N)                               Dom0
 //!   ┌───────────────────────────────────┐     ┌──────────────────────────┐
-//!   │ frontends (demo, later blk/net)   │     │ backend (dom0peer, later │
-//!   │   │ Platform trait                │     │ backendd): Gntdev, Evtchn │
-//!   │ PvPlatform: pages, grants, evtchn │     └────────────┬─────────────┘
+//!   │ devices: blkfront → /dev/xvdX,    │     │ backendd: blkback,       │
+//!   │ netfront → ethN, consfront → hvc0 │     │ netback, consback        │
+//!   │   │ Platform trait                │     └────────────┬─────────────┘
+//!   │ PvPlatform: pages, grants, evtchn │                  │
 //!   │ EventHub + dispatcher thread      │                  │
 //!   │ xen_shim_guest::Hypervisor ───────┼── control ── xen-shimd
 //!   │   memory file (RAM, shared_info,  │                  │
@@ -15,45 +21,51 @@
 //!   └───────────────────────────────────┘   eventfds (no daemon hop)
 //! ```
 //!
+//! Boot and attach:
 //! - [`runtime`]: attach as domain N (domid and one-time token from argv or
 //!   the environment), map the memory, read `start_info`, set up the grant
 //!   table (`GNTTABOP_setup_table`), start the event dispatcher;
+//! - [`boot`]: a guest program's life around its body (attach, console,
+//!   `pvguest ready`, PV shutdown protocol, `SCHEDOP_shutdown`), shared by
+//!   every guest program on this library; [`line`]: their report lines;
+//! - [`cli`]: the `xen-pvguest` binary (devices + `--init`, or idle).
+//!
+//! Platform:
 //! - [`events`]: the dispatcher (epoll over the ports' eventfds → Xen's
 //!   2-level pending bits in `shared_info` → upcall → registered handlers)
 //!   and the hub frontends wait on (`SCHEDOP_poll`);
 //! - [`platform`]: [`platform::PvPlatform`], the platform trait for process
-//!   guests;
+//!   guests; [`grefalloc`]: its grant references;
 //! - [`xenstore`]: the domain's xenstore connection (the `xen-xenbus`
 //!   client on the store ring and event channel from `start_info`) behind
-//!   the platform's `xs_*` methods;
-//! - [`demo`]: the built-in plumbing frontends (grant + event demo, ring
-//!   demo) and their line protocol; [`dom0peer`]: their Dom0 halves on the
-//!   shim's `Gntdev`/`Evtchn`; [`xsdemo`]: xenstore frontends (a guest using
-//!   its store over the ring, and a hostile one that corrupts it);
+//!   the platform's `xs_*` methods.
+//!
+//! Devices:
+//! - [`vbd`]: blkfront as a synchronous block device; [`blockfile`]: a
+//!   block device as a FUSE file; [`pvdisk`]: every `device/vbd` as
+//!   `/dev/<vdev>` and the init run with them;
+//! - [`pvnet`]: every `device/vif` as a TAP in the guest's network
+//!   namespace;
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
-//! - [`cli`]: the `xen-pvguest` binary; [`testkit`]: an in-process daemon
-//!   and a guest-process launcher for cross-process tests and benchmarks.
+//! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
 
-pub mod blkload;
 pub mod blockfile;
+pub mod boot;
 pub mod cli;
 pub mod console;
 pub mod control;
-pub mod demo;
-pub mod dom0peer;
 mod error;
 pub mod events;
 pub mod grefalloc;
+pub mod line;
 /// The guest-page allocator (shared with the PVHVM kernel).
 pub use xen_front_platform::pagealloc;
 pub mod platform;
 pub mod pvdisk;
 pub mod pvnet;
 pub mod runtime;
-pub mod testkit;
 pub mod vbd;
 pub mod xenstore;
-pub mod xsdemo;
 
 pub use error::PvGuestError;

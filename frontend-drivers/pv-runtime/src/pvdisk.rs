@@ -18,7 +18,7 @@ use xen_blkfront::BlkfrontConfig;
 use xen_front_platform::{Platform, XBT_NIL};
 
 use crate::blockfile::{self, BlockFile, BlockfileError};
-use crate::demo::emit;
+use crate::line::emit;
 use crate::vbd::{self, BlockDevice, EventWaiter, Vbd, VbdConfig, VbdError};
 
 /// Most disks a guest exposes.

@@ -52,7 +52,7 @@ use xen_netfront::{FrontState, Gso, NetFront, NetfrontConfig, NetfrontError, Pac
 
 use xen_ring::PollWindow;
 
-use crate::demo::emit;
+use crate::line::emit;
 
 /// Most NICs a guest exposes.
 const MAX_NICS: usize = 8;

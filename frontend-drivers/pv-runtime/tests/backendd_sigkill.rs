@@ -18,13 +18,22 @@
 //! binaries. Needs root, `/dev/fuse`, loop devices and e2fsprogs
 //! (`apt-get install e2fsprogs mount coreutils`).
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
+use anyhow::{Context, Result};
+use xen_testhost::net::Daemon;
+use xen_testhost::{pv_cmdline, run, Dom0};
 
-use xlhost::{backendd_pid, guest_log, ok, run, Host};
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const GUEST_RUN: Duration = Duration::from_secs(240);
 /// Records the guest writes.
@@ -34,15 +43,15 @@ const RECORDS: u32 = 120;
 const KILL_AT: [u32; 2] = [30, 75];
 
 /// Starts `backendd` as `xl` does (same arguments, log appended to
-/// `<rundir>/backendd.log`).
-fn start_backendd(host: &mut Host) {
+/// `<rundir>/backendd.log`); killed when the guard drops.
+fn start_backendd(host: &Dom0) -> Result<Daemon> {
     let rundir = host.rundir();
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(rundir.join("backendd.log"))
-        .expect("open backendd.log");
-    let log2 = log.try_clone().expect("dup the log fd");
+        .context("open backendd.log")?;
+    let log2 = log.try_clone().context("dup the log fd")?;
     let child = Command::new(host.libexec.join("backendd"))
         .arg("--xenstored")
         .arg(host.dir.path().join("xenstored.sock"))
@@ -56,8 +65,8 @@ fn start_backendd(host: &mut Host) {
         .stdout(log)
         .stderr(log2)
         .spawn()
-        .expect("start backendd");
-    host.backendd = Some(child);
+        .context("start backendd")?;
+    Ok(Daemon::new(child))
 }
 
 /// The records the guest logged as acknowledged (`ack N` lines).
@@ -68,10 +77,10 @@ fn acked(log: &str) -> Vec<u32> {
         .collect()
 }
 
-fn wait_log(host: &Host, name: &str, what: &str, until: impl Fn(&str) -> bool) -> String {
+fn wait_log(host: &Dom0, name: &str, what: &str, until: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + GUEST_RUN;
     loop {
-        let log = guest_log(host, name).unwrap_or_default();
+        let log = host.guest_log(name);
         if until(&log) {
             return log;
         }
@@ -85,21 +94,23 @@ fn wait_log(host: &Host, name: &str, what: &str, until: impl Fn(&str) -> bool) -
 }
 
 #[test]
-fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_acked_records() {
-    sigkill_during_writes(&["xvda"]);
+fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_acked_records(
+) -> Result<()> {
+    sigkill_during_writes(&["xvda"])
 }
 
 /// With two disks both reconnect: each disk's waiter sees the watch events
 /// of the other's device too (one xenstore connection per guest), so one
 /// disk cannot swallow the other's backend change.
 #[test]
-fn test_backendd_sigkill_with_two_disks_both_reconnect_without_losing_acked_records() {
-    sigkill_during_writes(&["xvda", "xvdb"]);
+fn test_backendd_sigkill_with_two_disks_both_reconnect_without_losing_acked_records() -> Result<()>
+{
+    sigkill_during_writes(&["xvda", "xvdb"])
 }
 
-fn sigkill_during_writes(vdevs: &[&str]) {
+fn sigkill_during_writes(vdevs: &[&str]) -> Result<()> {
     // Arrange
-    let mut host = Host::start("bkill-");
+    let mut host = dom0("bkill-")?;
     let name = format!("bkill{}{}", std::process::id(), vdevs.len());
     let mut imgs = Vec::new();
     let mut disks = Vec::new();
@@ -145,55 +156,49 @@ fn sigkill_during_writes(vdevs: &[&str]) {
         ),
     )
     .expect("write the init script");
-    run("chmod", &["0755", script.to_str().expect("utf-8 path")]);
+    run("chmod", &["0755", script.to_str().expect("utf-8 path")])?;
     let cfg = host.dir.path().join(format!("{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+             extra = '{}'\n\
              disk = [ {} ]\n",
-            script.display(),
+            pv_cmdline(&script),
             disks.join(", ")
         ),
     )
     .expect("write the config");
-    ok(
-        "xl create",
-        &host.xl(&["create", cfg.to_str().expect("utf-8 path")]),
-    );
-    host.guest = Some(name.clone());
+    host.xl_ok(&["create", cfg.to_str().expect("utf-8 path")])?;
+    host.track_guest(&name);
 
     // Act: kill backendd mid-stream, start a new one (twice), let the
     // guest finish.
     let mut kills = Vec::new();
+    let mut backendd: Option<Daemon> = None;
     for at in KILL_AT {
         let before = wait_log(&host, &name, "the guest's records", |l| {
             acked(l).contains(&at) || l.contains("pvguest shutdown")
         });
         assert!(acked(&before).contains(&at), "{before}");
-        let pid = backendd_pid(&host);
+        let pid = host.backendd_pid().context("backendd runs")?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("SIGKILL backendd");
-        if let Some(mut c) = host.backendd.take() {
-            let _ = c.wait();
+        if let Some(d) = backendd.take() {
+            let _ = d.take().wait();
         }
-        let after = acked(&guest_log(&host, &name).unwrap_or_default())
-            .last()
-            .copied()
-            .unwrap_or(0);
+        let after = acked(&host.guest_log(&name)).last().copied().unwrap_or(0);
         kills.push((pid, after));
         std::thread::sleep(Duration::from_millis(500));
-        start_backendd(&mut host);
+        backendd = Some(start_backendd(&host)?);
     }
     let log = wait_log(&host, &name, "the guest's script after the restart", |l| {
         l.contains("pvguest shutdown") || l.contains("frontend-failed")
     });
-    let destroyed = host.xl(&["destroy", &name]);
-    host.guest = None;
+    let destroyed = host.destroy_guest(&name)?;
     eprintln!(
         "killed backendd (pid, last ack): {kills:?}\nguest log:\n{log}\nxl destroy: {}\nbackendd log:\n{}",
         String::from_utf8_lossy(&destroyed.stderr),
@@ -212,11 +217,11 @@ fn sigkill_during_writes(vdevs: &[&str]) {
     // Dom0's view of each image: clean, every acknowledged record there.
     for (v, img) in vdevs.iter().zip(&imgs) {
         let i = img.to_str().expect("utf-8 path");
-        run("fsck.ext4", &["-n", "-f", i]);
+        run("fsck.ext4", &["-n", "-f", i])?;
         let mnt = host.dir.path().join(format!("mnt-{v}"));
         std::fs::create_dir(&mnt).expect("mkdir");
         let m = mnt.to_str().expect("utf-8 path");
-        run("mount", &["-o", "loop,ro", i, m]);
+        run("mount", &["-o", "loop,ro", i, m])?;
         let missing: Vec<u32> = acks
             .iter()
             .copied()
@@ -231,4 +236,5 @@ fn sigkill_during_writes(vdevs: &[&str]) {
             "acknowledged records missing or wrong on {v}'s image: {missing:?}"
         );
     }
+    Ok(())
 }

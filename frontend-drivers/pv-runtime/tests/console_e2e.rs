@@ -17,13 +17,22 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
+use anyhow::{Context, Result};
+use xen_testhost::net::Daemon;
+use xen_testhost::{stdout_of, Dom0};
 
-use xlhost::{guest_log, ok, run, Host};
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const STEP: Duration = Duration::from_secs(30);
 
@@ -35,7 +44,7 @@ struct Terminal {
 
 impl Terminal {
     /// `xl ARGS` with the pty's slave as its stdin, stdout and stderr.
-    fn spawn(host: &Host, args: &[&str]) -> (Terminal, Child) {
+    fn spawn(host: &Dom0, args: &[&str]) -> (Terminal, Child) {
         let pty = nix::pty::openpty(None, None).expect("openpty");
         let slave = File::from(pty.slave);
         let child = host
@@ -104,10 +113,10 @@ fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
     }
 }
 
-fn wait_log(host: &Host, name: &str, what: &str) -> String {
+fn wait_log(host: &Dom0, name: &str, what: &str) -> String {
     let deadline = Instant::now() + STEP;
     loop {
-        let l = guest_log(host, name).unwrap_or_default();
+        let l = host.guest_log(name);
         if l.contains(what) {
             return l;
         }
@@ -119,28 +128,15 @@ fn wait_log(host: &Host, name: &str, what: &str) -> String {
     }
 }
 
-fn guest_cfg(host: &Host, name: &str, script: &str) -> String {
-    let init = host.dir.path().join(format!("{name}-init.sh"));
-    std::fs::write(&init, script).expect("write the init script");
-    run("chmod", &["0755", init.to_str().expect("utf-8 path")]);
-    let cfg = host.dir.path().join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 32\nvcpus = 1\n\
-             on_poweroff = 'preserve'\n\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n",
-            init.display()
-        ),
-    )
-    .expect("write the config");
-    cfg.to_str().expect("utf-8 path").to_owned()
+/// A guest config whose init is `script`, kept listed when it powers off.
+fn guest_cfg(host: &Dom0, name: &str, script: &str) -> Result<String> {
+    host.pv_config(name, 32, script, "on_poweroff = 'preserve'\n")
 }
 
 #[test]
-fn test_xl_console_shows_guest_output_types_input_detaches_and_log_has_session() {
+fn test_xl_console_shows_guest_output_types_input_detaches_and_log_has_session() -> Result<()> {
     // Arrange: a guest whose init talks over its console.
-    let mut host = Host::start("console-e2e-");
+    let mut host = dom0("console-e2e-")?;
     let name = format!("con{}", std::process::id());
     let cfg = guest_cfg(
         &host,
@@ -150,9 +146,9 @@ fn test_xl_console_shows_guest_output_types_input_detaches_and_log_has_session()
          read line\n\
          echo \"guest-got:[$line]\"\n\
          echo guest-init-done\n",
-    );
-    ok("xl create", &host.xl(&["create", &cfg]));
-    host.guest = Some(name.clone());
+    )?;
+    host.xl_ok(&["create", &cfg])?;
+    host.track_guest(&name);
 
     // Act: attach, read the marker, type a line, read the answer, detach.
     let (mut term, mut xl) = Terminal::spawn(&host, &["console", &name]);
@@ -183,45 +179,45 @@ fn test_xl_console_shows_guest_output_types_input_detaches_and_log_has_session()
     let tail = &shown[from..];
     let tail = &tail[..tail.find("guest-got:[hello from dom0]").expect("answer")];
     assert!(log.contains(tail), "{tail:?} not in the log:\n{log}");
-    ok("xl destroy", &host.xl(&["destroy", &name]));
-    host.guest = None;
+    stdout_of("xl destroy", &host.destroy_guest(&name)?)?;
+    Ok(())
 }
 
 #[test]
-fn test_xl_create_c_attaches_and_console_returns_when_domain_destroyed() {
+fn test_xl_create_c_attaches_and_console_returns_when_domain_destroyed() -> Result<()> {
     // Arrange: a guest that prints and then waits for input forever.
-    let mut host = Host::start("console-c-e2e-");
+    let mut host = dom0("console-c-e2e-")?;
     let name = format!("conc{}", std::process::id());
     let cfg = guest_cfg(
         &host,
         &name,
         "#!/bin/sh\necho create-c-marker\nwhile read line; do echo \"again:$line\"; done\n",
-    );
+    )?;
 
     // Act: xl create -c shows the guest's output at once.
     let (mut term, mut xl) = Terminal::spawn(&host, &["create", "-c", &cfg]);
-    host.guest = Some(name.clone());
+    host.track_guest(&name);
     term.expect("create-c-marker");
     term.type_bytes(b"ping\r");
     term.expect("again:ping");
-    let destroyed = host.xl(&["destroy", &name]);
-    host.guest = None;
+    let destroyed = host.destroy_guest(&name)?;
     let st = wait_exit(&mut xl, "domain destroyed");
 
     // Assert
-    ok("xl destroy", &destroyed);
+    stdout_of("xl destroy", &destroyed)?;
     assert!(st.success(), "xl create -c: {st}\n{}", term.text());
-    let log = guest_log(&host, &name).unwrap_or_default();
+    let log = host.guest_log(&name);
     assert!(log.contains("create-c-marker"), "{log}");
     assert!(log.contains("again:ping"), "{log}");
+    Ok(())
 }
 
 /// Starts `backendd` as `xl` would, but without consoles: the test is the
-/// console backend.
-fn start_backendd_without_consoles(host: &mut Host) {
+/// console backend. Killed when the guard drops.
+fn start_backendd_without_consoles(host: &Dom0) -> Result<Daemon> {
     let rundir = host.rundir();
-    std::fs::create_dir_all(&rundir).expect("rundir");
-    let log = std::fs::File::create(rundir.join("backendd.log")).expect("backendd.log");
+    std::fs::create_dir_all(&rundir).context("rundir")?;
+    let log = std::fs::File::create(rundir.join("backendd.log")).context("backendd.log")?;
     let child = std::process::Command::new(host.libexec.join("backendd"))
         .arg("--xenstored")
         .arg(host.dir.path().join("xenstored.sock"))
@@ -231,20 +227,21 @@ fn start_backendd_without_consoles(host: &mut Host) {
         .arg(rundir.join("backendd.pid"))
         .arg("--no-consoles")
         .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
+        .stdout(log.try_clone().context("dup")?)
         .stderr(log)
         .spawn()
-        .expect("start backendd");
-    host.backendd = Some(child);
+        .context("start backendd")?;
+    let d = Daemon::new(child);
     let deadline = Instant::now() + STEP;
     while !rundir.join("backendd.pid").exists() {
         assert!(Instant::now() < deadline, "backendd wrote no pid file");
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(d)
 }
 
 #[test]
-fn test_hostile_console_backend_never_blocks_the_guests_programs() {
+fn test_hostile_console_backend_never_blocks_the_guests_programs() -> Result<()> {
     use std::sync::atomic::{AtomicU32, Ordering};
     use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
     use xen_ring::bytes::{cons_offsets, ConsRing};
@@ -253,8 +250,8 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
 
     // Arrange: the test is the console backend; the guest's init writes
     // 100 KiB (far more than the ring and the pty hold), then a file.
-    let mut host = Host::start("console-hostile-be-");
-    start_backendd_without_consoles(&mut host);
+    let mut host = dom0("console-hostile-be-")?;
+    let backendd = start_backendd_without_consoles(&host)?;
     let name = format!("conh{}", std::process::id());
     let done = host.dir.path().join("init-finished");
     let cfg = guest_cfg(
@@ -266,9 +263,9 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
              touch {}\n",
             done.display()
         ),
-    );
-    ok("xl create", &host.xl(&["create", &cfg]));
-    host.guest = Some(name.clone());
+    )?;
+    host.xl_ok(&["create", &cfg])?;
+    host.track_guest(&name);
     let shim = host.dir.path().join("shim.sock");
     let control = Control::connect(&shim).expect("control");
     let info = control
@@ -337,4 +334,8 @@ fn test_hostile_console_backend_never_blocks_the_guests_programs() {
     }
     assert!(String::from_utf8_lossy(&seen).contains("pvguest ready"));
     let _ = evtchn.unbind(port);
+    // As before: the guest goes first, then the test's backendd.
+    host.destroy_guests();
+    drop(backendd);
+    Ok(())
 }

@@ -2,15 +2,19 @@
 //! shutdown with a reason observed by the guest and the toolstack, destroy
 //! (kills the runtime, frees its memory), a crashed runtime reported.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{proc_state, Dom0, STEP};
 use xen_abi::xen::VIRQ_DOM_EXC;
-use xen_pvguest::dom0peer::wait_port;
 use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+use xen_testhost::shim::{proc_state, wait_port, GuestProcess, ShimDom0, STEP};
+
+/// Starts an idle `xen-pvguest` (no `--init`) as a new domain of `d`.
+fn idle_guest(d: &ShimDom0) -> GuestProcess {
+    d.guest(Path::new(env!("CARGO_BIN_EXE_xen-pvguest")), &[])
+        .expect("the runtime process starts")
+}
 
 fn wait_proc_state(pid: u32, want: impl Fn(char) -> bool, what: &str) {
     let deadline = Instant::now() + STEP;
@@ -27,7 +31,7 @@ fn wait_proc_state(pid: u32, want: impl Fn(char) -> bool, what: &str) {
     }
 }
 
-fn mem_files(d: &Dom0) -> usize {
+fn mem_files(d: &ShimDom0) -> usize {
     std::fs::read_dir(d.daemon.mem_dir())
         .map(|r| r.count())
         .unwrap_or(0)
@@ -36,8 +40,8 @@ fn mem_files(d: &Dom0) -> usize {
 #[test]
 fn test_lifecycle_pause_unpause_stops_and_resumes_runtime() {
     // Arrange
-    let d = Dom0::start("pause");
-    let mut g = d.guest(&["--frontend", "idle"]);
+    let d = ShimDom0::start("pause").expect("the private shim starts");
+    let mut g = idle_guest(&d);
     g.expect("idle running", STEP).expect("the guest runs");
     let pid = g.pid();
 
@@ -65,9 +69,9 @@ fn test_lifecycle_pause_unpause_stops_and_resumes_runtime() {
 #[test]
 fn test_lifecycle_shutdown_reason_observed_by_guest_and_dom0() {
     // Arrange
-    let d = Dom0::start("shutdown");
+    let d = ShimDom0::start("shutdown").expect("the private shim starts");
     let virq = d.evtchn.bind_virq(VIRQ_DOM_EXC).expect("bind VIRQ_DOM_EXC");
-    let mut g = d.guest(&["--frontend", "idle"]);
+    let mut g = idle_guest(&d);
     g.expect("idle running", STEP).expect("the guest runs");
     // Drain what the creation raised.
     let _ = d.evtchn.try_pending();
@@ -92,7 +96,8 @@ fn test_lifecycle_shutdown_reason_observed_by_guest_and_dom0() {
         s == Some(&DomainState::Shutdown {
             reason: ShutdownReason::Reboot,
         })
-    });
+    })
+    .expect("the domain reaches the state");
     let info = d.info(g.domid()).expect("domain kept until destroyed");
     assert!(info.flags.contains('s'), "xl flags {:?}", info.flags);
 }
@@ -100,10 +105,10 @@ fn test_lifecycle_shutdown_reason_observed_by_guest_and_dom0() {
 #[test]
 fn test_lifecycle_destroy_kills_runtime_and_frees_memory() {
     // Arrange
-    let d = Dom0::start("destroy");
+    let d = ShimDom0::start("destroy").expect("the private shim starts");
     let virq = d.evtchn.bind_virq(VIRQ_DOM_EXC).expect("bind VIRQ_DOM_EXC");
     let before = mem_files(&d);
-    let mut g = d.guest(&["--frontend", "idle"]);
+    let mut g = idle_guest(&d);
     g.expect("idle running", STEP).expect("the guest runs");
     assert!(mem_files(&d) > before, "the domain's memory file exists");
     let _ = d.evtchn.try_pending();
@@ -125,8 +130,8 @@ fn test_lifecycle_destroy_kills_runtime_and_frees_memory() {
 #[test]
 fn test_lifecycle_runtime_killed_is_reported_crashed() {
     // Arrange
-    let d = Dom0::start("crash");
-    let mut g = d.guest(&["--frontend", "idle"]);
+    let d = ShimDom0::start("crash").expect("the private shim starts");
+    let mut g = idle_guest(&d);
     g.expect("idle running", STEP).expect("the guest runs");
 
     // Act: the runtime dies without SCHEDOP_shutdown.
@@ -143,18 +148,19 @@ fn test_lifecycle_runtime_killed_is_reported_crashed() {
                     reason: ShutdownReason::Crash
                 })
         )
-    });
+    })
+    .expect("the domain reaches the state");
 }
 
 #[test]
 fn test_lifecycle_create_destroy_cycles_leave_no_domains_or_files() {
     // Arrange
-    let d = Dom0::start("cycles");
+    let d = ShimDom0::start("cycles").expect("the private shim starts");
     let before = mem_files(&d);
 
     // Act: a few full create → attach → destroy cycles.
     for _ in 0..5 {
-        let mut g = d.guest(&["--frontend", "idle"]);
+        let mut g = idle_guest(&d);
         g.expect("idle running", STEP).expect("the guest runs");
         g.destroy().expect("destroy");
     }

@@ -7,22 +7,18 @@
 //! attached runtime's pid, which is this test process. Each test's daemon
 //! and domain go away with the process.
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Dom0, MEMORY_MIB, STEP};
 use xen_abi::event_channel::{EVTCHNSTAT_closed, EVTCHNSTAT_unbound};
 use xen_front_platform::{Platform, PlatformError};
-use xen_pvguest::dom0peer::wait_port;
 use xen_pvguest::runtime::{Runtime, INITIAL_GRANT_FRAMES};
-use xen_pvguest::testkit::unique_name;
 use xen_shim_proto::layout::GRANT_ENTRIES_PER_FRAME_V1;
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, wait_port, ShimDom0, MEMORY_MIB, STEP};
 
-fn in_process_guest(d: &Dom0) -> Runtime {
+fn in_process_guest(d: &ShimDom0) -> Runtime {
     let created = d
         .control
         .create_domain(&DomainConfig::pv(&unique_name("inproc"), MEMORY_MIB))
@@ -33,7 +29,7 @@ fn in_process_guest(d: &Dom0) -> Runtime {
 #[test]
 fn test_pv_platform_grant_readonly_map_and_revoke_after_unmap() {
     // Arrange
-    let d = Dom0::start("pgrant");
+    let d = ShimDom0::start("pgrant").expect("the private shim starts");
     let rt = in_process_guest(&d);
     let p = rt.platform().as_ref();
     let pages = p.alloc_pages(2).expect("pages");
@@ -72,7 +68,7 @@ fn test_pv_platform_grant_readonly_map_and_revoke_after_unmap() {
 #[test]
 fn test_pv_platform_grant_table_grows_past_initial_frames() {
     // Arrange: use every reference of the initial frames.
-    let d = Dom0::start("pgrow");
+    let d = ShimDom0::start("pgrow").expect("the private shim starts");
     let rt = in_process_guest(&d);
     let p = rt.platform();
     let pages = p.alloc_pages(1).expect("page");
@@ -104,7 +100,7 @@ fn test_pv_platform_grant_table_grows_past_initial_frames() {
 #[test]
 fn test_pv_platform_masked_port_stays_pending_until_unmask() {
     // Arrange: a channel to Dom0 with a handler counting deliveries.
-    let d = Dom0::start("pmask");
+    let d = ShimDom0::start("pmask").expect("the private shim starts");
     let rt = in_process_guest(&d);
     let p = rt.platform();
     let port = p.evtchn_alloc_unbound(0).expect("port");
@@ -145,7 +141,7 @@ fn test_pv_platform_masked_port_stays_pending_until_unmask() {
 #[test]
 fn test_pv_platform_notify_reaches_dom0_and_close_unbinds_peer() {
     // Arrange
-    let d = Dom0::start("pclose");
+    let d = ShimDom0::start("pclose").expect("the private shim starts");
     let rt = in_process_guest(&d);
     let p = rt.platform();
     let port = p.evtchn_alloc_unbound(0).expect("port");
@@ -184,7 +180,7 @@ fn test_pv_platform_notify_reaches_dom0_and_close_unbinds_peer() {
 
 #[test]
 fn test_pv_platform_alloc_pages_exhaustion_and_xenstore_without_xenstored_times_out() {
-    let d = Dom0::start("pmem");
+    let d = ShimDom0::start("pmem").expect("the private shim starts");
     let rt = in_process_guest(&d);
     let p = rt.platform();
     let all = p.free_pages_count();

@@ -21,10 +21,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
+use anyhow::Result;
+use xen_testhost::{need, run, stdout_of, Dom0};
 
-use xlhost::{guest_log, need, ok, run, Host};
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const GUEST_RUN: Duration = Duration::from_secs(300);
 /// The disk.
@@ -91,12 +98,12 @@ impl Drop for NbdServer {
     }
 }
 
-fn e2e(kind: Kind) {
+fn e2e(kind: Kind) -> Result<()> {
     // Arrange
     let t0 = Instant::now();
-    let mut host = Host::start("pvdisk-e2e-");
-    need("qemu-img", "qemu-utils");
-    need("qemu-nbd", "qemu-utils");
+    let mut host = dom0("pvdisk-e2e-")?;
+    need("qemu-img", "qemu-utils")?;
+    need("qemu-nbd", "qemu-utils")?;
     let name = format!("pvdisk{kind:?}{}", std::process::id()).to_lowercase();
     let dir = host.dir.path().to_path_buf();
     let raw = dir.join("disk.img");
@@ -121,7 +128,7 @@ fn e2e(kind: Kind) {
                     qcow2.to_str().expect("utf-8 path"),
                     &format!("{DISK_MIB}M"),
                 ],
-            );
+            )?;
             "format=qcow2, vdev=xvda, access=rw, target=disk.qcow2".to_string()
         }
         Kind::Nbd => {
@@ -166,13 +173,13 @@ fn e2e(kind: Kind) {
         ),
     )
     .expect("write the init script");
-    run("chmod", &["0755", script.to_str().expect("utf-8 path")]);
+    run("chmod", &["0755", script.to_str().expect("utf-8 path")])?;
     let cfg = dir.join(format!("{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             extra = '--frontend disk --timeout-secs 120 --init {}'\n\
+             extra = '--timeout-secs 120 --init {}'\n\
              disk = [ '{target}' ]\n",
             script.display()
         ),
@@ -181,15 +188,12 @@ fn e2e(kind: Kind) {
 
     // Act: the guest runs its init to the end.
     let t1 = Instant::now();
-    ok(
-        "xl create",
-        &host.xl(&["create", cfg.to_str().expect("utf-8 path")]),
-    );
-    host.guest = Some(name.clone());
-    let listing = ok("xl block-list", &host.xl(&["block-list", &name]));
+    host.xl_ok(&["create", cfg.to_str().expect("utf-8 path")])?;
+    host.track_guest(&name);
+    let listing = host.xl_ok(&["block-list", &name])?;
     let deadline = Instant::now() + GUEST_RUN;
     let log = loop {
-        let log = guest_log(&host, &name).unwrap_or_default();
+        let log = host.guest_log(&name);
         if log.contains("pvguest shutdown") || log.contains("frontend-failed") {
             break log;
         }
@@ -200,8 +204,7 @@ fn e2e(kind: Kind) {
         std::thread::sleep(Duration::from_millis(200));
     };
     let guest_time = t1.elapsed();
-    let destroyed = host.xl(&["destroy", &name]);
-    host.guest = None;
+    let destroyed = host.destroy_guest(&name)?;
     if let Some(n) = nbd.as_mut() {
         n.stop();
     }
@@ -226,7 +229,7 @@ fn e2e(kind: Kind) {
         Kind::Raw | Kind::Nbd => raw.clone(),
         Kind::Qcow2 => {
             let q = qcow2.to_str().expect("utf-8 path");
-            let check = run("qemu-img", &["check", q]);
+            let check = run("qemu-img", &["check", q])?;
             assert!(check.contains("No errors were found"), "{check}");
             let conv = dir.join("converted.raw");
             run(
@@ -240,16 +243,16 @@ fn e2e(kind: Kind) {
                     q,
                     conv.to_str().expect("utf-8 path"),
                 ],
-            );
+            )?;
             conv
         }
     };
     let i = check_img.to_str().expect("utf-8 path");
-    run("fsck.ext4", &["-n", "-f", i]);
+    run("fsck.ext4", &["-n", "-f", i])?;
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let m = mnt.to_str().expect("utf-8 path");
-    run("mount", &["-o", "loop,ro", i, m]);
+    run("mount", &["-o", "loop,ro", i, m])?;
     let guest_sums = std::fs::read_to_string(&sums).expect("the guest wrote its checksums");
     let dom0_sum = Command::new("sha256sum")
         .arg("-c")
@@ -257,7 +260,7 @@ fn e2e(kind: Kind) {
         .current_dir(&mnt)
         .output();
     let _ = Command::new("umount").arg(m).status();
-    ok("sha256sum -c", &dom0_sum.expect("run sha256sum"));
+    stdout_of("sha256sum -c", &dom0_sum.expect("run sha256sum"))?;
     assert_eq!(guest_sums.lines().count(), FILES as usize, "{guest_sums}");
     let size = std::fs::metadata(&check_img).expect("stat").len();
     assert_eq!(size, DISK_MIB << 20);
@@ -266,26 +269,27 @@ fn e2e(kind: Kind) {
         guest_time.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
 }
 
 #[test]
-fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image() {
-    e2e(Kind::Raw);
+fn test_xl_create_pv_guest_mkfs_mount_write_fsck_on_xvda_then_dom0_checks_image() -> Result<()> {
+    e2e(Kind::Raw)
 }
 
 #[test]
-fn test_xl_create_pv_guest_on_qcow2_image_then_qemu_img_check_and_dom0_checks() {
-    e2e(Kind::Qcow2);
+fn test_xl_create_pv_guest_on_qcow2_image_then_qemu_img_check_and_dom0_checks() -> Result<()> {
+    e2e(Kind::Qcow2)
 }
 
 #[test]
-fn test_xl_create_pv_guest_on_nbd_export_then_dom0_checks_the_exported_file() {
-    e2e(Kind::Nbd);
+fn test_xl_create_pv_guest_on_nbd_export_then_dom0_checks_the_exported_file() -> Result<()> {
+    e2e(Kind::Nbd)
 }
 
 #[test]
-fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() {
-    let host = Host::start("pvdisk-e2e-bad-");
+fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() -> Result<()> {
+    let host = dom0("pvdisk-e2e-bad-")?;
     let name = format!("pvdisknbdbad{}", std::process::id());
     let sock = host.dir.path().join("nobody.sock");
     let cfg = host.dir.path().join(format!("{name}.cfg"));
@@ -293,13 +297,13 @@ fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() {
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\n\
-             extra = '--frontend disk --timeout-secs 5'\n\
+             extra = '--timeout-secs 5'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target=nbd+unix:///disk?socket={}' ]\n",
             sock.display()
         ),
     )
     .expect("write the config");
-    let out = host.xl(&["create", cfg.to_str().expect("utf-8 path")]);
+    let out = host.xl(&["create", cfg.to_str().expect("utf-8 path")])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "xl create must fail: {err}");
     assert!(err.contains("disk xvda"), "{err}");
@@ -309,6 +313,7 @@ fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() {
     );
     assert!(err.contains("cannot connect"), "{err}");
     // No domain is left behind.
-    let list = ok("xl list", &host.xl(&["list"]));
+    let list = host.xl_ok(&["list"])?;
     assert!(!list.contains(&name), "{list}");
+    Ok(())
 }

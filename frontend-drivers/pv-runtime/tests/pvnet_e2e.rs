@@ -12,16 +12,24 @@
 //! iproute2 iputils-ping iperf3 curl`, tests/setup-host.sh). Traffic stays
 //! in the test's namespaces (10.77.0.0/24 exists only there).
 
+use std::path::Path;
 use std::time::Duration;
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
+use anyhow::Result;
+use xen_testhost::net::{
+    bridge_name, bridge_ports, iperf_receiver_gbps, make_bridge, spawn_in, start_backendd_in,
+    wait_listen, Guests, Netns,
+};
+use xen_testhost::{need, run, Dom0};
 
-#[path = "common/nethost.rs"]
-mod nethost;
-
-use nethost::{bridge_name, bridge_ports, make_bridge, start_backendd_in, Guests, Netns};
-use xlhost::{need, Host};
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const GUEST_RUN: Duration = Duration::from_secs(120);
 
@@ -33,23 +41,21 @@ fn vif(mac_last: u8, br: &str, ip: &str) -> String {
 }
 
 #[test]
-fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_removes_taps() {
+fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_removes_taps(
+) -> Result<()> {
     // Arrange
-    need("ping", "iputils-ping");
-    let mut host = Host::start("pvnet-ping-");
-    let ns = Netns::new("p");
-    let br = bridge_name("p");
-    make_bridge(&ns, &br, "10.77.0.1/24");
-    start_backendd_in(&mut host, &ns);
+    need("ping", "iputils-ping")?;
+    let host = dom0("pvnet-ping-")?;
+    let ns = Netns::unique("xsn", "p")?;
+    let br = bridge_name("xb", "p")?;
+    make_bridge(&ns, &br, "10.77.0.1/24")?;
+    let _backendd = start_backendd_in(&host, &ns, &[])?;
     let flag = host.dir.path().join("done");
     let wait_flag = format!(
         "i=0; while [ ! -e {f} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n",
         f = flag.display()
     );
-    let mut guests = Guests {
-        host: &host,
-        names: Vec::new(),
-    };
+    let mut guests = Guests::new(&host);
     let pid = std::process::id();
     let (a, b) = (format!("neta{pid}"), format!("netb{pid}"));
 
@@ -58,8 +64,8 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
         &b,
         &[vif(3, &br, "10.77.0.3")],
         &format!("#!/bin/sh\necho guest-ready\n{wait_flag}echo guest-init-ok\n"),
-    );
-    guests.wait_log(&b, "guest-ready", GUEST_RUN);
+    )?;
+    guests.wait_log(&b, "guest-ready", GUEST_RUN)?;
     guests.create(
         &a,
         &[vif(2, &br, "10.77.0.2")],
@@ -69,21 +75,21 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
              ping -c 3 -i 0.2 -W 5 10.77.0.3\necho ping-peer-ok\n\
              {wait_flag}echo guest-init-ok\n"
         ),
-    );
-    let log_a = guests.wait_log(&a, "ping-peer-ok", GUEST_RUN);
-    let dom0_to_a = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"]);
-    let dom0_to_b = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.3"]);
-    let (da, db) = (guests.domid(&a), guests.domid(&b));
-    let netlist = xlhost::ok("xl network-list", &host.xl(&["network-list", &a]));
-    let ports_before = bridge_ports(&ns, &br);
+    )?;
+    let log_a = guests.wait_log(&a, "ping-peer-ok", GUEST_RUN)?;
+    let dom0_to_a = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"])?;
+    let dom0_to_b = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.3"])?;
+    let (da, db) = (guests.domid(&a)?, guests.domid(&b)?);
+    let netlist = host.xl_ok(&["network-list", &a])?;
+    let ports_before = bridge_ports(&ns, &br)?;
     std::fs::write(&flag, b"1").expect("write the flag");
-    guests.wait_log(&a, "guest-init-ok", GUEST_RUN);
-    guests.wait_log(&b, "guest-init-ok", GUEST_RUN);
-    guests.destroy(&a);
-    guests.destroy(&b);
+    guests.wait_log(&a, "guest-init-ok", GUEST_RUN)?;
+    guests.wait_log(&b, "guest-init-ok", GUEST_RUN)?;
+    guests.destroy(&a)?;
+    guests.destroy(&b)?;
     std::thread::sleep(Duration::from_secs(1));
-    let ports_after = bridge_ports(&ns, &br);
-    let tap_a = ns.exec("ip", &["link", "show", &format!("vif{da}.0")]);
+    let ports_after = bridge_ports(&ns, &br)?;
+    let tap_a = ns.exec("ip", &["link", "show", &format!("vif{da}.0")])?;
 
     // Assert
     assert!(
@@ -132,25 +138,26 @@ fn test_two_pv_guests_on_one_bridge_ping_each_other_and_dom0_then_destroy_remove
         "xl destroy removes the bridge ports: {ports_after:?}"
     );
     assert!(!tap_a.status.success(), "xl destroy removes the TAP");
+    Ok(())
 }
 
 #[test]
-fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
+fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() -> Result<()> {
     // Arrange
-    need("iperf3", "iperf3");
-    need("curl", "curl");
-    need("python3", "python3");
-    need("ss", "iproute2");
-    let mut host = Host::start("pvnet-tcp-");
-    let ns = Netns::new("t");
-    let br = bridge_name("t");
-    make_bridge(&ns, &br, "10.77.0.1/24");
-    start_backendd_in(&mut host, &ns);
-    let _iperf = nethost::spawn_in(&ns, "iperf3", &["-s", "-B", "10.77.0.1", "-p", "5201"]);
+    need("iperf3", "iperf3")?;
+    need("curl", "curl")?;
+    need("python3", "python3")?;
+    need("ss", "iproute2")?;
+    let host = dom0("pvnet-tcp-")?;
+    let ns = Netns::unique("xsn", "t")?;
+    let br = bridge_name("xb", "t")?;
+    make_bridge(&ns, &br, "10.77.0.1/24")?;
+    let _backendd = start_backendd_in(&host, &ns, &[])?;
+    let _iperf = spawn_in(&ns, "iperf3", &["-s", "-B", "10.77.0.1", "-p", "5201"])?;
     let www = host.dir.path().join("www");
     std::fs::create_dir_all(&www).expect("www dir");
     let big = www.join("big.bin");
-    xlhost::run(
+    run(
         "dd",
         &[
             "if=/dev/urandom",
@@ -159,10 +166,10 @@ fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
             "count=1024",
             "status=none",
         ],
-    );
-    let want = xlhost::run("sha256sum", &[big.to_str().expect("utf-8")]);
+    )?;
+    let want = run("sha256sum", &[big.to_str().expect("utf-8")])?;
     let want = want.split_whitespace().next().expect("a sum").to_owned();
-    let _http = nethost::spawn_in(
+    let _http = spawn_in(
         &ns,
         "python3",
         &[
@@ -174,19 +181,16 @@ fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
             "--directory",
             www.to_str().expect("utf-8"),
         ],
-    );
-    nethost::wait_listen(&ns, 5201);
-    nethost::wait_listen(&ns, 8080);
+    )?;
+    wait_listen(&ns, 5201)?;
+    wait_listen(&ns, 8080)?;
     let flag = host.dir.path().join("done");
     let wait_flag = format!(
         "i=0; while [ ! -e {f} ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done\n",
         f = flag.display()
     );
     let sum = host.dir.path().join("guest.sha256");
-    let mut guests = Guests {
-        host: &host,
-        names: Vec::new(),
-    };
+    let mut guests = Guests::new(&host);
     let pid = std::process::id();
     let (a, b) = (format!("tcpa{pid}"), format!("tcpb{pid}"));
 
@@ -197,8 +201,8 @@ fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
         &b,
         &[vif(13, &br, "10.77.0.3")],
         &format!("#!/bin/sh\niperf3 -s -D -B 10.77.0.3 -p 5202\necho guest-ready\n{wait_flag}echo guest-init-ok\n"),
-    );
-    guests.wait_log(&b, "guest-ready", GUEST_RUN);
+    )?;
+    guests.wait_log(&b, "guest-ready", GUEST_RUN)?;
     guests.create(
         &a,
         &[vif(12, &br, "10.77.0.2")],
@@ -218,12 +222,12 @@ fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
             sum = sum.display(),
             flag = flag.display()
         ),
-    );
-    let log_a = guests.wait_log(&a, "guest-init-ok", Duration::from_secs(300));
-    guests.wait_log(&b, "guest-init-ok", GUEST_RUN);
+    )?;
+    let log_a = guests.wait_log(&a, "guest-init-ok", Duration::from_secs(300))?;
+    guests.wait_log(&b, "guest-init-ok", GUEST_RUN)?;
 
     // Assert
-    let rates = nethost::iperf_receiver_gbps(&log_a);
+    let rates = iperf_receiver_gbps(&log_a);
     eprintln!("iperf3 receiver Gbit/s (A->Dom0, Dom0->A, A->B, B->A): {rates:?}");
     assert_eq!(rates.len(), 4, "four iperf3 runs:\n{log_a}");
     assert!(
@@ -236,6 +240,7 @@ fn test_pv_guests_iperf3_both_directions_and_1gib_curl_download_checksum() {
         Some(want.as_str()),
         "the 1 GiB download arrives intact"
     );
+    Ok(())
 }
 
 /// `(queue, tx_packets, rx_packets)` of each `pvnet stats devid=0` line.
@@ -258,23 +263,20 @@ fn queue_counters(log: &str) -> Vec<(u32, u64, u64)> {
 }
 
 #[test]
-fn test_pv_guest_pumps_every_queue_sixteen_iperf3_flows_use_more_than_one() {
+fn test_pv_guest_pumps_every_queue_sixteen_iperf3_flows_use_more_than_one() -> Result<()> {
     // Arrange: backendd offers 2 queues per vif (its default); the guest
     // takes all of them. 16 flows in each direction spread over the queues
     // by flow hash (all on one queue of two: probability 2^-15).
-    need("iperf3", "iperf3");
-    need("ss", "iproute2");
-    let mut host = Host::start("pvnet-mq-");
-    let ns = Netns::new("q");
-    let br = bridge_name("q");
-    make_bridge(&ns, &br, "10.77.0.1/24");
-    start_backendd_in(&mut host, &ns);
-    let _iperf = nethost::spawn_in(&ns, "iperf3", &["-s", "-B", "10.77.0.1", "-p", "5203"]);
-    nethost::wait_listen(&ns, 5203);
-    let mut guests = Guests {
-        host: &host,
-        names: Vec::new(),
-    };
+    need("iperf3", "iperf3")?;
+    need("ss", "iproute2")?;
+    let host = dom0("pvnet-mq-")?;
+    let ns = Netns::unique("xsn", "q")?;
+    let br = bridge_name("xb", "q")?;
+    make_bridge(&ns, &br, "10.77.0.1/24")?;
+    let _backendd = start_backendd_in(&host, &ns, &[])?;
+    let _iperf = spawn_in(&ns, "iperf3", &["-s", "-B", "10.77.0.1", "-p", "5203"])?;
+    wait_listen(&ns, 5203)?;
+    let mut guests = Guests::new(&host);
     let a = format!("mqa{}", std::process::id());
 
     // Act: 16 parallel flows each way; the counters are written when the
@@ -287,8 +289,8 @@ fn test_pv_guest_pumps_every_queue_sixteen_iperf3_flows_use_more_than_one() {
          sleep 1\n\
          iperf3 -c 10.77.0.1 -p 5203 -t 2 -P 16 -R\n\
          echo guest-init-ok\n",
-    );
-    let log = guests.wait_log(&a, "pvnet stats devid=0 queue=1 ", Duration::from_secs(120));
+    )?;
+    let log = guests.wait_log(&a, "pvnet stats devid=0 queue=1 ", Duration::from_secs(120))?;
 
     // Assert
     assert!(
@@ -300,7 +302,7 @@ fn test_pv_guest_pumps_every_queue_sixteen_iperf3_flows_use_more_than_one() {
         .filter(|l| l.contains("[SUM]"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let rates = nethost::iperf_receiver_gbps(&sums);
+    let rates = iperf_receiver_gbps(&sums);
     assert_eq!(rates.len(), 2, "two iperf3 runs of 16 flows:\n{log}");
     assert!(
         rates.iter().all(|&r| r > 0.01),
@@ -314,4 +316,5 @@ fn test_pv_guest_pumps_every_queue_sixteen_iperf3_flows_use_more_than_one() {
     let busy_rx = qs.iter().filter(|q| q.2 > 1000).count();
     assert_eq!(busy_tx, 2, "both queues transmit: {qs:?}\n{log}");
     assert_eq!(busy_rx, 2, "both queues receive: {qs:?}\n{log}");
+    Ok(())
 }

@@ -19,20 +19,25 @@
 //! Private `xen-shimd` and `xenstored`, the real `xl`, `backendd` and
 //! `xen-pvguest`. Needs root, iproute2, iputils-ping, iperf3.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
-
-#[path = "common/nethost.rs"]
-mod nethost;
-
-use nethost::{
-    bridge_name, bridge_ports, kill_backendd, make_bridge, spawn_backendd_in, wait_link, Guests,
-    Netns,
+use anyhow::Result;
+use xen_testhost::net::{
+    bridge_name, bridge_ports, iperf_receiver_gbps, kill_backendd, link, make_bridge,
+    start_backendd_in, wait_link, Daemon, Guests, Netns,
 };
+use xen_testhost::{need, Dom0};
 use xenstore_client::XsOps;
-use xlhost::{need, Host};
+
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const GUEST_RUN: Duration = Duration::from_secs(120);
 /// How long Dom0 may wait for the guest to answer after a restart.
@@ -55,6 +60,7 @@ fn wait_flag(flag: &std::path::Path) -> String {
 /// One ping from `ns` to `ip`, one second to answer.
 fn ping_once(ns: &Netns, ip: &str) -> bool {
     ns.exec("ping", &["-c", "1", "-W", "1", ip])
+        .expect("run ping in the namespace")
         .status
         .success()
 }
@@ -78,25 +84,22 @@ fn field(log: &str, tag: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_owned))
 }
 
-fn backendd_log(host: &Host) -> String {
+fn backendd_log(host: &Dom0) -> String {
     std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default()
 }
 
 #[test]
-fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
+fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() -> Result<()> {
     // Arrange
-    need("ping", "iputils-ping");
-    need("iperf3", "iperf3");
-    let host = Host::start("pvnet-rc-");
-    let ns = Netns::new("r");
-    let br = bridge_name("r");
-    make_bridge(&ns, &br, "10.77.0.1/24");
-    let mut backendd = spawn_backendd_in(&host, &ns, &[]);
+    need("ping", "iputils-ping")?;
+    need("iperf3", "iperf3")?;
+    let host = dom0("pvnet-rc-")?;
+    let ns = Netns::unique("xsn", "r")?;
+    let br = bridge_name("xb", "r")?;
+    make_bridge(&ns, &br, "10.77.0.1/24")?;
+    let mut backendd = start_backendd_in(&host, &ns, &[])?;
     let go = host.dir.path().join("go");
-    let mut guests = Guests {
-        host: &host,
-        names: Vec::new(),
-    };
+    let mut guests = Guests::new(&host);
     let name = format!("netrc{}", std::process::id());
     guests.create(
         &name,
@@ -116,38 +119,40 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
              echo guest-init-ok\n",
             wait = wait_flag(&go)
         ),
-    );
-    guests.wait_log(&name, "guest-ready", GUEST_RUN);
-    let domid = guests.domid(&name);
+    )?;
+    guests.wait_log(&name, "guest-ready", GUEST_RUN)?;
+    let domid = guests.domid(&name)?;
     let tap = format!("vif{domid}.0");
     let before = ping_once(&ns, "10.77.0.2");
 
     // Act 1: Dom0 streams TCP to the guest; backendd is killed 3 s in and
     // started again.
-    let iperf = ns
-        .cmd("iperf3")
-        .args(["-c", "10.77.0.2", "-p", "5203", "-t", "12"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start iperf3");
+    // Killed on an early return, waited for below.
+    let iperf = Daemon::new(
+        ns.cmd("iperf3")
+            .args(["-c", "10.77.0.2", "-p", "5203", "-t", "12"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start iperf3"),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let mut restarts = Vec::new();
     for round in 0..2 {
         if round == 1 {
             std::thread::sleep(Duration::from_secs(1));
         }
-        let pid = kill_backendd(&host, backendd);
+        let pid = kill_backendd(&host, backendd)?;
         std::thread::sleep(Duration::from_millis(200));
-        let tap_gone = nethost::link(&ns, &tap).is_empty();
+        let tap_gone = link(&ns, &tap).is_empty();
         let unreachable = !ping_once(&ns, "10.77.0.2");
         std::thread::sleep(Duration::from_millis(300));
-        backendd = spawn_backendd_in(&host, &ns, &[]);
+        backendd = start_backendd_in(&host, &ns, &[])?;
         let recovered = time_to_answer(&ns, "10.77.0.2", RECOVERY);
         let (tap_link, carrier) = wait_link(&ns, &tap, Duration::from_secs(5), |l| {
             l.contains("LOWER_UP")
         });
-        let ports = bridge_ports(&ns, &br);
+        let ports = bridge_ports(&ns, &br)?;
         restarts.push((
             pid,
             tap_gone,
@@ -158,10 +163,10 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
             ports,
         ));
     }
-    let iperf = iperf.wait_with_output().expect("iperf3 ends");
+    let iperf = iperf.take().wait_with_output().expect("iperf3 ends");
     let iperf_out = String::from_utf8_lossy(&iperf.stdout).into_owned();
     std::fs::write(&go, b"1").expect("write the flag");
-    let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN);
+    let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN)?;
     eprintln!(
         "restarts (old pid, TAP gone, unreachable, time to answer, link, carrier, ports): {restarts:#?}\n\
          iperf3:\n{iperf_out}\nguest log:\n{log}\nbackendd log:\n{}",
@@ -192,7 +197,7 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
         "the TCP stream survives the restarts: {iperf_out}{}",
         String::from_utf8_lossy(&iperf.stderr)
     );
-    let rates = nethost::iperf_receiver_gbps(&iperf_out);
+    let rates = iperf_receiver_gbps(&iperf_out);
     assert!(
         rates.len() == 1 && rates[0] > 0.0,
         "iperf3 moved data: {iperf_out}"
@@ -233,7 +238,7 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
     // `pvnet deferred` report (if it had to keep any) is zero.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let last_deferred = loop {
-        let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN);
+        let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN)?;
         let last = log
             .lines()
             .filter(|l| l.starts_with("pvnet deferred devid=0 "))
@@ -250,25 +255,23 @@ fn test_backendd_sigkill_restart_reconnects_the_pv_nic_and_traffic_resumes() {
         0,
         "netfront gets back every page the killed backendds had mapped"
     );
-    guests.destroy(&name);
+    guests.destroy(&name)?;
     drop(backendd);
+    Ok(())
 }
 
 #[test]
-fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx() {
+fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx() -> Result<()> {
     // Arrange
-    need("ping", "iputils-ping");
-    let host = Host::start("pvnet-car-");
-    let ns = Netns::new("c");
-    let br = bridge_name("c");
-    make_bridge(&ns, &br, "10.77.0.1/24");
+    need("ping", "iputils-ping")?;
+    let host = dom0("pvnet-car-")?;
+    let ns = Netns::unique("xsn", "c")?;
+    let br = bridge_name("xb", "c")?;
+    make_bridge(&ns, &br, "10.77.0.1/24")?;
     let stall = ["--vif-rx-stall-timeout-ms", "1000"];
-    let mut backendd = spawn_backendd_in(&host, &ns, &stall);
+    let mut backendd = start_backendd_in(&host, &ns, &stall)?;
     let done = host.dir.path().join("done");
-    let mut guests = Guests {
-        host: &host,
-        names: Vec::new(),
-    };
+    let mut guests = Guests::new(&host);
     let name = format!("netcar{}", std::process::id());
     // The guest also leaves a file (its console log is written by
     // backendd's consback, which is down while the backend is away).
@@ -296,9 +299,9 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
             on = until("LOWER_UP", "guest-carrier-on"),
             wait = wait_flag(&done)
         ),
-    );
-    let ready = guests.wait_log(&name, "guest-ready", GUEST_RUN);
-    let domid = guests.domid(&name);
+    )?;
+    let ready = guests.wait_log(&name, "guest-ready", GUEST_RUN)?;
+    let domid = guests.domid(&name)?;
     let tap = format!("vif{domid}.0");
     let be = format!("/local/domain/0/backend/vif/{domid}/0");
     let fe = format!("/local/domain/{domid}/device/vif/0");
@@ -316,7 +319,7 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
 
     // Act 1: the backend goes away and is back in InitWait without
     // connecting yet (the test plays it); then a real backendd connects.
-    kill_backendd(&host, backendd);
+    kill_backendd(&host, backendd)?;
     xs.write(&format!("{be}/state"), "2")
         .expect("backend InitWait");
     let seen_off = host.dir.path().join("guest-carrier-off");
@@ -326,8 +329,8 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     }
     let off = seen_off.exists();
     let offered = fe_state(&xs);
-    backendd = spawn_backendd_in(&host, &ns, &stall);
-    let on = guests.wait_log(&name, "ping-after-ok", GUEST_RUN);
+    backendd = start_backendd_in(&host, &ns, &stall)?;
+    let on = guests.wait_log(&name, "ping-after-ok", GUEST_RUN)?;
 
     // Act 2: the guest stops taking packets while Dom0 sends them.
     let pid: i32 = field(&ready, "pvguest ready", "pid")
@@ -342,7 +345,7 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     let _flood = ns.exec(
         "ping",
         &["-q", "-i", "0.002", "-c", "600", "-W", "1", "10.77.0.3"],
-    );
+    )?;
     let (stalled_link, stalled) = wait_link(&ns, &tap, Duration::from_secs(15), |l| {
         l.contains("NO-CARRIER")
     });
@@ -353,7 +356,7 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     });
     let answers = time_to_answer(&ns, "10.77.0.3", RECOVERY);
     std::fs::write(&done, b"1").expect("write the flag");
-    let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN);
+    let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN)?;
     eprintln!(
         "stall: {stalled_link} after {stalled_after:?}; ready: {ready_link}\nguest log:\n{log}\n\
          backendd log:\n{}",
@@ -393,6 +396,7 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     );
     assert!(answers.is_some(), "the guest answers Dom0 again");
     assert!(backendd_log(&host).contains("guest rx stalled"));
-    guests.destroy(&name);
+    guests.destroy(&name)?;
     drop(backendd);
+    Ok(())
 }

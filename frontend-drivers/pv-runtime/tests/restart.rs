@@ -5,18 +5,15 @@
 //! The daemon runs in its own process here (this test binary re-executed to
 //! run only `helper_run_daemon`), so it can be killed like a real one.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{require_root, MEMORY_MIB, STEP};
-use xen_pvguest::testkit::{unique_name, GuestProcess};
 use xen_shim_dom0::Control;
 use xen_shim_proto::protocol::{DomainState, ShutdownReason};
 use xen_shimd::DaemonConfig;
+use xen_testhost::shim::{require_root, unique_name, GuestProcess, MEMORY_MIB, STEP};
 
 const DIR_ENV: &str = "XEN_PVGUEST_TEST_DAEMON_DIR";
 const MEM_ENV: &str = "XEN_PVGUEST_TEST_DAEMON_MEM";
@@ -94,7 +91,7 @@ impl Drop for Dirs {
 #[test]
 fn test_runtime_reattaches_after_daemon_restart() {
     // Arrange: a daemon process and an idle guest.
-    require_root();
+    require_root().expect("root");
     let name = unique_name("restart");
     let dirs = Dirs(
         std::env::temp_dir().join(format!("xen-shim-{name}")),
@@ -110,7 +107,7 @@ fn test_runtime_reattaches_after_daemon_restart() {
         &unique_name("pvguest"),
         MEMORY_MIB,
         Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
-        &["--frontend", "idle"],
+        &[],
     )
     .expect("the runtime starts");
     g.expect("idle running", STEP).expect("the guest runs");

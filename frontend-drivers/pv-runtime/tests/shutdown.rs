@@ -5,17 +5,25 @@
 //! reason; xl's `on_poweroff` (destroy) and `on_reboot` (restart) apply.
 //! Needs root and xenstore-utils.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
+use anyhow::Result;
+use xen_testhost::{stdout_of, Dom0};
 
-use xlhost::{guest_log, ok, Host};
+/// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 const STEP: Duration = Duration::from_secs(30);
 
 /// A config whose init waits (forever) and reports the SIGTERM it gets.
-fn cfg(host: &Host, name: &str) -> String {
+fn cfg(host: &Dom0, name: &str) -> Result<String> {
     host.pv_config(
         name,
         32,
@@ -25,10 +33,10 @@ fn cfg(host: &Host, name: &str) -> String {
     )
 }
 
-fn wait_log(host: &Host, name: &str, needle: &str, n: usize) -> String {
+fn wait_log(host: &Dom0, name: &str, needle: &str, n: usize) -> String {
     let t0 = Instant::now();
     loop {
-        let log = guest_log(host, name).unwrap_or_default();
+        let log = host.guest_log(name);
         if log.matches(needle).count() >= n {
             return log;
         }
@@ -40,82 +48,83 @@ fn wait_log(host: &Host, name: &str, needle: &str, n: usize) -> String {
     }
 }
 
-fn xs_read(host: &Host, path: &str) -> String {
+fn xs_read(host: &Dom0, path: &str) -> Result<String> {
     let out = std::process::Command::new("xenstore-read")
         .arg(path)
         .env("XENSTORED_PATH", host.dir.path().join("xenstored.sock"))
         .output()
         .expect("run xenstore-read (xenstore-utils)");
-    ok(&format!("xenstore-read {path}"), &out)
+    stdout_of(&format!("xenstore-read {path}"), &out)
 }
 
 /// The domid in `xl list NAME` (`None` if not listed).
-fn domid(host: &Host, name: &str) -> Option<u16> {
-    let out = host.xl(&["list", name]);
+fn domid(host: &Dom0, name: &str) -> Result<Option<u16>> {
+    let out = host.xl(&["list", name])?;
     if !out.status.success() {
-        return None;
+        return Ok(None);
     }
-    String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .nth(1)
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|d| d.parse().ok())
+        .and_then(|d| d.parse().ok()))
 }
 
 #[test]
-fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() {
+fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() -> Result<()> {
     // Arrange
-    let mut host = Host::start("pv-shutdown-");
+    let mut host = dom0("pv-shutdown-")?;
     let name = format!("pvs{}", std::process::id());
-    ok("xl create", &host.xl(&["create", &cfg(&host, &name)]));
-    host.guest = Some(name.clone());
+    host.xl_ok(&["create", &cfg(&host, &name)?])?;
+    host.track_guest(&name);
     wait_log(&host, &name, "init-waiting", 1);
-    let id = domid(&host, &name).expect("listed");
+    let id = domid(&host, &name)?.expect("listed");
     let home = format!("/local/domain/{id}");
     // The runtime advertises the protocol.
     let t0 = Instant::now();
-    while xs_read(&host, &format!("{home}/control/feature-poweroff")).trim() != "1" {
+    while xs_read(&host, &format!("{home}/control/feature-poweroff"))?.trim() != "1" {
         assert!(t0.elapsed() < STEP, "no control/feature-poweroff");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        xs_read(&host, &format!("{home}/control/feature-reboot")).trim(),
+        xs_read(&host, &format!("{home}/control/feature-reboot"))?.trim(),
         "1"
     );
 
     // Act
-    let out = host.xl(&["shutdown", "-w", &name]);
+    let out = host.xl(&["shutdown", "-w", &name])?;
 
     // Assert: xl waited for it, the init was asked to stop, the domain
     // ended with reason poweroff and on_poweroff (destroy) removed it.
-    let said = ok("xl shutdown -w", &out);
+    let said = stdout_of("xl shutdown -w", &out)?;
     assert!(said.contains("Waiting for 1 domains"), "{said}");
     assert!(said.contains(&format!("Domain {id} has been")), "{said}");
     let log = wait_log(&host, &name, "pvguest shutdown", 1);
     assert!(log.contains("init-got-term"), "{log}");
     assert!(log.contains("reason=poweroff"), "{log}");
     let t0 = Instant::now();
-    while domid(&host, &name).is_some() {
+    while domid(&host, &name)?.is_some() {
         assert!(t0.elapsed() < STEP, "{name} still listed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    host.guest = None;
+    host.untrack_guest(&name);
+    Ok(())
 }
 
 #[test]
-fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() {
+fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() -> Result<()> {
     // Arrange
-    let mut host = Host::start("pv-reboot-");
+    let mut host = dom0("pv-reboot-")?;
     let name = format!("pvr{}", std::process::id());
-    ok("xl create", &host.xl(&["create", &cfg(&host, &name)]));
-    host.guest = Some(name.clone());
+    host.xl_ok(&["create", &cfg(&host, &name)?])?;
+    host.track_guest(&name);
     wait_log(&host, &name, "init-waiting", 1);
-    let first = domid(&host, &name).expect("listed");
+    let first = domid(&host, &name)?.expect("listed");
     let t0 = Instant::now();
     while xs_read(
         &host,
         &format!("/local/domain/{first}/control/feature-reboot"),
-    )
+    )?
     .trim()
         != "1"
     {
@@ -124,7 +133,7 @@ fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() {
     }
 
     // Act
-    ok("xl reboot", &host.xl(&["reboot", &name]));
+    host.xl_ok(&["reboot", &name])?;
 
     // Assert: the first run ended with reason reboot and the monitor
     // started the guest again (on_reboot's default, restart) as a new
@@ -132,15 +141,17 @@ fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() {
     let log = wait_log(&host, &name, "init-waiting", 2);
     assert!(log.contains("reason=reboot"), "{log}");
     assert!(log.contains("init-got-term"), "{log}");
-    let second = domid(&host, &name).expect("listed again");
+    let second = domid(&host, &name)?.expect("listed again");
     assert_ne!(first, second, "the restarted guest is a new domain");
+    Ok(())
 }
 
 #[test]
-fn test_xl_shutdown_of_unknown_domain_fails_by_name() {
-    let host = Host::start("pv-shutdown-none-");
-    let out = host.xl(&["shutdown", "no-such-guest"]);
+fn test_xl_shutdown_of_unknown_domain_fails_by_name() -> Result<()> {
+    let host = dom0("pv-shutdown-none-")?;
+    let out = host.xl(&["shutdown", "no-such-guest"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-guest"), "{err}");
+    Ok(())
 }

@@ -6,7 +6,7 @@
 #
 #   tests/blkbench/scripts/compare.sh ROUNDS NAME=DIR[=BLKLOAD_ARGS] ...
 #
-# DIR holds blkbench, xl, backendd and xen-pvguest of one build; e.g.
+# DIR holds blkbench, blkload, xl, backendd and xen-pvguest of one build; e.g.
 #   compare.sh 5 before=/tmp/base after=target/release 'after-q2=target/release=--queues 2'
 set -eu
 rounds=$1; shift

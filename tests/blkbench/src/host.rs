@@ -1,6 +1,6 @@
 //! The private Dom0 of one benchmark run ([`xen_testhost::Dom0`]: the shim
-//! and xenstored as threads, the real `xl`, `backendd` and `xen-pvguest`
-//! binaries) and the guests the benchmark runs on it.
+//! and xenstored as threads, the real `xl`, `backendd`, `xen-pvguest` and
+//! `blkload` binaries) and the guests the benchmark runs on it.
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use xen_testhost::Dom0;
 
 /// The binaries a run needs next to each other.
-pub const BINARIES: [&str; 3] = ["xl", "backendd", "xen-pvguest"];
+pub const BINARIES: [&str; 4] = ["xl", "backendd", "xen-pvguest", "blkload"];
 
 /// The private services; see the [module docs](self).
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl Host {
             if !libexec.join(b).exists() {
                 bail!(
                     "{} is missing: cargo build --release -p xen-xl -p xen-backendd -p xen-pvguest \
-                     (or pass --libexec)",
+                     -p blkbench --bins (or pass --libexec)",
                     libexec.join(b).display()
                 );
             }
@@ -44,18 +44,21 @@ impl Host {
         Ok(Host(Dom0::start("blkbench-", libexec)?))
     }
 
-    /// `xl create`s guest `name` with disk `image` and `extra` as its
-    /// command line, waits until it shut down (or `limit`), destroys it and
-    /// returns its console log.
+    /// `xl create`s guest `name` with disk `image`, running `program`
+    /// (`kernel=`; default `xl`'s, the `xen-pvguest` runtime) with `extra`
+    /// as its command line, waits until it shut down (or `limit`), destroys
+    /// it and returns its console log.
     pub fn run_guest(
         &mut self,
         name: &str,
         image: &Path,
+        program: Option<&Path>,
         extra: &str,
         limit: Duration,
     ) -> Result<String> {
+        let kernel = program.map_or(String::new(), |p| format!("kernel = '{}'\n", p.display()));
         let cfg = format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n{kernel}\
              extra = '{extra}'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
             image.display()

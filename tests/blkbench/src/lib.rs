@@ -5,8 +5,9 @@
 //! 2. for each repetition: `fio --ioengine=io_uring --direct=0` on the image
 //!    for every load (the native reference; tmpfs has no O_DIRECT), then a
 //!    PV guest (`xl create`, private `xen-shimd`/`xenstored`, `backendd`)
-//!    running `--frontend blkload` for the same loads (the guest prints one
-//!    JSON line per load to its console log), then optionally a guest
+//!    running the `blkload` guest binary ([`guest`], [`blkload`]) for the
+//!    same loads (it prints one JSON line per load to its console log),
+//!    then optionally a guest
 //!    running `fio --ioengine=psync --direct=1` on its `/dev/xvda` (the FUSE
 //!    block file);
 //! 3. a table and, with `--json`, one JSON line per implementation and
@@ -16,7 +17,9 @@
 //! Loads: 4 KiB random read at queue depth 32, 1 MiB sequential read and
 //! write at queue depth `--seq-qd`.
 
+pub mod blkload;
 mod fio;
+pub mod guest;
 mod host;
 
 use std::path::{Path, PathBuf};
@@ -313,11 +316,12 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             let qd = of_bs.first().map_or(32, |l| l.qd);
             let name = format!("blkbench{}r{rep}b{bs}", std::process::id());
             let extra = format!(
-                "--frontend blkload --timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds} {}",
+                "--timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds} {}",
                 patterns.join(","),
                 args.blkload_args
             );
-            let log = host.run_guest(&name, &image, &extra, limit)?;
+            let blkload = host.libexec.join("blkload");
+            let log = host.run_guest(&name, &image, Some(&blkload), &extra, limit)?;
             let got = parse_blkload(&log)?;
             for l in of_bs {
                 let s = got
@@ -357,11 +361,8 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
                 bail!("chmod of the guest script failed");
             }
             let name = format!("blkbench{}r{rep}fio", std::process::id());
-            let extra = format!(
-                "--frontend disk --timeout-secs 30 --init {}",
-                script.display()
-            );
-            let log = host.run_guest(&name, &image, &extra, limit)?;
+            let extra = format!("--timeout-secs 30 --init {}", script.display());
+            let log = host.run_guest(&name, &image, None, &extra, limit)?;
             if !log.contains("guest-fio-done") {
                 bail!("fio in the guest failed; its log:\n{log}");
             }

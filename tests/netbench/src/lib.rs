@@ -305,9 +305,9 @@ exec python3 -m http.server 80 --bind 10.79.1.3 --directory {}
         &pv,
         &format!(
             "name = \"{pv}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
-             extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+             extra = '{}'\n\
              vif = [ 'mac=00:16:3e:4e:43:03, bridge={br}, ip=10.79.1.3' ]\n",
-            init.display()
+            xen_testhost::pv_cmdline(&init)
         ),
     )?;
     host.create_guest(
@@ -407,9 +407,9 @@ fn measure_both(args: &Args, libexec: &Path, reps: usize) -> Result<(Samples, Sa
     let name = format!("netbench{pid}");
     let cfg = format!(
         "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
-         extra = '--frontend disk --timeout-secs 30 --init {}'\n\
+         extra = '{}'\n\
          vif = [ 'mac=00:16:3e:4e:42:01, bridge={br}, ip=10.79.0.2' ]\n",
-        init.display()
+        xen_testhost::pv_cmdline(&init)
     );
     host.create_guest(&name, &cfg)?;
     let fails = ["frontend-failed", "pvguest shutdown"];

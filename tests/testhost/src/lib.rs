@@ -10,11 +10,19 @@
 //! started, the services, both directories) is stopped and removed on drop,
 //! also when a test panics.
 //!
+//! [`Xenstored`] is that xenstored alone (also for tests that play the
+//! toolstack themselves); [`Dom0::pv_config`] and [`pv_cmdline`] write the
+//! PV guest configs of the tests and benchmarks (the runtime's command
+//! line in one place).
+//!
 //! [`build_binaries`] builds the binaries a test needs into its own target
 //! directory and profile; [`net`] has the network namespaces, bridges and
-//! the hand-started `backendd` of the network tests.
+//! the hand-started `backendd` of the network tests; [`shim`] is the
+//! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
+//! programs themselves or attach a runtime in the test process.
 
 pub mod net;
+pub mod shim;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -40,8 +48,7 @@ pub struct Dom0 {
     /// The directory holding `xl`, `backendd` and the guest binaries.
     pub libexec: PathBuf,
     shim: Option<DaemonHandle>,
-    xs_stop: Option<StopHandle>,
-    xs_thread: Option<JoinHandle<()>>,
+    xenstored: Option<Xenstored>,
     guests: Vec<String>,
 }
 
@@ -60,43 +67,11 @@ impl Dom0 {
             mem_dir,
             libexec: libexec.to_path_buf(),
             shim: None,
-            xs_stop: None,
-            xs_thread: None,
+            xenstored: None,
             guests: Vec::new(),
         };
         d.shim = Some(xen_shimd::spawn(d.shim_config()).context("start xen-shimd")?);
-        let cfg = ServerConfig {
-            socket: d.xenstored_socket(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let shim_sock = d.shim_socket();
-        let (tx, rx) = std::sync::mpsc::channel();
-        d.xs_thread = Some(std::thread::spawn(move || {
-            let mut s = match Server::new(&cfg) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("xenstored does not start: {e}")));
-                    return;
-                }
-            };
-            if let Err(e) = xenstored::install_shim(&mut s, &shim_sock) {
-                let _ = tx.send(Err(format!("xenstored cannot link to the shim: {e}")));
-                return;
-            }
-            if tx.send(Ok(s.stop_handle())).is_err() {
-                return;
-            }
-            if let Err(e) = s.run() {
-                eprintln!("xen-testhost: xenstored failed: {e}");
-            }
-        }));
-        match rx.recv_timeout(STEP) {
-            Ok(Ok(stop)) => d.xs_stop = Some(stop),
-            Ok(Err(e)) => bail!("{e}"),
-            Err(_) => bail!("xenstored did not start within {STEP:?}"),
-        }
+        d.xenstored = Some(Xenstored::start(&d.xenstored_socket(), &d.shim_socket())?);
         Ok(d)
     }
 
@@ -158,12 +133,77 @@ impl Dom0 {
         c
     }
 
+    /// Starts a Dom0 for the PV guest end-to-end tests: checks that the
+    /// machine can run PV guests with disks (root, `/dev/fuse`, the tools
+    /// their inits and the checks use), builds `xl` and `backendd` next to
+    /// `exe` (a test's `CARGO_BIN_EXE_...`) from the workspace at
+    /// `workspace`, and starts the services; `prefix` names the directory.
+    pub fn start_for_pv_guests(prefix: &str, exe: &Path, workspace: &Path) -> Result<Dom0> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("this test needs root (shim, FUSE, loop devices): run it as root");
+        }
+        if !Path::new("/dev/fuse").exists() {
+            bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
+        }
+        for (t, p) in [
+            ("mkfs.ext4", "e2fsprogs"),
+            ("fsck.ext4", "e2fsprogs"),
+            ("losetup", "mount"),
+            ("sha256sum", "coreutils"),
+            ("fio", "fio"),
+        ] {
+            need(t, p)?;
+        }
+        let profile = exe.parent().context("<target>/<profile>")?;
+        let libexec = build_binaries(profile, workspace, &DOM0_BINARIES)?;
+        Dom0::start(prefix, &libexec)
+    }
+
     /// Runs `xl ARGS`; its output, whatever its status.
     pub fn xl(&self, args: &[&str]) -> Result<Output> {
         self.xl_command(args)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("run {}", self.libexec.join("xl").display()))
+    }
+
+    /// Runs `xl ARGS`; its stdout, or an error with both streams unless it
+    /// succeeded.
+    pub fn xl_ok(&self, args: &[&str]) -> Result<String> {
+        stdout_of(&format!("xl {}", args.join(" ")), &self.xl(args)?)
+    }
+
+    /// Writes the shell script `script` as `<name>-init.sh` (executable)
+    /// into the run directory; its path.
+    pub fn write_init(&self, name: &str, script: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(format!("{name}-init.sh"));
+        std::fs::write(&p, script).with_context(|| format!("write {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// A PV guest config `<name>.cfg` whose init is the shell script
+    /// `script` (written by [`Dom0::write_init`]), with `memory_mib` MiB
+    /// and `extra_lines` of xl.cfg (disks, vifs, actions); its path.
+    pub fn pv_config(
+        &self,
+        name: &str,
+        memory_mib: u32,
+        script: &str,
+        extra_lines: &str,
+    ) -> Result<String> {
+        let init = self.write_init(name, script)?;
+        let cfg = self.write_config(
+            name,
+            &format!(
+                "name = \"{name}\"\ntype = 'pv'\nmemory = {memory_mib}\nvcpus = 1\n\
+                 extra = '{}'\n{extra_lines}",
+                pv_cmdline(&init)
+            ),
+        )?;
+        Ok(cfg.to_str().context("utf-8 temp path")?.to_owned())
     }
 
     /// Writes `<name>.cfg` with `text` into the run directory; its path.
@@ -195,6 +235,11 @@ impl Dom0 {
         if !self.guests.iter().any(|g| g == name) {
             self.guests.push(name.to_owned());
         }
+    }
+
+    /// No longer `xl destroy`s guest `name` on drop (it is gone).
+    pub fn untrack_guest(&mut self, name: &str) {
+        self.guests.retain(|g| g != name);
     }
 
     /// `xl destroy`s guest `name` now (and no longer on drop).
@@ -265,13 +310,81 @@ impl Drop for Dom0 {
         if let Some(s) = self.shim.take() {
             let _ = s.stop();
         }
-        if let Some(s) = self.xs_stop.take() {
+        drop(self.xenstored.take());
+        let _ = std::fs::remove_dir_all(&self.mem_dir);
+    }
+}
+
+/// Our xenstored in a thread of this process on a Unix socket, serving
+/// domains' rings through the shim daemon at `shim` (no persistence, no
+/// fsync); stopped and joined on drop.
+#[derive(Debug)]
+pub struct Xenstored {
+    socket: PathBuf,
+    stop: Option<StopHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Xenstored {
+    /// Starts it on `socket`; waits (up to [`STEP`]) until it listens.
+    pub fn start(socket: &Path, shim: &Path) -> Result<Xenstored> {
+        let cfg = ServerConfig {
+            socket: socket.to_path_buf(),
+            read_only_socket: false,
+            state_dir: None,
+            fsync: false,
+        };
+        let shim = shim.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("xenstored".into())
+            .spawn(move || {
+                let mut s = match Server::new(&cfg) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("xenstored does not start: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = xenstored::install_shim(&mut s, &shim) {
+                    let _ = tx.send(Err(format!("xenstored cannot link to the shim: {e}")));
+                    return;
+                }
+                if tx.send(Ok(s.stop_handle())).is_err() {
+                    return;
+                }
+                if let Err(e) = s.run() {
+                    eprintln!("xen-testhost: xenstored failed: {e}");
+                }
+            })
+            .context("start xenstored's thread")?;
+        let mut x = Xenstored {
+            socket: socket.to_path_buf(),
+            stop: None,
+            thread: Some(thread),
+        };
+        match rx.recv_timeout(STEP) {
+            Ok(Ok(stop)) => x.stop = Some(stop),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("xenstored did not start within {STEP:?}"),
+        }
+        Ok(x)
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Xenstored {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
             s.stop();
         }
-        if let Some(t) = self.xs_thread.take() {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.mem_dir);
     }
 }
 
@@ -311,6 +424,13 @@ pub fn build_binaries(
             .with_context(|| format!("chmod {}", p.display()))?;
     }
     Ok(profile_dir.to_path_buf())
+}
+
+/// The `xen-pvguest` command line (`extra =`) of a guest whose init is the
+/// program `init`: the runtime connects the domain's disks and NICs, runs
+/// the init with them and powers off when it ends.
+pub fn pv_cmdline(init: &Path) -> String {
+    format!("--timeout-secs 30 --init {}", init.display())
 }
 
 /// `xl` and `backendd`, which every Dom0 needs.

@@ -232,3 +232,127 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daem
     }
     Ok(d)
 }
+
+/// SIGKILLs backendd `d` (no clean-up: its TAPs go with its files,
+/// xenstore keeps what it wrote), checks it was the one in `dom0`'s pid
+/// file, and reaps it; its pid.
+pub fn kill_backendd(dom0: &Dom0, d: Daemon) -> Result<i32> {
+    // On an early return the guard kills and reaps it.
+    let ours = d.0.as_ref().map(Child::id).context("the daemon's child")?;
+    let pid = dom0
+        .backendd_pid()
+        .context("backendd's pid file names a live process")?;
+    if u32::try_from(pid).ok() != Some(ours) {
+        bail!("the pid file names {pid}, not our backendd {ours}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .context("SIGKILL backendd")?;
+    let _ = d.take().wait();
+    // A killed backendd leaves its pid file: the next start writes its own.
+    let _ = std::fs::remove_file(dom0.rundir().join("backendd.pid"));
+    Ok(pid)
+}
+
+/// PV guests with NICs, `xl destroy`ed on drop (declare after the
+/// [`Dom0`]).
+#[derive(Debug)]
+pub struct Guests<'h> {
+    /// The Dom0 they run on.
+    pub dom0: &'h Dom0,
+    /// The guests still running.
+    pub names: Vec<String>,
+}
+
+impl<'h> Guests<'h> {
+    /// None yet.
+    pub fn new(dom0: &'h Dom0) -> Guests<'h> {
+        Guests {
+            dom0,
+            names: Vec::new(),
+        }
+    }
+
+    /// `xl create` of a PV guest named `name` (128 MiB) with the vifs
+    /// `vifs` (xl.cfg vif specs) and the shell script `script` as its init.
+    pub fn create(&mut self, name: &str, vifs: &[String], script: &str) -> Result<()> {
+        let vif_list: Vec<String> = vifs.iter().map(|v| format!("'{v}'")).collect();
+        let cfg = self.dom0.pv_config(
+            name,
+            128,
+            script,
+            &format!("vif = [ {} ]\n", vif_list.join(", ")),
+        )?;
+        self.dom0.xl_ok(&["create", &cfg])?;
+        self.names.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Waits until the guest's log has `mark`; fails with the logs after
+    /// `timeout`, or as soon as the guest failed or shut down.
+    pub fn wait_log(&self, name: &str, mark: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.dom0.guest_log(name);
+            if log.contains(mark) {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline
+                || log.contains("pvguest frontend-failed")
+                || log.contains("pvguest shutdown")
+            {
+                bail!(
+                    "guest {name}: no {mark:?} within {timeout:?}\nlog:\n{log}\nbackendd log:\n{}",
+                    std::fs::read_to_string(self.dom0.rundir().join("backendd.log"))
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The domid of guest `name` (from `xl list`).
+    pub fn domid(&self, name: &str) -> Result<u16> {
+        let out = self.dom0.xl_ok(&["list", name])?;
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|d| d.parse().ok())
+            .with_context(|| format!("no domid for {name} in:\n{out}"))
+    }
+
+    /// `xl destroy`s guest `name` now.
+    pub fn destroy(&mut self, name: &str) -> Result<()> {
+        self.dom0.xl_ok(&["destroy", name])?;
+        self.names.retain(|n| n != name);
+        Ok(())
+    }
+}
+
+impl Drop for Guests<'_> {
+    fn drop(&mut self) {
+        for n in std::mem::take(&mut self.names) {
+            let _ = self.dom0.xl(&["destroy", &n]);
+        }
+    }
+}
+
+/// The receiver bitrates (Gbit/s) of the `iperf3 -c` runs in `log`.
+pub fn iperf_receiver_gbps(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("receiver"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| x.ends_with("bits/sec"))?;
+            let v: f64 = w.get(i.checked_sub(1)?)?.parse().ok()?;
+            Some(match w[i].chars().next()? {
+                'G' => v,
+                'M' => v / 1e3,
+                'K' => v / 1e6,
+                _ => v / 1e9,
+            })
+        })
+        .collect()
+}

@@ -19,10 +19,10 @@ use xen_abi::io::blkif::*;
 use xen_blkback::{BlkBackend, DiskConfig, Dom0Handles, FrontendParams, QueueParams};
 use xen_front_platform::{Platform, SharedPages};
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
 use xen_shim_dom0::{Control, Gntdev};
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, ShimDaemon};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Timeout of every step.

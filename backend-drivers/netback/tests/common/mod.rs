@@ -15,10 +15,10 @@ use xen_netback::device::{RxSlot, TxRsp};
 use xen_netback::request::TxSlot;
 use xen_netback::{Dom0Handles, FrontendParams, NetBackend, NetConfig, QueueParams};
 use xen_pvguest::runtime::Runtime;
-use xen_pvguest::testkit::{unique_name, ShimDaemon};
 use xen_ring::{FrontRing, SharedRing};
 use xen_shim_dom0::Gntdev;
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, ShimDaemon};
 use zerocopy::{FromBytes, IntoBytes};
 
 pub const STEP: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
 //! The block load generator end to end: `xl create` of PV guests running
-//! `--frontend blkload` against backendd's blkback on a raw image, once with
+//! the `blkload` guest binary (`kernel =`) against backendd's blkback on a
+//! raw image, once with
 //! registered buffers over two queues (multi-queue with a multi-page ring,
 //! as Linux's blkfront writes it: one `ring-page-order` for all queues),
 //! once with the copying API over one queue. Each run writes the whole disk
@@ -8,21 +9,20 @@
 //! zero-copy write path put the guest's bytes on disk.
 //!
 //! Private `xen-shimd` and `xenstored` (threads of this process), the real
-//! `xl`, `backendd` and `xen-pvguest` binaries. Needs root.
+//! `xl`, `backendd` and `blkload` binaries. Needs root.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[path = "common/xlhost.rs"]
-mod xlhost;
-
-use xlhost::{guest_log, ok, Host};
+use anyhow::Result;
+use xen_testhost::Dom0;
 
 const GUEST_RUN: Duration = Duration::from_secs(120);
 const DISK: u64 = 8 << 20;
 
 /// Runs one blkload guest with `extra` on a fresh zeroed image; returns its
 /// log and the image's bytes.
-fn run_blkload(host: &mut Host, tag: &str, extra: &str) -> (String, Vec<u8>) {
+fn run_blkload(host: &mut Dom0, tag: &str, extra: &str) -> Result<(String, Vec<u8>)> {
     let name = format!("blkload{tag}{}", std::process::id());
     let img = host.dir.path().join(format!("{tag}.img"));
     std::fs::File::create(&img)
@@ -33,20 +33,19 @@ fn run_blkload(host: &mut Host, tag: &str, extra: &str) -> (String, Vec<u8>) {
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             extra = '--frontend blkload --timeout-secs 30 {extra}'\n\
+             kernel = '{}'\n\
+             extra = '--timeout-secs 30 {extra}'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
+            env!("CARGO_BIN_EXE_blkload"),
             img.display()
         ),
     )
     .expect("write the config");
-    ok(
-        "xl create",
-        &host.xl(&["create", cfg.to_str().expect("utf-8 path")]),
-    );
-    host.guest = Some(name.clone());
+    host.xl_ok(&["create", cfg.to_str().expect("utf-8 path")])?;
+    host.track_guest(&name);
     let deadline = Instant::now() + GUEST_RUN;
     let log = loop {
-        let log = guest_log(host, &name).unwrap_or_default();
+        let log = host.guest_log(&name);
         if log.contains("pvguest shutdown") || log.contains("frontend-failed") {
             break log;
         }
@@ -56,10 +55,9 @@ fn run_blkload(host: &mut Host, tag: &str, extra: &str) -> (String, Vec<u8>) {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = host.xl(&["destroy", &name]);
-    host.guest = None;
+    let _ = host.destroy_guest(&name);
     let bytes = std::fs::read(&img).expect("read the image");
-    (log, bytes)
+    Ok((log, bytes))
 }
 
 fn check(log: &str, bytes: &[u8]) {
@@ -77,9 +75,13 @@ fn check(log: &str, bytes: &[u8]) {
 }
 
 #[test]
-fn test_blkload_registered_buffers_two_queues_and_copy_api_write_whole_disk() {
+fn test_blkload_registered_buffers_two_queues_and_copy_api_write_whole_disk() -> Result<()> {
     // Arrange
-    let mut host = Host::start("blkload-e2e-");
+    let mut host = Dom0::start_for_pv_guests(
+        "blkload-e2e-",
+        Path::new(env!("CARGO_BIN_EXE_blkload")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )?;
 
     // Act: zero copy over two queues (ring order 2 each), 128 KiB I/Os;
     // then the copying API over one queue.
@@ -87,14 +89,15 @@ fn test_blkload_registered_buffers_two_queues_and_copy_api_write_whole_disk() {
         &mut host,
         "zc",
         "--pattern seqwrite,randread --bs 131072 --qd 8 --seconds 0.3 --queues 2",
-    );
+    )?;
     let (cp_log, cp_img) = run_blkload(
         &mut host,
         "cp",
         "--pattern seqwrite,randread --bs 65536 --qd 4 --seconds 0.3 --blkload-copy",
-    );
+    )?;
 
     // Assert
     check(&zc_log, &zc_img);
     check(&cp_log, &cp_img);
+    Ok(())
 }

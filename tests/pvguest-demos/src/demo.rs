@@ -1,12 +1,12 @@
-//! The built-in "plumbing" frontends that prove two domains can share pages
-//! by grant and signal each other, written against the platform trait only
-//! (so they are shaped like real frontends), and the line protocol they use
-//! to tell the toolstack side what to map and bind.
+//! The "plumbing" frontends that prove two domains can share pages by
+//! grant and signal each other, written against the platform trait only
+//! (so they are shaped like real frontends), and the page layout and
+//! values both halves use.
 //!
-//! Until the xenstore is wired, a frontend advertises its grant references
-//! and port on the runtime's standard output, one line per message:
-//! `<tag> key=value key=value ...` ([`Line`]). The Dom0 halves are in
-//! [`crate::dom0peer`].
+//! Without xenstore, a frontend advertises its grant references and port
+//! on its standard output, one report line per message (`<tag> key=value
+//! ...`, [`xen_pvguest::line`]). The Dom0 halves are in this crate's tests
+//! (`tests/common/dom0peer.rs`).
 //!
 //! - grant demo ([`grant_demo`]): the guest grants a page (read-write), writes
 //!   a pattern in its first half, offers `gref` and `port`. Dom0 binds, maps,
@@ -21,8 +21,6 @@
 //!   answered in order, with event-channel notifications under Xen's
 //!   event-index suppression.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +29,7 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::domid_t;
 use xen_front_platform::{Platform, PlatformError, SharedPages, PAGE_SIZE};
+use xen_pvguest::line::emit;
 use xen_ring::{FrontRing, RingError, SharedRing};
 
 /// Grant demo page layout: the guest's phase word (`u32`).
@@ -85,73 +84,10 @@ pub enum DemoError {
     /// Writing the protocol line failed.
     #[error("cannot write to the output")]
     Output(#[from] std::io::Error),
-    /// The disk frontend failed (see `pvdisk`).
-    #[error("the disk frontend failed")]
-    Disk(#[from] crate::pvdisk::PvdiskError),
-    /// The block load generator failed (see `blkload`).
-    #[error("the block load generator failed")]
-    Blkload(#[from] crate::blkload::BlkloadError),
 }
 
 fn plat(what: &'static str) -> impl FnOnce(PlatformError) -> DemoError {
     move |source| DemoError::Platform { what, source }
-}
-
-/// One protocol line: a tag (one or more words) and `key=value` fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// The words before the first `key=value`.
-    pub tag: String,
-    /// The fields.
-    pub fields: BTreeMap<String, String>,
-}
-
-impl Line {
-    /// Parses `tag words key=value ...`; `None` for an empty line.
-    pub fn parse(s: &str) -> Option<Line> {
-        let mut tag = String::new();
-        let mut fields = BTreeMap::new();
-        for word in s.split_whitespace() {
-            match word.split_once('=') {
-                Some((k, v)) => {
-                    fields.insert(k.to_owned(), v.to_owned());
-                }
-                None if fields.is_empty() => {
-                    if !tag.is_empty() {
-                        tag.push(' ');
-                    }
-                    tag.push_str(word);
-                }
-                None => {}
-            }
-        }
-        (!tag.is_empty() || !fields.is_empty()).then_some(Line { tag, fields })
-    }
-
-    /// A field parsed as a number.
-    pub fn num<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
-        self.fields.get(key).and_then(|v| v.parse().ok())
-    }
-
-    /// A comma-separated list of numbers.
-    pub fn nums<T: std::str::FromStr>(&self, key: &str) -> Option<Vec<T>> {
-        self.fields
-            .get(key)?
-            .split(',')
-            .map(|x| x.parse().ok())
-            .collect()
-    }
-}
-
-/// Writes one protocol line and flushes.
-pub fn emit(out: &mut dyn Write, tag: &str, fields: &[(&str, String)]) -> std::io::Result<()> {
-    let mut s = String::from(tag);
-    for (k, v) in fields {
-        let _ = write!(s, " {k}={v}");
-    }
-    s.push('\n');
-    out.write_all(s.as_bytes())?;
-    out.flush()
 }
 
 /// Byte `i` of the grant demo's pattern for domain `domid`.
@@ -463,25 +399,7 @@ fn release<P: Platform + ?Sized>(p: &P, pages: SharedPages) -> Result<(), DemoEr
 mod tests {
     use super::*;
     use xen_front_platform::fake::FakePlatform;
-
-    #[test]
-    fn test_line_parse_splits_tag_and_fields() {
-        let l = Line::parse("ring-demo offer grefs=8,9 port=3 messages=10").expect("line");
-        assert_eq!(l.tag, "ring-demo offer");
-        assert_eq!(l.nums::<u32>("grefs"), Some(vec![8, 9]));
-        assert_eq!(l.num::<u32>("port"), Some(3));
-        assert_eq!(l.num::<u32>("nope"), None);
-        assert_eq!(Line::parse("   "), None);
-    }
-
-    #[test]
-    fn test_emit_then_parse_roundtrips() {
-        let mut buf = Vec::new();
-        emit(&mut buf, "a b", &[("x", "1".into()), ("y", "2,3".into())]).expect("emit");
-        let l = Line::parse(std::str::from_utf8(&buf).expect("utf8")).expect("line");
-        assert_eq!(l.tag, "a b");
-        assert_eq!(l.fields.get("y").map(String::as_str), Some("2,3"));
-    }
+    use xen_pvguest::line::Line;
 
     #[test]
     fn test_grant_demo_without_peer_answer_times_out() {

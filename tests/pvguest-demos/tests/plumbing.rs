@@ -1,18 +1,18 @@
-//! Cross-process plumbing: a `xen-pvguest` process as domain N and this test
+//! Cross-process plumbing: a `pvguest-demo` process as domain N and this test
 //! process as Dom0 exchange pages by grant and signal each other through a
 //! private `xen-shimd` (real processes, real shared memory, real eventfds).
 
 mod common;
 
-use common::{Dom0, STEP};
-use xen_pvguest::dom0peer::{grant_demo_peer, ring_demo_peer};
+use common::dom0peer::{grant_demo_peer, ring_demo_peer};
 use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+use xen_testhost::shim::{ShimDom0, STEP};
 
 #[test]
 fn test_grant_demo_cross_process_page_and_events_roundtrip_ok() {
     // Arrange
-    let d = Dom0::start("grant");
-    let mut g = d.guest(&["--frontend", "grant-demo"]);
+    let d = ShimDom0::start("grant").expect("the private shim starts");
+    let mut g = common::demo(&d, &["--demo", "grant"]);
     let ready = g.expect("pvguest ready", STEP).expect("ready line");
     assert_eq!(ready.num::<u16>("domid"), Some(g.domid()));
     let offer = g.expect("grant-demo offer", STEP).expect("offer line");
@@ -40,14 +40,15 @@ fn test_grant_demo_cross_process_page_and_events_roundtrip_ok() {
         s == Some(&DomainState::Shutdown {
             reason: ShutdownReason::Poweroff,
         })
-    });
+    })
+    .expect("the domain reaches the state");
 }
 
 #[test]
 fn test_ring_demo_100k_messages_with_event_notifications_ok() {
     // Arrange
-    let d = Dom0::start("ring");
-    let mut g = d.guest(&["--frontend", "ring-demo", "--messages", "100000"]);
+    let d = ShimDom0::start("ring").expect("the private shim starts");
+    let mut g = common::demo(&d, &["--demo", "ring", "--messages", "100000"]);
     let offer = g.expect("ring-demo offer", STEP).expect("offer line");
     let grefs: Vec<u32> = offer.nums("grefs").expect("grefs");
     let port: u32 = offer.num("port").expect("port");
@@ -76,15 +77,11 @@ fn test_ring_demo_100k_messages_with_event_notifications_ok() {
 #[test]
 fn test_ring_demo_multi_page_ring_contiguous_map_ok() {
     // Arrange: a 4-page ring, mapped by Dom0 as one contiguous window.
-    let d = Dom0::start("ring4");
-    let mut g = d.guest(&[
-        "--frontend",
-        "ring-demo",
-        "--messages",
-        "20000",
-        "--ring-pages",
-        "4",
-    ]);
+    let d = ShimDom0::start("ring4").expect("the private shim starts");
+    let mut g = common::demo(
+        &d,
+        &["--demo", "ring", "--messages", "20000", "--ring-pages", "4"],
+    );
     let offer = g.expect("ring-demo offer", STEP).expect("offer line");
     let grefs: Vec<u32> = offer.nums("grefs").expect("grefs");
     let port: u32 = offer.num("port").expect("port");

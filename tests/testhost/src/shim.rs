@@ -1,8 +1,11 @@
-//! Support for cross-process tests and benchmarks: a `xen-shimd` daemon on
-//! private paths, run in a thread of the calling process, and
-//! [`GuestProcess`], a PV runtime process started as a fresh domain the way
-//! the toolstack will (create the domain, pass the domid and one-time token
-//! in the environment, read the runtime's protocol lines, destroy the domain
+//! The shim-only Dom0 of the cross-process tests and benchmarks (no
+//! xenstored, no `xl`): a `xen-shimd` daemon on private paths, run in a
+//! thread of the calling process ([`ShimDaemon`]); [`ShimDom0`], that
+//! daemon with the Dom0 handles of the test process (control, gntdev,
+//! evtchn); and [`GuestProcess`], a guest program on the PV runtime (the
+//! `xen-pvguest` binary, a demo) started as a fresh domain the way the
+//! toolstack does (create the domain, pass the domid and one-time token in
+//! the environment, read the program's report lines, destroy the domain
 //! when dropped).
 
 use std::io::{BufRead, BufReader};
@@ -13,12 +16,19 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::xen::domid_t;
-use xen_shim_dom0::Control;
-use xen_shim_proto::protocol::{ControlError, DomainConfig};
+use xen_pvguest::line::Line;
+use xen_shim_dom0::{Control, Evtchn, Gntdev};
+use xen_shim_proto::evtchn::EvtchnError;
+use xen_shim_proto::protocol::{ControlError, DomainConfig, DomainInfo, DomainState};
 use xen_shimd::{self as daemon, DaemonConfig};
 
-use crate::demo::Line;
+/// Timeout of each step of the shim-only tests.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Guest RAM of the shim-only tests' domains, MiB.
+pub const MEMORY_MIB: u64 = 8;
 
 /// Why a test fixture failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,39 @@ pub enum TestkitError {
     /// The guest's line lacked a field.
     #[error("line `{0}` lacks field {1}")]
     Field(String, &'static str),
+    /// The test does not run as root.
+    #[error(
+        "these tests run the shim daemon and need root: run them as root (sudo -E tests/run.sh)"
+    )]
+    NotRoot,
+    /// Opening a Dom0 device of the shim failed.
+    #[error("cannot open the Dom0 {0}")]
+    Open(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync + 'static>,
+    ),
+    /// A port did not fire in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// An event-channel operation failed.
+    #[error("{what} failed")]
+    Evtchn {
+        /// The step.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: EvtchnError,
+    },
+    /// A domain did not reach a state in time.
+    #[error("domain {domid} never reached {what}: {info:?}")]
+    State {
+        /// Domain.
+        domid: domid_t,
+        /// The state waited for.
+        what: String,
+        /// Its last info (`None`: gone).
+        info: Option<Box<DomainInfo>>,
+    },
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -301,4 +344,137 @@ impl Drop for GuestProcess {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Fails unless the process runs as root (the daemon serves only its own
+/// uid and the tests run it as root, as the CI does; `/dev/shm` must be
+/// writable).
+pub fn require_root() -> Result<(), TestkitError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(TestkitError::NotRoot)
+    }
+}
+
+/// Waits until `port` fires on `evtchn` (then unmasks it, as a user of
+/// `/dev/xen/evtchn` does after reading a port).
+pub fn wait_port(
+    evtchn: &Evtchn,
+    port: evtchn_port_t,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), TestkitError> {
+    let ev = |what| move |source| TestkitError::Evtchn { what, source };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TestkitError::Timeout(what));
+        }
+        let fired = evtchn
+            .pending(Some(left))
+            .map_err(ev("waiting for events"))?;
+        let mut mine = false;
+        for p in fired {
+            evtchn.unmask(p).map_err(ev("unmasking"))?;
+            mine |= p == port;
+        }
+        if mine {
+            return Ok(());
+        }
+    }
+}
+
+/// A private daemon and the Dom0 handles of the test process to it.
+#[derive(Debug)]
+pub struct ShimDom0 {
+    /// The daemon.
+    pub daemon: ShimDaemon,
+    /// Dom0's control connection.
+    pub control: Arc<Control>,
+    /// Dom0's grant mapper.
+    pub gntdev: Gntdev,
+    /// Dom0's event channels.
+    pub evtchn: Evtchn,
+}
+
+impl ShimDom0 {
+    /// A fresh daemon on private paths (`tag` goes into them) and Dom0
+    /// handles to it. Needs root. The daemon runs in this process: its logs
+    /// go to the test's output (shown for failing tests), at `RUST_LOG`'s
+    /// level (default warn).
+    pub fn start(tag: &str) -> Result<ShimDom0, TestkitError> {
+        require_root()?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let daemon = ShimDaemon::start(tag)?;
+        let control = Arc::new(daemon.control()?);
+        let gntdev =
+            Gntdev::open(daemon.socket()).map_err(|e| TestkitError::Open("gntdev", e.into()))?;
+        let evtchn =
+            Evtchn::open(daemon.socket()).map_err(|e| TestkitError::Open("evtchn", e.into()))?;
+        Ok(ShimDom0 {
+            daemon,
+            control,
+            gntdev,
+            evtchn,
+        })
+    }
+
+    /// Starts the guest program `exe` with `args` as a new domain of
+    /// [`MEMORY_MIB`].
+    pub fn guest(&self, exe: &Path, args: &[&str]) -> Result<GuestProcess, TestkitError> {
+        GuestProcess::spawn(
+            Arc::clone(&self.control),
+            self.daemon.socket(),
+            &unique_name("pvguest"),
+            MEMORY_MIB,
+            exe,
+            args,
+        )
+    }
+
+    /// The domain's info, `None` once it is gone.
+    pub fn info(&self, domid: domid_t) -> Option<DomainInfo> {
+        self.control.domain_info(domid).ok()
+    }
+
+    /// Waits (up to [`STEP`]) until `pred` holds for the domain's state.
+    pub fn wait_state(
+        &self,
+        domid: domid_t,
+        what: &str,
+        pred: impl Fn(Option<&DomainState>) -> bool,
+    ) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let info = self.info(domid);
+            if pred(info.as_ref().map(|i| &i.state)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::State {
+                    domid,
+                    what: what.to_owned(),
+                    info: info.map(Box::new),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The scheduler state letter of a process (`R`, `S`, `T`...), from
+/// `/proc/<pid>/stat`.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ..." — comm may contain spaces; the state follows the last ')'.
+    let after = &s[s.rfind(')')? + 1..];
+    after.trim_start().chars().next()
 }

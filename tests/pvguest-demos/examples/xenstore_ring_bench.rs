@@ -1,7 +1,7 @@
 //! Xenstore over a guest's ring versus Dom0's socket, in the same run.
 //!
 //! A private `xen-shimd` and our `xenstored` (threads of this process); per
-//! round a PV guest process (`xen-pvguest --frontend xenstore-bench`) does
+//! round a PV guest process (`pvguest-demo --demo xenstore-bench`) does
 //! `--messages` `XS_READ`s then `XS_WRITE`s of a 64-byte node one at a time
 //! over its ring, and this process does the same over the Unix socket
 //! (`xenstore-client`) as the reference. Prints one JSON object per
@@ -9,20 +9,19 @@
 //! rates over the rounds and the ring/socket ratios.
 //!
 //! ```text
-//! cargo build --release -p xen-pvguest
+//! cargo build --release -p pvguest-demos --bins --examples
 //! sudo target/release/examples/xenstore_ring_bench [messages] [rounds]
 //! ```
-//! (or `cargo run --release -p xen-pvguest --example xenstore_ring_bench`
+//! (or `cargo run --release -p pvguest-demos --example xenstore_ring_bench`
 //! after building the binary). Needs root, like the shim daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xen_pvguest::testkit::{unique_name, GuestProcess, ShimDaemon};
-use xen_pvguest::xsdemo::latency_summary;
+use pvguest_demos::xsdemo::latency_summary;
+use xen_testhost::shim::{unique_name, GuestProcess, ShimDaemon};
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
-use xenstored::server::{Server, ServerConfig};
 
 const STEP: Duration = Duration::from_secs(120);
 
@@ -32,37 +31,6 @@ struct Sample {
     ops_per_s: f64,
     p50_ns: u64,
     p99_ns: u64,
-}
-
-fn start_xenstored(shim: &Path) -> anyhow::Result<(PathBuf, PathBuf, xenstored::StopHandle)> {
-    let dir = std::env::temp_dir().join(unique_name("xenstored-bench"));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("socket");
-    let cfg = ServerConfig {
-        socket: socket.clone(),
-        read_only_socket: false,
-        state_dir: None,
-        fsync: false,
-    };
-    let shim = shim.to_owned();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = match Server::new(&cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("xenstored: {e}");
-                return;
-            }
-        };
-        if let Err(e) = xenstored::install_shim(&mut s, &shim) {
-            eprintln!("xenstored: {e}");
-            return;
-        }
-        let _ = tx.send(s.stop_handle());
-        let _ = s.run();
-    });
-    let stop = rx.recv_timeout(STEP)?;
-    Ok((dir, socket, stop))
 }
 
 fn introduce(control: &xen_shim_dom0::Control, xs: &Client, domid: u16) -> anyhow::Result<()> {
@@ -131,17 +99,19 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("xen-pvguest"))
+        .map(|d| d.join("pvguest-demo"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
     anyhow::ensure!(
         exe.exists(),
-        "{} is missing: cargo build --release -p xen-pvguest",
+        "{} is missing: cargo build --release -p pvguest-demos --bins",
         exe.display()
     );
     let shim = ShimDaemon::start("xsbench")?;
     let control = Arc::new(shim.control()?);
-    let (dir, socket, stop) = start_xenstored(shim.socket())?;
-    let xs = Client::connect_path(&socket)?;
+    let dir = std::env::temp_dir().join(unique_name("xenstored-bench"));
+    std::fs::create_dir_all(&dir)?;
+    let xsd = xen_testhost::Xenstored::start(&dir.join("socket"), shim.socket())?;
+    let xs = Client::connect_path(xsd.socket())?;
     let mut samples = Vec::new();
     for round in 0..rounds {
         let m = messages.to_string();
@@ -152,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             8,
             &exe,
             &[
-                "--frontend",
+                "--demo",
                 "xenstore-bench",
                 "--messages",
                 &m,
@@ -209,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             p50("socket"),
         );
     }
-    stop.stop();
+    drop(xsd);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Xenstore frontends: what a guest does with its store, over the ring,
 //! through the platform trait only (so they run unchanged on the PVHVM
-//! kernel later), reporting on the runtime's stdout ([`crate::demo::Line`]).
+//! kernel later), reporting on the program's stdout ([`xen_pvguest::line`]).
 //!
 //! - [`xenstore_demo`]: once the toolstack introduced the domain and
 //!   created its home (`/local/domain/<domid>`), the guest reads and writes
@@ -22,8 +22,10 @@ use xen_front_platform::{Platform, PlatformError, ENOENT, XBT_NIL};
 use xen_ring::bytes::xs_offsets;
 use xen_xenbus::state;
 
-use crate::demo::{emit, DemoError};
-use crate::platform::PvPlatform;
+use xen_pvguest::line::emit;
+use xen_pvguest::platform::PvPlatform;
+
+use crate::demo::DemoError;
 
 /// Linux `EACCES`.
 const EACCES: i32 = 13;

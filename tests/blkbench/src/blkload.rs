@@ -1,6 +1,7 @@
 //! A load generator that drives [`BlkFront`] directly (no FUSE, no
-//! [`crate::vbd::Vbd`] adapter): the guest side of the block benchmark
-//! (`tests/blkbench`).
+//! [`xen_pvguest::vbd::Vbd`] adapter): the guest side of the block
+//! benchmark, run by the `blkload` guest binary ([`crate::guest`]) on the
+//! PV guest runtime's library.
 //!
 //! For each pattern it keeps up to `qd` I/Os of `bs` bytes in flight on the
 //! first `device/vbd` for `duration`, and prints one JSON line per
@@ -25,8 +26,8 @@ use clap::ValueEnum;
 use xen_blkfront::{BlkStatus, BlkfrontConfig, BlkfrontError, BufferId, RequestTag};
 use xen_front_platform::Platform;
 
-use crate::pvdisk::{list_vbds, PvdiskError};
-use crate::vbd::{self, VbdError};
+use xen_pvguest::pvdisk::{list_vbds, PvdiskError};
+use xen_pvguest::vbd::{self, VbdError};
 
 /// Latency samples kept per pattern (bounds memory; later I/Os are counted
 /// but not sampled).

@@ -19,67 +19,42 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Dom0, MEMORY_MIB, STEP};
-use xen_pvguest::testkit::{unique_name, GuestProcess};
-use xen_pvguest::xsdemo::{DOM0_SECRET, TEST_DEVICE};
+use pvguest_demos::xsdemo::{DOM0_SECRET, TEST_DEVICE};
+use xen_pvguest::line::Line;
 use xen_shim_proto::protocol::DomainConfig;
+use xen_testhost::shim::{unique_name, GuestProcess, ShimDom0 as Dom0, MEMORY_MIB, STEP};
 use xenstore_client::{Client, Perm, XsError, XsOps, PERM_NONE, PERM_READ};
-use xenstored::server::{Server, ServerConfig, StopHandle};
 
-/// Our xenstored in a thread of the test process, on a private socket,
-/// serving domains' rings through the shim at `shim`.
+/// Our xenstored in a thread of the test process ([`xen_testhost::Xenstored`]),
+/// on a private socket, serving domains' rings through the shim at `shim`.
 struct Xenstored {
     dir: PathBuf,
-    socket: PathBuf,
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
+    xsd: Option<xen_testhost::Xenstored>,
 }
 
 impl Xenstored {
     fn start(shim: &Path) -> Xenstored {
         let dir = std::env::temp_dir().join(unique_name("xenstored-e2e"));
         std::fs::create_dir_all(&dir).expect("xenstored's directory");
-        let socket = dir.join("socket");
-        let cfg = ServerConfig {
-            socket: socket.clone(),
-            read_only_socket: false,
-            state_dir: None,
-            fsync: false,
-        };
-        let shim = shim.to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("xenstored".into())
-            .spawn(move || {
-                let mut s = Server::new(&cfg).expect("xenstored starts");
-                xenstored::install_shim(&mut s, &shim).expect("the shim link is set up");
-                tx.send(s.stop_handle()).expect("the test waits");
-                s.run().expect("xenstored runs");
-            })
-            .expect("xenstored's thread starts");
-        let stop = rx.recv_timeout(STEP).expect("xenstored listens");
+        let xsd =
+            xen_testhost::Xenstored::start(&dir.join("socket"), shim).expect("xenstored listens");
         Xenstored {
             dir,
-            socket,
-            stop,
-            thread: Some(thread),
+            xsd: Some(xsd),
         }
     }
 
     fn client(&self) -> Client {
-        Client::connect_path(&self.socket).expect("Dom0 connects to xenstored")
+        let xsd = self.xsd.as_ref().expect("xenstored runs until dropped");
+        Client::connect_path(xsd.socket()).expect("Dom0 connects to xenstored")
     }
 }
 
 impl Drop for Xenstored {
     fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.xsd.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -95,7 +70,7 @@ struct Stack {
 
 impl Stack {
     fn start(tag: &str) -> Stack {
-        let d = Dom0::start(tag);
+        let d = Dom0::start(tag).expect("the private shim starts");
         let xsd = Xenstored::start(d.daemon.socket());
         Stack { xsd: Some(xsd), d }
     }
@@ -171,19 +146,19 @@ fn toolstack_introduce(d: &Dom0, xs: &Client, domid: u16) {
         .expect("XS_INTRODUCE");
 }
 
-fn guest(d: &Dom0, frontend: &str) -> GuestProcess {
-    d.guest(&["--frontend", frontend, "--stay", "--timeout-secs", "60"])
+fn guest(d: &Dom0, demo: &str) -> GuestProcess {
+    common::demo(d, &["--demo", demo, "--stay", "--timeout-secs", "60"])
 }
 
 fn read(xs: &Client, path: &str) -> String {
     String::from_utf8_lossy(&xs.read(path).expect(path)).into_owned()
 }
 
-fn field(l: &xen_pvguest::demo::Line, k: &str) -> String {
+fn field(l: &Line, k: &str) -> String {
     l.fields.get(k).cloned().unwrap_or_default()
 }
 
-/// Drives a guest running `xenstore-demo` to its end.
+/// Drives a guest running the xenstore demo to its end.
 fn run_demo(g: &mut GuestProcess, xs: &Client) {
     let domid = g.domid();
     let home = format!("/local/domain/{domid}");
@@ -263,7 +238,7 @@ fn test_xenstore_ring_guest_uses_store_and_destroy_releases_domain() {
     let stack = Stack::start("xsring");
     let (d, xsd) = (&stack.d, stack.xsd());
     let xs = xsd.client();
-    let mut g = guest(d, "xenstore-demo");
+    let mut g = guest(d, "xenstore");
     let domid = g.domid();
 
     // Act / Assert: the toolstack introduces it, the guest uses its store.
@@ -292,7 +267,7 @@ fn test_xenstore_ring_hostile_guest_costs_only_its_connection() {
     let (d, xsd) = (&stack.d, stack.xsd());
     let xs = xsd.client();
     let mut bad = guest(d, "xenstore-hostile");
-    let mut good = guest(d, "xenstore-demo");
+    let mut good = guest(d, "xenstore");
     toolstack_introduce(d, &xs, bad.domid());
     toolstack_introduce(d, &xs, good.domid());
 

@@ -1,6 +1,6 @@
-//! The toolstack-side halves of the demos: a Dom0 test "backend" built on the
-//! shim's Dom0 API ([`Gntdev`] to map the guest's grants, [`Evtchn`] to bind
-//! and signal its ports), the way `backendd` will be.
+//! The Dom0 halves of the grant and ring demos: a Dom0 test "backend" built
+//! on the shim's Dom0 API ([`Gntdev`] to map the guest's grants, [`Evtchn`]
+//! to bind and signal its ports), the way `backendd` is.
 //!
 //! Everything the guest wrote is distrusted: pattern mismatches, ring
 //! overflows and timeouts are errors, never panics.
@@ -12,11 +12,13 @@ use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::grant_ref_t;
 use xen_abi::xen::domid_t;
 use xen_ring::{BackRing, RingError, SharedRing};
-use xen_shim_dom0::{Evtchn, Gntdev, GrantMapping};
+use xen_shim_dom0::GrantMapping;
+use xen_shim_dom0::{Evtchn, Gntdev};
 use xen_shim_proto::evtchn::EvtchnError;
 use xen_shim_proto::grant::GrantError;
+use xen_testhost::shim::{wait_port, TestkitError};
 
-use crate::demo::{
+use pvguest_demos::demo::{
     answer_byte, pattern_byte, ring_answer, DemoMsg, ANSWER_LEN, ANSWER_OFF, DOM0_ANSWERED,
     DOM0_PHASE_OFF, DOM0_UNMAPPING, GUEST_OFFERED, GUEST_PHASE_OFF, GUEST_REVOKE_REFUSED,
     PATTERN_LEN, PATTERN_OFF,
@@ -52,6 +54,9 @@ pub enum Dom0PeerError {
     /// The ring failed (a hostile or broken guest).
     #[error("ring error")]
     Ring(#[from] RingError),
+    /// Waiting for the guest's event failed.
+    #[error("waiting for the guest's event failed")]
+    Port(#[from] TestkitError),
 }
 
 fn ev(what: &'static str) -> impl FnOnce(EvtchnError) -> Dom0PeerError {
@@ -60,34 +65,6 @@ fn ev(what: &'static str) -> impl FnOnce(EvtchnError) -> Dom0PeerError {
 
 fn gn(what: &'static str) -> impl FnOnce(GrantError) -> Dom0PeerError {
     move |source| Dom0PeerError::Grant { what, source }
-}
-
-/// Waits until `port` fires on `evtchn` (then unmasks it, as a user of
-/// `/dev/xen/evtchn` does after reading a port).
-pub fn wait_port(
-    evtchn: &Evtchn,
-    port: evtchn_port_t,
-    timeout: Duration,
-    what: &'static str,
-) -> Result<(), Dom0PeerError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Dom0PeerError::Timeout(what));
-        }
-        let fired = evtchn
-            .pending(Some(left))
-            .map_err(ev("waiting for events"))?;
-        let mut mine = false;
-        for p in fired {
-            evtchn.unmask(p).map_err(ev("unmasking"))?;
-            mine |= p == port;
-        }
-        if mine {
-            return Ok(());
-        }
-    }
 }
 
 /// Waits until the guest's phase word (a `u32` at `off` of `map`) is at
@@ -116,8 +93,8 @@ fn wait_phase(
             return Err(Dom0PeerError::Timeout(what));
         }
         match wait_port(evtchn, port, left, what) {
-            Ok(()) | Err(Dom0PeerError::Timeout(_)) => {}
-            Err(e) => return Err(e),
+            Ok(()) | Err(TestkitError::Timeout(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
