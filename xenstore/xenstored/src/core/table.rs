@@ -5,8 +5,9 @@
 //! whether the request names a path). Adding or reviewing an operation
 //! touches one row and one `do_*` function.
 //!
-//! [`Core::dispatch`] parses the request, looks its row up by the header's
-//! type and applies, in this order, Xen's checks: `EACCES` for [`PRIV`]
+//! [`Core::dispatch`] looks the row up by the header's type (`ENOSYS`
+//! without a handler), parses the request (`EINVAL` if malformed) and
+//! applies, in this order, Xen's checks: `EACCES` for [`PRIV`]
 //! from an unprivileged caller, `EROFS` for [`MUTATES`] on the read-only
 //! socket, the transaction rule ([`NOTID`], [`NO_TX`], [`IN_TX`], else an
 //! unknown non-zero id is `ENOENT`), then canonicalizes the [`PATH`]
