@@ -335,6 +335,45 @@ impl Hierarchy {
         fsio::subdirs(&dir)
     }
 
+    /// The CPU time of everything in the hierarchy (its root: the whole
+    /// host, or the part of it a container sees).
+    ///
+    /// # Errors
+    /// [`CgroupError::Io`] or [`CgroupError::Parse`].
+    pub fn root_cpu_time(&self) -> Result<Duration, CgroupError> {
+        self.cpu_time_at(Path::new(""))
+    }
+
+    /// The CPU time of the parent's groups together, those removed since
+    /// included (the kernel charges each ancestor as it goes); zero when
+    /// the parent does not exist.
+    ///
+    /// # Errors
+    /// [`CgroupError::Io`] or [`CgroupError::Parse`].
+    pub fn parent_cpu_time(&self) -> Result<Duration, CgroupError> {
+        let g = match &self.layout {
+            Layout::V1(m) => m.cpuacct.join(&self.parent),
+            Layout::V2(root) => root.join(&self.parent),
+        };
+        if !g.is_dir() {
+            return Ok(Duration::ZERO);
+        }
+        self.cpu_time_at(&self.parent)
+    }
+
+    fn cpu_time_at(&self, rel: &Path) -> Result<Duration, CgroupError> {
+        match &self.layout {
+            Layout::V1(m) => {
+                let p = m.cpuacct.join(rel).join("cpuacct.usage");
+                fsio::read_u64(&p, "cpuacct.usage").map(Duration::from_nanos)
+            }
+            Layout::V2(root) => {
+                let p = root.join(rel).join("cpu.stat");
+                fsio::read_keyed(&p, "usage_usec").map(Duration::from_micros)
+            }
+        }
+    }
+
     /// Removes the parent's own directories once its groups are gone
     /// (those of an emptied test parent); a missing parent is fine.
     ///
