@@ -208,7 +208,10 @@ impl Limits {
             why: e.to_string(),
         })?;
         Ok(Self {
-            memory_bytes: cfg.maxmem_mib.saturating_add(allowance).saturating_mul(1 << 20),
+            memory_bytes: cfg
+                .maxmem_mib
+                .saturating_add(allowance)
+                .saturating_mul(1 << 20),
             quota,
             cpus: cfg.cpus.as_ref().map(CpusSpec::resolve).transpose()?,
             pids: DEFAULT_PIDS_MAX,
@@ -268,7 +271,8 @@ pub fn create_group(domid: u16, name: &str, limits: &Limits) -> Result<Cgroup, R
         g.set_cpu_quota(Some(limits.quota))
             .map_err(cg("set the domain's CPU quota"))?;
         if let Some(c) = &limits.cpus {
-            g.set_cpuset(c).map_err(cg(format!("pin the domain to CPUs {c}")))?;
+            g.set_cpuset(c)
+                .map_err(cg(format!("pin the domain to CPUs {c}")))?;
         }
         g.set_pids_limit(Some(limits.pids))
             .map_err(cg("set the domain's tasks limit"))
@@ -283,7 +287,9 @@ pub fn create_group(domid: u16, name: &str, limits: &Limits) -> Result<Cgroup, R
 fn destroy_groups_of(h: &Hierarchy, domid: u16) -> Result<(), ResourcesError> {
     for name in h.groups().map_err(cg("list the domains' cgroups"))? {
         if group_domid(&name) == Some(domid) {
-            let g = h.group(&name).map_err(cg(format!("open the cgroup {name}")))?;
+            let g = h
+                .group(&name)
+                .map_err(cg(format!("open the cgroup {name}")))?;
             g.destroy()
                 .map_err(cg(format!("destroy the cgroup {name}")))?;
         }

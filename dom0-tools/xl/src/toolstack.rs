@@ -624,17 +624,15 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
             &args,
             &group,
         )
-        .map(
-            |(pid, runtime_log)| Created {
-                domid,
-                pid,
-                log,
-                runtime_log,
-                instance: info.instance,
-                monitor: None,
-                name: cfg.name.clone(),
-            },
-        )
+        .map(|(pid, runtime_log)| Created {
+            domid,
+            pid,
+            log,
+            runtime_log,
+            instance: info.instance,
+            monitor: None,
+            name: cfg.name.clone(),
+        })
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -706,12 +704,10 @@ fn spawn_runtime(
             what: format!("enter the cgroup {}", group.name()),
             source,
         })?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| ToolstackError::Io {
-            what: format!("start {}", runtime.display()),
-            source,
-        })?;
+    let mut child = cmd.spawn().map_err(|source| ToolstackError::Io {
+        what: format!("start {}", runtime.display()),
+        source,
+    })?;
     let pid = child.id();
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     loop {

@@ -144,10 +144,7 @@ impl Dom0 {
     pub fn guest_cgroup(&self, domid: u16) -> Result<Option<xen_cgroup::Cgroup>> {
         let h = xen_cgroup::Hierarchy::detect(&self.cgroup_parent)?;
         for name in h.groups()? {
-            if name
-                .strip_prefix(&format!("dom{domid}-"))
-                .is_some()
-            {
+            if name.strip_prefix(&format!("dom{domid}-")).is_some() {
                 return Ok(Some(h.group(&name)?));
             }
         }
