@@ -18,11 +18,8 @@ struct Parent(Hierarchy);
 impl Parent {
     fn new() -> Self {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test needs root (it creates cgroups)"
-        );
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(uid, 0, "this test needs root (it creates cgroups)");
         let name = format!(
             "xen-cgroup-test-{}-{}",
             std::process::id(),

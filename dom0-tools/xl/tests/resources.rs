@@ -38,11 +38,8 @@ fn libexec() -> &'static Path {
 
 fn dom0(prefix: &str) -> Dom0 {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test needs root (shim, cgroups)"
-    );
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "this test needs root (shim, cgroups)");
     Dom0::start(prefix, libexec()).expect("start the private Dom0")
 }
 
