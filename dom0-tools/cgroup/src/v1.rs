@@ -53,18 +53,9 @@ impl Group {
 
     pub(crate) fn dirs(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = Vec::new();
-        for d in [
-            &self.memory,
-            &self.cpu,
-            &self.cpuacct,
-            &self.cpuset,
-            &self.pids,
-        ]
-        .into_iter()
-        .chain(self.freezer.as_ref())
-        {
-            if !v.contains(d) {
-                v.push(d.clone());
+        for d in self.dirs_in_mount_order() {
+            if !v.contains(&d) {
+                v.push(d);
             }
         }
         v

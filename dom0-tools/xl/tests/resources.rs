@@ -13,33 +13,19 @@
 //!
 //! Needs root and `/usr/bin/python3` (Debian `python3`).
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{libexec, require_root};
 use xen_cgroup::Cgroup;
 use xen_testhost::Dom0;
 
 const T: Duration = Duration::from_secs(30);
 
-fn libexec() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let xl = PathBuf::from(env!("CARGO_BIN_EXE_xl"));
-        let profile = xl.parent().expect("xl in <target>/<profile>");
-        xen_testhost::build_binaries(
-            profile,
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-            &[("xen-pvguest", "xen-pvguest"), ("xen-backendd", "backendd")],
-        )
-        .expect("build xen-pvguest and backendd")
-    })
-}
-
 fn dom0(prefix: &str) -> Dom0 {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "this test needs root (shim, cgroups)");
+    require_root();
     Dom0::start(prefix, libexec()).expect("start the private Dom0")
 }
 
@@ -187,8 +173,16 @@ fn test_pv_cpu_hog_with_one_vcpu_is_held_to_one_cpu_and_xl_list_shows_it() {
     assert!(i1 - i0 <= 0.3, "idle guest's Time(s) {i0} -> {i1}");
     assert_eq!(col(&host, &busy, 2), "48");
     assert_eq!(col(&host, &idle, 2), "40");
-    assert_eq!(col(&host, &busy, 4), "r-----");
-    assert_eq!(col(&host, &idle, 4), "-b----");
+    // A busy guest is runnable; an idle one blocked (its runtime may wake
+    // now and then, as a Xen guest's vCPU does: one sample of ten).
+    let states = |n: &str| -> Vec<String> { (0..10).map(|_| col(&host, n, 4)).collect() };
+    let (bs, is) = (states(&busy), states(&idle));
+    assert!(bs.iter().all(|s| s == "r-----"), "busy guest: {bs:?}");
+    assert!(is.iter().any(|s| s == "-b----"), "idle guest: {is:?}");
+    assert!(
+        is.iter().all(|s| s == "-b----" || s == "r-----"),
+        "idle guest: {is:?}"
+    );
     // Dom0: the host's memory less what the guests were given.
     let total_mib: u64 = std::fs::read_to_string("/proc/meminfo")
         .expect("meminfo")
