@@ -588,13 +588,17 @@ impl Cgroup {
         both!(self, g => g.freeze(frozen))
     }
 
-    /// Kills every member and removes the group's directories; a group
-    /// that is (partly) gone already is fine.
+    /// Kills every member (thawing a frozen group first) and removes the
+    /// group's directories; a group that is (partly) gone already is fine.
     ///
     /// # Errors
     /// [`CgroupError::Busy`] when members survive [`DESTROY_TIMEOUT`], or
     /// [`CgroupError::Io`].
     pub fn destroy(&self) -> Result<(), CgroupError> {
+        // Frozen members would hold their SIGKILL until thawed.
+        if self.exists() {
+            let _ = self.freeze(false);
+        }
         if let Cgroup::V2(g) = self {
             g.kill();
         }

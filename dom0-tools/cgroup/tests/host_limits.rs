@@ -151,3 +151,30 @@ fn test_pids_limit_stops_a_fork_loop() {
     g.destroy().expect("destroy kills the sleeps");
     assert!(!g.exists());
 }
+
+#[test]
+fn test_freeze_stops_a_busy_loop_and_thaw_resumes_it() {
+    let p = Parent::new();
+    let g = p.create("freeze");
+    let _busy = spawn_in(&g, "sh", &["-c", "while :; do :; done"]);
+    std::thread::sleep(Duration::from_millis(200));
+    g.freeze(true).expect("freeze");
+    // Frozen once the freezer has caught every task.
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = g.cpu_time().expect("time");
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen = g.cpu_time().expect("time").saturating_sub(t0);
+    g.freeze(false).expect("thaw");
+    let t1 = g.cpu_time().expect("time");
+    std::thread::sleep(Duration::from_millis(500));
+    let thawed = g.cpu_time().expect("time").saturating_sub(t1);
+    eprintln!("busy loop: {frozen:?} of CPU while frozen, {thawed:?} after thaw (0.5 s each)");
+    assert!(
+        frozen < Duration::from_millis(20),
+        "ran while frozen: {frozen:?}"
+    );
+    assert!(
+        thawed > Duration::from_millis(50),
+        "did not resume: {thawed:?}"
+    );
+}
