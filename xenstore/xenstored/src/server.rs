@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -23,6 +24,7 @@ use crate::transport::{
 };
 use crate::watch::ConnId;
 use xen_diag::{warn_limited, LogLimiter};
+use xen_ring::PollWindow;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,11 @@ const T_CONN: u64 = 16;
 
 /// Reads per connection per wakeup (fairness).
 const MAX_READS: usize = 16;
+/// The default longest busy-poll after a reply (`--poll-us`), us: above
+/// a cross-CPU wake-up on a small virtual machine (30-50 us), so a client
+/// answering at once is caught.
+pub const DEFAULT_POLL_US: u32 = 50;
+
 /// The shared read buffer (one for all connections).
 const READ_CHUNK: usize = 64 * 1024;
 /// After connections closed, the heap is trimmed once the loop has been
@@ -141,6 +148,7 @@ pub struct Server {
     overflowed: Vec<ConnId>,
     scratch: Vec<u8>,
     closed_since_trim: usize,
+    poll: PollWindow,
 }
 
 /// The `_ro` companion of a socket path.
@@ -244,6 +252,7 @@ impl Server {
             overflowed: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             closed_since_trim: 0,
+            poll: PollWindow::new(DEFAULT_POLL_US as u64 * 1000),
         };
         // Compact at start: the journal replayed becomes the snapshot.
         s.compact()?;
@@ -327,12 +336,7 @@ impl Server {
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = vec![EpollEvent::empty(); 256];
         let r = loop {
-            let timeout = if self.closed_since_trim > 0 {
-                EpollTimeout::from(TRIM_IDLE_MS)
-            } else {
-                EpollTimeout::NONE
-            };
-            let n = match self.epoll.wait(&mut events, timeout) {
+            let n = match self.wait(&mut events) {
                 Ok(0) => {
                     self.trim();
                     continue;
@@ -371,6 +375,56 @@ impl Server {
         };
         self.shutdown();
         r
+    }
+
+    /// Sets the longest busy-poll after a reply, ns (0: never poll).
+    pub fn set_poll_window(&mut self, max_ns: u64) {
+        self.poll = PollWindow::new(max_ns);
+    }
+
+    /// Waits for events. First busy-polls for up to the adaptive window
+    /// ([`PollWindow`], as the rings' endpoints and KVM's `halt_poll_ns`
+    /// do): a client that sends its next request within microseconds of
+    /// its reply then finds the daemon awake instead of paying a cross-CPU
+    /// wake-up. Between polls the loop yields, so a client that shares our
+    /// CPU runs. Returns 0 on the idle timeout that trims the heap.
+    fn wait(&mut self, events: &mut [EpollEvent]) -> nix::Result<usize> {
+        let budget = self.poll.budget_ns();
+        if budget > 0 {
+            let t0 = Instant::now();
+            loop {
+                let n = self.epoll.wait(events, EpollTimeout::ZERO)?;
+                if n > 0 {
+                    self.poll.hit();
+                    return Ok(n);
+                }
+                if t0.elapsed().as_nanos() as u64 >= budget {
+                    self.poll.miss();
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let timeout = if self.closed_since_trim > 0 {
+            EpollTimeout::from(TRIM_IDLE_MS)
+        } else {
+            EpollTimeout::NONE
+        };
+        let t0 = Instant::now();
+        let n = self.epoll.wait(events, timeout)?;
+        if n > 0 && self.poll.max_ns() > 0 {
+            // A sleep shorter than the largest window: polling that long
+            // would have caught this request, so poll the whole window next
+            // time (a request-reply client's think time is steady; growing
+            // from the ring's small start would never reach it). A miss
+            // drops it back to nothing.
+            if t0.elapsed().as_nanos() as u64 <= self.poll.max_ns() {
+                self.poll = PollWindow::new(self.poll.max_ns());
+            } else {
+                self.poll.woke(u64::MAX);
+            }
+        }
+        Ok(n)
     }
 
     fn shutdown(&mut self) {

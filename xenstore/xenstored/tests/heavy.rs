@@ -543,3 +543,32 @@ fn test_guest_transaction_coalesced_and_byte_bounded() {
     assert!(g.end(t, true).is_err());
     g.write("still", "ok").unwrap();
 }
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command's closing parenthesis: state is field 3,
+    // utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// The busy-poll after replies stops when requests stop: an idle daemon
+/// (after a burst of request-reply traffic) uses no CPU.
+#[test]
+fn test_busy_poll_stops_when_idle() {
+    let (_dir, d) = spawn_daemon();
+    let pid = d.child.id();
+    let mut c = d.client();
+    for i in 0..2000 {
+        c.write("/p", &i.to_string()).unwrap();
+        c.read("/p").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - t0;
+    // Clock ticks are 10 ms: a spinning daemon would use ~200.
+    assert!(used <= 2, "idle daemon used {used} ticks in 2 s");
+}
