@@ -57,8 +57,9 @@ const T_SIGNAL: u64 = 3;
 const T_DOM_EXC: u64 = 4;
 const T_CONN: u64 = 16;
 
-/// Reads per connection per wakeup (fairness).
-const MAX_READS: usize = 16;
+/// Reads per connection per wakeup (fairness: at most this many chunks of
+/// [`READ_CHUNK`] requests from one pipelining client before the others).
+const MAX_READS: usize = 4;
 /// The default longest busy-poll after a reply (`--poll-us`), us: above
 /// a cross-CPU wake-up on a small virtual machine (30-50 us), so a client
 /// answering at once is caught.
