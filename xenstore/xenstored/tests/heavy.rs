@@ -572,3 +572,40 @@ fn test_busy_poll_stops_when_idle() {
     // Clock ticks are 10 ms: a spinning daemon would use ~200.
     assert!(used <= 2, "idle daemon used {used} ticks in 2 s");
 }
+
+/// The byte bound of a guest's ring connection: with the event-count
+/// quota out of the way, a non-reading guest watcher with a 3000-byte
+/// token is failed once about 1 MiB of events is queued (not after the
+/// 5000 events, 15 MB, Dom0 causes); Dom0 is served throughout.
+#[test]
+fn test_guest_ring_output_bounded_in_bytes() {
+    let (_d, mut dom0, mut g) = daemon_with_guest(5);
+    for (quota, value) in [("outstanding", 100_000), ("watch-events", 100_000)] {
+        dom0.ok(
+            &Request::SetQuota {
+                domid: Some(5),
+                quota,
+                value,
+            },
+            0,
+        )
+        .unwrap();
+    }
+    let token = "k".repeat(3000);
+    g.watch("q", &token).unwrap();
+    assert_eq!(g.event(TIMEOUT).map(|e| e.0), Some("q".to_owned()));
+    let mut failed_at = None;
+    for i in 0..5000 {
+        dom0.write(&format!("/local/domain/5/q/{i}"), "").unwrap();
+        if failed_at.is_none() && g.link.word(xs_offsets::ERROR).load(Ordering::SeqCst) != 0 {
+            failed_at = Some(i);
+        }
+    }
+    let at = failed_at.expect("ring failed at its byte bound");
+    // 1 MiB of ~3 KB events plus what the 1 KiB ring holds.
+    assert!((300..400).contains(&at), "failed after {at} events");
+    assert_eq!(
+        g.link.word(xs_offsets::ERROR).load(Ordering::SeqCst),
+        xen_abi::io::xs_wire::XENSTORE_ERROR_COMM
+    );
+}
