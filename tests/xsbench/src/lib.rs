@@ -730,6 +730,17 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (median, min, max)
 }
 
+/// The ratios of `ours` to `c` repetition by repetition (the servers run
+/// one after the other within a repetition, so each pair saw the same
+/// load): median, min and max; `None` unless both have every repetition.
+fn paired(ours: &[f64], c: &[f64]) -> Option<(f64, f64, f64)> {
+    if ours.is_empty() || ours.len() != c.len() {
+        return None;
+    }
+    let r: Vec<f64> = ours.iter().zip(c).map(|(o, c)| o / c).collect();
+    Some(stats(&r))
+}
+
 /// Which way is better for a metric, and the goal for ours/C.
 fn goal(metric: &str) -> (&'static str, &'static str) {
     if metric.ends_with("server_cpu_ns_per_req") {
@@ -1056,18 +1067,24 @@ fn report(args: &Args, samples: &Samples) {
             placements.join(", ")
         );
         println!(
-            "ratios: ours/C; the null server's ratio bounds what any socket server can reach here"
+            "ratios: ours/C (paired/C: repetition by repetition); the null server's ratio bounds what any socket server can reach here"
         );
         println!(
-            "{:<16} {:<38} {:>15} {:>13} {:>27} {:>8} {:>8}  goal (ours/C)",
-            "placement", "metric", "server", "median", "[min .. max]", "med/C", "best/C"
+            "{:<16} {:<38} {:>15} {:>13} {:>27} {:>8} {:>8} {:>20}  goal (ours/C)",
+            "placement",
+            "metric",
+            "server",
+            "median",
+            "[min .. max]",
+            "med/C",
+            "best/C",
+            "paired/C [min..max]"
         );
     }
     for (placement, metric) in keys {
         let (better, goal) = goal(metric);
-        let c = samples
-            .get(&(placement.clone(), "c-xenstored".to_owned(), metric.clone()))
-            .map(|v| stats(v));
+        let c_values = samples.get(&(placement.clone(), "c-xenstored".to_owned(), metric.clone()));
+        let c = c_values.map(|v| stats(v));
         for server in &servers {
             let Some(v) = samples.get(&(placement.clone(), (*server).clone(), metric.clone()))
             else {
@@ -1080,6 +1097,10 @@ fn report(args: &Args, samples: &Samples) {
                     Some(best(better, min, max) / best(better, cmin, cmax)),
                 ),
                 _ => (None, None),
+            };
+            let pair = match c_values {
+                Some(cv) if server.as_str() != "c-xenstored" => paired(v, cv),
+                _ => None,
             };
             let goal = match (ratio, server.as_str()) {
                 (None, _) => "",
@@ -1100,14 +1121,18 @@ fn report(args: &Args, samples: &Samples) {
                     "better": better,
                     "ratio_vs_c": ratio,
                     "best_ratio_vs_c": best_ratio,
+                    "paired_ratio_vs_c": pair.map(|(m, lo, hi)| json!({"median": m, "min": lo, "max": hi})),
                     "goal_ratio": goal,
                 });
                 println!("{line}");
             } else {
                 let r = ratio.map_or_else(String::new, |r| format!("{r:.3}"));
                 let b = best_ratio.map_or_else(String::new, |r| format!("{r:.3}"));
+                let p = pair.map_or_else(String::new, |(m, lo, hi)| {
+                    format!("{m:.2} [{lo:.2} .. {hi:.2}]")
+                });
                 println!(
-                    "{placement:<16} {metric:<38} {server:>15} {med:>13.1} {:>27} {r:>8} {b:>8}  {goal}",
+                    "{placement:<16} {metric:<38} {server:>15} {med:>13.1} {:>27} {r:>8} {b:>8} {p:>20}  {goal}",
                     format!("[{min:.1} .. {max:.1}]")
                 );
             }
@@ -1201,6 +1226,14 @@ mod tests {
         );
         assert_eq!(goal("load.pipelined32.ops_per_s"), ("higher", ">= 2"));
         assert_eq!(goal("xs-bench.ops_per_s"), ("higher", ">= 2"));
+    }
+
+    #[test]
+    fn test_paired_ratio_per_repetition() {
+        let (m, lo, hi) = paired(&[2.0, 6.0, 3.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((m, lo, hi), (2.0, 1.0, 3.0));
+        assert_eq!(paired(&[1.0], &[1.0, 2.0]), None);
+        assert_eq!(paired(&[], &[]), None);
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub struct Options {
     /// domain ring is served.
     #[arg(long, conflicts_with = "shim_socket")]
     pub no_shim: bool,
+    /// Longest busy-poll for the next request after answering, in
+    /// microseconds (adaptive: it shrinks to nothing while polls find no
+    /// work); 0 never polls.
+    #[arg(long, value_name = "US", default_value_t = crate::server::DEFAULT_POLL_US)]
+    pub poll_us: u32,
 }
 
 /// The socket path as Xen's clients find it: `$XENSTORED_PATH`, else

@@ -26,14 +26,35 @@ pub const SERVER_FEATURES: u32 = xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_R
     | xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_ERROR
     | XENSTORE_SERVER_FEATURE_WATCHDEPTH;
 
-/// Watch events queued for a privileged connection before further ones are
-/// dropped (a Dom0 client that never reads must not grow memory forever).
-pub const MAX_QUEUED_EVENTS_PRIVILEGED: usize = 65536;
+/// Bytes of unsent output (replies and watch events) a privileged (Dom0
+/// socket) connection may have queued. A watch event that would take it
+/// past this ends the connection ([`Core::take_overflowed`]): a client
+/// that does not read its socket must not grow the daemon's memory, and
+/// dropping the connection (it sees EOF, reconnects and re-reads) is the
+/// only way that never loses one event while delivering later ones.
+pub const MAX_QUEUED_BYTES_PRIVILEGED: usize = 4 << 20;
 
-/// Bytes of unsent output above which even a privileged connection is not
-/// read until it drains (a Dom0 client that pipelines without reading must
-/// not grow the daemon's memory without bound).
-pub const MAX_PENDING_OUTPUT: usize = 8 << 20;
+/// The same bound for a guest's connection (its ring: a guest has one
+/// connection, so this is also the domain's bound). Xen 4.17 counts queued
+/// output in the domain's memory quota (2.5 MiB hard).
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+
+/// Bytes of unsent output above which a connection's requests are not read
+/// until it drains (a client that pipelines without reading its replies
+/// waits; nothing is dropped).
+pub const MAX_PENDING_OUTPUT: usize = 256 << 10;
+
+/// Bytes one transaction of an unprivileged connection may hold (node
+/// copies, paths, pending events): Xen 4.17's hard per-domain memory quota
+/// (`memory`, 2.5 MiB), which its transaction nodes count against. An
+/// operation that takes it past this fails with `ENOSPC`, as Xen's quota
+/// errors in a transaction do, and the transaction then fails at commit.
+pub const MAX_TRANSACTION_BYTES: usize = 2560 << 10;
+
+/// The same bound for a privileged (Dom0) connection, which Xen leaves
+/// unbounded: large enough for any toolstack transaction (thousands of
+/// nodes), small enough that a runaway one cannot exhaust Dom0.
+pub const MAX_TRANSACTION_BYTES_PRIVILEGED: usize = 32 << 20;
 
 /// What kind of peer a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +67,10 @@ pub enum ConnKind {
     /// A domain's shared ring.
     Domain,
 }
+
+/// Output buffer capacity an idle connection keeps (larger ones are freed
+/// once drained).
+const IDLE_OUT_CAPACITY: usize = 512;
 
 /// A packet queue: whole packets appended, bytes drained from the front.
 #[derive(Debug, Default)]
@@ -98,6 +123,11 @@ impl OutQueue {
             self.buf.clear();
             self.sent = 0;
             self.ends.clear();
+            // An idle connection keeps a small buffer, not its peak.
+            if self.buf.capacity() > IDLE_OUT_CAPACITY {
+                self.buf = Vec::new();
+                self.ends = VecDeque::new();
+            }
         } else if self.sent > 65536 && self.sent * 2 > self.buf.len() {
             self.buf.drain(..self.sent);
             for e in &mut self.ends {
@@ -129,11 +159,11 @@ impl OutQueue {
         }
     }
 
-    /// Drops everything queued.
+    /// Drops everything queued, and the memory.
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.buf = Vec::new();
         self.sent = 0;
-        self.ends.clear();
+        self.ends = VecDeque::new();
         self.events = 0;
     }
 }
@@ -152,8 +182,9 @@ pub struct Conn {
     txs: HashMap<u32, Transaction>,
     next_tx: u32,
     watches: Vec<WatchId>,
-    /// Watch events dropped because the queue was full.
-    pub dropped_events: u64,
+    /// Set when a watch event found the output queue at its bound: the
+    /// connection gets no more events and the server ends it.
+    pub overflowed: bool,
 }
 
 impl Conn {
@@ -166,7 +197,7 @@ impl Conn {
             txs: HashMap::new(),
             next_tx: 1,
             watches: Vec::new(),
-            dropped_events: 0,
+            overflowed: false,
         }
     }
 
@@ -241,6 +272,7 @@ pub struct Core {
     /// `XS_CONTROL log`: whether requests are traced.
     pub trace_requests: bool,
     drop_log: RateLimit,
+    overflowed: Vec<ConnId>,
 }
 
 impl Default for Core {
@@ -326,6 +358,7 @@ impl Core {
             requests: 0,
             trace_requests: false,
             drop_log: RateLimit::new(10, std::time::Duration::from_secs(5)),
+            overflowed: Vec::new(),
         }
     }
 
@@ -373,6 +406,7 @@ impl Core {
         }
         c.txs.clear();
         c.out.clear();
+        c.overflowed = false;
     }
 
     /// The connection `id`.
@@ -543,16 +577,21 @@ impl Core {
             return Err(XsError::Eio);
         }
         let max_nodes = quotas.get(caller.domid, quota::TRANSACTION_NODES) as usize;
-        let mut events = std::mem::take(&mut tx.events);
         let r = {
             let mut v = View::Tx(tx.view(tree));
             f(&mut v, &caller, quotas, canon, &mut c.out)
         };
-        if let Ok(Some(ev)) = &r {
-            events.extend(ev.iter().cloned());
-        }
-        tx.events = events;
-        if !caller.privileged && tx.touched() > max_nodes {
+        let r = r.map(|ev| {
+            if let Some(ev) = ev {
+                tx.add_events(ev);
+            }
+        });
+        let max_bytes = if caller.privileged {
+            MAX_TRANSACTION_BYTES_PRIVILEGED
+        } else {
+            MAX_TRANSACTION_BYTES
+        };
+        if tx.bytes() > max_bytes || (!caller.privileged && tx.touched() > max_nodes) {
             tx.failed = true;
             if r.is_ok() {
                 // The reply already queued becomes the error.
@@ -560,24 +599,42 @@ impl Core {
             }
             return Err(XsError::Enospc);
         }
-        r.map(|_| ())
+        r
     }
 
-    fn queue_event(
-        out: &mut OutQueue,
-        p: &str,
-        token: &[u8],
-        dropped: &mut u64,
-        limit: usize,
-    ) -> bool {
-        if out.events() >= limit {
-            *dropped += 1;
+    /// Queues a watch event on `c` unless its output would outgrow the
+    /// connection's bound (bytes, and for guests the `watch-events` count):
+    /// then the connection is marked overflowed and gets no event any more.
+    /// Returns whether the event was queued.
+    fn queue_event(c: &mut Conn, quotas: &Quotas, p: &str, token: &[u8]) -> bool {
+        if c.overflowed {
             return false;
         }
-        if PacketWriter::watch_event(&mut out.buf, p.as_bytes(), token).is_ok() {
-            out.mark(true);
+        let (max_bytes, max_events) = if c.caller.privileged {
+            (MAX_QUEUED_BYTES_PRIVILEGED, usize::MAX)
+        } else {
+            (
+                MAX_QUEUED_BYTES,
+                quotas.get(c.caller.domid, quota::WATCH_EVENTS) as usize,
+            )
+        };
+        let len = Header::SIZE + p.len() + token.len() + 2;
+        if c.out.pending().len() + len > max_bytes || c.out.events() >= max_events {
+            c.overflowed = true;
+            return false;
+        }
+        if PacketWriter::watch_event(&mut c.out.buf, p.as_bytes(), token).is_ok() {
+            c.out.mark(true);
         }
         true
+    }
+
+    /// Connections whose output queue outgrew its bound since the last
+    /// call: the server ends them (a socket is closed; a ring is failed
+    /// with `XENSTORE_ERROR_COMM` and ignored until the guest reconnects,
+    /// Xen's `ignore_connection`).
+    pub fn take_overflowed(&mut self, out: &mut Vec<ConnId>) {
+        out.append(&mut self.overflowed);
     }
 
     fn permitted(&self, caller: &Caller, ev: &Event) -> bool {
@@ -615,25 +672,25 @@ impl Core {
                 if !self.permitted(&c.caller, ev) {
                     continue;
                 }
-                let limit = if c.caller.privileged {
-                    MAX_QUEUED_EVENTS_PRIVILEGED
-                } else {
-                    self.quotas.get(c.caller.domid, quota::WATCH_EVENTS) as usize
-                };
                 let ep = w.event_path(&ev.path).to_owned();
                 let token = w.token.clone();
                 let Some(c) = self.conns.get_mut(cid).and_then(Option::as_mut) else {
                     continue;
                 };
-                let domid = c.caller.domid;
-                if !Self::queue_event(&mut c.out, &ep, &token, &mut c.dropped_events, limit) {
+                if c.overflowed {
+                    continue;
+                }
+                if !Self::queue_event(c, &self.quotas, &ep, &token) {
+                    let (domid, queued) = (c.caller.domid, c.out.pending().len());
                     if self.drop_log.allow() {
                         tracing::warn!(
                             conn = cid,
                             domid,
-                            "watch event queue full, dropping events"
+                            queued,
+                            "watch event queue full: ending the connection"
                         );
                     }
+                    self.overflowed.push(cid);
                     continue;
                 }
                 self.mark_dirty(cid);

@@ -153,6 +153,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     };
     let quotas = opts.quota_settings()?;
     let mut server = Server::new(&cfg)?;
+    server.set_poll_window(u64::from(opts.poll_us) * 1000);
     for (q, v) in quotas {
         server
             .core

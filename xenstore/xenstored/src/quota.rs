@@ -44,8 +44,10 @@ pub const PATH_LENGTH: QuotaId = 6;
 pub const TRANSACTION_NODES: QuotaId = 7;
 /// Request payload (`payload`): 4096, at most [`xenstore_wire::XENSTORE_PAYLOAD_MAX`].
 pub const PAYLOAD: QuotaId = 8;
-/// Watch events queued for a connection before further ones are dropped
-/// (`watch-events`, XSA-349): 256.
+/// Watch events queued for a guest's connection (`watch-events`, XSA-349):
+/// 256. One more fails the ring until the guest reconnects (no event is
+/// dropped while later ones are delivered), as does its byte bound
+/// ([`crate::core::MAX_QUEUED_BYTES`]).
 pub const WATCH_EVENTS: QuotaId = 9;
 
 /// The quota names, as `XS_GET_QUOTA` and `xenstore-control quota` use.

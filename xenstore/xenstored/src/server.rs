@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -23,6 +24,7 @@ use crate::transport::{
 };
 use crate::watch::ConnId;
 use xen_diag::{warn_limited, LogLimiter};
+use xen_ring::PollWindow;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +57,23 @@ const T_SIGNAL: u64 = 3;
 const T_DOM_EXC: u64 = 4;
 const T_CONN: u64 = 16;
 
-/// Reads per connection per wakeup (fairness).
-const MAX_READS: usize = 16;
-/// Read buffer chunk.
+/// Reads per connection per wakeup (fairness: at most this many chunks of
+/// [`READ_CHUNK`] requests from one pipelining client before the others).
+const MAX_READS: usize = 4;
+/// The default longest busy-poll after a reply (`--poll-us`), us: above
+/// a cross-CPU wake-up on a small virtual machine (30-50 us), so a client
+/// answering at once is caught.
+pub const DEFAULT_POLL_US: u32 = 50;
+
+/// The shared read buffer (one for all connections).
 const READ_CHUNK: usize = 64 * 1024;
+/// After connections closed, the heap is trimmed once the loop has been
+/// idle this long ...
+const TRIM_IDLE_MS: u16 = 100;
+/// ... or after this many closes.
+const TRIM_AFTER_CLOSES: usize = 1024;
+/// Input buffer an idle connection may keep.
+const IDLE_IN_CAPACITY: usize = 4096;
 
 /// Stops a running [`Server`] from another thread.
 #[derive(Debug, Clone)]
@@ -75,8 +90,28 @@ impl StopHandle {
 struct ConnIo {
     transport: Box<dyn Transport>,
     decoder: Decoder,
+    /// The decoder holds more than [`IDLE_IN_CAPACITY`] bytes of buffer.
+    decoder_big: bool,
     interest: EpollFlags,
     domid: Option<DomId>,
+}
+
+impl ConnIo {
+    /// Appends bytes read (into the server's shared read buffer): the
+    /// decoder only grows to what the client actually sent.
+    fn take(&mut self, data: &[u8]) {
+        self.decoder_big |= self.decoder.buffered() + data.len() > IDLE_IN_CAPACITY;
+        self.decoder.push(data);
+    }
+
+    /// Frees a large input buffer once every packet in it is handled: an
+    /// idle connection keeps no more than [`IDLE_IN_CAPACITY`].
+    fn shrink_if_idle(&mut self) {
+        if self.decoder_big && self.decoder.buffered() == 0 {
+            self.decoder = Decoder::with_max_payload(XENSTORE_PAYLOAD_MAX);
+            self.decoder_big = false;
+        }
+    }
 }
 
 /// Where and how to serve.
@@ -111,6 +146,10 @@ pub struct Server {
     bad_client_log: LogLimiter,
     work: Vec<ConnId>,
     retry: Vec<ConnId>,
+    overflowed: Vec<ConnId>,
+    scratch: Vec<u8>,
+    closed_since_trim: usize,
+    poll: PollWindow,
 }
 
 /// The `_ro` companion of a socket path.
@@ -211,6 +250,10 @@ impl Server {
             bad_client_log: LogLimiter::new(10, std::time::Duration::from_secs(5)),
             work: Vec::new(),
             retry: Vec::new(),
+            overflowed: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            closed_since_trim: 0,
+            poll: PollWindow::new(DEFAULT_POLL_US as u64 * 1000),
         };
         // Compact at start: the journal replayed becomes the snapshot.
         s.compact()?;
@@ -294,7 +337,11 @@ impl Server {
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = vec![EpollEvent::empty(); 256];
         let r = loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let n = match self.wait(&mut events) {
+                Ok(0) => {
+                    self.trim();
+                    continue;
+                }
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => break Err(e.into()),
@@ -329,6 +376,56 @@ impl Server {
         };
         self.shutdown();
         r
+    }
+
+    /// Sets the longest busy-poll after a reply, ns (0: never poll).
+    pub fn set_poll_window(&mut self, max_ns: u64) {
+        self.poll = PollWindow::new(max_ns);
+    }
+
+    /// Waits for events. First busy-polls for up to the adaptive window
+    /// ([`PollWindow`], as the rings' endpoints and KVM's `halt_poll_ns`
+    /// do): a client that sends its next request within microseconds of
+    /// its reply then finds the daemon awake instead of paying a cross-CPU
+    /// wake-up. Between polls the loop yields, so a client that shares our
+    /// CPU runs. Returns 0 on the idle timeout that trims the heap.
+    fn wait(&mut self, events: &mut [EpollEvent]) -> nix::Result<usize> {
+        let budget = self.poll.budget_ns();
+        if budget > 0 {
+            let t0 = Instant::now();
+            loop {
+                let n = self.epoll.wait(events, EpollTimeout::ZERO)?;
+                if n > 0 {
+                    self.poll.hit();
+                    return Ok(n);
+                }
+                if t0.elapsed().as_nanos() as u64 >= budget {
+                    self.poll.miss();
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let timeout = if self.closed_since_trim > 0 {
+            EpollTimeout::from(TRIM_IDLE_MS)
+        } else {
+            EpollTimeout::NONE
+        };
+        let t0 = Instant::now();
+        let n = self.epoll.wait(events, timeout)?;
+        if n > 0 && self.poll.max_ns() > 0 {
+            // A sleep shorter than the largest window: polling that long
+            // would have caught this request, so poll the whole window next
+            // time (a request-reply client's think time is steady; growing
+            // from the ring's small start would never reach it). A miss
+            // drops it back to nothing.
+            if t0.elapsed().as_nanos() as u64 <= self.poll.max_ns() {
+                self.poll = PollWindow::new(self.poll.max_ns());
+            } else {
+                self.poll.woke(u64::MAX);
+            }
+        }
+        Ok(n)
     }
 
     fn shutdown(&mut self) {
@@ -400,13 +497,30 @@ impl Server {
         self.io[id] = Some(ConnIo {
             transport: t,
             decoder: Decoder::with_max_payload(XENSTORE_PAYLOAD_MAX),
+            decoder_big: false,
             interest: EpollFlags::EPOLLIN,
             domid,
         });
         Ok(())
     }
 
+    /// Gives the heap freed by closed connections back to the system
+    /// (glibc keeps freed small blocks in its arenas otherwise, so RSS
+    /// would stay at the peak number of connections).
+    fn trim(&mut self) {
+        self.closed_since_trim = 0;
+        // SAFETY: malloc_trim only releases free heap pages; no pointer
+        // is invalidated.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     fn drop_conn(&mut self, id: ConnId) {
+        self.closed_since_trim += 1;
+        if self.closed_since_trim >= TRIM_AFTER_CLOSES {
+            self.trim();
+        }
         if let Some(io) = self.io.get_mut(id).and_then(Option::take) {
             // SAFETY: the fd is still open (owned by io.transport, dropped
             // at the end of this block).
@@ -484,6 +598,7 @@ impl Server {
                 }
             }
         }
+        cio.shrink_if_idle();
         if handled > 0 {
             self.process_actions();
         }
@@ -512,15 +627,15 @@ impl Server {
             if !self.core.can_read(id) {
                 break;
             }
-            let Some(cio) = self.io.get_mut(id).and_then(Option::as_mut) else {
+            let Server { io, scratch, .. } = self;
+            let Some(cio) = io.get_mut(id).and_then(Option::as_mut) else {
                 return;
             };
-            let buf = cio.decoder.read_buf(READ_CHUNK);
-            let room = buf.len();
-            let drained = match cio.transport.read(buf) {
+            let room = scratch.len();
+            let drained = match cio.transport.read(scratch) {
                 Ok(0) => break,
                 Ok(n) => {
-                    cio.decoder.commit(n);
+                    cio.take(&scratch[..n]);
                     n < room && cio.transport.short_read_drains()
                 }
                 Err(TransportError::Closed) => {
@@ -663,6 +778,7 @@ impl Server {
     /// Persists the journal, then sends what is queued.
     fn flush(&mut self) -> Result<(), ServerError> {
         for _round in 0..8 {
+            self.end_overflowed();
             if let Some(sd) = &mut self.state {
                 sd.append(&mut self.core.journal.buf)?;
             }
@@ -715,6 +831,25 @@ impl Server {
         Ok(())
     }
 
+    /// Ends the connections whose output outgrew its bound
+    /// ([`Core::take_overflowed`]; the engine logged it, rate-limited): a
+    /// socket is closed, a ring failed until the guest reconnects.
+    fn end_overflowed(&mut self) {
+        let mut ids = std::mem::take(&mut self.overflowed);
+        self.core.take_overflowed(&mut ids);
+        for &id in &ids {
+            if self.core.conn(id).is_some_and(|c| c.overflowed) {
+                self.bad_client(
+                    id,
+                    "output queue over its bound",
+                    xen_abi::io::xs_wire::XENSTORE_ERROR_COMM,
+                );
+            }
+        }
+        ids.clear();
+        self.overflowed = ids;
+    }
+
     /// A ring gets no new notification for requests it already wrote:
     /// read them when the connection is allowed to read again.
     fn on_ring_retry(&mut self, id: ConnId) {
@@ -722,13 +857,13 @@ impl Server {
             if !self.core.can_read(id) {
                 return;
             }
-            let Some(cio) = self.io.get_mut(id).and_then(Option::as_mut) else {
+            let Server { io, scratch, .. } = self;
+            let Some(cio) = io.get_mut(id).and_then(Option::as_mut) else {
                 return;
             };
-            let buf = cio.decoder.read_buf(READ_CHUNK);
-            match cio.transport.read(buf) {
+            match cio.transport.read(scratch) {
                 Ok(0) => return,
-                Ok(n) => cio.decoder.commit(n),
+                Ok(n) => cio.take(&scratch[..n]),
                 Err(TransportError::Protocol(code)) => {
                     self.bad_client(id, "ring index corrupt", code);
                     return;

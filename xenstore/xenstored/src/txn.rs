@@ -27,8 +27,13 @@ pub struct Transaction {
     reads: HashMap<String, Option<Node>>,
     /// Owner count changes made by the transaction.
     owner_delta: HashMap<DomId, i64>,
-    /// Watch events to fire at commit.
-    pub events: Vec<Event>,
+    /// Watch events to fire at commit, one per changed path.
+    events: Vec<Event>,
+    /// Index in `events` of each path's event.
+    event_at: HashMap<String, usize>,
+    /// Bytes held: node copies, paths, events (an estimate of the heap
+    /// the transaction uses).
+    bytes: usize,
     /// Set when an operation failed half-way: the commit then fails.
     pub failed: bool,
 }
@@ -44,6 +49,8 @@ impl Transaction {
             reads: HashMap::new(),
             owner_delta: HashMap::new(),
             events: Vec::new(),
+            event_at: HashMap::new(),
+            bytes: 0,
             failed: false,
         }
     }
@@ -53,6 +60,41 @@ impl Transaction {
     #[must_use]
     pub fn touched(&self) -> usize {
         self.accessed.len()
+    }
+
+    /// Bytes the transaction holds (node copies, paths, pending events).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Watch events pending for commit (one per changed path).
+    #[must_use]
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Adds watch events to fire at commit, coalesced per path as Xen's
+    /// `add_change_node`: a path already pending keeps its place; the
+    /// merged event reaches every watch either would have reached.
+    pub fn add_events(&mut self, evs: impl IntoIterator<Item = Event>) {
+        for ev in evs {
+            if let Some(&i) = self.event_at.get(&ev.path) {
+                let old = &mut self.events[i];
+                old.exact &= ev.exact;
+                old.perms = ev.perms;
+                if ev.old_perms.is_some() {
+                    old.old_perms = ev.old_perms;
+                }
+                if ev.parent_perms.is_some() {
+                    old.parent_perms = ev.parent_perms;
+                }
+                continue;
+            }
+            self.bytes += 2 * ev.path.len() + EVENT_OVERHEAD;
+            self.event_at.insert(ev.path.clone(), self.events.len());
+            self.events.push(ev);
+        }
     }
 
     /// The view of `base` through this transaction.
@@ -115,6 +157,27 @@ impl Transaction {
     }
 }
 
+/// Heap bytes counted per pending event beyond its path (the event, its
+/// index entry and permission lists).
+const EVENT_OVERHEAD: usize = 128;
+/// Heap bytes counted per map entry beyond its path and node.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Bytes `n` holds on the heap (an estimate: value, children list,
+/// permissions and the node itself). Constant time: the children's names
+/// are not summed (each child the transaction created or changed is
+/// counted with its own path, which holds its name).
+fn node_bytes(n: &Node) -> usize {
+    std::mem::size_of::<Node>()
+        + n.value.capacity()
+        + n.children.capacity() * std::mem::size_of::<Box<str>>()
+        + n.perms.0.capacity() * std::mem::size_of::<xenstore_wire::Perm>()
+}
+
+fn opt_bytes(n: Option<&Node>) -> usize {
+    n.map_or(0, node_bytes)
+}
+
 /// A transaction's view of the tree.
 #[derive(Debug)]
 pub struct TxView<'a> {
@@ -126,9 +189,9 @@ impl TxView<'_> {
     fn record(&mut self, p: &str) {
         if !self.tx.accessed.contains_key(p) {
             self.tx.accessed.insert(p.to_owned(), self.base.gen_of(p));
-            self.tx
-                .reads
-                .insert(p.to_owned(), self.base.get(p).cloned());
+            let copy = self.base.get(p).cloned();
+            self.tx.bytes += 2 * (p.len() + ENTRY_OVERHEAD) + opt_bytes(copy.as_ref());
+            self.tx.reads.insert(p.to_owned(), copy);
         }
     }
 
@@ -155,11 +218,15 @@ impl Nodes for TxView<'_> {
         if !self.tx.changes.contains_key(p) {
             let copy = self.seen(p)?.clone();
             self.tx.reads.remove(p);
+            self.tx.bytes += p.len() + ENTRY_OVERHEAD + node_bytes(&copy);
             self.tx.changes.insert(p.to_owned(), Some(copy));
         }
         let n = self.tx.changes.get_mut(p)?.as_mut()?;
         let before = n.owner();
+        let size_before = node_bytes(n);
         let r = f(n);
+        let size_after = node_bytes(n);
+        self.tx.bytes = (self.tx.bytes + size_after).saturating_sub(size_before);
         let after = n.owner();
         if before != after {
             self.delta(before, -1);
@@ -172,18 +239,27 @@ impl Nodes for TxView<'_> {
         self.record(p);
         self.tx.reads.remove(p);
         self.delta(node.owner(), 1);
-        if let Some(Some(old)) = self.tx.changes.insert(p.to_owned(), Some(node)) {
-            self.delta(old.owner(), -1);
+        self.tx.bytes += node_bytes(&node);
+        match self.tx.changes.insert(p.to_owned(), Some(node)) {
+            Some(Some(old)) => {
+                self.tx.bytes = self.tx.bytes.saturating_sub(node_bytes(&old));
+                self.delta(old.owner(), -1);
+            }
+            Some(None) => {}
+            None => self.tx.bytes += p.len() + ENTRY_OVERHEAD,
         }
     }
 
     fn remove(&mut self, p: &str) -> Option<Node> {
         let old = if self.tx.changes.contains_key(p) {
-            self.tx.changes.insert(p.to_owned(), None).flatten()
+            let old = self.tx.changes.insert(p.to_owned(), None).flatten();
+            self.tx.bytes = self.tx.bytes.saturating_sub(opt_bytes(old.as_ref()));
+            old
         } else {
             let old = self.seen(p).cloned();
             self.tx.reads.remove(p);
             if old.is_some() {
+                self.tx.bytes += p.len() + ENTRY_OVERHEAD;
                 self.tx.changes.insert(p.to_owned(), None);
             }
             old
@@ -248,6 +324,53 @@ mod tests {
         assert_eq!(tx.view(&t).node("/a").unwrap().value, b"1");
         t.modify("/a", |n| n.value = b"2".to_vec());
         assert_eq!(tx.view(&t).node("/a").unwrap().value, b"1");
+    }
+
+    fn ev(p: &str, exact: bool) -> Event {
+        Event {
+            path: p.into(),
+            exact,
+            perms: PermList::owner(0, PERM_NONE),
+            old_perms: None,
+            parent_perms: None,
+        }
+    }
+
+    #[test]
+    fn test_tx_events_coalesced_per_path_in_first_order() {
+        let mut tx = Transaction::new(1);
+        for _ in 0..1000 {
+            tx.add_events([ev("/w/a", true)]);
+        }
+        tx.add_events([ev("/w/b", true), ev("/w/a", false)]);
+        let bytes = tx.bytes();
+        tx.add_events([ev("/w/a", true)]);
+        assert_eq!(tx.bytes(), bytes, "a repeated path costs nothing more");
+        let mut t = Tree::new();
+        let evs = tx.commit(&mut t, &mut NoSink).unwrap();
+        let paths: Vec<(&str, bool)> = evs.iter().map(|e| (e.path.as_str(), e.exact)).collect();
+        assert_eq!(paths, vec![("/w/a", false), ("/w/b", true)]);
+    }
+
+    #[test]
+    fn test_tx_bytes_grow_with_distinct_nodes_not_rewrites() {
+        let mut t = tree_with("/a", b"1");
+        let mut tx = Transaction::new(1);
+        tx.view(&t).modify("/a", |n| n.value = b"2".to_vec());
+        let one = tx.bytes();
+        assert!(one > 0);
+        for _ in 0..100 {
+            tx.view(&t).modify("/a", |n| n.value = b"3".to_vec());
+        }
+        assert_eq!(tx.bytes(), one);
+        tx.view(&t).modify("/a", |n| n.value = vec![0; 4000]);
+        assert!(tx.bytes() >= one + 3990);
+        for i in 0..10 {
+            tx.view(&t)
+                .insert(&format!("/n{i}"), Node::new(PermList::owner(0, PERM_NONE)));
+        }
+        assert!(tx.bytes() > one + 4000 + 10 * 64);
+        tx.commit(&mut t, &mut NoSink).unwrap();
     }
 
     #[test]

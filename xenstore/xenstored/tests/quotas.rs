@@ -155,16 +155,26 @@ fn test_quota_watch_event_queue_bounded() {
     for i in 0..100 {
         dom0.write(&format!("/local/domain/3/q/{i}"), "").unwrap();
     }
+    // At the bound the ring is failed (the guest must reconnect) rather
+    // than events dropped while later ones are delivered.
+    assert_eq!(
+        g.link
+            .word(xen_ring::bytes::xs_offsets::ERROR)
+            .load(std::sync::atomic::Ordering::SeqCst),
+        xen_abi::io::xs_wire::XENSTORE_ERROR_COMM
+    );
     let events = g.events_within(Duration::from_millis(500));
     assert!(!events.is_empty());
     // At most the queue bound plus what the 1024-byte ring itself holds
-    // (each event packet is at least 16 bytes): far fewer than 100.
+    // (each event packet is at least 16 bytes), in order: far fewer than 100.
     assert!(
         events.len() <= 8 + 1024 / 16,
         "queue bounded: got {}",
         events.len()
     );
-    assert!(events.len() < 100);
+    for (i, (p, _)) in events.iter().enumerate() {
+        assert_eq!(p, &format!("q/{i}"));
+    }
 }
 
 #[test]

@@ -298,14 +298,10 @@ fn do_watch(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Result<(), XsErr
     let c = core.conns[id].as_mut().ok_or(XsError::Eio)?;
     c.watches.push(wid);
     reply(&mut c.out, cx.hdr, MsgType::Watch, &[xenstore_wire::OK]);
-    // Fires once when set.
-    Core::queue_event(
-        &mut c.out,
-        &ev_path,
-        token,
-        &mut c.dropped_events,
-        usize::MAX,
-    );
+    // Fires once when set (an overflow ends the connection).
+    if !Core::queue_event(c, &core.quotas, &ev_path, token) && !core.overflowed.contains(&id) {
+        core.overflowed.push(id);
+    }
     Ok(())
 }
 
