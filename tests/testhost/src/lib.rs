@@ -426,11 +426,12 @@ pub fn build_binaries(
     Ok(profile_dir.to_path_buf())
 }
 
-/// The `xen-pvguest` command line (`extra =`) of a guest whose init is the
-/// program `init`: the runtime connects the domain's disks and NICs, runs
-/// the init with them and powers off when it ends.
+/// The kernel command line (`extra =`) of a guest whose init is the
+/// program `init` of the host's file system (no `root=`: the runtime's
+/// compatibility path for test scripts): the runtime connects the domain's
+/// disks and NICs, runs the init with them and powers off when it ends.
 pub fn pv_cmdline(init: &Path) -> String {
-    format!("--timeout-secs 30 --init {}", init.display())
+    format!("pvguest.timeout=30 init={}", init.display())
 }
 
 /// `xl` and `backendd`, which every Dom0 needs.
