@@ -371,9 +371,13 @@ fn mount_dev(spec: &MachineSpec) -> Result<(), MachineError> {
         .iter()
         .map(|d| (d.clone(), Path::new("/dev").join(d)))
         .collect();
+    // The console's pty by its path in this namespace (the fd's own mount
+    // is the host namespace's, which cannot be bound from here).
     if nix::unistd::isatty(0).unwrap_or(false) {
-        for n in ["console", "hvc0"] {
-            binds.push((n.to_owned(), PathBuf::from("/proc/self/fd/0")));
+        if let Ok(tty) = std::fs::read_link("/proc/self/fd/0") {
+            for n in ["console", "hvc0"] {
+                binds.push((n.to_owned(), tty.clone()));
+            }
         }
     }
     for (name, src) in binds {
