@@ -472,8 +472,9 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
     for d in &cfg.disks {
         targets.push(disk_target(d, &cfg_dir)?);
     }
-    // A PV guest's "kernel" is the PV guest runtime (or the program named by
-    // `kernel=`), started with the command line as its arguments; a PVH/HVM
+    // A PV guest's "kernel" is the PV guest runtime, which reads the command
+    // line from start_info as a kernel does (or the program named by
+    // `kernel=`, started with the command line as its arguments); a PVH/HVM
     // guest is a KVM virtual machine: `xen-vmm` boots `kernel=` (relative
     // to the configuration's directory), whose command line goes to
     // `start_info.cmd_line` only.

@@ -18,7 +18,10 @@
 //!   system with the devices (the compatibility path of the tests' and
 //!   demos' scripts): the domain powers off when it succeeds and crashes
 //!   when it fails;
-//! - with none of them, the guest idles until the toolstack shuts it down.
+//! - with none of them (an empty command line, as a test's bare domain),
+//!   nothing is connected and the guest idles until the toolstack shuts it
+//!   down (a Linux kernel without a root would panic; this keeps the
+//!   runtime usable as a bare domain without xenstore).
 //!
 //! Either way it follows Xen's PV shutdown protocol ([`crate::control`]);
 //! the rest of the life cycle is [`crate::boot`].
@@ -72,27 +75,32 @@ pub enum CliError {
     Root(#[from] MachineError),
 }
 
-/// What to boot, from the parsed command line.
-fn plan(params: BootParams, ramdisk: Option<PathBuf>, hostname: String) -> Result<Boot, CliError> {
+/// What to boot, from the parsed command line (`None`: idle); `hostname`
+/// is asked for only when a machine boots.
+fn plan(
+    params: BootParams,
+    ramdisk: Option<PathBuf>,
+    hostname: impl FnOnce() -> String,
+) -> Result<Option<Boot>, CliError> {
     let root = match (&ramdisk, &params.root) {
         (Some(r), _) => Some(RootSource::Ramdisk(r.clone())),
         (None, Some(dev)) => Some(RootSource::Disk(crate::machine::root_disk(dev)?)),
         (None, None) => None,
     };
     Ok(match (root, &params.init) {
-        (Some(root), _) => Boot::Machine(MachineSpec {
-            hostname,
+        (Some(root), _) => Some(Boot::Machine(MachineSpec {
+            hostname: hostname(),
             root,
             disks: Vec::new(),
             params,
-        }),
-        (None, Some(init)) => Boot::Host {
+        })),
+        (None, Some(init)) => Some(Boot::Host {
             argv: std::iter::once(init.clone())
                 .chain(params.init_args.iter().cloned())
                 .collect(),
             env: params.init_env,
-        },
-        (None, None) => Boot::Idle,
+        }),
+        (None, None) => None,
     })
 }
 
@@ -109,21 +117,18 @@ pub fn run(args: &Args) -> ExitCode {
         };
         let params = crate::cmdline::parse(&line)?;
         let timeout = params.timeout.unwrap_or_else(|| args.attach.timeout());
-        let hostname = xen_front_platform::xs_read_string(p, xen_front_platform::XBT_NIL, "name")
-            .map(|n| n.trim_end_matches('\0').to_owned())
-            .unwrap_or_else(|_| format!("domain{}", p.hypervisor().domid()));
-        if !params.quiet {
+        let hostname = || {
+            xen_front_platform::xs_read_string(p, xen_front_platform::XBT_NIL, "name")
+                .map(|n| n.trim_end_matches('\0').to_owned())
+                .unwrap_or_else(|_| format!("domain{}", p.hypervisor().domid()))
+        };
+        if !params.quiet && !line.is_empty() {
             let _ = emit(out, "pvboot cmdline", &[("line", line.replace(' ', "_"))]);
         }
-        let boot = plan(params, args.ramdisk.clone(), hostname)?;
-        let no_devices = crate::pvdisk::list_vbds(p)?.is_empty()
-            && crate::pvnet::list_vifs(p)
-                .map_err(PvdiskError::from)?
-                .is_empty();
-        if matches!(boot, Boot::Idle) && no_devices {
+        let Some(boot) = plan(params, args.ramdisk.clone(), hostname)? else {
             let _ = emit(out, "idle running", &[]);
             return Ok::<_, CliError>(Then::Stay);
-        }
+        };
         let reason = crate::pvdisk::run_with_disks(p, boot, timeout, ctl, out)?;
         Ok(reason.map_or(Then::PowerOff, Then::Shutdown))
     })
@@ -136,8 +141,8 @@ mod tests {
     #[test]
     fn test_plan_root_disk_boots_the_machine() {
         let p = crate::cmdline::parse("root=/dev/xvda rw").expect("valid");
-        match plan(p, None, "g".into()).expect("plan") {
-            Boot::Machine(m) => {
+        match plan(p, None, || "g".into()).expect("plan") {
+            Some(Boot::Machine(m)) => {
                 assert_eq!(m.root, RootSource::Disk("xvda".into()));
                 assert_eq!(m.hostname, "g");
             }
@@ -148,9 +153,9 @@ mod tests {
     #[test]
     fn test_plan_ramdisk_wins_over_root() {
         let p = crate::cmdline::parse("root=/dev/xvda").expect("valid");
-        let b = plan(p, Some("/r.cpio".into()), "g".into()).expect("plan");
+        let b = plan(p, Some("/r.cpio".into()), || "g".into()).expect("plan");
         assert!(
-            matches!(&b, Boot::Machine(m) if m.root == RootSource::Ramdisk("/r.cpio".into())),
+            matches!(&b, Some(Boot::Machine(m)) if m.root == RootSource::Ramdisk("/r.cpio".into())),
             "{b:?}"
         );
     }
@@ -158,18 +163,18 @@ mod tests {
     #[test]
     fn test_plan_init_without_root_runs_on_the_host_fs() {
         let p = crate::cmdline::parse("init=/t/init.sh a -- b").expect("valid");
-        match plan(p, None, "g".into()).expect("plan") {
-            Boot::Host { argv, .. } => assert_eq!(argv, vec!["/t/init.sh", "a", "b"]),
+        match plan(p, None, || "g".into()).expect("plan") {
+            Some(Boot::Host { argv, .. }) => assert_eq!(argv, vec!["/t/init.sh", "a", "b"]),
             b => panic!("{b:?}"),
         }
         let p = crate::cmdline::parse("quiet").expect("valid");
-        assert!(matches!(plan(p, None, "g".into()), Ok(Boot::Idle)));
+        assert!(matches!(plan(p, None, || "g".into()), Ok(None)));
     }
 
     #[test]
     fn test_plan_partition_root_is_a_clear_error() {
         let p = crate::cmdline::parse("root=/dev/xvda1").expect("valid");
-        let e = plan(p, None, "g".into()).expect_err("refused");
+        let e = plan(p, None, || "g".into()).expect_err("refused");
         assert!(
             xen_diag::ErrorChain(&e).to_string().contains("partitions are not supported"),
             "{e}"

@@ -4,10 +4,9 @@
 //! private mount namespace with its own `/dev`, bring every `device/vif`
 //! up ([`crate::pvnet`]), and run what the command line asks ([`Boot`]):
 //! the guest machine ([`crate::machine`]: its root from a disk or a
-//! ramdisk, init as PID 1 in its own namespaces), an init program on the
-//! host's file system (the tests' and demos' scripts), or nothing until
-//! the toolstack shuts the domain down. When init exits the files are
-//! unmounted and the disks flushed.
+//! ramdisk, init as PID 1 in its own namespaces) or an init program on the
+//! host's file system (the tests' and demos' scripts). When init exits the
+//! files are unmounted and the disks flushed.
 //!
 //! Limits: the devices share the platform's one xenstore watch queue;
 //! during I/O each device's waiter takes the watch events it finds and
@@ -77,9 +76,6 @@ pub enum PvdiskError {
 /// What runs once the devices are up.
 #[derive(Debug)]
 pub enum Boot {
-    /// Nothing: the devices stay connected until the toolstack shuts the
-    /// domain down.
-    Idle,
     /// An init program on the host's file system (no `root=`, no ramdisk):
     /// program, arguments and extra environment; the domain powers off
     /// when it succeeds and crashes when it fails.
@@ -232,10 +228,6 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
                 ),
                 None => Ok(std::process::ExitStatus::default()),
             },
-            Boot::Idle => {
-                while ctl.wait(Duration::from_millis(200)).is_none() {}
-                Ok(std::process::ExitStatus::default())
-            }
             Boot::Machine(spec) => {
                 machine = Some(crate::machine::boot(spec, ctl, out));
                 Ok(std::process::ExitStatus::default())

@@ -15,14 +15,12 @@
 //! `xl`, `backendd` and `xen-pvguest` binaries. Needs root, busybox-static,
 //! cpio, e2fsprogs, qemu-utils (tests/setup-host.sh).
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use xen_testhost::term::Terminal;
 use xen_testhost::{need, stdout_of, Dom0};
 
 const STEP: Duration = Duration::from_secs(60);
@@ -53,92 +51,15 @@ fn mkroot(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A pty the test plays the user's terminal on.
-struct Terminal {
-    master: File,
-    seen: Vec<u8>,
-}
-
-impl Terminal {
-    fn spawn(host: &Dom0, args: &[&str]) -> Result<(Terminal, Child)> {
-        let pty = nix::pty::openpty(None, None).context("openpty")?;
-        let slave = File::from(pty.slave);
-        let child = host
-            .xl_command(args)
-            .stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave))
-            .spawn()
-            .context("start xl")?;
-        let master = File::from(pty.master);
-        let fd = master.as_raw_fd();
-        // SAFETY: fcntl on an fd we own; no memory is involved.
-        unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        Ok((
-            Terminal {
-                master,
-                seen: Vec::new(),
-            },
-            child,
-        ))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-
-    /// Reads until `what` was shown after byte `from`; the text from `from`.
-    fn expect_from(&mut self, from: usize, what: &str) -> Result<String> {
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 4096];
-        loop {
-            let t = String::from_utf8_lossy(&self.seen[from.min(self.seen.len())..]).into_owned();
-            if t.contains(what) {
-                return Ok(t);
-            }
-            match self.master.read(&mut buf) {
-                Ok(n) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{what:?} never shown on the terminal; it showed:\n{}",
-                    self.text()
-                );
-            }
-        }
-    }
-
-    /// Types `cmd` at the prompt, then an `echo` of a marker; returns what
-    /// the command printed (between the typed line and the marker).
-    fn run(&mut self, cmd: &str) -> Result<String> {
-        let from = self.seen.len();
-        // The marker's text differs from what is typed (the tty echoes it).
-        self.master
-            .write_all(format!("{cmd}; echo END-$((6*7))\n").as_bytes())
-            .context("type")?;
-        let t = self.expect_from(from, "END-42")?;
-        let body = t.split("END-42").next().unwrap_or_default();
-        // Drop the echoed command line.
-        Ok(body.split_once('\n').map_or("", |(_, r)| r).to_owned())
-    }
+/// `xl ARGS` on a pty.
+fn terminal(host: &Dom0, args: &[&str]) -> Result<(Terminal, Child)> {
+    let (mut t, c) = Terminal::spawn(host.xl_command(args))?;
+    t.limit = STEP;
+    Ok((t, c))
 }
 
 fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            bail!("xl did not return");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    xen_testhost::term::wait_exit(child, STEP)
 }
 
 /// An `examples/pv-root.cfg`-style config booting `image`.
@@ -178,7 +99,7 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
     let cfg = cfg.to_str().context("utf-8")?.to_owned();
 
     // Act: xl create -c, as a user at a terminal.
-    let (mut term, mut xl) = Terminal::spawn(&host, &["create", "-c", &cfg])?;
+    let (mut term, mut xl) = terminal(&host, &["create", "-c", &cfg])?;
     host.track_guest(&name);
     term.expect_from(0, &format!("{name}:/# "))
         .with_context(|| host.guest_log(&name))?;
@@ -213,8 +134,8 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
         "echo written-in-{name} > /root/note.txt && sync && echo wrote-ok"
     ))?;
     assert!(w.contains("wrote-ok"), "{w}");
-    let from = term.seen.len();
-    term.master.write_all(b"poweroff\n")?;
+    let from = term.mark();
+    term.type_bytes(b"poweroff\n")?;
     term.expect_from(from, "pvguest shutdown reason=poweroff")
         .with_context(|| host.guest_log(&name))?;
     let st = wait_exit(&mut xl)?;
@@ -280,12 +201,12 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
     let cfg = root_cfg(&name, &dir.join("pv-root.img"), "raw", "on_reboot = 'restart'\n");
     host.create_guest(&name, &cfg)?;
     let first = domid(&host, &name)?.context("listed")?;
-    let (mut term, mut xl) = Terminal::spawn(&host, &["console", &name])?;
+    let (mut term, mut xl) = terminal(&host, &["console", &name])?;
     // The prompt may have been printed before we attached: ask for one.
-    term.master.write_all(b"\n")?;
+    term.type_bytes(b"\n")?;
     term.expect_from(0, &format!("{name}:/# "))
         .with_context(|| host.guest_log(&name))?;
-    term.master.write_all(b"reboot\n")?;
+    term.type_bytes(b"reboot\n")?;
     // xl console returns when the domain goes.
     let _ = wait_exit(&mut xl)?;
     let deadline = Instant::now() + STEP;
@@ -410,6 +331,67 @@ fn test_pv_root_xl_shutdown_and_reboot_reach_busybox_init() -> Result<()> {
         log.contains("pvboot init-exited status=signal:_2_(SIGINT)"),
         "init powered off itself: {log}"
     );
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn test_demo_guest_config_runs_its_init_as_pid_1_and_writes_the_image() -> Result<()> {
+    // examples/pv-root-demo.cfg as the demo runs it, on a temp image and
+    // without its vif (this test's Dom0 has no bridge).
+    let mut host = dom0("pvroot-demo-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let text = std::fs::read_to_string(workspace().join("examples/pv-root-demo.cfg"))?;
+    let name = format!("rootd{}", std::process::id());
+    let image = dir.join("pv-root.img");
+    let cfg: String = text
+        .lines()
+        .filter(|l| !l.starts_with("vif"))
+        .map(|l| {
+            l.replace("\"pv-root-demo\"", &format!("\"{name}\""))
+                .replace("target=pv-root.img", &format!("target={}", image.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(log.contains(&format!("demo: I am PID 1 on {name}")), "{log}");
+    assert!(log.contains("demo: / is /dev/loop"), "{log}");
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    let txt = debugfs_cat(&image, "/root/demo.txt")?;
+    assert!(txt.contains(&format!("written by {name} as PID 1")), "{txt}");
+    Ok(())
+}
+
+#[test]
+fn test_pv_root_eth0_from_the_ip_kernel_argument_reaches_dom0() -> Result<()> {
+    // A "Dom0" network namespace with a bridge (10.76.0.1) and backendd in
+    // it; the guest's vif has no ip=: its rcS (examples/mkroot.sh) applies
+    // Linux's ip=CLIENT::GW:NETMASK from the kernel command line.
+    need("ping", "iputils-ping")?;
+    let mut host = dom0("pvroot-net-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let ns = xen_testhost::net::Netns::unique("xsr", "n")?;
+    let br = xen_testhost::net::bridge_name("xr", "n")?;
+    xen_testhost::net::make_bridge(&ns, &br, "10.76.0.1/24")?;
+    let _backendd = xen_testhost::net::start_backendd_in(&host, &ns, &[])?;
+    let name = format!("rootn{}", std::process::id());
+    let cfg = format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\nroot = '/dev/xvda'\n\
+         extra = 'ro ip=10.76.0.2::10.76.0.1:255.255.255.0 init=/bin/sh -- -c \"/etc/init.d/rcS; ip -4 -o addr show eth0; ip route; ping -c 2 -W 5 10.76.0.1 && echo ping-dom0-ok; poweroff -f\"'\n\
+         disk = [ 'format=raw, vdev=xvda, access=ro, target={}' ]\n\
+         vif = [ 'bridge={br}' ]\non_poweroff = 'preserve'\n",
+        dir.join("pv-root.img").display()
+    );
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(log.contains("10.76.0.2/24"), "eth0 from ip=: {log}");
+    assert!(log.contains("default via 10.76.0.1"), "the gateway: {log}");
+    assert!(log.contains("ping-dom0-ok"), "{log}");
     assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
     Ok(())
 }

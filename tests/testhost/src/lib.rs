@@ -19,10 +19,12 @@
 //! directory and profile; [`net`] has the network namespaces, bridges and
 //! the hand-started `backendd` of the network tests; [`shim`] is the
 //! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
-//! programs themselves or attach a runtime in the test process.
+//! programs themselves or attach a runtime in the test process; [`term`] is
+//! the pty the console tests type on.
 
 pub mod net;
 pub mod shim;
+pub mod term;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
