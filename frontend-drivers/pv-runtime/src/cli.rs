@@ -88,12 +88,12 @@ fn plan(
         (None, None) => None,
     };
     Ok(match (root, &params.init) {
-        (Some(root), _) => Some(Boot::Machine(MachineSpec {
+        (Some(root), _) => Some(Boot::Machine(Box::new(MachineSpec {
             hostname: hostname(),
             root,
             disks: Vec::new(),
             params,
-        })),
+        }))),
         (None, Some(init)) => Some(Boot::Host {
             argv: std::iter::once(init.clone())
                 .chain(params.init_args.iter().cloned())
@@ -176,7 +176,9 @@ mod tests {
         let p = crate::cmdline::parse("root=/dev/xvda1").expect("valid");
         let e = plan(p, None, || "g".into()).expect_err("refused");
         assert!(
-            xen_diag::ErrorChain(&e).to_string().contains("partitions are not supported"),
+            xen_diag::ErrorChain(&e)
+                .to_string()
+                .contains("partitions are not supported"),
             "{e}"
         );
     }

@@ -262,7 +262,10 @@ mod tests {
         );
         assert_eq!(words("   "), vec![]);
         assert_eq!(words("k="), vec![("k".into(), Some(String::new()))]);
-        assert_eq!(words(r#""unterminated word"#), vec![("unterminated word".into(), None)]);
+        assert_eq!(
+            words(r#""unterminated word"#),
+            vec![("unterminated word".into(), None)]
+        );
     }
 
     #[test]

@@ -196,7 +196,8 @@ mod tests {
                 ctl.request(ShutdownReason::Reboot);
             });
             // The shell's child (sleep) is in the group too.
-            let st = run_init("sh", &["-c".into(), "sleep 30; true".into()], &[], &ctl).expect("run sh");
+            let st =
+                run_init("sh", &["-c".into(), "sleep 30; true".into()], &[], &ctl).expect("run sh");
             assert!(!st.success(), "{st}");
         });
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());

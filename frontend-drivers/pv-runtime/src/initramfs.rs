@@ -398,8 +398,7 @@ pub fn unpack(mut r: impl Read, root: &Path) -> Result<Unpacked, InitramfsError>
                 clear(&path);
                 // The target is only text: it is resolved in the guest's
                 // root, never by this unpacker (no path goes through a link).
-                std::os::unix::fs::symlink(target.trim_end_matches('\0'), &path)
-                    .map_err(create)?;
+                std::os::unix::fs::symlink(target.trim_end_matches('\0'), &path).map_err(create)?;
             }
             S_IFIFO | S_IFSOCK => {
                 skip(&mut r, size, idx)?;
@@ -410,13 +409,8 @@ pub fn unpack(mut r: impl Read, root: &Path) -> Result<Unpacked, InitramfsError>
                 } else {
                     nix::sys::stat::SFlag::S_IFSOCK
                 };
-                nix::sys::stat::mknod(
-                    &path,
-                    k,
-                    nix::sys::stat::Mode::from_bits_truncate(perm),
-                    0,
-                )
-                .map_err(|e| create(io::Error::from(e)))?;
+                nix::sys::stat::mknod(&path, k, nix::sys::stat::Mode::from_bits_truncate(perm), 0)
+                    .map_err(|e| create(io::Error::from(e)))?;
             }
             S_IFCHR | S_IFBLK => {
                 skip(&mut r, size, idx)?;
@@ -519,7 +513,10 @@ mod tests {
         ]);
         let u = unpack(&a[..], dir.path()).expect("unpacks");
         let r = dir.path();
-        assert_eq!(fs::read(r.join("bin/busybox")).expect("file"), b"\x7fELF...");
+        assert_eq!(
+            fs::read(r.join("bin/busybox")).expect("file"),
+            b"\x7fELF..."
+        );
         assert_eq!(fs::read(r.join("bin/sh")).expect("link"), b"\x7fELF...");
         assert_eq!(
             fs::read_link(r.join("init")).expect("symlink"),
@@ -547,7 +544,10 @@ mod tests {
         let e = unpack(&[0x1f, 0x8b, 8, 0][..], dir.path()).expect_err("refused");
         // A short gzip stream is already seen as truncated before its magic.
         assert!(
-            matches!(e, InitramfsError::Truncated(0) | InitramfsError::Compressed("gzip")),
+            matches!(
+                e,
+                InitramfsError::Truncated(0) | InitramfsError::Compressed("gzip")
+            ),
             "{e}"
         );
         let mut gz = vec![0x1f, 0x8b];

@@ -95,7 +95,9 @@ pub enum MachineError {
         source: io::Error,
     },
     /// No init could be run.
-    #[error("no working init found (tried {tried}); see Linux's Documentation/admin-guide/init.rst")]
+    #[error(
+        "no working init found (tried {tried}); see Linux's Documentation/admin-guide/init.rst"
+    )]
     NoInit {
         /// What was tried.
         tried: String,
@@ -222,9 +224,11 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
             // disk's (a guest may remount it rw); a read-only disk makes a
             // read-only loop device (losetup falls back).
             let d = format!("/dev/{name}");
-            let loopdev = run("losetup", &["--find", "--show", &d]).map_err(|why| MachineError::MountRoot {
-                dev: d.clone(),
-                why,
+            let loopdev = run("losetup", &["--find", "--show", &d]).map_err(|why| {
+                MachineError::MountRoot {
+                    dev: d.clone(),
+                    why,
+                }
             })?;
             let mut opts = if spec.params.rw { "rw" } else { "ro" }.to_owned();
             if let Some(f) = &spec.params.rootflags {
@@ -234,7 +238,11 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
             let types: Vec<Option<&str>> = if spec.params.rootfstype.is_empty() {
                 vec![None]
             } else {
-                spec.params.rootfstype.iter().map(|t| Some(t.as_str())).collect()
+                spec.params
+                    .rootfstype
+                    .iter()
+                    .map(|t| Some(t.as_str()))
+                    .collect()
             };
             let mut last = String::new();
             for t in types {
@@ -245,8 +253,8 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
                 ma.extend([loopdev.as_str(), STAGE]);
                 match run("mount", &ma) {
                     Ok(_) => {
-                        let fstype = run("findmnt", &["-n", "-o", "FSTYPE", STAGE])
-                            .unwrap_or_default();
+                        let fstype =
+                            run("findmnt", &["-n", "-o", "FSTYPE", STAGE]).unwrap_or_default();
                         if !spec.params.quiet {
                             let _ = emit(
                                 out,
@@ -457,7 +465,11 @@ impl Exec {
         };
         Ok(Self {
             candidates: list.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
-            argv_tail: p.init_args.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
+            argv_tail: p
+                .init_args
+                .iter()
+                .map(|s| cs(s))
+                .collect::<Result<_, _>>()?,
             envp: p.init_env.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
             stage: cs(STAGE)?,
             proc_dir: cs(&format!("{STAGE}/proc"))?,
@@ -478,7 +490,13 @@ impl Exec {
 /// in its namespaces (see the [module docs](self)). Only system calls, no
 /// allocation. Returns only on failure.
 fn child_exec(e: &Exec) -> io::Error {
-    let check = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
     let r = (|| -> io::Result<()> {
         // SAFETY: plain system calls with NUL-terminated strings that live
         // in `e` (prepared before the fork) and null pointers where the
@@ -511,7 +529,9 @@ fn child_exec(e: &Exec) -> io::Error {
             check(libc::chdir(e.stage.as_ptr()))?;
             // pivot_root(".", "."): the old root stacks under the new one,
             // then goes.
-            check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
+            check(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            )?;
             check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
             check(libc::chdir(c"/".as_ptr()))?;
         }
@@ -686,16 +706,28 @@ mod tests {
             root_disk("/dev/xvda1"),
             Err(MachineError::Partition(_))
         ));
-        assert!(matches!(root_disk("/dev/sda"), Err(MachineError::BadRoot(_))));
+        assert!(matches!(
+            root_disk("/dev/sda"),
+            Err(MachineError::BadRoot(_))
+        ));
         assert!(matches!(root_disk("xvda"), Err(MachineError::BadRoot(_))));
-        assert!(matches!(root_disk("/dev/xvd"), Err(MachineError::BadRoot(_))));
+        assert!(matches!(
+            root_disk("/dev/xvd"),
+            Err(MachineError::BadRoot(_))
+        ));
     }
 
     #[test]
     fn test_end_reason_maps_reboot_signals_and_panics_otherwise() {
         let sig = |s: Signal| ExitStatus::from_raw(s as i32);
-        assert_eq!(end_reason(sig(Signal::SIGHUP)), Some(ShutdownReason::Reboot));
-        assert_eq!(end_reason(sig(Signal::SIGINT)), Some(ShutdownReason::Poweroff));
+        assert_eq!(
+            end_reason(sig(Signal::SIGHUP)),
+            Some(ShutdownReason::Reboot)
+        );
+        assert_eq!(
+            end_reason(sig(Signal::SIGINT)),
+            Some(ShutdownReason::Poweroff)
+        );
         assert_eq!(end_reason(sig(Signal::SIGKILL)), None);
         assert_eq!(end_reason(ExitStatus::from_raw(0)), None);
         assert_eq!(end_reason(ExitStatus::from_raw(1 << 8)), None);

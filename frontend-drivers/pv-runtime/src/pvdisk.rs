@@ -86,7 +86,7 @@ pub enum Boot {
         env: Vec<String>,
     },
     /// The guest machine ([`crate::machine`]); its `disks` are filled in.
-    Machine(crate::machine::MachineSpec),
+    Machine(Box<crate::machine::MachineSpec>),
 }
 
 /// The device ids under `device/vbd`, sorted.
@@ -220,12 +220,14 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             // The init ends by itself, or is stopped on the toolstack's
             // request (`xl shutdown`/`xl reboot`: control/shutdown).
             Boot::Host { argv, env } => match argv.split_first() {
-                Some((prog, args)) => crate::control::run_init(prog, args, env, ctl).map_err(
-                    |source| PvdiskError::Spawn {
-                        program: prog.clone(),
-                        source,
-                    },
-                ),
+                Some((prog, args)) => {
+                    crate::control::run_init(prog, args, env, ctl).map_err(|source| {
+                        PvdiskError::Spawn {
+                            program: prog.clone(),
+                            source,
+                        }
+                    })
+                }
                 None => Ok(std::process::ExitStatus::default()),
             },
             Boot::Machine(spec) => {

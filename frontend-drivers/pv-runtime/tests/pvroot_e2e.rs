@@ -110,20 +110,28 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
     let init = term.run("cat /proc/1/comm; echo pid1=$(readlink /proc/1/exe)")?;
     assert!(init.contains("init"), "PID 1 is the guest's init: {init}");
     let ps = term.run("ps -o pid,comm")?;
-    let procs: Vec<&str> = ps.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    let procs: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert!(
         procs.len() <= 6 && !ps.contains("xen-pvguest") && !ps.contains("backendd"),
         "ps shows only the guest's processes: {ps}"
     );
     assert!(
-        procs.iter().any(|l| l.split_whitespace().next() == Some("1")),
+        procs
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some("1")),
         "PID 1 is listed: {ps}"
     );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
     assert!(root.contains("root-is-the-disk"), "{root}");
     assert!(root.contains("ext2/ext3"), "/ is ext4: {root}");
     let dev = term.run("ls /dev")?;
-    for d in ["xvda", "hvc0", "console", "null", "zero", "urandom", "ptmx", "pts"] {
+    for d in [
+        "xvda", "hvc0", "console", "null", "zero", "urandom", "ptmx", "pts",
+    ] {
         assert!(
             dev.split_whitespace().any(|w| w == d),
             "/dev has {d}: {dev}"
@@ -166,7 +174,10 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
     eprintln!("the session on the terminal:\n{}", term.text());
     let note = debugfs_cat(&raw, "/root/note.txt")?;
     assert_eq!(note.trim(), format!("written-in-{name}"));
-    let out = Command::new("fsck.ext4").args(["-n", "-f"]).arg(&raw).output()?;
+    let out = Command::new("fsck.ext4")
+        .args(["-n", "-f"])
+        .arg(&raw)
+        .output()?;
     stdout_of("fsck.ext4 -n", &out)?;
     Ok(())
 }
@@ -198,7 +209,12 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
     std::fs::create_dir(&dir)?;
     mkroot(&dir)?;
     let name = format!("rootb{}", std::process::id());
-    let cfg = root_cfg(&name, &dir.join("pv-root.img"), "raw", "on_reboot = 'restart'\n");
+    let cfg = root_cfg(
+        &name,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_reboot = 'restart'\n",
+    );
     host.create_guest(&name, &cfg)?;
     let first = domid(&host, &name)?.context("listed")?;
     let (mut term, mut xl) = terminal(&host, &["console", &name])?;
@@ -256,7 +272,9 @@ fn test_pv_ramdisk_boots_a_tmpfs_root_with_init_as_pid_1() -> Result<()> {
     host.create_guest(&name, &cfg)?;
     let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
     assert!(
-        log.contains(&format!("pid=1 host={name} greeting=hello there root=tmpfs")),
+        log.contains(&format!(
+            "pid=1 host={name} greeting=hello there root=tmpfs"
+        )),
         "{log}"
     );
     assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
@@ -270,15 +288,25 @@ fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
     std::fs::create_dir(&dir)?;
     mkroot(&dir)?;
     let name = format!("rootp{}", std::process::id());
-    let mut cfg = root_cfg(&name, &dir.join("pv-root.img"), "raw", "on_crash = 'preserve'\n");
+    let mut cfg = root_cfg(
+        &name,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    );
     cfg = cfg.replace("rw console=hvc0", "init=/bin/true");
     host.create_guest(&name, &cfg)?;
     let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
     assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
     // A root= that names a partition is a clear error.
     let name2 = format!("rootq{}", std::process::id());
-    let cfg = root_cfg(&name2, &dir.join("pv-root.img"), "raw", "on_crash = 'preserve'\n")
-        .replace("root = '/dev/xvda'", "root = '/dev/xvda1'");
+    let cfg = root_cfg(
+        &name2,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    )
+    .replace("root = '/dev/xvda'", "root = '/dev/xvda1'");
     host.create_guest(&name2, &cfg)?;
     let log = host.wait_log(&name2, "pvguest shutdown", STEP)?;
     assert!(log.contains("partitions_are_not_supported"), "{log}");
@@ -357,11 +385,17 @@ fn test_demo_guest_config_runs_its_init_as_pid_1_and_writes_the_image() -> Resul
         .join("\n");
     host.create_guest(&name, &cfg)?;
     let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
-    assert!(log.contains(&format!("demo: I am PID 1 on {name}")), "{log}");
+    assert!(
+        log.contains(&format!("demo: I am PID 1 on {name}")),
+        "{log}"
+    );
     assert!(log.contains("demo: / is /dev/loop"), "{log}");
     assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
     let txt = debugfs_cat(&image, "/root/demo.txt")?;
-    assert!(txt.contains(&format!("written by {name} as PID 1")), "{txt}");
+    assert!(
+        txt.contains(&format!("written by {name} as PID 1")),
+        "{txt}"
+    );
     Ok(())
 }
 
