@@ -16,18 +16,22 @@ xl=target/release/xl
 examples/mkroot.sh examples
 "$xl" destroy pv-root-demo >/dev/null 2>&1 || true
 
+log=${XEN_CONSOLE_LOGDIR:-/var/log/xen/console}/guest-pv-root-demo.log
+# The console log is appended to (as xenconsoled's): read this boot's part.
+start=$(stat -c %s "$log" 2>/dev/null || echo 0)
+this_boot() { tail -c +$((start + 1)) "$log" 2>/dev/null; }
+
 echo "== xl create examples/pv-root-demo.cfg"
 "$xl" create examples/pv-root-demo.cfg
 "$xl" list
 "$xl" block-list pv-root-demo
 
-log=${XEN_CONSOLE_LOGDIR:-/var/log/xen/console}/guest-pv-root-demo.log
 for _ in $(seq 120); do
-  grep -qE "pvguest shutdown" "$log" && break
+  this_boot | grep -q "pvguest shutdown" && break
   sleep 0.5
 done
 echo "== the guest's console ($log)"
-cat "$log"
+this_boot
 
 # The guest powered off: xl's monitor destroys it (on_poweroff = "destroy",
 # the default), so it may be gone already.
@@ -37,6 +41,6 @@ cat "$log"
 echo "== Dom0 checks the image"
 fsck.ext4 -n -f examples/pv-root.img
 debugfs -R 'cat /root/demo.txt' examples/pv-root.img
-grep -q "pvguest shutdown reason=poweroff" "$log"
+this_boot | grep -q "pvguest shutdown reason=poweroff"
 debugfs -R 'cat /root/demo.txt' examples/pv-root.img 2>/dev/null | grep -q "written by pv-root-demo as PID 1"
 echo "demo: OK"

@@ -47,10 +47,12 @@ TAB
 cat >"$root/etc/init.d/rcS" <<'RCS'
 #!/bin/sh
 # The guest's boot script (run by busybox init).
-mountpoint -q /proc || mount -t proc proc /proc
-mountpoint -q /sys || mount -t sysfs sysfs /sys 2>/dev/null
-mountpoint -q /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
-mountpoint -q /run || mount -t tmpfs -o mode=755 tmpfs /run
+# (Debian's busybox-static has no mountpoint applet.)
+mounted() { grep -q "^[^ ]* $1 " /proc/mounts; }
+[ -e /proc/mounts ] || mount -t proc proc /proc
+mounted /sys || mount -t sysfs sysfs /sys 2>/dev/null
+mounted /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
+mounted /run || mount -t tmpfs -o mode=755 tmpfs /run
 ip link set lo up 2>/dev/null
 # Linux's ip=CLIENT:SERVER:GW:NETMASK:HOST:DEV:AUTOCONF from the kernel
 # command line (it reaches init's environment); the runtime already gave
