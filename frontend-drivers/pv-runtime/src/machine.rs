@@ -253,6 +253,10 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
                 ma.extend([loopdev.as_str(), STAGE]);
                 match run("mount", &ma) {
                     Ok(_) => {
+                        // Detached now: the kernel releases the device when
+                        // the file system goes (autoclear), also when the
+                        // runtime is killed and nothing unmounts it.
+                        let _ = run("losetup", &["-d", &loopdev]);
                         let fstype =
                             run("findmnt", &["-n", "-o", "FSTYPE", STAGE]).unwrap_or_default();
                         if !spec.params.quiet {
@@ -420,10 +424,10 @@ fn unmount_root(m: &Mounted) {
         }
     }
     if let Some(l) = &m.loopdev {
-        let _ = run("losetup", &["-d", l]);
-        // The ext4 superblock may still be released by the guest's dying
-        // mount namespace: wait until the loop device lets go of the
-        // block file (every write has reached the PV disk then).
+        // Detached after mounting (autoclear): the ext4 superblock may
+        // still be released by the guest's dying mount namespace; wait
+        // until the loop device lets go of the block file (every write
+        // has reached the PV disk then).
         let name = l.trim_start_matches("/dev/");
         let backing = format!("/sys/block/{name}/loop/backing_file");
         let t0 = Instant::now();
@@ -502,6 +506,8 @@ fn child_exec(e: &Exec) -> io::Error {
         // in `e` (prepared before the fork) and null pointers where the
         // calls take them.
         unsafe {
+            // Dies with the runtime's init keeper thread.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
             check(libc::setsid())?;
             check(libc::unshare(libc::CLONE_NEWNS))?;
             check(libc::mount(
@@ -562,44 +568,77 @@ fn child_exec(e: &Exec) -> io::Error {
     last
 }
 
-/// Starts init (see the [module docs](self)) from a thread that enters the
-/// new PID, UTS and IPC namespaces, so the runtime's own threads keep
-/// theirs.
-fn spawn_init(spec: &MachineSpec, exec: Exec) -> Result<std::process::Child, MachineError> {
+/// Runs init (see the [module docs](self)) from a keeper thread that
+/// enters the new PID, UTS and IPC namespaces (so the runtime's own threads
+/// keep theirs), starts init with `PR_SET_PDEATHSIG` = `SIGKILL` (it fires
+/// when that thread ends: when the runtime is killed, `xl destroy`, the
+/// guest's whole PID namespace goes with it) and supervises it until it
+/// exits. `started` gets init's pid (in the runtime's namespace).
+fn run_init(
+    spec: &MachineSpec,
+    exec: Exec,
+    ctl: &ShutdownControl,
+    started: impl FnOnce(u32),
+) -> Result<ExitStatus, MachineError> {
     let hostname = spec.hostname.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<u32, MachineError>>();
     std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::unshare(
-                nix::sched::CloneFlags::CLONE_NEWPID
-                    | nix::sched::CloneFlags::CLONE_NEWUTS
-                    | nix::sched::CloneFlags::CLONE_NEWIPC,
-            )
-            .map_err(nix_setup("enter new PID, UTS and IPC namespaces"))?;
-            // SAFETY: the pointer and length are those of `hostname`'s bytes.
-            let r = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
-            if r != 0 {
-                return Err(setup("set the hostname")(io::Error::last_os_error()));
+        let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
+            let r = (|| {
+                nix::sched::unshare(
+                    nix::sched::CloneFlags::CLONE_NEWPID
+                        | nix::sched::CloneFlags::CLONE_NEWUTS
+                        | nix::sched::CloneFlags::CLONE_NEWIPC,
+                )
+                .map_err(nix_setup("enter new PID, UTS and IPC namespaces"))?;
+                // SAFETY: the pointer and length are those of `hostname`'s
+                // bytes.
+                let r = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+                if r != 0 {
+                    return Err(setup("set the hostname")(io::Error::last_os_error()));
+                }
+                let mut cmd = Command::new("/");
+                // SAFETY: child_exec only makes system calls on memory
+                // prepared before the fork (`exec`), as pre_exec requires.
+                unsafe {
+                    cmd.pre_exec(move || Err(child_exec(&exec)));
+                }
+                // pre_exec never returns Ok: the child either became init
+                // or reports why it could not, which spawn returns.
+                cmd.spawn().map_err(|source| MachineError::NoInit {
+                    tried: String::new(),
+                    source,
+                })
+            })();
+            match r {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    Some(supervise(&mut child, ctl))
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    None
+                }
             }
-            let mut cmd = Command::new("/");
-            // SAFETY: child_exec only makes system calls on memory prepared
-            // before the fork (`exec`), as pre_exec requires.
-            unsafe {
-                cmd.pre_exec(move || Err(child_exec(&exec)));
-            }
-            // pre_exec never returns Ok: the child either became init or
-            // reports why it could not, which spawn returns.
-            cmd.spawn().map_err(|source| MachineError::NoInit {
-                tried: String::new(),
-                source,
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| {
+        });
+        let first = rx.recv().unwrap_or_else(|_| {
             Err(MachineError::Setup {
                 what: "start init".into(),
-                source: io::Error::other("the starter thread panicked"),
+                source: io::Error::other("the init keeper thread ended"),
             })
-        })
+        });
+        if let Ok(pid) = &first {
+            started(*pid);
+        }
+        let end = keeper.join();
+        first?;
+        match end {
+            Ok(Some(st)) => st.map_err(setup("wait for init")),
+            _ => Err(MachineError::Setup {
+                what: "wait for init".into(),
+                source: io::Error::other("the init keeper thread panicked"),
+            }),
+        }
     })
 }
 
@@ -649,25 +688,26 @@ pub fn boot(
         for d in ["proc", "sys"] {
             ensure_dir(&Path::new(STAGE).join(d))?;
         }
-        let mut child = spawn_init(spec, exec).map_err(|e| match e {
+        let st = run_init(spec, exec, ctl, |pid| {
+            if !spec.params.quiet {
+                let _ = emit(
+                    out,
+                    "pvboot init-started",
+                    &[
+                        ("hostname", spec.hostname.clone()),
+                        ("pid", pid.to_string()),
+                    ],
+                );
+            }
+            let _ = out.flush();
+        })
+        .map_err(|e| match e {
             MachineError::NoInit { source, .. } => MachineError::NoInit {
                 tried: tried.clone(),
                 source,
             },
             e => e,
         })?;
-        if !spec.params.quiet {
-            let _ = emit(
-                out,
-                "pvboot init-started",
-                &[
-                    ("hostname", spec.hostname.clone()),
-                    ("pid", child.id().to_string()),
-                ],
-            );
-        }
-        let _ = out.flush();
-        let st = supervise(&mut child, ctl).map_err(setup("wait for init"))?;
         let reason = ctl
             .requested()
             .or_else(|| end_reason(st))

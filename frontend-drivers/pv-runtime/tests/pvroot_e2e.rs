@@ -251,7 +251,26 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // xl destroy kills the runtime: the guest's init (and its whole PID
+    // namespace) goes with it.
+    let log = host.guest_log(&name);
+    let init_pid: u32 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("pvboot init-started "))
+        .last()
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .context("the second boot's init pid")?;
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    assert_eq!(comm(init_pid).as_deref().map(str::trim), Some("init"));
     stdout_of("xl destroy", &host.destroy_guest(&name)?)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while comm(init_pid).as_deref().map(str::trim) == Some("init") {
+        if Instant::now() >= deadline {
+            bail!("the guest's init {init_pid} outlived xl destroy");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 
@@ -310,6 +329,24 @@ fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
     host.create_guest(&name2, &cfg)?;
     let log = host.wait_log(&name2, "pvguest shutdown", STEP)?;
     assert!(log.contains("partitions_are_not_supported"), "{log}");
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    // rootfstype= is the list mount tries (none fits: Linux's "VFS: Unable
+    // to mount root fs" panic); quiet leaves out the runtime's boot lines.
+    let name3 = format!("rootv{}", std::process::id());
+    let cfg = root_cfg(
+        &name3,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    )
+    .replace("rw console=hvc0", "rootfstype=vfat,msdos quiet");
+    host.create_guest(&name3, &cfg)?;
+    let log = host.wait_log(&name3, "pvguest shutdown", STEP)?;
+    assert!(
+        log.contains("cannot_mount_the_root_file_system_from_/dev/xvda"),
+        "{log}"
+    );
+    assert!(!log.contains("pvboot cmdline"), "quiet: {log}");
     assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
     Ok(())
 }
