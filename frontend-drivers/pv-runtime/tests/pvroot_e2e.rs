@@ -257,7 +257,7 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
     let init_pid: u32 = log
         .lines()
         .filter_map(|l| l.strip_prefix("pvboot init-started "))
-        .last()
+        .next_back()
         .and_then(|l| l.split("pid=").nth(1))
         .and_then(|p| p.trim().parse().ok())
         .context("the second boot's init pid")?;
