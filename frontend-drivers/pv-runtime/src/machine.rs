@@ -15,14 +15,18 @@
 //!    (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx` and its
 //!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
 //!    `console`, bind mounts of the runtime's);
-//! 3. starts init from a thread that enters new PID, UTS (hostname: the
-//!    domain's `name`) and IPC namespaces; init itself enters a new mount
-//!    namespace, mounts its own `/proc` and `/sys`, `pivot_root`s into the
-//!    root and execs the first of `init=` or Linux's candidates that
-//!    exists, with the command line's arguments and environment, as a
-//!    session leader on the console;
-//! 4. when init ends, unmounts the root and detaches its loop device (so
-//!    every write reached the PV disk before the disks are closed).
+//! 3. starts init from a keeper thread that enters new PID, UTS (hostname:
+//!    the domain's `name`) and IPC namespaces and supervises init until it
+//!    ends (init has `PR_SET_PDEATHSIG` = `SIGKILL`: a killed runtime, `xl
+//!    destroy`, takes the guest's whole PID namespace with it); init itself
+//!    enters a new mount namespace, mounts its own `/proc` and `/sys`,
+//!    `pivot_root`s into the root and execs the first of `init=` or Linux's
+//!    candidates that exists, with the command line's arguments and
+//!    environment, as a session leader on the console;
+//! 4. when init ends, unmounts the root and waits for its loop device
+//!    (detached right after mounting, so the kernel lets it go with the
+//!    file system) to release the block file: every write reached the PV
+//!    disk before the disks are closed.
 //!
 //! How init ends is the domain's shutdown reason ([`end_reason`]): a
 //! `reboot(2)` in a PID namespace kills its init with `SIGHUP` (restart)
