@@ -1,6 +1,7 @@
-//! The interface between backendd and a device backend (blkback now;
-//! netback and consback later): advertise features, connect with the
-//! frontend's published parameters, disconnect, report failure.
+//! The interface between backendd and a device backend (blkback's `vbd` and
+//! netback's `vif`, through the driver runner in `driver.rs`; consback serves
+//! consoles on its own): advertise features, connect with the frontend's
+//! published parameters, disconnect, report failure.
 
 use std::collections::BTreeMap;
 

@@ -94,6 +94,13 @@ pub enum ConfigErrorKind {
     Vif(VifSpecError),
     /// Two disks have the same virtual device.
     DuplicateVdev(String),
+    /// `cpus=` is invalid (Xen's CPU list syntax).
+    BadCpus {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl fmt::Display for ConfigErrorKind {
@@ -127,6 +134,7 @@ impl fmt::Display for ConfigErrorKind {
             Self::Disk(e) => e.fmt(f),
             Self::Vif(e) => e.fmt(f),
             Self::DuplicateVdev(v) => write!(f, "virtual device {v} is used by two disks"),
+            Self::BadCpus { value, why } => write!(f, "invalid cpus=\"{value}\": {why}"),
         }
     }
 }
@@ -676,6 +684,8 @@ pub struct XlConfig {
     pub maxmem_mib: u64,
     /// `vcpus`.
     pub vcpus: u32,
+    /// `cpus` (the CPUs the domain may run on; `None`: any).
+    pub cpus: Option<crate::resources::CpusSpec>,
     /// `type`.
     pub guest_type: GuestType,
     /// `kernel`.
@@ -708,6 +718,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "memory",
     "maxmem",
     "vcpus",
+    "cpus",
     "type",
     "kernel",
     "extra",
@@ -889,6 +900,18 @@ impl XlConfig {
         }
         let vcpus = k.number("vcpus", 1, 4096)?.unwrap_or(1);
         let vcpus = u32::try_from(vcpus).expect("bounded to 4096 above");
+        let cpus_items = k.strings("cpus")?;
+        let cpus = match cpus_items.first() {
+            None => None,
+            Some((_, line)) => {
+                let texts: Vec<String> = cpus_items.iter().map(|(t, _)| t.clone()).collect();
+                let value = texts.join(", ");
+                Some(
+                    crate::resources::CpusSpec::parse(texts)
+                        .map_err(|why| k.err(*line, ConfigErrorKind::BadCpus { value, why }))?,
+                )
+            }
+        };
         let guest_type = match k.string("type")? {
             None => GuestType::Pv,
             Some((t, line)) => match t.as_str() {
@@ -943,6 +966,7 @@ impl XlConfig {
             memory_mib,
             maxmem_mib,
             vcpus,
+            cpus,
             guest_type,
             kernel,
             cmdline,

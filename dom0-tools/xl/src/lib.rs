@@ -12,6 +12,8 @@
 //!   `Ctrl-]` detaches);
 //! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,
 //!   `network-list`;
+//! - [`resources`]: each domain's cgroup (memory, vCPUs, `cpus=`, tasks)
+//!   and the figures of `xl list`;
 //! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
 //!   applies `on_poweroff`/`on_reboot`/`on_crash`/`on_watchdog`;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
@@ -24,6 +26,7 @@ pub mod daemons;
 pub mod disk;
 pub mod monitor;
 pub mod network;
+pub mod resources;
 pub mod toolstack;
 pub mod vif;
 pub mod xsplan;

@@ -36,6 +36,9 @@ pub enum ToolstackError {
     /// A host service could not be started.
     #[error(transparent)]
     Daemons(#[from] DaemonsError),
+    /// The domain's cgroup could not be made, limited or removed.
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourcesError),
     /// The shim refused or failed.
     #[error("hypervisor shim operation failed: {what}")]
     Shim {
@@ -462,6 +465,8 @@ pub fn create_unmonitored(cfg_path: &Path) -> Result<Created, ToolstackError> {
 fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load(cfg_path)?;
     crate::monitor::check_actions(&cfg)?;
+    // Checked before the domain exists (a cpus= this host cannot give).
+    let limits = crate::resources::Limits::of(&cfg)?;
     // PV and PVHVM guests get the same vif nodes (`network::vif_ops`):
     // both run xen-netfront.
     let pvhvm = cfg.guest_type != GuestType::Pv;
@@ -631,17 +636,27 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
         xs.introduce(domid, plan.store.0, plan.store.1)
             .map_err(xs_err(format!("introduce domain {domid}")))?;
         write_cmdline(&control, domid, &cmdline)?;
-        spawn_runtime(&control, domid, &created.token, &cfg.name, &runtime, &args).map(
-            |(pid, runtime_log)| Created {
-                domid,
-                pid,
-                log,
-                runtime_log,
-                instance: info.instance,
-                monitor: None,
-                name: cfg.name.clone(),
-            },
+        // The domain's cgroup, which the runtime (or VMM) joins before it
+        // runs: everything the guest forks is held by it.
+        let group = crate::resources::create_group(domid, &cfg.name, &limits)?;
+        spawn_runtime(
+            &control,
+            domid,
+            &created.token,
+            &cfg.name,
+            &runtime,
+            &args,
+            &group,
         )
+        .map(|(pid, runtime_log)| Created {
+            domid,
+            pid,
+            log,
+            runtime_log,
+            instance: info.instance,
+            monitor: None,
+            name: cfg.name.clone(),
+        })
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -671,8 +686,10 @@ fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
 }
 
 /// Starts the guest's process (the PV runtime, with its console on the PV
-/// console, or the PVHVM guest's VMM) with `args`; what it prints before its console is up (a failed attach) goes
-/// to `<rundir>/pvguest-<name>.log`. Returns its pid and that log.
+/// console, or the PVHVM guest's VMM) with `args`, inside the domain's
+/// cgroup `group` from before its first instruction; what it prints before
+/// its console is up (a failed attach) goes to `<rundir>/pvguest-<name>.log`.
+/// Returns its pid and that log.
 fn spawn_runtime(
     control: &Control,
     domid: u16,
@@ -680,6 +697,7 @@ fn spawn_runtime(
     name: &str,
     runtime: &Path,
     args: &[std::ffi::OsString],
+    group: &xen_cgroup::Cgroup,
 ) -> Result<(u32, PathBuf), ToolstackError> {
     let dir = daemons::rundir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
@@ -695,20 +713,25 @@ fn spawn_runtime(
         what: "duplicate the log fd".into(),
         source,
     })?;
-    let mut child = Command::new(runtime)
-        .args(args)
+    let mut cmd = Command::new(runtime);
+    cmd.args(args)
         .env(xen_shim_proto::ENV_SOCKET, control.socket_path())
         .env(xen_shim_proto::ENV_DOMID, domid.to_string())
         .env(xen_shim_proto::ENV_TOKEN, token)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| ToolstackError::Io {
-            what: format!("start {}", runtime.display()),
+        .process_group(0);
+    group
+        .enter_on_exec(&mut cmd)
+        .map_err(|source| crate::resources::ResourcesError::Cgroup {
+            what: format!("enter the cgroup {}", group.name()),
             source,
         })?;
+    let mut child = cmd.spawn().map_err(|source| ToolstackError::Io {
+        what: format!("start {}", runtime.display()),
+        source,
+    })?;
     let pid = child.id();
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     loop {
@@ -774,6 +797,8 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .filter(|v| v.starts_with("/vm/") && !v.contains(".."));
     let shim_result = control.destroy_domain(domid);
+    // The runtime is gone; what the guest still runs dies with its group.
+    let group_result = crate::resources::destroy_group(domid);
     for b in &backends {
         let _ = xs.rm(b);
     }
@@ -791,7 +816,8 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
         Err(e) if e.is_enoent() => {}
         Err(e) => return Err(xs_err(format!("release domain {domid}"))(e)),
     }
-    shim_result.map_err(shim_err(format!("destroy domain {domid}")))
+    shim_result.map_err(shim_err(format!("destroy domain {domid}")))?;
+    group_result.map_err(Into::into)
 }
 
 /// `xl destroy NAME|DOMID`.
@@ -930,43 +956,22 @@ pub fn shutdown(
     Ok(d.domid)
 }
 
-/// CPU seconds of a process (`utime + stime` of `/proc/<pid>/stat`).
-fn cpu_seconds(pid: i32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command (which may contain spaces) in parentheses.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let total = ticks(11).saturating_add(ticks(12));
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        return 0.0;
-    }
-    total as f64 / hz as f64
-}
-
 /// `xl list`'s header.
 pub const LIST_HEADER: &str =
     "Name                                        ID   Mem VCPUs\tState\tTime(s)";
 
-/// One `xl list` row, in xl's format.
+/// One `xl list` row, in xl's format, with the figures `f`
+/// ([`crate::resources::Census::figures`]).
 #[must_use]
-pub fn list_row(d: &DomainInfo) -> String {
+pub fn list_row(d: &DomainInfo, f: &crate::resources::Figures) -> String {
     let name = if d.domid == 0 {
         "Domain-0"
     } else {
         d.name.as_str()
     };
-    let time = d.pid.map_or(0.0, cpu_seconds);
     format!(
         "{:<40} {:>5} {:>5} {:>5}     {:<6} {:>8.1}",
-        name, d.domid, d.memory_mib, d.vcpus, d.flags, time
+        name, d.domid, f.mem_mib, d.vcpus, f.flags, f.time_s
     )
 }
 
@@ -1010,8 +1015,9 @@ fn domain_uuid(xs: Option<&Client>, domid: u16) -> String {
 /// A shim failure or an unknown domain.
 pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), ToolstackError> {
     let control = shim(false)?;
+    let all = control.list_domains().map_err(shim_err("list domains"))?;
     let domains = if which.is_empty() {
-        control.list_domains().map_err(shim_err("list domains"))?
+        all.clone()
     } else {
         which
             .iter()
@@ -1022,10 +1028,12 @@ pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), 
         what: "write the listing".into(),
         source,
     };
+    let census = crate::resources::Census::take();
+    let row = |d: &DomainInfo| list_row(d, &census.figures(d, &all));
     if !verbose {
         writeln!(out, "{LIST_HEADER}").map_err(io)?;
         for d in &domains {
-            writeln!(out, "{}", list_row(d)).map_err(io)?;
+            writeln!(out, "{}", row(d)).map_err(io)?;
         }
         return Ok(());
     }
@@ -1036,7 +1044,7 @@ pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), 
         writeln!(
             out,
             "{} {} {reason}",
-            list_row(d),
+            row(d),
             domain_uuid(xs.as_ref(), d.domid)
         )
         .map_err(io)?;

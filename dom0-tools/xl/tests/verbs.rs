@@ -7,42 +7,19 @@
 //! Needs root (the shim serves only its own uid's peers and guest memory
 //! lives in /dev/shm).
 
+mod common;
+
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{libexec, require_root};
 use xen_shim_dom0::Control;
 use xen_testhost::Dom0;
 use xenstore_client::{Client, Perm, XsOps, PERM_NONE, PERM_READ};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The target profile directory holding `xl`; `xen-pvguest` and `backendd`
-/// are built into it once per test binary.
-fn libexec() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let xl = PathBuf::from(env!("CARGO_BIN_EXE_xl"));
-        let profile = xl.parent().expect("xl in <target>/<profile>");
-        xen_testhost::build_binaries(
-            profile,
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-            &[("xen-pvguest", "xen-pvguest"), ("xen-backendd", "backendd")],
-        )
-        .expect("build xen-pvguest and backendd")
-    })
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(
-        uid, 0,
-        "this test needs root (the shim daemon and guest memory in /dev/shm); run it as root"
-    );
-}
 
 /// The private services and directories of one test (a [`Dom0`]);
 /// everything is stopped and removed on drop, including a `backendd` that

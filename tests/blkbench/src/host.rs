@@ -57,8 +57,10 @@ impl Host {
         limit: Duration,
     ) -> Result<String> {
         let kernel = program.map_or(String::new(), |p| format!("kernel = '{}'\n", p.display()));
+        // vcpus = 2: the guest's cgroup gets both host CPUs, as the fio
+        // reference in Dom0 has (its blkfront threads are the guest's kernel).
         let cfg = format!(
-            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n{kernel}\
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 2\n{kernel}\
              extra = '{extra}'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
             image.display()

@@ -304,7 +304,7 @@ exec python3 -m http.server 80 --bind 10.79.1.3 --directory {}
     host.create_guest(
         &pv,
         &format!(
-            "name = \"{pv}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
+            "name = \"{pv}\"\ntype = 'pv'\nmemory = 128\nvcpus = 2\n\
              extra = '{}'\n\
              vif = [ 'mac=00:16:3e:4e:43:03, bridge={br}, ip=10.79.1.3' ]\n",
             xen_testhost::pv_cmdline(&init)
@@ -406,7 +406,8 @@ fn measure_both(args: &Args, libexec: &Path, reps: usize) -> Result<(Samples, Sa
     sh("chmod", &["0755", init.to_str().context("utf-8")?])?;
     let name = format!("netbench{pid}");
     let cfg = format!(
-        "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\n\
+        // vcpus = 2: the guest's cgroup gets both host CPUs, as the veth reference has.
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 2\n\
          extra = '{}'\n\
          vif = [ 'mac=00:16:3e:4e:42:01, bridge={br}, ip=10.79.0.2' ]\n",
         xen_testhost::pv_cmdline(&init)

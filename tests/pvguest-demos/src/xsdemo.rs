@@ -1,6 +1,6 @@
 //! Xenstore frontends: what a guest does with its store, over the ring,
-//! through the platform trait only (so they run unchanged on the PVHVM
-//! kernel later), reporting on the program's stdout ([`xen_pvguest::line`]).
+//! through the platform trait only (so they could run unchanged on the PVHVM
+//! kernel, which does not run them today), reporting on the program's stdout ([`xen_pvguest::line`]).
 //!
 //! - [`xenstore_demo`]: once the toolstack introduced the domain and
 //!   created its home (`/local/domain/<domid>`), the guest reads and writes

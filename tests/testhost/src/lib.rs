@@ -49,6 +49,10 @@ pub struct Dom0 {
     pub mem_dir: PathBuf,
     /// The directory holding `xl`, `backendd` and the guest binaries.
     pub libexec: PathBuf,
+    /// The cgroup parent of this run's domains (`XL_CGROUP_PARENT`),
+    /// `xen-test-<pid>-<n>` from each hierarchy's root; emptied and removed
+    /// on drop.
+    pub cgroup_parent: String,
     shim: Option<DaemonHandle>,
     xenstored: Option<Xenstored>,
     guests: Vec<String>,
@@ -64,10 +68,12 @@ impl Dom0 {
             .context("create a temp dir")?;
         let mem_dir = PathBuf::from("/dev/shm")
             .join(dir.path().file_name().context("the temp dir has a name")?);
+        sweep_stale_cgroup_parents();
         let mut d = Dom0 {
             dir,
             mem_dir,
             libexec: libexec.to_path_buf(),
+            cgroup_parent: shim::unique_name(CGROUP_PARENT_PREFIX),
             shim: None,
             xenstored: None,
             guests: Vec::new(),
@@ -131,8 +137,20 @@ impl Dom0 {
             .env("XENSTORED_PATH", self.xenstored_socket())
             .env("XEN_SPLIT_RUNDIR", self.rundir())
             .env("XEN_CONSOLE_LOGDIR", self.console_logdir())
-            .env("XL_LIBEXEC_DIR", &self.libexec);
+            .env("XL_LIBEXEC_DIR", &self.libexec)
+            .env("XL_CGROUP_PARENT", &self.cgroup_parent);
         c
+    }
+
+    /// The cgroup of guest `domid` that `xl create` made (`None`: none).
+    pub fn guest_cgroup(&self, domid: u16) -> Result<Option<xen_cgroup::Cgroup>> {
+        let h = xen_cgroup::Hierarchy::detect(&self.cgroup_parent)?;
+        for name in h.groups()? {
+            if name.strip_prefix(&format!("dom{domid}-")).is_some() {
+                return Ok(Some(h.group(&name)?));
+            }
+        }
+        Ok(None)
     }
 
     /// Starts a Dom0 for the PV guest end-to-end tests: checks that the
@@ -314,6 +332,49 @@ impl Drop for Dom0 {
         }
         drop(self.xenstored.take());
         let _ = std::fs::remove_dir_all(&self.mem_dir);
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// The name prefix of the test runs' cgroup parents.
+pub const CGROUP_PARENT_PREFIX: &str = "xen-test";
+
+/// Destroys every group under `parent` and removes it (what `xl destroy`
+/// left, e.g. after a failed test).
+fn remove_cgroup_parent(parent: &str) {
+    let Ok(h) = xen_cgroup::Hierarchy::detect(parent) else {
+        return;
+    };
+    for g in h.groups().unwrap_or_default() {
+        if let Ok(g) = h.group(&g) {
+            if let Err(e) = g.destroy() {
+                eprintln!("testhost: cannot destroy the cgroup {}: {e}", g.name());
+            }
+        }
+    }
+    if let Err(e) = h.remove_parent() {
+        eprintln!("testhost: cannot remove the cgroup parent {parent}: {e}");
+    }
+}
+
+/// Removes the cgroup parents of test runs whose process is gone (a run
+/// killed before its drop), so that nothing of them stays on the host.
+fn sweep_stale_cgroup_parents() {
+    let Ok(root) = xen_cgroup::Hierarchy::detect("") else {
+        return;
+    };
+    for name in root.groups().unwrap_or_default() {
+        let Some(pid) = name
+            .strip_prefix(CGROUP_PARENT_PREFIX)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_cgroup_parent(&name);
+        }
     }
 }
 

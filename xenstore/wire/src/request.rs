@@ -412,6 +412,38 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The node or watch path this request names, as sent (possibly
+    /// relative or special); `None` for requests without one.
+    #[must_use]
+    pub fn path(&self) -> Option<&'a str> {
+        match self {
+            Request::Directory { path }
+            | Request::Read { path }
+            | Request::GetPerms { path }
+            | Request::Watch { path, .. }
+            | Request::Unwatch { path, .. }
+            | Request::Write { path, .. }
+            | Request::Mkdir { path }
+            | Request::Rm { path }
+            | Request::SetPerms { path, .. }
+            | Request::DirectoryPart { path, .. } => Some(path),
+            Request::Control { .. }
+            | Request::TransactionStart
+            | Request::TransactionEnd { .. }
+            | Request::Introduce { .. }
+            | Request::Release { .. }
+            | Request::GetDomainPath { .. }
+            | Request::IsDomainIntroduced { .. }
+            | Request::Resume { .. }
+            | Request::SetTarget { .. }
+            | Request::ResetWatches
+            | Request::GetFeature { .. }
+            | Request::SetFeature { .. }
+            | Request::GetQuota { .. }
+            | Request::SetQuota { .. } => None,
+        }
+    }
+
     /// Appends the whole packet (header and payload) to `out`; fails (and
     /// leaves `out` as it was) if the payload exceeds
     /// [`crate::XENSTORE_PAYLOAD_MAX`].
@@ -686,6 +718,18 @@ mod tests {
         assert!(e.is_err());
         let e = Request::parse(&hdr(MsgType::Release, 7), b"70000\0").unwrap_err();
         assert_eq!(e, RequestError::BadNumber(MsgType::Release));
+    }
+
+    #[test]
+    fn test_request_path_names_path_argument_only() {
+        let r = Request::parse(&hdr(MsgType::Watch, 5), b"a/b\0t\0").unwrap();
+        assert_eq!(r.path(), Some("a/b"));
+        let r = Request::parse(&hdr(MsgType::Write, 5), b"/x\0/v\0").unwrap();
+        assert_eq!(r.path(), Some("/x"));
+        let r = Request::parse(&hdr(MsgType::DirectoryPart, 5), &[b'/', b'd', 0, b'0', 0]).unwrap();
+        assert_eq!(r.path(), Some("/d"));
+        assert_eq!(Request::Release { domid: 3 }.path(), None);
+        assert_eq!(Request::TransactionStart.path(), None);
     }
 
     #[test]

@@ -6,18 +6,20 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use xenstore_wire::{
-    path, DomId, Header, MsgType, PacketWriter, PermList, Request, XsError, DOMID_SELF,
-    XENSTORE_PAYLOAD_MAX, XENSTORE_SERVER_FEATURE_WATCHDEPTH,
+    path, DomId, Header, MsgType, PacketWriter, PermList, Request, XsError, XENSTORE_PAYLOAD_MAX,
+    XENSTORE_SERVER_FEATURE_WATCHDEPTH,
 };
 
 use crate::domain::{Domain, Domains, IntroduceCheck};
-use crate::ops::{self, Caller, Event};
+use crate::ops::{Caller, Event};
 use crate::persist::{Encoder, Record};
 use crate::quota::{self, Quotas};
 use crate::store::{Journaled, Node, Nodes, Tree};
 use crate::txn::{Transaction, TxView};
-use crate::watch::{ConnId, Watch, WatchId, Watches};
+use crate::watch::{ConnId, WatchId, Watches};
 use xen_diag::LogLimiter as RateLimit;
+
+mod table;
 
 /// `server_features` this daemon supports.
 pub const SERVER_FEATURES: u32 = xen_abi::io::xs_wire::XENSTORE_SERVER_FEATURE_RECONNECTION
@@ -247,40 +249,6 @@ impl Default for Core {
     }
 }
 
-fn is_mutating(t: MsgType) -> bool {
-    matches!(
-        t,
-        MsgType::Write
-            | MsgType::Mkdir
-            | MsgType::Rm
-            | MsgType::SetPerms
-            | MsgType::TransactionEnd
-            | MsgType::Introduce
-            | MsgType::Release
-            | MsgType::Resume
-            | MsgType::SetTarget
-            | MsgType::SetFeature
-            | MsgType::SetQuota
-            | MsgType::Control
-    )
-}
-
-fn is_privileged_only(t: MsgType) -> bool {
-    matches!(
-        t,
-        MsgType::Control
-            | MsgType::Introduce
-            | MsgType::Release
-            | MsgType::IsDomainIntroduced
-            | MsgType::Resume
-            | MsgType::SetTarget
-            | MsgType::GetFeature
-            | MsgType::SetFeature
-            | MsgType::GetQuota
-            | MsgType::SetQuota
-    )
-}
-
 /// Either the tree (journaled) or a transaction's view.
 enum View<'a> {
     Base(Journaled<'a, Encoder>),
@@ -492,6 +460,9 @@ impl Core {
         self.mark_dirty(id);
     }
 
+    /// Xen's `process_message`: the payload quota, the row of [`table::OPS`] for
+    /// the type (`ENOSYS` without one), parsing, the row's checks, then
+    /// its handler.
     fn dispatch(&mut self, id: ConnId, hdr: &Header, payload: &[u8]) -> Result<(), XsError> {
         let c = self.conns[id].as_ref().ok_or(XsError::Eio)?;
         let caller = c.caller.clone();
@@ -500,321 +471,32 @@ impl Core {
         {
             return Err(XsError::E2big);
         }
+        let (op, handler) = table::lookup(hdr.ty).ok_or(XsError::Enosys)?;
         let req = Request::parse(hdr, payload).map_err(|e| e.xs_error())?;
-        let ty = req.msg_type();
         if self.trace_requests {
-            tracing::info!(conn = id, domid = caller.domid, "request {}", ty.name());
+            tracing::info!(conn = id, domid = caller.domid, "request {}", op.name);
         }
-        if is_privileged_only(ty) && !caller.privileged {
+        if op.has(table::PRIV) && !caller.privileged {
             return Err(XsError::Eacces);
         }
-        if matches!(c.kind, ConnKind::Socket { read_only: true }) && is_mutating(ty) {
+        if op.has(table::MUTATES) && matches!(c.kind, ConnKind::Socket { read_only: true }) {
             return Err(XsError::Erofs);
         }
-        // Transaction lookup (WATCH and UNWATCH ignore tx_id).
-        let tx_id = match ty {
-            MsgType::Watch | MsgType::Unwatch => 0,
-            MsgType::TransactionStart => {
-                if hdr.tx_id != 0 {
-                    return Err(XsError::Ebusy);
-                }
-                0
-            }
-            _ => hdr.tx_id,
-        };
+        let tx_id = op.tx_id(hdr.tx_id)?;
         if tx_id != 0 && !c.txs.contains_key(&tx_id) {
             return Err(XsError::Enoent);
         }
-        match req {
-            Request::Read { path } => {
-                self.canonical(id, path, false)?;
-                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
-                    let n = ops::read(v, caller, p)?;
-                    reply(out, hdr, MsgType::Read, &[&n.value]);
-                    Ok(None)
-                })
-            }
-            Request::Directory { path } => {
-                self.canonical(id, path, false)?;
-                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
-                    let n = ops::read(v, caller, p)?;
-                    let mut w = PacketWriter::begin(
-                        &mut out.buf,
-                        MsgType::Directory,
-                        hdr.req_id,
-                        hdr.tx_id,
-                    );
-                    for ch in &n.children {
-                        w.push_str0(ch.as_bytes());
-                    }
-                    if w.finish().is_err() {
-                        PacketWriter::error(&mut out.buf, hdr.req_id, hdr.tx_id, XsError::E2big);
-                    }
-                    out.mark(false);
-                    Ok(None)
-                })
-            }
-            Request::DirectoryPart { path, offset } => {
-                self.canonical(id, path, false)?;
-                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
-                    let n = ops::read(v, caller, p)?;
-                    let mut buf = Vec::new();
-                    ops::directory_part(n, offset as usize, &mut buf);
-                    reply(out, hdr, MsgType::DirectoryPart, &[&buf]);
-                    Ok(None)
-                })
-            }
-            Request::GetPerms { path } => {
-                self.canonical(id, path, true)?;
-                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
-                    let n = ops::read(v, caller, p)?;
-                    let w = n.perms.to_wire();
-                    reply(out, hdr, MsgType::GetPerms, &[&w]);
-                    Ok(None)
-                })
-            }
-            Request::Write { path, value } => {
-                self.canonical(id, path, false)?;
-                // Outside a transaction with no watch set no event can
-                // fire (events fire before the next request): build none.
-                let want_events = tx_id != 0 || !self.watches.is_empty();
-                self.node_op(id, tx_id, hdr, |v, caller, q, p, out| {
-                    if !want_events {
-                        ops::write(v, caller, q, p, value, None)?;
-                        reply(out, hdr, MsgType::Write, &[xenstore_wire::OK]);
-                        return Ok(None);
-                    }
-                    let mut ev = Vec::with_capacity(1);
-                    ops::write(v, caller, q, p, value, Some(&mut ev))?;
-                    reply(out, hdr, MsgType::Write, &[xenstore_wire::OK]);
-                    Ok(Some(ev))
-                })
-            }
-            Request::Mkdir { path } => {
-                self.canonical(id, path, false)?;
-                self.node_op(id, tx_id, hdr, |v, caller, q, p, out| {
-                    let mut ev = Vec::new();
-                    ops::mkdir(v, caller, q, p, &mut ev)?;
-                    reply(out, hdr, MsgType::Mkdir, &[xenstore_wire::OK]);
-                    Ok(Some(ev))
-                })
-            }
-            Request::Rm { path } => {
-                self.canonical(id, path, false)?;
-                self.node_op(id, tx_id, hdr, |v, caller, _q, p, out| {
-                    let mut ev = Vec::new();
-                    ops::rm(v, caller, p, &mut ev)?;
-                    reply(out, hdr, MsgType::Rm, &[xenstore_wire::OK]);
-                    Ok(Some(ev))
-                })
-            }
-            Request::SetPerms { path, perms } => {
-                self.canonical(id, path, true)?;
-                self.node_op(id, tx_id, hdr, move |v, caller, q, p, out| {
-                    let mut ev = Vec::new();
-                    ops::set_perms(v, caller, q, p, perms, &mut ev)?;
-                    reply(out, hdr, MsgType::SetPerms, &[xenstore_wire::OK]);
-                    Ok(Some(ev))
-                })
-            }
-            Request::Watch { path, token, depth } => self.do_watch(id, hdr, path, token, depth),
-            Request::Unwatch { path, token } => {
-                self.canonical(id, path, true)?;
-                let wid = self
-                    .watches
-                    .find(id, &self.canon, token)
-                    .ok_or(XsError::Enoent)?;
-                self.watches.remove(wid);
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                c.watches.retain(|w| *w != wid);
-                reply(&mut c.out, hdr, MsgType::Unwatch, &[xenstore_wire::OK]);
-                Ok(())
-            }
-            Request::ResetWatches => {
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                for w in c.watches.drain(..) {
-                    self.watches.remove(w);
-                }
-                c.txs.clear();
-                reply(&mut c.out, hdr, MsgType::ResetWatches, &[xenstore_wire::OK]);
-                Ok(())
-            }
-            Request::TransactionStart => {
-                let max = self.quotas.get(caller.domid, quota::TRANSACTIONS) as usize;
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                if !caller.privileged && c.txs.len() >= max {
-                    return Err(XsError::Enospc);
-                }
-                let mut tid = c.next_tx;
-                let mut tries = 0u32;
-                while tid == 0 || c.txs.contains_key(&tid) {
-                    tid = tid.wrapping_add(1);
-                    tries += 1;
-                    if tries > 1_000_000 {
-                        return Err(XsError::Enospc);
-                    }
-                }
-                c.next_tx = tid.wrapping_add(1);
-                c.txs.insert(tid, Transaction::new(tid));
-                let s = format!("{tid}\0");
-                reply(&mut c.out, hdr, MsgType::TransactionStart, &[s.as_bytes()]);
-                Ok(())
-            }
-            Request::TransactionEnd { commit } => {
-                if tx_id == 0 {
-                    return Err(XsError::Enoent);
-                }
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                let tx = c.txs.remove(&tx_id).ok_or(XsError::Enoent)?;
-                if commit {
-                    let events = tx.commit(&mut self.tree, &mut self.journal)?;
-                    self.fire(events);
-                }
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                reply(
-                    &mut c.out,
-                    hdr,
-                    MsgType::TransactionEnd,
-                    &[xenstore_wire::OK],
-                );
-                Ok(())
-            }
-            Request::GetDomainPath { domid } => {
-                let p = path::domain_path(domid);
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                reply(
-                    &mut c.out,
-                    hdr,
-                    MsgType::GetDomainPath,
-                    &[p.as_bytes(), b"\0"],
-                );
-                Ok(())
-            }
-            Request::IsDomainIntroduced { domid } => {
-                let yes = domid == DOMID_SELF || self.domains.is_introduced(domid);
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                reply(
-                    &mut c.out,
-                    hdr,
-                    MsgType::IsDomainIntroduced,
-                    &[if yes { b"T\0" } else { b"F\0" }],
-                );
-                Ok(())
-            }
-            Request::Introduce { domid, mfn, port } => {
-                self.introduce(domid, mfn, port)?;
-                self.ack(id, hdr, MsgType::Introduce)
-            }
-            Request::Release { domid } => {
-                self.release(domid)?;
-                self.ack(id, hdr, MsgType::Release)
-            }
-            Request::Resume { domid } => {
-                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
-                d.shutdown = false;
-                self.ack(id, hdr, MsgType::Resume)
-            }
-            Request::SetTarget { domid, target } => {
-                if !self.domains.is_introduced(target) {
-                    return Err(XsError::Enoent);
-                }
-                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
-                d.target = Some(target);
-                let conn = d.conn;
-                let rec = d.clone();
-                self.journal.domain(&rec);
-                if let Some(cid) = conn {
-                    if let Some(c) = self.conns.get_mut(cid).and_then(Option::as_mut) {
-                        c.caller.target = Some(target);
-                    }
-                }
-                self.ack(id, hdr, MsgType::SetTarget)
-            }
-            Request::GetFeature { domid } => {
-                let f = match domid {
-                    None => SERVER_FEATURES,
-                    Some(d) => self.domains.get(d).ok_or(XsError::Enoent)?.features,
-                };
-                let s = format!("{f}\0");
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                reply(&mut c.out, hdr, MsgType::GetFeature, &[s.as_bytes()]);
-                Ok(())
-            }
-            Request::SetFeature { domid, features } => {
-                if features & !SERVER_FEATURES != 0 {
-                    return Err(XsError::Einval);
-                }
-                let d = self.domains.get_mut(domid).ok_or(XsError::Enoent)?;
-                d.features = features;
-                let rec = d.clone();
-                self.journal.domain(&rec);
-                self.actions
-                    .push(DomainAction::Features { domid, features });
-                self.ack(id, hdr, MsgType::SetFeature)
-            }
-            Request::GetQuota { domid, quota: name } => {
-                let mut s = Vec::new();
-                match (domid, name) {
-                    (_, None) => {
-                        for n in quota::NAMES {
-                            s.extend_from_slice(n.as_bytes());
-                            s.push(0);
-                        }
-                    }
-                    (d, Some(name)) => {
-                        let q = quota::by_name(name).map_err(|_| XsError::Einval)?;
-                        let v = match d {
-                            None => self.quotas.global(q),
-                            Some(d) => {
-                                if !self.domains.is_introduced(d) {
-                                    return Err(XsError::Enoent);
-                                }
-                                self.quotas.get(d, q)
-                            }
-                        };
-                        s.extend_from_slice(v.to_string().as_bytes());
-                        s.push(0);
-                    }
-                }
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                reply(&mut c.out, hdr, MsgType::GetQuota, &[&s]);
-                Ok(())
-            }
-            Request::SetQuota {
-                domid,
-                quota: name,
-                value,
-            } => {
-                let q = quota::by_name(name).map_err(|_| XsError::Einval)?;
-                match domid {
-                    None => self.quotas.set_global(q, value),
-                    Some(d) => {
-                        if !self.domains.is_introduced(d) {
-                            return Err(XsError::Enoent);
-                        }
-                        self.quotas.set_domain(d, q, Some(value))
-                    }
-                }
-                .map_err(|_| XsError::Einval)?;
-                self.journal.record(&Record::Quota {
-                    domid,
-                    name: name.to_owned(),
-                    value: Some(value),
-                });
-                self.ack(id, hdr, MsgType::SetQuota)
-            }
-            Request::Control { args } => {
-                let r = crate::control::control(self, args)?;
-                let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-                match r {
-                    None => reply(&mut c.out, hdr, MsgType::Control, &[xenstore_wire::OK]),
-                    Some(text) => {
-                        reply(&mut c.out, hdr, MsgType::Control, &[text.as_bytes(), b"\0"])
-                    }
-                }
-                Ok(())
-            }
+        if op.has(table::PATH) {
+            let p = req.path().ok_or(XsError::Einval)?;
+            self.canonical(id, p, op.has(table::SPECIAL))?;
         }
+        let cx = table::Ctx {
+            id,
+            hdr,
+            tx_id,
+            caller,
+        };
+        handler(self, &cx, req)
     }
 
     fn ack(&mut self, id: ConnId, hdr: &Header, ty: MsgType) -> Result<(), XsError> {
@@ -825,7 +507,7 @@ impl Core {
 
     /// Runs a node operation on the tree or in transaction `tx_id`; the
     /// operation returns its watch events (fired now, or at commit).
-    fn node_op<F>(&mut self, id: ConnId, tx_id: u32, _hdr: &Header, f: F) -> Result<(), XsError>
+    fn node_op<F>(&mut self, id: ConnId, tx_id: u32, f: F) -> Result<(), XsError>
     where
         F: FnOnce(
             &mut View<'_>,
@@ -879,48 +561,6 @@ impl Core {
             return Err(XsError::Enospc);
         }
         r.map(|_| ())
-    }
-
-    fn do_watch(
-        &mut self,
-        id: ConnId,
-        hdr: &Header,
-        p: &str,
-        token: &[u8],
-        depth: Option<u32>,
-    ) -> Result<(), XsError> {
-        let relative = path::is_relative(p);
-        self.canonical(id, p, true)?;
-        if self.watches.find(id, &self.canon, token).is_some() {
-            return Err(XsError::Eexist);
-        }
-        let c = self.conns[id].as_ref().ok_or(XsError::Eio)?;
-        if !c.caller.privileged
-            && c.watches.len() >= self.quotas.get(c.caller.domid, quota::WATCHES) as usize
-        {
-            return Err(XsError::E2big);
-        }
-        let w = Watch {
-            conn: id,
-            path: self.canon.clone(),
-            token: token.to_vec(),
-            prefix_len: if relative { c.home.len() + 1 } else { 0 },
-            depth,
-        };
-        let ev_path = w.event_path(&w.path).to_owned();
-        let wid = self.watches.add(w);
-        let c = self.conns[id].as_mut().ok_or(XsError::Eio)?;
-        c.watches.push(wid);
-        reply(&mut c.out, hdr, MsgType::Watch, &[xenstore_wire::OK]);
-        // Fires once when set.
-        Self::queue_event(
-            &mut c.out,
-            &ev_path,
-            token,
-            &mut c.dropped_events,
-            usize::MAX,
-        );
-        Ok(())
     }
 
     fn queue_event(

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::Daemon;
-use xenstore_wire::{Request, XsError};
+use xenstore_wire::{PermList, Request, XsError};
 
 const SHORT: Duration = Duration::from_millis(200);
 
@@ -430,6 +430,62 @@ fn test_read_only_socket_rejects_changes_with_erofs() {
     let mut ro = common::Client::socket(&xenstored::server::read_only_path(&d.socket));
     assert_eq!(ro.read("/ro").unwrap(), b"1");
     assert_eq!(ro.write("/ro", "2"), Err(XsError::Erofs));
+}
+
+#[test]
+fn test_read_only_socket_erofs_for_each_changing_type_before_tx_rules() {
+    let d = Daemon::start();
+    let mut ro = common::Client::socket(&xenstored::server::read_only_path(&d.socket));
+    let changing = [
+        Request::Write {
+            path: "/x",
+            value: b"1",
+        },
+        Request::Mkdir { path: "/x" },
+        Request::Rm { path: "/x" },
+        Request::SetPerms {
+            path: "/x",
+            perms: PermList::owner(0, 0),
+        },
+        // Outside a transaction: EROFS comes before the tx rule's ENOENT.
+        Request::TransactionEnd { commit: true },
+        Request::Introduce {
+            domid: 9,
+            mfn: 1,
+            port: 1,
+        },
+        Request::Release { domid: 9 },
+        Request::Resume { domid: 9 },
+        Request::SetTarget {
+            domid: 9,
+            target: 8,
+        },
+        Request::SetFeature {
+            domid: 9,
+            features: 1,
+        },
+        Request::SetQuota {
+            domid: None,
+            quota: "nodes",
+            value: 5,
+        },
+        Request::Control { args: b"log\0on\0" },
+    ];
+    for r in &changing {
+        assert_eq!(ro.call(r, 0), Err(XsError::Erofs), "{r:?}");
+    }
+    assert_eq!(
+        ro.call(&Request::GetDomainPath { domid: 3 }, 0).unwrap(),
+        b"/local/domain/3\0"
+    );
+    // WATCH ignores the transaction id, even an unknown one.
+    let watch = Request::Watch {
+        path: "/x",
+        token: b"t",
+        depth: None,
+    };
+    assert_eq!(ro.call(&watch, 99).unwrap(), b"OK\0");
+    assert_eq!(ro.read_tx(99, "/x"), Err(XsError::Enoent));
 }
 
 #[test]

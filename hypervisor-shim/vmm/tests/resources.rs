@@ -1,0 +1,73 @@
+//! A PVHVM domain's VMM runs in the domain's cgroup (`xl create`): memory
+//! limited to `maxmem` plus the VMM's allowance, a CPU quota of `vcpus`
+//! CPUs, its guest RAM (the domain's shared-memory file) charged to that
+//! group as the VMM touches it; `xl destroy` removes the group. Needs root
+//! and `/dev/kvm`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ok, Host};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn test_pvhvm_vmm_runs_in_its_domains_cgroup_with_its_limits() {
+    let mut h = Host::start("pvhvm-cg-");
+    let img = h.image("cg.img", 64);
+    let cfg = h.config_vcpus(
+        "pvh-cg",
+        "blkload pattern=randread bs=4096 qd=8 secs=600",
+        &[format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            img.display()
+        )],
+        2,
+    );
+    ok("xl create", &h.create("pvh-cg", &cfg));
+    h.wait_log("pvh-cg", "Connected in", T);
+    let row = h.list_row("pvh-cg").expect("listed");
+    let domid: u16 = row
+        .split_whitespace()
+        .nth(1)
+        .and_then(|d| d.parse().ok())
+        .expect("a domid column");
+    let g = h
+        .guest_cgroup(domid)
+        .expect("read the cgroups")
+        .expect("the domain has a cgroup");
+    let vmm = xen_shim_dom0::Control::connect(&h.shim_socket())
+        .and_then(|c| c.domain_info(domid))
+        .expect("domain info")
+        .pid
+        .expect("the VMM attached");
+    assert!(
+        g.procs().expect("procs").contains(&vmm),
+        "VMM not in {}",
+        g.name()
+    );
+    assert_eq!(g.memory_limit().expect("limit"), Some((64 + 64) << 20));
+    assert_eq!(
+        g.cpu_quota().expect("quota").map(|q| q.as_millicpus()),
+        Some(2000)
+    );
+    let usage = g.memory_usage().expect("usage");
+    let shmem = g
+        .dirs()
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("memory.stat")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("shmem ").and_then(|v| v.parse::<u64>().ok()))
+        });
+    eprintln!(
+        "PVHVM guest (memory = 64): its group holds {} KiB, shmem (guest RAM touched by the VMM) {:?} KiB",
+        usage >> 10,
+        shmem.map(|s| s >> 10)
+    );
+    // Guest RAM the VMM touched is charged here, not to Dom0's services.
+    assert!(usage >= 1 << 20, "only {usage} bytes charged");
+    ok("xl destroy", &h.xl(&["destroy", "pvh-cg"]));
+    assert!(!g.exists(), "the group outlived xl destroy");
+}
