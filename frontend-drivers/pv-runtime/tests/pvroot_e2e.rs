@@ -125,6 +125,12 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
             .any(|l| l.split_whitespace().next() == Some("1")),
         "PID 1 is listed: {ps}"
     );
+    // Every guest process is in the domain's cgroup (xl's, `xen/dom<id>-<name>`).
+    let cg = term.run("cat /proc/self/cgroup")?;
+    assert!(
+        cg.lines().any(|l| l.contains("memory") && l.contains(&format!("-{name}"))),
+        "the shell is in the domain's memory group: {cg}"
+    );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
     assert!(root.contains("root-is-the-disk"), "{root}");
     assert!(root.contains("ext2/ext3"), "/ is ext4: {root}");
