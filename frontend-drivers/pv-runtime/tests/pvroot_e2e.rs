@@ -128,7 +128,8 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
     // Every guest process is in the domain's cgroup (xl's, `xen/dom<id>-<name>`).
     let cg = term.run("cat /proc/self/cgroup")?;
     assert!(
-        cg.lines().any(|l| l.contains("memory") && l.contains(&format!("-{name}"))),
+        cg.lines()
+            .any(|l| l.contains("memory") && l.contains(&format!("-{name}"))),
         "the shell is in the domain's memory group: {cg}"
     );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
