@@ -18,6 +18,8 @@ packages=(
   curl               # a 1 GiB HTTP download over the PV NIC (frontend-drivers/pv-runtime); the PVHVM guest's HTTP responder (hypervisor-shim/vmm, tests/netbench)
   fio                # verified random I/O on the PV disk's block file (frontend-drivers/pv-runtime); blkbench's reference (tests/blkbench)
   qemu-utils         # qemu-img, qemu-io, qemu-nbd: qcow2 images and NBD exports for blkback's engines (backend-drivers/blkback) and the qcow2/NBD e2e tests (frontend-drivers/pv-runtime)
+  busybox-static     # the root file system of examples/mkroot.sh (the PV root guest of examples/pv-root.cfg, the demo and frontend-drivers/pv-runtime's pvroot_e2e)
+  cpio               # the ramdisk (newc archive) of examples/mkroot.sh; the initramfs reader's tests (frontend-drivers/pv-runtime)
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
 )
 

@@ -692,6 +692,8 @@ pub struct XlConfig {
     pub kernel: Option<String>,
     /// The kernel command line: `cmdline`, else `root=<root> <extra>`.
     pub cmdline: Option<String>,
+    /// `ramdisk`: the guest's initramfs (a newc cpio archive).
+    pub ramdisk: Option<String>,
     /// `on_poweroff` (default destroy).
     pub on_poweroff: Action,
     /// `on_reboot` (default restart).
@@ -722,6 +724,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "extra",
     "root",
     "cmdline",
+    "ramdisk",
     "on_poweroff",
     "on_reboot",
     "on_crash",
@@ -936,6 +939,7 @@ impl XlConfig {
                 (Some(r), Some(e)) => Some(format!("root={r} {e}")),
             },
         };
+        let ramdisk = k.string("ramdisk")?.map(|(s, _)| s);
         let on_poweroff = k.action("on_poweroff", Action::Destroy)?;
         let on_reboot = k.action("on_reboot", Action::Restart)?;
         let on_crash = k.action("on_crash", Action::Destroy)?;
@@ -966,6 +970,7 @@ impl XlConfig {
             guest_type,
             kernel,
             cmdline,
+            ramdisk,
             on_poweroff,
             on_reboot,
             on_crash,
@@ -1141,6 +1146,7 @@ vcpus = 2
 kernel = \"/boot/vmlinuz\"
 extra = \"console=hvc0\"
 root = '/dev/xvda1'
+ramdisk = \"/boot/initrd.cpio\"
 on_crash = 'preserve'
 on_poweroff = \"destroy\"
 on_reboot = 'restart'
@@ -1156,6 +1162,7 @@ builder = 'generic'
         assert_eq!((c.memory_mib, c.maxmem_mib, c.vcpus), (256, 512, 2));
         assert_eq!(c.kernel.as_deref(), Some("/boot/vmlinuz"));
         assert_eq!(c.cmdline.as_deref(), Some("root=/dev/xvda1 console=hvc0"));
+        assert_eq!(c.ramdisk.as_deref(), Some("/boot/initrd.cpio"));
         assert_eq!(c.on_crash, Action::Preserve);
         assert_eq!(c.on_reboot, Action::Restart);
         assert_eq!(c.disks.len(), 2);
@@ -1164,7 +1171,7 @@ builder = 'generic'
         assert_eq!(c.disks[1].access, Access::ReadOnly);
         assert_eq!(c.disks[1].format, DiskFormat::Raw);
         assert_eq!(c.vifs[0].bridge.as_deref(), Some("xenbr0"));
-        assert_eq!(c.ignored, vec![("builder".to_owned(), 17)]);
+        assert_eq!(c.ignored, vec![("builder".to_owned(), 18)]);
     }
 
     #[test]

@@ -477,8 +477,9 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
     for d in &cfg.disks {
         targets.push(disk_target(d, &cfg_dir)?);
     }
-    // A PV guest's "kernel" is the PV guest runtime (or the program named by
-    // `kernel=`), started with the command line as its arguments; a PVH/HVM
+    // A PV guest's "kernel" is the PV guest runtime, which reads the command
+    // line from start_info as a kernel does (or the program named by
+    // `kernel=`, started with the command line as its arguments); a PVH/HVM
     // guest is a KVM virtual machine: `xen-vmm` boots `kernel=` (relative
     // to the configuration's directory), whose command line goes to
     // `start_info.cmd_line` only.
@@ -529,13 +530,36 @@ fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolsta
         }
         (daemons::sibling("xen-vmm")?, args)
     } else {
-        let r = match &cfg.kernel {
-            Some(k) => PathBuf::from(k),
-            None => daemons::sibling("xen-pvguest")?,
-        };
         // The runtime's stdio is its PV console (hvc0), served by consback.
         let mut args: Vec<std::ffi::OsString> = vec!["--console".into(), "hvc0".into()];
-        args.extend(cmdline.split_whitespace().map(Into::into));
+        let r = match &cfg.kernel {
+            // Another guest program on the runtime's library (blkbench's
+            // load generator): the command line's words are its options.
+            Some(k) => {
+                args.extend(cmdline.split_whitespace().map(Into::into));
+                PathBuf::from(k)
+            }
+            // The runtime reads the command line from start_info, as a
+            // kernel; the ramdisk is handed over by path (Xen's builder
+            // loads it into the guest's memory).
+            None => {
+                if let Some(rd) = &cfg.ramdisk {
+                    let p = Path::new(rd);
+                    let p = if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        cfg_dir.join(p)
+                    };
+                    let p = std::fs::canonicalize(&p).map_err(|source| ToolstackError::Io {
+                        what: format!("open the ramdisk {}", p.display()),
+                        source,
+                    })?;
+                    args.push("--ramdisk".into());
+                    args.push(p.into_os_string());
+                }
+                daemons::sibling("xen-pvguest")?
+            }
+        };
         (r, args)
     };
     let control = shim(start_daemons)?;

@@ -106,6 +106,8 @@ pub enum Then {
     PowerOff,
     /// Keep running until the toolstack shuts the domain down.
     Stay,
+    /// Shut down with this reason, unless the toolstack asked for one.
+    Shutdown(ShutdownReason),
 }
 
 /// Whether the guest follows Xen's PV shutdown protocol (advertises
@@ -245,6 +247,7 @@ where
             ctl.requested().unwrap_or(ShutdownReason::Poweroff),
             ExitCode::SUCCESS,
         ),
+        Ok(Then::Shutdown(r)) => (ctl.requested().unwrap_or(r), ExitCode::SUCCESS),
     };
     // Not joined: without a xenstored the watcher may sit in a request
     // until the client's timeout; the process ends after the shutdown.

@@ -126,14 +126,25 @@ fn kill_group(pgid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
 }
 
-/// Runs the guest's init `prog args` in its own process group until it
-/// exits; once `ctl` has a request, the group gets `SIGTERM`, and
-/// `SIGKILL` after [`GRACE`].
+/// Runs the guest's init `prog args` (with the `KEY=value` strings `env`
+/// added to its environment) in its own process group until it exits;
+/// once `ctl` has a request, the group gets `SIGTERM`, and `SIGKILL`
+/// after [`GRACE`].
 ///
 /// # Errors
 /// The init cannot be started or waited for.
-pub fn run_init(prog: &str, args: &[String], ctl: &ShutdownControl) -> io::Result<ExitStatus> {
-    let mut child = Command::new(prog).args(args).process_group(0).spawn()?;
+pub fn run_init(
+    prog: &str,
+    args: &[String],
+    env: &[String],
+    ctl: &ShutdownControl,
+) -> io::Result<ExitStatus> {
+    let env = env.iter().filter_map(|e| e.split_once('='));
+    let mut child = Command::new(prog)
+        .args(args)
+        .envs(env)
+        .process_group(0)
+        .spawn()?;
     let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let mut termed: Option<Instant> = None;
     loop {
@@ -185,7 +196,8 @@ mod tests {
                 ctl.request(ShutdownReason::Reboot);
             });
             // The shell's child (sleep) is in the group too.
-            let st = run_init("sh", &["-c".into(), "sleep 30; true".into()], &ctl).expect("run sh");
+            let st =
+                run_init("sh", &["-c".into(), "sleep 30; true".into()], &[], &ctl).expect("run sh");
             assert!(!st.success(), "{st}");
         });
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -195,7 +207,7 @@ mod tests {
     #[test]
     fn test_run_init_without_request_returns_its_status() {
         let ctl = ShutdownControl::new();
-        let st = run_init("sh", &["-c".into(), "exit 3".into()], &ctl).expect("run sh");
+        let st = run_init("sh", &["-c".into(), "exit 3".into()], &[], &ctl).expect("run sh");
         assert_eq!(st.code(), Some(3));
         assert_eq!(ctl.requested(), None);
     }

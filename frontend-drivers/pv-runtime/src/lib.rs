@@ -28,7 +28,11 @@
 //! - [`boot`]: a guest program's life around its body (attach, console,
 //!   `pvguest ready`, PV shutdown protocol, `SCHEDOP_shutdown`), shared by
 //!   every guest program on this library; [`line`]: their report lines;
-//! - [`cli`]: the `xen-pvguest` binary (devices + `--init`, or idle).
+//! - [`cli`]: the `xen-pvguest` binary: its kernel command line
+//!   ([`cmdline`], Linux's rules) boots the guest machine ([`machine`]:
+//!   root from a PV disk or a ramdisk, [`initramfs`]; init as PID 1 in its
+//!   own namespaces), or an init program of the host's file system, or
+//!   idles.
 //!
 //! Platform:
 //! - [`events`]: the dispatcher (epoll over the ports' eventfds → Xen's
@@ -53,12 +57,15 @@
 pub mod blockfile;
 pub mod boot;
 pub mod cli;
+pub mod cmdline;
 pub mod console;
 pub mod control;
 mod error;
 pub mod events;
 pub mod grefalloc;
+pub mod initramfs;
 pub mod line;
+pub mod machine;
 /// The guest-page allocator (shared with the PVHVM kernel).
 pub use xen_front_platform::pagealloc;
 pub mod platform;

@@ -1,9 +1,12 @@
-//! The guest's PV disks for ordinary programs: connect every
+//! The guest's devices for ordinary programs: connect every
 //! `device/vbd/<devid>` (blkfront through the xenbus handshake), expose
 //! each as the block file `/dev/<vdev>` (FUSE, [`crate::blockfile`]) in a
-//! private mount namespace with its own `/dev`, and run the guest's init
-//! program there. When init exits the files are unmounted and the disks
-//! flushed.
+//! private mount namespace with its own `/dev`, bring every `device/vif`
+//! up ([`crate::pvnet`]), and run what the command line asks ([`Boot`]):
+//! the guest machine ([`crate::machine`]: its root from a disk or a
+//! ramdisk, init as PID 1 in its own namespaces) or an init program on the
+//! host's file system (the tests' and demos' scripts). When init exits the
+//! files are unmounted and the disks flushed.
 //!
 //! Limits: the devices share the platform's one xenstore watch queue;
 //! during I/O each device's waiter takes the watch events it finds and
@@ -65,6 +68,25 @@ pub enum PvdiskError {
     /// A disk's file server failed or did not stop.
     #[error("the file server of /dev/{0} failed")]
     Server(String),
+    /// The guest machine did not boot (as Linux's panic before init).
+    #[error("the guest machine did not boot")]
+    Machine(#[from] crate::machine::MachineError),
+}
+
+/// What runs once the devices are up.
+#[derive(Debug)]
+pub enum Boot {
+    /// An init program on the host's file system (no `root=`, no ramdisk):
+    /// program, arguments and extra environment; the domain powers off
+    /// when it succeeds and crashes when it fails.
+    Host {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// `KEY=value` strings added to the runtime's environment.
+        env: Vec<String>,
+    },
+    /// The guest machine ([`crate::machine`]); its `disks` are filled in.
+    Machine(Box<crate::machine::MachineSpec>),
 }
 
 /// The device ids under `device/vbd`, sorted.
@@ -102,15 +124,16 @@ fn abort_fuse(path: &Path, st_dev: Option<u64>) {
 }
 
 /// Connects the guest's disks, exposes them as `/dev/<vdev>` in a private
-/// mount namespace and runs `init` (program and arguments) there; see the
-/// [module docs](self). Writes `pvdisk ...` lines to `out`.
+/// mount namespace and runs `boot` there; see the [module docs](self).
+/// Returns the shutdown reason the guest machine ended with (`None`: as
+/// the toolstack asked, or poweroff). Writes `pvdisk ...` lines to `out`.
 pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     p: &P,
-    init: &[String],
+    boot: Boot,
     timeout: Duration,
     ctl: &crate::control::ShutdownControl,
     out: &mut dyn Write,
-) -> Result<(), PvdiskError> {
+) -> Result<Option<xen_shim_proto::protocol::ShutdownReason>, PvdiskError> {
     let ids = list_vbds(p)?;
     let mut disks = Vec::new();
     for &devid in &ids {
@@ -139,6 +162,14 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     } else {
         crate::pvnet::bring_up(p, timeout, out)?
     };
+    let mut boot = boot;
+    if let Boot::Machine(spec) = &mut boot {
+        spec.disks = disks.iter().map(|(n, _)| n.clone()).collect();
+        // The guest's network is its own, NICs or not.
+        if nics.is_empty() {
+            crate::pvnet::private_net_namespace()?;
+        }
+    }
     let net_stop = std::sync::atomic::AtomicBool::new(false);
     blockfile::private_mount_namespace()?;
     blockfile::private_dev()?;
@@ -184,18 +215,27 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             running.push((name, path, h, unmounter, st_dev));
         }
         let _ = out.flush();
-        let status = match init.split_first() {
+        let mut machine = None;
+        let status = match &boot {
             // The init ends by itself, or is stopped on the toolstack's
             // request (`xl shutdown`/`xl reboot`: control/shutdown).
-            Some((prog, args)) => {
-                crate::control::run_init(prog, args, ctl).map_err(|source| PvdiskError::Spawn {
-                    program: prog.clone(),
-                    source,
-                })
+            Boot::Host { argv, env } => match argv.split_first() {
+                Some((prog, args)) => {
+                    crate::control::run_init(prog, args, env, ctl).map_err(|source| {
+                        PvdiskError::Spawn {
+                            program: prog.clone(),
+                            source,
+                        }
+                    })
+                }
+                None => Ok(std::process::ExitStatus::default()),
+            },
+            Boot::Machine(spec) => {
+                machine = Some(crate::machine::boot(spec, ctl, out));
+                Ok(std::process::ExitStatus::default())
             }
-            None => Ok(std::process::ExitStatus::default()),
         };
-        if let Ok(st) = &status {
+        if let (Ok(st), Boot::Host { .. }) = (&status, &boot) {
             let _ = emit(
                 out,
                 "pvdisk init-exited",
@@ -240,13 +280,14 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             }
         }
         let st = status?;
+        let reason = machine.transpose()?;
         // An init stopped for a requested shutdown ended as asked.
         if !st.success() && ctl.requested().is_none() {
             return Err(PvdiskError::InitFailed(st));
         }
         match server_failed {
             Some(n) => Err(PvdiskError::Server(n)),
-            None => Ok(()),
+            None => Ok(reason),
         }
     })
 }

@@ -14,15 +14,13 @@
 //! Private `xen-shimd` and `xenstored` (threads of this process), the real
 //! `xl`, `backendd` (consback) and `xen-pvguest` binaries. Needs root.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xen_testhost::net::Daemon;
+use xen_testhost::term::Terminal;
 use xen_testhost::{stdout_of, Dom0};
 
 /// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
@@ -36,67 +34,9 @@ fn dom0(prefix: &str) -> Result<Dom0> {
 
 const STEP: Duration = Duration::from_secs(30);
 
-/// A pty the test plays the user's terminal on.
-struct Terminal {
-    master: File,
-    seen: Vec<u8>,
-}
-
-impl Terminal {
-    /// `xl ARGS` with the pty's slave as its stdin, stdout and stderr.
-    fn spawn(host: &Dom0, args: &[&str]) -> (Terminal, Child) {
-        let pty = nix::pty::openpty(None, None).expect("openpty");
-        let slave = File::from(pty.slave);
-        let child = host
-            .xl_command(args)
-            .stdin(Stdio::from(slave.try_clone().expect("dup")))
-            .stdout(Stdio::from(slave.try_clone().expect("dup")))
-            .stderr(Stdio::from(slave))
-            .spawn()
-            .expect("start xl");
-        let master = File::from(pty.master);
-        let fd = master.as_raw_fd();
-        // SAFETY: fcntl on an fd we own; no memory is involved.
-        unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        (
-            Terminal {
-                master,
-                seen: Vec::new(),
-            },
-            child,
-        )
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-
-    /// Reads until `what` was shown.
-    fn expect(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 4096];
-        loop {
-            if self.text().contains(what) {
-                return self.text();
-            }
-            match self.master.read(&mut buf) {
-                Ok(n) if n > 0 => self.seen.extend_from_slice(&buf[..n]),
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what:?} never shown on the terminal; it showed:\n{}",
-                self.text()
-            );
-        }
-    }
-
-    fn type_bytes(&mut self, b: &[u8]) {
-        self.master.write_all(b).expect("type on the terminal");
-    }
+/// `xl ARGS` on a pty ([`Terminal`]).
+fn terminal(host: &Dom0, args: &[&str]) -> Result<(Terminal, Child)> {
+    Terminal::spawn(host.xl_command(args))
 }
 
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
@@ -151,11 +91,11 @@ fn test_xl_console_shows_guest_output_types_input_detaches_and_log_has_session()
     host.track_guest(&name);
 
     // Act: attach, read the marker, type a line, read the answer, detach.
-    let (mut term, mut xl) = Terminal::spawn(&host, &["console", &name]);
-    term.expect("console-marker-ready");
-    term.type_bytes(b"hello from dom0\r");
-    let shown = term.expect("guest-got:[hello from dom0]");
-    term.type_bytes(&[0x1d]);
+    let (mut term, mut xl) = terminal(&host, &["console", &name])?;
+    term.expect("console-marker-ready")?;
+    term.type_bytes(b"hello from dom0\r")?;
+    let shown = term.expect("guest-got:[hello from dom0]")?;
+    term.type_bytes(&[0x1d])?;
     let st = wait_exit(&mut xl, "Ctrl-]");
 
     // Assert
@@ -195,11 +135,11 @@ fn test_xl_create_c_attaches_and_console_returns_when_domain_destroyed() -> Resu
     )?;
 
     // Act: xl create -c shows the guest's output at once.
-    let (mut term, mut xl) = Terminal::spawn(&host, &["create", "-c", &cfg]);
+    let (mut term, mut xl) = terminal(&host, &["create", "-c", &cfg])?;
     host.track_guest(&name);
-    term.expect("create-c-marker");
-    term.type_bytes(b"ping\r");
-    term.expect("again:ping");
+    term.expect("create-c-marker")?;
+    term.type_bytes(b"ping\r")?;
+    term.expect("again:ping")?;
     let destroyed = host.destroy_guest(&name)?;
     let st = wait_exit(&mut xl, "domain destroyed");
 

@@ -10,7 +10,7 @@ use xen_abi::xen::VIRQ_DOM_EXC;
 use xen_shim_proto::protocol::{DomainState, ShutdownReason};
 use xen_testhost::shim::{proc_state, wait_port, GuestProcess, ShimDom0, STEP};
 
-/// Starts an idle `xen-pvguest` (no `--init`) as a new domain of `d`.
+/// Starts an idle `xen-pvguest` (an empty command line) as a new domain of `d`.
 fn idle_guest(d: &ShimDom0) -> GuestProcess {
     d.guest(Path::new(env!("CARGO_BIN_EXE_xen-pvguest")), &[])
         .expect("the runtime process starts")

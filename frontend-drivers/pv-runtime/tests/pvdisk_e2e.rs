@@ -179,7 +179,7 @@ fn e2e(kind: Kind) -> Result<()> {
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             extra = '--timeout-secs 120 --init {}'\n\
+             extra = 'pvguest.timeout=120 init={}'\n\
              disk = [ '{target}' ]\n",
             script.display()
         ),
@@ -297,7 +297,7 @@ fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() -> Result<
         &cfg,
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\n\
-             extra = '--timeout-secs 5'\n\
+             extra = 'pvguest.timeout=5'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target=nbd+unix:///disk?socket={}' ]\n",
             sock.display()
         ),

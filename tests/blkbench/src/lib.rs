@@ -361,7 +361,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
                 bail!("chmod of the guest script failed");
             }
             let name = format!("blkbench{}r{rep}fio", std::process::id());
-            let extra = format!("--timeout-secs 30 --init {}", script.display());
+            let extra = format!("pvguest.timeout=30 init={}", script.display());
             let log = host.run_guest(&name, &image, None, &extra, limit)?;
             if !log.contains("guest-fio-done") {
                 bail!("fio in the guest failed; its log:\n{log}");

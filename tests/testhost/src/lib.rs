@@ -19,10 +19,12 @@
 //! directory and profile; [`net`] has the network namespaces, bridges and
 //! the hand-started `backendd` of the network tests; [`shim`] is the
 //! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
-//! programs themselves or attach a runtime in the test process.
+//! programs themselves or attach a runtime in the test process; [`term`] is
+//! the pty the console tests type on.
 
 pub mod net;
 pub mod shim;
+pub mod term;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -487,11 +489,12 @@ pub fn build_binaries(
     Ok(profile_dir.to_path_buf())
 }
 
-/// The `xen-pvguest` command line (`extra =`) of a guest whose init is the
-/// program `init`: the runtime connects the domain's disks and NICs, runs
-/// the init with them and powers off when it ends.
+/// The kernel command line (`extra =`) of a guest whose init is the
+/// program `init` of the host's file system (no `root=`: the runtime's
+/// compatibility path for test scripts): the runtime connects the domain's
+/// disks and NICs, runs the init with them and powers off when it ends.
 pub fn pv_cmdline(init: &Path) -> String {
-    format!("--timeout-secs 30 --init {}", init.display())
+    format!("pvguest.timeout=30 init={}", init.display())
 }
 
 /// `xl` and `backendd`, which every Dom0 needs.

@@ -1,0 +1,785 @@
+//! The guest machine: the one place that sets up what the guest's programs
+//! see (its root file system, its `/dev`, `/proc` and `/sys`, its
+//! namespaces) and runs its init as PID 1, as a Linux kernel does after
+//! its drivers came up.
+//!
+//! In the runtime's private mount namespace (where the PV disks are the
+//! block files `/dev/xvdX`, [`crate::pvdisk`]), [`boot`]:
+//!
+//! 1. mounts the root at [`STAGE`]: the `root=` disk through a loop device
+//!    over its block file (`losetup`, then `mount`, which probes the file
+//!    system type as Linux does unless `rootfstype=` names it; read-only
+//!    unless `rw`), or a tmpfs holding the `ramdisk=` archive
+//!    ([`crate::initramfs`]);
+//! 2. mounts the guest's `/dev` there: a tmpfs with only its devices
+//!    (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx` and its
+//!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
+//!    `console`, bind mounts of the runtime's);
+//! 3. starts init from a keeper thread that enters new PID, UTS (hostname:
+//!    the domain's `name`) and IPC namespaces and supervises init until it
+//!    ends (init has `PR_SET_PDEATHSIG` = `SIGKILL`: a killed runtime, `xl
+//!    destroy`, takes the guest's whole PID namespace with it); init itself
+//!    enters a new mount namespace, mounts its own `/proc` and `/sys`,
+//!    `pivot_root`s into the root and execs the first of `init=` or Linux's
+//!    candidates that exists, with the command line's arguments and
+//!    environment, as a session leader on the console;
+//! 4. when init ends, unmounts the root and waits for its loop device
+//!    (detached right after mounting, so the kernel lets it go with the
+//!    file system) to release the block file: every write reached the PV
+//!    disk before the disks are closed.
+//!
+//! How init ends is the domain's shutdown reason ([`end_reason`]): a
+//! `reboot(2)` in a PID namespace kills its init with `SIGHUP` (restart)
+//! or `SIGINT` (power off, halt); Linux panics when init exits or dies
+//! otherwise ("Attempted to kill init!"): here that is a crash. The
+//! toolstack's `control/shutdown` requests reach init as the signals
+//! busybox's and sysvinit-style inits take ([`request_signal`]), then
+//! `SIGKILL` after [`crate::control::GRACE`].
+//!
+//! The network namespace is the runtime's (its NICs, [`crate::pvnet`]).
+//! The later containment work (user namespace with an idmapped root,
+//! deprivileged runtime) belongs here too.
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use xen_shim_proto::protocol::ShutdownReason;
+
+use crate::cmdline::{BootParams, INIT_CANDIDATES};
+use crate::control::ShutdownControl;
+use crate::line::emit;
+
+/// Where the guest's root is mounted in the runtime's mount namespace
+/// (inside its private `/dev` tmpfs, so nothing of the host is touched).
+pub const STAGE: &str = "/dev/.machine";
+
+/// How long the root's loop device gets to be released after unmounting.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the machine could not boot.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// `root=` names no disk of the domain.
+    #[error("cannot open root device {0}: the domain has no such disk")]
+    NoRootDevice(String),
+    /// `root=` names a partition.
+    #[error("root={0}: partitions are not supported; give the whole disk (root=/dev/xvda)")]
+    Partition(String),
+    /// `root=` is not a `/dev/xvd*` path.
+    #[error("root={0}: give the root disk as /dev/xvdX")]
+    BadRoot(String),
+    /// No root: neither `root=` nor a ramdisk.
+    #[error("no root file system: give root=/dev/xvdX or a ramdisk")]
+    NoRoot,
+    /// The root file system could not be mounted.
+    #[error("cannot mount the root file system from {dev}: {why}")]
+    MountRoot {
+        /// The device.
+        dev: String,
+        /// What `mount` said.
+        why: String,
+    },
+    /// The ramdisk could not be unpacked.
+    #[error("cannot unpack the ramdisk {0}")]
+    Ramdisk(String, #[source] crate::initramfs::InitramfsError),
+    /// A set-up step failed.
+    #[error("cannot {what}")]
+    Setup {
+        /// The step.
+        what: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// No init could be run.
+    #[error(
+        "no working init found (tried {tried}); see Linux's Documentation/admin-guide/init.rst"
+    )]
+    NoInit {
+        /// What was tried.
+        tried: String,
+        /// The last failure.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> MachineError {
+    let what = what.into();
+    move |source| MachineError::Setup { what, source }
+}
+
+fn nix_setup(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> MachineError {
+    let what = what.into();
+    move |e| MachineError::Setup {
+        what,
+        source: io::Error::from(e),
+    }
+}
+
+/// Where the guest's root comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// A PV disk, by name (`xvda`: the block file `/dev/xvda`).
+    Disk(String),
+    /// A `newc` archive unpacked into a tmpfs.
+    Ramdisk(PathBuf),
+}
+
+/// The guest machine to boot.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// The domain's name: the guest's hostname.
+    pub hostname: String,
+    /// The root file system.
+    pub root: RootSource,
+    /// The guest's PV disks: names under `/dev` (`xvda`).
+    pub disks: Vec<String>,
+    /// The command line.
+    pub params: BootParams,
+}
+
+/// The root device's disk name (`xvda`) from `root=`.
+///
+/// # Errors
+/// Not `/dev/xvdX`, or a partition.
+pub fn root_disk(root: &str) -> Result<String, MachineError> {
+    let name = root
+        .strip_prefix("/dev/")
+        .ok_or_else(|| MachineError::BadRoot(root.to_owned()))?;
+    let letters = name
+        .strip_prefix("xvd")
+        .ok_or_else(|| MachineError::BadRoot(root.to_owned()))?;
+    if letters.is_empty() {
+        return Err(MachineError::BadRoot(root.to_owned()));
+    }
+    if letters.bytes().any(|b| b.is_ascii_digit()) {
+        return Err(MachineError::Partition(root.to_owned()));
+    }
+    if !letters.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(MachineError::BadRoot(root.to_owned()));
+    }
+    Ok(name.to_owned())
+}
+
+/// The shutdown reason of an init that ended with `st` (see the [module
+/// docs](self)); `None` when it ended like a Linux init that panics the
+/// kernel (a crash).
+#[must_use]
+pub fn end_reason(st: ExitStatus) -> Option<ShutdownReason> {
+    match st.signal() {
+        Some(s) if s == Signal::SIGHUP as i32 => Some(ShutdownReason::Reboot),
+        Some(s) if s == Signal::SIGINT as i32 => Some(ShutdownReason::Poweroff),
+        _ => None,
+    }
+}
+
+/// The signal the toolstack's request is sent to init as: busybox init
+/// powers off on `SIGUSR2` and reboots on `SIGTERM` (as does sysvinit's
+/// `telinit`-less convention); an init without a handler ignores it and
+/// is killed after the grace period.
+#[must_use]
+pub fn request_signal(r: ShutdownReason) -> Signal {
+    match r {
+        ShutdownReason::Reboot => Signal::SIGTERM,
+        _ => Signal::SIGUSR2,
+    }
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// What [`mount_root`] set up, to undo.
+#[derive(Debug, Default)]
+struct Mounted {
+    loopdev: Option<String>,
+}
+
+fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, MachineError> {
+    let stage = Path::new(STAGE);
+    std::fs::create_dir_all(stage).map_err(setup(format!("create {STAGE}")))?;
+    match &spec.root {
+        RootSource::Disk(name) => {
+            if !spec.disks.contains(name) {
+                return Err(MachineError::NoRootDevice(format!("/dev/{name}")));
+            }
+            // As Linux, `ro` is the file system's mount option, not the
+            // disk's (a guest may remount it rw); a read-only disk makes a
+            // read-only loop device (losetup falls back).
+            let d = format!("/dev/{name}");
+            let loopdev = run("losetup", &["--find", "--show", &d]).map_err(|why| {
+                MachineError::MountRoot {
+                    dev: d.clone(),
+                    why,
+                }
+            })?;
+            let mut opts = if spec.params.rw { "rw" } else { "ro" }.to_owned();
+            if let Some(f) = &spec.params.rootflags {
+                opts.push(',');
+                opts.push_str(f);
+            }
+            let types: Vec<Option<&str>> = if spec.params.rootfstype.is_empty() {
+                vec![None]
+            } else {
+                spec.params
+                    .rootfstype
+                    .iter()
+                    .map(|t| Some(t.as_str()))
+                    .collect()
+            };
+            let mut last = String::new();
+            for t in types {
+                let mut ma = vec!["-o", &opts];
+                if let Some(t) = t {
+                    ma.extend(["-t", t]);
+                }
+                ma.extend([loopdev.as_str(), STAGE]);
+                match run("mount", &ma) {
+                    Ok(_) => {
+                        // Detached now: the kernel releases the device when
+                        // the file system goes (autoclear), also when the
+                        // runtime is killed and nothing unmounts it.
+                        let _ = run("losetup", &["-d", &loopdev]);
+                        let fstype =
+                            run("findmnt", &["-n", "-o", "FSTYPE", STAGE]).unwrap_or_default();
+                        if !spec.params.quiet {
+                            let _ = emit(
+                                out,
+                                "pvboot root-mounted",
+                                &[
+                                    ("dev", d.clone()),
+                                    ("loop", loopdev.clone()),
+                                    ("fstype", fstype),
+                                    ("mode", if spec.params.rw { "rw" } else { "ro" }.into()),
+                                ],
+                            );
+                        }
+                        return Ok(Mounted {
+                            loopdev: Some(loopdev),
+                        });
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let _ = run("losetup", &["-d", &loopdev]);
+            Err(MachineError::MountRoot { dev: d, why: last })
+        }
+        RootSource::Ramdisk(path) => {
+            mount(
+                Some("rootfs"),
+                stage,
+                Some("tmpfs"),
+                MsFlags::MS_NODEV,
+                Some("mode=755"),
+            )
+            .map_err(nix_setup("mount the root tmpfs"))?;
+            let f = std::fs::File::open(path).map_err(setup(format!("open {}", path.display())))?;
+            let u = crate::initramfs::unpack(io::BufReader::new(f), stage)
+                .map_err(|e| MachineError::Ramdisk(path.display().to_string(), e))?;
+            if !spec.params.quiet {
+                let _ = emit(
+                    out,
+                    "pvboot ramdisk-unpacked",
+                    &[
+                        ("entries", u.entries.to_string()),
+                        ("bytes", u.bytes.to_string()),
+                        ("skipped_devices", u.skipped_devices.to_string()),
+                    ],
+                );
+            }
+            Ok(Mounted::default())
+        }
+    }
+}
+
+/// Makes `dir` under the staged root, unless it is there (a read-only
+/// root must have it).
+fn ensure_dir(dir: &Path) -> Result<(), MachineError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(setup(format!(
+        "create {} in the root file system (a read-only root must have it)",
+        dir.display()
+    )))
+}
+
+/// Mounts the guest's `/dev` on the staged root (see the [module docs](self)).
+fn mount_dev(spec: &MachineSpec) -> Result<(), MachineError> {
+    let dev = Path::new(STAGE).join("dev");
+    ensure_dir(&dev)?;
+    mount(
+        Some("devtmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=1024k"),
+    )
+    .map_err(nix_setup("mount the guest's /dev"))?;
+    let chr = |name: &str, major: u64, minor: u64, mode: u32| {
+        mknod(
+            &dev.join(name),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .map_err(nix_setup(format!("mknod /dev/{name}")))
+    };
+    chr("null", 1, 3, 0o666)?;
+    chr("zero", 1, 5, 0o666)?;
+    chr("full", 1, 7, 0o666)?;
+    chr("random", 1, 8, 0o666)?;
+    chr("urandom", 1, 9, 0o666)?;
+    chr("tty", 5, 0, 0o666)?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(name))
+            .map_err(setup(format!("link /dev/{name}")))?;
+    }
+    for d in ["pts", "shm"] {
+        std::fs::create_dir(dev.join(d)).map_err(setup(format!("create /dev/{d}")))?;
+    }
+    mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    )
+    .map_err(nix_setup("mount the guest's /dev/pts"))?;
+    mount(
+        Some("shm"),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(nix_setup("mount the guest's /dev/shm"))?;
+    // The PV disks and the console: bind mounts of the runtime's files.
+    let mut binds: Vec<(String, PathBuf)> = spec
+        .disks
+        .iter()
+        .map(|d| (d.clone(), Path::new("/dev").join(d)))
+        .collect();
+    // The console's pty by its path in this namespace (the fd's own mount
+    // is the host namespace's, which cannot be bound from here).
+    if nix::unistd::isatty(0).unwrap_or(false) {
+        if let Ok(tty) = std::fs::read_link("/proc/self/fd/0") {
+            for n in ["console", "hvc0"] {
+                binds.push((n.to_owned(), tty.clone()));
+            }
+        }
+    }
+    for (name, src) in binds {
+        let target = dev.join(&name);
+        std::fs::File::create(&target).map_err(setup(format!("create /dev/{name}")))?;
+        mount(
+            Some(&src),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_setup(format!("bind /dev/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Unmounts everything under and at [`STAGE`] (deepest first) and
+/// detaches the root's loop device, waiting for the kernel to release it.
+fn unmount_root(m: &Mounted) {
+    let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|t| t == STAGE || t.starts_with(&format!("{STAGE}/")))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        if let Err(e) = umount2(t.as_str(), MntFlags::empty()) {
+            tracing::warn!(target = %t, error = %e, "cannot unmount; detaching");
+            let _ = umount2(t.as_str(), MntFlags::MNT_DETACH);
+        }
+    }
+    if let Some(l) = &m.loopdev {
+        // Detached after mounting (autoclear): the ext4 superblock may
+        // still be released by the guest's dying mount namespace; wait
+        // until the loop device lets go of the block file (every write
+        // has reached the PV disk then).
+        let name = l.trim_start_matches("/dev/");
+        let backing = format!("/sys/block/{name}/loop/backing_file");
+        let t0 = Instant::now();
+        while Path::new(&backing).exists() && t0.elapsed() < DETACH_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if Path::new(&backing).exists() {
+            tracing::warn!(loopdev = %l, "the root's loop device was not released");
+        }
+    }
+}
+
+/// What init gets, prepared before the fork (no allocation after it).
+struct Exec {
+    candidates: Vec<CString>,
+    argv_tail: Vec<CString>,
+    envp: Vec<CString>,
+    stage: CString,
+    proc_dir: CString,
+    sys_dir: CString,
+}
+
+impl Exec {
+    fn new(p: &BootParams, ramdisk: bool) -> Result<Self, MachineError> {
+        let mut list: Vec<String> = Vec::new();
+        if ramdisk {
+            list.push(p.rdinit.clone().unwrap_or_else(|| "/init".to_owned()));
+        }
+        match &p.init {
+            // Linux: a requested init that fails is fatal.
+            Some(i) => list.push(i.clone()),
+            None => list.extend(INIT_CANDIDATES.iter().map(|s| (*s).to_owned())),
+        }
+        let cs = |s: &str| {
+            CString::new(s).map_err(|_| MachineError::Setup {
+                what: format!("pass {s:?} to init"),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })
+        };
+        Ok(Self {
+            candidates: list.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
+            argv_tail: p
+                .init_args
+                .iter()
+                .map(|s| cs(s))
+                .collect::<Result<_, _>>()?,
+            envp: p.init_env.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
+            stage: cs(STAGE)?,
+            proc_dir: cs(&format!("{STAGE}/proc"))?,
+            sys_dir: cs(&format!("{STAGE}/sys"))?,
+        })
+    }
+
+    fn tried(&self) -> String {
+        self.candidates
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// In the forked child (single-threaded, before exec): the steps of init
+/// in its namespaces (see the [module docs](self)). Only system calls, no
+/// allocation. Returns only on failure.
+fn child_exec(e: &Exec) -> io::Error {
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let r = (|| -> io::Result<()> {
+        // SAFETY: plain system calls with NUL-terminated strings that live
+        // in `e` (prepared before the fork) and null pointers where the
+        // calls take them.
+        unsafe {
+            // Dies with the runtime's init keeper thread.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            check(libc::setsid())?;
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                c"proc".as_ptr(),
+                e.proc_dir.as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
+            // /sys if the kernel lets us (its own network namespace's view).
+            let _ = libc::mount(
+                c"sysfs".as_ptr(),
+                e.sys_dir.as_ptr(),
+                c"sysfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+            check(libc::chdir(e.stage.as_ptr()))?;
+            // pivot_root(".", "."): the old root stacks under the new one,
+            // then goes.
+            check(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            )?;
+            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+            check(libc::chdir(c"/".as_ptr()))?;
+        }
+        Ok(())
+    })();
+    if let Err(err) = r {
+        return err;
+    }
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    let mut argv: [*const libc::c_char; crate::cmdline::MAX_INIT_STRINGS + 2] =
+        [std::ptr::null(); crate::cmdline::MAX_INIT_STRINGS + 2];
+    let mut envp: [*const libc::c_char; crate::cmdline::MAX_INIT_STRINGS + 3] =
+        [std::ptr::null(); crate::cmdline::MAX_INIT_STRINGS + 3];
+    for (slot, s) in argv[1..].iter_mut().zip(&e.argv_tail) {
+        *slot = s.as_ptr();
+    }
+    for (slot, s) in envp.iter_mut().zip(&e.envp) {
+        *slot = s.as_ptr();
+    }
+    for c in &e.candidates {
+        argv[0] = c.as_ptr();
+        // SAFETY: argv and envp are NULL-terminated arrays (sized one
+        // beyond the most strings the command line may carry) of pointers
+        // into CStrings that outlive the call.
+        unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        last = io::Error::last_os_error();
+    }
+    last
+}
+
+/// Runs init (see the [module docs](self)) from a keeper thread that
+/// enters the new PID, UTS and IPC namespaces (so the runtime's own threads
+/// keep theirs), starts init with `PR_SET_PDEATHSIG` = `SIGKILL` (it fires
+/// when that thread ends: when the runtime is killed, `xl destroy`, the
+/// guest's whole PID namespace goes with it) and supervises it until it
+/// exits. `started` gets init's pid (in the runtime's namespace).
+fn run_init(
+    spec: &MachineSpec,
+    exec: Exec,
+    ctl: &ShutdownControl,
+    started: impl FnOnce(u32),
+) -> Result<ExitStatus, MachineError> {
+    let hostname = spec.hostname.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<u32, MachineError>>();
+    std::thread::scope(|s| {
+        let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
+            let r = (|| {
+                nix::sched::unshare(
+                    nix::sched::CloneFlags::CLONE_NEWPID
+                        | nix::sched::CloneFlags::CLONE_NEWUTS
+                        | nix::sched::CloneFlags::CLONE_NEWIPC,
+                )
+                .map_err(nix_setup("enter new PID, UTS and IPC namespaces"))?;
+                // SAFETY: the pointer and length are those of `hostname`'s
+                // bytes.
+                let r = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+                if r != 0 {
+                    return Err(setup("set the hostname")(io::Error::last_os_error()));
+                }
+                let mut cmd = Command::new("/");
+                // SAFETY: child_exec only makes system calls on memory
+                // prepared before the fork (`exec`), as pre_exec requires.
+                unsafe {
+                    cmd.pre_exec(move || Err(child_exec(&exec)));
+                }
+                // pre_exec never returns Ok: the child either became init
+                // or reports why it could not, which spawn returns.
+                cmd.spawn().map_err(|source| MachineError::NoInit {
+                    tried: String::new(),
+                    source,
+                })
+            })();
+            match r {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    Some(supervise(&mut child, ctl))
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    None
+                }
+            }
+        });
+        let first = rx.recv().unwrap_or_else(|_| {
+            Err(MachineError::Setup {
+                what: "start init".into(),
+                source: io::Error::other("the init keeper thread ended"),
+            })
+        });
+        if let Ok(pid) = &first {
+            started(*pid);
+        }
+        let end = keeper.join();
+        first?;
+        match end {
+            Ok(Some(st)) => st.map_err(setup("wait for init")),
+            _ => Err(MachineError::Setup {
+                what: "wait for init".into(),
+                source: io::Error::other("the init keeper thread panicked"),
+            }),
+        }
+    })
+}
+
+/// Waits for init (pid `child`), passing the toolstack's request to it
+/// ([`request_signal`], then `SIGKILL` after the grace period).
+fn supervise(child: &mut std::process::Child, ctl: &ShutdownControl) -> io::Result<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let mut asked: Option<Instant> = None;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        match asked {
+            None => {
+                if let Some(r) = ctl.wait(Duration::from_millis(50)) {
+                    let _ = nix::sys::signal::kill(pid, request_signal(r));
+                    asked = Some(Instant::now());
+                }
+            }
+            Some(t) => {
+                if t.elapsed() >= crate::control::GRACE {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Boots the machine and runs it until its init ends (see the [module
+/// docs](self)); returns the domain's shutdown reason. Writes `pvboot ...`
+/// lines to `out` (unless `quiet`).
+///
+/// # Errors
+/// The root cannot be mounted, no init can be started: a Linux kernel
+/// panics there (the caller crashes the domain).
+pub fn boot(
+    spec: &MachineSpec,
+    ctl: &ShutdownControl,
+    out: &mut dyn Write,
+) -> Result<ShutdownReason, MachineError> {
+    let exec = Exec::new(&spec.params, matches!(spec.root, RootSource::Ramdisk(_)))?;
+    let tried = exec.tried();
+    let mounted = mount_root(spec, out)?;
+    let r = (|| {
+        mount_dev(spec)?;
+        for d in ["proc", "sys"] {
+            ensure_dir(&Path::new(STAGE).join(d))?;
+        }
+        let st = run_init(spec, exec, ctl, |pid| {
+            if !spec.params.quiet {
+                let _ = emit(
+                    out,
+                    "pvboot init-started",
+                    &[
+                        ("hostname", spec.hostname.clone()),
+                        ("pid", pid.to_string()),
+                    ],
+                );
+            }
+            let _ = out.flush();
+        })
+        .map_err(|e| match e {
+            MachineError::NoInit { source, .. } => MachineError::NoInit {
+                tried: tried.clone(),
+                source,
+            },
+            e => e,
+        })?;
+        let reason = ctl
+            .requested()
+            .or_else(|| end_reason(st))
+            .unwrap_or(ShutdownReason::Crash);
+        let _ = emit(
+            out,
+            "pvboot init-exited",
+            &[
+                ("status", st.to_string().replace(' ', "_")),
+                (
+                    "reason",
+                    match reason {
+                        ShutdownReason::Reboot => "reboot",
+                        ShutdownReason::Poweroff => "poweroff",
+                        _ => "crash",
+                    }
+                    .into(),
+                ),
+            ],
+        );
+        Ok(reason)
+    })();
+    unmount_root(&mounted);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_root_disk_takes_whole_xvd_disks_only() {
+        assert_eq!(root_disk("/dev/xvda").expect("disk"), "xvda");
+        assert_eq!(root_disk("/dev/xvdab").expect("disk"), "xvdab");
+        assert!(matches!(
+            root_disk("/dev/xvda1"),
+            Err(MachineError::Partition(_))
+        ));
+        assert!(matches!(
+            root_disk("/dev/sda"),
+            Err(MachineError::BadRoot(_))
+        ));
+        assert!(matches!(root_disk("xvda"), Err(MachineError::BadRoot(_))));
+        assert!(matches!(
+            root_disk("/dev/xvd"),
+            Err(MachineError::BadRoot(_))
+        ));
+    }
+
+    #[test]
+    fn test_end_reason_maps_reboot_signals_and_panics_otherwise() {
+        let sig = |s: Signal| ExitStatus::from_raw(s as i32);
+        assert_eq!(
+            end_reason(sig(Signal::SIGHUP)),
+            Some(ShutdownReason::Reboot)
+        );
+        assert_eq!(
+            end_reason(sig(Signal::SIGINT)),
+            Some(ShutdownReason::Poweroff)
+        );
+        assert_eq!(end_reason(sig(Signal::SIGKILL)), None);
+        assert_eq!(end_reason(ExitStatus::from_raw(0)), None);
+        assert_eq!(end_reason(ExitStatus::from_raw(1 << 8)), None);
+    }
+
+    #[test]
+    fn test_request_signal_is_what_busybox_init_takes() {
+        assert_eq!(request_signal(ShutdownReason::Poweroff), Signal::SIGUSR2);
+        assert_eq!(request_signal(ShutdownReason::Reboot), Signal::SIGTERM);
+    }
+}

@@ -1,0 +1,475 @@
+//! The PV guest as a machine booted from its own root disk, end to end:
+//! `examples/mkroot.sh` builds the busybox root (raw, qcow2 and a newc
+//! ramdisk) into a temp dir; `xl create -c` of an `examples/pv-root.cfg`
+//! style config (`root = "/dev/xvda"`, `extra = "rw"`) runs under a pty as
+//! a user's terminal would. At the guest's shell prompt the test checks
+//! that the shell's machine is the guest's: its hostname is the domain's
+//! name, PID 1 is its init, `ps` lists only its processes, `/` is the PV
+//! disk; it writes a file and `poweroff`s: the domain powers off and Dom0
+//! finds the file in the image (debugfs; the qcow2 converted first).
+//! `reboot` at the prompt restarts the guest as a new domain (on_reboot =
+//! restart). A ramdisk guest (`ramdisk = ...`, no disk) boots from its
+//! tmpfs root with init as PID 1.
+//!
+//! Private `xen-shimd` and `xenstored` (threads of this process), the real
+//! `xl`, `backendd` and `xen-pvguest` binaries. Needs root, busybox-static,
+//! cpio, e2fsprogs, qemu-utils (tests/setup-host.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xen_testhost::term::Terminal;
+use xen_testhost::{need, stdout_of, Dom0};
+
+const STEP: Duration = Duration::from_secs(60);
+
+fn dom0(prefix: &str) -> Result<Dom0> {
+    Dom0::start_for_pv_guests(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `examples/mkroot.sh` into `dir`.
+fn mkroot(dir: &Path) -> Result<()> {
+    need("busybox", "busybox-static")?;
+    need("cpio", "cpio")?;
+    need("debugfs", "e2fsprogs")?;
+    need("qemu-img", "qemu-utils")?;
+    let out = Command::new(workspace().join("examples/mkroot.sh"))
+        .arg(dir)
+        .output()
+        .context("run examples/mkroot.sh")?;
+    stdout_of("examples/mkroot.sh", &out)?;
+    Ok(())
+}
+
+/// `xl ARGS` on a pty.
+fn terminal(host: &Dom0, args: &[&str]) -> Result<(Terminal, Child)> {
+    let (mut t, c) = Terminal::spawn(host.xl_command(args))?;
+    t.limit = STEP;
+    Ok((t, c))
+}
+
+fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus> {
+    xen_testhost::term::wait_exit(child, STEP)
+}
+
+/// An `examples/pv-root.cfg`-style config booting `image`.
+fn root_cfg(name: &str, image: &Path, format: &str, actions: &str) -> String {
+    format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+         root = '/dev/xvda'\nextra = 'rw console=hvc0 pvguest.timeout=60'\n\
+         disk = [ 'format={format}, vdev=xvda, access=rw, target={}' ]\n{actions}",
+        image.display()
+    )
+}
+
+/// `debugfs -R 'cat PATH'` of the ext4 image `img`.
+fn debugfs_cat(img: &Path, path: &str) -> Result<String> {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(img)
+        .output()
+        .context("run debugfs")?;
+    stdout_of("debugfs", &out)
+}
+
+/// Boots `format` (raw or qcow2) to its shell, checks the machine from
+/// inside, writes a file, powers off; Dom0 finds the file.
+fn boot_shell_poweroff(format: &str) -> Result<()> {
+    let mut host = dom0(&format!("pvroot-{format}-"))?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let image = dir.join(if format == "raw" {
+        "pv-root.img"
+    } else {
+        "pv-root.qcow2"
+    });
+    let name = format!("root{}{}", &format[..1], std::process::id());
+    let cfg = host.write_config(&name, &root_cfg(&name, &image, format, ""))?;
+    let cfg = cfg.to_str().context("utf-8")?.to_owned();
+
+    // Act: xl create -c, as a user at a terminal.
+    let (mut term, mut xl) = terminal(&host, &["create", "-c", &cfg])?;
+    host.track_guest(&name);
+    term.expect_from(0, &format!("{name}:/# "))
+        .with_context(|| host.guest_log(&name))?;
+
+    // Assert: the shell's machine is the guest's.
+    let hostname = term.run("hostname")?;
+    assert_eq!(hostname.trim(), name, "hostname");
+    let init = term.run("cat /proc/1/comm; echo pid1=$(readlink /proc/1/exe)")?;
+    assert!(init.contains("init"), "PID 1 is the guest's init: {init}");
+    let ps = term.run("ps -o pid,comm")?;
+    let procs: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        procs.len() <= 6 && !ps.contains("xen-pvguest") && !ps.contains("backendd"),
+        "ps shows only the guest's processes: {ps}"
+    );
+    assert!(
+        procs
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some("1")),
+        "PID 1 is listed: {ps}"
+    );
+    // Every guest process is in the domain's cgroup (xl's, `xen/dom<id>-<name>`).
+    let cg = term.run("cat /proc/self/cgroup")?;
+    assert!(
+        cg.lines()
+            .any(|l| l.contains("memory") && l.contains(&format!("-{name}"))),
+        "the shell is in the domain's memory group: {cg}"
+    );
+    let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
+    assert!(root.contains("root-is-the-disk"), "{root}");
+    assert!(root.contains("ext2/ext3"), "/ is ext4: {root}");
+    let dev = term.run("ls /dev")?;
+    for d in [
+        "xvda", "hvc0", "console", "null", "zero", "urandom", "ptmx", "pts",
+    ] {
+        assert!(
+            dev.split_whitespace().any(|w| w == d),
+            "/dev has {d}: {dev}"
+        );
+    }
+    assert!(!dev.contains("sda") && !dev.contains("fuse"), "{dev}");
+    let w = term.run(&format!(
+        "echo written-in-{name} > /root/note.txt && sync && echo wrote-ok"
+    ))?;
+    assert!(w.contains("wrote-ok"), "{w}");
+    let from = term.mark();
+    term.type_bytes(b"poweroff\n")?;
+    term.expect_from(from, "pvguest shutdown reason=poweroff")
+        .with_context(|| host.guest_log(&name))?;
+    let st = wait_exit(&mut xl)?;
+    assert!(st.success(), "xl create -c: {st}");
+    // on_poweroff = destroy: the domain goes.
+    let deadline = Instant::now() + STEP;
+    while host.xl_ok(&["list"])?.contains(&name) {
+        if Instant::now() >= deadline {
+            bail!("{name} still listed after poweroff");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.untrack_guest(&name);
+
+    // Dom0 finds the file in the image.
+    let raw = if format == "raw" {
+        image.clone()
+    } else {
+        let raw = dir.join("check.img");
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&image)
+            .arg(&raw)
+            .output()?;
+        stdout_of("qemu-img convert", &out)?;
+        raw
+    };
+    eprintln!("the session on the terminal:\n{}", term.text());
+    let note = debugfs_cat(&raw, "/root/note.txt")?;
+    assert_eq!(note.trim(), format!("written-in-{name}"));
+    let out = Command::new("fsck.ext4")
+        .args(["-n", "-f"])
+        .arg(&raw)
+        .output()?;
+    stdout_of("fsck.ext4 -n", &out)?;
+    Ok(())
+}
+
+#[test]
+fn test_pv_root_raw_boots_to_its_shell_and_poweroff_keeps_the_file() -> Result<()> {
+    boot_shell_poweroff("raw")
+}
+
+#[test]
+fn test_pv_root_qcow2_boots_to_its_shell_and_poweroff_keeps_the_file() -> Result<()> {
+    boot_shell_poweroff("qcow2")
+}
+
+/// The domid of `name` in `xl list`.
+fn domid(host: &Dom0, name: &str) -> Result<Option<u16>> {
+    Ok(host
+        .xl_ok(&["list"])?
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|d| d.parse().ok()))
+}
+
+#[test]
+fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()> {
+    let mut host = dom0("pvroot-reboot-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let name = format!("rootb{}", std::process::id());
+    let cfg = root_cfg(
+        &name,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_reboot = 'restart'\n",
+    );
+    host.create_guest(&name, &cfg)?;
+    let first = domid(&host, &name)?.context("listed")?;
+    let (mut term, mut xl) = terminal(&host, &["console", &name])?;
+    // The prompt may have been printed before we attached: ask for one.
+    term.type_bytes(b"\n")?;
+    term.expect_from(0, &format!("{name}:/# "))
+        .with_context(|| host.guest_log(&name))?;
+    term.type_bytes(b"reboot\n")?;
+    // xl console returns when the domain goes.
+    let _ = wait_exit(&mut xl)?;
+    let deadline = Instant::now() + STEP;
+    let second = loop {
+        if let Some(d) = domid(&host, &name)? {
+            if d != first {
+                break d;
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{name} did not come back as a new domain; log:\n{}",
+                host.guest_log(&name)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(second, first);
+    // The console log is appended to: the first boot's reboot, then the
+    // second boot.
+    let log = host.wait_log(&name, "pvguest shutdown reason=reboot", STEP)?;
+    let deadline = Instant::now() + STEP;
+    while host.guest_log(&name).matches("pv-root: up on").count() < 2 {
+        if Instant::now() >= deadline {
+            bail!("no second boot in the log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // xl destroy kills the runtime: the guest's init (and its whole PID
+    // namespace) goes with it.
+    let log = host.guest_log(&name);
+    let init_pid: u32 = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("pvboot init-started "))
+        .next_back()
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .context("the second boot's init pid")?;
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    assert_eq!(comm(init_pid).as_deref().map(str::trim), Some("init"));
+    stdout_of("xl destroy", &host.destroy_guest(&name)?)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while comm(init_pid).as_deref().map(str::trim) == Some("init") {
+        if Instant::now() >= deadline {
+            bail!("the guest's init {init_pid} outlived xl destroy");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn test_pv_ramdisk_boots_a_tmpfs_root_with_init_as_pid_1() -> Result<()> {
+    let mut host = dom0("pvroot-ramdisk-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let name = format!("rootr{}", std::process::id());
+    let cfg = format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+         ramdisk = '{}'\n\
+         extra = 'init=/bin/sh GREETING=\"hello there\" -- -c \"echo pid=$$ host=$(hostname) greeting=$GREETING root=$(stat -f -c %T /); poweroff -f\"'\n\
+         on_poweroff = 'preserve'\n",
+        dir.join("pv-root.cpio").display()
+    );
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(
+        log.contains(&format!(
+            "pid=1 host={name} greeting=hello there root=tmpfs"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
+    let mut host = dom0("pvroot-panic-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let name = format!("rootp{}", std::process::id());
+    let mut cfg = root_cfg(
+        &name,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    );
+    cfg = cfg.replace("rw console=hvc0", "init=/bin/true");
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    // A root= that names a partition is a clear error.
+    let name2 = format!("rootq{}", std::process::id());
+    let cfg = root_cfg(
+        &name2,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    )
+    .replace("root = '/dev/xvda'", "root = '/dev/xvda1'");
+    host.create_guest(&name2, &cfg)?;
+    let log = host.wait_log(&name2, "pvguest shutdown", STEP)?;
+    assert!(log.contains("partitions_are_not_supported"), "{log}");
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    // rootfstype= is the list mount tries (none fits: Linux's "VFS: Unable
+    // to mount root fs" panic); quiet leaves out the runtime's boot lines.
+    let name3 = format!("rootv{}", std::process::id());
+    let cfg = root_cfg(
+        &name3,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    )
+    .replace("rw console=hvc0", "rootfstype=vfat,msdos quiet");
+    host.create_guest(&name3, &cfg)?;
+    let log = host.wait_log(&name3, "pvguest shutdown", STEP)?;
+    assert!(
+        log.contains("cannot_mount_the_root_file_system_from_/dev/xvda"),
+        "{log}"
+    );
+    assert!(!log.contains("pvboot cmdline"), "quiet: {log}");
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn test_pv_root_xl_shutdown_and_reboot_reach_busybox_init() -> Result<()> {
+    let mut host = dom0("pvroot-xlshut-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let name = format!("roots{}", std::process::id());
+    let cfg = root_cfg(&name, &dir.join("pv-root.img"), "raw", "");
+    host.create_guest(&name, &cfg)?;
+    host.wait_log(&name, "pv-root: up on", STEP)?;
+    // xl reboot: busybox init takes SIGTERM as reboot, ends with reboot(2)
+    // (SIGHUP seen by the runtime), well before the 10 s SIGKILL.
+    let first = domid(&host, &name)?.context("listed")?;
+    let t0 = Instant::now();
+    host.xl_ok(&["reboot", &name])?;
+    let deadline = Instant::now() + STEP;
+    while domid(&host, &name)?.is_none_or(|d| d == first) {
+        if Instant::now() >= deadline {
+            bail!("no restart; log:\n{}", host.guest_log(&name));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = host.guest_log(&name);
+    assert!(
+        log.contains("pvboot init-exited status=signal:_1_(SIGHUP)"),
+        "init rebooted itself: {log}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
+    // xl shutdown: SIGUSR2, busybox init powers off (SIGINT).
+    let deadline = Instant::now() + STEP;
+    while host.guest_log(&name).matches("pv-root: up on").count() < 2 {
+        if Instant::now() >= deadline {
+            bail!("no second boot:\n{}", host.guest_log(&name));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    host.xl_ok(&["shutdown", "-w", &name])?;
+    assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
+    host.untrack_guest(&name);
+    let log = host.guest_log(&name);
+    assert!(
+        log.contains("pvboot init-exited status=signal:_2_(SIGINT)"),
+        "init powered off itself: {log}"
+    );
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn test_demo_guest_config_runs_its_init_as_pid_1_and_writes_the_image() -> Result<()> {
+    // examples/pv-root-demo.cfg as the demo runs it, on a temp image and
+    // without its vif (this test's Dom0 has no bridge).
+    let mut host = dom0("pvroot-demo-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let text = std::fs::read_to_string(workspace().join("examples/pv-root-demo.cfg"))?;
+    let name = format!("rootd{}", std::process::id());
+    let image = dir.join("pv-root.img");
+    let cfg: String = text
+        .lines()
+        .filter(|l| !l.starts_with("vif"))
+        .map(|l| {
+            l.replace("\"pv-root-demo\"", &format!("\"{name}\""))
+                .replace("target=pv-root.img", &format!("target={}", image.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(
+        log.contains(&format!("demo: I am PID 1 on {name}")),
+        "{log}"
+    );
+    assert!(log.contains("demo: / is /dev/loop"), "{log}");
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    let txt = debugfs_cat(&image, "/root/demo.txt")?;
+    assert!(
+        txt.contains(&format!("written by {name} as PID 1")),
+        "{txt}"
+    );
+    Ok(())
+}
+
+#[test]
+fn test_pv_root_eth0_from_the_ip_kernel_argument_reaches_dom0() -> Result<()> {
+    // A "Dom0" network namespace with a bridge (10.76.0.1) and backendd in
+    // it; the guest's vif has no ip=: its rcS (examples/mkroot.sh) applies
+    // Linux's ip=CLIENT::GW:NETMASK from the kernel command line.
+    need("ping", "iputils-ping")?;
+    let mut host = dom0("pvroot-net-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let ns = xen_testhost::net::Netns::unique("xsr", "n")?;
+    let br = xen_testhost::net::bridge_name("xr", "n")?;
+    xen_testhost::net::make_bridge(&ns, &br, "10.76.0.1/24")?;
+    let _backendd = xen_testhost::net::start_backendd_in(&host, &ns, &[])?;
+    let name = format!("rootn{}", std::process::id());
+    let cfg = format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\nroot = '/dev/xvda'\n\
+         extra = 'ro ip=10.76.0.2::10.76.0.1:255.255.255.0 init=/bin/sh -- -c \"/etc/init.d/rcS; ip -4 -o addr show eth0; ip route; ping -c 2 -W 5 10.76.0.1 && echo ping-dom0-ok; poweroff -f\"'\n\
+         disk = [ 'format=raw, vdev=xvda, access=ro, target={}' ]\n\
+         vif = [ 'bridge={br}' ]\non_poweroff = 'preserve'\n",
+        dir.join("pv-root.img").display()
+    );
+    host.create_guest(&name, &cfg)?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    assert!(log.contains("10.76.0.2/24"), "eth0 from ip=: {log}");
+    assert!(log.contains("default via 10.76.0.1"), "the gateway: {log}");
+    assert!(log.contains("ping-dom0-ok"), "{log}");
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    Ok(())
+}
