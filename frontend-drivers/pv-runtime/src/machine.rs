@@ -16,7 +16,8 @@
 //!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
 //!    `console`, bind mounts of the runtime's);
 //! 3. starts init from a keeper thread that enters new PID, UTS (hostname:
-//!    the domain's `name`) and IPC namespaces and supervises init until it
+//!    the domain's `name`), IPC and cgroup (rooted at the domain's group)
+//!    namespaces and supervises init until it
 //!    ends (init has `PR_SET_PDEATHSIG` = `SIGKILL`: a killed runtime, `xl
 //!    destroy`, takes the guest's whole PID namespace with it); init itself
 //!    enters a new mount namespace, mounts its own `/proc` and `/sys`,
@@ -573,7 +574,7 @@ fn child_exec(e: &Exec) -> io::Error {
 }
 
 /// Runs init (see the [module docs](self)) from a keeper thread that
-/// enters the new PID, UTS and IPC namespaces (so the runtime's own threads
+/// enters the new PID, UTS, IPC and cgroup namespaces (so the runtime's own threads
 /// keep theirs), starts init with `PR_SET_PDEATHSIG` = `SIGKILL` (it fires
 /// when that thread ends: when the runtime is killed, `xl destroy`, the
 /// guest's whole PID namespace goes with it) and supervises it until it
@@ -589,12 +590,16 @@ fn run_init(
     std::thread::scope(|s| {
         let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
             let r = (|| {
+                // A cgroup namespace too: the domain's group (which xl put
+                // the runtime in) is the root of the guest's view, so a
+                // cgroup file system mounted inside shows no way out of it.
                 nix::sched::unshare(
                     nix::sched::CloneFlags::CLONE_NEWPID
                         | nix::sched::CloneFlags::CLONE_NEWUTS
-                        | nix::sched::CloneFlags::CLONE_NEWIPC,
+                        | nix::sched::CloneFlags::CLONE_NEWIPC
+                        | nix::sched::CloneFlags::CLONE_NEWCGROUP,
                 )
-                .map_err(nix_setup("enter new PID, UTS and IPC namespaces"))?;
+                .map_err(nix_setup("enter new PID, UTS, IPC and cgroup namespaces"))?;
                 // SAFETY: the pointer and length are those of `hostname`'s
                 // bytes.
                 let r = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };

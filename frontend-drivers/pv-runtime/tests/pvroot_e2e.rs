@@ -125,12 +125,49 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
             .any(|l| l.split_whitespace().next() == Some("1")),
         "PID 1 is listed: {ps}"
     );
-    // Every guest process is in the domain's cgroup (xl's, `xen/dom<id>-<name>`).
+    // Every guest process is in the domain's cgroup (xl's, `xen/dom<id>-<name>`),
+    // which is the root of the guest's own cgroup namespace: inside, every
+    // hierarchy reads `/`, and a cgroup file system mounted there holds only
+    // the guest's processes (no host tree to move a process out to).
     let cg = term.run("cat /proc/self/cgroup")?;
+    let cg_lines: Vec<&str> = cg.lines().filter(|l| l.contains(':')).collect();
     assert!(
-        cg.lines()
-            .any(|l| l.contains("memory") && l.contains(&format!("-{name}"))),
-        "the shell is in the domain's memory group: {cg}"
+        !cg_lines.is_empty() && cg_lines.iter().all(|l| l.trim_end().ends_with(":/")),
+        "the guest sees its group as the root of its cgroup namespace: {cg}"
+    );
+    let mounted = term.run(
+        "mkdir -p /run/cgt && mount -t cgroup -o pids none /run/cgt && \
+         ls /run/cgt | grep -c '^xen$'; wc -l < /run/cgt/cgroup.procs; umount /run/cgt",
+    )?;
+    let counts: Vec<u64> = mounted
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == 0 && (1..=8).contains(&counts[1]),
+        "a pids hierarchy mounted in the guest shows no host groups and only the guest's few processes: {mounted}"
+    );
+    // From Dom0: the guest's shell is in the domain's group.
+    let list = host.xl_ok(&["list"])?;
+    let domid: u16 = list
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name.as_str())).then(|| w.next().and_then(|d| d.parse().ok()))?
+        })
+        .with_context(|| format!("{name} in xl list: {list}"))?;
+    let group = host
+        .guest_cgroup(domid)?
+        .with_context(|| format!("the cgroup of domain {domid}"))?;
+    let comms: Vec<String> = group
+        .procs()?
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        comms.iter().any(|c| c == "sh") && comms.iter().any(|c| c == "xen-pvguest"),
+        "the runtime and the guest's shell are in the domain's group: {comms:?}"
     );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
     assert!(root.contains("root-is-the-disk"), "{root}");
