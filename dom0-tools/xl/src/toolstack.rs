@@ -797,8 +797,6 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .filter(|v| v.starts_with("/vm/") && !v.contains(".."));
     let shim_result = control.destroy_domain(domid);
-    // The runtime is gone; what the guest still runs dies with its group.
-    let group_result = crate::resources::destroy_group(domid);
     for b in &backends {
         let _ = xs.rm(b);
     }
@@ -811,7 +809,12 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
         let _ = xs.rm(&vm);
     }
     let _ = xs.rm(&home);
-    match xs.release(domid) {
+    let release = xs.release(domid);
+    // The runtime is gone; what the guest still runs dies with its group.
+    // Last: killing a group may wait for its processes, and the domain's
+    // nodes must be gone as soon as the shim no longer lists it.
+    let group_result = crate::resources::destroy_group(domid);
+    match release {
         Ok(()) => {}
         Err(e) if e.is_enoent() => {}
         Err(e) => return Err(xs_err(format!("release domain {domid}"))(e)),
