@@ -140,11 +140,14 @@ pub fn run_init(
     ctl: &ShutdownControl,
 ) -> io::Result<ExitStatus> {
     let env = env.iter().filter_map(|e| e.split_once('='));
-    let mut child = Command::new(prog)
-        .args(args)
-        .envs(env)
-        .process_group(0)
-        .spawn()?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args).envs(env).process_group(0);
+    // SAFETY: rank_first_for_oom_in_child makes only async-signal-safe
+    // system calls on static data, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(crate::machine::rank_first_for_oom_in_child);
+    }
+    let mut child = cmd.spawn()?;
     let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let mut termed: Option<Instant> = None;
     loop {

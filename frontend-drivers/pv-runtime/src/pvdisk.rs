@@ -215,6 +215,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             running.push((name, path, h, unmounter, st_dev));
         }
         let _ = out.flush();
+        // From here the runtime serves the guest's disks to its programs:
+        // the domain's OOM killer must pick them, not it (they start ranked
+        // first; see `machine::shield_runtime_from_oom`).
+        if let Err(e) = crate::machine::shield_runtime_from_oom() {
+            tracing::debug!(error = %e, "oom_score_adj -1000 refused (no CAP_SYS_RESOURCE); the guest's programs still go first");
+        }
         let mut machine = None;
         let status = match &boot {
             // The init ends by itself, or is stopped on the toolstack's

@@ -169,6 +169,28 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
         comms.iter().any(|c| c == "sh") && comms.iter().any(|c| c == "xen-pvguest"),
         "the runtime and the guest's shell are in the domain's group: {comms:?}"
     );
+    // The domain's OOM killer picks the guest's programs, not its kernel
+    // (the runtime serves the disks they run from): they start ranked first.
+    let adj = term.run("cat /proc/self/oom_score_adj")?;
+    assert_eq!(
+        adj.trim(),
+        "1000",
+        "the guest's programs are the OOM killer's first choice"
+    );
+    let runtime_adj: Vec<i32> = group
+        .procs()?
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "xen-pvguest")
+        })
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/oom_score_adj")).ok())
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    assert!(
+        runtime_adj.len() == 1 && runtime_adj[0] <= 0,
+        "the runtime ranks below its guest's programs: {runtime_adj:?}"
+    );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
     assert!(root.contains("root-is-the-disk"), "{root}");
     assert!(root.contains("ext2/ext3"), "/ is ext4: {root}");
@@ -508,5 +530,69 @@ fn test_pv_root_eth0_from_the_ip_kernel_argument_reaches_dom0() -> Result<()> {
     assert!(log.contains("default via 10.76.0.1"), "the gateway: {log}");
     assert!(log.contains("ping-dom0-ok"), "{log}");
     assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    Ok(())
+}
+
+/// A guest filling a tmpfs past its memory: the domain's OOM killer takes
+/// the guest's programs (they rank first), never the runtime that serves
+/// its root disk, so the guest ends as a crash (its init killed, as Linux
+/// panics), the runtime unmounts its root and exits, and `xl` reaps the
+/// domain and its cgroup. (When the runtime itself was the victim, its exit
+/// hung unmounting the root it served, and `xl destroy` could not reap it.)
+#[test]
+fn test_pv_root_tmpfs_hog_kills_the_guest_not_its_runtime() -> Result<()> {
+    let mut host = dom0("pvroot-tmpfs-")?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    let name = format!("roott{}", std::process::id());
+    let cfg = format!(
+        "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+         root = '/dev/xvda'\n\
+         extra = 'rw console=hvc0 pvguest.timeout=60 init=/bin/sh -- -c \"mkdir -p /run/fill && mount -t tmpfs -o size=500m t /run/fill && echo filling && dd if=/dev/zero of=/run/fill/f bs=1M count=400; echo fill-survived; sleep 1000\"'\n\
+         disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
+        dir.join("pv-root.img").display()
+    );
+    host.create_guest(&name, &cfg)?;
+    let domid: u16 = {
+        let list = host.xl_ok(&["list"])?;
+        list.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name.as_str())).then(|| w.next().and_then(|d| d.parse().ok()))?
+            })
+            .with_context(|| format!("{name} in xl list: {list}"))?
+    };
+    let group = host
+        .guest_cgroup(domid)?
+        .with_context(|| format!("the cgroup of domain {domid}"))?;
+    let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    // (Whole lines: the command line itself is logged too.)
+    assert!(log.lines().any(|l| l.trim() == "filling"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.trim() == "fill-survived"),
+        "the hog was not stopped:\n{log}"
+    );
+    assert!(
+        log.contains("init-exited status=signal:_9_(SIGKILL)"),
+        "{log}"
+    );
+    // The runtime lived to report the end: the guest's init was killed.
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    assert!(
+        group.oom_kills().unwrap_or(0) >= 1 || !group.exists(),
+        "no OOM kill"
+    );
+    // xl reaps the domain (on_crash = destroy) and its group.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host.xl_ok(&["list"])?.contains(&name) || group.exists() {
+        if Instant::now() >= deadline {
+            bail!(
+                "domain {name} or its cgroup outlived the crash:\n{}\n{log}",
+                host.xl_ok(&["list"])?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }
