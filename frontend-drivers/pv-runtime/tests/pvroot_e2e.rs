@@ -148,14 +148,9 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
         "a pids hierarchy mounted in the guest shows no host groups and only the guest's few processes: {mounted}"
     );
     // From Dom0: the guest's shell is in the domain's group.
-    let list = host.xl_ok(&["list"])?;
-    let domid: u16 = list
-        .lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(name.as_str())).then(|| w.next().and_then(|d| d.parse().ok()))?
-        })
-        .with_context(|| format!("{name} in xl list: {list}"))?;
+    let domid = host
+        .domid(&name)?
+        .with_context(|| format!("{name} is not in xl list"))?;
     let group = host
         .guest_cgroup(domid)?
         .with_context(|| format!("the cgroup of domain {domid}"))?;
@@ -258,16 +253,6 @@ fn test_pv_root_qcow2_boots_to_its_shell_and_poweroff_keeps_the_file() -> Result
     boot_shell_poweroff("qcow2")
 }
 
-/// The domid of `name` in `xl list`.
-fn domid(host: &Dom0, name: &str) -> Result<Option<u16>> {
-    Ok(host
-        .xl_ok(&["list"])?
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|d| d.parse().ok()))
-}
-
 #[test]
 fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()> {
     let mut host = dom0("pvroot-reboot-")?;
@@ -282,7 +267,7 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
         "on_reboot = 'restart'\n",
     );
     host.create_guest(&name, &cfg)?;
-    let first = domid(&host, &name)?.context("listed")?;
+    let first = host.domid(&name)?.context("listed")?;
     let (mut term, mut xl) = terminal(&host, &["console", &name])?;
     // The prompt may have been printed before we attached: ask for one.
     term.type_bytes(b"\n")?;
@@ -293,7 +278,7 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
     let _ = wait_exit(&mut xl)?;
     let deadline = Instant::now() + STEP;
     let second = loop {
-        if let Some(d) = domid(&host, &name)? {
+        if let Some(d) = host.domid(&name)? {
             if d != first {
                 break d;
             }
@@ -429,11 +414,11 @@ fn test_pv_root_xl_shutdown_and_reboot_reach_busybox_init() -> Result<()> {
     host.wait_log(&name, "pv-root: up on", STEP)?;
     // xl reboot: busybox init takes SIGTERM as reboot, ends with reboot(2)
     // (SIGHUP seen by the runtime), well before the 10 s SIGKILL.
-    let first = domid(&host, &name)?.context("listed")?;
+    let first = host.domid(&name)?.context("listed")?;
     let t0 = Instant::now();
     host.xl_ok(&["reboot", &name])?;
     let deadline = Instant::now() + STEP;
-    while domid(&host, &name)?.is_none_or(|d| d == first) {
+    while host.domid(&name)?.is_none_or(|d| d == first) {
         if Instant::now() >= deadline {
             bail!("no restart; log:\n{}", host.guest_log(&name));
         }
@@ -554,15 +539,9 @@ fn test_pv_root_tmpfs_hog_kills_the_guest_not_its_runtime() -> Result<()> {
         dir.join("pv-root.img").display()
     );
     host.create_guest(&name, &cfg)?;
-    let domid: u16 = {
-        let list = host.xl_ok(&["list"])?;
-        list.lines()
-            .find_map(|l| {
-                let mut w = l.split_whitespace();
-                (w.next() == Some(name.as_str())).then(|| w.next().and_then(|d| d.parse().ok()))?
-            })
-            .with_context(|| format!("{name} in xl list: {list}"))?
-    };
+    let domid = host
+        .domid(&name)?
+        .with_context(|| format!("{name} is not in xl list"))?;
     let group = host
         .guest_cgroup(domid)?
         .with_context(|| format!("the cgroup of domain {domid}"))?;

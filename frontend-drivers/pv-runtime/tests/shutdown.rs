@@ -57,19 +57,6 @@ fn xs_read(host: &Dom0, path: &str) -> Result<String> {
     stdout_of(&format!("xenstore-read {path}"), &out)
 }
 
-/// The domid in `xl list NAME` (`None` if not listed).
-fn domid(host: &Dom0, name: &str) -> Result<Option<u16>> {
-    let out = host.xl(&["list", name])?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|d| d.parse().ok()))
-}
-
 #[test]
 fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() -> Result<()> {
     // Arrange
@@ -78,7 +65,7 @@ fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() -> R
     host.xl_ok(&["create", &cfg(&host, &name)?])?;
     host.track_guest(&name);
     wait_log(&host, &name, "init-waiting", 1);
-    let id = domid(&host, &name)?.expect("listed");
+    let id = host.domid(&name)?.expect("listed");
     let home = format!("/local/domain/{id}");
     // The runtime advertises the protocol.
     let t0 = Instant::now();
@@ -103,7 +90,7 @@ fn test_xl_shutdown_w_stops_the_pv_guest_init_and_the_domain_is_destroyed() -> R
     assert!(log.contains("init-got-term"), "{log}");
     assert!(log.contains("reason=poweroff"), "{log}");
     let t0 = Instant::now();
-    while domid(&host, &name)?.is_some() {
+    while host.domid(&name)?.is_some() {
         assert!(t0.elapsed() < STEP, "{name} still listed");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -119,7 +106,7 @@ fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() -> Result<()> {
     host.xl_ok(&["create", &cfg(&host, &name)?])?;
     host.track_guest(&name);
     wait_log(&host, &name, "init-waiting", 1);
-    let first = domid(&host, &name)?.expect("listed");
+    let first = host.domid(&name)?.expect("listed");
     let t0 = Instant::now();
     while xs_read(
         &host,
@@ -141,7 +128,7 @@ fn test_xl_reboot_restarts_the_pv_guest_as_on_reboot_says() -> Result<()> {
     let log = wait_log(&host, &name, "init-waiting", 2);
     assert!(log.contains("reason=reboot"), "{log}");
     assert!(log.contains("init-got-term"), "{log}");
-    let second = domid(&host, &name)?.expect("listed again");
+    let second = host.domid(&name)?.expect("listed again");
     assert_ne!(first, second, "the restarted guest is a new domain");
     Ok(())
 }

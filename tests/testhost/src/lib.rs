@@ -193,6 +193,19 @@ impl Dom0 {
         stdout_of(&format!("xl {}", args.join(" ")), &self.xl(args)?)
     }
 
+    /// The domid of guest `name` in `xl list NAME` (`None` if not listed).
+    pub fn domid(&self, name: &str) -> Result<Option<u16>> {
+        let out = self.xl(&["list", name])?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|d| d.parse().ok()))
+    }
+
     /// Writes the shell script `script` as `<name>-init.sh` (executable)
     /// into the run directory; its path.
     pub fn write_init(&self, name: &str, script: &str) -> Result<PathBuf> {

@@ -315,12 +315,9 @@ impl<'h> Guests<'h> {
 
     /// The domid of guest `name` (from `xl list`).
     pub fn domid(&self, name: &str) -> Result<u16> {
-        let out = self.dom0.xl_ok(&["list", name])?;
-        out.lines()
-            .nth(1)
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|d| d.parse().ok())
-            .with_context(|| format!("no domid for {name} in:\n{out}"))
+        self.dom0
+            .domid(name)?
+            .with_context(|| format!("no domid for {name} in xl list"))
     }
 
     /// `xl destroy`s guest `name` now.
