@@ -90,7 +90,12 @@ pub fn run(args: &Args) -> ExitCode {
         }
     };
     if let Some(p) = &args.pid_file {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+        // Written whole, then renamed into place: a reader that sees the
+        // file never sees it empty.
+        let tmp = p.with_extension("pid.tmp");
+        let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, p));
+        if let Err(e) = written {
             eprintln!("backendd: cannot write {}: {e}", p.display());
             return ExitCode::from(2);
         }
