@@ -51,6 +51,16 @@ fn mkroot(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A Dom0 for these tests and the root images of `examples/mkroot.sh` in
+/// its directory's `root/`.
+fn dom0_with_root(prefix: &str) -> Result<(Dom0, PathBuf)> {
+    let host = dom0(prefix)?;
+    let dir = host.dir().join("root");
+    std::fs::create_dir(&dir)?;
+    mkroot(&dir)?;
+    Ok((host, dir))
+}
+
 /// `xl ARGS` on a pty.
 fn terminal(host: &Dom0, args: &[&str]) -> Result<(Terminal, Child)> {
     let (mut t, c) = Terminal::spawn(host.xl_command(args))?;
@@ -85,10 +95,7 @@ fn debugfs_cat(img: &Path, path: &str) -> Result<String> {
 /// Boots `format` (raw or qcow2) to its shell, checks the machine from
 /// inside, writes a file, powers off; Dom0 finds the file.
 fn boot_shell_poweroff(format: &str) -> Result<()> {
-    let mut host = dom0(&format!("pvroot-{format}-"))?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root(&format!("pvroot-{format}-"))?;
     let image = dir.join(if format == "raw" {
         "pv-root.img"
     } else {
@@ -255,10 +262,7 @@ fn test_pv_root_qcow2_boots_to_its_shell_and_poweroff_keeps_the_file() -> Result
 
 #[test]
 fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()> {
-    let mut host = dom0("pvroot-reboot-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-reboot-")?;
     let name = format!("rootb{}", std::process::id());
     let cfg = root_cfg(
         &name,
@@ -327,10 +331,7 @@ fn test_pv_root_reboot_at_the_prompt_restarts_it_as_a_new_domain() -> Result<()>
 
 #[test]
 fn test_pv_ramdisk_boots_a_tmpfs_root_with_init_as_pid_1() -> Result<()> {
-    let mut host = dom0("pvroot-ramdisk-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-ramdisk-")?;
     let name = format!("rootr{}", std::process::id());
     let cfg = format!(
         "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
@@ -353,10 +354,7 @@ fn test_pv_ramdisk_boots_a_tmpfs_root_with_init_as_pid_1() -> Result<()> {
 
 #[test]
 fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
-    let mut host = dom0("pvroot-panic-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-panic-")?;
     let name = format!("rootp{}", std::process::id());
     let mut cfg = root_cfg(
         &name,
@@ -404,10 +402,7 @@ fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
 
 #[test]
 fn test_pv_root_xl_shutdown_and_reboot_reach_busybox_init() -> Result<()> {
-    let mut host = dom0("pvroot-xlshut-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-xlshut-")?;
     let name = format!("roots{}", std::process::id());
     let cfg = root_cfg(&name, &dir.join("pv-root.img"), "raw", "");
     host.create_guest(&name, &cfg)?;
@@ -455,10 +450,7 @@ fn test_pv_root_xl_shutdown_and_reboot_reach_busybox_init() -> Result<()> {
 fn test_demo_guest_config_runs_its_init_as_pid_1_and_writes_the_image() -> Result<()> {
     // examples/pv-root-demo.cfg as the demo runs it, on a temp image and
     // without its vif (this test's Dom0 has no bridge).
-    let mut host = dom0("pvroot-demo-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-demo-")?;
     let text = std::fs::read_to_string(workspace().join("examples/pv-root-demo.cfg"))?;
     let name = format!("rootd{}", std::process::id());
     let image = dir.join("pv-root.img");
@@ -493,10 +485,7 @@ fn test_pv_root_eth0_from_the_ip_kernel_argument_reaches_dom0() -> Result<()> {
     // it; the guest's vif has no ip=: its rcS (examples/mkroot.sh) applies
     // Linux's ip=CLIENT::GW:NETMASK from the kernel command line.
     need("ping", "iputils-ping")?;
-    let mut host = dom0("pvroot-net-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-net-")?;
     let ns = xen_testhost::net::Netns::unique("xsr", "n")?;
     let br = xen_testhost::net::bridge_name("xr", "n")?;
     xen_testhost::net::make_bridge(&ns, &br, "10.76.0.1/24")?;
@@ -526,10 +515,7 @@ fn test_pv_root_eth0_from_the_ip_kernel_argument_reaches_dom0() -> Result<()> {
 /// hung unmounting the root it served, and `xl destroy` could not reap it.)
 #[test]
 fn test_pv_root_tmpfs_hog_kills_the_guest_not_its_runtime() -> Result<()> {
-    let mut host = dom0("pvroot-tmpfs-")?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
+    let (mut host, dir) = dom0_with_root("pvroot-tmpfs-")?;
     let name = format!("roott{}", std::process::id());
     let cfg = format!(
         "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\

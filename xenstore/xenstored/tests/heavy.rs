@@ -438,29 +438,13 @@ fn test_3000_connections_closed_rss_returns() {
     );
 }
 
-fn daemon_with_guest(
-    domid: u16,
-) -> (
-    Daemon,
-    common::Client<common::Sock>,
-    common::Client<common::Ring>,
-) {
-    let d = Daemon::start();
-    let mut dom0 = d.client();
-    let home = format!("/local/domain/{domid}");
-    dom0.mkdir(&home).unwrap();
-    dom0.set_perms(&home, &format!("n{domid}")).unwrap();
-    let g = d.guest(domid);
-    (d, dom0, g)
-}
-
 /// A guest watcher that never reads its ring: at its bound the ring is
 /// failed (`XENSTORE_ERROR_COMM`, Xen's ignored connection) instead of
 /// events being dropped; the events it did get are in order with no gap;
 /// Dom0 is served throughout.
 #[test]
 fn test_guest_non_reading_watcher_ring_failed_not_gapped() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: Some(3),
@@ -494,7 +478,7 @@ fn test_guest_non_reading_watcher_ring_failed_not_gapped() {
 /// quota) a transaction over distinct nodes is refused with ENOSPC.
 #[test]
 fn test_guest_transaction_coalesced_and_byte_bounded() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(4);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(4);
     dom0.watch("/local/domain/4/w", "d").unwrap();
     let _ = dom0.event(TIMEOUT);
     let t = g.start();
@@ -579,7 +563,7 @@ fn test_busy_poll_stops_when_idle() {
 /// 5000 events, 15 MB, Dom0 causes); Dom0 is served throughout.
 #[test]
 fn test_guest_ring_output_bounded_in_bytes() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(5);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(5);
     for (quota, value) in [("outstanding", 100_000), ("watch-events", 100_000)] {
         dom0.ok(
             &Request::SetQuota {

@@ -8,25 +8,9 @@ use std::time::Duration;
 use common::Daemon;
 use xenstore_wire::{Request, XsError};
 
-fn daemon_with_guest(
-    domid: u16,
-) -> (
-    Daemon,
-    common::Client<common::Sock>,
-    common::Client<common::Ring>,
-) {
-    let d = Daemon::start();
-    let mut dom0 = d.client();
-    let home = format!("/local/domain/{domid}");
-    dom0.mkdir(&home).unwrap();
-    dom0.set_perms(&home, &format!("n{domid}")).unwrap();
-    let g = d.guest(domid);
-    (d, dom0, g)
-}
-
 #[test]
 fn test_quota_nodes_enospc_then_raised() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: Some(3),
@@ -56,7 +40,7 @@ fn test_quota_nodes_enospc_then_raised() {
 
 #[test]
 fn test_quota_node_size_default_2048() {
-    let (_d, _dom0, mut g) = daemon_with_guest(3);
+    let (_d, _dom0, mut g) = Daemon::with_guest(3);
     g.write("ok", &"x".repeat(2000)).unwrap();
     assert_eq!(g.write("big", &"x".repeat(2100)), Err(XsError::Enospc));
     assert_eq!(g.write("ok", &"x".repeat(2100)), Err(XsError::Enospc));
@@ -64,7 +48,7 @@ fn test_quota_node_size_default_2048() {
 
 #[test]
 fn test_quota_watches_default_128() {
-    let (_d, _dom0, mut g) = daemon_with_guest(3);
+    let (_d, _dom0, mut g) = Daemon::with_guest(3);
     for i in 0..128 {
         g.watch(&format!("w{i}"), "t").unwrap();
     }
@@ -73,7 +57,7 @@ fn test_quota_watches_default_128() {
 
 #[test]
 fn test_quota_transactions_default_10() {
-    let (_d, _dom0, mut g) = daemon_with_guest(3);
+    let (_d, _dom0, mut g) = Daemon::with_guest(3);
     for _ in 0..10 {
         g.start();
     }
@@ -85,7 +69,7 @@ fn test_quota_transactions_default_10() {
 
 #[test]
 fn test_quota_permissions_per_node() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     g.write("p", "").unwrap();
     assert_eq!(g.set_perms("p", "n3 r1 r2 r4 r5 r6"), Err(XsError::Enospc));
     g.set_perms("p", "n3 r1 r2 r4 r5").unwrap();
@@ -96,7 +80,7 @@ fn test_quota_permissions_per_node() {
 
 #[test]
 fn test_quota_payload_e2big() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: Some(3),
@@ -112,7 +96,7 @@ fn test_quota_payload_e2big() {
 
 #[test]
 fn test_quota_outstanding_throttles_but_answers_all() {
-    let (_d, _dom0, mut g) = daemon_with_guest(3);
+    let (_d, _dom0, mut g) = Daemon::with_guest(3);
     // 40 pipelined requests with the default of 20 outstanding: the daemon
     // stops reading at 20 unread replies and resumes as the guest reads.
     let mut out = Vec::new();
@@ -130,7 +114,7 @@ fn test_quota_outstanding_throttles_but_answers_all() {
 
 #[test]
 fn test_quota_watch_event_queue_bounded() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: Some(3),
@@ -179,7 +163,7 @@ fn test_quota_watch_event_queue_bounded() {
 
 #[test]
 fn test_quota_transaction_nodes() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: Some(3),
@@ -222,7 +206,7 @@ fn test_quota_dom0_exempt() {
 
 #[test]
 fn test_quota_global_default_applies_to_guests() {
-    let (_d, mut dom0, mut g) = daemon_with_guest(3);
+    let (_d, mut dom0, mut g) = Daemon::with_guest(3);
     dom0.ok(
         &Request::SetQuota {
             domid: None,

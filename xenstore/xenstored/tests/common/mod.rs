@@ -136,6 +136,18 @@ impl Daemon {
         Client::socket(&self.socket)
     }
 
+    /// A daemon, a Dom0 client and the client of guest `domid`, whose home
+    /// `/local/domain/<domid>` exists and is the guest's own.
+    pub fn with_guest(domid: u16) -> (Daemon, Client<Sock>, Client<Ring>) {
+        let d = Daemon::start();
+        let mut dom0 = d.client();
+        let home = format!("/local/domain/{domid}");
+        dom0.mkdir(&home).unwrap();
+        dom0.set_perms(&home, &format!("n{domid}")).unwrap();
+        let g = d.guest(domid);
+        (d, dom0, g)
+    }
+
     /// Creates a guest ring, introduces the domain and returns its client.
     pub fn guest(&self, domid: u16) -> Client<Ring> {
         let ring = Ring::new();
