@@ -70,7 +70,17 @@ pub trait Backend: Send {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// The device's counters since it was probed (all its connections),
+    /// published as `statistics/<name>` nodes of the backend directory
+    /// (Xen's names where Xen has them: a vbd's `rd_req`, `rd_sect`...).
+    fn statistics(&self) -> Statistics {
+        Statistics::new()
+    }
 }
+
+/// A device's counters by name ([`Backend::statistics`]).
+pub type Statistics = Vec<(&'static str, u64)>;
 
 /// Makes backends of one type.
 pub trait BackendFactory: Send + Sync {

@@ -14,19 +14,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xen_abi::io::xenbus::XenbusState;
 use xenstore_client::{Client, XsClientError, XsOps};
 
 use xen_diag::warn_limited;
 
-use crate::backend::{Backend, BackendFactory, DeviceInfo};
+use crate::backend::{Backend, BackendFactory, DeviceInfo, Statistics};
 use crate::state::{frontend_changed, FrontendState, Step};
 use crate::GUEST_LOG;
 
 /// Most nodes read from a backend directory at creation.
 pub const MAX_BACKEND_NODES: usize = 256;
+/// Least time between two writes of a device's `statistics/` nodes.
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,8 @@ struct Device {
     /// consumed requests it never answered. Do not connect to them; wait
     /// until the frontend, seeing our InitWait, re-offers (Initialised).
     stale_frontend: bool,
+    /// The counters last written to `statistics/`, and when.
+    published: Option<(Statistics, Instant)>,
 }
 
 fn device_main(
@@ -224,6 +228,7 @@ fn device_main(
         failed: false,
         watching: false,
         stale_frontend: false,
+        published: None,
     };
     let r = catch_unwind(AssertUnwindSafe(|| dev.run(&*factory, &rx, poll)));
     if r.is_err() {
@@ -278,6 +283,7 @@ impl Device {
             if !self.step() {
                 break;
             }
+            self.publish_statistics();
             match rx.recv_timeout(poll) {
                 Ok(DeviceEvent::Changed) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(DeviceEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
@@ -423,6 +429,44 @@ impl Device {
                 false
             }
         }
+    }
+
+    /// Writes the backend's counters as `statistics/<name>` nodes, at most
+    /// every [`STATISTICS_INTERVAL`] and only when they changed (in one
+    /// transaction, and never into a directory that is gone). The data
+    /// path only bumps relaxed atomics; this thread reads them.
+    fn publish_statistics(&mut self) {
+        let Some(b) = self.backend.as_ref() else {
+            return;
+        };
+        if let Some((last, at)) = &self.published {
+            if at.elapsed() < STATISTICS_INTERVAL {
+                return;
+            }
+            let now = b.statistics();
+            if &now == last {
+                return;
+            }
+        }
+        let stats = b.statistics();
+        if stats.is_empty() {
+            return;
+        }
+        let state_path = self.path("state");
+        let dir = self.path("statistics");
+        let r = self.xs.transaction(|tx| {
+            if tx.read_opt(&state_path)?.is_none() {
+                return Ok(());
+            }
+            for (k, v) in &stats {
+                tx.write(&format!("{dir}/{k}"), v.to_string())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "cannot publish the statistics");
+        }
+        self.published = Some((stats, Instant::now()));
     }
 
     /// Fails this device only: log once, error node, disconnect, Closing.

@@ -8,7 +8,7 @@
 use xen_backend_common::{Dom0Handles, LazyDom0Handles};
 use xen_diag::ErrorChain;
 
-use crate::backend::{Backend, BackendError, FrontendReader};
+use crate::backend::{Backend, BackendError, FrontendReader, Statistics};
 
 /// What a driver crate's backend of one device does for backendd.
 pub trait Driver: Send + std::fmt::Debug {
@@ -44,6 +44,11 @@ pub trait Driver: Send + std::fmt::Debug {
 
     /// The connected device's failure, as a message.
     fn failure(device: &Self::Device) -> Option<String>;
+
+    /// The connected device's counters (of this connection).
+    fn statistics(_device: &Self::Device) -> Statistics {
+        Statistics::new()
+    }
 }
 
 /// The shim's handles of a factory, opened on first use (so the service
@@ -63,6 +68,10 @@ pub struct DriverBackend<D: Driver> {
     handles: Dom0Handles,
     domid: u16,
     device: Option<D::Device>,
+    /// The counters of the earlier connections.
+    past: Statistics,
+    /// Connections made.
+    connects: u64,
 }
 
 impl<D: Driver> DriverBackend<D> {
@@ -73,6 +82,8 @@ impl<D: Driver> DriverBackend<D> {
             handles,
             domid,
             device: None,
+            past: Statistics::new(),
+            connects: 0,
         }
     }
 }
@@ -101,16 +112,53 @@ impl<D: Driver> Backend for DriverBackend<D> {
             .connect(&self.handles, self.domid, &params)
             .map_err(|e| BackendError::Connect(ErrorChain(&e).to_string()))?;
         self.device = Some(dev);
+        self.connects = self.connects.saturating_add(1);
         Ok(Vec::new())
     }
 
     fn disconnect(&mut self) {
         if let Some(d) = self.device.take() {
+            self.past = add_statistics(&self.past, &D::statistics(&d));
             D::disconnect(d);
         }
     }
 
     fn failure(&self) -> Option<String> {
         self.device.as_ref().and_then(D::failure)
+    }
+
+    fn statistics(&self) -> Statistics {
+        let now = self.device.as_ref().map(D::statistics).unwrap_or_default();
+        let mut s = add_statistics(&self.past, &now);
+        s.push(("connects", self.connects));
+        s
+    }
+}
+
+/// `a + b` by name (names of either, in `a`'s order then `b`'s new ones).
+fn add_statistics(a: &Statistics, b: &Statistics) -> Statistics {
+    let mut sum = a.clone();
+    for (k, v) in b {
+        match sum.iter_mut().find(|(n, _)| n == k) {
+            Some((_, s)) => *s = s.saturating_add(*v),
+            None => sum.push((k, *v)),
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_add_statistics_sums_by_name_and_keeps_new_names() {
+        let a = vec![("rd_req", 2), ("wr_req", 1)];
+        let b = vec![("wr_req", 5), ("oo_req", 1)];
+        assert_eq!(
+            add_statistics(&a, &b),
+            vec![("rd_req", 2), ("wr_req", 6), ("oo_req", 1)]
+        );
+        assert_eq!(add_statistics(&Vec::new(), &a), a);
     }
 }

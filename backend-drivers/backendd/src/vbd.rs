@@ -21,7 +21,9 @@ use xen_blkback::{
 };
 use xen_diag::ErrorChain;
 
-use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
+use crate::backend::{
+    Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader, Statistics,
+};
 use crate::driver::{handles, Driver, DriverBackend};
 
 /// Makes a [`VbdBackend`] per `vbd` (or `qdisk`) directory; the shim's
@@ -153,6 +155,23 @@ impl Driver for BlkBackend {
         device
             .failure()
             .map(|f| format!("queue {} failed: {:?}", f.queue, f.reason))
+    }
+
+    /// Xen's vbd `statistics/` (Linux blkback's sysfs names), plus the
+    /// requests answered with an error or as unsupported.
+    fn statistics(device: &Device) -> Statistics {
+        let m = device.metrics();
+        vec![
+            ("oo_req", m.out_of_requests),
+            ("rd_req", m.reads),
+            ("wr_req", m.writes),
+            ("f_req", m.flushes),
+            ("ds_req", m.discards),
+            ("rd_sect", m.sectors_read()),
+            ("wr_sect", m.sectors_written()),
+            ("errors", m.errors),
+            ("unsupported", m.unsupported),
+        ]
     }
 }
 

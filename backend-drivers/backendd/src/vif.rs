@@ -17,7 +17,9 @@ use xen_backend_common::LazyDom0Handles;
 use xen_diag::ErrorChain;
 use xen_netback::{Device, Dom0Handles, FrontendParams, NetBackend, NetConfig, NetbackError};
 
-use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader};
+use crate::backend::{
+    Backend, BackendError, BackendFactory, DeviceInfo, FrontendReader, Statistics,
+};
 use crate::driver::{handles, Driver, DriverBackend};
 
 /// Makes a [`VifBackend`] per `vif` directory.
@@ -124,6 +126,20 @@ impl Driver for NetBackend {
 
     fn failure(device: &Device) -> Option<String> {
         device.failure().map(|f| f.to_string())
+    }
+
+    /// The data path's counters (the TAP's own are in its sysfs
+    /// `statistics/`): packets and bytes each way and the drops.
+    fn statistics(device: &Device) -> Statistics {
+        let m = device.metrics();
+        vec![
+            ("tx_packets", m.tx_packets),
+            ("tx_bytes", m.tx_bytes),
+            ("tx_dropped", m.tx_dropped),
+            ("rx_packets", m.rx_packets),
+            ("rx_bytes", m.rx_bytes),
+            ("rx_dropped", m.rx_dropped),
+        ]
     }
 }
 

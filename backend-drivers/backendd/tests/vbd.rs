@@ -333,3 +333,83 @@ fn test_vbd_ring_producer_overflow_closes_only_that_device() {
         .expect("error node");
     assert!(err.contains("queue 0 failed"), "{err}");
 }
+
+/// Waits until every `statistics/<name>` node of the vbd reads as wanted.
+fn wait_statistics(w: &World, want: &[(&str, u64)]) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now: Vec<(&str, Option<u64>)> = want
+            .iter()
+            .map(|(k, _)| {
+                let v = w.read(&format!("{}/statistics/{k}", w.be()));
+                (*k, v.and_then(|v| v.parse().ok()))
+            })
+            .collect();
+        if now.iter().zip(want).all(|((_, v), (_, x))| *v == Some(*x)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "statistics {now:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn test_vbd_statistics_count_requests_sectors_and_full_rings() {
+    let w = World::start("bkd-vbd-stats");
+    w.add_disk("w");
+    w.wait_be_state("2");
+    let mut f = Front::new(&w.rt);
+    f.publish(&w, "3");
+    w.wait_be_state("4");
+    wait_statistics(&w, &[("rd_req", 0), ("wr_req", 0), ("connects", 1)]);
+
+    // One write and two reads of 8 sectors each.
+    let r = f.call(&w.rt, &f.rw(BLKIF_OP_WRITE, 1, 0));
+    assert_eq!(r.status, BLKIF_RSP_OKAY);
+    for id in 2..4 {
+        let r = f.call(&w.rt, &f.rw(BLKIF_OP_READ, id, 8));
+        assert_eq!(r.status, BLKIF_RSP_OKAY);
+    }
+    wait_statistics(
+        &w,
+        &[
+            ("rd_req", 2),
+            ("wr_req", 1),
+            ("rd_sect", 16),
+            ("wr_sect", 8),
+            ("oo_req", 0),
+        ],
+    );
+
+    // A whole ring of reads before one notification: the backend finds
+    // the ring full once (Xen's "out of requests").
+    let nr = f.ring.nr_ents();
+    for i in 0..nr {
+        f.ring
+            .push_request(&f.rw(BLKIF_OP_READ, 100 + u64::from(i), 0))
+            .expect("room");
+    }
+    assert!(f.ring.is_full());
+    f.ring.push_requests_and_check_notify();
+    w.rt.platform().evtchn_notify(f.port).expect("notify");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut answered = 0;
+    while answered < nr {
+        if let Some(r) = f.ring.take_response().expect("sane ring") {
+            let r = blkif_response::read_from_bytes(&r).expect("16 bytes");
+            assert_eq!(r.status, BLKIF_RSP_OKAY);
+            answered += 1;
+        } else {
+            assert!(Instant::now() < deadline, "{answered} of {nr} answered");
+            std::thread::yield_now();
+        }
+    }
+    let reads = 2 + u64::from(nr);
+    wait_statistics(
+        &w,
+        &[("rd_req", reads), ("rd_sect", reads * 8), ("oo_req", 1)],
+    );
+}

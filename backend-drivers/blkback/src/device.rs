@@ -506,6 +506,10 @@ impl Worker {
                     break;
                 }
             };
+            if n == nr {
+                // A whole ring unanswered: the frontend ran out of slots.
+                self.shared.metrics.add(Counter::OutOfRequests, 1);
+            }
             // Answers each request as soon as it is served (published at
             // once, so the frontend can reuse the slot while the rest of
             // the batch is served).

@@ -20,6 +20,7 @@ pub struct Metrics {
     persistent_grants: AtomicU64,
     grant_maps: AtomicU64,
     merged: AtomicU64,
+    out_of_requests: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -57,6 +58,24 @@ pub struct MetricsSnapshot {
     /// Reads and writes served in the transfer of an adjacent earlier
     /// request of their batch (`DiskConfig::merge_max_bytes`).
     pub merged: u64,
+    /// Batches in which the worker found the ring full (a whole ring of
+    /// unanswered requests: the frontend was out of request slots and had
+    /// to wait for answers), Xen's `oo_req` of a vbd's `statistics/`.
+    pub out_of_requests: u64,
+}
+
+impl MetricsSnapshot {
+    /// Sectors (512 bytes, as Xen's `rd_sect`) read.
+    #[must_use]
+    pub fn sectors_read(&self) -> u64 {
+        self.bytes_read / 512
+    }
+
+    /// Sectors (512 bytes, as Xen's `wr_sect`) written.
+    #[must_use]
+    pub fn sectors_written(&self) -> u64 {
+        self.bytes_written / 512
+    }
 }
 
 /// The counters a worker bumps.
@@ -77,6 +96,7 @@ pub(crate) enum Counter {
     PersistentGrants,
     GrantMaps,
     Merged,
+    OutOfRequests,
 }
 
 impl Metrics {
@@ -97,6 +117,7 @@ impl Metrics {
             Counter::PersistentGrants => &self.persistent_grants,
             Counter::GrantMaps => &self.grant_maps,
             Counter::Merged => &self.merged,
+            Counter::OutOfRequests => &self.out_of_requests,
         }
     }
 
@@ -127,6 +148,7 @@ impl Metrics {
             persistent_grants: g(Counter::PersistentGrants),
             grant_maps: g(Counter::GrantMaps),
             merged: g(Counter::Merged),
+            out_of_requests: g(Counter::OutOfRequests),
         }
     }
 }
@@ -142,7 +164,9 @@ mod tests {
         m.add(Counter::BytesRead, 8192);
         m.add(Counter::PersistentGrants, 3);
         m.sub(Counter::PersistentGrants, 1);
+        m.add(Counter::OutOfRequests, 1);
         let s = m.snapshot();
         assert_eq!((s.reads, s.bytes_read, s.persistent_grants), (2, 8192, 2));
+        assert_eq!((s.out_of_requests, s.sectors_read()), (1, 16));
     }
 }
