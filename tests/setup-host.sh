@@ -21,6 +21,8 @@ packages=(
   busybox-static     # the root file system of examples/mkroot.sh (the PV root guest of examples/pv-root.cfg, the demo and frontend-drivers/pv-runtime's pvroot_e2e)
   cpio               # the ramdisk (newc archive) of examples/mkroot.sh; the initramfs reader's tests (frontend-drivers/pv-runtime)
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
+  prometheus         # promtool check metrics and a real Prometheus scraping `xl metrics` (dom0-tools/xl tests/monitor_e2e.rs)
+  xen-utils-common   # Xen's /etc/xen/xlexample.* configs that `xl create -n` must read (dom0-tools/xl tests/monitor_e2e.rs)
 )
 
 missing=()

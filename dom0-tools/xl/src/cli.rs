@@ -78,6 +78,15 @@ pub enum Verb {
         /// Its configuration file.
         config: PathBuf,
     },
+    /// xentop's table of the domains (CPU, memory, vifs, vbds).
+    Top(crate::top::TopArgs),
+    /// Serve the domains' figures to Prometheus over HTTP (`/metrics`).
+    Metrics {
+        /// The local address and port to listen on (`127.0.0.1:9603`; port
+        /// 0 picks one, printed on stdout).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// List a domain's virtual network interfaces.
     #[command(name = "network-list")]
     NetworkList {
@@ -135,6 +144,8 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
+        Verb::Top(a) => crate::top::run(&mut out, &a.into()),
+        Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
         Verb::MonitorDomain {
             domid,
             instance,

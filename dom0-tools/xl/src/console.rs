@@ -48,13 +48,13 @@ pub enum Detach {
     InputClosed,
 }
 
-/// The local terminal in raw mode; restored on drop.
-struct RawMode {
+/// The local terminal in raw mode; restored on drop (also `xl top`'s).
+pub(crate) struct RawMode {
     saved: Option<Termios>,
 }
 
 impl RawMode {
-    fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         let stdin = std::io::stdin();
         let Ok(saved) = termios::tcgetattr(stdin.as_fd()) else {
             return Self { saved: None };

@@ -16,6 +16,11 @@
 //!   and the figures of `xl list`;
 //! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
 //!   applies `on_poweroff`/`on_reboot`/`on_crash`/`on_watchdog`;
+//! - [`stat`]: the figures of the host and its domains in one pass (Xen's
+//!   `libxenstat`), with its two views [`top`] (`xl top`, xentop's table)
+//!   and [`metrics`] (`xl metrics`, Prometheus over HTTP);
+//! - [`info`]: `xl info`, `uptime`, `vcpu-list`, `domid`, `domname`,
+//!   `list -l` and `create -n`'s JSON;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -24,9 +29,13 @@ pub mod config;
 pub mod console;
 pub mod daemons;
 pub mod disk;
+pub mod info;
+pub mod metrics;
 pub mod monitor;
 pub mod network;
 pub mod resources;
+pub mod stat;
 pub mod toolstack;
+pub mod top;
 pub mod vif;
 pub mod xsplan;

@@ -765,7 +765,8 @@ pub fn find_domain(control: &Control, which: &str) -> Result<DomainInfo, Toolsta
         .ok_or_else(|| ToolstackError::NoDomain(which.to_owned()))
 }
 
-fn list_or_empty(xs: &Client, path: &str) -> Vec<String> {
+/// The children of `path` (none if it is absent or unreadable).
+pub(crate) fn list_or_empty(xs: &Client, path: &str) -> Vec<String> {
     xs.directory(path).unwrap_or_default()
 }
 
