@@ -27,8 +27,9 @@ use crate::GUEST_LOG;
 
 /// Most nodes read from a backend directory at creation.
 pub const MAX_BACKEND_NODES: usize = 256;
-/// Least time between two writes of a device's `statistics/` nodes.
-pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two writes of a device's `statistics/` nodes (a
+/// reader sampling every second sees each second's counts).
+pub const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -432,24 +433,25 @@ impl Device {
     }
 
     /// Writes the backend's counters as `statistics/<name>` nodes, at most
-    /// every [`STATISTICS_INTERVAL`] and only when they changed (in one
+    /// every [`STATISTICS_INTERVAL`] and only those that changed (in one
     /// transaction, and never into a directory that is gone). The data
     /// path only bumps relaxed atomics; this thread reads them.
     fn publish_statistics(&mut self) {
         let Some(b) = self.backend.as_ref() else {
             return;
         };
-        if let Some((last, at)) = &self.published {
-            if at.elapsed() < STATISTICS_INTERVAL {
-                return;
-            }
-            let now = b.statistics();
-            if &now == last {
-                return;
-            }
-        }
+        let last: Statistics = match &self.published {
+            Some((_, at)) if at.elapsed() < STATISTICS_INTERVAL => return,
+            Some((last, _)) => last.clone(),
+            None => Statistics::new(),
+        };
         let stats = b.statistics();
-        if stats.is_empty() {
+        let changed: Statistics = stats
+            .iter()
+            .filter(|kv| !last.contains(kv))
+            .copied()
+            .collect();
+        if changed.is_empty() {
             return;
         }
         let state_path = self.path("state");
@@ -458,15 +460,20 @@ impl Device {
             if tx.read_opt(&state_path)?.is_none() {
                 return Ok(());
             }
-            for (k, v) in &stats {
+            for (k, v) in &changed {
                 tx.write(&format!("{dir}/{k}"), v.to_string())?;
             }
             Ok(())
         });
-        if let Err(e) = r {
-            warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "cannot publish the statistics");
-        }
-        self.published = Some((stats, Instant::now()));
+        // After a failure the same nodes are tried again next interval.
+        let written = match r {
+            Ok(()) => stats,
+            Err(e) => {
+                warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "cannot publish the statistics");
+                last
+            }
+        };
+        self.published = Some((written, Instant::now()));
     }
 
     /// Fails this device only: log once, error node, disconnect, Closing.
