@@ -245,7 +245,8 @@ fn test_xl_top_screen_in_a_pty_shows_every_domain_and_quits_on_q() {
     let st = wait_exit(&mut child, Duration::from_secs(10)).expect("xl top ends on q");
     assert!(st.success(), "{st}\n{}", term.text());
     // The alternate screen is left.
-    assert!(term.text().contains("\x1b[?1049l"), "{}", term.text());
+    term.expect("\x1b[?1049l")
+        .expect("xl top leaves the alternate screen");
 }
 
 /// `xl metrics` on a free port; the child and its base URL.
