@@ -1,5 +1,6 @@
 //! The `xl` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,15 +25,36 @@ pub enum Verb {
     Create {
         /// The configuration file.
         config: PathBuf,
+        /// `KEY=VALUE` settings after the file's (they win over it:
+        /// `memory=256 'extra="init=/bin/sh"'`).
+        overrides: Vec<String>,
         /// Attach to the console afterwards (`Ctrl-]` detaches).
         #[arg(short = 'c')]
         console: bool,
+        /// Leave the domain paused (until `xl unpause`).
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Dry run: parse the configuration, print it as libxl's JSON and
+        /// create nothing.
+        #[arg(short = 'n', long = "dryrun")]
+        dry_run: bool,
+        /// Quiet: no "Parsing config" and "Domain created" lines.
+        #[arg(short = 'q', long = "quiet")]
+        quiet: bool,
+        /// Do not leave the watcher that applies `on_poweroff`/`on_reboot`/
+        /// `on_crash` behind (xl's "do not wait for the death of the
+        /// domain").
+        #[arg(short = 'e')]
+        no_monitor: bool,
     },
     /// List domains.
     List {
         /// Also the UUID and the shutdown reason code (`-v`, as xl).
         #[arg(short = 'v', long)]
         verbose: bool,
+        /// Each domain's configuration as libxl's JSON.
+        #[arg(short = 'l', long = "long", conflicts_with = "verbose")]
+        long: bool,
         /// Only these domains (names or ids).
         domains: Vec<String>,
     },
@@ -78,6 +100,29 @@ pub enum Verb {
         /// Its configuration file.
         config: PathBuf,
     },
+    /// The host and the hypervisor shim (`key : value`).
+    Info,
+    /// How long the domains have been running.
+    Uptime {
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// The domains' vCPUs.
+    #[command(name = "vcpu-list")]
+    VcpuList {
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// The id of the domain called NAME.
+    Domid {
+        /// Name.
+        name: String,
+    },
+    /// The name of domain DOMID.
+    Domname {
+        /// Domain id.
+        domid: String,
+    },
     /// xentop's table of the domains (CPU, memory, vifs, vbds).
     Top(crate::top::TopArgs),
     /// Serve the domains' figures to Prometheus over HTTP (`/metrics`).
@@ -115,22 +160,68 @@ pub fn run(args: &Args) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let r = match &args.verb {
-        Verb::Create { config, console } => toolstack::create(config, true).and_then(|c| {
-            eprintln!(
-                "Parsing config from {}\nDomain {} created (runtime pid {}, console log {})",
-                config.display(),
-                c.domid,
-                c.pid,
-                c.log.display()
-            );
-            if *console {
-                let xs = toolstack::xenstore(false)?;
-                crate::console::attach(&xs, c.domid)?;
+        Verb::Create {
+            config,
+            overrides,
+            console,
+            paused,
+            dry_run,
+            quiet,
+            no_monitor,
+        } => {
+            if !quiet {
+                eprintln!("Parsing config from {}", config.display());
             }
-            Ok(())
-        }),
+            if *dry_run {
+                crate::config::XlConfig::load_with(config, overrides)
+                    .map_err(Into::into)
+                    .and_then(|c| {
+                        writeln!(
+                            out,
+                            "{}",
+                            crate::info::to_json(&crate::info::config_json(&c))
+                        )
+                        .map_err(|source| toolstack::ToolstackError::Io {
+                            what: "write the configuration".into(),
+                            source,
+                        })
+                    })
+            } else {
+                toolstack::create_with(config, overrides, true, !no_monitor).and_then(|c| {
+                    if *paused {
+                        toolstack::pause(&c.domid.to_string(), true)?;
+                    }
+                    if !quiet {
+                        eprintln!(
+                            "Domain {} created (runtime pid {}, console log {}){}",
+                            c.domid,
+                            c.pid,
+                            c.log.display(),
+                            if *paused { ", paused" } else { "" }
+                        );
+                    }
+                    if *console {
+                        let xs = toolstack::xenstore(false)?;
+                        crate::console::attach(&xs, c.domid)?;
+                    }
+                    Ok(())
+                })
+            }
+        }
         Verb::Console { domain } => crate::console::console(domain).map(drop),
-        Verb::List { verbose, domains } => toolstack::list(&mut out, domains, *verbose),
+        Verb::List {
+            long: true,
+            domains,
+            ..
+        } => crate::info::list_long(&mut out, domains),
+        Verb::List {
+            verbose, domains, ..
+        } => toolstack::list(&mut out, domains, *verbose),
+        Verb::Info => crate::info::info(&mut out),
+        Verb::Uptime { domains } => crate::info::uptime(&mut out, domains),
+        Verb::VcpuList { domains } => crate::info::vcpu_list(&mut out, domains),
+        Verb::Domid { name } => crate::info::domid(&mut out, name),
+        Verb::Domname { domid } => crate::info::domname(&mut out, domid),
         Verb::Destroy { domain } => toolstack::destroy(domain).map(drop),
         Verb::Shutdown(a) | Verb::Reboot(a) => {
             let reason = if matches!(args.verb, Verb::Reboot(_)) {

@@ -994,6 +994,30 @@ impl XlConfig {
         })?;
         Self::parse(&file, &text)
     }
+
+    /// [`XlConfig::load`] with `KEY=VALUE` settings after the file's (xl
+    /// create's overrides: each is one more line at the end, so it wins
+    /// over the file's and `+=` appends to it). Errors in them are named
+    /// as lines of `<file> + command line`.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn load_with(path: &std::path::Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        if overrides.is_empty() {
+            return Self::load(path);
+        }
+        let file = format!("{} + command line", path.display());
+        let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        text.push('\n');
+        for o in overrides {
+            text.push_str(o);
+            text.push('\n');
+        }
+        Self::parse(&file, &text)
+    }
 }
 
 #[cfg(test)]

@@ -439,7 +439,25 @@ pub struct Created {
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
-    let mut c = create_inner(cfg_path, start_daemons)?;
+    create_with(cfg_path, &[], start_daemons, true)
+}
+
+/// [`create`] with xl's `KEY=VALUE` `overrides` after the file's settings
+/// ([`XlConfig::load_with`]; a restart by the monitor reads the file
+/// alone), and without the monitor unless `monitored` (`xl create -e`).
+///
+/// # Errors
+/// Any [`ToolstackError`].
+pub fn create_with(
+    cfg_path: &Path,
+    overrides: &[String],
+    start_daemons: bool,
+    monitored: bool,
+) -> Result<Created, ToolstackError> {
+    let mut c = create_inner(cfg_path, overrides, start_daemons)?;
+    if !monitored {
+        return Ok(c);
+    }
     // As xl's child after `xl create`: a watcher that applies the on_*
     // action when the domain shuts down.
     match crate::monitor::spawn(cfg_path, &c.name, c.domid, c.instance) {
@@ -459,11 +477,15 @@ pub fn create(cfg_path: &Path, start_daemons: bool) -> Result<Created, Toolstack
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create_unmonitored(cfg_path: &Path) -> Result<Created, ToolstackError> {
-    create_inner(cfg_path, true)
+    create_inner(cfg_path, &[], true)
 }
 
-fn create_inner(cfg_path: &Path, start_daemons: bool) -> Result<Created, ToolstackError> {
-    let cfg = XlConfig::load(cfg_path)?;
+fn create_inner(
+    cfg_path: &Path,
+    overrides: &[String],
+    start_daemons: bool,
+) -> Result<Created, ToolstackError> {
+    let cfg = XlConfig::load_with(cfg_path, overrides)?;
     crate::monitor::check_actions(&cfg)?;
     // Checked before the domain exists (a cpus= this host cannot give).
     let limits = crate::resources::Limits::of(&cfg)?;
