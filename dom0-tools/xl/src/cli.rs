@@ -189,6 +189,7 @@ pub fn run(args: &Args) -> ExitCode {
             } else {
                 toolstack::create_with(config, overrides, true, !no_monitor).and_then(|c| {
                     if *paused {
+                        crate::resources::freeze_domain(c.domid, true)?;
                         toolstack::pause(&c.domid.to_string(), true)?;
                     }
                     if !quiet {

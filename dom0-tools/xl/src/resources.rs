@@ -65,6 +65,12 @@ pub enum ResourcesError {
         /// What the host has.
         online: String,
     },
+    /// The domain has no cgroup (not made by `xl create`).
+    #[error("domain {0} has no cgroup")]
+    NoGroup(u16),
+    /// The freezer did not finish.
+    #[error("the cgroup {0} did not freeze within {FREEZE_TIMEOUT:?}")]
+    NotFrozen(String),
     /// `cpus=` is invalid.
     #[error("cpus=\"{spec}\": {why}")]
     Cpus {
@@ -304,6 +310,57 @@ fn destroy_groups_of(h: &Hierarchy, domid: u16) -> Result<(), ResourcesError> {
 /// [`ResourcesError::Cgroup`].
 pub fn destroy_group(domid: u16) -> Result<(), ResourcesError> {
     destroy_groups_of(&hierarchy()?, domid)
+}
+
+/// How long [`freeze_domain`] waits for the freezer to finish.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Freezes (`true`: every task of the domain's group, the runtime and what
+/// the guest runs, and waits until the freezer says `FROZEN`) or thaws the
+/// domain's group. A frozen task is not "stopped" for job control, so a
+/// stop signal sent to it meanwhile waits until it is thawed (`xl create
+/// -p`: the shim's pause of a runtime whose parent `xl` exits would
+/// otherwise have the kernel hang it up, its process group orphaned with a
+/// stopped member).
+///
+/// # Errors
+/// [`ResourcesError::NoGroup`], [`ResourcesError::Cgroup`] (no freezer),
+/// or [`ResourcesError::NotFrozen`] in [`FREEZE_TIMEOUT`].
+pub fn freeze_domain(domid: u16, frozen: bool) -> Result<(), ResourcesError> {
+    let h = hierarchy()?;
+    let name = h
+        .groups()
+        .map_err(cg("list the domains' cgroups"))?
+        .into_iter()
+        .find(|n| group_domid(n) == Some(domid))
+        .ok_or(ResourcesError::NoGroup(domid))?;
+    let g = h
+        .group(&name)
+        .map_err(cg(format!("open the cgroup {name}")))?;
+    let what = if frozen { "freeze" } else { "thaw" };
+    g.freeze(frozen)
+        .map_err(cg(format!("{what} the cgroup {name}")))?;
+    if !frozen {
+        return Ok(());
+    }
+    let state = g
+        .dirs()
+        .into_iter()
+        .map(|d| d.join("freezer.state"))
+        .find(|p| p.exists());
+    let Some(state) = state else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN") {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ResourcesError::NotFrozen(name));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// What `xl list` shows of one domain beyond the shim's info.

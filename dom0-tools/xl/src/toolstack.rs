@@ -896,6 +896,10 @@ pub fn pause(which: &str, pause: bool) -> Result<u16, ToolstackError> {
         if pause { "pause" } else { "unpause" },
         d.domid
     )))?;
+    if !pause {
+        // `xl create -p` froze the whole domain too.
+        let _ = crate::resources::freeze_domain(d.domid, false);
+    }
     Ok(d.domid)
 }
 
