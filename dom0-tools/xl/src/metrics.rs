@@ -139,7 +139,8 @@ pub fn render(node: &Node, daemons: Daemons) -> String {
     )
     .sample(&[], ds.len() as f64);
 
-    let per_domain: [(&'static str, &str, &str, fn(&Domain) -> Option<f64>); 5] = [
+    type DomainGet = fn(&Domain) -> Option<f64>;
+    let per_domain: [(&'static str, &str, &str, DomainGet); 5] = [
         (
             "xen_domain_cpu_seconds_total",
             "counter",

@@ -12,7 +12,7 @@
 //!
 //! The interactive screen (without `-b`) redraws in place on the
 //! terminal's alternate screen: the summary lines, the table, the key
-//! line; `q`, `Q` or Esc quit; `n`, `b`, `r` toggle the vif lines, the vbd
+//! line; `q`, `Q`, Esc or Ctrl-C quit; `n`, `b`, `r` toggle the vif lines, the vbd
 //! lines and the repeated header as in xentop; any other key redraws.
 
 use std::io::Write;
@@ -476,7 +476,8 @@ fn interactive(out: &mut dyn Write, opts: &TopOptions) -> Result<(), ToolstackEr
             }
         }
         match wait_key(Duration::from_secs(u64::from(opts.delay)))? {
-            Some(b'q' | b'Q' | 0x1b) => return Ok(()),
+            // Esc as xentop; Ctrl-C too (raw mode takes away its signal).
+            Some(b'q' | b'Q' | 0x1b | 0x03) => return Ok(()),
             Some(b'n' | b'N') => opts.networks ^= true,
             Some(b'b' | b'B') => opts.vbds ^= true,
             Some(b'r' | b'R') => opts.repeat_header ^= true,
