@@ -68,15 +68,9 @@ pub fn config_json(cfg: &XlConfig) -> Value {
     b_info.insert("target_memkb".into(), json!(cfg.memory_mib * 1024));
     b_info.insert("sched_params".into(), json!({}));
     let mut kernel = Map::new();
-    if let Some(k) = &cfg.kernel {
-        kernel.insert("kernel".into(), json!(k));
-    }
-    if let Some(c) = &cfg.cmdline {
-        kernel.insert("cmdline".into(), json!(c));
-    }
-    if let Some(r) = &cfg.ramdisk {
-        kernel.insert("ramdisk".into(), json!(r));
-    }
+    put(&mut kernel, "kernel", cfg.kernel.as_ref());
+    put(&mut kernel, "cmdline", cfg.cmdline.as_ref());
+    put(&mut kernel, "ramdisk", cfg.ramdisk.as_ref());
     let ty = cfg.guest_type.as_str();
     // libxl keeps a PV guest's kernel in `type.pv`, a PVH/HVM guest's at
     // the top of b_info.
@@ -91,9 +85,7 @@ pub fn config_json(cfg: &XlConfig) -> Value {
         .iter()
         .map(|d| {
             let mut m = Map::new();
-            if let Some(t) = &d.target {
-                m.insert("pdev_path".into(), json!(t));
-            }
+            put(&mut m, "pdev_path", d.target.as_ref());
             m.insert("vdev".into(), json!(d.vdev));
             if let Some(b) = d.backendtype {
                 let name = match b {
@@ -105,9 +97,7 @@ pub fn config_json(cfg: &XlConfig) -> Value {
                 m.insert("backend".into(), json!(name));
             }
             m.insert("format".into(), json!(d.format.as_str()));
-            if let Some(s) = &d.script {
-                m.insert("script".into(), json!(s));
-            }
+            put(&mut m, "script", d.script.as_ref());
             m.insert(
                 "readwrite".into(),
                 json!(i32::from(d.access == crate::disk::Access::ReadWrite)),
@@ -131,21 +121,11 @@ pub fn config_json(cfg: &XlConfig) -> Value {
             if !v.ip.is_empty() {
                 m.insert("ip".into(), json!(v.ip.join(" ")));
             }
-            if let Some(b) = &v.bridge {
-                m.insert("bridge".into(), json!(b));
-            }
-            if let Some(n) = &v.vifname {
-                m.insert("ifname".into(), json!(n));
-            }
-            if let Some(s) = &v.script {
-                m.insert("script".into(), json!(s));
-            }
-            if let Some(mtu) = v.mtu {
-                m.insert("mtu".into(), json!(mtu));
-            }
-            if let Some(t) = &v.vif_type {
-                m.insert("nictype".into(), json!(t));
-            }
+            put(&mut m, "bridge", v.bridge.as_ref());
+            put(&mut m, "ifname", v.vifname.as_ref());
+            put(&mut m, "script", v.script.as_ref());
+            put(&mut m, "mtu", v.mtu.as_ref());
+            put(&mut m, "nictype", v.vif_type.as_ref());
             Value::Object(m)
         })
         .collect();
@@ -159,6 +139,13 @@ pub fn config_json(cfg: &XlConfig) -> Value {
         "on_watchdog": cfg.on_watchdog.as_str(),
         "on_crash": cfg.on_crash.as_str(),
     })
+}
+
+/// Sets `key` when there is a value (libxl leaves unset fields out).
+fn put<T: serde::Serialize>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        m.insert(key.into(), json!(v));
+    }
 }
 
 fn read(xs: &Client, p: &str) -> Option<String> {
