@@ -462,14 +462,21 @@ enum Route {
     Index,
     NotFound,
     BadMethod,
+    BadRequest,
 }
 
 /// Routes a request's first line.
 fn route(request_line: &str) -> Route {
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Route::NotFound;
+        return Route::BadRequest;
     };
+    if method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+    {
+        return Route::BadRequest;
+    }
     if method != "GET" && method != "HEAD" {
         return Route::BadMethod;
     }
@@ -517,6 +524,13 @@ fn answer(mut c: TcpStream) -> std::io::Result<()> {
             head,
         ),
         Route::NotFound => respond(&mut c, "404 Not Found", "text/plain", b"not found\n", head),
+        Route::BadRequest => respond(
+            &mut c,
+            "400 Bad Request",
+            "text/plain",
+            b"bad request\n",
+            false,
+        ),
         Route::BadMethod => respond(
             &mut c,
             "405 Method Not Allowed",
@@ -642,7 +656,9 @@ mod tests {
         assert_eq!(route("HEAD / HTTP/1.0"), Route::Index);
         assert_eq!(route("GET /etc/passwd HTTP/1.1"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1"), Route::BadMethod);
-        assert_eq!(route(""), Route::NotFound);
+        assert_eq!(route(""), Route::BadRequest);
+        assert_eq!(route("\0\u{fffd} garbage"), Route::BadRequest);
+        assert_eq!(route("GET metrics HTTP/1.1"), Route::BadRequest);
     }
 
     #[test]

@@ -418,3 +418,84 @@ fn range_values(body: &str) -> Vec<f64> {
         })
         .collect()
 }
+
+/// `xl metrics` with nothing to talk to (no shim, no xenstored): a
+/// well-formed exposition saying so, and hostile requests get an error
+/// without stopping the server.
+#[test]
+fn test_xl_metrics_without_daemons_and_hostile_requests() {
+    need("promtool", "prometheus").expect("promtool");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(libexec().join("xl"))
+        .args(["metrics", "--listen", "127.0.0.1:0"])
+        .env(xen_shim_proto::ENV_SOCKET, dir.path().join("no-shim.sock"))
+        .env("XENSTORED_PATH", dir.path().join("no-xenstored.sock"))
+        .env("XEN_SPLIT_RUNDIR", dir.path())
+        .env(
+            "XL_CGROUP_PARENT",
+            format!("xl-metrics-none-{}", std::process::id()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xl metrics");
+    let stdout = child.stdout.take().expect("stdout");
+    let _d = Daemon::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("xl metrics says where it listens");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let hostport = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .expect("host:port")
+        .to_owned();
+
+    // Hostile requests: an endless header, garbage, another path, POST.
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(&hostport).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = std::io::Write::write_all(&mut s, bytes);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.lines().next().unwrap_or("").to_owned()
+    };
+    let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 20_000));
+    assert!(raw(&long).contains(" 431 "));
+    assert!(raw(b"\x00\xff garbage\r\n\r\n").contains(" 400 "));
+    assert!(raw(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n").contains(" 404 "));
+    assert!(raw(b"POST /metrics HTTP/1.1\r\n\r\n").contains(" 405 "));
+    // A client that sends nothing and goes away.
+    drop(std::net::TcpStream::connect(&hostport).expect("connect"));
+
+    // Still serving: the daemons are down, the format is valid.
+    let text = http_get(&url);
+    for d in ["xen-shimd", "xenstored", "backendd"] {
+        assert!(
+            text.contains(&format!("xen_daemon_up{{daemon=\"{d}\"}} 0\n")),
+            "{text}"
+        );
+    }
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(check.stdin.as_mut().expect("stdin"), text.as_bytes())
+        .expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
