@@ -343,10 +343,11 @@ pub fn uptime(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackErro
     Ok(())
 }
 
-/// `xl vcpu-list [DOMAIN...]`: xl's columns. A vCPU is not a separate
-/// schedulable thing for a PV domain here (the runtime's and the guest's
+/// `xl vcpu-list [DOMAIN...]`: xl's columns. A PVHVM domain's vCPUs are
+/// its VMM's vCPU threads: each has its CPU, state and time. A PV domain's
+/// are not separate schedulable things (the runtime's and the guest's
 /// tasks share the domain's cgroup), so CPU is `-` and Time(s) is the
-/// domain's on its vCPU 0 only when it has one vCPU (`-` otherwise); the
+/// domain's on its vCPU 0 only when it has one vCPU (`-` otherwise). The
 /// affinity is the domain's cpuset (`all` when it has none of its own).
 ///
 /// # Errors
@@ -393,10 +394,25 @@ pub fn vcpu_list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackE
             "-"
         };
         for v in 0..d.vcpus {
-            let time = if d.vcpus == 1 {
-                format!("{:.1}", st.cpu_ns as f64 / 1e9)
-            } else {
-                "-".to_owned()
+            // A PVHVM vCPU is a VMM thread: its own CPU, state and time.
+            let (cpu, vstate, time) = match st.vcpu_stats.iter().find(|c| c.id == v) {
+                Some(c) => (
+                    c.cpu.to_string(),
+                    if st.state.paused {
+                        "p"
+                    } else if c.running {
+                        "r"
+                    } else {
+                        "b"
+                    },
+                    format!("{:.1}", c.time_ns as f64 / 1e9),
+                ),
+                None if d.vcpus == 1 => (
+                    "-".to_owned(),
+                    state,
+                    format!("{:.1}", st.cpu_ns as f64 / 1e9),
+                ),
+                None => ("-".to_owned(), state, "-".to_owned()),
             };
             writeln!(
                 out,
@@ -404,8 +420,8 @@ pub fn vcpu_list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackE
                 st.name,
                 d.domid,
                 v,
-                "-",
-                format!("{state}-"),
+                cpu,
+                format!("{vstate}-"),
                 time
             )
             .map_err(io)?;

@@ -597,6 +597,7 @@ mod tests {
                 }),
             }],
             xenstore_quota: vec![("nodes".into(), 12, 1000)],
+            vcpu_stats: Vec::new(),
         };
         let mut d0 = g.clone();
         d0.domid = 0;

@@ -198,6 +198,71 @@ pub struct Net {
     pub connects: u64,
 }
 
+/// One vCPU of a PVHVM domain: its VMM thread (`xen-vmm-vcpu<N>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vcpu {
+    /// vCPU number.
+    pub id: u32,
+    /// The host CPU it last ran on.
+    pub cpu: u32,
+    /// Running or runnable (`R`) now.
+    pub running: bool,
+    /// CPU time, nanoseconds.
+    pub time_ns: u64,
+}
+
+/// The prefix of a PVHVM VMM's vCPU thread names.
+pub const VCPU_THREAD: &str = "xen-vmm-vcpu";
+
+/// A vCPU from its thread's `comm` and `/proc/<tid>/stat` line (`hz`:
+/// clock ticks per second); `None` if it is not a vCPU thread.
+#[must_use]
+pub fn parse_vcpu(comm: &str, stat: &str, hz: u64) -> Option<Vcpu> {
+    let id: u32 = comm.trim().strip_prefix(VCPU_THREAD)?.parse().ok()?;
+    // The fields after the command (which may hold spaces and `)`).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime 14, stime 15, processor 39.
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let ticks = num(11)?.saturating_add(num(12)?);
+    Some(Vcpu {
+        id,
+        cpu: u32::try_from(num(36)?).ok()?,
+        running: f.first() == Some(&"R"),
+        time_ns: ticks.saturating_mul(1_000_000_000) / hz.max(1),
+    })
+}
+
+/// The vCPUs of the PVHVM domain `domid` (none for a PV domain, whose
+/// vCPUs are not threads of their own, or without a group).
+fn vcpus_of(domid: u16) -> Vec<Vcpu> {
+    let Ok(h) = crate::resources::hierarchy() else {
+        return Vec::new();
+    };
+    let Some(g) = h.groups().ok().and_then(|names| {
+        names
+            .into_iter()
+            .find(|n| crate::resources::group_domid(n) == Some(domid))
+            .and_then(|n| h.group(&n).ok())
+    }) else {
+        return Vec::new();
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let mut v: Vec<Vcpu> = g
+        .threads()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|tid| {
+            let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+            parse_vcpu(&comm, &stat, hz)
+        })
+        .collect();
+    v.sort_by_key(|c| c.id);
+    v
+}
+
 /// One domain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Domain {
@@ -224,6 +289,9 @@ pub struct Domain {
     /// Its xenstore usage against its quotas (`xenstore-control quota
     /// <domid>`: name, used, max), when xenstored reports it.
     pub xenstore_quota: Vec<(String, u64, u64)>,
+    /// Its vCPUs one by one (PVHVM domains: the VMM's vCPU threads; empty
+    /// for PV domains).
+    pub vcpu_stats: Vec<Vcpu>,
 }
 
 /// The host and its domains at one moment.
@@ -355,6 +423,11 @@ fn domain(d: &DomainInfo, all: &[DomainInfo], census: &Census, xs: Option<&Clien
         nets,
         vbds,
         xenstore_quota,
+        vcpu_stats: if d.kind == xen_shim_proto::layout::DomainType::Pvhvm {
+            vcpus_of(d.domid)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -590,6 +663,30 @@ mod tests {
             ]
         );
         assert!(parse_quota_report("garbage\n: (max x)").is_empty());
+    }
+
+    #[test]
+    fn test_parse_vcpu_reads_time_cpu_and_state_of_vcpu_threads() {
+        // utime 150 + stime 50 ticks at 100 Hz: 2 s; processor 1.
+        let stat = "4242 (xen-vmm-vcpu1) R 1 2 3 0 -1 4194560 10 0 0 0 150 50 0 0 20 0 4 0                     100 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let v = parse_vcpu("xen-vmm-vcpu1\n", stat, 100).expect("a vCPU");
+        assert_eq!(
+            v,
+            Vcpu {
+                id: 1,
+                cpu: 1,
+                running: true,
+                time_ns: 2_000_000_000
+            }
+        );
+        assert_eq!(parse_vcpu("xen-vmm-watchdog", stat, 100), None);
+        assert_eq!(parse_vcpu("xen-vmm-vcpu0", "garbage", 100), None);
+        // A command with spaces and parentheses.
+        let odd = "7 (a) b) S 1 2 3 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0 1 1 1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        assert_eq!(
+            parse_vcpu("xen-vmm-vcpu0", odd, 100).map(|v| v.time_ns),
+            Some(100_000_000)
+        );
     }
 
     #[test]

@@ -2,18 +2,19 @@
 //!
 //! Flags as xentop's: `-d SECONDS` between updates (default 3), `-b` batch
 //! (to stdout, no screen, no keys), `-i ITERATIONS`, `-n` a line per vif,
-//! `-x` a line per vbd, `-r` the header before each domain, `-f` full
-//! names, `-z` Domain-0 first. The columns, their widths and the lines of
+//! `-x` a line per vbd, `-v` the vCPUs' seconds, `-r` the header before
+//! each domain, `-f` full names, `-z` Domain-0 first. The columns, their widths and the lines of
 //! `-n`/`-x` are xentop's (`xen-utils-4.17`); rows sort by name as
 //! xentop's default. CPU(%) is 0.0 in the first table (no earlier sample).
-//! Not here: `-v` (a PV domain's vCPUs are threads of one group, not
-//! separately accounted) and the SSID column's meaning (always 0: no
-//! XSM/FLASK).
+//! A PVHVM domain's vCPUs are its VMM's vCPU threads, each with its own
+//! time; a PV domain's are not accounted apart (its one vCPU's time is the
+//! domain's; with more, `-v` shows `-`). SSID is always 0 (no XSM/FLASK).
 //!
 //! The interactive screen (without `-b`) redraws in place on the
 //! terminal's alternate screen: the summary lines, the table, the key
-//! line; `q`, `Q`, Esc or Ctrl-C quit; `n`, `b`, `r` toggle the vif lines, the vbd
-//! lines and the repeated header as in xentop; any other key redraws.
+//! line; `q`, `Q`, Esc or Ctrl-C quit; `n`, `b`, `v`, `r` toggle the vif
+//! lines, the vbd lines, the vCPU lines and the repeated header as in
+//! xentop; any other key redraws.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -41,6 +42,8 @@ pub struct TopOptions {
     pub networks: bool,
     /// A line per vbd.
     pub vbds: bool,
+    /// The vCPUs' times.
+    pub vcpus: bool,
     /// The header before each domain.
     pub repeat_header: bool,
     /// Names not cut to 10 characters.
@@ -69,6 +72,10 @@ pub struct TopArgs {
     /// A line per vbd.
     #[arg(short = 'x', long = "vbds")]
     pub vbds: bool,
+    /// The vCPUs' CPU seconds (PVHVM: each vCPU thread's; PV: one vCPU's
+    /// is the domain's, more are not accounted apart: `-`).
+    #[arg(short = 'v', long = "vcpus")]
+    pub vcpus: bool,
     /// The header before each domain.
     #[arg(short = 'r', long = "repeat-header")]
     pub repeat_header: bool,
@@ -88,6 +95,7 @@ impl From<&TopArgs> for TopOptions {
             iterations: a.iterations,
             networks: a.networks,
             vbds: a.vbds,
+            vcpus: a.vcpus,
             repeat_header: a.repeat_header,
             full_name: a.full_name,
             dom0_first: a.dom0_first,
@@ -103,6 +111,7 @@ impl Default for TopOptions {
             iterations: None,
             networks: false,
             vbds: false,
+            vcpus: false,
             repeat_header: false,
             full_name: false,
             dom0_first: false,
@@ -265,6 +274,25 @@ fn row(d: &Domain, node: &Node, prev: Option<&Node>, w: &[usize; 19], opts: &Top
     .join(" ")
 }
 
+/// xentop's `VCPUs(sec):` line (five vCPUs a line).
+fn vcpu_lines(d: &Domain) -> Vec<String> {
+    let times: Vec<(u32, u64)> = if !d.vcpu_stats.is_empty() {
+        d.vcpu_stats.iter().map(|v| (v.id, v.time_ns)).collect()
+    } else if d.vcpus == 1 {
+        vec![(0, d.cpu_ns)]
+    } else {
+        return vec!["VCPUs(sec):  -".to_owned()];
+    };
+    let mut out = String::from("VCPUs(sec): ");
+    for (i, (id, ns)) in times.iter().enumerate() {
+        if i != 0 && i % 5 == 0 {
+            out.push_str("\n        ");
+        }
+        out.push_str(&format!(" {id:>2}: {:>10}s", ns / 1_000_000_000));
+    }
+    out.lines().map(str::to_owned).collect()
+}
+
 fn net_lines(d: &Domain) -> Vec<String> {
     d.nets
         .iter()
@@ -310,6 +338,9 @@ pub fn table(node: &Node, prev: Option<&Node>, opts: &TopOptions) -> Vec<String>
             out.push(header(&w));
         }
         out.push(row(d, node, prev, &w, opts));
+        if opts.vcpus {
+            out.extend(vcpu_lines(d));
+        }
         if opts.networks {
             out.extend(net_lines(d));
         }
@@ -460,7 +491,7 @@ fn interactive(out: &mut dyn Write, opts: &TopOptions) -> Result<(), ToolstackEr
             frame.push_str("\r\n");
         }
         frame.push_str(&format!(
-            "\x1b[{};3HDelay  Networks  vBds  Repeat header  Quit",
+            "\x1b[{};3HDelay  Networks  vBds  VCPUs  Repeat header  Quit",
             rows + 1
         ));
         screen
@@ -481,6 +512,7 @@ fn interactive(out: &mut dyn Write, opts: &TopOptions) -> Result<(), ToolstackEr
             Some(b'n' | b'N') => opts.networks ^= true,
             Some(b'b' | b'B') => opts.vbds ^= true,
             Some(b'r' | b'R') => opts.repeat_header ^= true,
+            Some(b'v' | b'V') => opts.vcpus ^= true,
             _ => {}
         }
     }
@@ -541,6 +573,7 @@ mod tests {
             nets: Vec::new(),
             vbds: Vec::new(),
             xenstore_quota: Vec::new(),
+            vcpu_stats: Vec::new(),
         }
     }
 
@@ -650,6 +683,29 @@ mod tests {
         let t = table(&node(vec![g]), None, &TopOptions::default());
         assert_eq!(t[0].len(), t[1].len());
         assert!(t[0].contains("   VBD_RSECT "), "{}", t[0]);
+    }
+
+    #[test]
+    fn test_vcpu_lines_are_xentops() {
+        let mut d = dom(4, "hvm");
+        d.vcpus = 6;
+        d.vcpu_stats = (0..6)
+            .map(|id| crate::stat::Vcpu {
+                id,
+                cpu: 0,
+                running: false,
+                time_ns: u64::from(id) * 1_000_000_000,
+            })
+            .collect();
+        assert_eq!(
+            vcpu_lines(&d),
+            vec![
+                "VCPUs(sec):   0:          0s  1:          1s  2:          2s  3:          3s  4:          4s",
+                "          5:          5s",
+            ]
+        );
+        let pv = dom(1, "pv");
+        assert_eq!(vcpu_lines(&pv), vec!["VCPUs(sec):   0:         12s"]);
     }
 
     #[test]
