@@ -68,6 +68,31 @@ fn test_pvhvm_vmm_runs_in_its_domains_cgroup_with_its_limits() {
     );
     // Guest RAM the VMM touched is charged here, not to Dom0's services.
     assert!(usage >= 1 << 20, "only {usage} bytes charged");
+    // Its vCPUs are the VMM's vCPU threads: xl vcpu-list and xl top -v
+    // show each one's CPU and time.
+    let vl = ok("xl vcpu-list", &h.xl(&["vcpu-list", "pvh-cg"]));
+    let rows: Vec<Vec<&str>> = vl
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{vl}");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[2], i.to_string(), "{vl}");
+        assert!(r[3].parse::<u32>().is_ok(), "a host CPU: {vl}");
+        assert!(r[5].parse::<f64>().is_ok(), "a time: {vl}");
+    }
+    let top = ok("xl top", &h.xl(&["top", "-b", "-i", "1", "-v"]));
+    let at = top
+        .lines()
+        .position(|l| l.split_whitespace().next() == Some("pvh-cg"))
+        .unwrap_or_else(|| panic!("no row:\n{top}"));
+    let vline = top.lines().nth(at + 1).unwrap_or_default();
+    assert!(
+        vline.starts_with("VCPUs(sec):   0: ") && vline.contains("  1: "),
+        "{top}"
+    );
+    eprintln!("xl vcpu-list:\n{vl}xl top -v: {vline}");
     ok("xl destroy", &h.xl(&["destroy", "pvh-cg"]));
     assert!(!g.exists(), "the group outlived xl destroy");
 }
