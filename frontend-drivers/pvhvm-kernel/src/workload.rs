@@ -77,7 +77,8 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                 }
             };
             println!("pvhvm-kernel: domain {} on xenstore", p.domid());
-            match cmd {
+            crate::control::init(&p);
+            let reason = match cmd {
                 "selftest" => selftest(&p, &words[1..]),
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
@@ -95,6 +96,13 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                     println!("pvhvm-kernel: unknown workload \"{other}\"");
                     Some(SHUTDOWN_crash)
                 }
+            };
+            // `stay`: the domain stays up after the workload, until the
+            // toolstack shuts it down (a request that ended the workload
+            // is its reason already).
+            match reason {
+                None if words.contains(&"stay") => Some(crate::control::wait(&p)),
+                r => r,
             }
         }
     }
@@ -323,7 +331,7 @@ impl XorShift {
 
 fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
     match blkload_inner(p, words) {
-        Ok(()) => None,
+        Ok(stop) => stop,
         Err(why) => {
             println!("blkload: FAIL: {why}");
             Some(SHUTDOWN_crash)
@@ -336,7 +344,7 @@ fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
 /// line per pattern in the PV guest's `blkload` format (plus
 /// `"guest":"pvhvm"`). An I/O larger than one request is split into
 /// several and completes when all of them have (as the PV guest's).
-fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
+fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<Option<u32>, String> {
     let num = |k: &str, d: u64| -> Result<u64, String> {
         match arg(words, k) {
             Some(v) => v.parse().map_err(|_| format!("bad {k}={v}")),
@@ -356,6 +364,9 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     let mut dev = connect(p)?;
     let disk = *dev.disk().ok_or("no disk info")?;
     let ss = disk.sector_size as usize;
+    // A shutdown request (control/shutdown) ends the run: the I/Os in
+    // flight complete, the pattern's line is printed.
+    let mut stop = None;
     if !bs.is_multiple_of(ss) {
         return Err(format!("bs {bs} is not a multiple of the sector size {ss}"));
     }
@@ -393,7 +404,10 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         let mut ios = 0u64;
         let mut inflight = 0usize;
         loop {
-            let submitting = p.monotonic_ns() < end;
+            if stop.is_none() {
+                stop = crate::control::poll(p);
+            }
+            let submitting = stop.is_none() && p.monotonic_ns() < end;
             'submit: loop {
                 let (si, off, first) = match partial.take() {
                     Some(x) => x,
@@ -503,8 +517,11 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
             q(99),
             dev.max_request_bytes()
         );
+        if stop.is_some() {
+            break;
+        }
     }
-    Ok(())
+    Ok(stop)
 }
 
 /// The hostile guest: connects its disk, then scribbles garbage over its

@@ -1,0 +1,150 @@
+//! Xen's PV control protocol in the kernel, as Linux's
+//! `drivers/xen/manage.c`: the kernel advertises `control/feature-poweroff`
+//! and `control/feature-reboot`, watches `control/shutdown`, and when the
+//! toolstack (`xl shutdown`, `xl reboot`) writes `poweroff`, `halt` or
+//! `reboot` there, acknowledges it by writing the empty string back in the
+//! same transaction (only requests it carries out, as Linux; anything else
+//! is left and logged) and the workload ends: the domain shuts down with
+//! `SCHEDOP_shutdown` and the requested reason, so that xl's `on_poweroff`
+//! / `on_reboot` actions apply.
+//!
+//! The kernel is single-threaded: the workloads call [`poll`] from their
+//! loops (it costs a look at the xenstore ring; the node is read when the
+//! watch fired and once a second besides, level-triggered). The watch's
+//! events never reach a device: [`crate::platform::KPlatform`] keeps them
+//! for [`poll`].
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use xen_abi::xen::{SHUTDOWN_poweroff, SHUTDOWN_reboot};
+use xen_front_platform::{Platform, PlatformError, XBT_NIL};
+
+use crate::platform::KPlatform;
+use crate::println;
+
+/// The watch token of `control/shutdown`.
+pub const TOKEN: &str = "pvhvm-control-shutdown";
+
+/// The node the toolstack writes requests to.
+pub const NODE: &str = "control/shutdown";
+
+/// How often [`poll`] reads the node without an event (ns).
+const LOOK_NS: u64 = 1_000_000_000;
+
+/// Whether [`init`] ran (no control interface before: [`poll`] is `None`).
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// When [`poll`] next reads the node without an event (monotonic ns).
+static NEXT_LOOK: AtomicU64 = AtomicU64::new(0);
+
+/// The `SHUTDOWN_*` reason a `control/shutdown` value asks for (`None`:
+/// not a request this kernel carries out, or the empty acknowledgement).
+#[must_use]
+pub fn parse_request(value: &[u8]) -> Option<u32> {
+    match value.split(|&b| b == 0).next().unwrap_or_default() {
+        b"poweroff" | b"halt" => Some(SHUTDOWN_poweroff),
+        b"reboot" => Some(SHUTDOWN_reboot),
+        _ => None,
+    }
+}
+
+/// Advertises the features and sets the watch (the watch fires once at
+/// once, so a request written before boot is seen by the first [`poll`]).
+pub fn init(p: &KPlatform) {
+    // Linux advertises poweroff, reboot (and suspend); halt is understood
+    // but not advertised.
+    for f in ["control/feature-poweroff", "control/feature-reboot"] {
+        if let Err(e) = p.xs_write(XBT_NIL, f, b"1") {
+            println!("pvhvm-kernel: cannot write {f}: {e}");
+        }
+    }
+    if let Err(e) = p.xs_watch(NODE, TOKEN) {
+        // Still read once a second by poll.
+        println!("pvhvm-kernel: cannot watch {NODE}: {e}");
+    }
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// The shutdown the toolstack asked for, if it did: the request is
+/// acknowledged; the caller ends its workload and returns the reason.
+pub fn poll(p: &KPlatform) -> Option<u32> {
+    if !READY.load(Ordering::Relaxed) {
+        return None;
+    }
+    let now = p.monotonic_ns();
+    let fired = p.take_control_events().unwrap_or(false);
+    if !fired && now < NEXT_LOOK.load(Ordering::Relaxed) {
+        return None;
+    }
+    NEXT_LOOK.store(now + LOOK_NS, Ordering::Relaxed);
+    match take_request(p) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("pvhvm-kernel: reading {NODE}: {e}");
+            None
+        }
+    }
+}
+
+/// Reads the node and acknowledges a request in one transaction (retried
+/// on `EAGAIN`, as Linux's `shutdown_handler`).
+fn take_request(p: &KPlatform) -> Result<Option<u32>, PlatformError> {
+    for _ in 0..16 {
+        let tx = p.xs_transaction_start()?;
+        let v = match p.xs_read(tx, NODE) {
+            Ok(v) => v,
+            Err(PlatformError::Xenstore { errno: 2 }) => Vec::new(), // ENOENT
+            Err(e) => {
+                let _ = p.xs_transaction_end(tx, false);
+                return Err(e);
+            }
+        };
+        let req = parse_request(&v);
+        if req.is_some() {
+            if let Err(e) = p.xs_write(tx, NODE, b"") {
+                let _ = p.xs_transaction_end(tx, false);
+                return Err(e);
+            }
+        }
+        match p.xs_transaction_end(tx, true) {
+            Ok(()) => {}
+            Err(PlatformError::Xenstore { errno: 11 }) => continue, // EAGAIN
+            Err(e) => return Err(e),
+        }
+        match req {
+            Some(_) => println!(
+                "pvhvm-kernel: the toolstack asks for {} (control/shutdown)",
+                core::str::from_utf8(v.split(|&b| b == 0).next().unwrap_or_default())
+                    .unwrap_or("?")
+            ),
+            None if !v.is_empty() && v.first() != Some(&0) => println!(
+                "pvhvm-kernel: ignoring the shutdown request \"{}\"",
+                alloc::string::String::from_utf8_lossy(&v)
+            ),
+            None => {}
+        }
+        return Ok(req);
+    }
+    Err(PlatformError::Xenstore { errno: 11 })
+}
+
+/// Waits for a request (the `stay` word: the workload is done but the
+/// domain stays up until the toolstack shuts it down, as a machine does);
+/// returns its reason.
+pub fn wait(p: &KPlatform) -> u32 {
+    println!("pvhvm-kernel: workload done; waiting for the toolstack (control/shutdown)");
+    loop {
+        if let Some(r) = poll(p) {
+            return r;
+        }
+        // Sleep on the store port: a watch event wakes us (the client reads
+        // the ring whatever the bit says: clearing it loses nothing).
+        let port = p.store_port();
+        if p.evtchn_poll(&[port], Some(core::time::Duration::from_millis(200)))
+            .unwrap_or(false)
+        {
+            let _ = p.evtchn_clear(port);
+        }
+    }
+}
