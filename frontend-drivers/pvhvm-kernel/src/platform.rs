@@ -543,7 +543,8 @@ unsafe impl Platform for KPlatform {
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
         let deadline = timeout.map(|t| self.clock.now_ns().saturating_add(t.as_nanos() as u64));
         loop {
-            let left = deadline.map(|d| Duration::from_nanos(d.saturating_sub(self.clock.now_ns())));
+            let left =
+                deadline.map(|d| Duration::from_nanos(d.saturating_sub(self.clock.now_ns())));
             let Some(w) = self.with_xs(|c| c.read_watch(left))? else {
                 return Ok(None);
             };
