@@ -1,12 +1,23 @@
 //! Xen's PV control protocol in the kernel, as Linux's
-//! `drivers/xen/manage.c`: the kernel advertises `control/feature-poweroff`
-//! and `control/feature-reboot`, watches `control/shutdown`, and when the
-//! toolstack (`xl shutdown`, `xl reboot`) writes `poweroff`, `halt` or
-//! `reboot` there, acknowledges it by writing the empty string back in the
+//! `drivers/xen/manage.c`: the kernel advertises `control/feature-poweroff`,
+//! `feature-reboot` and `feature-suspend`, watches `control/shutdown`, and
+//! when the toolstack (`xl shutdown`, `xl reboot`) writes `poweroff`,
+//! `halt` or `reboot` there, acknowledges it by writing the empty string back in the
 //! same transaction (only requests it carries out, as Linux; anything else
 //! is left and logged) and the workload ends: the domain shuts down with
 //! `SCHEDOP_shutdown` and the requested reason, so that xl's `on_poweroff`
 //! / `on_reboot` actions apply.
+//!
+//! `suspend` (advertised with `control/feature-suspend`, as Linux's
+//! `do_suspend`) is carried out inside [`poll`]: its caller is at a point
+//! of its loop where it issues nothing (the kernel is single-threaded:
+//! the frontends are quiesced while the vCPU is in the hypercall; the
+//! requests already on the rings stay in flight), the kernel makes
+//! `SCHEDOP_shutdown(SHUTDOWN_suspend)` and the VMM parks it; when the
+//! suspend is cancelled (the hypercall returns 1: a checkpoint, `xl save
+//! -c`) the workload goes on with its connections. A resume in a new
+//! domain (0) needs every connection set up again, which this kernel does
+//! not do yet: it says so and the domain crashes.
 //!
 //! The kernel is single-threaded: the workloads call [`poll`] from their
 //! loops (it costs a look at the xenstore ring; the node is read when the
@@ -49,12 +60,21 @@ pub fn parse_request(value: &[u8]) -> Option<u32> {
     }
 }
 
+/// Whether a `control/shutdown` value asks for a suspend.
+fn is_suspend(value: &[u8]) -> bool {
+    value.split(|&b| b == 0).next() == Some(b"suspend")
+}
+
 /// Advertises the features and sets the watch (the watch fires once at
 /// once, so a request written before boot is seen by the first [`poll`]).
 pub fn init(p: &KPlatform) {
-    // Linux advertises poweroff, reboot (and suspend); halt is understood
-    // but not advertised.
-    for f in ["control/feature-poweroff", "control/feature-reboot"] {
+    // As Linux: poweroff, reboot and suspend; halt is understood but not
+    // advertised.
+    for f in [
+        "control/feature-poweroff",
+        "control/feature-reboot",
+        "control/feature-suspend",
+    ] {
         if let Err(e) = p.xs_write(XBT_NIL, f, b"1") {
             println!("pvhvm-kernel: cannot write {f}: {e}");
         }
@@ -79,7 +99,9 @@ pub fn poll(p: &KPlatform) -> Option<u32> {
     }
     NEXT_LOOK.store(now + LOOK_NS, Ordering::Relaxed);
     match take_request(p) {
-        Ok(r) => r,
+        Ok(Some(Request::Shutdown(r))) => Some(r),
+        Ok(Some(Request::Suspend)) => suspend(p),
+        Ok(None) => None,
         Err(e) => {
             println!("pvhvm-kernel: reading {NODE}: {e}");
             None
@@ -87,9 +109,42 @@ pub fn poll(p: &KPlatform) -> Option<u32> {
     }
 }
 
+/// What the toolstack asked for.
+enum Request {
+    /// A shutdown with this reason.
+    Shutdown(u32),
+    /// A suspend.
+    Suspend,
+}
+
+/// The suspend (see the [module docs](self)): `None` when the kernel goes
+/// on in the same domain, the crash reason when it cannot.
+fn suspend(p: &KPlatform) -> Option<u32> {
+    let t0 = p.monotonic_ns();
+    println!("pvhvm-kernel: suspending (SCHEDOP_shutdown(SHUTDOWN_suspend))");
+    let rc = crate::hypercall::suspend();
+    let us = p.monotonic_ns().saturating_sub(t0) / 1000;
+    match rc {
+        1 => {
+            println!("pvhvm-kernel: suspend cancelled: resumed in the same domain after {us} us");
+            None
+        }
+        0 => {
+            println!(
+                "pvhvm-kernel: resumed in a new domain after {us} us: setting up the connections again is not supported by this kernel yet"
+            );
+            Some(xen_abi::xen::SHUTDOWN_crash)
+        }
+        e => {
+            println!("pvhvm-kernel: the suspend was refused ({e}); going on");
+            None
+        }
+    }
+}
+
 /// Reads the node and acknowledges a request in one transaction (retried
 /// on `EAGAIN`, as Linux's `shutdown_handler`).
-fn take_request(p: &KPlatform) -> Result<Option<u32>, PlatformError> {
+fn take_request(p: &KPlatform) -> Result<Option<Request>, PlatformError> {
     for _ in 0..16 {
         let tx = p.xs_transaction_start()?;
         let v = match p.xs_read(tx, NODE) {
@@ -100,7 +155,11 @@ fn take_request(p: &KPlatform) -> Result<Option<u32>, PlatformError> {
                 return Err(e);
             }
         };
-        let req = parse_request(&v);
+        let req = if is_suspend(&v) {
+            Some(Request::Suspend)
+        } else {
+            parse_request(&v).map(Request::Shutdown)
+        };
         if req.is_some() {
             if let Err(e) = p.xs_write(tx, NODE, b"") {
                 let _ = p.xs_transaction_end(tx, false);

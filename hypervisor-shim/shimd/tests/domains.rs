@@ -176,7 +176,9 @@ fn test_domain_suspend_then_resume_runs_it_again_in_place() {
 
     // Another shutdown reason is not a suspend: no resume.
     peer.ok(&format!("shutdown {}", xen_abi::xen::SHUTDOWN_poweroff));
-    let e = ctl.resume_domain(d.domid).expect_err("a powered-off domain");
+    let e = ctl
+        .resume_domain(d.domid)
+        .expect_err("a powered-off domain");
     assert!(e.to_string().contains("not suspended"), "{e}");
     ctl.destroy_domain(d.domid).expect("destroy");
 }

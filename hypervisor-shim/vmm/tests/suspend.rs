@@ -1,0 +1,129 @@
+//! Xen's suspend protocol with a PVHVM guest: the toolstack writes
+//! `suspend` to the guest's `control/shutdown` (the kernel advertised
+//! `control/feature-suspend`), the kernel makes
+//! `SCHEDOP_shutdown(SHUTDOWN_suspend)` between two disk I/Os with writes
+//! in flight, the VMM parks it and the shim has the domain shut down with
+//! reason suspend (`xl list`: `s`); the toolstack's resume in place
+//! (`Control::resume_domain`, Xen's `XEN_DOMCTL_resumedomain`: a cancelled
+//! suspend, as after `xl save -c`) makes the hypercall return 1 and the
+//! guest goes on with its connections. Needs root and `/dev/kvm`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ok, Host};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `xenstore-read PATH` on the test's xenstored (`None`: no such node).
+fn xs_read(h: &Host, path: &str) -> Option<String> {
+    let out = Command::new("xenstore-read")
+        .arg(path)
+        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
+        .output()
+        .expect("run xenstore-read (xenstore-utils)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// `xenstore-write PATH VALUE` on the test's xenstored.
+fn xs_write(h: &Host, path: &str, value: &str) {
+    let out = Command::new("xenstore-write")
+        .args([path, value])
+        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
+        .output()
+        .expect("run xenstore-write (xenstore-utils)");
+    ok("xenstore-write", &out);
+}
+
+fn passes(log: &str) -> usize {
+    log.matches("disk self-test: PASS").count()
+}
+
+/// A suspend during the disk self-test (rounds of 64 writes across the
+/// disk, flush, read back and verify), cancelled twice: each time the
+/// domain shows `s`, holds still (no self-test line while suspended), and
+/// after the resume the round that was cut in two passes: no request lost
+/// or duplicated (a lost one stalls the round, a lost write fails the
+/// verify). `xl shutdown` still works afterwards.
+#[test]
+fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
+    let mut h = Host::start("pvhvm-suspend-");
+    let img = h.image("su.img", 64);
+    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
+    let cfg = h.config_actions(
+        "pvh-su",
+        "selftest rounds=100000 stay",
+        &[disk],
+        1,
+        "on_poweroff = \"preserve\"\n",
+    );
+    ok("xl create", &h.create("pvh-su", &cfg));
+    let id = common::net::domid(&h, "pvh-su");
+    h.wait_vmm_log("pvh-su", "disk self-test: PASS", T);
+    let home = format!("/local/domain/{id}/control");
+    assert_eq!(
+        xs_read(&h, &format!("{home}/feature-suspend")).as_deref(),
+        Some("1")
+    );
+    let control = xen_shim_dom0::Control::connect(&h.shim_socket()).expect("shim control");
+
+    for round in 1..=2 {
+        xs_write(&h, &format!("{home}/shutdown"), "suspend");
+        let t0 = Instant::now();
+        let row = h.wait_state("pvh-su", 's', T);
+        let log = h.wait_vmm_log("pvh-su", &format!("xen-vmm: domain {id} suspended"), T);
+        assert!(log.contains("pvhvm-kernel: suspending"), "{log}");
+        println!("round {round}: suspended in {:?}: {row}", t0.elapsed());
+        // The request was acknowledged (emptied), as Linux's manage.c.
+        assert_eq!(
+            xs_read(&h, &format!("{home}/shutdown")).as_deref(),
+            Some("")
+        );
+        // Suspended: nothing runs.
+        let n = passes(&h.vmm_log("pvh-su"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            passes(&h.vmm_log("pvh-su")),
+            n,
+            "the guest ran while suspended"
+        );
+        assert!(
+            h.list_row("pvh-su").is_some_and(|r| r.contains("--s")),
+            "{:?}",
+            h.list_row("pvh-su")
+        );
+
+        control.resume_domain(id).expect("resume the domain");
+        let resumed = format!("xen-vmm: domain {id} resumed (suspend cancelled: same domain)");
+        h.wait_vmm_log("pvh-su", &resumed, T);
+        h.wait_vmm_log("pvh-su", "suspend cancelled: resumed in the same domain", T);
+        // Two more rounds pass: the one cut by the suspend and a whole one.
+        let t0 = Instant::now();
+        while passes(&h.vmm_log("pvh-su")) < n + 2 {
+            let log = h.vmm_log("pvh-su");
+            assert!(!log.contains("disk self-test: FAIL"), "{log}");
+            assert!(
+                t0.elapsed() < T,
+                "no self-test passed after the resume: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let row = h.list_row("pvh-su").expect("listed");
+        assert!(!row.contains("--s"), "{row}");
+        // A second resume is refused: the domain is not suspended.
+        let e = control.resume_domain(id).expect_err("resumed twice");
+        assert!(e.to_string().contains("not suspended"), "{e}");
+    }
+    let log = h.vmm_log("pvh-su");
+    assert!(!log.contains("FAIL"), "{log}");
+
+    // The PV control interface still works: xl shutdown ends the run.
+    ok("xl shutdown", &h.xl(&["shutdown", "pvh-su"]));
+    h.wait_vmm_log("pvh-su", "pvhvm-kernel: shutdown (reason 0)", T);
+    ok("xl destroy", &h.xl(&["destroy", "pvh-su"]));
+    h.wait_gone("pvh-su", T);
+}
