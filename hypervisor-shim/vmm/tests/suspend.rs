@@ -6,13 +6,18 @@
 //! reason suspend (`xl list`: `s`); the toolstack's resume in place
 //! (`Control::resume_domain`, Xen's `XEN_DOMCTL_resumedomain`: a cancelled
 //! suspend, as after `xl save -c`) makes the hypercall return 1 and the
-//! guest goes on with its connections. Needs root and `/dev/kvm`.
+//! guest goes on with its connections. Needs root and `/dev/kvm` (the
+//! network test also iproute2 and curl, tests/setup-host.sh; it fails
+//! loudly without).
 
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::net::{
+    bridge_name, bytes_body, domid, exec, make_bridge, need, netns, start_backendd_in, wait_guest,
+};
 use common::{ok, Host};
 
 const T: Duration = Duration::from_secs(60);
@@ -62,7 +67,7 @@ fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
         "on_poweroff = \"preserve\"\n",
     );
     ok("xl create", &h.create("pvh-su", &cfg));
-    let id = common::net::domid(&h, "pvh-su");
+    let id = domid(&h, "pvh-su");
     h.wait_vmm_log("pvh-su", "disk self-test: PASS", T);
     let home = format!("/local/domain/{id}/control");
     assert_eq!(
@@ -126,4 +131,81 @@ fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
     h.wait_vmm_log("pvh-su", "pvhvm-kernel: shutdown (reason 0)", T);
     ok("xl destroy", &h.xl(&["destroy", "pvh-su"]));
     h.wait_gone("pvh-su", T);
+}
+
+/// A checkpoint (suspend, then the cancelled resume) in the middle of an
+/// HTTP download from the guest's `netserve`: the same TCP connection
+/// (one `curl` request) delivers every byte, in order, and Dom0 reaches
+/// the guest afterwards.
+#[test]
+fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_connection() {
+    need("curl", "curl");
+    let mut h = Host::start("pvhvm-suspend-net-");
+    let ns = netns("s");
+    let br = bridge_name("s");
+    make_bridge(&ns, &br, "10.78.0.1/24");
+    let _backendd = start_backendd_in(&h, &ns);
+    let pid = std::process::id();
+    let name = format!("pvsu{pid}");
+    let mac = format!("00:16:3e:4f:{:02x}:05", pid as u8);
+    let cfg = h.config_full(
+        &name,
+        "netserve ip=10.78.0.5/24",
+        &[],
+        1,
+        &[format!("mac={mac}, bridge={br}")],
+        common::PRESERVE_ALL,
+    );
+    ok("xl create", &h.create(&name, &cfg));
+    wait_guest(&h, &name, "netserve: 10.78.0.5/24 up", T);
+    let id = domid(&h, &name);
+    let control = xen_shim_dom0::Control::connect(&h.shim_socket()).expect("shim control");
+    const N: usize = 40_000_000;
+
+    let (download, suspended_for) = std::thread::scope(|s| {
+        let dl = s.spawn(|| {
+            exec(
+                &ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "60",
+                    "--limit-rate",
+                    "8M",
+                    &format!("http://10.78.0.5/bytes/{N}"),
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        xs_write(
+            &h,
+            &format!("/local/domain/{id}/control/shutdown"),
+            "suspend",
+        );
+        h.wait_state(&name, 's', T);
+        let t0 = Instant::now();
+        h.wait_vmm_log(&name, &format!("xen-vmm: domain {id} suspended"), T);
+        std::thread::sleep(Duration::from_millis(500));
+        control.resume_domain(id).expect("resume the domain");
+        h.wait_vmm_log(&name, "suspend cancelled: resumed in the same domain", T);
+        let took = t0.elapsed();
+        (dl.join().expect("the curl thread"), took)
+    });
+    println!("suspended (and resumed) within {suspended_for:?} of the download");
+    assert!(
+        download.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(download.stdout.len(), N, "bytes received");
+    assert!(download.stdout == bytes_body(N), "the body differs");
+    let ping = exec(&ns, "ping", &["-c", "1", "-W", "2", "10.78.0.5"]);
+    assert!(ping.status.success(), "no ping after the resume");
+    let log = h.vmm_log(&name);
+    assert!(!log.contains("FAIL"), "{log}");
+    ok(
+        "xl destroy",
+        &h.dom0.destroy_guest(&name).expect("run xl destroy"),
+    );
 }
