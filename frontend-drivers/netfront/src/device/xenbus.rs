@@ -407,6 +407,77 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         self.deferred.iter().map(|d| d.pages.count()).sum()
     }
 
+    /// The guest runs in a new domain after a suspend (Xen's restore;
+    /// Linux's `netfront_resume`): the old domain's grants, ports and
+    /// watch are gone with it, so they are forgotten, never revoked or
+    /// closed (a port number may already name another channel here); the
+    /// pages are ours still and go back to the allocator (tx pages that
+    /// reservations point into stay until those end, which report them
+    /// stale). What was on the rings is not read: frames in flight are
+    /// lost, as on a real link (the guest's TCP retransmits). The device's
+    /// `backend` and `backend-id` are read again, the watch is set again
+    /// and the handshake starts over: on InitWait fresh rings are offered
+    /// with every rx buffer posted. Announcing the MAC (a gratuitous ARP,
+    /// Linux's `netdev_notify_peers`) is the network stack's part, once
+    /// connected.
+    ///
+    /// # Errors
+    /// [`NetfrontError::NoBackend`] when the device has no valid backend
+    /// nodes in the new domain; a failed device stays failed.
+    pub fn resume(&mut self) -> Result<(), NetfrontError> {
+        if let Some(f) = &self.failure {
+            return Err(NetfrontError::Failed(f.clone()));
+        }
+        let conn = self.conn;
+        self.conn = self.conn.wrapping_add(1);
+        for (qi, q) in core::mem::take(&mut self.queues).into_iter().enumerate() {
+            let Queue {
+                tx,
+                rx,
+                tx_ring,
+                rx_ring,
+                tx_pages,
+                rx_pages,
+                tx_reserved,
+                ..
+            } = q;
+            let _tx_mem: SharedRing = tx.into_shared();
+            let _rx_mem: SharedRing = rx.into_shared();
+            let _ = self.p.free_pages(tx_ring);
+            let _ = self.p.free_pages(rx_ring);
+            let _ = self.p.free_pages(rx_pages);
+            if tx_reserved > 0 {
+                self.retired.push(RetiredTx {
+                    conn,
+                    q: qi,
+                    pages: tx_pages,
+                    grefs: Vec::new(),
+                    outstanding: tx_reserved,
+                });
+            } else {
+                let _ = self.p.free_pages(tx_pages);
+            }
+        }
+        for r in &mut self.retired {
+            r.grefs.clear();
+        }
+        for d in core::mem::take(&mut self.deferred) {
+            let _ = self.p.free_pages(d.pages);
+        }
+        self.state = FrontState::WaitBackend;
+        self.backend_state = None;
+        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        let no_backend = NetfrontError::NoBackend { devid: self.devid };
+        self.xb = xen_xenbus::FrontendDevice::open(
+            self.p,
+            String::from(self.xb.node()),
+            String::from(self.xb.token()),
+        )
+        .map_err(|_| no_backend)?;
+        self.xb.watch(self.p).map_err(plat)?;
+        self.backend_changed()
+    }
+
     pub(super) fn disconnect(&mut self) {
         self.teardown_queues();
         self.stats.disconnects = self.stats.disconnects.saturating_add(1);
