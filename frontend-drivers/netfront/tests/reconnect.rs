@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use xen_abi::io::netif::*;
 use xen_front_platform::fake::FakePlatform;
 use xen_netfront::{FrontState, NetfrontError, PacketMeta};
 
