@@ -102,10 +102,15 @@ fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
             h.list_row("pvh-su")
         );
 
+        let t1 = Instant::now();
         control.resume_domain(id).expect("resume the domain");
         let resumed = format!("xen-vmm: domain {id} resumed (suspend cancelled: same domain)");
         h.wait_vmm_log("pvh-su", &resumed, T);
         h.wait_vmm_log("pvh-su", "suspend cancelled: resumed in the same domain", T);
+        println!(
+            "round {round}: resume_domain to the guest's line: {:?}",
+            t1.elapsed()
+        );
         // Two more rounds pass: the one cut by the suspend and a whole one.
         let t0 = Instant::now();
         while passes(&h.vmm_log("pvh-su")) < n + 2 {
