@@ -222,24 +222,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if !self.queues.is_empty() && self.state == FrontState::Connected {
             self.process_responses()?;
         }
-        let mut on_ring: Vec<(u64, u64)> = Vec::new();
-        for id in self.ids.ids() {
-            if let Some(s) = self.ids.get_mut(id) {
-                if s.queue.take().is_some() {
-                    on_ring.push((s.seq, id));
-                }
-            }
-        }
-        on_ring.sort_unstable();
-        let mut requeued = VecDeque::with_capacity(on_ring.len() + self.pending.len());
-        for (_, id) in on_ring {
-            if let Ok(new) = self.ids.renew(id) {
-                requeued.push_back(new);
-                self.stats.reissued = self.stats.reissued.saturating_add(1);
-            }
-        }
-        requeued.extend(self.pending.drain(..));
-        self.pending = requeued;
+        self.requeue_on_ring();
         // Revoke the grants of every outstanding request's pages.
         for id in self.ids.ids() {
             let Some(mut s) = self.ids.get_mut(id).map(|s| {
@@ -308,11 +291,33 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         for b in self.buffers.iter_mut().flatten() {
             forget(&mut b.pages);
         }
-        let mut on_ring: Vec<(u64, u64)> = Vec::new();
         for id in self.ids.ids() {
             if let Some(s) = self.ids.get_mut(id) {
                 forget(&mut s.data);
                 forget(&mut s.indirect);
+            }
+        }
+        self.requeue_on_ring();
+        self.state = FrontState::WaitBackend;
+        self.backend_state = None;
+        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        self.xb = xen_xenbus::FrontendDevice::open(
+            self.p,
+            String::from(self.xb.node()),
+            String::from(self.xb.token()),
+        )
+        .map_err(|_| BlkfrontError::NoBackend { devid: self.devid })?;
+        self.xb.watch(self.p).map_err(plat)?;
+        self.backend_changed()
+    }
+
+    /// Puts every request that is on a ring back in line, in submission
+    /// order with a new id (a late response to the old id is refused),
+    /// ahead of those waiting.
+    fn requeue_on_ring(&mut self) {
+        let mut on_ring: Vec<(u64, u64)> = Vec::new();
+        for id in self.ids.ids() {
+            if let Some(s) = self.ids.get_mut(id) {
                 if s.queue.take().is_some() {
                     on_ring.push((s.seq, id));
                 }
@@ -328,17 +333,6 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         }
         requeued.extend(self.pending.drain(..));
         self.pending = requeued;
-        self.state = FrontState::WaitBackend;
-        self.backend_state = None;
-        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
-        self.xb = xen_xenbus::FrontendDevice::open(
-            self.p,
-            String::from(self.xb.node()),
-            String::from(self.xb.token()),
-        )
-        .map_err(|_| BlkfrontError::NoBackend { devid: self.devid })?;
-        self.xb.watch(self.p).map_err(plat)?;
-        self.backend_changed()
     }
 
     pub(super) fn teardown_queues(&mut self) {

@@ -300,6 +300,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// still maps, and tx pages outstanding reservations point into until
     /// they end), closes the ports.
     pub(super) fn teardown_queues(&mut self) {
+        self.drop_queues(false);
+    }
+
+    /// Takes the queues down (see [`NetFront::teardown_queues`]); with
+    /// `forget` (the guest runs in a new domain) their grants and ports
+    /// are not the guest's any more: they are left alone, only the pages
+    /// are freed.
+    fn drop_queues(&mut self, forget: bool) {
         let p = self.p;
         if self.queues.is_empty() {
             return;
@@ -325,12 +333,18 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             } = q;
             let _tx_mem: SharedRing = tx.into_shared();
             let _rx_mem: SharedRing = rx.into_shared();
-            self.release_run(&[tx_ring_gref], tx_ring);
-            self.release_run(&[rx_ring_gref], rx_ring);
+            let (tx_ring_g, rx_ring_g, tx_g, rx_g): (&[grant_ref_t], &[grant_ref_t], &[_], &[_]) =
+                if forget {
+                    (&[], &[], &[], &[])
+                } else {
+                    (&[tx_ring_gref], &[rx_ring_gref], &tx_grefs, &rx_grefs)
+                };
+            self.release_run(tx_ring_g, tx_ring);
+            self.release_run(rx_ring_g, rx_ring);
             if tx_reserved > 0 {
                 // Writers are filling some of these pages: revoke now, free
                 // when the last reservation ends.
-                let grefs = self.revoke(&tx_grefs, tx_pages.count());
+                let grefs = self.revoke(tx_g, tx_pages.count());
                 self.retired.push(RetiredTx {
                     conn,
                     q: qi,
@@ -339,12 +353,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                     outstanding: tx_reserved,
                 });
             } else {
-                self.release_run(&tx_grefs, tx_pages);
+                self.release_run(tx_g, tx_pages);
             }
-            self.release_run(&rx_grefs, rx_pages);
-            let _ = p.evtchn_close(port_tx);
-            if port_rx != port_tx {
-                let _ = p.evtchn_close(port_rx);
+            self.release_run(rx_g, rx_pages);
+            if !forget {
+                let _ = p.evtchn_close(port_tx);
+                if port_rx != port_tx {
+                    let _ = p.evtchn_close(port_rx);
+                }
             }
         }
     }
@@ -428,36 +444,7 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         if let Some(f) = &self.failure {
             return Err(NetfrontError::Failed(f.clone()));
         }
-        let conn = self.conn;
-        self.conn = self.conn.wrapping_add(1);
-        for (qi, q) in core::mem::take(&mut self.queues).into_iter().enumerate() {
-            let Queue {
-                tx,
-                rx,
-                tx_ring,
-                rx_ring,
-                tx_pages,
-                rx_pages,
-                tx_reserved,
-                ..
-            } = q;
-            let _tx_mem: SharedRing = tx.into_shared();
-            let _rx_mem: SharedRing = rx.into_shared();
-            let _ = self.p.free_pages(tx_ring);
-            let _ = self.p.free_pages(rx_ring);
-            let _ = self.p.free_pages(rx_pages);
-            if tx_reserved > 0 {
-                self.retired.push(RetiredTx {
-                    conn,
-                    q: qi,
-                    pages: tx_pages,
-                    grefs: Vec::new(),
-                    outstanding: tx_reserved,
-                });
-            } else {
-                let _ = self.p.free_pages(tx_pages);
-            }
-        }
+        self.drop_queues(true);
         for r in &mut self.retired {
             r.grefs.clear();
         }
