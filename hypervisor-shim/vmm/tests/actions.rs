@@ -189,12 +189,12 @@ fn test_pvhvm_xl_shutdown_through_control_shutdown_during_disk_load() {
     h.wait_log("pvh-cs", "Connected in", T);
     let home = format!("/local/domain/{id}/control");
     let t0 = std::time::Instant::now();
-    while xs_read(&h, &format!("{home}/feature-poweroff")).as_deref() != Some("1") {
+    while h.xs_read(&format!("{home}/feature-poweroff")).as_deref() != Some("1") {
         assert!(t0.elapsed() < T, "no control/feature-poweroff");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        xs_read(&h, &format!("{home}/feature-reboot")).as_deref(),
+        h.xs_read(&format!("{home}/feature-reboot")).as_deref(),
         Some("1")
     );
     // Xen's xl waits with -w and prints its lines.
@@ -243,15 +243,15 @@ fn test_pvhvm_xl_reboot_through_control_shutdown_restarts_the_domain() {
     assert!(h.vmm_log("pvh-rb").contains("disk self-test: PASS"));
     // An unknown request: ignored, left in place, the domain runs on.
     let node = format!("/local/domain/{first}/control/shutdown");
-    xs_write(&h, &node, "hibernate-please");
+    h.xs_write(&node, "hibernate-please");
     h.wait_vmm_log(
         "pvh-rb",
         "ignoring the shutdown request \"hibernate-please\"",
         T,
     );
-    assert_eq!(xs_read(&h, &node).as_deref(), Some("hibernate-please"));
+    assert_eq!(h.xs_read(&node).as_deref(), Some("hibernate-please"));
     assert!(h.list_row("pvh-rb").is_some());
-    xs_write(&h, &node, "");
+    h.xs_write(&node, "");
 
     ok("xl reboot", &h.xl(&["reboot", "pvh-rb"]));
     let t0 = std::time::Instant::now();
@@ -305,26 +305,4 @@ fn test_pvhvm_xl_reboot_through_control_shutdown_restarts_the_domain() {
     }
     ok("xl destroy", &h.xl(&["destroy", "pvh-rb"]));
     h.wait_gone("pvh-rb", T);
-}
-
-/// `xenstore-read PATH` on the test's xenstored (`None`: no such node).
-fn xs_read(h: &Host, path: &str) -> Option<String> {
-    let out = Command::new("xenstore-read")
-        .arg(path)
-        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
-        .output()
-        .expect("run xenstore-read (xenstore-utils)");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-}
-
-/// `xenstore-write PATH VALUE` on the test's xenstored.
-fn xs_write(h: &Host, path: &str, value: &str) {
-    let out = Command::new("xenstore-write")
-        .args([path, value])
-        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
-        .output()
-        .expect("run xenstore-write (xenstore-utils)");
-    ok("xenstore-write", &out);
 }

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::net::{
@@ -21,28 +20,6 @@ use common::net::{
 use common::{ok, Host};
 
 const T: Duration = Duration::from_secs(60);
-
-/// `xenstore-read PATH` on the test's xenstored (`None`: no such node).
-fn xs_read(h: &Host, path: &str) -> Option<String> {
-    let out = Command::new("xenstore-read")
-        .arg(path)
-        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
-        .output()
-        .expect("run xenstore-read (xenstore-utils)");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-}
-
-/// `xenstore-write PATH VALUE` on the test's xenstored.
-fn xs_write(h: &Host, path: &str, value: &str) {
-    let out = Command::new("xenstore-write")
-        .args([path, value])
-        .env("XENSTORED_PATH", h.dir.path().join("xenstored.sock"))
-        .output()
-        .expect("run xenstore-write (xenstore-utils)");
-    ok("xenstore-write", &out);
-}
 
 fn passes(log: &str) -> usize {
     log.matches("disk self-test: PASS").count()
@@ -71,23 +48,20 @@ fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
     h.wait_vmm_log("pvh-su", "disk self-test: PASS", T);
     let home = format!("/local/domain/{id}/control");
     assert_eq!(
-        xs_read(&h, &format!("{home}/feature-suspend")).as_deref(),
+        h.xs_read(&format!("{home}/feature-suspend")).as_deref(),
         Some("1")
     );
     let control = xen_shim_dom0::Control::connect(&h.shim_socket()).expect("shim control");
 
     for round in 1..=2 {
-        xs_write(&h, &format!("{home}/shutdown"), "suspend");
+        h.xs_write(&format!("{home}/shutdown"), "suspend");
         let t0 = Instant::now();
         let row = h.wait_state("pvh-su", 's', T);
         let log = h.wait_vmm_log("pvh-su", &format!("xen-vmm: domain {id} suspended"), T);
         assert!(log.contains("pvhvm-kernel: suspending"), "{log}");
         println!("round {round}: suspended in {:?}: {row}", t0.elapsed());
         // The request was acknowledged (emptied), as Linux's manage.c.
-        assert_eq!(
-            xs_read(&h, &format!("{home}/shutdown")).as_deref(),
-            Some("")
-        );
+        assert_eq!(h.xs_read(&format!("{home}/shutdown")).as_deref(), Some(""));
         // Suspended: nothing runs.
         let n = passes(&h.vmm_log("pvh-su"));
         std::thread::sleep(Duration::from_millis(500));
@@ -183,11 +157,7 @@ fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_conne
             )
         });
         std::thread::sleep(Duration::from_millis(1500));
-        xs_write(
-            &h,
-            &format!("/local/domain/{id}/control/shutdown"),
-            "suspend",
-        );
+        h.xs_write(&format!("/local/domain/{id}/control/shutdown"), "suspend");
         h.wait_state(&name, 's', T);
         let t0 = Instant::now();
         h.wait_vmm_log(&name, &format!("xen-vmm: domain {id} suspended"), T);
