@@ -20,10 +20,10 @@
 //! not do yet: it says so and the domain crashes.
 //!
 //! The kernel is single-threaded: the workloads call [`poll`] from their
-//! loops (it costs a look at the xenstore ring; the node is read when the
-//! watch fired and once a second besides, level-triggered). The watch's
-//! events never reach a device: [`crate::platform::KPlatform`] keeps them
-//! for [`poll`].
+//! loops (at most once a millisecond it costs a look at the xenstore ring;
+//! the node is read when the watch fired and once a second besides,
+//! level-triggered). The watch's events never reach a device:
+//! [`crate::platform::KPlatform`] keeps them for [`poll`].
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +42,12 @@ pub const NODE: &str = "control/shutdown";
 
 /// How often [`poll`] reads the node without an event (ns).
 const LOOK_NS: u64 = 1_000_000_000;
+
+/// How often [`poll`] looks at the watch queue (ns).
+const EVENTS_NS: u64 = 1_000_000;
+
+/// When [`poll`] next looks at the watch queue (monotonic ns).
+static NEXT_EVENTS: AtomicU64 = AtomicU64::new(0);
 
 /// Whether [`init`] ran (no control interface before: [`poll`] is `None`).
 static READY: AtomicBool = AtomicBool::new(false);
@@ -93,6 +99,12 @@ pub fn poll(p: &KPlatform) -> Option<u32> {
         return None;
     }
     let now = p.monotonic_ns();
+    // The watch queue is looked at most once a millisecond (a disk load
+    // calls this once per batch of completions).
+    if now < NEXT_EVENTS.load(Ordering::Relaxed) {
+        return None;
+    }
+    NEXT_EVENTS.store(now + EVENTS_NS, Ordering::Relaxed);
     let fired = p.take_control_events().unwrap_or(false);
     if !fired && now < NEXT_LOOK.load(Ordering::Relaxed) {
         return None;
