@@ -27,6 +27,10 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// [`crate::Vmm::resume`] of a guest that is not suspended (or whose
+    /// resume was already decided).
+    #[error("the guest is not suspended")]
+    NotSuspended,
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {
