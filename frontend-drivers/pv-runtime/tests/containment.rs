@@ -4,23 +4,28 @@
 //!
 //! The probe guest boots `examples/mkroot.sh`'s busybox root (a copy with
 //! `/sbin/probe` as busybox init's `sysinit`, its inputs in
-//! `/etc/probe.env`, written with `debugfs`), with a vif on a bridge of a
-//! "Dom0" network namespace. A second guest (a ramdisk with a heartbeat
-//! shell loop, a vif on the same bridge) runs meanwhile. Each attempt
-//! prints `probe NAME refused|ESCAPED DETAIL`; each thing guest root may do
-//! on its own machine prints `probe NAME ok|FAILED DETAIL`. The attempts:
-//! read a host canary file (by path, through the process roots it sees,
-//! through a host disk it `mknod`s and mounts), list and signal a host
-//! canary `sleep`, open the other domain's memory and grant files and list
-//! the shim's directory, find the shim's and xenstored's sockets, reach a
-//! xenstore device, write to the other guest's console, `mknod` a loop
-//! device, write a host `/proc/sys` knob, load a module, take the bridge
-//! down and delete the other guest's vif, a fork bomb (the domain's pids
-//! limit), a memory hog (the OOM killer takes the hog, the probe goes on),
-//! a CPU hog with `vcpus = 1` (the domain's cgroup CPU time over wall time
-//! stays at one CPU). Guest root's own powers: `ip` on its `eth0`, its
-//! hostname, mounting proc, sysfs and tmpfs; its root files are uid 0 and
-//! what it writes lands in the image owned by uid 0 (the idmapped root).
+//! `/etc/probe.env`, written with `debugfs`; a second ext4 disk `xvdb`),
+//! with a vif on a bridge of a "Dom0" network namespace. A second guest
+//! (another copy of the root with a marker file, a heartbeat shell loop as
+//! init, a vif on the same bridge) runs meanwhile. Each attempt prints
+//! `probe NAME refused|ESCAPED DETAIL`; each thing guest root may do on its
+//! own machine prints `probe NAME ok|FAILED DETAIL`. The attempts: read a
+//! host canary file (by path, through the process roots it sees, through
+//! the host's disk `mknod`ed and mounted), list and signal a host canary
+//! `sleep`, open the other domain's memory files and list the shim's
+//! directory, find the shim's and xenstored's sockets, reach a xenstore
+//! device, write to the other guest's console, `mknod` a loop device and
+//! mount the loop devices to find the other guest's root, write a host
+//! `/proc/sys` knob, load a module, take the bridge down and delete the
+//! other guest's vif, a fork bomb (the domain's pids limit), a memory hog
+//! (the OOM killer takes the hog, the probe goes on), a CPU hog with
+//! `vcpus = 1` (the domain's cgroup CPU time over wall time stays at one
+//! CPU). Guest root's own powers: `ip` on its `eth0`, its hostname,
+//! mounting proc, sysfs and tmpfs, writing its own disk; its root files are
+//! uid 0 and what it writes lands in the image owned by uid 0 (the
+//! idmapped root). `mount /dev/xvdb` is reported, not judged (the kernel
+//! refuses block file systems in a user namespace; no mount on the guest's
+//! behalf yet).
 //!
 //! The table of results is printed whatever happens (run it against an
 //! older runtime to see what escapes there). Needs root, busybox-static,
@@ -81,6 +86,17 @@ else
   say mount-host-disk refused "mknod b $HOST_MAJ:$HOST_MIN: $(cat /tmp/mknod.err)"
 fi
 refused_if mknod-loop-device "b 7 0" mknod /tmp/loop0 b 7 0
+# The other guest's root through the loop devices (its image holds a marker).
+esc=
+mkdir -p /tmp/lm
+for m in 0 1 2 3 4 5 6 7; do
+  mknod /tmp/lp$m b 7 $m 2>/dev/null || continue
+  if mount -o ro /tmp/lp$m /tmp/lm 2>/dev/null; then
+    [ -e /tmp/lm/etc/other-marker ] && esc="$esc loop$m:$(cat /tmp/lm/etc/other-marker)"
+    umount /tmp/lm
+  fi
+done
+if [ -n "$esc" ]; then say read-other-guest-root ESCAPED "$esc"; else say read-other-guest-root refused "no loop device reaches it"; fi
 v=$(cat /proc/sys/kernel/printk | tr -s ' \t' ' ')
 refused_if write-host-sysctl "kernel/printk (its own value)" sh -c "echo '$v' > /proc/sys/kernel/printk"
 head -c 4096 /dev/zero > /tmp/x.ko
@@ -111,7 +127,7 @@ umount /tmp/p /tmp/s /tmp/t 2>/dev/null
 # reported, not judged.
 if out=$(printf own-disk-mark | dd of=/dev/xvdb conv=notrunc 2>&1) && [ "$(head -c 13 /dev/xvdb)" = own-disk-mark ]; then say own-disk ok "wrote and read /dev/xvdb"; else say own-disk FAILED "$out"; fi
 mkdir -p /tmp/m
-if out=$(mount /dev/xvdb /tmp/m 2>&1); then say mount-own-disk works; umount /tmp/m; else say mount-own-disk unsupported "$out"; fi
+if out=$(mount /dev/xvdb /tmp/m 2>&1); then say mount-own-disk works; umount /tmp/m; else say mount-own-disk refused-by-kernel "$out"; fi
 o=$(stat -c %u:%g /bin/busybox)
 if [ "$o" = 0:0 ]; then say own-root-files ok "$o"; else say own-root-files FAILED "$o"; fi
 if echo "owned" > /root/probe-owned && sync; then say own-write ok; else say own-write FAILED; fi
@@ -188,35 +204,28 @@ impl Drop for RemoveFile {
     }
 }
 
-/// A copy of `base` with the probe in it: `/sbin/probe`, `/etc/probe.env`
-/// (`env`), and an inittab that runs the probe.
-fn probe_image(dir: &Path, base: &Path, env: &str) -> Result<PathBuf> {
-    let img = dir.join("probe.img");
+/// A copy `name` of the image `base` with `files` (local name, text, mode,
+/// path in the image) written in by `debugfs`, after removing `remove`.
+fn image_with(
+    dir: &Path,
+    base: &Path,
+    name: &str,
+    remove: &[&str],
+    files: &[(&str, &str, u32, &str)],
+) -> Result<PathBuf> {
+    let img = dir.join(name);
     std::fs::copy(base, &img).context("copy the root image")?;
-    let files = [
-        ("probe", PROBE.to_owned(), "/sbin/probe"),
-        ("probe.env", env.to_owned(), "/etc/probe.env"),
-        (
-            "inittab",
-            "::sysinit:/sbin/probe\n".to_owned(),
-            "/etc/inittab",
-        ),
-    ];
-    let mut cmds = String::from("rm /etc/inittab\n");
-    for (local, text, target) in &files {
+    let mut cmds = String::new();
+    for r in remove {
+        let _ = writeln!(cmds, "rm {r}");
+    }
+    for (local, text, mode, target) in files {
         let p = dir.join(local);
         std::fs::write(&p, text)?;
-        std::fs::set_permissions(
-            &p,
-            std::os::unix::fs::PermissionsExt::from_mode(if *local == "probe" {
-                0o755
-            } else {
-                0o644
-            }),
-        )?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
         let _ = writeln!(cmds, "write {} {target}", p.display());
     }
-    let cmdfile = dir.join("debugfs.cmds");
+    let cmdfile = dir.join(format!("{name}.debugfs"));
     std::fs::write(&cmdfile, cmds)?;
     let out = Command::new("debugfs")
         .arg("-w")
@@ -269,16 +278,24 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
     let mut sleeper = Reap(Command::new("sleep").arg(&sleep_arg).spawn()?);
     let host_dev = std::fs::metadata("/var/tmp")?.dev();
 
-    // The second guest: a heartbeat on its console, a vif on the bridge.
+    // The second guest: its root a copy of the image with a marker, a
+    // heartbeat on its console, a vif on the bridge.
     let other = format!("other{tag}");
+    let other_img = image_with(
+        &dir,
+        &dir.join("pv-root.img"),
+        "other.img",
+        &[],
+        &[("marker", &format!("{other}\n"), 0o644, "/etc/other-marker")],
+    )?;
     host.create_guest(
         &other,
         &format!(
-            "name = \"{other}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-             ramdisk = '{}'\n\
-             extra = 'init=/bin/sh -- -c \"i=0; while :; do i=$((i+1)); echo beat-$i; sleep 1; done\"'\n\
+            "name = \"{other}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\nroot = '/dev/xvda'\n\
+             extra = 'ro init=/bin/sh -- -c \"i=0; while :; do i=$((i+1)); echo beat-$i; sleep 1; done\"'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n\
              vif = [ 'bridge={br}' ]\n",
-            dir.join("pv-root.cpio").display()
+            other_img.display()
         ),
     )?;
     host.wait_log(&other, "beat-2", STEP)?;
@@ -313,9 +330,26 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         nix::sys::stat::major(host_dev),
         nix::sys::stat::minor(host_dev),
     );
-    let img = probe_image(&dir, &dir.join("pv-root.img"), &env)?;
+    let img = image_with(
+        &dir,
+        &dir.join("pv-root.img"),
+        "probe.img",
+        &["/etc/inittab"],
+        &[
+            ("probe", PROBE, 0o755, "/sbin/probe"),
+            ("probe.env", &env, 0o644, "/etc/probe.env"),
+            ("inittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
+        ],
+    )?;
     let second = dir.join("second.img");
     std::fs::File::create(&second)?.set_len(8 << 20)?;
+    stdout_of(
+        "mkfs.ext4",
+        &Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&second)
+            .output()?,
+    )?;
     let name = format!("probe{tag}");
     host.create_guest(
         &name,
@@ -372,6 +406,7 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         "xenstore-device",
         "mount-host-disk",
         "mknod-loop-device",
+        "read-other-guest-root",
         "write-host-sysctl",
         "load-module",
         "bridge-down",
