@@ -216,11 +216,13 @@ pub(crate) struct NsFds {
     pub(crate) cgroup: RawFd,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), GuestnsError> {
+/// A pipe (read end, write end), close-on-exec: what a forked helper and
+/// the runtime talk over.
+pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(os("make a pipe")(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded: both descriptors are new and ours.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -300,8 +302,8 @@ impl GuestNamespaces {
         let host = CString::new(hostname).map_err(|_| {
             os("set a hostname with a NUL byte")(io::Error::from(io::ErrorKind::InvalidInput))
         })?;
-        let (go_r, go_w) = pipe()?;
-        let (ready_r, ready_w) = pipe()?;
+        let (go_r, go_w) = cloexec_pipe().map_err(os("make a pipe"))?;
+        let (ready_r, ready_w) = cloexec_pipe().map_err(os("make a pipe"))?;
         let (go_fd, ready_fd) = (go_r.as_raw_fd(), ready_w.as_raw_fd());
         // SAFETY: the child only makes system calls on memory prepared
         // before the fork (`holder`) and ends with `_exit`.

@@ -897,16 +897,8 @@ fn run_init(
     std::thread::scope(|s| {
         let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
             let r = (|| {
-                let mut fds = [0 as libc::c_int; 2];
-                // SAFETY: `fds` has room for the two descriptors.
-                if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                    return Err(setup("make the init report pipe")(
-                        io::Error::last_os_error(),
-                    ));
-                }
-                // SAFETY: pipe2 succeeded: both descriptors are new and ours.
                 let (rd, wr) =
-                    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+                    crate::guestns::cloexec_pipe().map_err(setup("make the init report pipe"))?;
                 // SAFETY: the child only makes system calls on memory
                 // prepared before the fork (`exec`) and never returns.
                 let waiter = unsafe { libc::fork() };
