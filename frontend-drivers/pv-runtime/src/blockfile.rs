@@ -111,6 +111,15 @@ impl<D: BlockDevice> BlockFileFs<D> {
         }
     }
 
+    /// The file's owner is `uid`:`gid` (the guest machine's root and its
+    /// `disk` group: [`crate::guestns`]).
+    #[must_use]
+    pub fn owned_by(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
     /// The device (after the session ended).
     pub fn into_device(self) -> D {
         self.dev
@@ -324,22 +333,31 @@ impl BlockFileUnmounter {
 
 impl<D: BlockDevice> BlockFile<D> {
     /// Mounts `dev` as the file `path`, which must exist and be an (empty)
-    /// regular file: the mount covers it.
+    /// regular file: the mount covers it. The file is root's.
     pub fn mount(dev: D, path: &Path) -> Result<Self, BlockfileError> {
+        Self::mount_owned(dev, path, 0, 0)
+    }
+
+    /// [`Self::mount`] with the file owned by `uid`:`gid`.
+    pub fn mount_owned(dev: D, path: &Path, uid: u32, gid: u32) -> Result<Self, BlockfileError> {
         let mut opts = vec![
             MountOption::FSName("xen-blkfront".into()),
             MountOption::Subtype("pvdisk".into()),
             MountOption::DefaultPermissions,
+            // The guest machine's root (an unprivileged host uid,
+            // `crate::guestns`) owns its disks: the file's owner and mode
+            // decide, not who mounted it.
+            MountOption::AllowOther,
         ];
         if dev.read_only() {
             opts.push(MountOption::RO);
         }
-        let session = Session::new(BlockFileFs::new(dev), path, &opts).map_err(|source| {
-            BlockfileError::Mount {
+        let session = Session::new(BlockFileFs::new(dev).owned_by(uid, gid), path, &opts).map_err(
+            |source| BlockfileError::Mount {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(BlockFile {
             session,
             path: path.to_owned(),

@@ -92,6 +92,7 @@ fn plan(
             hostname: hostname(),
             root,
             disks: Vec::new(),
+            own_console: false,
             params,
         }))),
         (None, Some(init)) => Some(Boot::Host {
@@ -125,10 +126,13 @@ pub fn run(args: &Args) -> ExitCode {
         if !params.quiet && !line.is_empty() {
             let _ = emit(out, "pvboot cmdline", &[("line", line.replace(' ', "_"))]);
         }
-        let Some(boot) = plan(params, args.ramdisk.clone(), hostname)? else {
+        let Some(mut boot) = plan(params, args.ramdisk.clone(), hostname)? else {
             let _ = emit(out, "idle running", &[]);
             return Ok::<_, CliError>(Then::Stay);
         };
+        if let Boot::Machine(spec) = &mut boot {
+            spec.own_console = args.attach.console == crate::boot::ConsoleMode::Hvc0;
+        }
         let reason = crate::pvdisk::run_with_disks(p, boot, timeout, ctl, out)?;
         Ok(reason.map_or(Then::PowerOff, Then::Shutdown))
     })

@@ -31,7 +31,8 @@
 //! - [`cli`]: the `xen-pvguest` binary: its kernel command line
 //!   ([`cmdline`], Linux's rules) boots the guest machine ([`machine`]:
 //!   root from a PV disk or a ramdisk, [`initramfs`]; init as PID 1 in its
-//!   own namespaces), or an init program of the host's file system, or
+//!   own namespaces, [`guestns`]: a user namespace of its own with an
+//!   idmapped root), or an init program of the host's file system, or
 //!   idles.
 //!
 //! Platform:
@@ -63,6 +64,7 @@ pub mod control;
 mod error;
 pub mod events;
 pub mod grefalloc;
+pub mod guestns;
 pub mod initramfs;
 pub mod line;
 pub mod machine;

@@ -15,15 +15,21 @@
 //!    (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx` and its
 //!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
 //!    `console`, bind mounts of the runtime's);
-//! 3. starts init from a keeper thread that enters new PID, UTS (hostname:
-//!    the domain's `name`), IPC and cgroup (rooted at the domain's group)
-//!    namespaces and supervises init until it
+//!    The root is an idmapped mount ([`idmap_root`]: `open_tree` clone,
+//!    `mount_setattr(MOUNT_ATTR_IDMAP)` with the guest's user namespace,
+//!    `move_mount`): the image's uid 0 files are guest root's, and what
+//!    guest root creates lands in the image owned by uid 0, not by its host
+//!    range ([`crate::guestns`]);
+//! 3. starts init from a keeper thread whose children are born in the
+//!    guest's PID namespace and supervises init until it
 //!    ends (init has `PR_SET_PDEATHSIG` = `SIGKILL`: a killed runtime, `xl
 //!    destroy`, takes the guest's whole PID namespace with it); init itself
-//!    enters a new mount namespace, mounts its own `/proc` and `/sys`,
-//!    `pivot_root`s into the root and execs the first of `init=` or Linux's
-//!    candidates that exists, with the command line's arguments and
-//!    environment, as a session leader on the console;
+//!    enters the guest's network, UTS (hostname: the domain's `name`), IPC
+//!    and cgroup (rooted at the domain's group) namespaces, then its user
+//!    namespace as its root, makes a mount namespace there, mounts its own
+//!    `/proc` and `/sys`, `pivot_root`s into the root and execs the first
+//!    of `init=` or Linux's candidates that exists, with the command
+//!    line's arguments and environment, as a session leader on the console;
 //! 4. when init ends, unmounts the root and waits for its loop device
 //!    (detached right after mounting, so the kernel lets it go with the
 //!    file system) to release the block file: every write reached the PV
@@ -37,13 +43,16 @@
 //! busybox's and sysvinit-style inits take ([`request_signal`]), then
 //! `SIGKILL` after [`crate::control::GRACE`].
 //!
-//! The network namespace is the runtime's (its NICs, [`crate::pvnet`]).
-//! The later containment work (user namespace with an idmapped root,
-//! deprivileged runtime) belongs here too.
+//! Every namespace of the guest is owned by its user namespace
+//! ([`crate::guestns`]); the runtime makes its NICs in the guest's network
+//! namespace ([`crate::pvnet`]). The guest's devices (its PV disks, its
+//! console) are its root's; the rest of `/dev` stays host root's (guest
+//! root sees `nobody`, and may read and write only what the modes allow).
 
 use std::ffi::CString;
 use std::io::{self, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +64,7 @@ use xen_shim_proto::protocol::ShutdownReason;
 
 use crate::cmdline::{BootParams, INIT_CANDIDATES};
 use crate::control::ShutdownControl;
+use crate::guestns::{GuestNamespaces, NsFds};
 use crate::line::emit;
 
 /// Where the guest's root is mounted in the runtime's mount namespace
@@ -143,6 +153,10 @@ pub struct MachineSpec {
     pub root: RootSource,
     /// The guest's PV disks: names under `/dev` (`xvda`).
     pub disks: Vec<String>,
+    /// The runtime's stdio is the domain's PV console (a pty of its own,
+    /// `--console hvc0`), given to guest root; otherwise it is whatever
+    /// terminal started the runtime, left as it is.
+    pub own_console: bool,
     /// The command line.
     pub params: BootParams,
 }
@@ -314,6 +328,71 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
     }
 }
 
+fn check_sys(what: &str, r: libc::c_long) -> Result<libc::c_long, MachineError> {
+    if r < 0 {
+        return Err(setup(what)(io::Error::last_os_error()));
+    }
+    Ok(r)
+}
+
+/// Makes the root at [`STAGE`] an idmapped mount for the guest's user
+/// namespace (see the [module docs](self)): a clone of the mount
+/// (`open_tree(OPEN_TREE_CLONE)`), idmapped while still detached
+/// (`mount_setattr(MOUNT_ATTR_IDMAP)`), moved over the original, which is
+/// detached (the clone holds its file system).
+fn idmap_root(ns: &GuestNamespaces) -> Result<(), MachineError> {
+    let stage = CString::new(STAGE)
+        .map_err(|_| setup("name the stage")(io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: open_tree on a NUL-terminated path; the new descriptor is
+    // owned right away.
+    let tree = unsafe {
+        let fd = check_sys(
+            "clone the root mount (open_tree)",
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                stage.as_ptr(),
+                libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+            ),
+        )?;
+        OwnedFd::from_raw_fd(fd as RawFd)
+    };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: ns.user_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached mount with an empty path, a
+    // live attribute struct and its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check_sys("idmap the root mount (mount_setattr, MOUNT_ATTR_IDMAP)", r)?;
+    umount2(STAGE, MntFlags::MNT_DETACH).map_err(nix_setup("detach the root's plain mount"))?;
+    // SAFETY: move_mount of our detached mount (empty path) onto a
+    // NUL-terminated path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            stage.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check_sys("attach the idmapped root (move_mount)", r)?;
+    Ok(())
+}
+
 /// Makes `dir` under the staged root, unless it is there (a read-only
 /// root must have it).
 fn ensure_dir(dir: &Path) -> Result<(), MachineError> {
@@ -327,7 +406,7 @@ fn ensure_dir(dir: &Path) -> Result<(), MachineError> {
 }
 
 /// Mounts the guest's `/dev` on the staged root (see the [module docs](self)).
-fn mount_dev(spec: &MachineSpec) -> Result<(), MachineError> {
+fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineError> {
     let dev = Path::new(STAGE).join("dev");
     ensure_dir(&dev)?;
     mount(
@@ -339,13 +418,18 @@ fn mount_dev(spec: &MachineSpec) -> Result<(), MachineError> {
     )
     .map_err(nix_setup("mount the guest's /dev"))?;
     let chr = |name: &str, major: u64, minor: u64, mode: u32| {
+        let p = dev.join(name);
         mknod(
-            &dev.join(name),
+            &p,
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(mode),
             makedev(major, minor),
         )
-        .map_err(nix_setup(format!("mknod /dev/{name}")))
+        .map_err(nix_setup(format!("mknod /dev/{name}")))?;
+        // The mode whatever the umask: guest root has no override on
+        // host root's nodes.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(setup(format!("chmod /dev/{name}")))
     };
     chr("null", 1, 3, 0o666)?;
     chr("zero", 1, 5, 0o666)?;
@@ -392,6 +476,15 @@ fn mount_dev(spec: &MachineSpec) -> Result<(), MachineError> {
     // is the host namespace's, which cannot be bound from here).
     if nix::unistd::isatty(0).unwrap_or(false) {
         if let Ok(tty) = std::fs::read_link("/proc/self/fd/0") {
+            // The domain's own console is its root's (group tty, 5).
+            if spec.own_console {
+                std::os::unix::fs::chown(&tty, Some(ns.ids.first), ns.ids.host_id(5)).map_err(
+                    setup(format!(
+                        "give the console {} to the guest's root",
+                        tty.display()
+                    )),
+                )?;
+            }
             for n in ["console", "hvc0"] {
                 binds.push((n.to_owned(), tty.clone()));
             }
@@ -453,10 +546,11 @@ struct Exec {
     stage: CString,
     proc_dir: CString,
     sys_dir: CString,
+    ns: NsFds,
 }
 
 impl Exec {
-    fn new(p: &BootParams, ramdisk: bool) -> Result<Self, MachineError> {
+    fn new(p: &BootParams, ramdisk: bool, ns: NsFds) -> Result<Self, MachineError> {
         let mut list: Vec<String> = Vec::new();
         if ramdisk {
             list.push(p.rdinit.clone().unwrap_or_else(|| "/init".to_owned()));
@@ -483,6 +577,7 @@ impl Exec {
             stage: cs(STAGE)?,
             proc_dir: cs(&format!("{STAGE}/proc"))?,
             sys_dir: cs(&format!("{STAGE}/sys"))?,
+            ns,
         })
     }
 
@@ -531,57 +626,122 @@ pub(crate) fn rank_first_for_oom_in_child() -> io::Result<()> {
     Ok(())
 }
 
-/// In the forked child (single-threaded, before exec): the steps of init
-/// in its namespaces (see the [module docs](self)). Only system calls, no
-/// allocation. Returns only on failure.
-fn child_exec(e: &Exec) -> io::Error {
-    let check = |r: libc::c_int| {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    let r = (|| -> io::Result<()> {
-        rank_first_for_oom_in_child()?;
+/// The steps of starting init, as its waiter reports a failure (an index
+/// into this table and the errno).
+const INIT_STEPS: &[&str] = &[
+    "rank the guest first for the OOM killer",
+    "enter the guest's network namespace",
+    "enter the guest's UTS namespace",
+    "enter the guest's IPC namespace",
+    "enter the guest's cgroup namespace",
+    "enter the guest's user namespace",
+    "drop the supplementary groups",
+    "become the guest's gid 0",
+    "become the guest's root",
+    "set the parent-death signal",
+    "limit core dumps",
+    "make the guest's PID namespace",
+    "fork init",
+    "set init's parent-death signal",
+    "start init's session",
+    "make init's mount namespace",
+    "make / private",
+    "bind the root onto itself",
+    "mount the guest's /proc",
+    "enter the root",
+    "pivot_root into the root",
+    "detach the old root",
+    "chdir to /",
+    "exec init",
+];
+
+/// A step of [`INIT_STEPS`] that failed, with its error.
+type StepError = (usize, io::Error);
+
+/// `r` of step `step`: its errno when negative.
+fn step(step: usize, r: libc::c_long) -> Result<(), StepError> {
+    if r < 0 {
+        Err((step, io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+/// In init's process (forked by [`init_waiter`], single-threaded, before
+/// exec): the steps of init in its namespaces (see the [module
+/// docs](self)). Only system calls, no allocation. Returns only on
+/// failure.
+fn child_exec(e: &Exec) -> StepError {
+    let r = (|| -> Result<(), StepError> {
         // SAFETY: plain system calls with NUL-terminated strings that live
         // in `e` (prepared before the fork) and null pointers where the
         // calls take them.
         unsafe {
-            // Dies with the runtime's init keeper thread.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            check(libc::setsid())?;
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                c"proc".as_ptr(),
-                e.proc_dir.as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ))?;
-            // /sys if the kernel lets us (its own network namespace's view).
+            // Dies with its waiter.
+            step(
+                13,
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
+            )?;
+            step(14, libc::setsid().into())?;
+            step(15, libc::unshare(libc::CLONE_NEWNS).into())?;
+            step(
+                16,
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
+            // The root as a mount of this namespace: the copies of the
+            // runtime's mounts are locked (the namespace is a less
+            // privileged user namespace's) and pivot_root refuses a
+            // locked new root; a bind's top is not locked.
+            step(
+                17,
+                libc::mount(
+                    e.stage.as_ptr(),
+                    e.stage.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
+            step(
+                18,
+                libc::mount(
+                    c"proc".as_ptr(),
+                    e.proc_dir.as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
+            // /sys if the kernel lets us (its own network namespace's
+            // view). Not read-only: the namespace's sysfs superblock is
+            // shared by its mounts, and one made read-only here would make
+            // the kernel refuse guest root a writable one (and guest root
+            // writes only what its user namespace owns anyway).
             let _ = libc::mount(
                 c"sysfs".as_ptr(),
                 e.sys_dir.as_ptr(),
                 c"sysfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
             );
-            check(libc::chdir(e.stage.as_ptr()))?;
+            step(19, libc::chdir(e.stage.as_ptr()).into())?;
             // pivot_root(".", "."): the old root stacks under the new one,
             // then goes.
-            check(
-                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            step(
+                20,
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
             )?;
-            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
-            check(libc::chdir(c"/".as_ptr()))?;
+            step(21, libc::umount2(c".".as_ptr(), libc::MNT_DETACH).into())?;
+            step(22, libc::chdir(c"/".as_ptr()).into())?;
         }
         Ok(())
     })();
@@ -607,59 +767,183 @@ fn child_exec(e: &Exec) -> io::Error {
         unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         last = io::Error::last_os_error();
     }
-    last
+    (INIT_STEPS.len() - 1, last)
 }
 
-/// Runs init (see the [module docs](self)) from a keeper thread that
-/// enters the new PID, UTS, IPC and cgroup namespaces (so the runtime's own threads
-/// keep theirs), starts init with `PR_SET_PDEATHSIG` = `SIGKILL` (it fires
-/// when that thread ends: when the runtime is killed, `xl destroy`, the
-/// guest's whole PID namespace goes with it) and supervises it until it
+/// What init's waiter reports to the keeper: `P` and init's pid (in the
+/// runtime's PID namespace), then `E` and the failed step (index into
+/// [`INIT_STEPS`] << 16 | errno) if init could not be started; end of
+/// file when init was executed.
+fn report(fd: RawFd, tag: u8, value: i32) {
+    let mut m = [0u8; 5];
+    m[0] = tag;
+    m[1..].copy_from_slice(&value.to_ne_bytes());
+    // SAFETY: five bytes from a live buffer to our pipe end.
+    let _ = unsafe { libc::write(fd, m.as_ptr().cast(), m.len()) };
+}
+
+/// The waiter's steps, in the process the keeper forked (system calls
+/// only; it never returns). The guest's PID namespace must be made from
+/// inside its user namespace (so guest root can mount its `/proc`), and a
+/// new PID namespace's first process is its PID 1: the waiter enters the
+/// guest's namespaces as guest root ([`crate::guestns::enter_as_root`]),
+/// makes the PID namespace, forks init into it ([`child_exec`]), reports
+/// init's pid and ends as init ends (its exit code, or killed by the same
+/// signal: what [`end_reason`] reads).
+fn init_waiter(e: &Exec, report_fd: RawFd) -> ! {
+    let fail = |(step, err): StepError| -> ! {
+        let errno = err.raw_os_error().unwrap_or(libc::EINVAL) & 0xffff;
+        report(report_fd, b'E', ((step as i32) << 16) | errno);
+        // SAFETY: ends the forked process without the parent's handlers.
+        unsafe { libc::_exit(127) }
+    };
+    // Named for what it is in `ps` and the domain's group (not the
+    // runtime it was forked from).
+    // SAFETY: prctl with a NUL-terminated literal.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"pvguest-waiter".as_ptr(), 0, 0, 0) };
+    if let Err(err) = rank_first_for_oom_in_child() {
+        fail((0, err));
+    }
+    if let Err((n, err)) = crate::guestns::enter_as_root(&e.ns) {
+        fail((1 + n, err));
+    }
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: system calls on live values; the forked child runs
+    // child_exec, which only makes system calls on `e`'s memory.
+    let init = unsafe {
+        // Dies with the keeper thread (set after the credentials
+        // changed: a change clears it); never dumps core when it
+        // mirrors init's fatal signal.
+        let r = step(
+            9,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into(),
+        )
+        .and_then(|()| step(10, libc::setrlimit(libc::RLIMIT_CORE, &no_core).into()))
+        .and_then(|()| step(11, libc::unshare(libc::CLONE_NEWPID).into()));
+        if let Err(err) = r {
+            fail(err);
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            fail((12, io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            fail(child_exec(e));
+        }
+        pid
+    };
+    report(report_fd, b'P', init);
+    // SAFETY: closes our copy of the report pipe; waits for our child;
+    // mirrors its end on ourselves.
+    unsafe {
+        libc::close(report_fd);
+        let mut st = 0;
+        while libc::waitpid(init, &mut st, 0) < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(st) {
+            let sig = libc::WTERMSIG(st);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(st))
+    }
+}
+
+/// Reads one report (see [`report`]); `None` at end of file.
+fn read_report(fd: &OwnedFd) -> io::Result<Option<(u8, i32)>> {
+    let mut m = [0u8; 5];
+    let mut got = 0;
+    while got < m.len() {
+        // SAFETY: reads into the live rest of `m`.
+        let n = unsafe { libc::read(fd.as_raw_fd(), m[got..].as_mut_ptr().cast(), m.len() - got) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        got += n as usize;
+    }
+    Ok(Some((m[0], i32::from_ne_bytes([m[1], m[2], m[3], m[4]]))))
+}
+
+/// Runs init (see the [module docs](self)) from a keeper thread that forks
+/// its waiter ([`init_waiter`]: the runtime's own threads keep their
+/// namespaces), which starts init with `PR_SET_PDEATHSIG` = `SIGKILL`
+/// (the waiter has it too: when the runtime is killed, `xl destroy`, the
+/// guest's whole PID namespace goes with it), and supervises it until it
 /// exits. `started` gets init's pid (in the runtime's namespace).
 fn run_init(
-    spec: &MachineSpec,
     exec: Exec,
     ctl: &ShutdownControl,
     started: impl FnOnce(u32),
 ) -> Result<ExitStatus, MachineError> {
-    let hostname = spec.hostname.clone();
     let (tx, rx) = std::sync::mpsc::channel::<Result<u32, MachineError>>();
     std::thread::scope(|s| {
         let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
             let r = (|| {
-                // A cgroup namespace too: the domain's group (which xl put
-                // the runtime in) is the root of the guest's view, so a
-                // cgroup file system mounted inside shows no way out of it.
-                nix::sched::unshare(
-                    nix::sched::CloneFlags::CLONE_NEWPID
-                        | nix::sched::CloneFlags::CLONE_NEWUTS
-                        | nix::sched::CloneFlags::CLONE_NEWIPC
-                        | nix::sched::CloneFlags::CLONE_NEWCGROUP,
-                )
-                .map_err(nix_setup("enter new PID, UTS, IPC and cgroup namespaces"))?;
-                // SAFETY: the pointer and length are those of `hostname`'s
-                // bytes.
-                let r = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
-                if r != 0 {
-                    return Err(setup("set the hostname")(io::Error::last_os_error()));
+                let (rd, wr) =
+                    crate::guestns::cloexec_pipe().map_err(setup("make the init report pipe"))?;
+                // SAFETY: the child only makes system calls on memory
+                // prepared before the fork (`exec`) and never returns.
+                let waiter = unsafe { libc::fork() };
+                if waiter < 0 {
+                    return Err(setup("fork init's waiter")(io::Error::last_os_error()));
                 }
-                let mut cmd = Command::new("/");
-                // SAFETY: child_exec only makes system calls on memory
-                // prepared before the fork (`exec`), as pre_exec requires.
-                unsafe {
-                    cmd.pre_exec(move || Err(child_exec(&exec)));
+                if waiter == 0 {
+                    init_waiter(&exec, wr.as_raw_fd());
                 }
-                // pre_exec never returns Ok: the child either became init
-                // or reports why it could not, which spawn returns.
-                cmd.spawn().map_err(|source| MachineError::NoInit {
-                    tried: String::new(),
-                    source,
-                })
+                drop(wr);
+                let failed = |code: i32| {
+                    let n = usize::try_from(code >> 16).unwrap_or(usize::MAX);
+                    let err = io::Error::from_raw_os_error(code & 0xffff);
+                    if n + 1 >= INIT_STEPS.len() {
+                        MachineError::NoInit {
+                            tried: String::new(),
+                            source: err,
+                        }
+                    } else {
+                        setup(format!("start init: {}", INIT_STEPS[n]))(err)
+                    }
+                };
+                let mut init = None;
+                loop {
+                    match read_report(&rd).map_err(setup("read init's report"))? {
+                        Some((b'P', pid)) => init = Some(pid),
+                        Some((_, code)) => {
+                            reap(waiter);
+                            return Err(failed(code));
+                        }
+                        None => break,
+                    }
+                }
+                match init {
+                    Some(pid) => Ok((waiter, pid)),
+                    None => {
+                        reap(waiter);
+                        Err(setup("start init")(io::Error::other("init's waiter ended")))
+                    }
+                }
             })();
             match r {
-                Ok(mut child) => {
-                    let _ = tx.send(Ok(child.id()));
-                    Some(supervise(&mut child, ctl))
+                Ok((waiter, init)) => {
+                    let _ = tx.send(Ok(init.unsigned_abs()));
+                    Some(supervise(waiter, init, ctl))
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -688,14 +972,37 @@ fn run_init(
     })
 }
 
-/// Waits for init (pid `child`), passing the toolstack's request to it
-/// ([`request_signal`], then `SIGKILL` after the grace period).
-fn supervise(child: &mut std::process::Child, ctl: &ShutdownControl) -> io::Result<ExitStatus> {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+/// Waits for our child `pid` to end.
+fn reap(pid: libc::pid_t) {
+    let mut st = 0;
+    // SAFETY: waits for our own child into a live int.
+    while unsafe { libc::waitpid(pid, &mut st, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+}
+
+/// Waits for init's waiter (`waiter`, which ends as init ends), passing
+/// the toolstack's request to init (`init`: [`request_signal`], then
+/// `SIGKILL` after the grace period).
+fn supervise(
+    waiter: libc::pid_t,
+    init: libc::pid_t,
+    ctl: &ShutdownControl,
+) -> io::Result<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(init);
     let mut asked: Option<Instant> = None;
     loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st);
+        let mut st = 0;
+        // SAFETY: polls our own child into a live int.
+        let r = unsafe { libc::waitpid(waiter, &mut st, libc::WNOHANG) };
+        if r == waiter {
+            return Ok(ExitStatus::from_raw(st));
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
         match asked {
             None => {
@@ -723,18 +1030,24 @@ fn supervise(child: &mut std::process::Child, ctl: &ShutdownControl) -> io::Resu
 /// panics there (the caller crashes the domain).
 pub fn boot(
     spec: &MachineSpec,
+    ns: &GuestNamespaces,
     ctl: &ShutdownControl,
     out: &mut dyn Write,
 ) -> Result<ShutdownReason, MachineError> {
-    let exec = Exec::new(&spec.params, matches!(spec.root, RootSource::Ramdisk(_)))?;
+    let exec = Exec::new(
+        &spec.params,
+        matches!(spec.root, RootSource::Ramdisk(_)),
+        ns.fds(),
+    )?;
     let tried = exec.tried();
     let mounted = mount_root(spec, out)?;
     let r = (|| {
-        mount_dev(spec)?;
+        idmap_root(ns)?;
+        mount_dev(spec, ns)?;
         for d in ["proc", "sys"] {
             ensure_dir(&Path::new(STAGE).join(d))?;
         }
-        let st = run_init(spec, exec, ctl, |pid| {
+        let st = run_init(exec, ctl, |pid| {
             if !spec.params.quiet {
                 let _ = emit(
                     out,

@@ -68,6 +68,9 @@ pub enum PvdiskError {
     /// A disk's file server failed or did not stop.
     #[error("the file server of /dev/{0} failed")]
     Server(String),
+    /// The guest's namespaces could not be made.
+    #[error("cannot make the guest's namespaces")]
+    Namespaces(#[from] crate::guestns::GuestnsError),
     /// The guest machine did not boot (as Linux's panic before init).
     #[error("the guest machine did not boot")]
     Machine(#[from] crate::machine::MachineError),
@@ -157,18 +160,29 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         );
         disks.push((name, d));
     }
-    let nics = if crate::pvnet::list_vifs(p)?.is_empty() {
-        Vec::new()
-    } else {
+    // The guest machine's namespaces are its user namespace's (made first,
+    // so guest root administers them); its network is its own, NICs or not.
+    let guest_ns = match &boot {
+        Boot::Machine(spec) => {
+            let ns = crate::guestns::GuestNamespaces::create(p.domid(), &spec.hostname)?;
+            ns.enter_net()?;
+            crate::pvnet::loopback_up()?;
+            Some(ns)
+        }
+        Boot::Host { .. } => None,
+    };
+    let vifs = !crate::pvnet::list_vifs(p)?.is_empty();
+    if vifs && guest_ns.is_none() {
+        crate::pvnet::private_net_namespace()?;
+    }
+    let nics = if vifs {
         crate::pvnet::bring_up(p, timeout, out)?
+    } else {
+        Vec::new()
     };
     let mut boot = boot;
     if let Boot::Machine(spec) = &mut boot {
         spec.disks = disks.iter().map(|(n, _)| n.clone()).collect();
-        // The guest's network is its own, NICs or not.
-        if nics.is_empty() {
-            crate::pvnet::private_net_namespace()?;
-        }
     }
     let net_stop = std::sync::atomic::AtomicBool::new(false);
     blockfile::private_mount_namespace()?;
@@ -177,7 +191,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     for (name, d) in disks {
         let path = PathBuf::from(format!("/dev/{name}"));
         blockfile::create_mount_point(&path)?;
-        let mut bf = BlockFile::mount(d, &path)?;
+        // The guest machine's disks are its root's (group `disk`, 6, as
+        // Debian's).
+        let (uid, gid) = guest_ns.as_ref().map_or((0, 0), |ns| {
+            (ns.ids.first, ns.ids.host_id(6).unwrap_or(ns.ids.first))
+        });
+        let mut bf = BlockFile::mount_owned(d, &path, uid, gid)?;
         let unmounter = bf.unmounter();
         files.push((name, path, bf, unmounter));
     }
@@ -237,7 +256,9 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
                 None => Ok(std::process::ExitStatus::default()),
             },
             Boot::Machine(spec) => {
-                machine = Some(crate::machine::boot(spec, ctl, out));
+                machine = guest_ns
+                    .as_ref()
+                    .map(|ns| crate::machine::boot(spec, ns, ctl, out));
                 Ok(std::process::ExitStatus::default())
             }
         };

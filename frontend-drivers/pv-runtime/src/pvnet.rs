@@ -400,6 +400,12 @@ fn set_up(name: &str) -> Result<(), PvnetError> {
 pub fn private_net_namespace() -> Result<(), PvnetError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| os("unshare(CLONE_NEWNET)")(io::Error::from(e)))?;
+    loopback_up()
+}
+
+/// Sets the loopback interface of the calling thread's network namespace
+/// up (a new namespace's is down).
+pub fn loopback_up() -> Result<(), PvnetError> {
     set_up("lo")
 }
 
@@ -444,15 +450,16 @@ pub struct GuestNic<'p, P: Platform + ?Sized> {
     pub addresses: Vec<String>,
 }
 
-/// Connects every vif, enters a private network namespace and creates
-/// `eth<N>` for each with its addresses. Writes `pvnet ...` lines.
+/// Connects every vif and creates `eth<N>` for each with its addresses, in
+/// the calling thread's network namespace (the caller entered the guest's:
+/// [`private_net_namespace`], [`crate::guestns::GuestNamespaces::enter_net`]).
+/// Writes `pvnet ...` lines.
 pub fn bring_up<'p, P: Platform + ?Sized>(
     p: &'p P,
     timeout: Duration,
     out: &mut dyn Write,
 ) -> Result<Vec<GuestNic<'p, P>>, PvnetError> {
     let ids = list_vifs(p)?;
-    private_net_namespace()?;
     let mut nics = Vec::new();
     for (n, &devid) in ids.iter().enumerate() {
         // Every queue the backend offers (up to netfront's maximum).

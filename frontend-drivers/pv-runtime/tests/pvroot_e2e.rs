@@ -25,40 +25,18 @@ use xen_testhost::{need, stdout_of, Dom0};
 
 const STEP: Duration = Duration::from_secs(60);
 
-fn dom0(prefix: &str) -> Result<Dom0> {
-    Dom0::start_for_pv_guests(
-        prefix,
-        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-    )
-}
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `examples/mkroot.sh` into `dir`.
-fn mkroot(dir: &Path) -> Result<()> {
-    need("busybox", "busybox-static")?;
-    need("cpio", "cpio")?;
-    need("debugfs", "e2fsprogs")?;
-    need("qemu-img", "qemu-utils")?;
-    let out = Command::new(workspace().join("examples/mkroot.sh"))
-        .arg(dir)
-        .output()
-        .context("run examples/mkroot.sh")?;
-    stdout_of("examples/mkroot.sh", &out)?;
-    Ok(())
 }
 
 /// A Dom0 for these tests and the root images of `examples/mkroot.sh` in
 /// its directory's `root/`.
 fn dom0_with_root(prefix: &str) -> Result<(Dom0, PathBuf)> {
-    let host = dom0(prefix)?;
-    let dir = host.dir().join("root");
-    std::fs::create_dir(&dir)?;
-    mkroot(&dir)?;
-    Ok((host, dir))
+    Dom0::start_with_root(
+        prefix,
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
 }
 
 /// `xl ARGS` on a pty.

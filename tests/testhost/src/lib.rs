@@ -179,6 +179,17 @@ impl Dom0 {
         Dom0::start(prefix, &libexec)
     }
 
+    /// [`Dom0::start_for_pv_guests`] and the busybox root images of
+    /// `examples/mkroot.sh` ([`mkroot`]) in the run directory's `root/`
+    /// (whose path comes second).
+    pub fn start_with_root(prefix: &str, exe: &Path, workspace: &Path) -> Result<(Dom0, PathBuf)> {
+        let host = Dom0::start_for_pv_guests(prefix, exe, workspace)?;
+        let dir = host.dir().join("root");
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        mkroot(workspace, &dir)?;
+        Ok((host, dir))
+    }
+
     /// Runs `xl ARGS`; its output, whatever its status.
     pub fn xl(&self, args: &[&str]) -> Result<Output> {
         self.xl_command(args)
@@ -522,6 +533,23 @@ pub fn build_pv_binaries_next_to(exe: &Path, workspace: &Path) -> Result<PathBuf
     let mut bins = DOM0_BINARIES.to_vec();
     bins.push(("xen-pvguest", "xen-pvguest"));
     build_binaries(profile, workspace, &bins)
+}
+
+/// Runs `examples/mkroot.sh` of the workspace at `workspace` (a crate's
+/// directory there) into `dir`: `pv-root.img` (raw ext4), `pv-root.qcow2`,
+/// `pv-root.cpio` (a newc ramdisk).
+pub fn mkroot(workspace: &Path, dir: &Path) -> Result<()> {
+    need("busybox", "busybox-static")?;
+    need("cpio", "cpio")?;
+    need("debugfs", "e2fsprogs")?;
+    need("qemu-img", "qemu-utils")?;
+    let script = workspace.join("../../examples/mkroot.sh");
+    let out = Command::new(&script)
+        .arg(dir)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    stdout_of("examples/mkroot.sh", &out)?;
+    Ok(())
 }
 
 /// Fails unless `tool` is on the PATH, naming Debian's `package`.
