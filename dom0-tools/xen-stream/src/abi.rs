@@ -118,7 +118,9 @@ pub const PAGE_TYPE_XTAB: u64 = 0xf;
 pub const MAX_BATCH_PAGES: usize = 1024;
 
 /// `struct xc_sr_rec_x86_tsc_info`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct x86_tsc_info {
     /// TSC mode (`XEN_TSC_MODE_*`, 0 default).
@@ -134,7 +136,9 @@ pub struct x86_tsc_info {
 }
 
 /// `struct hvm_save_descriptor` (`xen/hvm/save.h`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct hvm_save_descriptor {
     /// `HVM_SAVE_CODE(...)` of the entry that follows.
@@ -173,7 +177,9 @@ pub mod hvm_code {
 }
 
 /// `struct hvm_save_header`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct hvm_save_header {
     /// `HVM_FILE_MAGIC`.
@@ -293,7 +299,9 @@ impl Default for hvm_hw_cpu {
 }
 
 /// `struct hvm_hw_lapic`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct hvm_hw_lapic {
     /// IA32_APIC_BASE.

@@ -42,7 +42,9 @@ pub enum HvmContextError {
         version: u32,
     },
     /// A known fixed-size entry has the wrong length.
-    #[error("HVM save entry type {typecode} instance {instance} is {length} bytes, expected {expected}")]
+    #[error(
+        "HVM save entry type {typecode} instance {instance} is {length} bytes, expected {expected}"
+    )]
     BadLength {
         /// Type code.
         typecode: u16,
@@ -185,17 +187,25 @@ impl HvmContext {
                         return Err(HvmContextError::BadEnd("END descriptor is not empty"));
                     }
                     if at != body.len() {
-                        return Err(HvmContextError::BadEnd("has bytes after its END descriptor"));
+                        return Err(HvmContextError::BadEnd(
+                            "has bytes after its END descriptor",
+                        ));
                     }
                     break;
                 }
                 hvm_code::HEADER => {
                     if header.is_some() {
-                        return Err(HvmContextError::Duplicate { typecode: code, instance: inst });
+                        return Err(HvmContextError::Duplicate {
+                            typecode: code,
+                            instance: inst,
+                        });
                     }
                     let h: hvm_save_header = fixed(code, inst, data)?;
                     if h.magic != HVM_FILE_MAGIC || h.version != HVM_FILE_VERSION {
-                        return Err(HvmContextError::BadHeader { magic: h.magic, version: h.version });
+                        return Err(HvmContextError::BadHeader {
+                            magic: h.magic,
+                            version: h.version,
+                        });
                     }
                     header = Some(h);
                 }
@@ -203,9 +213,16 @@ impl HvmContext {
                     vcpu_in_range(code, inst)?;
                     if usize::from(inst) != cpus.len() {
                         return Err(if usize::from(inst) < cpus.len() {
-                            HvmContextError::Duplicate { typecode: code, instance: inst }
+                            HvmContextError::Duplicate {
+                                typecode: code,
+                                instance: inst,
+                            }
                         } else {
-                            HvmContextError::VcpuMismatch { typecode: code, instance: inst, cpus: cpus.len() }
+                            HvmContextError::VcpuMismatch {
+                                typecode: code,
+                                instance: inst,
+                                cpus: cpus.len(),
+                            }
                         });
                     }
                     cpus.push(fixed(code, inst, data)?);
@@ -222,10 +239,20 @@ impl HvmContext {
                 }
                 c if c > hvm_code::MAX => return Err(HvmContextError::BadType(c)),
                 _ => {
-                    if other.iter().any(|e| e.typecode == code && e.instance == inst) {
-                        return Err(HvmContextError::Duplicate { typecode: code, instance: inst });
+                    if other
+                        .iter()
+                        .any(|e| e.typecode == code && e.instance == inst)
+                    {
+                        return Err(HvmContextError::Duplicate {
+                            typecode: code,
+                            instance: inst,
+                        });
                     }
-                    other.push(HvmRawEntry { typecode: code, instance: inst, data: data.to_vec() });
+                    other.push(HvmRawEntry {
+                        typecode: code,
+                        instance: inst,
+                        data: data.to_vec(),
+                    });
                 }
             }
         }
@@ -233,26 +260,40 @@ impl HvmContext {
         if cpus.is_empty() {
             return Err(HvmContextError::NoCpu);
         }
-        let mut vcpus: Vec<HvmVcpu> =
-            cpus.into_iter().map(|cpu| HvmVcpu { cpu, lapic: None, lapic_regs: None }).collect();
+        let mut vcpus: Vec<HvmVcpu> = cpus
+            .into_iter()
+            .map(|cpu| HvmVcpu {
+                cpu,
+                lapic: None,
+                lapic_regs: None,
+            })
+            .collect();
         let n = vcpus.len();
         for (inst, l) in lapics {
-            let v = vcpus.get_mut(usize::from(inst)).ok_or(HvmContextError::VcpuMismatch {
-                typecode: hvm_code::LAPIC,
-                instance: inst,
-                cpus: n,
-            })?;
+            let v = vcpus
+                .get_mut(usize::from(inst))
+                .ok_or(HvmContextError::VcpuMismatch {
+                    typecode: hvm_code::LAPIC,
+                    instance: inst,
+                    cpus: n,
+                })?;
             v.lapic = Some(l);
         }
         for (inst, r) in regs {
-            let v = vcpus.get_mut(usize::from(inst)).ok_or(HvmContextError::VcpuMismatch {
-                typecode: hvm_code::LAPIC_REGS,
-                instance: inst,
-                cpus: n,
-            })?;
+            let v = vcpus
+                .get_mut(usize::from(inst))
+                .ok_or(HvmContextError::VcpuMismatch {
+                    typecode: hvm_code::LAPIC_REGS,
+                    instance: inst,
+                    cpus: n,
+                })?;
             v.lapic_regs = Some(r);
         }
-        Ok(Self { header, vcpus, other })
+        Ok(Self {
+            header,
+            vcpus,
+            other,
+        })
     }
 }
 
@@ -262,7 +303,14 @@ fn instance(i: usize) -> u16 {
 
 fn push_entry(out: &mut Vec<u8>, typecode: u16, instance: u16, data: &[u8]) {
     let length = u32::try_from(data.len()).expect("HVM save entries are small");
-    out.extend_from_slice(hvm_save_descriptor { typecode, instance, length }.as_bytes());
+    out.extend_from_slice(
+        hvm_save_descriptor {
+            typecode,
+            instance,
+            length,
+        }
+        .as_bytes(),
+    );
     out.extend_from_slice(data);
 }
 
@@ -274,7 +322,12 @@ fn take<'a>(
 ) -> Result<&'a [u8], HvmContextError> {
     let left = body.len() - *at;
     if need > left {
-        return Err(HvmContextError::Truncated { offset: *at, what, need, left });
+        return Err(HvmContextError::Truncated {
+            offset: *at,
+            what,
+            need,
+            left,
+        });
     }
     let s = &body[*at..*at + need];
     *at += need;
@@ -311,18 +364,27 @@ mod tests {
     fn sample(n: usize) -> HvmContext {
         let vcpus = (0..n)
             .map(|i| {
-                let mut cpu = hvm_hw_cpu::default();
-                cpu.rip = 0x1000 + i as u64;
+                let mut cpu = hvm_hw_cpu {
+                    rip: 0x1000 + i as u64,
+                    ..Default::default()
+                };
                 cpu.fpu_regs[3] = 7;
                 HvmVcpu {
                     cpu,
-                    lapic: Some(hvm_hw_lapic { apic_base_msr: 0xfee0_0900, ..Default::default() }),
+                    lapic: Some(hvm_hw_lapic {
+                        apic_base_msr: 0xfee0_0900,
+                        ..Default::default()
+                    }),
                     lapic_regs: Some(hvm_hw_lapic_regs::default()),
                 }
             })
             .collect();
         let mut c = HvmContext::new(vcpus, 0x806f8, 2_000_000);
-        c.other.push(HvmRawEntry { typecode: hvm_code::MTRR, instance: 0, data: vec![1; 240] });
+        c.other.push(HvmRawEntry {
+            typecode: hvm_code::MTRR,
+            instance: 0,
+            data: vec![1; 240],
+        });
         c
     }
 
@@ -336,7 +398,10 @@ mod tests {
     fn test_hvm_context_every_truncation_refused() {
         let body = sample(1).encode();
         for len in 0..body.len() {
-            assert!(HvmContext::parse(&body[..len]).is_err(), "prefix {len} accepted");
+            assert!(
+                HvmContext::parse(&body[..len]).is_err(),
+                "prefix {len} accepted"
+            );
         }
     }
 
@@ -350,7 +415,10 @@ mod tests {
         push_entry(&mut body, hvm_code::END, 0, &[]);
         assert_eq!(
             HvmContext::parse(&body),
-            Err(HvmContextError::Duplicate { typecode: hvm_code::CPU, instance: 0 })
+            Err(HvmContextError::Duplicate {
+                typecode: hvm_code::CPU,
+                instance: 0
+            })
         );
     }
 
@@ -360,24 +428,43 @@ mod tests {
         let c = sample(1);
         push_entry(&mut body, hvm_code::HEADER, 0, c.header.as_bytes());
         push_entry(&mut body, hvm_code::CPU, 0, c.vcpus[0].cpu.as_bytes());
-        push_entry(&mut body, hvm_code::LAPIC, 3, hvm_hw_lapic::default().as_bytes());
+        push_entry(
+            &mut body,
+            hvm_code::LAPIC,
+            3,
+            hvm_hw_lapic::default().as_bytes(),
+        );
         push_entry(&mut body, hvm_code::END, 0, &[]);
-        assert!(matches!(HvmContext::parse(&body), Err(HvmContextError::VcpuMismatch { .. })));
+        assert!(matches!(
+            HvmContext::parse(&body),
+            Err(HvmContextError::VcpuMismatch { .. })
+        ));
     }
 
     #[test]
     fn test_hvm_context_huge_entry_length_refused() {
         let mut body = Vec::new();
         body.extend_from_slice(
-            hvm_save_descriptor { typecode: 1, instance: 0, length: u32::MAX }.as_bytes(),
+            hvm_save_descriptor {
+                typecode: 1,
+                instance: 0,
+                length: u32::MAX,
+            }
+            .as_bytes(),
         );
-        assert!(matches!(HvmContext::parse(&body), Err(HvmContextError::Truncated { .. })));
+        assert!(matches!(
+            HvmContext::parse(&body),
+            Err(HvmContextError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn test_hvm_context_bad_magic_refused() {
         let mut c = sample(1);
         c.header.magic = 1;
-        assert!(matches!(HvmContext::parse(&c.encode()), Err(HvmContextError::BadHeader { .. })));
+        assert!(matches!(
+            HvmContext::parse(&c.encode()),
+            Err(HvmContextError::BadHeader { .. })
+        ));
     }
 }

@@ -20,7 +20,9 @@ mod read;
 mod write;
 
 pub use hvm::{HvmContext, HvmContextError, HvmRawEntry, HvmVcpu};
-pub use read::{read_save_file, read_xl_header, read_xl_stream, PageSinkError, StreamError};
+pub use read::{
+    read_save_file, read_xl_header, read_xl_stream, PageSink, PageSinkError, StreamError,
+};
 pub use write::StreamWriter;
 
 /// The xl header's payload: the domain's configuration.
@@ -52,6 +54,9 @@ pub struct DomainState {
 impl DomainState {
     /// The value of HVM parameter `index`, if saved.
     pub fn param(&self, index: u64) -> Option<u64> {
-        self.params.iter().find(|(i, _)| *i == index).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, v)| *v)
     }
 }

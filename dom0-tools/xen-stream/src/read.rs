@@ -34,6 +34,9 @@ const CHUNK: usize = 1 << 20;
 /// The error a page sink may return.
 pub type PageSinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Where the reader puts each page with data: `(pfn, page)`.
+pub type PageSink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), PageSinkError> + 'a;
+
 /// Why a save file was refused.
 #[derive(Debug, Error)]
 pub enum StreamError {
@@ -217,7 +220,11 @@ fn read_record<R: Read>(
     rec: &'static str,
 ) -> Result<Vec<u8>, StreamError> {
     if length > max {
-        return Err(StreamError::RecordLength { rec, length, expected: format!("at most {max}") });
+        return Err(StreamError::RecordLength {
+            rec,
+            length,
+            expected: format!("at most {max}"),
+        });
     }
     let body = read_body(r, length as usize, rec)?;
     read_padding(r, length, rec)?;
@@ -226,7 +233,11 @@ fn read_record<R: Read>(
 
 fn exact_len(rec: &'static str, length: u32, expected: usize) -> Result<(), StreamError> {
     if length as usize != expected {
-        return Err(StreamError::RecordLength { rec, length, expected: expected.to_string() });
+        return Err(StreamError::RecordLength {
+            rec,
+            length,
+            expected: expected.to_string(),
+        });
     }
     Ok(())
 }
@@ -257,15 +268,24 @@ pub fn read_xl_header<R: Read>(r: &mut R) -> Result<XlHeader, StreamError> {
     let opt = read_body(r, optlen as usize, "the xl header's optional data")?;
     let config = match opt.get(..4) {
         None if opt.is_empty() => Vec::new(),
-        None => return Err(StreamError::XlOptionalData("shorter than its config length")),
+        None => {
+            return Err(StreamError::XlOptionalData(
+                "shorter than its config length",
+            ))
+        }
         Some(l) => {
             let len = u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize;
             opt.get(4..4 + len)
-                .ok_or(StreamError::XlOptionalData("config length beyond the optional data"))?
+                .ok_or(StreamError::XlOptionalData(
+                    "config length beyond the optional data",
+                ))?
                 .to_vec()
         }
     };
-    Ok(XlHeader { config, json: mandatory & XL_MANDATORY_FLAG_JSON != 0 })
+    Ok(XlHeader {
+        config,
+        json: mandatory & XL_MANDATORY_FLAG_JSON != 0,
+    })
 }
 
 fn libxc_name(t: u32) -> &'static str {
@@ -316,10 +336,14 @@ fn read_image_header<R: Read>(r: &mut R) -> Result<(u32, (u32, u32)), StreamErro
     let res1 = u16::from_be_bytes(h[18..20].try_into().expect("2 bytes"));
     let res2 = u32::from_be_bytes(h[20..24].try_into().expect("4 bytes"));
     if marker != IHDR_MARKER {
-        return Err(StreamError::ImageHeader(format!("marker {marker:#x} is not all ones")));
+        return Err(StreamError::ImageHeader(format!(
+            "marker {marker:#x} is not all ones"
+        )));
     }
     if ident != IHDR_IDENT {
-        return Err(StreamError::ImageHeader(format!("ident {ident:#x} is not \"XENF\"")));
+        return Err(StreamError::ImageHeader(format!(
+            "ident {ident:#x} is not \"XENF\""
+        )));
     }
     if !(2..=3).contains(&version) {
         return Err(StreamError::ImageVersion(version));
@@ -330,7 +354,9 @@ fn read_image_header<R: Read>(r: &mut R) -> Result<(u32, (u32, u32)), StreamErro
         )));
     }
     if res1 != 0 || res2 != 0 {
-        return Err(StreamError::ImageHeader("reserved fields are not zero".into()));
+        return Err(StreamError::ImageHeader(
+            "reserved fields are not zero".into(),
+        ));
     }
     let mut d = [0u8; 16];
     read_exact(r, &mut d, "the libxc domain header")?;
@@ -345,10 +371,14 @@ fn read_image_header<R: Read>(r: &mut R) -> Result<(u32, (u32, u32)), StreamErro
         _ => return Err(StreamError::DomainType("of an unknown type")),
     }
     if page_shift != PAGE_SHIFT {
-        return Err(StreamError::ImageHeader(format!("page shift {page_shift}, expected 12")));
+        return Err(StreamError::ImageHeader(format!(
+            "page shift {page_shift}, expected 12"
+        )));
     }
     if dres != 0 {
-        return Err(StreamError::ImageHeader("domain header reserved field is not zero".into()));
+        return Err(StreamError::ImageHeader(
+            "domain header reserved field is not zero".into(),
+        ));
     }
     Ok((version, (major, minor)))
 }
@@ -358,7 +388,7 @@ fn read_page_data<R: Read>(
     r: &mut R,
     length: u32,
     max_pfns: u64,
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), PageSinkError>,
+    sink: &mut PageSink<'_>,
 ) -> Result<(), StreamError> {
     const REC: &str = "PAGE_DATA";
     let max = 8 + MAX_BATCH_PAGES * 8 + MAX_BATCH_PAGES * PAGE_SIZE;
@@ -413,10 +443,13 @@ fn read_page_data<R: Read>(
 fn read_libxc<R: Read>(
     r: &mut R,
     max_pfns: u64,
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), PageSinkError>,
+    sink: &mut PageSink<'_>,
 ) -> Result<DomainState, StreamError> {
     let (version, xen_version) = read_image_header(r)?;
-    let mut s = Seen { version, ..Default::default() };
+    let mut s = Seen {
+        version,
+        ..Default::default()
+    };
     loop {
         let rtype = u32_le(r, "a libxc record header")?;
         let length = u32_le(r, "a libxc record header")?;
@@ -428,7 +461,10 @@ fn read_libxc<R: Read>(
             }
             libxc_rec::PAGE_DATA => {
                 if s.version >= 3 && !s.static_end {
-                    return Err(StreamError::OutOfOrder { rec, why: "before STATIC_DATA_END" });
+                    return Err(StreamError::OutOfOrder {
+                        rec,
+                        why: "before STATIC_DATA_END",
+                    });
                 }
                 if s.tsc.is_some() || s.hvm.is_some() || s.params.is_some() {
                     return Err(StreamError::OutOfOrder {
@@ -470,7 +506,11 @@ fn read_libxc<R: Read>(
                 }
                 let body = read_record(r, length, 8 + 16 * MAX_HVM_PARAMS, rec)?;
                 if body.len() < 8 {
-                    return Err(StreamError::RecordLength { rec, length, expected: "at least 8".into() });
+                    return Err(StreamError::RecordLength {
+                        rec,
+                        length,
+                        expected: "at least 8".into(),
+                    });
                 }
                 let count = u32::from_le_bytes(body[0..4].try_into().expect("4 bytes")) as usize;
                 if body[4..8] != [0; 4] {
@@ -493,7 +533,10 @@ fn read_libxc<R: Read>(
             }
             libxc_rec::STATIC_DATA_END => {
                 if s.version < 3 {
-                    return Err(StreamError::OutOfOrder { rec, why: "in a version 2 stream" });
+                    return Err(StreamError::OutOfOrder {
+                        rec,
+                        why: "in a version 2 stream",
+                    });
                 }
                 if s.static_end {
                     return Err(StreamError::Duplicate(rec));
@@ -503,10 +546,16 @@ fn read_libxc<R: Read>(
             }
             libxc_rec::X86_CPUID_POLICY | libxc_rec::X86_MSR_POLICY => {
                 if s.version < 3 {
-                    return Err(StreamError::OutOfOrder { rec, why: "in a version 2 stream" });
+                    return Err(StreamError::OutOfOrder {
+                        rec,
+                        why: "in a version 2 stream",
+                    });
                 }
                 if s.static_end {
-                    return Err(StreamError::OutOfOrder { rec, why: "after STATIC_DATA_END" });
+                    return Err(StreamError::OutOfOrder {
+                        rec,
+                        why: "after STATIC_DATA_END",
+                    });
                 }
                 let (entry, slot) = if rtype == libxc_rec::X86_CPUID_POLICY {
                     (24, &mut s.cpuid)
@@ -526,7 +575,10 @@ fn read_libxc<R: Read>(
                 }
             }
             libxc_rec::TOOLSTACK => {
-                return Err(StreamError::Unsupported { rec, why: "deprecated since Xen 4.7" })
+                return Err(StreamError::Unsupported {
+                    rec,
+                    why: "deprecated since Xen 4.7",
+                })
             }
             libxc_rec::CHECKPOINT | libxc_rec::CHECKPOINT_DIRTY_PFN_LIST => {
                 return Err(StreamError::Unsupported {
@@ -534,7 +586,12 @@ fn read_libxc<R: Read>(
                     why: "checkpointed (Remus/COLO) streams are not a save file",
                 })
             }
-            _ => return Err(StreamError::UnknownRecord { stream: "libxc", rtype }),
+            _ => {
+                return Err(StreamError::UnknownRecord {
+                    stream: "libxc",
+                    rtype,
+                })
+            }
         }
     }
     if s.version >= 3 && !s.static_end {
@@ -559,7 +616,7 @@ fn read_libxc<R: Read>(
 pub fn read_xl_stream<R: Read>(
     r: &mut R,
     max_pfns: u64,
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), PageSinkError>,
+    sink: &mut PageSink<'_>,
 ) -> Result<DomainState, StreamError> {
     let mut h = [0u8; 16];
     read_exact(r, &mut h, "the libxl header")?;
@@ -567,7 +624,9 @@ pub fn read_xl_stream<R: Read>(
     let version = u32::from_be_bytes(h[8..12].try_into().expect("4 bytes"));
     let options = u32::from_be_bytes(h[12..16].try_into().expect("4 bytes"));
     if ident != LIBXL_IDENT {
-        return Err(StreamError::LibxlHeader(format!("ident {ident:#x} is not \"LibxlFmt\"")));
+        return Err(StreamError::LibxlHeader(format!(
+            "ident {ident:#x} is not \"LibxlFmt\""
+        )));
     }
     if version != LIBXL_VERSION {
         return Err(StreamError::LibxlVersion(version));
@@ -625,7 +684,7 @@ pub fn read_xl_stream<R: Read>(
 pub fn read_save_file<R: Read>(
     r: &mut R,
     limit: impl FnOnce(&XlHeader) -> Result<u64, PageSinkError>,
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), PageSinkError>,
+    sink: &mut PageSink<'_>,
 ) -> Result<(XlHeader, DomainState), StreamError> {
     let header = read_xl_header(r)?;
     let max_pfns = limit(&header).map_err(StreamError::Config)?;

@@ -32,7 +32,11 @@ impl<W: Write> StreamWriter<W> {
         cpuid_policy: &[u8],
         msr_policy: &[u8],
     ) -> io::Result<Self> {
-        let mut w = Self { out, bytes: 0, pages: 0 };
+        let mut w = Self {
+            out,
+            bytes: 0,
+            pages: 0,
+        };
         let config_len = u32::try_from(header.config.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "config over 4 GiB"))?;
         let mut mandatory = XL_MANDATORY_FLAG_STREAMV2;
@@ -74,16 +78,29 @@ impl<W: Write> StreamWriter<W> {
     /// PAGE_DATA records of at most [`MAX_BATCH_PAGES`].
     pub fn write_pages(&mut self, pfns: &[u64], data: &[u8]) -> io::Result<()> {
         if data.len() != pfns.len() * PAGE_SIZE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "one page of data per pfn"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "one page of data per pfn",
+            ));
         }
         if pfns.iter().any(|p| p & !PAGE_DATA_PFN_MASK != 0) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "pfn beyond 52 bits"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pfn beyond 52 bits",
+            ));
         }
-        for (pfns, data) in pfns.chunks(MAX_BATCH_PAGES).zip(data.chunks(MAX_BATCH_PAGES * PAGE_SIZE)) {
+        for (pfns, data) in pfns
+            .chunks(MAX_BATCH_PAGES)
+            .zip(data.chunks(MAX_BATCH_PAGES * PAGE_SIZE))
+        {
             let count = u32::try_from(pfns.len()).expect("a batch is at most 1024 pages");
             let length = 8 + pfns.len() * 8 + data.len();
             self.put(&libxc_rec::PAGE_DATA.to_le_bytes())?;
-            self.put(&u32::try_from(length).expect("a batch is ~4 MiB").to_le_bytes())?;
+            self.put(
+                &u32::try_from(length)
+                    .expect("a batch is ~4 MiB")
+                    .to_le_bytes(),
+            )?;
             self.put(&count.to_le_bytes())?;
             self.put(&0u32.to_le_bytes())?;
             self.put(pfns.as_bytes())?;

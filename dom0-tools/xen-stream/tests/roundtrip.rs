@@ -40,8 +40,18 @@ fn test_save_file_verify_stream_v2_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It walked the whole stream, not just the header.
-    for seen in ["Libxl Header", "x86 HVM", "HVM context", "HVM params", "TSC info", "Static data end"] {
-        assert!(stdout.contains(seen), "verify-stream-v2 output lacks {seen:?}:\n{stdout}");
+    for seen in [
+        "Libxl Header",
+        "x86 HVM",
+        "HVM context",
+        "HVM params",
+        "TSC info",
+        "Static data end",
+    ] {
+        assert!(
+            stdout.contains(seen),
+            "verify-stream-v2 output lacks {seen:?}:\n{stdout}"
+        );
     }
 }
 
@@ -50,7 +60,10 @@ fn test_save_file_verify_stream_v2_refuses_corruption() {
     // The checker itself can fail: a flipped libxc marker byte is refused.
     let tool = "/usr/lib/xen-4.17/bin/verify-stream-v2";
     let mut bytes = common::file();
-    let at = bytes.windows(8).position(|w| w == [0xff; 8]).expect("image marker");
+    let at = bytes
+        .windows(8)
+        .position(|w| w == [0xff; 8])
+        .expect("image marker");
     bytes[at] = 0xfe;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.save");
