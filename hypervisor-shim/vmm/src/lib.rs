@@ -33,6 +33,7 @@ mod error;
 pub mod events;
 pub mod fvdisk;
 pub mod gmem;
+pub mod snapshot;
 pub mod vm;
 pub mod watchdog;
 
