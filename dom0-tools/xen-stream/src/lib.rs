@@ -25,6 +25,28 @@ pub use read::{
 };
 pub use write::StreamWriter;
 
+/// The first line our savers put before the config text in the xl header: the
+/// config file's path (its relative paths resolve against its directory on
+/// restore). An xl.cfg comment, so any xl reads the text unchanged.
+pub const CONFIG_ORIGIN_MARK: &str = "# xl save: config file ";
+
+/// The config file named by a [`CONFIG_ORIGIN_MARK`] line at the start of `config`.
+pub fn config_origin(config: &[u8]) -> Option<std::path::PathBuf> {
+    let text = std::str::from_utf8(config).ok()?;
+    let line = text.lines().next()?;
+    line.strip_prefix(CONFIG_ORIGIN_MARK).map(std::path::PathBuf::from)
+}
+
+/// `config` with a [`CONFIG_ORIGIN_MARK`] line naming `path` (unless it has one).
+pub fn with_config_origin(config: &[u8], path: &std::path::Path) -> Vec<u8> {
+    if config_origin(config).is_some() {
+        return config.to_vec();
+    }
+    let mut out = format!("{CONFIG_ORIGIN_MARK}{}\n", path.display()).into_bytes();
+    out.extend_from_slice(config);
+    out
+}
+
 /// The xl header's payload: the domain's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct XlHeader {

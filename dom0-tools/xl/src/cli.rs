@@ -66,6 +66,31 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// Save a PVHVM domain's state to a file (Xen 4.17's format); the domain
+    /// is destroyed unless -c or -p.
+    Save {
+        /// Leave the domain running after the save (a checkpoint).
+        #[arg(short = 'c')]
+        checkpoint: bool,
+        /// Leave the domain paused after the save.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Name or id.
+        domain: String,
+        /// The save file.
+        file: PathBuf,
+    },
+    /// Restore a domain from a save file.
+    Restore {
+        /// Leave the domain paused after the restore.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Attach to its console afterwards.
+        #[arg(short = 'c')]
+        console: bool,
+        /// The save file.
+        file: PathBuf,
+    },
     /// The domain-death watcher `xl create` starts (internal).
     #[command(name = "monitor-domain", hide = true)]
     MonitorDomain {
@@ -135,6 +160,19 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
+        Verb::Save {
+            checkpoint,
+            paused,
+            domain,
+            file,
+        } => crate::saverestore::save(domain, file, *checkpoint, *paused).map_err(Into::into),
+        Verb::Restore {
+            paused,
+            console,
+            file,
+        } => crate::saverestore::restore(file, *paused, *console)
+            .map(drop)
+            .map_err(Into::into),
         Verb::MonitorDomain {
             domid,
             instance,

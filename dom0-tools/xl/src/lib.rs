@@ -16,6 +16,8 @@
 //!   and the figures of `xl list`;
 //! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
 //!   applies `on_poweroff`/`on_reboot`/`on_crash`/`on_watchdog`;
+//! - [`saverestore`]: `xl save` / `xl restore` of PVHVM guests in Xen 4.17's
+//!   save file format, through the VMM's control socket;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -27,6 +29,7 @@ pub mod disk;
 pub mod monitor;
 pub mod network;
 pub mod resources;
+pub mod saverestore;
 pub mod toolstack;
 pub mod vif;
 pub mod xsplan;

@@ -27,6 +27,9 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The save file cannot be restored.
+    #[error("cannot restore the save file: {0}")]
+    Restore(String),
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {

@@ -28,6 +28,7 @@
 //! guest value is bounds-checked and every bad exit ends only this domain.
 
 pub mod boot;
+pub mod control;
 pub mod elf;
 mod error;
 pub mod events;

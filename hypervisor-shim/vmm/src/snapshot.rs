@@ -23,7 +23,12 @@ use xen_stream::abi::{
     hvm_hw_cpu, hvm_hw_lapic, hvm_hw_lapic_regs, MAX_BATCH_PAGES, PAGE_SIZE,
     XEN_X86_FPU_INITIALISED,
 };
-use xen_stream::{HvmVcpu, StreamWriter};
+use xen_shim_guest::Hypervisor;
+use xen_stream::abi::x86_tsc_info;
+use xen_stream::{DomainState, HvmContext, HvmVcpu, PageSinkError, StreamWriter, XlHeader};
+
+use crate::gmem::GuestPhys;
+use crate::VmmError;
 
 /// Why a snapshot could not be taken or applied.
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +572,83 @@ fn flush<W: Write>(
     pfns.clear();
     data.clear();
     Ok(())
+}
+
+/// `HVM_PARAM_STORE_PFN`, `_STORE_EVTCHN`, `_CONSOLE_PFN`, `_CONSOLE_EVTCHN`.
+const HVM_PARAM_STORE_PFN: u64 = 1;
+const HVM_PARAM_STORE_EVTCHN: u64 = 2;
+const HVM_PARAM_CONSOLE_PFN: u64 = 17;
+const HVM_PARAM_CONSOLE_EVTCHN: u64 = 18;
+
+/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) at
+/// `path`: the xl header with `config`, the memory file's pages, the TSC, the HVM
+/// context and params. Returns (pages, bytes); the file is synced.
+pub fn save_file(
+    path: &std::path::Path,
+    hv: &Hypervisor,
+    cpu: &KvmVcpuState,
+    config: &[u8],
+    tsc_khz: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64), SnapshotError> {
+    let io = |what| move |source| SnapshotError::Io { what, source };
+    let file = File::create(path).map_err(io("create the save file"))?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let header = XlHeader { config: config.to_vec(), json: false };
+    let mut w = StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(io("write the save file"))?;
+    let total = hv.memory().len() as u64;
+    let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
+        progress(done, total)
+    })?;
+    let layout = hv.layout();
+    let info = hv.info();
+    let khz = u32::try_from(tsc_khz).unwrap_or(u32::MAX);
+    let state = DomainState {
+        xen_version: (4, 17),
+        tsc: x86_tsc_info { mode: 0, khz, nsec: 0, incarnation: 0, _res1: 0 },
+        hvm: HvmContext::new(vec![cpu.to_hvm()], 0, khz),
+        params: vec![
+            (HVM_PARAM_STORE_PFN, layout.xenstore_gfn()),
+            (HVM_PARAM_STORE_EVTCHN, u64::from(info.store_port)),
+            (HVM_PARAM_CONSOLE_PFN, layout.console_gfn()),
+            (HVM_PARAM_CONSOLE_EVTCHN, u64::from(info.console_port)),
+        ],
+        cpuid_policy: Vec::new(),
+        msr_policy: Vec::new(),
+    };
+    let bytes_before = w.bytes();
+    let out = w.finish(&state).map_err(io("write the save file"))?;
+    let file = out.into_inner().map_err(|e| SnapshotError::Io {
+        what: "write the save file",
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io("sync the save file"))?;
+    let bytes = file.metadata().map_or(bytes_before, |m| m.len());
+    Ok((stats.pages, bytes))
+}
+
+/// Reads the save file at `path` into guest memory `mem` (every page checked to
+/// lie inside it) and returns vCPU 0's state. `xl restore` has validated the whole
+/// file before it created the domain; this reads it again, checking as much.
+pub fn restore_file(path: &std::path::Path, mem: &GuestPhys) -> Result<KvmVcpuState, VmmError> {
+    let file = File::open(path).map_err(|source| VmmError::Io {
+        what: format!("open the save file {}", path.display()),
+        source,
+    })?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let max_pfns = (mem.len() / PAGE_SIZE) as u64;
+    let mut sink = |pfn: u64, page: &[u8]| -> Result<(), PageSinkError> {
+        mem.write(pfn * PAGE_SIZE as u64, page).map_err(|e| e.to_string().into())
+    };
+    let (_, state) = xen_stream::read_save_file(&mut input, |_| Ok(max_pfns), &mut sink)
+        .map_err(|e| VmmError::Restore(xen_diag::ErrorChain(&e).to_string()))?;
+    match state.hvm.vcpus.as_slice() {
+        [v0] => Ok(KvmVcpuState::from_hvm(v0)),
+        v => Err(VmmError::Restore(format!(
+            "the save file has {} vCPUs; restoring secondary vCPUs is not supported",
+            v.len()
+        ))),
+    }
 }
 
 #[cfg(test)]
