@@ -34,7 +34,8 @@ pub const CONFIG_ORIGIN_MARK: &str = "# xl save: config file ";
 pub fn config_origin(config: &[u8]) -> Option<std::path::PathBuf> {
     let text = std::str::from_utf8(config).ok()?;
     let line = text.lines().next()?;
-    line.strip_prefix(CONFIG_ORIGIN_MARK).map(std::path::PathBuf::from)
+    line.strip_prefix(CONFIG_ORIGIN_MARK)
+        .map(std::path::PathBuf::from)
 }
 
 /// `config` with a [`CONFIG_ORIGIN_MARK`] line naming `path` (unless it has one).

@@ -97,7 +97,12 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 }
 
 /// `xl save [-c] [-p] DOM FILE`.
-pub fn save(which: &str, file: &Path, checkpoint: bool, paused: bool) -> Result<(), SaveRestoreError> {
+pub fn save(
+    which: &str,
+    file: &Path,
+    checkpoint: bool,
+    paused: bool,
+) -> Result<(), SaveRestoreError> {
     let control = toolstack::shim(false)?;
     let d = toolstack::find_domain(&control, which)?;
     if d.domid == 0 {
@@ -119,7 +124,11 @@ pub fn save(which: &str, file: &Path, checkpoint: bool, paused: bool) -> Result<
     let conn = UnixStream::connect(&socket).map_err(ctl_err)?;
     let mut out = conn.try_clone().map_err(ctl_err)?;
     let mut lines = BufReader::new(conn).lines();
-    eprintln!("Saving to {} new xl format (info 0x3/0x0/{})", file.display(), d.domid);
+    eprintln!(
+        "Saving to {} new xl format (info 0x3/0x0/{})",
+        file.display(),
+        d.domid
+    );
     writeln!(out, "save {}", file.display()).map_err(ctl_err)?;
     let b = bar(d.layout.total_bytes(), "Saving");
     let (pages, bytes) = loop {
@@ -136,7 +145,10 @@ pub fn save(which: &str, file: &Path, checkpoint: bool, paused: bool) -> Result<
             _ => {
                 b.abandon();
                 let why = line.strip_prefix("error ").unwrap_or(&line).to_owned();
-                return Err(SaveRestoreError::Vmm { domid: d.domid, why });
+                return Err(SaveRestoreError::Vmm {
+                    domid: d.domid,
+                    why,
+                });
             }
         }
     };
@@ -171,11 +183,19 @@ fn validate(path: &Path) -> Result<(Vec<u8>, XlConfig), SaveRestoreError> {
     let len = f.metadata().map_or(0, |m| m.len());
     let b = bar(len, "Checking");
     let mut input = BufReader::with_capacity(1 << 20, f);
-    let stream = |source| SaveRestoreError::Stream { path: p.clone(), source };
+    let stream = |source| SaveRestoreError::Stream {
+        path: p.clone(),
+        source,
+    };
     let header = xen_stream::read_xl_header(&mut input).map_err(stream)?;
-    let cfg_err = |why: String| SaveRestoreError::Config { path: p.clone(), why };
+    let cfg_err = |why: String| SaveRestoreError::Config {
+        path: p.clone(),
+        why,
+    };
     if header.json {
-        return Err(cfg_err("its config is libxl JSON; this xl reads xl.cfg text".into()));
+        return Err(cfg_err(
+            "its config is libxl JSON; this xl reads xl.cfg text".into(),
+        ));
     }
     let text = String::from_utf8(header.config.clone())
         .map_err(|_| cfg_err("the config is not UTF-8 text".into()))?;
@@ -224,13 +244,25 @@ pub fn restore(file: &Path, paused: bool, console: bool) -> Result<u16, SaveRest
         what: format!("write {}", restored_cfg.display()),
         source,
     })?;
-    eprintln!("Loading new save file {} (new xl fmt info 0x3/0x0/{})", file.display(), config.len());
-    let from = RestoreFrom { file: file.clone(), cfg_dir };
+    eprintln!(
+        "Loading new save file {} (new xl fmt info 0x3/0x0/{})",
+        file.display(),
+        config.len()
+    );
+    let from = RestoreFrom {
+        file: file.clone(),
+        cfg_dir,
+    };
     let c = toolstack::create_from(&restored_cfg, true, Some(&from))?;
     if paused {
         toolstack::pause(&c.domid.to_string(), true)?;
     }
-    eprintln!("Domain {} restored from {} (console log {})", c.domid, file.display(), c.log.display());
+    eprintln!(
+        "Domain {} restored from {} (console log {})",
+        c.domid,
+        file.display(),
+        c.log.display()
+    );
     if console {
         let xs = toolstack::xenstore(false)?;
         crate::console::attach(&xs, c.domid)?;

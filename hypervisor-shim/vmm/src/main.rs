@@ -10,8 +10,8 @@ use clap::Parser;
 #[command(name = "xen-vmm")]
 struct Args {
     /// The guest kernel (an ELF64 image); not read with --restore.
-    #[arg(long, default_value = "")]
-    kernel: std::path::PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<std::path::PathBuf>,
     /// An image file for the emulated PIO disk (the full-virtualization
     /// reference).
     #[arg(long)]
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         .init();
     let a = Args::parse();
     let cfg = xen_vmm::VmmConfig {
-        kernel: a.kernel,
+        kernel: a.kernel.unwrap_or_default(),
         fvdisk: a.fvdisk,
         restore: a.restore,
         control: a.control,

@@ -19,12 +19,12 @@ use kvm_bindings::{
     kvm_sregs, Msrs,
 };
 use kvm_ioctls::VcpuFd;
+use xen_shim_guest::Hypervisor;
+use xen_stream::abi::x86_tsc_info;
 use xen_stream::abi::{
     hvm_hw_cpu, hvm_hw_lapic, hvm_hw_lapic_regs, MAX_BATCH_PAGES, PAGE_SIZE,
     XEN_X86_FPU_INITIALISED,
 };
-use xen_shim_guest::Hypervisor;
-use xen_stream::abi::x86_tsc_info;
 use xen_stream::{DomainState, HvmContext, HvmVcpu, PageSinkError, StreamWriter, XlHeader};
 
 use crate::gmem::GuestPhys;
@@ -106,8 +106,9 @@ pub struct KvmVcpuState {
     pub debugregs: kvm_debugregs,
     /// (index, value) of [`SAVED_MSRS`] and the TSC.
     pub msrs: Vec<(u32, u64)>,
-    /// The local APIC's registers.
-    pub lapic: kvm_lapic_state,
+    /// The local APIC's registers (`None`: the VM has no in-kernel APIC, as the
+    /// VMM's own VMs, whose guests take events through shared_info).
+    pub lapic: Option<kvm_lapic_state>,
 }
 
 impl KvmVcpuState {
@@ -125,7 +126,11 @@ impl KvmVcpuState {
         let sregs = vcpu.get_sregs().map_err(kvm("get sregs"))?;
         let fpu = vcpu.get_fpu().map_err(kvm("get the FPU state"))?;
         let debugregs = vcpu.get_debug_regs().map_err(kvm("get debug registers"))?;
-        let lapic = vcpu.get_lapic().map_err(kvm("get the local APIC"))?;
+        let lapic = match vcpu.get_lapic() {
+            Ok(l) => Some(l),
+            Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::ENXIO => None,
+            Err(e) => return Err(kvm("get the local APIC")(e)),
+        };
         let want: Vec<u32> = SAVED_MSRS.iter().copied().chain([MSR_IA32_TSC]).collect();
         let entries: Vec<kvm_msr_entry> = want
             .iter()
@@ -164,8 +169,13 @@ impl KvmVcpuState {
         vcpu.set_fpu(&self.fpu).map_err(kvm("set the FPU state"))?;
         vcpu.set_debug_regs(&self.debugregs)
             .map_err(kvm("set debug registers"))?;
-        vcpu.set_lapic(&self.lapic)
-            .map_err(kvm("set the local APIC"))?;
+        if let Some(l) = &self.lapic {
+            match vcpu.set_lapic(l) {
+                // No in-kernel APIC in this VM: nothing to load it into.
+                Err(e) if e.errno() == libc::EINVAL || e.errno() == libc::ENXIO => {}
+                r => r.map_err(kvm("set the local APIC"))?,
+            }
+        }
         let entries: Vec<kvm_msr_entry> = self
             .msrs
             .iter()
@@ -286,10 +296,13 @@ impl KvmVcpuState {
             flags: XEN_X86_FPU_INITIALISED,
             pad0: 0,
         };
-        let mut regs = hvm_hw_lapic_regs::default();
-        for (d, s) in regs.data.iter_mut().zip(self.lapic.regs.iter()) {
-            *d = *s as u8;
-        }
+        let regs = self.lapic.as_ref().map(|l| {
+            let mut regs = hvm_hw_lapic_regs::default();
+            for (d, s) in regs.data.iter_mut().zip(l.regs.iter()) {
+                *d = *s as u8;
+            }
+            regs
+        });
         HvmVcpu {
             cpu,
             lapic: Some(hvm_hw_lapic {
@@ -298,7 +311,7 @@ impl KvmVcpuState {
                 timer_divisor: 0,
                 tdt_msr: self.msr(MSR_IA32_TSC_DEADLINE),
             }),
-            lapic_regs: Some(regs),
+            lapic_regs: regs,
         }
     }
 
@@ -325,12 +338,13 @@ impl KvmVcpuState {
             rip: c.rip,
             rflags: c.rflags,
         };
-        let mut lapic = kvm_lapic_state::default();
-        if let Some(r) = &v.lapic_regs {
+        let lapic = v.lapic_regs.as_ref().map(|r| {
+            let mut lapic = kvm_lapic_state::default();
             for (d, s) in lapic.regs.iter_mut().zip(r.data.iter()) {
                 *d = *s as _;
             }
-        }
+            lapic
+        });
         let apic_base = v.lapic.map_or(0xfee0_0900, |l| l.apic_base_msr);
         let sregs = kvm_sregs {
             cs: segment(c.cs_sel, c.cs_limit, c.cs_base, c.cs_arbytes),
@@ -355,7 +369,9 @@ impl KvmVcpuState {
             cr2: c.cr2,
             cr3: c.cr3,
             cr4: c.cr4,
-            cr8: u64::from(lapic.regs[APIC_TPR] as u8 >> 4),
+            cr8: lapic
+                .as_ref()
+                .map_or(0, |l| u64::from(l.regs[APIC_TPR] as u8 >> 4)),
             efer: c.msr_efer,
             apic_base,
             interrupt_bitmap: [0; 4],
@@ -594,8 +610,12 @@ pub fn save_file(
     let io = |what| move |source| SnapshotError::Io { what, source };
     let file = File::create(path).map_err(io("create the save file"))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let header = XlHeader { config: config.to_vec(), json: false };
-    let mut w = StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(io("write the save file"))?;
+    let header = XlHeader {
+        config: config.to_vec(),
+        json: false,
+    };
+    let mut w =
+        StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(io("write the save file"))?;
     let total = hv.memory().len() as u64;
     let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
         progress(done, total)
@@ -605,7 +625,13 @@ pub fn save_file(
     let khz = u32::try_from(tsc_khz).unwrap_or(u32::MAX);
     let state = DomainState {
         xen_version: (4, 17),
-        tsc: x86_tsc_info { mode: 0, khz, nsec: 0, incarnation: 0, _res1: 0 },
+        tsc: x86_tsc_info {
+            mode: 0,
+            khz,
+            nsec: 0,
+            incarnation: 0,
+            _res1: 0,
+        },
         hvm: HvmContext::new(vec![cpu.to_hvm()], 0, khz),
         params: vec![
             (HVM_PARAM_STORE_PFN, layout.xenstore_gfn()),
@@ -638,7 +664,8 @@ pub fn restore_file(path: &std::path::Path, mem: &GuestPhys) -> Result<KvmVcpuSt
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let max_pfns = (mem.len() / PAGE_SIZE) as u64;
     let mut sink = |pfn: u64, page: &[u8]| -> Result<(), PageSinkError> {
-        mem.write(pfn * PAGE_SIZE as u64, page).map_err(|e| e.to_string().into())
+        mem.write(pfn * PAGE_SIZE as u64, page)
+            .map_err(|e| e.to_string().into())
     };
     let (_, state) = xen_stream::read_save_file(&mut input, |_| Ok(max_pfns), &mut sink)
         .map_err(|e| VmmError::Restore(xen_diag::ErrorChain(&e).to_string()))?;

@@ -252,7 +252,9 @@ impl Vmm {
         }
         let si = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
         match restored {
-            Some(state) => state.apply(&fds[0]).map_err(|e| VmmError::Restore(e.to_string()))?,
+            Some(state) => state
+                .apply(&fds[0])
+                .map_err(|e| VmmError::Restore(e.to_string()))?,
             None => fds[0]
                 .set_regs(&boot::entry_regs(entry, si))
                 .map_err(kvm("set registers"))?,
@@ -986,13 +988,15 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
 }
 
 impl crate::control::Saver for Vmm {
-    fn save(
-        &self,
-        path: &Path,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(u64, u64), String> {
-        if self.aps.iter().any(|a| a.up.load(std::sync::atomic::Ordering::SeqCst)) {
-            return Err("the guest has secondary vCPUs online; saving them is not supported".into());
+    fn save(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String> {
+        if self
+            .aps
+            .iter()
+            .any(|a| a.up.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(
+                "the guest has secondary vCPUs online; saving them is not supported".into(),
+            );
         }
         if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the domain has ended".into());

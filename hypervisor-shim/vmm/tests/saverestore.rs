@@ -1,0 +1,158 @@
+//! `xl save` / `xl restore` of a PVHVM guest end to end, as a user runs them. The
+//! guest (`ticker`) prints a count kept in its memory, timed by its TSC: after a
+//! restore into a new domain the count goes on from where the save stopped it,
+//! which only happens if memory and vCPU state came back. Xen's own
+//! `verify-stream-v2` accepts the file. Needs root, /dev/kvm and xen-utils-4.17.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ok, Host};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The tick numbers in `log`, in order.
+fn ticks(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("ticker: tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn verify_stream(file: &std::path::Path) {
+    let tool = "/usr/lib/xen-4.17/bin/verify-stream-v2";
+    assert!(
+        std::path::Path::new(tool).exists(),
+        "{tool} is missing: run tests/setup-host.sh (xen-utils-4.17)"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args(["-f", "xl", "-i"])
+        .arg(file)
+        .env("PYTHONPATH", "/usr/lib/xen-4.17/lib/python")
+        .output()
+        .expect("run verify-stream-v2");
+    assert!(
+        out.status.success(),
+        "verify-stream-v2 refused {}: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn test_pvhvm_save_restore_count_goes_on() {
+    // Arrange: a ticking guest.
+    let mut h = Host::start("pvhvm-save-");
+    let cfg = h.config("pvh-tick", "ticker n=2000 ms=20", &[]);
+    ok("xl create", &h.create("pvh-tick", &cfg));
+    h.wait_vmm_log("pvh-tick", "ticker: tick 20\n", T);
+    let file = h.rundir().join("pvh-tick.save");
+
+    // Act: save (the domain goes away), then restore.
+    ok(
+        "xl save",
+        &h.xl(&["save", "pvh-tick", file.to_str().unwrap()]),
+    );
+    let list = ok("xl list", &h.xl(&["list"]));
+    assert!(
+        !list.contains("pvh-tick"),
+        "the saved domain is still listed:\n{list}"
+    );
+    let before = *ticks(&h.vmm_log("pvh-tick"))
+        .last()
+        .expect("ticks before the save");
+    verify_stream(&file);
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size < 64 << 20, "holes were saved: {size} bytes for 64 MiB");
+    let out = h.xl(&["restore", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "xl restore failed: {}\nVMM log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.vmm_log("pvh-tick")
+    );
+
+    // Assert: the new VMM's log starts at the next tick, and counts on.
+    let after_first = loop {
+        let t = ticks(&h.vmm_log("pvh-tick"));
+        if t.len() >= 20 {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            h.xl(&["list", "pvh-tick"]).status.success(),
+            "the restored domain ended; log:\n{}",
+            h.vmm_log("pvh-tick")
+        );
+    };
+    assert_eq!(
+        after_first[0],
+        before + 1,
+        "the restored guest did not go on from tick {before}: {after_first:?}"
+    );
+    assert!(
+        after_first.windows(2).all(|w| w[1] == w[0] + 1),
+        "{after_first:?}"
+    );
+    let row = ok("xl list", &h.xl(&["list", "pvh-tick"]));
+    assert!(row.contains("pvh-tick"), "{row}");
+}
+
+#[test]
+fn test_pvhvm_save_checkpoint_keeps_running() {
+    let mut h = Host::start("pvhvm-ckpt-");
+    let cfg = h.config("pvh-ckpt", "ticker n=2000 ms=20", &[]);
+    ok("xl create", &h.create("pvh-ckpt", &cfg));
+    h.wait_vmm_log("pvh-ckpt", "ticker: tick 10\n", T);
+    let file = h.rundir().join("pvh-ckpt.save");
+    ok(
+        "xl save -c",
+        &h.xl(&["save", "-c", "pvh-ckpt", file.to_str().unwrap()]),
+    );
+    let n = *ticks(&h.vmm_log("pvh-ckpt")).last().unwrap();
+    h.wait_vmm_log("pvh-ckpt", &format!("ticker: tick {}\n", n + 10), T);
+    verify_stream(&file);
+}
+
+#[test]
+fn test_restore_refuses_broken_files_and_creates_nothing() {
+    let mut h = Host::start("pvhvm-badsave-");
+    let cfg = h.config("pvh-bad", "ticker n=2000 ms=20", &[]);
+    ok("xl create", &h.create("pvh-bad", &cfg));
+    h.wait_vmm_log("pvh-bad", "ticker: tick 5\n", T);
+    let file = h.rundir().join("pvh-bad.save");
+    ok(
+        "xl save",
+        &h.xl(&["save", "pvh-bad", file.to_str().unwrap()]),
+    );
+    let good = std::fs::read(&file).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        (
+            "bad magic",
+            [b"Xen saved domain, XL".as_slice(), &good[20..]].concat(),
+            "not an xl save file",
+        ),
+        (
+            "trailing",
+            [good.as_slice(), &[0; 8]].concat(),
+            "after its END",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let bad = h.rundir().join("bad.save");
+        std::fs::write(&bad, bytes).unwrap();
+        let out = h.xl(&["restore", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: restore succeeded");
+        assert!(err.contains(needle), "{what}: {err}");
+        let list = ok("xl list", &h.xl(&["list"]));
+        assert!(
+            !list.contains("pvh-bad"),
+            "{what}: a domain was created:\n{list}"
+        );
+    }
+}
