@@ -20,6 +20,16 @@ fn ticks(log: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The State column of `xl list NAME`.
+fn state(h: &Host, name: &str) -> String {
+    let out = ok("xl list", &h.xl(&["list", name]));
+    out.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or_else(|| panic!("{name} not listed:\n{out}"))
+        .to_owned()
+}
+
 fn verify_stream(file: &std::path::Path) {
     let tool = "/usr/lib/xen-4.17/bin/verify-stream-v2";
     assert!(
@@ -99,6 +109,11 @@ fn test_pvhvm_save_restore_count_goes_on() {
     );
     let row = ok("xl list", &h.xl(&["list", "pvh-tick"]));
     assert!(row.contains("pvh-tick"), "{row}");
+    // The console (the PV console ring, through consback) goes on too.
+    let last = *after_first.last().unwrap();
+    let log = h.wait_log("pvh-tick", &format!("ticker: tick {last}\n"), T);
+    let console = ticks(&log);
+    assert!(console.contains(&before) && console.contains(&(before + 1)), "console log:\n{log}");
 }
 
 #[test]
@@ -155,4 +170,38 @@ fn test_restore_refuses_broken_files_and_creates_nothing() {
             "{what}: a domain was created:\n{list}"
         );
     }
+}
+
+#[test]
+fn test_save_refuses_pv_process_guest() {
+    let mut h = Host::start("pvhvm-pvsave-");
+    let cfg = h.pv_config("pv-nosave", 64, "sleep 60", "").expect("PV config");
+    h.track_guest("pv-nosave");
+    ok("xl create", &h.xl(&["create", &cfg]));
+    let file = h.rundir().join("pv.save");
+    let out = h.xl(&["save", "pv-nosave", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a PV guest was saved");
+    assert!(err.contains("PV process guest") && err.contains("Linux process tree"), "{err}");
+    assert!(!file.exists(), "a file was written");
+    let row = ok("xl list", &h.xl(&["list", "pv-nosave"]));
+    assert!(row.contains("pv-nosave"), "the PV guest was harmed:\n{row}");
+}
+
+#[test]
+fn test_pvhvm_save_paused_and_restore_paused() {
+    let mut h = Host::start("pvhvm-psave-");
+    let cfg = h.config("pvh-p", "ticker n=2000 ms=20", &[]);
+    ok("xl create", &h.create("pvh-p", &cfg));
+    h.wait_vmm_log("pvh-p", "ticker: tick 5\n", T);
+    let file = h.rundir().join("pvh-p.save");
+    // -p: kept, paused.
+    ok("xl save -p", &h.xl(&["save", "-p", "pvh-p", file.to_str().unwrap()]));
+    assert!(state(&h, "pvh-p").contains('p'), "not paused");
+    ok("xl destroy", &h.xl(&["destroy", "pvh-p"]));
+    // restore -p: created paused; unpause lets it count on.
+    ok("xl restore -p", &h.xl(&["restore", "-p", file.to_str().unwrap()]));
+    assert!(state(&h, "pvh-p").contains('p'), "not paused");
+    ok("xl unpause", &h.xl(&["unpause", "pvh-p"]));
+    h.wait_vmm_log("pvh-p", "ticker: tick 30\n", T);
 }
