@@ -82,7 +82,7 @@ pub enum Verb {
     },
     /// Restore a domain from a save file.
     Restore {
-        /// Leave the domain paused after the restore.
+        /// Leave the domain paused after the restore (refused for now).
         #[arg(short = 'p')]
         paused: bool,
         /// Attach to its console afterwards.

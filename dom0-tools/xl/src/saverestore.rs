@@ -10,7 +10,8 @@
 //! `xl restore [-p] [-c] FILE`: reads the config from FILE's xl header, validates
 //! the whole file (every record, every page number against the config's memory)
 //! before anything is created, then creates the domain as `xl create` does, its VMM
-//! loading FILE instead of booting; `-p` leaves it paused, `-c` attaches the console.
+//! loading FILE instead of booting; `-c` attaches the console (`-p` is refused for
+//! now: see [`restore`]).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
@@ -225,6 +226,15 @@ fn validate(path: &Path) -> Result<(Vec<u8>, XlConfig), SaveRestoreError> {
 
 /// `xl restore [-p] [-c] FILE`.
 pub fn restore(file: &Path, paused: bool, console: bool) -> Result<u16, SaveRestoreError> {
+    if paused {
+        // A restored VMM stopped (SIGSTOP, as `xl pause`) within its first
+        // ~300 ms was seen to end up crashed; until that is understood, -p is
+        // refused rather than risk the guest (pause it with `xl pause`).
+        return Err(ToolstackError::Unsupported(
+            "xl restore -p is not supported yet (restore, then xl pause)".into(),
+        )
+        .into());
+    }
     let file = std::path::absolute(file).map_err(|source| ToolstackError::Io {
         what: format!("resolve {}", file.display()),
         source,
@@ -254,9 +264,6 @@ pub fn restore(file: &Path, paused: bool, console: bool) -> Result<u16, SaveRest
         cfg_dir,
     };
     let c = toolstack::create_from(&restored_cfg, true, Some(&from))?;
-    if paused {
-        toolstack::pause(&c.domid.to_string(), true)?;
-    }
     eprintln!(
         "Domain {} restored from {} (console log {})",
         c.domid,

@@ -113,6 +113,8 @@ pub trait Saver: Send + Sync {
 pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
+    // Only the toolstack's user may ask for a save (it names a file to write).
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::thread::Builder::new()
         .name("xen-vmm-control".into())
         .spawn(move || {

@@ -30,6 +30,9 @@ pub struct EventLoop {
     /// Set when the domain is being stopped: vCPUs blocked in
     /// `SCHEDOP_poll` / `SCHEDOP_block` return.
     interrupted: AtomicBool,
+    /// Set while the domain is being saved: a vCPU in `SCHEDOP_poll` returns
+    /// (early, as Xen allows) so that it can park.
+    hold: AtomicBool,
 }
 
 impl EventLoop {
@@ -41,6 +44,7 @@ impl EventLoop {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
         })
     }
 
@@ -70,6 +74,15 @@ impl EventLoop {
     /// [`EventLoop::block`], and makes later waits return at once.
     pub fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g = g.wrapping_add(1);
+        self.cv.notify_all();
+    }
+
+    /// While `on`, `SCHEDOP_poll` returns at once (the domain is being saved:
+    /// its vCPUs must reach their loop to park).
+    pub fn set_hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
         let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         *g = g.wrapping_add(1);
         self.cv.notify_all();
@@ -159,7 +172,7 @@ impl EventLoop {
             if self.any_pending(ports) {
                 return true;
             }
-            if self.interrupted.load(Ordering::SeqCst) {
+            if self.interrupted.load(Ordering::SeqCst) || self.hold.load(Ordering::SeqCst) {
                 return false;
             }
             let now = Instant::now();

@@ -254,7 +254,7 @@ impl Vmm {
         match restored {
             Some(state) => state
                 .apply(&fds[0])
-                .map_err(|e| VmmError::Restore(e.to_string()))?,
+                .map_err(|e| VmmError::Restore(xen_diag::ErrorChain(&e).to_string()))?,
             None => fds[0]
                 .set_regs(&boot::entry_regs(entry, si))
                 .map_err(kvm("set registers"))?,
@@ -1001,7 +1001,14 @@ impl crate::control::Saver for Vmm {
         if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the domain has ended".into());
         }
-        let cpu = self.park.request(|| self.kick_vcpus())?;
+        self.events.set_hold(true);
+        let cpu = match self.park.request(|| self.kick_vcpus()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.events.set_hold(false);
+                return Err(e);
+            }
+        };
         let r = crate::snapshot::save_file(
             path,
             self.hv,
@@ -1012,12 +1019,13 @@ impl crate::control::Saver for Vmm {
         )
         .map_err(|e| xen_diag::ErrorChain(&e).to_string());
         if r.is_err() {
-            self.park.release();
+            self.resume();
         }
         r
     }
 
     fn resume(&self) {
+        self.events.set_hold(false);
         self.park.release();
     }
 }

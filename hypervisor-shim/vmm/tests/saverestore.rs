@@ -197,27 +197,35 @@ fn test_save_refuses_pv_process_guest() {
 }
 
 #[test]
-fn test_pvhvm_save_paused_and_restore_paused() {
+fn test_pvhvm_save_paused_keeps_it_paused() {
     let mut h = Host::start("pvhvm-psave-");
     let cfg = h.config("pvh-p", "ticker n=2000 ms=20", &[]);
     ok("xl create", &h.create("pvh-p", &cfg));
     h.wait_vmm_log("pvh-p", "ticker: tick 5\n", T);
     let file = h.rundir().join("pvh-p.save");
-    // -p: kept, paused.
+    // -p: kept, paused; unpause lets it count on.
     ok(
         "xl save -p",
         &h.xl(&["save", "-p", "pvh-p", file.to_str().unwrap()]),
     );
-    assert!(state(&h, "pvh-p").contains('p'), "not paused");
-    ok("xl destroy", &h.xl(&["destroy", "pvh-p"]));
-    // restore -p: created paused; unpause lets it count on.
-    ok(
-        "xl restore -p",
-        &h.xl(&["restore", "-p", file.to_str().unwrap()]),
+    let st = state(&h, "pvh-p");
+    assert!(st.contains('p'), "not paused: {st}");
+    let n = *ticks(&h.vmm_log("pvh-p")).last().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        *ticks(&h.vmm_log("pvh-p")).last().unwrap(),
+        n,
+        "a paused guest ticked"
     );
-    assert!(state(&h, "pvh-p").contains('p'), "not paused");
     ok("xl unpause", &h.xl(&["unpause", "pvh-p"]));
-    h.wait_vmm_log("pvh-p", "ticker: tick 30\n", T);
+    h.wait_vmm_log("pvh-p", &format!("ticker: tick {}\n", n + 10), T);
+    // restore -p is refused (for now) and creates nothing.
+    ok("xl destroy", &h.xl(&["destroy", "pvh-p"]));
+    let out = h.xl(&["restore", "-p", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+    let list = ok("xl list", &h.xl(&["list"]));
+    assert!(!list.contains("pvh-p"), "{list}");
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -286,4 +294,25 @@ fn test_pvhvm_save_restore_bench_256mib() {
         size >> 10,
         ms(median(cp))
     );
+}
+
+#[test]
+fn test_pvhvm_save_of_a_polling_guest_is_prompt() {
+    // The guest sleeps in SCHEDOP_poll 3 s at a time: the save must not wait
+    // for the poll to end (Xen lets SCHEDOP_poll return early).
+    let mut h = Host::start("pvhvm-pollsave-");
+    let cfg = h.config("pvh-slow", "ticker n=100 ms=3000", &[]);
+    ok("xl create", &h.create("pvh-slow", &cfg));
+    h.wait_vmm_log("pvh-slow", "ticker: 100 ticks", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let file = h.rundir().join("pvh-slow.save");
+    let t0 = std::time::Instant::now();
+    ok(
+        "xl save -c",
+        &h.xl(&["save", "-c", "pvh-slow", file.to_str().unwrap()]),
+    );
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(2500), "xl save took {took:?}");
+    // It goes on ticking after the early return.
+    h.wait_vmm_log("pvh-slow", "ticker: tick 2\n", T);
 }
