@@ -132,7 +132,7 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
     let mut parked = false;
     let mut lines = BufReader::new(conn).lines();
     let r = (|| {
-        while let Some(line) = lines.next() {
+        for line in lines.by_ref() {
             let line = line?;
             let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
             match cmd {
