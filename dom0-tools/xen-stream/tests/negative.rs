@@ -94,7 +94,7 @@ fn test_builder_good_records_accepted() {
 fn test_truncated_file_refused() {
     let b = common::file();
     let cuts = (0..400)
-        .chain((400..b.len()).step_by(40_961))
+        .chain((400..b.len()).step_by(409_601))
         .chain(b.len() - 300..b.len());
     for cut in cuts {
         match common::read(&b[..cut]) {
