@@ -95,7 +95,7 @@ fn test_truncated_file_refused() {
     let b = common::file();
     let cuts = (0..400)
         .chain((400..b.len()).step_by(409_601))
-        .chain(b.len() - 300..b.len());
+        .chain((b.len() - 300..b.len()).step_by(7));
     for cut in cuts {
         match common::read(&b[..cut]) {
             Err(StreamError::Truncated(_)) => {}
@@ -368,7 +368,7 @@ fn small_file() -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Flipped bytes anywhere: an error or the same file, never a panic.
     #[test]
