@@ -7,7 +7,7 @@ packages=(
   gcc                # builds the C side of the ABI layout test
   libxen-dev         # Xen's public headers: the reference for every ABI struct
   xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/cli, xenstore/xenstored)
-  xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference
+  xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference; verify-stream-v2: xen-stream and the xl save tests check our save files with it
   python3            # TCP echo client (hypervisor-shim/vmm), http.server in PV guests (frontend-drivers/pv-runtime, tests/netbench)
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)
   e2fsprogs          # mkfs.ext4/fsck.ext4 on the PV guest's /dev/xvda block file (frontend-drivers/pv-runtime)

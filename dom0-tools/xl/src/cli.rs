@@ -88,6 +88,31 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// Save a PVHVM domain's state to a file (Xen 4.17's format); the domain
+    /// is destroyed unless -c or -p.
+    Save {
+        /// Leave the domain running after the save (a checkpoint).
+        #[arg(short = 'c')]
+        checkpoint: bool,
+        /// Leave the domain paused after the save.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Name or id.
+        domain: String,
+        /// The save file.
+        file: PathBuf,
+    },
+    /// Restore a domain from a save file.
+    Restore {
+        /// Leave the domain paused after the restore (refused for now).
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Attach to its console afterwards.
+        #[arg(short = 'c')]
+        console: bool,
+        /// The save file.
+        file: PathBuf,
+    },
     /// The domain-death watcher `xl create` starts (internal).
     #[command(name = "monitor-domain", hide = true)]
     MonitorDomain {
@@ -238,6 +263,19 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
         Verb::Top(a) => crate::top::run(&mut out, &a.into()),
         Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
+        Verb::Save {
+            checkpoint,
+            paused,
+            domain,
+            file,
+        } => crate::saverestore::save(domain, file, *checkpoint, *paused).map_err(Into::into),
+        Verb::Restore {
+            paused,
+            console,
+            file,
+        } => crate::saverestore::restore(file, *paused, *console)
+            .map(drop)
+            .map_err(Into::into),
         Verb::MonitorDomain {
             domid,
             instance,

@@ -21,6 +21,8 @@
 //!   and [`metrics`] (`xl metrics`, Prometheus over HTTP);
 //! - [`info`]: `xl info`, `uptime`, `vcpu-list`, `domid`, `domname`,
 //!   `list -l` and `create -n`'s JSON;
+//! - [`saverestore`]: `xl save` / `xl restore` of PVHVM guests in Xen 4.17's
+//!   save file format, through the VMM's control socket;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
 //!   none run; [`cli`]: the binary.
 
@@ -35,6 +37,7 @@ pub mod monitor;
 pub mod network;
 pub mod resources;
 pub mod stat;
+pub mod saverestore;
 pub mod toolstack;
 pub mod top;
 pub mod vif;

@@ -454,7 +454,40 @@ pub fn create_with(
     start_daemons: bool,
     monitored: bool,
 ) -> Result<Created, ToolstackError> {
-    let mut c = create_inner(cfg_path, overrides, start_daemons)?;
+    create_full(cfg_path, overrides, start_daemons, monitored, None)
+}
+
+/// What `xl restore` hands to [`create_from`]: the save file (validated) and
+/// the directory the saved config's relative paths refer to.
+#[derive(Debug, Clone)]
+pub struct RestoreFrom {
+    /// The save file.
+    pub file: PathBuf,
+    /// The original config's directory.
+    pub cfg_dir: PathBuf,
+}
+
+/// `xl create`, or with `restore` the domain of `xl restore`: the same
+/// domain and devices, its VMM restoring the save file instead of booting.
+///
+/// # Errors
+/// Any [`ToolstackError`].
+pub fn create_from(
+    cfg_path: &Path,
+    start_daemons: bool,
+    restore: Option<&RestoreFrom>,
+) -> Result<Created, ToolstackError> {
+    create_full(cfg_path, &[], start_daemons, true, restore)
+}
+
+fn create_full(
+    cfg_path: &Path,
+    overrides: &[String],
+    start_daemons: bool,
+    monitored: bool,
+    restore: Option<&RestoreFrom>,
+) -> Result<Created, ToolstackError> {
+    let mut c = create_inner(cfg_path, overrides, start_daemons, restore)?;
     if !monitored {
         return Ok(c);
     }
@@ -477,13 +510,14 @@ pub fn create_with(
 /// # Errors
 /// Any [`ToolstackError`].
 pub fn create_unmonitored(cfg_path: &Path) -> Result<Created, ToolstackError> {
-    create_inner(cfg_path, &[], true)
+    create_inner(cfg_path, &[], true, None)
 }
 
 fn create_inner(
     cfg_path: &Path,
     overrides: &[String],
     start_daemons: bool,
+    restore: Option<&RestoreFrom>,
 ) -> Result<Created, ToolstackError> {
     let cfg = XlConfig::load_with(cfg_path, overrides)?;
     crate::monitor::check_actions(&cfg)?;
@@ -492,9 +526,12 @@ fn create_inner(
     // PV and PVHVM guests get the same vif nodes (`network::vif_ops`):
     // both run xen-netfront.
     let pvhvm = cfg.guest_type != GuestType::Pv;
-    let cfg_dir = cfg_path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let cfg_dir = match restore {
+        Some(r) => r.cfg_dir.clone(),
+        None => cfg_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
     let mut targets = Vec::new();
     for d in &cfg.disks {
         targets.push(disk_target(d, &cfg_dir)?);
@@ -506,7 +543,9 @@ fn create_inner(
     // to the configuration's directory), whose command line goes to
     // `start_info.cmd_line` only.
     let cmdline = cfg.cmdline.clone().unwrap_or_default();
-    let (runtime, args): (PathBuf, Vec<std::ffi::OsString>) = if pvhvm {
+    let (runtime, mut args): (PathBuf, Vec<std::ffi::OsString>) = if pvhvm && restore.is_some() {
+        (daemons::sibling("xen-vmm")?, Vec::new())
+    } else if pvhvm {
         let Some(k) = &cfg.kernel else {
             return Err(ToolstackError::Unsupported(format!(
                 "type \"{}\" needs kernel= (a PVHVM kernel image)",
@@ -551,6 +590,10 @@ fn create_inner(
             ));
         }
         (daemons::sibling("xen-vmm")?, args)
+    } else if restore.is_some() {
+        return Err(ToolstackError::Unsupported(
+            "a PV process guest cannot be restored (only PVHVM guests are saved)".into(),
+        ));
     } else {
         // The runtime's stdio is its PV console (hvc0), served by consback.
         let mut args: Vec<std::ffi::OsString> = vec!["--console".into(), "hvc0".into()];
@@ -584,6 +627,21 @@ fn create_inner(
         };
         (r, args)
     };
+    if pvhvm {
+        // The VMM's control channel (xl save) and the config its save files embed.
+        args.push("--control".into());
+        args.push(vmm_control_socket(&cfg.name).into_os_string());
+        args.push("--config".into());
+        args.push(
+            std::fs::canonicalize(cfg_path)
+                .unwrap_or_else(|_| cfg_path.to_path_buf())
+                .into_os_string(),
+        );
+        if let Some(r) = restore {
+            args.push("--restore".into());
+            args.push(r.file.clone().into_os_string());
+        }
+    }
     let control = shim(start_daemons)?;
     let xs = xenstore(start_daemons)?;
     // backendd serves the disks, the vifs and, as xenconsoled does, every
@@ -684,6 +742,11 @@ fn create_inner(
         let _ = destroy_domid(&control, &xs, domid);
     }
     r
+}
+
+/// The control socket of the VMM of the PVHVM domain `name`.
+pub fn vmm_control_socket(name: &str) -> PathBuf {
+    daemons::rundir().join(format!("vmm-{name}.sock"))
 }
 
 /// Creates the guest's console log, `guest-<name>.log` in the console log

@@ -58,6 +58,7 @@ pub fn run(b: &BootInfo) -> Option<u32> {
         "fault" => crate::arch::page_fault(),
         "smp" => smp(b),
         "runaway" => runaway(b, &words[1..]),
+        "ticker" => ticker(b, &words[1..]),
         _ => {
             let p = match KPlatform::new(
                 &Boot {
@@ -866,6 +867,25 @@ fn smp(b: &BootInfo) -> Option<u32> {
         SMP_AREA[1].load(Ordering::Acquire),
         (clock.now_ns() - t0) / 1000
     );
+    None
+}
+
+/// `ticker n=N ms=M`: prints "ticker: tick I" every M ms (SCHEDOP_poll with a
+/// deadline, no busy loop), N times, then powers off. Its count lives in guest
+/// memory and its clock on the TSC: after `xl save` and `xl restore` the count
+/// goes on from where it stopped.
+fn ticker(b: &BootInfo, words: &[&str]) -> Option<u32> {
+    let n: u64 = arg(words, "n").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let ms: u64 = arg(words, "ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let clock = crate::platform::Clock::new(b.time);
+    println!("ticker: {n} ticks every {ms} ms");
+    for i in 1..=n {
+        let deadline = clock.now_ns() + ms * 1_000_000;
+        while clock.now_ns() < deadline {
+            crate::hypercall::sched_poll(&[], deadline);
+        }
+        println!("ticker: tick {i}");
+    }
     None
 }
 

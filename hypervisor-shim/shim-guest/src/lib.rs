@@ -60,6 +60,8 @@ pub struct Hypervisor {
     domid: domid_t,
     info: DomainInfo,
     mem: GuestMemory,
+    /// The memory file itself (the PVHVM VMM saves it with `SEEK_DATA`).
+    mem_file: File,
     conn: Mutex<Conn>,
     token: String,
     ports: PortSet,
@@ -109,7 +111,8 @@ impl Hypervisor {
         };
         let mut fds = fds.into_iter();
         let mem_fd = take_fds(&mut fds, 1)?.remove(0);
-        let mem = GuestMemory::map(&File::from(mem_fd), info.layout)?;
+        let mem_file = File::from(mem_fd);
+        let mem = GuestMemory::map(&mem_file, info.layout)?;
         let set = PortSet::new()?;
         add_ports(&set, &ports, &mut fds)?;
         set.watch_control(conn.raw_fd())?;
@@ -119,6 +122,7 @@ impl Hypervisor {
             gnt_frames: AtomicU32::new(info.grant_frames),
             info,
             mem,
+            mem_file,
             conn: Mutex::new(conn),
             token: token.to_owned(),
             ports: set,
@@ -205,6 +209,11 @@ impl Hypervisor {
     /// The domain's memory (RAM and special pages).
     pub fn memory(&self) -> &GuestMemory {
         &self.mem
+    }
+
+    /// The domain's memory file (what [`Hypervisor::memory`] maps).
+    pub fn memory_file(&self) -> &File {
+        &self.mem_file
     }
 
     /// A copy of the `start_info` page.

@@ -31,6 +31,9 @@ pub enum VmmError {
     /// resume was already decided).
     #[error("the guest is not suspended")]
     NotSuspended,
+    /// The save file cannot be restored.
+    #[error("cannot restore the save file: {0}")]
+    Restore(String),
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {

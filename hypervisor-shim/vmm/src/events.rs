@@ -34,6 +34,9 @@ pub struct EventLoop {
     /// The toolstack resumed the suspended domain in place
     /// (`ControlEvent::Resumed`), not yet taken by the suspended vCPU.
     resumed: AtomicBool,
+    /// Set while the domain is being saved: a vCPU in `SCHEDOP_poll` returns
+    /// (early, as Xen allows) so that it can park.
+    hold: AtomicBool,
 }
 
 impl EventLoop {
@@ -46,6 +49,7 @@ impl EventLoop {
             stop: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
             resumed: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
         })
     }
 
@@ -81,6 +85,15 @@ impl EventLoop {
     /// [`EventLoop::block`], and makes later waits return at once.
     pub fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g = g.wrapping_add(1);
+        self.cv.notify_all();
+    }
+
+    /// While `on`, `SCHEDOP_poll` returns at once (the domain is being saved:
+    /// its vCPUs must reach their loop to park).
+    pub fn set_hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
         let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         *g = g.wrapping_add(1);
         self.cv.notify_all();
@@ -174,7 +187,7 @@ impl EventLoop {
             if self.any_pending(ports) {
                 return true;
             }
-            if self.interrupted.load(Ordering::SeqCst) {
+            if self.interrupted.load(Ordering::SeqCst) || self.hold.load(Ordering::SeqCst) {
                 return false;
             }
             let now = Instant::now();

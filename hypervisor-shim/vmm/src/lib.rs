@@ -28,11 +28,13 @@
 //! guest value is bounds-checked and every bad exit ends only this domain.
 
 pub mod boot;
+pub mod control;
 pub mod elf;
 mod error;
 pub mod events;
 pub mod fvdisk;
 pub mod gmem;
+pub mod snapshot;
 pub mod vm;
 pub mod watchdog;
 

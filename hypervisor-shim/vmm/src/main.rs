@@ -9,13 +9,22 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "xen-vmm")]
 struct Args {
-    /// The guest kernel (an ELF64 image).
-    #[arg(long)]
-    kernel: std::path::PathBuf,
+    /// The guest kernel (an ELF64 image); not read with --restore.
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<std::path::PathBuf>,
     /// An image file for the emulated PIO disk (the full-virtualization
     /// reference).
     #[arg(long)]
     fvdisk: Option<std::path::PathBuf>,
+    /// Restore this save file (`xl restore`) instead of booting the kernel.
+    #[arg(long)]
+    restore: Option<std::path::PathBuf>,
+    /// Serve the control channel (`xl save`) on this Unix socket.
+    #[arg(long)]
+    control: Option<std::path::PathBuf>,
+    /// The domain's xl.cfg (embedded in save files).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -28,8 +37,11 @@ fn main() -> ExitCode {
         .init();
     let a = Args::parse();
     let cfg = xen_vmm::VmmConfig {
-        kernel: a.kernel,
+        kernel: a.kernel.unwrap_or_default(),
         fvdisk: a.fvdisk,
+        restore: a.restore,
+        control: a.control,
+        config: a.config,
     };
     match xen_vmm::run(&cfg) {
         Ok(xen_vmm::Outcome::Shutdown(_)) => ExitCode::SUCCESS,

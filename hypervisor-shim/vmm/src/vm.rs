@@ -64,6 +64,12 @@ pub struct VmmConfig {
     pub kernel: std::path::PathBuf,
     /// An image file to expose as the emulated PIO disk.
     pub fvdisk: Option<std::path::PathBuf>,
+    /// Restore this save file instead of booting `kernel`.
+    pub restore: Option<std::path::PathBuf>,
+    /// Serve the control channel (`xl save`) on this Unix socket.
+    pub control: Option<std::path::PathBuf>,
+    /// The domain's xl.cfg, embedded in save files.
+    pub config: Option<std::path::PathBuf>,
 }
 
 enum Gate {
@@ -190,6 +196,10 @@ pub struct Vmm {
     done: std::sync::atomic::AtomicBool,
     /// The guest's suspend (see [`Vmm::await_suspended`]).
     suspend: Suspend,
+    /// Where vCPU 0 parks while the domain is saved.
+    park: crate::control::Park,
+    /// The domain's config text, for save files.
+    config_text: Vec<u8>,
 }
 
 /// No [`Vmm::stop_reason`] yet.
@@ -244,19 +254,27 @@ impl Vmm {
 
         let layout = *hv.layout();
         let ram_end = layout.nr_ram_pages * xen_shim_proto::layout::PAGE_SIZE as u64;
-        let image = std::fs::read(&cfg.kernel).map_err(|source| VmmError::Io {
-            what: format!("read the kernel {}", cfg.kernel.display()),
-            source,
-        })?;
-        let k = crate::elf::parse(&image, BOOT_RESERVED_END, ram_end)
-            .map_err(|e| VmmError::Kernel(e.to_string()))?;
-        for s in &k.segments {
-            let off = s.offset as usize;
-            mem.write(s.paddr, &image[off..off + s.filesz as usize])?;
-            mem.zero(s.paddr + s.filesz, (s.memsz - s.filesz) as usize)?;
-        }
-        boot::write_page_tables(&mem)?;
-        boot::write_gdt(&mem)?;
+        // A restored domain's memory (its kernel included) comes from the save
+        // file; a new one boots the kernel image.
+        let (entry, restored) = match &cfg.restore {
+            Some(path) => (0, Some(crate::snapshot::restore_file(path, &mem)?)),
+            None => {
+                let image = std::fs::read(&cfg.kernel).map_err(|source| VmmError::Io {
+                    what: format!("read the kernel {}", cfg.kernel.display()),
+                    source,
+                })?;
+                let k = crate::elf::parse(&image, BOOT_RESERVED_END, ram_end)
+                    .map_err(|e| VmmError::Kernel(e.to_string()))?;
+                for s in &k.segments {
+                    let off = s.offset as usize;
+                    mem.write(s.paddr, &image[off..off + s.filesz as usize])?;
+                    mem.zero(s.paddr + s.filesz, (s.memsz - s.filesz) as usize)?;
+                }
+                boot::write_page_tables(&mem)?;
+                boot::write_gdt(&mem)?;
+                (k.entry, None)
+            }
+        };
 
         let mut cpuid = kvm_sys
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -276,9 +294,24 @@ impl Vmm {
             fds.push(v);
         }
         let si = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
-        fds[0]
-            .set_regs(&boot::entry_regs(k.entry, si))
-            .map_err(kvm("set registers"))?;
+        match restored {
+            Some(state) => state
+                .apply(&fds[0])
+                .map_err(|e| VmmError::Restore(xen_diag::ErrorChain(&e).to_string()))?,
+            None => fds[0]
+                .set_regs(&boot::entry_regs(entry, si))
+                .map_err(kvm("set registers"))?,
+        }
+        let config_text = match &cfg.config {
+            Some(p) => xen_stream::with_config_origin(
+                &std::fs::read(p).map_err(|source| VmmError::Io {
+                    what: format!("read the config {}", p.display()),
+                    source,
+                })?,
+                p,
+            ),
+            None => Vec::new(),
+        };
 
         let fvdisk = match &cfg.fvdisk {
             Some(p) => Some(Mutex::new(FvDisk::open(p)?)),
@@ -301,6 +334,8 @@ impl Vmm {
             vcpu_threads: Mutex::new(Vec::new()),
             done: std::sync::atomic::AtomicBool::new(false),
             suspend: Suspend::default(),
+            park: crate::control::Park::default(),
+            config_text,
         });
         // A handler (doing nothing) so that the kick signal interrupts
         // KVM_RUN with EINTR instead of killing the process.
@@ -647,6 +682,10 @@ impl Vmm {
                 return Some(Outcome::Shutdown(r));
             }
             self.park_while_suspending();
+            if id == 0 && self.park.requested() {
+                self.park.park_here(v);
+                continue;
+            }
             let (port, val, len) = match v.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut d = [0u8; 4];
@@ -1129,7 +1168,59 @@ pub fn host_tsc_khz() -> u64 {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
     let (vmm, vcpus) = Vmm::new(hv, cfg)?;
+    if let Some(path) = &cfg.control {
+        crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>).map_err(
+            |source| VmmError::Io {
+                what: format!("serve the control socket {}", path.display()),
+                source,
+            },
+        )?;
+    }
     vmm.run(vcpus)
+}
+
+impl crate::control::Saver for Vmm {
+    fn save(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String> {
+        if self
+            .aps
+            .iter()
+            .any(|a| a.up.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(
+                "the guest has secondary vCPUs online; saving them is not supported".into(),
+            );
+        }
+        if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the domain has ended".into());
+        }
+        self.events.set_hold(true);
+        let cpu = match self.park.request(|| self.kick_vcpus()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.events.set_hold(false);
+                return Err(e);
+            }
+        };
+        let r = crate::snapshot::save_file(
+            path,
+            self.hv,
+            &cpu,
+            &self.config_text,
+            host_tsc_khz(),
+            progress,
+        )
+        .map_err(|e| xen_diag::ErrorChain(&e).to_string());
+        if r.is_err() {
+            self.release();
+        }
+        r
+    }
+
+    /// Lets vCPU 0 run again after a save (`-c`, `-p`, or a failed save).
+    fn release(&self) {
+        self.events.set_hold(false);
+        self.park.release();
+    }
 }
 
 /// Whether `path` can be opened as `/dev/kvm` (for error messages).

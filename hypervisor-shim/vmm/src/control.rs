@@ -1,0 +1,169 @@
+//! The VMM's control channel: a Unix socket (`--control PATH`, which `xl` knows)
+//! through which the toolstack saves the domain. One text line per command:
+//!
+//! ```text
+//!   save PATH     -> "progress DONE TOTAL" lines, then "saved PAGES BYTES" or "error WHY";
+//!                    vCPU 0 stays parked (the domain does not run) until
+//!   resume        -> "resumed": the guest runs on (xl save -c / -p)
+//! ```
+//!
+//! A connection that closes while the domain is parked resumes it (a dead `xl`
+//! never leaves a guest stopped; `xl save` destroys the domain before it closes).
+//!
+//! Parking: the control thread raises [`Park`]'s request and signals vCPU 0's
+//! thread out of `KVM_RUN`; at the top of its loop the vCPU completes any pending
+//! I/O exit (`immediate_exit`), captures its own registers and waits. Guests with
+//! secondary vCPUs online are refused (their state is not captured yet).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VcpuFd;
+
+use crate::snapshot::KvmVcpuState;
+
+/// How long vCPU 0 may take to stop.
+const PARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct ParkState {
+    requested: bool,
+    captured: Option<Result<KvmVcpuState, String>>,
+}
+
+/// The rendezvous between the control thread and vCPU 0's thread.
+#[derive(Debug, Default)]
+pub struct Park {
+    requested: AtomicBool,
+    state: Mutex<ParkState>,
+    cv: Condvar,
+}
+
+impl Park {
+    /// Whether vCPU 0 should park (checked at the top of its loop).
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// vCPU 0's side: complete the last exit, capture, wait for the release.
+    pub fn park_here(&self, v: &mut VcpuFd) {
+        v.set_kvm_immediate_exit(1);
+        let _ = v.run(); // returns EINTR at once, after completing pending I/O
+        v.set_kvm_immediate_exit(0);
+        let cap = KvmVcpuState::capture(v).map_err(|e| xen_diag::ErrorChain(&e).to_string());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.captured = Some(cap);
+        self.cv.notify_all();
+        while st.requested {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.captured = None;
+    }
+
+    /// The control side: ask vCPU 0 to park (calling `kick` until it does) and
+    /// return its state.
+    pub fn request(&self, kick: impl Fn()) -> Result<KvmVcpuState, String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested = true;
+        st.captured = None;
+        self.requested.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        loop {
+            if let Some(c) = st.captured.take() {
+                // Keep a marker that vCPU 0 is parked.
+                st.captured = Some(Err("parked".into()));
+                return c;
+            }
+            if t0.elapsed() > PARK_TIMEOUT {
+                drop(st);
+                self.release();
+                return Err("vCPU 0 did not stop within 5 s".into());
+            }
+            kick();
+            st = match self.cv.wait_timeout(st, Duration::from_millis(10)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Let vCPU 0 run again.
+    pub fn release(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested = false;
+        self.requested.store(false, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+}
+
+/// What the control thread asks of the VMM.
+pub trait Saver: Send + Sync {
+    /// Park the vCPUs and write the save file at `path`, reporting progress
+    /// `(done, total)` in bytes; returns (pages, bytes). The domain stays parked.
+    fn save(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
+    /// Let a parked domain run again.
+    fn release(&self);
+}
+
+/// Serve the control socket at `path` (replacing a stale one) on a thread.
+pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    // Only the toolstack's user may ask for a save (it names a file to write).
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("xen-vmm-control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Err(e) = session(conn, &*saver) {
+                    tracing::warn!(error = %e, "control connection failed");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut parked = false;
+    let mut lines = BufReader::new(conn).lines();
+    let r = (|| {
+        for line in lines.by_ref() {
+            let line = line?;
+            let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match cmd {
+                "save" if !parked && !arg.is_empty() => {
+                    let mut last = Instant::now();
+                    let mut progress = |done: u64, total: u64| {
+                        if last.elapsed() >= Duration::from_millis(50) || done == total {
+                            last = Instant::now();
+                            let _ = writeln!(out, "progress {done} {total}");
+                        }
+                    };
+                    match saver.save(Path::new(arg), &mut progress) {
+                        Ok((pages, bytes)) => {
+                            parked = true;
+                            writeln!(out, "saved {pages} {bytes}")?;
+                        }
+                        Err(why) => writeln!(out, "error {}", why.replace('\n', " "))?,
+                    }
+                }
+                "resume" if parked => {
+                    saver.release();
+                    parked = false;
+                    writeln!(out, "resumed")?;
+                }
+                _ => writeln!(out, "error unknown or out-of-place command {cmd:?}")?,
+            }
+        }
+        Ok(())
+    })();
+    if parked {
+        saver.release();
+    }
+    r
+}
