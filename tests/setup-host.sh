@@ -21,6 +21,10 @@ packages=(
   busybox-static     # the root file system of examples/mkroot.sh (the PV root guest of examples/pv-root.cfg, the demo and frontend-drivers/pv-runtime's pvroot_e2e)
   cpio               # the ramdisk (newc archive) of examples/mkroot.sh; the initramfs reader's tests (frontend-drivers/pv-runtime)
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
+  ceph-mon           # the one-node Ceph cluster (tests/ceph-one.sh) of the RBD engine's tests: its monitor (backend-drivers/blkback, frontend-drivers/pv-runtime, tests/blkbench)
+  ceph-osd           # that cluster's in-memory OSD
+  ceph-common        # ceph/rbd CLIs: pool and image set-up, `rbd export` of the RBD e2e tests
+  librbd-dev         # librbd.so/librados.so (link names) and headers: blkback's RBD engine links them (backend-drivers/blkback/src/io/rbd.rs)
 )
 
 missing=()

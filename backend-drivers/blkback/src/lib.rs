@@ -42,7 +42,7 @@ pub use device::{
 };
 pub use io::{
     DiskImage, ImageError, NbdError, NbdImage, NbdTarget, Qcow2Error, Qcow2Image, RawError,
-    RawImage,
+    RawImage, RbdError, RbdImage, RbdTarget,
 };
 pub use metrics::MetricsSnapshot;
 pub use request::{Limits, Request, RequestError};
@@ -90,8 +90,11 @@ pub enum BlkbackError {
     /// The NBD export could not be reached or refused.
     #[error("cannot attach the NBD export")]
     Nbd(#[from] NbdError),
+    /// The RBD image could not be reached or opened.
+    #[error("cannot attach the RBD image")]
+    Rbd(#[from] RbdError),
     /// The format cannot be served from this source.
-    #[error("disk format {0:?} is not supported over NBD (only raw)")]
+    #[error("disk format {0:?} is not supported over NBD or RBD (only raw)")]
     UnsupportedFormat(DiskFormat),
     /// A frontend key is missing.
     #[error("frontend key {0} is missing")]
@@ -139,6 +142,8 @@ pub enum DiskSource {
     Path(PathBuf),
     /// An NBD export.
     Nbd(NbdTarget),
+    /// A Ceph RBD image.
+    Rbd(RbdTarget),
 }
 
 impl std::fmt::Display for DiskSource {
@@ -146,6 +151,7 @@ impl std::fmt::Display for DiskSource {
         match self {
             DiskSource::Path(p) => write!(f, "{}", p.display()),
             DiskSource::Nbd(t) => f.write_str(&t.uri()),
+            DiskSource::Rbd(t) => f.write_str(&t.uri()),
         }
     }
 }
@@ -153,7 +159,7 @@ impl std::fmt::Display for DiskSource {
 /// How to serve one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// Where the disk is (a file or block device, or an NBD export).
+    /// Where the disk is (a file or block device, an NBD export or an RBD image).
     pub source: DiskSource,
     /// Image format.
     pub format: DiskFormat,
@@ -218,6 +224,11 @@ impl DiskConfig {
     /// An NBD export (raw) with every feature on.
     pub fn nbd(target: NbdTarget, readonly: bool) -> Self {
         Self::new(DiskSource::Nbd(target), DiskFormat::Raw, readonly)
+    }
+
+    /// A Ceph RBD image (raw) with every feature on.
+    pub fn rbd(target: RbdTarget, readonly: bool) -> Self {
+        Self::new(DiskSource::Rbd(target), DiskFormat::Raw, readonly)
     }
 
     /// A disk with every feature on.
@@ -335,7 +346,12 @@ impl BlkBackend {
             (DiskSource::Nbd(t), DiskFormat::Raw) => {
                 Arc::new(NbdImage::open(t.clone(), config.readonly)?)
             }
-            (DiskSource::Nbd(_), f) => return Err(BlkbackError::UnsupportedFormat(f)),
+            (DiskSource::Rbd(t), DiskFormat::Raw) => {
+                Arc::new(RbdImage::open(t.clone(), config.readonly)?)
+            }
+            (DiskSource::Nbd(_) | DiskSource::Rbd(_), f) => {
+                return Err(BlkbackError::UnsupportedFormat(f))
+            }
         };
         let sectors = image.size() / SECTOR_SIZE;
         Ok(Self {
