@@ -313,6 +313,123 @@ fn test_xl_create_pv_guest_on_rbd_image_then_dom0_checks_the_rbd_export() -> Res
     e2e(Kind::Rbd)
 }
 
+/// Waits until the guest's log contains `what` (or it stopped).
+fn wait_log(host: &Dom0, name: &str, what: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = host.guest_log(name);
+        if log.contains(what) {
+            return log;
+        }
+        assert!(
+            !log.contains("pvguest shutdown") && Instant::now() < deadline,
+            "no {what:?} in the guest's log in {limit:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn test_pv_guest_on_rbd_sees_io_errors_while_the_cluster_is_down_then_fsck_is_clean() -> Result<()>
+{
+    // Arrange: a guest with a filesystem (first 128 MiB) and a scratch
+    // area (at 200 MiB) on an RBD image whose requests time out in 5 s.
+    let t0 = Instant::now();
+    let mut host = dom0("pvdisk-rbdfault-")?;
+    let ceph = CephCluster::start(1 << 30)?;
+    ceph.create_image("disk", DISK_MIB)?;
+    let name = format!("pvdiskrbdfault{}", std::process::id());
+    let dir = host.dir.path().to_path_buf();
+    let sums = dir.join("guest.sha256");
+    let script = dir.join("init.sh");
+    let dd = "dd if=/dev/urandom of=/dev/xvda bs=4k count=16 seek=51200 oflag=direct \
+              conv=notrunc status=none";
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nset -e\n\
+             mkfs.ext4 -q -F /dev/xvda 128M\n\
+             m=$(mktemp -d)\n\
+             mount -o loop /dev/xvda \"$m\"\n\
+             mkdir \"$m/data\"\n\
+             for i in 0 1 2 3; do dd if=/dev/urandom of=\"$m/data/f$i\" bs=1M count=4 status=none; done\n\
+             (cd \"$m\" && sha256sum data/*) > {sums}\n\
+             umount \"$m\"\n\
+             echo guest-fault-ready\n\
+             n=0\n\
+             while {dd} 2>/dev/null; do n=$((n + 1)); [ $n -lt 20000 ] || exit 7; sleep 0.05; done\n\
+             echo guest-io-error\n\
+             n=0\n\
+             until {dd} 2>/dev/null; do n=$((n + 1)); [ $n -lt 600 ] || exit 8; sleep 0.2; done\n\
+             echo guest-io-back\n\
+             fsck.ext4 -n -f /dev/xvda\n\
+             mount -o loop /dev/xvda \"$m\"\n\
+             (cd \"$m\" && sha256sum -c {sums})\n\
+             dd if=/dev/urandom of=\"$m/data/after\" bs=1M count=4 status=none\n\
+             umount \"$m\"\n\
+             fsck.ext4 -n -f /dev/xvda\n\
+             echo guest-init-ok\n",
+            sums = sums.display()
+        ),
+    )?;
+    run("chmod", &["0755", script.to_str().expect("utf-8 path")])?;
+    let cfg = dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+             extra = 'pvguest.timeout=120 init={}'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, backendtype=qdisk, \
+             target=rbd:rbd/disk:conf={}:rados_osd_op_timeout=5' ]\n",
+            script.display(),
+            ceph.conf().display()
+        ),
+    )?;
+    host.xl_ok(&["create", cfg.to_str().expect("utf-8 path")])?;
+    host.track_guest(&name);
+    wait_log(&host, &name, "guest-fault-ready", GUEST_RUN);
+
+    // Act: the cluster goes away under the guest's I/O, then comes back.
+    ceph.freeze()?;
+    let t_down = Instant::now();
+    // (On a panic the cluster's drop resumes and stops it.)
+    wait_log(&host, &name, "guest-io-error", Duration::from_secs(60));
+    let seen_after = t_down.elapsed();
+    // Backendd still answers the toolstack while the cluster is down.
+    let listing = host.xl(&["block-list", &name]);
+    ceph.thaw()?;
+    let listing = listing?;
+    let log = wait_log(&host, &name, "pvguest shutdown", GUEST_RUN);
+
+    // Assert
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(log.contains("guest-io-back"), "{log}");
+    assert!(log.contains("guest-init-ok"), "{log}");
+    assert!(log.contains("reason=poweroff"), "{log}");
+    assert!(!log.contains("frontend-failed"), "{log}");
+    host.destroy_guest(&name)?;
+    // Dom0's copy of the image is clean too.
+    let raw = dir.join("export.raw");
+    ceph.rbd(&["export", "rbd/disk", raw.to_str().expect("utf-8 path")])?;
+    let fs = dir.join("fs.raw");
+    run(
+        "dd",
+        &[
+            &format!("if={}", raw.display()),
+            &format!("of={}", fs.display()),
+            "bs=1M",
+            "count=128",
+            "status=none",
+        ],
+    )?;
+    run("fsck.ext4", &["-n", "-f", fs.to_str().expect("utf-8 path")])?;
+    eprintln!(
+        "guest log:\n{log}\nI/O error seen {seen_after:.1?} after the cluster stopped; test {:.1?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
 #[test]
 fn test_xl_create_with_missing_rbd_image_or_unreachable_cluster_fails_naming_the_disk(
 ) -> Result<()> {
