@@ -461,6 +461,27 @@ impl Transfer {
             // SAFETY: as above (mappings readable).
             Direction::Write => unsafe { image.writev(&self.iov.0, self.offset) },
         };
+        self.finish(result)
+    }
+
+    /// Starts the transfer on an engine that completes it on its own
+    /// threads ([`DiskImage::submit`]); its [`Done`] goes to `tx`.
+    fn submit(self, image: &Arc<dyn DiskImage>, tx: Sender<Done>) {
+        // The iovec array's heap buffer does not move with `self`.
+        let iov: *const [IoVec] = &self.iov.0[..];
+        let (write, offset) = (self.dir == Direction::Write, self.offset);
+        let done = Box::new(move |r| {
+            let _ = tx.send(self.finish(r));
+        });
+        // SAFETY: see `SendIov`: the buffers (and `iov`, owned by `self`)
+        // stay mapped until `done` runs, which drops them only after the
+        // engine completed the transfer; the worker waits for its `Done`
+        // before evicting or tearing down persistent mappings.
+        unsafe { image.submit(write, &*iov, offset, done) }
+    }
+
+    /// The outcome, releasing the transfer's own mappings.
+    fn finish(self, result: Result<(), ImageError>) -> Done {
         drop(self.own);
         Done {
             id: self.id,
@@ -665,6 +686,12 @@ impl Worker {
     /// Runs a transfer: in this thread if it is small (or there is no
     /// pool), else on the I/O pool (`outstanding` counts it).
     fn start(&mut self, t: Transfer, outstanding: &mut usize, done_tx: &Sender<Done>) {
+        if self.image.is_async() {
+            // The engine completes it on its own threads, many in flight.
+            t.submit(&self.image, done_tx.clone());
+            *outstanding += 1;
+            return;
+        }
         match self.pool.clone() {
             Some(pool) if t.bytes > self.cfg.inline_max_bytes => {
                 let (id, op) = (t.id, t.operation);

@@ -431,14 +431,16 @@ fn test_pv_guest_on_rbd_sees_io_errors_while_the_cluster_is_down_then_fsck_is_cl
 }
 
 #[test]
-fn test_xl_create_with_missing_rbd_image_or_unreachable_cluster_fails_naming_the_disk(
-) -> Result<()> {
+fn test_xl_create_with_missing_rbd_image_or_unreachable_cluster_fails_naming_the_disk() -> Result<()>
+{
     let host = dom0("pvdisk-e2e-rbdbad-")?;
     let c = CephCluster::start(256 << 20)?;
     // A configuration naming a monitor nobody listens on: refused after
     // the engine's default `client_mount_timeout` (10 s).
     let dead = host.dir.path().join("dead.conf");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     std::fs::write(
         &dead,
         format!("[global]\nmon host = v2:127.0.0.1:{port}\nauth client required = none\n"),

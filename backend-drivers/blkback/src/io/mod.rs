@@ -65,6 +65,9 @@ impl ImageError {
     }
 }
 
+/// What runs when an asynchronous transfer ([`DiskImage::submit`]) ends.
+pub type AioDone = Box<dyn FnOnce(Result<(), ImageError>) + Send>;
+
 /// A disk as a device sees it. Implementations serve concurrent calls
 /// from several threads.
 pub trait DiskImage: Send + Sync + std::fmt::Debug {
@@ -84,6 +87,34 @@ pub trait DiskImage: Send + Sync + std::fmt::Debug {
     /// Whether data bypasses Dom0's page cache (`O_DIRECT`).
     fn is_direct(&self) -> bool {
         false
+    }
+
+    /// Whether the engine completes transfers on its own threads
+    /// ([`Self::submit`]): the device then starts every transfer with it,
+    /// many in flight, rather than calling [`Self::readv`]/[`Self::writev`]
+    /// in its worker or I/O threads.
+    fn is_async(&self) -> bool {
+        false
+    }
+
+    /// Starts a read (`write` false) or write of `iov` at `offset`;
+    /// `done` runs once with the result, on any thread (the caller's, if
+    /// the transfer could not be started). Engines that are not
+    /// [`Self::is_async`] run it to completion here.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::readv`]/[`Self::writev`], until `done` has run.
+    unsafe fn submit(&self, write: bool, iov: &[IoVec], offset: u64, done: AioDone) {
+        // SAFETY: forwarded from the caller; the transfer completes here.
+        let r = unsafe {
+            if write {
+                self.writev(iov, offset)
+            } else {
+                self.readv(iov, offset)
+            }
+        };
+        done(r);
     }
 
     /// Reads `offset..` into the buffers, completely.
@@ -167,6 +198,23 @@ impl DiskImage for RbdImage {
     fn discard_granularity(&self) -> Option<u64> {
         // librbd takes any byte range (it zeroes or skips partial objects).
         Some(4096)
+    }
+
+    fn is_async(&self) -> bool {
+        true
+    }
+
+    unsafe fn submit(&self, write: bool, iov: &[IoVec], offset: u64, done: AioDone) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            RbdImage::submit_rw(
+                self,
+                write,
+                iov,
+                offset,
+                Box::new(move |r| done(r.map_err(ImageError::from))),
+            )
+        }
     }
 
     unsafe fn readv(&self, iov: &[IoVec], offset: u64) -> Result<(), ImageError> {

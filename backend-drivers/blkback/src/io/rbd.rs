@@ -23,10 +23,14 @@
 //! writeback cache off (`rbd_cache=false`, QEMU's `cache=none`; a target
 //! may set `rbd_cache=true`): a write is answered once the OSDs have it.
 //!
-//! Every request is submitted with `rbd_aio_*`; its completion callback
-//! (on a librbd thread) hands the result to the submitter, which waits for
-//! it ([`DiskImage`](super::DiskImage) is synchronous: the device's I/O
-//! threads keep several requests in flight).
+//! Every request is submitted with `rbd_aio_*` and ends in librbd's
+//! completion callback (on a librbd thread). Reads and writes are
+//! asynchronous for the device ([`DiskImage::is_async`](super::DiskImage::is_async)):
+//! the callback sends the transfer's outcome to its queue worker's
+//! completion channel, so a queue keeps its whole ring in flight and its
+//! thread never waits for the cluster on a data request. Flush and discard
+//! (fences: every earlier request has completed) and the synchronous
+//! `readv`/`writev` wait for their callback, at most the op timeout.
 
 use std::ffi::{c_int, c_void, CString};
 use std::sync::{Arc, Condvar, Mutex};
@@ -310,6 +314,13 @@ impl Op<'_> {
     }
 }
 
+/// The C iovecs of a transfer in flight, kept until it completes.
+struct CIovecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers are only handed to librbd (which reaches the
+// buffers from its own threads anyway) and never dereferenced here.
+unsafe impl Send for CIovecs {}
+
 /// An open RBD image.
 #[derive(Debug)]
 pub struct RbdImage {
@@ -502,16 +513,15 @@ impl RbdImage {
         unsafe { self.run_at(Op::Write(&v), offset) }
     }
 
-    /// Submits `op` (a read or write at `offset`); `done` runs on a librbd
-    /// thread with librbd's return value. If the request cannot be
-    /// submitted, `done` is dropped unrun and the error returned.
+    /// Submits `op` (a read or write at `offset`); `done` runs once with
+    /// librbd's return value (`-errno` on failure), on a librbd thread, or
+    /// here if the request could not be submitted.
     ///
     /// # Safety
     ///
-    /// The buffers of a read or write must stay valid (writable for reads)
-    /// until `done` has run.
-    unsafe fn submit(&self, op: Op<'_>, offset: u64, done: OnDone) -> Result<(), RbdError> {
-        let name = op.name();
+    /// The buffers of a read or write, and a read's iovec array, must stay
+    /// valid (writable for reads) until `done` has run.
+    unsafe fn submit(&self, op: Op<'_>, offset: u64, done: OnDone) {
         let arg = Box::into_raw(Box::new(done)).cast::<c_void>();
         let mut c: ffi::CompletionT = std::ptr::null_mut();
         // SAFETY: `c` is written on success; `arg` is reclaimed by
@@ -519,8 +529,7 @@ impl RbdImage {
         let mut r = unsafe { ffi::rbd_aio_create_completion(arg, on_complete, &mut c) };
         if r >= 0 {
             // SAFETY: an open image, a fresh completion; the buffers stay
-            // valid until completion (the caller's promise); librbd copies
-            // the iovec array at submission.
+            // valid until completion (the caller's promise).
             r = unsafe {
                 match op {
                     Op::Read(iov) => {
@@ -540,10 +549,9 @@ impl RbdImage {
         }
         if r < 0 {
             // SAFETY: not handed to librbd (or refused by it): ours again.
-            drop(unsafe { Box::from_raw(arg.cast::<OnDone>()) });
-            return Err(self.io_error(name, r as isize));
+            let done = unsafe { Box::from_raw(arg.cast::<OnDone>()) };
+            done(r as isize);
         }
-        Ok(())
     }
 
     fn io_error(&self, op: &'static str, r: isize) -> RbdError {
@@ -565,11 +573,59 @@ impl RbdImage {
         let w = Arc::new(Waiter::default());
         let w2 = Arc::clone(&w);
         // SAFETY: forwarded; waits for `done` below.
-        unsafe { self.submit(op, offset, Box::new(move |r| w2.set(r))) }?;
+        unsafe { self.submit(op, offset, Box::new(move |r| w2.set(r))) };
         match w.wait() {
             r if r < 0 => Err(self.io_error(name, r)),
             _ => Ok(()),
         }
+    }
+
+    /// Starts a read (`write` false) or write of `iov` at `offset`; `done`
+    /// runs once with the result, on a librbd thread (or here if it could
+    /// not be started).
+    ///
+    /// # Safety
+    ///
+    /// Every `iov` must point to `len` bytes (writable for a read) that
+    /// stay valid until `done` has run.
+    pub unsafe fn submit_rw(
+        &self,
+        write: bool,
+        iov: &[IoVec],
+        offset: u64,
+        done: Box<dyn FnOnce(Result<(), RbdError>) + Send>,
+    ) {
+        let v = match Self::iovecs(iov) {
+            Ok(v) => CIovecs(v),
+            Err(e) => return done(Err(e)),
+        };
+        // librbd keeps a read's iovec array until it completes: `v` moves
+        // into the completion (its heap buffer does not move).
+        let ptr: *const [libc::iovec] = &v.0[..];
+        let (op, name) = if write {
+            // SAFETY: `ptr` is `v`'s buffer, alive until `on_done` runs.
+            (Op::Write(unsafe { &*ptr }), "write")
+        } else {
+            // SAFETY: as above.
+            (Op::Read(unsafe { &*ptr }), "read")
+        };
+        let target = self.target.uri();
+        let on_done: OnDone = Box::new(move |r| {
+            drop(v);
+            done(if r < 0 {
+                Err(RbdError::Io {
+                    target,
+                    op: name,
+                    source: errno(r),
+                })
+            } else {
+                Ok(())
+            });
+        });
+        // SAFETY: the buffers stay valid until `done` (the caller's
+        // promise), which runs after the completion; `v` lives in
+        // `on_done`.
+        unsafe { self.submit(op, offset, on_done) }
     }
 
     /// Makes every completed write durable (`rbd_aio_flush`).
