@@ -267,7 +267,10 @@ extern "C" fn on_complete(c: ffi::CompletionT, arg: *mut c_void) {
     // SAFETY: `arg` is the `Box<OnDone>` leaked by `RbdImage::submit` for
     // this completion, reclaimed exactly once, here.
     let done = unsafe { Box::from_raw(arg.cast::<OnDone>()) };
-    done(r);
+    // A panic must not unwind into librbd (that aborts backendd).
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(r))).is_err() {
+        tracing::error!("an RBD completion handler panicked");
+    }
 }
 
 /// A request's result, waited for by its submitter.
