@@ -310,9 +310,16 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             "format=raw, vdev=xvda, access=rw, backendtype=qdisk, target=rbd:rbd/bench:conf={}",
             c.conf().display()
         ),
-        None => format!("format=raw, vdev=xvda, access=rw, target={}", image.display()),
+        None => format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            image.display()
+        ),
     };
-    let reference_imp = if ceph.is_some() { "fio-rbd" } else { "fio-native" };
+    let reference_imp = if ceph.is_some() {
+        "fio-rbd"
+    } else {
+        "fio-native"
+    };
     let mut native: Vec<Row> = loads
         .iter()
         .map(|&load| Row {
@@ -354,7 +361,9 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             match &ceph {
                 Some(c) => {
                     let a = fio::rbd_args("rbd", "bench", load, secs(seconds));
-                    native[i].samples.push(fio::run_ceph(&a, load.bs, c.conf())?);
+                    native[i]
+                        .samples
+                        .push(fio::run_ceph(&a, load.bs, c.conf())?);
                     rbd_bench[i]
                         .samples
                         .push(rbd_bench_sample(c, load, secs(seconds))?);
@@ -597,7 +606,11 @@ fn rbd_bench_sample(
     };
     // Rough rates of the one-node cluster (README of tests/ceph-one.sh's
     // origin): 10k IOPS at 4 KiB, 1 GB/s at 1 MiB.
-    let rate = if load.bs <= 4096 { 10_000.0 * load.bs as f64 } else { 1e9 };
+    let rate = if load.bs <= 4096 {
+        10_000.0 * load.bs as f64
+    } else {
+        1e9
+    };
     let total = ((rate * runtime.as_secs_f64()) as u64).max(load.bs as u64 * 64);
     let t0 = std::time::Instant::now();
     let out = c.rbd(&[
