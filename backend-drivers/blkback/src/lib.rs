@@ -1,7 +1,7 @@
 //! blkback: the PV block backend, as a library for `backendd`.
 //!
 //! ```text
-//!   BlkBackend::new(DiskConfig)      open the disk (raw, qcow2, NBD), size it
+//!   BlkBackend::new(DiskConfig)      open the disk (raw, qcow2, NBD, RBD), size it
 //!     .features()                    xenstore keys to write in the backend dir
 //!   FrontendParams::from_keys(..)    read the frontend's ring-ref(s), event
 //!                                    channel(s), protocol, feature-persistent,
@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Modules: [`request`] (pure parsing and validation of ring slots),
-//! [`io`] (the disk engines: raw, qcow2, NBD), [`device`] (the connected device and its
+//! [`io`] (the disk engines: raw, qcow2, NBD, RBD), [`device`] (the connected device and its
 //! queue workers), [`metrics`].
 //!
 //! What the backend offers: read, write, write barrier, flush
@@ -19,7 +19,8 @@
 //! punching), indirect segments (up to 256), persistent grants, multi-page
 //! rings (order up to 4), multi-queue. Only the native x86_64 ring ABI and
 //! 512-byte sectors. Disks: raw files or block devices, qcow2 images
-//! (versions 2 and 3, no backing files), NBD exports (TCP or Unix socket).
+//! (versions 2 and 3, no backing files), NBD exports (TCP or Unix socket),
+//! Ceph RBD images (librbd; `rbd:POOL/IMAGE[@SNAP][:conf=..][:id=..]`).
 
 pub mod device;
 pub mod io;

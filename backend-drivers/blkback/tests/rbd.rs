@@ -15,56 +15,13 @@ use xen_blkback::io::{DiskImage, IoVec, RbdError, RbdImage, RbdTarget};
 use xen_blkback::ImageError;
 use xen_testhost::ceph::CephCluster;
 
+mod image_io;
+use image_io::{pattern, read, write};
+
 const MIB: u64 = 1 << 20;
 
 fn target(c: &CephCluster, spec: &str) -> RbdTarget {
     RbdTarget::parse(&format!("rbd:{spec}:conf={}", c.conf().display())).expect("target")
-}
-
-fn write(img: &dyn DiskImage, off: u64, data: &mut [u8]) -> Result<(), ImageError> {
-    let (a, b) = data.split_at_mut(data.len() / 2);
-    let v = [
-        IoVec {
-            ptr: a.as_mut_ptr(),
-            len: a.len(),
-        },
-        IoVec {
-            ptr: b.as_mut_ptr(),
-            len: b.len(),
-        },
-    ];
-    // SAFETY: `data` is borrowed mutably for the call.
-    unsafe { img.writev(&v, off) }
-}
-
-fn read(img: &dyn DiskImage, off: u64, len: usize) -> Result<Vec<u8>, ImageError> {
-    let mut b = vec![0u8; len];
-    let (x, y) = b.split_at_mut(len / 3);
-    let v = [
-        IoVec {
-            ptr: x.as_mut_ptr(),
-            len: x.len(),
-        },
-        IoVec {
-            ptr: y.as_mut_ptr(),
-            len: y.len(),
-        },
-    ];
-    // SAFETY: `b` outlives the call and is not otherwise borrowed.
-    unsafe { img.readv(&v, off) }?;
-    Ok(b)
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn errno_of(e: &ImageError) -> Option<i32> {
