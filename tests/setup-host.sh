@@ -23,6 +23,10 @@ packages=(
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
   prometheus         # promtool check metrics and a real Prometheus scraping `xl metrics` (dom0-tools/xl tests/monitor_e2e.rs)
   xen-utils-common   # Xen's /etc/xen/xlexample.* configs that `xl create -n` must read (dom0-tools/xl tests/monitor_e2e.rs)
+  ceph-mon           # the one-node Ceph cluster (tests/ceph-one.sh) of the RBD engine's tests: its monitor (backend-drivers/blkback, frontend-drivers/pv-runtime, tests/blkbench)
+  ceph-osd           # that cluster's in-memory OSD
+  ceph-common        # ceph/rbd CLIs: pool and image set-up, `rbd export` of the RBD e2e tests
+  librbd-dev         # librbd.so/librados.so (link names) and headers: blkback's RBD engine links them (backend-drivers/blkback/src/io/rbd.rs)
 )
 
 missing=()

@@ -5,7 +5,8 @@
 //! a path for `vbd` (`phy`: raw files and block devices), and
 //! `FORMAT:TARGET` for `qdisk` (`aio:` or `raw:` raw, `qcow2:`), where the
 //! target is a path or an NBD URI (`nbd://HOST:PORT/EXPORT`,
-//! `nbd+unix:///EXPORT?socket=PATH`, QEMU's forms). `mode` is `r` or `w`,
+//! `nbd+unix:///EXPORT?socket=PATH`, QEMU's forms) or a Ceph RBD image
+//! (`rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]`). `mode` is `r` or `w`,
 //! `discard-enable` (default 1) offers discard. The features, sizes and
 //! limits are advertised before InitWait (Linux writes the sizes at connect
 //! time; a frontend reads them only once the backend is Connected, so
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use xen_backend_common::LazyDom0Handles;
 use xen_blkback::{
     BlkBackend, BlkbackError, Device, DiskConfig, DiskFormat, DiskSource, Dom0Handles,
-    FrontendParams, NbdTarget,
+    FrontendParams, NbdTarget, RbdTarget,
 };
 use xen_diag::ErrorChain;
 
@@ -39,8 +40,8 @@ pub struct VbdFactory {
 /// (`libxl__device_disk_string_of_format`).
 const LIBXL_FORMATS: &[&str] = &["aio", "raw", "qcow", "qcow2", "vpc", "vhd", "qed", "empty"];
 
-/// The disk `params` names: `[FORMAT:]TARGET`, the target a path or an
-/// NBD URI.
+/// The disk `params` names: `[FORMAT:]TARGET`, the target a path, an
+/// NBD URI or an RBD target.
 pub fn disk_source(params: &str) -> Result<(DiskSource, DiskFormat), BackendError> {
     let (format, target) = match params.split_once(':') {
         Some((f, rest)) if LIBXL_FORMATS.contains(&f) => {
@@ -65,6 +66,16 @@ pub fn disk_source(params: &str) -> Result<(DiskSource, DiskFormat), BackendErro
             )));
         }
         return Ok((DiskSource::Nbd(t), format));
+    }
+    if RbdTarget::is_target(target) {
+        let t = RbdTarget::parse(target)
+            .map_err(|e| BackendError::Config(format!("disk {target}: {e}")))?;
+        if format != DiskFormat::Raw {
+            return Err(BackendError::Config(format!(
+                "disk {target}: an RBD image is served as raw, not {format:?}"
+            )));
+        }
+        return Ok((DiskSource::Rbd(t), format));
     }
     Ok((DiskSource::Path(PathBuf::from(target)), format))
 }
@@ -256,6 +267,26 @@ mod tests {
             p("nbd+unix:///e?socket=/run/n.sock").0,
             DiskSource::Nbd(NbdTarget::parse("nbd+unix:///e?socket=/run/n.sock").expect("uri"))
         );
+    }
+
+    #[test]
+    fn test_disk_source_rbd_targets_as_libxl_writes_them() {
+        let p = |s: &str| disk_source(s).expect(s);
+        let (src, fmt) = p("aio:rbd:rbd/vm0:conf=/etc/ceph/c.conf:id=xen");
+        assert_eq!(fmt, DiskFormat::Raw);
+        let DiskSource::Rbd(t) = src else {
+            panic!("not rbd: {src:?}");
+        };
+        assert_eq!((t.pool.as_str(), t.image.as_str()), ("rbd", "vm0"));
+        assert_eq!(t.conf.as_deref(), Some("/etc/ceph/c.conf"));
+        assert_eq!(t.id.as_deref(), Some("xen"));
+        let DiskSource::Rbd(t) = p("rbd:p/i@s1").0 else {
+            panic!("not rbd");
+        };
+        assert_eq!(t.snap.as_deref(), Some("s1"));
+        let e = |s: &str| disk_source(s).expect_err(s).to_string();
+        assert!(e("qcow2:rbd:p/i").contains("served as raw"));
+        assert!(e("aio:rbd:noslash").contains("rbd:noslash"));
     }
 
     #[test]

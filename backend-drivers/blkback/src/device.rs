@@ -41,6 +41,10 @@ use crate::request::{
 
 /// A ring slot as copied out of the ring.
 pub type Slot = [u8; BLKIF_SRING_ENTRY_SIZE];
+
+/// Rings' worth of requests that may join a round of an asynchronous
+/// engine while its transfers are in flight ([`Worker::overlap`]).
+const OVERLAP_RINGS: usize = 4;
 /// A response as pushed to the ring.
 pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
 
@@ -461,6 +465,27 @@ impl Transfer {
             // SAFETY: as above (mappings readable).
             Direction::Write => unsafe { image.writev(&self.iov.0, self.offset) },
         };
+        self.finish(result)
+    }
+
+    /// Starts the transfer on an engine that completes it on its own
+    /// threads ([`DiskImage::submit`]); its [`Done`] goes to `tx`.
+    fn submit(self, image: &Arc<dyn DiskImage>, tx: Sender<Done>) {
+        // The iovec array's heap buffer does not move with `self`.
+        let iov: *const [IoVec] = &self.iov.0[..];
+        let (write, offset) = (self.dir == Direction::Write, self.offset);
+        let done = Box::new(move |r| {
+            let _ = tx.send(self.finish(r));
+        });
+        // SAFETY: see `SendIov`: the buffers (and `iov`, owned by `self`)
+        // stay mapped until `done` runs, which drops them only after the
+        // engine completed the transfer; the worker waits for its `Done`
+        // before evicting or tearing down persistent mappings.
+        unsafe { image.submit(write, &*iov, offset, done) }
+    }
+
+    /// The outcome, releasing the transfer's own mappings.
+    fn finish(self, result: Result<(), ImageError>) -> Done {
         drop(self.own);
         Done {
             id: self.id,
@@ -621,6 +646,22 @@ impl Worker {
         // persistent mappings may be evicted again.
         self.persistent.next_round();
         let mut outstanding = 0usize;
+        self.serve(slots, &mut outstanding, done_tx, done_rx);
+        if self.image.is_async() {
+            self.overlap(&mut outstanding, done_tx, done_rx);
+        }
+        self.drain(&mut outstanding, done_rx);
+    }
+
+    /// Serves `slots` in ring order (see [`Self::process`]), leaving the
+    /// transfers it started in flight (`outstanding` counts them).
+    fn serve(
+        &mut self,
+        slots: &[Slot],
+        outstanding: &mut usize,
+        done_tx: &Sender<Done>,
+        done_rx: &Receiver<Done>,
+    ) {
         // The transfer being built: adjacent requests merge into it.
         let mut pending: Option<Transfer> = None;
         for slot in slots {
@@ -635,7 +676,7 @@ impl Worker {
                                 Some(p)
                             }
                             Err(t) => {
-                                self.start(p, &mut outstanding, done_tx);
+                                self.start(p, outstanding, done_tx);
                                 Some(t)
                             }
                         },
@@ -643,32 +684,83 @@ impl Worker {
                 }
                 Step::Fence { id, operation, req } => {
                     if let Some(p) = pending.take() {
-                        self.start(p, &mut outstanding, done_tx);
+                        self.start(p, outstanding, done_tx);
                     }
-                    self.drain(&mut outstanding, done_rx);
+                    self.drain(outstanding, done_rx);
                     let r = self.execute_fence(req);
                     let r = self.answer(id, operation, r);
                     self.respond(&r);
                 }
             }
             // Answer the pool's finished transfers without waiting.
-            while outstanding > 0 {
+            while *outstanding > 0 {
                 let Ok(d) = done_rx.try_recv() else {
                     break;
                 };
-                outstanding -= 1;
+                *outstanding -= 1;
                 self.complete(d);
             }
         }
         if let Some(p) = pending.take() {
-            self.start(p, &mut outstanding, done_tx);
+            self.start(p, outstanding, done_tx);
         }
-        self.drain(&mut outstanding, done_rx);
+    }
+
+    /// For an engine that completes transfers on its own threads (a
+    /// network disk, where latencies vary): while this round's transfers
+    /// are in flight, requests the frontend posts as it gets answers join
+    /// the round (up to [`OVERLAP_RINGS`] rings' worth), so the disk keeps
+    /// the frontend's whole queue rather than waiting for the slowest
+    /// request of each batch. Their persistent mappings are used in this
+    /// round, so none is evicted while in flight.
+    fn overlap(
+        &mut self,
+        outstanding: &mut usize,
+        done_tx: &Sender<Done>,
+        done_rx: &Receiver<Done>,
+    ) {
+        let nr = self.ring.nr_ents() as usize;
+        let mut budget = nr * OVERLAP_RINGS;
+        let mut more: Vec<Slot> = Vec::new();
+        while *outstanding > 0 && !self.broken {
+            let Ok(d) = done_rx.recv() else {
+                return;
+            };
+            *outstanding -= 1;
+            self.complete(d);
+            if budget == 0 || self.shared.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            if !matches!(self.ring.unconsumed_requests(), Ok(n) if n > 0) {
+                continue;
+            }
+            if more.is_empty() {
+                more = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
+            }
+            let want = budget.min(nr);
+            let n = match self.ring.take_requests(&mut more[..want]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.ring_failed(e);
+                    return;
+                }
+            };
+            budget -= n;
+            let batch = std::mem::take(&mut more);
+            self.serve(&batch[..n], outstanding, done_tx, done_rx);
+            more = batch;
+        }
     }
 
     /// Runs a transfer: in this thread if it is small (or there is no
     /// pool), else on the I/O pool (`outstanding` counts it).
     fn start(&mut self, t: Transfer, outstanding: &mut usize, done_tx: &Sender<Done>) {
+        if self.image.is_async() {
+            // The engine completes it on its own threads, many in flight.
+            t.submit(&self.image, done_tx.clone());
+            *outstanding += 1;
+            return;
+        }
         match self.pool.clone() {
             Some(pool) if t.bytes > self.cfg.inline_max_bytes => {
                 let (id, op) = (t.id, t.operation);

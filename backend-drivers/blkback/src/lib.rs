@@ -1,7 +1,7 @@
 //! blkback: the PV block backend, as a library for `backendd`.
 //!
 //! ```text
-//!   BlkBackend::new(DiskConfig)      open the disk (raw, qcow2, NBD), size it
+//!   BlkBackend::new(DiskConfig)      open the disk (raw, qcow2, NBD, RBD), size it
 //!     .features()                    xenstore keys to write in the backend dir
 //!   FrontendParams::from_keys(..)    read the frontend's ring-ref(s), event
 //!                                    channel(s), protocol, feature-persistent,
@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Modules: [`request`] (pure parsing and validation of ring slots),
-//! [`io`] (the disk engines: raw, qcow2, NBD), [`device`] (the connected device and its
+//! [`io`] (the disk engines: raw, qcow2, NBD, RBD), [`device`] (the connected device and its
 //! queue workers), [`metrics`].
 //!
 //! What the backend offers: read, write, write barrier, flush
@@ -19,7 +19,8 @@
 //! punching), indirect segments (up to 256), persistent grants, multi-page
 //! rings (order up to 4), multi-queue. Only the native x86_64 ring ABI and
 //! 512-byte sectors. Disks: raw files or block devices, qcow2 images
-//! (versions 2 and 3, no backing files), NBD exports (TCP or Unix socket).
+//! (versions 2 and 3, no backing files), NBD exports (TCP or Unix socket),
+//! Ceph RBD images (librbd; `rbd:POOL/IMAGE[@SNAP][:conf=..][:id=..]`).
 
 pub mod device;
 pub mod io;
@@ -42,7 +43,7 @@ pub use device::{
 };
 pub use io::{
     DiskImage, ImageError, NbdError, NbdImage, NbdTarget, Qcow2Error, Qcow2Image, RawError,
-    RawImage,
+    RawImage, RbdError, RbdImage, RbdTarget,
 };
 pub use metrics::MetricsSnapshot;
 pub use request::{Limits, Request, RequestError};
@@ -90,8 +91,11 @@ pub enum BlkbackError {
     /// The NBD export could not be reached or refused.
     #[error("cannot attach the NBD export")]
     Nbd(#[from] NbdError),
+    /// The RBD image could not be reached or opened.
+    #[error("cannot attach the RBD image")]
+    Rbd(#[from] RbdError),
     /// The format cannot be served from this source.
-    #[error("disk format {0:?} is not supported over NBD (only raw)")]
+    #[error("disk format {0:?} is not supported over NBD or RBD (only raw)")]
     UnsupportedFormat(DiskFormat),
     /// A frontend key is missing.
     #[error("frontend key {0} is missing")]
@@ -139,6 +143,8 @@ pub enum DiskSource {
     Path(PathBuf),
     /// An NBD export.
     Nbd(NbdTarget),
+    /// A Ceph RBD image.
+    Rbd(RbdTarget),
 }
 
 impl std::fmt::Display for DiskSource {
@@ -146,6 +152,7 @@ impl std::fmt::Display for DiskSource {
         match self {
             DiskSource::Path(p) => write!(f, "{}", p.display()),
             DiskSource::Nbd(t) => f.write_str(&t.uri()),
+            DiskSource::Rbd(t) => f.write_str(&t.uri()),
         }
     }
 }
@@ -153,7 +160,7 @@ impl std::fmt::Display for DiskSource {
 /// How to serve one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// Where the disk is (a file or block device, or an NBD export).
+    /// Where the disk is (a file or block device, an NBD export or an RBD image).
     pub source: DiskSource,
     /// Image format.
     pub format: DiskFormat,
@@ -218,6 +225,11 @@ impl DiskConfig {
     /// An NBD export (raw) with every feature on.
     pub fn nbd(target: NbdTarget, readonly: bool) -> Self {
         Self::new(DiskSource::Nbd(target), DiskFormat::Raw, readonly)
+    }
+
+    /// A Ceph RBD image (raw) with every feature on.
+    pub fn rbd(target: RbdTarget, readonly: bool) -> Self {
+        Self::new(DiskSource::Rbd(target), DiskFormat::Raw, readonly)
     }
 
     /// A disk with every feature on.
@@ -335,7 +347,12 @@ impl BlkBackend {
             (DiskSource::Nbd(t), DiskFormat::Raw) => {
                 Arc::new(NbdImage::open(t.clone(), config.readonly)?)
             }
-            (DiskSource::Nbd(_), f) => return Err(BlkbackError::UnsupportedFormat(f)),
+            (DiskSource::Rbd(t), DiskFormat::Raw) => {
+                Arc::new(RbdImage::open(t.clone(), config.readonly)?)
+            }
+            (DiskSource::Nbd(_) | DiskSource::Rbd(_), f) => {
+                return Err(BlkbackError::UnsupportedFormat(f))
+            }
         };
         let sectors = image.size() / SECTOR_SIZE;
         Ok(Self {

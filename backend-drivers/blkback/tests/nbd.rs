@@ -13,8 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xen_blkback::io::{nbd, DiskImage, IoVec, NbdError, NbdImage, NbdTarget};
+use xen_blkback::io::{nbd, DiskImage, NbdError, NbdImage, NbdTarget};
 use xen_blkback::ImageError;
+
+mod image_io;
+use image_io::{pattern, read, write};
 
 /// A server process, killed on drop.
 struct Server {
@@ -95,45 +98,6 @@ fn image_file(len: u64) -> (tempfile::TempDir, PathBuf) {
         .and_then(|f| f.set_len(len))
         .expect("create the export");
     (dir, p)
-}
-
-fn write(img: &dyn DiskImage, off: u64, data: &mut [u8]) -> Result<(), ImageError> {
-    let v = [IoVec {
-        ptr: data.as_mut_ptr(),
-        len: data.len(),
-    }];
-    // SAFETY: `data` is borrowed mutably for the call.
-    unsafe { img.writev(&v, off) }
-}
-
-fn read(img: &dyn DiskImage, off: u64, len: usize) -> Result<Vec<u8>, ImageError> {
-    let mut b = vec![0u8; len];
-    let (a, c) = b.split_at_mut(len / 3);
-    let v = [
-        IoVec {
-            ptr: a.as_mut_ptr(),
-            len: a.len(),
-        },
-        IoVec {
-            ptr: c.as_mut_ptr(),
-            len: c.len(),
-        },
-    ];
-    // SAFETY: `b` outlives the call and is not otherwise borrowed.
-    unsafe { img.readv(&v, off) }?;
-    Ok(b)
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

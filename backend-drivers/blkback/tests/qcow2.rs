@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use xen_blkback::io::{DiskImage, IoVec, Qcow2Error, Qcow2Image};
+use xen_blkback::io::{DiskImage, Qcow2Error, Qcow2Image};
 use xen_blkback::ImageError;
+
+mod image_io;
+use image_io::{pattern, read, write};
 
 fn tool(name: &str, args: &[&str]) -> std::process::Output {
     let out = Command::new(name).args(args).output().unwrap_or_else(|e| {
@@ -76,47 +79,6 @@ fn as_raw(p: &Path, dir: &Path) -> Vec<u8> {
         ],
     );
     std::fs::read(raw).expect("read the converted image")
-}
-
-fn write(img: &dyn DiskImage, off: u64, data: &mut [u8]) -> Result<(), ImageError> {
-    let v = [IoVec {
-        ptr: data.as_mut_ptr(),
-        len: data.len(),
-    }];
-    // SAFETY: `data` is borrowed mutably for the call and not touched meanwhile.
-    unsafe { img.writev(&v, off) }
-}
-
-fn read(img: &dyn DiskImage, off: u64, len: usize) -> Result<Vec<u8>, ImageError> {
-    let mut b = vec![0u8; len];
-    // Two buffers, so that pieces cross iovec boundaries.
-    let half = len / 2;
-    let (a, c) = b.split_at_mut(half);
-    let v = [
-        IoVec {
-            ptr: a.as_mut_ptr(),
-            len: a.len(),
-        },
-        IoVec {
-            ptr: c.as_mut_ptr(),
-            len: c.len(),
-        },
-    ];
-    // SAFETY: `b` outlives the call and is not otherwise borrowed.
-    unsafe { img.readv(&v, off) }?;
-    Ok(b)
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Writes at scattered offsets (crossing clusters, L2 tables and refcount

@@ -240,9 +240,20 @@ fn is_nbd_uri(t: &str) -> bool {
     t.starts_with("nbd://") || t.starts_with("nbd+tcp://") || t.starts_with("nbd+unix://")
 }
 
+/// Whether a target is a Ceph RBD image (libxl's and QEMU's
+/// `rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]`).
+fn is_rbd_target(t: &str) -> bool {
+    t.starts_with("rbd:")
+}
+
+/// Whether a target is served over the network (NBD or RBD), not a path.
+fn is_network_target(t: &str) -> bool {
+    is_nbd_uri(t) || is_rbd_target(t)
+}
+
 /// A disk's target, checked, and the backend that serves it (libxl's
 /// choice, `libxl__device_disk_set_backend`): raw files and block devices
-/// go to `vbd`, qcow2 images and NBD exports to `qdisk`. Relative paths are
+/// go to `vbd`, qcow2 images, NBD exports and RBD images to `qdisk`. Relative paths are
 /// taken from the configuration file's directory.
 fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<BackendDisk, ToolstackError> {
     let unsupported =
@@ -260,10 +271,11 @@ fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<BackendDisk, Toolstack
         }
         _ => {}
     }
-    if let Some(t) = disk.target.as_deref().filter(|t| is_nbd_uri(t)) {
+    if let Some(t) = disk.target.as_deref().filter(|t| is_network_target(t)) {
+        let what = if is_rbd_target(t) { "RBD" } else { "NBD" };
         if disk.format != DiskFormat::Raw {
             return Err(unsupported(format!(
-                "an NBD export is served raw; format {} over NBD is not supported",
+                "an {what} disk is served raw; format {} over {what} is not supported",
                 disk.format.as_str()
             )));
         }
@@ -574,7 +586,7 @@ fn create_inner(
             .zip(&targets)
             .filter(|(d, _)| is_emulated(d));
         if let Some((d, _)) = emulated.next() {
-            if d.format != DiskFormat::Raw || d.target.as_deref().is_some_and(is_nbd_uri) {
+            if d.format != DiskFormat::Raw || d.target.as_deref().is_some_and(is_network_target) {
                 return Err(ToolstackError::Unsupported(format!(
                     "disk {}: an emulated (hd*) disk must be a raw file",
                     d.vdev
@@ -1225,6 +1237,28 @@ mod tests {
         )
         .expect("qdisk raw");
         assert_eq!(forced.params, format!("aio:{p}/d.img"));
+    }
+
+    #[test]
+    fn test_disk_target_rbd_goes_to_qdisk_raw_as_libxl_writes_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rbd = target(
+            "format=raw, vdev=xvda, access=rw, backendtype=qdisk, \
+             target=rbd:rbd/vm0@s:conf=/c/ceph.conf:id=xen",
+            dir.path(),
+        )
+        .expect("rbd");
+        assert_eq!((rbd.kind, rbd.type_node), ("qdisk", "qdisk"));
+        assert_eq!(rbd.params, "aio:rbd:rbd/vm0@s:conf=/c/ceph.conf:id=xen");
+        let e = target("format=qcow2, vdev=xvdb, target=rbd:rbd/vm0", dir.path())
+            .expect_err("qcow2 over rbd");
+        assert!(e.contains("disk xvdb") && e.contains("RBD"), "{e}");
+        let e = target(
+            "format=raw, vdev=xvdc, backendtype=phy, target=rbd:rbd/vm0",
+            dir.path(),
+        )
+        .expect_err("phy rbd");
+        assert!(e.contains("disk xvdc") && e.contains("phy"), "{e}");
     }
 
     #[test]

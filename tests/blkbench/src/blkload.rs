@@ -50,6 +50,8 @@ pub enum Pattern {
     Seqread,
     /// Sequential writes.
     Seqwrite,
+    /// Uniform random writes.
+    Randwrite,
 }
 
 impl Pattern {
@@ -59,7 +61,13 @@ impl Pattern {
             Pattern::Randread => "randread",
             Pattern::Seqread => "seqread",
             Pattern::Seqwrite => "seqwrite",
+            Pattern::Randwrite => "randwrite",
         }
+    }
+
+    /// Whether it writes.
+    pub fn is_write(self) -> bool {
+        matches!(self, Pattern::Seqwrite | Pattern::Randwrite)
     }
 }
 
@@ -240,7 +248,7 @@ impl Offsets {
     /// The next byte offset (always `bs`-aligned and inside the disk).
     pub fn next_offset(&mut self) -> u64 {
         let slot = match self.pattern {
-            Pattern::Randread => self.rng.next_u64() % self.slots,
+            Pattern::Randread | Pattern::Randwrite => self.rng.next_u64() % self.slots,
             Pattern::Seqread | Pattern::Seqwrite => {
                 let s = self.next;
                 self.next = (self.next + 1) % self.slots;
@@ -332,7 +340,7 @@ fn run_pattern<P: Platform + ?Sized>(
             for c in 0..nchunks {
                 let len = chunk.min(cfg.bs - c * chunk);
                 let b = dev.alloc_buffer(len)?;
-                if pattern == Pattern::Seqwrite {
+                if pattern.is_write() {
                     dev.buffer_write(b, 0, &data[..len])?;
                 }
                 bufs.push(b);
@@ -423,9 +431,13 @@ fn drive<P: Platform + ?Sized>(
                     (Pattern::Randread | Pattern::Seqread, Some(&b)) => {
                         dev.submit_read_buffer(sector, b)
                     }
-                    (Pattern::Seqwrite, Some(&b)) => dev.submit_write_buffer(sector, b),
+                    (Pattern::Seqwrite | Pattern::Randwrite, Some(&b)) => {
+                        dev.submit_write_buffer(sector, b)
+                    }
                     (Pattern::Randread | Pattern::Seqread, None) => dev.submit_read(sector, len),
-                    (Pattern::Seqwrite, None) => dev.submit_write(sector, &data[off..off + len]),
+                    (Pattern::Seqwrite | Pattern::Randwrite, None) => {
+                        dev.submit_write(sector, &data[off..off + len])
+                    }
                 };
                 match r {
                     Ok(tag) => {

@@ -19,6 +19,7 @@ pub fn args(
 ) -> Vec<String> {
     let rw = match load.pattern {
         "randread" => "randread",
+        "randwrite" => "randwrite",
         "seqread" => "read",
         _ => "write",
     };
@@ -38,10 +39,40 @@ pub fn args(
     ]
 }
 
+/// fio's arguments for `load` on RBD image `pool/image` through fio's
+/// `rbd` engine (librbd, as blkback's RBD engine); run them with
+/// [`run_ceph`] to name the cluster's configuration.
+pub fn rbd_args(pool: &str, image: &str, load: &Load, runtime: Duration) -> Vec<String> {
+    let mut a: Vec<String> = args(Path::new("-"), load, runtime, "rbd", false)
+        .into_iter()
+        .filter(|x| !x.starts_with("--filename=") && !x.starts_with("--direct="))
+        .collect();
+    a.extend([
+        "--clientname=admin".into(),
+        format!("--pool={pool}"),
+        format!("--rbdname={image}"),
+    ]);
+    a
+}
+
 /// Runs fio with `args` and parses its report.
 pub fn run(args: &[String], bs: usize) -> Result<Sample> {
-    let out = Command::new("fio")
-        .args(args)
+    run_env(args, bs, None)
+}
+
+/// [`run`] with `CEPH_CONF=conf` (fio's rbd engine reads librados'
+/// default configuration search).
+pub fn run_ceph(args: &[String], bs: usize, conf: &Path) -> Result<Sample> {
+    run_env(args, bs, Some(conf))
+}
+
+fn run_env(args: &[String], bs: usize, ceph_conf: Option<&Path>) -> Result<Sample> {
+    let mut cmd = Command::new("fio");
+    cmd.args(args);
+    if let Some(c) = ceph_conf {
+        cmd.env("CEPH_CONF", c);
+    }
+    let out = cmd
         .output()
         .context("cannot run fio (apt-get install -y fio, or tests/setup-host.sh)")?;
     if !out.status.success() {

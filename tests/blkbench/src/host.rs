@@ -44,14 +44,15 @@ impl Host {
         Ok(Host(Dom0::start("blkbench-", libexec)?))
     }
 
-    /// `xl create`s guest `name` with disk `image`, running `program`
+    /// `xl create`s guest `name` with disk `disk` (an `xl` disk spec),
+    /// running `program`
     /// (`kernel=`; default `xl`'s, the `xen-pvguest` runtime) with `extra`
     /// as its command line, waits until it shut down (or `limit`), destroys
     /// it and returns its console log.
     pub fn run_guest(
         &mut self,
         name: &str,
-        image: &Path,
+        disk: &str,
         program: Option<&Path>,
         extra: &str,
         limit: Duration,
@@ -62,8 +63,7 @@ impl Host {
         let cfg = format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 2\n{kernel}\
              extra = '{extra}'\n\
-             disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
-            image.display()
+             disk = [ '{disk}' ]\n"
         );
         let (log, _) = self.run_cfg(
             name,

@@ -73,12 +73,19 @@ pub struct Args {
     /// full-virtualization comparison (`fv-pio` against `pvhvm-qd1`).
     #[arg(long)]
     pub pvhvm_kernel: Option<PathBuf>,
-    /// Only these loads (comma-separated: randread, seqread, seqwrite).
+    /// Only these loads (comma-separated: randread, randwrite, seqread,
+    /// seqwrite; default: all but randwrite, which `--rbd` adds).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Skip fio in Dom0 (for profiling the guest path alone; no ratios).
     #[arg(long)]
     pub no_native: bool,
+    /// The disk is a Ceph RBD image on a one-node cluster of this run
+    /// (`xen_testhost::ceph`) instead of a tmpfs file; the reference is
+    /// `fio --ioengine=rbd` on the same image (`fio-rbd` rows), and `rbd
+    /// bench` rows are added.
+    #[arg(long)]
+    pub rbd: bool,
     /// Extra arguments of the `blkload` guest (e.g. `--blkload-copy`,
     /// `--poll-us 0`).
     #[arg(long, allow_hyphen_values = true, default_value = "")]
@@ -173,10 +180,15 @@ impl Row {
     }
 }
 
-fn loads(seq_qd: usize) -> [Load; 3] {
+fn loads(seq_qd: usize) -> [Load; 4] {
     [
         Load {
             pattern: "randread",
+            bs: 4096,
+            qd: 32,
+        },
+        Load {
+            pattern: "randwrite",
             bs: 4096,
             qd: 32,
         },
@@ -261,9 +273,17 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         Some(d) => d.clone(),
         None => default_libexec()?,
     };
+    // randwrite is measured by default only on RBD (tmpfs's figure is
+    // the randread one's); `--only randwrite` asks for it anywhere.
     let loads: Vec<Load> = loads(args.seq_qd.max(1))
         .into_iter()
-        .filter(|l| args.only.is_empty() || args.only.iter().any(|o| o == l.pattern))
+        .filter(|l| {
+            if args.only.is_empty() {
+                l.pattern != "randwrite" || args.rbd
+            } else {
+                args.only.iter().any(|o| o == l.pattern)
+            }
+        })
         .collect();
     let mut host = Host::start(&libexec)?;
     // The image lives on tmpfs: a private directory under /dev/shm.
@@ -273,10 +293,45 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         .context("create a directory in /dev/shm")?;
     let image = shm.path().join("disk.img");
     make_image(&image, size_mib << 20)?;
+    // RBD: the image imported into a cluster of this run.
+    let ceph = if args.rbd {
+        if args.pvhvm_kernel.is_some() {
+            bail!("--rbd and --pvhvm-kernel cannot be combined");
+        }
+        let c = xen_testhost::ceph::CephCluster::start((size_mib << 20) * 3 + (256 << 20))?;
+        c.rbd(&["import", image.to_str().context("utf-8 path")?, "rbd/bench"])?;
+        std::fs::remove_file(&image).context("remove the imported file")?;
+        Some(c)
+    } else {
+        None
+    };
+    let disk = match &ceph {
+        Some(c) => format!(
+            "format=raw, vdev=xvda, access=rw, backendtype=qdisk, target=rbd:rbd/bench:conf={}",
+            c.conf().display()
+        ),
+        None => format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            image.display()
+        ),
+    };
+    let reference_imp = if ceph.is_some() {
+        "fio-rbd"
+    } else {
+        "fio-native"
+    };
     let mut native: Vec<Row> = loads
         .iter()
         .map(|&load| Row {
-            imp: "fio-native",
+            imp: reference_imp,
+            load,
+            samples: vec![],
+        })
+        .collect();
+    let mut rbd_bench: Vec<Row> = loads
+        .iter()
+        .map(|&load| Row {
+            imp: "rbd-bench",
             load,
             samples: vec![],
         })
@@ -303,8 +358,21 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             if args.no_native {
                 break;
             }
-            let a = fio::args(&image, load, secs(seconds), "io_uring", false);
-            native[i].samples.push(fio::run(&a, load.bs)?);
+            match &ceph {
+                Some(c) => {
+                    let a = fio::rbd_args("rbd", "bench", load, secs(seconds));
+                    native[i]
+                        .samples
+                        .push(fio::run_ceph(&a, load.bs, c.conf())?);
+                    rbd_bench[i]
+                        .samples
+                        .push(rbd_bench_sample(c, load, secs(seconds))?);
+                }
+                None => {
+                    let a = fio::args(&image, load, secs(seconds), "io_uring", false);
+                    native[i].samples.push(fio::run(&a, load.bs)?);
+                }
+            }
         }
         // blkload runs every load of one block size in one guest.
         for bs in [4096usize, 1 << 20] {
@@ -321,7 +389,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
                 args.blkload_args
             );
             let blkload = host.libexec.join("blkload");
-            let log = host.run_guest(&name, &image, Some(&blkload), &extra, limit)?;
+            let log = host.run_guest(&name, &disk, Some(&blkload), &extra, limit)?;
             let got = parse_blkload(&log)?;
             for l in of_bs {
                 let s = got
@@ -362,7 +430,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             }
             let name = format!("blkbench{}r{rep}fio", std::process::id());
             let extra = format!("pvguest.timeout=30 init={}", script.display());
-            let log = host.run_guest(&name, &image, None, &extra, limit)?;
+            let log = host.run_guest(&name, &disk, None, &extra, limit)?;
             if !log.contains("guest-fio-done") {
                 bail!("fio in the guest failed; its log:\n{log}");
             }
@@ -375,6 +443,9 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         }
     }
     let mut rows = if args.no_native { Vec::new() } else { native };
+    if ceph.is_some() && !args.no_native {
+        rows.append(&mut rbd_bench);
+    }
     rows.append(&mut front);
     if args.guest_fio {
         rows.append(&mut gfio);
@@ -510,10 +581,81 @@ fn measure_pvhvm(
     Ok(rows)
 }
 
-/// The reference row of `row`'s load.
+/// The reference row of `row`'s load (`fio-native`, or `fio-rbd` with
+/// `--rbd`).
 fn reference<'r>(rows: &'r [Row], row: &Row) -> Option<&'r Row> {
     rows.iter().find(|r| {
-        r.imp == "fio-native" && r.load.pattern == row.load.pattern && r.load.bs == row.load.bs
+        (r.imp == "fio-native" || r.imp == "fio-rbd")
+            && r.load.pattern == row.load.pattern
+            && r.load.bs == row.load.bs
+    })
+}
+
+/// `rbd bench` on the image for `load` (its threads as the queue depth),
+/// about `runtime` long (`--io-total` from a first guess of the rate).
+fn rbd_bench_sample(
+    c: &xen_testhost::ceph::CephCluster,
+    load: &Load,
+    runtime: Duration,
+) -> Result<Sample> {
+    let (io_type, pattern) = match load.pattern {
+        "randread" => ("read", "rand"),
+        "randwrite" => ("write", "rand"),
+        "seqread" => ("read", "seq"),
+        _ => ("write", "seq"),
+    };
+    // Rough rates of the one-node cluster (README of tests/ceph-one.sh's
+    // origin): 10k IOPS at 4 KiB, 1 GB/s at 1 MiB.
+    let rate = if load.bs <= 4096 {
+        10_000.0 * load.bs as f64
+    } else {
+        1e9
+    };
+    let total = ((rate * runtime.as_secs_f64()) as u64).max(load.bs as u64 * 64);
+    let t0 = std::time::Instant::now();
+    let out = c.rbd(&[
+        "bench",
+        "--io-type",
+        io_type,
+        "--io-pattern",
+        pattern,
+        "--io-size",
+        &load.bs.to_string(),
+        "--io-threads",
+        &load.qd.to_string(),
+        "--io-total",
+        &total.to_string(),
+        "rbd/bench",
+    ])?;
+    let wall = t0.elapsed().as_secs_f64();
+    parse_rbd_bench(&out, load.bs, wall)
+}
+
+/// Parses `rbd bench`'s summary line: `elapsed: S  ops: N  ops/sec: X
+/// bytes/sec: Y` (`wall`: the fallback duration).
+pub fn parse_rbd_bench(text: &str, bs: usize, wall: f64) -> Result<Sample> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("elapsed:"))
+        .with_context(|| format!("no summary in rbd bench's output:\n{text}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let val = |k: &str| {
+        words
+            .iter()
+            .position(|w| *w == k)
+            .and_then(|i| words.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let iops = match val("ops/sec:") {
+        Some(x) => x,
+        None => val("ops:").context("rbd bench printed no ops")? / wall.max(1e-9),
+    };
+    // `bytes/sec: 38.9 MiB/s`: the rate in its unit; iops x bs is exact.
+    Ok(Sample {
+        iops,
+        bytes_per_s: iops * bs as f64,
+        p50_ns: 0,
+        p99_ns: 0,
     })
 }
 
@@ -632,6 +774,18 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].0, "randread");
         assert_eq!(v[0].1.p99_ns, 9);
+    }
+
+    #[test]
+    fn test_parse_rbd_bench_summary_line() {
+        let out = "bench  type read io_size 4096 io_threads 32 bytes 40960000 pattern random\n\
+                     SEC       OPS   OPS/SEC   BYTES/SEC\n\
+                       1      9000   9000.50  36.9 MiB/s\n\
+                   elapsed: 1   ops: 10000   ops/sec: 9500.25   bytes/sec: 38.9 MiB/s\n";
+        let s = parse_rbd_bench(out, 4096, 1.0).expect("parses");
+        assert_eq!(s.iops, 9500.25);
+        assert_eq!(s.bytes_per_s, 9500.25 * 4096.0);
+        assert!(parse_rbd_bench("rbd: error", 4096, 1.0).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! PV guest configs of the tests and benchmarks (the runtime's command
 //! line in one place).
 //!
+//! [`ceph`] is the one-node Ceph cluster of the RBD tests.
+//!
 //! [`build_binaries`] builds the binaries a test needs into its own target
 //! directory and profile; [`net`] has the network namespaces, bridges and
 //! the hand-started `backendd` of the network tests; [`shim`] is the
@@ -22,6 +24,7 @@
 //! programs themselves or attach a runtime in the test process; [`term`] is
 //! the pty the console tests type on.
 
+pub mod ceph;
 pub mod net;
 pub mod shim;
 pub mod term;

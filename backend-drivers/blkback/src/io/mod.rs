@@ -2,10 +2,11 @@
 //!
 //! [`DiskImage`] is what a device needs of a disk: its size, vectored reads
 //! and writes at a byte offset, flush (durable before it returns), discard
-//! where the format can, and whether it is read-only. Three engines
+//! where the format can, and whether it is read-only. Four engines
 //! implement it: [`raw::RawImage`] (a file or block device),
-//! [`qcow2::Qcow2Image`] (QEMU's qcow2, versions 2 and 3) and
-//! [`nbd::NbdImage`] (a client of an NBD export, over TCP or a Unix socket).
+//! [`qcow2::Qcow2Image`] (QEMU's qcow2, versions 2 and 3),
+//! [`nbd::NbdImage`] (a client of an NBD export, over TCP or a Unix socket)
+//! and [`rbd::RbdImage`] (a Ceph RBD image, through librbd).
 //! [`pool::IoPool`] runs the transfers of a batch in parallel; every engine
 //! is `Sync` and serves concurrent calls.
 
@@ -14,11 +15,13 @@ pub mod nbd;
 pub mod pool;
 pub mod qcow2;
 pub mod raw;
+pub mod rbd;
 
 pub use nbd::{NbdError, NbdImage, NbdTarget};
 pub use pool::{IoPool, PoolError};
 pub use qcow2::{Qcow2Error, Qcow2Image};
 pub use raw::{IoVec, RawError, RawImage};
+pub use rbd::{RbdError, RbdImage, RbdTarget};
 
 /// Errors of a disk engine.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,9 @@ pub enum ImageError {
     /// The NBD engine failed.
     #[error("NBD I/O failed")]
     Nbd(#[from] NbdError),
+    /// The RBD engine failed.
+    #[error("RBD I/O failed")]
+    Rbd(#[from] RbdError),
     /// The disk cannot discard (the answer is `BLKIF_RSP_EOPNOTSUPP`).
     #[error("the disk does not support discard")]
     DiscardUnsupported,
@@ -59,6 +65,9 @@ impl ImageError {
     }
 }
 
+/// What runs when an asynchronous transfer ([`DiskImage::submit`]) ends.
+pub type AioDone = Box<dyn FnOnce(Result<(), ImageError>) + Send>;
+
 /// A disk as a device sees it. Implementations serve concurrent calls
 /// from several threads.
 pub trait DiskImage: Send + Sync + std::fmt::Debug {
@@ -78,6 +87,34 @@ pub trait DiskImage: Send + Sync + std::fmt::Debug {
     /// Whether data bypasses Dom0's page cache (`O_DIRECT`).
     fn is_direct(&self) -> bool {
         false
+    }
+
+    /// Whether the engine completes transfers on its own threads
+    /// ([`Self::submit`]): the device then starts every transfer with it,
+    /// many in flight, rather than calling [`Self::readv`]/[`Self::writev`]
+    /// in its worker or I/O threads.
+    fn is_async(&self) -> bool {
+        false
+    }
+
+    /// Starts a read (`write` false) or write of `iov` at `offset`;
+    /// `done` runs once with the result, on any thread (the caller's, if
+    /// the transfer could not be started). Engines that are not
+    /// [`Self::is_async`] run it to completion here.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::readv`]/[`Self::writev`], until `done` has run.
+    unsafe fn submit(&self, write: bool, iov: &[IoVec], offset: u64, done: AioDone) {
+        // SAFETY: forwarded from the caller; the transfer completes here.
+        let r = unsafe {
+            if write {
+                self.writev(iov, offset)
+            } else {
+                self.readv(iov, offset)
+            }
+        };
+        done(r);
     }
 
     /// Reads `offset..` into the buffers, completely.
@@ -142,5 +179,59 @@ impl DiskImage for RawImage {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         Ok(RawImage::discard(self, offset, len)?)
+    }
+}
+
+impl DiskImage for RbdImage {
+    fn describe(&self) -> String {
+        self.target().uri()
+    }
+
+    fn size(&self) -> u64 {
+        RbdImage::size(self)
+    }
+
+    fn readonly(&self) -> bool {
+        RbdImage::readonly(self)
+    }
+
+    fn discard_granularity(&self) -> Option<u64> {
+        // librbd takes any byte range (it zeroes or skips partial objects).
+        Some(4096)
+    }
+
+    fn is_async(&self) -> bool {
+        true
+    }
+
+    unsafe fn submit(&self, write: bool, iov: &[IoVec], offset: u64, done: AioDone) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            RbdImage::submit_rw(
+                self,
+                write,
+                iov,
+                offset,
+                Box::new(move |r| done(r.map_err(ImageError::from))),
+            )
+        }
+    }
+
+    unsafe fn readv(&self, iov: &[IoVec], offset: u64) -> Result<(), ImageError> {
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { RbdImage::readv(self, iov, offset) }?)
+    }
+
+    unsafe fn writev(&self, iov: &[IoVec], offset: u64) -> Result<(), ImageError> {
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { RbdImage::writev(self, iov, offset) }?)
+    }
+
+    fn flush(&self) -> Result<(), ImageError> {
+        Ok(RbdImage::flush(self)?)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), ImageError> {
+        Ok(RbdImage::discard(self, offset, len)?)
     }
 }
