@@ -380,6 +380,26 @@ fn listen(path: &Path) -> Result<OwnedFd, DaemonError> {
     Ok(sock)
 }
 
+/// Creates `dir` (and its missing parents) mode 0700, or tightens it to
+/// 0700 when it exists, is ours and is not a shared sticky directory (as
+/// `/dev/shm` itself): the domains' memory and grant files are reached by
+/// fd from the daemon only, never by path (a jailed runtime's uid must not
+/// even list them).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = std::fs::metadata(dir)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() == me && m.mode() & 0o1000 == 0 && m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
 fn process_start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -398,10 +418,9 @@ impl Daemon {
         let _ = sys::raise_nofile_limit();
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| DaemonError::Io("create the state directory", e))?;
-        std::fs::create_dir_all(&cfg.mem_dir)
-            .map_err(|e| DaemonError::Io("create the memory directory", e))?;
+        private_dir(&cfg.mem_dir).map_err(|e| DaemonError::Io("create the memory directory", e))?;
         let ledger_dir = cfg.mem_dir.join(LEDGER_DIR);
-        std::fs::create_dir_all(&ledger_dir)
+        private_dir(&ledger_dir)
             .map_err(|e| DaemonError::Io("create the grant-ledger directory", e))?;
         let signal = if signals {
             Some(block_signals()?)
