@@ -14,7 +14,8 @@
 //! 4. with `PR_SET_NO_NEW_PRIVS`;
 //! 5. under a seccomp allow-list (`seccompiler`): any other syscall traps;
 //!    the trap handler writes `xen-jail: seccomp denied syscall N` to
-//!    stderr (the runtime's log) and the process dies of `SIGSYS`.
+//!    what stderr was when the jail was entered (the runtime's console or
+//!    log) and the process dies of `SIGSYS`.
 //!
 //! Credentials and capabilities are per thread in Linux: the calling thread
 //! changes its own and asks every other thread of the process to do the
@@ -42,6 +43,12 @@ pub const ENV_JAIL: &str = "XEN_JAIL";
 /// Test-only: after jailing, make one syscall outside the allow-list (the
 /// test that the filter kills the process).
 pub const ENV_JAIL_PROBE: &str = "XEN_JAIL_PROBE_DENIED";
+
+/// Debugging aid: with `1`, a syscall outside the allow-list is allowed
+/// and logged by the kernel (`SECCOMP_RET_LOG`: `audit: type=1326 ...
+/// syscall=N` in `dmesg`) instead of killing the process: how the
+/// allow-lists were completed over the end-to-end suites.
+pub const ENV_JAIL_AUDIT: &str = "XEN_JAIL_AUDIT";
 
 /// The host uid (and gid) of domain `domid`'s runtime.
 pub fn domain_uid(domid: u16) -> u32 {
@@ -121,6 +128,9 @@ pub struct Jail<'a> {
     pub keep: &'a [Cap],
     /// The syscalls allowed (`libc::SYS_*`), besides [`BASE_SYSCALLS`].
     pub syscalls: &'a [libc::c_long],
+    /// Where a denied syscall is reported (default: a copy of stderr taken
+    /// when the jail is entered).
+    pub report_fd: Option<std::os::fd::RawFd>,
     /// An empty directory to `chroot` into (after the other threads
     /// dropped their privileges, before the calling thread does).
     pub root: Option<&'a Path>,
@@ -149,6 +159,9 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 static FAILED_TID: AtomicI32 = AtomicI32::new(0);
 static FAILED_ERRNO: AtomicI32 = AtomicI32::new(0);
 static BUSY: AtomicU32 = AtomicU32::new(0);
+/// Where the trap handler reports a denied syscall: a copy of stderr taken
+/// when the jail was entered (a runtime may point fd 2 elsewhere later).
+static REPORT_FD: AtomicI32 = AtomicI32::new(2);
 
 /// The signal of the credential broadcast.
 fn broadcast_signal() -> libc::c_int {
@@ -161,7 +174,9 @@ fn gettid() -> libc::pid_t {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[repr(C)]
@@ -308,7 +323,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     // filter (BASE_SYSCALLS); the signal is delivered when the handler
     // returns and kills the process.
     unsafe {
-        libc::write(2, buf.as_ptr().cast(), n);
+        libc::write(REPORT_FD.load(Ordering::Relaxed), buf.as_ptr().cast(), n);
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
         libc::syscall(libc::SYS_tgkill, libc::getpid(), gettid(), libc::SIGSYS);
     }
@@ -355,17 +370,21 @@ fn last_cap() -> u32 {
 }
 
 /// Builds the BPF allow-list: `syscalls` and [`BASE_SYSCALLS`] allowed,
-/// anything else traps (`SIGSYS`).
+/// anything else traps (`SIGSYS`; logged only with [`ENV_JAIL_AUDIT`]).
 pub fn filter(syscalls: &[libc::c_long]) -> Result<BpfProgram, JailError> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = syscalls
         .iter()
         .chain(BASE_SYSCALLS)
         .map(|&s| (s, Vec::new()))
         .collect();
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| {
-        JailError::Seccomp(seccompiler::Error::Backend(e))
-    })?;
-    let f = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))?;
+    let mismatch = if std::env::var(ENV_JAIL_AUDIT).is_ok_and(|v| v == "1") {
+        SeccompAction::Log
+    } else {
+        SeccompAction::Trap
+    };
+    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
         .map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))?;
     BpfProgram::try_from(f).map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))
 }
@@ -404,6 +423,11 @@ impl Jail<'_> {
                 tid: gettid(),
                 errno: r,
             });
+        }
+        // SAFETY: fcntl duplicating an fd (if open) to a fresh fd.
+        let report = unsafe { libc::fcntl(self.report_fd.unwrap_or(2), libc::F_DUPFD_CLOEXEC, 3) };
+        if report >= 0 {
+            REPORT_FD.store(report, Ordering::Release);
         }
         install(
             libc::SIGSYS,
@@ -508,7 +532,11 @@ impl Confinement {
             };
             let v = v.trim();
             let hex = || u64::from_str_radix(v, 16).unwrap_or(u64::MAX);
-            let ids = || v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let ids = || {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            };
             match k {
                 "Uid" => c.uids = ids(),
                 "Gid" => c.gids = ids(),

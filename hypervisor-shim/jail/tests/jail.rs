@@ -71,6 +71,7 @@ fn test_jail_every_thread_gets_the_uid_kept_caps_nnp_and_seccomp() {
             gid: uid,
             keep: &keep,
             syscalls: CHILD_SYSCALLS,
+            report_fd: None,
             root: None,
         };
         if let Err(e) = j.enter() {
@@ -123,6 +124,7 @@ fn test_jail_denied_syscall_kills_with_sigsys() {
             gid: domain_uid(4001),
             keep: &[],
             syscalls: CHILD_SYSCALLS,
+            report_fd: None,
             root: None,
         };
         if j.enter().is_err() {
@@ -155,6 +157,7 @@ fn test_jail_uid_cannot_open_root_only_files_or_chroot_back() {
             gid: domain_uid(4002),
             keep: &[],
             syscalls: CHILD_SYSCALLS,
+            report_fd: None,
             root: None,
         };
         if j.enter().is_err() {
@@ -166,13 +169,18 @@ fn test_jail_uid_cannot_open_root_only_files_or_chroot_back() {
         }
     });
     assert!(libc::WIFEXITED(st), "child status {st:#x}");
-    assert_eq!(libc::WEXITSTATUS(st), 0, "a root-only file opened by the jailed uid");
+    assert_eq!(
+        libc::WEXITSTATUS(st),
+        0,
+        "a root-only file opened by the jailed uid"
+    );
     let st = in_child(|| {
         let j = Jail {
             uid: domain_uid(4003),
             gid: domain_uid(4003),
             keep: &[],
             syscalls: CHILD_SYSCALLS,
+            report_fd: None,
             root: Some(&root),
         };
         if j.enter().is_err() {

@@ -362,11 +362,47 @@ fn test_hostile_domain_uid_cannot_open_memory_files_or_connect() {
                 if denied(&source) => {}
             _ => return 3,
         }
+        // Its own domain socket: an attach as itself only.
+        let own = xen_shim_proto::domain_socket_dir(&socket, d.domid)
+            .join(xen_shim_proto::DOMAIN_SOCKET_NAME);
+        let theirs = xen_shim_proto::domain_socket_dir(&socket, other.domid)
+            .join(xen_shim_proto::DOMAIN_SOCKET_NAME);
+        match xen_shim_proto::client::Conn::connect(&theirs) {
+            Err(xen_shim_proto::protocol::ControlError::Connect { source, .. })
+                if denied(&source) => {}
+            _ => return 4,
+        }
+        let Ok(mut c) = xen_shim_proto::client::Conn::connect(&own) else {
+            return 5;
+        };
+        let refused = |r: Result<_, xen_shim_proto::protocol::ControlError>| matches!(r, Err(xen_shim_proto::protocol::ControlError::Remote(w)) if w.errno == libc::EPERM);
+        if !refused(c.call(&Request::HelloDom0, &[])) {
+            return 6;
+        }
+        let as_other = Request::AttachGuest {
+            domid: other.domid,
+            token: other.token.clone(),
+        };
+        if !refused(c.call(&as_other, &[])) {
+            return 7;
+        }
+        if !refused(c.call(&Request::ListDomains, &[])) {
+            return 8;
+        }
+        let as_self = Request::AttachGuest {
+            domid: d.domid,
+            token: d.token.clone(),
+        };
+        if c.call(&as_self, &[]).is_err() {
+            return 9;
+        }
         0
     });
     assert_eq!(
         code, 0,
-        "1: listed the memory directory, 2: opened a memory file, 3: connected"
+        "1: listed the memory directory, 2: opened a memory file, 3: connected to the control \
+         socket, 4: connected to another domain's socket, 5: could not connect to its own, \
+         6-8: Dom0, another domain or a Dom0 op allowed on it, 9: could not attach as itself"
     );
     ctl.ping().expect("the daemon is alive");
 }
