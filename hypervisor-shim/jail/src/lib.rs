@@ -136,10 +136,13 @@ pub struct Jail<'a> {
     pub root: Option<&'a Path>,
 }
 
-/// Syscalls every jailed process keeps: returning from signal handlers,
-/// exiting, and what the trap handler needs to report a denied call.
+/// Syscalls every jailed process keeps: returning from signal handlers
+/// (and resuming the calls they interrupted), exiting, and what the trap
+/// handler needs to report a denied call.
 pub const BASE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_rt_sigreturn,
+    // A sleep interrupted by the credential broadcast resumes with it.
+    libc::SYS_restart_syscall,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_write,

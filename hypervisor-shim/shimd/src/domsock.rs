@@ -5,7 +5,9 @@
 //! domain, so a jailed runtime, which cannot reach the root-only control
 //! socket, can reattach after a daemon restart and do nothing more. A
 //! failure to make it is logged: the domain runs, only a jailed runtime's
-//! reattach would fail.
+//! reattach would fail. The socket and its directory outlive the daemon
+//! (a jailed VMM's root is that directory: the next daemon binds the
+//! socket again in place) and go with the domain.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

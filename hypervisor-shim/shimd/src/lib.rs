@@ -649,10 +649,8 @@ impl Daemon {
         }
         self.write_state();
         let _ = std::fs::remove_file(&self.cfg.socket);
-        let socks: Vec<u16> = self.dom_listeners.keys().copied().collect();
-        for domid in socks {
-            self.close_domain_socket(domid);
-        }
+        // The domains' own sockets stay (the next daemon binds them again in
+        // place): a jailed VMM's root is its socket's directory.
         Ok(())
     }
 

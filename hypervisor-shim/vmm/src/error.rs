@@ -27,6 +27,10 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The jail could not be entered (the VMM does not run the guest
+    /// unjailed when it was asked for).
+    #[error("cannot jail the VMM")]
+    Jail(#[from] xen_jail::JailError),
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {

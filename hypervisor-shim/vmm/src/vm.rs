@@ -937,6 +937,10 @@ pub fn host_tsc_khz() -> u64 {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
     let (vmm, vcpus) = Vmm::new(hv, cfg)?;
+    if crate::jail::enter_if_requested(hv)? {
+        // In the VMM's log (its stderr), as the runtime's `pvguest jailed`.
+        eprintln!("xen-vmm: jailed uid={}", xen_jail::domain_uid(hv.domid()));
+    }
     vmm.run(vcpus)
 }
 
