@@ -87,7 +87,9 @@ pub const RUNTIME_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
+    // Reattaching through the domain's socket after a shim restart.
     libc::SYS_socket,
+    libc::SYS_connect,
     libc::SYS_bind,
     libc::SYS_getsockname,
     libc::SYS_setsockopt,

@@ -133,3 +133,44 @@ fn test_jail_denied_syscall_kills_the_runtime_with_sigsys() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn test_jail_runtime_reattaches_through_its_domain_socket_after_a_shim_restart() -> Result<()> {
+    let mut host = dom0("jail-restart-")?;
+    let name = format!("jrest{}", std::process::id());
+    host.create_guest(&name, &idle_cfg(&name))?;
+    let t0 = Instant::now();
+    while !host.guest_log(&name).contains("pvguest jailed") {
+        if t0.elapsed() > STEP {
+            bail!(
+                "the runtime never said it is jailed:\n{}",
+                host.guest_log(&name)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The jailed runtime cannot reach the root-only control socket: it
+    // reattaches through its domain's own socket.
+    host.restart_shim()?;
+    let t0 = Instant::now();
+    while !host.guest_log(&name).contains("pvguest reattached") {
+        if t0.elapsed() > STEP {
+            bail!(
+                "no reattach:\n{}\n{}",
+                host.guest_log(&name),
+                runtime_log(&host, &name)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new daemon drives it: xl shutdown reaches it and it reports back.
+    host.xl_ok(&["shutdown", "-w", &name])?;
+    host.untrack_guest(&name);
+    assert!(
+        host.guest_log(&name)
+            .contains("pvguest shutdown reason=poweroff"),
+        "{}",
+        host.guest_log(&name)
+    );
+    Ok(())
+}
