@@ -151,10 +151,16 @@ pub fn after_setup(out: &mut dyn Write) {
         eprintln!("xen-pvguest: cannot jail a runtime that has not attached");
         std::process::exit(3);
     };
+    let t0 = std::time::Instant::now();
     match enter(domid) {
         Ok(()) => {
             let uid = xen_jail::domain_uid(domid);
-            let _ = emit(out, "pvguest jailed", &[("uid", uid.to_string())]);
+            let us = t0.elapsed().as_micros();
+            let _ = emit(
+                out,
+                "pvguest jailed",
+                &[("uid", uid.to_string()), ("us", us.to_string())],
+            );
             let _ = out.flush();
         }
         Err(e) => {
