@@ -12,7 +12,8 @@
 //!    permitted = bounding set = the kept list; inheritable and ambient
 //!    empty; [`Cap`]);
 //! 4. with `PR_SET_NO_NEW_PRIVS`;
-//! 5. under a seccomp allow-list (`seccompiler`): any other syscall traps;
+//! 5. under a seccomp allow-list (`seccompiler`; `clone` for threads only,
+//!    `clone3` answered `ENOSYS`): any other syscall traps;
 //!    the trap handler writes `xen-jail: seccomp denied syscall N` to
 //!    what stderr was when the jail was entered (the runtime's console or
 //!    log) and the process dies of `SIGSYS`.
@@ -375,21 +376,55 @@ fn last_cap() -> u32 {
 /// Builds the BPF allow-list: `syscalls` and [`BASE_SYSCALLS`] allowed,
 /// anything else traps (`SIGSYS`; logged only with [`ENV_JAIL_AUDIT`]).
 pub fn filter(syscalls: &[libc::c_long]) -> Result<BpfProgram, JailError> {
+    let be = |e| JailError::Seccomp(seccompiler::Error::Backend(e));
+    // `clone` makes threads only (a jailed process starts no process and
+    // no namespace); `clone3`'s flags are behind a pointer: the second
+    // filter ([`no_clone3`]) makes it ENOSYS, and glibc falls back to
+    // `clone`.
+    let thread_only = seccompiler::SeccompRule::new(vec![seccompiler::SeccompCondition::new(
+        0,
+        seccompiler::SeccompCmpArgLen::Qword,
+        seccompiler::SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        libc::CLONE_THREAD as u64,
+    )
+    .map_err(be)?])
+    .map_err(be)?;
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = syscalls
         .iter()
         .chain(BASE_SYSCALLS)
-        .map(|&s| (s, Vec::new()))
+        .map(|&s| {
+            let rules = if s == libc::SYS_clone {
+                vec![thread_only.clone()]
+            } else {
+                Vec::new()
+            };
+            (s, rules)
+        })
         .collect();
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(be)?;
     let mismatch = if std::env::var(ENV_JAIL_AUDIT).is_ok_and(|v| v == "1") {
         SeccompAction::Log
     } else {
         SeccompAction::Trap
     };
-    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
-        .map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))?;
-    BpfProgram::try_from(f).map_err(|e| JailError::Seccomp(seccompiler::Error::Backend(e)))
+    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(be)?;
+    BpfProgram::try_from(f).map_err(be)
+}
+
+/// The second filter: `clone3` fails with `ENOSYS` (see [`filter`]).
+pub fn no_clone3() -> Result<BpfProgram, JailError> {
+    let be = |e| JailError::Seccomp(seccompiler::Error::Backend(e));
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(be)?;
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(be)?;
+    BpfProgram::try_from(f).map_err(be)
 }
 
 impl Jail<'_> {
@@ -401,6 +436,7 @@ impl Jail<'_> {
             return Err(JailError::Busy);
         }
         let prog = filter(self.syscalls)?;
+        let clone3 = no_clone3()?;
         PLAN_UID.store(self.uid, Ordering::Release);
         PLAN_GID.store(self.gid, Ordering::Release);
         PLAN_KEEP.store(
@@ -438,6 +474,9 @@ impl Jail<'_> {
                 as usize,
             true,
         )?;
+        // clone3's filter first: installing one makes a prctl the
+        // allow-list need not have.
+        seccompiler::apply_filter_all_threads(&clone3).map_err(JailError::Seccomp)?;
         seccompiler::apply_filter_all_threads(&prog).map_err(JailError::Seccomp)?;
         if std::env::var(ENV_JAIL_PROBE).is_ok_and(|v| v == "1") {
             // A syscall no filter allows: the process dies of SIGSYS here.

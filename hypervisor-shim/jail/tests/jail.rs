@@ -31,6 +31,13 @@ const CHILD_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_sched_yield,
     libc::SYS_sigaltstack,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_mprotect,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+    libc::SYS_getrandom,
+    libc::SYS_sched_getaffinity,
 ];
 
 /// Forks; the child runs `f` and exits with its code. Returns the wait
@@ -195,4 +202,36 @@ fn test_jail_uid_cannot_open_root_only_files_or_chroot_back() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(libc::WIFEXITED(st), "child status {st:#x}");
     assert_eq!(libc::WEXITSTATUS(st), 0, "the chroot did not hide the host");
+}
+
+#[test]
+fn test_jail_threads_start_but_a_fork_kills_with_sigsys() {
+    require_root();
+    let st = in_child(|| {
+        let j = Jail {
+            uid: domain_uid(4004),
+            gid: domain_uid(4004),
+            keep: &[],
+            syscalls: CHILD_SYSCALLS,
+            report_fd: None,
+            root: None,
+        };
+        if j.enter().is_err() {
+            return 2;
+        }
+        // A thread after jailing (clone3 is ENOSYS, glibc falls back to
+        // clone with CLONE_THREAD).
+        if std::thread::spawn(|| 7).join().ok() != Some(7) {
+            return 3;
+        }
+        // A new process is not: clone without CLONE_THREAD traps.
+        // SAFETY: fork; the filter kills the process before it returns.
+        unsafe { libc::fork() };
+        4
+    });
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS,
+        "a fork must die of SIGSYS, a thread must start: status {st:#x} (exit {})",
+        libc::WEXITSTATUS(st)
+    );
 }
