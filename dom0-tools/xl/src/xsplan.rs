@@ -7,7 +7,8 @@
 //!   vm, name, domid, memory/{static-max,target}, store/{port,ring-ref},
 //!   console/{port,ring-ref}, cpu/<i>/availability
 //!   cpu, memory, device, control  owner 0, N may read (roperm)
-//!   control/shutdown, control/feature-{poweroff,reboot}, data, drivers,
+//!   control/shutdown, control/feature-{poweroff,reboot,suspend},
+//!   control/sysrq, data, drivers,
 //!   feature, attr, error  owner N
 //!   device/vbd/<devid>       owner N, backend domain may read
 //!     backend, backend-id, state=1, virtual-device, device-type, trusted
@@ -107,6 +108,10 @@ pub fn domain_ops(p: &DomainPlan) -> Vec<XsOp> {
         "control/shutdown",
         "control/feature-poweroff",
         "control/feature-reboot",
+        // As libxl: the guest advertises suspend (PVHVM kernel) there,
+        // and sysrq requests go there.
+        "control/feature-suspend",
+        "control/sysrq",
         "data",
         "drivers",
         "feature",

@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{connected, pump, run_until, FakeBack, Offer, Rng};
-use xen_blkfront::{BlkFront, BlkStatus, BlkfrontConfig, Completion, FrontState, RequestTag};
+use common::{check_exactly_once, connected, pump, run_until, FakeBack, Offer, Rng};
+use xen_blkfront::{BlkFront, BlkfrontConfig, FrontState, RequestTag};
 use xen_front_platform::fake::FakePlatform;
 
 fn platform() -> FakePlatform {
@@ -31,20 +31,6 @@ fn submit_writes(
         tags.insert(front.submit_write(sector, &data).expect("write"), sector);
     }
     tags
-}
-
-fn check_exactly_once(done: &[Completion], tags: &HashMap<RequestTag, u64>) {
-    let mut seen = HashMap::new();
-    for c in done {
-        assert_eq!(c.status, BlkStatus::Okay, "{c:?}");
-        assert!(tags.contains_key(&c.tag), "unknown tag {:?}", c.tag);
-        assert!(
-            seen.insert(c.tag, ()).is_none(),
-            "tag {:?} completed twice",
-            c.tag
-        );
-    }
-    assert_eq!(seen.len(), tags.len(), "every request completed");
 }
 
 /// Backend: dies, then a new instance probes and connects.

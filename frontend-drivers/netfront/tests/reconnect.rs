@@ -9,37 +9,8 @@
 mod common;
 
 use common::*;
-use xen_abi::io::netif::*;
 use xen_front_platform::fake::FakePlatform;
 use xen_netfront::{FrontState, NetfrontError, PacketMeta};
-use zerocopy::FromBytes;
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(5) ^ seed).collect()
-}
-
-/// One frame each way over the connected rings of `b`.
-fn exchange(f: &mut xen_netfront::NetFront<'_, FakePlatform>, b: &mut FakeBack<'_>, seed: u8) {
-    let out = frame(1000, seed);
-    assert!(f
-        .transmit(0, &out, PacketMeta::default())
-        .expect("transmit"));
-    f.push_tx(0).expect("push");
-    let slots = b.tx_requests();
-    assert_eq!(slots.len(), 1, "one tx request");
-    let req = netif_tx_request::read_from_prefix(&slots[0])
-        .expect("req")
-        .0;
-    assert_eq!(b.tx_data(&req, 1000), out, "the frame reaches the backend");
-    b.tx_respond(req.id, NETIF_RSP_OKAY);
-    assert_eq!(f.reap_tx(0).expect("reap"), 1);
-    let inc = frame(1500, seed ^ 0xff);
-    b.rx_deliver(&inc, 0);
-    let mut buf = vec![0u8; xen_netfront::MAX_FRAME];
-    let (n, _) = f.receive(0, &mut buf).expect("receive").expect("a frame");
-    assert_eq!(&buf[..n], &inc[..], "the frame reaches the frontend");
-    f.push_rx(0).expect("repost");
-}
 
 #[test]
 fn test_netfront_backend_restart_reoffers_fresh_rings_and_frames_flow_again() {

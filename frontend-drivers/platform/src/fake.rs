@@ -245,6 +245,32 @@ impl FakePlatform {
         }
     }
 
+    /// The guest now runs in a new domain (Xen's restore after a suspend):
+    /// what Xen does not carry over is gone (every grant entry cleared and
+    /// the old backend's mappings of them with it, every port closed, the
+    /// xenstore watches and queued events dropped); the guest's pages and
+    /// the xenstore nodes stay (the test writes the new domain's device
+    /// nodes as the toolstack would). Mappings the test still holds
+    /// ([`FakeMapping`]) must not be used afterwards.
+    pub fn new_domain(&self) {
+        let mut st = self.state.borrow_mut();
+        for e in st.grants.iter_mut() {
+            *e = Entry::default();
+        }
+        for p in st.ports.iter_mut() {
+            *p = Port {
+                state: PortState::Free,
+                pending: false,
+                masked: false,
+                sent: 0,
+            };
+        }
+        st.upcall_pending = false;
+        st.watches.clear();
+        st.watch_queue.clear();
+        st.txs.clear();
+    }
+
     /// Resolves a relative path and validates it (`EINVAL`).
     fn resolve(&self, path: &str, watch: bool) -> Result<String, PlatformError> {
         if watch && path.starts_with('@') {

@@ -330,6 +330,11 @@ impl EventHub {
                 ControlEvent::Disconnected => {
                     st.disconnected = true;
                 }
+                // A PV process guest never suspends (it does not advertise
+                // control/feature-suspend): nothing to resume.
+                ControlEvent::Resumed => {
+                    tracing::debug!("resume of a domain that did not suspend ignored");
+                }
             }
         }
         true

@@ -126,6 +126,26 @@ pub fn shutdown(reason: u32) -> ! {
     }
 }
 
+/// `SCHEDOP_shutdown(SHUTDOWN_suspend)` (Linux's `HYPERVISOR_suspend`;
+/// an HVM guest passes no start_info frame): returns 1 when the suspend
+/// was cancelled (same domain), 0 in a new domain, negative if refused.
+pub fn suspend() -> i64 {
+    let mut op = sched_shutdown {
+        reason: xen_abi::xen::SHUTDOWN_suspend,
+    };
+    // SAFETY: `op` is live and identity-mapped.
+    unsafe {
+        hypercall(
+            __HYPERVISOR_sched_op,
+            u64::from(SCHEDOP_shutdown),
+            &mut op as *mut sched_shutdown as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
 /// `CONSOLEIO_write`: the bytes go to the domain's console log.
 pub fn console_write(b: &[u8]) {
     // SAFETY: `b` is live and identity-mapped; the VMM only reads it.

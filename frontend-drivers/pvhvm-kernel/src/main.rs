@@ -13,6 +13,7 @@ extern crate alloc;
 
 mod arch;
 mod console;
+mod control;
 mod global;
 mod hypercall;
 mod net;

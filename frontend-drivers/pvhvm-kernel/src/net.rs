@@ -510,11 +510,12 @@ fn now(p: &KPlatform) -> Instant {
     Instant::from_micros((p.monotonic_ns() / 1000) as i64)
 }
 
-/// The `netserve` workload; runs until the domain is destroyed (or the
+/// The `netserve` workload; runs until the toolstack shuts the domain down
+/// (`control/shutdown`: returns the reason) or destroys it (or the
 /// device fails: then the domain crashes).
 pub fn netserve(p: &KPlatform, words: &[&str]) -> Option<u32> {
     match netserve_inner(p, words) {
-        Ok(()) => None,
+        Ok(reason) => Some(reason),
         Err(why) => {
             println!("netserve: FAIL: {why}");
             Some(SHUTDOWN_crash)
@@ -522,7 +523,7 @@ pub fn netserve(p: &KPlatform, words: &[&str]) -> Option<u32> {
     }
 }
 
-fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
+fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let args = parse_args(words)?;
     let devid = match args.devid {
         Some(d) => d,
@@ -583,6 +584,9 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
             let read = t >= next_read;
             if read {
                 next_read = t + LINK_READ_MS;
+            }
+            if let Some(reason) = crate::control::poll(p) {
+                return Ok(reason);
             }
             follow_link(p, &mut dev, read)?;
             if !dev.nf.is_connected() {

@@ -16,7 +16,7 @@
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
@@ -189,6 +189,8 @@ pub struct KPlatform {
     pages: RefCell<PageAllocator>,
     grants: RefCell<Grants>,
     xs: RefCell<XenbusClient<StoreEvents>>,
+    /// The control watch fired (seen by `xs_read_watch`).
+    control_fired: Cell<bool>,
 }
 
 impl core::fmt::Debug for KPlatform {
@@ -269,6 +271,7 @@ impl KPlatform {
                 frames,
             }),
             xs: RefCell::new(xs),
+            control_fired: Cell::new(false),
         };
         let id = xen_front_platform::xs_read_u64(&p, xen_front_platform::XBT_NIL, "domid")?;
         p.domid = domid_t::try_from(id).map_err(|_| PlatformError::Xenstore { errno: 22 })?;
@@ -290,6 +293,15 @@ impl KPlatform {
     /// The store port.
     pub fn store_port(&self) -> evtchn_port_t {
         self.store.1
+    }
+
+    /// Whether the control watch ([`crate::control::TOKEN`]) fired since
+    /// the last call: its queued events are taken out of the watch queue
+    /// (the devices' events stay, in order), and those a device's
+    /// [`Platform::xs_read_watch`] met first count too.
+    pub fn take_control_events(&self) -> Result<bool, PlatformError> {
+        let n = self.with_xs(|c| c.take_watch_events(crate::control::TOKEN))?;
+        Ok(self.control_fired.replace(false) || n > 0)
     }
 
     /// Runs `f` on the xenstore client.
@@ -529,12 +541,24 @@ unsafe impl Platform for KPlatform {
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
-        self.with_xs(|c| c.read_watch(timeout)).map(|e| {
-            e.map(|w| XsWatchEvent {
+        let deadline = timeout.map(|t| self.clock.now_ns().saturating_add(t.as_nanos() as u64));
+        loop {
+            let left =
+                deadline.map(|d| Duration::from_nanos(d.saturating_sub(self.clock.now_ns())));
+            let Some(w) = self.with_xs(|c| c.read_watch(left))? else {
+                return Ok(None);
+            };
+            // The control watch's events are the control module's, never a
+            // device's (see `take_control_events`).
+            if w.token == crate::control::TOKEN {
+                self.control_fired.set(true);
+                continue;
+            }
+            return Ok(Some(XsWatchEvent {
                 path: w.path,
                 token: w.token,
-            })
-        })
+            }));
+        }
     }
 
     fn xs_transaction_start(&self) -> Result<XsTransaction, PlatformError> {

@@ -77,7 +77,8 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                 }
             };
             println!("pvhvm-kernel: domain {} on xenstore", p.domid());
-            match cmd {
+            crate::control::init(&p);
+            let reason = match cmd {
                 "selftest" => selftest(&p, &words[1..]),
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
@@ -95,6 +96,13 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                     println!("pvhvm-kernel: unknown workload \"{other}\"");
                     Some(SHUTDOWN_crash)
                 }
+            };
+            // `stay`: the domain stays up after the workload, until the
+            // toolstack shuts it down (a request that ended the workload
+            // is its reason already).
+            match reason {
+                None if words.contains(&"stay") => Some(crate::control::wait(&p)),
+                r => r,
             }
         }
     }
@@ -197,28 +205,66 @@ fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
     }
 }
 
+/// `selftest [seed=N] [rounds=N]`: `rounds` (default 1) self-tests one
+/// after the other on the same connection, seeds `seed`, `seed + 1`...;
+/// a shutdown request ends the run between two I/Os.
 fn selftest(p: &KPlatform, words: &[&str]) -> Option<u32> {
-    let seed = arg(words, "seed").and_then(|s| s.parse().ok());
-    match selftest_inner(p, seed) {
-        Ok(summary) => {
-            println!("disk self-test: PASS ({summary})");
-            None
-        }
+    let seed: Option<u64> = arg(words, "seed").and_then(|s| s.parse().ok());
+    let rounds: u64 = arg(words, "rounds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut dev = match connect(p) {
+        Ok(d) => d,
         Err(why) => {
             println!("disk self-test: FAIL: {why}");
-            None
+            return None;
         }
+    };
+    for round in 0..rounds {
+        let seed = seed.map(|s| s.wrapping_add(round));
+        match selftest_inner(p, &mut dev, seed) {
+            Ok(summary) => println!("disk self-test: PASS ({summary})"),
+            Err(SelftestEnd::Stop(reason)) => return Some(reason),
+            Err(SelftestEnd::Fail(why)) => {
+                println!("disk self-test: FAIL: {why}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Why a self-test ended early.
+enum SelftestEnd {
+    /// It failed (the text says why).
+    Fail(String),
+    /// The toolstack asked for a shutdown with this reason.
+    Stop(u32),
+}
+
+impl From<String> for SelftestEnd {
+    fn from(s: String) -> Self {
+        Self::Fail(s)
+    }
+}
+
+impl From<&str> for SelftestEnd {
+    fn from(s: &str) -> Self {
+        Self::Fail(String::from(s))
     }
 }
 
 /// Spots of the self-test: `(byte offset, length)`, 64 spread over the
 /// disk (first and last included), lengths from one sector to 128 KiB.
 /// The data at each is [`pattern`] with the seed.
-fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
-    let mut dev = connect(p)?;
+fn selftest_inner(
+    p: &KPlatform,
+    dev: &mut BlkFront<'_, KPlatform>,
+    seed: Option<u64>,
+) -> Result<String, SelftestEnd> {
     let disk = *dev.disk().ok_or("no disk info")?;
     if disk.read_only() {
-        return Err(String::from("the disk is read-only"));
+        return Err("the disk is read-only".into());
     }
     let size = disk.size_bytes();
     let ss = u64::from(disk.sector_size);
@@ -237,10 +283,14 @@ fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
     }
     let seed = seed.unwrap_or_else(|| p.monotonic_ns());
     let t0 = p.monotonic_ns();
+    // Between two I/Os: the toolstack's requests (a suspend is carried out
+    // here, with the writes before it in flight).
+    let control = || crate::control::poll(p).map_or(Ok(()), |r| Err(SelftestEnd::Stop(r)));
     let mut tags = Vec::new();
     let mut done = Done::new();
     let mut bytes = 0u64;
     for &(off, len) in &ios {
+        control()?;
         let mut buf = alloc::vec![0u8; len];
         pattern(&mut buf, off, seed);
         loop {
@@ -250,34 +300,35 @@ fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
                     break;
                 }
                 Err(xen_blkfront::BlkfrontError::Busy) if !tags.is_empty() => {
-                    let (st, _) = wait_for(&mut dev, &mut done, tags.remove(0))?;
+                    let (st, _) = wait_for(dev, &mut done, tags.remove(0))?;
                     if st != BlkStatus::Okay {
-                        return Err(format!("a write failed: {st:?}"));
+                        return Err(format!("a write failed: {st:?}").into());
                     }
                 }
-                Err(e) => return Err(format!("write at {off}: {e}")),
+                Err(e) => return Err(format!("write at {off}: {e}").into()),
             }
         }
         bytes += len as u64;
     }
     for t in tags.drain(..) {
-        let (st, _) = wait_for(&mut dev, &mut done, t)?;
+        let (st, _) = wait_for(dev, &mut done, t)?;
         if st != BlkStatus::Okay {
-            return Err(format!("a write failed: {st:?}"));
+            return Err(format!("a write failed: {st:?}").into());
         }
     }
     let ft = dev.flush().map_err(|e| format!("flush: {e}"))?;
-    let (st, _) = wait_for(&mut dev, &mut done, ft)?;
+    let (st, _) = wait_for(dev, &mut done, ft)?;
     if st != BlkStatus::Okay {
-        return Err(format!("flush failed: {st:?}"));
+        return Err(format!("flush failed: {st:?}").into());
     }
     for &(off, len) in &ios {
+        control()?;
         let t = dev
             .submit_read(off / 512, len)
             .map_err(|e| format!("read at {off}: {e}"))?;
-        let (st, data) = wait_for(&mut dev, &mut done, t)?;
+        let (st, data) = wait_for(dev, &mut done, t)?;
         if st != BlkStatus::Okay {
-            return Err(format!("read at {off} failed: {st:?}"));
+            return Err(format!("read at {off} failed: {st:?}").into());
         }
         let mut want = alloc::vec![0u8; len];
         pattern(&mut want, off, seed);
@@ -290,7 +341,8 @@ fn selftest_inner(p: &KPlatform, seed: Option<u64>) -> Result<String, String> {
             return Err(format!(
                 "data mismatch at byte {} of the {len}-byte read at {off}",
                 at
-            ));
+            )
+            .into());
         }
         dev.give_back_buffer(data);
     }
@@ -323,7 +375,7 @@ impl XorShift {
 
 fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
     match blkload_inner(p, words) {
-        Ok(()) => None,
+        Ok(stop) => stop,
         Err(why) => {
             println!("blkload: FAIL: {why}");
             Some(SHUTDOWN_crash)
@@ -336,7 +388,7 @@ fn blkload(p: &KPlatform, words: &[&str]) -> Option<u32> {
 /// line per pattern in the PV guest's `blkload` format (plus
 /// `"guest":"pvhvm"`). An I/O larger than one request is split into
 /// several and completes when all of them have (as the PV guest's).
-fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
+fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<Option<u32>, String> {
     let num = |k: &str, d: u64| -> Result<u64, String> {
         match arg(words, k) {
             Some(v) => v.parse().map_err(|_| format!("bad {k}={v}")),
@@ -356,6 +408,9 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
     let mut dev = connect(p)?;
     let disk = *dev.disk().ok_or("no disk info")?;
     let ss = disk.sector_size as usize;
+    // A shutdown request (control/shutdown) ends the run: the I/Os in
+    // flight complete, the pattern's line is printed.
+    let mut stop = None;
     if !bs.is_multiple_of(ss) {
         return Err(format!("bs {bs} is not a multiple of the sector size {ss}"));
     }
@@ -393,7 +448,10 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
         let mut ios = 0u64;
         let mut inflight = 0usize;
         loop {
-            let submitting = p.monotonic_ns() < end;
+            if stop.is_none() {
+                stop = crate::control::poll(p);
+            }
+            let submitting = stop.is_none() && p.monotonic_ns() < end;
             'submit: loop {
                 let (si, off, first) = match partial.take() {
                     Some(x) => x,
@@ -503,8 +561,11 @@ fn blkload_inner(p: &KPlatform, words: &[&str]) -> Result<(), String> {
             q(99),
             dev.max_request_bytes()
         );
+        if stop.is_some() {
+            break;
+        }
     }
-    Ok(())
+    Ok(stop)
 }
 
 /// The hostile guest: connects its disk, then scribbles garbage over its

@@ -635,6 +635,18 @@ impl<E: XenbusEvents> XenbusClient<E> {
         }
     }
 
+    /// Removes the queued watch events of `token`, after reading what
+    /// arrived (never waits); returns how many there were. The others stay
+    /// queued in order: a single-threaded guest can look for one watch
+    /// (its `control/shutdown`) between the reads of its devices' events.
+    pub fn take_watch_events(&mut self, token: &str) -> Result<usize, XenbusError> {
+        self.ensure_connected()?;
+        self.pump()?;
+        let before = self.queue.len();
+        self.queue.retain(|ev| ev.token != token);
+        Ok(before - self.queue.len())
+    }
+
     /// Watch events queued.
     #[must_use]
     pub fn queued_events(&self) -> usize {
@@ -997,6 +1009,24 @@ mod tests {
             })
         );
         assert_eq!(c.read_watch(Some(Duration::from_millis(50))), Ok(None));
+    }
+
+    #[test]
+    fn test_client_take_watch_events_removes_only_its_tokens_events() {
+        let (_s, mut c) = client();
+        c.watch("dev", "dev-tok").expect("watch");
+        c.watch("control", "ctl-tok").expect("watch");
+        // Both first events (Xen fires a watch once when it is set), then
+        // one more of each.
+        c.write(0, "dev/vif", b"1").expect("write");
+        c.write(0, "control/shutdown", b"poweroff").expect("write");
+        assert_eq!(c.take_watch_events("ctl-tok"), Ok(2));
+        assert_eq!(c.take_watch_events("ctl-tok"), Ok(0));
+        let mut left = Vec::new();
+        while let Some(ev) = c.try_read_watch().expect("no error") {
+            left.push(ev.token);
+        }
+        assert_eq!(left, ["dev-tok", "dev-tok"]);
     }
 
     #[test]

@@ -142,6 +142,14 @@ impl Control {
         self.call_ok(&Request::UnpauseDomain { domid })
     }
 
+    /// Resumes a suspended domain in place (Xen's `xc_domain_resume`, a
+    /// cancelled suspend: the guest's suspend hypercall returns 1 and it
+    /// continues with its connections). `EINVAL` unless the domain is
+    /// shut down with reason suspend.
+    pub fn resume_domain(&self, domid: u16) -> Result<(), ControlError> {
+        self.call_ok(&Request::ResumeDomain { domid })
+    }
+
     /// Shuts a domain down with `reason`: recorded, sent to the runtime as a
     /// control event, `VIRQ_DOM_EXC` fired.
     pub fn shutdown_domain(&self, domid: u16, reason: ShutdownReason) -> Result<(), ControlError> {

@@ -399,6 +399,14 @@ pub enum Request {
         /// The operations, as `gnttab_copy` bytes in hex per op.
         ops: Vec<CopyOp>,
     },
+    /// Xen's `XEN_DOMCTL_resumedomain` (libxc's `xc_domain_resume`, fast:
+    /// a cancelled suspend): a domain shut down with reason `suspend`
+    /// runs again in place; its runtime gets [`ControlEvent::Resumed`]
+    /// (the guest's `SCHEDOP_shutdown(SHUTDOWN_suspend)` returns 1).
+    ResumeDomain {
+        /// Domain.
+        domid: u16,
+    },
 }
 
 /// One port handed back in a [`Request::ReattachPorts`].
@@ -526,6 +534,9 @@ pub enum ControlEvent {
     /// connection ended (daemon restart); the data plane keeps working, call
     /// `reattach` when the daemon is back.
     Disconnected,
+    /// The toolstack resumed this suspended domain in place
+    /// ([`Request::ResumeDomain`]: a cancelled suspend, a checkpoint).
+    Resumed,
 }
 
 /// One packet from the daemon.

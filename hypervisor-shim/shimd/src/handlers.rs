@@ -137,6 +137,7 @@ impl Daemon {
             Request::PauseDomain { domid } if dom0 => self.pause(domid, true),
             Request::UnpauseDomain { domid } if dom0 => self.pause(domid, false),
             Request::ShutdownDomain { domid, reason } if dom0 => self.shutdown(domid, reason, true),
+            Request::ResumeDomain { domid } if dom0 => self.resume(domid),
             Request::ListDomains if dom0 => ok(Reply::Domains {
                 domains: self.domains.values().map(Domain::info).collect(),
             }),
@@ -472,6 +473,31 @@ impl Daemon {
         {
             let sig = if pause { libc::SIGSTOP } else { libc::SIGCONT };
             let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(p), sig);
+        }
+        self.fire_dom_exc();
+        self.save_state();
+        ok(Reply::Ok)
+    }
+
+    /// `XEN_DOMCTL_resumedomain`: a suspended domain runs again in place;
+    /// its runtime learns it (the guest's suspend hypercall returns 1).
+    fn resume(&mut self, domid: u16) -> Out {
+        if domid == 0 {
+            return Err(errno(libc::EPERM, "Dom0 is never suspended"));
+        }
+        let d = self.dom_mut(domid)?;
+        if d.state
+            != (DomainState::Shutdown {
+                reason: ShutdownReason::Suspend,
+            })
+        {
+            return Err(errno(libc::EINVAL, "the domain is not suspended"));
+        }
+        d.state = DomainState::Running;
+        let conn = d.attached;
+        tracing::info!(domid, "suspended domain resumed");
+        if let Some(c) = conn {
+            self.notify(c, ControlEvent::Resumed);
         }
         self.fire_dom_exc();
         self.save_state();

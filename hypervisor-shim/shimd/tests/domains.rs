@@ -142,3 +142,43 @@ fn test_domain_create_validates_and_never_reuses_domids() {
     assert!(ctl.destroy_domain(0).is_err(), "Dom0 stays");
     assert!(ctl.destroy_domain(77).is_err(), "no such domain");
 }
+
+/// Xen's suspend and `XEN_DOMCTL_resumedomain`: a guest's
+/// `SCHEDOP_shutdown(SHUTDOWN_suspend)` leaves its domain shut down with
+/// reason suspend (`xl list`'s `s`); `resume_domain` runs it again in
+/// place and tells its runtime (`resumed`); resuming a domain that is not
+/// suspended (running, or shut down for another reason) is `EINVAL`.
+#[test]
+fn test_domain_suspend_then_resume_runs_it_again_in_place() {
+    let shimd = Shimd::start();
+    let ctl = shimd.control();
+    let d = shimd.create(&ctl, "suspend-resume", 4);
+    let mut peer = Peer::spawn(&shimd.socket, &d);
+    let info = |domid| ctl.domain_info(domid).expect("info");
+    assert!(ctl.resume_domain(d.domid).is_err(), "a running domain");
+
+    peer.ok(&format!("shutdown {}", xen_abi::xen::SHUTDOWN_suspend));
+    let i = info(d.domid);
+    assert_eq!(
+        i.state,
+        DomainState::Shutdown {
+            reason: ShutdownReason::Suspend
+        }
+    );
+    assert_eq!(i.flags.chars().nth(3), Some('s'), "{}", i.flags);
+
+    ctl.resume_domain(d.domid).expect("resume");
+    assert_eq!(info(d.domid).state, DomainState::Running);
+    assert!(wait_until(Duration::from_secs(5), || peer
+        .ok("events")
+        .contains("resumed")));
+    assert!(ctl.resume_domain(d.domid).is_err(), "resumed twice");
+
+    // Another shutdown reason is not a suspend: no resume.
+    peer.ok(&format!("shutdown {}", xen_abi::xen::SHUTDOWN_poweroff));
+    let e = ctl
+        .resume_domain(d.domid)
+        .expect_err("a powered-off domain");
+    assert!(e.to_string().contains("not suspended"), "{e}");
+    ctl.destroy_domain(d.domid).expect("destroy");
+}

@@ -31,6 +31,10 @@ pub enum VmmError {
     /// unjailed when it was asked for).
     #[error("cannot jail the VMM")]
     Jail(#[from] xen_jail::JailError),
+    /// [`crate::Vmm::resume`] of a guest that is not suspended (or whose
+    /// resume was already decided).
+    #[error("the guest is not suspended")]
+    NotSuspended,
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {

@@ -5,8 +5,9 @@
 //! a condition variable that the thread signals after each delivery. A
 //! shutdown request from the toolstack (the shim already marked the domain
 //! shut down) ends the thread with that reason, handed to the main thread,
-//! which ends the VMM process; when the shim daemon restarts, the thread
-//! reattaches the domain to the new one.
+//! which ends the VMM process; the toolstack's resume of a suspended domain
+//! is handed to the suspended vCPU ([`EventLoop::take_resumed`]); when the
+//! shim daemon restarts, the thread reattaches the domain to the new one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,6 +31,9 @@ pub struct EventLoop {
     /// Set when the domain is being stopped: vCPUs blocked in
     /// `SCHEDOP_poll` / `SCHEDOP_block` return.
     interrupted: AtomicBool,
+    /// The toolstack resumed the suspended domain in place
+    /// (`ControlEvent::Resumed`), not yet taken by the suspended vCPU.
+    resumed: AtomicBool,
 }
 
 impl EventLoop {
@@ -41,7 +45,14 @@ impl EventLoop {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            resumed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the toolstack resumed the suspended domain in place since
+    /// the last call (Xen's `XEN_DOMCTL_resumedomain`, via the shim).
+    pub fn take_resumed(&self) -> bool {
+        self.resumed.swap(false, Ordering::SeqCst)
     }
 
     /// Starts the event thread; when the toolstack shuts the domain down,
@@ -87,6 +98,10 @@ impl EventLoop {
                     for ev in self.hv.take_control_events() {
                         if let ControlEvent::Disconnected = ev {
                             self.reattach();
+                            continue;
+                        }
+                        if let ControlEvent::Resumed = ev {
+                            self.resumed.store(true, Ordering::SeqCst);
                             continue;
                         }
                         if let ControlEvent::Shutdown { reason } = ev {

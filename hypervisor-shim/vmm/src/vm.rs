@@ -24,7 +24,7 @@ use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
     __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog, shared_info, vcpu_info,
     vcpu_time_info, xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown,
-    SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash, SHUTDOWN_watchdog,
+    SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash, SHUTDOWN_suspend, SHUTDOWN_watchdog,
 };
 use xen_shim_guest::Hypervisor;
 
@@ -123,6 +123,47 @@ struct ApSlot {
     cv: std::sync::Condvar,
 }
 
+/// Where the domain's suspend stands (`SCHEDOP_shutdown(SHUTDOWN_suspend)`).
+#[derive(Debug, Default)]
+struct SuspendState {
+    /// A vCPU is suspending the domain: the others park.
+    suspending: bool,
+    /// Every vCPU is parked and the shim has the domain shut down with
+    /// reason suspend (what [`Vmm::await_suspended`] waits for).
+    suspended: bool,
+    /// vCPUs parked (not counting the one that suspends).
+    parked: usize,
+    /// The suspend hypercall's return value, once decided ([`Vmm::resume`]).
+    resume: Option<i64>,
+}
+
+/// The suspend state and its condition variable.
+#[derive(Debug, Default)]
+struct Suspend {
+    st: Mutex<SuspendState>,
+    cv: std::sync::Condvar,
+}
+
+impl Suspend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SuspendState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(
+        &self,
+        g: std::sync::MutexGuard<'a, SuspendState>,
+        t: Duration,
+    ) -> std::sync::MutexGuard<'a, SuspendState> {
+        match self.cv.wait_timeout(g, t) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+}
+
+/// How long a suspending vCPU waits for the others to park.
+const PARK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running PVHVM domain.
 pub struct Vmm {
     hv: &'static Hypervisor,
@@ -147,6 +188,8 @@ pub struct Vmm {
     vcpu_threads: Mutex<Vec<libc::pthread_t>>,
     /// vCPU 0's loop returned (the VMM is ending).
     done: std::sync::atomic::AtomicBool,
+    /// The guest's suspend (see [`Vmm::await_suspended`]).
+    suspend: Suspend,
 }
 
 /// No [`Vmm::stop_reason`] yet.
@@ -257,6 +300,7 @@ impl Vmm {
             stop_reason: std::sync::atomic::AtomicU32::new(NO_STOP),
             vcpu_threads: Mutex::new(Vec::new()),
             done: std::sync::atomic::AtomicBool::new(false),
+            suspend: Suspend::default(),
         });
         // A handler (doing nothing) so that the kick signal interrupts
         // KVM_RUN with EINTR instead of killing the process.
@@ -441,15 +485,7 @@ impl Vmm {
         self.events.interrupt();
         let t0 = Instant::now();
         while !self.done.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Ok(threads) = self.vcpu_threads.lock() {
-                for &t in threads.iter() {
-                    // SAFETY: `t` is a live thread of this process: a vCPU
-                    // thread removes itself from the list (under this lock,
-                    // `VcpuThread`'s drop) before it ends. The signal's
-                    // handler does nothing.
-                    unsafe { libc::pthread_kill(t, kick_signal()) };
-                }
-            }
+            self.kick_vcpus();
             if t0.elapsed() > Duration::from_secs(5) {
                 console(b"xen-vmm: the vCPUs did not stop within 5 s; exiting\n");
                 return Some(Outcome::Shutdown(SHUTDOWN_watchdog));
@@ -610,6 +646,7 @@ impl Vmm {
             if let Some(r) = self.stopping() {
                 return Some(Outcome::Shutdown(r));
             }
+            self.park_while_suspending();
             let (port, val, len) = match v.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut d = [0u8; 4];
@@ -757,6 +794,7 @@ impl Vmm {
                 Ok(op) if op.reason == SHUTDOWN_crash => {
                     Gate::Stop(Outcome::Crashed("the guest reported a crash".into()))
                 }
+                Ok(op) if op.reason == SHUTDOWN_suspend => self.suspend_domain(),
                 Ok(op) if op.reason <= xen_abi::xen::SHUTDOWN_MAX => {
                     Gate::Stop(Outcome::Shutdown(op.reason))
                 }
@@ -765,6 +803,160 @@ impl Vmm {
             },
             _ => Gate::Continue(ENOSYS),
         }
+    }
+
+    /// A vCPU's `SCHEDOP_shutdown(SHUTDOWN_suspend)`, as Xen's: every
+    /// other vCPU is parked (signalled out of `KVM_RUN` if it spins at
+    /// CPL3), the domain is reported to the shim as shut down with reason
+    /// suspend (`xl list`: `s`; the memory and vCPU state now hold still
+    /// for a save), and the vCPU waits for [`Vmm::resume`]: the hypercall
+    /// returns 1 for a cancelled suspend (the guest continues in the same
+    /// domain with its connections: a checkpoint) or 0 (the guest runs in
+    /// a new domain and must set up its connections again). The
+    /// toolstack's resume through the shim (`Control::resume_domain`,
+    /// Xen's `XEN_DOMCTL_resumedomain`) is a cancelled suspend.
+    fn suspend_domain(&self) -> Gate {
+        let others = self
+            .aps
+            .iter()
+            .filter(|a| a.up.load(std::sync::atomic::Ordering::SeqCst))
+            .count();
+        {
+            let mut g = self.suspend.lock();
+            if g.suspending {
+                // Another vCPU suspends the domain already.
+                return Gate::Continue(EBUSY);
+            }
+            *g = SuspendState {
+                suspending: true,
+                ..SuspendState::default()
+            };
+        }
+        let _ = self.events.take_resumed();
+        // Park the others (the suspending vCPU itself is not in KVM_RUN: a
+        // kick it gets only makes its next KVM_RUN return EINTR).
+        let t0 = Instant::now();
+        let mut g = self.suspend.lock();
+        while g.parked < others {
+            if t0.elapsed() > PARK_TIMEOUT {
+                g.suspending = false;
+                self.suspend.cv.notify_all();
+                console(b"xen-vmm: suspend refused: the other vCPUs did not park within 5 s\n");
+                return Gate::Continue(EBUSY);
+            }
+            drop(g);
+            self.kick_vcpus();
+            g = self.suspend.lock();
+            g = self.suspend.wait(g, Duration::from_millis(10));
+        }
+        drop(g);
+        self.flush_debug();
+        if let Err(e) = self.hv.schedop_shutdown(&sched_shutdown {
+            reason: SHUTDOWN_suspend,
+        }) {
+            tracing::warn!(error = %e, "cannot report the suspend to the shim");
+            let mut g = self.suspend.lock();
+            g.suspending = false;
+            self.suspend.cv.notify_all();
+            return Gate::Continue(EBUSY);
+        }
+        console(format!("xen-vmm: domain {} suspended\n", self.hv.domid()).as_bytes());
+        let mut g = self.suspend.lock();
+        g.suspended = true;
+        self.suspend.cv.notify_all();
+        let ret = loop {
+            if let Some(r) = g.resume.take() {
+                break r;
+            }
+            if self.events.take_resumed() {
+                break 1;
+            }
+            if let Some(r) = self.stopping() {
+                *g = SuspendState::default();
+                self.suspend.cv.notify_all();
+                return Gate::Stop(Outcome::Shutdown(r));
+            }
+            g = self.suspend.wait(g, Duration::from_millis(20));
+        };
+        *g = SuspendState::default();
+        self.suspend.cv.notify_all();
+        drop(g);
+        console(
+            format!(
+                "xen-vmm: domain {} resumed ({})\n",
+                self.hv.domid(),
+                if ret == 1 {
+                    "suspend cancelled: same domain"
+                } else {
+                    "new domain"
+                }
+            )
+            .as_bytes(),
+        );
+        Gate::Continue(ret)
+    }
+
+    /// A vCPU's stop at the top of its loop while another suspends the
+    /// domain: parked until the resume.
+    fn park_while_suspending(&self) {
+        let mut g = self.suspend.lock();
+        if !g.suspending {
+            return;
+        }
+        g.parked += 1;
+        self.suspend.cv.notify_all();
+        while g.suspending && self.stopping().is_none() {
+            g = self.suspend.wait(g, Duration::from_millis(100));
+        }
+        g.parked = g.parked.saturating_sub(1);
+    }
+
+    /// Signals every vCPU thread out of `KVM_RUN`.
+    fn kick_vcpus(&self) {
+        if let Ok(threads) = self.vcpu_threads.lock() {
+            for &t in threads.iter() {
+                // SAFETY: `t` is a live thread of this process: a vCPU
+                // thread removes itself from the list (under this lock,
+                // `VcpuThread`'s drop) before it ends. The signal's handler
+                // does nothing.
+                unsafe { libc::pthread_kill(t, kick_signal()) };
+            }
+        }
+    }
+
+    /// Waits up to `timeout` until the guest has suspended (its
+    /// `SCHEDOP_shutdown(SHUTDOWN_suspend)`: every vCPU parked, the shim
+    /// told); `true` once it has. For the toolstack's save: the guest's
+    /// memory and vCPU state hold still until [`Vmm::resume`].
+    pub fn await_suspended(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        let mut g = self.suspend.lock();
+        while !g.suspended {
+            let left = timeout.saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            g = self.suspend.wait(g, left.min(Duration::from_millis(100)));
+        }
+        true
+    }
+
+    /// Ends the guest's suspend: its hypercall returns 1 when `cancelled`
+    /// (it continues in the same domain with its connections; the shim
+    /// must have the domain running again: the toolstack's
+    /// `Control::resume_domain` does both) or 0 (it runs in a new domain
+    /// and sets up its connections again).
+    ///
+    /// # Errors
+    /// [`VmmError::NotSuspended`] when the guest is not suspended.
+    pub fn resume(&self, cancelled: bool) -> Result<(), VmmError> {
+        let mut g = self.suspend.lock();
+        if !g.suspended || g.resume.is_some() {
+            return Err(VmmError::NotSuspended);
+        }
+        g.resume = Some(i64::from(cancelled));
+        self.suspend.cv.notify_all();
+        Ok(())
     }
 
     fn evtchn_op(&self, cmd: u64, arg: u64) -> i64 {

@@ -222,24 +222,7 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         if !self.queues.is_empty() && self.state == FrontState::Connected {
             self.process_responses()?;
         }
-        let mut on_ring: Vec<(u64, u64)> = Vec::new();
-        for id in self.ids.ids() {
-            if let Some(s) = self.ids.get_mut(id) {
-                if s.queue.take().is_some() {
-                    on_ring.push((s.seq, id));
-                }
-            }
-        }
-        on_ring.sort_unstable();
-        let mut requeued = VecDeque::with_capacity(on_ring.len() + self.pending.len());
-        for (_, id) in on_ring {
-            if let Ok(new) = self.ids.renew(id) {
-                requeued.push_back(new);
-                self.stats.reissued = self.stats.reissued.saturating_add(1);
-            }
-        }
-        requeued.extend(self.pending.drain(..));
-        self.pending = requeued;
+        self.requeue_on_ring();
         // Revoke the grants of every outstanding request's pages.
         for id in self.ids.ids() {
             let Some(mut s) = self.ids.get_mut(id).map(|s| {
@@ -264,6 +247,92 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         self.teardown_queues();
         self.stats.disconnects = self.stats.disconnects.saturating_add(1);
         Ok(())
+    }
+
+    /// The guest runs in a new domain after a suspend (Xen's restore;
+    /// Linux's `blkfront_resume` and `blkif_recover`): the old domain's
+    /// grants, ports and xenstore watch are gone with it, so they are
+    /// forgotten, never revoked or closed (a port number may already name
+    /// another channel here); the ring pages and data pages are ours
+    /// still. The rings are not read: a response the old backend wrote
+    /// after the guest's memory was saved may be missing, so every request
+    /// that was on a ring is put back in line (in submission order, with a
+    /// new id) ahead of those waiting, to be issued on the new rings: each
+    /// completes exactly once (a write may reach the disk twice, which is
+    /// harmless as Linux's). The device's `backend` and `backend-id` are
+    /// read again (the new domain has its own backend directory), the
+    /// watch is set again, and the handshake starts over from the
+    /// backend's state.
+    ///
+    /// # Errors
+    /// [`BlkfrontError::NoBackend`] when the device has no valid backend
+    /// nodes in the new domain; a failed device stays failed.
+    pub fn resume(&mut self) -> Result<(), BlkfrontError> {
+        if let Some(f) = &self.failure {
+            return Err(BlkfrontError::Failed(f.clone()));
+        }
+        // The rings: their pages go back to the allocator, their grants
+        // and ports are forgotten.
+        for q in core::mem::take(&mut self.queues) {
+            let _mem: SharedRing = q.ring.into_shared();
+            let _ = self.p.free_pages(q.pages);
+        }
+        // Deferred revocations were of the old domain's grants.
+        for d in core::mem::take(&mut self.deferred) {
+            let _ = self.p.free_pages(d.pages);
+        }
+        let forget = |pages: &mut Vec<super::buffers::DataPage>| {
+            for dp in pages.iter_mut() {
+                dp.grant = None;
+            }
+        };
+        forget(&mut self.free_data);
+        forget(&mut self.free_indirect);
+        for b in self.buffers.iter_mut().flatten() {
+            forget(&mut b.pages);
+        }
+        for id in self.ids.ids() {
+            if let Some(s) = self.ids.get_mut(id) {
+                forget(&mut s.data);
+                forget(&mut s.indirect);
+            }
+        }
+        self.requeue_on_ring();
+        self.state = FrontState::WaitBackend;
+        self.backend_state = None;
+        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        self.xb = xen_xenbus::FrontendDevice::open(
+            self.p,
+            String::from(self.xb.node()),
+            String::from(self.xb.token()),
+        )
+        .map_err(|_| BlkfrontError::NoBackend { devid: self.devid })?;
+        self.xb.watch(self.p).map_err(plat)?;
+        self.backend_changed()
+    }
+
+    /// Puts every request that is on a ring back in line, in submission
+    /// order with a new id (a late response to the old id is refused),
+    /// ahead of those waiting.
+    fn requeue_on_ring(&mut self) {
+        let mut on_ring: Vec<(u64, u64)> = Vec::new();
+        for id in self.ids.ids() {
+            if let Some(s) = self.ids.get_mut(id) {
+                if s.queue.take().is_some() {
+                    on_ring.push((s.seq, id));
+                }
+            }
+        }
+        on_ring.sort_unstable();
+        let mut requeued = VecDeque::with_capacity(on_ring.len() + self.pending.len());
+        for (_, id) in on_ring {
+            if let Ok(new) = self.ids.renew(id) {
+                requeued.push_back(new);
+                self.stats.reissued = self.stats.reissued.saturating_add(1);
+            }
+        }
+        requeued.extend(self.pending.drain(..));
+        self.pending = requeued;
     }
 
     pub(super) fn teardown_queues(&mut self) {

@@ -616,3 +616,18 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// Each request of `tags` completed once, successfully; no other.
+pub fn check_exactly_once(done: &[Completion], tags: &HashMap<xen_blkfront::RequestTag, u64>) {
+    let mut seen = HashMap::new();
+    for c in done {
+        assert_eq!(c.status, xen_blkfront::BlkStatus::Okay, "{c:?}");
+        assert!(tags.contains_key(&c.tag), "unknown tag {:?}", c.tag);
+        assert!(
+            seen.insert(c.tag, ()).is_none(),
+            "tag {:?} completed twice",
+            c.tag
+        );
+    }
+    assert_eq!(seen.len(), tags.len(), "every request completed");
+}

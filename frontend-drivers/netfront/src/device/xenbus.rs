@@ -300,6 +300,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// still maps, and tx pages outstanding reservations point into until
     /// they end), closes the ports.
     pub(super) fn teardown_queues(&mut self) {
+        self.drop_queues(false);
+    }
+
+    /// Takes the queues down (see [`NetFront::teardown_queues`]); with
+    /// `forget` (the guest runs in a new domain) their grants and ports
+    /// are not the guest's any more: they are left alone, only the pages
+    /// are freed.
+    fn drop_queues(&mut self, forget: bool) {
         let p = self.p;
         if self.queues.is_empty() {
             return;
@@ -325,12 +333,18 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
             } = q;
             let _tx_mem: SharedRing = tx.into_shared();
             let _rx_mem: SharedRing = rx.into_shared();
-            self.release_run(&[tx_ring_gref], tx_ring);
-            self.release_run(&[rx_ring_gref], rx_ring);
+            let (tx_ring_g, rx_ring_g, tx_g, rx_g): (&[grant_ref_t], &[grant_ref_t], &[_], &[_]) =
+                if forget {
+                    (&[], &[], &[], &[])
+                } else {
+                    (&[tx_ring_gref], &[rx_ring_gref], &tx_grefs, &rx_grefs)
+                };
+            self.release_run(tx_ring_g, tx_ring);
+            self.release_run(rx_ring_g, rx_ring);
             if tx_reserved > 0 {
                 // Writers are filling some of these pages: revoke now, free
                 // when the last reservation ends.
-                let grefs = self.revoke(&tx_grefs, tx_pages.count());
+                let grefs = self.revoke(tx_g, tx_pages.count());
                 self.retired.push(RetiredTx {
                     conn,
                     q: qi,
@@ -339,12 +353,14 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
                     outstanding: tx_reserved,
                 });
             } else {
-                self.release_run(&tx_grefs, tx_pages);
+                self.release_run(tx_g, tx_pages);
             }
-            self.release_run(&rx_grefs, rx_pages);
-            let _ = p.evtchn_close(port_tx);
-            if port_rx != port_tx {
-                let _ = p.evtchn_close(port_rx);
+            self.release_run(rx_g, rx_pages);
+            if !forget {
+                let _ = p.evtchn_close(port_tx);
+                if port_rx != port_tx {
+                    let _ = p.evtchn_close(port_rx);
+                }
             }
         }
     }
@@ -405,6 +421,48 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     /// Pages kept because the backend still maps some of their grants.
     pub fn deferred_pages(&self) -> usize {
         self.deferred.iter().map(|d| d.pages.count()).sum()
+    }
+
+    /// The guest runs in a new domain after a suspend (Xen's restore;
+    /// Linux's `netfront_resume`): the old domain's grants, ports and
+    /// watch are gone with it, so they are forgotten, never revoked or
+    /// closed (a port number may already name another channel here); the
+    /// pages are ours still and go back to the allocator (tx pages that
+    /// reservations point into stay until those end, which report them
+    /// stale). What was on the rings is not read: frames in flight are
+    /// lost, as on a real link (the guest's TCP retransmits). The device's
+    /// `backend` and `backend-id` are read again, the watch is set again
+    /// and the handshake starts over: on InitWait fresh rings are offered
+    /// with every rx buffer posted. Announcing the MAC (a gratuitous ARP,
+    /// Linux's `netdev_notify_peers`) is the network stack's part, once
+    /// connected.
+    ///
+    /// # Errors
+    /// [`NetfrontError::NoBackend`] when the device has no valid backend
+    /// nodes in the new domain; a failed device stays failed.
+    pub fn resume(&mut self) -> Result<(), NetfrontError> {
+        if let Some(f) = &self.failure {
+            return Err(NetfrontError::Failed(f.clone()));
+        }
+        self.drop_queues(true);
+        for r in &mut self.retired {
+            r.grefs.clear();
+        }
+        for d in core::mem::take(&mut self.deferred) {
+            let _ = self.p.free_pages(d.pages);
+        }
+        self.state = FrontState::WaitBackend;
+        self.backend_state = None;
+        self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        let no_backend = NetfrontError::NoBackend { devid: self.devid };
+        self.xb = xen_xenbus::FrontendDevice::open(
+            self.p,
+            String::from(self.xb.node()),
+            String::from(self.xb.token()),
+        )
+        .map_err(|_| no_backend)?;
+        self.xb.watch(self.p).map_err(plat)?;
+        self.backend_changed()
     }
 
     pub(super) fn disconnect(&mut self) {

@@ -281,6 +281,29 @@ impl Host {
         }
     }
 
+    /// `xenstore-read PATH` on the test's xenstored (Debian's
+    /// xenstore-utils; `None`: no such node).
+    pub fn xs_read(&self, path: &str) -> Option<String> {
+        let out = Command::new("xenstore-read")
+            .arg(path)
+            .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
+            .output()
+            .expect("run xenstore-read (xenstore-utils)");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// `xenstore-write PATH VALUE` on the test's xenstored.
+    pub fn xs_write(&self, path: &str, value: &str) {
+        let out = Command::new("xenstore-write")
+            .args([path, value])
+            .env("XENSTORED_PATH", self.dir.path().join("xenstored.sock"))
+            .output()
+            .expect("run xenstore-write (xenstore-utils)");
+        ok("xenstore-write", &out);
+    }
+
     /// The log of the domain's monitor (`<rundir>/xl-<name>.log`).
     pub fn monitor_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.rundir().join(format!("xl-{name}.log"))).unwrap_or_default()
