@@ -14,6 +14,8 @@
 //! now: see [`restore`]).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -130,7 +132,28 @@ pub fn save(
         file.display(),
         d.domid
     );
-    writeln!(out, "save {}", file.display()).map_err(ctl_err)?;
+    // The VMM is jailed (chroot, its own uid): xl opens the file and sends
+    // its descriptor with the command.
+    let dest = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|source| ToolstackError::Io {
+            what: format!("create {}", file.display()),
+            source,
+        })?;
+    let fds = [dest.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        out.as_raw_fd(),
+        &[std::io::IoSlice::new(b"save\n")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| ctl_err(std::io::Error::from(e)))?;
+    drop(dest);
     let b = bar(d.layout.total_bytes(), "Saving");
     let (pages, bytes) = loop {
         let line = lines

@@ -815,6 +815,7 @@ fn spawn_runtime(
         .env(xen_shim_proto::ENV_SOCKET, control.socket_path())
         .env(xen_shim_proto::ENV_DOMID, domid.to_string())
         .env(xen_shim_proto::ENV_TOKEN, token)
+        .env(xen_jail::ENV_JAIL, if jail_runtimes() { "1" } else { "0" })
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -847,6 +848,16 @@ fn spawn_runtime(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether the runtimes and VMMs xl starts jail themselves once set up
+/// (`xen-jail`: the domain's own uid, a kept capability set, seccomp):
+/// always as root, unless `XEN_JAIL=0` is in xl's environment (to debug a
+/// runtime with its full powers).
+fn jail_runtimes() -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::env::var(xen_jail::ENV_JAIL).map_or(true, |v| v != "0")
 }
 
 /// Finds a domain by name or id.

@@ -174,6 +174,7 @@ where
 {
     let cfg = args.config()?;
     let rt = Runtime::start(&cfg)?;
+    crate::jail::attached_as(rt.hypervisor());
     let console = match args.console {
         ConsoleMode::Stdio => None,
         ConsoleMode::Hvc0 => {
@@ -226,6 +227,8 @@ where
             (ShutdownReason::Crash, ExitCode::from(1))
         }
         Ok(Then::Stay) => loop {
+            // An idle domain is set up once it idles.
+            crate::jail::after_setup(&mut out);
             if let Some(r) = ctl.requested() {
                 break (r, ExitCode::SUCCESS);
             }

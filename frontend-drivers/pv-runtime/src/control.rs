@@ -148,6 +148,8 @@ pub fn run_init(
         cmd.pre_exec(crate::machine::rank_first_for_oom_in_child);
     }
     let mut child = cmd.spawn()?;
+    // The init runs: the runtime's set-up is over.
+    crate::jail::after_setup(&mut std::io::stdout().lock());
     let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let mut termed: Option<Instant> = None;
     loop {

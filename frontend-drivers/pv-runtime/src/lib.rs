@@ -54,6 +54,10 @@
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
+//!
+//! Confinement: [`jail`]: once set up, the runtime runs as its domain's
+//! own host uid with a named kept capability set and a seccomp allow-list
+//! (when the toolstack asks; `xen-jail` is the mechanism).
 
 pub mod blockfile;
 pub mod boot;
@@ -66,6 +70,7 @@ pub mod events;
 pub mod grefalloc;
 pub mod guestns;
 pub mod initramfs;
+pub mod jail;
 pub mod line;
 pub mod machine;
 /// The guest-page allocator (shared with the PVHVM kernel).

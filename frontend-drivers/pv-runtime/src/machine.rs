@@ -1059,6 +1059,8 @@ pub fn boot(
                 );
             }
             let _ = out.flush();
+            // The guest runs: the runtime's set-up is over.
+            crate::jail::after_setup(out);
         })
         .map_err(|e| match e {
             MachineError::NoInit { source, .. } => MachineError::NoInit {

@@ -171,6 +171,27 @@ fn boot_shell_poweroff(format: &str) -> Result<()> {
         runtime_adj.len() == 1 && runtime_adj[0] <= 0,
         "the runtime ranks below its guest's programs: {runtime_adj:?}"
     );
+    // The runtime itself (the guest's kernel) is jailed once the guest
+    // runs: the domain's own uid, the kept capabilities, seccomp.
+    let runtime: Vec<u32> = group
+        .procs()?
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "xen-pvguest")
+        })
+        .collect();
+    assert_eq!(runtime.len(), 1, "one runtime: {runtime:?}");
+    xen_testhost::assert_jailed(runtime[0], domid, xen_pvguest::jail::RUNTIME_KEPT_CAPS)?;
+    assert!(
+        host.guest_log(&name).contains(&format!(
+            "pvguest jailed uid={}",
+            xen_jail::domain_uid(domid)
+        )),
+        "the runtime says it is jailed: {}",
+        host.guest_log(&name)
+    );
     let root = term.run("test -x /sbin/demo && echo root-is-the-disk; stat -f -c %T /")?;
     assert!(root.contains("root-is-the-disk"), "{root}");
     assert!(root.contains("ext2/ext3"), "/ is ext4: {root}");

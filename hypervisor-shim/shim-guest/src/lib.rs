@@ -63,6 +63,8 @@ pub struct Hypervisor {
     /// The memory file itself (the PVHVM VMM saves it with `SEEK_DATA`).
     mem_file: File,
     conn: Mutex<Conn>,
+    /// Where [`Hypervisor::reattach`] connects, when not the attach socket.
+    reattach_socket: Mutex<Option<PathBuf>>,
     token: String,
     ports: PortSet,
     gnt_version: AtomicU32,
@@ -124,6 +126,7 @@ impl Hypervisor {
             mem,
             mem_file,
             conn: Mutex::new(conn),
+            reattach_socket: Mutex::new(None),
             token: token.to_owned(),
             ports: set,
             events: Mutex::new(VecDeque::new()),
@@ -147,7 +150,15 @@ impl Hypervisor {
     /// After a daemon restart: reconnects with the same token and hands the
     /// daemon back the eventfds of this domain's ports.
     pub fn reattach(&self) -> Result<(), ShimError> {
-        let path: PathBuf = self.lock_conn()?.path().to_path_buf();
+        let chosen = self
+            .reattach_socket
+            .lock()
+            .map_err(|_| ShimError::Protocol("reattach socket lock poisoned".into()))?
+            .clone();
+        let path: PathBuf = match chosen {
+            Some(p) => p,
+            None => self.lock_conn()?.path().to_path_buf(),
+        };
         let mut conn = Conn::connect(&path)?;
         let (reply, _fds) = conn.call(
             &Request::AttachGuest {
@@ -167,6 +178,19 @@ impl Hypervisor {
         self.ports.watch_control(conn.raw_fd())?;
         *self.lock_conn()? = conn;
         Ok(())
+    }
+
+    /// Makes [`Hypervisor::reattach`] connect to `path` (a jailed runtime:
+    /// its domain's own socket, [`xen_shim_proto::domain_socket_dir`]).
+    pub fn set_reattach_socket(&self, path: PathBuf) {
+        if let Ok(mut s) = self.reattach_socket.lock() {
+            *s = Some(path);
+        }
+    }
+
+    /// The socket this domain attached through.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.lock_conn().ok().map(|c| c.path().to_path_buf())
     }
 
     fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Conn>, ShimError> {

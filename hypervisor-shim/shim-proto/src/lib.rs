@@ -134,6 +134,26 @@ pub const ENV_DOMID: &str = "XEN_SHIM_DOMID";
 /// Environment variable giving a guest runtime its attach token.
 pub const ENV_TOKEN: &str = "XEN_SHIM_TOKEN";
 
+/// Directory, next to the control socket, of the domains' own sockets.
+pub const DOMAIN_SOCKETS_DIR: &str = "domains";
+/// Name of a domain's own socket in its directory.
+pub const DOMAIN_SOCKET_NAME: &str = "control.sock";
+
+/// Domain `domid`'s own directory next to the control socket `control`
+/// (`<dir>/domains/<domid>`, root's, mode 0711): it holds the domain's
+/// socket, `control.sock`, owned by the domain's jailed uid, mode 0600,
+/// on which the daemon accepts only that domain's (re)attach. A jailed
+/// runtime, which may not reach the root-only control socket, reattaches
+/// there after a daemon restart; the jailed VMM's root (`chroot`) is this
+/// directory.
+pub fn domain_socket_dir(control: &std::path::Path, domid: u16) -> std::path::PathBuf {
+    control
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(DOMAIN_SOCKETS_DIR)
+        .join(domid.to_string())
+}
+
 /// The control socket path: `$XEN_SHIM_SOCKET` if set, else [`DEFAULT_SOCKET`].
 pub fn default_socket_path() -> std::path::PathBuf {
     match std::env::var_os(ENV_SOCKET) {

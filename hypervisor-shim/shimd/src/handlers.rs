@@ -88,14 +88,22 @@ fn is_global_virq(virq: u32) -> bool {
 
 impl Daemon {
     pub(super) fn handle(&mut self, id: u64, req: Request, fds: Vec<OwnedFd>) -> Out {
-        let role = self
+        let (role, bound) = self
             .clients
             .get(&id)
-            .map(|c| c.role)
+            .map(|c| (c.role, c.bound))
             .ok_or(errno(libc::EIO, "no such client"))?;
         let caller = match role {
             Role::New => {
                 return match req {
+                    // A domain's own socket attaches that domain only.
+                    Request::HelloDom0 if bound.is_some() => Err(errno(
+                        libc::EPERM,
+                        "a domain's socket cannot identify as Dom0",
+                    )),
+                    Request::AttachGuest { domid, .. } if bound.is_some_and(|b| b != domid) => {
+                        Err(errno(libc::EPERM, "this socket is another domain's"))
+                    }
                     Request::HelloDom0 => self.hello_dom0(id),
                     Request::AttachGuest { domid, token } => self.attach_guest(id, domid, &token),
                     Request::Ping => ok(Reply::Pong {
@@ -405,6 +413,7 @@ impl Daemon {
         let d = Domain::create(domid, cfg, inst, &self.cfg.mem_dir, token.clone())?;
         tracing::info!(domid, name = %d.config.name, mem = d.config.memory_mib, "domain created");
         self.domains.insert(domid, d);
+        self.open_domain_socket(domid);
         self.save_state();
         ok(Reply::Created { domid, token })
     }
@@ -434,6 +443,7 @@ impl Daemon {
         for p in ports {
             self.close_port(domid, p);
         }
+        self.close_domain_socket(domid);
         if let Some(d) = self.domains.remove(&domid) {
             let _ = std::fs::remove_file(&d.mem_path);
             let _ = std::fs::remove_file(&d.active_path);

@@ -20,6 +20,7 @@
 //! mappers' pins) with `xen_shim_dom0::grant`.
 
 mod domain;
+mod domsock;
 mod handlers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -253,6 +254,7 @@ pub fn spawn(cfg: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_CONN_BASE: u64 = 1 << 20;
+const TOKEN_DOMSOCK_BASE: u64 = 1 << 36;
 const TOKEN_PIDFD_BASE: u64 = 1 << 40;
 const TOKEN_OWNER_BASE: u64 = 1 << 50;
 /// Subdirectory of the memory directory holding the mappers' grant ledgers.
@@ -277,6 +279,9 @@ struct Client {
     sock: OwnedFd,
     role: Role,
     cred: PeerCred,
+    /// Accepted on this domain's own socket: it may attach as that domain
+    /// only.
+    bound: Option<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -293,6 +298,8 @@ pub(crate) struct Daemon {
     cfg: DaemonConfig,
     epoll: Epoll,
     listener: OwnedFd,
+    /// Each domain's own socket (`domsock`).
+    dom_listeners: HashMap<u16, OwnedFd>,
     signal: Option<OwnedFd>,
     clients: HashMap<u64, Client>,
     next_client: u64,
@@ -380,6 +387,26 @@ fn listen(path: &Path) -> Result<OwnedFd, DaemonError> {
     Ok(sock)
 }
 
+/// Creates `dir` (and its missing parents) mode 0700, or tightens it to
+/// 0700 when it exists, is ours and is not a shared sticky directory (as
+/// `/dev/shm` itself): the domains' memory and grant files are reached by
+/// fd from the daemon only, never by path (a jailed runtime's uid must not
+/// even list them).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = std::fs::metadata(dir)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() == me && m.mode() & 0o1000 == 0 && m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
 fn process_start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -398,10 +425,9 @@ impl Daemon {
         let _ = sys::raise_nofile_limit();
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| DaemonError::Io("create the state directory", e))?;
-        std::fs::create_dir_all(&cfg.mem_dir)
-            .map_err(|e| DaemonError::Io("create the memory directory", e))?;
+        private_dir(&cfg.mem_dir).map_err(|e| DaemonError::Io("create the memory directory", e))?;
         let ledger_dir = cfg.mem_dir.join(LEDGER_DIR);
-        std::fs::create_dir_all(&ledger_dir)
+        private_dir(&ledger_dir)
             .map_err(|e| DaemonError::Io("create the grant-ledger directory", e))?;
         let signal = if signals {
             Some(block_signals()?)
@@ -424,6 +450,7 @@ impl Daemon {
             cfg,
             epoll,
             listener,
+            dom_listeners: HashMap::new(),
             signal,
             clients: HashMap::new(),
             next_client: 0,
@@ -458,6 +485,10 @@ impl Daemon {
             d.domains.insert(0, dom0);
         }
         d.write_state();
+        let guests: Vec<u16> = d.domains.keys().copied().filter(|&id| id != 0).collect();
+        for domid in guests {
+            d.open_domain_socket(domid);
+        }
         // Mappers that died while no daemon ran lose their pins now; the
         // live ones are watched.
         d.sweep_ledgers();
@@ -572,7 +603,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::Io("wait for events", e))?;
             for r in ready.clone() {
                 match r.token {
-                    TOKEN_LISTENER => self.accept(),
+                    TOKEN_LISTENER => self.accept(None),
                     TOKEN_SIGNAL => {
                         if let Some(sig) = &self.signal {
                             let mut buf = [0u8; 128];
@@ -597,6 +628,9 @@ impl Daemon {
                         let domid = (t - TOKEN_PIDFD_BASE) as u16;
                         self.runtime_died(domid);
                     }
+                    t if t >= TOKEN_DOMSOCK_BASE => {
+                        self.accept(u16::try_from(t - TOKEN_DOMSOCK_BASE).ok());
+                    }
                     t if t >= TOKEN_CONN_BASE => self.client_ready(t - TOKEN_CONN_BASE, r.events),
                     _ => {}
                 }
@@ -615,15 +649,26 @@ impl Daemon {
         }
         self.write_state();
         let _ = std::fs::remove_file(&self.cfg.socket);
+        // The domains' own sockets stay (the next daemon binds them again in
+        // place): a jailed VMM's root is its socket's directory.
         Ok(())
     }
 
-    fn accept(&mut self) {
+    /// Accepts on the control socket (`bound` `None`) or on domain
+    /// `bound`'s own socket.
+    fn accept(&mut self, bound: Option<u16>) {
+        let listener = match bound {
+            None => self.listener.as_raw_fd(),
+            Some(d) => match self.dom_listeners.get(&d) {
+                Some(l) => l.as_raw_fd(),
+                None => return,
+            },
+        };
         for _ in 0..64 {
             // SAFETY: accept4 on our listening socket; null address is allowed.
             let fd = unsafe {
                 libc::accept4(
-                    self.listener.as_raw_fd(),
+                    listener,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
@@ -637,7 +682,8 @@ impl Daemon {
             let Ok(cred) = sys::peer_cred(sock.as_fd()) else {
                 continue;
             };
-            if cred.uid != self.uid {
+            let domain_uid = bound.map(xen_jail::domain_uid);
+            if cred.uid != self.uid && Some(cred.uid) != domain_uid {
                 warn_limited!(
                     self.log,
                     uid = cred.uid,
@@ -660,6 +706,7 @@ impl Daemon {
                     sock,
                     role: Role::New,
                     cred,
+                    bound,
                 },
             );
         }

@@ -261,6 +261,32 @@ fn test_hostile_guest_cannot_use_dom0_operations() {
         libc::EPERM
     );
     assert_eq!(call(Request::Reset { dom: other.domid }), libc::EPERM);
+    assert_eq!(call(Request::MapperFds { domid: other.domid }), libc::EPERM);
+    assert_eq!(
+        call(Request::DomainInfo { domid: other.domid }),
+        libc::EPERM
+    );
+    assert_eq!(call(Request::QuerySize { dom: other.domid }), libc::EPERM);
+    assert_eq!(
+        call(Request::PauseDomain { domid: other.domid }),
+        libc::EPERM
+    );
+    assert_eq!(
+        call(Request::ShutdownDomain {
+            domid: other.domid,
+            reason: xen_shim_proto::protocol::ShutdownReason::Poweroff
+        }),
+        libc::EPERM
+    );
+    // A connection bound to a domain stays bound to it.
+    assert_eq!(
+        call(Request::AttachGuest {
+            domid: other.domid,
+            token: other.token.clone()
+        }),
+        libc::EINVAL
+    );
+    assert_eq!(call(Request::HelloDom0), libc::EINVAL);
     // Binding another guest's port that is not offered to us.
     assert_eq!(
         call(Request::BindInterdomain {
@@ -271,4 +297,112 @@ fn test_hostile_guest_cannot_use_dom0_operations() {
     );
     ctl.ping().expect("the daemon is alive");
     assert_eq!(ctl.list_domains().expect("list").len(), 3);
+}
+
+/// Runs `f` in a forked child as domain `domid`'s jailed uid and gid
+/// (`xen_jail::domain_uid`); returns its exit code.
+fn as_domain_uid(domid: u16, f: impl FnOnce() -> i32) -> i32 {
+    let uid = xen_jail::domain_uid(domid);
+    // SAFETY: fork in a test; the child changes its ids, runs `f`, _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: raw id changes of this (single-threaded) child.
+        let ok = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(uid, uid, uid) == 0
+                && libc::setresuid(uid, uid, uid) == 0
+        };
+        let code = if ok { f() } else { 100 };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    let mut st = 0;
+    // SAFETY: waits for our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    assert!(libc::WIFEXITED(st), "child status {st:#x}");
+    libc::WEXITSTATUS(st)
+}
+
+#[test]
+fn test_hostile_domain_uid_cannot_open_memory_files_or_connect() {
+    use std::os::unix::fs::PermissionsExt;
+    let shimd = Shimd::start();
+    let ctl = shimd.control();
+    let d = shimd.create(&ctl, "jailed", 4);
+    let other = shimd.create(&ctl, "victim", 4);
+    let mode = std::fs::metadata(&shimd.mem_dir)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the memory directory is private");
+    let files = shimd.mem_files();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(&format!("dom{}-", other.domid))),
+        "the other domain's files: {files:?}"
+    );
+    let paths: Vec<_> = files.iter().map(|f| shimd.mem_dir.join(f)).collect();
+    let (mem_dir, socket) = (shimd.mem_dir.clone(), shimd.socket.clone());
+    let code = as_domain_uid(d.domid, || {
+        let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EACCES);
+        match std::fs::read_dir(&mem_dir) {
+            Err(e) if denied(&e) => {}
+            _ => return 1,
+        }
+        for p in &paths {
+            match std::fs::OpenOptions::new().read(true).open(p) {
+                Err(e) if denied(&e) => {}
+                _ => return 2,
+            }
+        }
+        match xen_shim_proto::client::Conn::connect(&socket) {
+            Err(xen_shim_proto::protocol::ControlError::Connect { source, .. })
+                if denied(&source) => {}
+            _ => return 3,
+        }
+        // Its own domain socket: an attach as itself only.
+        let own = xen_shim_proto::domain_socket_dir(&socket, d.domid)
+            .join(xen_shim_proto::DOMAIN_SOCKET_NAME);
+        let theirs = xen_shim_proto::domain_socket_dir(&socket, other.domid)
+            .join(xen_shim_proto::DOMAIN_SOCKET_NAME);
+        match xen_shim_proto::client::Conn::connect(&theirs) {
+            Err(xen_shim_proto::protocol::ControlError::Connect { source, .. })
+                if denied(&source) => {}
+            _ => return 4,
+        }
+        let Ok(mut c) = xen_shim_proto::client::Conn::connect(&own) else {
+            return 5;
+        };
+        let refused = |r: Result<_, xen_shim_proto::protocol::ControlError>| matches!(r, Err(xen_shim_proto::protocol::ControlError::Remote(w)) if w.errno == libc::EPERM);
+        if !refused(c.call(&Request::HelloDom0, &[])) {
+            return 6;
+        }
+        let as_other = Request::AttachGuest {
+            domid: other.domid,
+            token: other.token.clone(),
+        };
+        if !refused(c.call(&as_other, &[])) {
+            return 7;
+        }
+        if !refused(c.call(&Request::ListDomains, &[])) {
+            return 8;
+        }
+        let as_self = Request::AttachGuest {
+            domid: d.domid,
+            token: d.token.clone(),
+        };
+        if c.call(&as_self, &[]).is_err() {
+            return 9;
+        }
+        0
+    });
+    assert_eq!(
+        code, 0,
+        "1: listed the memory directory, 2: opened a memory file, 3: connected to the control \
+         socket, 4: connected to another domain's socket, 5: could not connect to its own, \
+         6-8: Dom0, another domain or a Dom0 op allowed on it, 9: could not attach as itself"
+    );
+    ctl.ping().expect("the daemon is alive");
 }

@@ -2,7 +2,9 @@
 //! through which the toolstack saves the domain. One text line per command:
 //!
 //! ```text
-//!   save PATH     -> "progress DONE TOTAL" lines, then "saved PAGES BYTES" or "error WHY";
+//!   save          -> (the save file's descriptor comes with the line, SCM_RIGHTS:
+//!                    a jailed VMM can open no path of the host)
+//!                    "progress DONE TOTAL" lines, then "saved PAGES BYTES" or "error WHY";
 //!                    vCPU 0 stays parked (the domain does not run) until
 //!   resume        -> "resumed": the guest runs on (xl save -c / -p)
 //! ```
@@ -15,7 +17,9 @@
 //! I/O exit (`immediate_exit`), captures its own registers and waits. Guests with
 //! secondary vCPUs online are refused (their state is not captured yet).
 
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,9 +106,9 @@ impl Park {
 
 /// What the control thread asks of the VMM.
 pub trait Saver: Send + Sync {
-    /// Park the vCPUs and write the save file at `path`, reporting progress
+    /// Park the vCPUs and write the save file to `file`, reporting progress
     /// `(done, total)` in bytes; returns (pages, bytes). The domain stays parked.
-    fn save(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
+    fn save(&self, file: File, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
     /// Let a parked domain run again.
     fn release(&self);
 }
@@ -127,16 +131,75 @@ pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<(
     Ok(())
 }
 
+/// The longest command line accepted.
+const MAX_LINE: usize = 4096;
+
+/// Reads the control connection's lines, with the descriptors sent along
+/// them (`SCM_RIGHTS`).
+struct Lines {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Lines {
+    /// The next line (without its newline) and every descriptor received so
+    /// far; `None` at the end of the connection.
+    fn next_line(&mut self) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line[..i]).into_owned();
+                return Ok(Some((text, std::mem::take(&mut self.fds))));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "control line too long",
+                ));
+            }
+            let mut chunk = [0u8; 512];
+            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            let mut iov = [IoSliceMut::new(&mut chunk)];
+            let msg = nix::sys::socket::recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let n = msg.bytes;
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: the kernel installed `fd` in this process
+                        // for this message; nothing else owns it.
+                        self.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut parked = false;
-    let mut lines = BufReader::new(conn).lines();
+    let mut lines = Lines {
+        sock: conn,
+        buf: Vec::new(),
+        fds: Vec::new(),
+    };
     let r = (|| {
-        for line in lines.by_ref() {
-            let line = line?;
-            let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        while let Some((line, mut fds)) = lines.next_line()? {
+            let cmd = line.split_whitespace().next().unwrap_or("");
             match cmd {
-                "save" if !parked && !arg.is_empty() => {
+                "save" if !parked && fds.len() == 1 => {
+                    let file = File::from(fds.remove(0));
                     let mut last = Instant::now();
                     let mut progress = |done: u64, total: u64| {
                         if last.elapsed() >= Duration::from_millis(50) || done == total {
@@ -144,7 +207,7 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                             let _ = writeln!(out, "progress {done} {total}");
                         }
                     };
-                    match saver.save(Path::new(arg), &mut progress) {
+                    match saver.save(file, &mut progress) {
                         Ok((pages, bytes)) => {
                             parked = true;
                             writeln!(out, "saved {pages} {bytes}")?;

@@ -27,6 +27,10 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The jail could not be entered (the VMM does not run the guest
+    /// unjailed when it was asked for).
+    #[error("cannot jail the VMM")]
+    Jail(#[from] xen_jail::JailError),
     /// [`crate::Vmm::resume`] of a guest that is not suspended (or whose
     /// resume was already decided).
     #[error("the guest is not suspended")]

@@ -21,6 +21,10 @@
 //!                   outcome; only `main` exits the process
 //! ```
 //!
+//! Once the VM is built, the VMM jails itself ([`jail`]: its domain's
+//! directory as root, the domain's uid, no capabilities, seccomp) when the
+//! toolstack asks.
+//!
 //! The guest ABI (entry state, gate registers, ports) is documented in
 //! `xen_abi::pvhvm`. The end of the run (`SCHEDOP_shutdown`, or a crash) is
 //! reported to the shim with `SCHEDOP_shutdown`, so `xl list` shows the
@@ -34,6 +38,7 @@ mod error;
 pub mod events;
 pub mod fvdisk;
 pub mod gmem;
+pub mod jail;
 pub mod snapshot;
 pub mod vm;
 pub mod watchdog;

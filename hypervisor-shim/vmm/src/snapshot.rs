@@ -596,11 +596,11 @@ const HVM_PARAM_STORE_EVTCHN: u64 = 2;
 const HVM_PARAM_CONSOLE_PFN: u64 = 17;
 const HVM_PARAM_CONSOLE_EVTCHN: u64 = 18;
 
-/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) at
-/// `path`: the xl header with `config`, the memory file's pages, the TSC, the HVM
+/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) to
+/// `file` (opened by the toolstack: a jailed VMM opens no host path): the xl header with `config`, the memory file's pages, the TSC, the HVM
 /// context and params. Returns (pages, bytes); the file is synced.
 pub fn save_file(
-    path: &std::path::Path,
+    file: File,
     hv: &Hypervisor,
     cpu: &KvmVcpuState,
     config: &[u8],
@@ -608,7 +608,6 @@ pub fn save_file(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, u64), SnapshotError> {
     let io = |what| move |source| SnapshotError::Io { what, source };
-    let file = File::create(path).map_err(io("create the save file"))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, file);
     let header = XlHeader {
         config: config.to_vec(),

@@ -1168,6 +1168,7 @@ pub fn host_tsc_khz() -> u64 {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
     let (vmm, vcpus) = Vmm::new(hv, cfg)?;
+    // The control socket is bound before the jail (its directory is root's).
     if let Some(path) = &cfg.control {
         crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>).map_err(
             |source| VmmError::Io {
@@ -1176,11 +1177,19 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
             },
         )?;
     }
+    if crate::jail::enter_if_requested(hv)? {
+        // In the VMM's log (its stderr), as the runtime's `pvguest jailed`.
+        eprintln!("xen-vmm: jailed uid={}", xen_jail::domain_uid(hv.domid()));
+    }
     vmm.run(vcpus)
 }
 
 impl crate::control::Saver for Vmm {
-    fn save(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String> {
+    fn save(
+        &self,
+        file: std::fs::File,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(u64, u64), String> {
         if self
             .aps
             .iter()
@@ -1202,7 +1211,7 @@ impl crate::control::Saver for Vmm {
             }
         };
         let r = crate::snapshot::save_file(
-            path,
+            file,
             self.hv,
             &cpu,
             &self.config_text,

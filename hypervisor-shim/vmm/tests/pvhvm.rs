@@ -94,6 +94,33 @@ fn test_pvhvm_guest_is_listed_while_busy_and_destroy_stops_it() {
     let row = h.list_row("pvh-busy").expect("listed while it runs");
     let flags = row.split_whitespace().nth(4).unwrap_or_default().to_owned();
     assert!(!flags.contains('s') && !flags.contains('c'), "{row}");
+    // The VMM is jailed as Firecracker's jailer does: its domain's uid, no
+    // capabilities, seccomp, no_new_privs, its domain's directory as root;
+    // the guest runs on.
+    let domid = h.domid("pvh-busy").expect("xl list").expect("listed");
+    let group = h
+        .guest_cgroup(domid)
+        .expect("the domain's cgroup")
+        .expect("a cgroup");
+    let vmm: Vec<u32> = group
+        .procs()
+        .expect("procs")
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "xen-vmm")
+        })
+        .collect();
+    assert_eq!(vmm.len(), 1, "one VMM in the domain's cgroup: {vmm:?}");
+    xen_testhost::assert_jailed(vmm[0], domid, &[]).expect("the VMM is jailed");
+    let root = std::fs::read_link(format!("/proc/{}/root", vmm[0])).expect("its root");
+    assert_eq!(
+        root,
+        xen_shim_proto::domain_socket_dir(&h.dir.path().join("shim.sock"), domid),
+        "the VMM's root is its domain's directory"
+    );
+    let log = h.wait_vmm_log("pvh-busy", "jailed", T);
+    assert!(log.contains("jailed"), "{log}");
     ok("xl destroy", &h.xl(&["destroy", "pvh-busy"]));
     assert!(
         h.list_row("pvh-busy").is_none(),

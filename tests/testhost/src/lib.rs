@@ -590,3 +590,43 @@ pub fn run(prog: &str, args: &[&str]) -> Result<String> {
         .with_context(|| format!("cannot run {prog}"))?;
     stdout_of(&format!("{prog} {}", args.join(" ")), &out)
 }
+
+/// Checks from `/proc/<pid>/task/*/status` that every thread of process
+/// `pid` (a domain's runtime or VMM) is jailed as domain `domid`'s
+/// (`xen_jail`): the domain's uid and gid, exactly the `kept`
+/// capabilities (effective, permitted, bounding; no ambient),
+/// `NoNewPrivs: 1` and `Seccomp: 2`.
+pub fn assert_jailed(pid: u32, domid: u16, kept: &[xen_jail::Cap]) -> Result<()> {
+    let uid = xen_jail::domain_uid(domid);
+    let want = xen_jail::Confinement::mask(kept);
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("list the threads of {pid}"))?
+    {
+        let Some(tid) = t?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let c = match xen_jail::Confinement::of(pid, Some(tid)) {
+            Ok(c) => c,
+            // A thread that ended meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("status of {pid}/{tid}")),
+        };
+        if c.uids != [uid; 4]
+            || c.gids != [uid; 4]
+            || c.cap_eff != want
+            || c.cap_prm != want
+            || c.cap_bnd != want
+            || c.cap_amb != 0
+            || !c.no_new_privs
+            || c.seccomp != 2
+        {
+            bail!("thread {tid} of {pid} is not jailed as domain {domid} (uid {uid}, caps {want:#x}): {c:?}");
+        }
+        threads += 1;
+    }
+    if threads == 0 {
+        bail!("process {pid} has no threads to check");
+    }
+    Ok(())
+}

@@ -30,6 +30,7 @@ const GUEST: &[&str] = &[
     "xen-front-platform",
     "xen-shim-guest",
     "xen-shim-proto",
+    "xen-jail",
 ];
 
 /// Crates with Dom0 powers or of Dom0's processes: no guest crate may reach
