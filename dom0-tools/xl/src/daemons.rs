@@ -1,7 +1,9 @@
 //! Starting the host services `xl` needs when none run: `xen-shimd`,
 //! `xenstored` and `backendd`, found next to the `xl` executable (or in
 //! `$XL_LIBEXEC_DIR`), with pid files under `/run/xen-split`
-//! (`$XEN_SPLIT_RUNDIR`) and logs beside them.
+//! (`$XEN_SPLIT_RUNDIR`) and logs beside them. Each runs under its own
+//! `xen-supervise` (`crate::supervise`, pid file `<name>-supervisor.pid`),
+//! which starts it again when it dies.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -114,11 +116,21 @@ pub fn pidfile_alive(pidfile: &Path) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
-/// Starts `bin` with `args`, detached (own process group, stdin null,
-/// output to `<rundir>/<name>.log`), then waits until `ready` is true.
+/// The pid file of the supervisor of service `name`.
+#[must_use]
+pub fn supervisor_pidfile(name: &str) -> PathBuf {
+    rundir().join(format!("{name}-supervisor.pid"))
+}
+
+/// Starts `bin` with `args` under `xen-supervise`, detached (own process
+/// group, stdin null, output to `<rundir>/<name>.log`), then waits until
+/// `ready` is true. If a supervisor of `name` already runs (restarting
+/// its service), only waits. `xen-shimd`, which writes no pid file of its
+/// own, gets `<rundir>/xen-shimd.pid` from its supervisor.
 ///
 /// # Errors
-/// [`DaemonsError::Io`] or [`DaemonsError::Timeout`].
+/// [`DaemonsError::NotFound`], [`DaemonsError::Io`] or
+/// [`DaemonsError::Timeout`].
 pub fn start(
     name: &'static str,
     bin: &Path,
@@ -131,36 +143,51 @@ pub fn start(
         source,
     })?;
     let log_path = dir.join(format!("{name}.log"));
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| DaemonsError::Io {
-            what: format!("open {}", log_path.display()),
+    let sup_pid = supervisor_pidfile(name);
+    let mut child = if pidfile_alive(&sup_pid) {
+        None
+    } else {
+        let supervisor = sibling("xen-supervise")?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| DaemonsError::Io {
+                what: format!("open {}", log_path.display()),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| DaemonsError::Io {
+            what: "duplicate the log fd".into(),
             source,
         })?;
-    let log2 = log.try_clone().map_err(|source| DaemonsError::Io {
-        what: "duplicate the log fd".into(),
-        source,
-    })?;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| DaemonsError::Io {
-            what: format!("start {}", bin.display()),
-            source,
-        })?;
+        let mut cmd = Command::new(supervisor);
+        cmd.arg("--name").arg(name).arg("--pid-file").arg(&sup_pid);
+        if name == "xen-shimd" {
+            cmd.arg("--child-pid-file")
+                .arg(dir.join(format!("{name}.pid")));
+        }
+        Some(
+            cmd.arg("--")
+                .arg(bin)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+                .map_err(|source| DaemonsError::Io {
+                    what: format!("start {} under xen-supervise", bin.display()),
+                    source,
+                })?,
+        )
+    };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if ready() {
-            // The child runs on; it is reaped by init once we exit.
+            // The supervisor runs on; it is reaped by init once we exit.
             return Ok(());
         }
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Some(Ok(Some(_))) = child.as_mut().map(std::process::Child::try_wait) {
             break;
         }
         if Instant::now() >= deadline {

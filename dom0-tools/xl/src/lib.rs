@@ -17,7 +17,8 @@
 //! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
 //!   applies `on_poweroff`/`on_reboot`/`on_crash`/`on_watchdog`;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
-//!   none run; [`cli`]: the binary.
+//!   none run, each under [`supervise`] (`xen-supervise`, which restarts
+//!   it when it dies); [`cli`]: the binary.
 
 pub mod cli;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod disk;
 pub mod monitor;
 pub mod network;
 pub mod resources;
+pub mod supervise;
 pub mod toolstack;
 pub mod vif;
 pub mod xsplan;

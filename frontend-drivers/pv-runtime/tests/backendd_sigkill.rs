@@ -1,29 +1,30 @@
-//! backendd is killed with SIGKILL while the guest writes, then started
-//! again: blkfront sees the new backend come back through InitWait, puts
-//! its in-flight requests back in line and reconnects; the guest's script
-//! finishes, every record it saw acknowledged (written and `fsync`ed, then
-//! `syncfs`) is on the image and the ext4 filesystem is clean (project
-//! issue 5).
+//! backendd is killed with SIGKILL while the guest writes, and nothing in
+//! the test starts it again: its supervisor (`xen-supervise`, which `xl`
+//! started it under) does, within a second or two (a new pid in
+//! `<rundir>/backendd.pid`, the supervisor's log saying why); blkfront sees
+//! the new backend come back through InitWait, puts its in-flight requests
+//! back in line and reconnects; the guest's script finishes, every record
+//! it saw acknowledged (written and `fsync`ed, then `syncfs`) is on the
+//! image and the ext4 filesystem is clean (project issues 5 and 18).
 //!
 //! The guest's init makes ext4 on `/dev/xvda`, mounts it and writes
 //! numbered records, one file each (`dd conv=fsync` + `sync -f`), printing
 //! `ack N` after each; the test kills backendd (pid from
-//! `<rundir>/backendd.pid`) once each `ack KILL_AT[i]` shows in the guest's log,
-//! starts a new backendd with the arguments `xl` uses (twice), and waits for the
-//! guest to finish. Then `xl destroy`, and Dom0 checks the image: `fsck -n`
-//! and every acknowledged record's content through a read-only loop mount.
+//! `<rundir>/backendd.pid`) once each `ack KILL_AT[i]` shows in the guest's
+//! log, waits for the supervisor's new backendd, and waits for the guest to
+//! finish. Then `xl destroy`, and Dom0 checks the image: `fsck -n` and every
+//! acknowledged record's content through a read-only loop mount.
 //!
 //! Private `xen-shimd` and `xenstored` (threads of this process, on
-//! temporary sockets), the real `xl`, `backendd` and `xen-pvguest`
-//! binaries. Needs root, `/dev/fuse`, loop devices and e2fsprogs
-//! (`apt-get install e2fsprogs mount coreutils`).
+//! temporary sockets), the real `xl`, `xen-supervise`, `backendd` and
+//! `xen-pvguest` binaries. Needs root, `/dev/fuse`, loop devices and
+//! e2fsprogs (`apt-get install e2fsprogs mount coreutils`).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xen_testhost::net::Daemon;
 use xen_testhost::{pv_cmdline, run, Dom0};
 
 /// The private Dom0 of this test ([`Dom0::start_for_pv_guests`]).
@@ -38,35 +39,28 @@ fn dom0(prefix: &str) -> Result<Dom0> {
 const GUEST_RUN: Duration = Duration::from_secs(240);
 /// Records the guest writes.
 const RECORDS: u32 = 120;
-/// backendd is killed (and restarted) once the guest logged each of these
-/// records' ack.
+/// backendd is killed once the guest logged each of these records' ack.
 const KILL_AT: [u32; 2] = [30, 75];
+/// How long the supervisor gets to have a new backendd running (its
+/// first restart comes 0.1 s after the death, the second 0.2 s).
+const BACK_WITHIN: Duration = Duration::from_secs(2);
 
-/// Starts `backendd` as `xl` does (same arguments, log appended to
-/// `<rundir>/backendd.log`); killed when the guard drops.
-fn start_backendd(host: &Dom0) -> Result<Daemon> {
-    let rundir = host.rundir();
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(rundir.join("backendd.log"))
-        .context("open backendd.log")?;
-    let log2 = log.try_clone().context("dup the log fd")?;
-    let child = Command::new(host.libexec.join("backendd"))
-        .arg("--xenstored")
-        .arg(host.dir.path().join("xenstored.sock"))
-        .arg("--shim-socket")
-        .arg(host.dir.path().join("shim.sock"))
-        .arg("--pid-file")
-        .arg(rundir.join("backendd.pid"))
-        .arg("--log-dir")
-        .arg(host.console_logdir())
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .context("start backendd")?;
-    Ok(Daemon::new(child))
+/// Waits for a live backendd other than `old` in the pid file; its pid and
+/// how long that took.
+fn wait_new_backendd(host: &Dom0, old: i32) -> Result<(i32, Duration)> {
+    let t = Instant::now();
+    loop {
+        if let Some(pid) = host.backendd_pid().filter(|&p| p != old) {
+            return Ok((pid, t.elapsed()));
+        }
+        if t.elapsed() > BACK_WITHIN {
+            anyhow::bail!(
+                "no new backendd within {BACK_WITHIN:?} of the SIGKILL of {old}; its log:\n{}",
+                std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The records the guest logged as acknowledged (`ack N` lines).
@@ -172,10 +166,13 @@ fn sigkill_during_writes(vdevs: &[&str]) -> Result<()> {
     host.xl_ok(&["create", cfg.to_str().expect("utf-8 path")])?;
     host.track_guest(&name);
 
-    // Act: kill backendd mid-stream, start a new one (twice), let the
-    // guest finish.
+    // Act: kill backendd mid-stream (twice); only its supervisor starts
+    // it again; let the guest finish.
+    let supervisor = host
+        .supervisor_pid("backendd")
+        .context("xl started backendd under xen-supervise")?;
     let mut kills = Vec::new();
-    let mut backendd: Option<Daemon> = None;
+    let mut back_after = Vec::new();
     for at in KILL_AT {
         let before = wait_log(&host, &name, "the guest's records", |l| {
             acked(l).contains(&at) || l.contains("pvguest shutdown")
@@ -187,25 +184,34 @@ fn sigkill_during_writes(vdevs: &[&str]) -> Result<()> {
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("SIGKILL backendd");
-        if let Some(d) = backendd.take() {
-            let _ = d.take().wait();
-        }
         let after = acked(&host.guest_log(&name)).last().copied().unwrap_or(0);
         kills.push((pid, after));
-        std::thread::sleep(Duration::from_millis(500));
-        backendd = Some(start_backendd(&host)?);
+        back_after.push(wait_new_backendd(&host, pid)?);
     }
     let log = wait_log(&host, &name, "the guest's script after the restart", |l| {
         l.contains("pvguest shutdown") || l.contains("frontend-failed")
     });
     let destroyed = host.destroy_guest(&name)?;
     eprintln!(
-        "killed backendd (pid, last ack): {kills:?}\nguest log:\n{log}\nxl destroy: {}\nbackendd log:\n{}",
+        "killed backendd (pid, last ack): {kills:?}\nback (new pid, after): {back_after:?}\nguest log:\n{log}\nxl destroy: {}\nbackendd log:\n{}",
         String::from_utf8_lossy(&destroyed.stderr),
         std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default()
     );
 
-    // Assert: the guest finished and its disk reconnected.
+    // Assert: the same supervisor restarted backendd after each kill, and
+    // says why in its log; the guest finished and its disk reconnected.
+    assert_eq!(host.supervisor_pid("backendd"), Some(supervisor));
+    let blog = std::fs::read_to_string(host.rundir().join("backendd.log")).unwrap_or_default();
+    assert_eq!(
+        blog.matches("backendd killed by signal 9 (SIGKILL)")
+            .count(),
+        kills.len(),
+        "{blog}"
+    );
+    for (i, (new_pid, _)) in back_after.iter().enumerate() {
+        assert!(blog.contains(&format!("; restart {} in", i + 1)), "{blog}");
+        assert!(blog.contains(&format!("started, pid {new_pid}")), "{blog}");
+    }
     assert!(
         kills.iter().all(|&(_, after)| after < RECORDS),
         "a kill came after the last write: {kills:?}"

@@ -329,11 +329,32 @@ impl Dom0 {
         let pid: i32 = s.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
+
+    /// The pid of the `xen-supervise` that `xl` started for service `name`
+    /// (`backendd`, `xenstored`, `xen-shimd`), if alive (a zombie is not).
+    pub fn supervisor_pid(&self, name: &str) -> Option<i32> {
+        let f = self.rundir().join(format!("{name}-supervisor.pid"));
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.contains(") Z ")).then_some(pid)
+    }
 }
 
 impl Drop for Dom0 {
     fn drop(&mut self) {
         self.destroy_guests();
+        // backendd's supervisor first (it stops backendd and does not
+        // restart it), then backendd itself if it still runs.
+        if let Some(sup) = self.supervisor_pid("backendd") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(sup),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.supervisor_pid("backendd").is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Some(pid) = self.backendd_pid() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -510,8 +531,13 @@ pub fn pv_cmdline(init: &Path) -> String {
     format!("pvguest.timeout=30 init={}", init.display())
 }
 
-/// `xl` and `backendd`, which every Dom0 needs.
-pub const DOM0_BINARIES: [(&str, &str); 2] = [("xen-xl", "xl"), ("xen-backendd", "backendd")];
+/// `xl`, `backendd` and `xen-supervise` (which `xl` starts each service
+/// under), which every Dom0 needs.
+pub const DOM0_BINARIES: [(&str, &str); 3] = [
+    ("xen-xl", "xl"),
+    ("xen-xl", "xen-supervise"),
+    ("xen-backendd", "backendd"),
+];
 
 /// Builds `xl`, `backendd` and `xen-pvguest` next to the binary `exe` (a
 /// benchmark's `CARGO_BIN_EXE_...`: same target dir and profile) from the
