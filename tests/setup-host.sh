@@ -21,6 +21,7 @@ packages=(
   busybox-static     # the root file system of examples/mkroot.sh (the PV root guest of examples/pv-root.cfg, the demo and frontend-drivers/pv-runtime's pvroot_e2e)
   cpio               # the ramdisk (newc archive) of examples/mkroot.sh; the initramfs reader's tests (frontend-drivers/pv-runtime)
   nbdkit             # a second NBD server (TCP, error filter) for blkback's NBD engine tests (backend-drivers/blkback)
+  systemd            # systemd-analyze verify of the units in dom0-tools/systemd (dom0-tools/xl's systemd_units test); Debian's init, already there on a Debian host
 )
 
 missing=()
