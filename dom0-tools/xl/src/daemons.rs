@@ -122,6 +122,21 @@ pub fn supervisor_pidfile(name: &str) -> PathBuf {
     rundir().join(format!("{name}-supervisor.pid"))
 }
 
+/// Whether the pid in `pidfile` is a live `xen-supervise` (not a process
+/// that got a dead supervisor's pid since).
+fn supervisor_alive(pidfile: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| c.split(|&b| b == 0).next().map(<[u8]>::to_vec))
+        .is_some_and(|argv0| argv0.ends_with(b"xen-supervise"))
+}
+
 /// Starts `bin` with `args` under `xen-supervise`, detached (own process
 /// group, stdin null, output to `<rundir>/<name>.log`), then waits until
 /// `ready` is true. If a supervisor of `name` already runs (restarting
@@ -144,7 +159,7 @@ pub fn start(
     })?;
     let log_path = dir.join(format!("{name}.log"));
     let sup_pid = supervisor_pidfile(name);
-    let mut child = if pidfile_alive(&sup_pid) {
+    let mut child = if supervisor_alive(&sup_pid) {
         None
     } else {
         let supervisor = sibling("xen-supervise")?;
@@ -200,4 +215,22 @@ pub fn start(
         timeout: START_TIMEOUT,
         log: log_path.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_supervisor_alive_only_for_a_live_xen_supervise() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("x-supervisor.pid");
+        assert!(!supervisor_alive(&p), "no pid file");
+        std::fs::write(&p, "garbage\n").expect("write");
+        assert!(!supervisor_alive(&p), "not a pid");
+        // This test process is alive but is not xen-supervise (a reused pid).
+        std::fs::write(&p, format!("{}\n", std::process::id())).expect("write");
+        assert!(pidfile_alive(&p));
+        assert!(!supervisor_alive(&p), "another program with that pid");
+    }
 }
