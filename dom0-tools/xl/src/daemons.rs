@@ -1,7 +1,9 @@
 //! Starting the host services `xl` needs when none run: `xen-shimd`,
 //! `xenstored` and `backendd`, found next to the `xl` executable (or in
 //! `$XL_LIBEXEC_DIR`), with pid files under `/run/xen-split`
-//! (`$XEN_SPLIT_RUNDIR`) and logs beside them.
+//! (`$XEN_SPLIT_RUNDIR`) and logs beside them. Each runs under its own
+//! `xen-supervise` (`crate::supervise`, pid file `<name>-supervisor.pid`),
+//! which starts it again when it dies.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -114,11 +116,36 @@ pub fn pidfile_alive(pidfile: &Path) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
-/// Starts `bin` with `args`, detached (own process group, stdin null,
-/// output to `<rundir>/<name>.log`), then waits until `ready` is true.
+/// The pid file of the supervisor of service `name`.
+#[must_use]
+pub fn supervisor_pidfile(name: &str) -> PathBuf {
+    rundir().join(format!("{name}-supervisor.pid"))
+}
+
+/// Whether the pid in `pidfile` is a live `xen-supervise` (not a process
+/// that got a dead supervisor's pid since).
+fn supervisor_alive(pidfile: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| c.split(|&b| b == 0).next().map(<[u8]>::to_vec))
+        .is_some_and(|argv0| argv0.ends_with(b"xen-supervise"))
+}
+
+/// Starts `bin` with `args` under `xen-supervise`, detached (own process
+/// group, stdin null, output to `<rundir>/<name>.log`), then waits until
+/// `ready` is true. If a supervisor of `name` already runs (restarting
+/// its service), only waits. `xen-shimd`, which writes no pid file of its
+/// own, gets `<rundir>/xen-shimd.pid` from its supervisor.
 ///
 /// # Errors
-/// [`DaemonsError::Io`] or [`DaemonsError::Timeout`].
+/// [`DaemonsError::NotFound`], [`DaemonsError::Io`] or
+/// [`DaemonsError::Timeout`].
 pub fn start(
     name: &'static str,
     bin: &Path,
@@ -131,36 +158,51 @@ pub fn start(
         source,
     })?;
     let log_path = dir.join(format!("{name}.log"));
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| DaemonsError::Io {
-            what: format!("open {}", log_path.display()),
+    let sup_pid = supervisor_pidfile(name);
+    let mut child = if supervisor_alive(&sup_pid) {
+        None
+    } else {
+        let supervisor = sibling("xen-supervise")?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| DaemonsError::Io {
+                what: format!("open {}", log_path.display()),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| DaemonsError::Io {
+            what: "duplicate the log fd".into(),
             source,
         })?;
-    let log2 = log.try_clone().map_err(|source| DaemonsError::Io {
-        what: "duplicate the log fd".into(),
-        source,
-    })?;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| DaemonsError::Io {
-            what: format!("start {}", bin.display()),
-            source,
-        })?;
+        let mut cmd = Command::new(supervisor);
+        cmd.arg("--name").arg(name).arg("--pid-file").arg(&sup_pid);
+        if name == "xen-shimd" {
+            cmd.arg("--child-pid-file")
+                .arg(dir.join(format!("{name}.pid")));
+        }
+        Some(
+            cmd.arg("--")
+                .arg(bin)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+                .map_err(|source| DaemonsError::Io {
+                    what: format!("start {} under xen-supervise", bin.display()),
+                    source,
+                })?,
+        )
+    };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if ready() {
-            // The child runs on; it is reaped by init once we exit.
+            // The supervisor runs on; it is reaped by init once we exit.
             return Ok(());
         }
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Some(Ok(Some(_))) = child.as_mut().map(std::process::Child::try_wait) {
             break;
         }
         if Instant::now() >= deadline {
@@ -173,4 +215,22 @@ pub fn start(
         timeout: START_TIMEOUT,
         log: log_path.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_supervisor_alive_only_for_a_live_xen_supervise() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("x-supervisor.pid");
+        assert!(!supervisor_alive(&p), "no pid file");
+        std::fs::write(&p, "garbage\n").expect("write");
+        assert!(!supervisor_alive(&p), "not a pid");
+        // This test process is alive but is not xen-supervise (a reused pid).
+        std::fs::write(&p, format!("{}\n", std::process::id())).expect("write");
+        assert!(pidfile_alive(&p));
+        assert!(!supervisor_alive(&p), "another program with that pid");
+    }
 }

@@ -24,7 +24,8 @@
 //! - [`saverestore`]: `xl save` / `xl restore` of PVHVM guests in Xen 4.17's
 //!   save file format, through the VMM's control socket;
 //! - [`daemons`]: starting `xen-shimd`, `xenstored` and `backendd` when
-//!   none run; [`cli`]: the binary.
+//!   none run, each under [`supervise`] (`xen-supervise`, which restarts
+//!   it when it dies); [`cli`]: the binary.
 
 pub mod cli;
 pub mod config;
@@ -38,6 +39,7 @@ pub mod network;
 pub mod resources;
 pub mod saverestore;
 pub mod stat;
+pub mod supervise;
 pub mod toolstack;
 pub mod top;
 pub mod vif;

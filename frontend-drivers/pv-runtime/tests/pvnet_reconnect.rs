@@ -16,8 +16,11 @@
 //!   guest runtime SIGSTOPped while Dom0 floods it: netback's rx stall
 //!   detection, here after 1 s) and comes back once it takes them again.
 //!
-//! Private `xen-shimd` and `xenstored`, the real `xl`, `backendd` and
-//! `xen-pvguest`. Needs root, iproute2, iputils-ping, iperf3.
+//! - supervised: the same restart with backendd under `xen-supervise`
+//!   (as `xl` starts it): the test only kills it, twice, during `iperf3`.
+//!
+//! Private `xen-shimd` and `xenstored`, the real `xl`, `xen-supervise`,
+//! `backendd` and `xen-pvguest`. Needs root, iproute2, iputils-ping, iperf3.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -398,5 +401,169 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     assert!(backendd_log(&host).contains("guest rx stalled"));
     guests.destroy(&name)?;
     drop(backendd);
+    Ok(())
+}
+
+/// Starts backendd in `ns` under `xen-supervise`, as `xl` starts it
+/// (supervisor pid file `<rundir>/backendd-supervisor.pid`); waits for its
+/// pid file. Killed on drop (the Dom0's drop then stops the orphaned
+/// backendd); [`stop_supervisor`] stops both cleanly.
+fn start_supervised_backendd_in(host: &Dom0, ns: &Netns) -> Result<Daemon> {
+    use anyhow::Context;
+    let rundir = host.rundir();
+    std::fs::create_dir_all(&rundir).context("create the rundir")?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(rundir.join("backendd.log"))
+        .context("open backendd.log")?;
+    let log2 = log.try_clone().context("dup the log fd")?;
+    let sup = host.libexec.join("xen-supervise");
+    let child = ns
+        .cmd(sup.to_str().context("utf-8 path")?)
+        .arg("--name")
+        .arg("backendd")
+        .arg("--pid-file")
+        .arg(rundir.join("backendd-supervisor.pid"))
+        .arg("--")
+        .arg(host.libexec.join("backendd"))
+        .arg("--xenstored")
+        .arg(host.xenstored_socket())
+        .arg("--shim-socket")
+        .arg(host.shim_socket())
+        .arg("--pid-file")
+        .arg(rundir.join("backendd.pid"))
+        .arg("--log-dir")
+        .arg(host.console_logdir())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .context("start xen-supervise")?;
+    let d = Daemon::new(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.backendd_pid().is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "backendd did not write its pid file within 10 s: {}",
+            backendd_log(host)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
+
+/// SIGTERM to the supervisor (it stops backendd), then waits for it.
+fn stop_supervisor(d: Daemon) -> std::process::ExitStatus {
+    let mut c = d.take();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("a pid"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    c.wait().expect("wait for xen-supervise")
+}
+
+/// backendd SIGKILLed twice during an `iperf3` from Dom0 to the guest, and
+/// nothing in the test starts it again: its supervisor does (a new pid in
+/// the pid file within 2 s), the new backendd makes the TAP again, netfront
+/// reconnects, Dom0 reaches the guest and the TCP stream survives.
+#[test]
+fn test_supervised_backendd_sigkill_during_iperf_is_restarted_and_traffic_resumes() -> Result<()> {
+    // Arrange
+    need("ping", "iputils-ping")?;
+    need("iperf3", "iperf3")?;
+    let host = dom0("pvnet-sup-")?;
+    let ns = Netns::unique("xsn", "s")?;
+    let br = bridge_name("xb", "s")?;
+    make_bridge(&ns, &br, "10.78.0.1/24")?;
+    let supervisor = start_supervised_backendd_in(&host, &ns)?;
+    let go = host.dir.path().join("go");
+    let mut guests = Guests::new(&host);
+    let name = format!("netsup{}", std::process::id());
+    guests.create(
+        &name,
+        &[vif(3, &br, "10.78.0.2")],
+        &format!(
+            "#!/bin/sh\nset -e\n\
+             ping -c 2 -i 0.2 -W 5 10.78.0.1 >/dev/null\necho ping-before-ok\n\
+             iperf3 -s -D -B 10.78.0.2 -p 5204\n\
+             echo guest-ready\n\
+             {wait}\
+             i=0; until ping -c 1 -W 1 10.78.0.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 30 ]; done\n\
+             echo ping-after-ok\n\
+             echo guest-init-ok\n",
+            wait = wait_flag(&go)
+        ),
+    )?;
+    guests.wait_log(&name, "guest-ready", GUEST_RUN)?;
+
+    // Act: Dom0 streams TCP to the guest; backendd is SIGKILLed 3 s in and
+    // again 1 s after it answers; the test never starts it.
+    let iperf = Daemon::new(
+        ns.cmd("iperf3")
+            .args(["-c", "10.78.0.2", "-p", "5204", "-t", "12"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start iperf3"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let old = host.backendd_pid().expect("backendd runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL backendd");
+        let t0 = Instant::now();
+        let new = loop {
+            if let Some(p) = host.backendd_pid().filter(|&p| p != old) {
+                break Some((p, t0.elapsed()));
+            }
+            if t0.elapsed() > Duration::from_secs(2) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let recovered = time_to_answer(&ns, "10.78.0.2", RECOVERY);
+        rounds.push((old, new, recovered));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let iperf = iperf.take().wait_with_output().expect("iperf3 ends");
+    let iperf_out = String::from_utf8_lossy(&iperf.stdout).into_owned();
+    std::fs::write(&go, b"1").expect("write the flag");
+    let log = guests.wait_log(&name, "guest-init-ok", GUEST_RUN)?;
+    let blog = backendd_log(&host);
+    eprintln!(
+        "rounds (old pid, (new pid, back after), Dom0 reaches the guest after): {rounds:?}\n\
+         iperf3:\n{iperf_out}\nguest log:\n{log}\nbackendd log:\n{blog}"
+    );
+    guests.destroy(&name)?;
+    let stopped = stop_supervisor(supervisor);
+
+    // Assert
+    for (old, new, recovered) in &rounds {
+        assert!(new.is_some(), "no new backendd within 2 s of killing {old}");
+        assert!(
+            recovered.is_some(),
+            "Dom0 reaches the guest again within {RECOVERY:?}"
+        );
+    }
+    assert!(
+        iperf.status.success(),
+        "the TCP stream survives: {iperf_out}{}",
+        String::from_utf8_lossy(&iperf.stderr)
+    );
+    let rates = iperf_receiver_gbps(&iperf_out);
+    assert!(rates.len() == 1 && rates[0] > 0.0, "{iperf_out}");
+    assert!(log.contains("ping-after-ok"), "{log}");
+    assert_eq!(
+        blog.matches("backendd killed by signal 9 (SIGKILL)")
+            .count(),
+        2,
+        "{blog}"
+    );
+    assert!(stopped.success(), "xen-supervise on SIGTERM: {stopped}");
+    assert!(host.backendd_pid().is_none(), "backendd stopped with it");
     Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use xen_testhost::Dom0;
 
 /// The binaries a run needs next to each other.
-pub const BINARIES: [&str; 4] = ["xl", "backendd", "xen-pvguest", "blkload"];
+pub const BINARIES: [&str; 5] = ["xl", "xen-supervise", "backendd", "xen-pvguest", "blkload"];
 
 /// The private services; see the [module docs](self).
 #[derive(Debug)]

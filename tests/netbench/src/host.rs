@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use xen_testhost::Dom0;
 
 /// The binaries a run needs next to each other.
-pub const BINARIES: [&str; 3] = ["xl", "backendd", "xen-pvguest"];
+pub const BINARIES: [&str; 4] = ["xl", "xen-supervise", "backendd", "xen-pvguest"];
 
 /// The private services; see the [module docs](self).
 #[derive(Debug)]

@@ -58,6 +58,8 @@ pub struct Dom0 {
     pub cgroup_parent: String,
     shim: Option<DaemonHandle>,
     xenstored: Option<Xenstored>,
+    /// The `xen-supervise` processes of [`Dom0::start_supervised`].
+    supervisors: Vec<std::process::Child>,
     guests: Vec<String>,
 }
 
@@ -65,6 +67,106 @@ impl Dom0 {
     /// Starts the shim and xenstored in a temporary directory named
     /// `prefix...`; `libexec` holds the binaries `xl` runs.
     pub fn start(prefix: &str, libexec: &Path) -> Result<Dom0> {
+        let mut d = Dom0::empty(prefix, libexec)?;
+        d.shim = Some(xen_shimd::spawn(d.shim_config()).context("start xen-shimd")?);
+        d.xenstored = Some(Xenstored::start(&d.xenstored_socket(), &d.shim_socket())?);
+        Ok(d)
+    }
+
+    /// Like [`Dom0::start`], but `xen-shimd` and `xenstored` are the
+    /// binaries in `libexec` (build them: [`SUPERVISED_BINARIES`]), each
+    /// under `xen-supervise` as `xl` starts them (supervisor pid files
+    /// `<rundir>/<name>-supervisor.pid`, the services' `<rundir>/<name>.pid`,
+    /// logs `<rundir>/<name>.log`; xenstored persists in `<dir>/xenstored-state`):
+    /// for the tests that kill them. Stopped through their supervisors on drop.
+    pub fn start_supervised(prefix: &str, libexec: &Path) -> Result<Dom0> {
+        let mut d = Dom0::empty(prefix, libexec)?;
+        let rundir = d.rundir();
+        std::fs::create_dir_all(&rundir).context("create the rundir")?;
+        let (shim, xs) = (d.shim_socket(), d.xenstored_socket());
+        let shim_args: Vec<std::ffi::OsString> = vec![
+            "--socket".into(),
+            shim.clone().into(),
+            "--state-dir".into(),
+            d.dir.path().join("shim-state").into(),
+            "--mem-dir".into(),
+            d.mem_dir.clone().into(),
+        ];
+        d.supervise("xen-shimd", &shim_args, true)?;
+        wait_until(
+            || xen_shim_dom0::Control::connect(&shim).is_ok(),
+            "xen-shimd",
+        )?;
+        let xs_args: Vec<std::ffi::OsString> = vec![
+            "-N".into(),
+            "--socket".into(),
+            xs.clone().into(),
+            "--no-ro-socket".into(),
+            "-F".into(),
+            rundir.join("xenstored.pid").into(),
+            "--state-dir".into(),
+            d.dir.path().join("xenstored-state").into(),
+            "--shim-socket".into(),
+            shim.into(),
+        ];
+        d.supervise("xenstored", &xs_args, false)?;
+        wait_until(
+            || std::os::unix::net::UnixStream::connect(&xs).is_ok(),
+            "xenstored",
+        )?;
+        Ok(d)
+    }
+
+    /// Starts `libexec/<name> args` under `libexec/xen-supervise` as
+    /// `xl` does.
+    fn supervise(
+        &mut self,
+        name: &str,
+        args: &[std::ffi::OsString],
+        child_pid: bool,
+    ) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let rundir = self.rundir();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(rundir.join(format!("{name}.log")))
+            .context("open the service's log")?;
+        let log2 = log.try_clone().context("dup the log fd")?;
+        let mut c = Command::new(self.libexec.join("xen-supervise"));
+        c.arg("--name")
+            .arg(name)
+            .arg("--pid-file")
+            .arg(rundir.join(format!("{name}-supervisor.pid")));
+        if child_pid {
+            c.arg("--child-pid-file")
+                .arg(rundir.join(format!("{name}.pid")));
+        }
+        let child = c
+            .arg("--")
+            .arg(self.libexec.join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("start {name} under xen-supervise"))?;
+        self.supervisors.push(child);
+        Ok(())
+    }
+
+    /// The pid in `<rundir>/<name>.pid` if it is a live process (a
+    /// zombie is not).
+    pub fn service_pid(&self, name: &str) -> Option<i32> {
+        let f = self.rundir().join(format!("{name}.pid"));
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.contains(") Z ")).then_some(pid)
+    }
+
+    /// The run directory and nothing running yet.
+    fn empty(prefix: &str, libexec: &Path) -> Result<Dom0> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
@@ -72,17 +174,16 @@ impl Dom0 {
         let mem_dir = PathBuf::from("/dev/shm")
             .join(dir.path().file_name().context("the temp dir has a name")?);
         sweep_stale_cgroup_parents();
-        let mut d = Dom0 {
+        let d = Dom0 {
             dir,
             mem_dir,
             libexec: libexec.to_path_buf(),
             cgroup_parent: shim::unique_name(CGROUP_PARENT_PREFIX),
             shim: None,
             xenstored: None,
+            supervisors: Vec::new(),
             guests: Vec::new(),
         };
-        d.shim = Some(xen_shimd::spawn(d.shim_config()).context("start xen-shimd")?);
-        d.xenstored = Some(Xenstored::start(&d.xenstored_socket(), &d.shim_socket())?);
         Ok(d)
     }
 
@@ -162,6 +263,14 @@ impl Dom0 {
     /// `exe` (a test's `CARGO_BIN_EXE_...`) from the workspace at
     /// `workspace`, and starts the services; `prefix` names the directory.
     pub fn start_for_pv_guests(prefix: &str, exe: &Path, workspace: &Path) -> Result<Dom0> {
+        let libexec = Dom0::prepare_pv_guests(exe, workspace)?;
+        Dom0::start(prefix, &libexec)
+    }
+
+    /// What [`Dom0::start_for_pv_guests`] does before it starts the
+    /// services: the checks and the build; returns the directory of the
+    /// binaries.
+    pub fn prepare_pv_guests(exe: &Path, workspace: &Path) -> Result<PathBuf> {
         if !nix::unistd::geteuid().is_root() {
             bail!("this test needs root (shim, FUSE, loop devices): run it as root");
         }
@@ -178,8 +287,7 @@ impl Dom0 {
             need(t, p)?;
         }
         let profile = exe.parent().context("<target>/<profile>")?;
-        let libexec = build_binaries(profile, workspace, &DOM0_BINARIES)?;
-        Dom0::start(prefix, &libexec)
+        build_binaries(profile, workspace, &DOM0_BINARIES)
     }
 
     /// [`Dom0::start_for_pv_guests`] and the busybox root images of
@@ -343,11 +451,32 @@ impl Dom0 {
         let pid: i32 = s.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
+
+    /// The pid of the `xen-supervise` that `xl` started for service `name`
+    /// (`backendd`, `xenstored`, `xen-shimd`), if alive (a zombie is not).
+    pub fn supervisor_pid(&self, name: &str) -> Option<i32> {
+        let f = self.rundir().join(format!("{name}-supervisor.pid"));
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.contains(") Z ")).then_some(pid)
+    }
 }
 
 impl Drop for Dom0 {
     fn drop(&mut self) {
         self.destroy_guests();
+        // backendd's supervisor first (it stops backendd and does not
+        // restart it), then backendd itself if it still runs.
+        if let Some(sup) = self.supervisor_pid("backendd") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(sup),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.supervisor_pid("backendd").is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Some(pid) = self.backendd_pid() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -358,9 +487,34 @@ impl Drop for Dom0 {
             let _ = s.stop();
         }
         drop(self.xenstored.take());
+        // xenstored's supervisor, then the shim's: each passes SIGTERM on
+        // and waits for its service; SIGKILL to the group after 10 s.
+        while let Some(mut c) = self.supervisors.pop() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let group = nix::unistd::Pid::from_raw(-pid.as_raw());
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.mem_dir);
         remove_cgroup_parent(&self.cgroup_parent);
     }
+}
+
+/// Polls `ok` until it holds, up to [`STEP`].
+fn wait_until(ok: impl Fn() -> bool, what: &str) -> Result<()> {
+    let deadline = Instant::now() + STEP;
+    while !ok() {
+        if Instant::now() >= deadline {
+            bail!("{what} did not come up within {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The name prefix of the test runs' cgroup parents.
@@ -524,8 +678,17 @@ pub fn pv_cmdline(init: &Path) -> String {
     format!("pvguest.timeout=30 init={}", init.display())
 }
 
-/// `xl` and `backendd`, which every Dom0 needs.
-pub const DOM0_BINARIES: [(&str, &str); 2] = [("xen-xl", "xl"), ("xen-backendd", "backendd")];
+/// `xl`, `backendd` and `xen-supervise` (which `xl` starts each service
+/// under), which every Dom0 needs.
+pub const DOM0_BINARIES: [(&str, &str); 3] = [
+    ("xen-xl", "xl"),
+    ("xen-xl", "xen-supervise"),
+    ("xen-backendd", "backendd"),
+];
+
+/// The services [`Dom0::start_supervised`] runs as processes.
+pub const SUPERVISED_BINARIES: [(&str, &str); 2] =
+    [("xen-shimd", "xen-shimd"), ("xenstored", "xenstored")];
 
 /// Builds `xl`, `backendd` and `xen-pvguest` next to the binary `exe` (a
 /// benchmark's `CARGO_BIN_EXE_...`: same target dir and profile) from the
