@@ -132,6 +132,10 @@ pub enum Verb {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// The credit scheduler's weight and cap of the domains (the
+    /// domain's cgroup CPU share and quota).
+    #[command(name = "sched-credit")]
+    SchedCredit(crate::sched::SchedCreditArgs),
     /// List a domain's virtual network interfaces.
     #[command(name = "network-list")]
     NetworkList {
@@ -238,12 +242,18 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
         Verb::Top(a) => crate::top::run(&mut out, &a.into()),
         Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
+        Verb::SchedCredit(a) => return finish(crate::sched::sched_credit(&mut out, a)),
         Verb::MonitorDomain {
             domid,
             instance,
             config,
         } => crate::monitor::run(config, *domid, *instance),
     };
+    finish(r)
+}
+
+/// The exit status of a verb's result (its error on stderr).
+fn finish<E: std::error::Error>(r: Result<(), E>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod network;
 pub mod resources;
+pub mod sched;
 pub mod stat;
 pub mod toolstack;
 pub mod top;

@@ -1,0 +1,182 @@
+//! `xl sched-credit` end to end: the real `xl`, `xen-pvguest` and
+//! `backendd` on a private Dom0 (its own cgroup parent, removed on drop),
+//! PV guests whose init is a busy loop, both on CPU 0 (`cpus = "0"`):
+//!
+//! - at weights 256 and 512 their CPU time (each domain's cgroup CPU
+//!   accounting over a few seconds) splits 1:2 (within 10 %);
+//! - alone on the CPU, a cap of 50 holds a guest near half a CPU (at
+//!   most half; near half when the shared machine lets it have more) and
+//!   a cap of 10 at a tenth;
+//! - `xl sched-credit` lists and reads back what was set; bad input
+//!   (weight 0, no domain, Domain-0) is refused with a clear error.
+//!
+//! Needs root.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{libexec, require_root};
+use xen_cgroup::Cgroup;
+use xen_testhost::Dom0;
+
+const T: Duration = Duration::from_secs(30);
+const BUSY: &str = "#!/bin/sh\necho busy-up\nwhile :; do :; done\n";
+
+fn create(host: &mut Dom0, name: &str) -> (u16, Cgroup) {
+    let cfg = host
+        .pv_config(name, 48, BUSY, "cpus = \"0\"\n")
+        .expect("config");
+    host.track_guest(name);
+    host.xl_ok(&["create", &cfg]).expect("xl create");
+    let domid = host
+        .domid(name)
+        .expect("xl list")
+        .expect("listed with a domid");
+    let g = host
+        .guest_cgroup(domid)
+        .expect("read the cgroups")
+        .expect("the domain has a cgroup");
+    host.wait_log(name, "busy-up", T).expect("the loop starts");
+    (domid, g)
+}
+
+/// `xl sched-credit -d NAME`'s (weight, cap).
+fn read_back(host: &Dom0, name: &str) -> (u32, u32) {
+    let out = host
+        .xl_ok(&["sched-credit", "-d", name])
+        .expect("xl sched-credit -d");
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in\n{out}"));
+    let f: Vec<&str> = row.split_whitespace().collect();
+    (f[2].parse().expect("weight"), f[3].parse().expect("cap"))
+}
+
+/// CPUs each group used over `secs` seconds of wall time.
+fn cpus_used(groups: &[&Cgroup], secs: f64) -> Vec<f64> {
+    let t0: Vec<Duration> = groups
+        .iter()
+        .map(|g| g.cpu_time().expect("cpu time"))
+        .collect();
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let wall = w0.elapsed().as_secs_f64();
+    groups
+        .iter()
+        .zip(t0)
+        .map(|(g, t)| {
+            g.cpu_time()
+                .expect("cpu time")
+                .saturating_sub(t)
+                .as_secs_f64()
+                / wall
+        })
+        .collect()
+}
+
+#[test]
+fn test_sched_credit_weights_split_one_cpu_and_a_cap_holds_a_guest() {
+    require_root();
+    let mut host = Dom0::start("xl-sched-", libexec()).expect("start the private Dom0");
+    let id = std::process::id();
+    let (a, b) = (format!("wa{id}"), format!("wb{id}"));
+    let (_, ga) = create(&mut host, &a);
+    let (_, gb) = create(&mut host, &b);
+
+    // Xen's defaults as created.
+    assert_eq!(read_back(&host, &a), (256, 0));
+    host.xl_ok(&["sched-credit", "-d", &b, "-w", "512"])
+        .expect("set b's weight");
+    assert_eq!(read_back(&host, &b), (512, 0));
+    assert_eq!(gb.cpu_shares().expect("shares"), 2048);
+    let all = host.xl_ok(&["sched-credit"]).expect("xl sched-credit");
+    assert!(all.starts_with("Name"), "{all}");
+    for (n, w) in [
+        ("Domain-0", "256"),
+        (a.as_str(), "256"),
+        (b.as_str(), "512"),
+    ] {
+        assert!(
+            all.lines().any(|l| l.split_whitespace().next() == Some(n)
+                && l.split_whitespace().nth(2) == Some(w)),
+            "{n} at weight {w} not in\n{all}"
+        );
+    }
+
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpus_used(&[&ga, &gb], 4.0);
+    let ratio = used[1] / used[0].max(1e-6);
+    eprintln!(
+        "one CPU, weights 256:512: {:.3} and {:.3} CPU, ratio {ratio:.3}",
+        used[0], used[1]
+    );
+    assert!(used[0] + used[1] > 0.05, "the guests hardly ran: {used:?}");
+    assert!(
+        (1.8..=2.2).contains(&ratio),
+        "split {used:?}, ratio {ratio:.3}"
+    );
+
+    // Alone on the CPU, then capped at 50 %.
+    host.destroy_guest(&b).expect("xl destroy");
+    std::thread::sleep(Duration::from_millis(300));
+    let alone = cpus_used(&[&ga], 2.0)[0];
+    host.xl_ok(&["sched-credit", "-d", &a, "-c", "50"])
+        .expect("set a's cap");
+    assert_eq!(read_back(&host, &a), (256, 50));
+    std::thread::sleep(Duration::from_millis(300));
+    let capped = cpus_used(&[&ga], 3.0)[0];
+    eprintln!("alone on one CPU: {alone:.3} CPU; capped at 50: {capped:.3} CPU");
+    // The machine is shared: alone, the guest gets what the other work on
+    // CPU 0 leaves it. The cap holds it at half a CPU at most, and (when
+    // it had more than that alone) near half.
+    assert!(capped <= 0.55, "capped at 50: {capped:.3} CPU");
+    assert!(
+        capped >= (0.7 * alone).min(0.35),
+        "capped at 50: {capped:.3} CPU, alone {alone:.3}"
+    );
+    // A cap well below what it gets alone shows the cap acting under any
+    // load.
+    host.xl_ok(&["sched-credit", "-d", &a, "-c", "10"])
+        .expect("set a's cap");
+    std::thread::sleep(Duration::from_millis(300));
+    let tenth = cpus_used(&[&ga], 3.0)[0];
+    eprintln!("capped at 10: {tenth:.3} CPU");
+    assert!(tenth <= 0.12, "capped at 10: {tenth:.3} CPU");
+    assert!(
+        alone < 0.15 || tenth < 0.6 * alone,
+        "cap 10 did not slow it: {tenth:.3} vs {alone:.3} CPU"
+    );
+    // Cap 0 lifts it again (back to the vCPU's worth).
+    host.xl_ok(&["sched-credit", "-d", &a, "-c", "0"])
+        .expect("lift a's cap");
+    assert_eq!(read_back(&host, &a), (256, 0));
+    assert_eq!(
+        ga.cpu_quota().expect("quota").map(|q| q.as_millicpus()),
+        Some(1000),
+        "the vcpus = 1 quota stays"
+    );
+
+    // Bad input.
+    for (args, says) in [
+        (
+            vec!["sched-credit", "-d", a.as_str(), "-w", "0"],
+            "out of range",
+        ),
+        (vec!["sched-credit", "-w", "300"], "needs a domain"),
+        (
+            vec!["sched-credit", "-d", "Domain-0", "-w", "300"],
+            "Domain-0",
+        ),
+        (
+            vec!["sched-credit", "-d", "nosuch", "-w", "300"],
+            "does not exist",
+        ),
+    ] {
+        let o = host.xl(&args).expect("run xl");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
