@@ -132,6 +132,23 @@ pub enum Verb {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// Set a domain's memory target (its balloon; a PV domain's cgroup
+    /// limit follows).
+    #[command(name = "mem-set")]
+    MemSet {
+        /// Name or id.
+        domain: String,
+        /// Size: a number with t, g, m, k or b (none: MiB, as xl).
+        size: String,
+    },
+    /// Set the most a domain may balloon up to (`memory/static-max`).
+    #[command(name = "mem-max")]
+    MemMax {
+        /// Name or id.
+        domain: String,
+        /// Size, as mem-set's.
+        size: String,
+    },
     /// The credit scheduler's weight and cap of the domains (the
     /// domain's cgroup CPU share and quota).
     #[command(name = "sched-credit")]
@@ -242,6 +259,8 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
         Verb::Top(a) => crate::top::run(&mut out, &a.into()),
         Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
+        Verb::MemSet { domain, size } => return finish(crate::mem::mem_set(domain, size)),
+        Verb::MemMax { domain, size } => return finish(crate::mem::mem_max(domain, size)),
         Verb::SchedCredit(a) => return finish(crate::sched::sched_credit(&mut out, a)),
         Verb::MonitorDomain {
             domid,

@@ -30,6 +30,7 @@ pub mod console;
 pub mod daemons;
 pub mod disk;
 pub mod info;
+pub mod mem;
 pub mod metrics;
 pub mod monitor;
 pub mod network;

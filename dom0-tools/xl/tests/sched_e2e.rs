@@ -1,4 +1,5 @@
-//! `xl sched-credit` end to end: the real `xl`, `xen-pvguest` and
+//! Resource control of running domains end to end (`xl sched-credit`,
+//! `xl mem-set`, `xl mem-max`): the real `xl`, `xen-pvguest` and
 //! `backendd` on a private Dom0 (its own cgroup parent, removed on drop),
 //! PV guests whose init is a busy loop, both on CPU 0 (`cpus = "0"`):
 //!
@@ -8,9 +9,13 @@
 //!   most half; near half when the shared machine lets it have more) and
 //!   a cap of 10 at a tenth;
 //! - `xl sched-credit` lists and reads back what was set; bad input
-//!   (weight 0, no domain, Domain-0) is refused with a clear error.
+//!   (weight 0, no domain, Domain-0) is refused with a clear error;
+//! - `xl mem-set` down to 32 MiB holds a guest created with 128 MiB: its
+//!   100 MiB hog is OOM-killed inside the guest, whose init goes on, and
+//!   `xl list` shows 32; up again only after `xl mem-max` raises the
+//!   maximum.
 //!
-//! Needs root.
+//! Needs root and `/usr/bin/python3` (Debian `python3`).
 
 mod common;
 
@@ -173,6 +178,97 @@ fn test_sched_credit_weights_split_one_cpu_and_a_cap_holds_a_guest() {
             vec!["sched-credit", "-d", "nosuch", "-w", "300"],
             "does not exist",
         ),
+    ] {
+        let o = host.xl(&args).expect("run xl");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// `name`'s `xl list` Mem column.
+fn listed_mem(host: &Dom0, name: &str) -> String {
+    let out = host.xl_ok(&["list", name]).expect("xl list");
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{name} not in\n{out}"))
+        .to_owned()
+}
+
+#[test]
+fn test_mem_set_holds_a_pv_memory_hog_to_the_new_target_and_mem_max_bounds_it() {
+    require_root();
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "this test needs /usr/bin/python3 (Debian package python3)"
+    );
+    let mut host = Dom0::start("xl-memset-", libexec()).expect("start the private Dom0");
+    let name = format!("ms{}", std::process::id());
+    // The hog starts 5 s after boot: after xl mem-set has lowered the
+    // target. 100 MiB fits the created 128 MiB, not the new 32 MiB.
+    let script = "#!/bin/sh\necho booted\nsleep 5\necho hog-start\n\
+         /usr/bin/python3 -c 'b = b\"x\" * (100 << 20); print(\"hog-survived\")'\n\
+         echo \"hog-exit $?\"\nwhile :; do echo init-alive; sleep 0.2; done\n";
+    let cfg = host.pv_config(&name, 128, script, "").expect("config");
+    host.track_guest(&name);
+    host.xl_ok(&["create", &cfg]).expect("xl create");
+    let domid = host.domid(&name).expect("xl list").expect("listed");
+    let g = host
+        .guest_cgroup(domid)
+        .expect("read the cgroups")
+        .expect("the domain has a cgroup");
+    let allowance = xen_xl::resources::PV_RUNTIME_ALLOWANCE_MIB;
+    assert_eq!(listed_mem(&host, &name), "128");
+
+    host.xl_ok(&["mem-set", &name, "32m"]).expect("xl mem-set");
+    assert!(
+        !host.guest_log(&name).contains("hog-start"),
+        "the hog started before xl mem-set returned: the machine is too slow for this test"
+    );
+    assert_eq!(
+        g.memory_limit().expect("limit"),
+        Some((32 + allowance) << 20)
+    );
+    assert_eq!(listed_mem(&host, &name), "32");
+    let log = host.wait_log(&name, "hog-exit", T).expect("the hog ends");
+    assert!(log.contains("hog-exit 137"), "not SIGKILLed:\n{log}");
+    assert!(!log.contains("hog-survived"), "{log}");
+    assert!(
+        g.oom_kills().expect("oom_kill") >= 1,
+        "no OOM kill in the group"
+    );
+    // The guest's init and kernel go on.
+    let before = host.guest_log(&name).matches("init-alive").count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(host.guest_log(&name).matches("init-alive").count() > before);
+
+    // Up again: not above static-max (128 MiB) until mem-max raises it.
+    let o = host.xl(&["mem-set", &name, "256m"]).expect("run xl");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("above the domain's maximum"),
+        "{err}"
+    );
+    host.xl_ok(&["mem-max", &name, "256m"]).expect("xl mem-max");
+    host.xl_ok(&["mem-set", &name, "262144k"])
+        .expect("xl mem-set up");
+    assert_eq!(listed_mem(&host, &name), "256");
+    assert_eq!(
+        g.memory_limit().expect("limit"),
+        Some((256 + allowance) << 20)
+    );
+    let o = host.xl(&["mem-max", &name, "64m"]).expect("run xl");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("below the domain's target"),
+        "{err}"
+    );
+    for (args, says) in [
+        (vec!["mem-set", name.as_str(), "12x"], "invalid memory size"),
+        (vec!["mem-set", name.as_str(), "1m"], "below the smallest"),
+        (vec!["mem-set", "Domain-0", "1g"], "Domain-0"),
+        (vec!["mem-set", "nosuch", "1g"], "does not exist"),
     ] {
         let o = host.xl(&args).expect("run xl");
         let err = String::from_utf8_lossy(&o.stderr);
