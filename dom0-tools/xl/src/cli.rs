@@ -149,6 +149,9 @@ pub enum Verb {
         /// Size, as mem-set's.
         size: String,
     },
+    /// Pin a domain's vCPU (or `all`) to host CPUs.
+    #[command(name = "vcpu-pin")]
+    VcpuPin(crate::sched::VcpuPinArgs),
     /// The credit scheduler's weight and cap of the domains (the
     /// domain's cgroup CPU share and quota).
     #[command(name = "sched-credit")]
@@ -261,6 +264,7 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
         Verb::MemSet { domain, size } => return finish(crate::mem::mem_set(domain, size)),
         Verb::MemMax { domain, size } => return finish(crate::mem::mem_max(domain, size)),
+        Verb::VcpuPin(a) => return finish(crate::sched::vcpu_pin(a)),
         Verb::SchedCredit(a) => return finish(crate::sched::sched_credit(&mut out, a)),
         Verb::MonitorDomain {
             domid,

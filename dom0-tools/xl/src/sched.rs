@@ -16,10 +16,18 @@
 //!   what was set (v2 weights round-trip through `cpu.weight` and may read
 //!   back off by one or two).
 //! - Domain-0 is the host: shown with Xen's defaults, never changed.
+//!
+//! And `xl vcpu-pin DOM VCPU CPUS` (`VCPU` a number or `all`, `CPUS` as
+//! xl.cfg's `cpus=`: `0-1,3`, `all`, `^N`): a PVHVM domain's vCPU is its
+//! VMM's `xen-vmm-vcpuN` thread, pinned with `sched_setaffinity` (within
+//! the domain's cpuset); a PV domain's vCPUs are not threads of their
+//! own, so only `all` (or vCPU 0 of a one-vCPU domain) is accepted and
+//! moves the domain's cpuset. `xl vcpu-list` shows each vCPU thread's
+//! affinity ([`vcpu_affinities`]).
 
 use std::io::Write;
 
-use xen_cgroup::{Cgroup, CgroupError, CpuQuota};
+use xen_cgroup::{Cgroup, CgroupError, CpuQuota, CpuSet};
 use xen_shim_proto::protocol::DomainInfo;
 
 use crate::resources::{self, ResourcesError};
@@ -65,6 +73,35 @@ pub enum SchedError {
     /// The domain has no group (not made by `xl create`).
     #[error("domain {0} has no cgroup (was it made by xl create?)")]
     NoGroup(u16),
+    /// A vCPU the domain does not have, or one of a PV domain.
+    #[error("domain {domid} has no vCPU {vcpu} of its own to pin{why}")]
+    Vcpu {
+        /// Domain.
+        domid: u16,
+        /// The vCPU asked for.
+        vcpu: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The CPU list is invalid, offline or outside the domain's cpuset.
+    #[error("CPUs \"{spec}\": {why}")]
+    Cpus {
+        /// The list.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `sched_setaffinity` failed.
+    #[error("cannot pin thread {tid} (vCPU {vcpu})")]
+    Pin {
+        /// The thread.
+        tid: i32,
+        /// Its vCPU.
+        vcpu: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing the table failed.
     #[error("cannot write the table")]
     Write(#[source] std::io::Error),
@@ -228,6 +265,153 @@ pub fn sched_credit(out: &mut dyn Write, a: &SchedCreditArgs) -> Result<(), Sche
             Err(e) => return Err(e),
         };
         writeln!(out, "{}", row(&d.name, d.domid, w, c)).map_err(SchedError::Write)?;
+    }
+    Ok(())
+}
+
+/// `xl vcpu-pin`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VcpuPinArgs {
+    /// Name or id.
+    pub domain: String,
+    /// vCPU number, or `all`.
+    pub vcpu: String,
+    /// Hard affinity: CPUs as xl.cfg's `cpus=` (`0-1,3`, `all`, `^N`).
+    pub cpus: String,
+    /// Soft affinity: only `-` (none) is accepted.
+    pub soft: Option<String>,
+}
+
+/// The vCPU threads (`xen-vmm-vcpuN`) among `tids`: (vCPU, thread id),
+/// by vCPU.
+#[must_use]
+pub fn vcpu_threads(tids: &[i32]) -> Vec<(u32, i32)> {
+    let mut v: Vec<(u32, i32)> = tids
+        .iter()
+        .filter_map(|&tid| {
+            let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).ok()?;
+            let id = comm
+                .trim()
+                .strip_prefix(crate::stat::VCPU_THREAD)?
+                .parse()
+                .ok()?;
+            Some((id, tid))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// `Cpus_allowed_list` of `/proc/<tid>/status`.
+fn thread_affinity(tid: i32) -> Option<CpuSet> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|v| CpuSet::parse(v.trim()).ok())
+}
+
+/// Each vCPU thread's affinity in group `g` (vCPU → CPUs), for
+/// `xl vcpu-list`; empty for a PV domain.
+#[must_use]
+pub fn vcpu_affinities(g: &Cgroup) -> Vec<(u32, CpuSet)> {
+    vcpu_threads(&g.threads().unwrap_or_default())
+        .into_iter()
+        .filter_map(|(id, tid)| Some((id, thread_affinity(tid)?)))
+        .collect()
+}
+
+fn set_affinity(tid: i32, vcpu: u32, cpus: &CpuSet) -> Result<(), SchedError> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in cpus.iter() {
+        // SAFETY: CPU_SET writes within `set`; it ignores CPUs beyond its
+        // size.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(SchedError::Pin {
+            tid,
+            vcpu,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// `xl vcpu-pin DOM VCPU CPUS [-]`.
+///
+/// # Errors
+/// [`SchedError::Vcpu`], [`SchedError::Cpus`], [`SchedError::Pin`],
+/// [`SchedError::NoGroup`], [`SchedError::Dom0`] or a cgroup failure.
+pub fn vcpu_pin(a: &VcpuPinArgs) -> Result<(), SchedError> {
+    if a.soft.as_deref().is_some_and(|s| s != "-") {
+        return Err(SchedError::Cpus {
+            spec: a.soft.clone().unwrap_or_default(),
+            why: "soft affinity is not supported (only \"-\")".into(),
+        });
+    }
+    let control = toolstack::shim(false)?;
+    let d = toolstack::find_domain(&control, &a.domain)?;
+    if d.domid == 0 {
+        return Err(SchedError::Dom0);
+    }
+    let bad = |why: String| SchedError::Cpus {
+        spec: a.cpus.clone(),
+        why,
+    };
+    let spec = resources::CpusSpec::parse(vec![a.cpus.clone()]).map_err(bad)?;
+    let cpus = spec.resolve().map_err(|e| bad(e.to_string()))?;
+    let vcpu = match a.vcpu.as_str() {
+        "all" => None,
+        v => Some(v.parse::<u32>().map_err(|_| SchedError::Vcpu {
+            domid: d.domid,
+            vcpu: v.to_owned(),
+            why: " (a number or all)",
+        })?),
+    };
+    let g = group_of(&d)?;
+    if d.kind != xen_shim_proto::layout::DomainType::Pvhvm {
+        if vcpu.is_some_and(|v| v != 0 || d.vcpus != 1) {
+            return Err(SchedError::Vcpu {
+                domid: d.domid,
+                vcpu: a.vcpu.clone(),
+                why: ": a PV domain's vCPUs are not threads of their own (pin `all`: the domain's cpuset)",
+            });
+        }
+        return g
+            .set_cpuset(&cpus)
+            .map_err(cg(format!("pin domain {} to CPUs {cpus}", d.domid)));
+    }
+    let allowed = g
+        .cpuset()
+        .map_err(cg(format!("read the cpuset of domain {}", d.domid)))?;
+    // `all` is the domain's CPUs, not the host's.
+    let cpus = if a.cpus.trim() == "all" {
+        allowed.clone()
+    } else {
+        cpus
+    };
+    if !cpus.is_subset(&allowed) {
+        return Err(bad(format!(
+            "outside the domain's cpuset {allowed} (its cpus= setting)"
+        )));
+    }
+    let threads = vcpu_threads(&g.threads().map_err(cg("list the domain's threads"))?);
+    let chosen: Vec<(u32, i32)> = threads
+        .into_iter()
+        .filter(|(id, _)| vcpu.is_none_or(|v| v == *id))
+        .collect();
+    if chosen.is_empty() {
+        return Err(SchedError::Vcpu {
+            domid: d.domid,
+            vcpu: a.vcpu.clone(),
+            why: "",
+        });
+    }
+    for (id, tid) in chosen {
+        set_affinity(tid, id, &cpus)?;
     }
     Ok(())
 }

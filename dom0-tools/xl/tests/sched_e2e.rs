@@ -10,6 +10,8 @@
 //!   a cap of 10 at a tenth;
 //! - `xl sched-credit` lists and reads back what was set; bad input
 //!   (weight 0, no domain, Domain-0) is refused with a clear error;
+//! - `xl vcpu-pin DOM all CPUS` moves a PV domain's cpuset (`xl
+//!   vcpu-list` shows it); a single vCPU of it is refused;
 //! - `xl mem-set` down to 32 MiB holds a guest created with 128 MiB: its
 //!   100 MiB hog is OOM-killed inside the guest, whose init goes on, and
 //!   `xl list` shows 32; up again only after `xl mem-max` raises the
@@ -163,8 +165,28 @@ fn test_sched_credit_weights_split_one_cpu_and_a_cap_holds_a_guest() {
         "the vcpus = 1 quota stays"
     );
 
+    // xl vcpu-pin of a PV domain: `all` moves its cpuset; xl vcpu-list
+    // shows it.
+    host.xl_ok(&["vcpu-pin", &a, "all", "0-1"])
+        .expect("xl vcpu-pin all");
+    assert_eq!(ga.cpuset().expect("cpuset").to_string(), "0-1");
+    let vl = host.xl_ok(&["vcpu-list", &a]).expect("xl vcpu-list");
+    assert!(
+        vl.lines().nth(1).is_some_and(|l| l.ends_with(" 0-1 / all")),
+        "{vl}"
+    );
+    host.xl_ok(&["vcpu-pin", &a, "0", "1"])
+        .expect("vCPU 0 of a one-vCPU domain");
+    assert_eq!(ga.cpuset().expect("cpuset").to_string(), "1");
+
     // Bad input.
     for (args, says) in [
+        (
+            vec!["vcpu-pin", a.as_str(), "1", "0"],
+            "not threads of their own",
+        ),
+        (vec!["vcpu-pin", a.as_str(), "all", "4095"], "online CPUs"),
+        (vec!["vcpu-pin", a.as_str(), "all", "x"], "CPUs \"x\""),
         (
             vec!["sched-credit", "-d", a.as_str(), "-w", "0"],
             "out of range",
