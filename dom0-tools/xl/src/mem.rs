@@ -235,6 +235,40 @@ mod tests {
         assert!(parse_size_kib("18446744073709551615t").is_err());
     }
 
+    fn info(domid: u16, kind: DomainType) -> DomainInfo {
+        DomainInfo {
+            domid,
+            name: "g".into(),
+            memory_mib: 64,
+            vcpus: 1,
+            kind,
+            state: xen_shim_proto::protocol::DomainState::Running,
+            flags: "r-----".into(),
+            layout: xen_shim_proto::layout::DomainLayout::new(64, 64).expect("layout"),
+            pid: None,
+            store_port: 1,
+            console_port: 2,
+            grant_version: 1,
+            grant_frames: 1,
+            instance: 1,
+        }
+    }
+
+    #[test]
+    fn test_pvhvm_and_dom0_are_refused_with_the_reason() {
+        let e = check(&info(3, DomainType::Pvhvm), 32 << 10).expect_err("pvhvm");
+        assert!(e.to_string().contains("no balloon driver"), "{e}");
+        assert!(matches!(
+            check(&info(0, DomainType::Pv), 32 << 10),
+            Err(MemError::Dom0)
+        ));
+        assert!(matches!(
+            check(&info(3, DomainType::Pv), 1 << 10),
+            Err(MemError::TooSmall(1024))
+        ));
+        assert!(check(&info(3, DomainType::Pv), 32 << 10).is_ok());
+    }
+
     #[test]
     fn test_pv_limit_keeps_the_runtime_allowance() {
         assert_eq!(
