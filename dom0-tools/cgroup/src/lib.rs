@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | [`Cgroup::set_memory_limit`] | `memory.limit_in_bytes` + `memory.memsw.limit_in_bytes` (when swap is accounted), `memory.oom_control` = 0 (the OOM killer acts inside the group) | `memory.max`, `memory.swap.max` = 0 |
 //! | [`Cgroup::set_cpu_quota`] | `cpu.cfs_period_us`, `cpu.cfs_quota_us` | `cpu.max` |
+//! | [`Cgroup::set_cpu_shares`] | `cpu.shares` | `cpu.weight` ([`parse::shares_to_weight`]) |
 //! | [`Cgroup::set_cpuset`] | `cpuset.cpus` (`cpuset.cpus`/`mems` copied from the parent at creation) | `cpuset.cpus` |
 //! | [`Cgroup::set_pids_limit`] | `pids.max` | `pids.max` |
 //! | [`Cgroup::cpu_time`] | `cpuacct.usage` | `cpu.stat` `usage_usec` |
@@ -474,6 +475,27 @@ impl Cgroup {
     /// [`CgroupError::Io`] or [`CgroupError::Parse`].
     pub fn cpu_quota(&self) -> Result<Option<CpuQuota>, CgroupError> {
         both!(self, g => g.cpu_quota())
+    }
+
+    /// Sets the group's share of contended CPUs, in v1 `cpu.shares` units
+    /// (clamped to [`parse::SHARES_RANGE`]; [`parse::DEFAULT_SHARES`] is a
+    /// new group's): on v2 `cpu.weight` by [`parse::shares_to_weight`].
+    ///
+    /// # Errors
+    /// [`CgroupError::Io`].
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<(), CgroupError> {
+        let s = shares.clamp(*parse::SHARES_RANGE.start(), *parse::SHARES_RANGE.end());
+        both!(self, g => g.set_cpu_shares(s))
+    }
+
+    /// The group's CPU share, v1 `cpu.shares` units (on v2 from
+    /// `cpu.weight` by [`parse::weight_to_shares`], so close to what was
+    /// set, not always equal).
+    ///
+    /// # Errors
+    /// [`CgroupError::Io`] or [`CgroupError::Parse`].
+    pub fn cpu_shares(&self) -> Result<u64, CgroupError> {
+        both!(self, g => g.cpu_shares())
     }
 
     /// Runs the members only on `cpus` (a subset of the parent's).

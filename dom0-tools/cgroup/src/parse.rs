@@ -198,6 +198,29 @@ impl std::str::FromStr for CpuSet {
     }
 }
 
+/// v1 `cpu.shares`' range (the kernel's `MIN_SHARES`, `MAX_SHARES`).
+pub const SHARES_RANGE: std::ops::RangeInclusive<u64> = 2..=262_144;
+/// v1 `cpu.shares`' default (one task's "nice 0" weight).
+pub const DEFAULT_SHARES: u64 = 1024;
+
+/// v2 `cpu.weight` for v1 `shares` (clamped to [`SHARES_RANGE`]): the
+/// linear map of `[2, 262144]` onto `[1, 10000]` that runc and Kubernetes
+/// use (1024 shares is weight 39; v2's default weight 100 is about 2600
+/// shares).
+#[must_use]
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let s = shares.clamp(*SHARES_RANGE.start(), *SHARES_RANGE.end());
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+/// v1 shares for a v2 `cpu.weight` (clamped to `[1, 10000]`): the inverse
+/// of [`shares_to_weight`] (rounded up, so that the weight reads back).
+#[must_use]
+pub fn weight_to_shares(weight: u64) -> u64 {
+    let w = weight.clamp(1, 10_000);
+    2 + ((w - 1) * 262_142).div_ceil(9999)
+}
+
 /// A CPU bandwidth limit: `quota_us` of CPU time per `period_us` (two
 /// CPUs' worth is twice the period).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -480,5 +503,21 @@ garbage\n";
             ("cgroup2", "/docker/x")
         );
         assert_eq!(m[3].mountpoint, PathBuf::from("/mnt/a b"));
+    }
+
+    #[test]
+    fn test_shares_weight_map_ends_and_round_trip() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(0), 1);
+        assert_eq!(shares_to_weight(u64::MAX), 10_000);
+        assert_eq!(weight_to_shares(1), 2);
+        assert_eq!(weight_to_shares(10_000), 262_144);
+        // Twice the shares is (about) twice the weight.
+        let (a, b) = (shares_to_weight(1024), shares_to_weight(2048));
+        assert!((2 * a).abs_diff(b) <= 1, "{a} {b}");
+        for w in [1, 39, 78, 100, 5000, 10_000] {
+            assert_eq!(shares_to_weight(weight_to_shares(w)), w, "{w}");
+        }
     }
 }

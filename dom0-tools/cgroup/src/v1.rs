@@ -187,6 +187,14 @@ impl Group {
             .map_err(|source| CgroupError::Parse { path: qp, source })
     }
 
+    pub(crate) fn set_cpu_shares(&self, shares: u64) -> Result<(), CgroupError> {
+        fsio::write(&self.cpu.join("cpu.shares"), &shares.to_string())
+    }
+
+    pub(crate) fn cpu_shares(&self) -> Result<u64, CgroupError> {
+        fsio::read_u64(&self.cpu.join("cpu.shares"), "cpu.shares")
+    }
+
     pub(crate) fn set_cpuset(&self, cpus: &CpuSet) -> Result<(), CgroupError> {
         fsio::write(&self.cpuset.join("cpuset.cpus"), &cpus.to_string())
     }

@@ -88,6 +88,16 @@ impl Group {
             .map_err(|source| CgroupError::Parse { path: p, source })
     }
 
+    pub(crate) fn set_cpu_shares(&self, shares: u64) -> Result<(), CgroupError> {
+        let w = crate::parse::shares_to_weight(shares);
+        fsio::write(&self.dir.join("cpu.weight"), &w.to_string())
+    }
+
+    pub(crate) fn cpu_shares(&self) -> Result<u64, CgroupError> {
+        let w = fsio::read_u64(&self.dir.join("cpu.weight"), "cpu.weight")?;
+        Ok(crate::parse::weight_to_shares(w))
+    }
+
     pub(crate) fn set_cpuset(&self, cpus: &CpuSet) -> Result<(), CgroupError> {
         fsio::write(&self.dir.join("cpuset.cpus"), &cpus.to_string())
     }

@@ -91,6 +91,11 @@ fn test_v1_limits_write_kernel_files() {
     g.set_cpu_quota(None).expect("unlimited");
     assert_eq!(get(&c.join("cpu.cfs_quota_us")), "-1");
     assert_eq!(g.cpu_quota().expect("read"), None);
+    g.set_cpu_shares(2048).expect("shares");
+    assert_eq!(get(&c.join("cpu.shares")), "2048");
+    assert_eq!(g.cpu_shares().expect("read"), 2048);
+    g.set_cpu_shares(1).expect("clamped");
+    assert_eq!(get(&c.join("cpu.shares")), "2");
 
     g.set_cpuset(&CpuSet::parse("1,3").expect("list"))
         .expect("cpuset");
@@ -181,6 +186,12 @@ fn test_v2_create_delegates_controllers_and_writes_unified_files() {
     assert_eq!(get(&d.join("cpu.max")), "100000 100000");
     g.set_cpu_quota(None).expect("cpu");
     assert_eq!(get(&d.join("cpu.max")), "max");
+    g.set_cpu_shares(2048).expect("shares");
+    assert_eq!(get(&d.join("cpu.weight")), "79");
+    assert_eq!(
+        xen_cgroup::parse::shares_to_weight(g.cpu_shares().expect("read")),
+        79
+    );
     g.set_cpuset(&CpuSet::range(0, 1).expect("range"))
         .expect("cpuset");
     assert_eq!(get(&d.join("cpuset.cpus")), "0-1");

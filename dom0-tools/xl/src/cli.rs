@@ -157,6 +157,30 @@ pub enum Verb {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// Set a domain's memory target (its balloon; a PV domain's cgroup
+    /// limit follows).
+    #[command(name = "mem-set")]
+    MemSet {
+        /// Name or id.
+        domain: String,
+        /// Size: a number with t, g, m, k or b (none: MiB, as xl).
+        size: String,
+    },
+    /// Set the most a domain may balloon up to (`memory/static-max`).
+    #[command(name = "mem-max")]
+    MemMax {
+        /// Name or id.
+        domain: String,
+        /// Size, as mem-set's.
+        size: String,
+    },
+    /// Pin a domain's vCPU (or `all`) to host CPUs.
+    #[command(name = "vcpu-pin")]
+    VcpuPin(crate::sched::VcpuPinArgs),
+    /// The credit scheduler's weight and cap of the domains (the
+    /// domain's cgroup CPU share and quota).
+    #[command(name = "sched-credit")]
+    SchedCredit(crate::sched::SchedCreditArgs),
     /// List a domain's virtual network interfaces.
     #[command(name = "network-list")]
     NetworkList {
@@ -276,12 +300,21 @@ pub fn run(args: &Args) -> ExitCode {
         } => crate::saverestore::restore(file, *paused, *console)
             .map(drop)
             .map_err(Into::into),
+        Verb::MemSet { domain, size } => return finish(crate::mem::mem_set(domain, size)),
+        Verb::MemMax { domain, size } => return finish(crate::mem::mem_max(domain, size)),
+        Verb::VcpuPin(a) => return finish(crate::sched::vcpu_pin(a)),
+        Verb::SchedCredit(a) => return finish(crate::sched::sched_credit(&mut out, a)),
         Verb::MonitorDomain {
             domid,
             instance,
             config,
         } => crate::monitor::run(config, *domid, *instance),
     };
+    finish(r)
+}
+
+/// The exit status of a verb's result (its error on stderr).
+fn finish<E: std::error::Error>(r: Result<(), E>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

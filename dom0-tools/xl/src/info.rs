@@ -375,15 +375,20 @@ pub fn vcpu_list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackE
         let Some(st) = node.domain(d.domid) else {
             continue;
         };
-        let affinity = h
+        let group = h.as_ref().and_then(|h| {
+            h.open(&crate::resources::group_name(d.domid, &d.name))
+                .ok()
+                .flatten()
+        });
+        let affinity = group
             .as_ref()
-            .and_then(|h| {
-                h.open(&crate::resources::group_name(d.domid, &d.name))
-                    .ok()
-                    .flatten()
-            })
             .and_then(|g| g.cpuset().ok())
             .map_or_else(|| "all".to_owned(), |c| c.to_string());
+        // A PVHVM vCPU thread's own affinity (xl vcpu-pin).
+        let pinned = group
+            .as_ref()
+            .map(crate::sched::vcpu_affinities)
+            .unwrap_or_default();
         let state = if st.state.running {
             "r"
         } else if st.state.blocked {
@@ -416,13 +421,17 @@ pub fn vcpu_list(out: &mut dyn Write, which: &[String]) -> Result<(), ToolstackE
             };
             writeln!(
                 out,
-                "{:<32} {:>5} {:>5} {:>5} {:<5} {:>9} {affinity} / all",
+                "{:<32} {:>5} {:>5} {:>5} {:<5} {:>9} {} / all",
                 st.name,
                 d.domid,
                 v,
                 cpu,
                 format!("{vstate}-"),
-                time
+                time,
+                pinned
+                    .iter()
+                    .find(|(id, _)| *id == v)
+                    .map_or_else(|| affinity.clone(), |(_, c)| c.to_string())
             )
             .map_err(io)?;
         }

@@ -382,6 +382,8 @@ pub struct Census {
     /// parent group, which keeps the time of destroyed domains too.
     dom0_time: Option<Duration>,
     mem_total_mib: u64,
+    /// The PV domains' balloon targets (`xl mem-set`), MiB.
+    targets: BTreeMap<u16, u64>,
 }
 
 impl Census {
@@ -398,6 +400,13 @@ impl Census {
         for name in h.groups().unwrap_or_default() {
             if let (Some(id), Ok(g)) = (group_domid(&name), h.group(&name)) {
                 c.groups.insert(id, g);
+            }
+        }
+        if let Ok(xs) = crate::toolstack::xenstore(false) {
+            for &id in c.groups.keys() {
+                if let Some(t) = crate::mem::target_mib(&xs, id) {
+                    c.targets.insert(id, t);
+                }
             }
         }
         if let Ok(root) = h.root_cpu_time() {
@@ -444,8 +453,13 @@ impl Census {
             flags[0] = '-';
             flags[1] = 'b';
         }
+        // A PV domain's Mem is its balloon target (xl mem-set).
+        let mem_mib = match self.targets.get(&d.domid) {
+            Some(&t) if d.kind == xen_shim_proto::layout::DomainType::Pv => t,
+            _ => d.memory_mib,
+        };
         Figures {
-            mem_mib: d.memory_mib,
+            mem_mib,
             time_s: g.cpu_time().map_or(0.0, |t| t.as_secs_f64()),
             flags: flags.into_iter().collect(),
         }

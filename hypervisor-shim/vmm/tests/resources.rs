@@ -1,7 +1,8 @@
 //! A PVHVM domain's VMM runs in the domain's cgroup (`xl create`): memory
 //! limited to `maxmem` plus the VMM's allowance, a CPU quota of `vcpus`
 //! CPUs, its guest RAM (the domain's shared-memory file) charged to that
-//! group as the VMM touches it; `xl destroy` removes the group. Needs root
+//! group as the VMM touches it; `xl vcpu-pin` pins one vCPU thread and
+//! `xl vcpu-list` shows it; `xl destroy` removes the group. Needs root
 //! and `/dev/kvm`.
 
 mod common;
@@ -93,6 +94,34 @@ fn test_pvhvm_vmm_runs_in_its_domains_cgroup_with_its_limits() {
         "{top}"
     );
     eprintln!("xl vcpu-list:\n{vl}xl top -v: {vline}");
+    // xl vcpu-pin: vCPU 1's thread alone on CPU 0, then both on all the
+    // domain's CPUs again; xl vcpu-list shows each one's affinity.
+    let all = g.cpuset().expect("cpuset").to_string();
+    ok("xl vcpu-pin", &h.xl(&["vcpu-pin", "pvh-cg", "1", "0"]));
+    let aff = |h: &Host| -> Vec<String> {
+        ok("xl vcpu-list", &h.xl(&["vcpu-list", "pvh-cg"]))
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split_whitespace()
+                    .rev()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(aff(&h), vec![all.clone(), "0".to_owned()]);
+    ok(
+        "xl vcpu-pin all",
+        &h.xl(&["vcpu-pin", "pvh-cg", "all", "all"]),
+    );
+    assert_eq!(aff(&h), vec![all.clone(), all]);
+    let o = h.xl(&["vcpu-pin", "pvh-cg", "5", "0"]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no vCPU 5"),
+        "{o:?}"
+    );
     ok("xl destroy", &h.xl(&["destroy", "pvh-cg"]));
     assert!(!g.exists(), "the group outlived xl destroy");
 }
