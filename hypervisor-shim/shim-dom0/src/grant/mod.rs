@@ -214,22 +214,29 @@ pub fn read_target(t: &impl GrantTableView, gref: grant_ref_t) -> Result<GrantTa
     })
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
-    //! A grant table in plain vectors, for unit tests of the pure logic.
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
+    //! A grant table in plain vectors, for unit tests of the pure logic and
+    //! the fuzz targets (feature `fake`).
     use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 
     use super::*;
 
     /// v1 or v2 table of `n` entries.
-    pub(crate) struct FakeTable {
+    #[derive(Debug)]
+    pub struct FakeTable {
+        /// 1 or 2.
         pub version: u32,
+        /// The entries' 8-byte words (one per v1 entry, two per v2 entry).
         pub words: Vec<AtomicU64>,
+        /// The v2 status words (one per entry).
         pub status: Vec<AtomicU16>,
     }
 
     impl FakeTable {
-        pub(crate) fn new(version: u32, n: usize) -> Self {
+        /// An all-zero (all invalid) table of `n` entries.
+        #[must_use]
+        pub fn new(version: u32, n: usize) -> Self {
             let per = if version == 2 { 2 } else { 1 };
             Self {
                 version,
@@ -242,7 +249,7 @@ pub(crate) mod fake {
             self.words[gref as usize * per].as_ptr().cast_const().cast()
         }
         /// Writes raw bytes into entry `gref` (hostile contents).
-        pub(crate) fn poke(&self, gref: u32, word: usize, v: u64) {
+        pub fn poke(&self, gref: u32, word: usize, v: u64) {
             let per = if self.version == 2 { 2 } else { 1 };
             self.words[gref as usize * per + word].store(v, Ordering::SeqCst);
         }
