@@ -311,6 +311,50 @@ mod tests {
         assert_eq!(parse_tx(&slots), TxParse::Fatal(TxFatal::TooManySlots));
     }
 
+    /// A chain of `n` data slots of 100 bytes each (the last ends it).
+    fn chain(n: usize, first_flags: u16) -> Vec<TxSlot> {
+        (0..n)
+            .map(|i| {
+                let more = if i + 1 < n { NETTXF_more_data } else { 0 };
+                let flags = if i == 0 { more | first_flags } else { more };
+                let size = if i == 0 { 100 * n as u16 } else { 100 };
+                tx(i as u32, 0, flags, i as u16, size)
+            })
+            .collect()
+    }
+
+    /// The bound is exact: 18 data slots (`XEN_NETIF_NR_SLOTS_MIN`, Linux's
+    /// `XEN_NETBK_LEGACY_SLOTS_MAX`) pass, 19 fail the vif (issue 18 item 5b).
+    #[test]
+    fn test_parse_tx_slot_bound_18_accepted_19_fatal() {
+        assert_eq!(MAX_SLOTS, 18);
+        let TxParse::Packet(Ok(p)) = parse_tx(&chain(18, 0)) else {
+            panic!("18 slots must be accepted")
+        };
+        assert_eq!(p.slots.len(), 18);
+        assert_eq!(p.frags.len(), 18);
+        assert_eq!(p.frags[0], (0, 0, 100));
+        assert_eq!(
+            parse_tx(&chain(19, 0)),
+            TxParse::Fatal(TxFatal::TooManySlots)
+        );
+        // Extra-info slots do not count against the data-slot bound.
+        let mut with_gso = chain(18, NETTXF_extra_info);
+        with_gso.insert(1, gso_slot(XEN_NETIF_GSO_TYPE_TCPV4, 1448));
+        let TxParse::Packet(Ok(p)) = parse_tx(&with_gso) else {
+            panic!("18 data slots and a GSO extra must be accepted")
+        };
+        assert_eq!((p.slots.len(), p.frags.len()), (19, 18));
+        let mut with_gso = chain(19, NETTXF_extra_info);
+        with_gso.insert(1, gso_slot(XEN_NETIF_GSO_TYPE_TCPV4, 1448));
+        assert_eq!(parse_tx(&with_gso), TxParse::Fatal(TxFatal::TooManySlots));
+        // Seen before its end, the 19th slot's announcement is already fatal.
+        assert_eq!(
+            parse_tx(&chain(40, 0)[..19]),
+            TxParse::Fatal(TxFatal::TooManySlots)
+        );
+    }
+
     #[test]
     fn test_parse_tx_bad_sizes_and_offsets_are_dropped() {
         let short = parse_tx(&[tx(1, 0, 0, 0, 10)]);

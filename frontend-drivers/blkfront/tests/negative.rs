@@ -67,6 +67,52 @@ fn test_response_with_unknown_id_fails_device() {
     assert_failed_cleanly(&mut front, &back, 2);
 }
 
+/// A response for a request on queue 0 that arrives on queue 1 fails the
+/// device, even with a valid id and operation and room on queue 1's ring
+/// (issue 18 item 5c).
+#[test]
+fn test_response_on_the_wrong_queue_fails_device() {
+    // Arrange: two queues, one read on each (round-robin), both held.
+    let p = platform();
+    let offer = Offer {
+        max_queues: 2,
+        ..Offer::default()
+    };
+    let cfg = BlkfrontConfig {
+        max_queues: 2,
+        ..BlkfrontConfig::default()
+    };
+    let (mut front, mut back) = connected(&p, offer, cfg);
+    assert_eq!(front.queues(), 2);
+    front.submit_read(0, 512).expect("read");
+    front.submit_read(8, 512).expect("read");
+    assert_eq!(back.take_and_hold(2, false), 2);
+    let queues: Vec<usize> = back.held.iter().map(|(q, _)| *q).collect();
+    assert_eq!(queues, vec![0, 1], "one request per queue");
+    let id0 = xen_blkfront::request::decode_request(&back.held[0].1).id;
+
+    // Act: queue 0's request answered, well-formed, on queue 1.
+    back.push_raw(
+        1,
+        blkif_response {
+            id: id0,
+            operation: BLKIF_OP_READ,
+            status: BLKIF_RSP_OKAY,
+            ..Default::default()
+        },
+    );
+    let r = front.poll_completions();
+
+    // Assert
+    assert_eq!(
+        r,
+        Err(BlkfrontError::Failed(FailReason::UnknownResponseId {
+            id: id0
+        }))
+    );
+    assert_failed_cleanly(&mut front, &back, 2);
+}
+
 #[test]
 fn test_duplicate_response_fails_device() {
     // Arrange: a request answered properly, then a second request that

@@ -35,7 +35,8 @@ pub struct BackRing<Req, Rsp> {
     rsp_prod_pvt: u32,
     /// Next request to take. Range: `req_cons <= req_avail`.
     req_cons: u32,
-    /// The `rsp_prod` we last published. Range: `rsp_prod_pub <= rsp_prod_pvt`.
+    /// The `rsp_prod` we last published. Range: `rsp_prod_pub <= rsp_prod_pvt`
+    /// and `req_cons - rsp_prod_pub <= nr_ents`.
     rsp_prod_pub: u32,
     /// `req_cons` + the validated, clamped number of unconsumed requests at the
     /// last fresh read of `req_prod`. Range:
@@ -135,6 +136,7 @@ impl<Req: RingEntry, Rsp: RingEntry> BackRing<Req, Rsp> {
     fn debug_check(&self) {
         debug_assert!(self.req_cons.wrapping_sub(self.rsp_prod_pvt) <= self.nr_ents);
         debug_assert!(self.rsp_prod_pvt.wrapping_sub(self.rsp_prod_pub) <= self.nr_ents);
+        debug_assert!(self.req_cons.wrapping_sub(self.rsp_prod_pub) <= self.nr_ents);
         debug_assert!(
             self.req_avail.wrapping_sub(self.req_cons)
                 <= self.nr_ents - self.req_cons.wrapping_sub(self.rsp_prod_pvt)
@@ -160,16 +162,26 @@ impl<Req: RingEntry, Rsp: RingEntry> BackRing<Req, Rsp> {
                 limit: self.nr_ents,
             });
         }
-        // XEN_RING_NR_UNCONSUMED_REQUESTS
+        // XEN_RING_NR_UNCONSUMED_REQUESTS, with the free slots counted from
+        // the published `rsp_prod` rather than `rsp_prod_pvt`: the slots
+        // from `rsp_prod` to `req_cons` are ours (requests taken, responses
+        // not yet published). Counted from `rsp_prod_pvt`, a hostile
+        // `req_prod` hands us the slot of a response we have not published
+        // yet, and answering it overwrites that response
+        // (`rsp_prod_pvt - rsp_prod > nr_ents`; found by the `ring` fuzz
+        // target). An honest front end never publishes past `rsp_prod +
+        // nr_ents`, so this never holds one back.
         let req = prod.wrapping_sub(self.req_cons);
-        let rsp = self.nr_ents - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        let rsp = self.nr_ents - self.req_cons.wrapping_sub(self.rsp_prod_pub);
         Ok(req.min(rsp))
     }
 
     /// `RING_HAS_UNCONSUMED_REQUESTS`: reads `req_prod` once, validates it
     /// (`RING_REQUEST_PROD_OVERFLOW`: `req_prod - rsp_prod_pvt > nr_ents` is
     /// [`RingError::ProducerOverflow`]) and returns
-    /// `min(req_prod - req_cons, nr_ents - (req_cons - rsp_prod_pvt))`.
+    /// `min(req_prod - req_cons, nr_ents - (req_cons - rsp_prod))`, with
+    /// `rsp_prod` the published index (`ring.h` counts from `rsp_prod_pvt`;
+    /// see `unconsumed_for` for why not here).
     pub fn unconsumed_requests(&self) -> Result<u32, RingError> {
         let prod = self.mem.index(REQ_PROD).load(Ordering::Acquire);
         self.unconsumed_for(prod)

@@ -63,6 +63,37 @@ fn test_req_prod_nr_ents_plus_one_ahead_is_producer_overflow() {
     }
 }
 
+/// Found by the `ring` fuzz target: a back end that answered a full ring
+/// privately (not published yet) was handed the same slots again by a
+/// hostile `req_prod`, and its next answer overwrote an unpublished one
+/// (65 unpublished responses on a ring of 64).
+#[test]
+fn test_req_prod_past_unpublished_responses_gives_no_slot() {
+    let pages = Pages::new(1);
+    let (_front, mut back) = pair::<Msg112, Msg12>(&pages);
+    pages.poke_u32(REQ_PROD, 32);
+    for _ in 0..32 {
+        back.take_request().unwrap().unwrap();
+    }
+    for _ in 0..32 {
+        back.push_response(&[0; 3]).unwrap();
+    }
+    // Every slot holds an unpublished response: a req_prod a whole ring
+    // further (within rsp_prod_pvt + nr_ents, so no overflow) gives nothing.
+    pages.poke_u32(REQ_PROD, 64);
+    assert_eq!(back.unconsumed_requests(), Ok(0));
+    assert_eq!(back.take_request(), Ok(None));
+    assert!(back.push_response(&[0; 3]).is_err());
+    assert_eq!(back.unpublished_responses(), 32);
+    // Once published, the slots are the front end's again.
+    back.push_responses_and_check_notify();
+    assert_eq!(back.unconsumed_requests(), Ok(32));
+    for _ in 0..32 {
+        back.take_request().unwrap().unwrap();
+    }
+    assert_eq!(back.take_request(), Ok(None));
+}
+
 #[test]
 fn test_req_prod_going_backwards_is_clamped_like_ring_h() {
     let pages = Pages::new(1);

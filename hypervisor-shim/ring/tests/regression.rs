@@ -72,6 +72,10 @@ fn test_request_cons_overflow_stops_taking_until_responses() {
     assert_eq!(back.unconsumed_requests(), Ok(0));
     back.push_response(&msg12(0)).unwrap();
     pages.poke_u32(REQ_PROD, 33);
+    // The slot is free once its response is published, not before (its
+    // unpublished response would be overwritten).
+    assert_eq!(back.unconsumed_requests(), Ok(0));
+    back.push_responses_and_check_notify();
     assert_eq!(back.unconsumed_requests(), Ok(1));
     assert!(back.take_request().unwrap().is_some());
 }

@@ -329,6 +329,52 @@ mod tests {
         assert_eq!(out, vec![1, 2]);
     }
 
+    /// The writer's bound is exact: 4096 bytes of payload (Xen's
+    /// `XENSTORE_PAYLOAD_MAX`) make a packet, 4097 do not and leave the
+    /// buffer as it was (issue 18 item 5d).
+    #[test]
+    fn test_packet_writer_4096_accepted_4097_refused() {
+        assert_eq!(XENSTORE_PAYLOAD_MAX, 4096);
+        let mut out = vec![7];
+        let mut w = PacketWriter::begin(&mut out, MsgType::Read, 5, 1);
+        w.push(&[b'x'; 4096]);
+        assert_eq!(w.finish(), Ok(4096));
+        assert_eq!(out.len(), 1 + Header::SIZE + 4096);
+        assert_eq!(
+            Header::decode(&out[1..]).unwrap(),
+            Header::new(MsgType::Read, 5, 1, 4096)
+        );
+
+        let mut out = vec![7];
+        let mut w = PacketWriter::begin(&mut out, MsgType::Read, 5, 1);
+        w.push(&[b'x'; 4097]);
+        assert_eq!(
+            w.finish(),
+            Err(WriterError::TooBig {
+                len: 4097,
+                max: 4096
+            })
+        );
+        assert_eq!(out, vec![7]);
+
+        // The same edge through the helpers: a watch event of exactly 4096
+        // bytes (`path\0token\0`) and one a byte longer.
+        let mut out = Vec::new();
+        PacketWriter::watch_event(&mut out, &[b'p'; 4091], b"tok").unwrap();
+        assert_eq!(Header::decode(&out).unwrap().len, 4096);
+        assert_eq!(
+            PacketWriter::watch_event(&mut out, &[b'p'; 4092], b"tok"),
+            Err(WriterError::TooBig {
+                len: 4097,
+                max: 4096
+            })
+        );
+        assert_eq!(out.len(), Header::SIZE + 4096);
+        let mut out = Vec::new();
+        assert!(PacketWriter::whole(&mut out, MsgType::Write, 0, 0, &[0; 4097]).is_err());
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn test_packet_writer_error_packet_layout() {
         let mut out = Vec::new();

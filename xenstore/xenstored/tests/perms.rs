@@ -225,3 +225,25 @@ fn test_set_target_grants_target_rights() {
     .unwrap();
     assert_eq!(g3.read("/local/domain/4/private").unwrap(), b"p");
 }
+
+/// A domain with only read permission on a parent may not create children
+/// under it (issue 18 item 5a: a changed mask in the child-creation check).
+#[test]
+fn test_acl_read_grant_on_parent_refuses_create_and_mkdir() {
+    let d = Daemon::start();
+    let mut dom0 = setup(&d);
+    dom0.mkdir("/shared").unwrap();
+    dom0.set_perms("/shared", "n0 r3").unwrap();
+    let mut g3 = d.guest(3);
+    assert_eq!(g3.write("/shared/new", "x"), Err(XsError::Eacces));
+    assert_eq!(g3.mkdir("/shared/dir"), Err(XsError::Eacces));
+    assert_eq!(g3.write("/shared/deep/er", "x"), Err(XsError::Eacces));
+    assert_eq!(g3.mkdir("/shared/deep/dir"), Err(XsError::Eacces));
+    // Nothing was created behind the refusals.
+    assert_eq!(dom0.read("/shared/new"), Err(XsError::Enoent));
+    assert_eq!(dom0.read("/shared/dir"), Err(XsError::Enoent));
+    assert_eq!(dom0.read("/shared/deep"), Err(XsError::Enoent));
+    assert_eq!(dom0.dir("/shared").unwrap(), Vec::<String>::new());
+    // The read grant itself still works: the parent is readable.
+    assert!(g3.read("/shared").is_ok());
+}

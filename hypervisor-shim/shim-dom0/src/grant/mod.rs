@@ -214,22 +214,29 @@ pub fn read_target(t: &impl GrantTableView, gref: grant_ref_t) -> Result<GrantTa
     })
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
-    //! A grant table in plain vectors, for unit tests of the pure logic.
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
+    //! A grant table in plain vectors, for unit tests of the pure logic and
+    //! the fuzz targets (feature `fake`).
     use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 
     use super::*;
 
     /// v1 or v2 table of `n` entries.
-    pub(crate) struct FakeTable {
+    #[derive(Debug)]
+    pub struct FakeTable {
+        /// 1 or 2.
         pub version: u32,
+        /// The entries' 8-byte words (one per v1 entry, two per v2 entry).
         pub words: Vec<AtomicU64>,
+        /// The v2 status words (one per entry).
         pub status: Vec<AtomicU16>,
     }
 
     impl FakeTable {
-        pub(crate) fn new(version: u32, n: usize) -> Self {
+        /// An all-zero (all invalid) table of `n` entries.
+        #[must_use]
+        pub fn new(version: u32, n: usize) -> Self {
             let per = if version == 2 { 2 } else { 1 };
             Self {
                 version,
@@ -242,7 +249,7 @@ pub(crate) mod fake {
             self.words[gref as usize * per].as_ptr().cast_const().cast()
         }
         /// Writes raw bytes into entry `gref` (hostile contents).
-        pub(crate) fn poke(&self, gref: u32, word: usize, v: u64) {
+        pub fn poke(&self, gref: u32, word: usize, v: u64) {
             let per = if self.version == 2 { 2 } else { 1 };
             self.words[gref as usize * per + word].store(v, Ordering::SeqCst);
         }
@@ -400,6 +407,59 @@ mod tests {
         assert!(matches!(end_access(&t, 5), Err(GrantError::InUse { .. })));
         clear_status(&t, 5, GTF_reading | GTF_writing);
         end_access(&t, 5).expect("revoked");
+    }
+
+    /// A read-only v2 grant mapped writable is refused by the first check,
+    /// before the status word is touched: `GTF_writing` is never visible to
+    /// the granter, pinned or not (issue 18 item 5e; a later re-check would
+    /// refuse it too, but as `Unstable` and after setting the bit).
+    #[test]
+    fn test_v2_readonly_grant_mapped_writable_refused_before_status_changes() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+
+        let t = Arc::new(FakeTable::new(2, 8));
+        grant_access(&*t, 2, 0, 9, true).expect("grant");
+
+        // Not pinned: refused as read-only, status word untouched.
+        let e = set_status(&*t, 2, 0, false, false, true).expect_err("refused");
+        assert!(matches!(e, GrantError::ReadOnlyGrant { gref: 2 }), "{e:?}");
+        assert_eq!(e.gntst(), GNTST_general_error);
+        assert_eq!(t.status[2].load(Ordering::SeqCst), 0);
+        assert_eq!(
+            entry_flags(&*t, 2),
+            Some((GTF_permit_access | GTF_readonly, 0))
+        );
+
+        // Pinned read-only by someone else: a writable pin is refused the
+        // same way and leaves the reader's bit alone.
+        set_status(&*t, 2, 0, true, false, true).expect("ro map");
+        assert_eq!(t.status[2].load(Ordering::SeqCst), GTF_reading);
+        let e = set_status(&*t, 2, 0, false, true, true).expect_err("refused");
+        assert!(matches!(e, GrantError::ReadOnlyGrant { gref: 2 }), "{e:?}");
+        assert_eq!(t.status[2].load(Ordering::SeqCst), GTF_reading);
+        clear_status(&*t, 2, GTF_reading);
+
+        // The granter watching its status word never sees GTF_writing.
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (t, stop) = (Arc::clone(&t), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if t.status[2].load(Ordering::SeqCst) & GTF_writing != 0 {
+                        seen += 1;
+                    }
+                }
+                seen
+            })
+        };
+        for i in 0..200_000 {
+            let e = set_status(&*t, 2, 0, false, i % 2 == 0, true).expect_err("refused");
+            assert!(matches!(e, GrantError::ReadOnlyGrant { .. }), "{e:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(watcher.join().expect("watcher"), 0, "GTF_writing was seen");
     }
 
     #[test]
