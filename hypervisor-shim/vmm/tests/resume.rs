@@ -137,10 +137,11 @@ fn test_pvhvm_xl_save_restore_of_suspending_guest_reconnects_its_disk() {
 
 /// `xl save -c` of a guest that suspends: the guest is resumed in place
 /// (its hypercall returns 1) and its self-test goes on with the same
-/// connection. The checkpoint file, restored once the original is
-/// destroyed (a name exists once), reconnects in its new domain.
+/// connection. A later `xl save` and `xl restore` of it (the checkpoint
+/// file itself is not restored: the disk went on without it, as Xen's)
+/// still reconnects in the new domain.
 #[test]
-fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on_then_restores() {
+fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on() {
     let mut h = Host::start("pvhvm-resume-c-");
     let img = h.image("rc.img", 64);
     let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
@@ -164,8 +165,7 @@ fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on_then_restores() {
     assert_eq!(domid(&h, name), id);
     assert!(!h.list_row(name).expect("listed").contains("--s"));
 
-    ok("xl destroy", &h.xl(&["destroy", name]));
-    h.wait_gone(name, T);
+    ok("xl save", &h.xl(&["save", name, file.to_str().unwrap()]));
     ok("xl restore", &h.xl(&["restore", file.to_str().unwrap()]));
     let new_id = domid(&h, name);
     h.wait_vmm_log(
