@@ -1044,12 +1044,7 @@ pub fn shutdown(
     if wait {
         let _ = writeln!(out, "Waiting for 1 domains");
         loop {
-            let now = control
-                .list_domains()
-                .map_err(shim_err("list domains"))?
-                .into_iter()
-                .find(|x| x.domid == d.domid && x.instance == d.instance);
-            match now {
+            match same_domain(&control, &d)? {
                 None => {
                     let _ = writeln!(out, "Domain {} has been destroyed.", d.domid);
                     break;
@@ -1070,6 +1065,16 @@ pub fn shutdown(
         }
     }
     Ok(d.domid)
+}
+
+/// Domain `d` as the shim lists it now (`None` once gone; a new domain
+/// that reuses its id is another instance).
+fn same_domain(control: &Control, d: &DomainInfo) -> Result<Option<DomainInfo>, ToolstackError> {
+    Ok(control
+        .list_domains()
+        .map_err(shim_err("list domains"))?
+        .into_iter()
+        .find(|x| x.domid == d.domid && x.instance == d.instance))
 }
 
 /// How long `xl save` waits for a guest to suspend (libxl waits 60 s).
@@ -1103,12 +1108,7 @@ pub fn suspend_for_save(control: &Control, d: &DomainInfo) -> Result<bool, Tools
         .map_err(xs_err(format!("write {node}")))?;
     let t0 = Instant::now();
     loop {
-        let now = control
-            .list_domains()
-            .map_err(shim_err("list domains"))?
-            .into_iter()
-            .find(|x| x.domid == d.domid && x.instance == d.instance);
-        match now.map(|x| x.state) {
+        match same_domain(control, d)?.map(|x| x.state) {
             Some(DomainState::Shutdown {
                 reason: ShutdownReason::Suspend,
             }) => return Ok(true),
