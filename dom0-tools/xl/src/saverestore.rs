@@ -1,11 +1,18 @@
 //! `xl save` and `xl restore` of PVHVM guests, in Xen 4.17's save file format
 //! (`xen-stream`).
 //!
-//! `xl save [-c] [-p] DOM FILE`: asks the domain's VMM, over its control socket
-//! (`<rundir>/vmm-<name>.sock`), to park its vCPUs and write FILE (the xl header
-//! with the domain's config, its pages, vCPU state, HVM params); then destroys the
-//! domain, or lets it run on (`-c`, a checkpoint) or leaves it paused (`-p`). PV
-//! process guests are refused: their state is a Linux process tree.
+//! `xl save [-c] [-p] DOM FILE`: a guest that advertises `control/feature-suspend`
+//! is asked to suspend first (Xen's suspend protocol, as libxl: `suspend` in its
+//! `control/shutdown`, then the domain shut down with reason suspend), so that
+//! once restored its suspend hypercall returns 0 and it sets its connections up
+//! again in the new domain; a guest without the feature is saved without its
+//! cooperation (its vCPU 0 parked where it runs). Then asks the domain's VMM, over
+//! its control socket (`<rundir>/vmm-<name>.sock`), to park its vCPUs and write
+//! FILE (the xl header with the domain's config, its pages, vCPU state, HVM
+//! params); then destroys the domain, or lets it run on (`-c`, a checkpoint: a
+//! suspended guest is resumed in place, its hypercall returning 1) or leaves it
+//! paused (`-p`). PV process guests are refused: their state is a Linux process
+//! tree.
 //!
 //! `xl restore [-p] [-c] FILE`: reads the config from FILE's xl header, validates
 //! the whole file (every record, every page number against the config's memory)
@@ -125,6 +132,22 @@ pub fn save(
         source,
     };
     let conn = UnixStream::connect(&socket).map_err(ctl_err)?;
+    let t_suspend = std::time::Instant::now();
+    let suspended = toolstack::suspend_for_save(&control, &d)?;
+    if suspended {
+        eprintln!(
+            "Domain {} suspended (control/shutdown) in {} ms",
+            d.domid,
+            t_suspend.elapsed().as_millis()
+        );
+    }
+    // A failed save leaves a suspended guest running in place.
+    let undo = |e: SaveRestoreError| {
+        if suspended {
+            let _ = toolstack::resume_cancelled(&control, d.domid);
+        }
+        e
+    };
     let mut out = conn.try_clone().map_err(ctl_err)?;
     let mut lines = BufReader::new(conn).lines();
     eprintln!(
@@ -140,9 +163,14 @@ pub fn save(
         .truncate(true)
         .mode(0o600)
         .open(&file)
-        .map_err(|source| ToolstackError::Io {
-            what: format!("create {}", file.display()),
-            source,
+        .map_err(|source| {
+            undo(
+                ToolstackError::Io {
+                    what: format!("create {}", file.display()),
+                    source,
+                }
+                .into(),
+            )
         })?;
     let fds = [dest.as_raw_fd()];
     nix::sys::socket::sendmsg::<()>(
@@ -152,14 +180,14 @@ pub fn save(
         nix::sys::socket::MsgFlags::empty(),
         None,
     )
-    .map_err(|e| ctl_err(std::io::Error::from(e)))?;
+    .map_err(|e| undo(ctl_err(std::io::Error::from(e))))?;
     drop(dest);
     let b = bar(d.layout.total_bytes(), "Saving");
     let (pages, bytes) = loop {
         let line = lines
             .next()
             .unwrap_or_else(|| Err(std::io::ErrorKind::UnexpectedEof.into()))
-            .map_err(ctl_err)?;
+            .map_err(|e| undo(ctl_err(e)))?;
         let mut w = line.split_whitespace();
         match (w.next(), w.next(), w.next()) {
             (Some("progress"), Some(done), _) => b.set_position(done.parse().unwrap_or(0)),
@@ -169,10 +197,10 @@ pub fn save(
             _ => {
                 b.abandon();
                 let why = line.strip_prefix("error ").unwrap_or(&line).to_owned();
-                return Err(SaveRestoreError::Vmm {
+                return Err(undo(SaveRestoreError::Vmm {
                     domid: d.domid,
                     why,
-                });
+                }));
             }
         }
     };
@@ -180,6 +208,10 @@ pub fn save(
     if checkpoint || paused {
         writeln!(out, "resume").map_err(ctl_err)?;
         let _ = lines.next();
+        if suspended {
+            // The suspend cancelled: the guest goes on in this domain.
+            toolstack::resume_cancelled(&control, d.domid)?;
+        }
         if paused {
             toolstack::pause(&d.domid.to_string(), true)?;
         }

@@ -1044,12 +1044,7 @@ pub fn shutdown(
     if wait {
         let _ = writeln!(out, "Waiting for 1 domains");
         loop {
-            let now = control
-                .list_domains()
-                .map_err(shim_err("list domains"))?
-                .into_iter()
-                .find(|x| x.domid == d.domid && x.instance == d.instance);
-            match now {
+            match same_domain(&control, &d)? {
                 None => {
                     let _ = writeln!(out, "Domain {} has been destroyed.", d.domid);
                     break;
@@ -1070,6 +1065,84 @@ pub fn shutdown(
         }
     }
     Ok(d.domid)
+}
+
+/// Domain `d` as the shim lists it now (`None` once gone; a new domain
+/// that reuses its id is another instance).
+fn same_domain(control: &Control, d: &DomainInfo) -> Result<Option<DomainInfo>, ToolstackError> {
+    Ok(control
+        .list_domains()
+        .map_err(shim_err("list domains"))?
+        .into_iter()
+        .find(|x| x.domid == d.domid && x.instance == d.instance))
+}
+
+/// How long `xl save` waits for a guest to suspend (libxl waits 60 s).
+pub const SUSPEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Xen's suspend protocol for `xl save`, as libxl's
+/// `libxl__domain_suspend_common`: when the guest advertised
+/// `control/feature-suspend`, writes `suspend` to its `control/shutdown`
+/// and waits until the domain has shut down with reason suspend (the
+/// guest quiesced its frontends and made `SCHEDOP_shutdown(SHUTDOWN_suspend)`);
+/// `Ok(false)` for a guest without the feature (the caller saves it
+/// without its cooperation).
+///
+/// # Errors
+/// The guest did not suspend within [`SUSPEND_TIMEOUT`] (the request is
+/// taken back if the guest has not taken it), it ended meanwhile, or a
+/// shim/xenstore failure.
+pub fn suspend_for_save(control: &Control, d: &DomainInfo) -> Result<bool, ToolstackError> {
+    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+    let xs = xenstore(false)?;
+    let home = format!("/local/domain/{}/control", d.domid);
+    let feature = xs
+        .read_opt(&format!("{home}/feature-suspend"))
+        .map_err(xs_err(format!("read {home}/feature-suspend")))?
+        .is_some_and(|v| v.starts_with(b"1"));
+    if !feature {
+        return Ok(false);
+    }
+    let node = format!("{home}/shutdown");
+    xs.write(&node, "suspend")
+        .map_err(xs_err(format!("write {node}")))?;
+    let t0 = Instant::now();
+    loop {
+        match same_domain(control, d)?.map(|x| x.state) {
+            Some(DomainState::Shutdown {
+                reason: ShutdownReason::Suspend,
+            }) => return Ok(true),
+            Some(DomainState::Shutdown { .. } | DomainState::Crashed) | None => {
+                return Err(ToolstackError::Unsupported(format!(
+                    "domain {} ended instead of suspending",
+                    d.domid
+                )))
+            }
+            Some(_) if t0.elapsed() > SUSPEND_TIMEOUT => {
+                // Taken back unless the guest took it meanwhile.
+                if xs.read_opt(&node).ok().flatten().as_deref() == Some(b"suspend".as_slice()) {
+                    let _ = xs.write(&node, "");
+                }
+                return Err(ToolstackError::Unsupported(format!(
+                    "domain {} did not suspend within {} s (control/shutdown = suspend)",
+                    d.domid,
+                    SUSPEND_TIMEOUT.as_secs()
+                )));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Resumes a suspended domain in place (Xen's `XEN_DOMCTL_resumedomain`:
+/// its suspend hypercall returns 1, it goes on with its connections).
+///
+/// # Errors
+/// A shim failure.
+pub fn resume_cancelled(control: &Control, domid: u16) -> Result<(), ToolstackError> {
+    control
+        .resume_domain(domid)
+        .map_err(shim_err(format!("resume domain {domid}")))
 }
 
 /// `xl list`'s header.

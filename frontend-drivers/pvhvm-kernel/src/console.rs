@@ -6,6 +6,7 @@
 
 use core::cell::RefCell;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use xen_ring::bytes::{ByteRingLayout, ByteRingProducer};
 use xen_ring::SharedRing;
@@ -15,7 +16,8 @@ use crate::hypercall;
 
 struct Ring {
     out: RefCell<ByteRingProducer>,
-    port: u32,
+    /// The console port (a resume in a new domain changes it).
+    port: AtomicU32,
 }
 
 static RING: Global<Ring> = Global::new();
@@ -33,8 +35,16 @@ pub unsafe fn init(page: u64, port: u32) {
     if let Ok(p) = ByteRingProducer::new(mem, ByteRingLayout::CONSOLE_OUT) {
         RING.set(Ring {
             out: RefCell::new(p),
-            port,
+            port: AtomicU32::new(port),
         });
+    }
+}
+
+/// The console port of a new domain (a resume after a suspend: the ring
+/// page is the same, its indexes carry on).
+pub fn set_port(port: u32) {
+    if let Some(r) = RING.get() {
+        r.port.store(port, Ordering::Relaxed);
     }
 }
 
@@ -43,7 +53,7 @@ fn emit(b: &[u8]) {
     if let Some(r) = RING.get() {
         if let Ok(mut out) = r.out.try_borrow_mut() {
             if out.write(b) > 0 {
-                hypercall::doorbell(r.port);
+                hypercall::doorbell(r.port.load(Ordering::Relaxed));
             }
         }
     }

@@ -16,8 +16,15 @@
 //! `SCHEDOP_shutdown(SHUTDOWN_suspend)` and the VMM parks it; when the
 //! suspend is cancelled (the hypercall returns 1: a checkpoint, `xl save
 //! -c`) the workload goes on with its connections. A resume in a new
-//! domain (0) needs every connection set up again, which this kernel does
-//! not do yet: it says so and the domain crashes.
+//! domain (0: `xl restore` of a save taken while suspended) sets up again
+//! what Xen does not carry over, as Linux's `xen_arch_post_suspend` and
+//! resume notifiers: the start info is read again (the new domain's store
+//! and console ports), the platform sets up its grant table again and
+//! forgets the old grants and events ([`KPlatform::resume_new_domain`]),
+//! the console rings the new port, the features are advertised again in
+//! the new domain (the xenstore reconnection set the watch again); the workloads see
+//! [`new_domains`] change and resume their frontends (`BlkFront::resume`,
+//! `NetFront::resume` and a gratuitous ARP once the vif is connected).
 //!
 //! The kernel is single-threaded: the workloads call [`poll`] from their
 //! loops (at most once a millisecond it costs a look at the xenstore ring;
@@ -28,7 +35,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use xen_abi::xen::{SHUTDOWN_poweroff, SHUTDOWN_reboot};
+use xen_abi::xen::{start_info, SHUTDOWN_poweroff, SHUTDOWN_reboot};
 use xen_front_platform::{Platform, PlatformError, XBT_NIL};
 
 use crate::platform::KPlatform;
@@ -48,6 +55,15 @@ const EVENTS_NS: u64 = 1_000_000;
 
 /// When [`poll`] next looks at the watch queue (monotonic ns).
 static NEXT_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Resumes in a new domain so far (see [`new_domains`]).
+static NEW_DOMAINS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the kernel resumed in a new domain: a workload that
+/// sees it change resumes its frontends.
+pub fn new_domains() -> u64 {
+    NEW_DOMAINS.load(Ordering::Relaxed)
+}
 
 /// Whether [`init`] ran (no control interface before: [`poll`] is `None`).
 static READY: AtomicBool = AtomicBool::new(false);
@@ -74,6 +90,16 @@ fn is_suspend(value: &[u8]) -> bool {
 /// Advertises the features and sets the watch (the watch fires once at
 /// once, so a request written before boot is seen by the first [`poll`]).
 pub fn init(p: &KPlatform) {
+    advertise(p);
+    if let Err(e) = p.xs_watch(NODE, TOKEN) {
+        // Still read once a second by poll.
+        println!("pvhvm-kernel: cannot watch {NODE}: {e}");
+    }
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// Writes the `control/feature-*` nodes.
+fn advertise(p: &KPlatform) {
     // As Linux: poweroff, reboot and suspend; halt is understood but not
     // advertised.
     for f in [
@@ -85,11 +111,6 @@ pub fn init(p: &KPlatform) {
             println!("pvhvm-kernel: cannot write {f}: {e}");
         }
     }
-    if let Err(e) = p.xs_watch(NODE, TOKEN) {
-        // Still read once a second by poll.
-        println!("pvhvm-kernel: cannot watch {NODE}: {e}");
-    }
-    READY.store(true, Ordering::Relaxed);
 }
 
 /// The shutdown the toolstack asked for, if it did: the request is
@@ -141,17 +162,41 @@ fn suspend(p: &KPlatform) -> Option<u32> {
             println!("pvhvm-kernel: suspend cancelled: resumed in the same domain after {us} us");
             None
         }
-        0 => {
-            println!(
-                "pvhvm-kernel: resumed in a new domain after {us} us: setting up the connections again is not supported by this kernel yet"
-            );
-            Some(xen_abi::xen::SHUTDOWN_crash)
-        }
+        0 => match resume_new_domain(p) {
+            Ok(()) => {
+                println!(
+                    "pvhvm-kernel: resumed in domain {} after {us} us: grant table, events, xenstore and console set up again",
+                    p.domid()
+                );
+                NEW_DOMAINS.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                println!("pvhvm-kernel: resumed in a new domain but cannot set it up again: {e}");
+                Some(xen_abi::xen::SHUTDOWN_crash)
+            }
+        },
         e => {
             println!("pvhvm-kernel: the suspend was refused ({e}); going on");
             None
         }
     }
+}
+
+/// The kernel's part of a resume in a new domain (see the [module
+/// docs](self)).
+fn resume_new_domain(p: &KPlatform) -> Result<(), PlatformError> {
+    let si_gpa = crate::START_INFO.load(Ordering::Relaxed);
+    // SAFETY: the start info page the VMM passed at boot (the new
+    // domain's, as the restore left it); plain data read once.
+    let si: start_info = unsafe { core::ptr::read_volatile(si_gpa as *const start_info) };
+    crate::console::set_port(si.console.domU().evtchn);
+    // (The platform's reconnection sets the control watch again.)
+    p.resume_new_domain(si.store_evtchn)?;
+    advertise(p);
+    // The new domain's node is read at the next poll.
+    NEXT_LOOK.store(0, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Reads the node and acknowledges a request in one transaction (retried

@@ -48,8 +48,13 @@ pub struct BootInfo {
     pub free_gfn: u64,
 }
 
+/// Guest-physical address of the start info page (read again on a resume
+/// in a new domain).
+pub static START_INFO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// CPL3 entry (from `arch::boot`).
 pub fn main(si_gpa: u64) -> ! {
+    START_INFO.store(si_gpa, core::sync::atomic::Ordering::Relaxed);
     let tsc_khz = hypercall::clock_sync(arch::rdtsc()).max(0) as u64;
     // SAFETY: the VMM passes the guest-physical (= our) address of the
     // start_info page; it is plain data read once.

@@ -29,6 +29,14 @@
 //! waits on the watch queue, and once netfront is Connected again it
 //! serves on (new ports, MTU); smoltcp's sockets stay, TCP retransmits
 //! what was lost. A device failed by a hostile backend ends the workload.
+//!
+//! A resume in a new domain (`xl restore` of a guest that suspended,
+//! [`crate::control::new_domains`]): netfront forgets the old domain's
+//! rings (`NetFront::resume`) and connects to the new backend as above;
+//! once connected the loop announces the interface's MAC with a
+//! gratuitous ARP (an ARP request for its own address, Linux's
+//! `netdev_notify_peers`) so that the bridge and the peers find it at
+//! once; smoltcp's sockets stay, TCP retransmits what was lost.
 
 use alloc::format;
 use alloc::string::String;
@@ -37,7 +45,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
@@ -577,6 +585,8 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut next_check = ms(p.monotonic_ns()) + LINK_CHECK_MS;
     let mut next_read = ms(p.monotonic_ns()) + LINK_READ_MS;
     let mut conn = dev.nf.connection();
+    let mut seen = crate::control::new_domains();
+    let mut announce = false;
     loop {
         let t = ms(p.monotonic_ns());
         if t >= next_check || !dev.nf.is_connected() {
@@ -588,6 +598,15 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
             if let Some(reason) = crate::control::poll(p) {
                 return Ok(reason);
             }
+            if crate::control::new_domains() != seen {
+                seen = crate::control::new_domains();
+                dev.nf
+                    .resume()
+                    .map_err(|e| format!("the vif cannot resume in the new domain: {e}"))?;
+                dev.error = None;
+                announce = true;
+                println!("netserve: vif {devid} resuming in domain {}", p.domid());
+            }
             follow_link(p, &mut dev, read)?;
             if !dev.nf.is_connected() {
                 continue;
@@ -597,6 +616,11 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
                 dev.mtu = dev.nf.max_frame();
                 dev.error = None;
                 println!("netserve: vif {devid} reconnected, mtu {}", dev.nf.mtu());
+            }
+            if announce {
+                announce = false;
+                gratuitous_arp(p, &mut dev, mac, args.addr.address());
+                println!("netserve: gratuitous ARP sent for {}", args.addr.address());
             }
         }
         let before = dev.moved;
@@ -659,6 +683,25 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
         NetFront::<KPlatform>::poll_ports(p, &ports, Some(Duration::from_micros(delay)))
             .map_err(|e| format!("poll: {e}"))?;
     }
+}
+
+/// Sends a gratuitous ARP (an ARP request for `ip` from `ip`, broadcast)
+/// announcing `mac`; a frame that finds no room is dropped (the peers
+/// learn the MAC from the next frame anyway).
+fn gratuitous_arp(p: &KPlatform, dev: &mut NetDev<'_>, mac: [u8; 6], ip: Ipv4Address) {
+    if let Some(tx) = dev.transmit(now(p)) {
+        tx.consume(60, |f| {
+            f.fill(0);
+            f[0..6].fill(0xff);
+            f[6..12].copy_from_slice(&mac);
+            f[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
+            f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]); // Ethernet/IPv4, request
+            f[22..28].copy_from_slice(&mac);
+            f[28..32].copy_from_slice(&ip.octets());
+            f[38..42].copy_from_slice(&ip.octets());
+        });
+    }
+    dev.flush();
 }
 
 /// Hands the vif's watch events to netfront (waiting up to

@@ -12,6 +12,11 @@
 //!   and unmask are hypercalls; `evtchn_poll` spins on the pending bits for
 //!   a few microseconds, then sleeps in `SCHEDOP_poll`;
 //! - xenstore: the `xen-xenbus` client on the domain's store ring.
+//!
+//! [`KPlatform::resume_new_domain`] is the part of a resume in a new
+//! domain (after `SCHEDOP_shutdown(SHUTDOWN_suspend)` returned 0) that is
+//! the platform's: the grant table set up again and emptied, the event
+//! bitmaps cleared, the new store port and domid.
 
 use alloc::string::String;
 use alloc::vec;
@@ -108,6 +113,17 @@ impl Events {
             .is_some_and(|(w, b)| w.fetch_and(!b, Ordering::AcqRel) & b != 0)
     }
 
+    /// Clears every pending bit (a resume in a new domain: the old
+    /// domain's events mean nothing here).
+    pub fn clear_all(&self) {
+        for w in 0..64u64 {
+            let addr = self.shinfo + core::mem::offset_of!(shared_info, evtchn_pending) as u64 + 8 * w;
+            // SAFETY: as in `word`: a word of the shared_info page's
+            // pending bitmap, accessed only atomically.
+            unsafe { AtomicU64::from_ptr(addr as *mut u64) }.store(0, Ordering::Release);
+        }
+    }
+
     /// Sets `port`'s mask bit.
     pub fn mask(&self, port: evtchn_port_t) -> bool {
         self.word(core::mem::offset_of!(shared_info, evtchn_mask), port)
@@ -116,23 +132,26 @@ impl Events {
     }
 }
 
+/// The store port (a resume in a new domain changes it).
+static STORE_PORT: AtomicU32 = AtomicU32::new(0);
+
 /// The store channel for the xenbus client.
 pub struct StoreEvents {
-    port: evtchn_port_t,
     events: Events,
     clock: Clock,
 }
 
 impl XenbusEvents for StoreEvents {
     fn notify(&self) -> Result<(), XenbusError> {
-        hypercall::doorbell(self.port);
+        hypercall::doorbell(STORE_PORT.load(Ordering::Relaxed));
         Ok(())
     }
 
     fn wait(&self, timeout: Duration) -> bool {
-        let fired = poll(&self.events, &self.clock, &[self.port], Some(timeout));
+        let port = STORE_PORT.load(Ordering::Relaxed);
+        let fired = poll(&self.events, &self.clock, &[port], Some(timeout));
         if fired {
-            self.events.clear(self.port);
+            self.events.clear(port);
         }
         fired
     }
@@ -182,8 +201,9 @@ pub struct MemoryPlan {
 
 /// The platform; see the [module docs](self).
 pub struct KPlatform {
-    domid: domid_t,
-    store: (u64, evtchn_port_t),
+    domid: Cell<domid_t>,
+    /// The store ring's gfn.
+    store_gfn: u64,
     events: Events,
     clock: Clock,
     pages: RefCell<PageAllocator>,
@@ -196,7 +216,7 @@ pub struct KPlatform {
 impl core::fmt::Debug for KPlatform {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("KPlatform")
-            .field("domid", &self.domid)
+            .field("domid", &self.domid.get())
             .finish_non_exhaustive()
     }
 }
@@ -249,15 +269,15 @@ impl KPlatform {
                     op: "xenstore ring",
                 }
             })?;
+        STORE_PORT.store(b.store.1, Ordering::Relaxed);
         let se = StoreEvents {
-            port: b.store.1,
             events,
             clock,
         };
         let xs = XenbusClient::new(mem, se, ClientConfig::default()).map_err(xs_err)?;
-        let mut p = Self {
-            domid: DOMID_SELF,
-            store: b.store,
+        let p = Self {
+            domid: Cell::new(DOMID_SELF),
+            store_gfn: b.store.0,
             events,
             clock,
             pages: RefCell::new(PageAllocator::new(
@@ -273,9 +293,57 @@ impl KPlatform {
             xs: RefCell::new(xs),
             control_fired: Cell::new(false),
         };
-        let id = xen_front_platform::xs_read_u64(&p, xen_front_platform::XBT_NIL, "domid")?;
-        p.domid = domid_t::try_from(id).map_err(|_| PlatformError::Xenstore { errno: 22 })?;
+        p.read_domid()?;
         Ok(p)
+    }
+
+    fn read_domid(&self) -> Result<(), PlatformError> {
+        let id = xen_front_platform::xs_read_u64(self, xen_front_platform::XBT_NIL, "domid")?;
+        self.domid
+            .set(domid_t::try_from(id).map_err(|_| PlatformError::Xenstore { errno: 22 })?);
+        Ok(())
+    }
+
+    /// The platform's part of a resume in a new domain (Linux's
+    /// `gnttab_resume` and `xen_setup_shutdown_event` path): the grant
+    /// table is set up again in the new domain (as many frames as before)
+    /// and emptied (the old domain's grants are gone: every frontend
+    /// forgets its own, so every reference is free again; the reserved
+    /// entries, which the toolstack seeds, stay), the event bitmaps lose
+    /// the old domain's pending bits, the store port is `store_port`
+    /// (the new start info), the xenstore connection is re-established on
+    /// the same ring page (`XenbusClient::reconnect`, which sets the
+    /// client's watches again in the new domain), and the domid is read
+    /// again.
+    ///
+    /// # Errors
+    /// The grant table or xenstore failed.
+    pub fn resume_new_domain(&self, store_port: evtchn_port_t) -> Result<(), PlatformError> {
+        STORE_PORT.store(store_port, Ordering::Relaxed);
+        // The ring's indexes are the old domain's: xenstore's reconnection
+        // (the ring's `connection` field) resets them with the new domain's
+        // xenstored, and registers the client's watches again.
+        self.with_xs(|c| c.reconnect())?;
+        {
+            let mut g = self.grants.borrow_mut();
+            let nr = g.frames.len() as u32;
+            g.frames = setup_table(nr.max(1))?;
+            for &f in &g.frames {
+                for i in 0..GREFS_PER_FRAME as u64 {
+                    // SAFETY: `f` is one of our grant frames
+                    // (identity-mapped); no peer maps the new domain's
+                    // entries yet; the words are written atomically.
+                    unsafe { AtomicU64::from_ptr(((f << 12) + 8 * i) as *mut u64) }
+                        .store(0, Ordering::Relaxed);
+                }
+            }
+            fence(Ordering::Release);
+            let end = g.frames.len() as u32 * GREFS_PER_FRAME;
+            g.free = (GNTTAB_NR_RESERVED_ENTRIES..end).rev().collect();
+        }
+        self.events.clear_all();
+        self.control_fired.set(false);
+        self.read_domid()
     }
 
     /// Address of grant entry `gref` (for the hostile test).
@@ -287,12 +355,12 @@ impl KPlatform {
 
     /// Guest-physical address of the store ring (for the hostile test).
     pub fn store_page(&self) -> u64 {
-        self.store.0 << 12
+        self.store_gfn << 12
     }
 
     /// The store port.
     pub fn store_port(&self) -> evtchn_port_t {
-        self.store.1
+        STORE_PORT.load(Ordering::Relaxed)
     }
 
     /// Whether the control watch ([`crate::control::TOKEN`]) fired since
@@ -360,7 +428,7 @@ fn setup_table(nr: u32) -> Result<Vec<xen_pfn_t>, PlatformError> {
 // exposes to the peer (guest RAM is the domain's memory file).
 unsafe impl Platform for KPlatform {
     fn domid(&self) -> domid_t {
-        self.domid
+        self.domid.get()
     }
 
     fn alloc_pages(&self, count: usize) -> Result<SharedPages, PlatformError> {

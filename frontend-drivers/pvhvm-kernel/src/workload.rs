@@ -122,7 +122,22 @@ fn connect<'p>(p: &'p KPlatform) -> Result<BlkFront<'p, KPlatform>, String> {
     let t0 = p.monotonic_ns();
     let mut dev =
         BlkFront::new(p, devid, BlkfrontConfig::default()).map_err(|e| format!("blkfront: {e}"))?;
-    let deadline = t0 + 30_000_000_000;
+    await_connected(p, &mut dev)?;
+    let d = dev.disk().copied();
+    println!(
+        "pvhvm-kernel: vbd {devid} Connected in {} us: {} sectors of {} bytes, ring order {}, persistent {}",
+        (p.monotonic_ns() - t0) / 1000,
+        d.map_or(0, |d| d.sectors),
+        d.map_or(0, |d| d.sector_size),
+        dev.ring_page_order(),
+        dev.persistent()
+    );
+    Ok(dev)
+}
+
+/// Drives the vbd's handshake until Connected (at most 30 s).
+fn await_connected(p: &KPlatform, dev: &mut BlkFront<'_, KPlatform>) -> Result<(), String> {
+    let deadline = p.monotonic_ns() + 30_000_000_000;
     while dev.state() != FrontState::Connected {
         if let Some(f) = dev.failure() {
             return Err(format!("blkfront failed: {f:?}"));
@@ -153,16 +168,38 @@ fn connect<'p>(p: &'p KPlatform) -> Result<BlkFront<'p, KPlatform>, String> {
             Err(e) => return Err(format!("xenstore: {e}")),
         }
     }
-    let d = dev.disk().copied();
-    println!(
-        "pvhvm-kernel: vbd {devid} Connected in {} us: {} sectors of {} bytes, ring order {}, persistent {}",
-        (p.monotonic_ns() - t0) / 1000,
-        d.map_or(0, |d| d.sectors),
-        d.map_or(0, |d| d.sector_size),
-        dev.ring_page_order(),
-        dev.persistent()
-    );
-    Ok(dev)
+    Ok(())
+}
+
+/// The toolstack's requests between two I/Os (a suspend is carried out
+/// there, with the requests before it in flight): a shutdown ends the
+/// self-test; after a resume in a new domain (`seen` behind
+/// [`crate::control::new_domains`]) the vbd reconnects, re-issuing what
+/// was on its ring.
+fn between_ios(
+    p: &KPlatform,
+    dev: &mut BlkFront<'_, KPlatform>,
+    seen: &mut u64,
+) -> Result<(), SelftestEnd> {
+    if let Some(r) = crate::control::poll(p) {
+        return Err(SelftestEnd::Stop(r));
+    }
+    let now = crate::control::new_domains();
+    if now != *seen {
+        *seen = now;
+        let t0 = p.monotonic_ns();
+        dev.resume()
+            .map_err(|e| format!("resume in the new domain: {e}"))?;
+        await_connected(p, dev).map_err(|e| format!("reconnect in the new domain: {e}"))?;
+        println!(
+            "pvhvm-kernel: vbd {} reconnected in domain {} in {} us ({} requests re-issued so far)",
+            dev.devid(),
+            p.domid(),
+            (p.monotonic_ns() - t0) / 1000,
+            dev.stats().reissued
+        );
+    }
+    Ok(())
 }
 
 /// Completions that arrived for other requests than the one waited for.
@@ -284,14 +321,12 @@ fn selftest_inner(
     }
     let seed = seed.unwrap_or_else(|| p.monotonic_ns());
     let t0 = p.monotonic_ns();
-    // Between two I/Os: the toolstack's requests (a suspend is carried out
-    // here, with the writes before it in flight).
-    let control = || crate::control::poll(p).map_or(Ok(()), |r| Err(SelftestEnd::Stop(r)));
+    let mut seen = crate::control::new_domains();
     let mut tags = Vec::new();
     let mut done = Done::new();
     let mut bytes = 0u64;
     for &(off, len) in &ios {
-        control()?;
+        between_ios(p, dev, &mut seen)?;
         let mut buf = alloc::vec![0u8; len];
         pattern(&mut buf, off, seed);
         loop {
@@ -323,7 +358,7 @@ fn selftest_inner(
         return Err(format!("flush failed: {st:?}").into());
     }
     for &(off, len) in &ios {
-        control()?;
+        between_ios(p, dev, &mut seen)?;
         let t = dev
             .submit_read(off / 512, len)
             .map_err(|e| format!("read at {off}: {e}"))?;

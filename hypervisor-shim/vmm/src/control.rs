@@ -54,11 +54,20 @@ impl Park {
     }
 
     /// vCPU 0's side: complete the last exit, capture, wait for the release.
-    pub fn park_here(&self, v: &mut VcpuFd) {
+    /// `rax`: the value the captured state holds in rax instead of the
+    /// vCPU's (a suspended guest's hypercall returns 0 once restored).
+    pub fn park_here(&self, v: &mut VcpuFd, rax: Option<u64>) {
         v.set_kvm_immediate_exit(1);
         let _ = v.run(); // returns EINTR at once, after completing pending I/O
         v.set_kvm_immediate_exit(0);
-        let cap = KvmVcpuState::capture(v).map_err(|e| xen_diag::ErrorChain(&e).to_string());
+        let cap = KvmVcpuState::capture(v)
+            .map(|mut c| {
+                if let Some(r) = rax {
+                    c.regs.rax = r;
+                }
+                c
+            })
+            .map_err(|e| xen_diag::ErrorChain(&e).to_string());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.captured = Some(cap);
         self.cv.notify_all();

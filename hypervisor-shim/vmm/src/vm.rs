@@ -257,7 +257,18 @@ impl Vmm {
         // A restored domain's memory (its kernel included) comes from the save
         // file; a new one boots the kernel image.
         let (entry, restored) = match &cfg.restore {
-            Some(path) => (0, Some(crate::snapshot::restore_file(path, &mem)?)),
+            Some(path) => {
+                // The new domain's start_info (its store and console ports,
+                // as the shim seeded it) outlives the saved one: a guest
+                // resumed from a suspend reads it again (Xen's restore sets
+                // the new domain's HVM params).
+                let si_gpa = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
+                let mut si = vec![0u8; xen_shim_proto::layout::PAGE_SIZE];
+                mem.read(si_gpa, &mut si)?;
+                let state = crate::snapshot::restore_file(path, &mem)?;
+                mem.write(si_gpa, &si)?;
+                (0, Some(state))
+            }
             None => {
                 let image = std::fs::read(&cfg.kernel).map_err(|source| VmmError::Io {
                     what: format!("read the kernel {}", cfg.kernel.display()),
@@ -683,7 +694,7 @@ impl Vmm {
             }
             self.park_while_suspending();
             if id == 0 && self.park.requested() {
-                self.park.park_here(v);
+                self.park.park_here(v, None);
                 continue;
             }
             let (port, val, len) = match v.run() {
@@ -764,7 +775,7 @@ impl Vmm {
         let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
         tracing::trace!(nr, ?a, "hypercall");
         let r = match nr {
-            __HYPERVISOR_sched_op => self.sched_op(a[0], a[1]),
+            __HYPERVISOR_sched_op => self.sched_op(a[0], a[1], v, id),
             __HYPERVISOR_event_channel_op => Gate::Continue(self.evtchn_op(a[0], a[1])),
             __HYPERVISOR_grant_table_op => Gate::Continue(self.gnttab_op(a[0], a[1], a[2])),
             __HYPERVISOR_console_io => Gate::Continue(self.console_io(a[0], a[1], a[2])),
@@ -773,6 +784,11 @@ impl Vmm {
         };
         match r {
             Gate::Continue(ret) => {
+                if nr == __HYPERVISOR_sched_op && a[0] == u64::from(SCHEDOP_shutdown) {
+                    // A suspend may have parked this vCPU for a save, which
+                    // completed the hypercall's I/O exit (rip moved on).
+                    regs = v.get_regs().map_err(kvm("get registers"))?;
+                }
                 regs.rax = ret as u64;
                 v.set_regs(&regs).map_err(kvm("set registers"))?;
                 Ok(None)
@@ -790,7 +806,7 @@ impl Vmm {
         ))
     }
 
-    fn sched_op(&self, cmd: u64, arg: u64) -> Gate {
+    fn sched_op(&self, cmd: u64, arg: u64, v: &mut VcpuFd, id: u32) -> Gate {
         match cmd as u32 {
             SCHEDOP_yield => {
                 std::thread::yield_now();
@@ -833,7 +849,7 @@ impl Vmm {
                 Ok(op) if op.reason == SHUTDOWN_crash => {
                     Gate::Stop(Outcome::Crashed("the guest reported a crash".into()))
                 }
-                Ok(op) if op.reason == SHUTDOWN_suspend => self.suspend_domain(),
+                Ok(op) if op.reason == SHUTDOWN_suspend => self.suspend_domain(v, id),
                 Ok(op) if op.reason <= xen_abi::xen::SHUTDOWN_MAX => {
                     Gate::Stop(Outcome::Shutdown(op.reason))
                 }
@@ -854,7 +870,13 @@ impl Vmm {
     /// a new domain and must set up its connections again). The
     /// toolstack's resume through the shim (`Control::resume_domain`,
     /// Xen's `XEN_DOMCTL_resumedomain`) is a cancelled suspend.
-    fn suspend_domain(&self) -> Gate {
+    ///
+    /// While suspended, vCPU 0 (`id` 0, `v`) parks for the toolstack's
+    /// save as at the top of its loop, its state captured with the
+    /// hypercall returning 0: a domain restored from that save learns it
+    /// runs in a new domain (Xen's saved state of a guest in
+    /// `SCHEDOP_shutdown(SHUTDOWN_suspend)`).
+    fn suspend_domain(&self, v: &mut VcpuFd, id: u32) -> Gate {
         let others = self
             .aps
             .iter()
@@ -914,6 +936,12 @@ impl Vmm {
                 *g = SuspendState::default();
                 self.suspend.cv.notify_all();
                 return Gate::Stop(Outcome::Shutdown(r));
+            }
+            if id == 0 && self.park.requested() {
+                drop(g);
+                self.park.park_here(v, Some(0));
+                g = self.suspend.lock();
+                continue;
             }
             g = self.suspend.wait(g, Duration::from_millis(20));
         };

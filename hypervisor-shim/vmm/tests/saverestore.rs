@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ok, Host};
+use common::{ok, verify_stream, Host};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -28,28 +28,6 @@ fn state(h: &Host, name: &str) -> String {
         .and_then(|l| l.split_whitespace().nth(4))
         .unwrap_or_else(|| panic!("{name} not listed:\n{out}"))
         .to_owned()
-}
-
-fn verify_stream(file: &std::path::Path) {
-    let tool = "/usr/lib/xen-4.17/bin/verify-stream-v2";
-    assert!(
-        std::path::Path::new(tool).exists(),
-        "{tool} is missing: run tests/setup-host.sh (xen-utils-4.17)"
-    );
-    let out = std::process::Command::new("python3")
-        .arg(tool)
-        .args(["-f", "xl", "-i"])
-        .arg(file)
-        .env("PYTHONPATH", "/usr/lib/xen-4.17/lib/python")
-        .output()
-        .expect("run verify-stream-v2");
-    assert!(
-        out.status.success(),
-        "verify-stream-v2 refused {}: {}{}",
-        file.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

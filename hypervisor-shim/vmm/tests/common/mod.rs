@@ -323,6 +323,30 @@ impl Host {
     }
 }
 
+/// Xen's own `verify-stream-v2 -f xl` accepts `file` (xen-utils-4.17,
+/// tests/setup-host.sh; fails loudly without).
+pub fn verify_stream(file: &std::path::Path) {
+    let tool = "/usr/lib/xen-4.17/bin/verify-stream-v2";
+    assert!(
+        std::path::Path::new(tool).exists(),
+        "{tool} is missing: run tests/setup-host.sh (xen-utils-4.17)"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args(["-f", "xl", "-i"])
+        .arg(file)
+        .env("PYTHONPATH", "/usr/lib/xen-4.17/lib/python")
+        .output()
+        .expect("run verify-stream-v2");
+    assert!(
+        out.status.success(),
+        "verify-stream-v2 refused {}: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn ok(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
