@@ -9,10 +9,12 @@
 //! Domain `d` maps guest ids `0..65536` to host ids
 //! `FIRST_ID + d * 65536 ..` ([`IdRange::for_domain`]), the block layout of
 //! systemd-nspawn (`0x80000` is the lowest base it hands out) and LXD: every
-//! domain has its own range, and every range of a domain Xen can create
-//! (`domid < 0x7FF0`) ends below 2^31 (tools that read ids as signed ints
-//! keep working). The runtime refuses to start a guest whose range would
-//! pass 2^31 or meets an id the host gives out: a user or group of
+//! domain has its own range, and every range ends below the runtimes' own
+//! uids (`xen_jail::DOMAIN_UID_BASE`, `0x7F000000 + domid`), hence below 2^31
+//! (tools that read ids as signed ints keep working): domids up to `0x7EF7`
+//! have a range, the 248 highest of Xen's ordinary domids do not. The runtime
+//! refuses to start a guest whose range would pass that limit or meets an
+//! id the host gives out: a user or group of
 //! `/etc/passwd` or `/etc/group`, a subordinate range of `/etc/subuid` or
 //! `/etc/subgid` ([`IdRange::check_free`]).
 //!
@@ -49,14 +51,14 @@ pub const IDS_PER_DOMAIN: u32 = 0x1_0000;
 /// The host id guest root of domain 0 would have (see the [module
 /// docs](self)).
 pub const FIRST_ID: u32 = 0x8_0000;
-/// No range passes this host id.
-pub const ID_LIMIT: u32 = 0x8000_0000;
+/// No range passes this host id: the jailed runtimes' uids start there.
+pub const ID_LIMIT: u32 = xen_jail::DOMAIN_UID_BASE;
 
 /// Why the guest's namespaces could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestnsError {
     /// The domain's range would pass [`ID_LIMIT`].
-    #[error("domain {domid}: its id range would pass {ID_LIMIT:#x} (domids from 0x7FF0 are Xen's reserved ones)")]
+    #[error("domain {domid}: its id range would pass {ID_LIMIT:#x}, where the jailed runtimes' uids begin (guest namespaces exist for domids up to 0x7EF7)")]
     Overflow {
         /// The domain.
         domid: domid_t,
@@ -446,13 +448,17 @@ mod tests {
         assert_eq!(r1.host_id(65535), Some(r1.end() - 1));
         assert_eq!(r1.host_id(65536), None);
         assert_eq!(r1.map_line(), format!("0 {} 65536\n", r1.first));
-        // Xen's last ordinary domid fits, its reserved ones do not.
-        let last = IdRange::for_domain(0x7FEF).expect("domid 0x7FEF");
-        assert!(last.end() <= ID_LIMIT);
-        assert!(matches!(
-            IdRange::for_domain(0x7FF8),
-            Err(GuestnsError::Overflow { domid: 0x7FF8 })
-        ));
+        // The last range ends where the runtimes' uids begin; the next
+        // domid, Xen's last ordinary one and its reserved ones have none.
+        let last = IdRange::for_domain(0x7EF7).expect("domid 0x7EF7");
+        assert_eq!(last.end(), ID_LIMIT);
+        assert!(last.end() <= xen_jail::domain_uid(0));
+        for domid in [0x7EF8, 0x7FEF, 0x7FF8] {
+            assert!(matches!(
+                IdRange::for_domain(domid),
+                Err(GuestnsError::Overflow { domid: d }) if d == domid
+            ));
+        }
         assert!(matches!(
             IdRange::for_domain(domid_t::MAX),
             Err(GuestnsError::Overflow { .. })
