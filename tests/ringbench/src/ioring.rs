@@ -368,6 +368,24 @@ mod tests {
     }
 
     #[test]
+    fn test_c_peer_failure_stops_both_sides_with_the_reason() {
+        let limits = Limits { max_pages: 16 };
+        let mut geo = limits.geometry::<Blk>(32);
+        geo.capacity = geo.ring_entries + 1;
+        let case = Case {
+            imp: Impl::IoRingH,
+            placement: Placement::Threads,
+            mode: Mode::Stream,
+            msg_bytes: 112,
+            capacity_requested: 32,
+            batch: Batch::Single,
+        };
+        let e = run_raw(&case, &geo, &settings(), false, &mut Vec::new())
+            .expect_err("a window larger than the ring is refused");
+        assert!(format!("{e:#}").contains("does not fit the ring"), "{e:#}");
+    }
+
+    #[test]
     fn test_c_result_errors_name_the_side_and_the_ids() {
         let r = CResult {
             error: 1,
