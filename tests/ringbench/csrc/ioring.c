@@ -178,6 +178,33 @@ static inline int net_rsp_intact(const struct net_rsp *m)
     return 1;
 }
 
+/* Checks a message taken from the ring: in order, intact (verify mode); adds it to
+ * the checksum. */
+#define CHECK_MSG(T)                                                            \
+    static int T##_check(const struct T *m, uint64_t expected,                  \
+                         const struct ioring_params *p,                         \
+                         struct ioring_result *r)                               \
+    {                                                                           \
+        if (T##_id(m) != T##_mask(expected)) {                                  \
+            r->error = IORING_OUT_OF_ORDER;                                     \
+            r->expected = expected;                                             \
+            r->got = T##_id(m);                                                 \
+            return -1;                                                          \
+        }                                                                       \
+        if (p->verify && !T##_intact(m)) {                                      \
+            r->error = IORING_BAD_PAYLOAD;                                      \
+            r->expected = expected;                                             \
+            return -1;                                                          \
+        }                                                                       \
+        r->checksum += T##_id(m) + (uint64_t)T##_stop(m);                       \
+        return 0;                                                               \
+    }
+
+CHECK_MSG(blk_req)
+CHECK_MSG(blk_rsp)
+CHECK_MSG(net_req)
+CHECK_MSG(net_rsp)
+
 DEFINE_RING_TYPES(cblk, struct blk_req, struct blk_rsp);
 DEFINE_RING_TYPES(cnet, struct net_req, struct net_rsp);
 
@@ -326,44 +353,6 @@ static int NAME##_back_idle(struct NAME##_back_ring *b, struct REQ *buf,        
     }                                                                           \
 }                                                                               \
                                                                                 \
-static int NAME##_check_rsp(const struct RSP *m, uint64_t expected,             \
-                            const struct ioring_params *p,                      \
-                            struct ioring_result *r)                            \
-{                                                                               \
-    if (RSP##_id(m) != RSP##_mask(expected)) {                                  \
-        r->error = IORING_OUT_OF_ORDER;                                         \
-        r->expected = expected;                                                 \
-        r->got = RSP##_id(m);                                                   \
-        return -1;                                                              \
-    }                                                                           \
-    if (p->verify && !RSP##_intact(m)) {                                        \
-        r->error = IORING_BAD_PAYLOAD;                                          \
-        r->expected = expected;                                                 \
-        return -1;                                                              \
-    }                                                                           \
-    r->checksum += RSP##_id(m) + (uint64_t)RSP##_stop(m);                       \
-    return 0;                                                                   \
-}                                                                               \
-                                                                                \
-static int NAME##_check_req(const struct REQ *m, uint64_t expected,             \
-                            const struct ioring_params *p,                      \
-                            struct ioring_result *r)                            \
-{                                                                               \
-    if (REQ##_id(m) != REQ##_mask(expected)) {                                  \
-        r->error = IORING_OUT_OF_ORDER;                                         \
-        r->expected = expected;                                                 \
-        r->got = REQ##_id(m);                                                   \
-        return -1;                                                              \
-    }                                                                           \
-    if (p->verify && !REQ##_intact(m)) {                                        \
-        r->error = IORING_BAD_PAYLOAD;                                          \
-        r->expected = expected;                                                 \
-        return -1;                                                              \
-    }                                                                           \
-    r->checksum += REQ##_id(m) + (uint64_t)REQ##_stop(m);                       \
-    return 0;                                                                   \
-}                                                                               \
-                                                                                \
 /* Stream frontend: keeps up to `capacity` requests in flight for            \
  * `duration_ns`, marks the last one, consumes every response. */               \
 void ioring_##NAME##_front_stream(const struct ioring_params *p,                \
@@ -430,7 +419,7 @@ void ioring_##NAME##_front_stream(const struct ioring_params *p,                
             goto fail;                                                          \
         }                                                                       \
         for (int i = 0; i < got; i++) {                                         \
-            if (NAME##_check_rsp(&rsps[i], done, p, r))                         \
+            if (RSP##_check(&rsps[i], done, p, r))                         \
                 goto fail;                                                      \
             done++;                                                             \
         }                                                                       \
@@ -465,7 +454,7 @@ void ioring_##NAME##_back_stream(const struct ioring_params *p,                 
             goto fail;                                                          \
         }                                                                       \
         for (int i = 0; i < n; i++) {                                           \
-            if (NAME##_check_req(&reqs[i], r->msgs, p, r))                      \
+            if (REQ##_check(&reqs[i], r->msgs, p, r))                      \
                 goto fail;                                                      \
             r->msgs++;                                                          \
             stop |= REQ##_stop(&reqs[i]);                                       \
@@ -524,7 +513,7 @@ void ioring_##NAME##_front_pingpong(const struct ioring_params *p,              
         p->rtts[r->n_rtts++] = now - t;                                         \
         total += now - t;                                                       \
         t = now;                                                                \
-        if (NAME##_check_rsp(&rsp, id, p, r))                                   \
+        if (RSP##_check(&rsp, id, p, r))                                   \
             goto fail;                                                          \
         id++;                                                                   \
         if (stop)                                                               \
@@ -561,7 +550,7 @@ void ioring_##NAME##_back_pingpong(const struct ioring_params *p,               
             cpu_relax();                                                        \
             continue;                                                           \
         }                                                                       \
-        if (NAME##_check_req(&req, r->msgs, p, r))                              \
+        if (REQ##_check(&req, r->msgs, p, r))                              \
             goto fail;                                                          \
         r->msgs++;                                                              \
         RSP##_fill(RING_GET_RESPONSE(&b, b.rsp_prod_pvt), REQ##_id(&req),       \
