@@ -307,6 +307,26 @@ pub(crate) unsafe fn read_slot<T: RingEntry>(src: *const u8, align: usize) -> T 
         }
     }
     if align >= 4 {
+        // Pairs of 4-byte loads stored as one 8-byte word: a consumer reading an
+        // 8-byte field of the copy then gets it by store forwarding instead of
+        // stalling on a load that spans two stores.
+        while off + 8 <= n {
+            // SAFETY: off + 8 <= n; src + off and src + off + 4 are 4-aligned
+            // (src is, off is a multiple of 4) and valid for reads (caller); dst
+            // is a local of n bytes, written unaligned.
+            unsafe {
+                let lo = ptr::read_volatile(src.add(off).cast::<u32>());
+                let hi = ptr::read_volatile(src.add(off + 4).cast::<u32>());
+                // The native word whose memory image is lo's bytes, then hi's.
+                let w = if cfg!(target_endian = "little") {
+                    u64::from(lo) | (u64::from(hi) << 32)
+                } else {
+                    (u64::from(lo) << 32) | u64::from(hi)
+                };
+                ptr::write_unaligned(dst.add(off).cast::<u64>(), w);
+            }
+            off += 8;
+        }
         while off + 4 <= n {
             // SAFETY: as above with 4-byte words: src + off is 4-aligned.
             unsafe {

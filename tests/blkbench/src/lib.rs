@@ -117,20 +117,7 @@ pub struct Sample {
 }
 
 /// Median, min and max of a non-empty series (`None` if empty).
-pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some((med, s[0], s[n - 1]))
-}
+pub use xen_testhost::stats::spread;
 
 /// One result row: an implementation on a load over the repetitions.
 #[derive(Debug, Clone, PartialEq)]

@@ -89,21 +89,8 @@ impl Args {
     }
 }
 
-/// Median, min and max of a non-empty series.
-pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some((med, s[0], s[n - 1]))
-}
+use xen_testhost::stats::paired_ratios;
+pub use xen_testhost::stats::spread;
 
 /// The iperf3 client arguments of a load (after `-c HOST`).
 pub fn client_args(load: &str, seconds: u32) -> Vec<String> {
@@ -601,15 +588,7 @@ fn print_iperf(
                 .filter(|&r| r > 0.0)
                 .map(|r| med / r);
             // Each sample against the veth sample taken next to it.
-            let paired: Vec<f64> = reference
-                .map(|r| {
-                    v.iter()
-                        .zip(r)
-                        .filter(|(_, &b)| b > 0.0)
-                        .map(|(a, b)| a / b)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let paired: Vec<f64> = reference.map(|r| paired_ratios(v, r)).unwrap_or_default();
             let paired_median = spread(&paired).map(|s| s.0);
             let unit = if load == "udp64" {
                 "packets/s"

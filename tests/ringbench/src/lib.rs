@@ -1,5 +1,6 @@
-//! Ring-throughput benchmark for `xen-ring`, with `rtrb` and `crossbeam_queue::ArrayQueue`
-//! as references measured in the same run.
+//! Ring-throughput benchmark for `xen-ring`, with Xen's own C `io/ring.h` macros
+//! ([`ioring`]), `rtrb` and `crossbeam_queue::ArrayQueue` as references measured in the
+//! same run, interleaved repetition by repetition, reported with paired ratios.
 //!
 //! A frontend (producer of requests) and a backend (consumer answering with responses)
 //! run pinned on two CPUs, as two threads or as two processes sharing a memfd with
@@ -9,6 +10,7 @@
 //! send → wake round trips through `xen-shim` against a bare eventfd ping-pong, and the
 //! cost of mapping and unmapping one grant.
 
+pub mod ioring;
 pub mod msg;
 pub mod process;
 pub mod refs;
@@ -33,7 +35,7 @@ use crate::stats::Sample;
 #[derive(Debug, Parser)]
 #[command(
     name = "ringbench",
-    about = "Throughput and latency of the xen-ring split-driver ring, against rtrb and crossbeam"
+    about = "Throughput and latency of the xen-ring split-driver ring, against Xen's C io/ring.h, rtrb and crossbeam"
 )]
 pub struct Args {
     /// Print one JSON object per result line instead of a table.
@@ -42,7 +44,7 @@ pub struct Args {
     /// Very short runs (for tests); numbers are noisy.
     #[arg(long)]
     pub quick: bool,
-    /// Only these implementations (comma separated: xen-ring, rtrb, crossbeam, eventfd,
+    /// Only these implementations (comma separated: xen-ring, io-ring-h, rtrb, crossbeam, eventfd,
     /// eventfd-poll, shim-evtchn, shim-evtchn-poll, grant-map).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub filter: Vec<Impl>,
@@ -99,6 +101,9 @@ pub enum Impl {
     /// `xen_ring::FrontRing`/`BackRing` on a Xen `sring` layout.
     #[value(name = "xen-ring")]
     XenRing,
+    /// Xen's own C `io/ring.h` macros on the same sring (reference).
+    #[value(name = "io-ring-h")]
+    IoRingH,
     /// `rtrb::RingBuffer` (reference).
     Rtrb,
     /// `crossbeam_queue::ArrayQueue` (reference).
@@ -127,6 +132,7 @@ impl Impl {
     pub fn name(self) -> &'static str {
         match self {
             Impl::XenRing => "xen-ring",
+            Impl::IoRingH => "io-ring-h",
             Impl::Rtrb => "rtrb",
             Impl::Crossbeam => "crossbeam",
             Impl::Eventfd => "eventfd",
@@ -213,6 +219,9 @@ impl Batch {
 
 /// Largest batch in `chunk` mode (also bounded by the free space of the ring).
 pub const CHUNK: usize = 32;
+
+/// The ring implementations, in report order (xen-ring first).
+pub const RING_IMPLS: [Impl; 4] = [Impl::XenRing, Impl::IoRingH, Impl::Rtrb, Impl::Crossbeam];
 
 /// Request sizes measured: blkif (112 B) and netif tx (12 B).
 pub const MSG_SIZES: [usize; 2] = [112, 12];
@@ -306,16 +315,17 @@ pub fn cases(args: &Args) -> Vec<Case> {
     for placement in [Placement::Threads, Placement::Processes] {
         for msg_bytes in MSG_SIZES {
             for capacity_requested in CAPACITIES {
-                for imp in [Impl::XenRing, Impl::Rtrb, Impl::Crossbeam] {
-                    // The references are in-process queues: threads only.
-                    if placement == Placement::Processes && imp != Impl::XenRing {
-                        continue;
-                    }
-                    for (mode, batch) in [
-                        (Mode::Stream, Batch::Single),
-                        (Mode::Stream, Batch::Chunk),
-                        (Mode::Pingpong, Batch::Single),
-                    ] {
+                // The implementations innermost: one group of cases runs interleaved.
+                for (mode, batch) in [
+                    (Mode::Stream, Batch::Single),
+                    (Mode::Stream, Batch::Chunk),
+                    (Mode::Pingpong, Batch::Single),
+                ] {
+                    for imp in RING_IMPLS {
+                        // The references run as two threads only.
+                        if placement == Placement::Processes && imp != Impl::XenRing {
+                            continue;
+                        }
                         // ArrayQueue has no chunk API.
                         if imp == Impl::Crossbeam && batch == Batch::Chunk {
                             continue;
@@ -402,24 +412,95 @@ pub fn run(args: Args) -> Result<()> {
     if !args.json {
         report::print_header(&mut stdout.lock(), &set)?;
     }
-    for case in cases(&args) {
-        let row =
-            run_case(&case, &set, &limits).with_context(|| format!("case {case:?} failed"))?;
+    for group in groups(&cases(&args)) {
+        let group_rows =
+            run_group(&group, &set, &limits).with_context(|| format!("cases {group:?} failed"))?;
         let mut out = stdout.lock();
-        if args.json {
-            serde_json::to_writer(&mut out, &row).context("cannot encode a result as JSON")?;
-            writeln!(out)?;
-        } else {
-            report::print_row(&mut out, &row)?;
+        for row in group_rows {
+            if args.json {
+                serde_json::to_writer(&mut out, &row).context("cannot encode a result as JSON")?;
+                writeln!(out)?;
+            } else {
+                report::print_row(&mut out, &row)?;
+            }
+            rows.push(row);
         }
         out.flush()?;
-        rows.push(row);
     }
     if !args.json {
         report::print_ratios(&mut stdout.lock(), &rows, &limits)?;
         report::print_shim_ratios(&mut stdout.lock(), &rows, &set)?;
     }
     Ok(())
+}
+
+/// Splits `cases` into groups measured together: the ring implementations of one
+/// threads case (same mode, size, capacity and batching) form one group, run
+/// interleaved by [`run_group`]; every other case is a group of its own.
+pub fn groups(cases: &[Case]) -> Vec<Vec<Case>> {
+    let key = |c: &Case| {
+        (
+            c.placement,
+            c.mode,
+            c.msg_bytes,
+            c.capacity_requested,
+            c.batch,
+        )
+    };
+    let mut out: Vec<Vec<Case>> = Vec::new();
+    for &c in cases {
+        let joins = c.placement == Placement::Threads && !c.imp.is_shim();
+        match out.last_mut() {
+            Some(g)
+                if joins
+                    && g.first()
+                        .is_some_and(|f| !f.imp.is_shim() && key(f) == key(&c)) =>
+            {
+                g.push(c)
+            }
+            _ => out.push(vec![c]),
+        }
+    }
+    out
+}
+
+/// Runs the repetitions of a group of ring cases interleaved, one repetition of each
+/// implementation in turn (A B C A B C ...), so that the machine's load drifts hit
+/// them alike; the xen-ring row gets its repetition-by-repetition (paired) ratios
+/// against every other implementation of the group.
+pub fn run_group(group: &[Case], set: &Settings, limits: &xen::Limits) -> Result<Vec<Row>> {
+    if let [case] = group {
+        if case.imp.is_shim() {
+            return Ok(vec![run_case(case, set, limits)?]);
+        }
+    }
+    let mut geos = Vec::with_capacity(group.len());
+    for case in group {
+        geos.push(match case.msg_bytes {
+            112 => limits.geometry::<Blk>(case.capacity_requested),
+            12 => limits.geometry::<NetTx>(case.capacity_requested),
+            n => bail!("no message shape of {n} bytes"),
+        });
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::with_capacity(set.runs); group.len()];
+    for _ in 0..set.runs {
+        for ((case, geo), out) in group.iter().zip(&geos).zip(samples.iter_mut()) {
+            let s = match case.msg_bytes {
+                112 => run_once::<Blk>(case, geo, set),
+                _ => run_once::<NetTx>(case, geo, set),
+            }
+            .with_context(|| format!("{} failed", case.imp.name()))?;
+            out.push(s);
+        }
+    }
+    let mut rows: Vec<Row> = group
+        .iter()
+        .zip(&geos)
+        .zip(&samples)
+        .map(|((case, geo), s)| Row::new(case, geo, s))
+        .collect();
+    report::add_paired_ratios(&mut rows, &samples);
+    Ok(rows)
 }
 
 /// Runs every repetition of one case and summarises it.
@@ -456,6 +537,7 @@ fn run_once<S: Shape>(case: &Case, geo: &xen::Geometry, set: &Settings) -> Resul
     match (case.imp, case.placement) {
         (Impl::XenRing, Placement::Threads) => xen::run_threads::<S>(case, geo, set),
         (Impl::XenRing, Placement::Processes) => process::run_processes::<S>(case, geo, set),
+        (Impl::IoRingH, Placement::Threads) => ioring::run_threads::<S>(case, geo, set),
         (Impl::Rtrb, Placement::Threads) => refs::run_rtrb::<S>(case, geo.capacity, set),
         (Impl::Crossbeam, Placement::Threads) => refs::run_crossbeam::<S>(case, geo.capacity, set),
         (imp, placement) => bail!(

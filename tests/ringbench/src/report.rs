@@ -1,18 +1,21 @@
-//! Result rows: JSON encoding, the human table and the xen-ring/rtrb ratios.
+//! Result rows: JSON encoding, the human table and the paired ratios of xen-ring
+//! against the references measured interleaved with it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
+use xen_testhost::stats::{paired_ratios, spread};
 
 use crate::stats::{median, median_u64, min_max, Sample};
 use crate::xen::{Geometry, Limits};
-use crate::{Case, Impl, Mode, CAPACITIES, MSG_SIZES};
+use crate::{Case, Impl, Mode};
 
 /// One result line (one JSON object with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// "xen-ring", "rtrb" or "crossbeam".
+    /// "xen-ring", "io-ring-h", "rtrb" or "crossbeam".
     #[serde(rename = "impl")]
     pub imp: &'static str,
     /// "threads" or "processes".
@@ -43,9 +46,10 @@ pub struct Row {
     pub msgs_per_s_max: f64,
     /// Capacity the case asked for (32 or 1024).
     pub capacity_requested: usize,
-    /// xen-ring only: entries of the shared ring (may exceed `capacity`, the window).
+    /// xen-ring and io-ring-h only: entries of the shared ring (may exceed `capacity`,
+    /// the window).
     pub ring_entries: Option<usize>,
-    /// xen-ring only: pages of the shared ring.
+    /// xen-ring and io-ring-h only: pages of the shared ring.
     pub ring_pages: Option<usize>,
     /// Response size in bytes (what travels back, if anything does).
     pub rsp_bytes: usize,
@@ -59,6 +63,57 @@ pub struct Row {
     /// Involuntary context switches of both sides, summed over all repetitions:
     /// non-zero means another process took a benchmark CPU during the measurement.
     pub preempted: u64,
+    /// xen-ring rows of an interleaved group: for every other implementation of the
+    /// group, xen-ring's rate divided by that implementation's rate in the same round
+    /// of repetitions; for pingpong, the reference's p50 round trip divided by
+    /// xen-ring's (`null` on other rows).
+    pub paired_ratios: Option<BTreeMap<&'static str, Paired>>,
+}
+
+/// Paired ratios of xen-ring against one reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    /// Median of `ratios`.
+    pub median: f64,
+    /// Smallest ratio.
+    pub min: f64,
+    /// Largest ratio.
+    pub max: f64,
+    /// One ratio per round of repetitions, in order.
+    pub ratios: Vec<f64>,
+}
+
+/// Fills `paired_ratios` of the xen-ring row of an interleaved group; `samples[i]`
+/// are the repetitions of `rows[i]`, in the order they ran.
+pub fn add_paired_ratios(rows: &mut [Row], samples: &[Vec<Sample>]) {
+    let rates: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|s| s.iter().map(Sample::paired_rate).collect())
+        .collect();
+    let Some(x) = rows.iter().position(|r| r.imp == Impl::XenRing.name()) else {
+        return;
+    };
+    let mut map = BTreeMap::new();
+    for (j, row) in rows.iter().enumerate() {
+        if j == x {
+            continue;
+        }
+        let ratios = paired_ratios(&rates[x], &rates[j]);
+        if let Some((median, min, max)) = spread(&ratios) {
+            map.insert(
+                row.imp,
+                Paired {
+                    median,
+                    min,
+                    max,
+                    ratios,
+                },
+            );
+        }
+    }
+    if !map.is_empty() {
+        rows[x].paired_ratios = Some(map);
+    }
 }
 
 impl Row {
@@ -95,7 +150,7 @@ impl Row {
             .iter()
             .min_by(|a, b| (a.rate() - med).abs().total_cmp(&(b.rate() - med).abs()))
             .map_or(0, |s| s.msgs);
-        let xen = case.imp == Impl::XenRing;
+        let xen = matches!(case.imp, Impl::XenRing | Impl::IoRingH);
         let one_way = !xen && case.mode == Mode::Stream;
         Row {
             imp: case.imp.name(),
@@ -123,6 +178,7 @@ impl Row {
             notify_requested_per_msg: median(&requested),
             msgs,
             preempted: samples.iter().map(|s| s.preempted).sum(),
+            paired_ratios: None,
         }
     }
 }
@@ -190,41 +246,50 @@ pub fn print_row(out: &mut impl Write, r: &Row) -> Result<()> {
     Ok(())
 }
 
-/// The xen-ring/rtrb throughput ratios (threads, stream) and notes.
+/// The paired ratios of xen-ring against the references (same round of repetitions,
+/// median [min..max] over the rounds) and notes.
 pub fn print_ratios(out: &mut impl Write, rows: &[Row], limits: &Limits) -> Result<()> {
-    let find = |imp: &str, bytes: usize, cap: usize, batch: &str| {
-        rows.iter().find(|r| {
-            r.imp == imp
-                && r.placement == "threads"
-                && r.mode == "stream"
-                && r.msg_bytes == bytes
-                && r.capacity_requested == cap
-                && r.batch == batch
-        })
-    };
-    writeln!(out)?;
-    writeln!(
-        out,
-        "xen-ring / rtrb, threads, stream (xen-ring also carries every response back; rtrb is one-way):"
-    )?;
-    for bytes in MSG_SIZES {
-        for cap in CAPACITIES {
-            for batch in ["single", "chunk"] {
-                if let (Some(x), Some(r)) = (
-                    find("xen-ring", bytes, cap, batch),
-                    find("rtrb", bytes, cap, batch),
-                ) {
-                    writeln!(
-                        out,
-                        "  {bytes:>3} B  cap {:>4}  {batch:<6}  {:>6.3}   ({:.2} vs {:.2} Mmsg/s)",
-                        x.capacity,
-                        x.msgs_per_s / r.msgs_per_s,
-                        x.msgs_per_s / 1e6,
-                        r.msgs_per_s / 1e6
-                    )?;
-                }
-            }
+    let refs = [
+        Impl::IoRingH.name(),
+        Impl::Rtrb.name(),
+        Impl::Crossbeam.name(),
+    ];
+    let mut header = false;
+    for r in rows {
+        let Some(p) = &r.paired_ratios else {
+            continue;
+        };
+        if !header {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "xen-ring / reference, paired by round of repetitions: median [min..max] \
+                 (> 1: xen-ring faster; rtrb and crossbeam streams are one-way):"
+            )?;
+            writeln!(
+                out,
+                "  {:<9} {:>5} {:>5} {:<6} {:>22} {:>22} {:>22}",
+                "mode", "bytes", "cap", "batch", refs[0], refs[1], refs[2]
+            )?;
+            header = true;
         }
+        let cell = |name: &str| {
+            p.get(name).map_or_else(
+                || "-".to_string(),
+                |q| format!("{:.2} [{:.2}..{:.2}]", q.median, q.min, q.max),
+            )
+        };
+        writeln!(
+            out,
+            "  {:<9} {:>5} {:>5} {:<6} {:>22} {:>22} {:>22}",
+            r.mode,
+            r.msg_bytes,
+            r.capacity,
+            r.batch,
+            cell(refs[0]),
+            cell(refs[1]),
+            cell(refs[2])
+        )?;
     }
     let mut capped: Vec<(usize, usize, usize, usize)> = rows
         .iter()

@@ -27,6 +27,17 @@ impl Sample {
         }
     }
 
+    /// What the paired ratios compare (higher is better): the rate for streams, and
+    /// 1 / p50 round trip for pingpong (whose mean-based rate a single long stall on a
+    /// busy machine can drag down by orders of magnitude).
+    pub fn paired_rate(&self) -> f64 {
+        match self.latency {
+            Some((p50, _)) if p50 > 0 => 1e9 / p50 as f64,
+            Some(_) => 0.0,
+            None => self.rate(),
+        }
+    }
+
     /// Notifications sent per message.
     pub fn notifications_per_msg(&self) -> f64 {
         if self.msgs > 0 {

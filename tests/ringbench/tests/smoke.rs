@@ -43,6 +43,52 @@ fn check_shim_row(row: &Value, imp: &str) {
     assert_eq!(notif, expected, "one event each way per round trip: {row}");
 }
 
+/// xen-ring's threads rows carry paired ratios against every reference of their
+/// interleaved group; every other row carries `null`.
+fn check_paired(row: &Value, imp: &str, placement: &str, batch: &str) {
+    let paired = &row["paired_ratios"];
+    if imp != "xen-ring" || placement != "threads" {
+        assert!(
+            paired.is_null(),
+            "only xen-ring threads rows are paired: {row}"
+        );
+        return;
+    }
+    let mut refs = vec!["io-ring-h", "rtrb"];
+    if batch == "single" {
+        refs.push("crossbeam");
+    }
+    let keys: Vec<&str> = paired
+        .as_object()
+        .unwrap_or_else(|| panic!("paired_ratios is not an object in {row}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = refs.clone();
+    want.sort_unstable();
+    assert_eq!(keys, want, "paired_ratios references: {row}");
+    let runs = u64_of(row, "runs") as usize;
+    for r in refs {
+        let p = &paired[r];
+        let ratios: Vec<f64> = p["ratios"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}: ratios is not an array in {row}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        assert_eq!(ratios.len(), runs, "one ratio per round: {row}");
+        assert!(
+            ratios.iter().all(|&v| v > 0.0 && v.is_finite()),
+            "{r}: ratios must be finite and > 0: {row}"
+        );
+        let (med, lo, hi) = (f64_of(p, "median"), f64_of(p, "min"), f64_of(p, "max"));
+        assert!(
+            lo <= med && med <= hi,
+            "{r}: median outside [min, max]: {row}"
+        );
+    }
+}
+
 fn run_quick() -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
         .args(["--json", "--quick"])
@@ -85,7 +131,7 @@ fn expected_cells() -> BTreeSet<(String, String, String, u64, u64, String)> {
     for placement in ["threads", "processes"] {
         for bytes in [112u64, 12] {
             for cap in [32u64, 1024] {
-                for imp in ["xen-ring", "rtrb", "crossbeam"] {
+                for imp in ["xen-ring", "io-ring-h", "rtrb", "crossbeam"] {
                     if placement == "processes" && imp != "xen-ring" {
                         continue;
                     }
@@ -162,7 +208,10 @@ fn test_quick_json_has_every_cell_with_sane_values() {
         let notif = f64_of(row, "notifications_per_msg");
 
         // Assert
-        assert!(["xen-ring", "rtrb", "crossbeam"].contains(&imp), "{row}");
+        assert!(
+            ["xen-ring", "io-ring-h", "rtrb", "crossbeam"].contains(&imp),
+            "{row}"
+        );
         assert!(["threads", "processes"].contains(&placement), "{row}");
         assert!(["stream", "pingpong"].contains(&mode), "{row}");
         assert!(["single", "chunk"].contains(&batch), "{row}");
@@ -198,19 +247,21 @@ fn test_quick_json_has_every_cell_with_sane_values() {
                 );
             }
         }
-        if imp == "xen-ring" && mode == "stream" {
+        let ring = imp == "xen-ring" || imp == "io-ring-h";
+        if ring && mode == "stream" {
             assert!(
                 (0.0..=2.5).contains(&notif),
-                "xen-ring stream notifications_per_msg outside [0, 2.5]: {row}"
+                "{imp} stream notifications_per_msg outside [0, 2.5]: {row}"
             );
             assert!(
                 row["ring_entries"].as_u64().is_some_and(|e| e >= cap),
                 "{row}"
             );
         }
-        if imp != "xen-ring" {
-            assert_eq!(notif, 0.0, "references busy-poll and never notify: {row}");
+        if !ring || mode == "pingpong" {
+            assert_eq!(notif, 0.0, "busy-polling sides never notify: {row}");
         }
+        check_paired(row, imp, placement, batch);
         let key = (
             imp.to_string(),
             placement.to_string(),

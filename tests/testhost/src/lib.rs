@@ -22,11 +22,13 @@
 //! the hand-started `backendd` of the network tests; [`shim`] is the
 //! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
 //! programs themselves or attach a runtime in the test process; [`term`] is
-//! the pty the console tests type on.
+//! the pty the console tests type on; [`stats`] has the median, spread
+//! and paired ratios the benchmarks report.
 
 pub mod ceph;
 pub mod net;
 pub mod shim;
+pub mod stats;
 pub mod term;
 
 use std::ffi::OsStr;
