@@ -266,7 +266,7 @@ pub fn group_domid(group: &str) -> Option<u16> {
 /// [`ResourcesError::Cgroup`] naming the step.
 pub fn create_group(domid: u16, name: &str, limits: &Limits) -> Result<Cgroup, ResourcesError> {
     let h = hierarchy()?;
-    destroy_groups_of(&h, domid)?;
+    destroy_groups_of(&h, domid, &[])?;
     let gname = group_name(domid, name);
     let g = h
         .create(&gname)
@@ -290,26 +290,118 @@ pub fn create_group(domid: u16, name: &str, limits: &Limits) -> Result<Cgroup, R
     Ok(g)
 }
 
-fn destroy_groups_of(h: &Hierarchy, domid: u16) -> Result<(), ResourcesError> {
+fn destroy_groups_of(h: &Hierarchy, domid: u16, fuse: &[u32]) -> Result<(), ResourcesError> {
     for name in h.groups().map_err(cg("list the domains' cgroups"))? {
         if group_domid(&name) == Some(domid) {
             let g = h
                 .group(&name)
                 .map_err(cg(format!("open the cgroup {name}")))?;
-            g.destroy()
-                .map_err(cg(format!("destroy the cgroup {name}")))?;
+            match g.destroy() {
+                // A runtime killed while its guest's root was dirty can hang
+                // in its exit: its last flush waits on the FUSE block file
+                // it no longer serves. Aborting its FUSE connections (as
+                // root: the jailed runtime cannot) fails that I/O and lets
+                // it end; then the group goes.
+                Err(CgroupError::Busy { .. }) if abort_fuse(fuse) > 0 => g
+                    .destroy()
+                    .map_err(cg(format!("destroy the cgroup {name}")))?,
+                r => r.map_err(cg(format!("destroy the cgroup {name}")))?,
+            }
         }
     }
     Ok(())
 }
 
 /// Kills what runs in domain `domid`'s group and removes it (nothing to
-/// do when it has none).
+/// do when it has none). `fuse` are the domain's PV disks' FUSE
+/// connections ([`domain_fuse_disks`], taken while its runtime lived),
+/// aborted if the group's members do not die.
 ///
 /// # Errors
 /// [`ResourcesError::Cgroup`].
-pub fn destroy_group(domid: u16) -> Result<(), ResourcesError> {
-    destroy_groups_of(&hierarchy()?, domid)
+pub fn destroy_group(domid: u16, fuse: &[u32]) -> Result<(), ResourcesError> {
+    destroy_groups_of(&hierarchy()?, domid, fuse)
+}
+
+/// The FUSE connections (fusectl numbers) of domain `domid`'s PV disks:
+/// the `xen-blkfront` block files mounted in the mount namespaces of its
+/// group's processes. A domain's runtime mounts its disks in a private
+/// mount namespace, so these are that domain's disks only. Read while the
+/// runtime lives: an exiting thread has left its namespaces.
+#[must_use]
+pub fn domain_fuse_disks(domid: u16) -> Vec<u32> {
+    let Ok(h) = hierarchy() else {
+        return Vec::new();
+    };
+    let mut conns = std::collections::BTreeSet::new();
+    for name in h.groups().unwrap_or_default() {
+        if group_domid(&name) != Some(domid) {
+            continue;
+        }
+        let Ok(g) = h.group(&name) else { continue };
+        for pid in g.procs().unwrap_or_default() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                if let Ok(info) = std::fs::read_to_string(t.path().join("mountinfo")) {
+                    conns.extend(info.lines().filter_map(pvdisk_fuse_connection));
+                }
+            }
+        }
+    }
+    conns.into_iter().collect()
+}
+
+/// Aborts the FUSE connections `conns` (mounting `fusectl` first if the
+/// host has not); returns how many were aborted.
+fn abort_fuse(conns: &[u32]) -> usize {
+    if conns.is_empty() {
+        return 0;
+    }
+    let dir = std::path::Path::new("/sys/fs/fuse/connections");
+    let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("fusectl"))
+    });
+    if !mounted {
+        if let Err(e) = nix::mount::mount(
+            Some("fusectl"),
+            dir,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        ) {
+            eprintln!("xl: cannot mount fusectl on {}: {e}", dir.display());
+        }
+    }
+    let mut aborted = 0;
+    for c in conns {
+        let path = format!("/sys/fs/fuse/connections/{c}/abort");
+        match std::fs::write(&path, "1") {
+            Ok(()) => {
+                eprintln!("xl: aborted FUSE connection {c} of a runtime hung in its exit");
+                aborted += 1;
+            }
+            Err(e) => eprintln!("xl: cannot abort the FUSE connection {path}: {e}"),
+        }
+    }
+    aborted
+}
+
+/// The fusectl connection number of a PV disk's mount, from one line of
+/// `mountinfo` (`ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS] - TYPE SOURCE
+/// SUPER`): FUSE's anonymous device `0:N` is connection `N`.
+fn pvdisk_fuse_connection(line: &str) -> Option<u32> {
+    let (head, tail) = line.split_once(" - ")?;
+    let mut t = tail.split_whitespace();
+    let (fstype, source) = (t.next()?, t.next()?);
+    if !fstype.starts_with("fuse") || source != "xen-blkfront" {
+        return None;
+    }
+    let dev = head.split_whitespace().nth(2)?;
+    let (major, minor) = dev.split_once(':')?;
+    (major == "0").then(|| minor.parse().ok()).flatten()
 }
 
 /// How long [`freeze_domain`] waits for the freezer to finish.
@@ -520,6 +612,17 @@ fn process_cpu_seconds(pid: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_pvdisk_fuse_connection_only_of_pv_disks() {
+        let disk = "812 790 0:93 / /dev/xvda rw,nosuid,nodev,relatime - fuse.pvdisk xen-blkfront rw,user_id=0,group_id=0,default_permissions,allow_other";
+        assert_eq!(pvdisk_fuse_connection(disk), Some(93));
+        let other_fuse = "813 790 0:94 / /mnt rw - fuse.sshfs host:/ rw";
+        assert_eq!(pvdisk_fuse_connection(other_fuse), None);
+        let ext4 = "30 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw";
+        assert_eq!(pvdisk_fuse_connection(ext4), None);
+        assert_eq!(pvdisk_fuse_connection("garbage"), None);
+    }
 
     fn spec(s: &[&str]) -> Result<CpusSpec, String> {
         CpusSpec::parse(s.iter().map(|x| (*x).to_owned()).collect())

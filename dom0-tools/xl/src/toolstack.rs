@@ -905,6 +905,9 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
         .flatten()
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .filter(|v| v.starts_with("/vm/") && !v.contains(".."));
+    // Its disks' FUSE connections, while its runtime still lives (aborted
+    // below if the runtime hangs in its exit).
+    let fuse = crate::resources::domain_fuse_disks(domid);
     let shim_result = control.destroy_domain(domid);
     for b in &backends {
         let _ = xs.rm(b);
@@ -922,7 +925,7 @@ fn destroy_domid(control: &Control, xs: &Client, domid: u16) -> Result<(), Tools
     // The runtime is gone; what the guest still runs dies with its group.
     // Last: killing a group may wait for its processes, and the domain's
     // nodes must be gone as soon as the shim no longer lists it.
-    let group_result = crate::resources::destroy_group(domid);
+    let group_result = crate::resources::destroy_group(domid, &fuse);
     match release {
         Ok(()) => {}
         Err(e) if e.is_enoent() => {}
