@@ -117,7 +117,8 @@ impl Events {
     /// domain's events mean nothing here).
     pub fn clear_all(&self) {
         for w in 0..64u64 {
-            let addr = self.shinfo + core::mem::offset_of!(shared_info, evtchn_pending) as u64 + 8 * w;
+            let addr =
+                self.shinfo + core::mem::offset_of!(shared_info, evtchn_pending) as u64 + 8 * w;
             // SAFETY: as in `word`: a word of the shared_info page's
             // pending bitmap, accessed only atomically.
             unsafe { AtomicU64::from_ptr(addr as *mut u64) }.store(0, Ordering::Release);
@@ -270,10 +271,7 @@ impl KPlatform {
                 }
             })?;
         STORE_PORT.store(b.store.1, Ordering::Relaxed);
-        let se = StoreEvents {
-            events,
-            clock,
-        };
+        let se = StoreEvents { events, clock };
         let xs = XenbusClient::new(mem, se, ClientConfig::default()).map_err(xs_err)?;
         let p = Self {
             domid: Cell::new(DOMID_SELF),
