@@ -35,27 +35,8 @@ use crate::line::emit;
 pub const RUNTIME_KEPT_CAPS: &[Cap] = &[Cap::SysAdmin, Cap::NetAdmin, Cap::Kill];
 
 /// The syscalls of a jailed runtime's steady state (besides
-/// `xen_jail::BASE_SYSCALLS`).
+/// `xen_jail::BASE_SYSCALLS` and `xen_jail::THREAD_SYSCALLS`).
 pub const RUNTIME_SYSCALLS: &[libc::c_long] = &[
-    // Memory, threads, time.
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_brk,
-    libc::SYS_futex,
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_sigaltstack,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_clock_gettime,
-    libc::SYS_getrandom,
     // Files and fds it holds (FUSE, TAP, pty, eventfds, the shim socket).
     libc::SYS_read,
     libc::SYS_readv,

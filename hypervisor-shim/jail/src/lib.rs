@@ -127,7 +127,8 @@ pub struct Jail<'a> {
     pub gid: u32,
     /// The capabilities kept (every other one leaves every set).
     pub keep: &'a [Cap],
-    /// The syscalls allowed (`libc::SYS_*`), besides [`BASE_SYSCALLS`].
+    /// The syscalls allowed (`libc::SYS_*`), besides [`BASE_SYSCALLS`] and
+    /// [`THREAD_SYSCALLS`].
     pub syscalls: &'a [libc::c_long],
     /// Where a denied syscall is reported (default: a copy of stderr taken
     /// when the jail is entered).
@@ -152,6 +153,31 @@ pub const BASE_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_getpid,
     libc::SYS_gettid,
     libc::SYS_tgkill,
+];
+
+/// Syscalls every jailed process keeps because it is a multi-threaded Rust
+/// program: memory, threads (`clone` for threads only, see [`filter`]),
+/// sleeping and time, randomness. The one list the runtime, the VMM and
+/// the tests share.
+pub const THREAD_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_getrandom,
 ];
 
 // The plan the broadcast handler applies in each thread.
@@ -373,7 +399,8 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Builds the BPF allow-list: `syscalls` and [`BASE_SYSCALLS`] allowed,
+/// Builds the BPF allow-list: `syscalls`, [`BASE_SYSCALLS`] and
+/// [`THREAD_SYSCALLS`] allowed,
 /// anything else traps (`SIGSYS`; logged only with [`ENV_JAIL_AUDIT`]).
 pub fn filter(syscalls: &[libc::c_long]) -> Result<BpfProgram, JailError> {
     let be = |e| JailError::Seccomp(seccompiler::Error::Backend(e));
@@ -392,6 +419,7 @@ pub fn filter(syscalls: &[libc::c_long]) -> Result<BpfProgram, JailError> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = syscalls
         .iter()
         .chain(BASE_SYSCALLS)
+        .chain(THREAD_SYSCALLS)
         .map(|&s| {
             let rules = if s == libc::SYS_clone {
                 vec![thread_only.clone()]

@@ -20,27 +20,8 @@ use xen_jail::{Jail, JailError};
 use xen_shim_guest::Hypervisor;
 
 /// The syscalls of a jailed VMM's steady state (besides
-/// `xen_jail::BASE_SYSCALLS`).
+/// `xen_jail::BASE_SYSCALLS` and `xen_jail::THREAD_SYSCALLS`).
 pub const VMM_SYSCALLS: &[libc::c_long] = &[
-    // Memory, threads, time.
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_brk,
-    libc::SYS_futex,
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_sigaltstack,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_clock_gettime,
-    libc::SYS_getrandom,
     // KVM_RUN and the other vCPU/VM ioctls, eventfds, the emulated disk,
     // the shim connection.
     libc::SYS_ioctl,
