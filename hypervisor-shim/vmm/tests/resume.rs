@@ -14,9 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{
-    bridge_name, bytes_body, domid, exec, make_bridge, need, netns, start_backendd_in, wait_guest,
-};
+use common::net::{bytes_body, domid, exec, need, netserve_guest};
 use common::{ok, verify_stream, Host};
 
 const T: Duration = Duration::from_secs(60);
@@ -189,30 +187,15 @@ fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on() {
 fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
     need("curl", "curl");
     let mut h = Host::start("pvhvm-resume-net-");
-    let ns = netns("r");
-    let br = bridge_name("r");
-    make_bridge(&ns, &br, "10.79.0.1/24");
-    let _backendd = start_backendd_in(&h, &ns);
-    let pid = std::process::id();
-    let name = format!("pvre{pid}");
-    let mac = format!("00:16:3e:4e:{:02x}:05", pid as u8);
-    let cfg = h.config_full(
-        &name,
-        "netserve ip=10.79.0.5/24",
-        &[],
-        1,
-        &[format!("mac={mac}, bridge={br}")],
-        common::PRESERVE_ALL,
-    );
-    ok("xl create", &h.create(&name, &cfg));
-    wait_guest(&h, &name, "netserve: 10.79.0.5/24 up", T);
+    let g = netserve_guest(&mut h, "r", 79, "pvre", 0x4e);
+    let (ns, name) = (&g.ns, g.name.as_str());
     let file = h.rundir().join("pvre.save");
     const N: usize = 40_000_000;
 
     let (download, moved_in) = std::thread::scope(|s| {
         let dl = s.spawn(|| {
             exec(
-                &ns,
+                ns,
                 "curl",
                 &[
                     "-sS",
@@ -226,17 +209,17 @@ fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
         });
         std::thread::sleep(Duration::from_millis(1500));
         let t0 = Instant::now();
-        ok("xl save", &h.xl(&["save", &name, file.to_str().unwrap()]));
+        ok("xl save", &h.xl(&["save", name, file.to_str().unwrap()]));
         ok("xl restore", &h.xl(&["restore", file.to_str().unwrap()]));
-        let new_id = domid(&h, &name);
-        h.wait_vmm_log(&name, "netserve: gratuitous ARP sent", T);
+        let new_id = domid(&h, name);
+        h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
         let took = t0.elapsed();
         let be = format!("/local/domain/0/backend/vif/{new_id}/0/state");
         assert_eq!(h.xs_read(&be).as_deref(), Some("4"), "{be}");
         (dl.join().expect("the curl thread"), took)
     });
     println!("saved, restored and reconnected in {moved_in:?} during the download");
-    let log = h.vmm_log(&name);
+    let log = h.vmm_log(name);
     assert!(
         download.status.success(),
         "curl: {}\n{log}",
@@ -245,7 +228,7 @@ fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
     assert_eq!(download.stdout.len(), N, "bytes received");
     assert!(download.stdout == bytes_body(N), "the body differs");
     let again = exec(
-        &ns,
+        ns,
         "curl",
         &["-sS", "--max-time", "20", "http://10.79.0.5/bytes/100000"],
     );
@@ -254,6 +237,6 @@ fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
     assert!(!log.contains("FAIL"), "{log}");
     ok(
         "xl destroy",
-        &h.dom0.destroy_guest(&name).expect("run xl destroy"),
+        &h.dom0.destroy_guest(name).expect("run xl destroy"),
     );
 }

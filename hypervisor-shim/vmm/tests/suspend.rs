@@ -14,9 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{
-    bridge_name, bytes_body, domid, exec, make_bridge, need, netns, start_backendd_in, wait_guest,
-};
+use common::net::{bytes_body, domid, exec, need, netserve_guest};
 use common::{ok, Host};
 
 const T: Duration = Duration::from_secs(60);
@@ -120,31 +118,16 @@ fn test_pvhvm_suspend_during_disk_selftest_then_cancelled_resume_goes_on() {
 fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_connection() {
     need("curl", "curl");
     let mut h = Host::start("pvhvm-suspend-net-");
-    let ns = netns("s");
-    let br = bridge_name("s");
-    make_bridge(&ns, &br, "10.78.0.1/24");
-    let _backendd = start_backendd_in(&h, &ns);
-    let pid = std::process::id();
-    let name = format!("pvsu{pid}");
-    let mac = format!("00:16:3e:4f:{:02x}:05", pid as u8);
-    let cfg = h.config_full(
-        &name,
-        "netserve ip=10.78.0.5/24",
-        &[],
-        1,
-        &[format!("mac={mac}, bridge={br}")],
-        common::PRESERVE_ALL,
-    );
-    ok("xl create", &h.create(&name, &cfg));
-    wait_guest(&h, &name, "netserve: 10.78.0.5/24 up", T);
-    let id = domid(&h, &name);
+    let g = netserve_guest(&mut h, "s", 78, "pvsu", 0x4f);
+    let (ns, name) = (&g.ns, g.name.as_str());
+    let id = domid(&h, name);
     let control = xen_shim_dom0::Control::connect(&h.shim_socket()).expect("shim control");
     const N: usize = 40_000_000;
 
     let (download, suspended_for) = std::thread::scope(|s| {
         let dl = s.spawn(|| {
             exec(
-                &ns,
+                ns,
                 "curl",
                 &[
                     "-sS",
@@ -158,12 +141,12 @@ fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_conne
         });
         std::thread::sleep(Duration::from_millis(1500));
         h.xs_write(&format!("/local/domain/{id}/control/shutdown"), "suspend");
-        h.wait_state(&name, 's', T);
+        h.wait_state(name, 's', T);
         let t0 = Instant::now();
-        h.wait_vmm_log(&name, &format!("xen-vmm: domain {id} suspended"), T);
+        h.wait_vmm_log(name, &format!("xen-vmm: domain {id} suspended"), T);
         std::thread::sleep(Duration::from_millis(500));
         control.resume_domain(id).expect("resume the domain");
-        h.wait_vmm_log(&name, "suspend cancelled: resumed in the same domain", T);
+        h.wait_vmm_log(name, "suspend cancelled: resumed in the same domain", T);
         let took = t0.elapsed();
         (dl.join().expect("the curl thread"), took)
     });
@@ -175,12 +158,12 @@ fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_conne
     );
     assert_eq!(download.stdout.len(), N, "bytes received");
     assert!(download.stdout == bytes_body(N), "the body differs");
-    let ping = exec(&ns, "ping", &["-c", "1", "-W", "2", "10.78.0.5"]);
+    let ping = exec(ns, "ping", &["-c", "1", "-W", "2", "10.78.0.5"]);
     assert!(ping.status.success(), "no ping after the resume");
-    let log = h.vmm_log(&name);
+    let log = h.vmm_log(name);
     assert!(!log.contains("FAIL"), "{log}");
     ok(
         "xl destroy",
-        &h.dom0.destroy_guest(&name).expect("run xl destroy"),
+        &h.dom0.destroy_guest(name).expect("run xl destroy"),
     );
 }

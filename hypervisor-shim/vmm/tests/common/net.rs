@@ -84,3 +84,43 @@ pub fn wait_guest(host: &Host, name: &str, needle: &str, timeout: Duration) -> S
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A PVHVM guest serving HTTP (`netserve`) on a bridge of the test's own
+/// "Dom0" namespace: Dom0 is `10.{net}.0.1`, the guest `10.{net}.0.5`.
+/// Fields drop in order: backendd before its namespace.
+pub struct NetserveGuest {
+    /// backendd, inside `ns`.
+    pub backendd: Daemon,
+    /// The namespace holding the bridge.
+    pub ns: Netns,
+    /// The guest's name.
+    pub name: String,
+}
+
+/// Creates a [`NetserveGuest`] named `prefix` + pid (MAC byte `mac`,
+/// unique per test) and waits until its `netserve` is up.
+pub fn netserve_guest(h: &mut Host, tag: &str, net: u8, prefix: &str, mac: u8) -> NetserveGuest {
+    let ns = netns(tag);
+    let br = bridge_name(tag);
+    make_bridge(&ns, &br, &format!("10.{net}.0.1/24"));
+    let backendd = start_backendd_in(h, &ns);
+    let pid = std::process::id();
+    let name = format!("{prefix}{pid}");
+    let mac = format!("00:16:3e:{mac:02x}:{:02x}:05", pid as u8);
+    let cfg = h.config_full(
+        &name,
+        &format!("netserve ip=10.{net}.0.5/24"),
+        &[],
+        1,
+        &[format!("mac={mac}, bridge={br}")],
+        super::PRESERVE_ALL,
+    );
+    super::ok("xl create", &h.create(&name, &cfg));
+    wait_guest(
+        h,
+        &name,
+        &format!("netserve: 10.{net}.0.5/24 up"),
+        Duration::from_secs(60),
+    );
+    NetserveGuest { backendd, ns, name }
+}
