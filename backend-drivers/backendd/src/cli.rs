@@ -89,6 +89,9 @@ pub fn run(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The stop handler goes in before the pid is published: a SIGTERM
+    // sent as soon as the pid file appears stops backendd cleanly.
+    let signals = install_signal_flag();
     if let Some(p) = &args.pid_file {
         // Written whole, then renamed into place: a reader that sees the
         // file never sees it empty.
@@ -124,7 +127,6 @@ pub fn run(args: &Args) -> ExitCode {
     let mut svc = Service::new(xs, &cfg, factories(shim, stall));
     let stop = svc.stop_flag();
     let console_stop = consoles.as_ref().map(|(s, _)| Arc::clone(s));
-    let signals = install_signal_flag();
     let watcher = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {

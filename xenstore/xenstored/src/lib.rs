@@ -168,14 +168,9 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
         // The parent: the socket exists already, clients may connect.
         return Ok(());
     }
-    let pid = std::process::id();
-    if opts.output_pid {
-        println!("{pid}");
-        let _ = std::io::stdout().flush();
-    }
-    if let Some(p) = &opts.pid_file {
-        std::fs::write(p, format!("{pid}\n")).map_err(|e| DaemonError::PidFile(p.clone(), e))?;
-    }
+    // The stop signals are taken through a signalfd, blocked before the pid
+    // is published: a SIGTERM sent as soon as the pid file appears must stop
+    // the daemon cleanly (socket and pid file removed), not kill it.
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         mask.add(s);
@@ -184,6 +179,14 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(DaemonError::Signals)?;
     server.set_signal_fd(sfd)?;
+    let pid = std::process::id();
+    if opts.output_pid {
+        println!("{pid}");
+        let _ = std::io::stdout().flush();
+    }
+    if let Some(p) = &opts.pid_file {
+        std::fs::write(p, format!("{pid}\n")).map_err(|e| DaemonError::PidFile(p.clone(), e))?;
+    }
     tracing::info!(socket = %cfg.socket.display(), pid, "xenstored serving");
     let r = server.run();
     if let Some(p) = &opts.pid_file {
