@@ -36,6 +36,10 @@ pub struct Transaction {
     bytes: usize,
     /// Set when an operation failed half-way: the commit then fails.
     pub failed: bool,
+    /// Opened before the daemon restarted (restored by id only): what it
+    /// read and wrote is lost, so its commit fails with `EAGAIN` and the
+    /// client retries it, as Xen's after a live update.
+    pub lost: bool,
 }
 
 impl Transaction {
@@ -52,6 +56,7 @@ impl Transaction {
             event_at: HashMap::new(),
             bytes: 0,
             failed: false,
+            lost: false,
         }
     }
 
@@ -118,7 +123,7 @@ impl Transaction {
         if self.failed {
             return Err(XsError::Eio);
         }
-        if self.conflicts(base) {
+        if self.lost || self.conflicts(base) {
             return Err(XsError::Eagain);
         }
         let mut removes: Vec<&String> = Vec::new();
