@@ -189,8 +189,8 @@ fn test_xenstored_sigkill_is_restarted_with_its_state_and_backendd_follows() -> 
 /// blkfront sees the backend that backendd's supervisor restarted go
 /// through its states and reconnects; every acknowledged record is there.
 #[test]
-fn test_xenstored_sigkill_during_guest_writes_restart_keeps_watches_and_acked_records(
-) -> Result<()> {
+fn test_xenstored_sigkill_during_guest_writes_restart_keeps_watches_and_acked_records() -> Result<()>
+{
     sigkill_during_writes("xenstored", &["xvda"])
 }
 

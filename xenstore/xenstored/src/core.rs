@@ -322,6 +322,12 @@ impl Nodes for View<'_> {
             View::Tx(t) => t.owned_by(domid),
         }
     }
+    fn memory_of(&self, domid: DomId) -> u64 {
+        match self {
+            View::Base(b) => b.memory_of(domid),
+            View::Tx(t) => t.memory_of(domid),
+        }
+    }
 }
 
 /// Appends a reply packet; `E2BIG` instead if the payload is too big.
@@ -911,6 +917,7 @@ impl Core {
         let outstanding: usize = conns.iter().map(|c| c.out.packets()).sum();
         let used = [
             (quota::NODES, self.tree.owner_count(domid)),
+            (quota::MEMORY, self.tree.usage(domid).bytes),
             (quota::WATCHES, watches as u64),
             (quota::TRANSACTIONS, txs as u64),
             (quota::OUTSTANDING, outstanding as u64),
