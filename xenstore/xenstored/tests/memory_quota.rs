@@ -179,3 +179,21 @@ fn test_memory_quota_figure_recomputed_after_restart() {
         before.0 + charge("/local/domain/7/k3", 3, 1)
     );
 }
+
+#[test]
+fn test_memory_quota_set_on_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("socket");
+    let d = common::ChildDaemon::spawn(&sock, None, &["-Q", "memory=12345"]);
+    let mut dom0 = d.client();
+    let v = dom0
+        .call(
+            &Request::GetQuota {
+                domid: None,
+                quota: Some("memory"),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(v, b"12345\0");
+}
