@@ -43,6 +43,8 @@ use crate::{need, remove_cgroup_parent, shim::unique_name, stdout_of, CGROUP_PAR
 pub const SEGMENT: &str = "10.250.0";
 /// The NBD server's TCP port (on the client's address).
 pub const NBD_PORT: u16 = 10809;
+/// The first part of every name a rig gives (`x2h-<pid>-<n>...`).
+const PREFIX: &str = "x2h";
 /// How long setting up a host's namespaces may take.
 const SETUP: Duration = Duration::from_secs(10);
 
@@ -401,6 +403,56 @@ fn ns_ids(pid: u32) -> std::io::Result<(String, String)> {
     ))
 }
 
+/// Whether `name` is a rig's (`x2h-<pid>-...`) whose process is gone (a
+/// run killed before its drop).
+fn dead_run(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes what rigs of runs killed before their drop left: every process
+/// in their namespaces (holders, daemons, guests), the namespaces, their
+/// `/dev/shm` and temporary directories (their cgroup parents are swept
+/// with the other test runs').
+fn sweep_stale_rigs() {
+    let listed = crate::run("ip", &["netns", "list"]).unwrap_or_default();
+    for ns in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+        if !dead_run(ns) {
+            continue;
+        }
+        for _ in 0..50 {
+            let pids = crate::run("ip", &["netns", "pids", ns]).unwrap_or_default();
+            let pids: Vec<i32> = pids.lines().filter_map(|p| p.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = crate::run("ip", &["netns", "del", ns]) {
+            eprintln!("testhost: cannot remove a dead run's namespace {ns}: {e:#}");
+        }
+    }
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if dead_run(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Two hosts, their segment, the client and the NBD server; see the
 /// [module docs](self).
 #[derive(Debug)]
@@ -492,7 +544,8 @@ impl TwoHosts {
         need("nsenter", "util-linux")?;
         need("nbdkit", "nbdkit")?;
         crate::sweep_stale_cgroup_parents();
-        let name = unique_name("x2h");
+        sweep_stale_rigs();
+        let name = unique_name(PREFIX);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir()
@@ -500,7 +553,7 @@ impl TwoHosts {
         // Interface names have at most 15 bytes: the bridge's and veths'
         // are short, unique per test (pid and counter) inside namespaces
         // that are the test's own anyway.
-        let short = name.trim_start_matches("x2h-").replace('-', "");
+        let short = name.trim_start_matches(PREFIX).replace('-', "");
         let short = &short[short.len().saturating_sub(9)..];
         let bridge = format!("xbr{short}");
         let a = Host::new("a", &name, dir.path(), libexec, &format!("{SEGMENT}.1"))?;

@@ -332,3 +332,102 @@ fn test_two_hosts_clean_up_after_a_failing_test() {
         left.join("\n")
     );
 }
+
+/// Where [`helper_rig_of_a_run_to_be_killed`] writes its rig's footprint.
+const HELPER_ENV: &str = "XEN_TWOHOSTS_HELPER_OUT";
+
+/// Not a test of its own: the run that
+/// [`test_two_hosts_of_a_killed_run_are_swept_by_the_next_rig`] starts as
+/// a child process and SIGKILLs (no drop runs): a rig with a guest on A,
+/// its footprint written to `$XEN_TWOHOSTS_HELPER_OUT`, then a wait.
+#[test]
+#[ignore = "started by test_two_hosts_of_a_killed_run_are_swept_by_the_next_rig"]
+fn helper_rig_of_a_run_to_be_killed() {
+    let out = std::env::var_os(HELPER_ENV)
+        .expect("run only by test_two_hosts_of_a_killed_run_are_swept_by_the_next_rig");
+    let t = rig();
+    netserve_guest(&t, &t.a, "gk", 40);
+    let f = t.footprint();
+    let text = serde_json::json!({
+        "netns": f.netns,
+        "pids": f.pids,
+        "dirs": f.dirs,
+        "cgroup_parents": f.cgroup_parents,
+        "name": f.name,
+    });
+    std::fs::write(&out, text.to_string()).expect("write the footprint");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A run killed before its drop (SIGKILL: no unwinding) leaves its rig
+/// behind; the next rig's start removes all of it (processes, namespaces,
+/// directories, cgroup parents), recognising it by its prefix and dead pid.
+#[test]
+fn test_two_hosts_of_a_killed_run_are_swept_by_the_next_rig() {
+    let _ = (libexec(), kernel());
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let out = dir.path().join("footprint.json");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args([
+            "--exact",
+            "helper_rig_of_a_run_to_be_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(HELPER_ENV, &out)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the run to be killed");
+    let t0 = Instant::now();
+    while !out.exists() || std::fs::read(&out).map_or(true, |b| b.is_empty()) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the helper run ended before its rig was up: {st}");
+        }
+        if t0.elapsed() > T {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the helper run's rig was not up within {T:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().expect("SIGKILL the run");
+    child.wait().expect("reap it");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("read")).expect("json");
+    let strings = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .expect("an array")
+            .iter()
+            .map(|x| x.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let footprint = xen_testhost::twohosts::Footprint {
+        netns: strings("netns"),
+        pids: v["pids"]
+            .as_array()
+            .expect("pids")
+            .iter()
+            .map(|p| p.as_i64().expect("a pid") as i32)
+            .collect(),
+        dirs: strings("dirs").into_iter().map(PathBuf::from).collect(),
+        cgroup_parents: strings("cgroup_parents"),
+        name: v["name"].as_str().expect("name").to_owned(),
+    };
+    let left = footprint.leftovers();
+    assert!(
+        left.iter().any(|l| l.starts_with("network namespace"))
+            && left.iter().any(|l| l.starts_with("process"))
+            && left.iter().any(|l| l.starts_with("cgroup parent")),
+        "the killed run left less than expected: {left:?}"
+    );
+
+    let next = rig();
+    let left = footprint.leftovers();
+    assert!(
+        left.is_empty(),
+        "left by the killed run after the next rig started:\n{}",
+        left.join("\n")
+    );
+    drop(next);
+}
