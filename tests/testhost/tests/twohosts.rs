@@ -4,8 +4,10 @@
 //! (the VMM tests' kernel) run on both with their disks on NBD exports;
 //! each host lists only its own; a host survives the other's Dom0 dying; a
 //! guest saved on A and restored on B answers the client on the same
-//! address; nothing is left after the drop. Needs root, `/dev/kvm`,
-//! `nbdkit`, `curl`; fails loudly without them.
+//! address, and a download running across the move completes intact on
+//! the same TCP connection; nothing is left after the drop, also after a
+//! failing test or a killed run. Needs root, `/dev/kvm`, `nbdkit`, `curl`;
+//! fails loudly without them.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -151,6 +153,20 @@ fn client_reaches(t: &TwoHosts, ip: u8) {
     );
 }
 
+/// The largest gap between two successive replies in `ping -D` output
+/// (`None`: fewer than two replies).
+fn largest_reply_gap(out: &str) -> Option<Duration> {
+    let stamps: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    stamps
+        .windows(2)
+        .map(|w| Duration::from_secs_f64((w[1] - w[0]).max(0.0)))
+        .max()
+}
+
 /// Whether every listed pid is a process.
 fn alive(pids: &[i32]) -> bool {
     pids.iter()
@@ -267,28 +283,68 @@ fn test_two_hosts_run_separate_stacks_on_one_segment_and_leave_nothing() {
 }
 
 #[test]
-fn test_two_hosts_guest_saved_on_a_restored_on_b_keeps_its_address() {
+fn test_two_hosts_guest_saved_on_a_restored_on_b_keeps_its_address_and_connection() {
     let t = rig();
     let (a, b) = (&t.a, &t.b);
     netserve_guest(&t, a, "gm", 20);
     client_reaches(&t, 20);
 
+    // The client downloads from the guest and pings it every 10 ms while
+    // it is saved on A and restored on B.
     let file = t.shared().join("gm.save");
     let file = file.to_str().expect("utf-8 path");
-    let t0 = Instant::now();
-    a.xl_ok(&["save", "gm", file])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let saved = t0.elapsed();
-    assert!(
-        a.domains().expect("xl list on A").is_empty(),
-        "gm still on A"
+    let addr = format!("{SEGMENT}.20");
+    const N: usize = 40_000_000;
+    let url = format!("http://{addr}/bytes/{N}");
+    let (download, pings, saved, moved) = std::thread::scope(|s| {
+        let dl = s.spawn(|| {
+            t.client_exec(
+                "curl",
+                &["-sS", "--max-time", "90", "--limit-rate", "8M", &url],
+            )
+        });
+        let pg = s.spawn(|| t.client_exec("ping", &["-D", "-n", "-i", "0.01", "-w", "7", &addr]));
+        std::thread::sleep(Duration::from_millis(1500));
+        let t0 = Instant::now();
+        a.xl_ok(&["save", "gm", file])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let saved = t0.elapsed();
+        assert!(
+            a.domains().expect("xl list on A").is_empty(),
+            "gm still on A"
+        );
+        b.xl_ok(&["restore", file])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        b.wait_vmm_log("gm", "netserve: gratuitous ARP sent", T)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let moved = t0.elapsed();
+        (
+            dl.join().expect("the curl thread").expect("run curl"),
+            pg.join().expect("the ping thread").expect("run ping"),
+            saved,
+            moved,
+        )
+    });
+    let gap = largest_reply_gap(&String::from_utf8_lossy(&pings.stdout));
+    eprintln!(
+        "xl save on A: {saved:?}; to the restored guest's ARP on B: {moved:?}; \
+         largest gap between ping replies at the client: {gap:?}"
     );
-    b.xl_ok(&["restore", file])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    b.wait_vmm_log("gm", "netserve: gratuitous ARP sent", T)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let moved = t0.elapsed();
-    eprintln!("xl save on A: {saved:?}; to the restored guest's ARP on B: {moved:?}");
+    assert!(
+        download.status.success(),
+        "curl across the move: {}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(download.stdout.len(), N, "bytes received across the move");
+    assert!(
+        download.stdout == bytes_body(N),
+        "the body received across the move differs"
+    );
+    let gap = gap.expect("ping replies before and after the move");
+    assert!(
+        gap < Duration::from_secs(5),
+        "the client lost the guest for {gap:?}"
+    );
 
     // The same address answers, now from B: its vif is a port of B's
     // bridge, none is left on A's.
