@@ -5,7 +5,8 @@
 //! each host lists only its own; a host survives the other's Dom0 dying; a
 //! guest saved on A and restored on B answers the client on the same
 //! address, and a download running across the move completes intact on
-//! the same TCP connection; nothing is left after the drop, also after a
+//! the same TCP connection (also when the client's window updates are
+//! lost in the move); nothing is left after the drop, also after a
 //! failing test or a killed run. Needs root, `/dev/kvm`, `nbdkit`, `curl`;
 //! fails loudly without them.
 
@@ -167,6 +168,69 @@ fn largest_reply_gap(out: &str) -> Option<Duration> {
         .max()
 }
 
+/// The client's `TCPToZeroWindowAdv` count (zero windows it advertised).
+fn zero_window_adverts(t: &TwoHosts) -> u64 {
+    let out = t
+        .client_exec("cat", &["/proc/net/netstat"])
+        .expect("read the client's /proc/net/netstat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (ext.next(), ext.next());
+    names
+        .zip(values)
+        .and_then(|(n, v)| {
+            n.split_whitespace()
+                .zip(v.split_whitespace())
+                .find(|(n, _)| *n == "TCPToZeroWindowAdv")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no TCPToZeroWindowAdv in the client's netstat:\n{text}"))
+}
+
+/// A process (its pid written to a file) that the test stops and
+/// continues; continued on drop, so that a failing test never leaves it
+/// stopped (and the threads waiting for it).
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    /// Waits up to 5 s for the pid in `pidfile`.
+    fn new(pidfile: &Path) -> Stopped {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pid = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            if let Some(pid) = pid {
+                return Stopped(nix::unistd::Pid::from_raw(pid));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pid in {} within 5 s",
+                pidfile.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.0, sig).unwrap_or_else(|e| panic!("{sig} to {}: {e}", self.0));
+    }
+
+    fn stop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    fn cont(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// Whether every listed pid is a process.
 fn alive(pids: &[i32]) -> bool {
     pids.iter()
@@ -289,30 +353,41 @@ fn test_two_hosts_guest_saved_on_a_restored_on_b_keeps_its_address_and_connectio
     netserve_guest(&t, a, "gm", 20);
     client_reaches(&t, 20);
 
-    // The client downloads from the guest and pings it every 10 ms while
-    // it is saved on A and restored on B.
+    // The client downloads from the guest (curl reading at most 8 MB/s)
+    // and pings it every 10 ms while it is saved on A and restored on B.
+    // The hard case, made certain: curl stops reading before the save, so
+    // the client's buffer fills and it advertises a zero window with all
+    // the guest sent acknowledged; curl reads on while the guest is saved,
+    // so the client's window updates are lost. The restored guest must
+    // probe the window (netserve's keep-alive), or the connection stalls
+    // for good.
     let file = t.shared().join("gm.save");
     let file = file.to_str().expect("utf-8 path");
     let addr = format!("{SEGMENT}.20");
     const N: usize = 40_000_000;
-    let url = format!("http://{addr}/bytes/{N}");
+    let pidfile = t.dir().join("curl.pid");
+    let script = format!(
+        "echo $$ > {}; exec curl -sS --max-time 30 --limit-rate 8M http://{addr}/bytes/{N}",
+        pidfile.display()
+    );
+    let zero_windows_before = zero_window_adverts(&t);
     let (download, pings, saved, moved) = std::thread::scope(|s| {
-        let dl = s.spawn(|| {
-            t.client_exec(
-                "curl",
-                &["-sS", "--max-time", "90", "--limit-rate", "8M", &url],
-            )
-        });
+        let dl = s.spawn(|| t.client_exec("sh", &["-c", &script]));
         let pg = s.spawn(|| t.client_exec("ping", &["-D", "-n", "-i", "0.01", "-w", "7", &addr]));
-        std::thread::sleep(Duration::from_millis(1500));
+        let curl = Stopped::new(&pidfile);
+        std::thread::sleep(Duration::from_millis(500));
+        curl.stop();
+        std::thread::sleep(Duration::from_millis(1000));
         let t0 = Instant::now();
         a.xl_ok(&["save", "gm", file])
             .unwrap_or_else(|e| panic!("{e:#}"));
         let saved = t0.elapsed();
+        curl.cont();
         assert!(
             a.domains().expect("xl list on A").is_empty(),
             "gm still on A"
         );
+        std::thread::sleep(Duration::from_millis(300));
         b.xl_ok(&["restore", file])
             .unwrap_or_else(|e| panic!("{e:#}"));
         b.wait_vmm_log("gm", "netserve: gratuitous ARP sent", T)
@@ -330,10 +405,30 @@ fn test_two_hosts_guest_saved_on_a_restored_on_b_keeps_its_address_and_connectio
         "xl save on A: {saved:?}; to the restored guest's ARP on B: {moved:?}; \
          largest gap between ping replies at the client: {gap:?}"
     );
+    if !download.status.success() {
+        // Tell a stalled connection from a guest that lost its network.
+        let again = t
+            .client_exec(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    &format!("http://{addr}/bytes/1000"),
+                ],
+            )
+            .map(|o| o.status.success() && o.stdout == bytes_body(1000));
+        panic!(
+            "curl across the move: {}\nthe guest answers a ping now: {:?}; \
+             a new download from it succeeds: {again:?}\nits console on B:\n{}",
+            String::from_utf8_lossy(&download.stderr),
+            t.client_pings(&addr, 2),
+            b.guest_log("gm"),
+        );
+    }
     assert!(
-        download.status.success(),
-        "curl across the move: {}",
-        String::from_utf8_lossy(&download.stderr)
+        zero_window_adverts(&t) > zero_windows_before,
+        "the client never advertised a zero window: the test did not test the window probe"
     );
     assert_eq!(download.stdout.len(), N, "bytes received across the move");
     assert!(
