@@ -37,6 +37,15 @@
 //! gratuitous ARP (an ARP request for its own address, Linux's
 //! `netdev_notify_peers`) so that the bridge and the peers find it at
 //! once; smoltcp's sockets stay, TCP retransmits what was lost.
+//!
+//! The window probe: smoltcp (0.12) has no persist timer, so a sender
+//! whose peer advertised a zero window, with all it sent acknowledged,
+//! waits for the peer's window update; one that is lost (sent while the
+//! guest moves between hosts, or while its vif reconnects) stalls the
+//! connection for good, as the peer sends nothing more. Every socket
+//! therefore sends a keep-alive after [`PROBE_MS`] without a segment from
+//! its peer, which the peer answers with its current window; after a
+//! resume the first one goes out at once (the interval passed meanwhile).
 
 use alloc::format;
 use alloc::string::String;
@@ -72,6 +81,9 @@ const ECHO_BUF: usize = 64 << 10;
 const POLL_BATCH: usize = 64;
 /// The longest HTTP request head we read.
 const MAX_HEAD: usize = 2048;
+/// The keep-alive interval that stands in for the persist timer (see the
+/// [module docs](self)).
+const PROBE_MS: u64 = 1000;
 /// How often the loop looks at the vif's watch events.
 const LINK_CHECK_MS: u64 = 50;
 /// How often it reads the backend's state without an event.
@@ -561,18 +573,20 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut sockets = SocketSet::new(Vec::new());
     let mut http: Vec<(SocketHandle, Http)> = Vec::new();
     for _ in 0..HTTP_SOCKETS {
-        let s = tcp::Socket::new(
+        let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; HTTP_RX]),
             tcp::SocketBuffer::new(vec![0; HTTP_TX]),
         );
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_millis(PROBE_MS)));
         http.push((sockets.add(s), Http::default()));
     }
     let mut echo: Vec<SocketHandle> = Vec::new();
     for _ in 0..ECHO_SOCKETS {
-        let s = tcp::Socket::new(
+        let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; ECHO_BUF]),
             tcp::SocketBuffer::new(vec![0; ECHO_BUF]),
         );
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_millis(PROBE_MS)));
         echo.push(sockets.add(s));
     }
     let pat = pattern_block();
