@@ -127,13 +127,13 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
 /// in place in a reserved tx page (zero copy) and published in batches by
 /// [`NetDev::flush`].
 pub struct NetDev<'p> {
-    nf: NetFront<'p, KPlatform>,
+    pub(crate) nf: NetFront<'p, KPlatform>,
     rx_buf: Vec<u8>,
     mtu: usize,
     /// The first netfront error (the device is then unusable).
-    error: Option<NetfrontError>,
+    pub(crate) error: Option<NetfrontError>,
     /// Frames moved (for "did anything happen" in the main loop).
-    moved: u64,
+    pub(crate) moved: u64,
 }
 
 impl core::fmt::Debug for NetDev<'_> {
@@ -146,7 +146,7 @@ impl core::fmt::Debug for NetDev<'_> {
 }
 
 impl<'p> NetDev<'p> {
-    fn new(nf: NetFront<'p, KPlatform>) -> Self {
+    pub(crate) fn new(nf: NetFront<'p, KPlatform>) -> Self {
         let mtu = nf.max_frame();
         NetDev {
             nf,
@@ -167,7 +167,7 @@ impl<'p> NetDev<'p> {
 
     /// Publishes queued tx frames and re-posted rx pages (notifying the
     /// backend when its event indices ask).
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let r = self.nf.push_tx(0).and_then(|()| self.nf.push_rx(0));
         self.note(r);
     }
@@ -514,7 +514,7 @@ fn reclaim_time_wait(sockets: &mut SocketSet<'_>, hs: impl Iterator<Item = Socke
     }
 }
 
-fn now(p: &KPlatform) -> Instant {
+pub(crate) fn now(p: &KPlatform) -> Instant {
     Instant::from_micros((p.monotonic_ns() / 1000) as i64)
 }
 
