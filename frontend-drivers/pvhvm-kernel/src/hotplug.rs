@@ -531,7 +531,7 @@ impl<'p> Table<'p> {
             // Once closed, a backend directory the toolstack removed reads
             // as an error (EACCES: its parent is not ours to read): the
             // device is gone, not failed.
-            if !d.closed {
+            if !d.closed && !d.is_closed() {
                 println!("hotplug: {} FAIL: {e}; removed", d.name);
             }
             self.remove(key);

@@ -18,7 +18,10 @@ mod common;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use common::hotplug::{block_attach, detach, grant_use, network_attach, wait_grant_use};
+use common::hotplug::{
+    block_attach, detach, grant_use, network_attach, played_disk_attach, wait_grant_use, wait_node,
+    GrantUse,
+};
 use common::net::{
     bridge_name, bridge_ports, domid, exec, make_bridge, need, netns, start_backendd_in, wait_guest,
 };
@@ -232,7 +235,7 @@ fn test_pvhvm_disk_detached_during_io_fails_its_requests_cleanly_and_reattaches(
     );
     assert_eq!(
         after_detach,
-        common::hotplug::GrantUse {
+        GrantUse {
             granted: 0,
             pinned: 0
         },
@@ -245,7 +248,7 @@ fn test_pvhvm_disk_detached_during_io_fails_its_requests_cleanly_and_reattaches(
     wait_grant_use(
         &shim,
         d,
-        common::hotplug::GrantUse {
+        GrantUse {
             granted: 0,
             pinned: 0,
         },
@@ -257,4 +260,92 @@ fn test_pvhvm_disk_detached_during_io_fails_its_requests_cleanly_and_reattaches(
         "the guest did not crash: {row}\n{final_log}"
     );
     let _ = ns;
+}
+
+#[test]
+fn test_pvhvm_hostile_hot_added_backend_fails_only_its_device() {
+    // Arrange: a guest with no device; the test plays the backend of a
+    // hot-added disk and describes it with garbage once the frontend has
+    // offered its ring.
+    let mut h = Host::start("pvhvm-hothostile-");
+    let ns = netns("hh");
+    let _backendd = start_backendd_in(&h, &ns);
+    let pid = std::process::id();
+    let name = format!("pvhh{pid}");
+    let img = h.image("xvdc.img", 8);
+    let cfg = h.config_full(&name, "hotplug", &[], 1, &[], common::PRESERVE_ALL);
+    ok("xl create", &h.create(&name, &cfg));
+    wait_guest(&h, &name, "hotplug: watching device/", T);
+    let d = domid(&h, &name);
+    let shim = h.shim_socket();
+
+    // Act: the played backend offers (InitWait), the frontend grants its
+    // ring (Initialised), the backend "connects" with a size that is not
+    // a number; then a real disk is attached.
+    let bad = played_disk_attach(
+        &h,
+        d,
+        "vdev=xvdb, access=rw, target=/nonexistent",
+        "hostile",
+    );
+    h.xs_write(&format!("{}/state", bad.backend), "2");
+    wait_node(
+        &h,
+        &name,
+        &format!("{}/state", bad.frontend),
+        "3",
+        T,
+        "the frontend offers its ring to the played backend",
+    );
+    let offered = grant_use(&shim, d);
+    h.xs_write(&format!("{}/sectors", bad.backend), "lots");
+    h.xs_write(&format!("{}/state", bad.backend), "4");
+    let log = wait_guest(&h, &name, "hotplug: xvdb removed", T);
+    let after_fail = grant_use(&shim, d);
+    let good = block_attach(
+        &h,
+        d,
+        &format!("format=raw, vdev=xvdc, access=rw, target={}", img.display()),
+    );
+    let log_good = wait_guest(&h, &name, "hotplug: xvdc self-test PASS round 1", T);
+    detach(&h, &name, &good, T);
+    wait_guest(&h, &name, "hotplug: xvdc removed", T);
+
+    // Assert
+    assert!(
+        log.contains("hotplug: xvdb FAIL:") && log.contains("sectors"),
+        "the frontend refused the garbage and failed the device:\n{log}"
+    );
+    assert!(
+        offered.granted >= 1,
+        "the ring was granted to the played backend: {offered:?}"
+    );
+    assert_eq!(
+        after_fail,
+        GrantUse {
+            granted: 0,
+            pinned: 0
+        },
+        "the failed device's grants were ended:\n{log}"
+    );
+    assert!(
+        !log_good.contains("hotplug: xvdc self-test FAIL"),
+        "the next disk works:\n{log_good}"
+    );
+    wait_grant_use(
+        &shim,
+        d,
+        GrantUse {
+            granted: 0,
+            pinned: 0,
+        },
+        Duration::from_secs(5),
+    );
+    let row = h.list_row(&name).expect("the guest is listed");
+    assert!(
+        !row.contains('c'),
+        "the guest did not crash: {row}\n{}",
+        h.log(&name)
+    );
+    let _ = (ns, bad);
 }

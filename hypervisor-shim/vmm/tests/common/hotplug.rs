@@ -52,6 +52,24 @@ pub fn block_attach(h: &Host, domid: u16, spec: &str) -> Attached {
     }
 }
 
+/// Attaches disk `spec` with libxl's nodes but a backend directory of
+/// kind `kind` that no backend serves: the test plays the backend by
+/// writing its nodes (a hostile or broken backend).
+pub fn played_disk_attach(h: &Host, domid: u16, spec: &str, kind: &'static str) -> Attached {
+    let disk = DiskSpec::parse(spec).unwrap_or_else(|e| panic!("disk spec {spec:?}: {e}"));
+    let b = BackendDisk {
+        kind,
+        params: String::new(),
+        type_node: "file",
+    };
+    let ops = xen_xl::xsplan::disk_ops(domid, BACKEND, &disk, &b);
+    xen_xl::toolstack::apply(&client(h), &ops).expect("write the disk's nodes");
+    Attached {
+        frontend: vbd_frontend_path(domid, disk.devid),
+        backend: disk_backend_path(b.kind, BACKEND, domid, disk.devid),
+    }
+}
+
 /// Attaches vif `devid` (an xl vif specification with its `mac=`) to
 /// domain `domid`, as `xl network-attach` (libxl) writes it.
 pub fn network_attach(h: &Host, domid: u16, devid: u32, spec: &str) -> Attached {
