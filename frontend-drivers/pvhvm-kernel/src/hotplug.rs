@@ -54,7 +54,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Cidr};
 use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::io::xenbus::XenbusState;
 use xen_abi::xen::SHUTDOWN_crash;
@@ -420,14 +420,7 @@ fn parse_args(words: &[&str]) -> Result<Args, String> {
         let Some(n) = k.strip_prefix("ip").and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let (a, len) = v.split_once('/').unwrap_or((v, "24"));
-        let a: Ipv4Address = a.parse().map_err(|_| format!("bad address in {w:?}"))?;
-        let len: u8 = len
-            .parse()
-            .ok()
-            .filter(|&l| (1..=32).contains(&l))
-            .ok_or_else(|| format!("bad prefix length in {w:?}"))?;
-        addrs.insert(n, Ipv4Cidr::new(a, len));
+        addrs.insert(n, crate::net::parse_cidr(v)?);
     }
     Ok(Args { qd, repeat, addrs })
 }
@@ -542,10 +535,19 @@ impl<'p> Table<'p> {
     /// devices whose directory is gone.
     fn rescan(&mut self) {
         for kind in [Kind::Vbd, Kind::Vif] {
-            let names = self
+            // No directory: no device of the kind; any other error
+            // (a lost reply) leaves the table as it is until next time.
+            let names = match self
                 .p
                 .xs_directory(XBT_NIL, &format!("device/{}", kind.dir()))
-                .unwrap_or_default();
+            {
+                Ok(n) => n,
+                Err(e) if e.is_xs_enoent() => Vec::new(),
+                Err(e) => {
+                    println!("hotplug: cannot list device/{}: {e}", kind.dir());
+                    continue;
+                }
+            };
             let ids: BTreeSet<u32> = names.iter().filter_map(|n| n.parse().ok()).collect();
             let gone: Vec<_> = self
                 .devs

@@ -100,13 +100,7 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
             .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
     };
     let ip = get("ip").ok_or("no ip=A.B.C.D/LEN on the command line")?;
-    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
-    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|&l| (1..=32).contains(&l))
-        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    let addr = parse_cidr(ip)?;
     let gateway = match get("gw") {
         Some(g) => Some(g.parse().map_err(|_| format!("bad gateway {g:?}"))?),
         None => None,
@@ -116,10 +110,22 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
         None => None,
     };
     Ok(NetArgs {
-        addr: Ipv4Cidr::new(a, len),
+        addr,
         gateway,
         devid,
     })
+}
+
+/// Parses `A.B.C.D[/LEN]` (prefix length default 24).
+pub fn parse_cidr(ip: &str) -> Result<Ipv4Cidr, String> {
+    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
+    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|&l| (1..=32).contains(&l))
+        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    Ok(Ipv4Cidr::new(a, len))
 }
 
 /// Netfront as a smoltcp device: received frames are copied out of the rx
