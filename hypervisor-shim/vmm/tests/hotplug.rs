@@ -8,7 +8,8 @@
 //!
 //! Checked from Dom0: the backend file holds the guest's pattern, the
 //! TAP comes and goes, the nodes are gone, and after a detach the guest's
-//! grant table and Dom0's mappings of it are as before the attach.
+//! grant table and Dom0's mappings of it are as before the attach. The
+//! NIC is detached under a ping flood, a disk in the middle of its I/O.
 //!
 //! Needs root, `/dev/kvm`, iproute2 and iputils-ping (tests/setup-host.sh);
 //! fails loudly without. Traffic stays in the test's own namespace.
@@ -135,6 +136,16 @@ fn test_pvhvm_guest_connects_uses_and_releases_a_hot_added_disk_and_nic() {
     let on_disk = image_has_pattern(&hot_img, seed);
     let tap1 = format!("vif{d}.1");
     let ports_attached = bridge_ports(&ns, &br);
+    // The NIC is detached under a ping flood (every 10 ms until it is
+    // gone; `-w` bounds it if the test fails first).
+    let flood = ns
+        .cmd("ping")
+        .args(["-q", "-i", "0.01", "-w", "120", "10.82.0.6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(Duration::from_millis(500));
     let t_detach = std::time::Instant::now();
     detach(&h, &name, &disk, T);
     let disk_detached_in = t_detach.elapsed();
@@ -146,11 +157,29 @@ fn test_pvhvm_guest_connects_uses_and_releases_a_hot_added_disk_and_nic() {
         "hotplug figures: attach of xvdb and eth1 to the self-test passed and eth1 up: {attached_in:?}; \
          detach (online=0, Closing, both Closed, nodes removed): xvdb {disk_detached_in:?}, eth1 {nic_detached_in:?}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Pings sent after the removal go unanswered; SIGINT has ping print
+    // its summary (`ip netns exec` execs it: the child is ping itself).
+    std::thread::sleep(Duration::from_millis(300));
+    let ping_pid = nix::unistd::Pid::from_raw(flood.id() as i32);
+    nix::sys::signal::kill(ping_pid, nix::sys::signal::Signal::SIGINT).expect("stop the flood");
+    let flood = flood.wait_with_output().expect("wait for ping");
     let ports_detached = bridge_ports(&ns, &br);
 
     // Assert
     assert!(pinged_hot, "Dom0 pings the hot-added NIC:\n{log}");
+    let flood_out = String::from_utf8_lossy(&flood.stdout);
+    let count = |what: &str| -> u32 {
+        flood_out
+            .split([',', '\n'])
+            .find_map(|w| w.trim().strip_suffix(what)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (sent, received) = (count("packets transmitted"), count("received"));
+    eprintln!("hotplug figures: ping flood over the detach: {sent} sent, {received} answered");
+    assert!(
+        received >= 10 && sent > received,
+        "the NIC answered the flood until it was detached under it ({sent} sent, {received} answered):\n{flood_out}"
+    );
     assert_eq!(on_disk, Ok(()), "the guest's writes reached the new disk");
     assert!(
         log.contains("hotplug: xvdb: new vbd 51728")
