@@ -15,6 +15,7 @@ mod arch;
 mod console;
 mod control;
 mod global;
+mod hotplug;
 mod hypercall;
 mod net;
 mod platform;

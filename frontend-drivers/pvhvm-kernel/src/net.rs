@@ -112,13 +112,7 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
             .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
     };
     let ip = get("ip").ok_or("no ip=A.B.C.D/LEN on the command line")?;
-    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
-    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|&l| (1..=32).contains(&l))
-        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    let addr = parse_cidr(ip)?;
     let gateway = match get("gw") {
         Some(g) => Some(g.parse().map_err(|_| format!("bad gateway {g:?}"))?),
         None => None,
@@ -128,10 +122,22 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
         None => None,
     };
     Ok(NetArgs {
-        addr: Ipv4Cidr::new(a, len),
+        addr,
         gateway,
         devid,
     })
+}
+
+/// Parses `A.B.C.D[/LEN]` (prefix length default 24).
+pub fn parse_cidr(ip: &str) -> Result<Ipv4Cidr, String> {
+    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
+    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|&l| (1..=32).contains(&l))
+        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    Ok(Ipv4Cidr::new(a, len))
 }
 
 /// Netfront as a smoltcp device: received frames are copied out of the rx
@@ -139,13 +145,13 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
 /// in place in a reserved tx page (zero copy) and published in batches by
 /// [`NetDev::flush`].
 pub struct NetDev<'p> {
-    nf: NetFront<'p, KPlatform>,
+    pub(crate) nf: NetFront<'p, KPlatform>,
     rx_buf: Vec<u8>,
     mtu: usize,
     /// The first netfront error (the device is then unusable).
-    error: Option<NetfrontError>,
+    pub(crate) error: Option<NetfrontError>,
     /// Frames moved (for "did anything happen" in the main loop).
-    moved: u64,
+    pub(crate) moved: u64,
 }
 
 impl core::fmt::Debug for NetDev<'_> {
@@ -158,7 +164,7 @@ impl core::fmt::Debug for NetDev<'_> {
 }
 
 impl<'p> NetDev<'p> {
-    fn new(nf: NetFront<'p, KPlatform>) -> Self {
+    pub(crate) fn new(nf: NetFront<'p, KPlatform>) -> Self {
         let mtu = nf.max_frame();
         NetDev {
             nf,
@@ -179,7 +185,7 @@ impl<'p> NetDev<'p> {
 
     /// Publishes queued tx frames and re-posted rx pages (notifying the
     /// backend when its event indices ask).
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let r = self.nf.push_tx(0).and_then(|()| self.nf.push_rx(0));
         self.note(r);
     }
@@ -526,7 +532,7 @@ fn reclaim_time_wait(sockets: &mut SocketSet<'_>, hs: impl Iterator<Item = Socke
     }
 }
 
-fn now(p: &KPlatform) -> Instant {
+pub(crate) fn now(p: &KPlatform) -> Instant {
     Instant::from_micros((p.monotonic_ns() / 1000) as i64)
 }
 

@@ -351,6 +351,15 @@ impl KPlatform {
         Some((f << 12) + 8 * u64::from(gref % GREFS_PER_FRAME))
     }
 
+    /// Grant references handed out and not ended (the hotplug report:
+    /// a removed device leaves none behind).
+    pub fn grants_in_use(&self) -> usize {
+        let g = self.grants.borrow();
+        (g.frames.len() * GREFS_PER_FRAME as usize)
+            .saturating_sub(GNTTAB_NR_RESERVED_ENTRIES as usize)
+            .saturating_sub(g.free.len())
+    }
+
     /// Guest-physical address of the store ring (for the hostile test).
     pub fn store_page(&self) -> u64 {
         self.store_gfn << 12

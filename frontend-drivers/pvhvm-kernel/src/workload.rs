@@ -40,7 +40,7 @@ use xen_front_platform::{Platform, XBT_NIL};
 use crate::platform::{Boot, KPlatform, MemoryPlan};
 use crate::{println, BootInfo};
 
-fn arg<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
+pub(crate) fn arg<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
     words
         .iter()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -85,6 +85,7 @@ pub fn run(b: &BootInfo) -> Option<u32> {
                 "hostile" => hostile(&p, b),
                 "fvcompare" => fvcompare(&p, &words[1..]),
                 "netserve" => crate::net::netserve(&p, &words[1..]),
+                "hotplug" => crate::hotplug::run(&p, &words[1..]),
                 "xenstore" => {
                     let name = p.xs_read(XBT_NIL, "name").unwrap_or_default();
                     println!(
@@ -234,7 +235,8 @@ fn wait_for(
     ))
 }
 
-fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
+/// The self-test's data at byte `offset` of the disk with `seed`.
+pub(crate) fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
     for (i, c) in buf.chunks_mut(8).enumerate() {
         let v = (offset + 8 * i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = v.to_le_bytes();
@@ -305,20 +307,7 @@ fn selftest_inner(
         return Err("the disk is read-only".into());
     }
     let size = disk.size_bytes();
-    let ss = u64::from(disk.sector_size);
-    // 64 spots spread over the disk (first and last included), sizes from
-    // one sector to 128 KiB, written in one batch, flushed, read back.
-    let spots = 64u64;
-    let mut ios: Vec<(u64, usize)> = Vec::new();
-    for i in 0..spots {
-        let len = (ss << (i % 9))
-            .min(128 * 1024)
-            .min(dev.max_request_bytes() as u64)
-            .min(size) as usize;
-        let max_off = size - len as u64;
-        let off = (max_off * i / (spots - 1)) / ss * ss;
-        ios.push((off, len));
-    }
+    let ios = selftest_spots(&disk, dev.max_request_bytes());
     let seed = seed.unwrap_or_else(|| p.monotonic_ns());
     let t0 = p.monotonic_ns();
     let mut seen = crate::control::new_domains();
@@ -390,6 +379,30 @@ fn selftest_inner(
         size >> 20,
         us
     ))
+}
+
+/// The self-test's spots on `disk`: 64 `(byte offset, length)` spread
+/// over the disk (first and last included), lengths from one sector to
+/// 128 KiB (at most `max_request` bytes), written in one batch, flushed,
+/// read back.
+pub(crate) fn selftest_spots(
+    disk: &xen_blkfront::DiskInfo,
+    max_request: usize,
+) -> Vec<(u64, usize)> {
+    let size = disk.size_bytes();
+    let ss = u64::from(disk.sector_size);
+    let spots = 64u64;
+    let mut ios: Vec<(u64, usize)> = Vec::new();
+    for i in 0..spots {
+        let len = (ss << (i % 9))
+            .min(128 * 1024)
+            .min(max_request as u64)
+            .min(size) as usize;
+        let max_off = size - len as u64;
+        let off = (max_off * i / (spots - 1)) / ss * ss;
+        ios.push((off, len));
+    }
+    ios
 }
 
 /// Xorshift64*, as the PV guest's load generator.

@@ -5,6 +5,7 @@
 //! drop. Needs root and `/dev/kvm`: fails loudly without them.
 #![allow(dead_code)]
 
+pub mod hotplug;
 pub mod net;
 
 use std::ops::{Deref, DerefMut};
