@@ -188,6 +188,45 @@ pub fn poll(p: &KPlatform) {
     }
 }
 
+/// After a resume in a new domain (`xl restore`): the new VMM counts
+/// every RAM page as present (the save stream skips the holes, so the
+/// pages given back are holes again, but no record says so): they are
+/// given back again, so its count and maximum hold. Xen's stream carries
+/// them as `XTAB` pages instead.
+pub fn resume_new_domain() {
+    let Some(Ok(b)) = BALLOON.get().map(RefCell::try_borrow) else {
+        return;
+    };
+    let mut frames: Vec<u64> = Vec::with_capacity(BATCH);
+    let mut refused = 0u64;
+    let gfns = b
+        .out
+        .iter()
+        .flat_map(|&(first, count)| first..first + count);
+    let mut flush = |frames: &mut Vec<u64>| {
+        let rc = reservation(XENMEM_decrease_reservation, frames);
+        refused += frames.len() as u64 - usize::try_from(rc).unwrap_or(0).min(frames.len()) as u64;
+        frames.clear();
+    };
+    for g in gfns {
+        frames.push(g);
+        if frames.len() == BATCH {
+            flush(&mut frames);
+        }
+    }
+    if !frames.is_empty() {
+        flush(&mut frames);
+    }
+    if refused > 0 {
+        println!("balloon: the new domain refused {refused} of the pages given back");
+    } else if b.out_pages > 0 {
+        println!(
+            "balloon: {} KiB given back again in the new domain",
+            b.out_pages * 4
+        );
+    }
+}
+
 fn reservation(cmd: u32, frames: &mut [u64]) -> i64 {
     let mut r = xen_memory_reservation {
         extent_start: xen_guest_handle {
@@ -282,9 +321,10 @@ fn counts() -> (i64, i64) {
 /// each printed with what the VMM answered (`balloon-hostile: NAME -> RC`):
 /// a gfn past RAM, one in the VMM's boot area, an order above 9, a frame
 /// list outside guest memory, a populate of a page it has, a page given
-/// back and populated twice; then the counts. The VMM must refuse each (0 extents done,
+/// back and populated twice, a page the vbd's backend holds mapped
+/// (`with_disk`); then the counts. The VMM must refuse each (0 extents done,
 /// or a negative errno) and keep running.
-pub fn hostile(p: &KPlatform, nr_pages: u64) -> Option<u32> {
+pub fn hostile(p: &KPlatform, nr_pages: u64, with_disk: bool) -> Option<u32> {
     let (cur0, max0) = counts();
     println!("balloon-hostile: current {cur0} max {max0}");
     let mut past = [nr_pages + 1];
@@ -342,6 +382,36 @@ pub fn hostile(p: &KPlatform, nr_pages: u64) -> Option<u32> {
         "balloon-hostile: populate it twice -> {}",
         reservation(XENMEM_populate_physmap, &mut again)
     );
+    if with_disk {
+        // A page the backend holds mapped through a grant (the vbd's ring:
+        // its entry has GTF_reading/GTF_writing set by the mapper).
+        // (The reserved entries name the console and store rings, which
+        // are not RAM.)
+        let mapped = (xen_abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES..512).find_map(|gref| {
+            let a = p.grant_entry_addr(gref)?;
+            // SAFETY: `a` is a grant entry of this kernel's own grant
+            // frame (identity-mapped); read volatilely, the mapper may
+            // change the flags.
+            let (flags, frame) = unsafe {
+                (
+                    core::ptr::read_volatile(a as *const u16),
+                    core::ptr::read_volatile((a + 4) as *const u32),
+                )
+            };
+            let busy = xen_abi::grant_table::GTF_reading | xen_abi::grant_table::GTF_writing;
+            (flags & busy != 0 && u64::from(frame) < nr_pages).then_some(u64::from(frame))
+        });
+        match mapped {
+            Some(frame) => {
+                let mut f = [frame];
+                println!(
+                    "balloon-hostile: decrease a grant-mapped page -> {}",
+                    reservation(XENMEM_decrease_reservation, &mut f)
+                );
+            }
+            None => println!("balloon-hostile: FAIL: no grant-mapped page found"),
+        }
+    }
     let (cur, max) = counts();
     println!("balloon-hostile: current {cur} max {max}");
     println!(

@@ -194,6 +194,7 @@ fn resume_new_domain(p: &KPlatform) -> Result<(), PlatformError> {
     crate::console::set_port(si.console.domU().evtchn);
     // (The platform's reconnection sets the control watch again.)
     p.resume_new_domain(si.store_evtchn)?;
+    crate::balloon::resume_new_domain();
     advertise(p);
     // The new domain's node is read at the next poll.
     NEXT_LOOK.store(0, Ordering::Relaxed);

@@ -11,7 +11,7 @@
 //!   after a while of use), run the disk self-test, then again each time
 //!   the balloon ([`crate::balloon`]) reaches a new `memory/target`, until
 //!   the toolstack shuts the domain down;
-//! - `balloonhostile`: the balloon hypercalls a hostile kernel could make
+//! - `balloonhostile [disk]`: the balloon hypercalls a hostile kernel could make
 //!   ([`crate::balloon::hostile`]);
 //! - `xenstore`: read its own name from xenstore and print it;
 //! - `blkload [pattern=randread|seqread|seqwrite] [bs=N] [qd=N] [secs=N]`:
@@ -90,7 +90,23 @@ pub fn run(b: &BootInfo) -> Option<u32> {
             let reason = match cmd {
                 "selftest" => selftest(&p, &words[1..]),
                 "balloon" => balloon(&p, &words[1..]),
-                "balloonhostile" => crate::balloon::hostile(&p, b.nr_pages),
+                "balloonhostile" => {
+                    // With a vbd connected: its ring is a grant-mapped page.
+                    let dev = if words.contains(&"disk") {
+                        match connect(&p) {
+                            Ok(d) => Some(d),
+                            Err(why) => {
+                                println!("balloon-hostile: FAIL: {why}");
+                                return None;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let r = crate::balloon::hostile(&p, b.nr_pages, dev.is_some());
+                    drop(dev);
+                    r
+                }
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
                 "fvcompare" => fvcompare(&p, &words[1..]),

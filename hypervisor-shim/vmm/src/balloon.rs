@@ -457,6 +457,37 @@ mod tests {
     }
 
     #[test]
+    fn test_mapped_gfns_are_the_frames_of_entries_a_mapper_holds() {
+        // Arrange: a 16-page domain's memory, grant frame 0 with three
+        // entries: mapped for writing, mapped for reading, granted only.
+        let layout = DomainLayout::new(1, 1).expect("layout");
+        let mut ram = vec![0u8; layout.total_bytes() as usize];
+        // SAFETY: `ram` outlives `mem` (both live to the end of the test)
+        // and is only accessed through `mem`.
+        let mem = unsafe { GuestPhys::new(ram.as_mut_ptr(), ram.len()) };
+        let base = layout.grant_frame_gfn(0).expect("frame 0") * PAGE_SIZE as u64;
+        let entry = |flags: u16, frame: u32| grant_entry_v1 {
+            flags,
+            domid: 0,
+            frame,
+        };
+        use xen_abi::grant_table::GTF_permit_access;
+        mem.write_obj(base + 8 * 10, &entry(GTF_permit_access | GTF_writing, 77))
+            .expect("entry");
+        mem.write_obj(base + 8 * 11, &entry(GTF_permit_access | GTF_reading, 78))
+            .expect("entry");
+        mem.write_obj(base + 8 * 12, &entry(GTF_permit_access, 79))
+            .expect("entry");
+
+        // Act
+        let set = mapped_gfns(&mem, &layout, 1);
+
+        // Assert
+        assert_eq!(set, HashSet::from([77, 78]));
+        drop(ram);
+    }
+
+    #[test]
     fn test_populate_stops_at_the_maximum() {
         let f = memfd();
         let r = Reservation::new(f, RAM, 16);

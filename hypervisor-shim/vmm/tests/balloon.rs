@@ -233,7 +233,17 @@ fn test_mem_set_down_and_up_moves_the_memory_file_and_the_guest_keeps_its_disk()
 #[test]
 fn test_hostile_balloon_hypercalls_are_refused_and_the_vmm_runs_on() {
     let mut h = Host::start("pvhvm-balh-");
-    let cfg = config(&h, "pvh-balh", "balloonhostile", 64, &[]);
+    let img = h.image("balh.img", 16);
+    let cfg = config(
+        &h,
+        "pvh-balh",
+        "balloonhostile disk",
+        64,
+        &[format!(
+            "format=raw, vdev=xvda, access=rw, target={}",
+            img.display()
+        )],
+    );
     ok("xl create", &h.create("pvh-balh", &cfg));
     let log = h.wait_log("pvh-balh", "balloon-hostile: PASS", T);
     for (what, rc) in [
@@ -244,12 +254,15 @@ fn test_hostile_balloon_hypercalls_are_refused_and_the_vmm_runs_on() {
         ("populate a present page", "0"),
         ("decrease one free page", "1"),
         ("populate it twice", "1"),
+        ("decrease a grant-mapped page", "0"),
     ] {
         assert!(
             log.contains(&format!("balloon-hostile: {what} -> {rc}\n")),
             "{what}: want {rc}; log:\n{log}"
         );
     }
+    // The VMM says why (rate-limited) in its log.
+    h.wait_vmm_log("pvh-balh", "is mapped by a backend through a grant", T);
     let row = h.wait_state("pvh-balh", 's', T);
     assert!(!row.contains('c'), "crashed: {row}");
 }
