@@ -9,8 +9,9 @@
 //! - `balloon [memtouch] [seed=N]`: connect the first vbd, write every free
 //!   page once (`memtouch`: the memory file then holds the guest's RAM, as
 //!   after a while of use), run the disk self-test, then again each time
-//!   the balloon ([`crate::balloon`]) reaches a new `memory/target`, until
-//!   the toolstack shuts the domain down;
+//!   the balloon ([`crate::balloon`]) reaches a new `memory/target` and
+//!   after a resume in a new domain (the vbd reconnected), until the
+//!   toolstack shuts the domain down;
 //! - `balloonhostile [disk]`: the balloon hypercalls a hostile kernel could make
 //!   ([`crate::balloon::hostile`]);
 //! - `xenstore`: read its own name from xenstore and print it;
@@ -338,6 +339,7 @@ fn balloon(p: &KPlatform, words: &[&str]) -> Option<u32> {
         );
     }
     let mut seen = u64::MAX;
+    let mut domains = crate::control::new_domains();
     loop {
         let now = crate::balloon::settled();
         if now != seen {
@@ -352,8 +354,17 @@ fn balloon(p: &KPlatform, words: &[&str]) -> Option<u32> {
                 }
             }
         }
-        if let Some(r) = crate::control::poll(p) {
-            return Some(r);
+        // A suspend is carried out here; after a resume in a new domain
+        // the vbd reconnects and the self-test runs again.
+        let before = domains;
+        match between_ios(p, &mut dev, &mut domains) {
+            Ok(()) if domains != before => seen = u64::MAX,
+            Ok(()) => {}
+            Err(SelftestEnd::Stop(reason)) => return Some(reason),
+            Err(SelftestEnd::Fail(why)) => {
+                println!("disk self-test: FAIL: {why}");
+                return None;
+            }
         }
         // Sleep on the store port: a watch event (control or balloon)
         // wakes us.
