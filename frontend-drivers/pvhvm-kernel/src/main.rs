@@ -12,6 +12,7 @@
 extern crate alloc;
 
 mod arch;
+mod balloon;
 mod console;
 mod control;
 mod global;

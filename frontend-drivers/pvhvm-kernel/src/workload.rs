@@ -6,6 +6,14 @@
 //!   and verify; prints `disk self-test: PASS` or `disk self-test: FAIL: why`
 //!   (the pattern at byte offset `o` is the little-endian `u64`
 //!   `o ^ seed * 0x9E3779B97F4A7C15` every 8 bytes);
+//! - `balloon [memtouch] [seed=N]`: connect the first vbd, write every free
+//!   page once (`memtouch`: the memory file then holds the guest's RAM, as
+//!   after a while of use), run the disk self-test, then again each time
+//!   the balloon ([`crate::balloon`]) reaches a new `memory/target` and
+//!   after a resume in a new domain (the vbd reconnected), until the
+//!   toolstack shuts the domain down;
+//! - `balloonhostile [disk]`: the balloon hypercalls a hostile kernel could make
+//!   ([`crate::balloon::hostile`]);
 //! - `xenstore`: read its own name from xenstore and print it;
 //! - `blkload [pattern=randread|seqread|seqwrite] [bs=N] [qd=N] [secs=N]`:
 //!   the block load generator (JSON lines as the PV guest's `blkload`);
@@ -79,8 +87,27 @@ pub fn run(b: &BootInfo) -> Option<u32> {
             };
             println!("pvhvm-kernel: domain {} on xenstore", p.domid());
             crate::control::init(&p);
+            crate::balloon::init(&p, b.nr_pages);
             let reason = match cmd {
                 "selftest" => selftest(&p, &words[1..]),
+                "balloon" => balloon(&p, &words[1..]),
+                "balloonhostile" => {
+                    // With a vbd connected: its ring is a grant-mapped page.
+                    let dev = if words.contains(&"disk") {
+                        match connect(&p) {
+                            Ok(d) => Some(d),
+                            Err(why) => {
+                                println!("balloon-hostile: FAIL: {why}");
+                                return None;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let r = crate::balloon::hostile(&p, b.nr_pages, dev.is_some());
+                    drop(dev);
+                    r
+                }
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
                 "fvcompare" => fvcompare(&p, &words[1..]),
@@ -291,6 +318,64 @@ impl From<String> for SelftestEnd {
 impl From<&str> for SelftestEnd {
     fn from(s: &str) -> Self {
         Self::Fail(String::from(s))
+    }
+}
+
+/// The `balloon` workload (see the [module docs](self)).
+fn balloon(p: &KPlatform, words: &[&str]) -> Option<u32> {
+    let seed: Option<u64> = arg(words, "seed").and_then(|s| s.parse().ok());
+    let mut dev = match connect(p) {
+        Ok(d) => d,
+        Err(why) => {
+            println!("disk self-test: FAIL: {why}");
+            return None;
+        }
+    };
+    if words.contains(&"memtouch") {
+        let t0 = p.monotonic_ns();
+        let n = p.touch_free_pages();
+        println!(
+            "balloon: touched {} KiB of free pages in {} us",
+            n * 4,
+            (p.monotonic_ns() - t0) / 1000
+        );
+    }
+    let mut seen = u64::MAX;
+    let mut domains = crate::control::new_domains();
+    loop {
+        let now = crate::balloon::settled();
+        if now != seen {
+            seen = now;
+            let kib = crate::balloon::current_pages().unwrap_or(0) * 4;
+            match selftest_inner(p, &mut dev, seed) {
+                Ok(summary) => println!("disk self-test: PASS at {kib} KiB ({summary})"),
+                Err(SelftestEnd::Stop(reason)) => return Some(reason),
+                Err(SelftestEnd::Fail(why)) => {
+                    println!("disk self-test: FAIL at {kib} KiB: {why}");
+                    return None;
+                }
+            }
+        }
+        // A suspend is carried out here; after a resume in a new domain
+        // the vbd reconnects and the self-test runs again.
+        let before = domains;
+        match between_ios(p, &mut dev, &mut domains) {
+            Ok(()) if domains != before => seen = u64::MAX,
+            Ok(()) => {}
+            Err(SelftestEnd::Stop(reason)) => return Some(reason),
+            Err(SelftestEnd::Fail(why)) => {
+                println!("disk self-test: FAIL: {why}");
+                return None;
+            }
+        }
+        // Sleep on the store port: a watch event (control or balloon)
+        // wakes us.
+        let port = p.store_port();
+        if p.evtchn_poll(&[port], Some(Duration::from_millis(100)))
+            .unwrap_or(false)
+        {
+            let _ = p.evtchn_clear(port);
+        }
     }
 }
 

@@ -7,7 +7,14 @@
 //!                    "progress DONE TOTAL" lines, then "saved PAGES BYTES" or "error WHY";
 //!                    vCPU 0 stays parked (the domain does not run) until
 //!   resume        -> "resumed": the guest runs on (xl save -c / -p)
+//!   pages         -> "pages CURRENT MAX": the domain's pages and maximum
+//!                    (Xen's tot_pages and max_pages; `xl list`'s Mem)
+//!   max-pages N   -> "ok" or "error WHY": the maximum the balloon may
+//!                    populate to (`xl mem-max`, Xen's XEN_DOMCTL_max_mem)
 //! ```
+//!
+//! Each connection has its own thread (an `xl list` is answered while an
+//! `xl save` holds its connection); one save at a time.
 //!
 //! A connection that closes while the domain is parked resumes it (a dead `xl`
 //! never leaves a guest stopped; `xl save` destroys the domain before it closes).
@@ -120,6 +127,10 @@ pub trait Saver: Send + Sync {
     fn save(&self, file: File, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
     /// Let a parked domain run again.
     fn release(&self);
+    /// The domain's pages and maximum pages.
+    fn reservation(&self) -> (u64, u64);
+    /// Sets the maximum pages.
+    fn set_max_pages(&self, pages: u64) -> Result<(), String>;
 }
 
 /// Serve the control socket at `path` (replacing a stale one) on a thread.
@@ -131,9 +142,19 @@ pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<(
     std::thread::Builder::new()
         .name("xen-vmm-control".into())
         .spawn(move || {
+            let busy = std::sync::Arc::new(AtomicBool::new(false));
             for conn in listener.incoming().flatten() {
-                if let Err(e) = session(conn, &*saver) {
-                    tracing::warn!(error = %e, "control connection failed");
+                let saver = std::sync::Arc::clone(&saver);
+                let busy = std::sync::Arc::clone(&busy);
+                let r = std::thread::Builder::new()
+                    .name("xen-vmm-ctl-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = session(conn, &*saver, &busy) {
+                            tracing::warn!(error = %e, "control connection failed");
+                        }
+                    });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot serve a control connection");
                 }
             }
         })?;
@@ -195,7 +216,7 @@ impl Lines {
     }
 }
 
-fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
+fn session(conn: UnixStream, saver: &dyn Saver, busy: &AtomicBool) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut parked = false;
     let mut lines = Lines {
@@ -207,6 +228,9 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
         while let Some((line, mut fds)) = lines.next_line()? {
             let cmd = line.split_whitespace().next().unwrap_or("");
             match cmd {
+                "save" if !parked && fds.len() == 1 && busy.swap(true, Ordering::SeqCst) => {
+                    writeln!(out, "error another save of this domain is in progress")?;
+                }
                 "save" if !parked && fds.len() == 1 => {
                     let file = File::from(fds.remove(0));
                     let mut last = Instant::now();
@@ -221,13 +245,29 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                             parked = true;
                             writeln!(out, "saved {pages} {bytes}")?;
                         }
-                        Err(why) => writeln!(out, "error {}", why.replace('\n', " "))?,
+                        Err(why) => {
+                            busy.store(false, Ordering::SeqCst);
+                            writeln!(out, "error {}", why.replace('\n', " "))?;
+                        }
                     }
                 }
                 "resume" if parked => {
                     saver.release();
                     parked = false;
+                    busy.store(false, Ordering::SeqCst);
                     writeln!(out, "resumed")?;
+                }
+                "pages" => {
+                    let (cur, max) = saver.reservation();
+                    writeln!(out, "pages {cur} {max}")?;
+                }
+                "max-pages" => {
+                    let n = line.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+                    match n.map(|n| saver.set_max_pages(n)) {
+                        Some(Ok(())) => writeln!(out, "ok")?,
+                        Some(Err(why)) => writeln!(out, "error {why}")?,
+                        None => writeln!(out, "error max-pages needs a page count")?,
+                    }
                 }
                 _ => writeln!(out, "error unknown or out-of-place command {cmd:?}")?,
             }
@@ -236,6 +276,7 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
     })();
     if parked {
         saver.release();
+        busy.store(false, Ordering::SeqCst);
     }
     r
 }
