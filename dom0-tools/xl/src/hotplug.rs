@@ -129,6 +129,17 @@ pub enum HotplugError {
         /// backendd's message.
         msg: String,
     },
+    /// The guest refused the device (its error node; both directories
+    /// were removed).
+    #[error("domain {domid} refused {what}: {msg}")]
+    GuestRefused {
+        /// Domain.
+        domid: u16,
+        /// The device.
+        what: String,
+        /// The guest's message.
+        msg: String,
+    },
     /// The guest did not release the device in time (it still uses it);
     /// the device stays attached.
     #[error(
@@ -221,14 +232,29 @@ fn error_dir(backend: &str) -> Option<String> {
     Some(format!("/local/domain/{be_dom}/error/{rest}"))
 }
 
-/// Removes a device's two directories (and the backend's error node) in
-/// one transaction.
+/// The guest's error node of a frontend directory (Xen's
+/// `xenbus_dev_fatal` from the frontend:
+/// `/local/domain/N/error/device/<kind>/<devid>/error`).
+fn guest_error_node(frontend: &str) -> Option<String> {
+    let (home, dev) = frontend.split_once("/device/")?;
+    Some(format!("{home}/error/device/{dev}/error"))
+}
+
+/// Removes a device's two directories (and the backend's and the guest's
+/// error nodes) in one transaction.
 fn remove_device(xs: &Client, frontend: &str, backend: &str) -> Result<(), HotplugError> {
     let err = error_dir(backend);
+    let guest_err =
+        guest_error_node(frontend).and_then(|e| e.strip_suffix("/error").map(str::to_owned));
     xs.transaction(|tx| {
-        for p in [Some(frontend), Some(backend), err.as_deref()]
-            .into_iter()
-            .flatten()
+        for p in [
+            Some(frontend),
+            Some(backend),
+            err.as_deref(),
+            guest_err.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             match tx.rm(p) {
                 Ok(()) => {}
@@ -240,6 +266,16 @@ fn remove_device(xs: &Client, frontend: &str, backend: &str) -> Result<(), Hotpl
     })
     .map_err(xs_err(format!("remove {frontend} and {backend}")))?;
     Ok(())
+}
+
+/// Removes the error nodes an earlier device of that number left.
+fn clear_error_nodes(xs: &Client, frontend: &str, backend: &str) {
+    if let Some(e) = error_dir(backend) {
+        let _ = xs.rm(&e);
+    }
+    if let Some(e) = guest_error_node(frontend) {
+        let _ = xs.rm(&e);
+    }
 }
 
 /// Writes `ops` unless `frontend` or `backend` exists already (checked in
@@ -284,8 +320,18 @@ fn wait_connected(
     timeout: Duration,
 ) -> Result<(), HotplugError> {
     let err_node = error_dir(backend).map(|d| format!("{d}/error"));
+    let guest_err = guest_error_node(frontend);
     let deadline = Instant::now() + timeout;
     loop {
+        if let Some(e) = guest_err.as_deref().and_then(|p| read(xs, p)) {
+            let _ = remove_device(xs, frontend, backend);
+            let msg = e.split_once(' ').map_or(e.as_str(), |(_, m)| m).to_owned();
+            return Err(HotplugError::GuestRefused {
+                domid,
+                what: what.to_owned(),
+                msg,
+            });
+        }
         if let Some(e) = err_node.as_deref().and_then(|p| read(xs, p)) {
             let _ = remove_device(xs, frontend, backend);
             // backendd writes "<errno> <message>".
@@ -400,10 +446,7 @@ pub fn block_attach(
     let frontend = xsplan::vbd_frontend_path(domid, disk.devid);
     let backend = xsplan::disk_backend_path(target.kind, BACKEND_DOMID, domid, disk.devid);
     let what = format!("vbd {}", disk.vdev);
-    // A leftover error node of an earlier device of that number.
-    if let Some(e) = error_dir(&backend) {
-        let _ = xs.rm(&e);
-    }
+    clear_error_nodes(&xs, &frontend, &backend);
     let ops = xsplan::disk_ops(domid, BACKEND_DOMID, disk, &target);
     write_new_device(&xs, domid, &what, &frontend, &backend, &ops)?;
     wait_connected(&xs, domid, &what, &frontend, &backend, t.attach)?;
@@ -533,9 +576,7 @@ pub fn network_attach(domid: u16, vif: &VifSpec, t: Timeouts) -> Result<Attached
     let frontend = crate::network::vif_frontend_path(domid, devid);
     let backend = crate::network::vif_backend_path(BACKEND_DOMID, domid, devid);
     let what = format!("vif {devid}");
-    if let Some(e) = error_dir(&backend) {
-        let _ = xs.rm(&e);
-    }
+    clear_error_nodes(&xs, &frontend, &backend);
     let ops = crate::network::vif_ops(domid, BACKEND_DOMID, devid, vif, mac);
     write_new_device(&xs, domid, &what, &frontend, &backend, &ops)?;
     wait_connected(&xs, domid, &what, &frontend, &backend, t.attach)?;
@@ -667,6 +708,14 @@ mod tests {
             Some("/local/domain/0/error/backend/vbd/3/51728")
         );
         assert_eq!(error_dir("/x"), None);
+    }
+
+    #[test]
+    fn test_guest_error_node_is_under_the_guests_error_dir() {
+        assert_eq!(
+            guest_error_node("/local/domain/3/device/vif/1").as_deref(),
+            Some("/local/domain/3/error/device/vif/1/error")
+        );
     }
 
     #[test]

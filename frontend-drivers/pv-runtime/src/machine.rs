@@ -417,6 +417,18 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
         Some("mode=755,size=1024k"),
     )
     .map_err(nix_setup("mount the guest's /dev"))?;
+    // Shared: the guest's mount namespace gets a slave copy, so disks
+    // attached later (`crate::hotplug`) appear in it.
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(nix_setup("make the guest's /dev shared"))?;
+    crate::jail::give_to_runtime(&dev)
+        .map_err(setup("give the guest's /dev to the domain's uid"))?;
     let chr = |name: &str, major: u64, minor: u64, mode: u32| {
         let p = dev.join(name);
         mknod(
