@@ -39,11 +39,10 @@ use std::time::{Duration, Instant};
 
 use xen_abi::io::xenbus::XenbusState;
 use xen_blkfront::{BlkFront, BlkfrontConfig, BlkfrontError, FrontState};
-use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
-use xen_netfront::NetfrontConfig;
+use xen_front_platform::{Platform, XBT_NIL};
 
 use crate::blockfile::{self, BlockFile, BlockFileUnmounter, BlockfileError};
-use crate::pvnet::{self, GuestNic, GuestTap, PvnetError};
+use crate::pvnet::{self, GuestNic, PvnetError};
 use crate::vbd::{self, BlockDevice, Vbd, VbdConfig, VbdError, VbdWaiter};
 
 /// How often the device tree is looked at without a watch event.
@@ -227,20 +226,11 @@ pub struct Hotplug<'scope, 'p, P: Platform + ?Sized> {
     owner: (u32, u32),
     /// The guest has a network namespace of its own.
     own_net: bool,
-    /// The boot path's devices.
-    boot_vbds: BTreeSet<u32>,
-    boot_vifs: BTreeSet<u32>,
+    /// The vbds and vifs not to connect (again).
+    known_vbds: Known,
+    known_vifs: Known,
     /// Interface names the boot path uses.
     boot_eths: BTreeSet<String>,
-    /// Devices that failed to connect (tried again once their directory
-    /// went away and came back).
-    failed_vbds: BTreeSet<u32>,
-    failed_vifs: BTreeSet<u32>,
-    /// Devices closed and dropped whose directory the toolstack has not
-    /// removed yet (not connected again until it did, or wrote a fresh
-    /// device there).
-    closed_vbds: BTreeSet<u32>,
-    closed_vifs: BTreeSet<u32>,
     disks: BTreeMap<u32, HotDiskEntry<'scope, 'p, P>>,
     nics: BTreeMap<u32, HotNicEntry<'scope, 'p, P>>,
 }
@@ -252,6 +242,55 @@ impl<P: Platform + ?Sized> std::fmt::Debug for Hotplug<'_, '_, P> {
             .field("nics", &self.nics.keys().collect::<Vec<_>>())
             .field("own_net", &self.own_net)
             .finish_non_exhaustive()
+    }
+}
+
+/// The device numbers of one kind the hotplug thread does not connect
+/// (again).
+#[derive(Debug, Default)]
+struct Known {
+    /// The boot path's devices.
+    boot: BTreeSet<u32>,
+    /// Devices that failed to connect (tried again once their directory
+    /// went away and came back).
+    failed: BTreeSet<u32>,
+    /// Devices closed and dropped whose directory the toolstack has not
+    /// removed yet (not connected again until it did, or wrote a fresh
+    /// device there).
+    closed: BTreeSet<u32>,
+}
+
+impl Known {
+    fn booted(boot: &[u32]) -> Self {
+        Self {
+            boot: boot.iter().copied().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Forgets the failed and closed devices no longer `listed` under
+    /// `device/<kind>` (and the closed ones written afresh); the listed
+    /// devices to connect now (not the boot path's, not `live`).
+    fn new_devices<P: Platform + ?Sized>(
+        &mut self,
+        p: &P,
+        kind: &str,
+        listed: &[u32],
+        live: impl Fn(u32) -> bool,
+    ) -> Vec<u32> {
+        self.failed.retain(|d| listed.contains(d));
+        self.closed
+            .retain(|d| listed.contains(d) && !fresh(p, &format!("device/{kind}/{d}")));
+        listed
+            .iter()
+            .copied()
+            .filter(|d| {
+                !self.boot.contains(d)
+                    && !self.failed.contains(d)
+                    && !self.closed.contains(d)
+                    && !live(*d)
+            })
+            .collect()
     }
 }
 
@@ -291,13 +330,9 @@ where
             timeout: cfg.timeout,
             owner: cfg.owner,
             own_net: cfg.own_net,
-            boot_vbds: cfg.boot_vbds.iter().copied().collect(),
-            boot_vifs: cfg.boot_vifs.iter().copied().collect(),
+            known_vbds: Known::booted(&cfg.boot_vbds),
+            known_vifs: Known::booted(&cfg.boot_vifs),
             boot_eths: cfg.boot_eths.iter().cloned().collect(),
-            failed_vbds: BTreeSet::new(),
-            failed_vifs: BTreeSet::new(),
-            closed_vbds: BTreeSet::new(),
-            closed_vifs: BTreeSet::new(),
             disks: BTreeMap::new(),
             nics: BTreeMap::new(),
         }
@@ -337,29 +372,24 @@ where
     fn look(&mut self, s: &'scope Scope<'scope, '_>) {
         let p = self.p;
         let vbds = self.list("vbd");
-        self.failed_vbds.retain(|d| vbds.contains(d));
-        self.closed_vbds
-            .retain(|d| vbds.contains(d) && !fresh(p, &format!("device/vbd/{d}")));
-        for &devid in &vbds {
-            if !self.boot_vbds.contains(&devid)
-                && !self.disks.contains_key(&devid)
-                && !self.failed_vbds.contains(&devid)
-                && !self.closed_vbds.contains(&devid)
-            {
-                if let Err(e) = self.attach_disk(s, devid) {
-                    emit(
-                        "pvdisk hotplug-failed",
-                        &[("devid", devid.to_string()), ("error", e)],
-                    );
-                    self.failed_vbds.insert(devid);
-                }
+        let disks = &self.disks;
+        for devid in self
+            .known_vbds
+            .new_devices(p, "vbd", &vbds, |d| disks.contains_key(&d))
+        {
+            if let Err(e) = self.attach_disk(s, devid) {
+                emit(
+                    "pvdisk hotplug-failed",
+                    &[("devid", devid.to_string()), ("error", e)],
+                );
+                self.known_vbds.failed.insert(devid);
             }
         }
         let ids: Vec<u32> = self.disks.keys().copied().collect();
         for devid in ids {
             if self.check_disk(devid, vbds.contains(&devid)) {
                 if let Some(d) = self.disks.remove(&devid) {
-                    self.closed_vbds.insert(devid);
+                    self.known_vbds.closed.insert(devid);
                     emit(
                         "pvdisk removed",
                         &[("devid", devid.to_string()), ("vdev", d.name)],
@@ -368,29 +398,24 @@ where
             }
         }
         let vifs = self.list("vif");
-        self.failed_vifs.retain(|d| vifs.contains(d));
-        self.closed_vifs
-            .retain(|d| vifs.contains(d) && !fresh(p, &format!("device/vif/{d}")));
-        for &devid in &vifs {
-            if !self.boot_vifs.contains(&devid)
-                && !self.nics.contains_key(&devid)
-                && !self.failed_vifs.contains(&devid)
-                && !self.closed_vifs.contains(&devid)
-            {
-                if let Err(e) = self.attach_nic(s, devid) {
-                    emit(
-                        "pvnet hotplug-failed",
-                        &[("devid", devid.to_string()), ("error", e)],
-                    );
-                    self.failed_vifs.insert(devid);
-                }
+        let nics = &self.nics;
+        for devid in self
+            .known_vifs
+            .new_devices(p, "vif", &vifs, |d| nics.contains_key(&d))
+        {
+            if let Err(e) = self.attach_nic(s, devid) {
+                emit(
+                    "pvnet hotplug-failed",
+                    &[("devid", devid.to_string()), ("error", e)],
+                );
+                self.known_vifs.failed.insert(devid);
             }
         }
         let ids: Vec<u32> = self.nics.keys().copied().collect();
         for devid in ids {
             if self.check_nic(devid, vifs.contains(&devid)) {
                 if let Some(n) = self.nics.remove(&devid) {
-                    self.closed_vifs.insert(devid);
+                    self.known_vifs.closed.insert(devid);
                     let ifname = n.nic.nic.tap.name().to_owned();
                     drop(n);
                     emit(
@@ -574,34 +599,12 @@ where
             return Err("refused:_no_network_namespace_of_its_own".into());
         }
         let name = self.next_eth().ok_or("no_free_ethN")?;
-        let cfg = NetfrontConfig {
-            max_queues: xen_netfront::MAX_QUEUES,
-            ..NetfrontConfig::default()
-        };
-        let nf = pvnet::open(p, devid, cfg, self.timeout).map_err(|e| words(&e))?;
-        let tap = GuestTap::create(&name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())
-            .map_err(|e| words(&e))?;
-        let backend = nf.backend_path().to_owned();
-        let addresses: Vec<String> = xs_read_string(p, XBT_NIL, &format!("{backend}/ip"))
-            .map(|s| {
-                s.trim_end_matches('\0')
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for a in &addresses {
-            pvnet::add_address(&name, a).map_err(|e| words(&e))?;
-        }
-        let m = nf.mac();
-        let queues = tap.queues();
+        let nic = GuestNic::connect(p, devid, &name, self.timeout).map_err(|e| words(&e))?;
+        let backend = lock(&nic.nf).backend_path().to_owned();
+        let queues = nic.tap.queues();
+        emit("pvnet hotplugged", &nic.fields());
         let nic = Arc::new(HotNic {
-            nic: GuestNic {
-                devid,
-                nf: Mutex::new(nf),
-                tap,
-                addresses: addresses.clone(),
-            },
+            nic,
             stop: AtomicBool::new(false),
         });
         let mut pumps = Vec::new();
@@ -615,22 +618,6 @@ where
                 s.spawn(move || pvnet::run_pump(&n.nic, &n.stop, |g, st| pvnet::rx_loop(g, q, st))),
             );
         }
-        emit(
-            "pvnet hotplugged",
-            &[
-                ("devid", devid.to_string()),
-                ("ifname", name),
-                (
-                    "mac",
-                    format!(
-                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                        m[0], m[1], m[2], m[3], m[4], m[5]
-                    ),
-                ),
-                ("queues", queues.to_string()),
-                ("ip", addresses.join(",")),
-            ],
-        );
         self.nics.insert(
             devid,
             HotNicEntry {

@@ -507,6 +507,72 @@ pub struct GuestNic<'p, P: Platform + ?Sized> {
     pub addresses: Vec<String>,
 }
 
+impl<'p, P: Platform + ?Sized> GuestNic<'p, P> {
+    /// Connects vif `devid` (every queue the backend offers, up to
+    /// netfront's maximum) and creates interface `name` for it with the
+    /// backend's addresses, in the calling thread's network namespace: the
+    /// boot path's NICs ([`bring_up`]) and those attached later
+    /// ([`crate::hotplug`]).
+    ///
+    /// # Errors
+    /// The handshake, the TAP or an address failed.
+    pub fn connect(
+        p: &'p P,
+        devid: u32,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Self, PvnetError> {
+        let cfg = NetfrontConfig {
+            max_queues: xen_netfront::MAX_QUEUES,
+            ..NetfrontConfig::default()
+        };
+        let nf = open(p, devid, cfg, timeout)?;
+        let tap = GuestTap::create(name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
+        let addresses: Vec<String> =
+            xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
+                .map(|s| {
+                    s.trim_end_matches('\0')
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+        for a in &addresses {
+            add_address(name, a)?;
+        }
+        Ok(GuestNic {
+            devid,
+            nf: Mutex::new(nf),
+            tap,
+            addresses,
+        })
+    }
+
+    /// The fields of its `pvnet up` (or `pvnet hotplugged`) line.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let nf = self
+            .nf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = nf.mac();
+        vec![
+            ("devid", self.devid.to_string()),
+            ("ifname", self.tap.name().to_owned()),
+            (
+                "mac",
+                format!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                ),
+            ),
+            ("mtu", nf.mtu().to_string()),
+            ("queues", nf.queues().to_string()),
+            ("ip", self.addresses.join(",")),
+            ("offloads", format!("{:?}", nf.offloads())),
+        ]
+    }
+}
+
 /// Connects every vif and creates `eth<N>` for each with its addresses, in
 /// the calling thread's network namespace (the caller entered the guest's:
 /// [`private_net_namespace`], [`crate::guestns::GuestNamespaces::enter_net`]).
@@ -519,52 +585,9 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
     let ids = list_vifs(p)?;
     let mut nics = Vec::new();
     for (n, &devid) in ids.iter().enumerate() {
-        // Every queue the backend offers (up to netfront's maximum).
-        let cfg = NetfrontConfig {
-            max_queues: xen_netfront::MAX_QUEUES,
-            ..NetfrontConfig::default()
-        };
-        let nf = open(p, devid, cfg, timeout)?;
-        let name = format!("eth{n}");
-        let tap = GuestTap::create(&name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
-        let addresses: Vec<String> =
-            xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
-                .map(|s| {
-                    s.trim_end_matches('\0')
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-        for a in &addresses {
-            add_address(&name, a)?;
-        }
-        let m = nf.mac();
-        let _ = emit(
-            out,
-            "pvnet up",
-            &[
-                ("devid", devid.to_string()),
-                ("ifname", name.clone()),
-                (
-                    "mac",
-                    format!(
-                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                        m[0], m[1], m[2], m[3], m[4], m[5]
-                    ),
-                ),
-                ("mtu", nf.mtu().to_string()),
-                ("queues", nf.queues().to_string()),
-                ("ip", addresses.join(",")),
-                ("offloads", format!("{:?}", nf.offloads())),
-            ],
-        );
-        nics.push(GuestNic {
-            devid,
-            nf: Mutex::new(nf),
-            tap,
-            addresses,
-        });
+        let nic = GuestNic::connect(p, devid, &format!("eth{n}"), timeout)?;
+        let _ = emit(out, "pvnet up", &nic.fields());
+        nics.push(nic);
     }
     Ok(nics)
 }
