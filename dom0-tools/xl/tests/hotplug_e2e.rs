@@ -443,6 +443,101 @@ fn test_hotplug_disk_and_nic_into_running_pv_guest_and_back_without_leaks() {
     println!("baseline pins {base_pins}, backendd (fds, threads) {base_fds:?}");
 }
 
+/// The checksum in a guest line `TAG <sha256> -` (busybox `sha256sum` of
+/// stdin).
+fn guest_sum<'a>(log: &'a str, tag: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix(tag))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+#[test]
+fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
+    // A guest machine (examples/mkroot.sh's busybox ramdisk: its own
+    // user, mount and network namespaces and its own /dev), not a host
+    // init: the hot disk must appear in the machine's /dev, the NIC in its
+    // network namespace.
+    let mut h = Host::start("m", &[84]);
+    let root = h.host.dir.path().join("root");
+    std::fs::create_dir(&root).expect("root dir");
+    xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+    let name = format!("hotm{}", std::process::id());
+    // Its marks are `hp-...`, made at run time: the command line (which
+    // the log shows) has only `$M-...`.
+    let script = "M=hp; echo $M-up; \
+        while [ ! -e /dev/xvdb ]; do sleep 0.1; done; \
+        dd if=/dev/urandom of=/pattern bs=64k count=16 2>/dev/null; \
+        dd if=/pattern of=/dev/xvdb bs=64k conv=notrunc,fsync && echo $M-wrote; \
+        echo $M-sumw $(sha256sum </pattern); \
+        echo $M-sumr $(dd if=/dev/xvdb bs=64k count=16 | sha256sum); \
+        while ! ip link show eth0 >/dev/null 2>&1; do sleep 0.1; done; \
+        if ping -c 3 -W 2 10.84.0.1 >/dev/null 2>&1; then echo $M-ping-ok; else echo $M-ping-failed; fi; \
+        while [ -e /dev/xvdb ]; do sleep 0.1; done; echo $M-xvdb-gone; \
+        while ip link show eth0 >/dev/null 2>&1; do sleep 0.1; done; echo $M-eth0-gone; \
+        exec sleep 1000";
+    let cfg = h
+        .host
+        .write_config(
+            &name,
+            &format!(
+                "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+                 ramdisk = '{}'\n\
+                 extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
+                root.join("pv-root.cpio").display()
+            ),
+        )
+        .expect("config");
+    h.host.track_guest(&name);
+    h.xl_ok(&["create", &cfg.display().to_string()]);
+    let domid = h.host.domid(&name).expect("xl list").expect("a domid");
+    h.wait_log(&name, "hp-up");
+    let base_ports = bridge_ports(&h.ns, &h.br).expect("bridge ports");
+
+    let img = h.image("m.img", 4);
+    h.xl_ok(&["block-attach", &name, &disk_spec("xvdb", &img)]);
+    let log = h.wait_log(&name, "hp-sumr ");
+    assert!(log.contains("hp-wrote"), "{log}");
+    let written = guest_sum(&log, "hp-sumw ").unwrap_or_else(|| panic!("sumw: {log}"));
+    assert_eq!(guest_sum(&log, "hp-sumr "), Some(written), "{log}");
+    let on_disk = std::fs::read(&img).expect("read the image");
+    assert_eq!(sha256(&on_disk[..1 << 20]), written, "the image holds it");
+
+    let mac = format!("00:16:3e:5b:{:02x}:01", std::process::id() as u8);
+    h.xl_ok(&[
+        "network-attach",
+        &name,
+        &format!("bridge={}", h.br),
+        "ip=10.84.0.2",
+        &format!("mac={mac}"),
+    ]);
+    // The guest booted without a NIC: this one is its eth0.
+    let log = h.wait_log(&name, "hp-ping-");
+    assert!(
+        log.contains("pvnet hotplugged devid=0 ifname=eth0"),
+        "{log}"
+    );
+    assert!(log.contains("hp-ping-ok"), "{log}\n{}", h.backendd_log());
+
+    h.xl_ok(&["block-detach", &name, "xvdb"]);
+    h.xl_ok(&["network-detach", &name, &mac]);
+    let log = h.wait_log(&name, "hp-eth0-gone");
+    assert!(log.contains("hp-xvdb-gone"), "{log}");
+    let xs = h.xs();
+    for dir in [
+        format!("/local/domain/{domid}/device/vbd"),
+        format!("/local/domain/0/backend/vbd/{domid}"),
+        format!("/local/domain/{domid}/device/vif"),
+        format!("/local/domain/0/backend/vif/{domid}"),
+    ] {
+        assert!(children(&xs, &dir).is_empty(), "{dir}");
+    }
+    let ports = settle(&base_ports, || bridge_ports(&h.ns, &h.br).expect("ports"));
+    assert_eq!(ports, base_ports, "the hot vif's TAP is gone");
+    let log = h.host.guest_log(&name);
+    assert!(!log.contains("hotplug-failed"), "{log}");
+    assert!(!log.contains("guest-dev-failed"), "{log}");
+}
+
 #[test]
 fn test_hotplug_bad_input_fails_clearly_and_writes_nothing() {
     let mut h = Host::start("b", &[83]);

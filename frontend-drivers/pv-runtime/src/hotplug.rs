@@ -730,42 +730,35 @@ fn remove_mount_point(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// The guest machine's `/dev` (see [`crate::machine`]) when the guest runs
-/// one, else `None` (a host-init guest sees the runtime's `/dev`).
-fn guest_dev() -> Option<PathBuf> {
-    let dev = Path::new(crate::machine::STAGE).join("dev");
-    let st = std::fs::metadata(&dev).ok()?;
-    let parent = std::fs::metadata(crate::machine::STAGE).ok()?;
-    // A mount point: another device than its parent's.
-    (std::os::unix::fs::MetadataExt::dev(&st) != std::os::unix::fs::MetadataExt::dev(&parent))
-        .then_some(dev)
-}
-
 /// Shows the block file `path` as `/dev/<name>` in the guest machine's
 /// `/dev` (a bind mount that propagates into the guest's mount namespace:
-/// [`crate::machine`] makes that `/dev` shared). Nothing to do for a
-/// host-init guest, which sees the runtime's `/dev`.
+/// [`crate::machine::with_guest_dev`]). Nothing to do for a host-init
+/// guest, which sees the runtime's `/dev`.
 fn expose_in_guest_dev(name: &str, path: &Path) -> Result<(), String> {
-    let Some(dev) = guest_dev() else {
-        return Ok(());
-    };
-    let target = dev.join(name);
-    std::fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
-    nix::mount::mount(
-        Some(path),
-        &target,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("bind {} on {}: {e}", path.display(), target.display()))
+    crate::machine::with_guest_dev(|dev| {
+        let target = dev.join(name);
+        let shown = format!("the guest's /dev/{name}");
+        std::fs::File::create(&target).map_err(|e| format!("create {shown}: {e}"))?;
+        nix::mount::mount(
+            Some(path),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&target);
+            format!("bind {} on {shown}: {e}", path.display())
+        })
+    })
+    .unwrap_or(Ok(()))
 }
 
 /// Takes `/dev/<name>` out of the guest machine's `/dev` again.
 fn remove_from_guest_dev(name: &str) {
-    if let Some(dev) = guest_dev() {
+    crate::machine::with_guest_dev(|dev| {
         let target = dev.join(name);
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&target);
-    }
+    });
 }
