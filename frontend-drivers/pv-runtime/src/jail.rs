@@ -86,12 +86,37 @@ pub const RUNTIME_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_pidfd_send_signal,
     // The end: unmounting the guest's root and block files.
     libc::SYS_umount2,
+    // Disks attached while the guest runs (`crate::hotplug`): their block
+    // files' FUSE mounts and binds into the guest machine's `/dev`, their
+    // mount points made and removed (in `/dev`s the runtime owns:
+    // [`give_to_runtime`]).
+    libc::SYS_mount,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
     libc::SYS_prctl,
     libc::SYS_getuid,
     libc::SYS_geteuid,
     libc::SYS_getgid,
     libc::SYS_getegid,
 ];
+
+/// Gives directory `dir` (one of the runtime's own `/dev` tmpfs) to the
+/// domain's host uid when a jail is asked for, so that the jailed runtime
+/// makes and removes the mount points of disks attached later
+/// (`crate::hotplug`); nothing otherwise.
+///
+/// # Errors
+/// The `chown` failed.
+pub fn give_to_runtime(dir: &std::path::Path) -> std::io::Result<()> {
+    let Ok(domid) = u16::try_from(DOMID.load(Ordering::Acquire)) else {
+        return Ok(());
+    };
+    if !xen_jail::requested() {
+        return Ok(());
+    }
+    let uid = xen_jail::domain_uid(domid);
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
+}
 
 static JAILED: AtomicBool = AtomicBool::new(false);
 /// A copy of the runtime's stderr from before the console (-1: none).

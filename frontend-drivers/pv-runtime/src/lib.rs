@@ -51,6 +51,8 @@
 //!   `/dev/<vdev>` and the init run with them;
 //! - [`pvnet`]: every `device/vif` as a TAP in the guest's network
 //!   namespace;
+//! - [`hotplug`]: devices attached and detached while the guest runs
+//!   (`xl block-attach`, `xl network-attach`, their detaches);
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
@@ -69,6 +71,7 @@ mod error;
 pub mod events;
 pub mod grefalloc;
 pub mod guestns;
+pub mod hotplug;
 pub mod initramfs;
 pub mod jail;
 pub mod line;

@@ -405,6 +405,27 @@ fn ensure_dir(dir: &Path) -> Result<(), MachineError> {
     )))
 }
 
+/// The guest machine's `/dev` while it runs (see [`with_guest_dev`]).
+static GUEST_DEV: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+fn lock_guest_dev() -> std::sync::MutexGuard<'static, Option<OwnedFd>> {
+    GUEST_DEV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` with the guest machine's `/dev` (shared into the guest's mount
+/// namespace: what is mounted there appears in the guest) while a guest
+/// machine runs, `None` otherwise (a host-init guest sees the runtime's
+/// `/dev`): for the disks attached later ([`crate::hotplug`]). The path is
+/// `/proc/self/fd/N` of a descriptor opened at boot: the jailed runtime may
+/// not search the guest's root above it (a ramdisk's root is 0700).
+pub fn with_guest_dev<T>(f: impl FnOnce(&Path) -> T) -> Option<T> {
+    let dev = lock_guest_dev();
+    let fd = dev.as_ref()?.as_raw_fd();
+    Some(f(Path::new(&format!("/proc/self/fd/{fd}"))))
+}
+
 /// Mounts the guest's `/dev` on the staged root (see the [module docs](self)).
 fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineError> {
     let dev = Path::new(STAGE).join("dev");
@@ -417,6 +438,26 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
         Some("mode=755,size=1024k"),
     )
     .map_err(nix_setup("mount the guest's /dev"))?;
+    // Shared: the guest's mount namespace gets a slave copy, so disks
+    // attached later (`crate::hotplug`) appear in it.
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(nix_setup("make the guest's /dev shared"))?;
+    crate::jail::give_to_runtime(&dev)
+        .map_err(setup("give the guest's /dev to the domain's uid"))?;
+    let fd = nix::fcntl::open(
+        &dev,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(nix_setup("open the guest's /dev"))?;
+    // SAFETY: `open` just returned this descriptor; nothing else owns it.
+    *lock_guest_dev() = Some(unsafe { OwnedFd::from_raw_fd(fd) });
     let chr = |name: &str, major: u64, minor: u64, mode: u32| {
         let p = dev.join(name);
         mknod(
@@ -508,6 +549,8 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
 /// Unmounts everything under and at [`STAGE`] (deepest first) and
 /// detaches the root's loop device, waiting for the kernel to release it.
 fn unmount_root(m: &Mounted) {
+    // Its descriptor would keep the guest's /dev busy.
+    lock_guest_dev().take();
     let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -684,13 +727,16 @@ fn child_exec(e: &Exec) -> StepError {
             )?;
             step(14, libc::setsid().into())?;
             step(15, libc::unshare(libc::CLONE_NEWNS).into())?;
+            // Slave, not private: nothing of the guest's propagates out,
+            // but what the runtime mounts in the guest's shared /dev (the
+            // disks attached later, `crate::hotplug`) propagates in.
             step(
                 16,
                 libc::mount(
                     std::ptr::null(),
                     c"/".as_ptr(),
                     std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
+                    libc::MS_REC | libc::MS_SLAVE,
                     std::ptr::null(),
                 )
                 .into(),

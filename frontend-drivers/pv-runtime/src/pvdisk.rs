@@ -108,7 +108,7 @@ pub fn list_vbds<P: Platform + ?Sized>(p: &P) -> Result<Vec<u32>, PvdiskError> {
 /// Aborts the FUSE connection of the file at `path` (whose mount was
 /// detached but is still held open, by a loop device for instance), so its
 /// server returns.
-fn abort_fuse(path: &Path, st_dev: Option<u64>) {
+pub(crate) fn abort_fuse(path: &Path, st_dev: Option<u64>) {
     let Some(dev) = st_dev else { return };
     let minor = nix::sys::stat::minor(dev);
     let ctl = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
@@ -185,18 +185,31 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         spec.disks = disks.iter().map(|(n, _)| n.clone()).collect();
     }
     let net_stop = std::sync::atomic::AtomicBool::new(false);
+    let hot_stop = std::sync::atomic::AtomicBool::new(false);
+    let owner = guest_ns.as_ref().map_or((0, 0), |ns| {
+        (ns.ids.first, ns.ids.host_id(6).unwrap_or(ns.ids.first))
+    });
+    let hot_cfg = crate::hotplug::HotplugConfig {
+        timeout,
+        owner,
+        own_net: guest_ns.is_some() || vifs,
+        boot_vbds: ids.clone(),
+        boot_vifs: nics.iter().map(|n| n.devid).collect(),
+        boot_eths: nics.iter().map(|n| n.tap.name().to_owned()).collect(),
+    };
     blockfile::private_mount_namespace()?;
     blockfile::private_dev()?;
+    crate::jail::give_to_runtime(Path::new("/dev")).map_err(|source| BlockfileError::Setup {
+        what: "give /dev to the domain's uid".into(),
+        source,
+    })?;
     let mut files = Vec::new();
     for (name, d) in disks {
         let path = PathBuf::from(format!("/dev/{name}"));
         blockfile::create_mount_point(&path)?;
         // The guest machine's disks are its root's (group `disk`, 6, as
         // Debian's).
-        let (uid, gid) = guest_ns.as_ref().map_or((0, 0), |ns| {
-            (ns.ids.first, ns.ids.host_id(6).unwrap_or(ns.ids.first))
-        });
-        let mut bf = BlockFile::mount_owned(d, &path, uid, gid)?;
+        let mut bf = BlockFile::mount_owned(d, &path, owner.0, owner.1)?;
         let unmounter = bf.unmounter();
         files.push((name, path, bf, unmounter));
     }
@@ -233,6 +246,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             );
             running.push((name, path, h, unmounter, st_dev));
         }
+        // Devices attached and detached from now on.
+        let hotplug = {
+            let stop = &hot_stop;
+            let hp = crate::hotplug::Hotplug::new(p, &hot_cfg);
+            s.spawn(move || hp.run(s, stop))
+        };
         let _ = out.flush();
         // From here the runtime serves the guest's disks to its programs:
         // the domain's OOM killer must pick them, not it (they start ranked
@@ -270,6 +289,10 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             );
         }
         net_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hot_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if hotplug.join().is_err() {
+            let _ = emit(out, "pvdisk hotplug-panicked", &[]);
+        }
         if let Some(h) = link_watcher {
             let _ = h.join();
         }
