@@ -51,6 +51,9 @@
 //!   `/dev/<vdev>` and the init run with them;
 //! - [`pvnet`]: every `device/vif` as a TAP in the guest's network
 //!   namespace;
+//! - [`xenbusdev`]: `/dev/xen/xenbus` for the guest's programs (each open
+//!   file a xenstore connection of its own, multiplexed over the domain's
+//!   ring as Linux's `xenbus_dev_frontend` does);
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
@@ -80,6 +83,7 @@ pub mod pvdisk;
 pub mod pvnet;
 pub mod runtime;
 pub mod vbd;
+pub mod xenbusdev;
 pub mod xenstore;
 
 pub use error::PvGuestError;
