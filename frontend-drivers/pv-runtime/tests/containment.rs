@@ -86,9 +86,6 @@ for s in "$SHIM_SOCK" "$XS_SOCK"; do refused_if find-dom0-socket "$s" test -e "$
 # xenstored refuses over the guest's ring.
 if out=$(xenstore-write data/probe-own mine 2>&1) && [ "$(xenstore-read data/probe-own 2>&1)" = mine ]; then say own-xenstore ok "wrote and read data/probe-own"; else say own-xenstore FAILED "$out"; fi
 O=/local/domain/$OTHER_ID
-refused_if xs-write-other-data "$O/data/x" xenstore-write "$O/data/x" evil
-refused_if xs-write-other-device "$O/device/vbd/51712/state" xenstore-write "$O/device/vbd/51712/state" 6
-refused_if xs-rm-other-device "$O/device/vif/0" xenstore-rm "$O/device/vif/0"
 refused_if xs-chmod-other-device "$O/device/vbd/51712" xenstore-chmod "$O/device/vbd/51712" b0
 refused_if xs-chmod-other-data "$O/data" xenstore-chmod "$O/data" b0
 # A raw packet on a handle of its own: TYPE, PAYLOAD (printf format);
@@ -100,7 +97,11 @@ xs_raw() {
   dd bs=4096 count=1 <&3 2>/dev/null | tr -c 'A-Z' ' ' | tr -s ' '
   exec 3<&-
 }
-for t in "xs-introduce 8 $OTHER_ID\000123\0001\000" "xs-release 9 $OTHER_ID\000"; do
+# XS_WRITE (11), XS_RM (13), XS_INTRODUCE (8), XS_RELEASE (9).
+for t in "xs-write-other-data 11 $O/data/x\000evil" \
+  "xs-write-other-device 11 $O/device/vbd/51712/state\0006" \
+  "xs-rm-other-device 13 $O/device/vif/0\000" \
+  "xs-introduce 8 $OTHER_ID\000123\0001\000" "xs-release 9 $OTHER_ID\000"; do
   set -- $t
   r=$(xs_raw $2 "$3")
   case "$r" in *EACCES*|*EPERM*) say $1 refused "$r" ;; *) say $1 ESCAPED "reply: $r" ;; esac
