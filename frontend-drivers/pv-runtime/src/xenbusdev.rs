@@ -1257,13 +1257,26 @@ mod tests {
         assert!(interrupted(u32::MAX - 1));
     }
 
+    /// A child killed and reaped on drop, so a failing test leaves no
+    /// stopped or sleeping process behind (holding the test's output).
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn test_interrupted_sees_a_pending_signal_the_thread_does_not_block() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "trap 'exit 7' USR1; kill -STOP $$; :"])
-            .spawn()
-            .expect("sh");
-        let pid = child.id();
+        let mut child = Reaped(
+            std::process::Command::new("sh")
+                .args(["-c", "trap 'exit 7' USR1; kill -STOP $$; :"])
+                .spawn()
+                .expect("sh"),
+        );
+        let pid = child.0.id();
         // Stopped: a signal sent now stays pending.
         let stopped = || {
             std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1280,7 +1293,46 @@ mod tests {
         assert!(interrupted(pid), "SIGUSR1 pending");
         // SAFETY: as above.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
-        let st = child.wait().expect("wait");
+        let st = child.0.wait().expect("wait");
         assert_eq!(st.code(), Some(7));
+    }
+
+    #[test]
+    fn test_interrupted_ignores_a_pending_signal_the_thread_blocks() {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60");
+        // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset,
+        // sigprocmask) between fork and exec; the mask survives exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = Reaped(cmd.spawn().expect("sleep"));
+        let pid = child.0.id();
+        // SIGUSR2 (12) is bit 11 of the process's pending set.
+        let blocked = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .filter_map(|l| l.strip_prefix("ShdPnd:"))
+                    .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .any(|m| m & (1 << (libc::SIGUSR2 - 1)) != 0)
+            })
+        };
+        // SAFETY: kill(2) on our own child, with a valid signal.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+        let t0 = std::time::Instant::now();
+        while !blocked() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(blocked(), "SIGUSR2 pending and blocked");
+        assert!(!interrupted(pid), "a blocked signal does not interrupt");
     }
 }
