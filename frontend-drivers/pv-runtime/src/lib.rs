@@ -53,6 +53,9 @@
 //!   namespace;
 //! - [`hotplug`]: devices attached and detached while the guest runs
 //!   (`xl block-attach`, `xl network-attach`, their detaches);
+//! - [`xenbusdev`]: `/dev/xen/xenbus` for the guest's programs (each open
+//!   file a xenstore connection of its own, multiplexed over the domain's
+//!   ring as Linux's `xenbus_dev_frontend` does);
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
@@ -83,6 +86,7 @@ pub mod pvdisk;
 pub mod pvnet;
 pub mod runtime;
 pub mod vbd;
+pub mod xenbusdev;
 pub mod xenstore;
 
 pub use error::PvGuestError;

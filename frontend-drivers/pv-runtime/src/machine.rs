@@ -13,8 +13,8 @@
 //!    ([`crate::initramfs`]);
 //! 2. mounts the guest's `/dev` there: a tmpfs with only its devices
 //!    (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx` and its
-//!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
-//!    `console`, bind mounts of the runtime's);
+//!    own `pts`, `shm`, the PV disks `xvd*`, the console `hvc0` /
+//!    `console` and `xen/xenbus`, bind mounts of the runtime's);
 //!    The root is an idmapped mount ([`idmap_root`]: `open_tree` clone,
 //!    `mount_setattr(MOUNT_ATTR_IDMAP)` with the guest's user namespace,
 //!    `move_mount`): the image's uid 0 files are guest root's, and what
@@ -157,6 +157,9 @@ pub struct MachineSpec {
     /// `--console hvc0`), given to guest root; otherwise it is whatever
     /// terminal started the runtime, left as it is.
     pub own_console: bool,
+    /// The runtime's `/dev/xen/xenbus` ([`crate::xenbusdev`]), bound at the
+    /// same path in the guest's `/dev`.
+    pub xenbus: Option<PathBuf>,
     /// The command line.
     pub params: BootParams,
 }
@@ -530,6 +533,10 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
                 binds.push((n.to_owned(), tty.clone()));
             }
         }
+    }
+    if let Some(x) = &spec.xenbus {
+        std::fs::create_dir(dev.join("xen")).map_err(setup("create /dev/xen"))?;
+        binds.push(("xen/xenbus".to_owned(), x.clone()));
     }
     for (name, src) in binds {
         let target = dev.join(&name);

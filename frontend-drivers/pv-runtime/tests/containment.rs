@@ -13,8 +13,11 @@
 //! host canary file (by path, through the process roots it sees, through
 //! the host's disk `mknod`ed and mounted), list and signal a host canary
 //! `sleep`, open the other domain's memory files and list the shim's
-//! directory, find the shim's and xenstored's sockets, reach a xenstore
-//! device, write to the other guest's console, `mknod` a loop device and
+//! directory, find the shim's and xenstored's sockets, write the other
+//! domain's xenstore nodes (its `data/`, its `device/` nodes, their
+//! permissions) and ask what only Dom0 may (`XS_INTRODUCE`, `XS_RELEASE`)
+//! over its own ring through `/dev/xen/xenbus` (Debian's xenstore-utils
+//! and raw packets), write to the other guest's console, `mknod` a loop device and
 //! mount the loop devices to find the other guest's root, write a host
 //! `/proc/sys` knob, load a module, take the bridge down and delete the
 //! other guest's vif, a fork bomb (the domain's pids limit), a memory hog
@@ -29,7 +32,7 @@
 //!
 //! The table of results is printed whatever happens (run it against an
 //! older runtime to see what escapes there). Needs root, busybox-static,
-//! e2fsprogs, iproute2 (tests/setup-host.sh).
+//! e2fsprogs, iproute2, xenstore-utils (tests/setup-host.sh).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
@@ -37,9 +40,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use xen_testhost::net::{bridge_ports, make_bridge, start_backendd_in, Netns};
 use xen_testhost::{stdout_of, Dom0};
+use xenstore_client::XsOps;
+
+mod common;
+use common::{image_with, text_file, xenstore_tools};
 
 const STEP: Duration = Duration::from_secs(60);
 /// The whole probe (the fork bomb and the hogs included).
@@ -74,7 +81,31 @@ refused_if signal-host-process "pid $SLEEP_PID" kill -0 "$SLEEP_PID"
 refused_if list-shim-memory-dir "$SHM_DIR" ls "$SHM_DIR"
 for f in $OTHER_FILES; do refused_if open-other-domain-file "$f" head -c 16 "$f"; done
 for s in "$SHIM_SOCK" "$XS_SOCK"; do refused_if find-dom0-socket "$s" test -e "$s"; done
-if ls -d /dev/xen /proc/xen /dev/xen* 2>/dev/null | grep -q .; then say xenstore-device ESCAPED "$(ls -d /dev/xen* /proc/xen 2>/dev/null)"; else say xenstore-device refused "no /dev/xen or /proc/xen"; fi
+# Its xenstore device (/dev/xen/xenbus, Debian's xenstore-utils copied in):
+# its own nodes are its own; another domain's, and what only Dom0 may do,
+# xenstored refuses over the guest's ring.
+if out=$(xenstore-write data/probe-own mine 2>&1) && [ "$(xenstore-read data/probe-own 2>&1)" = mine ]; then say own-xenstore ok "wrote and read data/probe-own"; else say own-xenstore FAILED "$out"; fi
+O=/local/domain/$OTHER_ID
+refused_if xs-chmod-other-device "$O/device/vbd/51712" xenstore-chmod "$O/device/vbd/51712" b0
+refused_if xs-chmod-other-data "$O/data" xenstore-chmod "$O/data" b0
+# A raw packet on a handle of its own: TYPE, PAYLOAD (printf format);
+# prints the reply's capitals (an error's name, or OK).
+xs_raw() {
+  n=$(printf "$2" | wc -c)
+  exec 3<>/dev/xen/xenbus || return 1
+  printf "$(printf '\\%03o' $1)\000\000\000\001\000\000\000\000\000\000\000$(printf '\\%03o' $n)\000\000\000$2" >&3
+  dd bs=4096 count=1 <&3 2>/dev/null | tr -c 'A-Z' ' ' | tr -s ' '
+  exec 3<&-
+}
+# XS_WRITE (11), XS_RM (13), XS_INTRODUCE (8), XS_RELEASE (9).
+for t in "xs-write-other-data 11 $O/data/x\000evil" \
+  "xs-write-other-device 11 $O/device/vbd/51712/state\0006" \
+  "xs-rm-other-device 13 $O/device/vif/0\000" \
+  "xs-introduce 8 $OTHER_ID\000123\0001\000" "xs-release 9 $OTHER_ID\000"; do
+  set -- $t
+  r=$(xs_raw $2 "$3")
+  case "$r" in *EACCES*|*EPERM*) say $1 refused "$r" ;; *) say $1 ESCAPED "reply: $r" ;; esac
+done
 for t in /dev/pts/[0-9]* /dev/console /dev/hvc0; do [ -c "$t" ] && echo "probe-intruder" > "$t" 2>/dev/null; done
 say other-console checked "wrote the intruder mark to every tty it has"
 
@@ -204,43 +235,6 @@ impl Drop for RemoveFile {
     }
 }
 
-/// A copy `name` of the image `base` with `files` (local name, text, mode,
-/// path in the image) written in by `debugfs`, after removing `remove`.
-fn image_with(
-    dir: &Path,
-    base: &Path,
-    name: &str,
-    remove: &[&str],
-    files: &[(&str, &str, u32, &str)],
-) -> Result<PathBuf> {
-    let img = dir.join(name);
-    std::fs::copy(base, &img).context("copy the root image")?;
-    let mut cmds = String::new();
-    for r in remove {
-        let _ = writeln!(cmds, "rm {r}");
-    }
-    for (local, text, mode, target) in files {
-        let p = dir.join(local);
-        std::fs::write(&p, text)?;
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
-        let _ = writeln!(cmds, "write {} {target}", p.display());
-    }
-    let cmdfile = dir.join(format!("{name}.debugfs"));
-    std::fs::write(&cmdfile, cmds)?;
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmdfile)
-        .arg(&img)
-        .output()
-        .context("run debugfs")?;
-    let text = stdout_of("debugfs -w", &out)? + &String::from_utf8_lossy(&out.stderr);
-    if text.contains("rror") {
-        bail!("debugfs: {text}");
-    }
-    Ok(img)
-}
-
 /// `debugfs -R 'stat PATH'` of `img`: the inode's `User:`/`Group:` line.
 fn image_owner(img: &Path, path: &str) -> Result<String> {
     let out = Command::new("debugfs")
@@ -286,7 +280,14 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         &dir.join("pv-root.img"),
         "other.img",
         &[],
-        &[("marker", &format!("{other}\n"), 0o644, "/etc/other-marker")],
+        &[],
+        &[text_file(
+            &dir,
+            "marker",
+            &format!("{other}\n"),
+            0o644,
+            "/etc/other-marker",
+        )?],
     )?;
     host.create_guest(
         &other,
@@ -317,10 +318,34 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         .guest_cgroup(other_id)?
         .context("the other guest's cgroup")?;
 
+    // The other guest's xenstore nodes the probe goes for, as Dom0 sees
+    // them before.
+    let xs = xenstore_client::Client::connect_path(host.xenstored_socket())
+        .context("Dom0's xenstore client")?;
+    let other_home = format!("/local/domain/{other_id}");
+    let other_nodes = |xs: &xenstore_client::Client| -> Result<Vec<String>> {
+        let mut seen = Vec::new();
+        for n in ["device/vbd/51712/state", "device/vif/0/state", "data/x"] {
+            let p = format!("{other_home}/{n}");
+            seen.push(format!("{p}={:?}", xs.read_opt(&p)?));
+        }
+        for n in ["device/vbd/51712", "device/vif/0", "data"] {
+            let p = format!("{other_home}/{n}");
+            seen.push(format!("{p} perms {:?}", xs.get_perms(&p)?));
+        }
+        Ok(seen)
+    };
+    let other_before = other_nodes(&xs)?;
+    assert!(
+        !other_before[0].ends_with("=None") && !other_before[1].ends_with("=None"),
+        "the other guest's device nodes exist: {other_before:?}"
+    );
+
     // The probe guest.
     let env = format!(
         "CANARY='{}'\nSLEEP_ARG='{sleep_arg}'\nSLEEP_PID='{}'\nSHM_DIR='{}'\nOTHER_FILES='{}'\n\
-         SHIM_SOCK='{}'\nXS_SOCK='{}'\nHOST_MAJ={}\nHOST_MIN={}\nBRIDGE='{br}'\nOTHER_VIF='{other_vif}'\n",
+         SHIM_SOCK='{}'\nXS_SOCK='{}'\nHOST_MAJ={}\nHOST_MIN={}\nBRIDGE='{br}'\nOTHER_VIF='{other_vif}'\n\
+         OTHER_ID={other_id}\n",
         canary.display(),
         sleeper.0.id(),
         host.mem_dir.display(),
@@ -330,16 +355,25 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         nix::sys::stat::major(host_dev),
         nix::sys::stat::minor(host_dev),
     );
+    let (mkdirs, mut files) = xenstore_tools()?;
+    files.extend([
+        text_file(&dir, "probe", PROBE, 0o755, "/sbin/probe")?,
+        text_file(&dir, "probe.env", &env, 0o644, "/etc/probe.env")?,
+        text_file(
+            &dir,
+            "inittab",
+            "::sysinit:/sbin/probe\n",
+            0o644,
+            "/etc/inittab",
+        )?,
+    ]);
     let img = image_with(
         &dir,
         &dir.join("pv-root.img"),
         "probe.img",
         &["/etc/inittab"],
-        &[
-            ("probe", PROBE, 0o755, "/sbin/probe"),
-            ("probe.env", &env, 0o644, "/etc/probe.env"),
-            ("inittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
-        ],
+        &mkdirs,
+        &files,
     )?;
     let second = dir.join("second.img");
     std::fs::File::create(&second)?.set_len(8 << 20)?;
@@ -365,6 +399,12 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
     )?;
     let id = host.domid(&name)?.context("the probe guest is listed")?;
     let group = host.guest_cgroup(id)?.context("the probe's cgroup")?;
+
+    // The xenstore attempts are over: the other domain's nodes as Dom0
+    // sees them now, the probe's own node (read while the probe runs).
+    host.wait_log(&name, "probe xs-release", PROBE_TIME)?;
+    let other_after = other_nodes(&xs)?;
+    let own_node = xs.read_opt(&format!("/local/domain/{id}/data/probe-own"))?;
 
     // The CPU hog: the domain's CPU time over wall time while it runs.
     host.wait_log(&name, "probe cpu-hog started", PROBE_TIME)?;
@@ -403,7 +443,14 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         "signal-host-process",
         "list-shim-memory-dir",
         "find-dom0-socket",
-        "xenstore-device",
+        "own-xenstore",
+        "xs-write-other-data",
+        "xs-write-other-device",
+        "xs-rm-other-device",
+        "xs-chmod-other-device",
+        "xs-chmod-other-data",
+        "xs-introduce",
+        "xs-release",
         "mount-host-disk",
         "mknod-loop-device",
         "read-other-guest-root",
@@ -437,6 +484,21 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
             && !other_files.is_empty(),
         "the other domain's files {other_files:?} were each tried:\n{log}"
     );
+    // xenstored refused each xenstore attempt for want of permission (not
+    // for a bad argument), and the other domain's nodes are as they were;
+    // the probe's own node is there.
+    for o in table.iter().filter(|o| o.name.starts_with("xs-")) {
+        assert!(
+            ["Permission denied", "not permitted", "EACCES", "EPERM"]
+                .iter()
+                .any(|e| o.detail.contains(e)),
+            "{} refused for want of permission: {}",
+            o.name,
+            o.detail
+        );
+    }
+    assert_eq!(other_after, other_before);
+    assert_eq!(own_node.as_deref(), Some(&b"mine"[..]));
     // Guest root is its own range's uid 0, not the host's.
     let start = table
         .iter()
