@@ -25,6 +25,9 @@
 //! (`process_vm_readv`: `/proc/PID/mem` is its owner's only) and decides
 //! ([`classify`]):
 //!
+//! - a new mount of a type the runtime mounts needs a caller with
+//!   `CAP_SYS_ADMIN` in its user namespace (guest root), as the kernel
+//!   would; otherwise `EPERM`;
 //! - a file system type of [`OWN_TYPES`] (ext2/3/4, vfat) is mounted by the
 //!   runtime when the source, resolved in the guest's root, is the block
 //!   node of one of *this domain's* loop devices (compared by device
@@ -679,7 +682,13 @@ impl Mountd {
         } else {
             CString::default()
         };
-        // The memory read was the caller's (its pid not reused since).
+        // Only a caller with CAP_SYS_ADMIN in its user namespace (guest
+        // root) mounts, as the kernel would ask of it.
+        if !has_sys_admin(pid) {
+            return Err(libc::EPERM);
+        }
+        // The memory and status read were the caller's (its pid not
+        // reused since).
         self.valid(req.id)?;
         let options = parse_options(&data.to_string_lossy())?;
         let proc = |n: &str| -> Result<Fd, i32> {
@@ -846,6 +855,19 @@ impl Mountd {
         }
         Ok(mnt)
     }
+}
+
+/// Whether process `pid`'s effective capabilities (`CapEff` of
+/// `/proc/PID/status`) hold `CAP_SYS_ADMIN`.
+fn has_sys_admin(pid: libc::pid_t) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << xen_jail::Cap::SysAdmin as u32) != 0)
 }
 
 /// Reads a NUL-terminated string of at most `max` bytes at `addr` of the

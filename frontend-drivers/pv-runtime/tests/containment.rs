@@ -553,6 +553,8 @@ refused_if mknod-host-node "b $HOST_MAJ:$HOST_MIN" mknod /tmp/hl b $HOST_MAJ $HO
 refused_if other-image "$OTHER_IMG" mount -t ext4 "$OTHER_IMG" /tmp/x
 refused_if loop0 "/dev/loop0" mount -t ext4 /dev/loop0 /tmp/x
 refused_if type-not-allowed "xfs" mount -t xfs /dev/xvdb /tmp/x
+echo "mu:x:1000:1000::/tmp:/bin/sh" >> /etc/passwd
+refused_if non-root-user "uid 1000" su mu -s /bin/sh -c "id -u; mount -t ext2 /dev/xvdb /tmp/x"
 ok_if mount-xvdc mount /dev/xvdc /tmp/c
 refused_if host-node-on-own-disk "/tmp/c/hostloop" sh -c 'head -c 32 /tmp/c/hostloop | grep host-canary'
 refused_if remount-dev "/tmp/c" mount -o remount,bind,dev /tmp/c
@@ -729,6 +731,7 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         "other-image",
         "loop0",
         "type-not-allowed",
+        "non-root-user",
         "mount-xvdc",
         "host-node-on-own-disk",
         "remount-dev",
@@ -750,6 +753,12 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         detail("type-not-allowed").contains("No such device"),
         "{}",
         detail("type-not-allowed")
+    );
+    assert!(
+        detail("non-root-user").contains("1000")
+            && detail("non-root-user").contains("permission denied"),
+        "{}",
+        detail("non-root-user")
     );
     assert!(
         detail("remount-dev").contains("permission denied"),
