@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use xen_shim_dom0::Control;
 use xen_shim_proto::layout::PAGE_SIZE;
-use xen_shim_proto::protocol::{ControlError, DomainConfig, DomainInfo};
+use xen_shim_proto::protocol::{ControlError, DomainConfig, DomainInfo, DomainState};
 use xenstore_client::{Client, XsClientError, XsOps};
 
 use crate::config::{ConfigError, GuestType, XlConfig};
@@ -832,13 +832,29 @@ fn spawn_runtime(
     })?;
     let pid = child.id();
     let deadline = Instant::now() + ATTACH_TIMEOUT;
+    // Whether the runtime has attached: its pid is recorded, or (it attached
+    // and already went away, e.g. killed by its jail right after) the shim
+    // has marked the domain crashed or shut down.
+    let attached = || {
+        control.domain_info(domid).is_ok_and(|info| {
+            info.pid.is_some()
+                || matches!(
+                    info.state,
+                    DomainState::Crashed | DomainState::Shutdown { .. }
+                )
+        })
+    };
     loop {
-        if let Ok(info) = control.domain_info(domid) {
-            if info.pid.is_some() {
-                return Ok((pid, log));
-            }
+        if attached() {
+            return Ok((pid, log));
         }
-        if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() >= deadline {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        // Exited after attaching between the two checks: started (and the
+        // domain's crash is handled like any other).
+        if exited && attached() {
+            return Ok((pid, log));
+        }
+        if exited || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ToolstackError::RuntimeFailed {
@@ -1012,7 +1028,7 @@ pub fn shutdown(
     force: bool,
     wait: bool,
 ) -> Result<u16, ToolstackError> {
-    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+    use xen_shim_proto::protocol::ShutdownReason;
     let control = shim(false)?;
     let xs = xenstore(false)?;
     let d = find_domain(&control, which)?;
@@ -1096,7 +1112,7 @@ pub const SUSPEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// taken back if the guest has not taken it), it ended meanwhile, or a
 /// shim/xenstore failure.
 pub fn suspend_for_save(control: &Control, d: &DomainInfo) -> Result<bool, ToolstackError> {
-    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+    use xen_shim_proto::protocol::ShutdownReason;
     let xs = xenstore(false)?;
     let home = format!("/local/domain/{}/control", d.domid);
     let feature = xs
@@ -1175,7 +1191,7 @@ pub const LIST_VERBOSE_HEADER: &str =
 /// Reason-Code; a runtime that died without shutting down is a crash).
 #[must_use]
 pub fn shutdown_code(d: &DomainInfo) -> Option<u32> {
-    use xen_shim_proto::protocol::{DomainState, ShutdownReason};
+    use xen_shim_proto::protocol::ShutdownReason;
     match d.state {
         DomainState::Shutdown { reason } => Some(reason.code()),
         DomainState::Crashed => Some(ShutdownReason::Crash.code()),

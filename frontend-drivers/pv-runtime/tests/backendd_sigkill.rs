@@ -121,10 +121,8 @@ fn test_backendd_sigkill_with_two_disks_both_reconnect_without_losing_acked_reco
 /// xenstored SIGKILLed with a guest running: its supervisor has it back
 /// within [`BACK_WITHIN`] with its journalled state (the guest's nodes),
 /// and backendd, which exits when its xenstored connection closes, is
-/// started again by its own supervisor. The guest's disk I/O does not
-/// complete across it (not tested here): a restarted xenstored has lost
-/// the guest's watches, so blkfront never sees the new backend's states
-/// (README, what does not work yet).
+/// started again by its own supervisor. (The guest's disk I/O across it:
+/// [`test_xenstored_sigkill_during_guest_writes_restart_keeps_watches_and_acked_records`].)
 #[test]
 fn test_xenstored_sigkill_is_restarted_with_its_state_and_backendd_follows() -> Result<()> {
     // Arrange
@@ -184,6 +182,16 @@ fn test_xenstored_sigkill_is_restarted_with_its_state_and_backendd_follows() -> 
     assert!(blog.contains("backendd exit status"), "{blog}");
     assert!(blog.contains(&format!("started, pid {bd_new}")), "{blog}");
     Ok(())
+}
+
+/// xenstored SIGKILLed twice while the guest writes: the restarted
+/// xenstored gives the guest's ring its watches back (each fires once), so
+/// blkfront sees the backend that backendd's supervisor restarted go
+/// through its states and reconnects; every acknowledged record is there.
+#[test]
+fn test_xenstored_sigkill_during_guest_writes_restart_keeps_watches_and_acked_records() -> Result<()>
+{
+    sigkill_during_writes("xenstored", &["xvda"])
 }
 
 #[test]

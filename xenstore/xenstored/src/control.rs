@@ -2,6 +2,8 @@
 //! `logfile`, `memreport`, `print`, `quota`, `quota-soft`, `help`: one row of
 //! `COMMANDS` (name, usage, function) each, as Xen's `cmds[]`.
 
+use std::fmt::Write as _;
+
 use xenstore_wire::{strings, XsError};
 
 use crate::core::Core;
@@ -96,7 +98,19 @@ fn memreport(core: &mut Core, params: &[&str]) -> Result<Option<String>, XsError
     if params.len() > 1 {
         return Err(XsError::Einval);
     }
-    tracing::info!("memreport:\n{}", core.stats());
+    let mut report = core.stats();
+    for d in core.domains.iter() {
+        let u = core.tree.usage(d.domid);
+        let _ = writeln!(
+            report,
+            "domain {}: {} nodes, {} bytes of nodes (quota memory {})",
+            d.domid,
+            u.nodes,
+            u.bytes,
+            core.quotas.get(d.domid, quota::MEMORY)
+        );
+    }
+    tracing::info!("memreport:\n{report}");
     Ok(None)
 }
 

@@ -2,7 +2,7 @@
 //! watches and domains. Pure: bytes in ([`Core::handle`]), bytes out
 //! (each connection's output queue); the server moves them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use xenstore_wire::{
@@ -12,11 +12,11 @@ use xenstore_wire::{
 
 use crate::domain::{Domain, Domains, IntroduceCheck};
 use crate::ops::{Caller, Event};
-use crate::persist::{Encoder, Record};
+use crate::persist::{ConnState, Encoder, Record, WatchState};
 use crate::quota::{self, Quotas};
 use crate::store::{Journaled, Node, Nodes, Tree};
 use crate::txn::{Transaction, TxView};
-use crate::watch::{ConnId, WatchId, Watches};
+use crate::watch::{ConnId, Watch, WatchId, Watches};
 use xen_diag::LogLimiter as RateLimit;
 
 mod table;
@@ -273,6 +273,10 @@ pub struct Core {
     pub trace_requests: bool,
     drop_log: RateLimit,
     overflowed: Vec<ConnId>,
+    /// Watches and open transactions of domains' ring connections loaded
+    /// from the state directory, given back when each domain's ring is
+    /// mapped again ([`Core::restore_conn`]).
+    pub restored: BTreeMap<DomId, ConnState>,
 }
 
 impl Default for Core {
@@ -318,6 +322,12 @@ impl Nodes for View<'_> {
             View::Tx(t) => t.owned_by(domid),
         }
     }
+    fn memory_of(&self, domid: DomId) -> u64 {
+        match self {
+            View::Base(b) => b.memory_of(domid),
+            View::Tx(t) => t.memory_of(domid),
+        }
+    }
 }
 
 /// Appends a reply packet; `E2BIG` instead if the payload is too big.
@@ -359,7 +369,108 @@ impl Core {
             trace_requests: false,
             drop_log: RateLimit::new(10, std::time::Duration::from_secs(5)),
             overflowed: Vec::new(),
+            restored: BTreeMap::new(),
         }
+    }
+
+    /// Journals `rec(domid)` if `id` is a domain's ring connection: its
+    /// watches and transactions are kept across a restart (sockets'
+    /// clients reconnect and set theirs again).
+    pub(crate) fn journal_ring(&mut self, id: ConnId, rec: impl FnOnce(DomId) -> Record) {
+        if let Some(c) = self.conns.get(id).and_then(Option::as_ref) {
+            // A ring whose restored state is not given back yet (closed
+            // before it was) changes nothing of that state.
+            if c.kind == ConnKind::Domain && !self.restored.contains_key(&c.caller.domid) {
+                let r = rec(c.caller.domid);
+                self.journal.record(&r);
+            }
+        }
+    }
+
+    /// The records of every domain ring connection's watches and open
+    /// transactions, and of those restored but not yet given back (for a
+    /// snapshot).
+    #[must_use]
+    pub fn conn_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for d in self.domains.iter() {
+            let Some(c) = d.conn.and_then(|id| self.conn(id)) else {
+                continue;
+            };
+            let mut st = ConnState {
+                watches: c
+                    .watches
+                    .iter()
+                    .filter_map(|&w| self.watches.get(w))
+                    .map(|w| WatchState {
+                        path: w.path.clone(),
+                        token: w.token.clone(),
+                        relative: w.prefix_len > 0,
+                        depth: w.depth,
+                    })
+                    .collect(),
+                txs: c.txs.keys().copied().collect(),
+            };
+            st.txs.sort_unstable();
+            out.extend(st.records(d.domid));
+        }
+        for (&domid, st) in &self.restored {
+            if self.domains.get(domid).is_some_and(|d| d.conn.is_none()) {
+                out.extend(st.records(domid));
+            }
+        }
+        out
+    }
+
+    /// Gives domain `domid`'s ring connection `id` (just mapped again after
+    /// a restart) the watches and transactions it had: each watch fires
+    /// once, as Xen fires a watch when it is set, so the guest re-reads
+    /// what it watches; each transaction fails with `EAGAIN` at commit
+    /// (what it read and wrote is lost), as Xen's after a live update.
+    pub fn restore_conn(&mut self, domid: DomId, id: ConnId) {
+        let Some(st) = self.restored.remove(&domid) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let prefix = c.home.len() + 1;
+        let (nw, nt) = (st.watches.len(), st.txs.len());
+        for w in st.watches {
+            if self.watches.find(id, &w.path, &w.token).is_some() {
+                continue;
+            }
+            let w = Watch {
+                conn: id,
+                path: w.path,
+                token: w.token,
+                prefix_len: if w.relative { prefix } else { 0 },
+                depth: w.depth,
+            };
+            let ev_path = w.event_path(&w.path).to_owned();
+            let token = w.token.clone();
+            let wid = self.watches.add(w);
+            c.watches.push(wid);
+            if !Self::queue_event(c, &self.quotas, &ev_path, &token)
+                && !self.overflowed.contains(&id)
+            {
+                self.overflowed.push(id);
+            }
+        }
+        for tx_id in st.txs {
+            let mut tx = Transaction::new(tx_id);
+            tx.lost = true;
+            c.txs.insert(tx_id, tx);
+            c.next_tx = c.next_tx.max(tx_id.wrapping_add(1));
+        }
+        self.mark_dirty(id);
+        tracing::info!(
+            domid,
+            conn = id,
+            watches = nw,
+            transactions = nt,
+            "domain's watches and transactions restored"
+        );
     }
 
     /// Adds a connection.
@@ -378,6 +489,7 @@ impl Core {
 
     /// Removes a connection with its watches and transactions.
     pub fn close_conn(&mut self, id: ConnId) {
+        self.journal_ring(id, |domid| Record::ConnReset { domid });
         let Some(c) = self.conns.get_mut(id).and_then(Option::take) else {
             return;
         };
@@ -398,6 +510,7 @@ impl Core {
     /// Discards a connection's watches, transactions and queued output
     /// (ring reconnection), keeping the connection.
     pub fn reset_conn(&mut self, id: ConnId) {
+        self.journal_ring(id, |domid| Record::ConnReset { domid });
         let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -804,6 +917,7 @@ impl Core {
         let outstanding: usize = conns.iter().map(|c| c.out.packets()).sum();
         let used = [
             (quota::NODES, self.tree.owner_count(domid)),
+            (quota::MEMORY, self.tree.usage(domid).bytes),
             (quota::WATCHES, watches as u64),
             (quota::TRANSACTIONS, txs as u64),
             (quota::OUTSTANDING, outstanding as u64),

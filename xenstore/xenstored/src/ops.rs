@@ -6,7 +6,7 @@
 use xenstore_wire::{path, DomId, PermList, XsError, PERM_READ, PERM_WRITE};
 
 use crate::quota::Quotas;
-use crate::store::{join, Node, Nodes};
+use crate::store::{join, Node, Nodes, NODE_HEADER_BYTES, PERM_BYTES};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +121,26 @@ fn event_owned(p: &str, perms: PermList) -> Event {
     }
 }
 
+/// Refuses with `ENOSPC` a change by an unprivileged caller that adds
+/// `grow` bytes to the nodes of `owner` past its `memory` quota. Dom0's
+/// requests and Dom0's nodes are not limited.
+fn check_memory<N: Nodes>(
+    n: &N,
+    c: &Caller,
+    q: &Quotas,
+    owner: DomId,
+    grow: u64,
+) -> Result<(), XsError> {
+    if c.privileged || owner == 0 || grow == 0 {
+        return Ok(());
+    }
+    let max = u64::from(q.get(owner, crate::quota::MEMORY));
+    if n.memory_of(owner).saturating_add(grow) > max {
+        return Err(XsError::Enospc);
+    }
+    Ok(())
+}
+
 /// Creates `p` and its missing parents (`create_node`), `value` at `p`.
 fn create<N: Nodes>(
     n: &mut N,
@@ -157,6 +177,12 @@ fn create<N: Nodes>(
         if value.len() + perms.0.len() * 8 > node_size {
             return Err(XsError::Enospc);
         }
+        let grow: u64 = missing
+            .iter()
+            .map(|m| NODE_HEADER_BYTES + m.len() as u64 + perms.0.len() as u64 * PERM_BYTES)
+            .sum::<u64>()
+            + value.len() as u64;
+        check_memory(n, c, q, c.domid, grow)?;
         let top = missing[missing.len() - 1];
         let parent = path::parent(top).unwrap_or("/");
         if let Some(pn) = n.node(parent) {
@@ -196,6 +222,8 @@ pub fn write<N: Nodes>(
                 if size > q.get(c.domid, crate::quota::NODE_SIZE) as usize {
                     return Err(XsError::Enospc);
                 }
+                let (owner, grow) = (node.owner(), value.len().saturating_sub(node.value.len()));
+                check_memory(n, c, q, owner, grow as u64)?;
             }
             let want = events.is_some();
             let perms = n
@@ -310,10 +338,15 @@ pub fn set_perms<N: Nodes>(
         return Err(XsError::Enospc);
     }
     check(n, c, p, PERM_WRITE)?;
-    let owner = n.node(p).map(Node::owner).ok_or(XsError::Enoent)?;
+    let (owner, old_len) = n
+        .node(p)
+        .map(|node| (node.owner(), node.perms.0.len()))
+        .ok_or(XsError::Enoent)?;
     if !c.privileged && perms.owner_id() != owner {
         return Err(XsError::Eperm);
     }
+    let grow = perms.0.len().saturating_sub(old_len) as u64 * PERM_BYTES;
+    check_memory(n, c, q, owner, grow)?;
     let new = perms.clone();
     let old = n
         .modify(p, |node| std::mem::replace(&mut node.perms, perms))

@@ -19,6 +19,7 @@
 //! the fields, then `crc32: u32` of kind and fields. Replay stops at the
 //! first torn or corrupt record and truncates the journal there.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,6 +65,11 @@ const K_REMOVE: u8 = 2;
 const K_DOMAIN: u8 = 3;
 const K_RELEASE: u8 = 4;
 const K_QUOTA: u8 = 5;
+const K_WATCH: u8 = 6;
+const K_UNWATCH: u8 = 7;
+const K_TX_OPEN: u8 = 8;
+const K_TX_CLOSE: u8 = 9;
+const K_CONN_RESET: u8 = 10;
 const K_END: u8 = 0xff;
 
 const SNAP_MAGIC: &[u8; 8] = b"XSSNAP01";
@@ -121,8 +127,91 @@ pub enum Record {
         /// The value.
         value: Option<u32>,
     },
+    /// A watch set by domain `domid`'s ring connection (Xen's live-update
+    /// `WATCH_DATA`): restored on that connection after a restart.
+    Watch {
+        /// The domain.
+        domid: DomId,
+        /// The watch as set.
+        watch: WatchState,
+    },
+    /// A watch of domain `domid` removed (`XS_UNWATCH`).
+    Unwatch {
+        /// The domain.
+        domid: DomId,
+        /// The absolute (or special) watched path.
+        path: String,
+        /// The token.
+        token: Vec<u8>,
+    },
+    /// A transaction opened on domain `domid`'s ring connection.
+    TxOpen {
+        /// The domain.
+        domid: DomId,
+        /// The transaction id.
+        tx_id: u32,
+    },
+    /// A transaction of domain `domid` ended (committed, failed or
+    /// aborted).
+    TxClose {
+        /// The domain.
+        domid: DomId,
+        /// The transaction id.
+        tx_id: u32,
+    },
+    /// Domain `domid`'s ring connection lost its watches and transactions
+    /// (reconnection, `XS_RESET_WATCHES`, a failed or closed ring).
+    ConnReset {
+        /// The domain.
+        domid: DomId,
+    },
     /// End of a snapshot.
     End,
+}
+
+/// A domain connection's watch as persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchState {
+    /// The absolute (or special) watched path.
+    pub path: String,
+    /// The token.
+    pub token: Vec<u8>,
+    /// Set as a relative path: events are relative to the domain's home.
+    pub relative: bool,
+    /// The depth limit (`None`: unlimited).
+    pub depth: Option<u32>,
+}
+
+/// What a domain's ring connection had that a restart must give back: its
+/// watches and the ids of its open transactions (which then fail with
+/// `EAGAIN` at commit: their reads and writes are lost).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// The watches, in the order they were set.
+    pub watches: Vec<WatchState>,
+    /// The open transactions' ids.
+    pub txs: Vec<u32>,
+}
+
+impl ConnState {
+    /// Whether there is nothing to restore.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty() && self.txs.is_empty()
+    }
+
+    /// The records that rebuild this state for `domid`.
+    pub fn records(&self, domid: DomId) -> impl Iterator<Item = Record> + '_ {
+        let w = self.watches.iter().map(move |w| Record::Watch {
+            domid,
+            watch: w.clone(),
+        });
+        let t = self
+            .txs
+            .iter()
+            .map(move |&tx_id| Record::TxOpen { domid, tx_id });
+        w.chain(t)
+    }
 }
 
 /// Encodes records into a byte buffer.
@@ -207,6 +296,39 @@ impl Encoder {
                     .extend_from_slice(&value.map_or(u64::MAX, u64::from).to_le_bytes());
                 self.finish(s);
             }
+            Record::Watch { domid, watch } => {
+                let s = self.begin(K_WATCH);
+                self.buf.extend_from_slice(&domid.to_le_bytes());
+                self.str16(watch.path.as_bytes());
+                self.str16(&watch.token);
+                self.buf.push(u8::from(watch.relative));
+                self.buf
+                    .extend_from_slice(&watch.depth.map_or(u64::MAX, u64::from).to_le_bytes());
+                self.finish(s);
+            }
+            Record::Unwatch { domid, path, token } => {
+                let s = self.begin(K_UNWATCH);
+                self.buf.extend_from_slice(&domid.to_le_bytes());
+                self.str16(path.as_bytes());
+                self.str16(token);
+                self.finish(s);
+            }
+            Record::TxOpen { domid, tx_id } | Record::TxClose { domid, tx_id } => {
+                let kind = if matches!(r, Record::TxOpen { .. }) {
+                    K_TX_OPEN
+                } else {
+                    K_TX_CLOSE
+                };
+                let s = self.begin(kind);
+                self.buf.extend_from_slice(&domid.to_le_bytes());
+                self.buf.extend_from_slice(&tx_id.to_le_bytes());
+                self.finish(s);
+            }
+            Record::ConnReset { domid } => {
+                let s = self.begin(K_CONN_RESET);
+                self.buf.extend_from_slice(&domid.to_le_bytes());
+                self.finish(s);
+            }
             Record::End => {
                 let s = self.begin(K_END);
                 self.finish(s);
@@ -281,9 +403,12 @@ impl<'a> Cursor<'a> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
-    fn str16(&mut self) -> Option<String> {
+    fn bytes16(&mut self) -> Option<Vec<u8>> {
         let l = self.u16()?;
-        String::from_utf8(self.take(usize::from(l))?.to_vec()).ok()
+        Some(self.take(usize::from(l))?.to_vec())
+    }
+    fn str16(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes16()?).ok()
     }
 }
 
@@ -336,6 +461,40 @@ fn decode_body(kind: u8, body: &[u8]) -> Option<Record> {
                 value: u32::try_from(v).ok(),
             }
         }
+        K_WATCH => {
+            let domid = c.u16()?;
+            let path = c.str16()?;
+            let token = c.bytes16()?;
+            let relative = match c.take(1)?[0] {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            let depth = u32::try_from(c.u64()?).ok();
+            Record::Watch {
+                domid,
+                watch: WatchState {
+                    path,
+                    token,
+                    relative,
+                    depth,
+                },
+            }
+        }
+        K_UNWATCH => Record::Unwatch {
+            domid: c.u16()?,
+            path: c.str16()?,
+            token: c.bytes16()?,
+        },
+        K_TX_OPEN => Record::TxOpen {
+            domid: c.u16()?,
+            tx_id: c.u32()?,
+        },
+        K_TX_CLOSE => Record::TxClose {
+            domid: c.u16()?,
+            tx_id: c.u32()?,
+        },
+        K_CONN_RESET => Record::ConnReset { domid: c.u16()? },
         K_END => Record::End,
         _ => return None,
     };
@@ -382,19 +541,32 @@ pub struct Loaded {
     pub domains: Vec<Domain>,
     /// Quotas.
     pub quotas: Quotas,
+    /// Domains' ring connections' watches and open transactions.
+    pub conns: BTreeMap<DomId, ConnState>,
     /// How many journal records were replayed.
     pub replayed: usize,
     /// Whether a torn journal tail was cut off.
     pub truncated_tail: bool,
 }
 
+/// The state being loaded, record by record ([`apply`]).
+#[derive(Debug, Default)]
+pub struct LoadState {
+    /// Introduced domains.
+    pub domains: BTreeMap<DomId, Domain>,
+    /// Quotas.
+    pub quotas: Quotas,
+    /// Domains' ring connections' watches and open transactions.
+    pub conns: BTreeMap<DomId, ConnState>,
+}
+
 /// Applies one record to the state being loaded.
-pub fn apply(
-    r: Record,
-    tree: &mut Tree,
-    domains: &mut std::collections::BTreeMap<DomId, Domain>,
-    quotas: &mut Quotas,
-) {
+pub fn apply(r: Record, tree: &mut Tree, st: &mut LoadState) {
+    let LoadState {
+        domains,
+        quotas,
+        conns,
+    } = st;
     match r {
         Record::Upsert { path, value, perms } => tree.upsert(&path, value, perms),
         Record::Remove { path } => tree.remove_tree(&path),
@@ -420,6 +592,7 @@ pub fn apply(
         }
         Record::Release { domid } => {
             domains.remove(&domid);
+            conns.remove(&domid);
         }
         Record::Quota { domid, name, value } => {
             if let Ok(q) = crate::quota::by_name(&name) {
@@ -430,8 +603,38 @@ pub fn apply(
                 };
             }
         }
+        Record::Watch { domid, watch } => {
+            let c = conns.entry(domid).or_default();
+            if !c
+                .watches
+                .iter()
+                .any(|w| w.path == watch.path && w.token == watch.token)
+            {
+                c.watches.push(watch);
+            }
+        }
+        Record::Unwatch { domid, path, token } => {
+            if let Some(c) = conns.get_mut(&domid) {
+                c.watches.retain(|w| w.path != path || w.token != token);
+            }
+        }
+        Record::TxOpen { domid, tx_id } => {
+            let c = conns.entry(domid).or_default();
+            if !c.txs.contains(&tx_id) {
+                c.txs.push(tx_id);
+            }
+        }
+        Record::TxClose { domid, tx_id } => {
+            if let Some(c) = conns.get_mut(&domid) {
+                c.txs.retain(|&t| t != tx_id);
+            }
+        }
+        Record::ConnReset { domid } => {
+            conns.remove(&domid);
+        }
         Record::End => {}
     }
+    conns.retain(|_, c| !c.is_empty());
 }
 
 /// The state directory: snapshot plus journal.
@@ -456,8 +659,7 @@ impl StateDir {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let snap = dir.join("snapshot");
         let mut tree: Option<Tree> = None;
-        let mut domains = std::collections::BTreeMap::new();
-        let mut quotas = Quotas::default();
+        let mut st = LoadState::default();
         let mut snapshot_len = 0;
         match fs::read(&snap) {
             Ok(data) => {
@@ -471,7 +673,7 @@ impl StateDir {
                 }
                 let mut t = Tree::empty();
                 for r in recs {
-                    apply(r, &mut t, &mut domains, &mut quotas);
+                    apply(r, &mut t, &mut st);
                 }
                 t.check();
                 tree = Some(t);
@@ -500,7 +702,7 @@ impl StateDir {
         if replayed > 0 {
             let t = tree.get_or_insert_with(Tree::new);
             for r in recs {
-                apply(r, t, &mut domains, &mut quotas);
+                apply(r, t, &mut st);
             }
             t.check();
         }
@@ -526,8 +728,9 @@ impl StateDir {
             sd,
             Loaded {
                 tree,
-                domains: domains.into_values().collect(),
-                quotas,
+                domains: st.domains.into_values().collect(),
+                quotas: st.quotas,
+                conns: st.conns,
                 replayed,
                 truncated_tail,
             },
@@ -599,12 +802,14 @@ impl StateDir {
         self.journal_len
     }
 
-    /// Writes a snapshot of the whole state and truncates the journal.
+    /// Writes a snapshot of the whole state and truncates the journal;
+    /// `conns` are the domains' ring connections' states.
     pub fn compact<'d>(
         &mut self,
         tree: &Tree,
         domains: impl Iterator<Item = &'d Domain>,
         quotas: &Quotas,
+        conns: impl Iterator<Item = Record>,
     ) -> Result<(), PersistError> {
         let mut enc = Encoder::new(true);
         enc.buf.extend_from_slice(SNAP_MAGIC);
@@ -629,6 +834,9 @@ impl StateDir {
                 name: NAMES[q].to_owned(),
                 value: Some(v),
             });
+        }
+        for r in conns {
+            enc.record(&r);
         }
         enc.record(&Record::End);
         let tmp = self.dir.join("snapshot.tmp");
@@ -723,6 +931,23 @@ mod tests {
                 name: "nodes".into(),
                 value: None,
             },
+            Record::Watch {
+                domid: 4,
+                watch: WatchState {
+                    path: "/local/domain/4/device".into(),
+                    token: vec![0xff, 0, b't'],
+                    relative: true,
+                    depth: Some(2),
+                },
+            },
+            Record::Unwatch {
+                domid: 4,
+                path: "@releaseDomain".into(),
+                token: b"r".to_vec(),
+            },
+            Record::TxOpen { domid: 4, tx_id: 9 },
+            Record::TxClose { domid: 4, tx_id: 9 },
+            Record::ConnReset { domid: 4 },
             Record::End,
         ];
         let mut e = Encoder::new(true);
@@ -732,6 +957,61 @@ mod tests {
         let (got, valid) = decode_all(&e.buf);
         assert_eq!(got, recs);
         assert_eq!(valid, e.buf.len());
+    }
+
+    fn watch(path: &str, token: &str) -> WatchState {
+        WatchState {
+            path: path.into(),
+            token: token.as_bytes().to_vec(),
+            relative: false,
+            depth: None,
+        }
+    }
+
+    #[test]
+    fn test_apply_conn_records_unwatch_close_reset_and_release() {
+        let mut t = Tree::new();
+        let mut st = LoadState::default();
+        let recs = [
+            Record::Watch {
+                domid: 4,
+                watch: watch("/a", "1"),
+            },
+            Record::Watch {
+                domid: 4,
+                watch: watch("/b", "2"),
+            },
+            Record::Watch {
+                domid: 4,
+                watch: watch("/a", "1"),
+            },
+            Record::Unwatch {
+                domid: 4,
+                path: "/b".into(),
+                token: b"2".to_vec(),
+            },
+            Record::TxOpen { domid: 4, tx_id: 3 },
+            Record::TxOpen { domid: 4, tx_id: 5 },
+            Record::TxClose { domid: 4, tx_id: 3 },
+            Record::Watch {
+                domid: 6,
+                watch: watch("/c", "3"),
+            },
+            Record::Watch {
+                domid: 7,
+                watch: watch("/d", "4"),
+            },
+            Record::ConnReset { domid: 6 },
+            Record::Release { domid: 7 },
+        ];
+        for r in recs {
+            apply(r, &mut t, &mut st);
+        }
+        let want = ConnState {
+            watches: vec![watch("/a", "1")],
+            txs: vec![5],
+        };
+        assert_eq!(st.conns.into_iter().collect::<Vec<_>>(), vec![(4, want)]);
     }
 
     #[test]

@@ -49,9 +49,18 @@ pub const PAYLOAD: QuotaId = 8;
 /// dropped while later ones are delivered), as does its byte bound
 /// ([`crate::core::MAX_QUEUED_BYTES`]).
 pub const WATCH_EVENTS: QuotaId = 9;
+/// Bytes of the nodes a domain owns (`memory`, Xen 4.17's hard per-domain
+/// memory quota, 2.5 MiB): each node's path, value, permissions and a
+/// 24-byte header ([`crate::store::node_memory`]), charged to its owner.
+/// A guest's change that takes its owner past it fails with `ENOSPC`;
+/// Dom0's nodes and Dom0's own requests are not limited.
+pub const MEMORY: QuotaId = 10;
+
+/// How many quotas there are.
+pub const COUNT: usize = 11;
 
 /// The quota names, as `XS_GET_QUOTA` and `xenstore-control quota` use.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; COUNT] = [
     "nodes",
     "node-size",
     "watches",
@@ -62,10 +71,23 @@ pub const NAMES: [&str; 10] = [
     "transaction-nodes",
     "payload",
     "watch-events",
+    "memory",
 ];
 
 /// The defaults (Xen's).
-pub const DEFAULTS: [u32; 10] = [1000, 2048, 128, 10, 20, 5, 2048, 1024, 4096, 256];
+pub const DEFAULTS: [u32; COUNT] = [
+    1000,
+    2048,
+    128,
+    10,
+    20,
+    5,
+    2048,
+    1024,
+    4096,
+    256,
+    2560 << 10,
+];
 
 /// The quota named `name`.
 pub fn by_name(name: &str) -> Result<QuotaId, QuotaError> {
@@ -78,8 +100,8 @@ pub fn by_name(name: &str) -> Result<QuotaId, QuotaError> {
 /// Global values and per-domain overrides.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quotas {
-    global: [u32; 10],
-    per_domain: HashMap<DomId, [Option<u32>; 10]>,
+    global: [u32; COUNT],
+    per_domain: HashMap<DomId, [Option<u32>; COUNT]>,
 }
 
 impl Default for Quotas {
@@ -134,7 +156,7 @@ impl Quotas {
         if let Some(v) = value {
             Self::check(q, v)?;
         }
-        let e = self.per_domain.entry(domid).or_insert([None; 10]);
+        let e = self.per_domain.entry(domid).or_insert([None; COUNT]);
         e[q] = value;
         if e.iter().all(Option::is_none) {
             self.per_domain.remove(&domid);
@@ -176,6 +198,8 @@ mod tests {
         assert_eq!(q.get(5, TRANSACTIONS), 10);
         assert_eq!(q.get(5, OUTSTANDING), 20);
         assert_eq!(q.get(5, PAYLOAD), 4096);
+        assert_eq!(q.get(5, MEMORY), 2_621_440);
+        assert_eq!(by_name("memory"), Ok(MEMORY));
     }
 
     #[test]

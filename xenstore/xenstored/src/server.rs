@@ -205,12 +205,14 @@ impl Server {
                 }
                 let mut core = Core::new(loaded.tree.unwrap_or_default(), true);
                 core.quotas = loaded.quotas;
+                core.restored = loaded.conns;
                 for d in loaded.domains {
                     core.domains.insert(d);
                 }
                 tracing::info!(
                     nodes = core.tree.len(),
                     domains = core.domains.len(),
+                    ring_states = core.restored.len(),
                     replayed = loaded.replayed,
                     "state loaded"
                 );
@@ -327,7 +329,13 @@ impl Server {
     fn compact(&mut self) -> Result<(), ServerError> {
         if let Some(sd) = &mut self.state {
             sd.append(&mut self.core.journal.buf)?;
-            sd.compact(&self.core.tree, self.core.domains.iter(), &self.core.quotas)?;
+            let conns = self.core.conn_records();
+            sd.compact(
+                &self.core.tree,
+                self.core.domains.iter(),
+                &self.core.quotas,
+                conns.into_iter(),
+            )?;
         }
         Ok(())
     }
@@ -336,43 +344,49 @@ impl Server {
     /// removing the sockets.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = vec![EpollEvent::empty(); 256];
-        let r = loop {
-            let n = match self.wait(&mut events) {
-                Ok(0) => {
-                    self.trim();
-                    continue;
-                }
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => break Err(e.into()),
-            };
-            let mut stop = false;
-            for ev in &events[..n] {
-                match ev.data() {
-                    T_LISTEN => self.accept(false),
-                    T_LISTEN_RO => self.accept(true),
-                    T_STOP | T_SIGNAL => stop = true,
-                    T_DOM_EXC => self.check_domains(),
-                    t => {
-                        let id = (t - T_CONN) as ConnId;
-                        let f = ev.events();
-                        if f.intersects(
-                            EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
-                        ) {
-                            self.on_readable(id);
-                        }
-                        if f.contains(EpollFlags::EPOLLOUT) {
-                            self.work.push(id);
+        // What set-up queued (restored watches' events, requests a guest
+        // wrote before its ring was mapped again) goes out before the
+        // first wait.
+        let r = match self.flush() {
+            Ok(()) => loop {
+                let n = match self.wait(&mut events) {
+                    Ok(0) => {
+                        self.trim();
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => break Err(e.into()),
+                };
+                let mut stop = false;
+                for ev in &events[..n] {
+                    match ev.data() {
+                        T_LISTEN => self.accept(false),
+                        T_LISTEN_RO => self.accept(true),
+                        T_STOP | T_SIGNAL => stop = true,
+                        T_DOM_EXC => self.check_domains(),
+                        t => {
+                            let id = (t - T_CONN) as ConnId;
+                            let f = ev.events();
+                            if f.intersects(
+                                EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
+                            ) {
+                                self.on_readable(id);
+                            }
+                            if f.contains(EpollFlags::EPOLLOUT) {
+                                self.work.push(id);
+                            }
                         }
                     }
                 }
-            }
-            if let Err(e) = self.flush() {
-                break Err(e);
-            }
-            if stop {
-                break Ok(());
-            }
+                if let Err(e) = self.flush() {
+                    break Err(e);
+                }
+                if stop {
+                    break Ok(());
+                }
+            },
+            Err(e) => Err(e),
         };
         self.shutdown();
         r
@@ -691,6 +705,7 @@ impl Server {
                                 continue;
                             }
                             self.core.attach_domain_conn(domid, id);
+                            self.core.restore_conn(domid, id);
                             // The guest may have written before we mapped.
                             self.retry.push(id);
                             tracing::info!(domid, conn = id, "domain ring connected");

@@ -57,6 +57,34 @@ impl Node {
     }
 }
 
+/// Bytes a node's header is counted as in its owner's `memory` quota (Xen's
+/// `struct xs_tdb_record_hdr`: generation, permission count, value and
+/// children lengths).
+pub const NODE_HEADER_BYTES: u64 = 24;
+
+/// Bytes one permission is counted as (Xen's `struct xs_permissions`).
+pub const PERM_BYTES: u64 = 8;
+
+/// The bytes node `n` at path `p` charges to its owner's `memory` quota
+/// (Xen 4.17's `domain_memory_add`): its name (path), value and
+/// permissions, plus the header. The children list is the parent's
+/// bookkeeping and is not charged, so a node's charge does not change when
+/// children come and go.
+#[must_use]
+pub fn node_memory(p: &str, n: &Node) -> u64 {
+    NODE_HEADER_BYTES + p.len() as u64 + n.value.len() as u64 + n.perms.0.len() as u64 * PERM_BYTES
+}
+
+/// What a domain's nodes cost: how many it owns and their bytes
+/// ([`node_memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Nodes owned.
+    pub nodes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// Receives every change made to the tree (the persistence journal).
 pub trait ChangeSink {
     /// `path` was created or changed; `node` is its new state.
@@ -80,6 +108,8 @@ pub trait Nodes {
     fn remove(&mut self, path: &str) -> Option<Node>;
     /// How many nodes `domid` owns in this view.
     fn owned_by(&self, domid: DomId) -> u64;
+    /// The bytes of the nodes `domid` owns in this view ([`node_memory`]).
+    fn memory_of(&self, domid: DomId) -> u64;
 }
 
 /// The tree.
@@ -87,7 +117,7 @@ pub trait Nodes {
 pub struct Tree {
     nodes: HashMap<String, Node>,
     next_gen: u64,
-    owners: HashMap<DomId, u64>,
+    owners: HashMap<DomId, Usage>,
 }
 
 impl Default for Tree {
@@ -138,15 +168,15 @@ impl Tree {
         g
     }
 
-    fn count(&mut self, owner: DomId, delta: i64) {
-        count_in(&mut self.owners, owner, delta);
+    fn count(&mut self, owner: DomId, nodes: i64, bytes: i64) {
+        count_in(&mut self.owners, owner, nodes, bytes);
     }
 
     fn insert_raw(&mut self, p: &str, mut node: Node) {
         node.gen = self.bump();
-        self.count(node.owner(), 1);
+        self.count(node.owner(), 1, node_memory(p, &node) as i64);
         if let Some(old) = self.nodes.insert(p.to_owned(), node) {
-            self.count(old.owner(), -1);
+            self.count(old.owner(), -1, -(node_memory(p, &old) as i64));
         }
     }
 
@@ -183,7 +213,13 @@ impl Tree {
     /// How many nodes `domid` owns.
     #[must_use]
     pub fn owner_count(&self, domid: DomId) -> u64 {
-        self.owners.get(&domid).copied().unwrap_or(0)
+        self.usage(domid).nodes
+    }
+
+    /// The nodes `domid` owns and their bytes.
+    #[must_use]
+    pub fn usage(&self, domid: DomId) -> Usage {
+        self.owners.get(&domid).copied().unwrap_or_default()
     }
 
     /// Replaces or creates `path` with `node`'s value and permissions,
@@ -227,7 +263,7 @@ impl Tree {
                 break;
             }
             if let Some(n) = self.nodes.remove(&cur) {
-                self.count(n.owner(), -1);
+                self.count(n.owner(), -1, -(node_memory(&cur, &n) as i64));
                 for c in &n.children {
                     stack.push(join(&cur, c));
                 }
@@ -284,7 +320,7 @@ impl Tree {
             .collect();
         for o in orphans {
             if let Some(n) = self.nodes.remove(&o) {
-                self.count(n.owner(), -1);
+                self.count(n.owner(), -1, -(node_memory(&o, &n) as i64));
                 fixes += 1;
             }
         }
@@ -312,9 +348,11 @@ impl Tree {
     /// listed by its existing parent, every listed child exists, children
     /// lists have no duplicates, and the per-owner counts match.
     pub fn verify(&self) -> Result<(), String> {
-        let mut counts: HashMap<DomId, u64> = HashMap::new();
+        let mut counts: HashMap<DomId, Usage> = HashMap::new();
         for (p, n) in &self.nodes {
-            *counts.entry(n.owner()).or_insert(0) += 1;
+            let u = counts.entry(n.owner()).or_default();
+            u.nodes += 1;
+            u.bytes += node_memory(p, n);
             if n.perms.0.is_empty() {
                 return Err(format!("{p} has no permissions"));
             }
@@ -340,15 +378,15 @@ impl Tree {
             }
         }
         for (d, c) in &counts {
-            if self.owner_count(*d) != *c {
+            if self.usage(*d) != *c {
                 return Err(format!(
-                    "domain {d} owns {c} nodes, counted {}",
-                    self.owner_count(*d)
+                    "domain {d} owns {c:?}, counted {:?}",
+                    self.usage(*d)
                 ));
             }
         }
         for (d, c) in &self.owners {
-            if *c != counts.get(d).copied().unwrap_or(0) {
+            if *c != counts.get(d).copied().unwrap_or_default() {
                 return Err(format!("stale owner count for domain {d}"));
             }
         }
@@ -356,9 +394,13 @@ impl Tree {
     }
 }
 
-fn count_in(owners: &mut HashMap<DomId, u64>, owner: DomId, delta: i64) {
-    let c = owners.entry(owner).or_insert(0);
-    *c = c.saturating_add_signed(delta);
+fn count_in(owners: &mut HashMap<DomId, Usage>, owner: DomId, nodes: i64, bytes: i64) {
+    let u = owners.entry(owner).or_default();
+    u.nodes = u.nodes.saturating_add_signed(nodes);
+    u.bytes = u.bytes.saturating_add_signed(bytes);
+    if *u == Usage::default() {
+        owners.remove(&owner);
+    }
 }
 
 /// `parent/child` (`/child` under the root).
@@ -381,15 +423,12 @@ impl Nodes for Tree {
     fn modify<R>(&mut self, path: &str, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
         let g = self.next_gen;
         let n = self.nodes.get_mut(path)?;
-        let before = n.owner();
+        let (before, mem_before) = (n.owner(), node_memory(path, n));
         let r = f(n);
         n.gen = g;
-        let after = n.owner();
+        let (after, mem_after) = (n.owner(), node_memory(path, n));
         self.next_gen += 1;
-        if before != after {
-            self.count(before, -1);
-            self.count(after, 1);
-        }
+        recount(&mut self.owners, (before, mem_before), (after, mem_after));
         Some(r)
     }
 
@@ -399,12 +438,29 @@ impl Nodes for Tree {
 
     fn remove(&mut self, path: &str) -> Option<Node> {
         let n = self.nodes.remove(path)?;
-        self.count(n.owner(), -1);
+        self.count(n.owner(), -1, -(node_memory(path, &n) as i64));
         Some(n)
     }
 
     fn owned_by(&self, domid: DomId) -> u64 {
         self.owner_count(domid)
+    }
+
+    fn memory_of(&self, domid: DomId) -> u64 {
+        self.usage(domid).bytes
+    }
+}
+
+/// Moves a changed node's charge: from `before` (owner, bytes) to `after`.
+fn recount(owners: &mut HashMap<DomId, Usage>, before: (DomId, u64), after: (DomId, u64)) {
+    if before == after {
+        return;
+    }
+    if before.0 == after.0 {
+        count_in(owners, before.0, 0, after.1 as i64 - before.1 as i64);
+    } else {
+        count_in(owners, before.0, -1, -(before.1 as i64));
+        count_in(owners, after.0, 1, after.1 as i64);
     }
 }
 
@@ -427,16 +483,13 @@ impl<S: ChangeSink> Nodes for Journaled<'_, S> {
         let tree = &mut *self.tree;
         let g = tree.next_gen;
         let n = tree.nodes.get_mut(path)?;
-        let before = n.owner();
+        let (before, mem_before) = (n.owner(), node_memory(path, n));
         let r = f(n);
         n.gen = g;
-        let after = n.owner();
+        let (after, mem_after) = (n.owner(), node_memory(path, n));
         self.sink.upsert(path, n);
         tree.next_gen += 1;
-        if before != after {
-            count_in(&mut tree.owners, before, -1);
-            count_in(&mut tree.owners, after, 1);
-        }
+        recount(&mut tree.owners, (before, mem_before), (after, mem_after));
         Some(r)
     }
 
@@ -453,6 +506,10 @@ impl<S: ChangeSink> Nodes for Journaled<'_, S> {
 
     fn owned_by(&self, domid: DomId) -> u64 {
         self.tree.owner_count(domid)
+    }
+
+    fn memory_of(&self, domid: DomId) -> u64 {
+        self.tree.usage(domid).bytes
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use xenstore_wire::{path, DomId, XsError};
 
 use crate::ops::Event;
-use crate::store::{ChangeSink, Node, Nodes, Tree};
+use crate::store::{node_memory, ChangeSink, Node, Nodes, Tree};
 
 /// One open transaction.
 #[derive(Debug)]
@@ -25,8 +25,9 @@ pub struct Transaction {
     /// Copies of nodes read (not changed) by the transaction, as they were
     /// at first access: later reads see the same value (`None`: absent).
     reads: HashMap<String, Option<Node>>,
-    /// Owner count changes made by the transaction.
-    owner_delta: HashMap<DomId, i64>,
+    /// Owner count and memory changes made by the transaction: (nodes,
+    /// bytes).
+    owner_delta: HashMap<DomId, (i64, i64)>,
     /// Watch events to fire at commit, one per changed path.
     events: Vec<Event>,
     /// Index in `events` of each path's event.
@@ -36,6 +37,10 @@ pub struct Transaction {
     bytes: usize,
     /// Set when an operation failed half-way: the commit then fails.
     pub failed: bool,
+    /// Opened before the daemon restarted (restored by id only): what it
+    /// read and wrote is lost, so its commit fails with `EAGAIN` and the
+    /// client retries it, as Xen's after a live update.
+    pub lost: bool,
 }
 
 impl Transaction {
@@ -52,6 +57,7 @@ impl Transaction {
             event_at: HashMap::new(),
             bytes: 0,
             failed: false,
+            lost: false,
         }
     }
 
@@ -118,7 +124,7 @@ impl Transaction {
         if self.failed {
             return Err(XsError::Eio);
         }
-        if self.conflicts(base) {
+        if self.lost || self.conflicts(base) {
             return Err(XsError::Eagain);
         }
         let mut removes: Vec<&String> = Vec::new();
@@ -201,8 +207,10 @@ impl TxView<'_> {
         self.tx.reads.get(p).and_then(Option::as_ref)
     }
 
-    fn delta(&mut self, owner: DomId, d: i64) {
-        *self.tx.owner_delta.entry(owner).or_insert(0) += d;
+    fn delta(&mut self, owner: DomId, nodes: i64, bytes: i64) {
+        let e = self.tx.owner_delta.entry(owner).or_insert((0, 0));
+        e.0 += nodes;
+        e.1 += bytes;
     }
 }
 
@@ -222,15 +230,17 @@ impl Nodes for TxView<'_> {
             self.tx.changes.insert(p.to_owned(), Some(copy));
         }
         let n = self.tx.changes.get_mut(p)?.as_mut()?;
-        let before = n.owner();
+        let (before, mem_before) = (n.owner(), node_memory(p, n));
         let size_before = node_bytes(n);
         let r = f(n);
         let size_after = node_bytes(n);
         self.tx.bytes = (self.tx.bytes + size_after).saturating_sub(size_before);
-        let after = n.owner();
-        if before != after {
-            self.delta(before, -1);
-            self.delta(after, 1);
+        let (after, mem_after) = (n.owner(), node_memory(p, n));
+        if before == after {
+            self.delta(before, 0, mem_after as i64 - mem_before as i64);
+        } else {
+            self.delta(before, -1, -(mem_before as i64));
+            self.delta(after, 1, mem_after as i64);
         }
         Some(r)
     }
@@ -238,12 +248,12 @@ impl Nodes for TxView<'_> {
     fn insert(&mut self, p: &str, node: Node) {
         self.record(p);
         self.tx.reads.remove(p);
-        self.delta(node.owner(), 1);
+        self.delta(node.owner(), 1, node_memory(p, &node) as i64);
         self.tx.bytes += node_bytes(&node);
         match self.tx.changes.insert(p.to_owned(), Some(node)) {
             Some(Some(old)) => {
                 self.tx.bytes = self.tx.bytes.saturating_sub(node_bytes(&old));
-                self.delta(old.owner(), -1);
+                self.delta(old.owner(), -1, -(node_memory(p, &old) as i64));
             }
             Some(None) => {}
             None => self.tx.bytes += p.len() + ENTRY_OVERHEAD,
@@ -265,14 +275,19 @@ impl Nodes for TxView<'_> {
             old
         };
         if let Some(o) = &old {
-            self.delta(o.owner(), -1);
+            self.delta(o.owner(), -1, -(node_memory(p, o) as i64));
         }
         old
     }
 
     fn owned_by(&self, domid: DomId) -> u64 {
-        let d = self.tx.owner_delta.get(&domid).copied().unwrap_or(0);
+        let d = self.tx.owner_delta.get(&domid).map_or(0, |d| d.0);
         self.base.owner_count(domid).saturating_add_signed(d)
+    }
+
+    fn memory_of(&self, domid: DomId) -> u64 {
+        let d = self.tx.owner_delta.get(&domid).map_or(0, |d| d.1);
+        self.base.usage(domid).bytes.saturating_add_signed(d)
     }
 }
 

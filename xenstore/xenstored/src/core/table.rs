@@ -294,6 +294,17 @@ fn do_watch(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Result<(), XsErr
         depth,
     };
     let ev_path = w.event_path(&w.path).to_owned();
+    let relative = w.prefix_len > 0;
+    let watched = w.path.clone();
+    core.journal_ring(id, |domid| Record::Watch {
+        domid,
+        watch: crate::persist::WatchState {
+            path: watched,
+            token: token.to_vec(),
+            relative,
+            depth,
+        },
+    });
     let wid = core.watches.add(w);
     let c = core.conns[id].as_mut().ok_or(XsError::Eio)?;
     c.watches.push(wid);
@@ -313,7 +324,13 @@ fn do_unwatch(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Result<(), XsE
         .watches
         .find(cx.id, &core.canon, token)
         .ok_or(XsError::Enoent)?;
-    core.watches.remove(wid);
+    if let Some(w) = core.watches.remove(wid) {
+        core.journal_ring(cx.id, |domid| Record::Unwatch {
+            domid,
+            path: w.path,
+            token: w.token,
+        });
+    }
     let c = core.conns[cx.id].as_mut().ok_or(XsError::Eio)?;
     c.watches.retain(|w| *w != wid);
     reply(&mut c.out, cx.hdr, MsgType::Unwatch, &[xenstore_wire::OK]);
@@ -324,6 +341,7 @@ fn do_reset_watches(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Result<(
     let Request::ResetWatches = req else {
         return Err(MISROUTED);
     };
+    core.journal_ring(cx.id, |domid| Record::ConnReset { domid });
     let c = core.conns[cx.id].as_mut().ok_or(XsError::Eio)?;
     for w in c.watches.drain(..) {
         core.watches.remove(w);
@@ -358,6 +376,8 @@ fn do_transaction_start(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Resu
     }
     c.next_tx = tid.wrapping_add(1);
     c.txs.insert(tid, Transaction::new(tid));
+    core.journal_ring(cx.id, |domid| Record::TxOpen { domid, tx_id: tid });
+    let c = core.conns[cx.id].as_mut().ok_or(XsError::Eio)?;
     let s = format!("{tid}\0");
     reply(
         &mut c.out,
@@ -374,6 +394,10 @@ fn do_transaction_end(core: &mut Core, cx: &Ctx<'_>, req: Request<'_>) -> Result
     };
     let c = core.conns[cx.id].as_mut().ok_or(XsError::Eio)?;
     let tx = c.txs.remove(&cx.tx_id).ok_or(XsError::Enoent)?;
+    core.journal_ring(cx.id, |domid| Record::TxClose {
+        domid,
+        tx_id: cx.tx_id,
+    });
     if commit {
         let events = tx.commit(&mut core.tree, &mut core.journal)?;
         core.fire(events);

@@ -91,6 +91,7 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub rings: Rings,
+    cfg: ServerConfig,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -113,7 +114,23 @@ impl Daemon {
             fsync: false,
         };
         let rings = Rings::default();
-        let mapper = TestMapper(rings.clone());
+        let (stop, thread) = Self::spawn(cfg.clone(), rings.clone(), setup);
+        Daemon {
+            dir,
+            socket,
+            rings,
+            cfg,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn spawn(
+        cfg: ServerConfig,
+        rings: Rings,
+        setup: impl FnOnce(&mut Server) + Send + 'static,
+    ) -> (StopHandle, JoinHandle<()>) {
+        let mapper = TestMapper(rings);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut s = Server::new(&cfg).expect("server starts");
@@ -123,13 +140,20 @@ impl Daemon {
             s.run().expect("server runs");
         });
         let stop = rx.recv_timeout(TIMEOUT).expect("server started");
-        Daemon {
-            dir,
-            socket,
-            rings,
-            stop,
-            thread: Some(thread),
+        (stop, thread)
+    }
+
+    /// Stops the daemon and starts a new one on the same socket, state
+    /// directory and guest rings (which it maps again from the state it
+    /// loads). Clients must reconnect; rings stay as they are.
+    pub fn restart(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread");
         }
+        let (stop, thread) = Self::spawn(self.cfg.clone(), self.rings.clone(), |_| {});
+        self.stop = stop;
+        self.thread = Some(thread);
     }
 
     pub fn client(&self) -> Client<Sock> {
