@@ -210,15 +210,13 @@ impl Drop for RemoveFile {
 }
 
 /// A copy `name` of the image `base` with `files` (local name, text, mode,
-/// path in the image) written in by `debugfs`, after removing `remove`;
-/// then the `debugfs` commands `extra`.
+/// path in the image) written in by `debugfs`, after removing `remove`.
 fn image_with(
     dir: &Path,
     base: &Path,
     name: &str,
     remove: &[&str],
     files: &[(&str, &str, u32, &str)],
-    extra: &[String],
 ) -> Result<PathBuf> {
     let img = dir.join(name);
     std::fs::copy(base, &img).context("copy the root image")?;
@@ -231,9 +229,6 @@ fn image_with(
         std::fs::write(&p, text)?;
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
         let _ = writeln!(cmds, "write {} {target}", p.display());
-    }
-    for e in extra {
-        let _ = writeln!(cmds, "{e}");
     }
     let cmdfile = dir.join(format!("{name}.debugfs"));
     std::fs::write(&cmdfile, cmds)?;
@@ -297,7 +292,6 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         "other.img",
         &[],
         &[("marker", &format!("{other}\n"), 0o644, "/etc/other-marker")],
-        &[],
     )?;
     host.create_guest(
         &other,
@@ -351,7 +345,6 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
             ("probe.env", &env, 0o644, "/etc/probe.env"),
             ("inittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
         ],
-        &[],
     )?;
     let second = dir.join("second.img");
     std::fs::File::create(&second)?.set_len(8 << 20)?;
@@ -550,6 +543,7 @@ ok_if own-tmpfs mount -t tmpfs tmpfs /tmp/t
 
 refused_if planted-host-node "b $HOST_MAJ:$HOST_MIN on the root" mount -t ext2 /root/hostloop /tmp/x
 refused_if mknod-host-node "b $HOST_MAJ:$HOST_MIN" mknod /tmp/hl b $HOST_MAJ $HOST_MIN
+refused_if other-disk-node "b $OTHER_ROOT, the other guest's root" mount -t ext4 /root/otherroot /tmp/x
 refused_if other-image "$OTHER_IMG" mount -t ext4 "$OTHER_IMG" /tmp/x
 refused_if loop0 "/dev/loop0" mount -t ext4 /dev/loop0 /tmp/x
 refused_if type-not-allowed "xfs" mount -t xfs /dev/xvdb /tmp/x
@@ -563,6 +557,49 @@ umount /tmp/c
 say done ok
 poweroff -f
 "#;
+
+/// The device number (major, minor) of the file system at `/` in the
+/// mount namespace of one of `pids` (a guest's processes) that is mounted
+/// from a loop device: the guest's root disk.
+fn other_root_device(pids: &[i32]) -> Result<(u32, u32)> {
+    for pid in pids {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+            continue;
+        };
+        for l in info.lines() {
+            // `id parent maj:min root mountpoint ... - fstype source ...`
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let source = l
+                .split(" - ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().nth(1));
+            if f.get(4) == Some(&"/") && source.is_some_and(|s| s.starts_with("/dev/loop")) {
+                let (maj, min) = f[2].split_once(':').context("maj:min")?;
+                return Ok((maj.parse()?, min.parse()?));
+            }
+        }
+    }
+    anyhow::bail!("no process of {pids:?} has a loop device as its root")
+}
+
+/// Runs the `debugfs -w` commands `cmds` on the file system image `img`
+/// (the mount test's images: binaries, a planted device node).
+fn debugfs_w(img: &Path, cmds: &[String]) -> Result<()> {
+    let cmdfile = img.with_extension("debugfs");
+    std::fs::write(&cmdfile, cmds.join("\n") + "\n")?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(img)
+        .output()
+        .context("run debugfs")?;
+    let text = stdout_of("debugfs -w", &out)? + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("rror") {
+        anyhow::bail!("debugfs: {text}");
+    }
+    Ok(())
+}
 
 /// A host loop device over a canary file, detached on drop.
 struct HostLoop(String);
@@ -602,7 +639,8 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
 
     // The other guest: a heartbeat.
     let other = format!("mother{tag}");
-    let other_img = image_with(&dir, &dir.join("pv-root.img"), "mother.img", &[], &[], &[])?;
+    let other_img = dir.join("mother.img");
+    std::fs::copy(dir.join("pv-root.img"), &other_img).context("copy the root image")?;
     host.create_guest(
         &other,
         &format!(
@@ -613,11 +651,20 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         ),
     )?;
     host.wait_log(&other, "beat-2", STEP)?;
+    // The other guest's root disk as the kernel knows it (a loop device of
+    // its runtime's): the device number of `/` in its mount namespace.
+    let other_id = host.domid(&other)?.context("the other guest is listed")?;
+    let other_root = other_root_device(
+        &host
+            .guest_cgroup(other_id)?
+            .context("the other guest's cgroup")?
+            .procs()?,
+    )?;
 
     // The probe: mke2fs (Debian's busybox has no mkfs.ext2) and its
     // libraries under /e2fs, run through the dynamic loader; a node of the
     // host's loop device planted on its root and on its third disk.
-    let mut extra = vec!["mkdir /e2fs".to_owned()];
+    let mut extra = vec!["rm /etc/inittab".to_owned(), "mkdir /e2fs".to_owned()];
     let mut libs = stdout_of("ldd", &Command::new("ldd").arg("/sbin/mke2fs").output()?)?
         .split_whitespace()
         .filter(|w| w.starts_with('/'))
@@ -640,25 +687,33 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
     extra.push("cd /root".to_owned());
     extra.push(format!("mknod hostloop b {maj} {min}"));
     extra.push("sif /root/hostloop mode 060666".to_owned());
+    extra.push(format!(
+        "mknod otherroot b {} {}",
+        other_root.0, other_root.1
+    ));
+    extra.push("sif /root/otherroot mode 060666".to_owned());
     let mkfs =
         format!("#!/bin/sh\nexec {loader} --library-path /e2fs /e2fs/mke2fs -t ext2 \"$@\"\n");
     let env = format!(
-        "OTHER_IMG='{}'\nHOST_MAJ={maj}\nHOST_MIN={min}\n",
-        other_img.display()
+        "OTHER_IMG='{}'\nHOST_MAJ={maj}\nHOST_MIN={min}\nOTHER_ROOT={}:{}\n",
+        other_img.display(),
+        other_root.0,
+        other_root.1
     );
-    let img = image_with(
-        &dir,
-        &dir.join("pv-root.img"),
-        "mprobe.img",
-        &["/etc/inittab"],
-        &[
-            ("mprobe", MOUNT_PROBE, 0o755, "/sbin/probe"),
-            ("mprobe.env", &env, 0o644, "/etc/probe.env"),
-            ("mkfs.ext2", &mkfs, 0o755, "/sbin/mkfs.ext2"),
-            ("minittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
-        ],
-        &extra,
-    )?;
+    for (local, text, mode, target) in [
+        ("mprobe", MOUNT_PROBE, 0o755, "/sbin/probe"),
+        ("mprobe.env", &env, 0o644, "/etc/probe.env"),
+        ("mkfs.ext2", &mkfs, 0o755, "/sbin/mkfs.ext2"),
+        ("minittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
+    ] {
+        let p = dir.join(local);
+        std::fs::write(&p, text)?;
+        extra.push(format!("write {} {target}", p.display()));
+        extra.push(format!("sif {target} mode 0{:o}", 0o100_000 | mode));
+    }
+    let img = dir.join("mprobe.img");
+    std::fs::copy(dir.join("pv-root.img"), &img).context("copy the root image")?;
+    debugfs_w(&img, &extra)?;
     let second = dir.join("msecond.img");
     std::fs::File::create(&second)?.set_len(8 << 20)?;
     let third = dir.join("mthird.img");
@@ -670,18 +725,12 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
             .arg(&third)
             .output()?,
     )?;
-    let cmds = dir.join("mthird.debugfs");
-    std::fs::write(
-        &cmds,
-        format!("mknod hostloop b {maj} {min}\nsif /hostloop mode 060666\n"),
-    )?;
-    stdout_of(
-        "debugfs",
-        &Command::new("debugfs")
-            .args(["-w", "-f"])
-            .arg(&cmds)
-            .arg(&third)
-            .output()?,
+    debugfs_w(
+        &third,
+        &[
+            format!("mknod hostloop b {maj} {min}"),
+            "sif /hostloop mode 060666".to_owned(),
+        ],
     )?;
     let name = format!("mprobe{tag}");
     host.create_guest(
@@ -728,6 +777,7 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         "own-tmpfs",
         "planted-host-node",
         "mknod-host-node",
+        "other-disk-node",
         "other-image",
         "loop0",
         "type-not-allowed",
@@ -748,6 +798,11 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         detail("planted-host-node").contains("permission denied"),
         "{}",
         detail("planted-host-node")
+    );
+    assert!(
+        detail("other-disk-node").contains("permission denied"),
+        "{}",
+        detail("other-disk-node")
     );
     assert!(
         detail("type-not-allowed").contains("No such device"),
