@@ -1116,24 +1116,34 @@ pub fn boot(
             // The handler of the guest's mount calls (init sent its
             // filter's listener before it executed).
             drop(listen_init);
-            match crate::mountd::recv_fd(&listen_ours).and_then(|l| {
+            let handler = match crate::mountd::recv_fd(&listen_ours).and_then(|l| {
                 l.map(|l| crate::mountd::Mountd::new(l, &loops, ns.user_fd(), ns.ids))
                     .transpose()
             }) {
-                Ok(Some(m)) => {
-                    let stop = std::sync::Arc::clone(&mountd_stop);
-                    mountd_thread = std::thread::Builder::new()
-                        .name("mountd".into())
-                        .spawn(move || m.serve(&stop))
-                        .map_err(|e| tracing::warn!(error = %e, "cannot start the mount handler"))
-                        .ok();
+                Ok(Some(m)) => Some(m),
+                Ok(None) => {
+                    tracing::warn!("init sent no mount listener");
+                    None
                 }
-                Ok(None) => tracing::warn!("init sent no mount listener"),
-                Err(e) => tracing::warn!(error = %xen_diag::ErrorChain(&e), "no mount handler"),
-            }
+                Err(e) => {
+                    tracing::warn!(error = %xen_diag::ErrorChain(&e), "no mount handler");
+                    None
+                }
+            };
             let _ = out.flush();
             // The guest runs: the runtime's set-up is over.
             crate::jail::after_setup(out);
+            // The handler starts jailed: no guest mount call is served
+            // with the runtime's set-up powers (calls made meanwhile wait
+            // in the listener's queue).
+            if let Some(m) = handler {
+                let stop = std::sync::Arc::clone(&mountd_stop);
+                mountd_thread = std::thread::Builder::new()
+                    .name("mountd".into())
+                    .spawn(move || m.serve(&stop))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start the mount handler"))
+                    .ok();
+            }
         })
         .map_err(|e| match e {
             MachineError::NoInit { source, .. } => MachineError::NoInit {

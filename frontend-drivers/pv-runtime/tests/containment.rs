@@ -791,16 +791,17 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
         assert!(verdict(n).is_some(), "the probe did not report {n}:\n{log}");
     }
     // The handler's own errnos: EPERM for a device not the guest's (busybox
-    // says "permission denied (are you root?)"), ENODEV for a type not
-    // allowed.
+    // says "permission denied (are you root?)" for EPERM alone: the
+    // kernel's EACCES at a `nodev` node reads "...failed: Permission
+    // denied"), ENODEV for a type not allowed.
     let detail = |n: &str| verdict(n).map(|o| o.detail.clone()).unwrap_or_default();
     assert!(
-        detail("planted-host-node").contains("permission denied"),
+        detail("planted-host-node").contains("permission denied (are you root?)"),
         "{}",
         detail("planted-host-node")
     );
     assert!(
-        detail("other-disk-node").contains("permission denied"),
+        detail("other-disk-node").contains("permission denied (are you root?)"),
         "{}",
         detail("other-disk-node")
     );
@@ -811,16 +812,22 @@ fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
     );
     assert!(
         detail("non-root-user").contains("1000")
-            && detail("non-root-user").contains("permission denied"),
+            && detail("non-root-user").contains("permission denied (are you root?)"),
         "{}",
         detail("non-root-user")
     );
     assert!(
-        detail("remount-dev").contains("permission denied"),
+        detail("remount-dev").contains("permission denied (are you root?)"),
         "{}",
         detail("remount-dev")
     );
     assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    // Every mount above was made by the jailed runtime (its handler starts
+    // once the runtime is jailed).
+    assert!(
+        log.contains(&format!("pvguest jailed uid={}", xen_jail::domain_uid(id))),
+        "the runtime was jailed: {log}"
+    );
 
     // Dom0 finds the guest's file in its disk's image, owned by uid 0.
     let out = Command::new("debugfs")
