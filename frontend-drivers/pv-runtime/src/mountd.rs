@@ -291,7 +291,8 @@ pub fn listener_pair() -> Result<(OwnedFd, OwnedFd), MountdError> {
 struct FdCmsg([u8; 24]);
 
 /// Sends `fd` over `sock` (`SCM_RIGHTS`); system calls only, no
-/// allocation (init's process before exec).
+/// allocation (init's process before exec, so not
+/// `xen_shim_proto::sys::send_msg`, which allocates its control buffer).
 pub(crate) fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), io::Error> {
     let mut byte = [b'L'];
     let mut iov = libc::iovec {
@@ -327,41 +328,15 @@ pub(crate) fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), io::Error> {
 /// # Errors
 /// The socket failed.
 pub fn recv_fd(sock: &OwnedFd) -> Result<Option<OwnedFd>, MountdError> {
-    let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut ctl = FdCmsg([0; 24]);
-    // SAFETY: a msghdr over live buffers; the received descriptor, if
-    // any, is owned right away.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.0.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<FdCmsg>() as _;
-        let n = libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        );
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(MountdError::Os {
-                what: "receive the mount listener".into(),
-                source: e,
-            });
-        }
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
-            return Ok(None);
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    use std::os::fd::AsFd;
+    match xen_shim_proto::sys::recv_msg(sock.as_fd(), true) {
+        Ok(Some((_, fds))) => Ok(fds.into_iter().next()),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(MountdError::Os {
+            what: "receive the mount listener".into(),
+            source: e,
+        }),
     }
 }
 
