@@ -33,7 +33,8 @@
 //!   root from a PV disk or a ramdisk, [`initramfs`]; init as PID 1 in its
 //!   own namespaces, [`guestns`]: a user namespace of its own with an
 //!   idmapped root), or an init program of the host's file system, or
-//!   idles.
+//!   idles; [`mountd`]: guest root's mounts of its own disks, made by the
+//!   runtime (seccomp user notification, as LXD).
 //!
 //! Platform:
 //! - [`events`]: the dispatcher (epoll over the ports' eventfds → Xen's
@@ -79,6 +80,7 @@ pub mod initramfs;
 pub mod jail;
 pub mod line;
 pub mod machine;
+pub mod mountd;
 /// The guest-page allocator (shared with the PVHVM kernel).
 pub use xen_front_platform::pagealloc;
 pub mod platform;

@@ -26,9 +26,15 @@
 //! CPU). Guest root's own powers: `ip` on its `eth0`, its hostname,
 //! mounting proc, sysfs and tmpfs, writing its own disk; its root files are
 //! uid 0 and what it writes lands in the image owned by uid 0 (the
-//! idmapped root). `mount /dev/xvdb` is reported, not judged (the kernel
-//! refuses block file systems in a user namespace; no mount on the guest's
-//! behalf yet).
+//! idmapped root), `mount /dev/xvdb` (made on its behalf).
+//!
+//! A second test, [`test_guest_root_mounts_its_own_disks_and_nothing_else`],
+//! drives the mounts made on the guest's behalf (`src/mountd.rs`): `mkfs`,
+//! `mount`, a file written, `umount`, found by Dom0 in the image as uid 0's;
+//! and the mounts refused: a planted node of a host loop device, its
+//! `mknod`, another guest's image path, `/dev/loop0`, a type not allowed,
+//! the host node planted on its own disk (`nodev`) and a remount to clear
+//! `nodev`.
 //!
 //! The table of results is printed whatever happens (run it against an
 //! older runtime to see what escapes there). Needs root, busybox-static,
@@ -153,12 +159,11 @@ fi
 if out=$(mount -t tmpfs tmpfs /tmp/t 2>&1); then say own-tmpfs ok; else say own-tmpfs FAILED "$out"; fi
 if [ -e "/tmp/s/class/net/$BRIDGE" ]; then say see-dom0-bridge ESCAPED; else say see-dom0-bridge refused "not in its sysfs"; fi
 umount /tmp/p /tmp/s /tmp/t 2>/dev/null
-# Its own second disk: guest root writes and reads it back; mounting it is
-# the kernel's to refuse in a user namespace (no mount on its behalf yet):
-# reported, not judged.
+# Its own second disk: guest root writes and reads it back, and mounts it
+# (the runtime mounts it on its behalf, src/mountd.rs).
 if out=$(printf own-disk-mark | dd of=/dev/xvdb conv=notrunc 2>&1) && [ "$(head -c 13 /dev/xvdb)" = own-disk-mark ]; then say own-disk ok "wrote and read /dev/xvdb"; else say own-disk FAILED "$out"; fi
 mkdir -p /tmp/m
-if out=$(mount /dev/xvdb /tmp/m 2>&1); then say mount-own-disk works; umount /tmp/m; else say mount-own-disk refused-by-kernel "$out"; fi
+if out=$(mount /dev/xvdb /tmp/m 2>&1) && umount /tmp/m; then say own-mount ok; else say own-mount FAILED "$out"; fi
 o=$(stat -c %u:%g /bin/busybox)
 if [ "$o" = 0:0 ]; then say own-root-files ok "$o"; else say own-root-files FAILED "$o"; fi
 if echo "owned" > /root/probe-owned && sync; then say own-write ok; else say own-write FAILED; fi
@@ -467,6 +472,7 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
         "own-sysfs",
         "own-tmpfs",
         "own-disk",
+        "own-mount",
         "own-root-files",
         "own-write",
     ] {
@@ -565,6 +571,347 @@ fn test_guest_root_is_contained_and_the_host_and_a_second_guest_carry_on() -> Re
     assert!(
         owner.contains("User:     0") && owner.contains("Group:     0"),
         "written as the image's root: {owner}"
+    );
+    Ok(())
+}
+
+/// The mount probe: busybox init's `sysinit` in the guest of
+/// [`test_guest_root_mounts_its_own_disks_and_nothing_else`].
+const MOUNT_PROBE: &str = r#"#!/bin/sh
+. /etc/probe.env
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc 2>/dev/null
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+say() { echo "probe $*"; }
+ok_if() {
+  n=$1; shift
+  if out=$("$@" 2>&1); then say "$n ok $(echo $out | head -c 160)"; else say "$n FAILED $(echo $out | head -c 160)"; fi
+}
+refused_if() {
+  n=$1; d=$2; shift 2
+  if out=$("$@" 2>&1); then say "$n ESCAPED $d: $(echo $out | head -c 160)"; else say "$n refused $d: $(echo $out | head -c 160)"; fi
+}
+mkdir -p /mnt /tmp/x /tmp/c /tmp/t
+ok_if block-node sh -c 'test -b /dev/xvdb && ls -ln /dev/xvdb'
+ok_if mkfs mkfs.ext2 -q -F /dev/xvdb
+ok_if mount mount /dev/xvdb /mnt
+echo "written-by-guest" > /mnt/hello
+ok_if owner sh -c 'test "$(stat -c %u:%g /mnt/hello)" = 0:0 && stat -c %u:%g /mnt/hello'
+ok_if nodev grep " /mnt " /proc/mounts
+grep " /mnt " /proc/mounts | grep -q nodev || say nodev FAILED "not nodev"
+ok_if umount umount /mnt
+ok_if mount-ext4 sh -c 'mount -t ext4 /dev/xvdb /mnt && cat /mnt/hello && umount /mnt'
+ok_if own-tmpfs mount -t tmpfs tmpfs /tmp/t
+
+refused_if planted-host-node "b $HOST_MAJ:$HOST_MIN on the root" mount -t ext2 /root/hostloop /tmp/x
+refused_if mknod-host-node "b $HOST_MAJ:$HOST_MIN" mknod /tmp/hl b $HOST_MAJ $HOST_MIN
+refused_if other-disk-node "b $OTHER_ROOT, the other guest's root" mount -t ext4 /root/otherroot /tmp/x
+refused_if other-image "$OTHER_IMG" mount -t ext4 "$OTHER_IMG" /tmp/x
+refused_if loop0 "/dev/loop0" mount -t ext4 /dev/loop0 /tmp/x
+refused_if type-not-allowed "xfs" mount -t xfs /dev/xvdb /tmp/x
+echo "mu:x:1000:1000::/tmp:/bin/sh" >> /etc/passwd
+refused_if non-root-user "uid 1000" su mu -s /bin/sh -c "id -u; mount -t ext2 /dev/xvdb /tmp/x"
+ok_if mount-xvdc mount /dev/xvdc /tmp/c
+refused_if host-node-on-own-disk "/tmp/c/hostloop" sh -c 'head -c 32 /tmp/c/hostloop | grep host-canary'
+refused_if remount-dev "/tmp/c" mount -o remount,bind,dev /tmp/c
+refused_if host-node-after-remount "/tmp/c/hostloop" sh -c 'head -c 32 /tmp/c/hostloop | grep host-canary'
+umount /tmp/c
+say done ok
+poweroff -f
+"#;
+
+/// The device number (major, minor) of the file system at `/` in the
+/// mount namespace of one of `pids` (a guest's processes) that is mounted
+/// from a loop device: the guest's root disk.
+fn other_root_device(pids: &[i32]) -> Result<(u32, u32)> {
+    for pid in pids {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+            continue;
+        };
+        for l in info.lines() {
+            // `id parent maj:min root mountpoint ... - fstype source ...`
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let source = l
+                .split(" - ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().nth(1));
+            if f.get(4) == Some(&"/") && source.is_some_and(|s| s.starts_with("/dev/loop")) {
+                let (maj, min) = f[2].split_once(':').context("maj:min")?;
+                return Ok((maj.parse()?, min.parse()?));
+            }
+        }
+    }
+    anyhow::bail!("no process of {pids:?} has a loop device as its root")
+}
+
+/// Runs the `debugfs -w` commands `cmds` on the file system image `img`
+/// (the mount test's images: binaries, a planted device node).
+fn debugfs_w(img: &Path, cmds: &[String]) -> Result<()> {
+    let cmdfile = img.with_extension("debugfs");
+    std::fs::write(&cmdfile, cmds.join("\n") + "\n")?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(img)
+        .output()
+        .context("run debugfs")?;
+    let text = stdout_of("debugfs -w", &out)? + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("rror") {
+        anyhow::bail!("debugfs: {text}");
+    }
+    Ok(())
+}
+
+/// A host loop device over a canary file, detached on drop.
+struct HostLoop(String);
+
+impl Drop for HostLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn test_guest_root_mounts_its_own_disks_and_nothing_else() -> Result<()> {
+    let (mut host, dir) = Dom0::start_with_root(
+        "gmount-",
+        Path::new(env!("CARGO_BIN_EXE_xen-pvguest")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )?;
+    let tag = std::process::id();
+    // The host's canary block device: a loop device over a file.
+    let canary_text = format!("host-canary-{tag}");
+    let canary = dir.join("canary.img");
+    std::fs::write(&canary, format!("{canary_text}\n"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&canary)?
+        .set_len(1 << 20)?;
+    let dev = stdout_of(
+        "losetup",
+        &Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&canary)
+            .output()?,
+    )?;
+    let host_loop = HostLoop(dev.trim().to_owned());
+    let rdev = std::fs::metadata(&host_loop.0)?.rdev();
+    let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+
+    // The other guest: a heartbeat.
+    let other = format!("mother{tag}");
+    let other_img = dir.join("mother.img");
+    std::fs::copy(dir.join("pv-root.img"), &other_img).context("copy the root image")?;
+    host.create_guest(
+        &other,
+        &format!(
+            "name = \"{other}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\nroot = '/dev/xvda'\n\
+             extra = 'ro init=/bin/sh -- -c \"i=0; while :; do i=$((i+1)); echo beat-$i; sleep 1; done\"'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
+            other_img.display()
+        ),
+    )?;
+    host.wait_log(&other, "beat-2", STEP)?;
+    // The other guest's root disk as the kernel knows it (a loop device of
+    // its runtime's): the device number of `/` in its mount namespace.
+    let other_id = host.domid(&other)?.context("the other guest is listed")?;
+    let other_root = other_root_device(
+        &host
+            .guest_cgroup(other_id)?
+            .context("the other guest's cgroup")?
+            .procs()?,
+    )?;
+
+    // The probe: mke2fs (Debian's busybox has no mkfs.ext2) and its
+    // libraries under /e2fs, run through the dynamic loader; a node of the
+    // host's loop device planted on its root and on its third disk.
+    let mut extra = vec!["rm /etc/inittab".to_owned(), "mkdir /e2fs".to_owned()];
+    let mut libs = stdout_of("ldd", &Command::new("ldd").arg("/sbin/mke2fs").output()?)?
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    libs.push("/sbin/mke2fs".to_owned());
+    let mut loader = String::new();
+    for l in &libs {
+        let base = Path::new(l)
+            .file_name()
+            .context("a library's name")?
+            .to_string_lossy()
+            .into_owned();
+        if base.starts_with("ld-linux") {
+            loader = format!("/e2fs/{base}");
+        }
+        extra.push(format!("write {l} /e2fs/{base}"));
+        extra.push(format!("sif /e2fs/{base} mode 0100755"));
+    }
+    extra.push("cd /root".to_owned());
+    extra.push(format!("mknod hostloop b {maj} {min}"));
+    extra.push("sif /root/hostloop mode 060666".to_owned());
+    extra.push(format!(
+        "mknod otherroot b {} {}",
+        other_root.0, other_root.1
+    ));
+    extra.push("sif /root/otherroot mode 060666".to_owned());
+    let mkfs =
+        format!("#!/bin/sh\nexec {loader} --library-path /e2fs /e2fs/mke2fs -t ext2 \"$@\"\n");
+    let env = format!(
+        "OTHER_IMG='{}'\nHOST_MAJ={maj}\nHOST_MIN={min}\nOTHER_ROOT={}:{}\n",
+        other_img.display(),
+        other_root.0,
+        other_root.1
+    );
+    for (local, text, mode, target) in [
+        ("mprobe", MOUNT_PROBE, 0o755, "/sbin/probe"),
+        ("mprobe.env", &env, 0o644, "/etc/probe.env"),
+        ("mkfs.ext2", &mkfs, 0o755, "/sbin/mkfs.ext2"),
+        ("minittab", "::sysinit:/sbin/probe\n", 0o644, "/etc/inittab"),
+    ] {
+        let p = dir.join(local);
+        std::fs::write(&p, text)?;
+        extra.push(format!("write {} {target}", p.display()));
+        extra.push(format!("sif {target} mode 0{:o}", 0o100_000 | mode));
+    }
+    let img = dir.join("mprobe.img");
+    std::fs::copy(dir.join("pv-root.img"), &img).context("copy the root image")?;
+    debugfs_w(&img, &extra)?;
+    let second = dir.join("msecond.img");
+    std::fs::File::create(&second)?.set_len(8 << 20)?;
+    let third = dir.join("mthird.img");
+    std::fs::File::create(&third)?.set_len(4 << 20)?;
+    stdout_of(
+        "mkfs.ext2",
+        &Command::new("mkfs.ext2")
+            .args(["-q", "-F"])
+            .arg(&third)
+            .output()?,
+    )?;
+    debugfs_w(
+        &third,
+        &[
+            format!("mknod hostloop b {maj} {min}"),
+            "sif /hostloop mode 060666".to_owned(),
+        ],
+    )?;
+    let name = format!("mprobe{tag}");
+    host.create_guest(
+        &name,
+        &format!(
+            "name = \"{name}\"\ntype = 'pv'\nmemory = 128\nvcpus = 1\nroot = '/dev/xvda'\n\
+             extra = 'rw console=hvc0 pvguest.timeout=60'\n\
+             disk = [ 'format=raw, vdev=xvda, access=rw, target={}', \
+             'format=raw, vdev=xvdb, access=rw, target={}', \
+             'format=raw, vdev=xvdc, access=rw, target={}' ]\n\
+             on_poweroff = 'preserve'\n",
+            img.display(),
+            second.display(),
+            third.display()
+        ),
+    )?;
+    let id = host.domid(&name)?.context("the probe guest is listed")?;
+    let log = host.wait_log(&name, "pvguest shutdown", PROBE_TIME)?;
+    let table = outcomes(&log);
+    let mut report = String::new();
+    for o in &table {
+        let _ = writeln!(report, "{:<28} {:<8} {}", o.name, o.verdict, o.detail);
+    }
+    eprintln!("mount probe in {name} (domain {id}):\n{report}");
+    let bad: Vec<&Outcome> = table
+        .iter()
+        .filter(|o| o.verdict == "ESCAPED" || o.verdict == "FAILED")
+        .collect();
+    let runtime_log = std::fs::read_to_string(host.rundir().join(format!("pvguest-{name}.log")))
+        .unwrap_or_default();
+    assert!(
+        bad.is_empty(),
+        "escaped or failed: {bad:#?}\n{log}\nthe runtime's log:\n{runtime_log}"
+    );
+    let verdict = |n: &str| table.iter().find(|o| o.name == n);
+    for n in [
+        "block-node",
+        "mkfs",
+        "mount",
+        "owner",
+        "nodev",
+        "umount",
+        "mount-ext4",
+        "own-tmpfs",
+        "planted-host-node",
+        "mknod-host-node",
+        "other-disk-node",
+        "other-image",
+        "loop0",
+        "type-not-allowed",
+        "non-root-user",
+        "mount-xvdc",
+        "host-node-on-own-disk",
+        "remount-dev",
+        "host-node-after-remount",
+        "done",
+    ] {
+        assert!(verdict(n).is_some(), "the probe did not report {n}:\n{log}");
+    }
+    // The handler's own errnos: EPERM for a device not the guest's (busybox
+    // says "permission denied (are you root?)" for EPERM alone: the
+    // kernel's EACCES at a `nodev` node reads "...failed: Permission
+    // denied"), ENODEV for a type not allowed.
+    let detail = |n: &str| verdict(n).map(|o| o.detail.clone()).unwrap_or_default();
+    assert!(
+        detail("planted-host-node").contains("permission denied (are you root?)"),
+        "{}",
+        detail("planted-host-node")
+    );
+    assert!(
+        detail("other-disk-node").contains("permission denied (are you root?)"),
+        "{}",
+        detail("other-disk-node")
+    );
+    assert!(
+        detail("type-not-allowed").contains("No such device"),
+        "{}",
+        detail("type-not-allowed")
+    );
+    assert!(
+        detail("non-root-user").contains("1000")
+            && detail("non-root-user").contains("permission denied (are you root?)"),
+        "{}",
+        detail("non-root-user")
+    );
+    assert!(
+        detail("remount-dev").contains("permission denied (are you root?)"),
+        "{}",
+        detail("remount-dev")
+    );
+    assert!(log.contains("pvguest shutdown reason=poweroff"), "{log}");
+    // Every mount above was made by the jailed runtime (its handler starts
+    // once the runtime is jailed).
+    assert!(
+        log.contains(&format!("pvguest jailed uid={}", xen_jail::domain_uid(id))),
+        "the runtime was jailed: {log}"
+    );
+
+    // Dom0 finds the guest's file in its disk's image, owned by uid 0.
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /hello"])
+        .arg(&second)
+        .output()?;
+    assert_eq!(stdout_of("debugfs cat", &out)?, "written-by-guest\n");
+    let owner = image_owner(&second, "/hello")?;
+    assert!(
+        owner.contains("User:     0") && owner.contains("Group:     0"),
+        "written as the image's root: {owner}"
+    );
+    // The host's canary device and the other guest are untouched.
+    let mut head = vec![0u8; canary_text.len()];
+    std::io::Read::read_exact(&mut std::fs::File::open(&host_loop.0)?, &mut head)?;
+    assert_eq!(head, canary_text.as_bytes());
+    let beats = |log: &str| log.lines().filter(|l| l.starts_with("beat-")).count();
+    let before = beats(&host.guest_log(&other));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        beats(&host.guest_log(&other)) > before,
+        "the other guest's heartbeat goes on"
     );
     Ok(())
 }
