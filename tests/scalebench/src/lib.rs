@@ -67,6 +67,10 @@ pub struct Args {
     /// Print every Kth guest's row (the first and the last always).
     #[arg(long, default_value_t = 1)]
     pub every: u32,
+    /// Keep the guests up this long after the last one came up (to look
+    /// at them) before destroying them (seconds).
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
     /// The directory of `xl`, `xen-supervise`, `backendd`, `xen-pvguest`,
     /// `xen-shimd` and `xenstored` (default: this binary's).
     #[arg(long)]
@@ -405,6 +409,7 @@ pub fn run(args: &Args) -> Result<Report> {
             }
         }
     }
+    std::thread::sleep(Duration::from_secs(args.hold_secs));
     let t = Instant::now();
     host.destroy_guests();
     let destroy_all = t.elapsed();
