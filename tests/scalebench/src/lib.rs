@@ -486,7 +486,15 @@ fn one_guest(
             if log.contains(&prompt_mark) {
                 prompt = Some(t0.elapsed());
             } else if log.contains("pvguest frontend-failed") || log.contains("pvguest shutdown") {
-                bail!("the guest failed to boot; its console:\n{}", tail(&log, 20));
+                bail!(
+                    "the guest failed to boot; its console:\n{}\nbackendd's log:\n{}",
+                    tail(&log, 20),
+                    tail(
+                        &std::fs::read_to_string(host.rundir().join("backendd.log"))
+                            .unwrap_or_default(),
+                        20
+                    )
+                );
             }
         }
         if Instant::now() >= deadline {
