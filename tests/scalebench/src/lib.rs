@@ -94,6 +94,9 @@ pub struct Row {
     pub guest_pss_kib: u64,
     /// RSS of `backendd` (KiB).
     pub backendd_kib: u64,
+    /// Its anonymous part (`RssAnon`, KiB): the rest is mostly the guests'
+    /// shared memory it maps (rings, grants), counted in `/dev/shm` too.
+    pub backendd_anon_kib: u64,
     /// RSS of `xenstored` (KiB).
     pub xenstored_kib: u64,
     /// RSS of `xen-shimd` (KiB).
@@ -116,6 +119,8 @@ pub struct Report {
     /// Dom0 services' RSS before the first guest (backendd, xenstored,
     /// xen-shimd; KiB).
     pub baseline_kib: [u64; 3],
+    /// backendd's `RssAnon` before the first guest (KiB).
+    pub baseline_anon_kib: u64,
     /// One row per guest that came up.
     pub rows: Vec<Row>,
     /// Why it stopped before `--guests` (`None`: it did not).
@@ -147,11 +152,11 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| guest | domid | xl create ms | to Connected ms | to shell ms | runtime+monitor PSS MiB | backendd RSS MiB | xenstored RSS MiB | xen-shimd RSS MiB | /dev/shm MiB | xs read p50 µs | xs read p99 µs | load |"
+            "| guest | domid | xl create ms | to Connected ms | to shell ms | runtime+monitor PSS MiB | backendd RSS MiB | backendd anon MiB | xenstored RSS MiB | xen-shimd RSS MiB | /dev/shm MiB | xs read p50 µs | xs read p99 µs | load |"
         );
         let _ = writeln!(
             s,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let last = self.rows.last().map_or(0, |r| r.n);
         let every = self.args.every.max(1);
@@ -161,7 +166,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 r.n,
                 r.domid,
                 ms(r.xl_create),
@@ -169,6 +174,7 @@ impl Report {
                 ms(r.prompt),
                 mib(r.guest_pss_kib),
                 mib(r.backendd_kib),
+                mib(r.backendd_anon_kib),
                 mib(r.xenstored_kib),
                 mib(r.shimd_kib),
                 mib(r.shm_kib),
@@ -191,6 +197,8 @@ impl Report {
             let services = |r: &Row| r.backendd_kib + r.xenstored_kib + r.shimd_kib;
             let base: u64 = self.baseline_kib.iter().sum();
             let per_guest_services = services(lastr).saturating_sub(base) as f64 / n;
+            let anon0 = self.baseline_anon_kib;
+            let per_guest_anon = lastr.backendd_anon_kib.saturating_sub(anon0) as f64 / n;
             let mean_guest = self.rows.iter().map(|r| r.guest_pss_kib).sum::<u64>() as f64 / n;
             let _ = writeln!(
                 s,
@@ -208,9 +216,10 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "- Dom0 memory per guest: {:.2} MiB of services (backendd+xenstored+xen-shimd RSS growth over {} MiB at start, divided by the guests) + {:.2} MiB runtime and monitor PSS + {:.2} MiB of guest memory files in /dev/shm.",
+                "- Dom0 memory per guest: {:.2} MiB of services (backendd+xenstored+xen-shimd RSS growth over {} MiB at start, divided by the guests; backendd's anonymous memory {:.2} MiB of it, the rest the guests' shared memory it maps) + {:.2} MiB runtime and monitor PSS + {:.2} MiB of guest memory files in /dev/shm.",
                 per_guest_services / 1024.0,
                 mib(base),
+                per_guest_anon / 1024.0,
                 mean_guest / 1024.0,
                 lastr.shm_kib as f64 / 1024.0 / n,
             );
@@ -243,6 +252,16 @@ fn rss_pss(pid: i32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("Rss:"), field("Pss:"))
+}
+
+/// `RssAnon` of process `pid` in KiB (`/proc/PID/status`).
+fn rss_anon(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Pids whose command line contains every one of `words`.
@@ -383,6 +402,7 @@ pub fn run(args: &Args) -> Result<Report> {
         ]
     };
     let baseline_kib = services(&host);
+    let baseline_anon_kib = host.backendd_pid().map_or(0, rss_anon);
     let mut rows = Vec::new();
     let mut stop = None;
     for n in 1..=args.guests {
@@ -393,6 +413,7 @@ pub fn run(args: &Args) -> Result<Report> {
                 row.xenstored_kib = x;
                 row.shimd_kib = s;
                 row.shm_kib = allocated_kib(&host.mem_dir);
+                row.backendd_anon_kib = host.backendd_pid().map_or(0, rss_anon);
                 eprintln!(
                     "scalebench: guest {n} up: connected {} ms, shell {} ms, load {:.2}",
                     ms(row.connected),
@@ -420,6 +441,7 @@ pub fn run(args: &Args) -> Result<Report> {
     Ok(Report {
         args: args.clone(),
         baseline_kib,
+        baseline_anon_kib,
         rows,
         stop,
         destroy_all,
@@ -540,6 +562,7 @@ fn one_guest(
         prompt: prompt.unwrap_or_default(),
         guest_pss_kib,
         backendd_kib: 0,
+        backendd_anon_kib: 0,
         xenstored_kib: 0,
         shimd_kib: 0,
         shm_kib: 0,

@@ -63,10 +63,11 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
         let shell: f64 = r[4].parse().expect("to shell ms");
         let guest_mib: f64 = r[5].parse().expect("runtime PSS");
         let backendd_mib: f64 = r[6].parse().expect("backendd RSS");
-        let xs_p50: f64 = r[10].parse().expect("xs p50");
+        let backendd_anon: f64 = r[7].parse().expect("backendd anon");
+        let xs_p50: f64 = r[11].parse().expect("xs p50");
         assert!(connected > 0.0 && shell > 0.0, "{stdout}");
         assert!(
-            guest_mib > 0.1 && backendd_mib > 0.1,
+            guest_mib > 0.1 && backendd_mib > 0.1 && backendd_anon > 0.1,
             "memory measured:\n{stdout}"
         );
         assert!(xs_p50 > 0.0, "{stdout}");
