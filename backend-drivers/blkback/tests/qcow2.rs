@@ -1,8 +1,10 @@
 //! The qcow2 engine against images made and checked by QEMU's own tools:
 //! `qemu-img create` (v3 and v2, several cluster sizes), `qemu-io` (data
 //! QEMU wrote, read by us), `qemu-img check` (clean after our writes) and
-//! `qemu-img convert -O raw` (our writes, read by QEMU). Negative: corrupt
-//! tables, backing files, compressed clusters. Needs qemu-utils
+//! `qemu-img convert -O raw` (our writes, read by QEMU), overlays on raw
+//! and qcow2 backing chains (`qemu-img create -b -F`). Negative: corrupt
+//! tables, backing loops, chains too deep, missing backing files,
+//! compressed clusters. Needs qemu-utils
 //! (`apt-get install qemu-utils`).
 
 use std::path::{Path, PathBuf};
@@ -309,34 +311,292 @@ fn test_qcow2_corrupt_l2_entry_fails_reads_fatally_without_panic() {
 }
 
 #[test]
-fn test_qcow2_backing_file_and_bad_magic_are_refused_clearly() {
+fn test_qcow2_bad_magic_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = create(dir.path(), "base.qcow2", "compat=1.1", "8M");
-    let over = dir.path().join("over.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            base.to_str().expect("utf-8"),
-            over.to_str().expect("utf-8"),
-        ],
-    );
-    let e = Qcow2Image::open(&over, false, false).expect_err("refused");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("backing file") && msg.contains("base.qcow2"),
-        "{msg}"
-    );
     let raw = dir.path().join("raw.img");
     std::fs::write(&raw, vec![0u8; 65536]).expect("raw");
     let e = Qcow2Image::open(&raw, false, false).expect_err("not qcow2");
     assert!(matches!(e, Qcow2Error::NotQcow2 { .. }), "{e:?}");
+}
+
+/// `qemu-img create -f qcow2 -b backing -F fmt` in `dir` (the backing name
+/// as given, relative to the overlay's directory), `-u` when the backing
+/// file need not exist.
+fn overlay(dir: &Path, name: &str, opts: &str, backing: &str, fmt: &str, size: &str) -> PathBuf {
+    let p = dir.join(name);
+    let path = p.to_str().expect("utf-8");
+    let mut args = vec![
+        "create", "-q", "-f", "qcow2", "-o", opts, "-F", fmt, "-b", backing, path,
+    ];
+    if !size.is_empty() {
+        args.insert(1, "-u");
+        args.push(size);
+    }
+    ok("qemu-img", &args);
+    p
+}
+
+/// Writes at offsets that cover clusters partly (copy-on-write of the
+/// backing data), wholly, past the end of the backing image and across
+/// clusters, against a model of backing plus writes; then QEMU's check of
+/// the overlay and QEMU's view of the whole chain.
+fn overlay_roundtrip(img: &Qcow2Image, over: &Path, dir: &Path, mut model: Vec<u8>, cl: u64) {
+    let size = DiskImage::size(img);
+    assert_eq!(model.len() as u64, size);
+    let got = read(img, 0, size as usize).expect("read all");
+    assert!(
+        got == model,
+        "the overlay does not read as its backing chain"
+    );
+    let writes: &[(u64, usize)] = &[
+        (512, 512),                              // partial: the rest of the cluster copied
+        (cl, cl as usize),                       // a whole cluster
+        (3 * cl - 1024, 2048),                   // across two clusters, both partial
+        (5 * cl + 4096, cl as usize),            // two partial clusters
+        (size - 2 * cl - 512, 1024),             // past the backing image's end
+        (size / 2 / 512 * 512, 3 * cl as usize), // whole and partial
+    ];
+    for (i, &(off, len)) in writes.iter().enumerate() {
+        let mut d = pattern(100 + i as u64, len);
+        model[off as usize..off as usize + len].copy_from_slice(&d);
+        write(img, off, &mut d).expect("write");
+    }
+    let got = read(img, 0, size as usize).expect("read all after writes");
+    assert!(got == model, "the overlay reads other data after writes");
+    img.flush().expect("flush");
+    check_clean(over);
+    assert!(
+        as_raw(over, dir) == model,
+        "QEMU reads other data through the chain"
+    );
+}
+
+#[test]
+fn test_qcow2_overlay_on_raw_base_reads_base_and_copies_on_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cl = 65536u64;
+    // The base is shorter than the overlay: past its end reads as zeros.
+    let base_len = (8 << 20) + 3 * 512;
+    let base = pattern(7, base_len);
+    std::fs::write(dir.path().join("base.raw"), &base).expect("base");
+    let over = overlay(
+        dir.path(),
+        "over.qcow2",
+        "compat=1.1",
+        "base.raw",
+        "raw",
+        "",
+    );
+    ok(
+        "qemu-img",
+        &["resize", "-q", over.to_str().expect("utf-8"), "16M"],
+    );
+    let mut model = vec![0u8; 16 << 20];
+    model[..base_len].copy_from_slice(&base);
+    {
+        let img = Qcow2Image::open(&over, false, true).expect("open the overlay");
+        overlay_roundtrip(&img, &over, dir.path(), model.clone(), cl);
+    }
+    // The base is untouched.
+    assert!(std::fs::read(dir.path().join("base.raw")).expect("base") == base);
+    // The overlay found its base by the relative name from another cwd.
+    let info = ok("qemu-img", &["info", over.to_str().expect("utf-8")]);
+    assert!(info.contains("backing file: base.raw"), "{info}");
+}
+
+#[test]
+fn test_qcow2_overlay_chain_on_qcow2_and_raw_v2_small_clusters() {
+    // raw <- mid.qcow2 (data written by QEMU) <- top.qcow2 (v2, 4 KiB clusters).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let size = 4usize << 20;
+    let base = pattern(3, size);
+    std::fs::write(dir.path().join("base.raw"), &base).expect("base");
+    let mid = overlay(
+        dir.path(),
+        "mid.qcow2",
+        "compat=1.1,cluster_size=65536",
+        "base.raw",
+        "raw",
+        "",
+    );
+    let m = mid.to_str().expect("utf-8");
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0xab 65536 4096", m],
+    );
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -z 1048576 131072", m],
+    );
+    let mut model = base.clone();
+    model[65536..65536 + 4096].fill(0xab);
+    model[1 << 20..(1 << 20) + 131_072].fill(0);
+    let top = overlay(
+        dir.path(),
+        "top.qcow2",
+        "compat=0.10,cluster_size=4096",
+        "mid.qcow2",
+        "qcow2",
+        "",
+    );
+    {
+        let img = Qcow2Image::open(&top, false, true).expect("open the chain");
+        assert_eq!(img.version(), 2);
+        overlay_roundtrip(&img, &top, dir.path(), model, 4096);
+    }
+    check_clean(&mid);
+    // The middle image still reads as QEMU wrote it (nothing written there).
+    let mut mid_model = base;
+    mid_model[65536..65536 + 4096].fill(0xab);
+    mid_model[1 << 20..(1 << 20) + 131_072].fill(0);
+    assert!(
+        as_raw(&mid, dir.path()) == mid_model,
+        "the backing image changed"
+    );
+}
+
+#[test]
+fn test_qcow2_overlay_discard_reads_zeros_not_the_backing_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("base.raw"), vec![0x5au8; 1 << 20]).expect("base");
+    let over = overlay(
+        dir.path(),
+        "over.qcow2",
+        "compat=1.1",
+        "base.raw",
+        "raw",
+        "",
+    );
+    let img = Qcow2Image::open(&over, false, false).expect("open");
+    let mut d = vec![1u8; 131_072];
+    write(&img, 0, &mut d).expect("write");
+    img.discard(0, 131_072).expect("discard");
+    assert!(read(&img, 0, 131_072)
+        .expect("read")
+        .iter()
+        .all(|&b| b == 0));
+    assert!(read(&img, 131_072, 4096)
+        .expect("read")
+        .iter()
+        .all(|&b| b == 0x5a));
+    img.flush().expect("flush");
+    drop(img);
+    check_clean(&over);
+    let raw = as_raw(&over, dir.path());
+    assert!(raw[..131_072].iter().all(|&b| b == 0) && raw[131_072..].iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn test_qcow2_overlay_missing_backing_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let over = overlay(
+        dir.path(),
+        "over.qcow2",
+        "compat=1.1",
+        "gone.raw",
+        "raw",
+        "1M",
+    );
+    let e = Qcow2Image::open(&over, false, false).expect_err("refused");
+    assert!(matches!(e, Qcow2Error::Backing { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("backing file") && msg.contains("gone.raw"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn test_qcow2_backing_loop_and_too_deep_chain_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // a -> b -> a.
+    overlay(
+        dir.path(),
+        "b.qcow2",
+        "compat=1.1",
+        "a.qcow2",
+        "qcow2",
+        "1M",
+    );
+    let a = overlay(
+        dir.path(),
+        "a.qcow2",
+        "compat=1.1",
+        "b.qcow2",
+        "qcow2",
+        "1M",
+    );
+    let e = Qcow2Image::open(&a, false, false).expect_err("loop");
+    assert!(matches!(e, Qcow2Error::Chain { .. }), "{e:?}");
+    assert!(e.to_string().contains("loops"), "{e}");
+    // Itself as its backing file.
+    let s = overlay(
+        dir.path(),
+        "self.qcow2",
+        "compat=1.1",
+        "self.qcow2",
+        "qcow2",
+        "1M",
+    );
+    let e = Qcow2Image::open(&s, true, false).expect_err("self loop");
+    assert!(matches!(e, Qcow2Error::Chain { .. }), "{e:?}");
+    // A chain of MAX_CHAIN images opens; one more is refused.
+    std::fs::write(dir.path().join("c0.raw"), vec![9u8; 1 << 20]).expect("base");
+    let mut prev = ("c0.raw".to_string(), "raw");
+    let mut last = PathBuf::new();
+    for i in 1..=xen_blkback::io::qcow2::MAX_CHAIN {
+        let name = format!("c{i}.qcow2");
+        last = overlay(dir.path(), &name, "compat=1.1", &prev.0, prev.1, "1M");
+        prev = (name, "qcow2");
+    }
+    // c1..c{MAX_CHAIN-1} plus the raw base: MAX_CHAIN images.
+    let ok_top = dir
+        .path()
+        .join(format!("c{}.qcow2", xen_blkback::io::qcow2::MAX_CHAIN - 1));
+    let img = Qcow2Image::open(&ok_top, true, false).expect("a chain of MAX_CHAIN");
+    assert!(read(&img, 0, 4096).expect("read").iter().all(|&b| b == 9));
+    let e = Qcow2Image::open(&last, true, false).expect_err("too deep");
+    assert!(e.to_string().contains("deeper than"), "{e}");
+}
+
+#[test]
+fn test_qcow2_overlay_without_backing_format_is_refused_not_probed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("base.raw"), vec![0u8; 1 << 20]).expect("base");
+    let over = overlay(
+        dir.path(),
+        "over.qcow2",
+        "compat=1.1",
+        "base.raw",
+        "raw",
+        "",
+    );
+    // Turn the backing_fmt extension into an unknown (ignored) one.
+    let mut bytes = std::fs::read(&over).expect("read");
+    let magic = 0xe279_2acau32.to_be_bytes();
+    let at = bytes[..65536]
+        .windows(4)
+        .position(|w| w == magic)
+        .expect("backing_fmt extension");
+    bytes[at..at + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    std::fs::write(&over, bytes).expect("write");
+    let e = Qcow2Image::open(&over, false, false).expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("no recorded format") && msg.contains("base.raw"),
+        "{msg}"
+    );
+    // Bad formats are refused too.
+    let v = overlay(
+        dir.path(),
+        "vmdk.qcow2",
+        "compat=1.1",
+        "x.vmdk",
+        "vmdk",
+        "1M",
+    );
+    let e = Qcow2Image::open(&v, false, false).expect_err("vmdk");
+    assert!(e.to_string().contains("only raw and qcow2"), "{e}");
 }
 
 #[test]

@@ -543,6 +543,41 @@ pub fn private_dev() -> Result<(), BlockfileError> {
     Ok(())
 }
 
+/// `LOOP_CTL_GET_FREE` (`linux/loop.h`).
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+
+/// Makes sure the private `/dev` ([`private_dev`]) has the node of a free
+/// loop device, for the `losetup --find` that follows: `LOOP_CTL_GET_FREE`
+/// names the lowest free device (creating one when none is free), and its
+/// node is made when missing (its number from sysfs). [`private_dev`] has
+/// only the nodes of the devices that existed when it ran and `loop0..63`:
+/// with every one of those in use (the scale benchmark's 65th guest, each
+/// guest's root holding one), `losetup` found no node and failed with
+/// `ENOENT`. Returns the node's path.
+pub fn ensure_free_loop_node() -> Result<PathBuf, BlockfileError> {
+    let ctl = fs::File::open("/dev/loop-control").map_err(io_err("open /dev/loop-control"))?;
+    // SAFETY: an ioctl without argument on an fd we own.
+    let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+    if n < 0 {
+        return Err(io_err("LOOP_CTL_GET_FREE")(std::io::Error::last_os_error()));
+    }
+    let p = PathBuf::from(format!("/dev/loop{n}"));
+    if !p.exists() {
+        let rdev = fs::read_to_string(format!("/sys/devices/virtual/block/loop{n}/dev"))
+            .ok()
+            .and_then(|s| {
+                let (ma, mi) = s.trim().split_once(':')?;
+                Some(makedev(ma.parse().ok()?, mi.parse().ok()?))
+            })
+            .unwrap_or_else(|| makedev(LOOP_MAJOR, n as u64));
+        match mknod(&p, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), rdev) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(setup_err(format!("mknod {}", p.display()))(e)),
+        }
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,21 @@
 //! allocated again before the file grows, so discarding and rewriting
 //! does not grow the file.
 //!
-//! Refused with a clear error at open: backing files, encryption, internal
+//! Backing files (overlays made by `qemu-img create -b base -F fmt`): a
+//! cluster the overlay has not allocated reads from the backing image at
+//! the same guest offset (zeros past its end), a v3 zero cluster reads as
+//! zeros. The backing image is found by the header's name (relative to the
+//! overlay's directory, as QEMU does), opened read-only with the format
+//! named by the `backing_fmt` header extension (`raw` or `qcow2`, itself
+//! possibly with a backing file; an overlay without one is refused rather
+//! than probed, as a guest-written raw image could pose as qcow2). The chain
+//! is at most [`MAX_CHAIN`] images deep; a loop or a missing file is an
+//! error at open. A write to a cluster not yet in the overlay allocates it
+//! there, first copying the backing data of the cluster when the write does
+//! not cover it all (copy-on-write); a discard on an image with a backing
+//! file leaves a zero cluster (v3) rather than uncovering the backing data.
+//!
+//! Refused with a clear error at open: encryption, internal
 //! snapshots (on writable disks), external data files, extended L2
 //! entries, dirty or corrupt images, refcounts narrower than 8 bits, unknown
 //! incompatible features. Compressed clusters are refused when read or
@@ -52,6 +66,13 @@ const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
+
+/// Header extension: the backing file's format name.
+const EXT_BACKING_FMT: u32 = 0xe279_2aca;
+/// Images in a backing chain at most (the overlay included).
+pub const MAX_CHAIN: usize = 16;
+/// Longest backing file name (QEMU's limit).
+const MAX_BACKING_NAME: u32 = 1023;
 
 /// Errors of the qcow2 engine.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +147,28 @@ pub enum Qcow2Error {
     /// The metadata lock was poisoned by a panic.
     #[error("the metadata lock is poisoned")]
     Poisoned,
+    /// The backing file of an overlay could not be opened.
+    #[error("qcow2 image {path}: cannot open its backing file {backing}")]
+    Backing {
+        /// The overlay.
+        path: PathBuf,
+        /// The backing file, as resolved.
+        backing: PathBuf,
+        /// Cause.
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// The backing chain is too deep or loops.
+    #[error("qcow2 image {path}: backing chain {what}")]
+    Chain {
+        /// The image whose backing file closes the loop or is too deep.
+        path: PathBuf,
+        /// What, as a sentence.
+        what: String,
+    },
+    /// Reading the backing image failed.
+    #[error("reading the backing image failed")]
+    BackingIo(#[source] Box<ImageError>),
 }
 
 impl Qcow2Error {
@@ -164,6 +207,8 @@ fn be64(b: &[u8], at: usize) -> u64 {
 enum Ext {
     Host(u64),
     Zero,
+    /// Not in this image: in the backing image at the same guest offset.
+    Backing,
 }
 
 /// `len` bytes of the request from byte `at`.
@@ -203,6 +248,8 @@ pub struct Qcow2Image {
     hdr: Header,
     cluster_size: u64,
     readonly: bool,
+    /// The backing image (read-only), for overlays.
+    backing: Option<Box<dyn DiskImage>>,
     meta: Mutex<Meta>,
 }
 
@@ -210,6 +257,17 @@ impl Qcow2Image {
     /// Opens the qcow2 image at `path` (read-only if `readonly`); data
     /// transfers use `O_DIRECT` when `direct` and the filesystem accepts it.
     pub fn open(path: &Path, readonly: bool, direct: bool) -> Result<Self, Qcow2Error> {
+        Self::open_chain(path, readonly, direct, &mut Vec::new())
+    }
+
+    /// Opens `path` as one link of a backing chain; `seen` holds the
+    /// (device, inode) of the images above it.
+    fn open_chain(
+        path: &Path,
+        readonly: bool,
+        direct: bool,
+        seen: &mut Vec<(u64, u64)>,
+    ) -> Result<Self, Qcow2Error> {
         let open_err = |source| Qcow2Error::Open {
             path: path.to_path_buf(),
             source,
@@ -219,7 +277,9 @@ impl Qcow2Image {
             .write(!readonly)
             .open(path)
             .map_err(open_err)?;
-        let file_len = file.metadata().map_err(open_err)?.len();
+        let fmeta = file.metadata().map_err(open_err)?;
+        let file_len = fmeta.len();
+        enter_chain(path, &fmeta, seen)?;
         let not = || Qcow2Error::NotQcow2 {
             path: path.to_path_buf(),
         };
@@ -261,15 +321,24 @@ impl Qcow2Image {
             refcount_table_clusters: be32(&h, 56),
             refcount_order: if version == 3 { be32(&h, 96) } else { 4 },
         };
-        if backing_file_offset != 0 {
-            let mut name = vec![0u8; backing_file_size.min(1023) as usize];
-            let _ = read_up_to(&file, &mut name, backing_file_offset);
-            return Err(unsup(format!(
-                "it has a backing file ({:?}), which is not supported; make a standalone \
-                 image with `qemu-img convert -O qcow2`",
-                String::from_utf8_lossy(&name)
-            )));
-        }
+        let backing_name = if backing_file_offset != 0 {
+            if backing_file_size == 0 || backing_file_size > MAX_BACKING_NAME {
+                return Err(corrupt(format!(
+                    "its backing file name is {backing_file_size} bytes long (1 to \
+                     {MAX_BACKING_NAME})"
+                )));
+            }
+            let mut name = vec![0u8; backing_file_size as usize];
+            let got = read_up_to(&file, &mut name, backing_file_offset).map_err(open_err)?;
+            if got != name.len() {
+                return Err(corrupt(format!(
+                    "its backing file name at {backing_file_offset} is past the end of the file"
+                )));
+            }
+            Some(name)
+        } else {
+            None
+        };
         if be32(&h, 32) != 0 {
             return Err(unsup("it is encrypted, which is not supported".into()));
         }
@@ -392,6 +461,15 @@ impl Qcow2Image {
                     .map_err(meta_err("write of the autoclear features", 88))?;
             }
         }
+        let backing = match backing_name {
+            None => None,
+            Some(name) => {
+                let header_len = if version == 3 { be32(&h, 100) } else { 72 };
+                let fmt =
+                    backing_format(&file, header_len, cluster_size, file_len).map_err(corrupt)?;
+                Some(open_backing(path, &name, fmt.as_deref(), seen)?)
+            }
+        };
         let data = RawImage::open(path, readonly, direct).map_err(|e| match e {
             RawError::Open { path, source } => Qcow2Error::Open { path, source },
             e => Qcow2Error::Data(e),
@@ -403,6 +481,7 @@ impl Qcow2Image {
             hdr,
             cluster_size,
             readonly,
+            backing,
             meta: Mutex::new(Meta {
                 l1,
                 rt,
@@ -569,7 +648,11 @@ impl Qcow2Image {
             return Ok(Ext::Zero);
         }
         if off == 0 {
-            return Ok(Ext::Zero);
+            return Ok(if self.backing.is_some() {
+                Ext::Backing
+            } else {
+                Ext::Zero
+            });
         }
         if off % self.cluster_size != 0 || off.saturating_add(self.cluster_size) > m.file_len {
             return Err(self.corrupt(format!(
@@ -598,10 +681,10 @@ impl Qcow2Image {
             let n = (self.cluster_size - in_cl).min(len - done);
             let ext = match f(gcl, in_cl, n)? {
                 Ext::Host(h) => Ext::Host(h + in_cl),
-                Ext::Zero => Ext::Zero,
+                e => e,
             };
             let merged = match (out.last_mut(), ext) {
-                (Some(p), Ext::Zero) if p.ext == Ext::Zero => {
+                (Some(p), Ext::Zero | Ext::Backing) if p.ext == ext => {
                     p.len += n as usize;
                     true
                 }
@@ -774,13 +857,33 @@ impl Qcow2Image {
         Ok(t)
     }
 
-    /// The host cluster for a write to guest cluster `gcl`, allocated (or
-    /// zeroed, for a v3 zero cluster) as needed.
-    fn cluster_for_write(&self, m: &mut Meta, gcl: u64) -> Result<u64, Qcow2Error> {
+    /// The host cluster for a write of `n` bytes at `in_cl` of guest
+    /// cluster `gcl`, allocated (or zeroed, for a v3 zero cluster) as
+    /// needed; a cluster of the backing file is copied into the new one
+    /// first unless the write covers it all.
+    fn cluster_for_write(
+        &self,
+        m: &mut Meta,
+        gcl: u64,
+        in_cl: u64,
+        n: u64,
+    ) -> Result<u64, Qcow2Error> {
         let l2off = self.l2_table_for_write(m, gcl)?;
         let i = (gcl % self.l2_entries()) as usize;
         let e = self.load_l2(m, l2off)?[i];
         match self.classify(m, gcl, e)? {
+            Ext::Backing => {
+                let h = self.alloc_cluster(m)?;
+                if let Some(b) = &self.backing {
+                    let start = gcl * self.cluster_size;
+                    if !(in_cl == 0 && n == self.cluster_size) && start < b.size() {
+                        self.copy_up(b.as_ref(), start, h)?;
+                    }
+                }
+                // The L2 entry only once the cluster holds the backing data.
+                self.set_l2(m, l2off, i, h | COPIED)?;
+                Ok(h)
+            }
             Ext::Host(h) => {
                 if e & COPIED == 0 {
                     return Err(Qcow2Error::Shared(gcl * self.cluster_size));
@@ -806,13 +909,32 @@ impl Qcow2Image {
         }
     }
 
+    /// Copies the backing data of the guest cluster at `start` to host
+    /// cluster `h`.
+    fn copy_up(&self, backing: &dyn DiskImage, start: u64, h: u64) -> Result<(), Qcow2Error> {
+        let mut buf = vec![0u8; self.cluster_size as usize];
+        let v = [IoVec {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }];
+        // SAFETY: `buf` is owned here and not otherwise borrowed during the call.
+        unsafe { read_backing(backing, &v, start) }?;
+        self.write_meta(h, &buf, "copy-on-write of a backing cluster")
+    }
+
     /// Runs `pieces` over `iov`: host pieces through the data file, zero
     /// pieces zero-filled (reads) or skipped (never for writes).
     ///
     /// # Safety
     ///
     /// As [`DiskImage::readv`] / [`DiskImage::writev`].
-    unsafe fn run(&self, iov: &[IoVec], pieces: &[Piece], write: bool) -> Result<(), Qcow2Error> {
+    unsafe fn run(
+        &self,
+        iov: &[IoVec],
+        offset: u64,
+        pieces: &[Piece],
+        write: bool,
+    ) -> Result<(), Qcow2Error> {
         for p in pieces {
             let sub = iov::slice(iov, p.at, p.len);
             match p.ext {
@@ -824,6 +946,15 @@ impl Qcow2Image {
                     // SAFETY: as above (writable for reads; writes never
                     // produce zero pieces).
                     unsafe { iov::zero(&sub) };
+                    Ok(())
+                }
+                Ext::Backing => {
+                    // Writes never produce backing pieces.
+                    let b = self.backing.as_deref().ok_or_else(|| {
+                        self.corrupt("a backing piece without a backing file".into())
+                    })?;
+                    // SAFETY: as above.
+                    unsafe { read_backing(b, &sub, offset + p.at as u64) }?;
                     Ok(())
                 }
             }
@@ -848,7 +979,7 @@ impl Qcow2Image {
             })?
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.run(iov, &pieces, false) }
+        unsafe { self.run(iov, offset, &pieces, false) }
     }
 
     /// Writes the buffers at `offset..`, allocating clusters.
@@ -864,12 +995,12 @@ impl Qcow2Image {
         self.check_range(offset, len)?;
         let pieces = {
             let mut m = self.lock()?;
-            self.for_clusters(offset, len, |gcl, _, _| {
-                Ok(Ext::Host(self.cluster_for_write(&mut m, gcl)?))
+            self.for_clusters(offset, len, |gcl, in_cl, n| {
+                Ok(Ext::Host(self.cluster_for_write(&mut m, gcl, in_cl, n)?))
             })?
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.run(iov, &pieces, true) }
+        unsafe { self.run(iov, offset, &pieces, true) }
     }
 
     /// `fdatasync`: data and metadata are durable.
@@ -904,7 +1035,14 @@ impl Qcow2Image {
                 continue;
             }
             self.classify(&m, gcl, e & !ZERO)?;
-            self.set_l2(&mut m, l2off, i, 0)?;
+            // With a backing file, an empty entry would uncover the
+            // backing data: v3 marks the cluster zero, v2 keeps it.
+            let empty = match (&self.backing, self.hdr.version) {
+                (None, _) => 0,
+                (Some(_), 3) => ZERO,
+                (Some(_), _) => continue,
+            };
+            self.set_l2(&mut m, l2off, i, empty)?;
             self.set_refcount(&mut m, h, 0, 0)?;
             punch_hole(&self.file, h, self.cluster_size);
             if m.free.len() < MAX_FREE {
@@ -913,6 +1051,157 @@ impl Qcow2Image {
         }
         Ok(())
     }
+}
+
+/// The `backing_fmt` header extension, if any: the extensions run from
+/// `header_len` to the end of the first cluster.
+fn backing_format(
+    file: &File,
+    header_len: u32,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<Option<String>, String> {
+    let end = cluster_size.min(file_len);
+    let mut at = u64::from(header_len);
+    if at < 72 || at > end {
+        return Err(format!(
+            "its header length {header_len} is outside the first cluster"
+        ));
+    }
+    let mut buf = vec![0u8; (end - at) as usize];
+    read_up_to(file, &mut buf, at).map_err(|e| format!("its header extensions: {e}"))?;
+    let base = at;
+    while at + 8 <= end {
+        let i = (at - base) as usize;
+        let (ty, len) = (be32(&buf, i), u64::from(be32(&buf, i + 4)));
+        if ty == 0 {
+            return Ok(None);
+        }
+        let data = at + 8;
+        if data + len > end {
+            return Err(format!(
+                "header extension {ty:#x} of {len} bytes at {at} runs past the first cluster"
+            ));
+        }
+        if ty == EXT_BACKING_FMT {
+            let d = &buf[(data - base) as usize..(data - base + len) as usize];
+            return Ok(Some(String::from_utf8_lossy(d).into_owned()));
+        }
+        at = data + len.div_ceil(8) * 8;
+    }
+    Ok(None)
+}
+
+/// Adds the image at `path` to the chain `seen` (the images above it):
+/// a loop or a chain longer than [`MAX_CHAIN`] is an error.
+fn enter_chain(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<(), Qcow2Error> {
+    use std::os::unix::fs::MetadataExt;
+    let id = (meta.dev(), meta.ino());
+    if seen.contains(&id) {
+        return Err(Qcow2Error::Chain {
+            path: path.to_path_buf(),
+            what: "loops: this image is its own backing file (directly or through others)".into(),
+        });
+    }
+    if seen.len() >= MAX_CHAIN {
+        return Err(Qcow2Error::Chain {
+            path: path.to_path_buf(),
+            what: format!("is deeper than {MAX_CHAIN} images"),
+        });
+    }
+    seen.push(id);
+    Ok(())
+}
+
+/// Opens the backing file `name` of the overlay at `overlay` (relative
+/// names are relative to the overlay's directory), read-only, as `fmt`.
+fn open_backing(
+    overlay: &Path,
+    name: &[u8],
+    fmt: Option<&str>,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<Box<dyn DiskImage>, Qcow2Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let unsup = |what: String| Qcow2Error::Unsupported {
+        path: overlay.to_path_buf(),
+        what,
+    };
+    let shown = String::from_utf8_lossy(name).into_owned();
+    if name.contains(&0) || name.starts_with(b"json:") {
+        return Err(unsup(format!(
+            "its backing file name {shown:?} is not a file name (json: and NUL are not supported)"
+        )));
+    }
+    let rel = Path::new(std::ffi::OsStr::from_bytes(name));
+    let backing = if rel.is_absolute() {
+        rel.to_path_buf()
+    } else {
+        overlay.parent().unwrap_or(Path::new(".")).join(rel)
+    };
+    let wrap = |e: ImageError| Qcow2Error::Backing {
+        path: overlay.to_path_buf(),
+        backing: backing.clone(),
+        source: Box::new(e),
+    };
+    match fmt {
+        Some("raw") => {
+            let img = RawImage::open(&backing, true, false).map_err(|e| wrap(e.into()))?;
+            let meta = std::fs::metadata(&backing).map_err(|e| {
+                wrap(
+                    RawError::Open {
+                        path: backing.clone(),
+                        source: e,
+                    }
+                    .into(),
+                )
+            })?;
+            enter_chain(&backing, &meta, seen)?;
+            Ok(Box::new(img))
+        }
+        Some("qcow2") => match Qcow2Image::open_chain(&backing, true, false, seen) {
+            Ok(img) => Ok(Box::new(img)),
+            // Chain errors name the image where the chain breaks already.
+            Err(e @ Qcow2Error::Chain { .. }) => Err(e),
+            Err(e) => Err(wrap(e.into())),
+        },
+        Some(other) => Err(unsup(format!(
+            "its backing file {shown:?} has format {other:?}; only raw and qcow2 are supported"
+        ))),
+        None => Err(unsup(format!(
+            "its backing file {shown:?} has no recorded format (the backing_fmt header \
+             extension), and probing is unsafe; record it with `qemu-img rebase -u -F raw|qcow2 \
+             -b {shown} OVERLAY`"
+        ))),
+    }
+}
+
+/// Reads `len` bytes at guest `offset` of `backing` into `iov`, zeros past
+/// its end.
+///
+/// # Safety
+///
+/// As [`DiskImage::readv`].
+unsafe fn read_backing(
+    backing: &dyn DiskImage,
+    iov: &[IoVec],
+    offset: u64,
+) -> Result<(), Qcow2Error> {
+    let len = iov::total(iov);
+    let inside = backing.size().saturating_sub(offset).min(len as u64) as usize;
+    if inside > 0 {
+        let sub = iov::slice(iov, 0, inside);
+        // SAFETY: `sub` lies inside the caller's buffers.
+        unsafe { backing.readv(&sub, offset) }.map_err(|e| Qcow2Error::BackingIo(Box::new(e)))?;
+    }
+    if inside < len {
+        // SAFETY: as above.
+        unsafe { iov::zero(&iov::slice(iov, inside, len - inside)) };
+    }
+    Ok(())
 }
 
 /// `fallocate(PUNCH_HOLE)`; whether the range now reads as zeros.
