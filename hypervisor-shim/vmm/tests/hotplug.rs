@@ -3,8 +3,8 @@
 //! the toolstack adds while it runs, uses them (the disk self-test's
 //! checksummed round trip; a smoltcp interface Dom0 pings), and takes them
 //! down when the toolstack detaches them (frontend Closed, grants ended,
-//! the device out of its table). Attach and detach write libxl's nodes
-//! with the toolstack's code ([`common::hotplug`]).
+//! the device out of its table). Attach and detach are `xl block-attach`,
+//! `network-attach` and their detaches ([`common::hotplug`]).
 //!
 //! Checked from Dom0: the backend file holds the guest's pattern, the
 //! TAP comes and goes, the nodes are gone, and after a detach the guest's

@@ -1,11 +1,10 @@
-//! Device hotplug as libxl does it, for the tests, in one place (to be
-//! swapped for `xl block-attach` / `network-attach` / `*-detach` when they
-//! land): an attach writes the device's frontend and backend nodes with
-//! the toolstack's own plan (`xsplan::disk_ops`, `network::vif_ops`,
-//! `toolstack::apply`, the code `xl create` uses); a detach is libxl's
-//! `libxl__initiate_device_generic_remove`: the backend's `online` = 0 and
-//! `state` = Closing in one transaction, a wait until the backend and the
-//! frontend are both Closed, then both directories removed.
+//! Device hotplug for the tests, in one place: attach and detach are the
+//! real `xl block-attach` / `network-attach` / `block-detach` /
+//! `network-detach` (libxl's protocol: both directories in one
+//! transaction, both ends Connected; `online` = 0 and `state` = Closing,
+//! both ends Closed, both directories removed). A disk no backend serves
+//! (a backend the test plays) is written with the toolstack's own plan
+//! (`xsplan::disk_ops`, `toolstack::apply`, the code `xl create` uses).
 //!
 //! Also the leak probe: the grants a domain has granted (its grant table
 //! as the shim sees it) and the grant mappings Dom0 holds on it (the pins
@@ -20,18 +19,29 @@ use xen_xl::vif::VifSpec;
 use xen_xl::xsplan::{disk_backend_path, vbd_frontend_path, BackendDisk};
 use xenstore_client::{Client, XsOps};
 
-use super::Host;
+use super::{ok, Host};
 
 /// The backend domain (Dom0).
 const BACKEND: u16 = 0;
 
-/// A device attached by [`block_attach`] or [`network_attach`].
+/// How a device is detached.
+#[derive(Debug, Clone)]
+enum Detach {
+    /// `xl block-detach DOM VDEV`.
+    Block(String),
+    /// `xl network-detach DOM DEVID`.
+    Network(u32),
+}
+
+/// A device attached by [`block_attach`], [`network_attach`] or
+/// [`played_disk_attach`].
 #[derive(Debug, Clone)]
 pub struct Attached {
     /// Its frontend directory.
     pub frontend: String,
     /// Its backend directory.
     pub backend: String,
+    how: Detach,
 }
 
 fn client(h: &Host) -> Client {
@@ -39,22 +49,27 @@ fn client(h: &Host) -> Client {
 }
 
 /// Attaches disk `spec` (an xl disk specification of a raw image) to
-/// domain `domid`, as `xl block-attach` (libxl) writes it.
+/// domain `domid` with `xl block-attach` (which returns once both ends
+/// are Connected).
 pub fn block_attach(h: &Host, domid: u16, spec: &str) -> Attached {
     let disk = DiskSpec::parse(spec).unwrap_or_else(|e| panic!("disk spec {spec:?}: {e}"));
     let target = disk.target.clone().expect("a disk target");
     let b = BackendDisk::vbd(&target, false);
-    let ops = xen_xl::xsplan::disk_ops(domid, BACKEND, &disk, &b);
-    xen_xl::toolstack::apply(&client(h), &ops).expect("write the disk's nodes");
+    ok(
+        "xl block-attach",
+        &h.xl(&["block-attach", &domid.to_string(), spec]),
+    );
     Attached {
         frontend: vbd_frontend_path(domid, disk.devid),
         backend: disk_backend_path(b.kind, BACKEND, domid, disk.devid),
+        how: Detach::Block(disk.vdev.clone()),
     }
 }
 
 /// Attaches disk `spec` with libxl's nodes but a backend directory of
 /// kind `kind` that no backend serves: the test plays the backend by
-/// writing its nodes (a hostile or broken backend).
+/// writing its nodes (a hostile or broken backend). `xl block-detach`
+/// removes it as any other.
 pub fn played_disk_attach(h: &Host, domid: u16, spec: &str, kind: &'static str) -> Attached {
     let disk = DiskSpec::parse(spec).unwrap_or_else(|e| panic!("disk spec {spec:?}: {e}"));
     let b = BackendDisk {
@@ -67,19 +82,28 @@ pub fn played_disk_attach(h: &Host, domid: u16, spec: &str, kind: &'static str) 
     Attached {
         frontend: vbd_frontend_path(domid, disk.devid),
         backend: disk_backend_path(b.kind, BACKEND, domid, disk.devid),
+        how: Detach::Block(disk.vdev.clone()),
     }
 }
 
-/// Attaches vif `devid` (an xl vif specification with its `mac=`) to
-/// domain `domid`, as `xl network-attach` (libxl) writes it.
+/// Attaches vif `spec` (an xl vif specification with its `mac=`) to
+/// domain `domid` with `xl network-attach`, which must give it `devid`
+/// (the next free one).
 pub fn network_attach(h: &Host, domid: u16, devid: u32, spec: &str) -> Attached {
-    let vif = VifSpec::parse(spec).unwrap_or_else(|e| panic!("vif spec {spec:?}: {e}"));
-    let mac = vif.mac.expect("a mac= in the vif spec");
-    let ops = xen_xl::network::vif_ops(domid, BACKEND, devid, &vif, mac);
-    xen_xl::toolstack::apply(&client(h), &ops).expect("write the vif's nodes");
+    VifSpec::parse(spec).unwrap_or_else(|e| panic!("vif spec {spec:?}: {e}"));
+    ok(
+        "xl network-attach",
+        &h.xl(&["network-attach", &domid.to_string(), spec]),
+    );
+    let frontend = xen_xl::network::vif_frontend_path(domid, devid);
+    assert!(
+        h.xs_read(&format!("{frontend}/state")).is_some(),
+        "xl network-attach gave the vif another devid than {devid}"
+    );
     Attached {
-        frontend: xen_xl::network::vif_frontend_path(domid, devid),
+        frontend,
         backend: xen_xl::network::vif_backend_path(BACKEND, domid, devid),
+        how: Detach::Network(devid),
     }
 }
 
@@ -102,39 +126,36 @@ pub fn wait_node(h: &Host, name: &str, path: &str, want: &str, timeout: Duration
     }
 }
 
-/// Detaches a device of guest `name` as libxl does: `online` = 0 and
-/// `state` = 5 (Closing) in one transaction, both ends Closed (6) within
-/// `timeout`, then both directories removed.
+/// Detaches a device of guest `name` with `xl block-detach` /
+/// `xl network-detach` (libxl's: `online` = 0 and `state` = 5 (Closing),
+/// both ends Closed (6), then both directories removed), and checks both
+/// directories are gone. `timeout` bounds the wait for the nodes to go.
 pub fn detach(h: &Host, name: &str, d: &Attached, timeout: Duration) {
-    let xs = client(h);
-    xs.transaction(|tx| {
-        tx.write(&format!("{}/online", d.backend), "0")?;
-        tx.write(&format!("{}/state", d.backend), "5")?;
-        Ok(())
-    })
-    .expect("write online = 0, state = Closing");
-    wait_node(
-        h,
-        name,
-        &format!("{}/state", d.frontend),
-        "6",
-        timeout,
-        "the frontend closes",
-    );
-    wait_node(
-        h,
-        name,
-        &format!("{}/state", d.backend),
-        "6",
-        timeout,
-        "the backend closes",
-    );
-    xs.transaction(|tx| {
-        tx.rm(&d.frontend)?;
-        tx.rm(&d.backend)?;
-        Ok(())
-    })
-    .expect("remove the device's directories");
+    let out = match &d.how {
+        Detach::Block(vdev) => h.xl(&["block-detach", name, vdev]),
+        Detach::Network(devid) => h.xl(&["network-detach", name, &devid.to_string()]),
+    };
+    if !out.status.success() {
+        panic!(
+            "xl detach of {}: {}\nconsole log of {name}:\n{}\nVMM log:\n{}",
+            d.frontend,
+            String::from_utf8_lossy(&out.stderr),
+            h.log(name),
+            h.vmm_log(name)
+        );
+    }
+    let t0 = Instant::now();
+    while h.xs_read(&format!("{}/state", d.frontend)).is_some()
+        || h.xs_read(&format!("{}/state", d.backend)).is_some()
+    {
+        assert!(
+            t0.elapsed() < timeout,
+            "{} or {} still there after xl's detach",
+            d.frontend,
+            d.backend
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// What a domain holds in grants: entries it grants (any type but
