@@ -35,6 +35,7 @@ pub mod disk;
 pub mod info;
 pub mod mem;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod network;
 pub mod resources;

@@ -596,29 +596,56 @@ const HVM_PARAM_STORE_EVTCHN: u64 = 2;
 const HVM_PARAM_CONSOLE_PFN: u64 = 17;
 const HVM_PARAM_CONSOLE_EVTCHN: u64 = 18;
 
-/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) to
-/// `file` (opened by the toolstack: a jailed VMM opens no host path): the xl header with `config`, the memory file's pages, the TSC, the HVM
-/// context and params. Returns (pages, bytes); the file is synced.
-pub fn save_file(
-    file: File,
-    hv: &Hypervisor,
-    cpu: &KvmVcpuState,
-    config: &[u8],
-    tsc_khz: u64,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<(u64, u64), SnapshotError> {
-    let io = |what| move |source| SnapshotError::Io { what, source };
-    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+/// Starts a save stream on `out`: the xl header with `config`, libxl's and
+/// libxc's headers (Xen 4.17, HVM).
+pub fn begin_stream<W: Write>(out: W, config: &[u8]) -> Result<StreamWriter<W>, SnapshotError> {
     let header = XlHeader {
         config: config.to_vec(),
         json: false,
     };
-    let mut w =
-        StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(io("write the save file"))?;
-    let total = hv.memory().len() as u64;
-    let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
-        progress(done, total)
-    })?;
+    StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(|source| SnapshotError::Io {
+        what: "write the save stream",
+        source,
+    })
+}
+
+/// Writes pages `pfns` (ascending, each below the memory file's end) of the
+/// memory file `file` as PAGE_DATA records, zero pages included (a page sent
+/// in an earlier round may have been zeroed since). Returns the pages written.
+pub fn write_pfns<W: Write>(
+    file: &File,
+    pfns: &[u64],
+    out: &mut StreamWriter<W>,
+) -> Result<u64, SnapshotError> {
+    let mut stats = MemoryStats::default();
+    let mut batch: Vec<u64> = Vec::with_capacity(MAX_BATCH_PAGES);
+    let mut data: Vec<u8> = Vec::with_capacity(MAX_BATCH_PAGES * PAGE_SIZE);
+    let mut page = vec![0u8; PAGE_SIZE];
+    for &pfn in pfns {
+        file.read_exact_at(&mut page, pfn * PAGE_SIZE as u64)
+            .map_err(|source| SnapshotError::Io {
+                what: "read the memory file",
+                source,
+            })?;
+        batch.push(pfn);
+        data.extend_from_slice(&page);
+        if batch.len() == MAX_BATCH_PAGES {
+            flush(out, &mut batch, &mut data, &mut stats)?;
+        }
+    }
+    flush(out, &mut batch, &mut data, &mut stats)?;
+    Ok(stats.pages)
+}
+
+/// Ends a save stream: X86_TSC_INFO, HVM_CONTEXT (vCPU 0's state `cpu`),
+/// HVM_PARAMS of the domain `hv`, the END records; flushes and returns the
+/// output.
+pub fn finish_stream<W: Write>(
+    w: StreamWriter<W>,
+    hv: &Hypervisor,
+    cpu: &KvmVcpuState,
+    tsc_khz: u64,
+) -> Result<W, SnapshotError> {
     let layout = hv.layout();
     let info = hv.info();
     let khz = u32::try_from(tsc_khz).unwrap_or(u32::MAX);
@@ -641,8 +668,32 @@ pub fn save_file(
         cpuid_policy: Vec::new(),
         msr_policy: Vec::new(),
     };
+    w.finish(&state).map_err(|source| SnapshotError::Io {
+        what: "write the save stream",
+        source,
+    })
+}
+
+/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) to
+/// `file` (opened by the toolstack: a jailed VMM opens no host path): the xl header with `config`, the memory file's pages, the TSC, the HVM
+/// context and params. Returns (pages, bytes); the file is synced.
+pub fn save_file(
+    file: File,
+    hv: &Hypervisor,
+    cpu: &KvmVcpuState,
+    config: &[u8],
+    tsc_khz: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64), SnapshotError> {
+    let io = |what| move |source| SnapshotError::Io { what, source };
+    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut w = begin_stream(out, config)?;
+    let total = hv.memory().len() as u64;
+    let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
+        progress(done, total)
+    })?;
     let bytes_before = w.bytes();
-    let out = w.finish(&state).map_err(io("write the save file"))?;
+    let out = finish_stream(w, hv, cpu, tsc_khz)?;
     let file = out.into_inner().map_err(|e| SnapshotError::Io {
         what: "write the save file",
         source: e.into_error(),
