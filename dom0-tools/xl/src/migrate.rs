@@ -49,6 +49,9 @@ pub const GO: &[u8] = b"domain is yours, you are cleared to unpause\0";
 /// The receiver's report, followed by one byte: 0 the domain runs.
 pub const REPORT: &[u8] = b"my copy unpause results are as follows\0";
 
+/// The destination domain's name until it runs: `NAME--incoming` (Xen's).
+pub const INCOMING_SUFFIX: &str = "--incoming";
+
 /// How long the sender retries a refused TCP connection (a receiver still
 /// starting to listen).
 const CONNECT_RETRY: Duration = Duration::from_secs(10);
@@ -567,7 +570,7 @@ fn receive<R: Read, W: Write>(input: R, mut output: W) -> Result<u16, MigrateErr
     let layout = DomainLayout::new(cfg.memory_mib, DEFAULT_MAX_GRANT_FRAMES)
         .map_err(|e| MigrateError::Config(e.to_string()))?;
     let name = cfg.name.clone();
-    let incoming_name = format!("{name}--incoming");
+    let incoming_name = format!("{name}{INCOMING_SUFFIX}");
     let dir = crate::daemons::rundir();
     std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
         what: format!("create {}", dir.display()),

@@ -703,14 +703,72 @@ pub fn save_file(
     Ok((stats.pages, bytes))
 }
 
+/// How long an incoming domain's VMM waits for the first bytes of its
+/// stream.
+pub const INCOMING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the FIFO `path` for reading without blocking, waits up to
+/// [`INCOMING_WAIT`] for data, then makes it blocking (a writer that goes
+/// away later reads as EOF).
+fn open_incoming(path: &std::path::Path) -> Result<File, VmmError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: String| move |source| VmmError::Io { what, source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io(format!("open the migration stream {}", path.display())))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let left = INCOMING_WAIT.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return Err(VmmError::Restore(format!(
+                "no migration stream came on {} within {INCOMING_WAIT:?}",
+                path.display()
+            )));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(io("wait for the migration stream".into())(e.into())),
+        }
+    }
+    let fl = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| io("read the stream's flags".into())(e.into()))?;
+    let fl = nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+        .map_err(|e| io("make the stream blocking".into())(e.into()))?;
+    Ok(file)
+}
+
 /// Reads the save file at `path` into guest memory `mem` (every page checked to
 /// lie inside it) and returns vCPU 0's state. `xl restore` has validated the whole
 /// file before it created the domain; this reads it again, checking as much.
-pub fn restore_file(path: &std::path::Path, mem: &GuestPhys) -> Result<KvmVcpuState, VmmError> {
-    let file = File::open(path).map_err(|source| VmmError::Io {
-        what: format!("open the save file {}", path.display()),
-        source,
-    })?;
+///
+/// `incoming`: `path` is the FIFO of a migration's stream, fed by `xl
+/// migrate-receive`; it is opened without waiting for its writer, which must
+/// come within [`INCOMING_WAIT`] (a receiver killed before it fails this
+/// domain instead of leaving it blocked), and ends the stream with EOF if it
+/// dies later.
+pub fn restore_file(
+    path: &std::path::Path,
+    mem: &GuestPhys,
+    incoming: bool,
+) -> Result<KvmVcpuState, VmmError> {
+    let file = if incoming {
+        open_incoming(path)?
+    } else {
+        File::open(path).map_err(|source| VmmError::Io {
+            what: format!("open the save file {}", path.display()),
+            source,
+        })?
+    };
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let max_pfns = (mem.len() / PAGE_SIZE) as u64;
     let mut sink = |pfn: u64, page: &[u8]| -> Result<(), PageSinkError> {

@@ -274,7 +274,7 @@ impl Vmm {
                 let si_gpa = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
                 let mut si = vec![0u8; xen_shim_proto::layout::PAGE_SIZE];
                 mem.read(si_gpa, &mut si)?;
-                let state = crate::snapshot::restore_file(path, &mem)?;
+                let state = crate::snapshot::restore_file(path, &mem, cfg.incoming)?;
                 mem.write(si_gpa, &si)?;
                 (0, Some(state))
             }

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::net::domid;
+use common::net::{bytes_body, domid, exec, need, netserve_guest, Netns};
 use common::{ok, Host};
 
 const T: Duration = Duration::from_secs(60);
@@ -54,10 +54,42 @@ fn free_port() -> u16 {
     l.local_addr().expect("its address").port()
 }
 
+/// A running `xl migrate-receive --listen 127.0.0.1:PORT`.
+struct Receiver {
+    child: Child,
+    /// The address the sender gives `--tcp`.
+    addr: String,
+    /// Its stderr, line by line.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    /// Waits for a line containing `needle`; panics after [`T`] or at the
+    /// end of its stderr.
+    fn wait_line(&self, needle: &str) -> String {
+        let t0 = Instant::now();
+        let mut seen = String::new();
+        loop {
+            let left = T.saturating_sub(t0.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push_str(&l),
+                Err(e) => panic!("receiver: no {needle:?} ({e}) in:\n{seen}"),
+            }
+        }
+    }
+
+    /// Its remaining stderr, once it ended.
+    fn log(&self) -> String {
+        self.lines.iter().collect()
+    }
+}
+
 /// The destination side: `xl migrate-receive --listen 127.0.0.1:PORT` of
 /// the destination host (here the same [`Host`]), started in the
-/// background; returns it with the address the sender gives `--tcp`.
-fn receiver(dest: &Host) -> (Child, String) {
+/// background once it listens. The one place that says where the
+/// destination is (the two-host rig changes only this).
+fn receiver(dest: &Host) -> Receiver {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = dest
         .xl_command(&["migrate-receive", "--listen", &addr])
@@ -66,53 +98,33 @@ fn receiver(dest: &Host) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start xl migrate-receive");
-    // Wait for its "listening" line (the rest of stderr is read at the end).
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    err.read_line(&mut line)
-        .expect("read the receiver's stderr");
-    assert!(line.contains("listening on"), "receiver: {line}");
-    let rest = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
+    let err = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(format!("{l}\n"));
+        }
     });
-    RECEIVER_LOGS.with(|l| l.borrow_mut().push(rest));
-    (child, addr)
-}
-
-thread_local! {
-    static RECEIVER_LOGS: std::cell::RefCell<Vec<std::thread::JoinHandle<String>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The stderr of the last receiver started on this thread (once it ended).
-fn last_receiver_log() -> String {
-    RECEIVER_LOGS
-        .with(|l| l.borrow_mut().pop())
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default()
+    let r = Receiver { child, addr, lines };
+    r.wait_line("listening on");
+    r
 }
 
 /// `xl migrate --live --tcp ADDR NAME` against a fresh receiver; returns the
 /// sender's output (checked successful) and the receiver's log.
 fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
-    let (mut recv, addr) = receiver(h);
+    let mut recv = receiver(h);
     let sender = h
-        .xl_command(&["migrate", "--live", "--tcp", name, &addr])
+        .xl_command(&["migrate", "--live", "--tcp", name, &recv.addr])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start xl migrate");
-    let out = output_within(sender, T, &mut recv);
-    let status = recv.wait().expect("wait for the receiver");
-    let rlog = last_receiver_log();
-    let sender = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_within(sender, T, Some(&mut recv.child));
+    let status = recv.child.wait().expect("wait for the receiver");
+    let rlog = recv.log();
+    let sender = text(&out);
     assert!(
         out.status.success() && status.success(),
         "migration failed\nsender: {sender}\nreceiver ({status}): {rlog}\nVMM: {}",
@@ -121,9 +133,41 @@ fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
     (sender, rlog)
 }
 
+/// The ssh rune's stand-in (no sshd): `sh -c 'exec "$@"'` takes HOST as its
+/// `$0` and runs `xl migrate-receive` here.
+const LOCAL_SSH: &str = r#"sh -c 'exec "$@"'"#;
+
+/// `xl migrate --live -s SSH localhost NAME` (`xl` found on PATH by the
+/// rune); the sender's output, whatever its status (the receiver's stderr
+/// is the sender's).
+fn migrate_ssh(h: &Host, name: &str, ssh: &str) -> Output {
+    let path = format!(
+        "{}:{}",
+        common::libexec().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sender = h
+        .xl_command(&["migrate", "--live", "-s", ssh, name, "localhost"])
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xl migrate");
+    output_within(sender, T, None)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// `child`'s output; after `limit` it and `other` are killed and the test
 /// fails (a hung migration never hangs the test run).
-fn output_within(child: Child, limit: Duration, other: &mut Child) -> Output {
+fn output_within(child: Child, limit: Duration, other: Option<&mut Child>) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -134,7 +178,9 @@ fn output_within(child: Child, limit: Duration, other: &mut Child) -> Output {
         Err(_) => {
             // SAFETY: kill(2) of the child this test started, by its pid.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let _ = other.kill();
+            if let Some(o) = other {
+                let _ = o.kill();
+            }
             panic!("xl migrate did not end within {limit:?}");
         }
     }
@@ -191,6 +237,296 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
         assert_eq!(h.xs_read(&be).as_deref(), Some("4"), "{be}");
         id = new_id;
     }
+    ok("xl destroy", &h.xl(&["destroy", name]));
+    h.wait_gone(name, T);
+}
+
+/// `ping -D -i 0.001` of `addr` from `ns` for `secs` seconds: 1000 echo
+/// requests a second, each reply timestamped.
+fn ping(ns: &Netns, addr: &str, secs: u32) -> Output {
+    exec(
+        ns,
+        "ping",
+        &["-n", "-D", "-i", "0.001", "-w", &secs.to_string(), addr],
+    )
+}
+
+/// The largest gap between two successive echo replies, the downtime as a
+/// client sees it, and the replies counted.
+fn largest_gap(ping: &Output) -> (Duration, usize) {
+    let out = String::from_utf8_lossy(&ping.stdout);
+    let stamps: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0f64, f64::max);
+    (Duration::from_secs_f64(gap), stamps.len())
+}
+
+/// A guest serving HTTP live-migrated over TCP twice on one host while a
+/// 1 ms ping runs: idle, then in the middle of a rate-limited download. The
+/// vif reconnects in the new domain, the download completes intact on the
+/// same TCP connection, the echo replies resume (their largest gap is the
+/// downtime the client sees) and a new download succeeds.
+#[test]
+fn test_pvhvm_xl_migrate_during_http_download_keeps_the_connection() {
+    need("curl", "curl");
+    need("ping", "iputils-ping");
+    let mut h = Host::start("pvhvm-migrate-net-");
+    let g = netserve_guest(&mut h, "m", 81, "pvmg", 0x51);
+    let (ns, name) = (&g.ns, g.name.as_str());
+    let ip = "10.81.0.5";
+    const N: usize = 40_000_000;
+
+    let check_moved = |old: u16| -> u16 {
+        let new_id = domid(&h, name);
+        assert_ne!(new_id, old, "no new domain");
+        h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
+        let be = format!("/local/domain/0/backend/vif/{new_id}/0/state");
+        assert_eq!(h.xs_read(&be).as_deref(), Some("4"), "{be}");
+        new_id
+    };
+    // Idle.
+    let id = domid(&h, name);
+    let (pinged, (sender, took)) = std::thread::scope(|s| {
+        let p = s.spawn(|| ping(ns, ip, 4));
+        std::thread::sleep(Duration::from_millis(1000));
+        let t0 = Instant::now();
+        let (sender, _) = migrate_tcp(&h, name);
+        let took = t0.elapsed();
+        (p.join().expect("the ping thread"), (sender, took))
+    });
+    let id = check_moved(id);
+    let (gap, replies) = largest_gap(&pinged);
+    println!(
+        "idle: migrated in {took:?}, pages per round {:?}, largest ping gap {gap:?} ({replies} replies)\n{sender}",
+        rounds(&sender)
+    );
+    assert!(replies > 1000, "{}", text(&pinged));
+    assert!(
+        gap < Duration::from_secs(2),
+        "the guest was unreachable for {gap:?}"
+    );
+
+    // Under load: a download at 8 MB/s.
+    let (download, pinged, sender, took) = std::thread::scope(|s| {
+        let dl = s.spawn(|| {
+            exec(
+                ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "90",
+                    "--limit-rate",
+                    "8M",
+                    &format!("http://{ip}/bytes/{N}"),
+                ],
+            )
+        });
+        let p = s.spawn(|| ping(ns, ip, 4));
+        std::thread::sleep(Duration::from_millis(1500));
+        let t0 = Instant::now();
+        let (sender, _) = migrate_tcp(&h, name);
+        let took = t0.elapsed();
+        (
+            dl.join().expect("the curl thread"),
+            p.join().expect("the ping thread"),
+            sender,
+            took,
+        )
+    });
+    check_moved(id);
+    let (gap, replies) = largest_gap(&pinged);
+    println!(
+        "under load: migrated in {took:?}, pages per round {:?}, largest ping gap {gap:?} ({replies} replies)\n{sender}",
+        rounds(&sender)
+    );
+    let log = h.vmm_log(name);
+    assert!(
+        download.status.success(),
+        "curl: {}\n{log}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(download.stdout.len(), N, "bytes received");
+    assert!(download.stdout == bytes_body(N), "the body differs");
+    assert!(
+        gap < Duration::from_secs(2),
+        "the guest was unreachable for {gap:?}"
+    );
+    let again = exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{ip}/bytes/100000"),
+        ],
+    );
+    assert!(again.status.success(), "no new download after the move");
+    assert!(again.stdout == bytes_body(100_000));
+    assert!(!log.contains("FAIL"), "{log}");
+    ok(
+        "xl destroy",
+        &h.dom0.destroy_guest(name).expect("run xl destroy"),
+    );
+}
+
+/// Guest `name`'s domains in `xl list` whose name is a migration's
+/// temporary one.
+fn temporary_domains(h: &Host) -> Vec<String> {
+    ok("xl list", &h.xl(&["list"]))
+        .lines()
+        .filter(|l| l.contains("--incoming") || l.contains("--migratedaway"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits up to [`T`] until no domain has a migration's temporary name.
+fn wait_no_temporary(h: &Host) {
+    let t0 = Instant::now();
+    loop {
+        let left = temporary_domains(h);
+        if left.is_empty() {
+            return;
+        }
+        assert!(t0.elapsed() < T, "left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The destination's `xl migrate-receive` SIGKILLed once it created the
+/// incoming domain (the stream under way) while a download runs: the
+/// sender fails, the guest runs on in its source domain (same domid and
+/// name), the download completes intact on its connection, the partial
+/// `--incoming` domain goes away, and a new migration then succeeds.
+#[test]
+fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
+    need("curl", "curl");
+    let mut h = Host::start("pvhvm-migrate-kill-");
+    let g = netserve_guest(&mut h, "k", 82, "pvmk", 0x52);
+    let (ns, name) = (&g.ns, g.name.as_str());
+    let ip = "10.82.0.5";
+    const N: usize = 24_000_000;
+    let id = domid(&h, name);
+    let (download, sender, killed_at) = std::thread::scope(|s| {
+        let dl = s.spawn(|| {
+            exec(
+                ns,
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "90",
+                    "--limit-rate",
+                    "8M",
+                    &format!("http://{ip}/bytes/{N}"),
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let mut recv = receiver(&h);
+        let sender = h
+            .xl_command(&["migrate", "--live", "--tcp", name, &recv.addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xl migrate");
+        let at = recv.wait_line("created as");
+        recv.child.kill().expect("SIGKILL the receiver");
+        let _ = recv.child.wait();
+        let out = output_within(sender, T, None);
+        (dl.join().expect("the curl thread"), out, at)
+    });
+    let sender = text(&sender);
+    println!("receiver killed after: {killed_at}sender:\n{sender}");
+    assert!(!download.status.success() || download.stdout.len() == N);
+    assert_eq!(domid(&h, name), id, "the guest left its domain\n{sender}");
+    wait_no_temporary(&h);
+    let log = h.vmm_log(name);
+    assert!(
+        download.status.success(),
+        "curl: {}\nsender: {sender}\n{log}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(download.stdout.len(), N, "bytes received");
+    assert!(download.stdout == bytes_body(N), "the body differs");
+    assert!(
+        sender.contains("migration transport") || sender.contains("could not send"),
+        "the sender did not report the lost target: {sender}"
+    );
+    let again = exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{ip}/bytes/100000"),
+        ],
+    );
+    assert!(again.status.success(), "no new download on the source");
+    assert!(again.stdout == bytes_body(100_000));
+    migrate_tcp(&h, name);
+    assert_ne!(domid(&h, name), id, "the retried migration did not move it");
+    h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
+    ok(
+        "xl destroy",
+        &h.dom0.destroy_guest(name).expect("run xl destroy"),
+    );
+}
+
+/// Xen's ssh transport, `-s` naming a local command (no sshd): first one
+/// that cuts the stream after 1 MB (the receiver sees its input end half-way
+/// through round 0): the sender fails, the self-test guest runs on in its
+/// source domain and no temporary domain is left; then the whole rune:
+/// the guest moves, its vbd reconnects and the self-test passes there.
+#[test]
+fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
+    let mut h = Host::start("pvhvm-migrate-ssh-");
+    let img = h.image("ms.img", 64);
+    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
+    let name = "pvh-ms";
+    let cfg = h.config(name, "selftest rounds=100000", &[disk]);
+    ok("xl create", &h.create(name, &cfg));
+    wait_passes(&h, name, 1);
+    let id = domid(&h, name);
+
+    let cut = r#"sh -c 'head -c 1000000 | exec "$@"'"#;
+    let out = migrate_ssh(&h, name, cut);
+    let sender = text(&out);
+    println!("cut stream:\n{sender}");
+    assert!(!out.status.success(), "{sender}");
+    assert!(sender.contains("migration receiver ready") || sender.contains("migration target"));
+    assert_eq!(domid(&h, name), id, "the guest left its domain\n{sender}");
+    wait_no_temporary(&h);
+    let before = passes(&h.vmm_log(name));
+    wait_passes(&h, name, before + 1);
+
+    let t0 = Instant::now();
+    let out = migrate_ssh(&h, name, LOCAL_SSH);
+    let took = t0.elapsed();
+    let sender = text(&out);
+    assert!(out.status.success(), "{sender}\nVMM: {}", h.vmm_log(name));
+    println!(
+        "over the ssh rune in {took:?}, pages per round {:?}\n{sender}",
+        rounds(&sender)
+    );
+    let new_id = domid(&h, name);
+    assert_ne!(new_id, id, "no new domain\n{sender}");
+    assert!(temporary_domains(&h).is_empty());
+    h.wait_vmm_log(
+        name,
+        &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
+        T,
+    );
+    wait_passes(&h, name, 2);
     ok("xl destroy", &h.xl(&["destroy", name]));
     h.wait_gone(name, T);
 }
