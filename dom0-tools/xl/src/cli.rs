@@ -117,14 +117,14 @@ pub enum Verb {
     /// `SSHCOMMAND HOST xl migrate-receive` and speaks over its stdin/stdout,
     /// or with --tcp connects to HOST:PORT (our extension).
     Migrate {
-        /// Pre-copy the memory while the guest runs (otherwise it is
-        /// suspended first).
+        /// Ignored, as by Xen's xl (a migration is always live).
         #[arg(long)]
         live: bool,
         /// Xen's verification of the sent memory (not supported: refused).
         #[arg(long)]
         debug: bool,
-        /// The command that reaches HOST (default "ssh").
+        /// The command that reaches HOST (default "ssh"; empty: HOST is
+        /// the command that runs the receiver).
         #[arg(short = 's')]
         ssh: Option<String>,
         /// Send this config instead of the domain's.
@@ -330,7 +330,7 @@ pub fn run(args: &Args) -> ExitCode {
             file,
         } => crate::saverestore::save(domain, file, *checkpoint, *paused).map_err(Into::into),
         Verb::Migrate {
-            live,
+            live: _,
             debug,
             ssh,
             config,
@@ -347,7 +347,6 @@ pub fn run(args: &Args) -> ExitCode {
             let a = crate::migrate::MigrateArgs {
                 domain: domain.clone(),
                 host: host.clone(),
-                live: *live,
                 ssh: ssh.clone(),
                 config: config.clone(),
                 tcp: *tcp,

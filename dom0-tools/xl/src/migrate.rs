@@ -148,8 +148,6 @@ pub struct MigrateArgs {
     pub domain: String,
     /// The destination host (ssh) or `HOST:PORT` (`tcp`).
     pub host: String,
-    /// Pre-copy while the guest runs (otherwise it is suspended first).
-    pub live: bool,
     /// `-s SSHCOMMAND` (default `ssh`).
     pub ssh: Option<String>,
     /// `-C CONFIG`: the config sent instead of the domain's.
@@ -166,16 +164,18 @@ struct Link {
     tx: OwnedFd,
     /// The receiver's messages.
     rx: Box<dyn Read>,
-    child: Option<Child>,
+    /// Last: waited for once `tx` and `rx` are closed.
+    _rune: Option<Rune>,
 }
 
-impl Drop for Link {
+/// The ssh rune's process, waited for (not killed) when dropped: with our
+/// end of the link closed first (it is dropped after [`Link`]'s other
+/// fields) it ends by itself.
+struct Rune(Child);
+
+impl Drop for Rune {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            // Our end closed first (the drop order of the fields) lets an
-            // ssh child end by itself; it is waited for, not killed.
-            let _ = c.wait();
-        }
+        let _ = self.0.wait();
     }
 }
 
@@ -199,11 +199,18 @@ fn connect(a: &MigrateArgs) -> Result<Link, MigrateError> {
         return Ok(Link {
             tx: OwnedFd::from(tx),
             rx: Box::new(s),
-            child: None,
+            _rune: None,
         });
     }
-    let ssh = a.ssh.as_deref().unwrap_or("ssh");
-    let rune = format!("exec {ssh} {} xl migrate-receive", a.host);
+    // Xen's rune; an empty SSHCOMMAND runs HOST itself.
+    let rune = match a.ssh.as_deref() {
+        Some("") => a.host.clone(),
+        ssh => format!(
+            "exec {} {} xl migrate-receive",
+            ssh.unwrap_or("ssh"),
+            a.host
+        ),
+    };
     eprintln!("migration target: running {rune:?}");
     let mut child = Command::new("/bin/sh")
         .arg("-c")
@@ -223,7 +230,7 @@ fn connect(a: &MigrateArgs) -> Result<Link, MigrateError> {
     Ok(Link {
         tx: OwnedFd::from(tx),
         rx: Box::new(rx),
-        child: Some(child),
+        _rune: Some(Rune(child)),
     })
 }
 
@@ -241,7 +248,8 @@ fn anonymous_file(bytes: &[u8]) -> Result<std::fs::File, MigrateError> {
     Ok(f)
 }
 
-/// `xl migrate [--live] [-s SSHCOMMAND] [-C CONFIG] [--tcp] DOM HOST`.
+/// `xl migrate [--live] [-s SSHCOMMAND] [-C CONFIG] [--tcp] DOM HOST` (always
+/// live, as Xen's).
 pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
     let t_start = Instant::now();
     let control = toolstack::shim(false)?;
@@ -279,9 +287,6 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
     let mut link = connect(a)?;
     expect_msg(&mut link.rx, BANNER, "receiver's banner")?;
     let mut suspended = false;
-    if !a.live {
-        suspended = toolstack::suspend_for_save(&control, &d)?;
-    }
     let mut out = conn.try_clone().map_err(transport("use the VMM socket"))?;
     let mut lines = BufReader::new(conn).lines();
     let mut parked = false;
@@ -295,7 +300,7 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
         }
         e
     };
-    let iters = if a.live { a.max_iters.max(1) } else { 1 };
+    let iters = a.max_iters.max(1);
     let cfg_file = match &config {
         Some(c) => Some(anonymous_file(c)?),
         None => None,
@@ -324,6 +329,8 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
     drop(cfg_file);
     let mut rounds: Vec<(u64, u64)> = Vec::new();
     let mut t_suspend = None;
+    // The downtime's steps, each with the time it ended.
+    let mut phases: Vec<(&str, Instant)> = Vec::new();
     let total = loop {
         let line = match lines.next() {
             Some(Ok(l)) => l,
@@ -352,14 +359,17 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
                 rounds.push((p, ms));
             }
             (Some("live-done"), _, _, _) => {
-                if a.live {
-                    t_suspend = Some(Instant::now());
-                    match toolstack::suspend_for_save(&control, &d) {
-                        Ok(s) => suspended = s,
-                        Err(e) => {
-                            let _ = writeln!(out, "cancel");
-                            return Err(undo(e.into(), false, parked, &mut out));
-                        }
+                // The live rounds are over: the guest suspends (as for
+                // `xl save`) and the VMM sends the last round parked.
+                t_suspend = Some(Instant::now());
+                match toolstack::suspend_for_save(&control, &d) {
+                    Ok(s) => {
+                        suspended = s;
+                        phases.push(("suspend", Instant::now()));
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "cancel");
+                        return Err(undo(e.into(), false, parked, &mut out));
                     }
                 }
                 if let Err(e) = writeln!(out, "final") {
@@ -373,6 +383,7 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
             }
             (Some("sent"), Some(p), _, _) => {
                 parked = true;
+                phases.push(("last round", Instant::now()));
                 break p.parse::<u64>().unwrap_or(0);
             }
             _ => {
@@ -392,6 +403,7 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
     if let Err(e) = expect_msg(&mut link.rx, READY, "receiver's ready message") {
         return Err(undo(e, suspended, parked, &mut out));
     }
+    phases.push(("target ready", Instant::now()));
     // Xen renames the source before giving the domain up.
     let away = format!("{}--migratedaway", d.name);
     if let Err(e) = toolstack::rename(&control, d.domid, &d.name, &away) {
@@ -407,8 +419,20 @@ pub fn migrate(a: &MigrateArgs) -> Result<(), MigrateError> {
     let confirmed = go.and_then(|()| link.rx.read_exact(&mut report));
     match confirmed {
         Ok(()) if report[..REPORT.len()] == *REPORT && report[REPORT.len()] == 0 => {
-            toolstack::destroy_by_id(d.domid)?;
+            phases.push(("target unpaused", Instant::now()));
             let downtime = t_suspend.map(|t| t.elapsed().as_millis());
+            if let Some(mut t) = t_suspend {
+                let steps: Vec<String> = phases
+                    .iter()
+                    .map(|(what, end)| {
+                        let ms = end.duration_since(t).as_secs_f64() * 1e3;
+                        t = *end;
+                        format!("{what} {ms:.1} ms")
+                    })
+                    .collect();
+                eprintln!("migration downtime steps: {}", steps.join(", "));
+            }
+            toolstack::destroy_by_id(d.domid)?;
             let pages: Vec<String> = rounds.iter().map(|(p, _)| p.to_string()).collect();
             eprintln!(
                 "migration successful: {total} pages in {} rounds ({}), {} ms in all, {} ms from the suspend to the target's confirmation",

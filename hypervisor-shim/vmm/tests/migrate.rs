@@ -115,7 +115,7 @@ fn receiver(dest: &Host) -> Receiver {
 fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
     let mut recv = receiver(h);
     let sender = h
-        .xl_command(&["migrate", "--live", "--tcp", name, &recv.addr])
+        .xl_command(&["migrate", "--tcp", name, &recv.addr])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -133,12 +133,9 @@ fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
     (sender, rlog)
 }
 
-/// The ssh rune's stand-in (no sshd): `sh -c 'exec "$@"'` takes HOST as its
-/// `$0` and runs `xl migrate-receive` here.
-const LOCAL_SSH: &str = r#"sh -c 'exec "$@"'"#;
-
-/// `xl migrate --live -s SSH localhost NAME` (`xl` found on PATH by the
-/// rune); the sender's output, whatever its status (the receiver's stderr
+/// `xl migrate --live -s SSH localhost NAME`, SSH a local command standing
+/// in for ssh (no sshd: `sh -c '... exec "$@"'` takes HOST as its `$0` and
+/// runs `xl migrate-receive` here, found on PATH); the sender's output, whatever its status (the receiver's stderr
 /// is the sender's).
 fn migrate_ssh(h: &Host, name: &str, ssh: &str) -> Output {
     let path = format!(
@@ -432,7 +429,7 @@ fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
         std::thread::sleep(Duration::from_millis(1000));
         let mut recv = receiver(&h);
         let sender = h
-            .xl_command(&["migrate", "--live", "--tcp", name, &recv.addr])
+            .xl_command(&["migrate", "--tcp", name, &recv.addr])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -486,7 +483,8 @@ fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
 /// that cuts the stream after 1 MB (the receiver sees its input end half-way
 /// through round 0): the sender fails, the self-test guest runs on in its
 /// source domain and no temporary domain is left; then the whole rune:
-/// the guest moves, its vbd reconnects and the self-test passes there.
+/// the guest moves, its vbd reconnects and the self-test passes there, and
+/// Xen's `verify-stream-v2` accepts the stream the rune carried.
 #[test]
 fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
     let mut h = Host::start("pvhvm-migrate-ssh-");
@@ -509,11 +507,24 @@ fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
     let before = passes(&h.vmm_log(name));
     wait_passes(&h, name, before + 1);
 
+    // The rune records what it carries to the receiver: the stream, then
+    // the sender's permission to go.
+    let rec = h.rundir().join("migration.stream");
+    let ssh = format!(r#"sh -c 'tee {} | exec "$@"'"#, rec.display());
     let t0 = Instant::now();
-    let out = migrate_ssh(&h, name, LOCAL_SSH);
+    let out = migrate_ssh(&h, name, &ssh);
     let took = t0.elapsed();
     let sender = text(&out);
     assert!(out.status.success(), "{sender}\nVMM: {}", h.vmm_log(name));
+    let mut bytes = std::fs::read(&rec).expect("read the recorded stream");
+    let go = b"domain is yours, you are cleared to unpause\0";
+    assert!(
+        bytes.ends_with(go),
+        "the recorded stream does not end with the go"
+    );
+    bytes.truncate(bytes.len() - go.len());
+    std::fs::write(&rec, &bytes).expect("write the stream alone");
+    common::verify_stream(&rec);
     println!(
         "over the ssh rune in {took:?}, pages per round {:?}\n{sender}",
         rounds(&sender)
