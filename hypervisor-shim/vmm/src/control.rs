@@ -10,7 +10,7 @@
 //!   migrate [MAX_ITERS [MIN_DIRTY]]
 //!                 -> (the stream's descriptor comes with the line: a socket or
 //!                    pipe to the destination) live rounds ("round N PAGES MS"
-//!                    lines, `crate::migrate`), then "live-done ROUNDS PENDING";
+//!                    lines, `crate::migrate`), then "live-done ROUNDS";
 //!                    the toolstack suspends the guest and sends
 //!   final         -> the last round while vCPU 0 is parked, the closing
 //!                    records, "round N PAGES MS" and "sent PAGES BYTES"

@@ -5,13 +5,16 @@
 //! records, as a plain `xl migrate`).
 //!
 //! Round 0 sends every page with data; each later round the pages dirtied
-//! since the last (KVM's dirty log of the guest's own writes). Live rounds stop when the dirty set is at most `min_dirty` pages
-//! or after `max_iters` rounds (Xen's defaults: 5 iterations); then the
-//! toolstack suspends the guest (cooperatively, as `xl save`), vCPU 0 is
-//! parked, and the last round sends what is left: the dirty log, every page
-//! ever seen granted writable during the migration, and the special pages
-//! (shared info, rings, grant frames, which Dom0 daemons write outside any
-//! dirty log), then the vCPU and domain records.
+//! since the last (KVM's dirty log of the guest's own writes). The live
+//! rounds end with the round that finds at most `min_dirty` pages dirty or
+//! is the `max_iters`th (Xen's default: 5 iterations); that last live round
+//! also sends every page ever seen granted writable during the migration
+//! and the special pages (shared info, rings, grant frames: Dom0 daemons
+//! write them outside any dirty log), keeping a copy of what it sent. Then
+//! the toolstack suspends the guest (cooperatively, as `xl save`), vCPU 0 is
+//! parked, and the paused round sends the dirty log and those of the other
+//! pages that differ from their copy (or were granted since), then the vCPU
+//! and domain records.
 //!
 //! What a backend writes through a grant is not logged page by page (Xen
 //! marks a page dirty at the unmap of a writable mapping and at a grant copy
@@ -86,10 +89,54 @@ fn flush<W: Write>(w: &mut xen_stream::StreamWriter<std::io::BufWriter<W>>) -> R
         .map_err(|e| format!("cannot send the migration stream: {e}"))
 }
 
+/// The largest number of pages outside the dirty log (granted writable,
+/// special) whose sent copies are kept (64 MiB); beyond it they are all
+/// sent again in the last round.
+const MAX_SHADOW_PAGES: usize = 16 << 10;
+
+/// The pages outside the dirty log as last sent, so that the last round
+/// sends only those that changed since (a backend's writes through a
+/// grant, the rings and grant frames Dom0 daemons write).
+#[derive(Default)]
+struct Shadow {
+    pages: std::collections::BTreeMap<u64, Box<[u8]>>,
+    /// Over [`MAX_SHADOW_PAGES`]: nothing is kept, everything is sent.
+    overflow: bool,
+}
+
+impl Shadow {
+    fn record(&mut self, pfn: u64, page: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.pages.len() >= MAX_SHADOW_PAGES && !self.pages.contains_key(&pfn) {
+            self.overflow = true;
+            self.pages.clear();
+            return;
+        }
+        self.pages.insert(pfn, page.into());
+    }
+
+    /// Whether `pfn` now differs from its sent copy (or has none).
+    fn changed(&self, file: &File, pfn: u64, buf: &mut [u8]) -> Result<bool, String> {
+        let Some(copy) = self.pages.get(&pfn) else {
+            return Ok(true);
+        };
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, pfn * buf.len() as u64)
+            .map_err(|e| format!("cannot read the memory file: {e}"))?;
+        Ok(**copy != *buf)
+    }
+}
+
 /// Sends the domain `src` to `out`, `config` in the xl header. `report(line)` gets one line per round
-/// (`round N PAGES MS`) and `live-done ROUNDS PENDING` once the live rounds
+/// (`round N PAGES MS`) and `live-done ROUNDS` once the live rounds
 /// are over; `await_final()` then waits for the toolstack to have suspended
 /// the guest (false: cancelled). On success vCPU 0 stays parked.
+///
+/// The last live round also sends, while the guest runs, every page it has
+/// granted writable and the special pages, keeping what it sent ([`Shadow`]):
+/// the paused round sends the dirty log and, of those, only the pages that
+/// changed since (and any granted since), which keeps the downtime short.
 pub fn send<S: Source, W: Write>(
     src: &S,
     out: W,
@@ -116,40 +163,60 @@ pub fn send<S: Source, W: Write>(
         stats.pages,
         t.elapsed().as_millis()
     ));
-    let mut pending: BTreeSet<u64>;
+    let special = src.ram_pages()..src.nr_pages();
+    let mut shadow = Shadow::default();
     let mut round = 1u32;
     loop {
         let t = Instant::now();
-        pending = src.dirty()?.into_iter().collect();
-        // Pages granted writable go in the last round only (Xen sends a
-        // page still mapped writable then): a persistent grant's page would
-        // otherwise be sent every round.
+        let mut pending: BTreeSet<u64> = src.dirty()?.into_iter().collect();
+        // Pages granted writable go in the last live round only (a
+        // persistent grant's page would otherwise be sent every round).
         src.grant_writable(&mut granted);
-        if pending.len() as u64 <= opts.min_dirty || round >= opts.max_iters {
-            break;
+        let last = pending.len() as u64 <= opts.min_dirty || round + 1 >= opts.max_iters;
+        if last {
+            pending.extend(granted.iter().copied());
+            pending.extend(special.clone());
         }
-        let pfns: Vec<u64> = pending.iter().copied().collect();
-        let n = snapshot::write_pfns(src.memory_file(), &pfns, &mut w).map_err(err)?;
+        let pfns: Vec<u64> = pending
+            .into_iter()
+            .filter(|p| *p < src.nr_pages())
+            .collect();
+        let keep = |p: u64| special.contains(&p) || granted.contains(&p);
+        let n = snapshot::write_pfns(src.memory_file(), &pfns, &mut w, &mut |pfn, page| {
+            if last && keep(pfn) {
+                shadow.record(pfn, page);
+            }
+        })
+        .map_err(err)?;
         flush(&mut w)?;
         sent.rounds.push(n);
         report(&format!("round {round} {n} {}", t.elapsed().as_millis()));
         round += 1;
+        if last {
+            break;
+        }
     }
-    report(&format!("live-done {round} {}", pending.len()));
+    report(&format!("live-done {round}"));
     if !await_final() {
         return Err("the toolstack cancelled the migration".into());
     }
     let t = Instant::now();
     let cpu = src.park()?;
-    pending.extend(src.dirty()?);
+    let mut pending: BTreeSet<u64> = src.dirty()?.into_iter().collect();
     src.grant_writable(&mut granted);
-    pending.extend(granted);
-    pending.extend(src.ram_pages()..src.nr_pages());
+    let mut buf = vec![0u8; xen_shim_proto::layout::PAGE_SIZE];
+    for p in granted.iter().copied().chain(special) {
+        if !pending.contains(&p)
+            && (shadow.overflow || shadow.changed(src.memory_file(), p, &mut buf)?)
+        {
+            pending.insert(p);
+        }
+    }
     let pfns: Vec<u64> = pending
         .into_iter()
         .filter(|p| *p < src.nr_pages())
         .collect();
-    let n = snapshot::write_pfns(src.memory_file(), &pfns, &mut w).map_err(err)?;
+    let n = snapshot::write_pfns(src.memory_file(), &pfns, &mut w, &mut |_, _| {}).map_err(err)?;
     sent.rounds.push(n);
     sent.bytes = w.bytes();
     let mut out = src.finish(w, &cpu).map_err(err)?;

@@ -611,11 +611,13 @@ pub fn begin_stream<W: Write>(out: W, config: &[u8]) -> Result<StreamWriter<W>, 
 
 /// Writes pages `pfns` (ascending, each below the memory file's end) of the
 /// memory file `file` as PAGE_DATA records, zero pages included (a page sent
-/// in an earlier round may have been zeroed since). Returns the pages written.
+/// in an earlier round may have been zeroed since); `sent(pfn, page)` sees
+/// each page as written. Returns the pages written.
 pub fn write_pfns<W: Write>(
     file: &File,
     pfns: &[u64],
     out: &mut StreamWriter<W>,
+    sent: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<u64, SnapshotError> {
     let mut stats = MemoryStats::default();
     let mut batch: Vec<u64> = Vec::with_capacity(MAX_BATCH_PAGES);
@@ -627,6 +629,7 @@ pub fn write_pfns<W: Write>(
                 what: "read the memory file",
                 source,
             })?;
+        sent(pfn, &page);
         batch.push(pfn);
         data.extend_from_slice(&page);
         if batch.len() == MAX_BATCH_PAGES {
