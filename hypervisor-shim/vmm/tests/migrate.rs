@@ -282,7 +282,10 @@ fn test_pvhvm_xl_migrate_during_http_download_keeps_the_connection() {
     let check_moved = |old: u16| -> u16 {
         let new_id = domid(&h, name);
         assert_ne!(new_id, old, "no new domain");
-        h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
+        let log = h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
+        for l in log.lines().filter(|l| l.contains(" after ")) {
+            println!("guest: {l}");
+        }
         let be = format!("/local/domain/0/backend/vif/{new_id}/0/state");
         assert_eq!(h.xs_read(&be).as_deref(), Some("4"), "{be}");
         new_id
