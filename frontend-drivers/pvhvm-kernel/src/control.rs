@@ -87,12 +87,6 @@ fn is_suspend(value: &[u8]) -> bool {
     value.split(|&b| b == 0).next() == Some(b"suspend")
 }
 
-/// The store port fired (a workload that sleeps on it, cleared it): the
-/// next [`poll`] looks at the watch queue at once.
-pub fn store_fired() {
-    NEXT_EVENTS.store(0, Ordering::Relaxed);
-}
-
 /// Advertises the features and sets the watch (the watch fires once at
 /// once, so a request written before boot is seen by the first [`poll`]).
 pub fn init(p: &KPlatform) {

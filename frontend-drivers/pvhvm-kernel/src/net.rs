@@ -592,20 +592,16 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut moved_at = 0u64;
     loop {
         let t = ms(p.monotonic_ns());
-        // The toolstack's requests at every pass (`control::poll` looks at
-        // most once a millisecond): a suspend is taken at once, not at the
-        // next link check (a live migration's downtime starts there).
-        if let Some(reason) = crate::control::poll(p) {
-            return Ok(reason);
-        }
-        let moved = crate::control::new_domains() != seen;
-        if t >= next_check || !dev.nf.is_connected() || moved {
+        if t >= next_check || !dev.nf.is_connected() {
             next_check = t + LINK_CHECK_MS;
             let read = t >= next_read;
             if read {
                 next_read = t + LINK_READ_MS;
             }
-            if moved {
+            if let Some(reason) = crate::control::poll(p) {
+                return Ok(reason);
+            }
+            if crate::control::new_domains() != seen {
                 moved_at = p.monotonic_ns();
                 seen = crate::control::new_domains();
                 dev.nf
@@ -692,19 +688,13 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
         let Some((port_tx, port_rx)) = dev.nf.ports(0) else {
             continue;
         };
-        // The store port too: the toolstack's requests (a suspend) wake
-        // the idle loop.
-        let store = p.store_port();
-        let mut ports: Vec<evtchn_port_t> = vec![port_rx, store];
-        if port_tx != port_rx {
-            ports.push(port_tx);
-        }
+        let ports: Vec<evtchn_port_t> = if port_tx == port_rx {
+            vec![port_rx]
+        } else {
+            vec![port_rx, port_tx]
+        };
         NetFront::<KPlatform>::poll_ports(p, &ports, Some(Duration::from_micros(delay)))
             .map_err(|e| format!("poll: {e}"))?;
-        // (The xenstore client reads its ring whatever the bit says.)
-        if p.evtchn_clear(store).unwrap_or(false) {
-            crate::control::store_fired();
-        }
     }
 }
 

@@ -18,35 +18,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::net::{bytes_body, domid, exec, need, netserve_guest, Netns};
-use common::{ok, Host};
+use common::net::{
+    assert_downloaded, bytes_body, domid, exec, need, netserve_guest, slow_download, Netns,
+};
+use common::{ok, passes, wait_passes, Host};
 
 const T: Duration = Duration::from_secs(60);
-
-fn passes(log: &str) -> usize {
-    log.matches("disk self-test: PASS").count()
-}
-
-/// Waits until `name`'s VMM log holds `n` self-test passes; panics on a
-/// FAIL, a crash or after [`T`].
-fn wait_passes(h: &Host, name: &str, n: usize) -> String {
-    let t0 = Instant::now();
-    loop {
-        let log = h.vmm_log(name);
-        assert!(
-            !log.contains("disk self-test: FAIL") && !log.contains("crashed"),
-            "{log}"
-        );
-        if passes(&log) >= n {
-            return log;
-        }
-        assert!(
-            t0.elapsed() < T,
-            "fewer than {n} passes within {T:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A TCP port free at the time of the call.
 fn free_port() -> u16 {
@@ -110,17 +87,25 @@ fn receiver(dest: &Host) -> Receiver {
     r
 }
 
-/// `xl migrate --live --tcp ADDR NAME` against a fresh receiver; returns the
-/// sender's output (checked successful) and the receiver's log.
-fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
-    let mut recv = receiver(h);
-    let sender = h
-        .xl_command(&["migrate", "--tcp", name, &recv.addr])
-        .stdin(Stdio::null())
+/// Starts `xl migrate ARGS` (with `PATH` = `path` if given), its output
+/// piped.
+fn start_migrate(h: &Host, args: &[&str], path: Option<&str>) -> Child {
+    let mut c = h.xl_command(&[&["migrate"], args].concat());
+    if let Some(p) = path {
+        c.env("PATH", p);
+    }
+    c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start xl migrate");
+        .expect("start xl migrate")
+}
+
+/// `xl migrate --tcp NAME ADDR` against a fresh receiver; returns the
+/// sender's output (checked successful) and the receiver's log.
+fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
+    let mut recv = receiver(h);
+    let sender = start_migrate(h, &["--tcp", name, &recv.addr], None);
     let out = output_within(sender, T, Some(&mut recv.child));
     let status = recv.child.wait().expect("wait for the receiver");
     let rlog = recv.log();
@@ -143,14 +128,7 @@ fn migrate_ssh(h: &Host, name: &str, ssh: &str) -> Output {
         common::libexec().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let sender = h
-        .xl_command(&["migrate", "--live", "-s", ssh, name, "localhost"])
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start xl migrate");
+    let sender = start_migrate(h, &["--live", "-s", ssh, name, "localhost"], Some(&path));
     output_within(sender, T, None)
 }
 
@@ -200,12 +178,8 @@ fn rounds(sender: &str) -> Vec<u64> {
 #[test]
 fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
     let mut h = Host::start("pvhvm-migrate-");
-    let img = h.image("mg.img", 64);
-    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
     let name = "pvh-mg";
-    let cfg = h.config(name, "selftest rounds=100000", &[disk]);
-    ok("xl create", &h.create(name, &cfg));
-    wait_passes(&h, name, 1);
+    selftest_guest(&mut h, name, "mg.img");
     let mut id = domid(&h, name);
     for move_no in 1..=2 {
         let t0 = Instant::now();
@@ -222,7 +196,7 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
             T,
         );
         assert!(!log.contains("not supported"), "{log}");
-        wait_passes(&h, name, 2);
+        wait_passes(&h, name, 2, T);
         let r = rounds(&sender);
         println!("move {move_no}: {took:?}; pages per round {r:?}\n{sender}");
         assert!(r.len() >= 2, "{sender}");
@@ -236,6 +210,36 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
     }
     ok("xl destroy", &h.xl(&["destroy", name]));
     h.wait_gone(name, T);
+}
+
+/// A new 100 kB download from the guest at `ip` succeeds intact (`what`
+/// names the moment in the failure).
+fn new_download(ns: &Netns, ip: &str, what: &str) {
+    let again = exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{ip}/bytes/100000"),
+        ],
+    );
+    assert!(again.status.success(), "{what}");
+    assert!(
+        again.stdout == bytes_body(100_000),
+        "{what}: the body differs"
+    );
+}
+
+/// A guest named `name` running its disk self-test rounds on a 64 MiB image
+/// `img`, once its first round passed.
+fn selftest_guest(h: &mut Host, name: &str, img: &str) {
+    let img = h.image(img, 64);
+    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
+    let cfg = h.config(name, "selftest rounds=100000", &[disk]);
+    ok("xl create", &h.create(name, &cfg));
+    wait_passes(h, name, 1, T);
 }
 
 /// `ping -D -i 0.001` of `addr` from `ns` for `secs` seconds: 1000 echo
@@ -314,20 +318,7 @@ fn test_pvhvm_xl_migrate_during_http_download_keeps_the_connection() {
 
     // Under load: a download at 8 MB/s.
     let (download, pinged, sender, took) = std::thread::scope(|s| {
-        let dl = s.spawn(|| {
-            exec(
-                ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "90",
-                    "--limit-rate",
-                    "8M",
-                    &format!("http://{ip}/bytes/{N}"),
-                ],
-            )
-        });
+        let dl = s.spawn(|| slow_download(ns, ip, N, 90));
         let p = s.spawn(|| ping(ns, ip, 4));
         std::thread::sleep(Duration::from_millis(1500));
         let t0 = Instant::now();
@@ -347,29 +338,12 @@ fn test_pvhvm_xl_migrate_during_http_download_keeps_the_connection() {
         rounds(&sender)
     );
     let log = h.vmm_log(name);
-    assert!(
-        download.status.success(),
-        "curl: {}\n{log}",
-        String::from_utf8_lossy(&download.stderr)
-    );
-    assert_eq!(download.stdout.len(), N, "bytes received");
-    assert!(download.stdout == bytes_body(N), "the body differs");
+    assert_downloaded(&download, N, &log);
     assert!(
         gap < Duration::from_secs(2),
         "the guest was unreachable for {gap:?}"
     );
-    let again = exec(
-        ns,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            &format!("http://{ip}/bytes/100000"),
-        ],
-    );
-    assert!(again.status.success(), "no new download after the move");
-    assert!(again.stdout == bytes_body(100_000));
+    new_download(ns, ip, "no new download after the move");
     assert!(!log.contains("FAIL"), "{log}");
     ok(
         "xl destroy",
@@ -415,29 +389,10 @@ fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
     const N: usize = 24_000_000;
     let id = domid(&h, name);
     let (download, sender, killed_at) = std::thread::scope(|s| {
-        let dl = s.spawn(|| {
-            exec(
-                ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "90",
-                    "--limit-rate",
-                    "8M",
-                    &format!("http://{ip}/bytes/{N}"),
-                ],
-            )
-        });
+        let dl = s.spawn(|| slow_download(ns, ip, N, 90));
         std::thread::sleep(Duration::from_millis(1000));
         let mut recv = receiver(&h);
-        let sender = h
-            .xl_command(&["migrate", "--tcp", name, &recv.addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start xl migrate");
+        let sender = start_migrate(&h, &["--tcp", name, &recv.addr], None);
         let at = recv.wait_line("created as");
         recv.child.kill().expect("SIGKILL the receiver");
         let _ = recv.child.wait();
@@ -450,29 +405,12 @@ fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
     assert_eq!(domid(&h, name), id, "the guest left its domain\n{sender}");
     wait_no_temporary(&h);
     let log = h.vmm_log(name);
-    assert!(
-        download.status.success(),
-        "curl: {}\nsender: {sender}\n{log}",
-        String::from_utf8_lossy(&download.stderr)
-    );
-    assert_eq!(download.stdout.len(), N, "bytes received");
-    assert!(download.stdout == bytes_body(N), "the body differs");
+    assert_downloaded(&download, N, &format!("sender: {sender}\n{log}"));
     assert!(
         sender.contains("migration transport") || sender.contains("could not send"),
         "the sender did not report the lost target: {sender}"
     );
-    let again = exec(
-        ns,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            &format!("http://{ip}/bytes/100000"),
-        ],
-    );
-    assert!(again.status.success(), "no new download on the source");
-    assert!(again.stdout == bytes_body(100_000));
+    new_download(ns, ip, "no new download on the source");
     migrate_tcp(&h, name);
     assert_ne!(domid(&h, name), id, "the retried migration did not move it");
     h.wait_vmm_log(name, "netserve: gratuitous ARP sent", T);
@@ -491,12 +429,8 @@ fn test_pvhvm_xl_migrate_receiver_killed_leaves_the_source_running() {
 #[test]
 fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
     let mut h = Host::start("pvhvm-migrate-ssh-");
-    let img = h.image("ms.img", 64);
-    let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
     let name = "pvh-ms";
-    let cfg = h.config(name, "selftest rounds=100000", &[disk]);
-    ok("xl create", &h.create(name, &cfg));
-    wait_passes(&h, name, 1);
+    selftest_guest(&mut h, name, "ms.img");
     let id = domid(&h, name);
 
     let cut = r#"sh -c 'head -c 1000000 | exec "$@"'"#;
@@ -508,7 +442,7 @@ fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
     assert_eq!(domid(&h, name), id, "the guest left its domain\n{sender}");
     wait_no_temporary(&h);
     let before = passes(&h.vmm_log(name));
-    wait_passes(&h, name, before + 1);
+    wait_passes(&h, name, before + 1, T);
 
     // The rune records what it carries to the receiver: the stream, then
     // the sender's permission to go.
@@ -540,7 +474,7 @@ fn test_pvhvm_xl_migrate_ssh_rune_and_a_cut_stream() {
         &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
         T,
     );
-    wait_passes(&h, name, 2);
+    wait_passes(&h, name, 2, T);
     ok("xl destroy", &h.xl(&["destroy", name]));
     h.wait_gone(name, T);
 }
