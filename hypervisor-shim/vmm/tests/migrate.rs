@@ -104,8 +104,14 @@ fn start_migrate(h: &Host, args: &[&str], path: Option<&str>) -> Child {
 /// `xl migrate --tcp NAME ADDR` against a fresh receiver; returns the
 /// sender's output (checked successful) and the receiver's log.
 fn migrate_tcp(h: &Host, name: &str) -> (String, String) {
+    migrate_tcp_with(h, name, &[])
+}
+
+/// [`migrate_tcp`] with more `xl migrate` options `extra`.
+fn migrate_tcp_with(h: &Host, name: &str, extra: &[&str]) -> (String, String) {
     let mut recv = receiver(h);
-    let sender = start_migrate(h, &["--tcp", name, &recv.addr], None);
+    let args = [extra, &["--tcp", name, &recv.addr]].concat();
+    let sender = start_migrate(h, &args, None);
     let out = output_within(sender, T, Some(&mut recv.child));
     let status = recv.child.wait().expect("wait for the receiver");
     let rlog = recv.log();
@@ -174,16 +180,23 @@ fn rounds(sender: &str) -> Vec<u64> {
 /// the domain runs on as NAME in a new domain, its vbd reconnects there,
 /// the round the move cut and later ones pass (no request lost or done
 /// twice), the source domain is gone, and the live rounds send fewer pages
-/// than round 0.
+/// than round 0. The second move sends another config with `-C`: the
+/// destination runs from it.
 #[test]
 fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
     let mut h = Host::start("pvhvm-migrate-");
     let name = "pvh-mg";
-    selftest_guest(&mut h, name, "mg.img");
+    let cfg = selftest_guest(&mut h, name, "mg.img");
+    let other = h.rundir().join("pvh-mg-other.cfg");
+    let marker = "# the config sent with xl migrate -C";
+    let text = std::fs::read_to_string(&cfg).expect("read the config");
+    std::fs::write(&other, format!("{text}\n{marker}\n")).expect("write the other config");
+    let other = other.to_str().expect("a UTF-8 path").to_owned();
     let mut id = domid(&h, name);
     for move_no in 1..=2 {
         let t0 = Instant::now();
-        let (sender, rlog) = migrate_tcp(&h, name);
+        let extra: &[&str] = if move_no == 2 { &["-C", &other] } else { &[] };
+        let (sender, rlog) = migrate_tcp_with(&h, name, extra);
         let took = t0.elapsed();
         let new_id = domid(&h, name);
         assert_ne!(new_id, id, "no new domain\n{sender}\n{rlog}");
@@ -206,6 +219,10 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
         );
         let be = format!("/local/domain/0/backend/vbd/{new_id}/51712/state");
         assert_eq!(h.xs_read(&be).as_deref(), Some("4"), "{be}");
+        // The config the destination runs from (its monitor reads it).
+        let used = h.rundir().join(format!("{name}--incoming.migrate.cfg"));
+        let used = std::fs::read_to_string(&used).expect("read the destination's config");
+        assert_eq!(used.contains(marker), move_no == 2, "{used}");
         id = new_id;
     }
     ok("xl destroy", &h.xl(&["destroy", name]));
@@ -233,13 +250,14 @@ fn new_download(ns: &Netns, ip: &str, what: &str) {
 }
 
 /// A guest named `name` running its disk self-test rounds on a 64 MiB image
-/// `img`, once its first round passed.
-fn selftest_guest(h: &mut Host, name: &str, img: &str) {
+/// `img`, once its first round passed; returns its config file.
+fn selftest_guest(h: &mut Host, name: &str, img: &str) -> std::path::PathBuf {
     let img = h.image(img, 64);
     let disk = format!("format=raw, vdev=xvda, access=rw, target={}", img.display());
     let cfg = h.config(name, "selftest rounds=100000", &[disk]);
     ok("xl create", &h.create(name, &cfg));
     wait_passes(h, name, 1, T);
+    cfg
 }
 
 /// `ping -D -i 0.001` of `addr` from `ns` for `secs` seconds: 1000 echo
