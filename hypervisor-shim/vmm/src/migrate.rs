@@ -225,3 +225,183 @@ pub fn send<S: Source, W: Write>(
     report(&format!("round {round} {n} {}", t.elapsed().as_millis()));
     Ok(sent)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use xen_stream::abi::x86_tsc_info;
+    use xen_stream::{DomainState, HvmContext};
+
+    const PAGE: usize = xen_shim_proto::layout::PAGE_SIZE;
+    const RAM: u64 = 56;
+    const ALL: u64 = 64;
+
+    /// A domain in a memory file: `dirty()` returns the next scripted list
+    /// after writing new contents to those pages (the guest's writes);
+    /// `park()` writes `backend` pages (a backend's and the daemons' writes,
+    /// in no dirty log) before the paused round.
+    struct Fake {
+        file: File,
+        dirty: RefCell<VecDeque<Vec<u64>>>,
+        granted: Vec<u64>,
+        backend: Vec<u64>,
+        stamp: RefCell<u8>,
+    }
+
+    impl Fake {
+        fn scribble(&self, pfn: u64) {
+            let mut s = self.stamp.borrow_mut();
+            *s = s.wrapping_add(1).max(1);
+            let page = vec![*s ^ pfn as u8 | 1; PAGE];
+            self.file
+                .write_all_at(&page, pfn * PAGE as u64)
+                .expect("write a page");
+        }
+    }
+
+    impl Source for Fake {
+        fn memory_file(&self) -> &File {
+            &self.file
+        }
+        fn nr_pages(&self) -> u64 {
+            ALL
+        }
+        fn ram_pages(&self) -> u64 {
+            RAM
+        }
+        fn dirty(&self) -> Result<Vec<u64>, String> {
+            let next = self.dirty.borrow_mut().pop_front().unwrap_or_default();
+            for &p in &next {
+                self.scribble(p);
+            }
+            Ok(next)
+        }
+        fn grant_writable(&self, set: &mut BTreeSet<u64>) {
+            set.extend(&self.granted);
+        }
+        fn park(&self) -> Result<KvmVcpuState, String> {
+            for &p in &self.backend {
+                self.scribble(p);
+            }
+            Ok(KvmVcpuState::default())
+        }
+        fn finish<W: Write>(
+            &self,
+            w: xen_stream::StreamWriter<W>,
+            cpu: &KvmVcpuState,
+        ) -> Result<W, SnapshotError> {
+            let state = DomainState {
+                xen_version: (4, 17),
+                tsc: x86_tsc_info {
+                    mode: 0,
+                    khz: 1_000_000,
+                    nsec: 0,
+                    incarnation: 0,
+                    _res1: 0,
+                },
+                hvm: HvmContext::new(vec![cpu.to_hvm()], 0, 1_000_000),
+                params: Vec::new(),
+                cpuid_policy: Vec::new(),
+                msr_policy: Vec::new(),
+            };
+            w.finish(&state).map_err(|source| SnapshotError::Io {
+                what: "write the test stream",
+                source,
+            })
+        }
+    }
+
+    /// The pages of `stream` as a receiver loads them (a later copy of a
+    /// page overwrites an earlier one).
+    fn load(stream: &[u8]) -> Vec<u8> {
+        let mut mem = vec![0u8; ALL as usize * PAGE];
+        let mut r = stream;
+        xen_stream::read_xl_header(&mut r).expect("the xl header");
+        let mut sink = |pfn: u64, page: &[u8]| -> Result<(), xen_stream::PageSinkError> {
+            let at = pfn as usize * PAGE;
+            mem[at..at + PAGE].copy_from_slice(page);
+            Ok(())
+        };
+        xen_stream::read_migration_stream(&mut r, ALL, &mut sink).expect("the stream");
+        assert!(r.is_empty(), "bytes after END");
+        mem
+    }
+
+    #[test]
+    fn test_send_rounds_and_paused_round_sends_only_changed_pages() {
+        let file = tempfile::tempfile().expect("a memory file");
+        file.set_len(ALL * PAGE as u64).expect("size it");
+        let fake = Fake {
+            file,
+            // Round 0's clearing call, a dirty round of 4 (over
+            // min_dirty), then 1 (the last live round), then the paused
+            // round's 1.
+            dirty: RefCell::new(VecDeque::from(vec![
+                vec![],
+                vec![1, 2, 3, 4],
+                vec![5],
+                vec![6],
+            ])),
+            granted: vec![10, 11],
+            // Granted page 10 and special page 57 written after the last
+            // live round; 11 and the other special pages are not.
+            backend: vec![10, RAM + 1],
+            stamp: RefCell::new(0),
+        };
+        for p in [0, 1, 10, 11, 20, RAM, RAM + 1, ALL - 1] {
+            fake.scribble(p);
+        }
+        let mut lines = Vec::new();
+        let opts = LiveOptions {
+            max_iters: 5,
+            min_dirty: 2,
+        };
+        let mut out = Vec::new();
+        let sent = send(
+            &fake,
+            &mut out,
+            b"name = \"t\"\n",
+            opts,
+            &mut |l| lines.push(l.to_owned()),
+            &mut || true,
+        )
+        .expect("send");
+        // Round 0: the 8 pages with data; round 1: the 4 dirty; the last
+        // live round: page 5, the 2 granted and the 8 special pages; the
+        // paused round: page 6, granted page 10 and special page 57 only.
+        assert_eq!(sent.rounds, vec![8, 4, 1 + 2 + 8, 3], "{lines:?}");
+        assert!(lines.iter().any(|l| l == "live-done 3"), "{lines:?}");
+        let mut want = vec![0u8; ALL as usize * PAGE];
+        fake.file
+            .read_exact_at(&mut want, 0)
+            .expect("read the memory");
+        assert!(load(&out) == want, "the receiver's memory differs");
+    }
+
+    #[test]
+    fn test_send_cancelled_before_the_paused_round_fails() {
+        let file = tempfile::tempfile().expect("a memory file");
+        file.set_len(ALL * PAGE as u64).expect("size it");
+        let fake = Fake {
+            file,
+            dirty: RefCell::new(VecDeque::new()),
+            granted: Vec::new(),
+            backend: Vec::new(),
+            stamp: RefCell::new(0),
+        };
+        let mut out = Vec::new();
+        let r = send(
+            &fake,
+            &mut out,
+            b"",
+            LiveOptions::default(),
+            &mut |_| {},
+            &mut || false,
+        );
+        assert!(r.is_err());
+    }
+}
