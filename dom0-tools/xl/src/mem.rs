@@ -8,10 +8,14 @@
 //! it, so a guest above the new size is reclaimed and then OOM-killed
 //! inside itself. `xl list` shows a PV domain's target as its Mem.
 //!
-//! A PVHVM domain has no balloon driver yet (its kernel would return
-//! pages with `XENMEM_decrease_reservation` and the shim punch them out of
-//! the memory file): both verbs refuse it rather than set a target nothing
-//! acts on.
+//! A PVHVM domain's kernel has a balloon driver: it watches the target
+//! and gives pages back with `XENMEM_decrease_reservation` (its VMM
+//! punches them out of the domain's memory file, so the host gets the
+//! memory back) or takes them again with `XENMEM_populate_physmap`.
+//! `mem-max` also sets the VMM's page limit (Xen's `XEN_DOMCTL_max_mem`,
+//! through the VMM's control socket, capped at the domain's RAM), which
+//! it refuses to populate above. `xl list` shows the pages the VMM counts
+//! ([`vmm_pages`]).
 
 use xen_shim_proto::layout::DomainType;
 use xen_shim_proto::protocol::DomainInfo;
@@ -53,9 +57,25 @@ pub enum MemError {
         /// `memory/target`.
         target: u64,
     },
-    /// A PVHVM domain has no balloon.
-    #[error("domain {0} is PVHVM: its kernel has no balloon driver yet (XENMEM_decrease_reservation/populate_physmap), so its memory cannot change at run time")]
-    Pvhvm(u16),
+    /// The PVHVM domain's VMM did not answer on its control socket.
+    #[error("cannot reach the VMM of domain {domid} on {socket}")]
+    Vmm {
+        /// Domain.
+        domid: u16,
+        /// The control socket.
+        socket: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PVHVM domain's VMM refused.
+    #[error("the VMM of domain {domid} refused: {why}")]
+    VmmRefused {
+        /// Domain.
+        domid: u16,
+        /// Its answer.
+        why: String,
+    },
     /// Dom0 is the host.
     #[error("Domain-0 is the host itself: its memory is not set by xl")]
     Dom0,
@@ -137,9 +157,6 @@ fn check(d: &DomainInfo, kib: u64) -> Result<(), MemError> {
     if d.domid == 0 {
         return Err(MemError::Dom0);
     }
-    if d.kind == DomainType::Pvhvm {
-        return Err(MemError::Pvhvm(d.domid));
-    }
     if kib < MIN_MIB << 10 {
         return Err(MemError::TooSmall(kib));
     }
@@ -166,6 +183,10 @@ pub fn mem_set(which: &str, size: &str) -> Result<(), MemError> {
     let max = node(&xs, d.domid, "static-max")?;
     if kib > max {
         return Err(MemError::AboveMax { target: kib, max });
+    }
+    if d.kind == DomainType::Pvhvm {
+        // Its balloon driver acts on the target.
+        return write(&xs, d.domid, "target", kib);
     }
     let h = resources::hierarchy()?;
     let g = h
@@ -199,7 +220,54 @@ pub fn mem_max(which: &str, size: &str) -> Result<(), MemError> {
     if kib < target {
         return Err(MemError::BelowTarget { max: kib, target });
     }
+    if d.kind == DomainType::Pvhvm {
+        // The VMM's limit first (Xen's XEN_DOMCTL_max_mem), then the node.
+        let pages = (kib / 4).min(d.layout.nr_ram_pages);
+        let answer = vmm_command(d.domid, &d.name, &format!("max-pages {pages}"))?;
+        if answer != "ok" {
+            return Err(MemError::VmmRefused {
+                domid: d.domid,
+                why: answer.trim_start_matches("error ").to_owned(),
+            });
+        }
+    }
     write(&xs, d.domid, "static-max", kib)
+}
+
+/// One command on a PVHVM domain's VMM control socket; its answer line.
+fn vmm_command(domid: u16, name: &str, cmd: &str) -> Result<String, MemError> {
+    use std::io::{BufRead, Write};
+    let socket = toolstack::vmm_control_socket(name);
+    let err = |source| MemError::Vmm {
+        domid,
+        socket: socket.display().to_string(),
+        source,
+    };
+    let conn = std::os::unix::net::UnixStream::connect(&socket).map_err(err)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(err)?;
+    (&conn)
+        .write_all(format!("{cmd}\n").as_bytes())
+        .map_err(err)?;
+    let mut line = String::new();
+    std::io::BufReader::new(&conn)
+        .read_line(&mut line)
+        .map_err(err)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// A PVHVM domain's pages and maximum pages as its VMM counts them (Xen's
+/// `tot_pages`, `max_pages`).
+///
+/// # Errors
+/// [`MemError::Vmm`], [`MemError::VmmRefused`] (an answer it cannot read).
+pub fn vmm_pages(domid: u16, name: &str) -> Result<(u64, u64), MemError> {
+    let answer = vmm_command(domid, name, "pages")?;
+    let mut w = answer.split_whitespace();
+    match (w.next(), w.next().map(str::parse), w.next().map(str::parse)) {
+        (Some("pages"), Some(Ok(cur)), Some(Ok(max))) => Ok((cur, max)),
+        _ => Err(MemError::VmmRefused { domid, why: answer }),
+    }
 }
 
 /// A PV domain's balloon target, MiB (for `xl list`), if xenstore has it.
@@ -255,9 +323,8 @@ mod tests {
     }
 
     #[test]
-    fn test_pvhvm_and_dom0_are_refused_with_the_reason() {
-        let e = check(&info(3, DomainType::Pvhvm), 32 << 10).expect_err("pvhvm");
-        assert!(e.to_string().contains("no balloon driver"), "{e}");
+    fn test_dom0_and_tiny_targets_are_refused_with_the_reason() {
+        assert!(check(&info(3, DomainType::Pvhvm), 32 << 10).is_ok());
         assert!(matches!(
             check(&info(0, DomainType::Pv), 32 << 10),
             Err(MemError::Dom0)

@@ -545,10 +545,16 @@ impl Census {
             flags[0] = '-';
             flags[1] = 'b';
         }
-        // A PV domain's Mem is its balloon target (xl mem-set).
-        let mem_mib = match self.targets.get(&d.domid) {
-            Some(&t) if d.kind == xen_shim_proto::layout::DomainType::Pv => t,
-            _ => d.memory_mib,
+        // A PV domain's Mem is its balloon target (xl mem-set); a PVHVM
+        // domain's the pages its VMM counts (what its balloon left).
+        let mem_mib = match d.kind {
+            xen_shim_proto::layout::DomainType::Pv => {
+                self.targets.get(&d.domid).copied().unwrap_or(d.memory_mib)
+            }
+            xen_shim_proto::layout::DomainType::Pvhvm => d
+                .pid
+                .and_then(|_| crate::mem::vmm_pages(d.domid, &d.name).ok())
+                .map_or(d.memory_mib, |(pages, _)| pages / 256),
         };
         Figures {
             mem_mib,

@@ -219,7 +219,10 @@ pub fn random_uuid() -> Result<String, ToolstackError> {
     ))
 }
 
-fn apply(xs: &Client, ops: &[XsOp]) -> Result<(), ToolstackError> {
+/// Carries out a plan of [`XsOp`]s in one transaction (a directory's
+/// permissions set before its children are written), as libxl writes a
+/// domain's or a device's nodes.
+pub fn apply(xs: &Client, ops: &[XsOp]) -> Result<(), ToolstackError> {
     xs.transaction(|tx| {
         for op in ops {
             match op {

@@ -167,9 +167,11 @@ fn test_pv_cpu_hog_with_one_vcpu_is_held_to_one_cpu_and_xl_list_shows_it() {
         g.memory_usage().expect("usage") >> 10,
         ig.memory_usage().expect("usage") >> 10
     );
-    // Unlimited, two loops could take both CPUs (2.0).
-    assert!((0.3..=1.2).contains(&per_s), "{per_s:.2} CPU");
-    assert!(b1 - b0 >= 0.5, "busy guest's Time(s) {b0} -> {b1}");
+    // Unlimited, two loops could take both CPUs (2.0). The lower bound only
+    // says the hog ran and was counted: on a host loaded by other work (CI
+    // runs tests in parallel) it gets well under one CPU.
+    assert!((0.05..=1.2).contains(&per_s), "{per_s:.2} CPU");
+    assert!(b1 - b0 >= 0.1, "busy guest's Time(s) {b0} -> {b1}");
     assert!(i1 - i0 <= 0.3, "idle guest's Time(s) {i0} -> {i1}");
     assert_eq!(col(&host, &busy, 2), "48");
     assert_eq!(col(&host, &idle, 2), "40");

@@ -149,3 +149,38 @@ fn test_resume_without_backend_nodes_is_no_backend() {
         "{e:?}"
     );
 }
+
+/// Regression: restored on another host, the new domain got the old one's
+/// domid, so its backend's directory is the old one's, whose watch the
+/// xenstore client's reconnection had set again; resume failed with
+/// EEXIST when it set the watch (found by the two-host rig's
+/// save-on-A-restore-on-B test). It now removes the old watch first.
+#[test]
+fn test_resume_with_the_old_backend_directory_and_its_watch_set_again_connects() {
+    // Arrange
+    let p = platform();
+    let (mut front, mut back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    let t = front.submit_write(8, &[0x5a; 4096]).expect("write");
+    back.take_and_hold(1, true);
+    back.unmap_all();
+    back.held.clear();
+    p.new_domain_rewatched();
+    let mut back2 = FakeBack::new(&p, Offer::default());
+    back2.disk = back.disk.clone();
+
+    // Act
+    front.resume().expect("resume");
+    back2.init_wait();
+    pump(&p, &mut front);
+    back2.connect();
+    pump(&p, &mut front);
+    let done = run_until(&mut front, &mut back2, 1);
+
+    // Assert
+    assert_eq!(front.state(), FrontState::Connected);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].tag, t, "the write re-issued once");
+    assert!(back2.disk[8 * 512..8 * 512 + 4096]
+        .iter()
+        .all(|&b| b == 0x5a));
+}

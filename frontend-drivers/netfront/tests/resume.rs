@@ -90,3 +90,33 @@ fn test_netfront_resume_without_backend_nodes_is_no_backend() {
     let e = f.resume().expect_err("no backend");
     assert!(matches!(e, NetfrontError::NoBackend { .. }), "{e:?}");
 }
+
+/// Regression: restored on another host, the new domain got the old one's
+/// domid, so its backend's directory is the old one's, whose watch the
+/// xenstore client's reconnection had set again; resume failed with
+/// EEXIST when it set the watch (found by the two-host rig's
+/// save-on-A-restore-on-B test). It now removes the old watch first.
+#[test]
+fn test_netfront_resume_with_the_old_backend_directory_and_its_watch_set_again_connects() {
+    // Arrange
+    let p = FakePlatform::new(GUEST);
+    let mut b = FakeBack::new(&p);
+    let mut f = connected(&p, &mut b);
+    for m in b.crash() {
+        p.peer_unmap(m);
+    }
+    p.new_domain_rewatched();
+    let mut b = FakeBack::new(&p);
+
+    // Act
+    f.resume().expect("resume");
+    b.init_wait();
+    pump(&p, &mut f);
+    b.connect();
+    pump(&p, &mut f);
+    exchange(&mut f, &mut b, 3);
+
+    // Assert
+    assert!(f.is_connected(), "state {:?}", f.state());
+    assert!(f.failure().is_none());
+}

@@ -271,6 +271,22 @@ impl FakePlatform {
         st.txs.clear();
     }
 
+    /// [`FakePlatform::new_domain`] as a guest whose xenstore connection
+    /// was reconnected sees it: the client set its watches again (each
+    /// fires once), so those of the old domain's devices are still set.
+    pub fn new_domain_rewatched(&self) {
+        let watches = self.state.borrow().watches.clone();
+        self.new_domain();
+        let mut st = self.state.borrow_mut();
+        for (path, token) in watches {
+            st.watch_queue.push_back(XsWatchEvent {
+                path: path.clone(),
+                token: token.clone(),
+            });
+            st.watches.push((path, token));
+        }
+    }
+
     /// Resolves a relative path and validates it (`EINVAL`).
     fn resolve(&self, path: &str, watch: bool) -> Result<String, PlatformError> {
         if watch && path.starts_with('@') {

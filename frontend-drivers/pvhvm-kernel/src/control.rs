@@ -27,7 +27,7 @@
 //! `NetFront::resume` and a gratuitous ARP once the vif is connected).
 //!
 //! The kernel is single-threaded: the workloads call [`poll`] from their
-//! loops (at most once a millisecond it costs a look at the xenstore ring;
+//! loops (which also moves the balloon, [`crate::balloon::poll`]) (at most once a millisecond it costs a look at the xenstore ring;
 //! the node is read when the watch fired and once a second besides,
 //! level-triggered). The watch's events never reach a device:
 //! [`crate::platform::KPlatform`] keeps them for [`poll`].
@@ -126,6 +126,7 @@ pub fn poll(p: &KPlatform) -> Option<u32> {
         return None;
     }
     NEXT_EVENTS.store(now + EVENTS_NS, Ordering::Relaxed);
+    crate::balloon::poll(p);
     let fired = p.take_control_events().unwrap_or(false);
     if !fired && now < NEXT_LOOK.load(Ordering::Relaxed) {
         return None;
@@ -193,6 +194,7 @@ fn resume_new_domain(p: &KPlatform) -> Result<(), PlatformError> {
     crate::console::set_port(si.console.domU().evtchn);
     // (The platform's reconnection sets the control watch again.)
     p.resume_new_domain(si.store_evtchn)?;
+    crate::balloon::resume_new_domain();
     advertise(p);
     // The new domain's node is read at the next poll.
     NEXT_LOOK.store(0, Ordering::Relaxed);

@@ -6,8 +6,8 @@ use core::arch::asm;
 use xen_abi::pvhvm::{HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, DOORBELL_PORT};
 use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
-    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog, xen_guest_handle,
-    CONSOLEIO_write, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_watchdog,
+    __HYPERVISOR_memory_op, __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog,
+    xen_guest_handle, CONSOLEIO_write, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_watchdog,
 };
 
 /// A raw hypercall.
@@ -62,6 +62,24 @@ pub fn gnttab_op<T>(cmd: u32, op: &mut T) -> i64 {
             u64::from(cmd),
             op as *mut T as u64,
             1,
+            0,
+            0,
+        )
+    }
+}
+
+/// `HYPERVISOR_memory_op(cmd, op)` on a struct of this kernel (the
+/// balloon's `XENMEM_*`).
+pub fn memory_op<T>(cmd: u32, op: &mut T) -> i64 {
+    // SAFETY: `op` is a live, identity-mapped struct of the size the VMM
+    // reads for `cmd`; its guest handles are set by the caller to live
+    // buffers.
+    unsafe {
+        hypercall(
+            __HYPERVISOR_memory_op,
+            u64::from(cmd),
+            op as *mut T as u64,
+            0,
             0,
             0,
         )

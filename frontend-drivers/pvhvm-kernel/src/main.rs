@@ -12,9 +12,11 @@
 extern crate alloc;
 
 mod arch;
+mod balloon;
 mod console;
 mod control;
 mod global;
+mod hotplug;
 mod hypercall;
 mod net;
 mod platform;

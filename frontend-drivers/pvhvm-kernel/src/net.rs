@@ -37,6 +37,15 @@
 //! gratuitous ARP (an ARP request for its own address, Linux's
 //! `netdev_notify_peers`) so that the bridge and the peers find it at
 //! once; smoltcp's sockets stay, TCP retransmits what was lost.
+//!
+//! The window probe: smoltcp (0.12) has no persist timer, so a sender
+//! whose peer advertised a zero window, with all it sent acknowledged,
+//! waits for the peer's window update; one that is lost (sent while the
+//! guest moves between hosts, or while its vif reconnects) stalls the
+//! connection for good, as the peer sends nothing more. Every socket
+//! therefore sends a keep-alive after [`PROBE_MS`] without a segment from
+//! its peer, which the peer answers with its current window; after a
+//! resume the first one goes out at once (the interval passed meanwhile).
 
 use alloc::format;
 use alloc::string::String;
@@ -72,6 +81,9 @@ const ECHO_BUF: usize = 64 << 10;
 const POLL_BATCH: usize = 64;
 /// The longest HTTP request head we read.
 const MAX_HEAD: usize = 2048;
+/// The keep-alive interval that stands in for the persist timer (see the
+/// [module docs](self)).
+const PROBE_MS: u64 = 1000;
 /// How often the loop looks at the vif's watch events.
 const LINK_CHECK_MS: u64 = 50;
 /// How often it reads the backend's state without an event.
@@ -100,13 +112,7 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
             .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
     };
     let ip = get("ip").ok_or("no ip=A.B.C.D/LEN on the command line")?;
-    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
-    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|&l| (1..=32).contains(&l))
-        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    let addr = parse_cidr(ip)?;
     let gateway = match get("gw") {
         Some(g) => Some(g.parse().map_err(|_| format!("bad gateway {g:?}"))?),
         None => None,
@@ -116,10 +122,22 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
         None => None,
     };
     Ok(NetArgs {
-        addr: Ipv4Cidr::new(a, len),
+        addr,
         gateway,
         devid,
     })
+}
+
+/// Parses `A.B.C.D[/LEN]` (prefix length default 24).
+pub fn parse_cidr(ip: &str) -> Result<Ipv4Cidr, String> {
+    let (a, len) = ip.split_once('/').unwrap_or((ip, "24"));
+    let a: Ipv4Address = a.parse().map_err(|_| format!("bad address {a:?}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|&l| (1..=32).contains(&l))
+        .ok_or_else(|| format!("bad prefix length in {ip:?}"))?;
+    Ok(Ipv4Cidr::new(a, len))
 }
 
 /// Netfront as a smoltcp device: received frames are copied out of the rx
@@ -127,13 +145,13 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
 /// in place in a reserved tx page (zero copy) and published in batches by
 /// [`NetDev::flush`].
 pub struct NetDev<'p> {
-    nf: NetFront<'p, KPlatform>,
+    pub(crate) nf: NetFront<'p, KPlatform>,
     rx_buf: Vec<u8>,
     mtu: usize,
     /// The first netfront error (the device is then unusable).
-    error: Option<NetfrontError>,
+    pub(crate) error: Option<NetfrontError>,
     /// Frames moved (for "did anything happen" in the main loop).
-    moved: u64,
+    pub(crate) moved: u64,
 }
 
 impl core::fmt::Debug for NetDev<'_> {
@@ -146,7 +164,7 @@ impl core::fmt::Debug for NetDev<'_> {
 }
 
 impl<'p> NetDev<'p> {
-    fn new(nf: NetFront<'p, KPlatform>) -> Self {
+    pub(crate) fn new(nf: NetFront<'p, KPlatform>) -> Self {
         let mtu = nf.max_frame();
         NetDev {
             nf,
@@ -167,7 +185,7 @@ impl<'p> NetDev<'p> {
 
     /// Publishes queued tx frames and re-posted rx pages (notifying the
     /// backend when its event indices ask).
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let r = self.nf.push_tx(0).and_then(|()| self.nf.push_rx(0));
         self.note(r);
     }
@@ -514,7 +532,7 @@ fn reclaim_time_wait(sockets: &mut SocketSet<'_>, hs: impl Iterator<Item = Socke
     }
 }
 
-fn now(p: &KPlatform) -> Instant {
+pub(crate) fn now(p: &KPlatform) -> Instant {
     Instant::from_micros((p.monotonic_ns() / 1000) as i64)
 }
 
@@ -561,18 +579,20 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut sockets = SocketSet::new(Vec::new());
     let mut http: Vec<(SocketHandle, Http)> = Vec::new();
     for _ in 0..HTTP_SOCKETS {
-        let s = tcp::Socket::new(
+        let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; HTTP_RX]),
             tcp::SocketBuffer::new(vec![0; HTTP_TX]),
         );
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_millis(PROBE_MS)));
         http.push((sockets.add(s), Http::default()));
     }
     let mut echo: Vec<SocketHandle> = Vec::new();
     for _ in 0..ECHO_SOCKETS {
-        let s = tcp::Socket::new(
+        let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; ECHO_BUF]),
             tcp::SocketBuffer::new(vec![0; ECHO_BUF]),
         );
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_millis(PROBE_MS)));
         echo.push(sockets.add(s));
     }
     let pat = pattern_block();

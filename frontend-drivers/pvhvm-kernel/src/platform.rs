@@ -212,6 +212,8 @@ pub struct KPlatform {
     xs: RefCell<XenbusClient<StoreEvents>>,
     /// The control watch fired (seen by `xs_read_watch`).
     control_fired: Cell<bool>,
+    /// The balloon's watch fired (seen by `xs_read_watch`).
+    balloon_fired: Cell<bool>,
 }
 
 impl core::fmt::Debug for KPlatform {
@@ -290,6 +292,7 @@ impl KPlatform {
             }),
             xs: RefCell::new(xs),
             control_fired: Cell::new(false),
+            balloon_fired: Cell::new(false),
         };
         p.read_domid()?;
         Ok(p)
@@ -351,6 +354,15 @@ impl KPlatform {
         Some((f << 12) + 8 * u64::from(gref % GREFS_PER_FRAME))
     }
 
+    /// Grant references handed out and not ended (the hotplug report:
+    /// a removed device leaves none behind).
+    pub fn grants_in_use(&self) -> usize {
+        let g = self.grants.borrow();
+        (g.frames.len() * GREFS_PER_FRAME as usize)
+            .saturating_sub(GNTTAB_NR_RESERVED_ENTRIES as usize)
+            .saturating_sub(g.free.len())
+    }
+
     /// Guest-physical address of the store ring (for the hostile test).
     pub fn store_page(&self) -> u64 {
         self.store_gfn << 12
@@ -368,6 +380,55 @@ impl KPlatform {
     pub fn take_control_events(&self) -> Result<bool, PlatformError> {
         let n = self.with_xs(|c| c.take_watch_events(crate::control::TOKEN))?;
         Ok(self.control_fired.replace(false) || n > 0)
+    }
+
+    /// Whether the balloon's watch ([`crate::balloon::TOKEN`]) fired since
+    /// the last call (as [`KPlatform::take_control_events`]).
+    pub fn take_balloon_events(&self) -> Result<bool, PlatformError> {
+        let n = self.with_xs(|c| c.take_watch_events(crate::balloon::TOKEN))?;
+        Ok(self.balloon_fired.replace(false) || n > 0)
+    }
+
+    /// One free page for the balloon (its gfn), taken from the page
+    /// allocator so that nothing else is handed it; its contents are not
+    /// touched.
+    pub fn balloon_take_page(&self) -> Option<u64> {
+        self.pages.borrow_mut().alloc(1).ok()
+    }
+
+    /// Gives a page [`KPlatform::balloon_take_page`] took back to the page
+    /// allocator.
+    pub fn balloon_return_page(&self, gfn: u64) -> bool {
+        self.pages.borrow_mut().free(gfn, 1).is_ok()
+    }
+
+    /// Writes every free page of the page allocator once (so the domain's
+    /// memory file holds them, as a guest that has used its memory);
+    /// returns the pages written.
+    pub fn touch_free_pages(&self) -> u64 {
+        let mut pages = self.pages.borrow_mut();
+        let mut runs = Vec::new();
+        let mut want = pages.free_pages();
+        while want > 0 {
+            match pages.alloc(want) {
+                Ok(gfn) => runs.push((gfn, want)),
+                Err(_) => want /= 2,
+            }
+            want = want.min(pages.free_pages());
+        }
+        let mut n = 0;
+        for &(gfn, count) in &runs {
+            for g in gfn..gfn + count {
+                // SAFETY: the page is free RAM, allocated to us just now
+                // and identity-mapped; nothing else uses it.
+                unsafe { core::ptr::write_volatile((g << 12) as *mut u8, 0) };
+            }
+            n += count;
+        }
+        for (gfn, count) in runs {
+            let _ = pages.free(gfn, count);
+        }
+        n
     }
 
     /// Runs `f` on the xenstore client.
@@ -618,6 +679,10 @@ unsafe impl Platform for KPlatform {
             // device's (see `take_control_events`).
             if w.token == crate::control::TOKEN {
                 self.control_fired.set(true);
+                continue;
+            }
+            if w.token == crate::balloon::TOKEN {
+                self.balloon_fired.set(true);
                 continue;
             }
             return Ok(Some(XsWatchEvent {

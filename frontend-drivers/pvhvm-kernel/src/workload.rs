@@ -6,6 +6,14 @@
 //!   and verify; prints `disk self-test: PASS` or `disk self-test: FAIL: why`
 //!   (the pattern at byte offset `o` is the little-endian `u64`
 //!   `o ^ seed * 0x9E3779B97F4A7C15` every 8 bytes);
+//! - `balloon [memtouch] [seed=N]`: connect the first vbd, write every free
+//!   page once (`memtouch`: the memory file then holds the guest's RAM, as
+//!   after a while of use), run the disk self-test, then again each time
+//!   the balloon ([`crate::balloon`]) reaches a new `memory/target` and
+//!   after a resume in a new domain (the vbd reconnected), until the
+//!   toolstack shuts the domain down;
+//! - `balloonhostile [disk]`: the balloon hypercalls a hostile kernel could make
+//!   ([`crate::balloon::hostile`]);
 //! - `xenstore`: read its own name from xenstore and print it;
 //! - `blkload [pattern=randread|seqread|seqwrite] [bs=N] [qd=N] [secs=N]`:
 //!   the block load generator (JSON lines as the PV guest's `blkload`);
@@ -40,7 +48,7 @@ use xen_front_platform::{Platform, XBT_NIL};
 use crate::platform::{Boot, KPlatform, MemoryPlan};
 use crate::{println, BootInfo};
 
-fn arg<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
+pub(crate) fn arg<'a>(words: &[&'a str], key: &str) -> Option<&'a str> {
     words
         .iter()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -79,12 +87,32 @@ pub fn run(b: &BootInfo) -> Option<u32> {
             };
             println!("pvhvm-kernel: domain {} on xenstore", p.domid());
             crate::control::init(&p);
+            crate::balloon::init(&p, b.nr_pages);
             let reason = match cmd {
                 "selftest" => selftest(&p, &words[1..]),
+                "balloon" => balloon(&p, &words[1..]),
+                "balloonhostile" => {
+                    // With a vbd connected: its ring is a grant-mapped page.
+                    let dev = if words.contains(&"disk") {
+                        match connect(&p) {
+                            Ok(d) => Some(d),
+                            Err(why) => {
+                                println!("balloon-hostile: FAIL: {why}");
+                                return None;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let r = crate::balloon::hostile(&p, b.nr_pages, dev.is_some());
+                    drop(dev);
+                    r
+                }
                 "blkload" => blkload(&p, &words[1..]),
                 "hostile" => hostile(&p, b),
                 "fvcompare" => fvcompare(&p, &words[1..]),
                 "netserve" => crate::net::netserve(&p, &words[1..]),
+                "hotplug" => crate::hotplug::run(&p, &words[1..]),
                 "xenstore" => {
                     let name = p.xs_read(XBT_NIL, "name").unwrap_or_default();
                     println!(
@@ -234,7 +262,8 @@ fn wait_for(
     ))
 }
 
-fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
+/// The self-test's data at byte `offset` of the disk with `seed`.
+pub(crate) fn pattern(buf: &mut [u8], offset: u64, seed: u64) {
     for (i, c) in buf.chunks_mut(8).enumerate() {
         let v = (offset + 8 * i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let b = v.to_le_bytes();
@@ -292,6 +321,64 @@ impl From<&str> for SelftestEnd {
     }
 }
 
+/// The `balloon` workload (see the [module docs](self)).
+fn balloon(p: &KPlatform, words: &[&str]) -> Option<u32> {
+    let seed: Option<u64> = arg(words, "seed").and_then(|s| s.parse().ok());
+    let mut dev = match connect(p) {
+        Ok(d) => d,
+        Err(why) => {
+            println!("disk self-test: FAIL: {why}");
+            return None;
+        }
+    };
+    if words.contains(&"memtouch") {
+        let t0 = p.monotonic_ns();
+        let n = p.touch_free_pages();
+        println!(
+            "balloon: touched {} KiB of free pages in {} us",
+            n * 4,
+            (p.monotonic_ns() - t0) / 1000
+        );
+    }
+    let mut seen = u64::MAX;
+    let mut domains = crate::control::new_domains();
+    loop {
+        let now = crate::balloon::settled();
+        if now != seen {
+            seen = now;
+            let kib = crate::balloon::current_pages().unwrap_or(0) * 4;
+            match selftest_inner(p, &mut dev, seed) {
+                Ok(summary) => println!("disk self-test: PASS at {kib} KiB ({summary})"),
+                Err(SelftestEnd::Stop(reason)) => return Some(reason),
+                Err(SelftestEnd::Fail(why)) => {
+                    println!("disk self-test: FAIL at {kib} KiB: {why}");
+                    return None;
+                }
+            }
+        }
+        // A suspend is carried out here; after a resume in a new domain
+        // the vbd reconnects and the self-test runs again.
+        let before = domains;
+        match between_ios(p, &mut dev, &mut domains) {
+            Ok(()) if domains != before => seen = u64::MAX,
+            Ok(()) => {}
+            Err(SelftestEnd::Stop(reason)) => return Some(reason),
+            Err(SelftestEnd::Fail(why)) => {
+                println!("disk self-test: FAIL: {why}");
+                return None;
+            }
+        }
+        // Sleep on the store port: a watch event (control or balloon)
+        // wakes us.
+        let port = p.store_port();
+        if p.evtchn_poll(&[port], Some(Duration::from_millis(100)))
+            .unwrap_or(false)
+        {
+            let _ = p.evtchn_clear(port);
+        }
+    }
+}
+
 /// Spots of the self-test: `(byte offset, length)`, 64 spread over the
 /// disk (first and last included), lengths from one sector to 128 KiB.
 /// The data at each is [`pattern`] with the seed.
@@ -305,20 +392,7 @@ fn selftest_inner(
         return Err("the disk is read-only".into());
     }
     let size = disk.size_bytes();
-    let ss = u64::from(disk.sector_size);
-    // 64 spots spread over the disk (first and last included), sizes from
-    // one sector to 128 KiB, written in one batch, flushed, read back.
-    let spots = 64u64;
-    let mut ios: Vec<(u64, usize)> = Vec::new();
-    for i in 0..spots {
-        let len = (ss << (i % 9))
-            .min(128 * 1024)
-            .min(dev.max_request_bytes() as u64)
-            .min(size) as usize;
-        let max_off = size - len as u64;
-        let off = (max_off * i / (spots - 1)) / ss * ss;
-        ios.push((off, len));
-    }
+    let ios = selftest_spots(&disk, dev.max_request_bytes());
     let seed = seed.unwrap_or_else(|| p.monotonic_ns());
     let t0 = p.monotonic_ns();
     let mut seen = crate::control::new_domains();
@@ -390,6 +464,30 @@ fn selftest_inner(
         size >> 20,
         us
     ))
+}
+
+/// The self-test's spots on `disk`: 64 `(byte offset, length)` spread
+/// over the disk (first and last included), lengths from one sector to
+/// 128 KiB (at most `max_request` bytes), written in one batch, flushed,
+/// read back.
+pub(crate) fn selftest_spots(
+    disk: &xen_blkfront::DiskInfo,
+    max_request: usize,
+) -> Vec<(u64, usize)> {
+    let size = disk.size_bytes();
+    let ss = u64::from(disk.sector_size);
+    let spots = 64u64;
+    let mut ios: Vec<(u64, usize)> = Vec::new();
+    for i in 0..spots {
+        let len = (ss << (i % 9))
+            .min(128 * 1024)
+            .min(max_request as u64)
+            .min(size) as usize;
+        let max_off = size - len as u64;
+        let off = (max_off * i / (spots - 1)) / ss * ss;
+        ios.push((off, len));
+    }
+    ios
 }
 
 /// Xorshift64*, as the PV guest's load generator.

@@ -26,6 +26,7 @@
 //! - [`xen`], from `xen.h`, `arch-x86/xen.h`, `arch-x86/xen-x86_64.h`, `sched.h`.
 //! - [`grant_table`], from `grant_table.h`.
 //! - [`event_channel`], from `event_channel.h`.
+//! - [`memory`], from `memory.h` (the reservation operations).
 //! - [`io::ring`], [`io::blkif`], [`io::netif`], [`io::console`],
 //!   [`io::xs_wire`], [`io::xenbus`], [`io::protocols`], from the `io/` headers.
 #![no_std]
@@ -34,6 +35,7 @@
 pub mod event_channel;
 pub mod grant_table;
 pub mod io;
+pub mod memory;
 pub mod pvhvm;
 pub mod xen;
 

@@ -35,7 +35,9 @@
 //! Implemented: `sched_op` (`yield`, `block`, `poll`, `shutdown`),
 //! `event_channel_op` (`alloc_unbound`, `bind_interdomain`, `close`, `send`,
 //! `unmask`, `status`), `grant_table_op` (`setup_table`, `query_size`),
-//! `console_io` (`write`: appended to the domain's console log), and
+//! `console_io` (`write`: appended to the domain's console log),
+//! `memory_op` (`decrease_reservation`, `populate_physmap`,
+//! `current_reservation`, `maximum_reservation`: the balloon), and
 //! [`HYPERVISOR_vmm_op`] (this VMM's own operations).
 //!
 //! # Event channels

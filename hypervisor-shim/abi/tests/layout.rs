@@ -26,6 +26,7 @@ use xen_abi::io::netif::*;
 use xen_abi::io::ring::*;
 use xen_abi::io::xenbus::XenbusState;
 use xen_abi::io::xs_wire::*;
+use xen_abi::memory::*;
 use xen_abi::xen::*;
 
 /// Where the headers must be (`#include <xen/...>` resolves there).
@@ -578,6 +579,18 @@ fn rust_table() -> Table {
         ALL,
         fields!(sched_pin_override; pcpu)
     ));
+
+    // --- memory.h ----------------------------------------------------------
+    t.strukt(s!(
+        xen_memory_reservation,
+        "struct xen_memory_reservation",
+        since(0x0003_0209),
+        fields!(xen_memory_reservation; extent_start, nr_extents, extent_order, mem_flags,
+            domid; pad _pad0)
+    ));
+    consts!(t, ALL; XENMEM_increase_reservation, XENMEM_decrease_reservation,
+        XENMEM_maximum_ram_page, XENMEM_current_reservation, XENMEM_maximum_reservation,
+        XENMEM_populate_physmap);
 
     // --- grant_table.h ---------------------------------------------------
     t.strukt(s!(
@@ -1438,6 +1451,7 @@ fn c_program(table: &Table) -> String {
 #include <xen/grant_table.h>
 #include <xen/event_channel.h>
 #include <xen/sched.h>
+#include <xen/memory.h>
 #include <xen/io/ring.h>
 #include <xen/io/blkif.h>
 #include <xen/io/netif.h>

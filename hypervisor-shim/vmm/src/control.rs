@@ -18,7 +18,14 @@
 //!   unpause       -> "unpaused": a VMM started with `--incoming` (the
 //!                    destination of a migration, its memory loaded) runs
 //!                    its vCPUs; until then it holds them
+//!   pages         -> "pages CURRENT MAX": the domain's pages and maximum
+//!                    (Xen's tot_pages and max_pages; `xl list`'s Mem)
+//!   max-pages N   -> "ok" or "error WHY": the maximum the balloon may
+//!                    populate to (`xl mem-max`, Xen's XEN_DOMCTL_max_mem)
 //! ```
+//!
+//! Each connection has its own thread (an `xl list` is answered while an
+//! `xl save` holds its connection); one save at a time.
 //!
 //! A connection that closes while the domain is parked resumes it (a dead `xl`
 //! never leaves a guest stopped; `xl save` destroys the domain before it closes).
@@ -124,9 +131,10 @@ impl Park {
     }
 }
 
-/// The hold on an incoming domain's vCPUs until the toolstack's "unpause"
-/// (Xen creates a migrated domain paused and unpauses it once the source
-/// has given it up).
+/// A gate held until released: an incoming domain's vCPUs until the
+/// toolstack's "unpause" (Xen creates a migrated domain paused and unpauses
+/// it once the source has given it up), the control connections until the
+/// VMM is jailed ([`serve`]).
 #[derive(Debug, Default)]
 pub struct Hold {
     held: Mutex<bool>,
@@ -180,24 +188,49 @@ pub trait Saver: Send + Sync {
     fn save(&self, file: File, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
     /// Let a parked domain run again.
     fn release(&self);
+    /// The domain's pages and maximum pages.
+    fn reservation(&self) -> (u64, u64);
+    /// Sets the maximum pages.
+    fn set_max_pages(&self, pages: u64) -> Result<(), String>;
 }
 
 /// Serve the control socket at `path` (replacing a stale one) on a thread.
-pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<()> {
+/// Connections wait in the socket's backlog until the returned gate is
+/// released: the VMM releases it once jailed, so that no connection's
+/// thread is being created while the jail changes every thread's
+/// credentials (a thread spawned then failed to drop its privileges: a
+/// migration's receiver connects as soon as the socket exists).
+pub fn serve(
+    path: &Path,
+    saver: std::sync::Arc<dyn Saver>,
+) -> std::io::Result<std::sync::Arc<Hold>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     // Only the toolstack's user may ask for a save (it names a file to write).
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let gate = std::sync::Arc::new(Hold::new(true));
+    let opened = std::sync::Arc::clone(&gate);
     std::thread::Builder::new()
         .name("xen-vmm-control".into())
         .spawn(move || {
+            opened.wait();
+            let busy = std::sync::Arc::new(AtomicBool::new(false));
             for conn in listener.incoming().flatten() {
-                if let Err(e) = session(conn, &*saver) {
-                    tracing::warn!(error = %e, "control connection failed");
+                let saver = std::sync::Arc::clone(&saver);
+                let busy = std::sync::Arc::clone(&busy);
+                let r = std::thread::Builder::new()
+                    .name("xen-vmm-ctl-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = session(conn, &*saver, &busy) {
+                            tracing::warn!(error = %e, "control connection failed");
+                        }
+                    });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot serve a control connection");
                 }
             }
         })?;
-    Ok(())
+    Ok(gate)
 }
 
 /// The largest config text `migrate` takes.
@@ -258,7 +291,7 @@ impl Lines {
     }
 }
 
-fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
+fn session(conn: UnixStream, saver: &dyn Saver, busy: &AtomicBool) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut parked = false;
     let mut lines = Lines {
@@ -270,6 +303,9 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
         while let Some((line, mut fds)) = lines.next_line()? {
             let cmd = line.split_whitespace().next().unwrap_or("");
             match cmd {
+                "save" if !parked && fds.len() == 1 && busy.swap(true, Ordering::SeqCst) => {
+                    writeln!(out, "error another save of this domain is in progress")?;
+                }
                 "save" if !parked && fds.len() == 1 => {
                     let file = File::from(fds.remove(0));
                     let mut last = Instant::now();
@@ -284,8 +320,21 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                             parked = true;
                             writeln!(out, "saved {pages} {bytes}")?;
                         }
-                        Err(why) => writeln!(out, "error {}", why.replace('\n', " "))?,
+                        Err(why) => {
+                            busy.store(false, Ordering::SeqCst);
+                            writeln!(out, "error {}", why.replace('\n', " "))?;
+                        }
                     }
+                }
+                "migrate"
+                    if !parked
+                        && (1..=2).contains(&fds.len())
+                        && busy.swap(true, Ordering::SeqCst) =>
+                {
+                    writeln!(
+                        out,
+                        "error a save or migration of this domain is in progress"
+                    )?;
                 }
                 "migrate" if !parked && (1..=2).contains(&fds.len()) => {
                     let file = File::from(fds.remove(0));
@@ -293,11 +342,17 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                     let config = match fds.pop() {
                         Some(fd) => {
                             let mut text = Vec::new();
-                            std::io::Read::read_to_end(
+                            let read = std::io::Read::read_to_end(
                                 &mut std::io::Read::take(File::from(fd), MAX_CONFIG + 1),
                                 &mut text,
-                            )?;
+                            );
+                            if let Err(e) = read {
+                                busy.store(false, Ordering::SeqCst);
+                                writeln!(out, "error cannot read the config: {e}")?;
+                                continue;
+                            }
                             if text.len() as u64 > MAX_CONFIG {
+                                busy.store(false, Ordering::SeqCst);
                                 writeln!(out, "error the config is over {MAX_CONFIG} bytes")?;
                                 continue;
                             }
@@ -325,7 +380,10 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                             let pages: u64 = sent.rounds.iter().sum();
                             writeln!(out, "sent {pages} {}", sent.bytes)?;
                         }
-                        Err(why) => writeln!(out, "error {}", why.replace('\n', " "))?,
+                        Err(why) => {
+                            busy.store(false, Ordering::SeqCst);
+                            writeln!(out, "error {}", why.replace('\n', " "))?;
+                        }
                     }
                 }
                 "unpause" => match saver.unpause() {
@@ -335,7 +393,20 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
                 "resume" if parked => {
                     saver.release();
                     parked = false;
+                    busy.store(false, Ordering::SeqCst);
                     writeln!(out, "resumed")?;
+                }
+                "pages" => {
+                    let (cur, max) = saver.reservation();
+                    writeln!(out, "pages {cur} {max}")?;
+                }
+                "max-pages" => {
+                    let n = line.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+                    match n.map(|n| saver.set_max_pages(n)) {
+                        Some(Ok(())) => writeln!(out, "ok")?,
+                        Some(Err(why)) => writeln!(out, "error {why}")?,
+                        None => writeln!(out, "error max-pages needs a page count")?,
+                    }
                 }
                 _ => writeln!(out, "error unknown or out-of-place command {cmd:?}")?,
             }
@@ -344,6 +415,7 @@ fn session(conn: UnixStream, saver: &dyn Saver) -> std::io::Result<()> {
     })();
     if parked {
         saver.release();
+        busy.store(false, Ordering::SeqCst);
     }
     r
 }

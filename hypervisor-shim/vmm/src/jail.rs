@@ -59,6 +59,9 @@ pub const VMM_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_openat,
     // Kicking vCPU threads out of KVM_RUN (tgkill is in the base set).
     libc::SYS_prctl,
+    // The balloon: punching pages out of the memory file and allocating
+    // them again (`balloon`).
+    libc::SYS_fallocate,
 ];
 
 /// Jails the VMM of the attached domain `hv` if the toolstack asked

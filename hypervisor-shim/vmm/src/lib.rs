@@ -9,6 +9,9 @@
 //!     ELF PT_LOAD → RAM; identity page tables, boot GDT, long mode (boot.rs)
 //!     CPUID 0x4000_0000 = "XenVMMXenVMM"
 //!     vCPU thread:  KVM_RUN ─ out 0xe4 (hypercall gate) → sched/evtchn/gnttab/console ops
+//!                           ─ memory_op: the balloon's XENMEM_decrease_reservation /
+//!                             populate_physmap punch or allocate pages of the
+//!                             memory file ([`balloon`])
 //!                           ─ triple fault / emulation failure / unbacked access → crash
 //!     doorbells:    out 0x5000 ← port  = KVM_IOEVENTFD (datamatch port) on the
 //!                   channel's eventfd: a send never exits to userspace
@@ -31,6 +34,7 @@
 //! domain shut down or crashed; a guest can never crash the VMM's host: every
 //! guest value is bounds-checked and every bad exit ends only this domain.
 
+pub mod balloon;
 pub mod boot;
 pub mod control;
 pub mod elf;

@@ -17,18 +17,24 @@ use xen_abi::grant_table::{
     gnttab_query_size, gnttab_setup_table, GNTTABOP_query_size, GNTTABOP_setup_table,
     GTF_permit_access, GTF_readonly, GTF_type_mask,
 };
+use xen_abi::memory::{
+    xen_memory_reservation, XENMEM_current_reservation, XENMEM_decrease_reservation,
+    XENMEM_maximum_reservation, XENMEM_populate_physmap,
+};
 use xen_abi::pvhvm::{
     fvdisk, HYPERVISOR_vmm_op, VMMOP_clock_sync, VMMOP_fault, VMMOP_vcpu_down, VMMOP_vcpu_up,
     BOOT_RESERVED_END, DEBUG_PORT, DOORBELL_PORT, FVDISK_PORT, HYPERCALL_PORT,
 };
 use xen_abi::xen::{
     __HYPERVISOR_console_io, __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op,
-    __HYPERVISOR_sched_op, sched_poll, sched_shutdown, sched_watchdog, shared_info, vcpu_info,
-    vcpu_time_info, xen_pfn_t, CONSOLEIO_write, SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown,
-    SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash, SHUTDOWN_suspend, SHUTDOWN_watchdog,
+    __HYPERVISOR_memory_op, __HYPERVISOR_sched_op, domid_t, sched_poll, sched_shutdown,
+    sched_watchdog, shared_info, vcpu_info, vcpu_time_info, xen_pfn_t, CONSOLEIO_write,
+    SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_crash,
+    SHUTDOWN_suspend, SHUTDOWN_watchdog, DOMID_SELF,
 };
 use xen_shim_guest::Hypervisor;
 
+use crate::balloon::{self, Reservation};
 use crate::boot;
 use crate::error::kvm;
 use crate::events::EventLoop;
@@ -41,6 +47,7 @@ const ENOSYS: i64 = -38;
 const EINVAL: i64 = -22;
 const EFAULT: i64 = -14;
 const EBUSY: i64 = -16;
+const ESRCH: i64 = -3;
 /// Most ports one `SCHEDOP_poll` may name.
 const MAX_POLL_PORTS: u32 = 128;
 /// Most bytes of one `CONSOLEIO_write`.
@@ -209,6 +216,10 @@ pub struct Vmm {
     region: kvm_userspace_memory_region,
     /// An incoming domain's vCPUs held until the toolstack's "unpause".
     incoming: crate::control::Hold,
+    /// The balloon's view of the domain's RAM (`XENMEM_*`).
+    reservation: Reservation,
+    /// Rate limit of the balloon's refusals in the log.
+    balloon_log: xen_diag::LogLimiter,
 }
 
 /// No [`Vmm::stop_reason`] yet.
@@ -358,6 +369,12 @@ impl Vmm {
             config_text,
             region,
             incoming: crate::control::Hold::new(cfg.incoming),
+            reservation: Reservation::new(
+                hv.memory_file(),
+                layout.nr_ram_pages,
+                BOOT_RESERVED_END / xen_shim_proto::layout::PAGE_SIZE as u64,
+            ),
+            balloon_log: xen_diag::LogLimiter::new(10, Duration::from_secs(60)),
         });
         // A handler (doing nothing) so that the kick signal interrupts
         // KVM_RUN with EINTR instead of killing the process.
@@ -790,6 +807,7 @@ impl Vmm {
             __HYPERVISOR_event_channel_op => Gate::Continue(self.evtchn_op(a[0], a[1])),
             __HYPERVISOR_grant_table_op => Gate::Continue(self.gnttab_op(a[0], a[1], a[2])),
             __HYPERVISOR_console_io => Gate::Continue(self.console_io(a[0], a[1], a[2])),
+            __HYPERVISOR_memory_op => Gate::Continue(self.memory_op(a[0], a[1])),
             HYPERVISOR_vmm_op => self.vmm_op(a, id),
             _ => Gate::Continue(ENOSYS),
         };
@@ -1119,6 +1137,86 @@ impl Vmm {
         }
     }
 
+    /// `HYPERVISOR_memory_op`: the balloon's operations ([`balloon`]).
+    fn memory_op(&self, cmd: u64, arg: u64) -> i64 {
+        let me = self.hv.domid();
+        let ours = |d: domid_t| d == DOMID_SELF || d == me;
+        match cmd as u32 {
+            XENMEM_current_reservation | XENMEM_maximum_reservation => {
+                let Ok(d) = self.mem.read_obj::<domid_t>(arg) else {
+                    return EFAULT;
+                };
+                if !ours(d) {
+                    return ESRCH;
+                }
+                let pages = if cmd as u32 == XENMEM_current_reservation {
+                    self.reservation.current_pages()
+                } else {
+                    self.reservation.max_pages()
+                };
+                i64::try_from(pages).unwrap_or(i64::MAX)
+            }
+            op @ (XENMEM_decrease_reservation | XENMEM_populate_physmap) => {
+                let Ok(r) = self.mem.read_obj::<xen_memory_reservation>(arg) else {
+                    return EFAULT;
+                };
+                if !ours(r.domid) {
+                    return ESRCH;
+                }
+                if r.nr_extents > balloon::MAX_EXTENTS {
+                    return EINVAL;
+                }
+                let mut bytes = vec![0u8; r.nr_extents as usize * 8];
+                if self.mem.read(r.extent_start.p, &mut bytes).is_err() {
+                    return EFAULT;
+                }
+                let gfns: Vec<u64> = bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .collect();
+                let done = if op == XENMEM_decrease_reservation {
+                    let mut q = gnttab_query_size {
+                        dom: DOMID_SELF,
+                        ..Default::default()
+                    };
+                    let frames = match self.hv.gnttabop_query_size(&mut q) {
+                        Ok(()) => q.nr_frames,
+                        Err(_) => self.hv.layout().max_grant_frames,
+                    };
+                    let mapped = balloon::mapped_gfns(&self.mem, self.hv.layout(), frames);
+                    self.reservation.decrease(&gfns, r.extent_order, &mapped)
+                } else {
+                    self.reservation.populate(&gfns, r.extent_order)
+                };
+                if let Some(why) = &done.stopped {
+                    xen_diag::warn_limited!(
+                        self.balloon_log,
+                        domid = me,
+                        op = if op == XENMEM_decrease_reservation {
+                            "decrease_reservation"
+                        } else {
+                            "populate_physmap"
+                        },
+                        done = done.done,
+                        asked = r.nr_extents,
+                        error = %xen_diag::ErrorChain(why),
+                        "balloon extent refused"
+                    );
+                }
+                i64::try_from(done.done).unwrap_or(i64::MAX)
+            }
+            _ => ENOSYS,
+        }
+    }
+
+    /// The domain's pages and maximum (Xen's `tot_pages`, `max_pages`).
+    pub fn reservation(&self) -> (u64, u64) {
+        (
+            self.reservation.current_pages(),
+            self.reservation.max_pages(),
+        )
+    }
+
     fn console_io(&self, cmd: u64, count: u64, buf: u64) -> i64 {
         if cmd as u32 != CONSOLEIO_write {
             return ENOSYS;
@@ -1207,18 +1305,24 @@ pub fn host_tsc_khz() -> u64 {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
     let (vmm, vcpus) = Vmm::new(hv, cfg)?;
-    // The control socket is bound before the jail (its directory is root's).
-    if let Some(path) = &cfg.control {
-        crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>).map_err(
-            |source| VmmError::Io {
-                what: format!("serve the control socket {}", path.display()),
-                source,
-            },
-        )?;
-    }
+    // The control socket is bound before the jail (its directory is root's);
+    // its connections are served once jailed.
+    let control = match &cfg.control {
+        Some(path) => Some(
+            crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>)
+                .map_err(|source| VmmError::Io {
+                    what: format!("serve the control socket {}", path.display()),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     if crate::jail::enter_if_requested(hv)? {
         // In the VMM's log (its stderr), as the runtime's `pvguest jailed`.
         eprintln!("xen-vmm: jailed uid={}", xen_jail::domain_uid(hv.domid()));
+    }
+    if let Some(gate) = control {
+        gate.release();
     }
     if cfg.incoming {
         eprintln!("xen-vmm: incoming domain loaded, waiting for unpause");
@@ -1393,6 +1497,16 @@ impl crate::control::Saver for Vmm {
     fn release(&self) {
         self.events.set_hold(false);
         self.park.release();
+    }
+
+    fn reservation(&self) -> (u64, u64) {
+        Vmm::reservation(self)
+    }
+
+    fn set_max_pages(&self, pages: u64) -> Result<(), String> {
+        self.reservation
+            .set_max_pages(pages)
+            .map_err(|e| e.to_string())
     }
 }
 

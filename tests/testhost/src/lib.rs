@@ -23,13 +23,16 @@
 //! shim-only Dom0 (no xenstored, no `xl`) of the tests that start guest
 //! programs themselves or attach a runtime in the test process; [`term`] is
 //! the pty the console tests type on; [`stats`] has the median, spread
-//! and paired ratios the benchmarks report.
+//! and paired ratios the benchmarks report; [`twohosts`] is the rig of
+//! two complete Dom0 hosts (own network and mount namespaces, one L2
+//! segment, a client, an NBD server) of the migration tests.
 
 pub mod ceph;
 pub mod net;
 pub mod shim;
 pub mod stats;
 pub mod term;
+pub mod twohosts;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -524,7 +527,7 @@ pub const CGROUP_PARENT_PREFIX: &str = "xen-test";
 
 /// Destroys every group under `parent` and removes it (what `xl destroy`
 /// left, e.g. after a failed test).
-fn remove_cgroup_parent(parent: &str) {
+pub(crate) fn remove_cgroup_parent(parent: &str) {
     let Ok(h) = xen_cgroup::Hierarchy::detect(parent) else {
         return;
     };
@@ -542,7 +545,7 @@ fn remove_cgroup_parent(parent: &str) {
 
 /// Removes the cgroup parents of test runs whose process is gone (a run
 /// killed before its drop), so that nothing of them stays on the host.
-fn sweep_stale_cgroup_parents() {
+pub(crate) fn sweep_stale_cgroup_parents() {
     let Ok(root) = xen_cgroup::Hierarchy::detect("") else {
         return;
     };
@@ -670,6 +673,35 @@ pub fn build_binaries(
             .with_context(|| format!("chmod {}", p.display()))?;
     }
     Ok(profile_dir.to_path_buf())
+}
+
+/// Builds the PVHVM kernel of the workspace at `workspace` (its own
+/// workspace, `frontend-drivers/pvhvm-kernel`: `--release`, static
+/// relocation) into `<target>/pvhvm-kernel`; returns the ELF's path.
+pub fn build_pvhvm_kernel(target: &Path, workspace: &Path) -> Result<PathBuf> {
+    let dir = target.join("pvhvm-kernel");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--manifest-path")
+        .arg(workspace.join("frontend-drivers/pvhvm-kernel/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&dir)
+        .env("RUSTFLAGS", "-C relocation-model=static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .context("run cargo build for the PVHVM kernel")?;
+    if !st.success() {
+        bail!("building the PVHVM kernel failed: {st}");
+    }
+    Ok(dir.join("x86_64-unknown-linux-gnu/release/pvhvm-kernel"))
 }
 
 /// The kernel command line (`extra =`) of a guest whose init is the

@@ -251,9 +251,10 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
 
     /// The guest runs in a new domain after a suspend (Xen's restore;
     /// Linux's `blkfront_resume` and `blkif_recover`): the old domain's
-    /// grants, ports and xenstore watch are gone with it, so they are
-    /// forgotten, never revoked or closed (a port number may already name
-    /// another channel here); the ring pages and data pages are ours
+    /// grants and ports are gone with it, so they are forgotten, never
+    /// revoked or closed (a port number may already name another channel
+    /// here), and its xenstore watch, which the client's reconnection set
+    /// again, is removed; the ring pages and data pages are ours
     /// still. The rings are not read: a response the old backend wrote
     /// after the guest's memory was saved may be missing, so every request
     /// that was on a ring is put back in line (in submission order, with a
@@ -301,6 +302,13 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
         self.state = FrontState::WaitBackend;
         self.backend_state = None;
         self.stats.disconnects = self.stats.disconnects.saturating_add(1);
+        // The old backend's watch: the xenstore client's reconnection set
+        // it again. Removed, as Linux's `talk_to_otherend` frees the old
+        // otherend watch: when the new domain has the old one's domid (a
+        // restore on another host), the new backend's directory is the
+        // same and setting the watch below would fail with EEXIST; else
+        // it would stay, stale. Not there (no reconnection): nothing to do.
+        let _ = self.xb.unwatch(self.p);
         self.xb = xen_xenbus::FrontendDevice::open(
             self.p,
             String::from(self.xb.node()),

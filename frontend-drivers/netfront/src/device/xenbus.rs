@@ -424,9 +424,10 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     }
 
     /// The guest runs in a new domain after a suspend (Xen's restore;
-    /// Linux's `netfront_resume`): the old domain's grants, ports and
-    /// watch are gone with it, so they are forgotten, never revoked or
-    /// closed (a port number may already name another channel here); the
+    /// Linux's `netfront_resume`): the old domain's grants and ports are
+    /// gone with it, so they are forgotten, never revoked or closed (a
+    /// port number may already name another channel here), and its watch,
+    /// which the xenstore client's reconnection set again, is removed; the
     /// pages are ours still and go back to the allocator (tx pages that
     /// reservations point into stay until those end, which report them
     /// stale). What was on the rings is not read: frames in flight are
@@ -455,6 +456,13 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
         self.backend_state = None;
         self.stats.disconnects = self.stats.disconnects.saturating_add(1);
         let no_backend = NetfrontError::NoBackend { devid: self.devid };
+        // The old backend's watch: the xenstore client's reconnection set
+        // it again. Removed, as Linux's `talk_to_otherend` frees the old
+        // otherend watch: when the new domain has the old one's domid (a
+        // restore on another host), the new backend's directory is the
+        // same and setting the watch below would fail with EEXIST; else
+        // it would stay, stale. Not there (no reconnection): nothing to do.
+        let _ = self.xb.unwatch(self.p);
         self.xb = xen_xenbus::FrontendDevice::open(
             self.p,
             String::from(self.xb.node()),

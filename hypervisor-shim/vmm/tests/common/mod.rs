@@ -5,6 +5,7 @@
 //! drop. Needs root and `/dev/kvm`: fails loudly without them.
 #![allow(dead_code)]
 
+pub mod hotplug;
 pub mod net;
 
 use std::ops::{Deref, DerefMut};
@@ -27,10 +28,6 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo() -> std::ffi::OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
 /// Builds `xl` and `backendd` next to our `xen-vmm` (once per test binary).
 pub fn libexec() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -41,34 +38,13 @@ pub fn libexec() -> PathBuf {
     .clone()
 }
 
-/// Builds the PVHVM kernel (its own workspace, `--release`, static
-/// relocation) once per test binary and returns the ELF's path.
+/// Builds the PVHVM kernel (`xen_testhost::build_pvhvm_kernel`) once per
+/// test binary and returns the ELF's path.
 pub fn kernel() -> PathBuf {
     static K: OnceLock<PathBuf> = OnceLock::new();
     K.get_or_init(|| {
-        let target = profile_dir()
-            .parent()
-            .expect("<target>")
-            .join("pvhvm-kernel");
-        let st = Command::new(cargo())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ])
-            .arg("--manifest-path")
-            .arg(root().join("frontend-drivers/pvhvm-kernel/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env("RUSTFLAGS", "-C relocation-model=static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("run cargo build for the kernel");
-        assert!(st.success(), "building the PVHVM kernel failed: {st}");
-        target.join("x86_64-unknown-linux-gnu/release/pvhvm-kernel")
+        let target = profile_dir().parent().expect("<target>").to_path_buf();
+        xen_testhost::build_pvhvm_kernel(&target, &root()).unwrap_or_else(|e| panic!("{e:#}"))
     })
     .clone()
 }
