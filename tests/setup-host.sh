@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   gcc                # builds the C side of the ABI layout test
   libxen-dev         # Xen's public headers: the reference for every ABI struct
-  xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/cli, xenstore/xenstored)
+  xenstore-utils     # Xen's xenstore-* clients: compatibility tests of xenstored (xenstore/cli, xenstore/xenstored); copied into PV guests by frontend-drivers/pv-runtime's xenbus_dev and containment tests
   xen-utils-4.17     # Xen's test-xenstore and C xenstored: compatibility tests and xsbench's reference; verify-stream-v2: xen-stream and the xl save tests check our save files with it
   python3            # TCP echo client (hypervisor-shim/vmm), http.server in PV guests (frontend-drivers/pv-runtime, tests/netbench)
   python3-pyxs       # a Python xenstore client: compatibility tests of xenstored (xenstore/client)

@@ -223,6 +223,48 @@ pub enum Verb {
         /// Name or id.
         domain: String,
     },
+    /// Attach a disk to a running domain (a disk specification as xl.cfg's
+    /// `disk=`; its words are joined with `,`).
+    #[command(name = "block-attach")]
+    BlockAttach {
+        /// Name or id.
+        domain: String,
+        /// The disk specification (`format=raw, vdev=xvdb, target=/d.img`).
+        #[arg(required = true, num_args = 1..)]
+        spec: Vec<String>,
+    },
+    /// Detach a disk from a running domain (waits for the guest to release
+    /// it).
+    #[command(name = "block-detach")]
+    BlockDetach {
+        /// Name or id.
+        domain: String,
+        /// The virtual device (`xvdb`) or its number.
+        vdev: String,
+        /// Remove it even if the guest still uses it (its I/O fails).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Attach a network interface to a running domain (a vif specification
+    /// as xl.cfg's `vif=`: `bridge=xenbr0 mac=...`).
+    #[command(name = "network-attach")]
+    NetworkAttach {
+        /// Name or id.
+        domain: String,
+        /// `KEY=VALUE` settings of the vif.
+        spec: Vec<String>,
+    },
+    /// Detach a network interface from a running domain.
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        /// Name or id.
+        domain: String,
+        /// Its device id or MAC.
+        device: String,
+        /// Remove it without waiting for the guest.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 /// `xl shutdown`'s and `xl reboot`'s arguments.
@@ -321,6 +363,22 @@ pub fn run(args: &Args) -> ExitCode {
         Verb::Unpause { domain } => toolstack::pause(domain, false).map(drop),
         Verb::BlockList { domain } => toolstack::block_list(&mut out, domain),
         Verb::NetworkList { domain } => crate::network::network_list(&mut out, domain),
+        Verb::BlockAttach { domain, spec } => {
+            return finish(crate::hotplug::block_attach_verb(domain, spec).map(drop))
+        }
+        Verb::BlockDetach {
+            domain,
+            vdev,
+            force,
+        } => return finish(crate::hotplug::block_detach_verb(domain, vdev, *force)),
+        Verb::NetworkAttach { domain, spec } => {
+            return finish(crate::hotplug::network_attach_verb(domain, spec).map(drop))
+        }
+        Verb::NetworkDetach {
+            domain,
+            device,
+            force,
+        } => return finish(crate::hotplug::network_detach_verb(domain, device, *force)),
         Verb::Top(a) => crate::top::run(&mut out, &a.into()),
         Verb::Metrics { listen } => crate::metrics::serve(&mut out, *listen),
         Verb::Save {

@@ -12,6 +12,8 @@
 //!   `Ctrl-]` detaches);
 //! - [`network`]: the vif nodes (libxl's), MACs in `00:16:3e`,
 //!   `network-list`;
+//! - [`hotplug`]: `block-attach`/`block-detach`, `network-attach`/
+//!   `network-detach` into running domains (libxl's protocol);
 //! - [`resources`]: each domain's cgroup (memory, vCPUs, `cpus=`, tasks)
 //!   and the figures of `xl list`;
 //! - [`monitor`]: the per-domain watcher `xl create` leaves behind, which
@@ -32,6 +34,7 @@ pub mod config;
 pub mod console;
 pub mod daemons;
 pub mod disk;
+pub mod hotplug;
 pub mod info;
 pub mod mem;
 pub mod metrics;

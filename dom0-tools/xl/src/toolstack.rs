@@ -101,12 +101,12 @@ pub enum ToolstackError {
     },
 }
 
-fn shim_err(what: impl Into<String>) -> impl FnOnce(ControlError) -> ToolstackError {
+pub(crate) fn shim_err(what: impl Into<String>) -> impl FnOnce(ControlError) -> ToolstackError {
     let what = what.into();
     move |source| ToolstackError::Shim { what, source }
 }
 
-fn xs_err(what: impl Into<String>) -> impl FnOnce(XsClientError) -> ToolstackError {
+pub(crate) fn xs_err(what: impl Into<String>) -> impl FnOnce(XsClientError) -> ToolstackError {
     let what = what.into();
     move |source| ToolstackError::Xenstore { what, source }
 }
@@ -223,19 +223,26 @@ pub fn random_uuid() -> Result<String, ToolstackError> {
 /// permissions set before its children are written), as libxl writes a
 /// domain's or a device's nodes.
 pub fn apply(xs: &Client, ops: &[XsOp]) -> Result<(), ToolstackError> {
-    xs.transaction(|tx| {
-        for op in ops {
-            match op {
-                XsOp::Dir { path, perms } => {
-                    tx.mkdir(path)?;
-                    tx.set_perms(path, perms)?;
-                }
-                XsOp::Write { path, value } => tx.write(path, value)?,
+    xs.transaction(|tx| apply_in(tx, ops))
+        .map_err(xs_err("write the domain's nodes"))
+}
+
+/// Writes `ops` inside the transaction `tx` (directories with their
+/// permissions before their children).
+pub(crate) fn apply_in(
+    tx: &xenstore_client::Transaction<'_>,
+    ops: &[XsOp],
+) -> Result<(), XsClientError> {
+    for op in ops {
+        match op {
+            XsOp::Dir { path, perms } => {
+                tx.mkdir(path)?;
+                tx.set_perms(path, perms)?;
             }
+            XsOp::Write { path, value } => tx.write(path, value)?,
         }
-        Ok(())
-    })
-    .map_err(xs_err("write the domain's nodes"))
+    }
+    Ok(())
 }
 
 /// Whether a target is an NBD URI (QEMU's forms).
@@ -258,7 +265,7 @@ fn is_network_target(t: &str) -> bool {
 /// choice, `libxl__device_disk_set_backend`): raw files and block devices
 /// go to `vbd`, qcow2 images, NBD exports and RBD images to `qdisk`. Relative paths are
 /// taken from the configuration file's directory.
-fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<BackendDisk, ToolstackError> {
+pub(crate) fn disk_target(disk: &DiskSpec, cfg_dir: &Path) -> Result<BackendDisk, ToolstackError> {
     let unsupported =
         |what: String| ToolstackError::Unsupported(format!("disk {}: {what}", disk.vdev));
     match disk.backendtype {
@@ -422,7 +429,7 @@ fn write_cmdline(control: &Control, domid: u16, cmdline: &str) -> Result<(), Too
 }
 
 /// Whether an HVM guest's disk is an emulated one (`hd*`), not a PV vbd.
-fn is_emulated(d: &DiskSpec) -> bool {
+pub(crate) fn is_emulated(d: &DiskSpec) -> bool {
     d.vdev.starts_with("hd")
 }
 

@@ -19,8 +19,10 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -94,6 +96,8 @@ pub struct BlockFileFs<D: BlockDevice> {
     perm: u16,
     created: SystemTime,
     errors: LogLimiter,
+    /// Open files of the disk (a mount's loop device holds one).
+    opens: Arc<AtomicUsize>,
 }
 
 impl<D: BlockDevice> BlockFileFs<D> {
@@ -108,6 +112,7 @@ impl<D: BlockDevice> BlockFileFs<D> {
             perm,
             created: SystemTime::now(),
             errors: LogLimiter::new(1, Duration::from_secs(1)),
+            opens: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -225,7 +230,24 @@ impl<D: BlockDevice> Filesystem for BlockFileFs<D> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY && self.dev.read_only() {
             return reply.error(libc::EROFS);
         }
+        self.opens.fetch_add(1, Ordering::Relaxed);
         reply.opened(0, FOPEN_DIRECT_IO);
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _ = self
+            .opens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        reply.ok();
     }
 
     fn read(
@@ -315,6 +337,7 @@ impl<D: BlockDevice> Filesystem for BlockFileFs<D> {
 pub struct BlockFile<D: BlockDevice> {
     session: Session<BlockFileFs<D>>,
     path: PathBuf,
+    opens: Arc<AtomicUsize>,
 }
 
 /// Unmounts a [`BlockFile`] from another thread (its `serve` then
@@ -340,6 +363,18 @@ impl<D: BlockDevice> BlockFile<D> {
 
     /// [`Self::mount`] with the file owned by `uid`:`gid`.
     pub fn mount_owned(dev: D, path: &Path, uid: u32, gid: u32) -> Result<Self, BlockfileError> {
+        Self::mount_counted(dev, path, uid, gid, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// [`Self::mount_owned`], counting the open files of the disk in
+    /// `opens` ([`Self::open_count`]).
+    pub fn mount_counted(
+        dev: D,
+        path: &Path,
+        uid: u32,
+        gid: u32,
+        opens: Arc<AtomicUsize>,
+    ) -> Result<Self, BlockfileError> {
         let mut opts = vec![
             MountOption::FSName("xen-blkfront".into()),
             MountOption::Subtype("pvdisk".into()),
@@ -352,16 +387,23 @@ impl<D: BlockDevice> BlockFile<D> {
         if dev.read_only() {
             opts.push(MountOption::RO);
         }
-        let session = Session::new(BlockFileFs::new(dev).owned_by(uid, gid), path, &opts).map_err(
-            |source| BlockfileError::Mount {
-                path: path.to_owned(),
-                source,
-            },
-        )?;
+        let mut fs = BlockFileFs::new(dev).owned_by(uid, gid);
+        fs.opens = Arc::clone(&opens);
+        let session = Session::new(fs, path, &opts).map_err(|source| BlockfileError::Mount {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(BlockFile {
             session,
             path: path.to_owned(),
+            opens,
         })
+    }
+
+    /// How many files of the disk programs hold open now (a mounted file
+    /// system's loop device holds one): the disk is in use while not 0.
+    pub fn open_count(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.opens)
     }
 
     /// The mount point.
@@ -385,15 +427,15 @@ impl<D: BlockDevice> BlockFile<D> {
 /// Creates `path` as an empty regular file (mode 0600) to mount a block
 /// file over, unless it exists.
 pub fn create_mount_point(path: &Path) -> Result<(), BlockfileError> {
+    // The mode at creation (no fchmod: a jailed runtime creates the mount
+    // points of disks attached later, `crate::hotplug`).
     match fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
     {
-        Ok(f) => {
-            let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err(format!("create {}", path.display()))(e)),
     }
@@ -462,6 +504,11 @@ pub fn private_dev() -> Result<(), BlockfileError> {
             Entry::Node(p, kind, mode, rdev) => {
                 mknod(&p, kind, Mode::from_bits_truncate(mode), rdev)
                     .map_err(setup_err(format!("mknod {}", p.display())))?;
+                // The host's mode whatever the umask (`/dev/fuse` stays
+                // 0666: the jailed runtime opens it for disks attached
+                // later, `crate::hotplug`).
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                    .map_err(io_err(format!("chmod {}", p.display())))?;
             }
             Entry::Link(p, t) => {
                 std::os::unix::fs::symlink(&t, &p)

@@ -93,6 +93,7 @@ fn plan(
             root,
             disks: Vec::new(),
             own_console: false,
+            xenbus: None,
             params,
         }))),
         (None, Some(init)) => Some(Boot::Host {
@@ -133,7 +134,7 @@ pub fn run(args: &Args) -> ExitCode {
         if let Boot::Machine(spec) = &mut boot {
             spec.own_console = args.attach.console == crate::boot::ConsoleMode::Hvc0;
         }
-        let reason = crate::pvdisk::run_with_disks(p, boot, timeout, ctl, out)?;
+        let reason = crate::pvdisk::run_with_disks(p, p.xenstore(), boot, timeout, ctl, out)?;
         Ok(reason.map_or(Then::PowerOff, Then::Shutdown))
     })
 }

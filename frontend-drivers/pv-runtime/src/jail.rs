@@ -28,11 +28,21 @@ use xen_jail::{Cap, Jail, JailError};
 use crate::line::emit;
 
 /// The capabilities a jailed runtime keeps, the one list: `CAP_SYS_ADMIN`
-/// unmounts the guest's root and block files at the end (and mounts on
-/// the guest's behalf); `CAP_NET_ADMIN` sets the guest NICs' carriers;
-/// `CAP_KILL` passes the toolstack's shutdown to the guest's init, whose
-/// uid is not the runtime's.
-pub const RUNTIME_KEPT_CAPS: &[Cap] = &[Cap::SysAdmin, Cap::NetAdmin, Cap::Kill];
+/// unmounts the guest's root and block files at the end and mounts the
+/// guest's disks on its behalf ([`crate::mountd`]), which also takes
+/// `CAP_SYS_PTRACE` (reading the guest caller's arguments from its
+/// memory, `process_vm_readv`, opening its namespace, root and working directory:
+/// its uid is not the runtime's) and `CAP_SYS_CHROOT` (`setns` into the
+/// guest's mount namespace, `chroot` into its root); `CAP_NET_ADMIN` sets
+/// the guest NICs' carriers; `CAP_KILL` passes the toolstack's shutdown
+/// to the guest's init, whose uid is not the runtime's.
+pub const RUNTIME_KEPT_CAPS: &[Cap] = &[
+    Cap::SysAdmin,
+    Cap::SysPtrace,
+    Cap::SysChroot,
+    Cap::NetAdmin,
+    Cap::Kill,
+];
 
 /// The syscalls of a jailed runtime's steady state (besides
 /// `xen_jail::BASE_SYSCALLS` and `xen_jail::THREAD_SYSCALLS`).
@@ -84,14 +94,51 @@ pub const RUNTIME_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_kill,
     libc::SYS_pidfd_open,
     libc::SYS_pidfd_send_signal,
+    // Mounting the guest's disks on its behalf (crate::mountd).
+    libc::SYS_process_vm_readv,
+    libc::SYS_openat2,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_mount_setattr,
+    libc::SYS_move_mount,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_fchdir,
+    libc::SYS_chroot,
     // The end: unmounting the guest's root and block files.
     libc::SYS_umount2,
+    // Disks attached while the guest runs (`crate::hotplug`): their block
+    // files' FUSE mounts and binds into the guest machine's `/dev`, their
+    // mount points made and removed (in `/dev`s the runtime owns:
+    // [`give_to_runtime`]).
+    libc::SYS_mount,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
     libc::SYS_prctl,
     libc::SYS_getuid,
     libc::SYS_geteuid,
     libc::SYS_getgid,
     libc::SYS_getegid,
 ];
+
+/// Gives directory `dir` (one of the runtime's own `/dev` tmpfs) to the
+/// domain's host uid when a jail is asked for, so that the jailed runtime
+/// makes and removes the mount points of disks attached later
+/// (`crate::hotplug`); nothing otherwise.
+///
+/// # Errors
+/// The `chown` failed.
+pub fn give_to_runtime(dir: &std::path::Path) -> std::io::Result<()> {
+    let Ok(domid) = u16::try_from(DOMID.load(Ordering::Acquire)) else {
+        return Ok(());
+    };
+    if !xen_jail::requested() {
+        return Ok(());
+    }
+    let uid = xen_jail::domain_uid(domid);
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
+}
 
 static JAILED: AtomicBool = AtomicBool::new(false);
 /// A copy of the runtime's stderr from before the console (-1: none).

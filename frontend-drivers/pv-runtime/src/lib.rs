@@ -33,7 +33,8 @@
 //!   root from a PV disk or a ramdisk, [`initramfs`]; init as PID 1 in its
 //!   own namespaces, [`guestns`]: a user namespace of its own with an
 //!   idmapped root), or an init program of the host's file system, or
-//!   idles.
+//!   idles; [`mountd`]: guest root's mounts of its own disks, made by the
+//!   runtime (seccomp user notification, as LXD).
 //!
 //! Platform:
 //! - [`events`]: the dispatcher (epoll over the ports' eventfds → Xen's
@@ -51,6 +52,11 @@
 //!   `/dev/<vdev>` and the init run with them;
 //! - [`pvnet`]: every `device/vif` as a TAP in the guest's network
 //!   namespace;
+//! - [`hotplug`]: devices attached and detached while the guest runs
+//!   (`xl block-attach`, `xl network-attach`, their detaches);
+//! - [`xenbusdev`]: `/dev/xen/xenbus` for the guest's programs (each open
+//!   file a xenstore connection of its own, multiplexed over the domain's
+//!   ring as Linux's `xenbus_dev_frontend` does);
 //! - [`console`]: the guest's console (`hvc0`): `xen-consfront` on the
 //!   console page, a pty as the runtime's stdio, a pump thread between them;
 //! - [`control`]: Xen's PV shutdown protocol (`control/shutdown`).
@@ -69,10 +75,12 @@ mod error;
 pub mod events;
 pub mod grefalloc;
 pub mod guestns;
+pub mod hotplug;
 pub mod initramfs;
 pub mod jail;
 pub mod line;
 pub mod machine;
+pub mod mountd;
 /// The guest-page allocator (shared with the PVHVM kernel).
 pub use xen_front_platform::pagealloc;
 pub mod platform;
@@ -80,6 +88,7 @@ pub mod pvdisk;
 pub mod pvnet;
 pub mod runtime;
 pub mod vbd;
+pub mod xenbusdev;
 pub mod xenstore;
 
 pub use error::PvGuestError;

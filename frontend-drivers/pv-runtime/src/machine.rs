@@ -13,8 +13,8 @@
 //!    ([`crate::initramfs`]);
 //! 2. mounts the guest's `/dev` there: a tmpfs with only its devices
 //!    (`null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx` and its
-//!    own `pts`, `shm`, the PV disks `xvd*` and the console `hvc0` /
-//!    `console`, bind mounts of the runtime's);
+//!    own `pts`, `shm`, the PV disks `xvd*`, the console `hvc0` /
+//!    `console` and `xen/xenbus`, bind mounts of the runtime's);
 //!    The root is an idmapped mount ([`idmap_root`]: `open_tree` clone,
 //!    `mount_setattr(MOUNT_ATTR_IDMAP)` with the guest's user namespace,
 //!    `move_mount`): the image's uid 0 files are guest root's, and what
@@ -109,6 +109,9 @@ pub enum MachineError {
         #[source]
         source: io::Error,
     },
+    /// The disks could not be set up for the guest's mounts.
+    #[error("cannot set up the guest's disks for mounting")]
+    Mountd(#[from] crate::mountd::MountdError),
     /// No init could be run.
     #[error(
         "no working init found (tried {tried}); see Linux's Documentation/admin-guide/init.rst"
@@ -157,6 +160,9 @@ pub struct MachineSpec {
     /// `--console hvc0`), given to guest root; otherwise it is whatever
     /// terminal started the runtime, left as it is.
     pub own_console: bool,
+    /// The runtime's `/dev/xen/xenbus` ([`crate::xenbusdev`]), bound at the
+    /// same path in the guest's `/dev`.
+    pub xenbus: Option<PathBuf>,
     /// The command line.
     pub params: BootParams,
 }
@@ -208,7 +214,8 @@ pub fn request_signal(r: ShutdownReason) -> Signal {
     }
 }
 
-fn run(prog: &str, args: &[&str]) -> Result<String, String> {
+/// Runs `prog args`: its trimmed stdout, or what it said on failure.
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -249,7 +256,16 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
                     why,
                 }
             })?;
-            let mut opts = if spec.params.rw { "rw" } else { "ro" }.to_owned();
+            // `nodev`: the guest writes its root disk's raw blocks and
+            // could plant a device node there (the guest's /dev is a tmpfs
+            // of its own); the mount copied into its namespace keeps it
+            // locked.
+            let mut opts = if spec.params.rw {
+                "rw,nodev"
+            } else {
+                "ro,nodev"
+            }
+            .to_owned();
             if let Some(f) = &spec.params.rootflags {
                 opts.push(',');
                 opts.push_str(f);
@@ -405,8 +421,33 @@ fn ensure_dir(dir: &Path) -> Result<(), MachineError> {
     )))
 }
 
+/// The guest machine's `/dev` while it runs (see [`with_guest_dev`]).
+static GUEST_DEV: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+fn lock_guest_dev() -> std::sync::MutexGuard<'static, Option<OwnedFd>> {
+    GUEST_DEV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` with the guest machine's `/dev` (shared into the guest's mount
+/// namespace: what is mounted there appears in the guest) while a guest
+/// machine runs, `None` otherwise (a host-init guest sees the runtime's
+/// `/dev`): for the disks attached later ([`crate::hotplug`]). The path is
+/// `/proc/self/fd/N` of a descriptor opened at boot: the jailed runtime may
+/// not search the guest's root above it (a ramdisk's root is 0700).
+pub fn with_guest_dev<T>(f: impl FnOnce(&Path) -> T) -> Option<T> {
+    let dev = lock_guest_dev();
+    let fd = dev.as_ref()?.as_raw_fd();
+    Some(f(Path::new(&format!("/proc/self/fd/{fd}"))))
+}
+
 /// Mounts the guest's `/dev` on the staged root (see the [module docs](self)).
-fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineError> {
+fn mount_dev(
+    spec: &MachineSpec,
+    ns: &GuestNamespaces,
+    loops: &[crate::mountd::LoopDisk],
+) -> Result<(), MachineError> {
     let dev = Path::new(STAGE).join("dev");
     ensure_dir(&dev)?;
     mount(
@@ -417,6 +458,26 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
         Some("mode=755,size=1024k"),
     )
     .map_err(nix_setup("mount the guest's /dev"))?;
+    // Shared: the guest's mount namespace gets a slave copy, so disks
+    // attached later (`crate::hotplug`) appear in it.
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(nix_setup("make the guest's /dev shared"))?;
+    crate::jail::give_to_runtime(&dev)
+        .map_err(setup("give the guest's /dev to the domain's uid"))?;
+    let fd = nix::fcntl::open(
+        &dev,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(nix_setup("open the guest's /dev"))?;
+    // SAFETY: `open` just returned this descriptor; nothing else owns it.
+    *lock_guest_dev() = Some(unsafe { OwnedFd::from_raw_fd(fd) });
     let chr = |name: &str, major: u64, minor: u64, mode: u32| {
         let p = dev.join(name);
         mknod(
@@ -466,10 +527,21 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
         Some("mode=1777"),
     )
     .map_err(nix_setup("mount the guest's /dev/shm"))?;
-    // The PV disks and the console: bind mounts of the runtime's files.
+    // The disks on loop devices ([`crate::mountd`]): block nodes of guest
+    // root (group disk, 6), which it may mkfs and mount.
+    for l in loops {
+        let p = dev.join(&l.name);
+        mknod(&p, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), l.rdev)
+            .map_err(nix_setup(format!("mknod /dev/{}", l.name)))?;
+        std::os::unix::fs::chown(&p, Some(ns.ids.first), ns.ids.host_id(6))
+            .map_err(setup(format!("give /dev/{} to the guest's root", l.name)))?;
+    }
+    // The other PV disks (the root) and the console: bind mounts of the
+    // runtime's files.
     let mut binds: Vec<(String, PathBuf)> = spec
         .disks
         .iter()
+        .filter(|d| !loops.iter().any(|l| &l.name == *d))
         .map(|d| (d.clone(), Path::new("/dev").join(d)))
         .collect();
     // The console's pty by its path in this namespace (the fd's own mount
@@ -490,6 +562,10 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
             }
         }
     }
+    if let Some(x) = &spec.xenbus {
+        std::fs::create_dir(dev.join("xen")).map_err(setup("create /dev/xen"))?;
+        binds.push(("xen/xenbus".to_owned(), x.clone()));
+    }
     for (name, src) in binds {
         let target = dev.join(&name);
         std::fs::File::create(&target).map_err(setup(format!("create /dev/{name}")))?;
@@ -508,6 +584,8 @@ fn mount_dev(spec: &MachineSpec, ns: &GuestNamespaces) -> Result<(), MachineErro
 /// Unmounts everything under and at [`STAGE`] (deepest first) and
 /// detaches the root's loop device, waiting for the kernel to release it.
 fn unmount_root(m: &Mounted) {
+    // Its descriptor would keep the guest's /dev busy.
+    lock_guest_dev().take();
     let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -523,18 +601,22 @@ fn unmount_root(m: &Mounted) {
     }
     if let Some(l) = &m.loopdev {
         // Detached after mounting (autoclear): the ext4 superblock may
-        // still be released by the guest's dying mount namespace; wait
-        // until the loop device lets go of the block file (every write
-        // has reached the PV disk then).
-        let name = l.trim_start_matches("/dev/");
-        let backing = format!("/sys/block/{name}/loop/backing_file");
-        let t0 = Instant::now();
-        while Path::new(&backing).exists() && t0.elapsed() < DETACH_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if Path::new(&backing).exists() {
-            tracing::warn!(loopdev = %l, "the root's loop device was not released");
-        }
+        // still be released by the guest's dying mount namespace.
+        wait_loop_released(l, DETACH_TIMEOUT);
+    }
+}
+
+/// Waits (at most `timeout`) until the autoclear loop device `loopdev`
+/// lets go of its block file (every write has reached the PV disk then).
+pub(crate) fn wait_loop_released(loopdev: &str, timeout: Duration) {
+    let name = loopdev.trim_start_matches("/dev/");
+    let backing = format!("/sys/block/{name}/loop/backing_file");
+    let t0 = Instant::now();
+    while Path::new(&backing).exists() && t0.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if Path::new(&backing).exists() {
+        tracing::warn!(loopdev = %loopdev, "the loop device was not released");
     }
 }
 
@@ -547,6 +629,9 @@ struct Exec {
     proc_dir: CString,
     sys_dir: CString,
     ns: NsFds,
+    /// Init's end of the socket its mount filter's listener goes over
+    /// ([`crate::mountd`]).
+    listener_sock: RawFd,
 }
 
 impl Exec {
@@ -578,6 +663,7 @@ impl Exec {
             proc_dir: cs(&format!("{STAGE}/proc"))?,
             sys_dir: cs(&format!("{STAGE}/sys"))?,
             ns,
+            listener_sock: -1,
         })
     }
 
@@ -652,6 +738,8 @@ const INIT_STEPS: &[&str] = &[
     "pivot_root into the root",
     "detach the old root",
     "chdir to /",
+    "install the mount filter (seccomp user notification)",
+    "pass the mount filter's listener to the runtime",
     "exec init",
 ];
 
@@ -684,13 +772,16 @@ fn child_exec(e: &Exec) -> StepError {
             )?;
             step(14, libc::setsid().into())?;
             step(15, libc::unshare(libc::CLONE_NEWNS).into())?;
+            // Slave, not private: nothing of the guest's propagates out,
+            // but what the runtime mounts in the guest's shared /dev (the
+            // disks attached later, `crate::hotplug`) propagates in.
             step(
                 16,
                 libc::mount(
                     std::ptr::null(),
                     c"/".as_ptr(),
                     std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
+                    libc::MS_REC | libc::MS_SLAVE,
                     std::ptr::null(),
                 )
                 .into(),
@@ -743,6 +834,13 @@ fn child_exec(e: &Exec) -> StepError {
             step(21, libc::umount2(c".".as_ptr(), libc::MNT_DETACH).into())?;
             step(22, libc::chdir(c"/".as_ptr()).into())?;
         }
+        // The last step before exec: from here every mount(2) of the
+        // guest's goes to the runtime.
+        let listener = crate::mountd::install_filter().map_err(|err| (23, err))?;
+        let sent = crate::mountd::send_fd(e.listener_sock, listener).map_err(|err| (24, err));
+        // SAFETY: closes our copy (the runtime has its own now).
+        unsafe { libc::close(listener) };
+        sent?;
         Ok(())
     })();
     if let Err(err) = r {
@@ -1034,16 +1132,26 @@ pub fn boot(
     ctl: &ShutdownControl,
     out: &mut dyn Write,
 ) -> Result<ShutdownReason, MachineError> {
-    let exec = Exec::new(
+    let mut exec = Exec::new(
         &spec.params,
         matches!(spec.root, RootSource::Ramdisk(_)),
         ns.fds(),
     )?;
     let tried = exec.tried();
+    let root_disk = match &spec.root {
+        RootSource::Disk(d) => Some(d.as_str()),
+        RootSource::Ramdisk(_) => None,
+    };
+    let (listen_ours, listen_init) = crate::mountd::listener_pair()?;
+    exec.listener_sock = listen_init.as_raw_fd();
     let mounted = mount_root(spec, out)?;
+    let mut loops = Vec::new();
+    let mountd_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut mountd_thread = None;
     let r = (|| {
         idmap_root(ns)?;
-        mount_dev(spec, ns)?;
+        loops = crate::mountd::attach_loops(&spec.disks, root_disk)?;
+        mount_dev(spec, ns, &loops)?;
         for d in ["proc", "sys"] {
             ensure_dir(&Path::new(STAGE).join(d))?;
         }
@@ -1058,9 +1166,37 @@ pub fn boot(
                     ],
                 );
             }
+            // The handler of the guest's mount calls (init sent its
+            // filter's listener before it executed).
+            drop(listen_init);
+            let handler = match crate::mountd::recv_fd(&listen_ours).and_then(|l| {
+                l.map(|l| crate::mountd::Mountd::new(l, &loops, ns.user_fd(), ns.ids))
+                    .transpose()
+            }) {
+                Ok(Some(m)) => Some(m),
+                Ok(None) => {
+                    tracing::warn!("init sent no mount listener");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %xen_diag::ErrorChain(&e), "no mount handler");
+                    None
+                }
+            };
             let _ = out.flush();
             // The guest runs: the runtime's set-up is over.
             crate::jail::after_setup(out);
+            // The handler starts jailed: no guest mount call is served
+            // with the runtime's set-up powers (calls made meanwhile wait
+            // in the listener's queue).
+            if let Some(m) = handler {
+                let stop = std::sync::Arc::clone(&mountd_stop);
+                mountd_thread = std::thread::Builder::new()
+                    .name("mountd".into())
+                    .spawn(move || m.serve(&stop))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start the mount handler"))
+                    .ok();
+            }
         })
         .map_err(|e| match e {
             MachineError::NoInit { source, .. } => MachineError::NoInit {
@@ -1091,6 +1227,11 @@ pub fn boot(
         );
         Ok(reason)
     })();
+    mountd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(h) = mountd_thread {
+        let _ = h.join();
+    }
+    crate::mountd::release_loops(loops);
     unmount_root(&mounted);
     r
 }

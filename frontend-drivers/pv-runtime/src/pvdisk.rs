@@ -6,7 +6,9 @@
 //! the guest machine ([`crate::machine`]: its root from a disk or a
 //! ramdisk, init as PID 1 in its own namespaces) or an init program on the
 //! host's file system (the tests' and demos' scripts). When init exits the
-//! files are unmounted and the disks flushed.
+//! files are unmounted and the disks flushed. The guest machine also gets
+//! `/dev/xen/xenbus` ([`crate::xenbusdev`]) when the runtime has its
+//! xenstore connection.
 //!
 //! Limits: the devices share the platform's one xenstore watch queue;
 //! during I/O each device's waiter takes the watch events it finds and
@@ -15,6 +17,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use xen_blkfront::BlkfrontConfig;
@@ -23,6 +26,7 @@ use xen_front_platform::{Platform, XBT_NIL};
 use crate::blockfile::{self, BlockFile, BlockfileError};
 use crate::line::emit;
 use crate::vbd::{self, BlockDevice, EventWaiter, Vbd, VbdConfig, VbdError};
+use crate::xenbusdev::XenbusDev;
 
 /// Most disks a guest exposes.
 const MAX_DISKS: usize = 16;
@@ -50,6 +54,9 @@ pub enum PvdiskError {
     /// Exposing a disk failed.
     #[error("cannot expose the disks")]
     Blockfile(#[from] BlockfileError),
+    /// Exposing `/dev/xen/xenbus` failed.
+    #[error("cannot expose /dev/xen/xenbus")]
+    Xenbus(#[from] crate::xenbusdev::XenbusDevError),
     /// Bringing the NICs up failed.
     #[error("cannot bring the network interfaces up")]
     Net(#[from] crate::pvnet::PvnetError),
@@ -108,7 +115,7 @@ pub fn list_vbds<P: Platform + ?Sized>(p: &P) -> Result<Vec<u32>, PvdiskError> {
 /// Aborts the FUSE connection of the file at `path` (whose mount was
 /// detached but is still held open, by a loop device for instance), so its
 /// server returns.
-fn abort_fuse(path: &Path, st_dev: Option<u64>) {
+pub(crate) fn abort_fuse(path: &Path, st_dev: Option<u64>) {
     let Some(dev) = st_dev else { return };
     let minor = nix::sys::stat::minor(dev);
     let ctl = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
@@ -128,10 +135,12 @@ fn abort_fuse(path: &Path, st_dev: Option<u64>) {
 
 /// Connects the guest's disks, exposes them as `/dev/<vdev>` in a private
 /// mount namespace and runs `boot` there; see the [module docs](self).
+/// A guest machine gets `/dev/xen/xenbus` over `xs`, when given.
 /// Returns the shutdown reason the guest machine ended with (`None`: as
 /// the toolstack asked, or poweroff). Writes `pvdisk ...` lines to `out`.
 pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     p: &P,
+    xs: Option<&crate::xenstore::PvXenstore>,
     boot: Boot,
     timeout: Duration,
     ctl: &crate::control::ShutdownControl,
@@ -185,21 +194,53 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         spec.disks = disks.iter().map(|(n, _)| n.clone()).collect();
     }
     let net_stop = std::sync::atomic::AtomicBool::new(false);
+    let hot_stop = std::sync::atomic::AtomicBool::new(false);
+    let owner = guest_ns.as_ref().map_or((0, 0), |ns| {
+        (ns.ids.first, ns.ids.host_id(6).unwrap_or(ns.ids.first))
+    });
+    let hot_cfg = crate::hotplug::HotplugConfig {
+        timeout,
+        owner,
+        own_net: guest_ns.is_some() || vifs,
+        boot_vbds: ids.clone(),
+        boot_vifs: nics.iter().map(|n| n.devid).collect(),
+        boot_eths: nics.iter().map(|n| n.tap.name().to_owned()).collect(),
+    };
+    let xenbus_stop = AtomicBool::new(false);
     blockfile::private_mount_namespace()?;
     blockfile::private_dev()?;
+    crate::jail::give_to_runtime(Path::new("/dev")).map_err(|source| BlockfileError::Setup {
+        what: "give /dev to the domain's uid".into(),
+        source,
+    })?;
     let mut files = Vec::new();
     for (name, d) in disks {
         let path = PathBuf::from(format!("/dev/{name}"));
         blockfile::create_mount_point(&path)?;
         // The guest machine's disks are its root's (group `disk`, 6, as
         // Debian's).
-        let (uid, gid) = guest_ns.as_ref().map_or((0, 0), |ns| {
-            (ns.ids.first, ns.ids.host_id(6).unwrap_or(ns.ids.first))
-        });
-        let mut bf = BlockFile::mount_owned(d, &path, uid, gid)?;
+        let mut bf = BlockFile::mount_owned(d, &path, owner.0, owner.1)?;
         let unmounter = bf.unmounter();
         files.push((name, path, bf, unmounter));
     }
+    // The guest machine's xenstore device, its root's (0600).
+    let mut xenbus = match (&mut boot, &guest_ns, xs) {
+        (Boot::Machine(spec), Some(ns), Some(xs)) => {
+            let dir = Path::new("/dev/xen");
+            std::fs::create_dir_all(dir).map_err(|source| BlockfileError::Setup {
+                what: "create /dev/xen".into(),
+                source,
+            })?;
+            let path = dir.join("xenbus");
+            blockfile::create_mount_point(&path)?;
+            let gid = ns.ids.host_id(0).unwrap_or(ns.ids.first);
+            let mut dev = XenbusDev::mount(xs, &path, ns.ids.first, gid)?;
+            let unmounter = dev.unmounter();
+            spec.xenbus = Some(path.clone());
+            Some((path, dev, unmounter))
+        }
+        _ => None,
+    };
     std::thread::scope(|s| {
         let mut pumps = Vec::new();
         for nic in &nics {
@@ -219,6 +260,16 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             let (nics, stop) = (&nics, &net_stop);
             s.spawn(move || crate::pvnet::watch_links(p, nics, stop))
         });
+        let xenbus = xenbus.take().map(|(path, dev, unmounter)| {
+            let router = dev.router();
+            let stop = &xenbus_stop;
+            let routing = s.spawn(move || router.run(stop));
+            let server = s.spawn(move || dev.serve());
+            let st_dev = std::fs::metadata(&path)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+            (path, server, routing, unmounter, st_dev)
+        });
         let mut running = Vec::new();
         for (name, path, bf, unmounter) in files {
             let h = s.spawn(move || bf.serve());
@@ -233,6 +284,12 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             );
             running.push((name, path, h, unmounter, st_dev));
         }
+        // Devices attached and detached from now on.
+        let hotplug = {
+            let stop = &hot_stop;
+            let hp = crate::hotplug::Hotplug::new(p, &hot_cfg);
+            s.spawn(move || hp.run(s, stop))
+        };
         let _ = out.flush();
         // From here the runtime serves the guest's disks to its programs:
         // the domain's OOM killer must pick them, not it (they start ranked
@@ -270,6 +327,10 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             );
         }
         net_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hot_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if hotplug.join().is_err() {
+            let _ = emit(out, "pvdisk hotplug-panicked", &[]);
+        }
         if let Some(h) = link_watcher {
             let _ = h.join();
         }
@@ -292,6 +353,21 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
             crate::pvnet::emit_stats(nic, out);
         }
         let mut server_failed = None;
+        if let Some((path, server, routing, mut unmounter, st_dev)) = xenbus {
+            xenbus_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = unmounter.unmount();
+            let start = Instant::now();
+            while !server.is_finished() && start.elapsed() < STOP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !server.is_finished() {
+                abort_fuse(&path, st_dev);
+            }
+            let _ = routing.join();
+            if !matches!(server.join(), Ok(Ok(()))) {
+                server_failed = Some("xen/xenbus".to_owned());
+            }
+        }
         for (name, path, h, mut unmounter, st_dev) in running {
             let _ = unmounter.unmount();
             let start = Instant::now();

@@ -40,7 +40,6 @@ use std::io;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -409,29 +408,87 @@ pub fn loopback_up() -> Result<(), PvnetError> {
     set_up("lo")
 }
 
-fn ip(args: &[&str]) -> Result<(), PvnetError> {
-    let st = Command::new("ip")
-        .args(args)
-        .status()
-        .map_err(os("run ip"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(PvnetError::Ip(args.join(" ")))
-    }
+/// `SIOCSIFNETMASK` (not in the `libc` crate).
+const SIOCSIFNETMASK: libc::c_ulong = 0x891c;
+
+/// Linux's `struct in6_ifreq` (`linux/ipv6.h`), for `SIOCSIFADDR` on an
+/// IPv6 socket.
+#[repr(C)]
+struct In6IfReq {
+    ifr6_addr: [u8; 16],
+    ifr6_prefixlen: u32,
+    ifr6_ifindex: libc::c_int,
 }
 
-/// Adds `addr` (`a.b.c.d[/len]`, default /24; IPv6 default /64) to `dev`.
+/// Adds `addr` (`a.b.c.d[/len]`, default /24; IPv6 default /64) to `dev`,
+/// with `ioctl(2)`s only (a jailed runtime runs no programs: a NIC
+/// attached while the guest runs gets its addresses this way too).
 pub fn add_address(dev: &str, addr: &str) -> Result<(), PvnetError> {
-    let a = if addr.contains('/') {
-        addr.to_owned()
-    } else if addr.contains(':') {
-        format!("{addr}/64")
-    } else {
-        format!("{addr}/24")
+    let bad = || PvnetError::Ip(format!("addr add {addr} dev {dev}: not an address"));
+    let (a, len) = match addr.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
+        None => (addr, None),
     };
-    let fam = if a.contains(':') { "-6" } else { "-4" };
-    ip(&[fam, "addr", "add", &a, "dev", dev])
+    let ip: std::net::IpAddr = a.parse().map_err(|_| bad())?;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let len = len.unwrap_or(24);
+            if len > 32 {
+                return Err(bad());
+            }
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            let s = ctl_socket().map_err(os("socket"))?;
+            let sockaddr = |ip: [u8; 4]| {
+                let mut d = [0u8; 24];
+                d[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                d[4..8].copy_from_slice(&ip);
+                d
+            };
+            let mut r = ifreq(dev);
+            r.data = sockaddr(v4.octets());
+            ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFADDR, &mut r)
+                .map_err(os(format!("add {addr} to {dev}")))?;
+            let mut r = ifreq(dev);
+            r.data = sockaddr(mask.to_be_bytes());
+            ioctl_ifr(s.as_raw_fd(), SIOCSIFNETMASK, &mut r)
+                .map_err(os(format!("set the netmask of {addr} on {dev}")))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let len = len.unwrap_or(64);
+            if len > 128 {
+                return Err(bad());
+            }
+            // SAFETY: plain socket(2); the result is checked.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(os("socket(AF_INET6)")(io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh descriptor we own.
+            let s = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut r = ifreq(dev);
+            ioctl_ifr(s.as_raw_fd(), libc::SIOCGIFINDEX, &mut r)
+                .map_err(os(format!("find {dev}")))?;
+            let mut req = In6IfReq {
+                ifr6_addr: v6.octets(),
+                ifr6_prefixlen: len,
+                ifr6_ifindex: libc::c_int::from_ne_bytes([
+                    r.data[0], r.data[1], r.data[2], r.data[3],
+                ]),
+            };
+            // SAFETY: SIOCSIFADDR on an IPv6 socket reads one `struct
+            // in6_ifreq`, which `In6IfReq` is, through the pointer to a
+            // live local.
+            let rc =
+                unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFADDR, &mut req as *mut In6IfReq) };
+            if rc < 0 {
+                return Err(os(format!("add {addr} to {dev}"))(
+                    io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -450,6 +507,72 @@ pub struct GuestNic<'p, P: Platform + ?Sized> {
     pub addresses: Vec<String>,
 }
 
+impl<'p, P: Platform + ?Sized> GuestNic<'p, P> {
+    /// Connects vif `devid` (every queue the backend offers, up to
+    /// netfront's maximum) and creates interface `name` for it with the
+    /// backend's addresses, in the calling thread's network namespace: the
+    /// boot path's NICs ([`bring_up`]) and those attached later
+    /// ([`crate::hotplug`]).
+    ///
+    /// # Errors
+    /// The handshake, the TAP or an address failed.
+    pub fn connect(
+        p: &'p P,
+        devid: u32,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Self, PvnetError> {
+        let cfg = NetfrontConfig {
+            max_queues: xen_netfront::MAX_QUEUES,
+            ..NetfrontConfig::default()
+        };
+        let nf = open(p, devid, cfg, timeout)?;
+        let tap = GuestTap::create(name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
+        let addresses: Vec<String> =
+            xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
+                .map(|s| {
+                    s.trim_end_matches('\0')
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+        for a in &addresses {
+            add_address(name, a)?;
+        }
+        Ok(GuestNic {
+            devid,
+            nf: Mutex::new(nf),
+            tap,
+            addresses,
+        })
+    }
+
+    /// The fields of its `pvnet up` (or `pvnet hotplugged`) line.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let nf = self
+            .nf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = nf.mac();
+        vec![
+            ("devid", self.devid.to_string()),
+            ("ifname", self.tap.name().to_owned()),
+            (
+                "mac",
+                format!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                ),
+            ),
+            ("mtu", nf.mtu().to_string()),
+            ("queues", nf.queues().to_string()),
+            ("ip", self.addresses.join(",")),
+            ("offloads", format!("{:?}", nf.offloads())),
+        ]
+    }
+}
+
 /// Connects every vif and creates `eth<N>` for each with its addresses, in
 /// the calling thread's network namespace (the caller entered the guest's:
 /// [`private_net_namespace`], [`crate::guestns::GuestNamespaces::enter_net`]).
@@ -462,52 +585,9 @@ pub fn bring_up<'p, P: Platform + ?Sized>(
     let ids = list_vifs(p)?;
     let mut nics = Vec::new();
     for (n, &devid) in ids.iter().enumerate() {
-        // Every queue the backend offers (up to netfront's maximum).
-        let cfg = NetfrontConfig {
-            max_queues: xen_netfront::MAX_QUEUES,
-            ..NetfrontConfig::default()
-        };
-        let nf = open(p, devid, cfg, timeout)?;
-        let name = format!("eth{n}");
-        let tap = GuestTap::create(&name, nf.queues(), nf.mac(), nf.mtu(), nf.offloads())?;
-        let addresses: Vec<String> =
-            xs_read_string(p, XBT_NIL, &format!("{}/ip", nf.backend_path()))
-                .map(|s| {
-                    s.trim_end_matches('\0')
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-        for a in &addresses {
-            add_address(&name, a)?;
-        }
-        let m = nf.mac();
-        let _ = emit(
-            out,
-            "pvnet up",
-            &[
-                ("devid", devid.to_string()),
-                ("ifname", name.clone()),
-                (
-                    "mac",
-                    format!(
-                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                        m[0], m[1], m[2], m[3], m[4], m[5]
-                    ),
-                ),
-                ("mtu", nf.mtu().to_string()),
-                ("queues", nf.queues().to_string()),
-                ("ip", addresses.join(",")),
-                ("offloads", format!("{:?}", nf.offloads())),
-            ],
-        );
-        nics.push(GuestNic {
-            devid,
-            nf: Mutex::new(nf),
-            tap,
-            addresses,
-        });
+        let nic = GuestNic::connect(p, devid, &format!("eth{n}"), timeout)?;
+        let _ = emit(out, "pvnet up", &nic.fields());
+        nics.push(nic);
     }
     Ok(nics)
 }
@@ -985,7 +1065,7 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
 /// A `tag key=value...` line written straight to file descriptor 1,
 /// without `Stdout`'s lock (the runtime's main thread holds it while the
 /// guest's init runs).
-fn emit_unlocked(tag: &str, fields: &[(&str, String)]) {
+pub(crate) fn emit_unlocked(tag: &str, fields: &[(&str, String)]) {
     let mut s = String::from(tag);
     for (k, v) in fields {
         s.push_str(&format!(" {k}={v}"));

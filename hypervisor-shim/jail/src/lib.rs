@@ -69,6 +69,13 @@ pub enum Cap {
     Kill = 5,
     /// `CAP_NET_ADMIN`: the guest NICs' TAP carriers and links.
     NetAdmin = 12,
+    /// `CAP_SYS_CHROOT`: entering a guest's mount namespace (`setns`) and
+    /// root (`chroot`) to attach a mount made on its behalf.
+    SysChroot = 18,
+    /// `CAP_SYS_PTRACE`: reading a guest process's system call arguments
+    /// (`process_vm_readv`) and opening its namespaces, root and working
+    /// directory (its uid is not ours).
+    SysPtrace = 19,
     /// `CAP_SYS_ADMIN`: unmounting the guest's root and disks at the end,
     /// mounts on the guest's behalf.
     SysAdmin = 21,
