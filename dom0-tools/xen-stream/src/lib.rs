@@ -21,7 +21,8 @@ mod write;
 
 pub use hvm::{HvmContext, HvmContextError, HvmRawEntry, HvmVcpu};
 pub use read::{
-    read_save_file, read_xl_header, read_xl_stream, PageSink, PageSinkError, StreamError,
+    read_migration_stream, read_save_file, read_xl_header, read_xl_stream, PageSink, PageSinkError,
+    StreamError,
 };
 pub use write::StreamWriter;
 

@@ -618,6 +618,27 @@ pub fn read_xl_stream<R: Read>(
     max_pfns: u64,
     sink: &mut PageSink<'_>,
 ) -> Result<DomainState, StreamError> {
+    let state = read_migration_stream(r, max_pfns, sink)?;
+    let mut extra = [0u8; 1];
+    loop {
+        match r.read(&mut extra) {
+            Ok(0) => return Ok(state),
+            Ok(_) => return Err(StreamError::TrailingData),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StreamError::Io(e)),
+        }
+    }
+}
+
+/// As [`read_xl_stream`], reading nothing after END: a migration stream,
+/// whose connection goes on with the receiver's and the sender's messages
+/// (`xl migrate`'s handshake). A live migration's PAGE_DATA records may send a
+/// page several times (once per round); the last copy wins.
+pub fn read_migration_stream<R: Read>(
+    r: &mut R,
+    max_pfns: u64,
+    sink: &mut PageSink<'_>,
+) -> Result<DomainState, StreamError> {
     let mut h = [0u8; 16];
     read_exact(r, &mut h, "the libxl header")?;
     let ident = u64::from_be_bytes(h[0..8].try_into().expect("8 bytes"));
@@ -667,16 +688,7 @@ pub fn read_xl_stream<R: Read>(
             _ => return Err(StreamError::UnknownRecord { stream: "libxl", rtype }),
         }
     }
-    let state = state.ok_or(StreamError::Missing("LIBXC_CONTEXT"))?;
-    let mut extra = [0u8; 1];
-    loop {
-        match r.read(&mut extra) {
-            Ok(0) => return Ok(state),
-            Ok(_) => return Err(StreamError::TrailingData),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StreamError::Io(e)),
-        }
-    }
+    state.ok_or(StreamError::Missing("LIBXC_CONTEXT"))
 }
 
 /// Read a whole save file: the xl header, then the stream, with `max_pfns` chosen by

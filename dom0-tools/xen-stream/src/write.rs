@@ -131,6 +131,12 @@ impl<W: Write> StreamWriter<W> {
         Ok(self.out)
     }
 
+    /// Flushes the output (a live migration's round boundary: the receiver
+    /// gets the round while the next one is read).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Bytes written so far.
     pub fn bytes(&self) -> u64 {
         self.bytes

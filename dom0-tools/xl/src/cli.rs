@@ -113,6 +113,42 @@ pub enum Verb {
         /// The save file.
         file: PathBuf,
     },
+    /// Migrate a PVHVM domain to another host (Xen's `xl migrate`): runs
+    /// `SSHCOMMAND HOST xl migrate-receive` and speaks over its stdin/stdout,
+    /// or with --tcp connects to HOST:PORT (our extension).
+    Migrate {
+        /// Ignored, as by Xen's xl (a migration is always live).
+        #[arg(long)]
+        live: bool,
+        /// Xen's verification of the sent memory (not supported: refused).
+        #[arg(long)]
+        debug: bool,
+        /// The command that reaches HOST (default "ssh"; empty: HOST is
+        /// the command that runs the receiver).
+        #[arg(short = 's')]
+        ssh: Option<String>,
+        /// Send this config instead of the domain's.
+        #[arg(short = 'C')]
+        config: Option<PathBuf>,
+        /// HOST is HOST:PORT of an `xl migrate-receive --listen` (plain TCP).
+        #[arg(long)]
+        tcp: bool,
+        /// Live rounds, the first included (Xen: 5).
+        #[arg(long, default_value_t = 5)]
+        max_iters: u32,
+        /// Name or id.
+        domain: String,
+        /// The destination host.
+        host: String,
+    },
+    /// Receive a migrating domain (started by `xl migrate` on this host).
+    #[command(name = "migrate-receive")]
+    MigrateReceive {
+        /// Accept one TCP connection on ADDR:PORT instead of using
+        /// stdin/stdout (our extension).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// The domain-death watcher `xl create` starts (internal).
     #[command(name = "monitor-domain", hide = true)]
     MonitorDomain {
@@ -351,6 +387,34 @@ pub fn run(args: &Args) -> ExitCode {
             domain,
             file,
         } => crate::saverestore::save(domain, file, *checkpoint, *paused).map_err(Into::into),
+        Verb::Migrate {
+            live: _,
+            debug,
+            ssh,
+            config,
+            tcp,
+            max_iters,
+            domain,
+            host,
+        } => {
+            if *debug {
+                return finish(Err(toolstack::ToolstackError::Unsupported(
+                    "xl migrate --debug (verifying the sent memory) is not supported".into(),
+                )));
+            }
+            let a = crate::migrate::MigrateArgs {
+                domain: domain.clone(),
+                host: host.clone(),
+                ssh: ssh.clone(),
+                config: config.clone(),
+                tcp: *tcp,
+                max_iters: *max_iters,
+            };
+            crate::migrate::migrate(&a).map_err(Into::into)
+        }
+        Verb::MigrateReceive { listen } => crate::migrate::migrate_receive(listen.as_deref())
+            .map(drop)
+            .map_err(Into::into),
         Verb::Restore {
             paused,
             console,

@@ -38,6 +38,7 @@ pub mod hotplug;
 pub mod info;
 pub mod mem;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod network;
 pub mod resources;

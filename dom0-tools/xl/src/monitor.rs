@@ -230,10 +230,16 @@ pub fn run(cfg_path: &Path, mut domid: u16, mut instance: u64) -> Result<(), Too
                 continue;
             }
         };
-        let Some(action) = action_for(&cfg, &d.state) else {
+        let Some(mut action) = action_for(&cfg, &d.state) else {
             wait_dom_exc(&mut virq);
             continue;
         };
+        if d.name.ends_with(crate::migrate::INCOMING_SUFFIX) {
+            // A migration's destination that ended before it was renamed
+            // (its stream failed, its receiver died): its guest never ran
+            // here, the source still has it; no action of the config applies.
+            action = Action::Destroy;
+        }
         println!(
             "{} domain {domid} ended ({:?}): {}",
             now(),

@@ -317,6 +317,7 @@ pub fn restore(file: &Path, paused: bool, console: bool) -> Result<u16, SaveRest
     let from = RestoreFrom {
         file: file.clone(),
         cfg_dir,
+        incoming: false,
     };
     let c = toolstack::create_from(&restored_cfg, true, Some(&from))?;
     eprintln!(

@@ -487,6 +487,9 @@ pub struct RestoreFrom {
     pub file: PathBuf,
     /// The original config's directory.
     pub cfg_dir: PathBuf,
+    /// `file` is a migration stream (a FIFO) and the VMM holds the vCPUs
+    /// until its control channel's "unpause" (`xl migrate-receive`).
+    pub incoming: bool,
 }
 
 /// `xl create`, or with `restore` the domain of `xl restore`: the same
@@ -500,6 +503,52 @@ pub fn create_from(
     restore: Option<&RestoreFrom>,
 ) -> Result<Created, ToolstackError> {
     create_full(cfg_path, &[], start_daemons, true, restore)
+}
+
+/// The destination domain of `xl migrate-receive`: as [`create_from`] with
+/// the config `overrides` (its `--incoming` name).
+///
+/// # Errors
+/// Any [`ToolstackError`].
+pub fn create_incoming(
+    cfg_path: &Path,
+    overrides: &[String],
+    restore: &RestoreFrom,
+) -> Result<Created, ToolstackError> {
+    create_full(cfg_path, overrides, true, true, Some(restore))
+}
+
+/// Renames domain `domid` (`libxl_domain_rename`): the shim's name, the
+/// xenstore `name` nodes, the VMM's control socket.
+///
+/// # Errors
+/// The name is taken, or a shim/xenstore failure.
+pub fn rename(control: &Control, domid: u16, from: &str, to: &str) -> Result<(), ToolstackError> {
+    control
+        .rename_domain(domid, to)
+        .map_err(shim_err(format!("rename domain {domid} to {to}")))?;
+    let xs = xenstore(false)?;
+    let home = format!("/local/domain/{domid}");
+    xs.write(&format!("{home}/name"), to)
+        .map_err(xs_err(format!("write {home}/name")))?;
+    if let Ok(Some(vm)) = xs.read_opt(&format!("{home}/vm")) {
+        let vm = String::from_utf8_lossy(&vm).into_owned();
+        let _ = xs.write(&format!("{vm}/name"), to);
+    }
+    let old = vmm_control_socket(from);
+    if old.exists() {
+        std::fs::rename(&old, vmm_control_socket(to)).map_err(|source| ToolstackError::Io {
+            what: format!("rename {}", old.display()),
+            source,
+        })?;
+    }
+    // The VMM's log follows its domain's name (its file stays open).
+    let dir = daemons::rundir();
+    let _ = std::fs::rename(
+        dir.join(format!("pvguest-{from}.log")),
+        dir.join(format!("pvguest-{to}.log")),
+    );
+    Ok(())
 }
 
 fn create_full(
@@ -662,6 +711,9 @@ fn create_inner(
         if let Some(r) = restore {
             args.push("--restore".into());
             args.push(r.file.clone().into_os_string());
+            if r.incoming {
+                args.push("--incoming".into());
+            }
         }
     }
     let control = shim(start_daemons)?;

@@ -607,6 +607,9 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut conn = dev.nf.connection();
     let mut seen = crate::control::new_domains();
     let mut announce = false;
+    // When the kernel last saw itself in a new domain (the vif's reconnection
+    // time is printed from it).
+    let mut moved_at = 0u64;
     loop {
         let t = ms(p.monotonic_ns());
         if t >= next_check || !dev.nf.is_connected() {
@@ -619,6 +622,7 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
                 return Ok(reason);
             }
             if crate::control::new_domains() != seen {
+                moved_at = p.monotonic_ns();
                 seen = crate::control::new_domains();
                 dev.nf
                     .resume()
@@ -635,7 +639,16 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
                 conn = dev.nf.connection();
                 dev.mtu = dev.nf.max_frame();
                 dev.error = None;
-                println!("netserve: vif {devid} reconnected, mtu {}", dev.nf.mtu());
+                if moved_at == 0 {
+                    println!("netserve: vif {devid} reconnected, mtu {}", dev.nf.mtu());
+                } else {
+                    println!(
+                        "netserve: vif {devid} reconnected, mtu {}, {} us after the resume",
+                        dev.nf.mtu(),
+                        p.monotonic_ns().saturating_sub(moved_at) / 1000
+                    );
+                    moved_at = 0;
+                }
             }
             if announce {
                 announce = false;

@@ -150,6 +150,15 @@ impl Control {
         self.call_ok(&Request::ResumeDomain { domid })
     }
 
+    /// Renames a domain (`libxl_domain_rename`'s hypervisor side; the
+    /// toolstack updates xenstore). `EEXIST` if another domain has `name`.
+    pub fn rename_domain(&self, domid: u16, name: &str) -> Result<(), ControlError> {
+        self.call_ok(&Request::RenameDomain {
+            domid,
+            name: name.to_owned(),
+        })
+    }
+
     /// Shuts a domain down with `reason`: recorded, sent to the runtime as a
     /// control event, `VIRQ_DOM_EXC` fired.
     pub fn shutdown_domain(&self, domid: u16, reason: ShutdownReason) -> Result<(), ControlError> {

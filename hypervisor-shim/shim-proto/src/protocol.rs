@@ -407,6 +407,15 @@ pub enum Request {
         /// Domain.
         domid: u16,
     },
+    /// Xen's `libxl_domain_rename` (its hypervisor side): the domain's name
+    /// changes (`xl migrate`: `NAME--incoming` becomes `NAME`, the source
+    /// `NAME--migratedaway`). Refused if another domain has the name.
+    RenameDomain {
+        /// Domain.
+        domid: u16,
+        /// The new name (1 to 64 bytes without '/').
+        name: String,
+    },
 }
 
 /// One port handed back in a [`Request::ReattachPorts`].

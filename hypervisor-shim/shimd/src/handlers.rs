@@ -138,6 +138,7 @@ impl Daemon {
             Request::UnpauseDomain { domid } if dom0 => self.pause(domid, false),
             Request::ShutdownDomain { domid, reason } if dom0 => self.shutdown(domid, reason, true),
             Request::ResumeDomain { domid } if dom0 => self.resume(domid),
+            Request::RenameDomain { domid, name } if dom0 => self.rename(domid, name),
             Request::ListDomains if dom0 => ok(Reply::Domains {
                 domains: self.domains.values().map(Domain::info).collect(),
             }),
@@ -377,19 +378,39 @@ impl Daemon {
         Ok((Reply::Attached { info, ports: descs }, fds))
     }
 
-    fn create_domain(&mut self, cfg: DomainConfig) -> Out {
-        if cfg.name.is_empty() || cfg.name.len() > 64 || cfg.name.contains('/') {
+    /// Refuses a name that is malformed or held by a domain other than `except`.
+    fn check_name(&self, name: &str, except: Option<u16>) -> Result<(), DaemonError> {
+        if name.is_empty() || name.len() > 64 || name.contains('/') {
             return Err(errno(
                 libc::EINVAL,
                 "a domain name is 1 to 64 bytes without '/'",
             ));
         }
-        if self.domains.values().any(|d| d.config.name == cfg.name) {
-            return Err(errno(
-                libc::EEXIST,
-                format!("a domain named {} exists", cfg.name),
-            ));
+        if self
+            .domains
+            .iter()
+            .any(|(id, d)| d.config.name == name && Some(*id) != except)
+        {
+            return Err(errno(libc::EEXIST, format!("a domain named {name} exists")));
         }
+        Ok(())
+    }
+
+    /// `libxl_domain_rename`'s hypervisor side.
+    fn rename(&mut self, domid: u16, name: String) -> Out {
+        if domid == 0 {
+            return Err(errno(libc::EPERM, "Domain-0 cannot be renamed"));
+        }
+        self.check_name(&name, Some(domid))?;
+        let d = self.dom_mut(domid)?;
+        tracing::info!(domid, from = %d.config.name, to = %name, "domain renamed");
+        d.config.name = name;
+        self.save_state();
+        ok(Reply::Ok)
+    }
+
+    fn create_domain(&mut self, cfg: DomainConfig) -> Out {
+        self.check_name(&cfg.name, None)?;
         if cfg.vcpus == 0 || cfg.vcpus > layout::MAX_VCPUS {
             return Err(errno(libc::EINVAL, "vcpus must be 1 to 32"));
         }

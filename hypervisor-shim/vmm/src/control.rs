@@ -7,6 +7,17 @@
 //!                    "progress DONE TOTAL" lines, then "saved PAGES BYTES" or "error WHY";
 //!                    vCPU 0 stays parked (the domain does not run) until
 //!   resume        -> "resumed": the guest runs on (xl save -c / -p)
+//!   migrate [MAX_ITERS [MIN_DIRTY]]
+//!                 -> (the stream's descriptor comes with the line: a socket or
+//!                    pipe to the destination) live rounds ("round N PAGES MS"
+//!                    lines, `crate::migrate`), then "live-done ROUNDS";
+//!                    the toolstack suspends the guest and sends
+//!   final         -> the last round while vCPU 0 is parked, the closing
+//!                    records, "round N PAGES MS" and "sent PAGES BYTES"
+//!                    (or "error WHY"); parked as after "save"
+//!   unpause       -> "unpaused": a VMM started with `--incoming` (the
+//!                    destination of a migration, its memory loaded) runs
+//!                    its vCPUs; until then it holds them
 //!   pages         -> "pages CURRENT MAX": the domain's pages and maximum
 //!                    (Xen's tot_pages and max_pages; `xl list`'s Mem)
 //!   max-pages N   -> "ok" or "error WHY": the maximum the balloon may
@@ -120,8 +131,58 @@ impl Park {
     }
 }
 
+/// A gate held until released: an incoming domain's vCPUs until the
+/// toolstack's "unpause" (Xen creates a migrated domain paused and unpauses
+/// it once the source has given it up), the control connections until the
+/// VMM is jailed ([`serve`]).
+#[derive(Debug, Default)]
+pub struct Hold {
+    held: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Hold {
+    /// A hold, held or not.
+    pub fn new(held: bool) -> Self {
+        Self {
+            held: Mutex::new(held),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits until released.
+    pub fn wait(&self) {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *g {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Releases the hold; `false` if it was not held.
+    pub fn release(&self) -> bool {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let was = *g;
+        *g = false;
+        self.cv.notify_all();
+        was
+    }
+}
+
 /// What the control thread asks of the VMM.
 pub trait Saver: Send + Sync {
+    /// Live-migrate to `out` (see [`crate::migrate::send`]); on success the
+    /// domain stays parked as after [`Saver::save`].
+    /// `config`: the xl header's config instead of the domain's.
+    fn migrate(
+        &self,
+        out: File,
+        config: Option<Vec<u8>>,
+        opts: crate::migrate::LiveOptions,
+        report: &mut dyn FnMut(&str),
+        await_final: &mut dyn FnMut() -> bool,
+    ) -> Result<crate::migrate::Sent, String>;
+    /// Let an incoming domain's vCPUs run.
+    fn unpause(&self) -> Result<(), String>;
     /// Park the vCPUs and write the save file to `file`, reporting progress
     /// `(done, total)` in bytes; returns (pages, bytes). The domain stays parked.
     fn save(&self, file: File, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, u64), String>;
@@ -134,14 +195,25 @@ pub trait Saver: Send + Sync {
 }
 
 /// Serve the control socket at `path` (replacing a stale one) on a thread.
-pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<()> {
+/// Connections wait in the socket's backlog until the returned gate is
+/// released: the VMM releases it once jailed, so that no connection's
+/// thread is being created while the jail changes every thread's
+/// credentials (a thread spawned then failed to drop its privileges: a
+/// migration's receiver connects as soon as the socket exists).
+pub fn serve(
+    path: &Path,
+    saver: std::sync::Arc<dyn Saver>,
+) -> std::io::Result<std::sync::Arc<Hold>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     // Only the toolstack's user may ask for a save (it names a file to write).
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let gate = std::sync::Arc::new(Hold::new(true));
+    let opened = std::sync::Arc::clone(&gate);
     std::thread::Builder::new()
         .name("xen-vmm-control".into())
         .spawn(move || {
+            opened.wait();
             let busy = std::sync::Arc::new(AtomicBool::new(false));
             for conn in listener.incoming().flatten() {
                 let saver = std::sync::Arc::clone(&saver);
@@ -158,8 +230,11 @@ pub fn serve(path: &Path, saver: std::sync::Arc<dyn Saver>) -> std::io::Result<(
                 }
             }
         })?;
-    Ok(())
+    Ok(gate)
 }
+
+/// The largest config text `migrate` takes.
+const MAX_CONFIG: u64 = 1 << 20;
 
 /// The longest command line accepted.
 const MAX_LINE: usize = 4096;
@@ -251,6 +326,70 @@ fn session(conn: UnixStream, saver: &dyn Saver, busy: &AtomicBool) -> std::io::R
                         }
                     }
                 }
+                "migrate"
+                    if !parked
+                        && (1..=2).contains(&fds.len())
+                        && busy.swap(true, Ordering::SeqCst) =>
+                {
+                    writeln!(
+                        out,
+                        "error a save or migration of this domain is in progress"
+                    )?;
+                }
+                "migrate" if !parked && (1..=2).contains(&fds.len()) => {
+                    let file = File::from(fds.remove(0));
+                    // `xl migrate -C CONFIG`: the config text sent instead.
+                    let config = match fds.pop() {
+                        Some(fd) => {
+                            let mut text = Vec::new();
+                            let read = std::io::Read::read_to_end(
+                                &mut std::io::Read::take(File::from(fd), MAX_CONFIG + 1),
+                                &mut text,
+                            );
+                            if let Err(e) = read {
+                                busy.store(false, Ordering::SeqCst);
+                                writeln!(out, "error cannot read the config: {e}")?;
+                                continue;
+                            }
+                            if text.len() as u64 > MAX_CONFIG {
+                                busy.store(false, Ordering::SeqCst);
+                                writeln!(out, "error the config is over {MAX_CONFIG} bytes")?;
+                                continue;
+                            }
+                            Some(text)
+                        }
+                        None => None,
+                    };
+                    let mut opts = crate::migrate::LiveOptions::default();
+                    let mut words = line.split_whitespace().skip(1);
+                    if let Some(n) = words.next().and_then(|w| w.parse().ok()) {
+                        opts.max_iters = n;
+                    }
+                    if let Some(n) = words.next().and_then(|w| w.parse().ok()) {
+                        opts.min_dirty = n;
+                    }
+                    let mut report = |l: &str| {
+                        let _ = writeln!(out, "{l}");
+                    };
+                    let mut await_final =
+                        || matches!(lines.next_line(), Ok(Some((l, _))) if l.trim() == "final");
+                    let r = saver.migrate(file, config, opts, &mut report, &mut await_final);
+                    match r {
+                        Ok(sent) => {
+                            parked = true;
+                            let pages: u64 = sent.rounds.iter().sum();
+                            writeln!(out, "sent {pages} {}", sent.bytes)?;
+                        }
+                        Err(why) => {
+                            busy.store(false, Ordering::SeqCst);
+                            writeln!(out, "error {}", why.replace('\n', " "))?;
+                        }
+                    }
+                }
+                "unpause" => match saver.unpause() {
+                    Ok(()) => writeln!(out, "unpaused")?,
+                    Err(why) => writeln!(out, "error {}", why.replace('\n', " "))?,
+                },
                 "resume" if parked => {
                     saver.release();
                     parked = false;

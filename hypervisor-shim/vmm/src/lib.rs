@@ -43,6 +43,7 @@ pub mod events;
 pub mod fvdisk;
 pub mod gmem;
 pub mod jail;
+pub mod migrate;
 pub mod snapshot;
 pub mod vm;
 pub mod watchdog;

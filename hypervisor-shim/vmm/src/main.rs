@@ -25,6 +25,10 @@ struct Args {
     /// The domain's xl.cfg (embedded in save files).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// The destination of a live migration: --restore names the stream (a
+    /// FIFO); the vCPUs wait for the control channel's "unpause".
+    #[arg(long, requires = "restore")]
+    incoming: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         restore: a.restore,
         control: a.control,
         config: a.config,
+        incoming: a.incoming,
     };
     match xen_vmm::run(&cfg) {
         Ok(xen_vmm::Outcome::Shutdown(_)) => ExitCode::SUCCESS,

@@ -596,29 +596,59 @@ const HVM_PARAM_STORE_EVTCHN: u64 = 2;
 const HVM_PARAM_CONSOLE_PFN: u64 = 17;
 const HVM_PARAM_CONSOLE_EVTCHN: u64 = 18;
 
-/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) to
-/// `file` (opened by the toolstack: a jailed VMM opens no host path): the xl header with `config`, the memory file's pages, the TSC, the HVM
-/// context and params. Returns (pages, bytes); the file is synced.
-pub fn save_file(
-    file: File,
-    hv: &Hypervisor,
-    cpu: &KvmVcpuState,
-    config: &[u8],
-    tsc_khz: u64,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<(u64, u64), SnapshotError> {
-    let io = |what| move |source| SnapshotError::Io { what, source };
-    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+/// Starts a save stream on `out`: the xl header with `config`, libxl's and
+/// libxc's headers (Xen 4.17, HVM).
+pub fn begin_stream<W: Write>(out: W, config: &[u8]) -> Result<StreamWriter<W>, SnapshotError> {
     let header = XlHeader {
         config: config.to_vec(),
         json: false,
     };
-    let mut w =
-        StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(io("write the save file"))?;
-    let total = hv.memory().len() as u64;
-    let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
-        progress(done, total)
-    })?;
+    StreamWriter::begin(out, &header, (4, 17), &[], &[]).map_err(|source| SnapshotError::Io {
+        what: "write the save stream",
+        source,
+    })
+}
+
+/// Writes pages `pfns` (ascending, each below the memory file's end) of the
+/// memory file `file` as PAGE_DATA records, zero pages included (a page sent
+/// in an earlier round may have been zeroed since); `sent(pfn, page)` sees
+/// each page as written. Returns the pages written.
+pub fn write_pfns<W: Write>(
+    file: &File,
+    pfns: &[u64],
+    out: &mut StreamWriter<W>,
+    sent: &mut dyn FnMut(u64, &[u8]),
+) -> Result<u64, SnapshotError> {
+    let mut stats = MemoryStats::default();
+    let mut batch: Vec<u64> = Vec::with_capacity(MAX_BATCH_PAGES);
+    let mut data: Vec<u8> = Vec::with_capacity(MAX_BATCH_PAGES * PAGE_SIZE);
+    let mut page = vec![0u8; PAGE_SIZE];
+    for &pfn in pfns {
+        file.read_exact_at(&mut page, pfn * PAGE_SIZE as u64)
+            .map_err(|source| SnapshotError::Io {
+                what: "read the memory file",
+                source,
+            })?;
+        sent(pfn, &page);
+        batch.push(pfn);
+        data.extend_from_slice(&page);
+        if batch.len() == MAX_BATCH_PAGES {
+            flush(out, &mut batch, &mut data, &mut stats)?;
+        }
+    }
+    flush(out, &mut batch, &mut data, &mut stats)?;
+    Ok(stats.pages)
+}
+
+/// Ends a save stream: X86_TSC_INFO, HVM_CONTEXT (vCPU 0's state `cpu`),
+/// HVM_PARAMS of the domain `hv`, the END records; flushes and returns the
+/// output.
+pub fn finish_stream<W: Write>(
+    w: StreamWriter<W>,
+    hv: &Hypervisor,
+    cpu: &KvmVcpuState,
+    tsc_khz: u64,
+) -> Result<W, SnapshotError> {
     let layout = hv.layout();
     let info = hv.info();
     let khz = u32::try_from(tsc_khz).unwrap_or(u32::MAX);
@@ -641,8 +671,32 @@ pub fn save_file(
         cpuid_policy: Vec::new(),
         msr_policy: Vec::new(),
     };
+    w.finish(&state).map_err(|source| SnapshotError::Io {
+        what: "write the save stream",
+        source,
+    })
+}
+
+/// Writes the save file of the parked domain `hv` (vCPU 0's state `cpu`) to
+/// `file` (opened by the toolstack: a jailed VMM opens no host path): the xl header with `config`, the memory file's pages, the TSC, the HVM
+/// context and params. Returns (pages, bytes); the file is synced.
+pub fn save_file(
+    file: File,
+    hv: &Hypervisor,
+    cpu: &KvmVcpuState,
+    config: &[u8],
+    tsc_khz: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64), SnapshotError> {
+    let io = |what| move |source| SnapshotError::Io { what, source };
+    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut w = begin_stream(out, config)?;
+    let total = hv.memory().len() as u64;
+    let stats = write_memory(hv.memory_file(), total / PAGE_SIZE as u64, &mut w, |done| {
+        progress(done, total)
+    })?;
     let bytes_before = w.bytes();
-    let out = w.finish(&state).map_err(io("write the save file"))?;
+    let out = finish_stream(w, hv, cpu, tsc_khz)?;
     let file = out.into_inner().map_err(|e| SnapshotError::Io {
         what: "write the save file",
         source: e.into_error(),
@@ -652,14 +706,72 @@ pub fn save_file(
     Ok((stats.pages, bytes))
 }
 
+/// How long an incoming domain's VMM waits for the first bytes of its
+/// stream.
+pub const INCOMING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the FIFO `path` for reading without blocking, waits up to
+/// [`INCOMING_WAIT`] for data, then makes it blocking (a writer that goes
+/// away later reads as EOF).
+fn open_incoming(path: &std::path::Path) -> Result<File, VmmError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: String| move |source| VmmError::Io { what, source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io(format!("open the migration stream {}", path.display())))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let left = INCOMING_WAIT.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return Err(VmmError::Restore(format!(
+                "no migration stream came on {} within {INCOMING_WAIT:?}",
+                path.display()
+            )));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(io("wait for the migration stream".into())(e.into())),
+        }
+    }
+    let fl = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| io("read the stream's flags".into())(e.into()))?;
+    let fl = nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+        .map_err(|e| io("make the stream blocking".into())(e.into()))?;
+    Ok(file)
+}
+
 /// Reads the save file at `path` into guest memory `mem` (every page checked to
 /// lie inside it) and returns vCPU 0's state. `xl restore` has validated the whole
 /// file before it created the domain; this reads it again, checking as much.
-pub fn restore_file(path: &std::path::Path, mem: &GuestPhys) -> Result<KvmVcpuState, VmmError> {
-    let file = File::open(path).map_err(|source| VmmError::Io {
-        what: format!("open the save file {}", path.display()),
-        source,
-    })?;
+///
+/// `incoming`: `path` is the FIFO of a migration's stream, fed by `xl
+/// migrate-receive`; it is opened without waiting for its writer, which must
+/// come within [`INCOMING_WAIT`] (a receiver killed before it fails this
+/// domain instead of leaving it blocked), and ends the stream with EOF if it
+/// dies later.
+pub fn restore_file(
+    path: &std::path::Path,
+    mem: &GuestPhys,
+    incoming: bool,
+) -> Result<KvmVcpuState, VmmError> {
+    let file = if incoming {
+        open_incoming(path)?
+    } else {
+        File::open(path).map_err(|source| VmmError::Io {
+            what: format!("open the save file {}", path.display()),
+            source,
+        })?
+    };
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let max_pfns = (mem.len() / PAGE_SIZE) as u64;
     let mut sink = |pfn: u64, page: &[u8]| -> Result<(), PageSinkError> {

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use xen_abi::event_channel::*;
 use xen_abi::grant_table::{
     gnttab_query_size, gnttab_setup_table, GNTTABOP_query_size, GNTTABOP_setup_table,
+    GTF_permit_access, GTF_readonly, GTF_type_mask,
 };
 use xen_abi::memory::{
     xen_memory_reservation, XENMEM_current_reservation, XENMEM_decrease_reservation,
@@ -77,6 +78,10 @@ pub struct VmmConfig {
     pub control: Option<std::path::PathBuf>,
     /// The domain's xl.cfg, embedded in save files.
     pub config: Option<std::path::PathBuf>,
+    /// The destination of a live migration: `restore` is the stream (a
+    /// FIFO the receiving `xl` feeds); the vCPUs wait for the control
+    /// channel's "unpause".
+    pub incoming: bool,
 }
 
 enum Gate {
@@ -207,6 +212,10 @@ pub struct Vmm {
     park: crate::control::Park,
     /// The domain's config text, for save files.
     config_text: Vec<u8>,
+    /// Guest RAM's KVM memory slot (its flags change for dirty logging).
+    region: kvm_userspace_memory_region,
+    /// An incoming domain's vCPUs held until the toolstack's "unpause".
+    incoming: crate::control::Hold,
     /// The balloon's view of the domain's RAM (`XENMEM_*`).
     reservation: Reservation,
     /// Rate limit of the balloon's refusals in the log.
@@ -276,7 +285,7 @@ impl Vmm {
                 let si_gpa = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
                 let mut si = vec![0u8; xen_shim_proto::layout::PAGE_SIZE];
                 mem.read(si_gpa, &mut si)?;
-                let state = crate::snapshot::restore_file(path, &mem)?;
+                let state = crate::snapshot::restore_file(path, &mem, cfg.incoming)?;
                 mem.write(si_gpa, &si)?;
                 (0, Some(state))
             }
@@ -358,6 +367,8 @@ impl Vmm {
             suspend: Suspend::default(),
             park: crate::control::Park::default(),
             config_text,
+            region,
+            incoming: crate::control::Hold::new(cfg.incoming),
             reservation: Reservation::new(
                 hv.memory_file(),
                 layout.nr_ram_pages,
@@ -1294,28 +1305,51 @@ pub fn host_tsc_khz() -> u64 {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let hv: &'static Hypervisor = Box::leak(Box::new(Hypervisor::attach_from_env()?));
     let (vmm, vcpus) = Vmm::new(hv, cfg)?;
-    // The control socket is bound before the jail (its directory is root's).
-    if let Some(path) = &cfg.control {
-        crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>).map_err(
-            |source| VmmError::Io {
-                what: format!("serve the control socket {}", path.display()),
-                source,
-            },
-        )?;
-    }
+    // The control socket is bound before the jail (its directory is root's);
+    // its connections are served once jailed.
+    let control = match &cfg.control {
+        Some(path) => Some(
+            crate::control::serve(path, Arc::clone(&vmm) as Arc<dyn crate::control::Saver>)
+                .map_err(|source| VmmError::Io {
+                    what: format!("serve the control socket {}", path.display()),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     if crate::jail::enter_if_requested(hv)? {
         // In the VMM's log (its stderr), as the runtime's `pvguest jailed`.
         eprintln!("xen-vmm: jailed uid={}", xen_jail::domain_uid(hv.domid()));
     }
+    if let Some(gate) = control {
+        gate.release();
+    }
+    if cfg.incoming {
+        eprintln!("xen-vmm: incoming domain loaded, waiting for unpause");
+        vmm.incoming.wait();
+    }
     vmm.run(vcpus)
 }
 
-impl crate::control::Saver for Vmm {
-    fn save(
-        &self,
-        file: std::fs::File,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(u64, u64), String> {
+impl Vmm {
+    /// Turns KVM's dirty logging of guest RAM on or off.
+    fn set_dirty_logging(&self, on: bool) -> Result<(), String> {
+        let region = kvm_userspace_memory_region {
+            flags: if on {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+            ..self.region
+        };
+        // SAFETY: the same live mapping as at creation (see `Vmm::new`),
+        // only the slot's flags change.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM: cannot set dirty logging {on}: {e}"))
+    }
+
+    /// Parks vCPU 0 (events held) for a save; on failure it runs on.
+    fn park_for_save(&self) -> Result<crate::snapshot::KvmVcpuState, String> {
         if self
             .aps
             .iter()
@@ -1329,13 +1363,121 @@ impl crate::control::Saver for Vmm {
             return Err("the domain has ended".into());
         }
         self.events.set_hold(true);
-        let cpu = match self.park.request(|| self.kick_vcpus()) {
-            Ok(c) => c,
-            Err(e) => {
-                self.events.set_hold(false);
-                return Err(e);
+        self.park.request(|| self.kick_vcpus()).inspect_err(|_| {
+            self.events.set_hold(false);
+        })
+    }
+}
+
+impl crate::migrate::Source for Vmm {
+    fn memory_file(&self) -> &std::fs::File {
+        self.hv.memory_file()
+    }
+
+    fn nr_pages(&self) -> u64 {
+        self.mem.len() as u64 / xen_shim_proto::layout::PAGE_SIZE as u64
+    }
+
+    fn ram_pages(&self) -> u64 {
+        self.hv.layout().nr_ram_pages
+    }
+
+    fn dirty(&self) -> Result<Vec<u64>, String> {
+        let bitmap = self
+            .vm
+            .get_dirty_log(self.region.slot, self.region.memory_size as usize)
+            .map_err(|e| format!("KVM: cannot read the dirty log: {e}"))?;
+        let mut pfns = Vec::new();
+        for (i, word) in bitmap.iter().enumerate() {
+            let mut w = *word;
+            while w != 0 {
+                let bit = w.trailing_zeros();
+                pfns.push(i as u64 * 64 + u64::from(bit));
+                w &= w - 1;
             }
+        }
+        Ok(pfns)
+    }
+
+    fn grant_writable(&self, set: &mut std::collections::BTreeSet<u64>) {
+        use xen_shim_proto::grant::GrantTableView;
+        let Ok(t) = self.hv.grant_table() else {
+            return;
         };
+        let pages = crate::migrate::Source::nr_pages(self);
+        for gref in 0..t.nr_entries() {
+            let raw = t.header(gref).load(std::sync::atomic::Ordering::Acquire);
+            let flags = xen_shim_proto::grant::combo_flags(raw);
+            if flags & GTF_type_mask != GTF_permit_access || flags & GTF_readonly != 0 {
+                continue;
+            }
+            let frame = match t.word1(gref) {
+                Some(w) if t.version() == 2 => w.load(std::sync::atomic::Ordering::Acquire),
+                _ => u64::from(t.frame_lo(gref).load(std::sync::atomic::Ordering::Acquire)),
+            };
+            if frame < pages {
+                set.insert(frame);
+            }
+        }
+    }
+
+    fn park(&self) -> Result<crate::snapshot::KvmVcpuState, String> {
+        self.park_for_save()
+    }
+
+    fn finish<W: std::io::Write>(
+        &self,
+        w: xen_stream::StreamWriter<W>,
+        cpu: &crate::snapshot::KvmVcpuState,
+    ) -> Result<W, crate::snapshot::SnapshotError> {
+        crate::snapshot::finish_stream(w, self.hv, cpu, host_tsc_khz())
+    }
+}
+
+impl crate::control::Saver for Vmm {
+    fn migrate(
+        &self,
+        out: std::fs::File,
+        config: Option<Vec<u8>>,
+        opts: crate::migrate::LiveOptions,
+        report: &mut dyn FnMut(&str),
+        await_final: &mut dyn FnMut() -> bool,
+    ) -> Result<crate::migrate::Sent, String> {
+        if self
+            .aps
+            .iter()
+            .any(|a| a.up.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(
+                "the guest has secondary vCPUs online; migrating them is not supported".into(),
+            );
+        }
+        self.set_dirty_logging(true)?;
+        let config = config.as_deref().unwrap_or(&self.config_text);
+        let r = crate::migrate::send(self, out, config, opts, report, await_final);
+        if let Err(e) = self.set_dirty_logging(false) {
+            tracing::warn!(error = %e, "dirty logging left on");
+        }
+        if r.is_err() && self.park.requested() {
+            self.release();
+        }
+        r
+    }
+
+    fn unpause(&self) -> Result<(), String> {
+        if self.incoming.release() {
+            Ok(())
+        } else {
+            Err("the domain is not an incoming one waiting to run".into())
+        }
+    }
+
+    fn save(
+        &self,
+        file: std::fs::File,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(u64, u64), String> {
+        let cpu = self.park_for_save()?;
         let r = crate::snapshot::save_file(
             file,
             self.hv,

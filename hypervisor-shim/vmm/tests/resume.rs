@@ -14,35 +14,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{bytes_body, domid, exec, need, netserve_guest};
-use common::{ok, verify_stream, Host};
+use common::net::{
+    assert_downloaded, bytes_body, domid, exec, need, netserve_guest, slow_download,
+};
+use common::{ok, passes, verify_stream, wait_passes, Host};
 
 const T: Duration = Duration::from_secs(60);
-
-fn passes(log: &str) -> usize {
-    log.matches("disk self-test: PASS").count()
-}
-
-/// Waits until `log(h)` holds `n` self-test passes; panics on a FAIL, a
-/// crash or after [`T`].
-fn wait_passes(h: &Host, name: &str, n: usize) -> String {
-    let t0 = Instant::now();
-    loop {
-        let log = h.vmm_log(name);
-        assert!(
-            !log.contains("disk self-test: FAIL") && !log.contains("crashed"),
-            "{log}"
-        );
-        if passes(&log) >= n {
-            return log;
-        }
-        assert!(
-            t0.elapsed() < T,
-            "fewer than {n} passes within {T:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// `xl save` of a guest in the middle of its disk self-test rounds (writes
 /// in flight), then `xl restore`: the guest learns it runs in a new domain,
@@ -59,7 +36,7 @@ fn test_pvhvm_xl_save_restore_of_suspending_guest_reconnects_its_disk() {
     let name = "pvh-re";
     let cfg = h.config(name, "selftest rounds=100000", &[disk]);
     ok("xl create", &h.create(name, &cfg));
-    wait_passes(&h, name, 1);
+    wait_passes(&h, name, 1, T);
     let file = h.rundir().join("pvh-re.save");
     let mut id = domid(&h, name);
 
@@ -98,7 +75,7 @@ fn test_pvhvm_xl_save_restore_of_suspending_guest_reconnects_its_disk() {
         assert!(!log.contains("not supported"), "{log}");
         // The round the save cut and a whole one pass in the new domain
         // (the new VMM's log starts at the restore).
-        let after = wait_passes(&h, name, 2);
+        let after = wait_passes(&h, name, 2, T);
         println!(
             "round {round}: {before} passes before; xl save took {saved_in:?}, restore to the vbd reconnected {reconnected_in:?}; {} passes since\n{}",
             passes(&after),
@@ -148,7 +125,7 @@ fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on() {
     let name = "pvh-rc";
     let cfg = h.config(name, "selftest rounds=100000", &[disk]);
     ok("xl create", &h.create(name, &cfg));
-    wait_passes(&h, name, 1);
+    wait_passes(&h, name, 1, T);
     let id = domid(&h, name);
     let file = h.rundir().join("pvh-rc.save");
     ok(
@@ -161,7 +138,7 @@ fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on() {
         T,
     );
     let n = passes(&h.vmm_log(name));
-    wait_passes(&h, name, n + 2);
+    wait_passes(&h, name, n + 2, T);
     assert_eq!(domid(&h, name), id);
     assert!(!h.list_row(name).expect("listed").contains("--s"));
 
@@ -173,7 +150,7 @@ fn test_pvhvm_xl_save_checkpoint_of_suspending_guest_goes_on() {
         &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
         T,
     );
-    wait_passes(&h, name, 2);
+    wait_passes(&h, name, 2, T);
     ok("xl destroy", &h.xl(&["destroy", name]));
     h.wait_gone(name, T);
 }
@@ -193,20 +170,7 @@ fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
     const N: usize = 40_000_000;
 
     let (download, moved_in) = std::thread::scope(|s| {
-        let dl = s.spawn(|| {
-            exec(
-                ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "90",
-                    "--limit-rate",
-                    "8M",
-                    &format!("http://10.79.0.5/bytes/{N}"),
-                ],
-            )
-        });
+        let dl = s.spawn(|| slow_download(ns, "10.79.0.5", N, 90));
         std::thread::sleep(Duration::from_millis(1500));
         let t0 = Instant::now();
         ok("xl save", &h.xl(&["save", name, file.to_str().unwrap()]));
@@ -220,13 +184,7 @@ fn test_pvhvm_xl_save_restore_during_http_download_keeps_the_connection() {
     });
     println!("saved, restored and reconnected in {moved_in:?} during the download");
     let log = h.vmm_log(name);
-    assert!(
-        download.status.success(),
-        "curl: {}\n{log}",
-        String::from_utf8_lossy(&download.stderr)
-    );
-    assert_eq!(download.stdout.len(), N, "bytes received");
-    assert!(download.stdout == bytes_body(N), "the body differs");
+    assert_downloaded(&download, N, &log);
     let again = exec(
         ns,
         "curl",

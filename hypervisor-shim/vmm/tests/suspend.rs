@@ -14,14 +14,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{bytes_body, domid, exec, need, netserve_guest};
-use common::{ok, Host};
+use common::net::{bytes_body, domid, exec, need, netserve_guest, slow_download};
+use common::{ok, passes, Host};
 
 const T: Duration = Duration::from_secs(60);
-
-fn passes(log: &str) -> usize {
-    log.matches("disk self-test: PASS").count()
-}
 
 /// A suspend during the disk self-test (rounds of 64 writes across the
 /// disk, flush, read back and verify), cancelled twice: each time the
@@ -125,20 +121,7 @@ fn test_pvhvm_suspend_during_http_download_then_cancelled_resume_keeps_the_conne
     const N: usize = 40_000_000;
 
     let (download, suspended_for) = std::thread::scope(|s| {
-        let dl = s.spawn(|| {
-            exec(
-                ns,
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "60",
-                    "--limit-rate",
-                    "8M",
-                    &format!("http://10.78.0.5/bytes/{N}"),
-                ],
-            )
-        });
+        let dl = s.spawn(|| slow_download(ns, "10.78.0.5", N, 60));
         std::thread::sleep(Duration::from_millis(1500));
         h.xs_write(&format!("/local/domain/{id}/control/shutdown"), "suspend");
         h.wait_state(name, 's', T);

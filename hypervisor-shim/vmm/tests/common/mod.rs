@@ -323,6 +323,32 @@ pub fn verify_stream(file: &std::path::Path) {
     );
 }
 
+/// Disk self-test passes in a guest's log.
+pub fn passes(log: &str) -> usize {
+    log.matches("disk self-test: PASS").count()
+}
+
+/// Waits until guest `name`'s VMM log holds `n` self-test passes; panics
+/// on a FAIL, a crash or after `timeout`.
+pub fn wait_passes(h: &Host, name: &str, n: usize, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let log = h.vmm_log(name);
+        assert!(
+            !log.contains("disk self-test: FAIL") && !log.contains("crashed"),
+            "{log}"
+        );
+        if passes(&log) >= n {
+            return log;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "fewer than {n} passes within {timeout:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn ok(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),

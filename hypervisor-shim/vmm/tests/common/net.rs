@@ -65,6 +65,36 @@ pub fn bytes_body(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// `curl` of `http://{ip}/bytes/{n}` from `ns` at 8 MB/s (a download that
+/// lasts while the guest is suspended, saved or moved), at most `max_secs`;
+/// its output, whatever its status.
+pub fn slow_download(ns: &Netns, ip: &str, n: usize, max_secs: u32) -> std::process::Output {
+    exec(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            &max_secs.to_string(),
+            "--limit-rate",
+            "8M",
+            &format!("http://{ip}/bytes/{n}"),
+        ],
+    )
+}
+
+/// Panics unless `download` ([`slow_download`]) got all `n` bytes intact;
+/// `context` (a log) goes with the failure.
+pub fn assert_downloaded(download: &std::process::Output, n: usize, context: &str) {
+    assert!(
+        download.status.success(),
+        "curl: {}\n{context}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(download.stdout.len(), n, "bytes received");
+    assert!(download.stdout == bytes_body(n), "the body differs");
+}
+
 /// Waits until guest `name`'s console log has `needle`; panics after
 /// `timeout` with its console log, the VMM's log and backendd's log.
 pub fn wait_guest(host: &Host, name: &str, needle: &str, timeout: Duration) -> String {
