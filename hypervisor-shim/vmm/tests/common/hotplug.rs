@@ -17,7 +17,7 @@ use xen_abi::grant_table::{GTF_type_mask, GNTTAB_NR_RESERVED_ENTRIES};
 use xen_xl::disk::DiskSpec;
 use xen_xl::vif::VifSpec;
 use xen_xl::xsplan::{disk_backend_path, vbd_frontend_path, BackendDisk};
-use xenstore_client::{Client, XsOps};
+use xenstore_client::Client;
 
 use super::{ok, Host};
 
