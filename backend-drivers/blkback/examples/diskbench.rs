@@ -121,7 +121,9 @@ fn qemu_nbd(file: &Path, sock: &Path) -> Nbd {
         .spawn()
         .expect("start qemu-nbd");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
+    // Listening, not only bound (a connect between bind and listen is
+    // refused; `--persistent` outlives the probe).
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
         assert!(Instant::now() < deadline, "qemu-nbd did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }

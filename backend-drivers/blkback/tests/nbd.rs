@@ -60,7 +60,12 @@ fn qemu_nbd(file: &Path, extra: &[&str]) -> Server {
     args.extend_from_slice(extra);
     args.push(file.to_str().expect("utf-8"));
     let child = spawn("qemu-nbd", &args);
-    wait_for("qemu-nbd", || sock.exists());
+    // Listening, not only bound: the socket file appears at bind(2), and a
+    // connect before listen(2) is refused (`--persistent` outlives the
+    // probe).
+    wait_for("qemu-nbd", || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
     Server {
         child,
         uri: format!("nbd+unix:///disk?socket={s}"),
