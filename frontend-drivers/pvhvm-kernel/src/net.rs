@@ -1,7 +1,7 @@
 //! The guest's network: `xen-netfront` (the same crate as the PV guest's)
 //! as a `smoltcp` [`Device`], and the `netserve` workload on top.
 //!
-//! `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N]` connects `device/vif/N`
+//! `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N] [disk [seed=N]]` connects `device/vif/N`
 //! (default: the lowest), gives the interface the address and serves, in
 //! the CPL3 main loop:
 //!
@@ -10,6 +10,12 @@
 //! - a minimal HTTP/1.0 responder on port 80: `GET /` is a small fixed
 //!   page, `GET /bytes/N` returns `N` bytes (byte `i` is `b'a' + i % 26`)
 //!   for throughput runs, anything else is `404`.
+//!
+//! With `disk [seed=N]` it also connects the first vbd and runs the disk
+//! self-test ([`crate::workload::DiskRounds`]) once the vif is up and
+//! again after each resume in a new domain, right after the gratuitous
+//! ARP: a migrated server with a disk load, checked on every host it
+//! reaches. The sockets wait while a round runs (TCP retransmits).
 //!
 //! The loop serves the sockets, polls smoltcp (which takes the received
 //! frames and sends at most one segment per socket per poll) up to 64
@@ -101,10 +107,13 @@ pub struct NetArgs {
     pub gateway: Option<Ipv4Address>,
     /// The vif's devid (`None`: the lowest).
     pub devid: Option<u32>,
+    /// `disk [seed=N]`: the disk self-test's first seed (default 1); `None`
+    /// without `disk`.
+    pub disk_seed: Option<u64>,
 }
 
-/// Parses `ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N]` out of the workload's
-/// words.
+/// Parses `ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N] [disk [seed=N]]` out of the
+/// workload's words.
 pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
     let get = |k: &str| {
         words
@@ -121,10 +130,19 @@ pub fn parse_args(words: &[&str]) -> Result<NetArgs, String> {
         Some(v) => Some(v.parse().map_err(|_| format!("bad vif {v:?}"))?),
         None => None,
     };
+    let disk_seed = if words.contains(&"disk") {
+        Some(match get("seed") {
+            Some(s) => s.parse().map_err(|_| format!("bad seed {s:?}"))?,
+            None => 1,
+        })
+    } else {
+        None
+    };
     Ok(NetArgs {
         addr,
         gateway,
         devid,
+        disk_seed,
     })
 }
 
@@ -562,6 +580,10 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
             .ok_or_else(|| String::from("no vif device (a vif= in xl.cfg?)"))?,
     };
     let nf = connect(p, devid)?;
+    let mut disk = match args.disk_seed {
+        Some(seed) => Some(crate::workload::DiskRounds::connect(p, seed)?),
+        None => None,
+    };
     let mac = nf.mac();
     let mut dev = NetDev::new(nf);
     let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
@@ -654,6 +676,13 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
                 announce = false;
                 gratuitous_arp(p, &mut dev, mac, args.addr.address());
                 println!("netserve: gratuitous ARP sent for {}", args.addr.address());
+            }
+            // The disk load: a self-test at the start and after each
+            // resume (once the network is announced); sockets wait.
+            if let Some(d) = disk.as_mut().filter(|d| d.due()) {
+                if let Some(reason) = d.round(p)? {
+                    return Ok(reason);
+                }
             }
         }
         let before = dev.moved;

@@ -25,10 +25,12 @@
 //!   line per path and direction;
 //! - `smp`: brings up vCPU 1 (`vmm_op(vcpu_up)`), which counts to 1000 in
 //!   shared memory in its own VMM thread and goes down again;
-//! - `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N]`: connects the vif with
-//!   `xen-netfront` and serves ICMP echo, TCP echo (port 7) and HTTP/1.0
-//!   (port 80: `/` and `/bytes/N`) with `smoltcp` until destroyed (see
-//!   [`crate::net`]);
+//! - `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N] [disk [seed=N]]`:
+//!   connects the vif with `xen-netfront` and serves ICMP echo, TCP echo
+//!   (port 7) and HTTP/1.0 (port 80: `/` and `/bytes/N`) with `smoltcp`
+//!   until destroyed (see [`crate::net`]); with `disk`, also connects the
+//!   first vbd and runs the disk self-test once at the start and once
+//!   after each resume in a new domain (a migrated server's disk load);
 //! - `fault`: a page fault at CPL3 (reported by the exception handler);
 //! - `runaway [timeout=S] [pets=N]`: arms a domain watchdog of `S` seconds
 //!   (`SCHEDOP_watchdog`, default 1), pets it `N` times (default 3) every
@@ -299,6 +301,55 @@ fn selftest(p: &KPlatform, words: &[&str]) -> Option<u32> {
         }
     }
     None
+}
+
+/// The disk load of `netserve disk`: the first vbd, self-tested once at
+/// the start and once after each resume in a new domain (the vbd
+/// reconnected first), seeds `seed`, `seed + 1`...
+pub(crate) struct DiskRounds<'p> {
+    dev: BlkFront<'p, KPlatform>,
+    /// [`crate::control::new_domains`] when the vbd last (re)connected.
+    seen: u64,
+    seed: u64,
+    round: u64,
+}
+
+impl<'p> DiskRounds<'p> {
+    /// Connects the first vbd.
+    pub(crate) fn connect(p: &'p KPlatform, seed: u64) -> Result<Self, String> {
+        Ok(DiskRounds {
+            dev: connect(p)?,
+            seen: crate::control::new_domains(),
+            seed,
+            round: 0,
+        })
+    }
+
+    /// Whether the domain changed since the last round (one is due).
+    pub(crate) fn due(&self) -> bool {
+        self.round == 0 || crate::control::new_domains() != self.seen
+    }
+
+    /// Reconnects the vbd if the domain changed, then runs one self-test
+    /// and prints its verdict; `Ok(Some(reason))`: the toolstack asked for
+    /// a shutdown meanwhile; `Err`: the self-test failed (printed).
+    pub(crate) fn round(&mut self, p: &KPlatform) -> Result<Option<u32>, String> {
+        let result = between_ios(p, &mut self.dev, &mut self.seen).and_then(|()| {
+            selftest_inner(p, &mut self.dev, Some(self.seed.wrapping_add(self.round)))
+        });
+        self.round += 1;
+        match result {
+            Ok(summary) => {
+                println!("disk self-test: PASS in domain {} ({summary})", p.domid());
+                Ok(None)
+            }
+            Err(SelftestEnd::Stop(reason)) => Ok(Some(reason)),
+            Err(SelftestEnd::Fail(why)) => {
+                println!("disk self-test: FAIL: {why}");
+                Err(format!("disk self-test: {why}"))
+            }
+        }
+    }
 }
 
 /// Why a self-test ended early.
