@@ -33,6 +33,8 @@ pub struct DomainFiles {
     pub active: File,
     /// The caller's grant ledger (`mapper_files` only).
     pub ledger: Option<File>,
+    /// The domain's dirty log ([`xen_shim_proto::dirty`]).
+    pub dirty: File,
 }
 
 /// A Dom0 control connection.
@@ -194,14 +196,16 @@ impl Control {
             )));
         };
         let mut it = fds.into_iter();
-        let mut two = take_fds(&mut it, 2)?;
-        let active = File::from(two.remove(1));
-        let memory = File::from(two.remove(0));
+        let mut three = take_fds(&mut it, 3)?;
+        let dirty = File::from(three.remove(2));
+        let active = File::from(three.remove(1));
+        let memory = File::from(three.remove(0));
         Ok(DomainFiles {
             info,
             memory,
             active,
             ledger: None,
+            dirty,
         })
     }
 
@@ -218,15 +222,17 @@ impl Control {
             )));
         };
         let mut it = fds.into_iter();
-        let mut three = take_fds(&mut it, 3)?;
-        let ledger = File::from(three.remove(2));
-        let active = File::from(three.remove(1));
-        let memory = File::from(three.remove(0));
+        let mut four = take_fds(&mut it, 4)?;
+        let dirty = File::from(four.remove(3));
+        let ledger = File::from(four.remove(2));
+        let active = File::from(four.remove(1));
+        let memory = File::from(four.remove(0));
         Ok(DomainFiles {
             info,
             memory,
             active,
             ledger: Some(ledger),
+            dirty,
         })
     }
 

@@ -86,12 +86,10 @@ impl Gntdev {
         let ledger = files
             .ledger
             .ok_or(GrantError::Invalid("no ledger from the daemon"))?;
-        let d = Arc::new(ForeignDomain::open_with_ledger(
-            domid,
-            files.memory,
-            &files.active,
-            ledger,
-        )?);
+        let d = Arc::new(
+            ForeignDomain::open_with_ledger(domid, files.memory, &files.active, ledger)?
+                .with_dirty_log(files.dirty)?,
+        );
         map.insert(domid, Arc::clone(&d));
         Ok(d)
     }

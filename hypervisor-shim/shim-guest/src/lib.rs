@@ -62,6 +62,10 @@ pub struct Hypervisor {
     mem: GuestMemory,
     /// The memory file itself (the PVHVM VMM saves it with `SEEK_DATA`).
     mem_file: File,
+    /// The grant dirty log (pages Dom0 wrote through this domain's grants
+    /// during a migration; the PVHVM VMM reads it, see
+    /// [`xen_shim_proto::dirty`]).
+    dirty_log_file: File,
     conn: Mutex<Conn>,
     /// Where [`Hypervisor::reattach`] connects, when not the attach socket.
     reattach_socket: Mutex<Option<PathBuf>>,
@@ -112,8 +116,9 @@ impl Hypervisor {
             )));
         };
         let mut fds = fds.into_iter();
-        let mem_fd = take_fds(&mut fds, 1)?.remove(0);
-        let mem_file = File::from(mem_fd);
+        let mut two = take_fds(&mut fds, 2)?;
+        let dirty_log_file = File::from(two.remove(1));
+        let mem_file = File::from(two.remove(0));
         let mem = GuestMemory::map(&mem_file, info.layout)?;
         let set = PortSet::new()?;
         add_ports(&set, &ports, &mut fds)?;
@@ -125,6 +130,7 @@ impl Hypervisor {
             info,
             mem,
             mem_file,
+            dirty_log_file,
             conn: Mutex::new(conn),
             reattach_socket: Mutex::new(None),
             token: token.to_owned(),
@@ -238,6 +244,11 @@ impl Hypervisor {
     /// The domain's memory file (what [`Hypervisor::memory`] maps).
     pub fn memory_file(&self) -> &File {
         &self.mem_file
+    }
+
+    /// The domain's grant dirty-log file ([`xen_shim_proto::dirty`]).
+    pub fn dirty_log_file(&self) -> &File {
+        &self.dirty_log_file
     }
 
     /// A copy of the `start_info` page.

@@ -49,6 +49,8 @@
 //!   `evtchn_2l_set_pending` / `evtchn_2l_unmask`), per-port rate limiting,
 //!   and the port set that turns eventfd wake-ups into pending bits.
 //! - [`client`]: a connection to the daemon's control socket.
+//! - [`dirty`]: a domain's grant dirty log (pages Dom0 mappers wrote, for
+//!   live migration).
 //! - [`sys`]: the Linux system interfaces (mappings, eventfds, epoll,
 //!   `SCM_RIGHTS` messages, pidfds, volatile copies).
 //!
@@ -108,6 +110,7 @@
 //! only peers with the daemon's uid (root) are served.
 
 pub mod client;
+pub mod dirty;
 mod error;
 pub mod evtchn;
 pub mod grant;

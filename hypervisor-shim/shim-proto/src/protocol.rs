@@ -8,10 +8,12 @@
 //! a connection is [`Request::HelloDom0`] or [`Request::AttachGuest`].
 //!
 //! File descriptors in replies, by request:
-//! - `AttachGuest`: `[memory, in/out of every port listed in the reply...]`
-//! - `DomainFds`: `[memory, active-grant]`
-//! - `MapperFds`: `[memory, active-grant, ledger]` (the ledger locked for the
-//!   caller; see `xen_shim_dom0::grant::ledger`)
+//! - `AttachGuest`: `[memory, dirty log, in/out of every port listed in the
+//!   reply...]`
+//! - `DomainFds`: `[memory, active-grant, dirty log]`
+//! - `MapperFds`: `[memory, active-grant, ledger, dirty log]` (the ledger
+//!   locked for the caller; see `xen_shim_dom0::grant::ledger`; the dirty
+//!   log: [`crate::dirty`])
 //! - `AllocUnbound` (for the caller's own domain), `BindInterdomain`,
 //!   `BindIpi`, `FetchPort`: `[in, out, doorbell page]`; `BindVirq`:
 //!   `[in, doorbell page]`

@@ -1,5 +1,5 @@
-//! The daemon's per-domain state: memory and active-grant files, the port
-//! table, the attached runtime.
+//! The daemon's per-domain state: memory, active-grant and dirty-log files,
+//! the port table, the attached runtime.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -13,12 +13,34 @@ use xen_abi::xen::{start_info, start_info_console, start_info_console_domU};
 
 use xen_shim_dom0::grant::active::ActiveTable;
 use xen_shim_dom0::grant::ForeignDomain;
+use xen_shim_proto::dirty::DirtyLog;
 use xen_shim_proto::grant::grant_access;
 use xen_shim_proto::layout::{self, DomainLayout, PAGE_SHIFT};
 use xen_shim_proto::protocol::{DomainConfig, DomainInfo, DomainState, ShutdownReason};
 use xen_shim_proto::sys;
 
 use crate::DaemonError;
+
+/// The dirty-log file of the domain whose memory file is `mem_path`
+/// (`domN-I.dirty` next to `domN-I.mem`, see [`xen_shim_proto::dirty`]).
+pub(crate) fn dirty_log_path(mem_path: &std::path::Path) -> PathBuf {
+    mem_path.with_extension("dirty")
+}
+
+/// Opens the domain's dirty-log file, creating it when it does not exist
+/// yet (a new domain, or one saved by a daemon that made none).
+fn open_dirty_log(mem_path: &std::path::Path, l: &DomainLayout) -> Result<File, DaemonError> {
+    let path = dirty_log_path(mem_path);
+    match sys::open_shm_file(&path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DaemonError::Io("reopen a dirty-log file", e)),
+    }
+    let f = sys::create_shm_file(&path, 0)
+        .map_err(|e| DaemonError::Io("create the dirty-log file", e))?;
+    DirtyLog::init(&f, l.total_pages()).map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    Ok(f)
+}
 
 /// Highest port any domain may have (2-level ABI).
 pub(crate) const MAX_PORT_LIMIT: u32 = EVTCHN_2L_NR_CHANNELS as u32 - 1;
@@ -137,11 +159,14 @@ impl Domain {
         let cleanup = |e: DaemonError| {
             let _ = std::fs::remove_file(&mem_path);
             let _ = std::fs::remove_file(&active_path);
+            let _ = std::fs::remove_file(dirty_log_path(&mem_path));
             e
         };
         ActiveTable::init(&active_file, domid, &layout, instance as u32)
             .map_err(|e| cleanup(DaemonError::Invalid(e.to_string())))?;
+        let dirty_file = open_dirty_log(&mem_path, &layout).map_err(cleanup)?;
         let foreign = ForeignDomain::open(domid, mem_file, &active_file)
+            .and_then(|f| f.with_dirty_log(dirty_file))
             .map_err(|e| cleanup(DaemonError::Invalid(e.to_string())))?;
         let max_port = config
             .max_evtchn_port
@@ -425,7 +450,12 @@ impl Domain {
             .map_err(|e| DaemonError::Io("reopen a memory file", e))?;
         let active_file = sys::open_shm_file(&s.active_path)
             .map_err(|e| DaemonError::Io("reopen an active-grant file", e))?;
+        let layout = ActiveTable::map(&active_file)
+            .map_err(|e| DaemonError::Invalid(e.to_string()))?
+            .layout();
+        let dirty_file = open_dirty_log(&s.mem_path, &layout)?;
         let foreign = ForeignDomain::open(s.domid, mem_file, &active_file)
+            .and_then(|f| f.with_dirty_log(dirty_file))
             .map_err(|e| DaemonError::Invalid(e.to_string()))?;
         let mut ports: Vec<Option<Port>> = Vec::new();
         for p in s.ports {

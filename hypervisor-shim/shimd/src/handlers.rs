@@ -37,6 +37,15 @@ fn file_fd(f: &std::fs::File) -> Result<Arc<OwnedFd>, DaemonError> {
     Ok(Arc::new(OwnedFd::from(c)))
 }
 
+/// The domain's dirty-log file (every domain has one, made at creation).
+fn dirty_fd(d: &Domain) -> Result<Arc<OwnedFd>, DaemonError> {
+    let f = d
+        .foreign
+        .dirty_log_file()
+        .ok_or_else(|| DaemonError::Invalid("domain without a dirty log".into()))?;
+    file_fd(f)
+}
+
 fn desc(port: u32, p: &Port) -> PortDesc {
     PortDesc {
         port,
@@ -148,23 +157,28 @@ impl Daemon {
             }
             Request::DomainFds { domid } if dom0 => {
                 let d = self.dom(domid)?;
-                let fds = vec![file_fd(d.foreign.memory_file())?, file_fd(&d.active_file)?];
+                let fds = vec![
+                    file_fd(d.foreign.memory_file())?,
+                    file_fd(&d.active_file)?,
+                    dirty_fd(d)?,
+                ];
                 Ok((Reply::Domain(d.info()), fds))
             }
             Request::MapperFds { domid } if dom0 => {
                 let pid = self.clients.get(&id).map(|c| c.cred.pid).unwrap_or(0);
-                let (info, mem, active) = {
+                let (info, mem, active, dirty) = {
                     let d = self.dom(domid)?;
                     (
                         d.info(),
                         file_fd(d.foreign.memory_file())?,
                         file_fd(&d.active_file)?,
+                        dirty_fd(d)?,
                     )
                 };
                 let ledger = self.create_ledger(domid, pid)?;
                 Ok((
                     Reply::Domain(info),
-                    vec![mem, active, Arc::new(OwnedFd::from(ledger))],
+                    vec![mem, active, Arc::new(OwnedFd::from(ledger)), dirty],
                 ))
             }
             Request::SchedShutdown { reason } if !dom0 => {
@@ -361,7 +375,7 @@ impl Daemon {
                 d.pidfd = Some(pfd);
             }
         }
-        let mut fds = vec![file_fd(d.foreign.memory_file())?];
+        let mut fds = vec![file_fd(d.foreign.memory_file())?, dirty_fd(d)?];
         let mut descs = Vec::new();
         for (i, p) in d.ports.iter().enumerate() {
             if let Some(p) = p {
@@ -468,6 +482,7 @@ impl Daemon {
         if let Some(d) = self.domains.remove(&domid) {
             let _ = std::fs::remove_file(&d.mem_path);
             let _ = std::fs::remove_file(&d.active_path);
+            let _ = std::fs::remove_file(crate::domain::dirty_log_path(&d.mem_path));
             self.remove_ledgers(domid, d.instance);
             tracing::info!(domid, "domain destroyed");
         }

@@ -1046,6 +1046,7 @@ impl Daemon {
                     &live,
                     dom.active(),
                     table.as_ref().map(|t| t as &dyn GrantTableViewDyn),
+                    dom.foreign.dirty_log(),
                 );
                 if r.grefs > 0 {
                     let o = l.owner();

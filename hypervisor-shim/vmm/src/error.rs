@@ -38,6 +38,9 @@ pub enum VmmError {
     /// The save file cannot be restored.
     #[error("cannot restore the save file: {0}")]
     Restore(String),
+    /// The domain's grant dirty log cannot be mapped.
+    #[error("cannot map the domain's grant dirty log")]
+    DirtyLog(#[from] xen_shim_proto::dirty::DirtyError),
     /// A guest-physical access is outside guest memory.
     #[error("guest-physical range {gpa:#x}+{len} is outside guest memory")]
     BadGpa {

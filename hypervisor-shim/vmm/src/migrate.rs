@@ -5,7 +5,8 @@
 //! records, as a plain `xl migrate`).
 //!
 //! Round 0 sends every page with data; each later round the pages dirtied
-//! since the last (KVM's dirty log of the guest's own writes). The live
+//! since the last (KVM's dirty log of the guest's own writes, and the grant
+//! dirty log of Dom0's writes through grants: below). The live
 //! rounds end with the round that finds at most `min_dirty` pages dirty or
 //! is the `max_iters`th (Xen's default: 5 iterations); that last live round
 //! also sends every page ever seen granted writable during the migration
@@ -16,13 +17,14 @@
 //! pages that differ from their copy (or were granted since), then the vCPU
 //! and domain records.
 //!
-//! What a backend writes through a grant is not logged page by page (Xen
-//! marks a page dirty at the unmap of a writable mapping and at a grant copy
-//! into it): the shim's mappers (`xen-shim-dom0`'s `ForeignDomain::unpin`
-//! and the copy's release) keep no dirty record the VMM can read. The
-//! grant table is sampled instead at every round: a page granted writable
-//! and revoked entirely between two samples, written by a backend meanwhile
-//! and not touched by the guest since, would be missed.
+//! What Dom0 writes through a grant (backends map the memory file
+//! directly, outside KVM's dirty log) comes with the dirty log: the shim's
+//! mappers mark the page at the map and the unmap of a writable mapping and
+//! after a grant copy into it, in the domain's grant dirty log
+//! (`xen_shim_proto::dirty`), which the VMM's [`Source::dirty`] fetches and
+//! clears with KVM's. A page still mapped writable when the guest is parked
+//! was granted writable at a sample, so the paused round checks it against
+//! its sent copy.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -57,7 +59,8 @@ pub trait Source {
     fn nr_pages(&self) -> u64;
     /// RAM pages (the special pages follow).
     fn ram_pages(&self) -> u64;
-    /// Pages dirtied since the last call (the first call clears the log).
+    /// Pages dirtied since the last call, by the guest or by Dom0 through a
+    /// grant (the first call clears the logs).
     fn dirty(&self) -> Result<Vec<u64>, String>;
     /// Adds the pages the guest grants writable now to `set`.
     fn grant_writable(&self, set: &mut BTreeSet<u64>);

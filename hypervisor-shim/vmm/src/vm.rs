@@ -220,6 +220,9 @@ pub struct Vmm {
     reservation: Reservation,
     /// Rate limit of the balloon's refusals in the log.
     balloon_log: xen_diag::LogLimiter,
+    /// The pages Dom0 writes through the domain's grants while it is
+    /// migrated ([`xen_shim_proto::dirty`]; mapped before the jail).
+    grant_dirty: xen_shim_proto::dirty::DirtyLog,
 }
 
 /// No [`Vmm::stop_reason`] yet.
@@ -273,6 +276,8 @@ impl Vmm {
         let _ = vm.set_tss_address(0xfffb_d000);
 
         let layout = *hv.layout();
+        let grant_dirty =
+            xen_shim_proto::dirty::DirtyLog::map(hv.dirty_log_file(), layout.total_pages())?;
         let ram_end = layout.nr_ram_pages * xen_shim_proto::layout::PAGE_SIZE as u64;
         // A restored domain's memory (its kernel included) comes from the save
         // file; a new one boots the kernel image.
@@ -375,6 +380,7 @@ impl Vmm {
                 BOOT_RESERVED_END / xen_shim_proto::layout::PAGE_SIZE as u64,
             ),
             balloon_log: xen_diag::LogLimiter::new(10, Duration::from_secs(60)),
+            grant_dirty,
         });
         // A handler (doing nothing) so that the kick signal interrupts
         // KVM_RUN with EINTR instead of killing the process.
@@ -1334,6 +1340,11 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
 impl Vmm {
     /// Turns KVM's dirty logging of guest RAM on or off.
     fn set_dirty_logging(&self, on: bool) -> Result<(), String> {
+        // Dom0's writes through grants from now on (before KVM's log, so
+        // that round 0's full pass follows both).
+        if on {
+            self.grant_dirty.set_migrating(true);
+        }
         let region = kvm_userspace_memory_region {
             flags: if on {
                 kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
@@ -1344,8 +1355,13 @@ impl Vmm {
         };
         // SAFETY: the same live mapping as at creation (see `Vmm::new`),
         // only the slot's flags change.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(|e| format!("KVM: cannot set dirty logging {on}: {e}"))
+        let r = unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM: cannot set dirty logging {on}: {e}"));
+        if !on || r.is_err() {
+            self.grant_dirty.set_migrating(false);
+            self.grant_dirty.take();
+        }
+        r
     }
 
     /// Parks vCPU 0 (events held) for a save; on failure it runs on.
@@ -1396,6 +1412,9 @@ impl crate::migrate::Source for Vmm {
                 w &= w - 1;
             }
         }
+        // And what Dom0 wrote through grants (Xen's marks at the unmap of a
+        // writable mapping and at a grant copy).
+        pfns.extend(self.grant_dirty.take());
         Ok(pfns)
     }
 

@@ -1,6 +1,12 @@
 //! Mapping and copying another domain's grants: [`ForeignDomain`] (the
 //! granter's memory and active-grant file, mapped once per Dom0 process) and
 //! [`GrantMapping`].
+//!
+//! Writes through grants are recorded in the granter's dirty log
+//! ([`xen_shim_proto::dirty`]) while it is being migrated, as Xen marks a
+//! page dirty for a writable grant mapping and a grant copy into it: the
+//! target page is marked when a writable pin is taken (map, copy) and when
+//! it is dropped (unmap, the copy's release, after the write).
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -10,6 +16,7 @@ use xen_abi::grant_table::*;
 use xen_abi::xen::domid_t;
 use xen_diag::{warn_limited, LogLimiter};
 
+use xen_shim_proto::dirty::DirtyLog;
 use xen_shim_proto::grant::{GrantError, GrantTableView, SharedGrantTable};
 use xen_shim_proto::layout::PAGE_SIZE;
 use xen_shim_proto::mem::{GuestMemory, GuestSlice, MemError};
@@ -23,9 +30,9 @@ static UNMAP_LOG: LogLimiter = LogLimiter::new(5, std::time::Duration::from_secs
 
 /// A granting domain as seen by a mapper: its whole memory file mapped
 /// (Dom0 is privileged), its active-grant file, the memory file's fd for
-/// building contiguous multi-page windows, and (for Dom0 mappers) the
+/// building contiguous multi-page windows, (for Dom0 mappers) the
 /// mapper's own ledger, through which the daemon drops its pins once it is
-/// gone ([`super::ledger`]).
+/// gone ([`super::ledger`]), and the domain's dirty log, when it has one.
 #[derive(Debug)]
 pub struct ForeignDomain {
     domid: domid_t,
@@ -33,6 +40,7 @@ pub struct ForeignDomain {
     active: ActiveTable,
     mem_file: File,
     ledger: Option<Ledger>,
+    dirty: Option<(File, DirtyLog)>,
 }
 
 impl ForeignDomain {
@@ -53,6 +61,7 @@ impl ForeignDomain {
             active,
             mem_file,
             ledger: None,
+            dirty: None,
         })
     }
 
@@ -73,6 +82,33 @@ impl ForeignDomain {
         }
         d.ledger = Some(l);
         Ok(d)
+    }
+
+    /// Records the writes through this domain's grants in its dirty-log
+    /// file `file` (made by the daemon for this domain's memory file).
+    pub fn with_dirty_log(mut self, file: File) -> Result<Self, GrantError> {
+        let log = DirtyLog::map(&file, self.mem.layout().total_pages())
+            .map_err(|_| GrantError::Invalid("dirty log of another domain"))?;
+        self.dirty = Some((file, log));
+        Ok(self)
+    }
+
+    /// The domain's dirty-log file, if it has one.
+    pub fn dirty_log_file(&self) -> Option<&File> {
+        self.dirty.as_ref().map(|(f, _)| f)
+    }
+
+    /// The domain's dirty log, if it has one.
+    pub fn dirty_log(&self) -> Option<&DirtyLog> {
+        self.dirty.as_ref().map(|(_, l)| l)
+    }
+
+    /// Records a write through a grant to `frame` (a no-op unless the
+    /// domain is being migrated).
+    fn mark_dirty(&self, frame: u64) {
+        if let Some((_, log)) = &self.dirty {
+            log.mark(frame);
+        }
     }
 
     /// This mapper's ledger, if it has one.
@@ -184,6 +220,9 @@ impl ForeignDomain {
             act.set_target(target.frame, mapper, target.sub_page);
         }
         act.set_pin(pin + inc);
+        if writable {
+            self.mark_dirty(act.frame());
+        }
         Ok(GrantTarget {
             frame: act.frame(),
             sub_page: act.sub_page(),
@@ -239,6 +278,10 @@ impl ForeignDomain {
             }
             pin - PIN_READ_INC
         };
+        if writable {
+            // The write is over (unmap, copy done): Xen's mark at unmap.
+            self.mark_dirty(act.frame());
+        }
         if writable && new >> 16 == 0 {
             clear_status(&t, gref, GTF_writing);
         }
@@ -598,9 +641,15 @@ fn acquire_for_copy(
 }
 
 fn release_copy(dom: &ForeignDomain, side: CopySide, writable: bool) {
-    if let CopySide::Gref(g) = side {
-        if let Err(e) = dom.unpin(g, writable) {
-            warn_limited!(UNMAP_LOG, domid = dom.domid, error = %e, "grant copy release failed");
+    match side {
+        CopySide::Gref(g) => {
+            if let Err(e) = dom.unpin(g, writable) {
+                warn_limited!(UNMAP_LOG, domid = dom.domid, error = %e, "grant copy release failed");
+            }
         }
+        // The caller's own frame, written by the daemon's copy (outside the
+        // caller's own dirty tracking).
+        CopySide::Gmfn(gfn) if writable => dom.mark_dirty(gfn),
+        CopySide::Gmfn(_) => {}
     }
 }

@@ -247,6 +247,7 @@ pub fn reclaim(
     live: &[Ledger],
     active: &ActiveTable,
     table: Option<&dyn GrantTableViewDyn>,
+    dirty: Option<&xen_shim_proto::dirty::DirtyLog>,
 ) -> Reclaimed {
     let mut out = Reclaimed::default();
     for g in dead.pinned() {
@@ -254,6 +255,13 @@ pub fn reclaim(
             out.busy += 1;
             continue;
         };
+        if dead.pins(g) >> 16 != 0 {
+            // A writable mapping goes: its page counts as written (the
+            // unmap's dirty mark, for a migration).
+            if let Some(d) = dirty {
+                d.mark(act.frame());
+            }
+        }
         let (mut r, mut w) = (0u32, 0u32);
         for l in live {
             let p = l.pins(g);
