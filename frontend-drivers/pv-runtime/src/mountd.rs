@@ -236,9 +236,10 @@ const BROKER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// device node, so a helper started before the jail ([`LoopBroker::spawn`],
 /// `xen-pvguest --loop-broker UID GID`, host root in the runtime's mount
 /// namespace) does [`attach_loops`] for it and passes the loop device back
-/// over a socket. It only takes the names of the domain's own block files
-/// (`xvdX`, in its `/dev`) and the loop devices it handed out; it ends when
-/// the runtime closes its socket (the runtime's end).
+/// over a socket. It only takes the names of the runtime's own block files
+/// (`xvdX`, in its `/dev`, mounted by the runtime's uid:
+/// [`broker_own_file`]) and loop device paths; it ends when the runtime
+/// closes its socket (the runtime's end).
 #[derive(Debug)]
 pub struct LoopBroker {
     sock: std::sync::Mutex<Option<OwnedFd>>,
@@ -359,11 +360,57 @@ fn broker_loop_path(p: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.len() <= 7 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Whether `/dev/<name>` is the runtime's own block file: the last mount
+/// on that point is a whole `xen-blkfront` FUSE file system mounted by the
+/// runtime's uid now (its parent's: a jailed runtime's FUSE mounts carry
+/// its uid as `user_id`), not a bind of another file (a bind shows the
+/// original mount's owner and root), so the broker never gives the runtime
+/// a loop device on a file it could not read itself.
+fn broker_own_file(name: &str) -> Result<(), String> {
+    let ppid = std::os::unix::process::parent_id();
+    let status = std::fs::read_to_string(format!("/proc/{ppid}/status"))
+        .map_err(|e| format!("read the runtime's status: {e}"))?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or("the runtime's uid is unknown")?;
+    let point = format!("/dev/{name}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
+    let line = info
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(point.as_str()))
+        .last()
+        .ok_or_else(|| format!("{point} is not mounted"))?;
+    let (fields, tail) = line
+        .split_once(" - ")
+        .ok_or_else(|| format!("bad mountinfo line for {point}"))?;
+    let mut tail = tail.split(' ');
+    let (fstype, source, super_opts) = (tail.next(), tail.next(), tail.next().unwrap_or(""));
+    let root = fields.split(' ').nth(3);
+    let owner = format!("user_id={uid}");
+    if matches!(fstype, Some("fuse" | "fuse.pvdisk"))
+        && source == Some("xen-blkfront")
+        && root == Some("/")
+        && super_opts.split(',').any(|o| o == owner)
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{point} is not the runtime's own block file (a whole xen-blkfront FUSE mount with {owner})"
+        ))
+    }
+}
+
 /// The broker's answer to one request (see [`LoopBroker`]).
 fn broker_answer(req: &str, owner: (u32, u32)) -> (String, Option<LoopDisk>) {
     let (verb, arg) = req.split_once(' ').unwrap_or((req, ""));
     match verb {
         "attach" if broker_disk_name(arg) => {
+            if let Err(e) = broker_own_file(arg) {
+                return (format!("err {e}"), None);
+            }
             if let Err(e) = crate::blockfile::ensure_free_loop_node() {
                 return (format!("err {}", xen_diag::ErrorChain(&e)), None);
             }
@@ -1207,6 +1254,46 @@ mod tests {
         assert_eq!(parse_options("errors=panic"), Err(libc::EPERM));
         assert!(parse_options("errors=remount-ro").is_ok());
         assert!(parse_options("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn test_broker_takes_only_xvd_names_and_loop_paths() {
+        assert!(broker_disk_name("xvdb"));
+        assert!(broker_disk_name("xvdaa"));
+        for bad in [
+            "xvd",
+            "xvdB",
+            "xvdb/../x",
+            "../xvdb",
+            "sda",
+            "xvdb ",
+            "xvdabcdef",
+        ] {
+            assert!(!broker_disk_name(bad), "{bad}");
+        }
+        assert!(broker_loop_path("/dev/loop0"));
+        assert!(broker_loop_path("/dev/loop123"));
+        for bad in [
+            "/dev/loop",
+            "/dev/loop0/../sda",
+            "/dev/sda",
+            "/dev/loopx",
+            "loop0",
+        ] {
+            assert!(!broker_loop_path(bad), "{bad}");
+        }
+        let owner = (1, 1);
+        for req in [
+            "",
+            "attach",
+            "attach ../../etc/passwd",
+            "busy /etc/shadow",
+            "rm -rf",
+        ] {
+            let (reply, l) = broker_answer(req, owner);
+            assert_eq!(reply, "err bad request", "{req}");
+            assert!(l.is_none());
+        }
     }
 
     #[test]
