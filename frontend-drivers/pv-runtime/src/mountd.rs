@@ -380,8 +380,8 @@ fn broker_own_file(name: &str) -> Result<(), String> {
         .map_err(|e| format!("read mountinfo: {e}"))?;
     let line = info
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(point.as_str()))
-        .last()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(point.as_str()))
         .ok_or_else(|| format!("{point} is not mounted"))?;
     let (fields, tail) = line
         .split_once(" - ")
