@@ -125,6 +125,33 @@ impl Host {
         std::fs::write(self.host.dir.path().join(name), b"").expect("touch a go file");
     }
 
+    /// `examples/mkroot.sh`'s images in `root/` of the test's directory.
+    fn machine_root(&self) -> PathBuf {
+        let root = self.host.dir.path().join("root");
+        std::fs::create_dir(&root).expect("root dir");
+        xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+        root
+    }
+
+    /// `xl create`s the guest machine `name` booting `ramdisk` with
+    /// `/bin/sh -c SCRIPT` as its init.
+    fn create_machine(&mut self, name: &str, ramdisk: &Path, script: &str) {
+        let cfg = self
+            .host
+            .write_config(
+                name,
+                &format!(
+                    "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+                     ramdisk = '{}'\n\
+                     extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
+                    ramdisk.display()
+                ),
+            )
+            .expect("config");
+        self.host.track_guest(name);
+        self.xl_ok(&["create", &cfg.display().to_string()]);
+    }
+
     fn image(&self, name: &str, mib: u64) -> PathBuf {
         let p = self.host.dir.path().join(name);
         std::fs::File::create(&p)
@@ -458,9 +485,7 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
     // init: the hot disk must appear in the machine's /dev, the NIC in its
     // network namespace.
     let mut h = Host::start("m", &[84]);
-    let root = h.host.dir.path().join("root");
-    std::fs::create_dir(&root).expect("root dir");
-    xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+    let root = h.machine_root();
     let name = format!("hotm{}", std::process::id());
     // Its marks are `hp-...`, made at run time: the command line (which
     // the log shows) has only `$M-...`.
@@ -475,20 +500,7 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
         while [ -e /dev/xvdb ]; do sleep 0.1; done; echo $M-xvdb-gone; \
         while ip link show eth0 >/dev/null 2>&1; do sleep 0.1; done; echo $M-eth0-gone; \
         exec sleep 1000";
-    let cfg = h
-        .host
-        .write_config(
-            &name,
-            &format!(
-                "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-                 ramdisk = '{}'\n\
-                 extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
-                root.join("pv-root.cpio").display()
-            ),
-        )
-        .expect("config");
-    h.host.track_guest(&name);
-    h.xl_ok(&["create", &cfg.display().to_string()]);
+    h.create_machine(&name, &root.join("pv-root.cpio"), script);
     let domid = h.host.domid(&name).expect("xl list").expect("a domid");
     h.wait_log(&name, "hp-up");
     let base_ports = bridge_ports(&h.ns, &h.br).expect("bridge ports");
@@ -608,9 +620,7 @@ fn test_hotplug_disk_into_a_guest_machine_is_made_a_file_system_and_mounted_by_i
     // resolves the source in it with its own uid: guest root opens it up
     // first (README: a 0700 root refuses its mounts with EACCES).
     let mut h = Host::start("f", &[85]);
-    let root = h.host.dir.path().join("root");
-    std::fs::create_dir(&root).expect("root dir");
-    xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+    let root = h.machine_root();
     need("debugfs", "e2fsprogs").expect("debugfs");
     let ramdisk = cpio_with_mke2fs(&root);
     let name = format!("hotf{}", std::process::id());
@@ -624,20 +634,7 @@ fn test_hotplug_disk_into_a_guest_machine_is_made_a_file_system_and_mounted_by_i
         umount /mnt/d && echo $M-unmounted; \
         while [ -e /dev/xvdb ]; do sleep 0.1; done; echo $M-xvdb-gone; \
         exec sleep 1000";
-    let cfg = h
-        .host
-        .write_config(
-            &name,
-            &format!(
-                "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-                 ramdisk = '{}'\n\
-                 extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
-                ramdisk.display()
-            ),
-        )
-        .expect("config");
-    h.host.track_guest(&name);
-    h.xl_ok(&["create", &cfg.display().to_string()]);
+    h.create_machine(&name, &ramdisk, script);
     h.wait_log(&name, "hf-up");
 
     let img = h.image("f.img", 8);
