@@ -161,6 +161,16 @@ impl Host {
     }
 }
 
+/// One guest machine test at a time: each private Dom0 numbers its first
+/// guest domid 1, and two guest machines of the same domid share their
+/// host id range (`guestns`) and runtime uid, so booting two at once failed
+/// one init with EACCES.
+fn one_machine() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn children(xs: &Client, path: &str) -> Vec<String> {
     let mut v = xs.directory(path).unwrap_or_default();
     v.sort();
@@ -484,6 +494,7 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
     // user, mount and network namespaces and its own /dev), not a host
     // init: the hot disk must appear in the machine's /dev, the NIC in its
     // network namespace.
+    let _one = one_machine();
     let mut h = Host::start("m", &[84]);
     let root = h.machine_root();
     let name = format!("hotm{}", std::process::id());
@@ -619,6 +630,7 @@ fn test_hotplug_disk_into_a_guest_machine_is_made_a_file_system_and_mounted_by_i
     // The ramdisk's root is 0700 and the jailed runtime's mount handler
     // resolves the source in it with its own uid: guest root opens it up
     // first (README: a 0700 root refuses its mounts with EACCES).
+    let _one = one_machine();
     let mut h = Host::start("f", &[85]);
     let root = h.machine_root();
     need("debugfs", "e2fsprogs").expect("debugfs");
