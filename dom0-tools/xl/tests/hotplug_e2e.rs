@@ -125,6 +125,33 @@ impl Host {
         std::fs::write(self.host.dir.path().join(name), b"").expect("touch a go file");
     }
 
+    /// `examples/mkroot.sh`'s images in `root/` of the test's directory.
+    fn machine_root(&self) -> PathBuf {
+        let root = self.host.dir.path().join("root");
+        std::fs::create_dir(&root).expect("root dir");
+        xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+        root
+    }
+
+    /// `xl create`s the guest machine `name` booting `ramdisk` with
+    /// `/bin/sh -c SCRIPT` as its init.
+    fn create_machine(&mut self, name: &str, ramdisk: &Path, script: &str) {
+        let cfg = self
+            .host
+            .write_config(
+                name,
+                &format!(
+                    "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
+                     ramdisk = '{}'\n\
+                     extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
+                    ramdisk.display()
+                ),
+            )
+            .expect("config");
+        self.host.track_guest(name);
+        self.xl_ok(&["create", &cfg.display().to_string()]);
+    }
+
     fn image(&self, name: &str, mib: u64) -> PathBuf {
         let p = self.host.dir.path().join(name);
         std::fs::File::create(&p)
@@ -132,6 +159,16 @@ impl Host {
             .expect("disk image");
         p
     }
+}
+
+/// One guest machine test at a time: each private Dom0 numbers its first
+/// guest domid 1, and two guest machines of the same domid share their
+/// host id range (`guestns`) and runtime uid, so booting two at once failed
+/// one init with EACCES.
+fn one_machine() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn children(xs: &Client, path: &str) -> Vec<String> {
@@ -457,10 +494,9 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
     // user, mount and network namespaces and its own /dev), not a host
     // init: the hot disk must appear in the machine's /dev, the NIC in its
     // network namespace.
+    let _one = one_machine();
     let mut h = Host::start("m", &[84]);
-    let root = h.host.dir.path().join("root");
-    std::fs::create_dir(&root).expect("root dir");
-    xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), &root).expect("mkroot");
+    let root = h.machine_root();
     let name = format!("hotm{}", std::process::id());
     // Its marks are `hp-...`, made at run time: the command line (which
     // the log shows) has only `$M-...`.
@@ -475,20 +511,7 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
         while [ -e /dev/xvdb ]; do sleep 0.1; done; echo $M-xvdb-gone; \
         while ip link show eth0 >/dev/null 2>&1; do sleep 0.1; done; echo $M-eth0-gone; \
         exec sleep 1000";
-    let cfg = h
-        .host
-        .write_config(
-            &name,
-            &format!(
-                "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
-                 ramdisk = '{}'\n\
-                 extra = 'pvguest.timeout=30 init=/bin/sh -- -c \"{script}\"'\n",
-                root.join("pv-root.cpio").display()
-            ),
-        )
-        .expect("config");
-    h.host.track_guest(&name);
-    h.xl_ok(&["create", &cfg.display().to_string()]);
+    h.create_machine(&name, &root.join("pv-root.cpio"), script);
     let domid = h.host.domid(&name).expect("xl list").expect("a domid");
     h.wait_log(&name, "hp-up");
     let base_ports = bridge_ports(&h.ns, &h.br).expect("bridge ports");
@@ -535,6 +558,160 @@ fn test_hotplug_into_a_guest_machine_shows_in_its_own_dev_and_network() {
     assert_eq!(ports, base_ports, "the hot vif's TAP is gone");
     let log = h.host.guest_log(&name);
     assert!(!log.contains("hotplug-failed"), "{log}");
+    assert!(!log.contains("guest-dev-failed"), "{log}");
+}
+
+/// A copy of `root`'s `pv-root.cpio` with `/e2fs`: `mke2fs` (Debian's
+/// busybox has no mkfs.ext2), its libraries and `/e2fs/mkfs.ext2`, which
+/// runs it through their dynamic loader (an archive appended: the
+/// runtime's ramdisk takes concatenated archives, as Linux's).
+fn cpio_with_mke2fs(root: &Path) -> PathBuf {
+    need("cpio", "cpio").expect("cpio");
+    need("mke2fs", "e2fsprogs").expect("mke2fs");
+    let tree = root.join("e2tree");
+    let e2 = tree.join("e2fs");
+    std::fs::create_dir_all(&e2).expect("e2fs dir");
+    let ldd = std::process::Command::new("ldd")
+        .arg("/sbin/mke2fs")
+        .output()
+        .expect("ldd");
+    let mut files: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
+    files.push("/sbin/mke2fs".to_owned());
+    let mut loader = String::new();
+    for f in &files {
+        let base = Path::new(f)
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        if base.starts_with("ld-linux") {
+            loader = format!("/e2fs/{base}");
+        }
+        std::fs::copy(f, e2.join(&base)).expect("copy mke2fs or a library");
+    }
+    assert!(!loader.is_empty(), "no dynamic loader in {files:?}");
+    let wrapper = e2.join("mkfs.ext2");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {loader} --library-path /e2fs /e2fs/mke2fs -t ext2 \"$@\"\n"),
+    )
+    .expect("mkfs.ext2");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod mkfs.ext2");
+    let out = root.join("pv-root-e2fs.cpio");
+    std::fs::copy(root.join("pv-root.cpio"), &out).expect("copy the ramdisk");
+    let archive = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find e2fs | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet >>'{}'",
+            tree.display(),
+            out.display()
+        ))
+        .output()
+        .expect("cpio");
+    assert!(archive.status.success(), "{archive:?}");
+    out
+}
+
+#[test]
+fn test_hotplug_disk_into_a_guest_machine_is_made_a_file_system_and_mounted_by_its_root() {
+    // Guest root formats and mounts a hot-added disk (its loop device's
+    // node in its /dev, one of the domain's own disks for the runtime's
+    // mount handler); a plain detach is refused while it is mounted, and
+    // goes through after umount. The go signal to umount is a second hot
+    // disk appearing (the guest machine cannot see the host's files).
+    // The ramdisk's root is 0700 and the jailed runtime's mount handler
+    // resolves the source in it with its own uid: guest root opens it up
+    // first (README: a 0700 root refuses its mounts with EACCES).
+    let _one = one_machine();
+    let mut h = Host::start("f", &[85]);
+    let root = h.machine_root();
+    need("debugfs", "e2fsprogs").expect("debugfs");
+    let ramdisk = cpio_with_mke2fs(&root);
+    let name = format!("hotf{}", std::process::id());
+    let script = "M=hf; chmod 755 /; echo $M-up; \
+        while [ ! -e /dev/xvdb ]; do sleep 0.1; done; \
+        if [ -b /dev/xvdb ]; then echo $M-is-block; fi; \
+        /e2fs/mkfs.ext2 -q /dev/xvdb && echo $M-mkfs-ok; \
+        mkdir -p /mnt/d && mount -t ext2 /dev/xvdb /mnt/d && echo $M-mounted; \
+        echo written-by-guest >/mnt/d/hello && sync && echo $M-wrote; \
+        while [ ! -e /dev/xvdc ]; do sleep 0.1; done; \
+        umount /mnt/d && echo $M-unmounted; \
+        while [ -e /dev/xvdb ]; do sleep 0.1; done; echo $M-xvdb-gone; \
+        exec sleep 1000";
+    h.create_machine(&name, &ramdisk, script);
+    h.wait_log(&name, "hf-up");
+
+    let img = h.image("f.img", 8);
+    h.xl_ok(&["block-attach", &name, &disk_spec("xvdb", &img)]);
+    let log = h.wait_log(&name, "hf-wrote");
+    for mark in ["hf-is-block", "hf-mkfs-ok", "hf-mounted"] {
+        assert!(log.contains(mark), "{mark}: {log}\n{}", h.backendd_log());
+    }
+    let loopdev = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("pvdisk hotplugged devid=51728 ").nth(1)?;
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix("loop="))
+        })
+        .unwrap_or_else(|| panic!("the hot disk's loop device: {log}"))
+        .to_owned();
+    assert!(loopdev.starts_with("/dev/loop"), "{log}");
+    let backing = format!(
+        "/sys/block/{}/loop/backing_file",
+        loopdev.trim_start_matches("/dev/")
+    );
+    let held = std::fs::read_to_string(&backing).unwrap_or_default();
+    assert!(held.starts_with("/dev/xvdb"), "{loopdev} backs {held:?}");
+
+    // Mounted: Xen's semantics, the guest still uses it.
+    let err = h.xl_fails(&["block-detach", &name, "xvdb"]);
+    assert!(err.contains("did not release vbd xvdb"), "{err}");
+    let log = h.host.guest_log(&name);
+    assert!(log.contains("pvdisk detach-refused vdev=xvdb"), "{log}");
+    assert!(!log.contains("hf-unmounted"), "{log}");
+
+    // The go signal: the guest unmounts, the detach goes through.
+    let img_c = h.image("fc.img", 4);
+    h.xl_ok(&["block-attach", &name, &disk_spec("xvdc", &img_c)]);
+    h.wait_log(&name, "hf-unmounted");
+    h.xl_ok(&["block-detach", &name, "xvdb"]);
+    let log = h.wait_log(&name, "hf-xvdb-gone");
+    assert!(
+        log.contains("pvdisk detached vdev=xvdb forced=false"),
+        "{log}"
+    );
+    // The loop device let go of the disk's block file.
+    let now = settle(&true, || {
+        !std::fs::read_to_string(&backing)
+            .unwrap_or_default()
+            .starts_with("/dev/xvdb")
+    });
+    assert!(now, "{loopdev} still backs xvdb");
+    h.xl_ok(&["block-detach", &name, "xvdc"]);
+
+    // Dom0 finds the guest's file in the image.
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /hello"])
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "written-by-guest\n",
+        "{out:?}"
+    );
+    let log = h.host.guest_log(&name);
+    assert!(!log.contains("hotplug-failed"), "{log}");
+    assert!(!log.contains("hotplug-loop-failed"), "{log}");
     assert!(!log.contains("guest-dev-failed"), "{log}");
 }
 

@@ -42,6 +42,7 @@ use xen_blkfront::{BlkFront, BlkfrontConfig, BlkfrontError, FrontState};
 use xen_front_platform::{Platform, XBT_NIL};
 
 use crate::blockfile::{self, BlockFile, BlockFileUnmounter, BlockfileError};
+use crate::mountd::{LoopBroker, LoopDisk};
 use crate::pvnet::{self, GuestNic, PvnetError};
 use crate::vbd::{self, BlockDevice, Vbd, VbdConfig, VbdError, VbdWaiter};
 
@@ -56,6 +57,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one wait of a disk's transfer lasts before it looks again.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// How long a released loop device's last open of its block file gets to
+/// close.
+const LOOP_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Most interfaces (`eth0`..) of a guest.
 const MAX_ETH: usize = 64;
 
@@ -201,6 +205,9 @@ struct HotDiskEntry<'scope, 'p, P: Platform + ?Sized> {
     unmounter: BlockFileUnmounter,
     server: Option<ScopedJoinHandle<'scope, Result<(), BlockfileError>>>,
     phase: Phase,
+    /// Its loop device in a guest machine (the guest's `/dev/<name>` is
+    /// its node; [`crate::mountd`] mounts it for guest root).
+    looped: Option<LoopDisk>,
 }
 
 /// A hot-plugged NIC and its pumps' stop flag.
@@ -231,6 +238,8 @@ pub struct Hotplug<'scope, 'p, P: Platform + ?Sized> {
     known_vifs: Known,
     /// Interface names the boot path uses.
     boot_eths: BTreeSet<String>,
+    /// The loop broker of a guest machine.
+    broker: Option<Arc<LoopBroker>>,
     disks: BTreeMap<u32, HotDiskEntry<'scope, 'p, P>>,
     nics: BTreeMap<u32, HotNicEntry<'scope, 'p, P>>,
 }
@@ -309,6 +318,9 @@ pub struct HotplugConfig {
     pub boot_vifs: Vec<u32>,
     /// The interface names the boot path made.
     pub boot_eths: Vec<String>,
+    /// A guest machine's loop broker: its hot disks get loop devices, as
+    /// its boot disks.
+    pub broker: Option<Arc<LoopBroker>>,
 }
 
 fn emit(tag: &str, fields: &[(&str, String)]) {
@@ -333,6 +345,7 @@ where
             known_vbds: Known::booted(&cfg.boot_vbds),
             known_vifs: Known::booted(&cfg.boot_vifs),
             boot_eths: cfg.boot_eths.iter().cloned().collect(),
+            broker: cfg.broker.clone(),
             disks: BTreeMap::new(),
             nics: BTreeMap::new(),
         }
@@ -466,7 +479,26 @@ where
         let st_dev = std::fs::metadata(&path)
             .ok()
             .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-        if let Err(e) = expose_in_guest_dev(&name, &path) {
+        // A guest machine's disk is a loop device, as its boot disks
+        // ([`crate::mountd`]); without one, the block file itself.
+        let looped = self.broker.as_ref().and_then(|b| {
+            crate::machine::with_guest_dev(|_| ())?;
+            b.attach(&name)
+                .map_err(|e| {
+                    emit(
+                        "pvdisk hotplug-loop-failed",
+                        &[("vdev", name.clone()), ("error", words(&e))],
+                    );
+                })
+                .ok()
+        });
+        let shown = looped
+            .as_ref()
+            .map_or(path.clone(), |l| PathBuf::from(&l.loopdev));
+        if let Some(l) = &looped {
+            crate::mountd::add_hot_disk(l);
+        }
+        if let Err(e) = expose_in_guest_dev(&name, &shown) {
             emit(
                 "pvdisk hotplug-guest-dev-failed",
                 &[("vdev", name.clone()), ("error", e.replace(' ', "_"))],
@@ -480,6 +512,10 @@ where
                 ("bytes", size.to_string()),
                 ("sector_size", block.to_string()),
                 ("read_only", ro.to_string()),
+                (
+                    "loop",
+                    looped.as_ref().map_or("none".into(), |l| l.loopdev.clone()),
+                ),
             ],
         );
         self.disks.insert(
@@ -494,6 +530,7 @@ where
                 unmounter,
                 server: Some(server),
                 phase: Phase::Live,
+                looped,
             },
         );
         Ok(())
@@ -502,6 +539,8 @@ where
     /// Follows a hot disk; true once it is gone and may be dropped.
     fn check_disk(&mut self, devid: u32, listed: bool) -> bool {
         let p = self.p;
+        let broker = self.broker.clone();
+        let broker = broker.as_deref();
         let Some(d) = self.disks.get_mut(&devid) else {
             return true;
         };
@@ -511,6 +550,7 @@ where
             Phase::Live | Phase::Refused => {
                 if forced {
                     d.ctl.gone.store(true, Ordering::Relaxed);
+                    release_loop(d, broker);
                     detach_file(&mut d.unmounter, &d.path);
                     remove_mount_point(&d.path);
                     remove_from_guest_dev(&d.name);
@@ -520,7 +560,7 @@ where
                         &[("vdev", d.name.clone()), ("forced", "true".into())],
                     );
                 } else if matches!(be, Some(XenbusState::Closing | XenbusState::Closed)) {
-                    if d.ctl.in_use() {
+                    if disk_in_use(d, broker) {
                         if d.phase == Phase::Live {
                             d.phase = Phase::Refused;
                             emit(
@@ -693,6 +733,7 @@ where
             }
         }
         for (_, mut d) in std::mem::take(&mut self.disks) {
+            release_loop(&mut d, self.broker.as_deref());
             detach_file(&mut d.unmounter, &d.path);
             remove_mount_point(&d.path);
             remove_from_guest_dev(&d.name);
@@ -711,6 +752,44 @@ where
                 }
             }
         }
+    }
+}
+
+/// Whether the guest still uses a disk being detached: a program holds its
+/// block file open, or (a guest machine's) its loop device is mounted or
+/// opened exclusively. A loop device nothing mounts is let go here, and the
+/// disk is in use until the kernel released it (or while a program still
+/// holds the device open).
+fn disk_in_use<P: Platform + ?Sized>(
+    d: &mut HotDiskEntry<'_, '_, P>,
+    broker: Option<&LoopBroker>,
+) -> bool {
+    if let Some(l) = &d.looped {
+        // The loop device is one open of the file.
+        if d.ctl.opens.load(Ordering::Relaxed) > 1 || broker.is_none_or(|b| b.busy(l)) {
+            return true;
+        }
+        release_loop(d, broker);
+        let t0 = Instant::now();
+        while d.ctl.in_use() && t0.elapsed() < LOOP_RELEASE_WAIT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    d.ctl.in_use()
+}
+
+/// Takes a disk's loop device from the guest (its `/dev` node, the disks
+/// it may mount) and lets go of it (see [`LoopBroker::release`]).
+fn release_loop<P: Platform + ?Sized>(
+    d: &mut HotDiskEntry<'_, '_, P>,
+    broker: Option<&LoopBroker>,
+) {
+    let Some(l) = d.looped.take() else { return };
+    remove_from_guest_dev(&d.name);
+    crate::mountd::remove_hot_disk(l.rdev);
+    match broker {
+        Some(b) => b.release(l),
+        None => drop(l),
     }
 }
 

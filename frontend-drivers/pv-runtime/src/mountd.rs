@@ -64,7 +64,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,277 @@ pub fn release_loops(loops: Vec<LoopDisk>) {
     drop(loops);
     for l in names {
         crate::machine::wait_loop_released(&l, RELEASE_TIMEOUT);
+    }
+}
+
+/// The loop devices of the disks attached while the guest runs
+/// ([`crate::hotplug`]), its own disks as much as the boot ones.
+static HOT_DISKS: std::sync::Mutex<Vec<(u64, CString)>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_hot() -> std::sync::MutexGuard<'static, Vec<(u64, CString)>> {
+    HOT_DISKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes the hot-added disk `l` one the guest may mount.
+pub fn add_hot_disk(l: &LoopDisk) {
+    if let Ok(c) = CString::new(l.loopdev.as_str()) {
+        lock_hot().push((l.rdev, c));
+    }
+}
+
+/// The guest may no longer mount the loop device `rdev` (its disk is
+/// being detached).
+pub fn remove_hot_disk(rdev: u64) {
+    lock_hot().retain(|(r, _)| *r != rdev);
+}
+
+/// The first argument that makes `xen-pvguest` the loop broker
+/// ([`broker_main`]), followed by the guest root's host uid and gid.
+pub const BROKER_ARG: &str = "--loop-broker";
+/// How long a loop device detached by the broker gets to be released.
+const BROKER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The jailed runtime's way to a loop device for a disk attached while
+/// the guest runs: it may neither open `/dev/loop-control` nor make a
+/// device node, so a helper started before the jail ([`LoopBroker::spawn`],
+/// `xen-pvguest --loop-broker UID GID`, host root in the runtime's mount
+/// namespace) does [`attach_loops`] for it and passes the loop device back
+/// over a socket. It only takes the names of the runtime's own block files
+/// (`xvdX`, in its `/dev`, mounted by the runtime's uid:
+/// [`broker_own_file`]) and loop device paths; it ends when the runtime
+/// closes its socket (the runtime's end).
+#[derive(Debug)]
+pub struct LoopBroker {
+    sock: std::sync::Mutex<Option<OwnedFd>>,
+    child: std::sync::Mutex<std::process::Child>,
+}
+
+impl LoopBroker {
+    /// Starts the broker (before the jail), giving the loop devices' nodes
+    /// to `owner` (guest root's host uid and gid) while they are attached.
+    ///
+    /// # Errors
+    /// The socket pair or the process cannot be made.
+    pub fn spawn(owner: (u32, u32)) -> Result<Self, MountdError> {
+        let (ours, theirs) = listener_pair()?;
+        let child = std::process::Command::new("/proc/self/exe")
+            .arg(BROKER_ARG)
+            .arg(owner.0.to_string())
+            .arg(owner.1.to_string())
+            .stdin(std::process::Stdio::from(theirs))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(os("start the loop broker"))?;
+        Ok(Self {
+            sock: std::sync::Mutex::new(Some(ours)),
+            child: std::sync::Mutex::new(child),
+        })
+    }
+
+    fn ask(&self, req: &str) -> Result<(String, Vec<OwnedFd>), MountdError> {
+        use std::os::fd::AsFd;
+        let sock = self
+            .sock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sock = sock
+            .as_ref()
+            .ok_or_else(|| os("ask the loop broker")(io::ErrorKind::NotConnected.into()))?;
+        xen_shim_proto::sys::send_msg(sock.as_fd(), req.as_bytes(), &[])
+            .map_err(os("ask the loop broker"))?;
+        match xen_shim_proto::sys::recv_msg(sock.as_fd(), false) {
+            Ok(Some((data, fds))) => Ok((String::from_utf8_lossy(&data).into_owned(), fds)),
+            Ok(None) => Err(os("hear the loop broker")(
+                io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Err(e) => Err(os("hear the loop broker")(e)),
+        }
+    }
+
+    /// A loop device on the block file `/dev/<name>`, held open and
+    /// autoclear, its node in the runtime's `/dev` guest root's.
+    ///
+    /// # Errors
+    /// The broker refused or failed (its reason).
+    pub fn attach(&self, name: &str) -> Result<LoopDisk, MountdError> {
+        let fail = |why: String| MountdError::Loop {
+            disk: name.to_owned(),
+            why,
+        };
+        let (reply, mut fds) = self.ask(&format!("attach {name}"))?;
+        let mut words = reply.split(' ');
+        match (words.next(), words.next(), words.next(), fds.pop()) {
+            (Some("ok"), Some(rdev), Some(loopdev), Some(fd)) => Ok(LoopDisk {
+                name: name.to_owned(),
+                rdev: rdev
+                    .parse()
+                    .map_err(|_| fail(format!("bad broker reply {reply}")))?,
+                loopdev: loopdev.to_owned(),
+                _held: std::fs::File::from(fd),
+            }),
+            _ => Err(fail(reply.trim_start_matches("err ").to_owned())),
+        }
+    }
+
+    /// Whether a file system is mounted on `l` or a program opened it
+    /// exclusively (`mkfs`): an `O_EXCL` open of it fails.
+    #[must_use]
+    pub fn busy(&self, l: &LoopDisk) -> bool {
+        !matches!(self.ask(&format!("busy {}", l.loopdev)), Ok((r, _)) if r == "free")
+    }
+
+    /// Lets go of `l`: its node is host root's again, the runtime's
+    /// descriptor closed (the device clears itself once no mount or
+    /// program holds it); waits (bounded) until the kernel released it.
+    pub fn release(&self, l: LoopDisk) {
+        let loopdev = l.loopdev.clone();
+        drop(l);
+        let _ = self.ask(&format!("release {loopdev}"));
+        crate::machine::wait_loop_released(&loopdev, BROKER_RELEASE_TIMEOUT);
+    }
+}
+
+impl Drop for LoopBroker {
+    fn drop(&mut self) {
+        // Its end of the socket closes: it reads end of file and exits.
+        self.sock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let _ = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .wait();
+    }
+}
+
+/// A name the broker takes: `xvd` and lower-case letters.
+fn broker_disk_name(name: &str) -> bool {
+    name.len() <= 8
+        && name
+            .strip_prefix("xvd")
+            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+/// A loop device path the broker takes: `/dev/loopN`.
+fn broker_loop_path(p: &str) -> bool {
+    p.strip_prefix("/dev/loop")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 7 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `/dev/<name>` is the runtime's own block file: the last mount
+/// on that point is a whole `xen-blkfront` FUSE file system mounted by the
+/// runtime's uid now (its parent's: a jailed runtime's FUSE mounts carry
+/// its uid as `user_id`), not a bind of another file (a bind shows the
+/// original mount's owner and root), so the broker never gives the runtime
+/// a loop device on a file it could not read itself.
+fn broker_own_file(name: &str) -> Result<(), String> {
+    let ppid = std::os::unix::process::parent_id();
+    let status = std::fs::read_to_string(format!("/proc/{ppid}/status"))
+        .map_err(|e| format!("read the runtime's status: {e}"))?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or("the runtime's uid is unknown")?;
+    let point = format!("/dev/{name}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
+    let line = info
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(point.as_str()))
+        .ok_or_else(|| format!("{point} is not mounted"))?;
+    let (fields, tail) = line
+        .split_once(" - ")
+        .ok_or_else(|| format!("bad mountinfo line for {point}"))?;
+    let mut tail = tail.split(' ');
+    let (fstype, source, super_opts) = (tail.next(), tail.next(), tail.next().unwrap_or(""));
+    let root = fields.split(' ').nth(3);
+    let owner = format!("user_id={uid}");
+    if matches!(fstype, Some("fuse" | "fuse.pvdisk"))
+        && source == Some("xen-blkfront")
+        && root == Some("/")
+        && super_opts.split(',').any(|o| o == owner)
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{point} is not the runtime's own block file (a whole xen-blkfront FUSE mount with {owner})"
+        ))
+    }
+}
+
+/// The broker's answer to one request (see [`LoopBroker`]).
+fn broker_answer(req: &str, owner: (u32, u32)) -> (String, Option<LoopDisk>) {
+    let (verb, arg) = req.split_once(' ').unwrap_or((req, ""));
+    match verb {
+        "attach" if broker_disk_name(arg) => {
+            if let Err(e) = broker_own_file(arg) {
+                return (format!("err {e}"), None);
+            }
+            if let Err(e) = crate::blockfile::ensure_free_loop_node() {
+                return (format!("err {}", xen_diag::ErrorChain(&e)), None);
+            }
+            match attach_loops(&[arg.to_owned()], None).map(|mut v| v.pop()) {
+                Ok(Some(l)) => {
+                    if let Err(e) =
+                        std::os::unix::fs::chown(&l.loopdev, Some(owner.0), Some(owner.1))
+                    {
+                        return (format!("err give {} to guest root: {e}", l.loopdev), None);
+                    }
+                    (format!("ok {} {}", l.rdev, l.loopdev), Some(l))
+                }
+                Ok(None) => ("err no loop device".to_owned(), None),
+                Err(e) => (format!("err {}", xen_diag::ErrorChain(&e)), None),
+            }
+        }
+        "busy" if broker_loop_path(arg) => {
+            let excl = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(arg);
+            match excl {
+                Ok(_) => ("free".to_owned(), None),
+                Err(_) => ("busy".to_owned(), None),
+            }
+        }
+        "release" if broker_loop_path(arg) => {
+            let _ = std::os::unix::fs::chown(arg, Some(0), Some(0));
+            ("ok".to_owned(), None)
+        }
+        _ => ("err bad request".to_owned(), None),
+    }
+}
+
+/// The loop broker's process (`xen-pvguest --loop-broker UID GID`): answers
+/// the runtime's requests on its standard input until it closes.
+#[must_use]
+pub fn broker_main(args: &[String]) -> std::process::ExitCode {
+    use std::os::fd::AsFd;
+    let owner = match args {
+        [u, g] => match (u.parse(), g.parse()) {
+            (Ok(u), Ok(g)) => (u, g),
+            _ => return std::process::ExitCode::from(2),
+        },
+        _ => return std::process::ExitCode::from(2),
+    };
+    let stdin = io::stdin();
+    loop {
+        let req = match xen_shim_proto::sys::recv_msg(stdin.as_fd(), false) {
+            Ok(Some((data, _))) => String::from_utf8_lossy(&data).into_owned(),
+            _ => return std::process::ExitCode::SUCCESS,
+        };
+        let (reply, l) = broker_answer(&req, owner);
+        let fds: Vec<RawFd> = l.iter().map(|l| l._held.as_raw_fd()).collect();
+        if xen_shim_proto::sys::send_msg(stdin.as_fd(), reply.as_bytes(), &fds).is_err() {
+            return std::process::ExitCode::SUCCESS;
+        }
+        // The runtime holds it now.
+        drop(l);
     }
 }
 
@@ -686,7 +957,7 @@ impl Mountd {
         let cwd = proc("cwd")?;
         self.valid(req.id)?;
         let loopdev = self.own_disk(&source, &root, &cwd)?;
-        let mnt = self.make_mount(&fstype, loopdev, flags, &options)?;
+        let mnt = self.make_mount(&fstype, &loopdev, flags, &options)?;
         attach(&mnt, &mntns, &root, &cwd, &target)?;
         Ok(Verdict::Mount)
     }
@@ -694,7 +965,7 @@ impl Mountd {
     /// The runtime's path of the loop device `source` names, resolved in
     /// the caller's root (absolute) or working directory (relative):
     /// `EPERM` unless it is one of this domain's disks.
-    fn own_disk(&self, source: &CStr, root: &Fd, cwd: &Fd) -> Result<&CStr, i32> {
+    fn own_disk(&self, source: &CStr, root: &Fd, cwd: &Fd) -> Result<CString, i32> {
         let absolute = source.to_bytes().first() == Some(&b'/');
         // SAFETY: a zeroed plain-data struct.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -723,8 +994,9 @@ impl Mountd {
         }
         self.disks
             .iter()
+            .chain(lock_hot().iter())
             .find(|(rdev, _)| *rdev == st.st_rdev)
-            .map(|(_, p)| p.as_c_str())
+            .map(|(_, p)| p.clone())
             .ok_or(libc::EPERM)
     }
 
@@ -736,9 +1008,16 @@ impl Mountd {
         flags: u64,
         options: &[MountOption],
     ) -> Result<Fd, i32> {
+        // ext2 and ext3 through the ext4 driver, which mounts them: only
+        // its `ext4` type allows an idmapped mount (`mount -t ext2` got
+        // EINVAL from `mount_setattr`).
+        let driver = match fstype.to_bytes() {
+            b"ext2" | b"ext3" => c"ext4",
+            _ => fstype,
+        };
         // SAFETY: fsopen of a NUL-terminated type name.
         let fs = Fd(check(unsafe {
-            libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC)
+            libc::syscall(libc::SYS_fsopen, driver.as_ptr(), libc::FSOPEN_CLOEXEC)
         })? as RawFd);
         let set = |cmd: u32, key: Option<&CStr>, value: Option<&CStr>| -> Result<(), i32> {
             // SAFETY: fsconfig with NUL-terminated strings or nulls.
@@ -975,6 +1254,46 @@ mod tests {
         assert_eq!(parse_options("errors=panic"), Err(libc::EPERM));
         assert!(parse_options("errors=remount-ro").is_ok());
         assert!(parse_options("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn test_broker_takes_only_xvd_names_and_loop_paths() {
+        assert!(broker_disk_name("xvdb"));
+        assert!(broker_disk_name("xvdaa"));
+        for bad in [
+            "xvd",
+            "xvdB",
+            "xvdb/../x",
+            "../xvdb",
+            "sda",
+            "xvdb ",
+            "xvdabcdef",
+        ] {
+            assert!(!broker_disk_name(bad), "{bad}");
+        }
+        assert!(broker_loop_path("/dev/loop0"));
+        assert!(broker_loop_path("/dev/loop123"));
+        for bad in [
+            "/dev/loop",
+            "/dev/loop0/../sda",
+            "/dev/sda",
+            "/dev/loopx",
+            "loop0",
+        ] {
+            assert!(!broker_loop_path(bad), "{bad}");
+        }
+        let owner = (1, 1);
+        for req in [
+            "",
+            "attach",
+            "attach ../../etc/passwd",
+            "busy /etc/shadow",
+            "rm -rf",
+        ] {
+            let (reply, l) = broker_answer(req, owner);
+            assert_eq!(reply, "err bad request", "{req}");
+            assert!(l.is_none());
+        }
     }
 
     #[test]

@@ -205,10 +205,22 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         boot_vbds: ids.clone(),
         boot_vifs: nics.iter().map(|n| n.devid).collect(),
         boot_eths: nics.iter().map(|n| n.tap.name().to_owned()).collect(),
+        broker: None,
     };
     let xenbus_stop = AtomicBool::new(false);
     blockfile::private_mount_namespace()?;
     blockfile::private_dev()?;
+    // A guest machine's disks attached later get loop devices through the
+    // broker, started now: the jailed runtime cannot make them.
+    let mut hot_cfg = hot_cfg;
+    if guest_ns.is_some() {
+        match crate::mountd::LoopBroker::spawn(owner) {
+            Ok(b) => hot_cfg.broker = Some(std::sync::Arc::new(b)),
+            Err(e) => {
+                tracing::warn!(error = %xen_diag::ErrorChain(&e), "no loop broker: hot-added disks are block files only");
+            }
+        }
+    }
     crate::jail::give_to_runtime(Path::new("/dev")).map_err(|source| BlockfileError::Setup {
         what: "give /dev to the domain's uid".into(),
         source,
