@@ -29,7 +29,16 @@ pub struct Evtchn {
     bits: LocalBitmaps,
     ready: Mutex<VecDeque<evtchn_port_t>>,
     events: Mutex<VecDeque<ControlEvent>>,
+    /// One reattach at a time.
+    reattaching: Mutex<()>,
+    /// When the daemon went away and no reattach has succeeded yet: the
+    /// waits retry (every [`REATTACH_RETRY`]) so that an idle handle's
+    /// ports are reclaimed within the daemon's grace period.
+    lost: Mutex<Option<Instant>>,
 }
+
+/// How often a handle whose daemon went away tries to reattach.
+const REATTACH_RETRY: Duration = Duration::from_millis(100);
 
 impl Evtchn {
     /// Opens a handle through the daemon at `socket`.
@@ -47,6 +56,8 @@ impl Evtchn {
             bits: LocalBitmaps::default(),
             ready: Mutex::new(VecDeque::new()),
             events: Mutex::new(VecDeque::new()),
+            reattaching: Mutex::new(()),
+            lost: Mutex::new(None),
         })
     }
 
@@ -91,7 +102,25 @@ impl Evtchn {
     /// After a daemon restart: reconnects and hands the daemon back the
     /// eventfds of this handle's ports, which it then owns again (ports not
     /// reclaimed within the daemon's `--reattach-grace` are closed).
+    ///
+    /// Does nothing when the connection is live (already reattached, by a
+    /// wait or another thread). [`Evtchn::pending`] and
+    /// [`Evtchn::try_pending`] call it by themselves once the daemon went
+    /// away; the `Disconnected` control event is still reported.
     pub fn reattach(&self) -> Result<(), EvtchnError> {
+        let _one = self
+            .reattaching
+            .lock()
+            .map_err(|_| EvtchnError::Invalid("reattach lock poisoned"))?;
+        if !self
+            .conn
+            .lock()
+            .map_err(|_| EvtchnError::Invalid("connection lock poisoned"))?
+            .is_hung_up()
+        {
+            self.set_lost(None);
+            return Ok(());
+        }
         let path = self
             .conn
             .lock()
@@ -112,7 +141,35 @@ impl Evtchn {
         let _ = self.ports.remove_control_watch(old.raw_fd());
         self.ports.watch_control(conn.raw_fd())?;
         *old = conn;
+        drop(old);
+        self.set_lost(None);
         Ok(())
+    }
+
+    fn set_lost(&self, at: Option<Instant>) {
+        if let Ok(mut l) = self.lost.lock() {
+            *l = at;
+        }
+    }
+
+    /// Retries a reattach if the daemon went away and the last try is
+    /// [`REATTACH_RETRY`] old; returns whether the handle is still lost.
+    fn retry_reattach(&self) -> bool {
+        let due = match self.lost.lock() {
+            Ok(mut l) => match *l {
+                Some(t) if t.elapsed() >= REATTACH_RETRY => {
+                    *l = Some(Instant::now());
+                    true
+                }
+                Some(_) => false,
+                None => return false,
+            },
+            Err(_) => return false,
+        };
+        if due && self.reattach().is_ok() {
+            return false;
+        }
+        true
     }
 
     /// `IOCTL_EVTCHN_BIND_INTERDOMAIN`: binds a new Dom0 port to
@@ -220,6 +277,10 @@ impl Evtchn {
                     if let Err(ControlError::Disconnected) = c.poll_events() {
                         let _ = self.ports.remove_control_watch(c.raw_fd());
                         c.push_event(ControlEvent::Disconnected);
+                        // Due at once: the first retry is the next wait's.
+                        if let Ok(mut l) = self.lost.lock() {
+                            l.get_or_insert(Instant::now() - REATTACH_RETRY);
+                        }
                     }
                     client::stash_events(&mut c, &self.events);
                 }
@@ -242,6 +303,7 @@ impl Evtchn {
     pub fn pending(&self, timeout: Option<Duration>) -> Result<Vec<evtchn_port_t>, EvtchnError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            let lost = self.retry_reattach();
             let r = self.take_ready();
             if !r.is_empty() {
                 return Ok(r);
@@ -255,6 +317,12 @@ impl Evtchn {
                     Some(d - now)
                 }
                 None => None,
+            };
+            // While the daemon is away, wake up to retry the reattach.
+            let left = if lost {
+                Some(left.map_or(REATTACH_RETRY, |l| l.min(REATTACH_RETRY)))
+            } else {
+                left
             };
             let mut control = false;
             self.ports.wait(left, |f| {
@@ -270,6 +338,7 @@ impl Evtchn {
     /// Ports that already fired, without waiting.
     pub fn try_pending(&self) -> Result<Vec<evtchn_port_t>, EvtchnError> {
         self.ports.wait(Some(Duration::ZERO), |f| self.deliver(f))?;
+        self.retry_reattach();
         Ok(self.take_ready())
     }
 

@@ -69,6 +69,9 @@ pub struct Hypervisor {
     conn: Mutex<Conn>,
     /// Where [`Hypervisor::reattach`] connects, when not the attach socket.
     reattach_socket: Mutex<Option<PathBuf>>,
+    /// One reattach at a time (the event loop and a failed call may both
+    /// try).
+    reattaching: Mutex<()>,
     token: String,
     ports: PortSet,
     gnt_version: AtomicU32,
@@ -133,6 +136,7 @@ impl Hypervisor {
             dirty_log_file,
             conn: Mutex::new(conn),
             reattach_socket: Mutex::new(None),
+            reattaching: Mutex::new(()),
             token: token.to_owned(),
             ports: set,
             events: Mutex::new(VecDeque::new()),
@@ -154,8 +158,17 @@ impl Hypervisor {
     }
 
     /// After a daemon restart: reconnects with the same token and hands the
-    /// daemon back the eventfds of this domain's ports.
+    /// daemon back the eventfds of this domain's ports. Does nothing when
+    /// the connection is live (another thread reattached first: a second
+    /// attach would be refused as `EBUSY` for as long as the first lives).
     pub fn reattach(&self) -> Result<(), ShimError> {
+        let _one = self
+            .reattaching
+            .lock()
+            .map_err(|_| ShimError::Protocol("reattach lock poisoned".into()))?;
+        if !self.lock_conn()?.is_hung_up() {
+            return Ok(());
+        }
         let chosen = self
             .reattach_socket
             .lock()

@@ -53,6 +53,20 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
+    /// Whether the daemon closed this connection (it went away: a restart).
+    /// A live connection, even with messages waiting, is not hung up.
+    pub fn is_hung_up(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: polls one live fd of ours for zero milliseconds.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0
+            && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
+
     /// Queues an unsolicited event (the oldest is dropped beyond
     /// `MAX_QUEUED_EVENTS`).
     pub fn push_event(&mut self, e: ControlEvent) {

@@ -131,3 +131,43 @@ fn test_restart_closes_unclaimed_dom0_ports_and_detects_crashes() {
         .state
         == DomainState::Crashed));
 }
+
+#[test]
+fn test_restart_reattach_is_idempotent_and_a_waiting_dom0_handle_keeps_its_ports() {
+    let mut shimd = Shimd::start_with(&["--reattach-grace", "1"]);
+    let ctl = shimd.control();
+    let d = shimd.create(&ctl, "twice", 4);
+    let mut peer = Peer::spawn(&shimd.socket, &d);
+    let gport = peer.num("alloc_unbound 0") as u32;
+    let ev = Evtchn::open(&shimd.socket).expect("open evtchn");
+    let lport = ev.bind_interdomain(d.domid, gport).expect("bind");
+    drop(ctl);
+
+    shimd.restart();
+
+    // Two reattaches (a runtime's event loop and a failed call may both
+    // try): the second finds the connection live and does nothing, where
+    // a second attach would be refused as EBUSY.
+    peer.ok("reattach");
+    peer.ok("reattach");
+    // A Dom0 handle that only waits for events (an idle backend) reattaches
+    // by itself and keeps its port past the grace period.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        for p in ev
+            .pending(Some(Duration::from_millis(200)))
+            .expect("pending")
+        {
+            ev.unmask(p).expect("unmask");
+        }
+    }
+    assert_eq!(
+        peer.ok(&format!("status {gport}")),
+        format!("{EVTCHNSTAT_interdomain} 0 {lport}"),
+        "the guest's end is still bound to the Dom0 port"
+    );
+    peer.ok(&format!("send {gport}"));
+    assert!(wait_port(&ev, lport), "guest -> Dom0 after the grace");
+    ev.reattach()
+        .expect("an explicit reattach now does nothing");
+}
