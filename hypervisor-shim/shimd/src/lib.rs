@@ -95,6 +95,10 @@ pub struct DaemonConfig {
     /// How long after a restart Dom0 handles have to reclaim their ports
     /// before those are closed.
     pub reattach_grace: Duration,
+    /// The first domid a fresh daemon (no saved state) gives out; later
+    /// ones count up from it, wrapping to 1. Private test stacks start at
+    /// different domids so that their domains' host uid ranges differ.
+    pub first_domid: u16,
 }
 
 impl Default for DaemonConfig {
@@ -105,17 +109,19 @@ impl Default for DaemonConfig {
             mem_dir: PathBuf::from(xen_shim_proto::DEFAULT_MEM_DIR),
             dom0_memory_mib: 16,
             reattach_grace: Duration::from_secs(10),
+            first_domid: 1,
         }
     }
 }
 
 /// Usage text of `xen-shimd`.
-pub const USAGE: &str = "usage: xen-shimd [--socket PATH] [--state-dir DIR] [--mem-dir DIR] [--dom0-memory MIB] [--reattach-grace SECS]
+pub const USAGE: &str = "usage: xen-shimd [--socket PATH] [--state-dir DIR] [--mem-dir DIR] [--dom0-memory MIB] [--reattach-grace SECS] [--first-domid N]
   --socket PATH      control socket (default $XEN_SHIM_SOCKET or /run/xen-shim/control.sock)
   --state-dir DIR    state file directory (default /run/xen-shim)
   --mem-dir DIR      guest memory files, a tmpfs (default /dev/shm/xen-shim)
   --dom0-memory MIB  Dom0 memory for gntalloc (default 16)
   --reattach-grace S seconds Dom0 handles get to reclaim ports after a restart (default 10)
+  --first-domid N    the first domid a daemon without saved state gives out (default 1)
 Logs go to stderr; RUST_LOG sets the level (default info).";
 
 impl DaemonConfig {
@@ -142,6 +148,15 @@ impl DaemonConfig {
                         .parse()
                         .map_err(|_| DaemonError::Usage("--reattach-grace takes seconds".into()))?;
                     c.reattach_grace = Duration::from_secs(s);
+                }
+                "--first-domid" => {
+                    c.first_domid = val("--first-domid")?
+                        .parse()
+                        .ok()
+                        .filter(|d| (1..xen_abi::xen::DOMID_FIRST_RESERVED).contains(d))
+                        .ok_or_else(|| {
+                            DaemonError::Usage("--first-domid takes 1 to 32751".into())
+                        })?
                 }
                 "-h" | "--help" => return Err(DaemonError::Usage(USAGE.into())),
                 other => {
@@ -446,6 +461,7 @@ impl Daemon {
         }
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
+        let first_domid = cfg.first_domid.max(1);
         let mut d = Daemon {
             cfg,
             epoll,
@@ -455,7 +471,7 @@ impl Daemon {
             clients: HashMap::new(),
             next_client: 0,
             domains: BTreeMap::new(),
-            next_domid: 1,
+            next_domid: first_domid,
             next_instance: 1,
             reattach_deadline: None,
             ledger_dir,

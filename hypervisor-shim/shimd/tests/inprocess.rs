@@ -69,3 +69,44 @@ fn test_inprocess_daemon_guest_and_dom0_in_one_process() {
         "the socket is removed when the daemon stops"
     );
 }
+
+#[test]
+fn test_first_domid_option_sets_where_domids_start() {
+    for bad in ["0", "32752", "x"] {
+        assert!(
+            DaemonConfig::from_args(["--first-domid".to_string(), bad.to_string()]).is_err(),
+            "--first-domid {bad} refused"
+        );
+    }
+    let tag = format!("xen-shim-firstdom-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    let mem_dir = std::path::PathBuf::from("/dev/shm").join(&tag);
+    let mut cfg = DaemonConfig::from_args(
+        ["--first-domid", "4242", "--socket"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.join("control.sock").display().to_string()]),
+    )
+    .expect("parse");
+    cfg.state_dir = dir.join("state");
+    cfg.mem_dir = mem_dir.clone();
+    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone(), mem_dir);
+    let handle = daemon::spawn(cfg).expect("spawn the daemon");
+    let ctl = Control::connect(handle.socket()).expect("connect");
+    let a = ctl
+        .create_domain(&DomainConfig::pv("first-a", 4))
+        .expect("create");
+    let b = ctl
+        .create_domain(&DomainConfig::pv("first-b", 4))
+        .expect("create");
+    assert_eq!((a.domid, b.domid), (4242, 4243));
+    ctl.destroy_domain(a.domid).expect("destroy");
+    ctl.destroy_domain(b.domid).expect("destroy");
+}

@@ -61,11 +61,31 @@ pub struct Dom0 {
     /// `xen-test-<pid>-<n>` from each hierarchy's root; emptied and removed
     /// on drop.
     pub cgroup_parent: String,
+    /// The first domid this Dom0's shim gives out ([`pick_first_domid`]).
+    pub first_domid: u16,
     shim: Option<DaemonHandle>,
     xenstored: Option<Xenstored>,
     /// The `xen-supervise` processes of [`Dom0::start_supervised`].
     supervisors: Vec<std::process::Child>,
     guests: Vec<String>,
+}
+
+/// A random first domid in `2..=30000` for a private Dom0. Domains' host
+/// uid ranges and their runtimes' uids follow from their domids, and these
+/// are host-wide: two test stacks whose guests both were domain 1 shared
+/// them (one guest's init failed with `EACCES` while the other booted).
+#[must_use]
+pub fn pick_first_domid() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let n = u16::try_from(h.finish() % 29_999).unwrap_or(0);
+    2 + n
 }
 
 impl Dom0 {
@@ -96,6 +116,8 @@ impl Dom0 {
             d.dir.path().join("shim-state").into(),
             "--mem-dir".into(),
             d.mem_dir.clone().into(),
+            "--first-domid".into(),
+            d.first_domid.to_string().into(),
         ];
         d.supervise("xen-shimd", &shim_args, true)?;
         wait_until(
@@ -184,6 +206,7 @@ impl Dom0 {
             mem_dir,
             libexec: libexec.to_path_buf(),
             cgroup_parent: shim::unique_name(CGROUP_PARENT_PREFIX),
+            first_domid: pick_first_domid(),
             shim: None,
             xenstored: None,
             supervisors: Vec::new(),
@@ -198,6 +221,7 @@ impl Dom0 {
             socket: self.shim_socket(),
             state_dir: self.dir.path().join("shim-state"),
             mem_dir: self.mem_dir.clone(),
+            first_domid: self.first_domid,
             ..DaemonConfig::default()
         }
     }
