@@ -7,6 +7,10 @@
 //! cluster is unreachable, its data kept: the fault tests' outage) and
 //! [`CephCluster::thaw`] resumes them.
 //!
+//! [`CephCluster::start_in`] runs it inside a network namespace on one of
+//! its addresses, for clients in other namespaces (the two-host rig's
+//! hosts); its `rbd` commands then run in that namespace too.
+//!
 //! Needs Debian's `ceph-mon`, `ceph-osd` and `ceph-common` (`rbd`).
 
 use std::path::{Path, PathBuf};
@@ -21,6 +25,9 @@ use crate::{need, stdout_of};
 pub struct CephCluster {
     dir: tempfile::TempDir,
     conf: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if not the
+    /// caller's.
+    netns: Option<String>,
     stopped: bool,
 }
 
@@ -32,6 +39,12 @@ fn script() -> PathBuf {
 impl CephCluster {
     /// Starts a cluster of `size` bytes of in-memory store (pool `rbd`).
     pub fn start(size: u64) -> Result<Self> {
+        Self::start_in(size, None)
+    }
+
+    /// Like [`Self::start`], in network namespace `NAME` (from `ip netns`)
+    /// on its address `ADDR` when `at` is `Some((NAME, ADDR))`.
+    pub fn start_in(size: u64, at: Option<(&str, &str)>) -> Result<Self> {
         need("ceph-mon", "ceph-mon")?;
         need("ceph-osd", "ceph-osd")?;
         need("rbd", "ceph-common")?;
@@ -43,15 +56,18 @@ impl CephCluster {
         let mut me = Self {
             conf: dir.path().join("ceph.conf"),
             dir,
+            netns: at.map(|(ns, _)| ns.to_owned()),
             stopped: false,
         };
-        let out = Command::new("bash")
-            .arg(script())
+        let mut c = me.command("bash");
+        c.arg(script())
             .arg("start")
             .arg(me.dir.path())
-            .env("CEPH_ONE_SIZE", size.to_string())
-            .output()
-            .context("run tests/ceph-one.sh")?;
+            .env("CEPH_ONE_SIZE", size.to_string());
+        if let Some((_, addr)) = at {
+            c.env("CEPH_ONE_ADDR", addr);
+        }
+        let out = c.output().context("run tests/ceph-one.sh")?;
         if let Err(e) = stdout_of("ceph-one.sh start", &out) {
             me.stop();
             return Err(e);
@@ -69,9 +85,22 @@ impl CephCluster {
         self.dir.path()
     }
 
+    /// `prog`, in the cluster's network namespace if it has one.
+    fn command(&self, prog: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, prog]);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+
     /// Runs `rbd -c CONF args`; its stdout.
     pub fn rbd(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("rbd")
+        let out = self
+            .command("rbd")
             .arg("-c")
             .arg(&self.conf)
             .args(args)

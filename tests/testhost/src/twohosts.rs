@@ -669,6 +669,15 @@ impl TwoHosts {
         format!("nbd://{}:{NBD_PORT}/{file}", self.client_addr())
     }
 
+    /// Starts a one-node Ceph cluster of `size` bytes in the client
+    /// namespace, on the client's address, which both hosts reach: shared
+    /// RBD storage for the guests' disks (`target=rbd:rbd/IMAGE:conf=...`,
+    /// [`crate::ceph::CephCluster::conf`] is under `/tmp`, which the hosts
+    /// see). Drop it after the guests using it are gone.
+    pub fn start_ceph(&self, size: u64) -> Result<crate::ceph::CephCluster> {
+        crate::ceph::CephCluster::start_in(size, Some((&self.client.name, &self.client_addr())))
+    }
+
     /// Runs `prog args` in the client namespace; its output.
     pub fn client_exec(&self, prog: &str, args: &[&str]) -> Result<Output> {
         self.client.exec(prog, args)

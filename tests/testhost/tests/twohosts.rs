@@ -94,9 +94,15 @@ fn config(t: &TwoHosts, name: &str, extra: &str, target: &str, mac: Option<&str>
     let vif = mac.map_or_else(String::new, |m| {
         format!("vif = [ 'mac={m}, bridge={}' ]\n", t.bridge)
     });
+    // An RBD disk is libxl's qdisk kind.
+    let qdisk = if target.starts_with("rbd:") {
+        "backendtype=qdisk, "
+    } else {
+        ""
+    };
     let text = format!(
         "name = \"{name}\"\ntype = \"pvh\"\nmemory = 64\nvcpus = 1\nkernel = \"{}\"\n\
-         extra = \"{extra}\"\ndisk = [ 'format=raw, vdev=xvda, access=rw, target={target}' ]\n\
+         extra = \"{extra}\"\ndisk = [ 'format=raw, vdev=xvda, access=rw, {qdisk}target={target}' ]\n\
          {vif}on_poweroff = \"preserve\"\non_crash = \"preserve\"\n",
         kernel().display()
     );
@@ -587,6 +593,116 @@ fn test_two_hosts_of_a_killed_run_are_swept_by_the_next_rig() {
         left.join("\n")
     );
     drop(next);
+}
+
+/// The addresses of the clients watching RBD image `image` (`rbd status`:
+/// `watcher=ADDR:0/NONCE client.N cookie=C`), sorted.
+fn rbd_watchers(ceph: &xen_testhost::ceph::CephCluster, image: &str) -> Vec<String> {
+    let out = ceph
+        .rbd(&["status", &format!("rbd/{image}")])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut v: Vec<String> = out
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("watcher="))
+        .filter_map(|w| w.split(':').next())
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits up to [`T`] until exactly `addrs` watch RBD image `image`.
+fn wait_rbd_watchers(ceph: &xen_testhost::ceph::CephCluster, image: &str, addrs: &[&str]) {
+    let deadline = Instant::now() + T;
+    loop {
+        let w = rbd_watchers(ceph, image);
+        if w == addrs {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rbd/{image} is watched by {w:?}, not {addrs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Shared storage on RBD (issue 20): a PVHVM guest whose disk is an RBD
+/// image of a cluster in the client namespace (both hosts' backendd open
+/// it through librbd) runs its disk self-test after each resume and is
+/// live-migrated A -> B -> A. After each move the self-test passes in the
+/// new domain, and the image is watched by the destination's backend only:
+/// the source's closed it (librbd's exclusive lock, on by default, passes
+/// to the writer that asks).
+#[test]
+fn test_two_hosts_live_migration_with_the_disk_on_rbd() {
+    let t = rig();
+    let ceph = t
+        .start_ceph(256 << 20)
+        .unwrap_or_else(|e| panic!("start ceph in the client namespace: {e:#}"));
+    let name = "gr";
+    let ip = 60u8;
+    let addr = format!("{SEGMENT}.{ip}");
+    ceph.create_image(name, 16)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = format!("rbd:rbd/{name}:conf={}", ceph.conf().display());
+    let cfg = config(
+        &t,
+        name,
+        &format!("netserve ip={addr}/24 disk seed=9"),
+        &target,
+        Some(&mac(ip)),
+    );
+    let (a, b) = (&t.a, &t.b);
+    a.xl_ok(&["create", &cfg])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let first = domid(a, name);
+    a.wait_vmm_log(name, &format!("disk self-test: PASS in domain {first}"), T)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_rbd_watchers(&ceph, name, &[&a.addr]);
+    for (src, dest) in [(a, b), (b, a)] {
+        let recv = receiver(dest);
+        let (st, out) = start_migrate(src, dest, name).finish();
+        let (rst, rlog) = recv.finish();
+        assert!(
+            st.success() && rst.success(),
+            "{} -> {}: xl migrate: {st}\n{out}\nmigrate-receive: {rst}\n{rlog}",
+            src.tag,
+            dest.tag
+        );
+        let new = domid(dest, name);
+        let log = dest
+            .wait_vmm_log(name, &format!("disk self-test: PASS in domain {new}"), T)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(!log.contains("FAIL"), "{}:\n{log}", dest.tag);
+        assert!(src.domains().expect("xl list").is_empty());
+        wait_rbd_watchers(&ceph, name, &[&dest.addr]);
+        eprintln!(
+            "rbd move {} -> {}: {}",
+            src.tag,
+            dest.tag,
+            out.lines()
+                .find(|l| l.starts_with("migration successful"))
+                .unwrap_or_default()
+        );
+    }
+    a.xl_ok(&["destroy", name])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_rbd_watchers(&ceph, name, &[]);
+    // What the guest wrote is on the image, read from outside.
+    let export = t.dir().join("gr.export");
+    ceph.rbd(&[
+        "export",
+        &format!("rbd/{name}"),
+        export.to_str().expect("utf-8"),
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let data = std::fs::read(&export).expect("read the export");
+    assert_eq!(data.len(), 16 << 20);
+    assert!(
+        data.iter().any(|&b| b != 0),
+        "the self-test's writes are not on the image"
+    );
 }
 
 /// A process of a host (`xl migrate`, `xl migrate-receive`) whose stderr
