@@ -333,10 +333,16 @@ pub fn destroy_group(domid: u16, fuse: &[u32]) -> Result<(), ResourcesError> {
 /// the `xen-blkfront` block files mounted in the mount namespaces of its
 /// group's processes. A domain's runtime mounts its disks in a private
 /// mount namespace, so these are that domain's disks only. Read while the
-/// runtime lives: an exiting thread has left its namespaces.
+/// runtime lives: an exiting thread has left its namespaces. A thread in
+/// xl's own mount namespace (a runtime not yet in its private one) is
+/// skipped: it sees the host's mounts, whose `xen-blkfront` block files
+/// (another tool's, a test's) are not the domain's to abort.
 #[must_use]
 pub fn domain_fuse_disks(domid: u16) -> Vec<u32> {
     let Ok(h) = hierarchy() else {
+        return Vec::new();
+    };
+    let Ok(own_ns) = std::fs::read_link("/proc/self/ns/mnt") else {
         return Vec::new();
     };
     let mut conns = std::collections::BTreeSet::new();
@@ -350,6 +356,9 @@ pub fn domain_fuse_disks(domid: u16) -> Vec<u32> {
                 continue;
             };
             for t in tasks.flatten() {
+                if !in_other_mount_ns(&t.path(), &own_ns) {
+                    continue;
+                }
                 if let Ok(info) = std::fs::read_to_string(t.path().join("mountinfo")) {
                     conns.extend(info.lines().filter_map(pvdisk_fuse_connection));
                 }
@@ -357,6 +366,12 @@ pub fn domain_fuse_disks(domid: u16) -> Vec<u32> {
         }
     }
     conns.into_iter().collect()
+}
+
+/// Whether task `task` (`/proc/PID/task/TID`) is in a mount namespace other
+/// than `own` (a `/proc/.../ns/mnt` link); `false` when it cannot be told.
+fn in_other_mount_ns(task: &std::path::Path, own: &std::path::Path) -> bool {
+    std::fs::read_link(task.join("ns/mnt")).is_ok_and(|ns| ns != own)
 }
 
 /// Aborts the FUSE connections `conns` (mounting `fusectl` first if the
@@ -633,6 +648,38 @@ mod tests {
         let ext4 = "30 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw";
         assert_eq!(pvdisk_fuse_connection(ext4), None);
         assert_eq!(pvdisk_fuse_connection("garbage"), None);
+    }
+
+    /// A thread in xl's own mount namespace sees the host's mounts: its
+    /// FUSE disks are not taken for the domain's (a domain's destroy
+    /// aborted a test's own block file); one in a namespace of its own is
+    /// looked at.
+    #[test]
+    fn test_only_tasks_in_another_mount_namespace_are_looked_at() {
+        let own = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
+        let me = std::path::PathBuf::from(format!("/proc/self/task/{}", nix::unistd::gettid()));
+        assert!(!in_other_mount_ns(&me, &own));
+        let mut child = std::process::Command::new("unshare")
+            .args(["-m", "sleep", "10"])
+            .spawn()
+            .expect("unshare -m (util-linux; root)");
+        let task = std::path::PathBuf::from(format!("/proc/{0}/task/{0}", child.id()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // unshare execs sleep once its namespace is made.
+        while !std::fs::read_link(format!("/proc/{}/exe", child.id()))
+            .is_ok_and(|e| e.ends_with("sleep"))
+        {
+            assert!(std::time::Instant::now() < deadline, "unshare did not exec");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let other = in_other_mount_ns(&task, &own);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(other);
+        assert!(!in_other_mount_ns(
+            std::path::Path::new("/proc/none/task/none"),
+            &own
+        ));
     }
 
     fn spec(s: &[&str]) -> Result<CpusSpec, String> {

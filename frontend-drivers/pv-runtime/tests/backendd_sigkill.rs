@@ -334,7 +334,7 @@ fn sigkill_during_writes(service: &str, vdevs: &[&str]) -> Result<()> {
         let mnt = host.dir.path().join(format!("mnt-{v}"));
         std::fs::create_dir(&mnt).expect("mkdir");
         let m = mnt.to_str().expect("utf-8 path");
-        run("mount", &["-o", "loop,ro", i, m])?;
+        xen_testhost::mount_loop(i, m, "ro")?;
         let missing: Vec<u32> = acks
             .iter()
             .copied()

@@ -122,15 +122,20 @@ fn test_block_file_ram_disk_mkfs_mount_write_fsck_clean() {
         "the file has the disk's size"
     );
     run("mkfs.ext4", &["-q", "-F", f]);
-    run("mount", &["-o", "loop", f, mp]);
+    xen_testhost::mount_loop(f, mp, "").unwrap_or_else(|e| panic!("{e:#}"));
     let data: Vec<u8> = (0..(10u32 << 20))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(mnt.join("payload"), &data).expect("write payload");
-    run("sync", &[]);
+    // This file system only: a global sync waits on every FUSE file
+    // system of the host, other tests' stopped guests' disks among them.
+    run(
+        "sync",
+        &["-f", mnt.join("payload").to_str().expect("utf8 path")],
+    );
     run("umount", &[mp]);
     let fsck = run("fsck.ext4", &["-n", "-f", f]);
-    run("mount", &["-o", "loop,ro", f, mp]);
+    xen_testhost::mount_loop(f, mp, "ro").unwrap_or_else(|e| panic!("{e:#}"));
     let back = std::fs::read(mnt.join("payload")).expect("read payload");
     run("umount", &[mp]);
     m.finish();

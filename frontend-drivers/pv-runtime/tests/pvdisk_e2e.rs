@@ -275,7 +275,7 @@ fn e2e(kind: Kind) -> Result<()> {
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let m = mnt.to_str().expect("utf-8 path");
-    run("mount", &["-o", "loop,ro", i, m])?;
+    xen_testhost::mount_loop(i, m, "ro")?;
     let guest_sums = std::fs::read_to_string(&sums).expect("the guest wrote its checksums");
     let dom0_sum = Command::new("sha256sum")
         .arg("-c")

@@ -812,6 +812,34 @@ pub fn run(prog: &str, args: &[&str]) -> Result<String> {
     stdout_of(&format!("{prog} {}", args.join(" ")), &out)
 }
 
+/// `mount -o loop[,OPTS] FILE DIR`, retried for up to 5 s while mount says
+/// the loop device is busy: right after an `umount` of a loop mount of the
+/// same file the kernel is still detaching its (autoclear) loop device,
+/// which `mount` finds and reuses, and the mount fails with `EBUSY`
+/// ("already mounted or mount point busy").
+pub fn mount_loop(file: &str, dir: &str, opts: &str) -> Result<()> {
+    let o = if opts.is_empty() {
+        "loop".to_owned()
+    } else {
+        format!("loop,{opts}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("mount")
+            .args(["-o", &o, file, dir])
+            .output()
+            .context("cannot run mount")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !err.contains("already mounted or mount point busy") || Instant::now() >= deadline {
+            bail!("mount -o {o} {file} {dir} failed ({}): {err}", out.status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Checks from `/proc/<pid>/task/*/status` that every thread of process
 /// `pid` (a domain's runtime or VMM) is jailed as domain `domid`'s
 /// (`xen_jail`): the domain's uid and gid, exactly the `kept`
