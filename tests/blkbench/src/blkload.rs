@@ -122,6 +122,10 @@ pub struct LoadConfig {
     pub qd: usize,
     /// How long each pattern runs.
     pub duration: Duration,
+    /// Bytes each pattern starts at least, however long it takes (a test
+    /// that checks every byte of the disk was written asks for one full
+    /// pass of it; 0: the duration alone).
+    pub min_bytes: u64,
     /// Move the data through the copying API ([`BlkFront::submit_read`]
     /// returning a `Vec`, [`BlkFront::submit_write`] copying one) instead
     /// of registered buffers.
@@ -396,9 +400,11 @@ fn drive<P: Platform + ?Sized>(
     // here (new I/Os stop at `end`, those in flight then are drained).
     let mut last_done = start;
     let mut inflight = 0usize;
+    // Bytes of the I/Os started (for `min_bytes`).
+    let mut started = 0u64;
     loop {
         let now = Instant::now();
-        let submitting = now < end;
+        let submitting = now < end || started < cfg.min_bytes;
         // Submit until qd I/Os are in flight or the ring is full.
         // After the end only a partly submitted I/O is finished.
         'submit: loop {
@@ -414,6 +420,7 @@ fn drive<P: Platform + ?Sized>(
                             pending: 0,
                         });
                         inflight += 1;
+                        started += cfg.bs as u64;
                         (si, 0)
                     }
                     None => break,

@@ -36,6 +36,10 @@ pub struct Args {
     /// Seconds each pattern runs.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Bytes each pattern moves at least, however long that takes (0: the
+    /// seconds alone).
+    #[arg(long, default_value_t = 0)]
+    pub min_bytes: u64,
     /// Move the data through blkfront's copying API instead of registered
     /// buffers.
     #[arg(long)]
@@ -64,6 +68,7 @@ pub fn run(args: &Args) -> ExitCode {
         bs: args.bs,
         qd: args.qd,
         duration: Duration::try_from_secs_f64(args.seconds).unwrap_or(Duration::from_secs(5)),
+        min_bytes: args.min_bytes,
         copy: args.blkload_copy,
         poll_budget: Duration::from_micros(args.poll_us),
         queues: args.queues,

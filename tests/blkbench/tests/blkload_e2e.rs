@@ -20,8 +20,9 @@ use xen_testhost::Dom0;
 const GUEST_RUN: Duration = Duration::from_secs(120);
 const DISK: u64 = 8 << 20;
 
-/// Runs one blkload guest with `extra` on a fresh zeroed image; returns its
-/// log and the image's bytes.
+/// Runs one blkload guest with `extra` on a fresh zeroed image, each
+/// pattern moving at least the whole disk (its seconds alone did not reach
+/// its end on a loaded machine); returns its log and the image's bytes.
 fn run_blkload(host: &mut Dom0, tag: &str, extra: &str) -> Result<(String, Vec<u8>)> {
     let name = format!("blkload{tag}{}", std::process::id());
     let img = host.dir.path().join(format!("{tag}.img"));
@@ -34,7 +35,7 @@ fn run_blkload(host: &mut Dom0, tag: &str, extra: &str) -> Result<(String, Vec<u
         format!(
             "name = \"{name}\"\ntype = 'pv'\nmemory = 64\nvcpus = 1\n\
              kernel = '{}'\n\
-             extra = '--timeout-secs 30 {extra}'\n\
+             extra = '--timeout-secs 30 --min-bytes {DISK} {extra}'\n\
              disk = [ 'format=raw, vdev=xvda, access=rw, target={}' ]\n",
             env!("CARGO_BIN_EXE_blkload"),
             img.display()
