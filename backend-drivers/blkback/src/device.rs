@@ -335,6 +335,8 @@ fn start_queue(
         }),
         invalid_in_a_row: 0,
         broken: false,
+        batching: false,
+        unpublished: false,
         poll: PollWindow::new(u64::try_from(cfg.poll_budget.as_nanos()).unwrap_or(u64::MAX)),
         log: LogLimiter::new(10, Duration::from_secs(5)),
     };
@@ -364,6 +366,12 @@ struct Worker {
     invalid_in_a_row: u32,
     /// The ring or event channel failed: answer nothing more, stop.
     broken: bool,
+    /// Responses are pushed privately and published together by
+    /// [`Worker::publish`] (a burst of completions of an asynchronous
+    /// engine: one publication and at most one notification for all).
+    batching: bool,
+    /// Responses pushed while `batching` and not yet published.
+    unpublished: bool,
     /// The adaptive ring poll of an idle worker.
     poll: PollWindow,
     log: LogLimiter,
@@ -611,7 +619,8 @@ impl Worker {
     }
 
     /// Pushes one response and publishes it (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`),
-    /// notifying the frontend if it armed `rsp_event` for it. After a ring
+    /// notifying the frontend if it armed `rsp_event` for it; while
+    /// [`Worker::batching`], only pushes it. After a ring
     /// or event-channel failure the worker is `broken` and answers nothing
     /// more.
     fn respond(&mut self, rsp: &RspSlot) {
@@ -623,6 +632,25 @@ impl Worker {
             self.broken = true;
             return;
         }
+        if self.batching {
+            self.unpublished = true;
+            return;
+        }
+        self.publish_now();
+    }
+
+    /// Publishes the responses pushed while batching (see
+    /// [`Worker::batching`]).
+    fn publish(&mut self) {
+        self.batching = false;
+        if std::mem::take(&mut self.unpublished) && !self.broken {
+            self.publish_now();
+        }
+    }
+
+    /// Publishes every pushed response and notifies the frontend if it
+    /// armed `rsp_event` for one of them.
+    fn publish_now(&mut self) {
         // Publish even when stopping: a response pushed privately has
         // overwritten its request slot, so a later backend attaching to
         // this ring must see it as answered.
@@ -723,11 +751,9 @@ impl Worker {
         let mut budget = nr * OVERLAP_RINGS;
         let mut more: Vec<Slot> = Vec::new();
         while *outstanding > 0 && !self.broken {
-            let Ok(d) = done_rx.recv() else {
+            if !self.complete_burst(outstanding, done_rx) {
                 return;
-            };
-            *outstanding -= 1;
-            self.complete(d);
+            }
             if budget == 0 || self.shared.stop.load(Ordering::Relaxed) {
                 continue;
             }
@@ -789,8 +815,37 @@ impl Worker {
         }
     }
 
+    /// Waits for a transfer to complete and answers it together with every
+    /// other one already complete (an asynchronous engine completes them
+    /// on its own threads, often several at once): their responses are
+    /// published once, with at most one notification. `false` when the
+    /// completions' channel is gone.
+    fn complete_burst(&mut self, outstanding: &mut usize, rx: &Receiver<Done>) -> bool {
+        let Ok(d) = rx.recv() else {
+            return false;
+        };
+        *outstanding -= 1;
+        self.batching = true;
+        self.complete(d);
+        while *outstanding > 0 {
+            let Ok(d) = rx.try_recv() else {
+                break;
+            };
+            *outstanding -= 1;
+            self.complete(d);
+        }
+        self.publish();
+        true
+    }
+
     /// Waits for every submitted transfer, answering each.
     fn drain(&mut self, outstanding: &mut usize, rx: &Receiver<Done>) {
+        if self.image.is_async() {
+            while *outstanding > 0 && self.complete_burst(outstanding, rx) {}
+            if *outstanding == 0 {
+                return;
+            }
+        }
         while *outstanding > 0 {
             let Ok(d) = rx.recv() else {
                 // Cannot happen while this worker holds a sender; the jobs

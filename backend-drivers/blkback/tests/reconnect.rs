@@ -82,6 +82,12 @@ fn test_blkback_reconnect_under_load_answers_every_request_once() {
             let mut dev = dev;
             let mut served_before_flip = Vec::new();
             for _ in 0..5 {
+                // Each connection serves requests before it goes (a fixed
+                // 20 ms was not always enough on a loaded machine).
+                let t0 = Instant::now();
+                while dev.metrics().requests == 0 && t0.elapsed() < STEP {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 std::thread::sleep(Duration::from_millis(20));
                 served_before_flip.push(dev.disconnect().requests);
                 dev = be

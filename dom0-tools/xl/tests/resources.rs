@@ -176,8 +176,16 @@ fn test_pv_cpu_hog_with_one_vcpu_is_held_to_one_cpu_and_xl_list_shows_it() {
     assert_eq!(col(&host, &busy, 2), "48");
     assert_eq!(col(&host, &idle, 2), "40");
     // A busy guest is runnable; an idle one blocked (its runtime may wake
-    // now and then, as a Xen guest's vCPU does: one sample of ten).
-    let states = |n: &str| -> Vec<String> { (0..10).map(|_| col(&host, n, 4)).collect() };
+    // now and then, as a Xen guest's vCPU does, and wait for a CPU on a
+    // loaded host: one sample of twenty, 50 ms apart).
+    let states = |n: &str| -> Vec<String> {
+        (0..20)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                col(&host, n, 4)
+            })
+            .collect()
+    };
     let (bs, is) = (states(&busy), states(&idle));
     assert!(bs.iter().all(|s| s == "r-----"), "busy guest: {bs:?}");
     assert!(is.iter().any(|s| s == "-b----"), "idle guest: {is:?}");
