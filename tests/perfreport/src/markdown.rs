@@ -61,12 +61,12 @@ fn summary_row(s: &Summary) -> String {
         (Some(t), Kind::Ratio) => format!(">= {t}"),
         (Some(t), Kind::Absolute) => format!("<= {t} {}", s.unit),
     };
-    let figure = |x: f64| match s.kind {
-        Kind::Ratio => format!("{x:.2}"),
-        Kind::Absolute => format!("{x:.1} {}", s.unit),
+    let unit = match s.kind {
+        Kind::Ratio => String::new(),
+        Kind::Absolute => format!(" {}", s.unit),
     };
     let paired = if s.kind == Kind::Absolute {
-        "min-max of the samples".to_owned()
+        format!("{:.1}-{:.1}{unit} (samples)", s.pair_min, s.pair_max)
     } else if s.paired {
         format!("{:.2}-{:.2}", s.pair_min, s.pair_max)
     } else {
@@ -74,7 +74,7 @@ fn summary_row(s: &Summary) -> String {
     };
     let reference = s.reference_value.map_or("-".into(), |r| human(r, &s.unit));
     format!(
-        "| {} | {} | {} | {} | {} [{}-{}] | {per_run} | {paired} | {goal} | {} |",
+        "| {} | {} | {} | {} | {:.2} [{:.2}-{:.2}]{unit} | {per_run} | {paired} | {goal} | {} |",
         s.case,
         if s.reference.is_empty() {
             "-"
@@ -83,9 +83,9 @@ fn summary_row(s: &Summary) -> String {
         },
         human(s.ours_value, &s.unit),
         reference,
-        figure(s.median),
-        figure(s.min),
-        figure(s.max),
+        s.median,
+        s.min,
+        s.max,
         s.verdict()
     )
 }
