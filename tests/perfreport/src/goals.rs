@@ -321,8 +321,8 @@ fn http(run: usize, lines: &[Value]) -> Vec<GoalRow> {
     Case {
         goal: 3,
         case: format!(
-            "HTTP download of {} bytes (curl from Dom0)",
-            hvm.get("bytes").and_then(Value::as_u64).unwrap_or(0)
+            "HTTP download of {} MB (curl in Dom0)",
+            hvm.get("bytes").and_then(Value::as_f64).unwrap_or(0.0) / 1e6
         ),
         ours: "pvhvm-smoltcp",
         reference: "pv-python",
@@ -376,9 +376,9 @@ fn blkbench(run: usize, lines: &[Value]) -> Vec<GoalRow> {
         let imp = s(r, "impl");
         let (threshold, label) = if imp.starts_with("fio-guest") {
             let qd = r.get("qd").and_then(Value::as_u64).unwrap_or(0);
-            (Some(if qd <= 1 { 0.5 } else { 0.8 }), "")
+            (Some(if qd <= 1 { 0.5 } else { 0.8 }), "fio in the guest")
         } else if imp == "blkfront" {
-            (None, " (blkfront without FUSE, for context)")
+            (None, "blkfront without FUSE (context)")
         } else {
             continue;
         };
@@ -389,7 +389,7 @@ fn blkbench(run: usize, lines: &[Value]) -> Vec<GoalRow> {
         out.extend(
             Case {
                 goal: 4,
-                case: format!("{}{label}", blk_case(r)),
+                case: format!("{label}: {}", blk_case(r)),
                 ours: imp,
                 reference: "fio-native",
                 unit: "IOPS",
@@ -458,9 +458,17 @@ fn pvhvm_blk(run: usize, lines: &[Value]) -> Vec<GoalRow> {
 
 fn xsbench(run: usize, lines: &[Value]) -> Vec<GoalRow> {
     let mut out = Vec::new();
-    for (metric, what) in [
-        ("xs-bench.pairs_per_s", "libxenstore write+read pairs/s"),
-        ("xs-bench.tx_per_s", "libxenstore transactions/s"),
+    for (metric, what, unit) in [
+        (
+            "xs-bench.pairs_per_s",
+            "libxenstore write+read pairs/s",
+            "pairs/s",
+        ),
+        (
+            "xs-bench.tx_per_s",
+            "libxenstore transactions/s",
+            "transactions/s",
+        ),
     ] {
         let row = |server: &str| {
             lines
@@ -477,7 +485,7 @@ fn xsbench(run: usize, lines: &[Value]) -> Vec<GoalRow> {
                 case: what.into(),
                 ours: "xenstored (ours)",
                 reference: "C xenstored",
-                unit: metric.rsplit('.').next().unwrap_or(""),
+                unit,
                 ours_value: f(ours, "median").unwrap_or(0.0),
                 reference_value: f(c, "median"),
                 threshold: Some(2.0),

@@ -82,8 +82,9 @@ pub struct Args {
     /// Deadline of one benchmark invocation, seconds (default 1800, quick 300).
     #[arg(long)]
     pub timeout_secs: Option<u64>,
-    /// Measure nothing: redraw the plots and PERFORMANCE.md from the
-    /// output directory's perf/perf.json (e.g. after editing the notes).
+    /// Measure nothing: redraw the rows, plots and PERFORMANCE.md from the
+    /// raw benchmark lines in the output directory's perf/perf.json (e.g.
+    /// after editing the notes).
     #[arg(long)]
     pub render_only: bool,
     /// The TrueType font of the plots.
@@ -139,8 +140,15 @@ pub fn run(args: &Args) -> Result<()> {
         let path = out.join("perf/perf.json");
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        let report: Report =
+        let mut report: Report =
             serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        // The rows again from the raw JSON lines (this build's extraction).
+        report.rows = report
+            .bench_runs
+            .iter()
+            .flat_map(|b| goals::extract(&b.bench, b.run, &b.json))
+            .collect();
+        report.summary = summary::summarise(&report.rows);
         write(&report, &out, &markdown::load_notes(&notes_dir))?;
         eprintln!(
             "perfreport: redrew {}",

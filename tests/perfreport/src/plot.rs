@@ -48,7 +48,7 @@ pub fn goal_png(path: &Path, goal: u8, title: &str, rows: &[Summary]) -> Result<
         .filter(|s| s.goal == goal && s.kind == Kind::Ratio)
         .collect();
     let n = rows.len();
-    let (w, label_w) = (1100u32, 400u32);
+    let (w, label_w) = (1300u32, 300u32);
     let h = 110 + 26 * n.max(2) as u32;
     draw(path, (w, h), label_w, title, &rows).with_context(|| format!("draw {}", path.display()))
 }
@@ -68,30 +68,44 @@ fn draw(path: &Path, size: (u32, u32), label_w: u32, title: &str, rows: &[&Summa
         return Ok(());
     }
     let n = rows.len() as f64;
-    // A log scale: ratios from 0.01 to 20 in one plot stay readable.
-    let marks = |s: &&Summary| [s.min, s.max, s.median, s.threshold.unwrap_or(1.0)];
-    let lo = rows
-        .iter()
-        .flat_map(marks)
-        .filter(|x| *x > 0.0)
-        .fold(1.0f64, f64::min)
-        .max(1e-3)
-        * 0.7;
-    let hi = rows.iter().flat_map(marks).fold(1.0f64, f64::max) * 1.4;
+    // Linear up to 3x at most: a bar beyond is cut at the edge (its label
+    // gives the figure), so that one outlier does not flatten the rest.
+    let marks = |s: &&Summary| [s.max, s.median, s.threshold.unwrap_or(1.0)];
+    let hi = (rows.iter().flat_map(marks).fold(1.0f64, f64::max) * 1.1).min(3.0);
+    let lo = 0.0;
     let clamp = |x: f64| x.clamp(lo, hi);
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|s| {
+            let case = if s.reference.is_empty() {
+                s.case.clone()
+            } else {
+                format!("{} vs {}", s.case, s.reference)
+            };
+            format!("{case}  {:.2}", s.median)
+        })
+        .collect();
+    let label_font = TextStyle::from((FAMILY, 13).into_font());
+    let widest = labels
+        .iter()
+        .filter_map(|l| root.estimate_text_size(l, &label_font).ok())
+        .map(|(w, _)| w)
+        .max()
+        .unwrap_or(0);
+    let label_w = label_w.max(widest + 16).min(size.0 / 2 + 150);
     let (left, right) = root.split_horizontally(label_w);
     let mut chart = ChartBuilder::on(&right)
         .caption(title, title_style)
         .margin(12)
         .x_label_area_size(40)
-        .build_cartesian_2d((lo..hi).log_scale(), 0f64..n)?;
+        .build_cartesian_2d(lo..hi, 0f64..n)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(0)
         .x_desc(
-            "ratio ours / reference, log scale (bar: median over runs; whisker: min-max over \
-             runs; black tick: goal; grey line: 1)",
+            "ratio ours / reference (bar: median over runs; whisker: min-max over runs; \
+             black tick: goal; grey line: 1; cut at 3)",
         )
         .label_style((FAMILY, 13))
         .axis_desc_style((FAMILY, 13))
@@ -135,13 +149,8 @@ fn draw(path: &Path, size: (u32, u32), label_w: u32, title: &str, rows: &[&Summa
             )))?;
         }
         let (_, py) = chart.backend_coord(&(1.0, yc));
-        let label = if s.reference.is_empty() {
-            s.case.clone()
-        } else {
-            format!("{} vs {}", s.case, s.reference)
-        };
         left.draw(&Text::new(
-            format!("{label}  {:.2}", s.median),
+            labels[i].clone(),
             (label_w as i32 - 6, py),
             label_style.clone(),
         ))?;
