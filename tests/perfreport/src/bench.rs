@@ -7,6 +7,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,36 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// Set by SIGINT/SIGTERM once [`stop_on_signals`] is installed.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM stop the running benchmark (its whole process
+/// group: a benchmark runs in a group of its own, which a terminal's Ctrl-C
+/// does not reach) and end the report; see [`stopped`].
+pub fn stop_on_signals() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: `on_signal` only stores to an atomic, which is
+        // async-signal-safe; exec resets the handler in the benchmarks.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived.
+pub fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
 /// One benchmark invocation of one run of the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BenchRun {
@@ -222,7 +253,7 @@ pub fn run(bench: &str, run: usize, command: Vec<String>, timeout: Duration) -> 
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Ok(st),
-            Ok(None) if t0.elapsed() > timeout => {
+            Ok(None) if t0.elapsed() > timeout || stopped() => {
                 timed_out = true;
                 kill_group(child.id(), &mut child);
                 break child.wait();
@@ -241,6 +272,7 @@ pub fn run(bench: &str, run: usize, command: Vec<String>, timeout: Duration) -> 
     let stdout = slurp("out");
     let stderr = slurp("err");
     let outcome = match status {
+        _ if timed_out && stopped() => Outcome::Failed("interrupted (SIGINT/SIGTERM)".into()),
         _ if timed_out => Outcome::Failed(format!(
             "killed after its deadline of {} s",
             timeout.as_secs()

@@ -192,6 +192,7 @@ pub fn run(args: &Args) -> Result<()> {
             args.timeout_secs
                 .unwrap_or(if args.quick { 300 } else { 1800 }),
         );
+    bench::stop_on_signals().context("install the SIGINT/SIGTERM handlers")?;
     let machine = Machine::probe(&repo);
     let loadavg_start = machine::loadavg();
     let mut bench_runs = Vec::new();
@@ -215,6 +216,9 @@ pub fn run(args: &Args) -> Result<()> {
             );
             rows.extend(goals::extract(b, run, &r.json));
             bench_runs.push(r);
+            if bench::stopped() {
+                bail!("interrupted: the benchmark was stopped, no report written");
+            }
         }
     }
     let summary = summary::summarise(&rows);
