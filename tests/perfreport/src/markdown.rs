@@ -259,8 +259,9 @@ pub fn render(r: &Report, notes: &Notes) -> String {
     let _ = writeln!(o, "### Commands\n");
     let _ = writeln!(
         o,
-        "```sh\n{}\n{}\n```\n",
+        "```sh\n{}\n{}  # the PVHVM kernel\n{}\n```\n",
         r.build_command,
+        crate::BUILD_KERNEL,
         r.command.join(" ")
     );
     let _ = writeln!(
