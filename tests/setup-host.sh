@@ -27,6 +27,7 @@ packages=(
   ceph-osd           # that cluster's in-memory OSD
   ceph-common        # ceph/rbd CLIs: pool and image set-up, `rbd export` of the RBD e2e tests
   librbd-dev         # librbd.so/librados.so (link names) and headers: blkback's RBD engine links them (backend-drivers/blkback/src/io/rbd.rs)
+  fonts-dejavu-core  # DejaVuSans.ttf: the text of tests/perfreport's PNG plots (plotters with ab_glyph, no fontconfig)
   systemd            # systemd-analyze verify of the units in dom0-tools/systemd (dom0-tools/xl's systemd_units test); Debian's init, already there on a Debian host
 )
 

@@ -157,6 +157,7 @@ impl Row {
             "iops": iops,
             "iops_min": iops_min,
             "iops_max": iops_max,
+            "iops_samples": self.samples.iter().map(|s| s.iops).collect::<Vec<_>>(),
             "bytes_per_s": bw,
             "bytes_per_s_min": bw_min,
             "bytes_per_s_max": bw_max,

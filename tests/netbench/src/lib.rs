@@ -469,10 +469,7 @@ fn measure_both(args: &Args, libexec: &Path, reps: usize) -> Result<(Samples, Sa
 
 /// The 1-minute load average (other work on the machine skews the figures).
 pub fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(f64::NAN)
+    xen_testhost::loadavg().map_or(f64::NAN, |l| l[0])
 }
 
 /// Runs the benchmark and prints the results.

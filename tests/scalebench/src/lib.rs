@@ -290,10 +290,7 @@ fn allocated_kib(dir: &Path) -> u64 {
 }
 
 fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+    xen_testhost::loadavg().map_or(0.0, |l| l[0])
 }
 
 /// Whether every backend of `domid` is Connected (there being `want` of

@@ -776,6 +776,14 @@ pub fn mkroot(workspace: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The 1, 5 and 15 minute load averages of `/proc/loadavg` (`None` if
+/// unreadable): benchmarks quote them with their figures.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut v = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some([v.next()??, v.next()??, v.next()??])
+}
+
 /// Fails unless `tool` is on the PATH, naming Debian's `package`.
 pub fn need(tool: &str, package: &str) -> Result<()> {
     let ok = Command::new("sh")
