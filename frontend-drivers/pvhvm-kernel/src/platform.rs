@@ -329,11 +329,20 @@ impl KPlatform {
             let mut g = self.grants.borrow_mut();
             let nr = g.frames.len() as u32;
             g.frames = setup_table(nr.max(1))?;
-            for &f in &g.frames {
-                for i in 0..GREFS_PER_FRAME as u64 {
+            for (n, &f) in g.frames.iter().enumerate() {
+                // Frame 0's reserved entries are the toolstack's (the
+                // console and xenstore pages it granted to their backends):
+                // consback and xenstored map them in the new domain.
+                let first = if n == 0 {
+                    u64::from(GNTTAB_NR_RESERVED_ENTRIES)
+                } else {
+                    0
+                };
+                for i in first..GREFS_PER_FRAME as u64 {
                     // SAFETY: `f` is one of our grant frames
                     // (identity-mapped); no peer maps the new domain's
-                    // entries yet; the words are written atomically.
+                    // unreserved entries yet; the words are written
+                    // atomically.
                     unsafe { AtomicU64::from_ptr(((f << 12) + 8 * i) as *mut u64) }
                         .store(0, Ordering::Relaxed);
                 }

@@ -209,6 +209,17 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
             T,
         );
         assert!(!log.contains("not supported"), "{log}");
+        // consback serves the new domain's console ring (introduced after
+        // the load, under its final name): the line in `guest-NAME.log`.
+        h.wait_log(
+            name,
+            &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
+            Duration::from_secs(5),
+        );
+        assert!(
+            h.log(&format!("{name}--incoming")).is_empty(),
+            "output logged under the incoming name"
+        );
         wait_passes(&h, name, 2, T);
         let r = rounds(&sender);
         println!("move {move_no}: {took:?}; pages per round {r:?}\n{sender}");
