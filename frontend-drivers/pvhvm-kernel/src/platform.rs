@@ -440,6 +440,32 @@ impl KPlatform {
         n
     }
 
+    /// Takes the page allocator's free pages but `keep` and writes a
+    /// non-zero byte into each (data a save or a migration carries, unlike
+    /// a zero page); they stay allocated for the kernel's life (a workload
+    /// whose RAM is in use). Returns the pages taken.
+    pub fn fill_free_pages(&self, keep: u64) -> u64 {
+        let mut pages = self.pages.borrow_mut();
+        let mut n = 0;
+        let mut want = pages.free_pages().saturating_sub(keep);
+        while want > 0 {
+            match pages.alloc(want) {
+                Ok(gfn) => {
+                    for g in gfn..gfn + want {
+                        // SAFETY: the page is free RAM, allocated to us
+                        // just now (and never freed) and identity-mapped;
+                        // nothing else uses it.
+                        unsafe { core::ptr::write_volatile((g << 12) as *mut u8, g as u8 | 1) };
+                    }
+                    n += want;
+                }
+                Err(_) => want /= 2,
+            }
+            want = want.min(pages.free_pages().saturating_sub(keep));
+        }
+        n
+    }
+
     /// Runs `f` on the xenstore client.
     pub fn with_xs<R>(
         &self,
