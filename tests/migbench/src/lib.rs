@@ -79,6 +79,10 @@ pub struct Args {
     /// built from, into `<target>/pvhvm-kernel`).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Copy the run's logs (backendd's, the VMMs', the console logs) into
+    /// this directory at the end.
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
 }
 
 /// Median and spread of some samples (ms).
@@ -180,6 +184,9 @@ pub struct Move {
     /// The guest's time inside its suspend hypercall (its "resumed in
     /// domain N after U us").
     pub guest_suspended_ms: f64,
+    /// From the guest's resume to its vif reconnected (its "vif N
+    /// reconnected, ..., U us after the resume"), for a netserve guest.
+    pub vif_after_resume_ms: Option<f64>,
     /// The largest gap between two ping replies (ms), when pinged.
     pub ping_gap_ms: Option<f64>,
 }
@@ -217,6 +224,7 @@ pub fn parse_sender(out: &str) -> Result<Move> {
         suspend_to_confirm_ms,
         steps,
         guest_suspended_ms: f64::NAN,
+        vif_after_resume_ms: None,
         ping_gap_ms: None,
     })
 }
@@ -235,6 +243,17 @@ pub fn largest_gap(ping_stdout: &str) -> (f64, usize) {
         .map(|w| w[1] - w[0])
         .fold(0.0f64, f64::max);
     (gap * 1e3, stamps.len())
+}
+
+/// The netserve guest's "vif N reconnected, mtu M, U us after the resume"
+/// (ms), the last one in `log`.
+#[must_use]
+pub fn vif_after_resume_ms(log: &str) -> Option<f64> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_suffix(" us after the resume")?.rsplit(' ').next())
+        .and_then(|us| us.parse::<f64>().ok())
+        .map(|us| us / 1e3)
 }
 
 /// The guest's "resumed in domain N after U us" (ms), the last one in `log`.
@@ -536,7 +555,12 @@ impl Bench {
         // target's confirmation): its first `ready`.
         self.wait_vmm(name, ready, 1)?;
         let mut m = parse_sender(&text)?;
-        m.guest_suspended_ms = guest_suspended_ms(&self.vmm_log(name)).unwrap_or(f64::NAN);
+        let log = self.vmm_log(name);
+        m.guest_suspended_ms = guest_suspended_ms(&log).unwrap_or(f64::NAN);
+        m.vif_after_resume_ms = vif_after_resume_ms(&log);
+        for l in log.lines().filter(|l| l.contains(" after ")) {
+            eprintln!("  guest: {l}");
+        }
         if let Some(h) = ping_out {
             let s = h
                 .join()
@@ -561,13 +585,15 @@ impl Bench {
         for rep in 0..reps {
             let m = one(self)?;
             eprintln!(
-                "{case} {}: {:.0} ms in all, pages per round {:?}, suspend to confirmation {:.0} ms ({}), guest suspended {:.0} ms, largest ping gap {}",
+                "{case} {}: {:.0} ms in all, pages per round {:?}, suspend to confirmation {:.0} ms ({}), guest suspended {:.0} ms, vif reconnected {} after the resume, largest ping gap {}",
                 rep + 1,
                 m.total_ms,
                 m.rounds,
                 m.suspend_to_confirm_ms,
                 m.steps,
                 m.guest_suspended_ms,
+                m.vif_after_resume_ms
+                    .map_or_else(|| "-".into(), |g| format!("{g:.0} ms")),
                 m.ping_gap_ms.map_or_else(|| "-".into(), |g| format!("{g:.0} ms"))
             );
             moves.push(m);
@@ -588,6 +614,8 @@ impl Bench {
             &col(|m| m.guest_suspended_ms),
             "ms",
         );
+        let vif: Vec<f64> = moves.iter().filter_map(|m| m.vif_after_resume_ms).collect();
+        report.add(case, "guest: vif reconnected after its resume", &vif, "ms");
         let rounds: Vec<String> = moves.iter().map(|m| format!("{:?}", m.rounds)).collect();
         report.notes.push(format!(
             "{case}: pages per round (round 0 first, the paused round last) {}; steps of the last: {}",
@@ -738,6 +766,20 @@ pub fn run(args: &Args) -> Result<Report> {
     report
         .notes
         .push(format!("load average at the end: {}", loadavg()));
+    if let Some(dir) = &args.logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        for from in [b.dom0.rundir(), b.dom0.console_logdir()] {
+            for e in std::fs::read_dir(&from).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    if let Some(f) = p.file_name() {
+                        std::fs::copy(&p, dir.join(f))
+                            .with_context(|| format!("copy {}", p.display()))?;
+                    }
+                }
+            }
+        }
+    }
     Ok(report)
 }
 
@@ -777,6 +819,17 @@ mod tests {
                    pvhvm-kernel: resumed in domain 3 after 45000 us: grant table\n";
         assert_eq!(guest_suspended_ms(log), Some(45.0));
         assert_eq!(guest_suspended_ms("nothing"), None);
+    }
+
+    #[test]
+    fn test_vif_after_resume_ms_of_the_reconnect_line() {
+        let log = "netserve: vif 0 reconnected, mtu 1500\n\
+                   netserve: vif 0 reconnected, mtu 1500, 34567 us after the resume\n";
+        assert_eq!(vif_after_resume_ms(log), Some(34.567));
+        assert_eq!(
+            vif_after_resume_ms("netserve: vif 0 reconnected, mtu 1500\n"),
+            None
+        );
     }
 
     #[test]
