@@ -284,17 +284,7 @@ fn ping(ns: &Netns, addr: &str, secs: u32) -> Output {
 /// The largest gap between two successive echo replies, the downtime as a
 /// client sees it, and the replies counted.
 fn largest_gap(ping: &Output) -> (Duration, usize) {
-    let out = String::from_utf8_lossy(&ping.stdout);
-    let stamps: Vec<f64> = out
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = stamps
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0f64, f64::max);
-    (Duration::from_secs_f64(gap), stamps.len())
+    xen_testhost::net::largest_ping_gap(&String::from_utf8_lossy(&ping.stdout))
 }
 
 /// A guest serving HTTP live-migrated over TCP twice on one host while a

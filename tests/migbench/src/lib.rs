@@ -100,22 +100,9 @@ impl Stat {
     /// `None` without samples.
     #[must_use]
     pub fn of(samples: &[f64]) -> Option<Stat> {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stat {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        })
+        let v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+        let (median, min, max) = xen_testhost::stats::spread(&v)?;
+        Some(Stat { median, min, max })
     }
 }
 
@@ -233,16 +220,8 @@ pub fn parse_sender(out: &str) -> Result<Move> {
 /// output, and the replies counted.
 #[must_use]
 pub fn largest_gap(ping_stdout: &str) -> (f64, usize) {
-    let stamps: Vec<f64> = ping_stdout
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = stamps
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0f64, f64::max);
-    (gap * 1e3, stamps.len())
+    let (gap, n) = xen_testhost::net::largest_ping_gap(ping_stdout);
+    (gap.as_secs_f64() * 1e3, n)
 }
 
 /// The netserve guest's "vif N reconnected, mtu M, U us after the resume"
