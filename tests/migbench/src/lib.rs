@@ -481,11 +481,13 @@ impl Bench {
                 break;
             }
         }
+        // Stopped (SIGINT) once the guest is back; its deadline only bounds
+        // a run that fails on the way.
         let ping = match addr {
             Some(a) => Some(Reaped(
                 self.ns
                     .cmd("ping")
-                    .args(["-n", "-D", "-i", "0.001", "-w", "6", a])
+                    .args(["-n", "-D", "-i", "0.001", "-w", "120", a])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
@@ -494,6 +496,7 @@ impl Bench {
             )),
             None => None,
         };
+        let ping_pid = ping.as_ref().map(|p| p.0.id());
         let ping_out = ping.map(|mut p| {
             let mut out = p.0.stdout.take();
             std::thread::spawn(move || {
@@ -540,13 +543,25 @@ impl Bench {
         for l in log.lines().filter(|l| l.contains(" after ")) {
             eprintln!("  guest: {l}");
         }
-        if let Some(h) = ping_out {
+        if let (Some(h), Some(pid)) = (ping_out, ping_pid) {
+            // Replies on the new domain for half a second, then stop.
+            let back = epoch_secs();
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             let s = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("the ping reader panicked"))?;
             let (gap, replies) = largest_gap(&s);
-            if replies < 100 {
-                bail!("ping got only {replies} replies:\n{s}");
+            let last = s
+                .lines()
+                .rev()
+                .filter(|l| l.contains("bytes from"))
+                .find_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok());
+            if replies < 100 || last.is_none_or(|t| t < back) {
+                bail!("ping got {replies} replies, none after the guest was back:\n{s}");
             }
             m.ping_gap_ms = Some(gap);
         }
@@ -634,6 +649,13 @@ fn output_within(child: Child, limit: Duration) -> Result<Output> {
             bail!("xl did not end within {limit:?}")
         }
     }
+}
+
+/// Seconds since the epoch (`ping -D`'s clock).
+fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn free_port() -> Result<u16> {
