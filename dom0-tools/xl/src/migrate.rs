@@ -13,7 +13,8 @@
 //!                                   <- "domain received, ready to unpause\0"
 //!    source renamed NAME--migratedaway
 //!    "domain is yours, you are cleared to unpause\0" ->
-//!                                      VMM "unpause", renamed NAME
+//!                                      renamed NAME, introduced (console
+//!                                      nodes, xenstore), VMM "unpause"
 //!                                   <- "my copy unpause results are as follows\0" + 0
 //!    source destroyed
 //! ```
@@ -504,28 +505,6 @@ fn open_fifo(path: &Path, domid: u16) -> Result<std::fs::File, MigrateError> {
     }
 }
 
-/// Connects to the incoming VMM's control socket once it has loaded the
-/// stream (it binds the socket after).
-fn await_loaded(name: &str, domid: u16) -> Result<UnixStream, MigrateError> {
-    let t0 = Instant::now();
-    let control = toolstack::shim(false)?;
-    let socket = toolstack::vmm_control_socket(name);
-    loop {
-        match UnixStream::connect(&socket) {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                let alive = control.domain_info(domid).is_ok_and(|i| i.pid.is_some());
-                if !alive || t0.elapsed() > VMM_WAIT {
-                    return Err(transport(format!(
-                        "reach domain {domid}'s VMM after the stream (it did not load it)"
-                    ))(e));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
-}
-
 /// What the receiver created, removed on failure.
 struct Incoming {
     domid: Option<u16>,
@@ -656,27 +635,20 @@ fn receive<R: Read, W: Write>(input: R, mut output: W) -> Result<u16, MigrateErr
             state.hvm.vcpus.len()
         )));
     }
-    let vmm = await_loaded(&incoming_name, created.domid)?;
+    let vmm = toolstack::await_loaded(&incoming_name, created.domid)?;
     output
         .write_all(READY)
         .and_then(|()| output.flush())
         .map_err(transport("send the ready message"))?;
     expect_msg(&mut input, GO, "permission to go")?;
+    // As Xen's receiver: renamed, then let run; in between introduced
+    // (console nodes, xenstore) under its final name, so that consback logs
+    // it to `guest-NAME.log` from its first line in this domain.
     let started = (|| -> Result<(), MigrateError> {
-        let mut out = vmm.try_clone().map_err(transport("use the VMM socket"))?;
-        writeln!(out, "unpause").map_err(transport("unpause the VMM"))?;
-        let mut answer = String::new();
-        BufReader::new(vmm)
-            .read_line(&mut answer)
-            .map_err(transport("unpause the VMM"))?;
-        if answer.trim() != "unpaused" {
-            return Err(MigrateError::Vmm {
-                domid: created.domid,
-                why: answer.trim().to_owned(),
-            });
-        }
         let control = toolstack::shim(false)?;
         toolstack::rename(&control, created.domid, &incoming_name, &name)?;
+        toolstack::introduce_restored(created.domid, &name)?;
+        toolstack::unpause_loaded(vmm, created.domid)?;
         Ok(())
     })();
     let rc = u8::from(started.is_err());

@@ -17,7 +17,9 @@
 //! `xl restore [-p] [-c] FILE`: reads the config from FILE's xl header, validates
 //! the whole file (every record, every page number against the config's memory)
 //! before anything is created, then creates the domain as `xl create` does, its VMM
-//! loading FILE instead of booting; `-c` attaches the console (`-p` is refused for
+//! loading FILE instead of booting, its vCPUs held until it is loaded and
+//! introduced (its console nodes and xenstore introduction come after the
+//! load, as libxl's); `-c` attaches the console (`-p` is refused for
 //! now: see [`restore`]).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -320,11 +322,25 @@ pub fn restore(file: &Path, paused: bool, console: bool) -> Result<u16, SaveRest
         incoming: false,
     };
     let c = toolstack::create_from(&restored_cfg, true, Some(&from))?;
+    // Held once loaded: introduced (console, xenstore), then let run, as
+    // libxl's build_post and unpause after the stream.
+    let started = toolstack::await_loaded(&c.name, c.domid).and_then(|vmm| {
+        let log = toolstack::introduce_restored(c.domid, &c.name)?;
+        toolstack::unpause_loaded(vmm, c.domid)?;
+        Ok(log)
+    });
+    let log = match started {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = toolstack::destroy_by_id(c.domid);
+            return Err(e.into());
+        }
+    };
     eprintln!(
         "Domain {} restored from {} (console log {})",
         c.domid,
         file.display(),
-        c.log.display()
+        log.display()
     );
     if console {
         let xs = toolstack::xenstore(false)?;

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -711,9 +712,8 @@ fn create_inner(
         if let Some(r) = restore {
             args.push("--restore".into());
             args.push(r.file.clone().into_os_string());
-            if r.incoming {
-                args.push("--incoming".into());
-            }
+            // Held until `introduce_restored` and `unpause_loaded`.
+            args.push(if r.incoming { "--incoming" } else { "--paused" }.into());
         }
     }
     let control = shim(start_daemons)?;
@@ -754,6 +754,11 @@ fn create_inner(
                 .map_or(0, |d| d.as_secs()),
         };
         let mut ops = xsplan::domain_ops(&plan);
+        // A restored domain gets its console and its introduction once its
+        // memory is loaded ([`introduce_restored`]).
+        if restore.is_none() {
+            ops.extend(xsplan::console_ops(domid, plan.console));
+        }
         for (d, b) in cfg.disks.iter().zip(&targets) {
             if pvhvm && is_emulated(d) {
                 continue;
@@ -773,9 +778,14 @@ fn create_inner(
                 mac,
             ));
         }
-        // The console log, truncated per boot; consback appends to it from
-        // the introduction on.
-        let log = console_log(&cfg.name)?;
+        // The console log, kept across boots; consback appends to it from
+        // the introduction on. An incoming domain's is created under its
+        // final name by [`introduce_restored`].
+        let log = if restore.is_some_and(|r| r.incoming) {
+            daemons::console_logdir().join(format!("guest-{}.log", cfg.name))
+        } else {
+            console_log(&cfg.name)?
+        };
         apply(&xs, &ops)?;
         if !cfg.disks.is_empty() && daemons::pidfile_alive(&daemons::rundir().join("backendd.pid"))
         {
@@ -787,8 +797,10 @@ fn create_inner(
                 .collect();
             wait_backends(&xs, domid, &disks)?;
         }
-        xs.introduce(domid, plan.store.0, plan.store.1)
-            .map_err(xs_err(format!("introduce domain {domid}")))?;
+        if restore.is_none() {
+            xs.introduce(domid, plan.store.0, plan.store.1)
+                .map_err(xs_err(format!("introduce domain {domid}")))?;
+        }
         write_cmdline(&control, domid, &cmdline)?;
         // The domain's cgroup, which the runtime (or VMM) joins before it
         // runs: everything the guest forks is held by it.
@@ -816,6 +828,87 @@ fn create_inner(
         let _ = destroy_domid(&control, &xs, domid);
     }
     r
+}
+
+/// The last steps of a restored or migrated domain `domid`, once its VMM
+/// has loaded the stream and the domain has its final `name` (libxl's
+/// `libxl__build_post` after `xc_domain_restore`): its console nodes and
+/// console log `guest-<name>.log`, and its introduction to xenstored.
+/// Before the load, consback and xenstored would have started on the empty
+/// ring pages and kept their indices while the stream replaced them.
+/// Returns the console log.
+///
+/// # Errors
+/// A shim, xenstore or log file failure.
+pub fn introduce_restored(domid: u16, name: &str) -> Result<PathBuf, ToolstackError> {
+    let control = shim(false)?;
+    let xs = xenstore(false)?;
+    let info = control
+        .domain_info(domid)
+        .map_err(shim_err(format!("read domain {domid}")))?;
+    let log = console_log(name)?;
+    apply(
+        &xs,
+        &xsplan::console_ops(domid, (info.layout.console_gfn(), info.console_port)),
+    )?;
+    xs.introduce(domid, info.layout.xenstore_gfn(), info.store_port)
+        .map_err(xs_err(format!("introduce domain {domid}")))?;
+    Ok(log)
+}
+
+/// How long [`await_loaded`] waits for a VMM to load its stream.
+const LOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// Connects to the control socket of the restoring VMM of domain `domid`
+/// (named `name`) once it has loaded its stream: it binds the socket after
+/// the load.
+///
+/// # Errors
+/// The VMM ended or did not load the stream within 30 s.
+pub fn await_loaded(name: &str, domid: u16) -> Result<UnixStream, ToolstackError> {
+    let t0 = Instant::now();
+    let control = shim(false)?;
+    let socket = vmm_control_socket(name);
+    loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => return Ok(s),
+            Err(source) => {
+                let alive = control.domain_info(domid).is_ok_and(|i| i.pid.is_some());
+                if !alive || t0.elapsed() > LOAD_WAIT {
+                    return Err(ToolstackError::Io {
+                        what: format!(
+                            "reach domain {domid}'s VMM after its stream (it did not load it)"
+                        ),
+                        source,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Lets the held vCPUs of a loaded VMM run (its control socket `vmm`,
+/// from [`await_loaded`]).
+///
+/// # Errors
+/// The VMM refused or did not answer.
+pub fn unpause_loaded(vmm: UnixStream, domid: u16) -> Result<(), ToolstackError> {
+    let io = |source| ToolstackError::Io {
+        what: format!("unpause domain {domid}'s VMM"),
+        source,
+    };
+    let mut out = vmm.try_clone().map_err(io)?;
+    writeln!(out, "unpause").map_err(io)?;
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(vmm), &mut answer).map_err(io)?;
+    if answer.trim() != "unpaused" {
+        return Err(ToolstackError::Unsupported(format!(
+            "the VMM of domain {domid} refused to unpause it: {}",
+            answer.trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The control socket of the VMM of the PVHVM domain `name`.
@@ -1210,7 +1303,8 @@ pub fn suspend_for_save(control: &Control, d: &DomainInfo) -> Result<bool, Tools
                     SUSPEND_TIMEOUT.as_secs()
                 )));
             }
-            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            // (A millisecond: the wait is part of a migration's downtime.)
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }

@@ -80,7 +80,7 @@ pub struct DomainPlan {
     pub vcpus: u32,
     /// xenstore ring gfn and event channel.
     pub store: (u64, u32),
-    /// console ring gfn and event channel.
+    /// console ring gfn and event channel ([`console_ops`]).
     pub console: (u64, u32),
     /// Seconds since the epoch, for `/vm/<uuid>/start_time`.
     pub start_time: u64,
@@ -134,13 +134,26 @@ pub fn domain_ops(p: &DomainPlan) -> Vec<XsOp> {
         ),
         w(format!("{home}/store/port"), p.store.1.to_string()),
         w(format!("{home}/store/ring-ref"), p.store.0.to_string()),
-        w(format!("{home}/console/port"), p.console.1.to_string()),
-        w(format!("{home}/console/ring-ref"), p.console.0.to_string()),
     ]);
     for i in 0..p.vcpus {
         ops.push(w(format!("{home}/cpu/{i}/availability"), "online"));
     }
     ops
+}
+
+/// The domain's console nodes (`console` of [`DomainPlan`]), which consback
+/// (xenconsoled's role) starts serving on as soon as they exist: written
+/// with [`domain_ops`] for a new domain, but for a restored or migrated one
+/// only once its memory is loaded (and it has its final name), as libxl
+/// writes them in `libxl__build_post` after the stream: a console started
+/// on the empty page would hold indices the stream then replaces.
+#[must_use]
+pub fn console_ops(domid: u16, console: (u64, u32)) -> Vec<XsOp> {
+    let home = format!("/local/domain/{domid}");
+    vec![
+        w(format!("{home}/console/port"), console.1.to_string()),
+        w(format!("{home}/console/ring-ref"), console.0.to_string()),
+    ]
 }
 
 /// The frontend directory of a vbd.
@@ -363,6 +376,19 @@ mod tests {
             .position(|o| matches!(o, XsOp::Write { path, .. } if path == "/local/domain/3/name"))
             .expect("name");
         assert!(home_dir < name);
+        // The console nodes are a step of their own (after a restore's load).
+        assert_eq!(value(&ops, "/local/domain/3/console/port"), None);
+    }
+
+    #[test]
+    fn test_console_ops_port_and_ring_ref() {
+        let ops = console_ops(3, (16387, 2));
+        assert_eq!(value(&ops, "/local/domain/3/console/port"), Some("2"));
+        assert_eq!(
+            value(&ops, "/local/domain/3/console/ring-ref"),
+            Some("16387")
+        );
+        assert_eq!(ops.len(), 2);
     }
 
     #[test]

@@ -165,8 +165,9 @@ fn suspend(p: &KPlatform) -> Option<u32> {
         }
         0 => match resume_new_domain(p) {
             Ok(()) => {
+                let setup = p.monotonic_ns().saturating_sub(t0) / 1000 - us;
                 println!(
-                    "pvhvm-kernel: resumed in domain {} after {us} us: grant table, events, xenstore and console set up again",
+                    "pvhvm-kernel: resumed in domain {} after {us} us: grant table, events, xenstore and console set up again in {setup} us",
                     p.domid()
                 );
                 NEW_DOMAINS.fetch_add(1, Ordering::Relaxed);

@@ -579,6 +579,19 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
             .min()
             .ok_or_else(|| String::from("no vif device (a vif= in xl.cfg?)"))?,
     };
+    if words.contains(&"memfill") {
+        // RAM in use: every free page but 8 MiB (for what the kernel still
+        // allocates, a resume's included) holds data for the kernel's life,
+        // as a guest's after a while of use (what a save or a migration's
+        // round 0 then carries).
+        let t0 = p.monotonic_ns();
+        let n = p.fill_free_pages(2048);
+        println!(
+            "netserve: filled {} KiB of free pages in {} us",
+            n * 4,
+            (p.monotonic_ns() - t0) / 1000
+        );
+    }
     let nf = connect(p, devid)?;
     let mut disk = match args.disk_seed {
         Some(seed) => Some(crate::workload::DiskRounds::connect(p, seed)?),
@@ -634,6 +647,14 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
     let mut moved_at = 0u64;
     loop {
         let t = ms(p.monotonic_ns());
+        // A xenstore event (the control watch: a suspend request) is looked
+        // at at once rather than at the next link check: the store port is
+        // in the idle wait's set below, and its pending bit (shared memory,
+        // no exit) is read every pass. Clearing it loses nothing: the
+        // xenstore client reads its ring whatever the bit says.
+        if p.evtchn_clear(p.store_port()).unwrap_or(false) {
+            next_check = 0;
+        }
         if t >= next_check || !dev.nf.is_connected() {
             next_check = t + LINK_CHECK_MS;
             let read = t >= next_read;
@@ -651,7 +672,11 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
                     .map_err(|e| format!("the vif cannot resume in the new domain: {e}"))?;
                 dev.error = None;
                 announce = true;
-                println!("netserve: vif {devid} resuming in domain {}", p.domid());
+                println!(
+                    "netserve: vif {devid} resuming in domain {} (offered to its backend in {} us)",
+                    p.domid(),
+                    p.monotonic_ns().saturating_sub(moved_at) / 1000
+                );
             }
             follow_link(p, &mut dev, read)?;
             if !dev.nf.is_connected() {
@@ -737,11 +762,12 @@ fn netserve_inner(p: &KPlatform, words: &[&str]) -> Result<u32, String> {
         let Some((port_tx, port_rx)) = dev.nf.ports(0) else {
             continue;
         };
-        let ports: Vec<evtchn_port_t> = if port_tx == port_rx {
+        let mut ports: Vec<evtchn_port_t> = if port_tx == port_rx {
             vec![port_rx]
         } else {
             vec![port_rx, port_tx]
         };
+        ports.push(p.store_port());
         NetFront::<KPlatform>::poll_ports(p, &ports, Some(Duration::from_micros(delay)))
             .map_err(|e| format!("poll: {e}"))?;
     }

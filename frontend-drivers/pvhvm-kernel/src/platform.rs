@@ -329,11 +329,20 @@ impl KPlatform {
             let mut g = self.grants.borrow_mut();
             let nr = g.frames.len() as u32;
             g.frames = setup_table(nr.max(1))?;
-            for &f in &g.frames {
-                for i in 0..GREFS_PER_FRAME as u64 {
+            for (n, &f) in g.frames.iter().enumerate() {
+                // Frame 0's reserved entries are the toolstack's (the
+                // console and xenstore pages it granted to their backends):
+                // consback and xenstored map them in the new domain.
+                let first = if n == 0 {
+                    u64::from(GNTTAB_NR_RESERVED_ENTRIES)
+                } else {
+                    0
+                };
+                for i in first..GREFS_PER_FRAME as u64 {
                     // SAFETY: `f` is one of our grant frames
                     // (identity-mapped); no peer maps the new domain's
-                    // entries yet; the words are written atomically.
+                    // unreserved entries yet; the words are written
+                    // atomically.
                     unsafe { AtomicU64::from_ptr(((f << 12) + 8 * i) as *mut u64) }
                         .store(0, Ordering::Relaxed);
                 }
@@ -427,6 +436,32 @@ impl KPlatform {
         }
         for (gfn, count) in runs {
             let _ = pages.free(gfn, count);
+        }
+        n
+    }
+
+    /// Takes the page allocator's free pages but `keep` and writes a
+    /// non-zero byte into each (data a save or a migration carries, unlike
+    /// a zero page); they stay allocated for the kernel's life (a workload
+    /// whose RAM is in use). Returns the pages taken.
+    pub fn fill_free_pages(&self, keep: u64) -> u64 {
+        let mut pages = self.pages.borrow_mut();
+        let mut n = 0;
+        let mut want = pages.free_pages().saturating_sub(keep);
+        while want > 0 {
+            match pages.alloc(want) {
+                Ok(gfn) => {
+                    for g in gfn..gfn + want {
+                        // SAFETY: the page is free RAM, allocated to us
+                        // just now (and never freed) and identity-mapped;
+                        // nothing else uses it.
+                        unsafe { core::ptr::write_volatile((g << 12) as *mut u8, g as u8 | 1) };
+                    }
+                    n += want;
+                }
+                Err(_) => want /= 2,
+            }
+            want = want.min(pages.free_pages().saturating_sub(keep));
         }
         n
     }

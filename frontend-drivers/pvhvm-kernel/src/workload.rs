@@ -25,8 +25,9 @@
 //!   line per path and direction;
 //! - `smp`: brings up vCPU 1 (`vmm_op(vcpu_up)`), which counts to 1000 in
 //!   shared memory in its own VMM thread and goes down again;
-//! - `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N] [disk [seed=N]]`:
-//!   connects the vif with `xen-netfront` and serves ICMP echo, TCP echo
+//! - `netserve ip=A.B.C.D/LEN [gw=A.B.C.D] [vif=N] [disk [seed=N]]
+//!   [memfill]`: (`memfill`: first fills the free RAM but 8 MiB with data
+//!   it keeps) connects the vif with `xen-netfront` and serves ICMP echo, TCP echo
 //!   (port 7) and HTTP/1.0 (port 80: `/` and `/bytes/N`) with `smoltcp`
 //!   until destroyed (see [`crate::net`]); with `disk`, also connects the
 //!   first vbd and runs the disk self-test once at the start and once

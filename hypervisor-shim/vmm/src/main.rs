@@ -29,6 +29,10 @@ struct Args {
     /// FIFO); the vCPUs wait for the control channel's "unpause".
     #[arg(long, requires = "restore")]
     incoming: bool,
+    /// With --restore: the loaded domain's vCPUs wait for the control
+    /// channel's "unpause" (`xl restore` introduces it first).
+    #[arg(long, requires = "restore")]
+    paused: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         control: a.control,
         config: a.config,
         incoming: a.incoming,
+        paused: a.paused,
     };
     match xen_vmm::run(&cfg) {
         Ok(xen_vmm::Outcome::Shutdown(_)) => ExitCode::SUCCESS,

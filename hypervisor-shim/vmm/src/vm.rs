@@ -65,6 +65,11 @@ pub enum Outcome {
     Crashed(String),
 }
 
+/// The reserved entries of grant frame 0 (`GNTTAB_NR_RESERVED_ENTRIES` v1
+/// entries: a restored guest's table is v1 until it sets it up again).
+const RESERVED_GRANT_BYTES: usize = xen_abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES as usize
+    * core::mem::size_of::<xen_abi::grant_table::grant_entry_v1>();
+
 /// What the VMM is told to run.
 #[derive(Debug, Clone, Default)]
 pub struct VmmConfig {
@@ -82,6 +87,9 @@ pub struct VmmConfig {
     /// FIFO the receiving `xl` feeds); the vCPUs wait for the control
     /// channel's "unpause".
     pub incoming: bool,
+    /// A restored domain's vCPUs wait for the control channel's "unpause"
+    /// (implied by `incoming`).
+    pub paused: bool,
 }
 
 enum Gate {
@@ -290,8 +298,18 @@ impl Vmm {
                 let si_gpa = layout.start_info_gfn() * xen_shim_proto::layout::PAGE_SIZE as u64;
                 let mut si = vec![0u8; xen_shim_proto::layout::PAGE_SIZE];
                 mem.read(si_gpa, &mut si)?;
+                // So do the reserved grant entries (console, xenstore) the
+                // shim seeded, as Xen's toolstack seeds them after a restore
+                // (`xc_dom_gnttab_seed`): the guest keeps them as they are.
+                let gt_gpa = layout
+                    .grant_frame_gfn(0)
+                    .ok_or_else(|| VmmError::Restore("the domain has no grant frame".into()))?
+                    * xen_shim_proto::layout::PAGE_SIZE as u64;
+                let mut reserved = [0u8; RESERVED_GRANT_BYTES];
+                mem.read(gt_gpa, &mut reserved)?;
                 let state = crate::snapshot::restore_file(path, &mem, cfg.incoming)?;
                 mem.write(si_gpa, &si)?;
+                mem.write(gt_gpa, &reserved)?;
                 (0, Some(state))
             }
             None => {
@@ -373,7 +391,7 @@ impl Vmm {
             park: crate::control::Park::default(),
             config_text,
             region,
-            incoming: crate::control::Hold::new(cfg.incoming),
+            incoming: crate::control::Hold::new(cfg.incoming || cfg.paused),
             reservation: Reservation::new(
                 hv.memory_file(),
                 layout.nr_ram_pages,
@@ -1330,8 +1348,8 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     if let Some(gate) = control {
         gate.release();
     }
-    if cfg.incoming {
-        eprintln!("xen-vmm: incoming domain loaded, waiting for unpause");
+    if cfg.incoming || cfg.paused {
+        eprintln!("xen-vmm: domain loaded, waiting for unpause");
         vmm.incoming.wait();
     }
     vmm.run(vcpus)

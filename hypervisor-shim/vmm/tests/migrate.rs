@@ -209,6 +209,17 @@ fn test_pvhvm_xl_migrate_tcp_localhost_keeps_disk_selftest_passing() {
             T,
         );
         assert!(!log.contains("not supported"), "{log}");
+        // consback serves the new domain's console ring (introduced after
+        // the load, under its final name): the line in `guest-NAME.log`.
+        h.wait_log(
+            name,
+            &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
+            Duration::from_secs(5),
+        );
+        assert!(
+            h.log(&format!("{name}--incoming")).is_empty(),
+            "output logged under the incoming name"
+        );
         wait_passes(&h, name, 2, T);
         let r = rounds(&sender);
         println!("move {move_no}: {took:?}; pages per round {r:?}\n{sender}");
@@ -273,17 +284,7 @@ fn ping(ns: &Netns, addr: &str, secs: u32) -> Output {
 /// The largest gap between two successive echo replies, the downtime as a
 /// client sees it, and the replies counted.
 fn largest_gap(ping: &Output) -> (Duration, usize) {
-    let out = String::from_utf8_lossy(&ping.stdout);
-    let stamps: Vec<f64> = out
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = stamps
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0f64, f64::max);
-    (Duration::from_secs_f64(gap), stamps.len())
+    xen_testhost::net::largest_ping_gap(&String::from_utf8_lossy(&ping.stdout))
 }
 
 /// A guest serving HTTP live-migrated over TCP twice on one host while a

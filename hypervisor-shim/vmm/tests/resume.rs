@@ -73,6 +73,13 @@ fn test_pvhvm_xl_save_restore_of_suspending_guest_reconnects_its_disk() {
         );
         let reconnected_in = t1.elapsed();
         assert!(!log.contains("not supported"), "{log}");
+        // consback serves the new domain's console ring (introduced after
+        // the load): the same line in the console log.
+        h.wait_log(
+            name,
+            &format!("pvhvm-kernel: vbd 51712 reconnected in domain {new_id}"),
+            Duration::from_secs(5),
+        );
         // The round the save cut and a whole one pass in the new domain
         // (the new VMM's log starts at the restore).
         let after = wait_passes(&h, name, 2, T);

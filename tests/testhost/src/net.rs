@@ -185,6 +185,22 @@ pub fn wait_link(
     }
 }
 
+/// The largest gap between two successive echo replies in the output of
+/// `ping -D` (the downtime a client sees), and the replies counted.
+#[must_use]
+pub fn largest_ping_gap(ping_stdout: &str) -> (Duration, usize) {
+    let stamps: Vec<f64> = ping_stdout
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0f64, f64::max);
+    (Duration::from_secs_f64(gap.max(0.0)), stamps.len())
+}
+
 /// Starts `backendd` inside `ns` as `xl` would start it, with `extra`
 /// arguments (its log appended to `<rundir>/backendd.log`, consback's
 /// console logs where [`Dom0::guest_log`] reads them); `xl` then finds it
