@@ -778,12 +778,11 @@ fn build_xs_bench(peers: &Path, out_dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The C xenstored runner and `xs-bench.c`: the copy in the repository
+/// (`tests/xsbench/peers`, from the team's shared peers directory), so a
+/// fresh clone has them.
 fn default_peers() -> PathBuf {
-    let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers");
-    if in_tree.join("c-xenstored.sh").exists() {
-        return in_tree;
-    }
-    PathBuf::from("/work/shared/peers")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
 fn default_xenstored() -> PathBuf {

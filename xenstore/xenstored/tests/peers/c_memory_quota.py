@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 # Xen 4.17's C xenstored's answer to a guest filling its `memory` quota, for comparison with
 # ours (tests/memory_quota.rs). A guest ring client for C xenstored under the peers' LD_PRELOAD
-# stub (/work/shared/peers/xsshim.c maps domain N's ring to <dir>/shim/ring-N and takes event
+# stub (tests/xsbench/peers/xsshim.c maps domain N's ring to <dir>/shim/ring-N and takes event
 # channel kicks as port numbers on <dir>/shim/evtchn.fifo): introduces domain 5, sets the global
 # memory quota to QUOTA, writes 500-byte nodes as the guest until refused and prints the error,
 # then a delete, a rewrite, C's quota report, a grown and a shrunk node and the nodes quota.
 # Requests stay below the 1024-byte ring (no wrap-around flow control here).
-#   DIR=$(mktemp -d); XSSHIM_LOG=1 /work/shared/peers/c-xenstored.sh start "$DIR"
-#   python3 c_memory_quota.py "$DIR" 20000; /work/shared/peers/c-xenstored.sh stop "$DIR"
+#   DIR=$(mktemp -d); XSSHIM_LOG=1 tests/xsbench/peers/c-xenstored.sh start "$DIR"
+#   python3 c_memory_quota.py "$DIR" 20000; tests/xsbench/peers/c-xenstored.sh stop "$DIR"
 # Measured (2026-12-07): write 35: ERROR EIO; memory 19686 for 37 nodes; grown node: ENOENT;
 # nodes quota: ENOSPC.
 import mmap, os, re, socket, struct, sys, time, subprocess
