@@ -135,6 +135,20 @@ impl<D: Driver> Backend for DriverBackend<D> {
     }
 }
 
+impl<D: Driver> Drop for DriverBackend<D> {
+    /// The device is gone (its frontend's domain destroyed or the device
+    /// detached): its connection first, then the domain's entry in the
+    /// shared gntdev's cache, which would otherwise keep the domain's
+    /// memory, active-grant and dirty-log files and its grant ledger mapped
+    /// and open for the life of backendd (found by `tests/soak`). Another
+    /// device of the same live domain keeps its own mappings and maps the
+    /// domain again on its next use.
+    fn drop(&mut self) {
+        self.disconnect();
+        self.handles.gntdev.release_domain(self.domid);
+    }
+}
+
 /// `a + b` by name (names of either, in `a`'s order then `b`'s new ones).
 fn add_statistics(a: &Statistics, b: &Statistics) -> Statistics {
     let mut sum = a.clone();
