@@ -233,6 +233,69 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daem
     Ok(d)
 }
 
+/// Starts backendd in `ns` under `xen-supervise`, as `xl` starts it
+/// (supervisor pid file `<rundir>/backendd-supervisor.pid`, its log
+/// `<rundir>/backendd.log`); waits for backendd's pid file. Killed on drop
+/// (the Dom0's drop then stops the orphaned backendd); [`stop_supervisor`]
+/// stops both cleanly.
+pub fn start_supervised_backendd_in(dom0: &Dom0, ns: &Netns) -> Result<Daemon> {
+    let rundir = dom0.rundir();
+    std::fs::create_dir_all(&rundir).context("create the rundir")?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(rundir.join("backendd.log"))
+        .context("open backendd.log")?;
+    let log2 = log.try_clone().context("dup the log fd")?;
+    let sup = dom0.libexec.join("xen-supervise");
+    let child = ns
+        .cmd(sup.to_str().context("utf-8 path")?)
+        .arg("--name")
+        .arg("backendd")
+        .arg("--pid-file")
+        .arg(rundir.join("backendd-supervisor.pid"))
+        .arg("--")
+        .arg(dom0.libexec.join("backendd"))
+        .arg("--xenstored")
+        .arg(dom0.xenstored_socket())
+        .arg("--shim-socket")
+        .arg(dom0.shim_socket())
+        .arg("--pid-file")
+        .arg(rundir.join("backendd.pid"))
+        .arg("--log-dir")
+        .arg(dom0.console_logdir())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .context("start xen-supervise")?;
+    let d = Daemon::new(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dom0.backendd_pid().is_none() {
+        if Instant::now() >= deadline {
+            bail!(
+                "backendd did not write its pid file within 10 s: {}",
+                std::fs::read_to_string(rundir.join("backendd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(d)
+}
+
+/// SIGTERM to the supervisor `d` (it stops backendd), then waits for it;
+/// its exit status.
+pub fn stop_supervisor(d: Daemon) -> Result<std::process::ExitStatus> {
+    let pid =
+        d.0.as_ref()
+            .map(Child::id)
+            .context("the supervisor's child")?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("a pid")?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    d.take().wait().context("wait for xen-supervise")
+}
+
 /// SIGKILLs backendd `d` (no clean-up: its TAPs go with its files,
 /// xenstore keeps what it wrote), checks it was the one in `dom0`'s pid
 /// file, and reaps it; its pid.
