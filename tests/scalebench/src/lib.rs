@@ -32,25 +32,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use xen_testhost::fleet::{
-    allocated_kib, backends_connected, base_image, load1, pids_with_cmdline, qcow2_overlay,
-    rss_anon, rss_pss, tail,
+    allocated_kib, backends_connected, base_image, libexec_dir, load1, pids_with_cmdline,
+    preflight, qcow2_overlay, rss_anon, rss_pss, tail,
 };
 use xen_testhost::net::{bridge_name, make_bridge, start_backendd_in, Netns};
-use xen_testhost::{need, Dom0};
+use xen_testhost::Dom0;
 use xenstore_client::{Client, XsOps};
 
 /// xenstore reads timed per guest.
 pub const XS_READS: usize = 200;
-
-/// The binaries `--libexec` must hold.
-pub const BINARIES: [&str; 6] = [
-    "xl",
-    "xen-supervise",
-    "backendd",
-    "xen-pvguest",
-    "xen-shimd",
-    "xenstored",
-];
 
 /// Command line.
 #[derive(Debug, Clone, Parser)]
@@ -260,38 +250,15 @@ fn xs_latency(xs: &Client, path: &str) -> Result<(Duration, Duration)> {
 
 /// Runs the benchmark (see the [crate docs](crate)).
 pub fn run(args: &Args) -> Result<Report> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "scalebench needs root (shim guests, FUSE, loop devices, namespaces): run it as root"
-        );
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
-    }
-    for (t, p) in [
-        ("qemu-img", "qemu-utils"),
-        ("ip", "iproute2"),
-        ("losetup", "mount"),
-    ] {
-        need(t, p)?;
-    }
-    let libexec = match &args.libexec {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("this binary's path")?
-            .parent()
-            .context("this binary's directory")?
-            .to_path_buf(),
-    };
-    for b in BINARIES {
-        if !libexec.join(b).is_file() {
-            bail!(
-                "{} is missing: build it (cargo build --release -p xen-xl -p xen-backendd \
-                 -p xen-pvguest -p xen-shimd -p xenstored -p scalebench) or pass --libexec",
-                libexec.join(b).display()
-            );
-        }
-    }
+    preflight(
+        "scalebench",
+        &[
+            ("qemu-img", "qemu-utils"),
+            ("ip", "iproute2"),
+            ("losetup", "mount"),
+        ],
+    )?;
+    let libexec = libexec_dir(args.libexec.as_deref(), "scalebench")?;
     let mut host = Dom0::start_supervised("scalebench-", &libexec)?;
     eprintln!(
         "scalebench: run {} in {}",

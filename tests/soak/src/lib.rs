@@ -52,27 +52,17 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
 use xen_testhost::fleet::{
-    backends_connected, base_image, fds_threads, load1, mapped_files, pids_with_cmdline,
-    qcow2_overlay, rss_anon, rss_pss, status_kib, tail,
+    backends_connected, base_image, fds_threads, libexec_dir, load1, mapped_files,
+    pids_with_cmdline, preflight, qcow2_overlay, rss_anon, rss_pss, status_kib, tail,
 };
 use xen_testhost::net::{
     bridge_name, make_bridge, start_supervised_backendd_in, stop_supervisor, Netns,
 };
-use xen_testhost::{need, run as run_cmd, Dom0};
+use xen_testhost::{run as run_cmd, Dom0};
 use xenstore_client::{Client, XsOps};
 
 /// The guests' init (`/sbin/soak` in the base image).
 pub const GUEST_INIT: &str = include_str!("../guest/soak.sh");
-
-/// The binaries `--libexec` must hold.
-pub const BINARIES: [&str; 6] = [
-    "xl",
-    "xen-supervise",
-    "backendd",
-    "xen-pvguest",
-    "xen-shimd",
-    "xenstored",
-];
 
 /// The services killed, in the order of [`Sample::services`].
 pub const SERVICES: [&str; 3] = ["backendd", "xenstored", "xen-shimd"];
@@ -1162,40 +1152,19 @@ impl Schedule {
 
 /// Runs the soak (see the [crate docs](crate)).
 pub fn run(args: &Args) -> Result<Report> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("soak needs root (shim guests, FUSE, loop devices, namespaces): run it as root");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
-    }
-    for (t, p) in [
-        ("qemu-img", "qemu-utils"),
-        ("ip", "iproute2"),
-        ("debugfs", "e2fsprogs"),
-        ("sha256sum", "coreutils"),
-    ] {
-        need(t, p)?;
-    }
+    preflight(
+        "soak",
+        &[
+            ("qemu-img", "qemu-utils"),
+            ("ip", "iproute2"),
+            ("debugfs", "e2fsprogs"),
+            ("sha256sum", "coreutils"),
+        ],
+    )?;
     if args.guests == 0 || args.slots == 0 {
         bail!("--guests and --slots must be at least 1");
     }
-    let libexec = match &args.libexec {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("this binary's path")?
-            .parent()
-            .context("this binary's directory")?
-            .to_path_buf(),
-    };
-    for b in BINARIES {
-        if !libexec.join(b).is_file() {
-            bail!(
-                "{} is missing: build it (cargo build --release -p xen-xl -p xen-backendd \
-                 -p xen-pvguest -p xen-shimd -p xenstored -p soak) or pass --libexec",
-                libexec.join(b).display()
-            );
-        }
-    }
+    let libexec = libexec_dir(args.libexec.as_deref(), "soak")?;
     catch_signals()?;
     let wall = Instant::now();
     let seed = args.seed.unwrap_or_else(|| {
@@ -1227,12 +1196,36 @@ pub fn run(args: &Args) -> Result<Report> {
         created: Vec::new(),
     };
     let result = soak(&mut rig, seed, wall);
+    // After a failure the logs outlive the run's directory.
+    if !result.as_ref().is_ok_and(Report::passed) {
+        match keep_logs(&rig.host) {
+            Ok(dir) => eprintln!("soak: logs kept in {}", dir.display()),
+            Err(e) => eprintln!("soak: keeping the logs failed: {e:#}"),
+        }
+    }
     // Whatever happened: guests down, then the services, the namespace.
     rig.host.destroy_guests();
     if let Err(e) = stop_supervisor(supervisor) {
         eprintln!("soak: stopping backendd's supervisor: {e:#}");
     }
     result
+}
+
+/// Copies the run's logs (the services', xl's, the runtimes' and the
+/// guests' consoles) to `<tmp>/soak-<pid>-logs`; that directory.
+fn keep_logs(host: &Dom0) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("soak-{}-logs", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    for src in [host.rundir(), host.console_logdir()] {
+        for e in std::fs::read_dir(&src).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                std::fs::copy(&p, dir.join(e.file_name()))
+                    .with_context(|| format!("copy {}", p.display()))?;
+            }
+        }
+    }
+    Ok(dir)
 }
 
 /// Writes [`GUEST_INIT`] as `/sbin/soak` (mode 0755) into the base image.
@@ -1354,22 +1347,35 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
         failures.push(format!("{e:#}"));
     }
     worker.finish()?;
-    for g in &guests {
-        let t = Instant::now();
-        let r = in_netns(&rig.ns.name, || loop {
-            check_interrupted()?;
-            match transfer_once(g) {
-                Ok(_) => return Ok(()),
-                Err(TransferError::Mismatch(m)) => bail!("wrong checksum: {m}"),
-                Err(TransferError::Cut(c)) if t.elapsed() > within => {
-                    bail!("not reachable within {within:?}: {c}")
+    // Every guest within one deadline (round after round over those not
+    // reached yet), so that a dead fleet costs the timeout once.
+    let t = Instant::now();
+    let mut left: Vec<&Guest> = guests.iter().collect();
+    let mut last_cut = BTreeMap::new();
+    while !left.is_empty() && t.elapsed() < within {
+        check_interrupted()?;
+        let mut still = Vec::new();
+        for g in left {
+            match in_netns(&rig.ns.name, || Ok(transfer_once(g)))? {
+                Ok(_) => {}
+                Err(TransferError::Mismatch(m)) => failures.push(format!("wrong checksum: {m}")),
+                Err(TransferError::Cut(c)) => {
+                    last_cut.insert(g.name.clone(), c);
+                    still.push(g);
                 }
-                Err(TransferError::Cut(_)) => std::thread::sleep(Duration::from_millis(500)),
             }
-        });
-        if let Err(e) = r {
-            failures.push(format!("{}: {e:#}", g.name));
         }
+        left = still;
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    for g in left {
+        failures.push(format!(
+            "{}: not reachable within {within:?}: {}",
+            g.name,
+            last_cut.get(&g.name).map_or("", String::as_str)
+        ));
     }
     std::thread::sleep(Duration::from_secs_f64(args.sample_every.min(5.0)));
     samples.push(rig.sample(t0, "end", guests.len()));
@@ -1382,7 +1388,8 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
         true,
         &mut failures,
     );
-    // Stop the writers; all records acknowledged by then are final.
+    // Stop the writers (one deadline for all); all records acknowledged by
+    // then are final.
     for g in &guests {
         let r = in_netns(&rig.ns.name, || {
             let addr: SocketAddr = format!("{}:{PORT_STOP}", g.ip).parse()?;
@@ -1392,13 +1399,18 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
             s.read_to_string(&mut out)?;
             Ok(out)
         });
-        if let Err(e) = r.and_then(|_| {
-            rig.host
-                .wait_log(&g.name, "soak-stopped", within)
-                .map(|_| ())
-        }) {
-            failures.push(format!("{}: its writer did not stop: {e:#}", g.name));
+        if let Err(e) = r {
+            failures.push(format!("{}: cannot stop its writer: {e:#}", g.name));
         }
+    }
+    let stopped = |g: &Guest| rig.host.guest_log(&g.name).contains("soak-stopped");
+    let _ = wait_for(within, "the writers to stop", || guests.iter().all(stopped));
+    check_interrupted()?;
+    for g in guests.iter().filter(|g| !stopped(g)) {
+        failures.push(format!(
+            "{}: its writer did not stop within {within:?}",
+            g.name
+        ));
     }
     let mut records: Vec<GuestRecords> = guests
         .iter()

@@ -8,7 +8,70 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xenstore_client::{Client, XsOps};
 
-use crate::{mkroot, run};
+use crate::{build_binaries, mkroot, need, run, DOM0_BINARIES, SUPERVISED_BINARIES};
+
+/// The binaries a many-guest run's `--libexec` holds: `xl`, `xen-supervise`,
+/// `backendd`, `xen-pvguest`, `xen-shimd`, `xenstored`.
+pub const FLEET_BINARIES: [(&str, &str); 6] = [
+    DOM0_BINARIES[0],
+    DOM0_BINARIES[1],
+    DOM0_BINARIES[2],
+    ("xen-pvguest", "xen-pvguest"),
+    SUPERVISED_BINARIES[0],
+    SUPERVISED_BINARIES[1],
+];
+
+/// Checks what a many-guest run (`what`: its name) needs: root,
+/// `/dev/fuse` and `tools` (`(tool, Debian package)`).
+pub fn preflight(what: &str, tools: &[(&str, &str)]) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "{what} needs root (shim guests, FUSE, loop devices, namespaces): run it as root"
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        anyhow::bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
+    }
+    for (t, p) in tools {
+        need(t, p)?;
+    }
+    Ok(())
+}
+
+/// The directory of [`FLEET_BINARIES`]: `given` (a `--libexec`) or the
+/// running binary's (package `package`, named in the error that says how to
+/// build them when one is missing).
+pub fn libexec_dir(given: Option<&Path>, package: &str) -> Result<PathBuf> {
+    let dir = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("this binary's path")?
+            .parent()
+            .context("this binary's directory")?
+            .to_path_buf(),
+    };
+    for (_, b) in FLEET_BINARIES {
+        if !dir.join(b).is_file() {
+            anyhow::bail!(
+                "{} is missing: build it (cargo build --release -p xen-xl -p xen-backendd \
+                 -p xen-pvguest -p xen-shimd -p xenstored -p {package}) or pass --libexec",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Builds [`FLEET_BINARIES`] next to `exe` (a test's `CARGO_BIN_EXE_...`:
+/// same target directory and profile) from the workspace at `workspace`;
+/// that directory (the run's `--libexec`).
+pub fn build_fleet_binaries(exe: &Path, workspace: &Path) -> Result<PathBuf> {
+    build_binaries(
+        exe.parent().context("<target>/<profile>")?,
+        workspace,
+        &FLEET_BINARIES,
+    )
+}
 
 /// The busybox root of `examples/mkroot.sh` (raw ext4) in `dir`, built
 /// from the workspace at `workspace` (a crate's directory there); its path.
