@@ -17,6 +17,10 @@ pub enum BackendError {
     /// Setting up the data path failed (grant map, event channel, I/O).
     #[error("cannot connect the backend: {0}")]
     Connect(String),
+    /// The shim daemon went away during the set-up (a restart): worth
+    /// trying again once it is back, not the frontend's fault.
+    #[error("cannot connect the backend for now (the shim daemon is away): {0}")]
+    ShimAway(String),
 }
 
 /// Identity and configuration of one device, read when it appears.

@@ -21,7 +21,7 @@ use xenstore_client::{Client, XsClientError, XsOps};
 
 use xen_diag::warn_limited;
 
-use crate::backend::{Backend, BackendFactory, DeviceInfo, Statistics};
+use crate::backend::{Backend, BackendError, BackendFactory, DeviceInfo, Statistics};
 use crate::state::{frontend_changed, FrontendState, Step};
 use crate::GUEST_LOG;
 
@@ -198,6 +198,11 @@ impl Drop for DeviceHandle {
     }
 }
 
+/// How long a device keeps trying to connect while the shim daemon is
+/// away (its supervisor restarts it within a second; the runtimes reattach
+/// within seconds).
+const SHIM_AWAY_RETRY: Duration = Duration::from_secs(60);
+
 struct Device {
     xs: Arc<Client>,
     info: DeviceInfo,
@@ -210,6 +215,9 @@ struct Device {
     /// consumed requests it never answered. Do not connect to them; wait
     /// until the frontend, seeing our InitWait, re-offers (Initialised).
     stale_frontend: bool,
+    /// Since when connecting fails because the shim daemon is away (its
+    /// restart), `None` while it does not.
+    shim_away_since: Option<Instant>,
     /// The counters last written to `statistics/`, and when.
     published: Option<(Statistics, Instant)>,
 }
@@ -229,6 +237,7 @@ fn device_main(
         failed: false,
         watching: false,
         stale_frontend: false,
+        shim_away_since: None,
         published: None,
     };
     let r = catch_unwind(AssertUnwindSafe(|| dev.run(&*factory, &rx, poll)));
@@ -388,8 +397,24 @@ impl Device {
         };
         match backend.connect(&reader) {
             Ok(nodes) => {
+                self.shim_away_since = None;
                 self.connected = true;
                 self.switch(XenbusState::Connected, &nodes);
+            }
+            // The shim restarting under the set-up: the next pass (an event
+            // or the poll) connects again, for up to SHIM_AWAY_RETRY; so
+            // does any error after that (a port the broken attempt bound
+            // stays bound until the restarted shim closes it after its
+            // reclaim grace).
+            Err(e)
+                if (matches!(e, BackendError::ShimAway(_)) || self.shim_away_since.is_some())
+                    && self
+                        .shim_away_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        < SHIM_AWAY_RETRY =>
+            {
+                warn_limited!(GUEST_LOG, path = %self.info.backend_path, error = %e, "connect failed: trying again");
             }
             Err(e) => self.fail(&e.to_string()),
         }

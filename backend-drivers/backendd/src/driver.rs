@@ -17,7 +17,7 @@ pub trait Driver: Send + std::fmt::Debug {
     /// The frontend's parameters, read at connect time.
     type Params;
     /// The driver's errors.
-    type Error: std::error::Error;
+    type Error: std::error::Error + 'static;
 
     /// The keys to write in the backend directory before InitWait.
     fn features(&self) -> Vec<(&'static str, String)>;
@@ -110,7 +110,13 @@ impl<D: Driver> Backend for DriverBackend<D> {
         let dev = self
             .driver
             .connect(&self.handles, self.domid, &params)
-            .map_err(|e| BackendError::Connect(ErrorChain(&e).to_string()))?;
+            .map_err(|e| {
+                if shim_away(&e) {
+                    BackendError::ShimAway(ErrorChain(&e).to_string())
+                } else {
+                    BackendError::Connect(ErrorChain(&e).to_string())
+                }
+            })?;
         self.device = Some(dev);
         self.connects = self.connects.saturating_add(1);
         Ok(Vec::new())
@@ -135,6 +141,39 @@ impl<D: Driver> Backend for DriverBackend<D> {
     }
 }
 
+impl<D: Driver> Drop for DriverBackend<D> {
+    /// The device is gone (its frontend's domain destroyed or the device
+    /// detached): its connection first, then the domain's entry in the
+    /// shared gntdev's cache, which would otherwise keep the domain's
+    /// memory, active-grant and dirty-log files and its grant ledger mapped
+    /// and open for the life of backendd (found by `tests/soak`). Another
+    /// device of the same live domain keeps its own mappings and maps the
+    /// domain again on its next use.
+    fn drop(&mut self) {
+        self.disconnect();
+        self.handles.gntdev.release_domain(self.domid);
+    }
+}
+
+/// Whether `e` comes from the shim daemon's control connection breaking
+/// or being refused (the daemon restarting), by its source chain.
+fn shim_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    use xen_shim_proto::protocol::ControlError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ControlError>() {
+            if matches!(
+                c,
+                ControlError::Io(_) | ControlError::Disconnected | ControlError::Connect { .. }
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// `a + b` by name (names of either, in `a`'s order then `b`'s new ones).
 fn add_statistics(a: &Statistics, b: &Statistics) -> Statistics {
     let mut sum = a.clone();
@@ -150,6 +189,23 @@ fn add_statistics(a: &Statistics, b: &Statistics) -> Statistics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver error wrapping another, as blkback's and netback's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("event channel set-up failed")]
+    struct Wrapped(#[source] xen_shim_proto::protocol::ControlError);
+
+    #[test]
+    fn test_shim_away_is_a_broken_or_refused_control_connection_anywhere_in_the_chain() {
+        use xen_shim_proto::protocol::ControlError;
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(shim_away(&Wrapped(ControlError::Io(reset))));
+        assert!(shim_away(&Wrapped(ControlError::Disconnected)));
+        assert!(shim_away(&ControlError::Disconnected));
+        // The daemon answering with a refusal is not its absence.
+        assert!(!shim_away(&Wrapped(ControlError::Unexpected("x".into()))));
+        assert!(!shim_away(&std::io::Error::other("not the shim")));
+    }
 
     #[test]
     fn test_add_statistics_sums_by_name_and_keeps_new_names() {

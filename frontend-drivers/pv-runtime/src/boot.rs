@@ -216,7 +216,32 @@ where
             .name("control".into())
             .spawn(move || crate::control::watch(p.as_ref(), &ctl, &stop))
     });
-    let result = body(rt.platform().as_ref(), &ctl, &mut out);
+    // While the body runs (a guest machine's init: the domain's whole
+    // life), a restart of the shim daemon is survived by reattaching as soon
+    // as it is back, as the idle loop below does: the data plane keeps
+    // working without the daemon, but until the runtime hands its ports
+    // back the daemon cannot give them to a new peer (a restarted xenstored
+    // could not bind the domain's store port, so the guest got no more
+    // watch events: found by tests/soak).
+    let body_done = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        let watcher = std::thread::Builder::new()
+            .name("reattach".into())
+            .spawn_scoped(s, || {
+                while !body_done.load(Ordering::Relaxed) {
+                    if rt.hub().disconnected() && rt.reattach(REATTACH_TIMEOUT) {
+                        tracing::info!("reattached to the restarted shim daemon");
+                    }
+                    std::thread::sleep(CONTROL_LOOK);
+                }
+            });
+        if let Err(e) = &watcher {
+            tracing::warn!(error = %e, "cannot start the reattach thread");
+        }
+        let r = body(rt.platform().as_ref(), &ctl, &mut out);
+        body_done.store(true, Ordering::Relaxed);
+        r
+    });
     let (reason, code) = match result {
         Err(e) => {
             let _ = emit(

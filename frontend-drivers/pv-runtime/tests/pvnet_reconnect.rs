@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use xen_testhost::net::{
     bridge_name, bridge_ports, iperf_receiver_gbps, kill_backendd, link, make_bridge,
-    start_backendd_in, wait_link, Daemon, Guests, Netns,
+    start_backendd_in, start_supervised_backendd_in, stop_supervisor, wait_link, Daemon, Guests,
+    Netns,
 };
 use xen_testhost::{need, Dom0};
 use xenstore_client::XsOps;
@@ -404,64 +405,6 @@ fn test_pv_nic_carrier_follows_the_backend_and_the_vif_carrier_follows_guest_rx(
     Ok(())
 }
 
-/// Starts backendd in `ns` under `xen-supervise`, as `xl` starts it
-/// (supervisor pid file `<rundir>/backendd-supervisor.pid`); waits for its
-/// pid file. Killed on drop (the Dom0's drop then stops the orphaned
-/// backendd); [`stop_supervisor`] stops both cleanly.
-fn start_supervised_backendd_in(host: &Dom0, ns: &Netns) -> Result<Daemon> {
-    use anyhow::Context;
-    let rundir = host.rundir();
-    std::fs::create_dir_all(&rundir).context("create the rundir")?;
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(rundir.join("backendd.log"))
-        .context("open backendd.log")?;
-    let log2 = log.try_clone().context("dup the log fd")?;
-    let sup = host.libexec.join("xen-supervise");
-    let child = ns
-        .cmd(sup.to_str().context("utf-8 path")?)
-        .arg("--name")
-        .arg("backendd")
-        .arg("--pid-file")
-        .arg(rundir.join("backendd-supervisor.pid"))
-        .arg("--")
-        .arg(host.libexec.join("backendd"))
-        .arg("--xenstored")
-        .arg(host.xenstored_socket())
-        .arg("--shim-socket")
-        .arg(host.shim_socket())
-        .arg("--pid-file")
-        .arg(rundir.join("backendd.pid"))
-        .arg("--log-dir")
-        .arg(host.console_logdir())
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .context("start xen-supervise")?;
-    let d = Daemon::new(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.backendd_pid().is_none() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "backendd did not write its pid file within 10 s: {}",
-            backendd_log(host)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(d)
-}
-
-/// SIGTERM to the supervisor (it stops backendd), then waits for it.
-fn stop_supervisor(d: Daemon) -> std::process::ExitStatus {
-    let mut c = d.take();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("a pid"));
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    c.wait().expect("wait for xen-supervise")
-}
-
 /// backendd SIGKILLed twice during an `iperf3` from Dom0 to the guest, and
 /// nothing in the test starts it again: its supervisor does (a new pid in
 /// the pid file within 2 s), the new backendd makes the TAP again, netfront
@@ -539,7 +482,7 @@ fn test_supervised_backendd_sigkill_during_iperf_is_restarted_and_traffic_resume
          iperf3:\n{iperf_out}\nguest log:\n{log}\nbackendd log:\n{blog}"
     );
     guests.destroy(&name)?;
-    let stopped = stop_supervisor(supervisor);
+    let stopped = stop_supervisor(supervisor)?;
 
     // Assert
     for (old, new, recovered) in &rounds {

@@ -31,22 +31,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use xen_testhost::fleet::{
+    allocated_kib, backends_connected, base_image, libexec_dir, load1, pids_with_cmdline,
+    preflight, qcow2_overlay, rss_anon, rss_pss, tail,
+};
 use xen_testhost::net::{bridge_name, make_bridge, start_backendd_in, Netns};
-use xen_testhost::{need, run as run_cmd, Dom0};
+use xen_testhost::Dom0;
 use xenstore_client::{Client, XsOps};
 
 /// xenstore reads timed per guest.
 pub const XS_READS: usize = 200;
-
-/// The binaries `--libexec` must hold.
-pub const BINARIES: [&str; 6] = [
-    "xl",
-    "xen-supervise",
-    "backendd",
-    "xen-pvguest",
-    "xen-shimd",
-    "xenstored",
-];
 
 /// Command line.
 #[derive(Debug, Clone, Parser)]
@@ -241,81 +235,6 @@ impl Report {
     }
 }
 
-/// `Rss` and `Pss` of process `pid` in KiB (`/proc/PID/smaps_rollup`).
-fn rss_pss(pid: i32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
-}
-
-/// `RssAnon` of process `pid` in KiB (`/proc/PID/status`).
-fn rss_anon(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Pids whose command line contains every one of `words`.
-fn pids_with_cmdline(words: &[&str]) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            words.iter().all(|w| c.contains(w))
-        })
-        .collect()
-}
-
-/// KiB allocated by the files under `dir`.
-fn allocated_kib(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.blocks() * 512 / 1024)
-        .sum()
-}
-
-fn load1() -> f64 {
-    xen_testhost::loadavg().map_or(0.0, |l| l[0])
-}
-
-/// Whether every backend of `domid` is Connected (there being `want` of
-/// them); `Err` once one has failed (state 5/6 after having connected is
-/// not expected here).
-fn backends_connected(xs: &Client, domid: u16, want: usize) -> Result<bool> {
-    let mut n = 0;
-    for kind in xs.directory("/local/domain/0/backend").unwrap_or_default() {
-        let dir = format!("/local/domain/0/backend/{kind}/{domid}");
-        let Ok(devs) = xs.directory(&dir) else {
-            continue;
-        };
-        for dev in devs {
-            n += 1;
-            let state = xs
-                .read_string(&format!("{dir}/{dev}/state"))
-                .unwrap_or_default();
-            if state != "4" {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(n >= want)
-}
-
 /// Median and 99th percentile of [`XS_READS`] reads of `path`.
 fn xs_latency(xs: &Client, path: &str) -> Result<(Duration, Duration)> {
     let mut v = Vec::with_capacity(XS_READS);
@@ -329,56 +248,17 @@ fn xs_latency(xs: &Client, path: &str) -> Result<(Duration, Duration)> {
     Ok((v[v.len() / 2], v[v.len() * 99 / 100]))
 }
 
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The busybox root of `examples/mkroot.sh` in `dir` (raw); its path.
-fn base_image(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    xen_testhost::mkroot(Path::new(env!("CARGO_MANIFEST_DIR")), dir)?;
-    // Only the raw image is the base; the others are not needed.
-    let _ = std::fs::remove_file(dir.join("pv-root.qcow2"));
-    let _ = std::fs::remove_file(dir.join("pv-root.cpio"));
-    Ok(dir.join("pv-root.img"))
-}
-
 /// Runs the benchmark (see the [crate docs](crate)).
 pub fn run(args: &Args) -> Result<Report> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "scalebench needs root (shim guests, FUSE, loop devices, namespaces): run it as root"
-        );
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
-    }
-    for (t, p) in [
-        ("qemu-img", "qemu-utils"),
-        ("ip", "iproute2"),
-        ("losetup", "mount"),
-    ] {
-        need(t, p)?;
-    }
-    let libexec = match &args.libexec {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("this binary's path")?
-            .parent()
-            .context("this binary's directory")?
-            .to_path_buf(),
-    };
-    for b in BINARIES {
-        if !libexec.join(b).is_file() {
-            bail!(
-                "{} is missing: build it (cargo build --release -p xen-xl -p xen-backendd \
-                 -p xen-pvguest -p xen-shimd -p xenstored -p scalebench) or pass --libexec",
-                libexec.join(b).display()
-            );
-        }
-    }
+    preflight(
+        "scalebench",
+        &[
+            ("qemu-img", "qemu-utils"),
+            ("ip", "iproute2"),
+            ("losetup", "mount"),
+        ],
+    )?;
+    let libexec = libexec_dir(args.libexec.as_deref(), "scalebench")?;
     let mut host = Dom0::start_supervised("scalebench-", &libexec)?;
     eprintln!(
         "scalebench: run {} in {}",
@@ -389,7 +269,10 @@ pub fn run(args: &Args) -> Result<Report> {
     let br = bridge_name("xsb", "s")?;
     make_bridge(&ns, &br, "10.78.255.254/16")?;
     let backendd = start_backendd_in(&host, &ns, &[])?;
-    let base = base_image(&host.dir().join("root"))?;
+    let base = base_image(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &host.dir().join("root"),
+    )?;
     let xs = Client::connect_path(host.xenstored_socket()).context("connect to xenstored")?;
     let services = |host: &Dom0| -> [u64; 3] {
         [
@@ -457,20 +340,7 @@ fn one_guest(
 ) -> Result<Row> {
     let name = format!("sc{}g{n}", std::process::id());
     let overlay = host.dir().join(format!("{name}.qcow2"));
-    run_cmd(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            base.to_str().context("utf-8 path")?,
-            overlay.to_str().context("utf-8 path")?,
-        ],
-    )?;
+    qcow2_overlay(base, &overlay)?;
     let ip = format!("10.78.{}.{}/16", n / 250, n % 250 + 1);
     let mac = format!(
         "00:16:3e:{:02x}:{:02x}:{:02x}",

@@ -18,15 +18,9 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
         "this test needs root (shim guests, FUSE, loop devices): run it as root"
     );
     let exe = Path::new(env!("CARGO_BIN_EXE_scalebench"));
-    let mut bins = xen_testhost::DOM0_BINARIES.to_vec();
-    bins.extend(xen_testhost::SUPERVISED_BINARIES);
-    bins.push(("xen-pvguest", "xen-pvguest"));
-    let libexec = xen_testhost::build_binaries(
-        exe.parent().expect("<target>/<profile>"),
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-        &bins,
-    )
-    .expect("build the binaries");
+    let libexec =
+        xen_testhost::fleet::build_fleet_binaries(exe, Path::new(env!("CARGO_MANIFEST_DIR")))
+            .expect("build the binaries");
 
     // Act
     let out = Command::new(exe)

@@ -25,9 +25,13 @@
 //! the pty the console tests type on; [`stats`] has the median, spread
 //! and paired ratios the benchmarks report; [`twohosts`] is the rig of
 //! two complete Dom0 hosts (own network and mount namespaces, one L2
-//! segment, a client, an NBD server) of the migration tests.
+//! segment, a client, an NBD server) of the migration tests; [`fleet`] has
+//! what the many-guest runs share (the base image and its qcow2 overlays,
+//! backends Connected, the services' memory, descriptors and mappings from
+//! `/proc`).
 
 pub mod ceph;
+pub mod fleet;
 pub mod net;
 pub mod shim;
 pub mod stats;

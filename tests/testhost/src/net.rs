@@ -206,6 +206,22 @@ pub fn largest_ping_gap(ping_stdout: &str) -> (Duration, usize) {
 /// console logs where [`Dom0::guest_log`] reads them); `xl` then finds it
 /// through its pid file.
 pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daemon> {
+    spawn_backendd_in(dom0, ns, false, extra)
+}
+
+/// Starts backendd in `ns` under `xen-supervise`, as `xl` starts it
+/// (supervisor pid file `<rundir>/backendd-supervisor.pid`, its log
+/// `<rundir>/backendd.log`); waits for backendd's pid file. Killed on drop
+/// (the Dom0's drop then stops the orphaned backendd); [`stop_supervisor`]
+/// stops both cleanly.
+pub fn start_supervised_backendd_in(dom0: &Dom0, ns: &Netns) -> Result<Daemon> {
+    spawn_backendd_in(dom0, ns, true, &[])
+}
+
+/// backendd (under `xen-supervise` when `supervised`) in `ns` with
+/// `extra` arguments, its output appended to `<rundir>/backendd.log`;
+/// waits for its pid file.
+fn spawn_backendd_in(dom0: &Dom0, ns: &Netns, supervised: bool, extra: &[&str]) -> Result<Daemon> {
     let rundir = dom0.rundir();
     std::fs::create_dir_all(&rundir).context("create the rundir")?;
     let pid_file = rundir.join("backendd.pid");
@@ -216,13 +232,25 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daem
         .open(rundir.join("backendd.log"))
         .context("open backendd.log")?;
     let log2 = log.try_clone().context("dup the log fd")?;
-    let child = ns
-        .cmd(
+    let backendd = dom0.libexec.join("backendd");
+    let mut cmd = if supervised {
+        let mut c = ns.cmd(
             dom0.libexec
-                .join("backendd")
+                .join("xen-supervise")
                 .to_str()
                 .context("utf-8 path")?,
-        )
+        );
+        c.arg("--name")
+            .arg("backendd")
+            .arg("--pid-file")
+            .arg(rundir.join("backendd-supervisor.pid"))
+            .arg("--")
+            .arg(&backendd);
+        c
+    } else {
+        ns.cmd(backendd.to_str().context("utf-8 path")?)
+    };
+    let child = cmd
         .arg("--xenstored")
         .arg(dom0.xenstored_socket())
         .arg("--shim-socket")
@@ -240,13 +268,28 @@ pub fn start_backendd_in(dom0: &Dom0, ns: &Netns, extra: &[&str]) -> Result<Daem
         .context("start backendd")?;
     let d = Daemon::new(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pid_file.exists() {
+    while dom0.backendd_pid().is_none() {
         if Instant::now() >= deadline {
-            bail!("backendd did not write its pid file within 10 s");
+            bail!(
+                "backendd did not write its pid file within 10 s: {}",
+                std::fs::read_to_string(rundir.join("backendd.log")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(d)
+}
+
+/// SIGTERM to the supervisor `d` (it stops backendd), then waits for it;
+/// its exit status.
+pub fn stop_supervisor(d: Daemon) -> Result<std::process::ExitStatus> {
+    let pid =
+        d.0.as_ref()
+            .map(Child::id)
+            .context("the supervisor's child")?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("a pid")?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    d.take().wait().context("wait for xen-supervise")
 }
 
 /// SIGKILLs backendd `d` (no clean-up: its TAPs go with its files,

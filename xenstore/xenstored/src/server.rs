@@ -70,6 +70,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// After connections closed, the heap is trimmed once the loop has been
 /// idle this long ...
 const TRIM_IDLE_MS: u16 = 100;
+/// How often a domain ring that could not be mapped is tried again.
+const RING_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a domain ring that cannot be mapped is tried again for.
+const RING_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 /// ... or after this many closes.
 const TRIM_AFTER_CLOSES: usize = 1024;
 /// Input buffer an idle connection may keep.
@@ -146,6 +150,14 @@ pub struct Server {
     bad_client_log: LogLimiter,
     work: Vec<ConnId>,
     retry: Vec<ConnId>,
+    /// Introduced domains whose ring could not be mapped yet, with when
+    /// that first failed: after a restart of the shim the bind is refused
+    /// until the guest's runtime has reattached (`EAGAIN`) or while the
+    /// shim still holds a dead xenstored's binding of the port (`EINVAL`,
+    /// until its reclaim grace ends). Tried again every [`RING_RETRY`]
+    /// until mapped, the domain released, or [`RING_RETRY_FOR`] passed.
+    pending_rings: Vec<(DomId, Instant)>,
+    last_ring_retry: Instant,
     overflowed: Vec<ConnId>,
     scratch: Vec<u8>,
     closed_since_trim: usize,
@@ -252,6 +264,8 @@ impl Server {
             bad_client_log: LogLimiter::new(10, std::time::Duration::from_secs(5)),
             work: Vec::new(),
             retry: Vec::new(),
+            pending_rings: Vec::new(),
+            last_ring_retry: Instant::now(),
             overflowed: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             closed_since_trim: 0,
@@ -349,9 +363,12 @@ impl Server {
         // first wait.
         let r = match self.flush() {
             Ok(()) => loop {
+                self.retry_rings();
                 let n = match self.wait(&mut events) {
                     Ok(0) => {
-                        self.trim();
+                        if self.closed_since_trim > 0 {
+                            self.trim();
+                        }
                         continue;
                     }
                     Ok(n) => n,
@@ -420,7 +437,9 @@ impl Server {
                 std::thread::yield_now();
             }
         }
-        let timeout = if self.closed_since_trim > 0 {
+        let timeout = if !self.pending_rings.is_empty() {
+            EpollTimeout::from(RING_RETRY.as_millis() as u16)
+        } else if self.closed_since_trim > 0 {
             EpollTimeout::from(TRIM_IDLE_MS)
         } else {
             EpollTimeout::NONE
@@ -521,6 +540,30 @@ impl Server {
     /// Gives the heap freed by closed connections back to the system
     /// (glibc keeps freed small blocks in its arenas otherwise, so RSS
     /// would stay at the peak number of connections).
+    /// Introduces again, at most every [`RING_RETRY`], the domains whose
+    /// ring could not be mapped (`pending_rings`); a domain released or
+    /// connected meanwhile leaves the list.
+    fn retry_rings(&mut self) {
+        if self.pending_rings.is_empty() || self.last_ring_retry.elapsed() < RING_RETRY {
+            return;
+        }
+        self.last_ring_retry = Instant::now();
+        for (domid, since) in std::mem::take(&mut self.pending_rings) {
+            let Some(d) = self.core.domains.get(domid) else {
+                continue;
+            };
+            if d.conn.is_some() {
+                continue;
+            }
+            let (mfn, port) = (d.mfn, d.port);
+            self.pending_rings.push((domid, since));
+            self.core
+                .actions
+                .push(DomainAction::Introduced { domid, mfn, port });
+        }
+        self.process_actions();
+    }
+
     fn trim(&mut self) {
         self.closed_since_trim = 0;
         // SAFETY: malloc_trim only releases free heap pages; no pointer
@@ -704,13 +747,30 @@ impl Server {
                                 self.core.close_conn(id);
                                 continue;
                             }
+                            self.pending_rings.retain(|(d, _)| *d != domid);
                             self.core.attach_domain_conn(domid, id);
                             self.core.restore_conn(domid, id);
                             // The guest may have written before we mapped.
                             self.retry.push(id);
                             tracing::info!(domid, conn = id, "domain ring connected");
                         }
-                        Err(e) => tracing::warn!(domid, error = %e, "cannot map domain ring"),
+                        Err(e) => {
+                            let first = self
+                                .pending_rings
+                                .iter()
+                                .find(|(d, _)| *d == domid)
+                                .map(|&(_, t)| t);
+                            self.pending_rings.retain(|(d, _)| *d != domid);
+                            let since = first.unwrap_or_else(Instant::now);
+                            if since.elapsed() < RING_RETRY_FOR {
+                                if first.is_none() {
+                                    tracing::warn!(domid, error = %e, "cannot map domain ring yet: trying again");
+                                }
+                                self.pending_rings.push((domid, since));
+                            } else {
+                                tracing::warn!(domid, error = %e, "cannot map domain ring: gave up");
+                            }
+                        }
                     }
                 }
                 DomainAction::Released { domid, conn } => {

@@ -349,6 +349,11 @@ impl Consoles {
             if let Some(e) = self.live.remove(&d) {
                 if let Some(h) = e.handle {
                     let _ = h.stop();
+                    // Its ring's domain out of the gntdev's cache (else its
+                    // files stay mapped and open).
+                    if let Some(g) = self.gntdev.get() {
+                        g.release_domain(d);
+                    }
                     tracing::info!(domid = d, "console stopped");
                 }
             }
