@@ -166,6 +166,9 @@ impl Service {
         };
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         match parts.as_slice() {
+            // A device's own counters (its thread writes them): nothing
+            // for it to look at.
+            [_, _, _, "statistics", ..] => {}
             [ty, dom, dev, ..] => {
                 let be = format!("{}/{ty}/{dom}/{dev}", self.root);
                 match self.devices.get(&be) {
