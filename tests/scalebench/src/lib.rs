@@ -18,7 +18,10 @@
 //!   guests' memory files under `/dev/shm` (the shim's);
 //! - the latency of a xenstore read from Dom0 (median and 99th percentile
 //!   of [`XS_READS`] reads) with that many guests up;
-//! - the 1-minute load average (the machine is shared).
+//! - the 1-minute load average (the machine is shared);
+//!
+//! and, with every guest up and idle, each thread's wake-ups a second
+//! ([`wakeups`]: the guests' runtimes, their monitors, the services).
 //!
 //! Where it stops, and why (xl's message, a timeout, the guest's console),
 //! is the report's last line. Everything (guests, the namespace and its
@@ -34,6 +37,14 @@ use clap::Parser;
 use xen_testhost::net::{bridge_name, make_bridge, start_backendd_in, Netns};
 use xen_testhost::{need, run as run_cmd, Dom0};
 use xenstore_client::{Client, XsOps};
+
+pub mod wakeups;
+
+use wakeups::{Role, Wakeups};
+
+/// How long the guests settle after the last one came up before their
+/// wake-ups are counted (their boots' last writes, the first watch events).
+pub const IDLE_SETTLE: Duration = Duration::from_secs(5);
 
 /// xenstore reads timed per guest.
 pub const XS_READS: usize = 200;
@@ -68,9 +79,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub every: u32,
     /// Keep the guests up this long after the last one came up (to look
-    /// at them) before destroying them (seconds).
+    /// at them) before destroying them (seconds; the idle wake-ups are
+    /// counted before).
     #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
+    /// Count every thread's wake-ups over this many seconds once the
+    /// guests are up and idle (after 5 s to settle; 0: not).
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
     /// The directory of `xl`, `xen-supervise`, `backendd`, `xen-pvguest`,
     /// `xen-shimd` and `xenstored` (default: this binary's).
     #[arg(long)]
@@ -127,6 +143,8 @@ pub struct Report {
     pub stop: Option<String>,
     /// Time to `xl destroy` every guest.
     pub destroy_all: Duration,
+    /// The idle wake-ups (`None`: not counted).
+    pub wakeups: Option<Wakeups>,
 }
 
 fn ms(d: Duration) -> String {
@@ -236,6 +254,10 @@ impl Report {
             Some(why) => {
                 let _ = writeln!(s, "- Stopped: {why}");
             }
+        }
+        if let Some(w) = &self.wakeups {
+            let _ = writeln!(s);
+            s.push_str(&w.markdown());
         }
         s
     }
@@ -430,6 +452,12 @@ pub fn run(args: &Args) -> Result<Report> {
             }
         }
     }
+    let wakeups = (args.idle_secs > 0 && !rows.is_empty()).then(|| {
+        std::thread::sleep(IDLE_SETTLE);
+        eprintln!("scalebench: counting wake-ups over {} s", args.idle_secs);
+        let procs = idle_processes(&host, &rows);
+        wakeups::measure(&procs, rows.len(), Duration::from_secs(args.idle_secs))
+    });
     std::thread::sleep(Duration::from_secs(args.hold_secs));
     let t = Instant::now();
     host.destroy_guests();
@@ -445,7 +473,51 @@ pub fn run(args: &Args) -> Result<Report> {
         rows,
         stop,
         destroy_all,
+        wakeups,
     })
+}
+
+/// The guest name of guest `n` of this run.
+fn guest_name(n: u32) -> String {
+    format!("sc{}g{n}", std::process::id())
+}
+
+/// The processes whose wake-ups are counted, by role: each guest's
+/// runtime and programs (its cgroup's members), its monitor, the services
+/// and their supervisors.
+fn idle_processes(host: &Dom0, rows: &[Row]) -> Vec<(Role, i32)> {
+    let mut v = Vec::new();
+    for r in rows {
+        let members = host
+            .guest_cgroup(r.domid)
+            .ok()
+            .flatten()
+            .map(|g| g.procs().unwrap_or_default())
+            .unwrap_or_default();
+        for p in members {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            // The runtime, its init waiter and its loop broker (`exe`: a
+            // re-exec of itself) are the guest's kernel; the rest its
+            // programs.
+            let role = if matches!(comm.trim(), "xen-pvguest" | "pvguest-waiter" | "exe") {
+                Role::Runtime
+            } else {
+                Role::GuestPrograms
+            };
+            v.push((role, p));
+        }
+        let cfg = format!("{}.cfg", guest_name(r.n));
+        for p in pids_with_cmdline(&["monitor-domain", &cfg]) {
+            v.push((Role::Monitor, p));
+        }
+    }
+    v.extend(host.backendd_pid().map(|p| (Role::Backendd, p)));
+    v.extend(host.service_pid("xenstored").map(|p| (Role::Xenstored, p)));
+    v.extend(host.service_pid("xen-shimd").map(|p| (Role::Shimd, p)));
+    for s in ["xenstored", "xen-shimd", "backendd"] {
+        v.extend(host.supervisor_pid(s).map(|p| (Role::Supervisor, p)));
+    }
+    v
 }
 
 /// Creates guest `n` and measures it (the services' memory is filled in by
@@ -458,7 +530,7 @@ fn one_guest(
     br: &str,
     n: u32,
 ) -> Result<Row> {
-    let name = format!("sc{}g{n}", std::process::id());
+    let name = guest_name(n);
     let overlay = host.dir().join(format!("{name}.qcow2"));
     run_cmd(
         "qemu-img",
@@ -549,7 +621,7 @@ fn one_guest(
         })
         .map(|&p| rss_pss(p).1)
         .sum::<u64>()
-        + pids_with_cmdline(&["monitor-domain", &name])
+        + pids_with_cmdline(&["monitor-domain", &format!("{name}.cfg")])
             .iter()
             .map(|&p| rss_pss(p).1)
             .sum::<u64>();
