@@ -88,9 +88,16 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
     /// The directory of `xl`, `xen-supervise`, `backendd`, `xen-pvguest`,
-    /// `xen-shimd` and `xenstored` (default: this binary's).
+    /// `xen-shimd` and `xenstored` (and `xen-vmm` with `--pvhvm`; default:
+    /// this binary's).
     #[arg(long)]
     pub libexec: Option<PathBuf>,
+    /// PVHVM guests instead: this kernel (`frontend-drivers/pvhvm-kernel`,
+    /// built by `cargo build --release` in its workspace) in a KVM virtual
+    /// machine run by `xen-vmm`, serving HTTP on its NIC (`netserve`) after
+    /// a self-test of its disk. Needs `/dev/kvm`.
+    #[arg(long, value_name = "KERNEL")]
+    pub pvhvm: Option<PathBuf>,
 }
 
 /// One guest's figures.
@@ -104,7 +111,8 @@ pub struct Row {
     pub xl_create: Duration,
     /// From `xl create` to every backend Connected.
     pub connected: Duration,
-    /// From `xl create` to the shell prompt on its console.
+    /// From `xl create` to the shell prompt on its console (a PVHVM
+    /// guest: to its network server up, after its disk's self-test).
     pub prompt: Duration,
     /// PSS of this guest's runtime and `xl` monitor (KiB).
     pub guest_pss_kib: u64,
@@ -387,6 +395,25 @@ pub fn run(args: &Args) -> Result<Report> {
     ] {
         need(t, p)?;
     }
+    // xl takes a relative kernel path from the config's directory.
+    let mut args = args.clone();
+    if let Some(k) = &args.pvhvm {
+        args.pvhvm = Some(std::fs::canonicalize(k).unwrap_or_else(|_| k.clone()));
+    }
+    let args = &args;
+    if let Some(k) = &args.pvhvm {
+        if !Path::new("/dev/kvm").exists() {
+            bail!("--pvhvm needs /dev/kvm (KVM): load kvm_intel or kvm_amd");
+        }
+        if !k.is_file() {
+            bail!(
+                "{} is missing: build the PVHVM kernel (cd frontend-drivers/pvhvm-kernel && \
+                 RUSTFLAGS=\"-C relocation-model=static\" cargo build --release --target \
+                 x86_64-unknown-linux-gnu --target-dir ../../target/pvhvm-kernel)",
+                k.display()
+            );
+        }
+    }
     let libexec = match &args.libexec {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -395,11 +422,13 @@ pub fn run(args: &Args) -> Result<Report> {
             .context("this binary's directory")?
             .to_path_buf(),
     };
-    for b in BINARIES {
+    let vmm = args.pvhvm.as_ref().map(|_| "xen-vmm");
+    for b in BINARIES.iter().copied().chain(vmm) {
         if !libexec.join(b).is_file() {
             bail!(
                 "{} is missing: build it (cargo build --release -p xen-xl -p xen-backendd \
-                 -p xen-pvguest -p xen-shimd -p xenstored -p scalebench) or pass --libexec",
+                 -p xen-pvguest -p xen-shimd -p xenstored -p xen-vmm -p scalebench) or pass \
+                 --libexec",
                 libexec.join(b).display()
             );
         }
@@ -497,9 +526,12 @@ fn idle_processes(host: &Dom0, rows: &[Row]) -> Vec<(Role, i32)> {
         for p in members {
             let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
             // The runtime, its init waiter and its loop broker (`exe`: a
-            // re-exec of itself) are the guest's kernel; the rest its
-            // programs.
-            let role = if matches!(comm.trim(), "xen-pvguest" | "pvguest-waiter" | "exe") {
+            // re-exec of itself), or a PVHVM guest's VMM, are the guest's
+            // kernel; the rest its programs.
+            let role = if matches!(
+                comm.trim(),
+                "xen-pvguest" | "pvguest-waiter" | "exe" | "xen-vmm"
+            ) {
                 Role::Runtime
             } else {
                 Role::GuestPrograms
@@ -553,22 +585,39 @@ fn one_guest(
         (n >> 8) as u8,
         n as u8
     );
-    let cfg = format!(
-        "name = \"{name}\"\ntype = 'pv'\nmemory = {}\nvcpus = 1\n\
-         root = '/dev/xvda'\nextra = 'rw console=hvc0'\n\
-         disk = [ 'format=qcow2, vdev=xvda, access=rw, target={}' ]\n\
-         vif = [ 'mac={mac}, bridge={br}, ip={ip}' ]\n\
-         on_poweroff = 'destroy'\non_reboot = 'destroy'\non_crash = 'preserve'\n",
-        args.memory,
+    let disk = format!(
+        "disk = [ 'format=qcow2, vdev=xvda, access=rw, target={}' ]",
         overlay.display()
     );
+    let vif = format!("vif = [ 'mac={mac}, bridge={br}, ip={ip}' ]");
+    let actions = "on_poweroff = 'destroy'\non_reboot = 'destroy'\non_crash = 'preserve'\n";
+    let (cfg, ready_mark) = match &args.pvhvm {
+        // The kernel connects its disk (one self-test round) and its NIC
+        // and serves until the toolstack stops it.
+        Some(kernel) => (
+            format!(
+                "name = \"{name}\"\ntype = 'pvh'\nmemory = {}\nvcpus = 1\nkernel = \"{}\"\n\
+                 extra = 'netserve ip={ip} disk'\n{disk}\n{vif}\n{actions}",
+                args.memory,
+                kernel.display()
+            ),
+            format!("netserve: {ip} up"),
+        ),
+        None => (
+            format!(
+                "name = \"{name}\"\ntype = 'pv'\nmemory = {}\nvcpus = 1\n\
+                 root = '/dev/xvda'\nextra = 'rw console=hvc0'\n{disk}\n{vif}\n{actions}",
+                args.memory
+            ),
+            format!("{name}:/# "),
+        ),
+    };
     let t0 = Instant::now();
     host.create_guest(&name, &cfg)?;
     let xl_create = t0.elapsed();
     let domid = host
         .domid(&name)?
         .with_context(|| format!("{name} is not in xl list after xl create"))?;
-    let prompt_mark = format!("{name}:/# ");
     let deadline = t0 + Duration::from_secs(args.timeout_secs);
     let (mut connected, mut prompt) = (None, None);
     while connected.is_none() || prompt.is_none() {
@@ -577,9 +626,12 @@ fn one_guest(
         }
         if prompt.is_none() {
             let log = host.guest_log(&name);
-            if log.contains(&prompt_mark) {
+            if log.contains(&ready_mark) {
                 prompt = Some(t0.elapsed());
-            } else if log.contains("pvguest frontend-failed") || log.contains("pvguest shutdown") {
+            } else if log.contains("pvguest frontend-failed")
+                || log.contains("pvguest shutdown")
+                || log.contains("FAIL")
+            {
                 bail!(
                     "the guest failed to boot; its console:\n{}\nbackendd's log:\n{}",
                     tail(&log, 20),
@@ -617,7 +669,7 @@ fn one_guest(
         .iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "xen-pvguest")
+                .is_ok_and(|c| matches!(c.trim(), "xen-pvguest" | "xen-vmm"))
         })
         .map(|&p| rss_pss(p).1)
         .sum::<u64>()

@@ -34,7 +34,7 @@ impl Role {
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
-            Role::Runtime => "runtime (xen-pvguest)",
+            Role::Runtime => "runtime (xen-pvguest, xen-vmm)",
             Role::Monitor => "monitor (xl)",
             Role::GuestPrograms => "guest programs",
             Role::Backendd => "backendd",

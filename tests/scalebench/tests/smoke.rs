@@ -96,7 +96,7 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
             .and_then(|l| l.trim_matches('|').split('|').nth(3)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no wake-ups row for {role}:\n{stdout}"))
     };
-    let idle = per_guest("runtime (xen-pvguest)") + per_guest("monitor (xl)");
+    let idle = per_guest("runtime (xen-pvguest, xen-vmm)") + per_guest("monitor (xl)");
     assert!(
         idle <= MAX_IDLE_WAKEUPS,
         "an idle guest's runtime and monitor wake {idle:.1} times a second (at most {MAX_IDLE_WAKEUPS}):\n{stdout}"
