@@ -162,12 +162,8 @@ fn stop_fd() -> Option<std::os::fd::RawFd> {
     if fd >= 0 {
         return Some(fd);
     }
-    // SAFETY: eventfd(2) takes two integers and returns a new descriptor
-    // or -1. It is kept for the life of the process (the handler uses it).
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
+    // Kept for the life of the process (the handler uses it).
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(xen_shim_proto::sys::eventfd().ok()?);
     STOP_FD.store(fd, Ordering::SeqCst);
     Some(fd)
 }
@@ -207,15 +203,8 @@ fn wait_child_or_stop(pidfd: Option<&std::os::fd::OwnedFd>, timeout: Duration) {
 
 /// A pidfd of the child `c` (`None` on a kernel without pidfd_open).
 fn pidfd_of(c: &Child) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     let pid = libc::pid_t::try_from(c.id()).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; nothing is borrowed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one
-    // else.
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    xen_shim_proto::sys::pidfd_open(pid).ok()
 }
 
 /// How an exit reads in the log.

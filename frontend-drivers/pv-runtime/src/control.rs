@@ -10,7 +10,7 @@
 //! / `on_reboot` actions apply.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,16 +113,10 @@ impl ShutdownControl {
     }
 }
 
-/// A pidfd of process `pid` (`pidfd_open(2)`), `None` where the kernel has
-/// none.
+/// A pidfd of process `pid` (the shim's `pidfd_open`), `None` where the
+/// kernel has none.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; nothing is borrowed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one
-    // else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    xen_shim_proto::sys::pidfd_open(pid).ok()
 }
 
 /// Waits until the process of `pidfd` ends, `ctl` (when given) has a
