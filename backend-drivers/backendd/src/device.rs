@@ -30,6 +30,15 @@ pub const MAX_BACKEND_NODES: usize = 256;
 /// Least time between two writes of a device's `statistics/` nodes (a
 /// reader sampling every second sees each second's counts).
 pub const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
+/// Least time between two writes of counters that moved only a little
+/// (less than [`BUSY_DELTA`] in all since the last write: the multicast
+/// chatter every guest on a bridge receives while others boot), so that
+/// a trickle does not cost every device six xenstore requests twice a
+/// second.
+pub const STATISTICS_TRICKLE: Duration = Duration::from_secs(2);
+/// Counter growth since the last write from which [`STATISTICS_INTERVAL`]
+/// applies.
+pub const BUSY_DELTA: u64 = 64;
 /// Longest sleep of a device thread between looks at its counters while
 /// they do not move (the look doubles from the service's poll up to this:
 /// an idle device wakes every few seconds, not twice a second).
@@ -477,7 +486,8 @@ impl Device {
     }
 
     /// Writes the backend's counters as `statistics/<name>` nodes, at most
-    /// every [`STATISTICS_INTERVAL`] and only those that changed (in one
+    /// every [`STATISTICS_INTERVAL`] ([`STATISTICS_TRICKLE`] while they
+    /// grow by less than [`BUSY_DELTA`]) and only those that changed (in one
     /// transaction, and never into a directory that is gone). The data
     /// path only bumps relaxed atomics; this thread reads them. Returns
     /// whether the counters moved (written now, or due at the interval's
@@ -499,7 +509,19 @@ impl Device {
         if changed.is_empty() {
             return false;
         }
-        if matches!(&self.published, Some((_, at)) if at.elapsed() < STATISTICS_INTERVAL) {
+        let growth: u64 = changed
+            .iter()
+            .map(|(k, v)| {
+                let old = last.iter().find(|(n, _)| n == k).map_or(0, |(_, o)| *o);
+                v.saturating_sub(old)
+            })
+            .fold(0, u64::saturating_add);
+        let interval = if growth >= BUSY_DELTA {
+            STATISTICS_INTERVAL
+        } else {
+            STATISTICS_TRICKLE
+        };
+        if matches!(&self.published, Some((_, at)) if at.elapsed() < interval) {
             return true;
         }
         let state_path = self.path("state");
