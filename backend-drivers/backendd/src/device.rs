@@ -36,8 +36,8 @@ pub const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
 /// a trickle does not cost every device six xenstore requests twice a
 /// second.
 pub const STATISTICS_TRICKLE: Duration = Duration::from_secs(2);
-/// Counter growth since the last write from which [`STATISTICS_INTERVAL`]
-/// applies.
+/// Growth of the event counters (packets, requests; not bytes or sectors)
+/// since the last write from which [`STATISTICS_INTERVAL`] applies.
 pub const BUSY_DELTA: u64 = 64;
 /// Longest sleep of a device thread between looks at its counters while
 /// they do not move (the look doubles from the service's poll up to this:
@@ -509,8 +509,10 @@ impl Device {
         if changed.is_empty() {
             return false;
         }
+        // Events, not volume: bytes and sectors grow by hundreds a packet.
         let growth: u64 = changed
             .iter()
+            .filter(|(k, _)| !k.ends_with("bytes") && !k.ends_with("sect"))
             .map(|(k, v)| {
                 let old = last.iter().find(|(n, _)| n == k).map_or(0, |(_, o)| *o);
                 v.saturating_sub(old)
