@@ -231,10 +231,22 @@ where
             .name("reattach".into())
             .spawn_scoped(s, || {
                 while !body_done.load(Ordering::Relaxed) {
-                    if rt.hub().disconnected() && rt.reattach(REATTACH_TIMEOUT) {
-                        tracing::info!("reattached to the restarted shim daemon");
+                    if rt.hub().disconnected() {
+                        if rt.reattach(REATTACH_TIMEOUT) {
+                            tracing::info!("reattached to the restarted shim daemon");
+                        }
+                        continue;
                     }
-                    std::thread::sleep(CONTROL_LOOK);
+                    // Sleeps until the connection breaks or the body ends
+                    // (it wakes the hub); once a shutdown is asked for, the
+                    // body ends soon: look every 100 ms.
+                    if rt
+                        .hub()
+                        .wait_shutdown_or(None, || body_done.load(Ordering::Relaxed))
+                        .is_some()
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             });
         if let Err(e) = &watcher {
@@ -242,6 +254,7 @@ where
         }
         let r = body(rt.platform().as_ref(), &ctl, &mut out);
         body_done.store(true, Ordering::Relaxed);
+        rt.hub().wake_all();
         r
     });
     let (reason, code) = match result {
