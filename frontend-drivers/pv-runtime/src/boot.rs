@@ -231,22 +231,10 @@ where
             .name("reattach".into())
             .spawn_scoped(s, || {
                 while !body_done.load(Ordering::Relaxed) {
-                    if rt.hub().disconnected() {
-                        if rt.reattach(REATTACH_TIMEOUT) {
-                            tracing::info!("reattached to the restarted shim daemon");
-                        }
-                        continue;
+                    if rt.hub().disconnected() && rt.reattach(REATTACH_TIMEOUT) {
+                        tracing::info!("reattached to the restarted shim daemon");
                     }
-                    // Sleeps until the connection breaks or the body ends
-                    // (it wakes the hub); once a shutdown is asked for, the
-                    // body ends soon: look every 100 ms.
-                    if rt
-                        .hub()
-                        .wait_shutdown_or(None, || body_done.load(Ordering::Relaxed))
-                        .is_some()
-                    {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    std::thread::sleep(CONTROL_LOOK);
                 }
             });
         if let Err(e) = &watcher {
@@ -254,7 +242,6 @@ where
         }
         let r = body(rt.platform().as_ref(), &ctl, &mut out);
         body_done.store(true, Ordering::Relaxed);
-        rt.hub().wake_all();
         r
     });
     let (reason, code) = match result {
