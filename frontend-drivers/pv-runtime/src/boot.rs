@@ -31,7 +31,6 @@ use crate::line::emit;
 use crate::platform::PvPlatform;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::PvGuestError;
-use xen_front_platform::Platform as _;
 
 /// Where the runtime's stdio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +123,9 @@ pub enum PvShutdown {
 /// How long the runtime keeps trying to reattach after the daemon went away.
 pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often an idle guest looks for a toolstack shutdown request.
+const CONTROL_LOOK: Duration = Duration::from_millis(100);
+
 fn reason_name(r: ShutdownReason) -> &'static str {
     match r {
         ShutdownReason::Poweroff => "poweroff",
@@ -212,11 +214,7 @@ where
         );
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || {
-                crate::control::watch(p.as_ref(), &ctl, &stop);
-                // A request: the idle loop below waits on the hub.
-                p.hub().wake_all();
-            })
+            .spawn(move || crate::control::watch(p.as_ref(), &ctl, &stop))
     });
     // While the body runs (a guest machine's init: the domain's whole
     // life), a restart of the shim daemon is survived by reattaching as soon
@@ -259,12 +257,7 @@ where
             if let Some(r) = ctl.requested() {
                 break (r, ExitCode::SUCCESS);
             }
-            // Sleeps until a request (the control thread wakes the hub),
-            // the daemon's shutdown or its connection breaking.
-            if let Some(r) = rt
-                .hub()
-                .wait_shutdown_or(None, || ctl.requested().is_some())
-            {
+            if let Some(r) = rt.hub().wait_shutdown(Some(CONTROL_LOOK)) {
                 break (r, ExitCode::SUCCESS);
             }
             if !rt.hub().disconnected() {
@@ -287,7 +280,6 @@ where
     // Not joined: without a xenstored the watcher may sit in a request
     // until the client's timeout; the process ends after the shutdown.
     ctl_stop.store(true, Ordering::Relaxed);
-    rt.platform().xs_wake_readers();
     drop(ctl_thread);
     let _ = emit(
         &mut out,
