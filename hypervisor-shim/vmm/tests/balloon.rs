@@ -183,19 +183,16 @@ fn test_mem_set_down_and_up_moves_the_memory_file_and_the_guest_keeps_its_disk()
     let took = follow(&file, "mem-set 256", |a| a >= low + 150 * MIB);
     let (high, free3, shm3) = (allocated(&file), meminfo("MemFree"), meminfo("Shmem"));
     eprintln!(
-        "mem-set 96 -> 256: memory file {} -> {} MiB in {took:?}; host Shmem +{} MiB, MemFree {:+} MiB",
+        "mem-set 96 -> 256: memory file {} -> {} MiB in {took:?}; host Shmem {:+} MiB, MemFree {:+} MiB",
         low / MIB,
         high / MIB,
-        shm3.saturating_sub(shm2) / MIB,
+        (shm3 as i64 - shm2 as i64) / MIB as i64,
         (free3 as i64 - free2 as i64) / MIB as i64
     );
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert!(
-        shm3 >= shm2 + (high - low) * 3 / 4,
-        "host Shmem {} -> {} MiB",
-        shm2 / MIB,
-        shm3 / MIB
-    );
+    // The file's own growth is what `follow` waited for; the host's Shmem
+    // is printed only, as on the way down (CI saw it fall by 11 MiB while
+    // this file grew by 155: other tests' guests ended meanwhile).
     wait_count(&h, "pvh-bal", "disk self-test: PASS at 262144 KiB", 2);
     assert_eq!(list_mem(&h, "pvh-bal"), 256);
 
