@@ -11,6 +11,17 @@ use xen_shim_guest::Hypervisor;
 use xen_shim_proto::protocol::DomainConfig;
 use xen_shimd::{self as daemon, DaemonConfig};
 
+/// Removes a test daemon's directory and memory directory, also when the
+/// test fails.
+struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 #[test]
 fn test_inprocess_daemon_guest_and_dom0_in_one_process() {
     // SAFETY: geteuid cannot fail.
@@ -25,13 +36,6 @@ fn test_inprocess_daemon_guest_and_dom0_in_one_process() {
         mem_dir: mem_dir.clone(),
         ..DaemonConfig::default()
     };
-    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let _cleanup = Cleanup(dir.clone(), mem_dir);
     let handle = daemon::spawn(cfg).expect("spawn the daemon");
     let ctl = Control::connect(handle.socket()).expect("connect");
@@ -90,13 +94,6 @@ fn test_first_domid_option_sets_where_domids_start() {
     .expect("parse");
     cfg.state_dir = dir.join("state");
     cfg.mem_dir = mem_dir.clone();
-    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let _cleanup = Cleanup(dir.clone(), mem_dir);
     let handle = daemon::spawn(cfg).expect("spawn the daemon");
     let ctl = Control::connect(handle.socket()).expect("connect");

@@ -216,14 +216,6 @@ pub fn parse_blkload(log: &str) -> Result<Vec<(String, Sample)>> {
     Ok(v)
 }
 
-fn default_libexec() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("find this executable")?;
-    Ok(exe
-        .parent()
-        .context("the executable has a directory")?
-        .to_path_buf())
-}
-
 fn make_image(path: &Path, bytes: u64) -> Result<()> {
     use std::io::Write;
     let mut f =
@@ -259,7 +251,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
     };
     let libexec = match &args.libexec {
         Some(d) => d.clone(),
-        None => default_libexec()?,
+        None => xen_testhost::exe_dir()?,
     };
     // randwrite is measured by default only on RBD (tmpfs's figure is
     // the randread one's); `--only randwrite` asks for it anywhere.

@@ -249,14 +249,6 @@ pub fn guest_suspended_ms(log: &str) -> Option<f64> {
         .map(|us| us / 1e3)
 }
 
-fn default_libexec() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("find this executable")?;
-    Ok(exe
-        .parent()
-        .context("the executable has a directory")?
-        .to_path_buf())
-}
-
 fn default_kernel(libexec: &Path) -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = libexec
@@ -281,7 +273,7 @@ impl Bench {
     fn start(args: &Args) -> Result<Bench> {
         let libexec = match &args.libexec {
             Some(d) => d.clone(),
-            None => default_libexec()?,
+            None => xen_testhost::exe_dir()?,
         };
         for b in ["xl", "xen-supervise", "backendd", "xen-vmm"] {
             if !libexec.join(b).exists() {

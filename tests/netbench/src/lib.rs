@@ -483,11 +483,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let libexec = match &args.libexec {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("own path")?
-            .parent()
-            .context("own directory")?
-            .to_path_buf(),
+        None => xen_testhost::exe_dir()?,
     };
     let (reps, args) = if args.quick {
         (

@@ -127,16 +127,23 @@ fn repo_default() -> PathBuf {
     std::fs::canonicalize(&p).unwrap_or(p)
 }
 
+/// The repository, the output directory and the notes' directory, from
+/// the arguments or their defaults.
+fn paths(args: &Args) -> (PathBuf, PathBuf, PathBuf) {
+    let repo = args.repo.clone().unwrap_or_else(repo_default);
+    let out = args.out.clone().unwrap_or_else(|| repo.join("docs"));
+    let notes_dir = args
+        .notes
+        .clone()
+        .unwrap_or_else(|| repo.join("docs/perf/notes"));
+    (repo, out, notes_dir)
+}
+
 /// Runs the report (see the crate's docs).
 pub fn run(args: &Args) -> Result<()> {
     if args.render_only {
         plot::load_font(&args.font)?;
-        let repo = args.repo.clone().unwrap_or_else(repo_default);
-        let out = args.out.clone().unwrap_or_else(|| repo.join("docs"));
-        let notes_dir = args
-            .notes
-            .clone()
-            .unwrap_or_else(|| repo.join("docs/perf/notes"));
+        let (_, out, notes_dir) = paths(args);
         let path = out.join("perf/perf.json");
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
@@ -163,12 +170,7 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     plot::load_font(&args.font)?;
-    let repo = args.repo.clone().unwrap_or_else(repo_default);
-    let out = args.out.clone().unwrap_or_else(|| repo.join("docs"));
-    let notes_dir = args
-        .notes
-        .clone()
-        .unwrap_or_else(|| repo.join("docs/perf/notes"));
+    let (repo, out, notes_dir) = paths(args);
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()

@@ -44,11 +44,7 @@ pub fn preflight(what: &str, tools: &[(&str, &str)]) -> Result<()> {
 pub fn libexec_dir(given: Option<&Path>, package: &str) -> Result<PathBuf> {
     let dir = match given {
         Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("this binary's path")?
-            .parent()
-            .context("this binary's directory")?
-            .to_path_buf(),
+        None => crate::exe_dir()?,
     };
     for (_, b) in FLEET_BINARIES {
         if !dir.join(b).is_file() {

@@ -824,6 +824,16 @@ pub fn run(prog: &str, args: &[&str]) -> Result<String> {
     stdout_of(&format!("{prog} {}", args.join(" ")), &out)
 }
 
+/// The directory of the running executable: where a benchmark's release
+/// build put the binaries it starts (its default `--libexec`).
+pub fn exe_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()
+        .context("this binary's path")?
+        .parent()
+        .context("this binary's directory")?
+        .to_path_buf())
+}
+
 /// `mount -o loop[,OPTS] FILE DIR`, retried for up to 5 s while mount says
 /// the loop device is busy: right after an `umount` of a loop mount of the
 /// same file the kernel is still detaching its (autoclear) loop device,

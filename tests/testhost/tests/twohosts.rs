@@ -128,6 +128,21 @@ fn netserve_guest(t: &TwoHosts, host: &Host, name: &str, ip: u8) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Whether a new 1000-byte download from the guest at `addr` succeeds
+/// (tells a stalled connection from a guest that lost its network).
+fn fresh_download_ok(t: &TwoHosts, addr: &str) -> anyhow::Result<bool> {
+    t.client_exec(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{addr}/bytes/1000"),
+        ],
+    )
+    .map(|o| o.status.success() && o.stdout == bytes_body(1000))
+}
+
 /// `/bytes/N`'s body: byte `i` is `b'a' + i % 26`.
 fn bytes_body(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
@@ -423,17 +438,7 @@ fn test_two_hosts_guest_saved_on_a_restored_on_b_keeps_its_address_and_connectio
     );
     if !download.status.success() {
         // Tell a stalled connection from a guest that lost its network.
-        let again = t
-            .client_exec(
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    &format!("http://{addr}/bytes/1000"),
-                ],
-            )
-            .map(|o| o.status.success() && o.stdout == bytes_body(1000));
+        let again = fresh_download_ok(&t, &addr);
         panic!(
             "curl across the move: {}\nthe guest answers a ping now: {:?}; \
              a new download from it succeeds: {again:?}\nits console on B:\n{}",
@@ -1161,17 +1166,7 @@ fn test_two_hosts_live_migration_back_and_forth_keeps_download_and_disk() {
     );
     let final_host = b;
     if !download.status.success() {
-        let again = t
-            .client_exec(
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    &format!("http://{addr}/bytes/1000"),
-                ],
-            )
-            .map(|o| o.status.success() && o.stdout == bytes_body(1000));
+        let again = fresh_download_ok(&t, &addr);
         panic!(
             "curl across the moves: {}\nthe guest answers a ping now: {:?}; \
              a new download from it succeeds: {again:?}\nits console on {}:\n{}",
