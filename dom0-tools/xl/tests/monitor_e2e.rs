@@ -200,10 +200,13 @@ fn test_xl_top_batch_shows_each_guests_disk_and_network_load_and_its_cpu() {
         );
         assert!(series(ng, col).iter().all(|v| *v == 0.0), "{out}");
     }
+    // NETTX/NETRX count whole KiB of a light load: one 1 s interval may
+    // not add one (CI here saw 116, 116, 117), so they never fall and grow
+    // over the run.
     for col in [NETTX, NETRX] {
         let s = series(ng, col);
         assert!(
-            s.windows(2).all(|w| w[1] > w[0]),
+            s.windows(2).all(|w| w[1] >= w[0]) && s.last() > s.first(),
             "{ng}: column {col} does not grow: {s:?}\n{out}"
         );
         assert!(series(dg, col).iter().all(|v| *v == 0.0), "{out}");
