@@ -75,6 +75,13 @@ pub trait Backend: Send {
         None
     }
 
+    /// Has `f` called when a connection fails (what [`Backend::failure`]
+    /// then reports), so that the device's thread sleeps until then
+    /// rather than looking; a backend that cannot fail ignores it.
+    fn set_failure_notifier(&mut self, f: xen_backend_common::FailureNotifier) {
+        let _ = f;
+    }
+
     /// The device's counters since it was probed (all its connections),
     /// published as `statistics/<name>` nodes of the backend directory
     /// (Xen's names where Xen has them: a vbd's `rd_req`, `rd_sect`...).

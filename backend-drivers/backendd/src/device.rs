@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,25 @@ pub const MAX_BACKEND_NODES: usize = 256;
 /// Least time between two writes of a device's `statistics/` nodes (a
 /// reader sampling every second sees each second's counts).
 pub const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
+/// Least time between two writes of counters that moved only a little
+/// (less than [`BUSY_DELTA`] in all since the last write: the multicast
+/// chatter every guest on a bridge receives while others boot), so that
+/// a trickle does not cost every device six xenstore requests twice a
+/// second.
+pub const STATISTICS_TRICKLE: Duration = Duration::from_secs(2);
+/// Growth of the event counters (packets, requests; not bytes or sectors)
+/// since the last write from which [`STATISTICS_INTERVAL`] applies.
+pub const BUSY_DELTA: u64 = 64;
+/// Longest sleep of a device thread between looks at its counters while
+/// they do not move (the look doubles from the service's poll up to this:
+/// an idle device wakes every few seconds, not twice a second).
+pub const STATISTICS_IDLE: Duration = Duration::from_secs(4);
+/// How often a device thread re-reads its state without an event (a safety
+/// net: the frontend's and the backend directory's watches, and the
+/// backend's failure notifier, wake it). It re-read the backend and
+/// frontend states every poll: three xenstore requests twice a second from
+/// every idle device.
+pub const STATE_SAFETY: Duration = Duration::from_secs(30);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -159,9 +178,10 @@ impl DeviceHandle {
             "dev-{}-{}-{}",
             info.device_type, info.frontend_domid, info.devid
         );
+        let wake = tx.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || device_main(xs, info, factory, rx, poll))
+            .spawn(move || device_main(xs, info, factory, rx, wake, poll))
             .map_err(DeviceError::Spawn)?;
         Ok(Self {
             tx,
@@ -227,6 +247,7 @@ fn device_main(
     info: DeviceInfo,
     factory: Arc<dyn BackendFactory>,
     rx: Receiver<DeviceEvent>,
+    wake: Sender<DeviceEvent>,
     poll: Duration,
 ) {
     let mut dev = Device {
@@ -240,7 +261,7 @@ fn device_main(
         shim_away_since: None,
         published: None,
     };
-    let r = catch_unwind(AssertUnwindSafe(|| dev.run(&*factory, &rx, poll)));
+    let r = catch_unwind(AssertUnwindSafe(|| dev.run(&*factory, &rx, wake, poll)));
     if r.is_err() {
         // The backend panicked: fail this device, keep the service up.
         dev.connected = false;
@@ -257,7 +278,13 @@ impl Device {
         format!("{}/{key}", self.info.backend_path)
     }
 
-    fn run(&mut self, factory: &dyn BackendFactory, rx: &Receiver<DeviceEvent>, poll: Duration) {
+    fn run(
+        &mut self,
+        factory: &dyn BackendFactory,
+        rx: &Receiver<DeviceEvent>,
+        wake: Sender<DeviceEvent>,
+        poll: Duration,
+    ) {
         let token = frontend_token(&self.info.backend_path);
         let fe_state = format!("{}/state", self.info.frontend_path);
         match self.xs.watch(&fe_state, &token) {
@@ -267,7 +294,17 @@ impl Device {
             }
         }
         match factory.create(&self.info) {
-            Ok(b) => self.backend = Some(b),
+            Ok(mut b) => {
+                // A failure wakes this thread (it sleeps until an event).
+                let wake = Mutex::new(wake);
+                b.set_failure_notifier(Arc::new(move || {
+                    let _ = wake
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .send(DeviceEvent::Changed);
+                }));
+                self.backend = Some(b);
+            }
             Err(e) => self.fail(&e.to_string()),
         }
         let fe_at_probe = self.xs.read_opt(&fe_state).unwrap_or(None);
@@ -289,24 +326,40 @@ impl Device {
                 Err(e) => self.fail(&e.to_string()),
             }
         }
+        // State changes come as events (the watches, the failure
+        // notifier); the counters are looked at every `poll` while they
+        // move, less and less often while they do not.
+        let mut look = poll;
+        let mut step_due = true;
+        let mut next_step = Instant::now() + STATE_SAFETY;
         loop {
-            if !self.step() {
-                break;
+            if step_due {
+                if !self.step() {
+                    break;
+                }
+                next_step = Instant::now() + STATE_SAFETY;
             }
-            self.publish_statistics();
-            match rx.recv_timeout(poll) {
-                Ok(DeviceEvent::Changed) | Err(RecvTimeoutError::Timeout) => {}
+            look = if self.publish_statistics() {
+                poll
+            } else {
+                (look * 2).clamp(poll, STATISTICS_IDLE.max(poll))
+            };
+            let wait = look.min(next_step.saturating_duration_since(Instant::now()));
+            step_due = match rx.recv_timeout(wait) {
+                Ok(DeviceEvent::Changed) => true,
+                Err(RecvTimeoutError::Timeout) => Instant::now() >= next_step,
                 Ok(DeviceEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.disconnect();
                     return;
                 }
-            }
+            };
             // Coalesce a burst of events into one pass.
             while let Ok(ev) = rx.try_recv() {
                 if ev == DeviceEvent::Shutdown {
                     self.disconnect();
                     return;
                 }
+                step_due = true;
             }
         }
         self.disconnect();
@@ -458,15 +511,17 @@ impl Device {
     }
 
     /// Writes the backend's counters as `statistics/<name>` nodes, at most
-    /// every [`STATISTICS_INTERVAL`] and only those that changed (in one
+    /// every [`STATISTICS_INTERVAL`] ([`STATISTICS_TRICKLE`] while they
+    /// grow by less than [`BUSY_DELTA`]) and only those that changed (in one
     /// transaction, and never into a directory that is gone). The data
-    /// path only bumps relaxed atomics; this thread reads them.
-    fn publish_statistics(&mut self) {
+    /// path only bumps relaxed atomics; this thread reads them. Returns
+    /// whether the counters moved (written now, or due at the interval's
+    /// end).
+    fn publish_statistics(&mut self) -> bool {
         let Some(b) = self.backend.as_ref() else {
-            return;
+            return false;
         };
         let last: Statistics = match &self.published {
-            Some((_, at)) if at.elapsed() < STATISTICS_INTERVAL => return,
             Some((last, _)) => last.clone(),
             None => Statistics::new(),
         };
@@ -477,7 +532,24 @@ impl Device {
             .copied()
             .collect();
         if changed.is_empty() {
-            return;
+            return false;
+        }
+        // Events, not volume: bytes and sectors grow by hundreds a packet.
+        let growth: u64 = changed
+            .iter()
+            .filter(|(k, _)| !k.ends_with("bytes") && !k.ends_with("sect"))
+            .map(|(k, v)| {
+                let old = last.iter().find(|(n, _)| n == k).map_or(0, |(_, o)| *o);
+                v.saturating_sub(old)
+            })
+            .fold(0, u64::saturating_add);
+        let interval = if growth >= BUSY_DELTA {
+            STATISTICS_INTERVAL
+        } else {
+            STATISTICS_TRICKLE
+        };
+        if matches!(&self.published, Some((_, at)) if at.elapsed() < interval) {
+            return true;
         }
         let state_path = self.path("state");
         let dir = self.path("statistics");
@@ -499,6 +571,7 @@ impl Device {
             }
         };
         self.published = Some((written, Instant::now()));
+        true
     }
 
     /// Fails this device only: log once, error node, disconnect, Closing.

@@ -5,7 +5,7 @@
 //! connected device's failure. Each type says only what is its own
 //! ([`Driver`]).
 
-use xen_backend_common::{Dom0Handles, LazyDom0Handles};
+use xen_backend_common::{Dom0Handles, FailureNotifier, LazyDom0Handles};
 use xen_diag::ErrorChain;
 
 use crate::backend::{Backend, BackendError, FrontendReader, Statistics};
@@ -45,6 +45,9 @@ pub trait Driver: Send + std::fmt::Debug {
     /// The connected device's failure, as a message.
     fn failure(device: &Self::Device) -> Option<String>;
 
+    /// Has `f` called at the connected device's first failure.
+    fn notify_failure(device: &Self::Device, f: FailureNotifier);
+
     /// The connected device's counters (of this connection).
     fn statistics(_device: &Self::Device) -> Statistics {
         Statistics::new()
@@ -62,7 +65,6 @@ pub(crate) fn handles(lazy: &LazyDom0Handles) -> Result<Dom0Handles, BackendErro
 }
 
 /// One device served by driver `D`.
-#[derive(Debug)]
 pub struct DriverBackend<D: Driver> {
     driver: D,
     handles: Dom0Handles,
@@ -72,6 +74,19 @@ pub struct DriverBackend<D: Driver> {
     past: Statistics,
     /// Connections made.
     connects: u64,
+    /// Told of each connection's first failure.
+    notifier: Option<FailureNotifier>,
+}
+
+impl<D: Driver> std::fmt::Debug for DriverBackend<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverBackend")
+            .field("driver", &self.driver)
+            .field("domid", &self.domid)
+            .field("device", &self.device)
+            .field("connects", &self.connects)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<D: Driver> DriverBackend<D> {
@@ -84,6 +99,7 @@ impl<D: Driver> DriverBackend<D> {
             device: None,
             past: Statistics::new(),
             connects: 0,
+            notifier: None,
         }
     }
 }
@@ -117,6 +133,9 @@ impl<D: Driver> Backend for DriverBackend<D> {
                     BackendError::Connect(ErrorChain(&e).to_string())
                 }
             })?;
+        if let Some(n) = &self.notifier {
+            D::notify_failure(&dev, std::sync::Arc::clone(n));
+        }
         self.device = Some(dev);
         self.connects = self.connects.saturating_add(1);
         Ok(Vec::new())
@@ -131,6 +150,13 @@ impl<D: Driver> Backend for DriverBackend<D> {
 
     fn failure(&self) -> Option<String> {
         self.device.as_ref().and_then(D::failure)
+    }
+
+    fn set_failure_notifier(&mut self, f: FailureNotifier) {
+        if let Some(d) = &self.device {
+            D::notify_failure(d, std::sync::Arc::clone(&f));
+        }
+        self.notifier = Some(f);
     }
 
     fn statistics(&self) -> Statistics {

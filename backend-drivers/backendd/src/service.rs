@@ -166,6 +166,9 @@ impl Service {
         };
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         match parts.as_slice() {
+            // A device's own counters (its thread writes them): nothing
+            // for it to look at.
+            [_, _, _, "statistics", ..] => {}
             [ty, dom, dev, ..] => {
                 let be = format!("{}/{ty}/{dom}/{dev}", self.root);
                 match self.devices.get(&be) {
@@ -173,7 +176,35 @@ impl Service {
                     None => self.try_add(ty, dom, dev),
                 }
             }
+            // One frontend domain's directory of one type (made or removed
+            // with a guest): only its devices. A whole rescan here read
+            // every device's directory and woke every device thread for
+            // each guest created, a cost growing with the guests.
+            [ty, dom] => {
+                let (ty, dom) = ((*ty).to_owned(), (*dom).to_owned());
+                self.scan_domain(&ty, &dom);
+            }
             _ => self.rescan(),
+        }
+    }
+
+    /// Starts the devices of `ty/dom` not yet running and wakes the running
+    /// ones (their directory may be gone).
+    fn scan_domain(&mut self, ty: &str, dom: &str) {
+        if !self.factories.contains_key(ty) {
+            return;
+        }
+        let prefix = format!("{}/{ty}/{dom}/", self.root);
+        for (be, d) in &self.devices {
+            if be.starts_with(&prefix) {
+                d.notify(DeviceEvent::Changed);
+            }
+        }
+        for dev in self.list(&format!("{}/{ty}/{dom}", self.root)) {
+            let be = format!("{prefix}{dev}");
+            if !self.devices.contains_key(&be) {
+                self.try_add(ty, dom, &dev);
+            }
         }
     }
 

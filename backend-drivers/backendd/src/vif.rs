@@ -124,6 +124,10 @@ impl Driver for NetBackend {
         let _ = device.disconnect();
     }
 
+    fn notify_failure(device: &Device, f: xen_backend_common::FailureNotifier) {
+        device.set_failure_notifier(f);
+    }
+
     fn failure(device: &Device) -> Option<String> {
         device.failure().map(|f| f.to_string())
     }

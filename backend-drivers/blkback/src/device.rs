@@ -49,8 +49,9 @@ const OVERLAP_RINGS: usize = 4;
 pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
 
 /// Longest sleep on the event channel before the worker looks at its stop
-/// flag again (a safety net: stopping also kicks the worker).
-const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// flag again (a safety net: stopping also kicks the worker; it was 500 ms:
+/// two wake-ups a second from every idle disk).
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a device failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +261,12 @@ impl Device {
     /// Waits up to `timeout` for a failure.
     pub fn wait_failure(&self, timeout: Duration) -> Option<DeviceFailure> {
         self.shared.failure.wait(timeout)
+    }
+
+    /// Has `f` called at the first failure (at once if there is one), for
+    /// an owner that sleeps on its own events.
+    pub fn set_failure_notifier(&self, f: xen_backend_common::FailureNotifier) {
+        self.shared.failure.set_notifier(f);
     }
 
     /// The counters.

@@ -18,7 +18,9 @@ pub mod keys;
 mod queue;
 
 pub use keys::{check_queue_count, parse_num, FrontendKeys, KeyError};
-pub use queue::{stop_queues, DeviceError, DeviceFailure, FailOnce, MappedBackRing, QueueThread};
+pub use queue::{
+    stop_queues, DeviceError, DeviceFailure, FailOnce, FailureNotifier, MappedBackRing, QueueThread,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

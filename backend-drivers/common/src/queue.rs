@@ -117,10 +117,26 @@ impl<R: std::fmt::Display> std::fmt::Display for DeviceFailure<R> {
 
 /// A device's first failure: set once by whichever queue fails first,
 /// read and waited for by the device's owner.
-#[derive(Debug)]
 pub struct FailOnce<F> {
     slot: Mutex<Option<F>>,
     changed: Condvar,
+    /// Called once with the first failure (the device's owner sleeps on
+    /// its own events, not on this condvar).
+    notify: Mutex<Option<FailureNotifier>>,
+}
+
+/// What [`FailOnce::set_notifier`] takes.
+pub type FailureNotifier = Arc<dyn Fn() + Send + Sync>;
+
+impl<F> std::fmt::Debug for FailOnce<F>
+where
+    F: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailOnce")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<F> Default for FailOnce<F> {
@@ -128,6 +144,7 @@ impl<F> Default for FailOnce<F> {
         Self {
             slot: Mutex::new(None),
             changed: Condvar::new(),
+            notify: Mutex::new(None),
         }
     }
 }
@@ -156,7 +173,26 @@ impl<F: Clone> FailOnce<F> {
             }
         };
         self.changed.notify_all();
+        if first {
+            let n = self
+                .notify
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(n) = n {
+                n();
+            }
+        }
         first
+    }
+
+    /// Has `f` called when the first failure is recorded (at once if one
+    /// already is), for an owner that waits on something else.
+    pub fn set_notifier(&self, f: FailureNotifier) {
+        *self.notify.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&f));
+        if self.lock().is_some() {
+            f();
+        }
     }
 
     /// The failure, if any.

@@ -77,8 +77,14 @@ const PUSH_EVERY: usize = 16;
 const TX_BUDGET_DIV: u32 = 4;
 /// A guest-triggerable message is logged at most once per this.
 const LOG_WINDOW: Duration = Duration::from_secs(5);
-/// Longest sleep before the worker looks at its stop flag again.
+/// Longest sleep before the worker looks at its stop flag and at a
+/// possible rx stall again, while the TAP is not polled (the guest has no
+/// rx room).
 const IDLE_WAIT_MS: i32 = 500;
+/// The same while the TAP is polled with the ports (a packet or an event
+/// wakes the worker; stopping kicks it): a safety net. It was
+/// [`IDLE_WAIT_MS`]: two wake-ups a second from every idle queue.
+const IDLE_WAIT_RX_MS: i32 = 5000;
 /// Largest packet read from the TAP (64 KiB GSO train plus headers).
 const RX_BUF: usize = 65536 + 128;
 
@@ -361,6 +367,12 @@ impl Device {
     #[must_use]
     pub fn wait_failure(&self, timeout: Duration) -> Option<DeviceFailure> {
         self.shared.failure.wait(timeout)
+    }
+
+    /// Has `f` called at the first failure (at once if there is one), for
+    /// an owner that sleeps on its own events.
+    pub fn set_failure_notifier(&self, f: xen_backend_common::FailureNotifier) {
+        self.shared.failure.set_notifier(f);
     }
 
     /// Whether the device has the carrier on (started, no queue stalled).
@@ -1303,9 +1315,13 @@ impl Worker {
                 revents: 0,
             },
         ];
-        let n = if can_rx { 2 } else { 1 };
+        let (n, ms) = if can_rx {
+            (2, IDLE_WAIT_RX_MS)
+        } else {
+            (1, IDLE_WAIT_MS)
+        };
         // SAFETY: `fds` is a live array of at least `n` pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), n, IDLE_WAIT_MS) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
         let woke = r > 0;
         if r < 0 {
             let e = std::io::Error::last_os_error();

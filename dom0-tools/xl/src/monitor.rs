@@ -30,8 +30,12 @@ use crate::config::{Action, XlConfig};
 use crate::daemons;
 use crate::toolstack::{self, ToolstackError};
 
-/// Longest wait for `VIRQ_DOM_EXC` between two looks at the domain.
-pub const POLL: Duration = Duration::from_millis(500);
+/// Longest wait for `VIRQ_DOM_EXC` between two looks at the domain (a
+/// safety net: the VIRQ fires on every shutdown, crash and destroy, and
+/// the handle reattaches by itself after a daemon restart). It was 500 ms:
+/// two wake-ups and two shim requests a second from every idle domain's
+/// monitor.
+pub const POLL: Duration = Duration::from_secs(5);
 
 /// How often the monitor looks when it has no `VIRQ_DOM_EXC`.
 pub const POLL_FALLBACK: Duration = Duration::from_millis(20);

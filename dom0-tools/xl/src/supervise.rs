@@ -140,8 +140,71 @@ impl Backoff {
 /// The signal the supervisor got (SIGTERM or SIGINT), 0 for none.
 static STOP: AtomicI32 = AtomicI32::new(0);
 
+/// An eventfd the stop handler writes (-1: none yet), so that the waits
+/// below sleep until the child ends or a stop comes, without polling.
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
 extern "C" fn on_stop(sig: libc::c_int) {
     STOP.store(sig, Ordering::SeqCst);
+    let fd = STOP_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `one` is a live local of
+        // the 8 bytes an eventfd takes; a failure is of no consequence
+        // (the flag is set, the waits also time out).
+        let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// The stop eventfd, made once (before the handlers are installed).
+fn stop_fd() -> Option<std::os::fd::RawFd> {
+    let fd = STOP_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        return Some(fd);
+    }
+    // Kept for the life of the process (the handler uses it).
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(xen_shim_proto::sys::eventfd().ok()?);
+    STOP_FD.store(fd, Ordering::SeqCst);
+    Some(fd)
+}
+
+/// Waits until the process of `pidfd` ends, a stop signal comes (the stop
+/// eventfd) or `timeout` passes; without a pidfd or the eventfd, at most
+/// 20 ms (the loops then poll as before).
+fn wait_child_or_stop(pidfd: Option<&std::os::fd::OwnedFd>, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let stop = STOP_FD.load(Ordering::SeqCst);
+    let Some(pidfd) = pidfd.filter(|_| stop >= 0) else {
+        std::thread::sleep(timeout.min(Duration::from_millis(20)));
+        return;
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // Once a stop came the eventfd stays readable: only the child
+            // then (a negative fd is ignored by poll).
+            fd: if STOP.load(Ordering::SeqCst) == 0 {
+                stop
+            } else {
+                -1
+            },
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: two live pollfds of a local array, its length passed.
+    let _ = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+}
+
+/// A pidfd of the child `c` (`None` on a kernel without pidfd_open).
+fn pidfd_of(c: &Child) -> Option<std::os::fd::OwnedFd> {
+    let pid = libc::pid_t::try_from(c.id()).ok()?;
+    xen_shim_proto::sys::pidfd_open(pid).ok()
 }
 
 /// How an exit reads in the log.
@@ -184,7 +247,19 @@ fn sleep_unless_stopped(d: Duration) {
         if now >= end {
             return;
         }
-        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        let fd = STOP_FD.load(Ordering::SeqCst);
+        if fd < 0 {
+            std::thread::sleep((end - now).min(Duration::from_millis(20)));
+            continue;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from((end - now).as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one live pollfd.
+        let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 }
 
@@ -211,6 +286,7 @@ impl Spec {
 /// [`SuperviseError::Io`] when the pid file cannot be written; a service
 /// that cannot be started is retried with backoff like one that died.
 pub fn run(spec: &Spec) -> Result<(), SuperviseError> {
+    let _ = stop_fd();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe; the handler is a valid `extern "C" fn`.
@@ -281,6 +357,9 @@ pub fn run(spec: &Spec) -> Result<(), SuperviseError> {
 /// (SIGKILL after 10 s). `None` only if waiting failed.
 fn wait(c: &mut Child) -> Result<Option<ExitStatus>, SuperviseError> {
     let mut passed: Option<Instant> = None;
+    // The child's end and a stop wake the wait: no polling (it looked every
+    // 20 ms: fifty wake-ups a second from each supervisor).
+    let pidfd = pidfd_of(c);
     loop {
         match c.try_wait() {
             Ok(Some(st)) => return Ok(Some(st)),
@@ -308,7 +387,13 @@ fn wait(c: &mut Child) -> Result<Option<ExitStatus>, SuperviseError> {
                 Some(_) => {}
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // After a stop the eventfd stays readable: look again in 100 ms.
+        let timeout = if passed.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(60)
+        };
+        wait_child_or_stop(pidfd.as_ref(), timeout);
     }
 }
 

@@ -168,6 +168,15 @@ pub unsafe trait Platform {
         timeout: Option<Duration>,
     ) -> Result<bool, PlatformError>;
 
+    /// Makes local port `port` pending as if its peer had sent on it, so
+    /// that a thread waiting for it ([`Platform::evtchn_poll`]) wakes and
+    /// looks at its stop flag or its device's state: a spurious event to
+    /// the port's driver (a ring consumer looks and finds nothing). A
+    /// platform whose waits end by themselves needs nothing (the default).
+    fn evtchn_wake(&self, port: evtchn_port_t) {
+        let _ = port;
+    }
+
     // ----------------------------------------------------------------------
     // Xenstore (`xs_wire.h`). Relative paths are relative to
     // `/local/domain/<domid>`.
@@ -200,6 +209,12 @@ pub unsafe trait Platform {
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError>;
+
+    /// Makes every thread waiting in [`Platform::xs_read_watch`] return
+    /// soon (`Ok(None)` unless an event is there), so that a loop around
+    /// it looks at its stop flag: call it after setting one. A platform
+    /// whose waits end by themselves needs nothing (the default).
+    fn xs_wake_readers(&self) {}
 
     /// `XS_TRANSACTION_START`.
     fn xs_transaction_start(&self) -> Result<XsTransaction, PlatformError>;

@@ -31,6 +31,7 @@ use crate::line::emit;
 use crate::platform::PvPlatform;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::PvGuestError;
+use xen_front_platform::Platform as _;
 
 /// Where the runtime's stdio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,9 +124,6 @@ pub enum PvShutdown {
 /// How long the runtime keeps trying to reattach after the daemon went away.
 pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often an idle guest looks for a toolstack shutdown request.
-const CONTROL_LOOK: Duration = Duration::from_millis(100);
-
 fn reason_name(r: ShutdownReason) -> &'static str {
     match r {
         ShutdownReason::Poweroff => "poweroff",
@@ -214,7 +212,11 @@ where
         );
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || crate::control::watch(p.as_ref(), &ctl, &stop))
+            .spawn(move || {
+                crate::control::watch(p.as_ref(), &ctl, &stop);
+                // A request: the idle loop below waits on the hub.
+                p.hub().wake_all();
+            })
     });
     // While the body runs (a guest machine's init: the domain's whole
     // life), a restart of the shim daemon is survived by reattaching as soon
@@ -257,7 +259,12 @@ where
             if let Some(r) = ctl.requested() {
                 break (r, ExitCode::SUCCESS);
             }
-            if let Some(r) = rt.hub().wait_shutdown(Some(CONTROL_LOOK)) {
+            // Sleeps until a request (the control thread wakes the hub),
+            // the daemon's shutdown or its connection breaking.
+            if let Some(r) = rt
+                .hub()
+                .wait_shutdown_or(None, || ctl.requested().is_some())
+            {
                 break (r, ExitCode::SUCCESS);
             }
             if !rt.hub().disconnected() {
@@ -280,6 +287,7 @@ where
     // Not joined: without a xenstored the watcher may sit in a request
     // until the client's timeout; the process ends after the shutdown.
     ctl_stop.store(true, Ordering::Relaxed);
+    rt.platform().xs_wake_readers();
     drop(ctl_thread);
     let _ = emit(
         &mut out,

@@ -364,7 +364,9 @@ impl Pump {
                 PollFd::new(self.master.as_fd(), flags),
                 PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = nix::poll::poll(&mut fds, PollTimeout::from(500u16));
+            // The backend's event and a stop write `wake`: the timeout is
+            // only a safety net (it was 500 ms: two wake-ups a second).
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(10_000u16));
             let _ = self.wake.read();
         }
         self.flush();

@@ -10,12 +10,15 @@
 //! / `on_reboot` actions apply.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use xen_front_platform::{Platform, XBT_NIL};
 use xen_shim_proto::protocol::ShutdownReason;
 
@@ -28,15 +31,15 @@ const TOKEN: &str = "pvguest-control-shutdown";
 /// How long the init has between `SIGTERM` and `SIGKILL`.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// How often [`watch`] checks its stop flag.
-const SLICE: Duration = Duration::from_millis(200);
+/// How long [`watch`] waits for its watch event before reading
+/// `control/shutdown` anyway (a safety net: every reader of the runtime's
+/// xenstore connection sees every watch event, and a stop wakes it). It
+/// read it every 200 ms, then every second: five, then one xenstore
+/// request a second from every idle guest.
+const FALLBACK_LOOK: Duration = Duration::from_secs(30);
 
-/// How often [`watch`] reads `control/shutdown` without a watch event: the
-/// platform's one watch queue is shared, and another reader (a disk's
-/// waiter during I/O) may take our event. It read it every [`SLICE`]:
-/// five xenstore requests a second from every idle guest, 1,280 a second
-/// at the scale benchmark's 256 guests.
-const FALLBACK_LOOK: Duration = Duration::from_secs(1);
+/// Longest sleep between looks at a child without a pidfd (an old kernel).
+const CHILD_SLICE: Duration = Duration::from_millis(50);
 
 /// The reason a `control/shutdown` value asks for (`None`: not a request
 /// this guest carries out, e.g. `suspend`, or the empty acknowledgement).
@@ -51,23 +54,41 @@ pub fn parse_request(value: &[u8]) -> Option<ShutdownReason> {
 }
 
 /// The shutdown the toolstack asked for, once it did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShutdownControl {
     requested: Mutex<Option<ShutdownReason>>,
     cond: Condvar,
+    /// Readable once a request came (never read: a request is for good),
+    /// for waiters that also wait for a child ([`wait_exit_or_request`]);
+    /// `None` if the eventfd could not be made (they then look in slices).
+    fd: Option<EventFd>,
+}
+
+impl Default for ShutdownControl {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ShutdownControl {
     /// No request yet.
     #[must_use]
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            requested: Mutex::new(None),
+            cond: Condvar::new(),
+            fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .ok(),
+        }
     }
 
     /// Records a request (the first one wins) and wakes the waiters.
     pub fn request(&self, reason: ShutdownReason) {
         let mut r = self.requested.lock().unwrap_or_else(|p| p.into_inner());
         r.get_or_insert(reason);
+        if let Some(fd) = &self.fd {
+            let _ = fd.write(1);
+        }
         self.cond.notify_all();
     }
 
@@ -85,6 +106,51 @@ impl ShutdownControl {
             .unwrap_or_else(|p| p.into_inner());
         *r
     }
+
+    /// The descriptor that becomes readable with the request.
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+}
+
+/// A pidfd of process `pid` (the shim's `pidfd_open`), `None` where the
+/// kernel has none.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    xen_shim_proto::sys::pidfd_open(pid).ok()
+}
+
+/// Waits until the process of `pidfd` ends, `ctl` (when given) has a
+/// request, or `timeout` (`None`: no limit) passes; the caller looks at
+/// which. Without a pidfd (or without `ctl`'s descriptor while `ctl` is
+/// given) it waits at most [`CHILD_SLICE`], so the caller's loop polls as
+/// before.
+pub(crate) fn wait_exit_or_request(
+    pidfd: Option<&OwnedFd>,
+    ctl: Option<&ShutdownControl>,
+    timeout: Option<Duration>,
+) {
+    let ctl_fd = ctl.map(ShutdownControl::fd);
+    let blind = pidfd.is_none() || matches!(ctl_fd, Some(None));
+    let timeout = match (timeout, blind) {
+        (Some(t), true) => Some(t.min(CHILD_SLICE)),
+        (None, true) => Some(CHILD_SLICE),
+        (t, false) => t,
+    };
+    let mut fds = Vec::with_capacity(2);
+    if let Some(p) = pidfd {
+        fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+    }
+    if let Some(Some(c)) = ctl_fd {
+        fds.push(PollFd::new(c, PollFlags::POLLIN));
+    }
+    let t = timeout.map_or(PollTimeout::NONE, |t| {
+        PollTimeout::try_from(t.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX)
+    });
+    if fds.is_empty() {
+        std::thread::sleep(timeout.unwrap_or(CHILD_SLICE));
+        return;
+    }
+    let _ = nix::poll::poll(&mut fds, t);
 }
 
 /// Advertises the features, then follows `control/shutdown` until `stop`
@@ -103,11 +169,17 @@ pub fn watch<P: Platform + ?Sized>(p: &P, ctl: &ShutdownControl, stop: &AtomicBo
             watching = p.xs_watch(SHUTDOWN_NODE, TOKEN).is_ok();
         }
         // Look on our event (the watch fires once when set, then on every
-        // change), and every FALLBACK_LOOK without one.
-        match p.xs_read_watch(Some(SLICE)) {
+        // change), and every FALLBACK_LOOK without one; a stop wakes the
+        // wait (the runtime's platform returns `None` early).
+        let wait = if watching {
+            FALLBACK_LOOK.saturating_sub(looked.elapsed())
+        } else {
+            Duration::from_secs(1)
+        };
+        match p.xs_read_watch(Some(wait)) {
             Ok(Some(ev)) if ev.token != TOKEN => continue,
             Ok(None) if watching && looked.elapsed() < FALLBACK_LOOK => continue,
-            Err(_) => std::thread::sleep(SLICE),
+            Err(_) => std::thread::sleep(Duration::from_secs(1).min(wait)),
             _ => {}
         }
         looked = Instant::now();
@@ -162,6 +234,8 @@ pub fn run_init(
     // The init runs: the runtime's set-up is over.
     crate::jail::after_setup(&mut std::io::stdout().lock());
     let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    // The init's end and the request wake this thread: no polling.
+    let pidfd = pidfd_open(pgid);
     let mut termed: Option<Instant> = None;
     loop {
         if let Some(st) = child.try_wait()? {
@@ -173,16 +247,23 @@ pub fn run_init(
         }
         match termed {
             None => {
-                if ctl.wait(Duration::from_millis(50)).is_some() {
+                if ctl.requested().is_some() {
                     kill_group(pgid, nix::sys::signal::Signal::SIGTERM);
                     termed = Some(Instant::now());
+                    continue;
                 }
+                wait_exit_or_request(pidfd.as_ref(), Some(ctl), None);
             }
             Some(t) => {
-                if t.elapsed() >= GRACE {
+                let left = GRACE.saturating_sub(t.elapsed());
+                if left.is_zero() {
                     kill_group(pgid, nix::sys::signal::Signal::SIGKILL);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                wait_exit_or_request(
+                    pidfd.as_ref(),
+                    None,
+                    Some(left.max(Duration::from_millis(100))),
+                );
             }
         }
     }

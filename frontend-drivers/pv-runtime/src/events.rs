@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,13 @@ use xen_diag::LogLimiter;
 /// A port handler, called on the dispatcher thread.
 pub type PortHandler = Arc<dyn Fn(evtchn_port_t) + Send + Sync>;
 
-/// How often the dispatcher wakes up without events (to notice a stop).
+/// How often the dispatcher wakes up without events to notice a stop, when
+/// it has no kick port ([`EventHub::set_kick`]); with one it sleeps until
+/// an event or the kick.
 pub const DISPATCH_TICK: Duration = Duration::from_millis(200);
+
+/// No kick port (see [`EventHub::set_kick`]).
+const NO_KICK: u32 = u32::MAX;
 
 /// Wake-ups with nothing to deliver after which the dispatcher naps.
 const IDLE_WAKEUPS_BEFORE_NAP: u32 = 64;
@@ -48,6 +53,28 @@ struct HubState {
     shutdown: Option<ShutdownReason>,
     /// The control connection to the daemon broke.
     disconnected: bool,
+    /// Per latched port: how many times the dispatcher latched it (what
+    /// [`EventHub::wait_changed`] waits on: a waiter never clears it, so
+    /// several threads can wait for the same port).
+    seq: BTreeMap<evtchn_port_t, u64>,
+    /// [`EventHub::wake_all`] calls.
+    wakes: u64,
+}
+
+/// What [`EventHub::wait_changed`] compares with: a port's latch count and
+/// the hub's wake count when it was taken ([`EventHub::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitMark {
+    seq: u64,
+    wakes: u64,
+}
+
+impl WaitMark {
+    /// Whether this mark, taken after `earlier`, saw no new latch of the
+    /// port (only wake-ups, if anything).
+    pub fn seq_unchanged(self, earlier: WaitMark) -> bool {
+        self.seq == earlier.seq
+    }
 }
 
 /// Counters of the dispatcher.
@@ -65,9 +92,18 @@ pub struct DispatchStats {
 pub struct EventHub {
     hv: &'static Hypervisor,
     state: Mutex<HubState>,
+    /// Signalled after every dispatcher round ([`EventHub::poll`],
+    /// [`EventHub::wait_shutdown`]).
     cond: Condvar,
+    /// Signalled only when a port was latched or on [`EventHub::wake_all`]
+    /// ([`EventHub::wait_changed`]): the idle xenstore watch readers do not
+    /// wake for other ports' events.
+    latch_cond: Condvar,
     handlers: RwLock<BTreeMap<evtchn_port_t, PortHandler>>,
     stop: AtomicBool,
+    /// The IPI port [`EventHub::stop`] kicks the dispatcher with
+    /// ([`NO_KICK`]: none, it wakes every [`DISPATCH_TICK`]).
+    kick: AtomicU32,
     /// Dispatcher counters.
     pub stats: DispatchStats,
     log: LogLimiter,
@@ -89,8 +125,10 @@ impl EventHub {
             hv,
             state: Mutex::new(HubState::default()),
             cond: Condvar::new(),
+            latch_cond: Condvar::new(),
             handlers: RwLock::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
+            kick: AtomicU32::new(NO_KICK),
             stats: DispatchStats::default(),
             log: LogLimiter::new(1, Duration::from_secs(5)),
         }
@@ -124,6 +162,9 @@ impl EventHub {
 
     /// `SCHEDOP_poll`: waits until one of `ports` fired (`true`) or `timeout`
     /// passed (`false`). Does not clear.
+    ///
+    /// No wake-up is lost: the dispatcher sets pending bits before it takes
+    /// the hub's lock to signal, and this checks them under that lock.
     pub fn poll(&self, ports: &[evtchn_port_t], timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
@@ -131,24 +172,87 @@ impl EventHub {
             if ports.iter().any(|&p| self.fired(&st, p)) {
                 return true;
             }
-            // Wait in slices: a masked port's pending bit is set by the
-            // dispatcher without a condvar signal when nothing else happened.
-            let slice = Duration::from_millis(50);
-            let wait = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    (d - now).min(slice)
-                }
-                None => slice,
-            };
-            st = match self.cond.wait_timeout(st, wait) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
+            st = match self.wait_until(st, deadline) {
+                Some(st) => st,
+                None => return false,
             };
         }
+    }
+
+    /// Waits on `cond` until `deadline` (`None`: until signalled); `None`
+    /// once the deadline has passed.
+    fn wait_until<'a>(
+        &self,
+        st: MutexGuard<'a, HubState>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, HubState>> {
+        Self::wait_on(&self.cond, st, deadline)
+    }
+
+    fn wait_on<'a>(
+        cond: &Condvar,
+        st: MutexGuard<'a, HubState>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, HubState>> {
+        match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return None;
+                }
+                Some(match cond.wait_timeout(st, d - now) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                })
+            }
+            None => Some(match cond.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            }),
+        }
+    }
+
+    /// A mark to wait for `port`'s next latch (or a [`EventHub::wake_all`])
+    /// with [`EventHub::wait_changed`]; take it before looking at what the
+    /// port announces.
+    pub fn mark(&self, port: evtchn_port_t) -> WaitMark {
+        let st = self.lock();
+        WaitMark {
+            seq: st.seq.get(&port).copied().unwrap_or(0),
+            wakes: st.wakes,
+        }
+    }
+
+    /// Waits until the dispatcher latched `port` again since `mark` was
+    /// taken, or [`EventHub::wake_all`] was called (`true`), or until
+    /// `timeout` (`None`: no limit) passed (`false`). Unlike
+    /// [`EventHub::poll`] it clears nothing, so any number of threads can
+    /// wait for the same port (the xenstore watch readers).
+    pub fn wait_changed(
+        &self,
+        port: evtchn_port_t,
+        mark: WaitMark,
+        timeout: Option<Duration>,
+    ) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            let seq = st.seq.get(&port).copied().unwrap_or(0);
+            if seq != mark.seq || st.wakes != mark.wakes {
+                return true;
+            }
+            st = match Self::wait_on(&self.latch_cond, st, deadline) {
+                Some(st) => st,
+                None => return false,
+            };
+        }
+    }
+
+    /// Wakes every [`EventHub::wait_changed`] waiter (a stop flag was set).
+    pub fn wake_all(&self) {
+        self.lock().wakes += 1;
+        self.cond.notify_all();
+        self.latch_cond.notify_all();
     }
 
     /// Clears a port's fired state (latch and `shared_info` pending bit);
@@ -168,6 +272,8 @@ impl EventHub {
         let mut st = self.lock();
         st.latched.remove(&port);
         st.peer_closed.remove(&port);
+        // A waiter's mark then differs: one spurious wake-up, never a lost one.
+        st.seq.remove(&port);
         drop(st);
         self.set_handler(port, None);
     }
@@ -195,31 +301,38 @@ impl EventHub {
     /// Waits until the toolstack asks for a shutdown (returns the reason),
     /// the control connection breaks (`None`) or `timeout` passes (`None`).
     pub fn wait_shutdown(&self, timeout: Option<Duration>) -> Option<ShutdownReason> {
+        self.wait_shutdown_or(timeout, || false)
+    }
+
+    /// [`EventHub::wait_shutdown`] that also returns (`None`) once `done()`
+    /// holds, looked at on every wake-up ([`EventHub::wake_all`] after
+    /// making it true).
+    pub fn wait_shutdown_or(
+        &self,
+        timeout: Option<Duration>,
+        done: impl Fn() -> bool,
+    ) -> Option<ShutdownReason> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         loop {
             if st.shutdown.is_some() || st.disconnected {
                 return st.shutdown;
             }
-            let wait = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    d - now
-                }
-                None => DISPATCH_TICK,
-            };
-            st = match self.cond.wait_timeout(st, wait) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            if done() {
+                return None;
+            }
+            st = self.wait_until(st, deadline)?;
         }
     }
 
-    /// Asks the dispatcher to stop (it notices within [`DISPATCH_TICK`], or
-    /// at once when `kick` is a bound IPI port, which it sends on).
+    /// Makes `port` (a bound IPI port) the one [`EventHub::stop`] is kicked
+    /// through: the dispatcher then sleeps without a tick.
+    pub fn set_kick(&self, port: evtchn_port_t) {
+        self.kick.store(port, Ordering::SeqCst);
+    }
+
+    /// Asks the dispatcher to stop (it notices at once when `kick` is a
+    /// bound IPI port, which it sends on, or within [`DISPATCH_TICK`]).
     pub fn stop(&self, kick: Option<evtchn_port_t>) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(port) = kick {
@@ -227,7 +340,7 @@ impl EventHub {
                 .hv
                 .evtchnop_send(&xen_abi::event_channel::evtchn_send { port });
         }
-        self.cond.notify_all();
+        self.wake_all();
     }
 
     /// The dispatcher loop; returns when [`EventHub::stop`] was called.
@@ -245,7 +358,12 @@ impl EventHub {
             // 'static and never closes it while it exists.
             let fd = unsafe { BorrowedFd::borrow_raw(self.hv.as_raw_fd()) };
             let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            let tick = PollTimeout::try_from(DISPATCH_TICK).unwrap_or(PollTimeout::NONE);
+            // With a kick port a stop wakes the poll: no tick needed.
+            let tick = if self.kick.load(Ordering::SeqCst) == NO_KICK {
+                PollTimeout::try_from(DISPATCH_TICK).unwrap_or(PollTimeout::NONE)
+            } else {
+                PollTimeout::NONE
+            };
             match poll(&mut fds, tick) {
                 Ok(0) => continue,
                 Ok(_) => {}
@@ -275,6 +393,9 @@ impl EventHub {
                     "event dispatcher: woken repeatedly with nothing to deliver; throttling"
                 );
             }
+            // Under the lock: a poller checks the pending bits under it, so
+            // it either sees this round's or is already waiting.
+            drop(self.lock());
             self.cond.notify_all();
         }
     }
@@ -306,7 +427,13 @@ impl EventHub {
         }
         drop(handlers);
         if !unhandled.is_empty() {
-            self.lock().latched.extend(unhandled);
+            let mut st = self.lock();
+            for &p in &unhandled {
+                *st.seq.entry(p).or_insert(0) += 1;
+            }
+            st.latched.extend(unhandled);
+            drop(st);
+            self.latch_cond.notify_all();
         }
         true
     }

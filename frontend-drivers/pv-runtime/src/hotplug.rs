@@ -3,7 +3,10 @@
 //! running kernel.
 //!
 //! [`Hotplug::run`] is a thread of the runtime: it watches the domain's
-//! `device/` tree and looks at it every [`POLL`] as well (level-triggered).
+//! `device/` tree and looks at it on every watch event, and every [`POLL`]
+//! as well while it has devices of its own (level-triggered: their
+//! backends' states, the guest letting a disk go); without any it sleeps
+//! until an event (at most [`IDLE_LOOK`]).
 //!
 //! - A `device/vbd/<devid>` it has not seen is connected (blkfront through
 //!   the handshake) and exposed as the block file `/dev/<vdev>`
@@ -46,8 +49,12 @@ use crate::mountd::{LoopBroker, LoopDisk};
 use crate::pvnet::{self, GuestNic, PvnetError};
 use crate::vbd::{self, BlockDevice, Vbd, VbdConfig, VbdError, VbdWaiter};
 
-/// How often the device tree is looked at without a watch event.
+/// How often the device tree is looked at without a watch event while
+/// hot-added devices are there.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How long [`Hotplug::run`] sleeps without a watch event when it has no
+/// device (a safety net: every watch event wakes it, a stop too).
+pub const IDLE_LOOK: Duration = Duration::from_secs(30);
 /// The watch token of the `device` tree.
 const TOKEN: &str = "hotplug";
 /// How long a removed device's grants get to be released by its backend.
@@ -356,7 +363,12 @@ where
     pub fn run<'env>(mut self, s: &'scope Scope<'scope, 'env>, stop: &AtomicBool) {
         let _ = self.p.xs_watch("device", TOKEN);
         while !stop.load(Ordering::Relaxed) {
-            let _ = self.p.xs_read_watch(Some(POLL));
+            let wait = if self.disks.is_empty() && self.nics.is_empty() {
+                IDLE_LOOK
+            } else {
+                POLL
+            };
+            let _ = self.p.xs_read_watch(Some(wait));
             for _ in 0..256 {
                 match self.p.xs_read_watch(Some(Duration::ZERO)) {
                     Ok(Some(_)) => {}
@@ -691,6 +703,7 @@ where
                     || (!online && matches!(be, Some(XenbusState::Closing | XenbusState::Closed)));
                 if detach {
                     n.nic.stop.store(true, Ordering::Relaxed);
+                    n.nic.nic.wake_pumps();
                     n.phase = Phase::Closing(Instant::now());
                     emit(
                         "pvnet detached",
@@ -702,6 +715,7 @@ where
                 } else if n.last_state != raw {
                     // A backend restart or failure: netfront follows it.
                     let mut nf = lock(&n.nic.nic.nf);
+                    pvnet::kick_rx(&nf);
                     let _ = nf.backend_changed();
                     n.last_state = raw;
                 }
@@ -728,6 +742,7 @@ where
     fn stop_all(&mut self) {
         for (_, n) in std::mem::take(&mut self.nics) {
             n.nic.stop.store(true, Ordering::Relaxed);
+            n.nic.nic.wake_pumps();
             for h in n.pumps {
                 let _ = h.join();
             }

@@ -1091,6 +1091,8 @@ fn supervise(
     ctl: &ShutdownControl,
 ) -> io::Result<ExitStatus> {
     let pid = nix::unistd::Pid::from_raw(init);
+    // The waiter's end and the request wake this thread: no polling.
+    let pidfd = crate::control::pidfd_open(waiter);
     let mut asked: Option<Instant> = None;
     loop {
         let mut st = 0;
@@ -1107,16 +1109,23 @@ fn supervise(
         }
         match asked {
             None => {
-                if let Some(r) = ctl.wait(Duration::from_millis(50)) {
+                if let Some(r) = ctl.requested() {
                     let _ = nix::sys::signal::kill(pid, request_signal(r));
                     asked = Some(Instant::now());
+                    continue;
                 }
+                crate::control::wait_exit_or_request(pidfd.as_ref(), Some(ctl), None);
             }
             Some(t) => {
-                if t.elapsed() >= crate::control::GRACE {
+                let left = crate::control::GRACE.saturating_sub(t.elapsed());
+                if left.is_zero() {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                crate::control::wait_exit_or_request(
+                    pidfd.as_ref(),
+                    None,
+                    Some(left.max(Duration::from_millis(100))),
+                );
             }
         }
     }
@@ -1150,6 +1159,14 @@ pub fn boot(
     let mounted = mount_root(spec, out)?;
     let mut loops = Vec::new();
     let mountd_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Wakes the mount handler at the end (it sleeps until a call).
+    let mountd_woken = std::sync::Arc::new(
+        nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+        )
+        .ok(),
+    );
     let mut mountd_thread = None;
     let r = (|| {
         idmap_root(ns)?;
@@ -1194,9 +1211,13 @@ pub fn boot(
             // in the listener's queue).
             if let Some(m) = handler {
                 let stop = std::sync::Arc::clone(&mountd_stop);
+                let woken = std::sync::Arc::clone(&mountd_woken);
                 mountd_thread = std::thread::Builder::new()
                     .name("mountd".into())
-                    .spawn(move || m.serve(&stop))
+                    .spawn(move || {
+                        use std::os::fd::AsFd;
+                        m.serve_until(&stop, woken.as_ref().as_ref().map(|e| e.as_fd()))
+                    })
                     .map_err(|e| tracing::warn!(error = %e, "cannot start the mount handler"))
                     .ok();
             }
@@ -1231,6 +1252,9 @@ pub fn boot(
         Ok(reason)
     })();
     mountd_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = mountd_woken.as_ref() {
+        let _ = w.write(1);
+    }
     if let Some(h) = mountd_thread {
         let _ = h.join();
     }

@@ -63,7 +63,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -96,8 +96,11 @@ const REFUSED_OPTIONS: &[&str] = &["errors=panic"];
 
 /// The longest path or type string read from the guest (as `PATH_MAX`).
 const MAX_STRING: usize = 4096;
-/// How long the listener is polled before the stop flag is looked at.
+/// How long the listener is polled before the stop flag is looked at
+/// without a stop descriptor.
 const POLL_MS: i32 = 200;
+/// The same with one (a safety net: the stop wakes it).
+const POLL_IDLE_MS: i32 = 30_000;
 /// How long a loop device gets to be released at the end.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -802,17 +805,40 @@ impl Mountd {
     /// Answers the guest's calls until `stop` is set or no guest process
     /// is left (the listener hangs up).
     pub fn serve(&self, stop: &AtomicBool) {
+        self.serve_until(stop, None);
+    }
+
+    /// [`Mountd::serve`] that sleeps until a call or `woken` (readable
+    /// once `stop` is set) rather than looking at `stop` every 200 ms.
+    pub fn serve_until(&self, stop: &AtomicBool, woken: Option<BorrowedFd<'_>>) {
         let mut served = 0u64;
         let t0 = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let mut pfd = libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: woken.map_or(-1, |w| w.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = if woken.is_some() {
+                POLL_IDLE_MS
+            } else {
+                POLL_MS
             };
-            // SAFETY: poll on one live pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+            // SAFETY: poll on two live pollfds of a local array (a negative
+            // fd is ignored by poll).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
             if n <= 0 {
+                continue;
+            }
+            let pfd = fds[0];
+            if pfd.revents == 0 {
                 continue;
             }
             if pfd.revents & libc::POLLIN == 0 {

@@ -378,6 +378,12 @@ unsafe impl Platform for PvPlatform {
         }
     }
 
+    fn evtchn_wake(&self, port: evtchn_port_t) {
+        if let Err(e) = self.hv.raise_local(port) {
+            tracing::debug!(port, error = %e, "cannot wake the port's poller");
+        }
+    }
+
     fn xs_read(&self, tx: XsTransaction, path: &str) -> Result<Vec<u8>, PlatformError> {
         self.xs()?.with_client(|c| c.read(tx.0, path))
     }
@@ -411,6 +417,10 @@ unsafe impl Platform for PvPlatform {
         timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
         self.xs()?.read_watch(timeout)
+    }
+
+    fn xs_wake_readers(&self) {
+        self.hub.wake_all();
     }
 
     fn xs_transaction_start(&self) -> Result<XsTransaction, PlatformError> {

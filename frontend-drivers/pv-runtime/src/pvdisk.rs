@@ -340,6 +340,11 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         }
         net_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         hot_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Their threads sleep until an event: wake them to see the flags.
+        p.xs_wake_readers();
+        for nic in &nics {
+            nic.wake_pumps();
+        }
         if hotplug.join().is_err() {
             let _ = emit(out, "pvdisk hotplug-panicked", &[]);
         }
@@ -367,6 +372,7 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
         let mut server_failed = None;
         if let Some((path, server, routing, mut unmounter, st_dev)) = xenbus {
             xenbus_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            p.xs_wake_readers();
             let _ = unmounter.unmount();
             let start = Instant::now();
             while !server.is_finished() && start.elapsed() < STOP_TIMEOUT {

@@ -38,12 +38,13 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use xen_abi::event_channel::evtchn_port_t;
 use xen_front_platform::{xs_read_string, Platform, XBT_NIL};
 use xen_netfront::offload::{self, VnetHdr, VNET_HDR_LEN};
@@ -70,11 +71,18 @@ const TX_SPIN: Duration = Duration::from_micros(30);
 const RX_PUSH_EVERY: usize = 8;
 /// Most frames taken per rx round.
 const RX_BATCH: usize = 256;
-/// Longest sleep of a pump thread (it checks its stop flag after).
+/// Longest sleep of a pump thread waiting for the backend's responses
+/// with a full ring (it checks its stop flag after).
 const SLEEP: Duration = Duration::from_millis(100);
+/// Longest sleep of an idle pump (nothing to send or receive): a stop
+/// ([`GuestNic::wake_pumps`]) and a backend change ([`watch_links`] kicks
+/// the rx pumps) wake it at once; this is only a safety net. It was
+/// [`SLEEP`]: ten wake-ups a second from each pump of every idle guest.
+const IDLE_SLEEP: Duration = Duration::from_secs(10);
 /// How often [`watch_links`] reads the backends' states without an event
-/// (a safety net: every watch event reaches it and it looks at once).
-pub const LINK_POLL: Duration = Duration::from_millis(1000);
+/// (a safety net: every watch event reaches it and it looks at once, a
+/// stop wakes it).
+pub const LINK_POLL: Duration = Duration::from_secs(30);
 
 /// Why the NICs failed.
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +378,27 @@ impl GuestTap {
         }
     }
 
+    /// Waits up to `timeout` for a frame to read on queue `q` or for
+    /// `stopped` to become readable; whether a frame is there.
+    fn wait_readable_or(&self, q: usize, stopped: &EventFd, timeout: Duration) -> bool {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd(q),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stopped.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: two live pollfds in a local array, its length passed.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        n > 0 && fds[0].revents & libc::POLLIN != 0
+    }
+
     /// Waits up to `timeout` (zero: just looks) for a frame to read on
     /// queue `q`; whether one is there.
     fn wait_readable(&self, q: usize, timeout: Duration) -> bool {
@@ -505,6 +534,9 @@ pub struct GuestNic<'p, P: Platform + ?Sized> {
     pub tap: GuestTap,
     /// The addresses configured.
     pub addresses: Vec<String>,
+    /// Readable once the pumps are to stop ([`GuestNic::wake_pumps`]; never
+    /// read): the idle tx pumps sleep on it with their TAP queue.
+    stopped: EventFd,
 }
 
 impl<'p, P: Platform + ?Sized> GuestNic<'p, P> {
@@ -540,12 +572,23 @@ impl<'p, P: Platform + ?Sized> GuestNic<'p, P> {
         for a in &addresses {
             add_address(name, a)?;
         }
+        let stopped =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| os("eventfd")(io::Error::from(e)))?;
         Ok(GuestNic {
             devid,
             nf: Mutex::new(nf),
             tap,
             addresses,
+            stopped,
         })
+    }
+
+    /// Wakes this NIC's pumps after their stop flag was set: the tx pumps
+    /// through [`GuestNic::stopped`], the rx pumps on their ports.
+    pub fn wake_pumps(&self) {
+        let _ = self.stopped.write(1);
+        kick_rx(&lock(&self.nf));
     }
 
     /// The fields of its `pvnet up` (or `pvnet hotplugged`) line.
@@ -760,11 +803,22 @@ pub fn tx_loop<P: Platform + ?Sized>(
             poll.miss();
         }
         let slept = Instant::now();
-        if nic.tap.wait_readable(q, SLEEP) {
+        if nic.tap.wait_readable_or(q, &nic.stopped, IDLE_SLEEP) {
             poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
     }
     Ok(())
+}
+
+/// Wakes the rx pumps of `nf` (a spurious event on each queue's rx port):
+/// before a backend change is handed to netfront, which may close the
+/// ports they sleep on, and at a stop.
+pub fn kick_rx<P: Platform + ?Sized>(nf: &NetFront<'_, P>) {
+    for q in 0..nf.queues() {
+        if let Some((_, rx)) = nf.ports(q) {
+            nf.platform().evtchn_wake(rx);
+        }
+    }
 }
 
 fn nic_platform<'p, P: Platform + ?Sized>(nf: &Mutex<NetFront<'p, P>>) -> &'p P {
@@ -888,7 +942,7 @@ pub fn rx_loop<P: Platform + ?Sized>(
             return Err(nf_err(NetfrontError::NotConnected));
         }
         let slept = Instant::now();
-        if NetFront::<P>::poll_ports(p, &[port_rx], Some(SLEEP)).unwrap_or(false) {
+        if NetFront::<P>::poll_ports(p, &[port_rx], Some(IDLE_SLEEP)).unwrap_or(false) {
             poll.woke(u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
     }
@@ -966,7 +1020,7 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
         // Any event is a reason to look at every NIC (level-triggered; an
         // unchanged state costs one read).
         if p.xs_read_watch(Some(LINK_POLL)).is_err() {
-            std::thread::sleep(LINK_POLL);
+            std::thread::sleep(Duration::from_secs(1));
         }
         for _ in 0..64 {
             match p.xs_read_watch(Some(Duration::ZERO)) {
@@ -987,6 +1041,9 @@ pub fn watch_links<P: Platform + ?Sized>(p: &P, nics: &[GuestNic<'_, P>], stop: 
                 continue;
             }
             let mut nf = lock(&nic.nf);
+            // The rx pumps sleep on ports netfront may now close: they wake,
+            // wait for this lock and find the connection changed.
+            kick_rx(&nf);
             // Errors: a failed device stays failed (reported below); a
             // xenstore hiccup is retried at the next look.
             if nf.backend_changed().is_ok() || nf.failure().is_some() {

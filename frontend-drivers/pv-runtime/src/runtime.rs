@@ -158,6 +158,7 @@ impl Runtime {
             Ok(()) => {
                 // The kick port only wakes the dispatcher; drop its events.
                 hub.set_handler(ipi.port, Some(Arc::new(|_| {})));
+                hub.set_kick(ipi.port);
                 Some(ipi.port)
             }
             Err(e) => {

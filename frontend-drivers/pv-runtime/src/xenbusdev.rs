@@ -78,6 +78,9 @@ pub const MAX_WATCHES: usize = 128;
 const TOKEN_PREFIX: &str = "xenbusdev-";
 /// How often [`XenbusRouter::run`] looks for interrupted readers.
 const SWEEP: Duration = Duration::from_millis(100);
+/// Longest sleep of [`XenbusRouter::run`] while no read waits (a safety
+/// net).
+const ROUTER_IDLE: Duration = Duration::from_secs(30);
 
 /// `FOPEN_DIRECT_IO`: no page cache.
 const FOPEN_DIRECT_IO: u32 = 1 << 0;
@@ -153,6 +156,10 @@ pub trait XsConn {
     /// The next watch event (path, token) of the connection, waiting up to
     /// `timeout`.
     fn next_event(&self, timeout: Duration) -> Result<Option<(String, String)>, XsError>;
+    /// Makes a thread waiting in [`XsConn::next_event`] return soon (a read
+    /// started waiting, or a stop); nothing for a connection whose waits
+    /// end by themselves.
+    fn wake(&self) {}
 }
 
 fn xs_error(e: &PlatformError) -> XsError {
@@ -182,6 +189,10 @@ impl XsConn for PvXenstore {
         self.read_watch(Some(timeout))
             .map(|ev| ev.map(|ev| (ev.path, ev.token)))
             .map_err(|e| xs_error(&e))
+    }
+
+    fn wake(&self) {
+        self.wake_readers();
     }
 }
 
@@ -736,6 +747,10 @@ impl<C: XsConn> Filesystem for XenbusDevFs<'_, C> {
                     size,
                     tid: req.pid(),
                 });
+                drop(st);
+                // The router sleeps long while no read waits: it now looks
+                // for this one's interruption every SWEEP.
+                self.conn.wake();
             }
             Err(e) => reply.error(e.errno()),
         }
@@ -864,7 +879,14 @@ impl<C: XsConn> XenbusRouter<'_, C> {
     /// its own (the connection's events are read at a per-thread cursor).
     pub fn run(&self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            match self.conn.next_event(SWEEP) {
+            // Sweeps are for waiting reads; without any it sleeps until an
+            // event, a new waiting read or a stop wakes it.
+            let wait = if lock(&self.state).reads.is_empty() {
+                ROUTER_IDLE
+            } else {
+                SWEEP
+            };
+            match self.conn.next_event(wait) {
                 Ok(Some((path, token))) if token.starts_with(TOKEN_PREFIX) => {
                     let mut st = lock(&self.state);
                     if let Some(h) = st.mux.deliver(&path, &token) {

@@ -5,11 +5,11 @@
 //!
 //! The client is shared by every frontend of the domain behind a mutex; a
 //! request holds it until its reply. Waiting for a watch event does not: it
-//! polls the client's queue and sleeps on the store port in between, so a
-//! frontend blocked in [`PvXenstore::read_watch`] does not stall the others.
-//! The port's events have no handler, so the dispatcher latches them for
-//! [`EventHub::poll`]; a waiter clears the latch before looking at the ring,
-//! and waits in slices (a wake-up taken by another waiter costs one slice).
+//! looks at the client's queue and sleeps until the dispatcher latches the
+//! store port again ([`EventHub::wait_changed`], which clears nothing, so
+//! any number of readers wait at once without taking each other's
+//! wake-ups) or a stop wakes every reader ([`PvXenstore::wake_readers`]).
+//! An idle reader sleeps until then: no slices.
 //!
 //! Watch events go to every reader: the guest has one connection, and each
 //! device's waiter (its own thread) looks for its own token. Taken off the
@@ -33,10 +33,6 @@ use xen_xenbus::{ClientConfig, WatchEvent, XenbusClient, XenbusError, XenbusEven
 use crate::events::EventHub;
 use crate::PvGuestError;
 use xen_diag::LogLimiter;
-
-/// Longest single sleep of [`PvXenstore::read_watch`] between looks at the
-/// ring.
-const WATCH_SLICE: Duration = Duration::from_millis(20);
 
 /// Watch events a [`WatchLog`] keeps for readers that have not seen them.
 pub const WATCH_LOG_EVENTS: usize = 4096;
@@ -265,21 +261,37 @@ impl PvXenstore {
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            // The mark first: an event latched after it wakes the wait below,
+            // one before it is in the ring or the client's queue for the look.
+            let mark = self.events.hub.mark(self.events.port);
             if let Some(ev) = self.next_watch()? {
                 return Ok(Some(ev));
             }
-            let slice = match deadline {
+            let left = match deadline {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return Ok(None);
                     }
-                    (d - now).min(WATCH_SLICE)
+                    Some(d - now)
                 }
-                None => WATCH_SLICE,
+                None => None,
             };
-            self.events.wait(slice);
+            if !self.events.hub.wait_changed(self.events.port, mark, left) {
+                return Ok(None);
+            }
+            // A wake-up without a new latch is a stop for some reader: each
+            // returns to look at its flag (`Ok(None)`, as a timeout).
+            if self.events.hub.mark(self.events.port).seq_unchanged(mark) {
+                return Ok(None);
+            }
         }
+    }
+
+    /// Wakes every thread waiting in [`PvXenstore::read_watch`]: each returns
+    /// `Ok(None)` (to look at a stop flag) unless an event is there.
+    pub fn wake_readers(&self) {
+        self.events.hub.wake_all();
     }
 }
 

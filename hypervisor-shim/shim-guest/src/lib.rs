@@ -712,6 +712,15 @@ impl Hypervisor {
         self.ports.kick()
     }
 
+    /// Makes local port `port` fire as if its peer had sent on it (Xen's
+    /// `evtchn_set_pending` on our own end): a thread polling it
+    /// ([`Hypervisor::poll_port`]) or the event loop wakes. For waking a
+    /// thread of this domain that sleeps on a port; the peer sees nothing,
+    /// the port's driver one spurious event.
+    pub fn raise_local(&self, port: evtchn_port_t) -> Result<(), EvtchnError> {
+        self.ports.raise(port)
+    }
+
     /// A duplicate of port `port`'s `out` eventfd (what `EVTCHNOP_send`
     /// writes), for a VMM that registers it as the guest's ioeventfd
     /// doorbell. `None` for unknown ports and ports without one (VIRQs).

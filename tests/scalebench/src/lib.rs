@@ -18,7 +18,10 @@
 //!   guests' memory files under `/dev/shm` (the shim's);
 //! - the latency of a xenstore read from Dom0 (median and 99th percentile
 //!   of [`XS_READS`] reads) with that many guests up;
-//! - the 1-minute load average (the machine is shared).
+//! - the 1-minute load average (the machine is shared);
+//!
+//! and, with every guest up and idle, each thread's wake-ups a second
+//! ([`wakeups`]: the guests' runtimes, their monitors, the services).
 //!
 //! Where it stops, and why (xl's message, a timeout, the guest's console),
 //! is the report's last line. Everything (guests, the namespace and its
@@ -38,6 +41,14 @@ use xen_testhost::fleet::{
 use xen_testhost::net::{bridge_name, make_bridge, start_backendd_in, Netns};
 use xen_testhost::Dom0;
 use xenstore_client::{Client, XsOps};
+
+pub mod wakeups;
+
+use wakeups::{Role, Wakeups};
+
+/// How long the guests settle after the last one came up before their
+/// wake-ups are counted (their boots' last writes, the first watch events).
+pub const IDLE_SETTLE: Duration = Duration::from_secs(5);
 
 /// xenstore reads timed per guest.
 pub const XS_READS: usize = 200;
@@ -62,13 +73,25 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub every: u32,
     /// Keep the guests up this long after the last one came up (to look
-    /// at them) before destroying them (seconds).
+    /// at them) before destroying them (seconds; the idle wake-ups are
+    /// counted before).
     #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
+    /// Count every thread's wake-ups over this many seconds once the
+    /// guests are up and idle (after 5 s to settle; 0: not).
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
     /// The directory of `xl`, `xen-supervise`, `backendd`, `xen-pvguest`,
-    /// `xen-shimd` and `xenstored` (default: this binary's).
+    /// `xen-shimd` and `xenstored` (and `xen-vmm` with `--pvhvm`; default:
+    /// this binary's).
     #[arg(long)]
     pub libexec: Option<PathBuf>,
+    /// PVHVM guests instead: this kernel (`frontend-drivers/pvhvm-kernel`,
+    /// built by `cargo build --release` in its workspace) in a KVM virtual
+    /// machine run by `xen-vmm`, serving HTTP on its NIC (`netserve`) after
+    /// a self-test of its disk. Needs `/dev/kvm`.
+    #[arg(long, value_name = "KERNEL")]
+    pub pvhvm: Option<PathBuf>,
 }
 
 /// One guest's figures.
@@ -82,7 +105,8 @@ pub struct Row {
     pub xl_create: Duration,
     /// From `xl create` to every backend Connected.
     pub connected: Duration,
-    /// From `xl create` to the shell prompt on its console.
+    /// From `xl create` to the shell prompt on its console (a PVHVM
+    /// guest: to its network server up, after its disk's self-test).
     pub prompt: Duration,
     /// PSS of this guest's runtime and `xl` monitor (KiB).
     pub guest_pss_kib: u64,
@@ -121,6 +145,8 @@ pub struct Report {
     pub stop: Option<String>,
     /// Time to `xl destroy` every guest.
     pub destroy_all: Duration,
+    /// The idle wake-ups (`None`: not counted).
+    pub wakeups: Option<Wakeups>,
 }
 
 fn ms(d: Duration) -> String {
@@ -231,6 +257,10 @@ impl Report {
                 let _ = writeln!(s, "- Stopped: {why}");
             }
         }
+        if let Some(w) = &self.wakeups {
+            let _ = writeln!(s);
+            s.push_str(&w.markdown());
+        }
         s
     }
 }
@@ -258,7 +288,32 @@ pub fn run(args: &Args) -> Result<Report> {
             ("losetup", "mount"),
         ],
     )?;
+    // xl takes a relative kernel path from the config's directory.
+    let mut args = args.clone();
+    if let Some(k) = &args.pvhvm {
+        args.pvhvm = Some(std::fs::canonicalize(k).unwrap_or_else(|_| k.clone()));
+    }
+    let args = &args;
+    if let Some(k) = &args.pvhvm {
+        if !Path::new("/dev/kvm").exists() {
+            bail!("--pvhvm needs /dev/kvm (KVM): load kvm_intel or kvm_amd");
+        }
+        if !k.is_file() {
+            bail!(
+                "{} is missing: build the PVHVM kernel (cd frontend-drivers/pvhvm-kernel && \
+                 RUSTFLAGS=\"-C relocation-model=static\" cargo build --release --target \
+                 x86_64-unknown-linux-gnu --target-dir ../../target/pvhvm-kernel)",
+                k.display()
+            );
+        }
+    }
     let libexec = libexec_dir(args.libexec.as_deref(), "scalebench")?;
+    if args.pvhvm.is_some() && !libexec.join("xen-vmm").is_file() {
+        bail!(
+            "{} is missing: build it (cargo build --release -p xen-vmm) or pass --libexec",
+            libexec.join("xen-vmm").display()
+        );
+    }
     let mut host = Dom0::start_supervised("scalebench-", &libexec)?;
     eprintln!(
         "scalebench: run {} in {}",
@@ -310,6 +365,12 @@ pub fn run(args: &Args) -> Result<Report> {
             }
         }
     }
+    let wakeups = (args.idle_secs > 0 && !rows.is_empty()).then(|| {
+        std::thread::sleep(IDLE_SETTLE);
+        eprintln!("scalebench: counting wake-ups over {} s", args.idle_secs);
+        let procs = idle_processes(&host, &rows);
+        wakeups::measure(&procs, rows.len(), Duration::from_secs(args.idle_secs))
+    });
     std::thread::sleep(Duration::from_secs(args.hold_secs));
     let t = Instant::now();
     host.destroy_guests();
@@ -325,7 +386,54 @@ pub fn run(args: &Args) -> Result<Report> {
         rows,
         stop,
         destroy_all,
+        wakeups,
     })
+}
+
+/// The guest name of guest `n` of this run.
+fn guest_name(n: u32) -> String {
+    format!("sc{}g{n}", std::process::id())
+}
+
+/// The processes whose wake-ups are counted, by role: each guest's
+/// runtime and programs (its cgroup's members), its monitor, the services
+/// and their supervisors.
+fn idle_processes(host: &Dom0, rows: &[Row]) -> Vec<(Role, i32)> {
+    let mut v = Vec::new();
+    for r in rows {
+        let members = host
+            .guest_cgroup(r.domid)
+            .ok()
+            .flatten()
+            .map(|g| g.procs().unwrap_or_default())
+            .unwrap_or_default();
+        for p in members {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            // The runtime, its init waiter and its loop broker (`exe`: a
+            // re-exec of itself), or a PVHVM guest's VMM, are the guest's
+            // kernel; the rest its programs.
+            let role = if matches!(
+                comm.trim(),
+                "xen-pvguest" | "pvguest-waiter" | "exe" | "xen-vmm"
+            ) {
+                Role::Runtime
+            } else {
+                Role::GuestPrograms
+            };
+            v.push((role, p));
+        }
+        let cfg = format!("{}.cfg", guest_name(r.n));
+        for p in pids_with_cmdline(&["monitor-domain", &cfg]) {
+            v.push((Role::Monitor, p));
+        }
+    }
+    v.extend(host.backendd_pid().map(|p| (Role::Backendd, p)));
+    v.extend(host.service_pid("xenstored").map(|p| (Role::Xenstored, p)));
+    v.extend(host.service_pid("xen-shimd").map(|p| (Role::Shimd, p)));
+    for s in ["xenstored", "xen-shimd", "backendd"] {
+        v.extend(host.supervisor_pid(s).map(|p| (Role::Supervisor, p)));
+    }
+    v
 }
 
 /// Creates guest `n` and measures it (the services' memory is filled in by
@@ -338,7 +446,7 @@ fn one_guest(
     br: &str,
     n: u32,
 ) -> Result<Row> {
-    let name = format!("sc{}g{n}", std::process::id());
+    let name = guest_name(n);
     let overlay = host.dir().join(format!("{name}.qcow2"));
     qcow2_overlay(base, &overlay)?;
     let ip = format!("10.78.{}.{}/16", n / 250, n % 250 + 1);
@@ -348,22 +456,39 @@ fn one_guest(
         (n >> 8) as u8,
         n as u8
     );
-    let cfg = format!(
-        "name = \"{name}\"\ntype = 'pv'\nmemory = {}\nvcpus = 1\n\
-         root = '/dev/xvda'\nextra = 'rw console=hvc0'\n\
-         disk = [ 'format=qcow2, vdev=xvda, access=rw, target={}' ]\n\
-         vif = [ 'mac={mac}, bridge={br}, ip={ip}' ]\n\
-         on_poweroff = 'destroy'\non_reboot = 'destroy'\non_crash = 'preserve'\n",
-        args.memory,
+    let disk = format!(
+        "disk = [ 'format=qcow2, vdev=xvda, access=rw, target={}' ]",
         overlay.display()
     );
+    let vif = format!("vif = [ 'mac={mac}, bridge={br}, ip={ip}' ]");
+    let actions = "on_poweroff = 'destroy'\non_reboot = 'destroy'\non_crash = 'preserve'\n";
+    let (cfg, ready_mark) = match &args.pvhvm {
+        // The kernel connects its disk (one self-test round) and its NIC
+        // and serves until the toolstack stops it.
+        Some(kernel) => (
+            format!(
+                "name = \"{name}\"\ntype = 'pvh'\nmemory = {}\nvcpus = 1\nkernel = \"{}\"\n\
+                 extra = 'netserve ip={ip} disk'\n{disk}\n{vif}\n{actions}",
+                args.memory,
+                kernel.display()
+            ),
+            format!("netserve: {ip} up"),
+        ),
+        None => (
+            format!(
+                "name = \"{name}\"\ntype = 'pv'\nmemory = {}\nvcpus = 1\n\
+                 root = '/dev/xvda'\nextra = 'rw console=hvc0'\n{disk}\n{vif}\n{actions}",
+                args.memory
+            ),
+            format!("{name}:/# "),
+        ),
+    };
     let t0 = Instant::now();
     host.create_guest(&name, &cfg)?;
     let xl_create = t0.elapsed();
     let domid = host
         .domid(&name)?
         .with_context(|| format!("{name} is not in xl list after xl create"))?;
-    let prompt_mark = format!("{name}:/# ");
     let deadline = t0 + Duration::from_secs(args.timeout_secs);
     let (mut connected, mut prompt) = (None, None);
     while connected.is_none() || prompt.is_none() {
@@ -372,9 +497,12 @@ fn one_guest(
         }
         if prompt.is_none() {
             let log = host.guest_log(&name);
-            if log.contains(&prompt_mark) {
+            if log.contains(&ready_mark) {
                 prompt = Some(t0.elapsed());
-            } else if log.contains("pvguest frontend-failed") || log.contains("pvguest shutdown") {
+            } else if log.contains("pvguest frontend-failed")
+                || log.contains("pvguest shutdown")
+                || log.contains("FAIL")
+            {
                 bail!(
                     "the guest failed to boot; its console:\n{}\nbackendd's log:\n{}",
                     tail(&log, 20),
@@ -412,11 +540,11 @@ fn one_guest(
         .iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "xen-pvguest")
+                .is_ok_and(|c| matches!(c.trim(), "xen-pvguest" | "xen-vmm"))
         })
         .map(|&p| rss_pss(p).1)
         .sum::<u64>()
-        + pids_with_cmdline(&["monitor-domain", &name])
+        + pids_with_cmdline(&["monitor-domain", &format!("{name}.cfg")])
             .iter()
             .map(|&p| rss_pss(p).1)
             .sum::<u64>();

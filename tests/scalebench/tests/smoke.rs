@@ -1,14 +1,20 @@
 //! `scalebench --guests 4` end to end (the CI-cheap run of the scale
 //! benchmark's code path): four PV guests, each booting busybox from its
 //! own qcow2 overlay on one base image with a NIC on the run's bridge;
-//! checks that all four came up with their figures, that destroying them
-//! after 15 s up takes seconds, not 10 s a guest, and that nothing of the
-//! run is left (its namespace with the bridge, its directory).
+//! checks that all four came up with their figures, that idle they wake
+//! up a few times a second, not hundreds (each runtime and its monitor:
+//! at most [`MAX_IDLE_WAKEUPS`]), that destroying them after 15 s up takes
+//! seconds, not 10 s a guest, and that nothing of the run is left (its
+//! namespace with the bridge, its directory).
 //! Needs root, /dev/fuse, qemu-utils, busybox-static, e2fsprogs, iproute2
 //! (tests/setup-host.sh).
 
 use std::path::Path;
 use std::process::Command;
+
+/// Most wake-ups a second of an idle guest's runtime and monitor together
+/// (measured: about 2; every idle loop polling on a timeout made it 360).
+const MAX_IDLE_WAKEUPS: f64 = 10.0;
 
 #[test]
 fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_cleaned_up() {
@@ -29,8 +35,10 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
             "4",
             "--memory",
             "32",
+            "--idle-secs",
+            "5",
             "--hold-secs",
-            "15",
+            "5",
             "--libexec",
         ])
         .arg(&libexec)
@@ -47,7 +55,12 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
     );
     let rows: Vec<Vec<&str>> = stdout
         .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| guest"))
+        // The per-guest table's rows start with the guest's number.
+        .filter(|l| {
+            l.strip_prefix("| ")
+                .and_then(|r| r.split(' ').next())
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
     assert_eq!(rows.len(), 4, "one row per guest:\n{stdout}");
@@ -69,6 +82,18 @@ fn test_scalebench_four_guests_with_overlay_disks_and_nics_come_up_and_are_clean
     assert!(
         stdout.contains("- Stopped: at the asked count."),
         "{stdout}"
+    );
+    let per_guest = |role: &str| -> f64 {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {role} |")))
+            .and_then(|l| l.trim_matches('|').split('|').nth(3)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no wake-ups row for {role}:\n{stdout}"))
+    };
+    let idle = per_guest("runtime (xen-pvguest, xen-vmm)") + per_guest("monitor (xl)");
+    assert!(
+        idle <= MAX_IDLE_WAKEUPS,
+        "an idle guest's runtime and monitor wake {idle:.1} times a second (at most {MAX_IDLE_WAKEUPS}):\n{stdout}"
     );
     // Nothing of the run is left: its namespace (with the bridge) is gone.
     let (pid, dir) = stderr

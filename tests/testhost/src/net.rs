@@ -380,8 +380,14 @@ impl<'h> Guests<'h> {
     }
 
     /// `xl destroy`s guest `name` now.
+    /// A guest whose init already ended is gone by itself (its monitor
+    /// destroys it, `on_poweroff`): that is not an error.
     pub fn destroy(&mut self, name: &str) -> Result<()> {
-        self.dom0.xl_ok(&["destroy", name])?;
+        if let Err(e) = self.dom0.xl_ok(&["destroy", name]) {
+            if self.dom0.domid(name)?.is_some() {
+                return Err(e);
+            }
+        }
         self.names.retain(|n| n != name);
         Ok(())
     }

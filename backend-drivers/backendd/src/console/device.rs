@@ -15,8 +15,9 @@
 //! with [`ConsoleFailure`], logged rate-limited); an event storm is
 //! throttled by [`EventBudget`] (xenconsoled's 30 events per 200 ms, plus
 //! one per 512 bytes of output drained: past that the port stays masked and
-//! out of the poll set until the period ends). The ring is drained every [`TICK`] anyway, and every [`FLOWING`]
-//! while output keeps coming.
+//! out of the poll set until the period ends). The ring is drained every [`TICK`] anyway (a
+//! safety net: the guest's event and a stop wake the thread), and every
+//! [`FLOWING`] while output keeps coming.
 
 use std::fs::File;
 use std::io::Write;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use xen_abi::event_channel::evtchn_port_t;
 use xen_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
 use xen_ring::bytes::ConsRing;
@@ -46,8 +48,9 @@ use crate::GUEST_LOG;
 
 /// Ring-fulls of output taken per round before input gets a turn.
 pub const MAX_ROUNDS: usize = 8;
-/// How often the ring is looked at without events.
-pub const TICK: Duration = Duration::from_millis(200);
+/// How often the ring is looked at without events (a safety net; it was
+/// 200 ms: five wake-ups a second from every idle guest's console).
+pub const TICK: Duration = Duration::from_secs(5);
 /// How soon the ring is looked at again without an event after a round
 /// that took output.
 pub const FLOWING: Duration = Duration::from_millis(1);
@@ -132,6 +135,8 @@ pub struct ConsoleStats {
 pub struct ConsoleHandle {
     spec: ConsoleSpec,
     stop: Arc<AtomicBool>,
+    /// Written with `stop` (wakes the thread; never read).
+    woken: Arc<EventFd>,
     stats: Arc<ConsoleStats>,
     tty: PathBuf,
     thread: Option<JoinHandle<Result<(), ConsoleFailure>>>,
@@ -188,6 +193,13 @@ impl ConsoleHandle {
         let tty = pty.path.clone();
         write_tty(xs, domid, &tty);
         let stop = Arc::new(AtomicBool::new(false));
+        let woken = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| ConsoleFailure::Io {
+                    what: "make the stop eventfd".into(),
+                    source: e.into(),
+                })?,
+        );
         let stats = Arc::new(ConsoleStats::default());
         let con = Console {
             ring,
@@ -201,6 +213,7 @@ impl ConsoleHandle {
             budget: EventBudget::new(std::time::Instant::now()),
             masked_until: None,
             stop: Arc::clone(&stop),
+            woken: Arc::clone(&woken),
             stats: Arc::clone(&stats),
             domid,
         };
@@ -214,6 +227,7 @@ impl ConsoleHandle {
         Ok(Self {
             spec,
             stop,
+            woken,
             stats,
             tty,
             thread: Some(thread),
@@ -248,6 +262,7 @@ impl ConsoleHandle {
     /// ended.
     pub fn stop(mut self) -> Result<(), ConsoleFailure> {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.woken.write(1);
         self.join()
     }
 
@@ -263,6 +278,7 @@ impl ConsoleHandle {
 impl Drop for ConsoleHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.woken.write(1);
         let _ = self.join();
     }
 }
@@ -297,6 +313,7 @@ struct Console {
     /// The port is held masked by the budget until then.
     masked_until: Option<std::time::Instant>,
     stop: Arc<AtomicBool>,
+    woken: Arc<EventFd>,
     stats: Arc<ConsoleStats>,
     domid: u16,
 }
@@ -351,6 +368,7 @@ impl Console {
             let mut fds = [
                 PollFd::new(ev, ev_flags),
                 PollFd::new(fd(&self.pty.master), pty_flags),
+                PollFd::new(self.woken.as_fd(), PollFlags::POLLIN),
             ];
             let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
             match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {

@@ -124,6 +124,14 @@ impl Doorbell {
         (v & MARK_EVENT != 0, v & MARK_SIGNALLED != 0)
     }
 
+    /// Receiver: marks an event on our own half, as the peer's
+    /// [`Doorbell::ring`] that also wrote the eventfd does (the caller
+    /// writes it): see [`PortSet::raise`].
+    pub fn mark_own(&self) {
+        self.word(self.in_off + PENDING)
+            .fetch_or(MARK_EVENT | MARK_SIGNALLED, Ordering::SeqCst);
+    }
+
     /// Receiver: whether an event is marked (without taking it).
     pub fn peek(&self) -> bool {
         self.word(self.in_off + PENDING).load(Ordering::SeqCst) & MARK_EVENT != 0
@@ -513,6 +521,24 @@ impl PortSet {
             }
         }
         sys::eventfd_signal(fd.as_raw_fd())?;
+        Ok(())
+    }
+
+    /// Makes `port` fire here as if its peer had sent on it (doorbell mark
+    /// and one write to the `in` eventfd): a thread waiting for it
+    /// ([`PortSet::wait_port`], or the epoll set) wakes. For waking a
+    /// thread of this process that sleeps on a port (to stop it); the
+    /// peer sees nothing.
+    pub fn raise(&self, port: evtchn_port_t) -> Result<(), EvtchnError> {
+        let ports = self
+            .ports
+            .read()
+            .map_err(|_| EvtchnError::Invalid("port table poisoned"))?;
+        let p = ports.get(&port).ok_or(EvtchnError::InvalidPort(port))?;
+        if let Some(d) = &p.doorbell {
+            d.mark_own();
+        }
+        sys::eventfd_signal(p.in_fd.as_raw_fd())?;
         Ok(())
     }
 
