@@ -6,8 +6,9 @@
 //! `/local/domain/<id>/console/{ring-ref,port}` (written by the toolstack)
 //! and `name`. [`Consoles`] does the same on its own xenstore connection
 //! (its watch events never mix with the backend tree's): a rescan at start,
-//! on each of the two watches and every 30 s (level-triggered: a lost or
-//! coalesced event cannot leave a console unserved for long), starts a
+//! on each of the two watches, 1 s and 4 s after each event, and every
+//! 30 s (level-triggered: a lost or coalesced event cannot leave a
+//! console unserved for long), starts a
 //! [`ConsoleHandle`] per domain that has a console, and stops it (after a
 //! last drain of the ring) once the domain's home is gone. A console that
 //! failed (a corrupt ring) stays failed until its domain goes: it is not
@@ -40,6 +41,13 @@ const REAP: Duration = Duration::from_secs(1);
 /// was every poll (500 ms): three xenstore reads per domain each time,
 /// 1,500 requests a second at 256 guests.
 const RESCAN_SAFETY: Duration = Duration::from_secs(30);
+/// Rescans after each watch event, counted from it. `@releaseDomain` can
+/// fire before the toolstack has removed the domain's home (`xl destroy`
+/// destroys the domain, then removes its nodes): the rescan on the event
+/// itself still sees the console, and nothing else fires when the home
+/// goes. Without these, a destroyed guest's console (its ring mapped, its
+/// memory files open) lived until the next [`RESCAN_SAFETY`].
+const SETTLE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
 
 use xen_shim_dom0::Gntdev;
 use xenstore_client::{Client, XsClientError, XsOps};
@@ -272,8 +280,15 @@ impl Consoles {
     fn event_loop(&mut self) -> Result<(), ConsolesError> {
         self.rescan();
         let mut rescanned = Instant::now();
+        // The follow-up rescans still due after the last event (SETTLE).
+        let mut settle: Vec<Instant> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            let event = match self.xs.wait_watch_event(Some(self.cfg.poll.max(REAP))) {
+            let base = self.cfg.poll.max(REAP);
+            let wait = settle
+                .first()
+                .map_or(base, |t| t.saturating_duration_since(Instant::now()).min(base))
+                .max(Duration::from_millis(10));
+            let event = match self.xs.wait_watch_event(Some(wait)) {
                 Ok(ev) => ev.is_some(),
                 Err(XsClientError::Disconnected) => return Err(ConsolesError::Disconnected),
                 Err(e) => {
@@ -285,7 +300,14 @@ impl Consoles {
             // A domain comes and goes with its watch event; the full rescan
             // (every domain's nodes read) otherwise only every
             // RESCAN_SAFETY, and failed consoles are reaped meanwhile.
-            if event || rescanned.elapsed() >= RESCAN_SAFETY {
+            let now = Instant::now();
+            let settling = settle.first().is_some_and(|t| now >= *t);
+            if event {
+                settle = SETTLE.iter().map(|d| now + *d).collect();
+            } else if settling {
+                settle.remove(0);
+            }
+            if event || settling || rescanned.elapsed() >= RESCAN_SAFETY {
                 self.rescan();
                 rescanned = Instant::now();
             } else {
