@@ -123,6 +123,9 @@ pub enum PvShutdown {
 
 /// How long the runtime keeps trying to reattach after the daemon went away.
 pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause of the body's reattach thread between two failed reattaches, and
+/// its look while a shutdown is under way.
+const REATTACH_RETRY: Duration = Duration::from_millis(100);
 
 fn reason_name(r: ShutdownReason) -> &'static str {
     match r {
@@ -230,11 +233,23 @@ where
         let watcher = std::thread::Builder::new()
             .name("reattach".into())
             .spawn_scoped(s, || {
-                while !body_done.load(Ordering::Relaxed) {
-                    if rt.hub().disconnected() && rt.reattach(REATTACH_TIMEOUT) {
-                        tracing::info!("reattached to the restarted shim daemon");
+                let done = || body_done.load(Ordering::Relaxed);
+                while !done() {
+                    if rt.hub().disconnected() {
+                        if rt.reattach(REATTACH_TIMEOUT) {
+                            tracing::info!("reattached to the restarted shim daemon");
+                        } else {
+                            std::thread::sleep(REATTACH_RETRY);
+                        }
+                    } else if rt.hub().shutdown_requested().is_some() {
+                        // The body is ending the domain; the hub's wait
+                        // would return at once.
+                        std::thread::sleep(REATTACH_RETRY);
+                    } else {
+                        // Sleeps until the connection breaks, a shutdown
+                        // request or the body's end (woken below).
+                        let _ = rt.hub().wait_shutdown_or(None, done);
                     }
-                    std::thread::sleep(CONTROL_LOOK);
                 }
             });
         if let Err(e) = &watcher {
@@ -242,6 +257,7 @@ where
         }
         let r = body(rt.platform().as_ref(), &ctl, &mut out);
         body_done.store(true, Ordering::Relaxed);
+        rt.hub().wake_all();
         r
     });
     let (reason, code) = match result {

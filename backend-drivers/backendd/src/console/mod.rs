@@ -286,7 +286,9 @@ impl Consoles {
             let base = self.cfg.poll.max(REAP);
             let wait = settle
                 .first()
-                .map_or(base, |t| t.saturating_duration_since(Instant::now()).min(base))
+                .map_or(base, |t| {
+                    t.saturating_duration_since(Instant::now()).min(base)
+                })
                 .max(Duration::from_millis(10));
             let event = match self.xs.wait_watch_event(Some(wait)) {
                 Ok(ev) => ev.is_some(),
