@@ -75,6 +75,11 @@ impl WaitMark {
     pub fn seq_unchanged(self, earlier: WaitMark) -> bool {
         self.seq == earlier.seq
     }
+
+    /// The hub's [`EventHub::wake_all`] count when the mark was taken.
+    pub fn wakes(self) -> u64 {
+        self.wakes
+    }
 }
 
 /// Counters of the dispatcher.

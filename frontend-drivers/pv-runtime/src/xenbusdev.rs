@@ -154,11 +154,16 @@ pub trait XsConn {
     /// `XS_UNWATCH` of `path` with `token`.
     fn unwatch(&self, path: &str, token: &str) -> Result<(), XsError>;
     /// The next watch event (path, token) of the connection, waiting up to
-    /// `timeout`.
-    fn next_event(&self, timeout: Duration) -> Result<Option<(String, String)>, XsError>;
-    /// Makes a thread waiting in [`XsConn::next_event`] return soon (a read
-    /// started waiting, or a stop); nothing for a connection whose waits
-    /// end by themselves.
+    /// `timeout`; `Ok(None)` early once `done()` holds (looked at before
+    /// each wait, so a [`XsConn::wake`] after making it true is never lost).
+    fn next_event(
+        &self,
+        timeout: Duration,
+        done: &dyn Fn() -> bool,
+    ) -> Result<Option<(String, String)>, XsError>;
+    /// Makes a thread waiting in [`XsConn::next_event`] look at its `done`
+    /// (a read started waiting, or a stop); nothing for a connection whose
+    /// waits end by themselves.
     fn wake(&self) {}
 }
 
@@ -185,8 +190,12 @@ impl XsConn for PvXenstore {
             .map_err(|e| xs_error(&e))
     }
 
-    fn next_event(&self, timeout: Duration) -> Result<Option<(String, String)>, XsError> {
-        self.read_watch(Some(timeout))
+    fn next_event(
+        &self,
+        timeout: Duration,
+        done: &dyn Fn() -> bool,
+    ) -> Result<Option<(String, String)>, XsError> {
+        self.read_watch_or(Some(timeout), done)
             .map(|ev| ev.map(|ev| (ev.path, ev.token)))
             .map_err(|e| xs_error(&e))
     }
@@ -881,12 +890,15 @@ impl<C: XsConn> XenbusRouter<'_, C> {
         while !stop.load(Ordering::Relaxed) {
             // Sweeps are for waiting reads; without any it sleeps until an
             // event, a new waiting read or a stop wakes it.
-            let wait = if lock(&self.state).reads.is_empty() {
-                ROUTER_IDLE
-            } else {
-                SWEEP
-            };
-            match self.conn.next_event(wait) {
+            let idle = lock(&self.state).reads.is_empty();
+            let wait = if idle { ROUTER_IDLE } else { SWEEP };
+            // A read that starts waiting after the look above (or a stop)
+            // wakes the connection; `look` then ends the long sleep (a
+            // wake-up that came before the wait began is not lost: `look`
+            // is looked at first).
+            let look =
+                || stop.load(Ordering::Relaxed) || (idle && !lock(&self.state).reads.is_empty());
+            match self.conn.next_event(wait, &look) {
                 Ok(Some((path, token))) if token.starts_with(TOKEN_PREFIX) => {
                     let mut st = lock(&self.state);
                     if let Some(h) = st.mux.deliver(&path, &token) {
@@ -1029,7 +1041,11 @@ mod tests {
             }
         }
 
-        fn next_event(&self, _timeout: Duration) -> Result<Option<(String, String)>, XsError> {
+        fn next_event(
+            &self,
+            _timeout: Duration,
+            _done: &dyn Fn() -> bool,
+        ) -> Result<Option<(String, String)>, XsError> {
             Ok(None)
         }
     }

@@ -17,7 +17,7 @@
 //! from which each thread reads at its own cursor, so a disk's waiter can
 //! never swallow another device's backend change.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +75,9 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// This thread's cursor into each store's [`WatchLog`].
     static CURSORS: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
+    /// (hub address, its wake-up count) when this thread's last
+    /// [`PvXenstore::read_watch_or`] returned.
+    static SEEN_WAKES: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// The store event channel and the clock, for the xenbus client.
@@ -259,13 +262,57 @@ impl PvXenstore {
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<XsWatchEvent>, PlatformError> {
+        self.read_watch_or(timeout, &|| false)
+    }
+
+    /// [`PvXenstore::read_watch`] that also returns `Ok(None)` once `done()`
+    /// holds, looked at after each look for an event and before each wait
+    /// (so a [`PvXenstore::wake_readers`] after making it true is never
+    /// lost, whenever it comes).
+    pub fn read_watch_or(
+        &self,
+        timeout: Option<Duration>,
+        done: &dyn Fn() -> bool,
+    ) -> Result<Option<XsWatchEvent>, PlatformError> {
+        let r = self.read_watch_marked(timeout, done);
+        // What this thread has seen of the hub's wake-ups: one after this
+        // and before its next call ends that call at once.
+        let wakes = self.events.hub.mark(self.events.port).wakes();
+        SEEN_WAKES.with(|s| s.set((self.hub_key(), wakes)));
+        r
+    }
+
+    fn hub_key(&self) -> usize {
+        Arc::as_ptr(&self.events.hub) as usize
+    }
+
+    fn read_watch_marked(
+        &self,
+        timeout: Option<Duration>,
+        done: &dyn Fn() -> bool,
+    ) -> Result<Option<XsWatchEvent>, PlatformError> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut first = true;
         loop {
             // The mark first: an event latched after it wakes the wait below,
             // one before it is in the ring or the client's queue for the look.
             let mark = self.events.hub.mark(self.events.port);
             if let Some(ev) = self.next_watch()? {
                 return Ok(Some(ev));
+            }
+            if done() {
+                return Ok(None);
+            }
+            // A wake-up between this thread's last return and the mark (a
+            // stop flag set after its caller looked at it) would be lost to
+            // the wait: return, so that the caller looks again.
+            if std::mem::take(&mut first)
+                && SEEN_WAKES.with(|s| {
+                    let (hub, wakes) = s.get();
+                    hub == self.hub_key() && wakes != mark.wakes()
+                })
+            {
+                return Ok(None);
             }
             let left = match deadline {
                 Some(d) => {

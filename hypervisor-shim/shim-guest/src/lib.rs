@@ -51,6 +51,26 @@ use xen_shim_proto::protocol::{
 };
 use xen_shim_proto::ShimError;
 
+/// How long a guest's daemon request waits for a restarting daemon
+/// ([`Hypervisor`]'s calls; supervisors restart it within a second).
+pub const RESTART_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between two reattaches to a daemon not listening yet.
+const RESTART_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether a reattach failed because no daemon listens (yet): its socket
+/// is gone or refuses, or the connection broke during the attach.
+fn daemon_away(e: &ControlError) -> bool {
+    match e {
+        ControlError::Connect { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+        ),
+        other => other.is_disconnect(),
+    }
+}
+
 /// Called with the vCPU number when an event raises that vCPU's upcall
 /// (`evtchn_upcall_pending` went 0 -> 1).
 pub type UpcallHandler = Box<dyn Fn(u32) + Send + Sync>;
@@ -222,15 +242,34 @@ impl Hypervisor {
         client::call_stashing(&self.conn, &self.events, req)
     }
 
-    /// A daemon request; if the daemon restarted meanwhile, reattaches once
-    /// and retries.
+    /// A daemon request; if the daemon went away (a restart), reattaches
+    /// and retries. A daemon not listening yet (killed, its supervisor
+    /// restarting it) is waited for, up to [`RESTART_PATIENCE`]: a guest's
+    /// hypercall waits for a restarting hypervisor rather than failing (a
+    /// failed call fails the device that made it: found by tests/soak,
+    /// where a block frontend reconnecting while xen-shimd restarted
+    /// failed its disk for good). A daemon that answers but refuses the
+    /// reattach (the domain is gone) fails the call at once.
     fn call(&self, req: &Request) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ControlError> {
-        match self.call_once(req) {
-            Err(e) if e.is_disconnect() => {
-                self.reattach().map_err(|_| e)?;
-                self.call_once(req)
+        let deadline = Instant::now() + RESTART_PATIENCE;
+        loop {
+            match self.call_once(req) {
+                Err(e) if e.is_disconnect() => loop {
+                    match self.reattach() {
+                        Ok(()) => break,
+                        Err(ShimError::Control(re))
+                            if daemon_away(&re) && Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(RESTART_RETRY);
+                        }
+                        Err(_) => return Err(e),
+                    }
+                },
+                r => return r,
             }
-            r => r,
+            if Instant::now() >= deadline {
+                return self.call_once(req);
+            }
         }
     }
 

@@ -171,3 +171,41 @@ fn test_restart_reattach_is_idempotent_and_a_waiting_dom0_handle_keeps_its_ports
     ev.reattach()
         .expect("an explicit reattach now does nothing");
 }
+
+#[test]
+fn test_a_guest_call_while_the_daemon_is_down_waits_for_its_restart_and_succeeds() {
+    let mut shimd = Shimd::start_with(&[]);
+    let ctl = shimd.control();
+    let d = shimd.create(&ctl, "patient", 4);
+    let mut peer = Peer::spawn(&shimd.socket, &d);
+    drop(ctl);
+    // A crash: nothing listens until the supervisor's restart, 700 ms on.
+    shimd.kill();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        shimd.restart();
+        shimd
+    });
+    // The guest's hypercall meets no daemon: it waits for the new one,
+    // reattaches and succeeds (it failed at once before, and the device
+    // that made it failed with it).
+    let t0 = std::time::Instant::now();
+    let port = peer.num("alloc_unbound 0") as u32;
+    let waited = t0.elapsed();
+    let shimd = back.join().expect("the restart thread");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the call cannot have succeeded without a daemon (took {waited:?})"
+    );
+    let ctl = shimd.control();
+    let ev = Evtchn::open(&shimd.socket).expect("open evtchn");
+    let lport = ev
+        .bind_interdomain(d.domid, port)
+        .expect("bind the new port");
+    peer.ok(&format!("send {port}"));
+    assert!(
+        wait_port(&ev, lport),
+        "guest -> Dom0 on the port made during the restart"
+    );
+    drop(ctl);
+}
