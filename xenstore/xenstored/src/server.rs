@@ -798,7 +798,9 @@ impl Server {
     }
 
     fn write_out(&mut self, id: ConnId) {
-        let Server { core, io, .. } = self;
+        let Server {
+            core, io, scratch, ..
+        } = self;
         let (Some(c), Some(cio)) = (core.conn_mut(id), io.get_mut(id).and_then(Option::as_mut))
         else {
             return;
@@ -820,6 +822,13 @@ impl Server {
         }
         if err.is_none() {
             if let Err(e) = cio.transport.flush() {
+                err = Some(e);
+            }
+        }
+        // The replies to what was read are out (or queued for a client
+        // not reading them): only now drop the requests from the socket.
+        if err.is_none() {
+            if let Err(e) = cio.transport.release(scratch) {
                 err = Some(e);
             }
         }
