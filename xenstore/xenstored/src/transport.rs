@@ -71,8 +71,11 @@ pub trait Transport: fmt::Debug {
     /// Called once the replies to what [`Transport::read`] returned were
     /// written: drops those bytes from the kernel's queue, using `scratch`
     /// as a bounce buffer ([`SocketTransport`] only peeks in `read`).
-    fn release(&mut self, _scratch: &mut [u8]) -> Result<(), TransportError> {
-        Ok(())
+    /// Returns how many new bytes it read into `scratch` instead (only if
+    /// `may_read`; the caller handles them as a [`Transport::read`]'s):
+    /// then nothing was dropped.
+    fn release(&mut self, _scratch: &mut [u8], _may_read: bool) -> Result<usize, TransportError> {
+        Ok(0)
     }
     /// Marks the connection failed for the peer (`XENSTORE_ERROR_*`).
     fn fail(&mut self, _error: u32) {}
@@ -164,26 +167,28 @@ impl Transport for SocketTransport {
         Ok(n)
     }
 
-    fn release(&mut self, scratch: &mut [u8]) -> Result<(), TransportError> {
+    fn release(&mut self, scratch: &mut [u8], may_read: bool) -> Result<usize, TransportError> {
         if self.peeked == 0 {
-            return Ok(());
+            return Ok(0);
         }
         // A client that sent more since our last peek is asleep waiting
         // for its reply (or about to be): dropping bytes now would wake it
         // for nothing. That happens when the client we woke with a reply
         // ran on our CPU at once, sent its next request and blocked before
-        // we got here: the bytes are dropped after a later reply, when we
-        // are not preempted, or once [`MAX_HELD`] are held. Whenever the
-        // client has sent nothing more they are dropped at once, so a
-        // client blocked in `write` on a small send buffer never waits for
-        // us.
+        // we got here. Its new bytes are returned to be handled at once
+        // (no trip through epoll), and everything is dropped after a later
+        // reply, when we are not preempted, or once [`MAX_HELD`] are held.
+        // Whenever the client has sent nothing more the bytes are dropped
+        // at once, so a client blocked in `write` on a small send buffer
+        // never waits for us. A connection that may not read (its
+        // replies are not being read) keeps them until it may.
         if self.peeked < MAX_HELD {
-            let mut queued: libc::c_int = 0;
-            // SAFETY: the fd is the live stream's; FIONREAD writes one
-            // c_int into the live local `queued`.
-            let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut queued) };
-            if r == 0 && queued as usize > self.peeked {
-                return Ok(());
+            if !may_read {
+                return Ok(0);
+            }
+            let n = self.read(scratch)?;
+            if n > 0 {
+                return Ok(n);
             }
         }
         while self.peeked > 0 {
@@ -195,7 +200,7 @@ impl Transport for SocketTransport {
                 n => self.peeked -= n,
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<usize, TransportError> {
