@@ -837,6 +837,37 @@ impl Server {
             None => {}
         }
         let readable = self.core.can_read(id);
+        // The replies to what was read are out (or queued for a client
+        // not reading them): only now drop the requests from the socket,
+        // unless the client sent more meanwhile: that is taken now, when
+        // the connection may read, handled in this flush (`retry`) and
+        // dropped after its reply.
+        let Server {
+            io, scratch, retry, ..
+        } = self;
+        let released = match io.get_mut(id).and_then(Option::as_mut) {
+            Some(cio) => match cio.transport.release(scratch, readable) {
+                Ok(0) => Ok(()),
+                Ok(n) => {
+                    cio.take(&scratch[..n]);
+                    retry.push(id);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            None => return,
+        };
+        match released {
+            Ok(()) => {}
+            Err(TransportError::Protocol(code)) => {
+                self.bad_client(id, "ring index corrupt", code);
+                return;
+            }
+            Err(_) => {
+                self.drop_conn(id);
+                return;
+            }
+        }
         let mut want = EpollFlags::empty();
         if readable || !polls_out {
             want |= EpollFlags::EPOLLIN;

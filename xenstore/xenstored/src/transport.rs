@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -68,40 +68,139 @@ pub trait Transport: fmt::Debug {
     fn flush(&mut self) -> Result<(), TransportError> {
         Ok(())
     }
+    /// Called once the replies to what [`Transport::read`] returned were
+    /// written: drops those bytes from the kernel's queue, using `scratch`
+    /// as a bounce buffer ([`SocketTransport`] only peeks in `read`).
+    /// Returns how many new bytes it read into `scratch` instead (only if
+    /// `may_read`; the caller handles them as a [`Transport::read`]'s):
+    /// then nothing was dropped.
+    fn release(&mut self, _scratch: &mut [u8], _may_read: bool) -> Result<usize, TransportError> {
+        Ok(0)
+    }
     /// Marks the connection failed for the peer (`XENSTORE_ERROR_*`).
     fn fail(&mut self, _error: u32) {}
     /// Publishes `server_features` (rings only).
     fn set_features(&mut self, _features: u32) {}
 }
 
+/// Peeked bytes a socket keeps in the kernel's queue while its client
+/// sends more: past it they are dropped whatever the client does (a few
+/// dozen requests; each small write holds about 1.5 KiB of the client's
+/// 208 KiB default send buffer).
+const MAX_HELD: usize = 1024;
+
 /// A Unix socket client.
+///
+/// Requests are peeked (`MSG_PEEK` with `SO_PEEK_OFF`, so each read
+/// continues after the last) and dropped from the socket only after their
+/// replies were sent ([`Transport::release`]). Consuming a client's bytes
+/// wakes every task sleeping on its socket (the kernel's
+/// `unix_write_space` on freed send-buffer space): a client blocked in
+/// `read` for our reply, as libxenstore's, would be woken for nothing
+/// while we work on its request, a cross-CPU wake-up that delays the reply
+/// (and often preempts us on our own CPU). Once the reply is out the
+/// client is awake already and the release wakes nobody.
 #[derive(Debug)]
 pub struct SocketTransport {
     stream: UnixStream,
+    /// Bytes peeked and not yet dropped from the socket.
+    peeked: usize,
 }
 
 impl SocketTransport {
-    /// Wraps an accepted stream (made non-blocking).
+    /// Wraps an accepted stream (made non-blocking, peek offset enabled).
     pub fn new(stream: UnixStream) -> io::Result<SocketTransport> {
         stream.set_nonblocking(true)?;
-        Ok(SocketTransport { stream })
+        let zero: libc::c_int = 0;
+        // SAFETY: the fd is the live stream's; the kernel reads one c_int
+        // from the live local `zero`, whose size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                std::ptr::addr_of!(zero).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SocketTransport { stream, peeked: 0 })
+    }
+
+    /// One `recv(2)`; `Ok(0)` when nothing is available, `Err(Closed)` at
+    /// end of stream.
+    fn recv(&mut self, buf: &mut [u8], flags: libc::c_int) -> Result<usize, TransportError> {
+        loop {
+            // SAFETY: the fd is the live stream's; the kernel writes at
+            // most `buf.len()` bytes into the live `buf`.
+            let r = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags | libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                return Ok(r as usize);
+            }
+            if r == 0 {
+                return Err(TransportError::Closed);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::ConnectionReset => return Err(TransportError::Closed),
+                _ => return Err(e.into()),
+            }
+        }
     }
 }
 
 impl Transport for SocketTransport {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
-        loop {
-            match self.stream.read(buf) {
-                Ok(0) => return Err(TransportError::Closed),
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(TransportError::Closed)
-                }
-                Err(e) => return Err(e.into()),
+        let n = self.recv(buf, libc::MSG_PEEK)?;
+        self.peeked += n;
+        Ok(n)
+    }
+
+    fn release(&mut self, scratch: &mut [u8], may_read: bool) -> Result<usize, TransportError> {
+        if self.peeked == 0 {
+            return Ok(0);
+        }
+        // A client that sent more since our last peek is asleep waiting
+        // for its reply (or about to be): dropping bytes now would wake it
+        // for nothing. That happens when the client we woke with a reply
+        // ran on our CPU at once, sent its next request and blocked before
+        // we got here. Its new bytes are returned to be handled at once
+        // (no trip through epoll), and everything is dropped after a later
+        // reply, when we are not preempted, or once [`MAX_HELD`] are held.
+        // Whenever the client has sent nothing more the bytes are dropped
+        // at once, so a client blocked in `write` on a small send buffer
+        // never waits for us. A connection that may not read (its
+        // replies are not being read) keeps them until it may.
+        if self.peeked < MAX_HELD {
+            if !may_read {
+                return Ok(0);
+            }
+            let n = self.read(scratch)?;
+            if n > 0 {
+                return Ok(n);
             }
         }
+        while self.peeked > 0 {
+            let len = self.peeked.min(scratch.len());
+            match self.recv(&mut scratch[..len], 0)? {
+                // Peeked bytes stay queued until we take them: only a
+                // broken socket loses them.
+                0 => return Err(TransportError::Closed),
+                n => self.peeked -= n,
+            }
+        }
+        Ok(0)
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<usize, TransportError> {
