@@ -596,8 +596,10 @@ impl Worker {
         let mut batch: Vec<Slot> = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
         let (done_tx, done_rx) = channel::<Done>();
         let pipelined = self.image.is_async();
-        // Transfers in flight; across batches only for a pipelined engine.
+        // Transfers in flight; across batches only for a pipelined engine,
+        // as is the transfer being built (`Worker::pipeline`).
         let mut outstanding = 0usize;
+        let mut pending: Option<Transfer> = None;
         while !self.shared.stop.load(Ordering::SeqCst) && !self.broken {
             // At most one ring's worth per round (bounded).
             let n = match self.ring.take_requests(&mut batch) {
@@ -612,7 +614,13 @@ impl Worker {
                 self.shared.metrics.add(Counter::OutOfRequests, 1);
             }
             if pipelined {
-                self.pipeline(&batch[..n], &mut outstanding, &done_tx, &done_rx);
+                self.pipeline(
+                    &batch[..n],
+                    &mut pending,
+                    &mut outstanding,
+                    &done_tx,
+                    &done_rx,
+                );
             } else {
                 // Answers each request as soon as it is served (published
                 // at once, so the frontend can reuse the slot while the
@@ -671,7 +679,12 @@ impl Worker {
                 }
             }
         }
-        // No persistent mapping goes while a transfer using it is in flight.
+        // Every request taken is answered (a later backend of this ring
+        // sees it so), and no persistent mapping goes while a transfer
+        // using it is in flight.
+        if let Some(p) = pending.take() {
+            self.start(p, &mut outstanding, &done_tx);
+        }
         self.drain(&mut outstanding, &done_rx);
         self.teardown();
     }
@@ -757,7 +770,11 @@ impl Worker {
         // persistent mappings may be evicted again.
         self.persistent.next_round();
         let mut outstanding = 0usize;
-        self.serve(slots, &mut outstanding, done_tx, done_rx);
+        let mut pending = None;
+        self.serve(slots, &mut pending, &mut outstanding, done_tx, done_rx);
+        if let Some(p) = pending {
+            self.start(p, &mut outstanding, done_tx);
+        }
         self.drain(&mut outstanding, done_rx);
     }
 
@@ -771,21 +788,42 @@ impl Worker {
     /// cache that found every mapping in use ([`Worker::evict_wanted`]):
     /// a new round, whose mappings may be evicted, starts only when no
     /// transfer is in flight.
+    ///
+    /// The batch's last transfer stays in `pending` while the frontend
+    /// keeps posting: a frontend publishes each request as it builds it, so
+    /// the next batch may continue it on the disk (the 128 KiB pieces of a
+    /// 1 MiB write merge into one librbd request). It starts as soon as it
+    /// is full (`merge_max_bytes`), a request does not continue it, or a
+    /// batch is empty (`slots` empty: nothing more on the ring).
     fn pipeline(
         &mut self,
         slots: &[Slot],
+        pending: &mut Option<Transfer>,
         outstanding: &mut usize,
         done_tx: &Sender<Done>,
         done_rx: &Receiver<Done>,
     ) {
         if self.evict_wanted {
+            // `pending`'s mappings are in use too: in flight before the
+            // round ends.
+            if let Some(p) = pending.take() {
+                self.start(p, outstanding, done_tx);
+            }
             self.drain(outstanding, done_rx);
         }
-        if *outstanding == 0 {
+        if *outstanding == 0 && pending.is_none() {
             self.persistent.next_round();
             self.evict_wanted = false;
         }
-        self.serve(slots, outstanding, done_tx, done_rx);
+        self.serve(slots, pending, outstanding, done_tx, done_rx);
+        let full = pending
+            .as_ref()
+            .is_some_and(|p| p.bytes >= self.cfg.merge_max_bytes);
+        if slots.is_empty() || full {
+            if let Some(p) = pending.take() {
+                self.start(p, outstanding, done_tx);
+            }
+        }
         self.complete_ready(outstanding, done_rx);
     }
 
@@ -824,21 +862,22 @@ impl Worker {
     }
 
     /// Serves `slots` in ring order (see [`Self::process`]), leaving the
-    /// transfers it started in flight (`outstanding` counts them).
+    /// transfers it started in flight (`outstanding` counts them) and the
+    /// last one in `pending`, not started: the next requests may continue
+    /// it (the caller starts it).
     fn serve(
         &mut self,
         slots: &[Slot],
+        pending: &mut Option<Transfer>,
         outstanding: &mut usize,
         done_tx: &Sender<Done>,
         done_rx: &Receiver<Done>,
     ) {
-        // The transfer being built: adjacent requests merge into it.
-        let mut pending: Option<Transfer> = None;
         for slot in slots {
             match self.prepare(slot) {
                 Step::Answer(r) => self.respond(&r),
                 Step::Data(t) => {
-                    pending = match pending.take() {
+                    *pending = match pending.take() {
                         None => Some(t),
                         Some(mut p) => match p.merge(t, self.cfg.merge_max_bytes) {
                             Ok(()) => {
@@ -870,9 +909,6 @@ impl Worker {
                 *outstanding -= 1;
                 self.complete(d);
             }
-        }
-        if let Some(p) = pending.take() {
-            self.start(p, outstanding, done_tx);
         }
     }
 

@@ -248,23 +248,52 @@ fn test_blkback_rbd_pipeline_across_batches_with_a_small_grant_cache_then_rbd_ex
     answers.extend(f.responses(0, 16));
     f.submit(0, &reads[32..]);
     answers.extend(f.responses(0, 32));
-    let fl = f.call(0, flush(200));
+    // What the reads brought (their pages are reused below).
+    let read_back: Vec<bool> = (0..48)
+        .map(|i| f.read_data(48 + i, 0, PAGE) == data(i))
+        .collect();
+    // Adjacent writes published one by one (as a frontend splitting a
+    // large write does): batches may merge them; one read of all 8 pages.
+    for k in 0..8usize {
+        f.write_data(k, 0, &data(200 + k));
+        let s = rw(
+            BLKIF_OP_WRITE,
+            300 + k as u64,
+            4096 + 8 * k as u64,
+            &[seg(f.data_refs[k], 0, 7)],
+        );
+        f.submit(0, &[s]);
+    }
+    answers.extend(f.responses(0, 8));
+    let segs: Vec<_> = (0..8).map(|k| seg(f.data_refs[88 + k], 0, 7)).collect();
+    answers.push(f.call(0, rw(BLKIF_OP_READ, 400, 4096, &segs)));
+    let fl = f.call(0, flush(500));
 
     // Assert: every request answered once, OK; the pages read back; the
     // cache stayed within its 8 pages.
     let mut ids: Vec<u64> = answers.iter().map(|r| r.id).collect();
     ids.sort_unstable();
-    let want: Vec<u64> = (0..48).chain(100..148).collect();
+    let want: Vec<u64> = (0..48)
+        .chain(100..148)
+        .chain(300..308)
+        .chain([400])
+        .collect();
     assert_eq!(ids, want);
     assert!(answers.iter().all(|r| r.status == BLKIF_RSP_OKAY));
     assert_eq!(fl.status, BLKIF_RSP_OKAY);
-    for i in 0..48 {
-        assert_eq!(f.read_data(48 + i, 0, PAGE), data(i), "page {i}");
+    for (i, ok) in read_back.iter().enumerate() {
+        assert!(ok, "page {i} read back");
+    }
+    for k in 0..8usize {
+        assert!(
+            f.read_data(88 + k, 0, PAGE) == data(200 + k),
+            "adjacent page {k} read back"
+        );
     }
     let held = dev.metrics().persistent_grants;
     assert!((1..=8).contains(&held), "{held} persistent grants held");
     let m = dev.disconnect();
-    assert_eq!((m.writes, m.reads, m.errors, m.flushes), (48, 48, 0, 1));
+    assert_eq!((m.writes, m.reads, m.errors, m.flushes), (56, 49, 0, 1));
     assert_eq!(m.persistent_grants, 0, "every grant unmapped at disconnect");
     drop(be);
     // Dom0's view: `rbd export` has every page.
@@ -274,10 +303,16 @@ fn test_blkback_rbd_pipeline_across_batches_with_a_small_grant_cache_then_rbd_ex
     let exported = std::fs::read(&out).expect("read the export");
     for i in 0..48 {
         let off = 16 * 512 * i;
-        assert_eq!(
-            &exported[off..off + PAGE],
-            &data(i)[..],
+        assert!(
+            exported[off..off + PAGE] == data(i)[..],
             "exported page {i}"
+        );
+    }
+    for k in 0..8usize {
+        let off = (4096 + 8 * k) * 512;
+        assert!(
+            exported[off..off + PAGE] == data(200 + k)[..],
+            "exported adjacent page {k}"
         );
     }
 }
