@@ -8,13 +8,22 @@
 //! `push_responses_and_check_notify` says so, and sleeps on the event channel
 //! only after `final_check_for_requests` found nothing.
 //!
+//! An asynchronous engine (RBD: [`DiskImage::is_async`]) is served as a
+//! continuous pipeline instead ([`Worker::pipeline`]): each request is
+//! submitted as soon as it is taken and answered when the engine completes
+//! it, so the frontend's whole queue stays at the disk. The worker sleeps
+//! on its event channel with `req_event` armed, and a completion arriving
+//! while it sleeps kicks it awake ([`Waker`]). Only a fence (flush,
+//! discard, barrier), a stop, or a persistent-grant cache that must evict
+//! waits for every transfer in flight.
+//!
 //! A bad request gets an error response. A producer overflow, too many
 //! invalid requests in a row, or a broken event channel fail the device: the
 //! worker records a [`DeviceFailure`], the other queues stop, and the
 //! owner ([`Device::wait_failure`]) moves the device to Closing. Nothing a
 //! frontend writes makes a worker panic.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +51,6 @@ use crate::request::{
 /// A ring slot as copied out of the ring.
 pub type Slot = [u8; BLKIF_SRING_ENTRY_SIZE];
 
-/// Rings' worth of requests that may join a round of an asynchronous
-/// engine while its transfers are in flight ([`Worker::overlap`]).
-const OVERLAP_RINGS: usize = 4;
 /// A response as pushed to the ring.
 pub type RspSlot = [u8; core::mem::size_of::<blkif_response>()];
 
@@ -340,6 +346,12 @@ fn start_queue(
         } else {
             0
         }),
+        waker: Arc::new(Waker {
+            sleeping: AtomicBool::new(false),
+            evtchn: Arc::clone(&evtchn),
+            kick,
+        }),
+        evict_wanted: false,
         invalid_in_a_row: 0,
         broken: false,
         batching: false,
@@ -370,6 +382,13 @@ struct Worker {
     pool: Option<Arc<IoPool>>,
     /// Persistent grants mapped by this queue (empty unless negotiated).
     persistent: PersistentCache<GrantMapping>,
+    /// Wakes this worker when an asynchronous engine completes a transfer
+    /// while it sleeps on its event channel.
+    waker: Arc<Waker>,
+    /// The persistent-grant cache was full of mappings in use: the
+    /// pipeline waits for every transfer in flight before the next batch,
+    /// so that older mappings can be evicted ([`Worker::pipeline`]).
+    evict_wanted: bool,
     invalid_in_a_row: u32,
     /// The ring or event channel failed: answer nothing more, stop.
     broken: bool,
@@ -382,6 +401,49 @@ struct Worker {
     /// The adaptive ring poll of an idle worker.
     poll: PollWindow,
     log: LogLimiter,
+}
+
+/// Wakes a queue worker that sleeps on its event channel while an
+/// asynchronous engine's transfers are in flight: the completion that
+/// arrives first kicks the worker's own IPI port (one `eventfd` write), so
+/// the worker waits for its frontend and its disk at once. Completions
+/// arriving while the worker is awake only go to its channel.
+struct Waker {
+    /// The worker sleeps (or is about to) and wants a kick.
+    sleeping: AtomicBool,
+    evtchn: Arc<Evtchn>,
+    kick: evtchn_port_t,
+}
+
+impl Waker {
+    /// The worker is about to sleep: a completion sent after this kicks it.
+    /// The caller looks at its completion channel once more afterwards
+    /// (one sent before is there).
+    fn arm(&self) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        // Orders the store before the worker's next look at its channel
+        // (pairs with the fence in `wake`).
+        fence(Ordering::SeqCst);
+    }
+
+    /// The worker is awake again.
+    fn disarm(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// A completion was sent to the worker's channel: kick the worker if
+    /// it sleeps (once per sleep).
+    fn wake(&self) {
+        // Orders the channel's send before the load of `sleeping`: either
+        // the worker's last look at its channel finds the completion, or
+        // this sees it sleeping.
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failure here is the worker's own handle gone: it is
+            // stopping, and its `IDLE_WAIT` bounds the sleep anyway.
+            let _ = self.evtchn.notify(self.kick);
+        }
+    }
 }
 
 /// Why a request failed while being served (mapped to a response status).
@@ -432,8 +494,9 @@ struct SendIov(Vec<IoVec>);
 // SAFETY: the pointers lead into grant mappings that stay mapped until the
 // transfer is done: its own mappings travel with it (`Transfer::own`), and
 // persistent ones stay in the worker's cache, which evicts only mappings
-// not used in the current round (every transfer of a round completes before
-// the next: `Worker::process` drains) and clears them only after every
+// not used in the current round (a round starts only when no transfer is in
+// flight: `Worker::process` drains each batch, `Worker::pipeline` starts one
+// when its transfers have drained) and clears them only after every
 // transfer it submitted has completed (`Worker::drain` before `teardown`).
 // The memory is only reached by `preadv`/`pwritev`, never through Rust
 // references, so moving the pointers to another thread is sound.
@@ -484,13 +547,15 @@ impl Transfer {
     }
 
     /// Starts the transfer on an engine that completes it on its own
-    /// threads ([`DiskImage::submit`]); its [`Done`] goes to `tx`.
-    fn submit(self, image: &Arc<dyn DiskImage>, tx: Sender<Done>) {
+    /// threads ([`DiskImage::submit`]); its [`Done`] goes to `tx`, and
+    /// `waker` wakes the worker if it sleeps.
+    fn submit(self, image: &Arc<dyn DiskImage>, tx: Sender<Done>, waker: Arc<Waker>) {
         // The iovec array's heap buffer does not move with `self`.
         let iov: *const [IoVec] = &self.iov.0[..];
         let (write, offset) = (self.dir == Direction::Write, self.offset);
         let done = Box::new(move |r| {
             let _ = tx.send(self.finish(r));
+            waker.wake();
         });
         // SAFETY: see `SendIov`: the buffers (and `iov`, owned by `self`)
         // stay mapped until `done` runs, which drops them only after the
@@ -537,6 +602,11 @@ impl Worker {
         let nr = self.ring.nr_ents() as usize;
         let mut batch: Vec<Slot> = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
         let (done_tx, done_rx) = channel::<Done>();
+        let pipelined = self.image.is_async();
+        // Transfers in flight; across batches only for a pipelined engine,
+        // as is the transfer being built (`Worker::pipeline`).
+        let mut outstanding = 0usize;
+        let mut pending: Option<Transfer> = None;
         while !self.shared.stop.load(Ordering::SeqCst) && !self.broken {
             // At most one ring's worth per round (bounded).
             let n = match self.ring.take_requests(&mut batch) {
@@ -550,14 +620,33 @@ impl Worker {
                 // A whole ring unanswered: the frontend ran out of slots.
                 self.shared.metrics.add(Counter::OutOfRequests, 1);
             }
-            // Answers each request as soon as it is served (published at
-            // once, so the frontend can reuse the slot while the rest of
-            // the batch is served).
-            self.process(&batch[..n], &done_tx, &done_rx);
+            if pipelined {
+                self.pipeline(
+                    &batch[..n],
+                    &mut pending,
+                    &mut outstanding,
+                    &done_tx,
+                    &done_rx,
+                );
+            } else {
+                // Answers each request as soon as it is served (published
+                // at once, so the frontend can reuse the slot while the
+                // rest of the batch is served).
+                self.process(&batch[..n], &done_tx, &done_rx);
+            }
             if self.broken || self.shared.stop.load(Ordering::SeqCst) {
                 break;
             }
             if n > 0 {
+                continue;
+            }
+            if outstanding > 0 {
+                // Nothing new on the ring, transfers in flight: sleep
+                // until one completes or the frontend posts more.
+                if let Err(e) = self.wait_in_flight(&mut outstanding, &done_rx) {
+                    self.fail(FailureReason::EventChannel(e.to_string()));
+                    break;
+                }
                 continue;
             }
             // Idle: poll the ring for a while without arming `req_event`
@@ -597,6 +686,13 @@ impl Worker {
                 }
             }
         }
+        // Every request taken is answered (a later backend of this ring
+        // sees it so), and no persistent mapping goes while a transfer
+        // using it is in flight.
+        if let Some(p) = pending.take() {
+            self.start(p, &mut outstanding, &done_tx);
+        }
+        self.drain(&mut outstanding, &done_rx);
         self.teardown();
     }
 
@@ -681,29 +777,114 @@ impl Worker {
         // persistent mappings may be evicted again.
         self.persistent.next_round();
         let mut outstanding = 0usize;
-        self.serve(slots, &mut outstanding, done_tx, done_rx);
-        if self.image.is_async() {
-            self.overlap(&mut outstanding, done_tx, done_rx);
+        let mut pending = None;
+        self.serve(slots, &mut pending, &mut outstanding, done_tx, done_rx);
+        if let Some(p) = pending {
+            self.start(p, &mut outstanding, done_tx);
         }
         self.drain(&mut outstanding, done_rx);
     }
 
-    /// Serves `slots` in ring order (see [`Self::process`]), leaving the
-    /// transfers it started in flight (`outstanding` counts them).
-    fn serve(
+    /// Serves a batch of an asynchronous engine (a network disk, where
+    /// latencies vary) without waiting for its transfers, then answers
+    /// every transfer already complete (one publication). Transfers stay in
+    /// flight across batches (`outstanding` counts them), so the disk keeps
+    /// the frontend's whole queue rather than a batch at a time; the ring
+    /// bounds them (a request is in flight until answered). A fence waits
+    /// for all of them (in [`Self::serve`]), and so does a persistent-grant
+    /// cache that found every mapping in use ([`Worker::evict_wanted`]):
+    /// a new round, whose mappings may be evicted, starts only when no
+    /// transfer is in flight.
+    ///
+    /// The batch's last transfer stays in `pending` while the frontend
+    /// keeps posting: a frontend publishes each request as it builds it, so
+    /// the next batch may continue it on the disk (the 128 KiB pieces of a
+    /// 1 MiB write merge into one librbd request). It starts as soon as it
+    /// is full (`merge_max_bytes`), a request does not continue it, or a
+    /// batch is empty (`slots` empty: nothing more on the ring).
+    fn pipeline(
         &mut self,
         slots: &[Slot],
+        pending: &mut Option<Transfer>,
         outstanding: &mut usize,
         done_tx: &Sender<Done>,
         done_rx: &Receiver<Done>,
     ) {
-        // The transfer being built: adjacent requests merge into it.
-        let mut pending: Option<Transfer> = None;
+        if self.evict_wanted {
+            // `pending`'s mappings are in use too: in flight before the
+            // round ends.
+            if let Some(p) = pending.take() {
+                self.start(p, outstanding, done_tx);
+            }
+            self.drain(outstanding, done_rx);
+        }
+        if *outstanding == 0 && pending.is_none() {
+            self.persistent.next_round();
+            self.evict_wanted = false;
+        }
+        self.serve(slots, pending, outstanding, done_tx, done_rx);
+        let full = pending
+            .as_ref()
+            .is_some_and(|p| p.bytes >= self.cfg.merge_max_bytes);
+        if slots.is_empty() || full {
+            if let Some(p) = pending.take() {
+                self.start(p, outstanding, done_tx);
+            }
+        }
+        self.complete_ready(outstanding, done_rx);
+    }
+
+    /// Sleeps on the event channel (`req_event` armed) until the frontend
+    /// posts requests, a transfer completes (its [`Waker`] kicks), or the
+    /// owner kicks; answers the completions found.
+    fn wait_in_flight(
+        &mut self,
+        outstanding: &mut usize,
+        rx: &Receiver<Done>,
+    ) -> Result<(), xen_shim_proto::EvtchnError> {
+        self.waker.arm();
+        if let Ok(d) = rx.try_recv() {
+            self.waker.disarm();
+            *outstanding -= 1;
+            self.batching = true;
+            self.complete(d);
+            self.complete_ready(outstanding, rx);
+            return Ok(());
+        }
+        match self.ring.final_check_for_requests() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.waker.disarm();
+                return Ok(());
+            }
+            Err(e) => {
+                self.waker.disarm();
+                self.ring_failed(e);
+                return Ok(());
+            }
+        }
+        let r = self.wait();
+        self.waker.disarm();
+        r.map(|_| ())
+    }
+
+    /// Serves `slots` in ring order (see [`Self::process`]), leaving the
+    /// transfers it started in flight (`outstanding` counts them) and the
+    /// last one in `pending`, not started: the next requests may continue
+    /// it (the caller starts it).
+    fn serve(
+        &mut self,
+        slots: &[Slot],
+        pending: &mut Option<Transfer>,
+        outstanding: &mut usize,
+        done_tx: &Sender<Done>,
+        done_rx: &Receiver<Done>,
+    ) {
         for slot in slots {
             match self.prepare(slot) {
                 Step::Answer(r) => self.respond(&r),
                 Step::Data(t) => {
-                    pending = match pending.take() {
+                    *pending = match pending.take() {
                         None => Some(t),
                         Some(mut p) => match p.merge(t, self.cfg.merge_max_bytes) {
                             Ok(()) => {
@@ -736,53 +917,6 @@ impl Worker {
                 self.complete(d);
             }
         }
-        if let Some(p) = pending.take() {
-            self.start(p, outstanding, done_tx);
-        }
-    }
-
-    /// For an engine that completes transfers on its own threads (a
-    /// network disk, where latencies vary): while this round's transfers
-    /// are in flight, requests the frontend posts as it gets answers join
-    /// the round (up to [`OVERLAP_RINGS`] rings' worth), so the disk keeps
-    /// the frontend's whole queue rather than waiting for the slowest
-    /// request of each batch. Their persistent mappings are used in this
-    /// round, so none is evicted while in flight.
-    fn overlap(
-        &mut self,
-        outstanding: &mut usize,
-        done_tx: &Sender<Done>,
-        done_rx: &Receiver<Done>,
-    ) {
-        let nr = self.ring.nr_ents() as usize;
-        let mut budget = nr * OVERLAP_RINGS;
-        let mut more: Vec<Slot> = Vec::new();
-        while *outstanding > 0 && !self.broken {
-            if !self.complete_burst(outstanding, done_rx) {
-                return;
-            }
-            if budget == 0 || self.shared.stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            if !matches!(self.ring.unconsumed_requests(), Ok(n) if n > 0) {
-                continue;
-            }
-            if more.is_empty() {
-                more = vec![[0u8; BLKIF_SRING_ENTRY_SIZE]; nr];
-            }
-            let want = budget.min(nr);
-            let n = match self.ring.take_requests(&mut more[..want]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.ring_failed(e);
-                    return;
-                }
-            };
-            budget -= n;
-            let batch = std::mem::take(&mut more);
-            self.serve(&batch[..n], outstanding, done_tx, done_rx);
-            more = batch;
-        }
     }
 
     /// Runs a transfer: in this thread if it is small (or there is no
@@ -790,7 +924,7 @@ impl Worker {
     fn start(&mut self, t: Transfer, outstanding: &mut usize, done_tx: &Sender<Done>) {
         if self.image.is_async() {
             // The engine completes it on its own threads, many in flight.
-            t.submit(&self.image, done_tx.clone());
+            t.submit(&self.image, done_tx.clone(), Arc::clone(&self.waker));
             *outstanding += 1;
             return;
         }
@@ -834,6 +968,14 @@ impl Worker {
         *outstanding -= 1;
         self.batching = true;
         self.complete(d);
+        self.complete_ready(outstanding, rx);
+        true
+    }
+
+    /// Answers every transfer already complete, without waiting, and
+    /// publishes their responses (with those pushed while batching) once.
+    fn complete_ready(&mut self, outstanding: &mut usize, rx: &Receiver<Done>) {
+        self.batching = true;
         while *outstanding > 0 {
             let Ok(d) = rx.try_recv() else {
                 break;
@@ -842,7 +984,6 @@ impl Worker {
             self.complete(d);
         }
         self.publish();
-        true
     }
 
     /// Waits for every submitted transfer, answering each.
@@ -1190,7 +1331,7 @@ impl Worker {
                     .get_or_map(s.gref, || map_page(gntdev, domid, shared, s.gref, true))?
                 {
                     Cached::Hit(m) | Cached::Inserted(m) => cached = Some(m),
-                    Cached::Full => {}
+                    Cached::Full => self.evict_wanted = true,
                 }
             }
             let m = match cached {

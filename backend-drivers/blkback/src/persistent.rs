@@ -10,10 +10,12 @@
 //! does, so that a purge is rare and its scan is paid for by many inserts).
 //!
 //! A mapping is in use while a transfer that reached it through the cache
-//! is in flight. The worker serves its requests in rounds (one batch of the
-//! ring) and every transfer of a round completes before the next round
-//! starts, so "in use" is "used in the current round": only mappings last
-//! used in an earlier round are evicted. When every mapping was used in
+//! is in flight. The worker starts a round only when no transfer is in
+//! flight (after each batch of the ring for a synchronous engine; for an
+//! asynchronous one, whose transfers stay in flight across batches, when
+//! they have drained, which the worker forces once the cache is full of
+//! mappings in use), so "in use" is "used in the current round": only
+//! mappings last used in an earlier round are evicted. When every mapping was used in
 //! this round, nothing is inserted ([`Cached::Full`]) and the caller maps
 //! the page for that request alone.
 //!

@@ -328,6 +328,8 @@ unsafe impl Send for CIovecs {}
 #[derive(Debug)]
 pub struct RbdImage {
     target: RbdTarget,
+    /// `target.uri()`, made once (every failed request names it).
+    uri: Arc<str>,
     cluster: ffi::RadosT,
     ioctx: ffi::IoctxT,
     image: ffi::ImageT,
@@ -368,6 +370,7 @@ impl RbdImage {
         let id = target.id.as_deref().map(cstr).transpose()?;
         let mut me = RbdImage {
             target: target.clone(),
+            uri: Arc::from(uri.as_str()),
             cluster: std::ptr::null_mut(),
             ioctx: std::ptr::null_mut(),
             image: std::ptr::null_mut(),
@@ -559,7 +562,7 @@ impl RbdImage {
 
     fn io_error(&self, op: &'static str, r: isize) -> RbdError {
         RbdError::Io {
-            target: self.target.uri(),
+            target: self.uri.to_string(),
             op,
             source: errno(r),
         }
@@ -612,12 +615,12 @@ impl RbdImage {
             // SAFETY: as above.
             (Op::Read(unsafe { &*ptr }), "read")
         };
-        let target = self.target.uri();
+        let target = Arc::clone(&self.uri);
         let on_done: OnDone = Box::new(move |r| {
             drop(v);
             done(if r < 0 {
                 Err(RbdError::Io {
-                    target,
+                    target: target.to_string(),
                     op: name,
                     source: errno(r),
                 })
