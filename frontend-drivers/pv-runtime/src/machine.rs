@@ -114,11 +114,14 @@ pub enum MachineError {
     Mountd(#[from] crate::mountd::MountdError),
     /// No init could be run.
     #[error(
-        "no working init found (tried {tried}); see Linux's Documentation/admin-guide/init.rst"
+        "no working init found (tried {tried}{facts}); see Linux's Documentation/admin-guide/init.rst"
     )]
     NoInit {
         /// What was tried.
         tried: String,
+        /// What init's process saw of the last candidate (empty if
+        /// nothing was reported): `"; /bin/sh: mode 0755 ..."`.
+        facts: String,
         /// The last failure.
         #[source]
         source: io::Error,
@@ -635,6 +638,9 @@ struct Exec {
     /// Init's end of the socket its mount filter's listener goes over
     /// ([`crate::mountd`]).
     listener_sock: RawFd,
+    /// The waiter's report pipe (set in the forked waiter): where init's
+    /// process reports what it saw of a candidate it could not execute.
+    report_fd: RawFd,
 }
 
 impl Exec {
@@ -667,6 +673,7 @@ impl Exec {
             sys_dir: cs(&format!("{STAGE}/sys"))?,
             ns,
             listener_sock: -1,
+            report_fd: -1,
         })
     }
 
@@ -868,7 +875,82 @@ fn child_exec(e: &Exec) -> StepError {
         unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         last = io::Error::last_os_error();
     }
+    if let Some(c) = e.candidates.last() {
+        report_exec_facts(e.report_fd, c);
+    }
     (INIT_STEPS.len() - 1, last)
+}
+
+/// Report tags of what init's process saw of the last candidate it could
+/// not execute ([`report_exec_facts`], read by [`ExecFacts`]).
+const FACT_TAGS: &[u8] = b"MOGFRSUV";
+
+/// In init's process (system calls only): reports the candidate's mode,
+/// owner and group as init sees them (after symbolic links), its mount's
+/// flags (`statvfs` `f_flag`: `ST_NOEXEC` is 8), the mode and owner of
+/// `/`, and init's own uid and gid: what decides `EACCES` at exec.
+fn report_exec_facts(fd: RawFd, path: &std::ffi::CStr) {
+    // SAFETY: stat/statvfs into zeroed local structs with a NUL-terminated
+    // path; get[ug]id take nothing.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::stat(path.as_ptr(), &mut st) == 0 {
+            report(fd, b'M', st.st_mode as i32);
+            report(fd, b'O', st.st_uid as i32);
+            report(fd, b'G', st.st_gid as i32);
+        }
+        let mut sf: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut sf) == 0 {
+            report(fd, b'F', sf.f_flag as i32);
+        }
+        let mut root: libc::stat = std::mem::zeroed();
+        if libc::stat(c"/".as_ptr(), &mut root) == 0 {
+            report(fd, b'R', root.st_mode as i32);
+            report(fd, b'S', root.st_uid as i32);
+        }
+        report(fd, b'U', libc::geteuid() as i32);
+        report(fd, b'V', libc::getegid() as i32);
+    }
+}
+
+/// What [`report_exec_facts`] reported, for the error.
+#[derive(Debug, Default)]
+struct ExecFacts(Vec<(u8, i32)>);
+
+impl ExecFacts {
+    fn get(&self, tag: u8) -> Option<i32> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| *v)
+    }
+
+    /// `"; the last: mode 0100755 owner 0:0 on a mount with flags 0x26
+    /// (noexec), / mode 040755 owner 0, init as 0:0"`, or empty.
+    fn describe(&self) -> String {
+        if self.0.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from("; the last as init saw it:");
+        match (self.get(b'M'), self.get(b'O'), self.get(b'G')) {
+            (Some(m), Some(o), Some(g)) => {
+                s.push_str(&format!(" mode {m:o} owner {o}:{g}"));
+            }
+            _ => s.push_str(" cannot stat it"),
+        }
+        if let Some(f) = self.get(b'F') {
+            let noexec = if f & 8 != 0 { " (noexec)" } else { "" };
+            s.push_str(&format!(" on a mount with flags {f:#x}{noexec}"));
+        }
+        if let (Some(m), Some(o)) = (self.get(b'R'), self.get(b'S')) {
+            s.push_str(&format!(", / mode {m:o} owner {o}"));
+        }
+        if let (Some(u), Some(g)) = (self.get(b'U'), self.get(b'V')) {
+            s.push_str(&format!(", init as {u}:{g}"));
+        }
+        s
+    }
 }
 
 /// What init's waiter reports to the keeper: `P` and init's pid (in the
@@ -997,9 +1079,11 @@ fn run_init(
     let (tx, rx) = std::sync::mpsc::channel::<Result<u32, MachineError>>();
     std::thread::scope(|s| {
         let keeper = s.spawn(move || -> Option<io::Result<ExitStatus>> {
+            let mut exec = exec;
             let r = (|| {
                 let (rd, wr) =
                     crate::guestns::cloexec_pipe().map_err(setup("make the init report pipe"))?;
+                exec.report_fd = wr.as_raw_fd();
                 // SAFETY: the child only makes system calls on memory
                 // prepared before the fork (`exec`) and never returns.
                 let waiter = unsafe { libc::fork() };
@@ -1010,12 +1094,14 @@ fn run_init(
                     init_waiter(&exec, wr.as_raw_fd());
                 }
                 drop(wr);
-                let failed = |code: i32| {
+                let mut facts = ExecFacts::default();
+                let failed = |code: i32, facts: &ExecFacts| {
                     let n = usize::try_from(code >> 16).unwrap_or(usize::MAX);
                     let err = io::Error::from_raw_os_error(code & 0xffff);
                     if n + 1 >= INIT_STEPS.len() {
                         MachineError::NoInit {
                             tried: String::new(),
+                            facts: facts.describe(),
                             source: err,
                         }
                     } else {
@@ -1026,9 +1112,10 @@ fn run_init(
                 loop {
                     match read_report(&rd).map_err(setup("read init's report"))? {
                         Some((b'P', pid)) => init = Some(pid),
+                        Some((tag, v)) if FACT_TAGS.contains(&tag) => facts.0.push((tag, v)),
                         Some((_, code)) => {
                             reap(waiter);
-                            return Err(failed(code));
+                            return Err(failed(code, &facts));
                         }
                         None => break,
                     }
@@ -1223,8 +1310,9 @@ pub fn boot(
             }
         })
         .map_err(|e| match e {
-            MachineError::NoInit { source, .. } => MachineError::NoInit {
+            MachineError::NoInit { source, facts, .. } => MachineError::NoInit {
                 tried: tried.clone(),
+                facts,
                 source,
             },
             e => e,

@@ -364,6 +364,29 @@ fn test_pv_root_init_exiting_is_a_crash_as_linux_panics() -> Result<()> {
     cfg = cfg.replace("rw console=hvc0", "init=/bin/true");
     host.create_guest(&name, &cfg)?;
     let log = host.wait_log(&name, "pvguest shutdown", STEP)?;
+    // /bin/true ran (it was not a failed exec) and its exit is the crash.
+    assert!(
+        log.contains("pvboot init-exited status=exit_status:_0 reason=crash"),
+        "{log}"
+    );
+    assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
+    // An init that is not executable: EACCES, with what init saw of it.
+    let name4 = format!("roote{}", std::process::id());
+    let cfg = root_cfg(
+        &name4,
+        &dir.join("pv-root.img"),
+        "raw",
+        "on_crash = 'preserve'\n",
+    )
+    .replace("rw console=hvc0", "init=/etc/passwd");
+    host.create_guest(&name4, &cfg)?;
+    let log = host.wait_log(&name4, "pvguest shutdown", STEP)?;
+    assert!(
+        log.contains("no_working_init_found_(tried_/etc/passwd;_the_last_as_init_saw_it:_mode_100644_owner_0:0_on_a_mount_with_flags"),
+        "{log}"
+    );
+    assert!(log.contains("/_mode_40755_owner_0,_init_as_0:0)"), "{log}");
+    assert!(log.contains("Permission_denied"), "{log}");
     assert!(log.contains("pvguest shutdown reason=crash"), "{log}");
     // A root= that names a partition is a clear error.
     let name2 = format!("rootq{}", std::process::id());
