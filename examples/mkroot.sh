@@ -12,6 +12,8 @@
 # /root/demo.txt and powers off).
 # Usage: examples/mkroot.sh [OUTDIR]   (default: examples/). Needs root.
 set -euo pipefail
+# The image's modes are the root file system's, not the caller's umask.
+umask 022
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here}
 mkdir -p "$out"

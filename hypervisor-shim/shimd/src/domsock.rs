@@ -13,10 +13,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
+use nix::sys::socket::{bind, UnixAddr};
+
 use crate::{Daemon, TOKEN_DOMSOCK_BASE};
 
 fn bind_listen(path: &Path, uid: u32) -> std::io::Result<OwnedFd> {
-    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    use nix::sys::socket::{listen, socket, AddressFamily, Backlog, SockFlag, SockType};
     let io = std::io::Error::from;
     let sock = socket(
         AddressFamily::Unix,
@@ -25,22 +27,37 @@ fn bind_listen(path: &Path, uid: u32) -> std::io::Result<OwnedFd> {
         None,
     )
     .map_err(io)?;
-    let addr = nix::sys::socket::UnixAddr::new(path).map_err(io)?;
+    let addr = UnixAddr::new(path).map_err(io)?;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    // SAFETY: umask only affects this process's file creation mode; restored below.
-    let old = unsafe { libc::umask(0o177) };
-    let r = bind(sock.as_raw_fd(), &addr);
-    // SAFETY: restores the previous umask.
-    unsafe { libc::umask(old) };
-    r.map_err(io)?;
+    bind_owner_only(&sock, &addr).map_err(io)?;
     std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listen(&sock, Backlog::new(16).map_err(io)?).map_err(io)?;
     Ok(sock)
+}
+
+/// Binds `sock` at `addr` as a socket file only its owner may use (mode
+/// 0600 at most), whatever the process's umask: the socket's own inode gets
+/// the mode first (`fchmod`), and the kernel creates the file with it (less
+/// the umask). No `umask(2)`: it is process-wide, and two threads that set
+/// and restore it around their binds at once (two test stacks' shims in one
+/// test process creating domains) left 0177 for good, so every file the
+/// process and its children made afterwards lost its execute bits (the
+/// busybox of the next guest images, which then failed at init's exec with
+/// `EACCES`).
+///
+/// # Errors
+/// `fchmod` or `bind` failed.
+pub(crate) fn bind_owner_only(sock: &OwnedFd, addr: &UnixAddr) -> nix::Result<()> {
+    nix::sys::stat::fchmod(
+        sock.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )?;
+    bind(sock.as_raw_fd(), addr)
 }
 
 impl Daemon {

@@ -363,7 +363,7 @@ fn block_signals() -> Result<OwnedFd, DaemonError> {
 
 fn listen(path: &Path) -> Result<OwnedFd, DaemonError> {
     use nix::sys::socket::{
-        bind, listen as nix_listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        listen as nix_listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -386,12 +386,7 @@ fn listen(path: &Path) -> Result<OwnedFd, DaemonError> {
     )
     .map_err(io("create the control socket"))?;
     let addr = UnixAddr::new(path).map_err(io("name the control socket"))?;
-    // SAFETY: umask only affects this process's file creation mode; restored below.
-    let old = unsafe { libc::umask(0o177) };
-    let r = bind(sock.as_raw_fd(), &addr);
-    // SAFETY: restores the previous umask.
-    unsafe { libc::umask(old) };
-    r.map_err(io("bind the control socket"))?;
+    domsock::bind_owner_only(&sock, &addr).map_err(io("bind the control socket"))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

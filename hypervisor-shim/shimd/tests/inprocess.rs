@@ -107,3 +107,86 @@ fn test_first_domid_option_sets_where_domids_start() {
     ctl.destroy_domain(a.domid).expect("destroy");
     ctl.destroy_domain(b.domid).expect("destroy");
 }
+
+/// The process's umask from `/proc/self/status` (reading it with `umask(2)`
+/// would change it).
+fn process_umask() -> u32 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let v = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .expect("a Umask line");
+    u32::from_str_radix(v.trim(), 8).expect("an octal umask")
+}
+
+/// Two daemons in one process (as the tests' private Dom0s are) making
+/// their sockets at once: their binds must not touch the process-wide
+/// umask. (They used to set 0177 around each bind and restore it: two
+/// interleaved, and the process kept 0177 for good, so the guest images a
+/// test built afterwards had a busybox without execute bits, and the
+/// guests' init failed with EACCES.) Also: each domain's socket is 0600.
+#[test]
+fn test_daemons_binding_at_once_leave_the_process_umask_alone() {
+    let before = process_umask();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.insert(process_umask());
+            }
+            seen
+        })
+    };
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let tag = format!("xen-shim-umask-{}-{w}", std::process::id());
+                let dir = std::env::temp_dir().join(&tag);
+                let mem_dir = std::path::PathBuf::from("/dev/shm").join(&tag);
+                let cfg = DaemonConfig {
+                    socket: dir.join("control.sock"),
+                    state_dir: dir.join("state"),
+                    mem_dir: mem_dir.clone(),
+                    ..DaemonConfig::default()
+                };
+                let _cleanup = Cleanup(dir.clone(), mem_dir);
+                let handle = daemon::spawn(cfg).expect("spawn the daemon");
+                let ctl = Control::connect(handle.socket()).expect("connect");
+                let mut modes = Vec::new();
+                for i in 0..60 {
+                    let d = ctl
+                        .create_domain(&DomainConfig::pv(&format!("um{w}-{i}"), 4))
+                        .expect("create");
+                    let sock = xen_shim_proto::domain_socket_dir(handle.socket(), d.domid)
+                        .join(xen_shim_proto::DOMAIN_SOCKET_NAME);
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(m) = std::fs::metadata(&sock) {
+                        modes.push(m.permissions().mode() & 0o777);
+                    }
+                    ctl.destroy_domain(d.domid).expect("destroy");
+                }
+                handle.stop().expect("stop");
+                modes
+            })
+        })
+        .collect();
+    let modes: Vec<u32> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("worker"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().expect("watcher");
+    assert_eq!(process_umask(), before, "the umask changed for good");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![before],
+        "umasks seen while the daemons bound their sockets"
+    );
+    assert!(!modes.is_empty(), "no domain socket seen");
+    assert!(
+        modes.iter().all(|&m| m == 0o600),
+        "domain socket modes: {modes:?}"
+    );
+}

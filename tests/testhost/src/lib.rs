@@ -691,9 +691,8 @@ pub fn build_binaries(
     if !st.success() {
         bail!("building {bins:?} failed: {st}");
     }
-    // A running in-process xenstored sets a 077 umask for the whole
-    // process, which a build started after it inherits: keep the binaries
-    // executable for the guests' (and everyone's) exec.
+    // Whatever umask this process has, keep the binaries executable for
+    // the guests' (and everyone's) exec.
     for (_, bin) in bins {
         use std::os::unix::fs::PermissionsExt;
         let p = profile_dir.join(bin);
