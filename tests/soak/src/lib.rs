@@ -286,6 +286,11 @@ pub struct Report {
     pub failures: Vec<String>,
     /// What `--self-check` saw.
     pub self_check: Vec<String>,
+    /// The device states of each guest whose disk writes stalled (no new
+    /// ack for [`STALL_SECS`]) or failed (`io-error`), taken when first
+    /// seen ([`Rig::device_states`]).
+    #[serde(default)]
+    pub stalls: Vec<String>,
     /// Wall time of the whole run (s).
     pub wall_s: f64,
 }
@@ -387,6 +392,9 @@ impl Report {
         for c in &self.self_check {
             let _ = writeln!(s, "- self-check: {c}");
         }
+        for st in &self.stalls {
+            let _ = writeln!(s, "- disk stalled: {st}");
+        }
         if self.failures.is_empty() {
             let _ = writeln!(s, "- PASSED: every check.");
         } else {
@@ -438,7 +446,60 @@ struct Rig {
     created: Vec<(u16, String)>,
 }
 
+/// How long a guest's acks may stand still before its devices' states are
+/// taken (a write normally takes well under a second; a service restart
+/// a few).
+pub const STALL_SECS: u64 = 20;
+
+/// The xenstore keys of a device's backend and frontend that tell who
+/// waits for whom.
+const DEVICE_KEYS: [&str; 6] = [
+    "state",
+    "online",
+    "hotplug-status",
+    "ring-ref",
+    "event-channel",
+    "multi-queue-num-queues",
+];
+
 impl Rig {
+    /// Guest `g`'s devices as xenstore has them now: per backend kind and
+    /// device, the backend's and the frontend's [`DEVICE_KEYS`] (`-`:
+    /// absent), one line each.
+    fn device_states(&self, g: &Guest) -> String {
+        let xs = match self.xs() {
+            Ok(xs) => xs,
+            Err(e) => return format!("xenstore unreachable: {e:#}"),
+        };
+        let mut out = Vec::new();
+        for kind in ["vbd", "qdisk", "vif", "console"] {
+            let base = format!("/local/domain/0/backend/{kind}/{}", g.domid);
+            for dev in xs.directory(&base).unwrap_or_default() {
+                let be = format!("{base}/{dev}");
+                let fe = xs
+                    .read_string(&format!("{be}/frontend"))
+                    .unwrap_or_else(|_| format!("/local/domain/{}/device/{kind}/{dev}", g.domid));
+                let keys = |path: &str| {
+                    DEVICE_KEYS
+                        .iter()
+                        .filter_map(|k| {
+                            xs.read_string(&format!("{path}/{k}"))
+                                .ok()
+                                .map(|v| format!("{k}={v}"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                out.push(format!(
+                    "{kind}/{dev}: backend [{}] frontend [{}]",
+                    keys(&be),
+                    keys(&fe)
+                ));
+            }
+        }
+        out.join("; ")
+    }
+
     /// A fresh xenstored connection (one across a xenstored SIGKILL would
     /// be dead).
     fn xs(&self) -> Result<Client> {
@@ -1296,6 +1357,11 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
         .then(|| phase + Duration::from_secs_f64(args.hotplug_every / 2.0));
     let mut next_sample = phase + Duration::from_secs_f64(args.sample_every);
     let (mut kills, mut churn, mut hotplugs) = (Vec::new(), Vec::new(), Vec::new());
+    // Per guest: its last ack and since when; whether its states were taken.
+    let mut progress: Vec<(u32, Instant, bool)> =
+        guests.iter().map(|_| (0, Instant::now(), false)).collect();
+    let mut stalls = Vec::new();
+    let mut next_watch = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end {
         check_interrupted()?;
         let now = Instant::now();
@@ -1338,11 +1404,15 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
         } else if now >= next_sample {
             samples.push(rig.sample(t0, "run", guests.len()));
             next_sample = now + Duration::from_secs_f64(args.sample_every);
+        } else if now >= next_watch {
+            watch_stalls(rig, &guests, &mut progress, phase, &mut stalls);
+            next_watch = now + Duration::from_secs(5);
         } else {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    watch_stalls(rig, &guests, &mut progress, phase, &mut stalls);
     // The end: services up, every guest reachable, the end sample.
     let within = Duration::from_secs(args.timeout_secs);
     if let Err(e) = rig.services_up(within) {
@@ -1490,8 +1560,60 @@ fn soak(rig: &mut Rig, seed: u64, wall: Instant) -> Result<Report> {
         records,
         failures,
         self_check,
+        stalls,
         wall_s: wall.elapsed().as_secs_f64(),
     })
+}
+
+/// Takes the device states ([`Rig::device_states`]) of each guest whose
+/// acks stood still for [`STALL_SECS`] or which printed an `io-error`,
+/// once per guest, into `stalls` (and prints them): who waits for whom
+/// when a disk stops being answered.
+fn watch_stalls(
+    rig: &Rig,
+    guests: &[Guest],
+    progress: &mut [(u32, Instant, bool)],
+    phase: Instant,
+    stalls: &mut Vec<String>,
+) {
+    for (g, p) in guests.iter().zip(progress.iter_mut()) {
+        if p.2 {
+            continue;
+        }
+        let log = rig.host.guest_log(&g.name);
+        let r = parse_log(&g.name, &log);
+        if r.acked != p.0 {
+            p.0 = r.acked;
+            p.1 = Instant::now();
+        }
+        let still = p.1.elapsed() >= Duration::from_secs(STALL_SECS);
+        if !still && r.io_errors == 0 {
+            continue;
+        }
+        p.2 = true;
+        let why = if r.io_errors > 0 {
+            "io-error".to_owned()
+        } else {
+            format!("no ack for {STALL_SECS} s")
+        };
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.starts_with("ack ") && !l.trim().is_empty())
+            .rev()
+            .take(4)
+            .collect();
+        let line = format!(
+            "{:.0} s: {} (domid {}) {why} after ack {}: {} | last lines: {}",
+            phase.elapsed().as_secs_f64(),
+            g.name,
+            g.domid,
+            r.acked,
+            rig.device_states(g),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+        eprintln!("soak: stall: {line}");
+        stalls.push(line);
+    }
 }
 
 /// Compares each service's figures at `end` with `reference`: RSS growth
