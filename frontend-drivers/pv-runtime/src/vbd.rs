@@ -215,6 +215,11 @@ impl<P: Platform + ?Sized> VbdWaiter<P> for EventWaiter<'_, P> {
     }
 }
 
+/// How long requests may go unanswered before [`Vbd`] reads the backend's
+/// state itself rather than waiting for its watch (2 s: a request normally
+/// takes well under that; a restarting backend a second or two).
+const RECHECK_NS: u64 = 2_000_000_000;
+
 /// The adapter's knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VbdConfig {
@@ -244,6 +249,9 @@ pub struct VbdStats {
     pub rmw: u64,
     /// Flushes sent to the backend.
     pub flushes: u64,
+    /// Times the backend's state was read because requests went
+    /// unanswered for [`RECHECK_NS`].
+    pub rechecks: u64,
 }
 
 enum Xfer<'b> {
@@ -338,13 +346,26 @@ impl<'p, P: Platform + ?Sized, W: VbdWaiter<P>> Vbd<'p, P, W> {
         &mut self,
         deadline: u64,
     ) -> Result<Vec<xen_blkfront::Completion>, VbdError> {
+        let mut recheck = self.p.monotonic_ns().saturating_add(RECHECK_NS);
         loop {
             let done = self.dev.poll_completions()?;
             if !done.is_empty() {
                 return Ok(done);
             }
-            if self.p.monotonic_ns() >= deadline {
+            let now = self.p.monotonic_ns();
+            if now >= deadline {
                 return Err(VbdError::Timeout(self.cfg.io_timeout));
+            }
+            // No answer for a while: look at the backend's state ourselves
+            // (level-triggered), in case the watch event of its restart
+            // never reached this device (a xenstored restart in between, or
+            // another device's waiter on this thread took it): a backend
+            // back in InitWait is then reconnected to, and the requests
+            // waiting on the dead ring go to the new one.
+            if now >= recheck {
+                self.stats.rechecks = self.stats.rechecks.saturating_add(1);
+                self.dev.backend_changed()?;
+                recheck = now.saturating_add(RECHECK_NS);
             }
             self.waiter.wait(&mut self.dev)?;
         }

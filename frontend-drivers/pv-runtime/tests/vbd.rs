@@ -13,6 +13,7 @@ use xen_abi::io::blkif::{blkif_response, BLKIF_RSP_ERROR};
 use xen_blkfront::request::decode_request;
 use xen_blkfront::{BlkFront, BlkfrontConfig};
 use xen_front_platform::fake::FakePlatform;
+use xen_front_platform::Platform;
 use xen_pvguest::vbd::{BlockDevice, Vbd, VbdConfig, VbdError, VbdWaiter};
 
 /// How the played backend behaves when the adapter waits.
@@ -23,6 +24,15 @@ enum Mode {
     Silent,
     /// Answers every request with `BLKIF_RSP_ERROR`.
     Fail,
+    /// At the first wait the backend dies and a new one probes (InitWait)
+    /// while every watch event is lost (none reaches the device); it
+    /// connects once the device offers new rings, then serves.
+    RestartUnseen,
+}
+
+/// Drops every fired watch (events the device never sees).
+fn lose_watches(p: &FakePlatform) {
+    while let Ok(Some(_)) = p.xs_read_watch(Some(Duration::ZERO)) {}
 }
 
 struct Backend<'a> {
@@ -40,6 +50,18 @@ impl VbdWaiter<FakePlatform> for Backend<'_> {
                 self.back.serve();
             }
             Mode::Silent => self.p.advance_clock(Duration::from_millis(100)),
+            Mode::RestartUnseen => {
+                if self.waits == 1 {
+                    self.back.unmap_all();
+                    self.back.init_wait();
+                } else if self.back.fe_state().as_deref() == Some("3") && self.back.queues() == 0 {
+                    self.back.connect();
+                } else if self.back.queues() > 0 {
+                    self.back.serve();
+                }
+                lose_watches(self.p);
+                self.p.advance_clock(Duration::from_millis(100));
+            }
             Mode::Fail => {
                 self.back.take_and_hold(usize::MAX, false);
                 for (q, slot) in std::mem::take(&mut self.back.held) {
@@ -142,6 +164,39 @@ fn test_vbd_flush_without_backend_support_is_a_no_op() {
     let mut d = vbd(&p, offer, Mode::Serve);
     d.flush().expect("nothing to flush");
     assert_eq!(d.stats().flushes, 0);
+}
+
+/// A backend restart whose watch events never reach the device (a
+/// xenstored restarted in between, or another device's waiter took them):
+/// the device reads the backend's state itself after 2 s without an answer,
+/// offers new rings, connects and the waiting write completes (before the
+/// 60 s I/O timeout this was, with the device Connected and its backend in
+/// InitWait for good).
+#[test]
+fn test_vbd_backend_restart_with_its_watch_lost_is_found_and_the_write_completes() {
+    let p = platform();
+    let (front, back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    let cfg = VbdConfig {
+        max_in_flight: 16,
+        io_timeout: Duration::from_secs(30),
+    };
+    let w = Backend {
+        p: &p,
+        back,
+        mode: Mode::RestartUnseen,
+        waits: 0,
+    };
+    let mut d = Vbd::new(&p, front, w, cfg).expect("connected device");
+    let data = Rng(11).bytes(8192);
+
+    d.write_at(4096, &data)
+        .expect("the write completes on the new backend");
+
+    assert_eq!(&d.waiter_mut().back.disk[4096..4096 + 8192], &data[..]);
+    assert!(d.stats().rechecks >= 2, "{:?}", d.stats());
+    let mut back = vec![0u8; 8192];
+    d.read_at(4096, &mut back).expect("read");
+    assert_eq!(back, data);
 }
 
 #[test]
