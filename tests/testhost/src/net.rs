@@ -82,7 +82,24 @@ pub fn bridge_name(prefix: &str, tag: &str) -> Result<String> {
 
 /// Creates bridge `br` in `ns` with Dom0's address `addr` (a.b.c.d/len), up.
 pub fn make_bridge(ns: &Netns, br: &str, addr: &str) -> Result<()> {
-    ns.ip(&["link", "add", br, "type", "bridge"])?;
+    // Multicast snooping with the bridge as querier, as a host with many
+    // guests on one bridge wants it: the bridge learns which ports joined
+    // which groups and forwards multicast only there. Without a querier it
+    // floods every multicast frame (a booting guest's IPv6 duplicate
+    // address probes, router solicitations, MLD reports) to every port:
+    // each new guest cost every running guest's netback queue and
+    // runtime a wake-up per frame.
+    ns.ip(&[
+        "link",
+        "add",
+        br,
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "1",
+        "mcast_querier",
+        "1",
+    ])?;
     ns.ip(&["addr", "add", addr, "dev", br])?;
     ns.ip(&["link", "set", br, "up"])?;
     Ok(())
