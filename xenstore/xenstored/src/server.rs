@@ -162,43 +162,6 @@ pub struct Server {
     scratch: Vec<u8>,
     closed_since_trim: usize,
     poll: PollWindow,
-    reply_yield: ReplyYield,
-}
-
-/// Whether to yield the CPU once after a reply before dropping a socket
-/// client's request bytes ([`SocketTransport`]): while clients answer in
-/// that time, always; after [`ReplyYield::MAX_MISSES`] yields in a row
-/// found nothing (the clients run on another CPU, or think longer), only
-/// one reply in [`ReplyYield::PROBE_EVERY`], to notice when that changes.
-#[derive(Debug, Default)]
-struct ReplyYield {
-    misses: u32,
-    replies: u32,
-}
-
-impl ReplyYield {
-    const MAX_MISSES: u32 = 3;
-    const PROBE_EVERY: u32 = 64;
-
-    fn wanted(&mut self) -> bool {
-        self.replies = self.replies.wrapping_add(1);
-        self.misses < Self::MAX_MISSES || self.replies % Self::PROBE_EVERY == 0
-    }
-
-    fn record(&mut self, more: bool) {
-        self.misses = if more {
-            0
-        } else {
-            self.misses.saturating_add(1)
-        };
-    }
-}
-
-/// Whether connection `id`'s transport holds peeked request bytes.
-fn cio_holds(io: &[Option<ConnIo>], id: ConnId) -> bool {
-    io.get(id)
-        .and_then(Option::as_ref)
-        .is_some_and(|c| c.transport.holds())
 }
 
 /// The `_ro` companion of a socket path.
@@ -307,7 +270,6 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             closed_since_trim: 0,
             poll: PollWindow::new(DEFAULT_POLL_US as u64 * 1000),
-            reply_yield: ReplyYield::default(),
         };
         // Compact at start: the journal replayed becomes the snapshot.
         s.compact()?;
@@ -880,31 +842,13 @@ impl Server {
         // unless the client sent more meanwhile: that is taken now, when
         // the connection may read, handled in this flush (`retry`) and
         // dropped after its reply.
-        // While the loop busy-polls (clients answer within microseconds),
-        // the CPU is yielded once first when the client sent nothing yet.
-        let yield_first = readable
-            && self.poll.budget_ns() > 0
-            && cio_holds(&self.io, id)
-            && self.reply_yield.wanted();
         let Server {
-            io,
-            scratch,
-            retry,
-            reply_yield,
-            ..
+            io, scratch, retry, ..
         } = self;
         let released = match io.get_mut(id).and_then(Option::as_mut) {
-            Some(cio) => match cio.transport.release(scratch, readable, yield_first) {
-                Ok(0) => {
-                    if yield_first {
-                        reply_yield.record(false);
-                    }
-                    Ok(())
-                }
+            Some(cio) => match cio.transport.release(scratch, readable) {
+                Ok(0) => Ok(()),
                 Ok(n) => {
-                    if yield_first {
-                        reply_yield.record(true);
-                    }
                     cio.take(&scratch[..n]);
                     retry.push(id);
                     Ok(())
@@ -1039,30 +983,5 @@ impl Server {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ReplyYield;
-
-    #[test]
-    fn test_reply_yield_stops_after_misses_probes_and_resumes_on_a_hit() {
-        let mut y = ReplyYield::default();
-        for _ in 0..ReplyYield::MAX_MISSES {
-            assert!(y.wanted());
-            y.record(false);
-        }
-        let wanted = (0..ReplyYield::PROBE_EVERY * 4)
-            .filter(|_| y.wanted())
-            .count();
-        assert_eq!(
-            wanted,
-            4,
-            "one probe per {} replies",
-            ReplyYield::PROBE_EVERY
-        );
-        y.record(true);
-        assert!((0..10).all(|_| y.wanted()), "a hit turns yielding back on");
     }
 }

@@ -73,21 +73,9 @@ pub trait Transport: fmt::Debug {
     /// as a bounce buffer ([`SocketTransport`] only peeks in `read`).
     /// Returns how many new bytes it read into `scratch` instead (only if
     /// `may_read`; the caller handles them as a [`Transport::read`]'s):
-    /// then nothing was dropped. With `yield_first`, when the peer sent
-    /// nothing yet, the CPU is yielded once and the peer looked at again
-    /// before dropping (see [`SocketTransport`]).
-    fn release(
-        &mut self,
-        _scratch: &mut [u8],
-        _may_read: bool,
-        _yield_first: bool,
-    ) -> Result<usize, TransportError> {
+    /// then nothing was dropped.
+    fn release(&mut self, _scratch: &mut [u8], _may_read: bool) -> Result<usize, TransportError> {
         Ok(0)
-    }
-    /// Whether request bytes read are still queued in the kernel, to be
-    /// dropped by [`Transport::release`].
-    fn holds(&self) -> bool {
-        false
     }
     /// Marks the connection failed for the peer (`XENSTORE_ERROR_*`).
     fn fail(&mut self, _error: u32) {}
@@ -112,14 +100,6 @@ const MAX_HELD: usize = 1024;
 /// while we work on its request, a cross-CPU wake-up that delays the reply
 /// (and often preempts us on our own CPU). Once the reply is out the
 /// client is awake already and the release wakes nobody.
-///
-/// A client woken by its reply is often put on the daemon's CPU (the
-/// kernel's sync wake-up of a socket's reader) without preempting it: it
-/// runs, sends its next request and blocks only once the daemon gives up
-/// the CPU. Yielding the CPU once before the release lets it do so, and its
-/// request is then taken at once, where otherwise the daemon would drop
-/// the bytes, go back to its poll loop, find nothing, yield there and go
-/// through epoll again (seven system calls instead of three).
 #[derive(Debug)]
 pub struct SocketTransport {
     stream: UnixStream,
@@ -187,12 +167,7 @@ impl Transport for SocketTransport {
         Ok(n)
     }
 
-    fn release(
-        &mut self,
-        scratch: &mut [u8],
-        may_read: bool,
-        yield_first: bool,
-    ) -> Result<usize, TransportError> {
+    fn release(&mut self, scratch: &mut [u8], may_read: bool) -> Result<usize, TransportError> {
         if self.peeked == 0 {
             return Ok(0);
         }
@@ -214,13 +189,6 @@ impl Transport for SocketTransport {
             let n = self.read(scratch)?;
             if n > 0 {
                 return Ok(n);
-            }
-            if yield_first {
-                std::thread::yield_now();
-                let n = self.read(scratch)?;
-                if n > 0 {
-                    return Ok(n);
-                }
             }
         }
         while self.peeked > 0 {
@@ -264,10 +232,6 @@ impl Transport for SocketTransport {
 
     fn short_read_drains(&self) -> bool {
         true
-    }
-
-    fn holds(&self) -> bool {
-        self.peeked > 0
     }
 }
 
