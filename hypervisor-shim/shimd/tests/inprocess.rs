@@ -22,21 +22,26 @@ impl Drop for Cleanup {
     }
 }
 
-#[test]
-fn test_inprocess_daemon_guest_and_dom0_in_one_process() {
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "needs root (root-only daemon socket)");
-    let tag = format!("xen-shim-inproc-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&tag);
-    let mem_dir = std::path::PathBuf::from("/dev/shm").join(&tag);
+/// A daemon configuration in directories named `tag` (under the temporary
+/// directory and `/dev/shm`), with their removal.
+fn test_config(tag: &str) -> (DaemonConfig, Cleanup) {
+    let dir = std::env::temp_dir().join(tag);
+    let mem_dir = std::path::PathBuf::from("/dev/shm").join(tag);
     let cfg = DaemonConfig {
         socket: dir.join("control.sock"),
         state_dir: dir.join("state"),
         mem_dir: mem_dir.clone(),
         ..DaemonConfig::default()
     };
-    let _cleanup = Cleanup(dir.clone(), mem_dir);
+    (cfg, Cleanup(dir, mem_dir))
+}
+
+#[test]
+fn test_inprocess_daemon_guest_and_dom0_in_one_process() {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "needs root (root-only daemon socket)");
+    let (cfg, _cleanup) = test_config(&format!("xen-shim-inproc-{}", std::process::id()));
     let handle = daemon::spawn(cfg).expect("spawn the daemon");
     let ctl = Control::connect(handle.socket()).expect("connect");
     let d = ctl
@@ -142,16 +147,8 @@ fn test_daemons_binding_at_once_leave_the_process_umask_alone() {
     let workers: Vec<_> = (0..2)
         .map(|w| {
             std::thread::spawn(move || {
-                let tag = format!("xen-shim-umask-{}-{w}", std::process::id());
-                let dir = std::env::temp_dir().join(&tag);
-                let mem_dir = std::path::PathBuf::from("/dev/shm").join(&tag);
-                let cfg = DaemonConfig {
-                    socket: dir.join("control.sock"),
-                    state_dir: dir.join("state"),
-                    mem_dir: mem_dir.clone(),
-                    ..DaemonConfig::default()
-                };
-                let _cleanup = Cleanup(dir.clone(), mem_dir);
+                let (cfg, _cleanup) =
+                    test_config(&format!("xen-shim-umask-{}-{w}", std::process::id()));
                 let handle = daemon::spawn(cfg).expect("spawn the daemon");
                 let ctl = Control::connect(handle.socket()).expect("connect");
                 let mut modes = Vec::new();
