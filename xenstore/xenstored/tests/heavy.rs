@@ -18,13 +18,18 @@ use common::{ChildDaemon, Daemon, TIMEOUT};
 use xen_ring::bytes::xs_offsets;
 use xenstore_wire::{Decoder, Header, Reply, Request, XsError};
 
-/// Resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
+/// Field `key` (`VmRSS:`, `RssAnon:`) of process `pid`'s status, in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
+        .unwrap_or_else(|| panic!("no {key} line"))
+}
+
+/// Resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 fn spawn_daemon() -> (tempfile::TempDir, ChildDaemon) {
@@ -707,11 +712,7 @@ fn test_byte_at_a_time_client_with_small_send_buffer_served() {
 /// Anonymous resident memory of process `pid`, in KiB (`RssAnon`: the heap,
 /// not the journal's file mapping, whose pages are page cache).
 fn rss_anon_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon line")
+    status_kib(pid, "RssAnon:")
 }
 
 /// Journal compactions of a persisting daemon under steady rewrites: its
