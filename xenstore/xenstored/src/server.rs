@@ -605,6 +605,16 @@ impl Server {
         }
     }
 
+    /// Ends connection `id` after its transport failed with `e`: a
+    /// corrupt ring (`why`) is failed as [`Server::bad_client`] does; a
+    /// closed or failed socket is dropped.
+    fn transport_failed(&mut self, id: ConnId, why: &str, e: TransportError) {
+        match e {
+            TransportError::Protocol(code) => self.bad_client(id, why, code),
+            _ => self.drop_conn(id),
+        }
+    }
+
     fn bad_client(&mut self, id: ConnId, why: &str, code: u32) {
         warn_limited!(self.bad_client_log, conn = id, "dropping client: {why}");
         let is_ring = self
@@ -695,17 +705,11 @@ impl Server {
                     cio.take(&scratch[..n]);
                     n < room && cio.transport.short_read_drains()
                 }
-                Err(TransportError::Closed) => {
-                    self.drop_conn(id);
-                    return;
-                }
-                Err(TransportError::Protocol(code)) => {
-                    self.bad_client(id, "ring index corrupt", code);
-                    return;
-                }
-                Err(TransportError::Io(e)) => {
-                    tracing::warn!(conn = id, error = %e, "read failed");
-                    self.drop_conn(id);
+                Err(e) => {
+                    if let TransportError::Io(err) = &e {
+                        tracing::warn!(conn = id, error = %err, "read failed");
+                    }
+                    self.transport_failed(id, "ring index corrupt", e);
                     return;
                 }
             };
@@ -825,16 +829,9 @@ impl Server {
         }
         let polls_out = cio.transport.polls_writable();
         let empty = c.out.is_empty();
-        match err {
-            Some(TransportError::Protocol(code)) => {
-                self.bad_client(id, "response ring corrupt", code);
-                return;
-            }
-            Some(_) => {
-                self.drop_conn(id);
-                return;
-            }
-            None => {}
+        if let Some(e) = err {
+            self.transport_failed(id, "response ring corrupt", e);
+            return;
         }
         let readable = self.core.can_read(id);
         // The replies to what was read are out (or queued for a client
@@ -857,16 +854,9 @@ impl Server {
             },
             None => return,
         };
-        match released {
-            Ok(()) => {}
-            Err(TransportError::Protocol(code)) => {
-                self.bad_client(id, "ring index corrupt", code);
-                return;
-            }
-            Err(_) => {
-                self.drop_conn(id);
-                return;
-            }
+        if let Err(e) = released {
+            self.transport_failed(id, "ring index corrupt", e);
+            return;
         }
         let mut want = EpollFlags::empty();
         if readable || !polls_out {
@@ -970,12 +960,8 @@ impl Server {
             match cio.transport.read(scratch) {
                 Ok(0) => return,
                 Ok(n) => cio.take(&scratch[..n]),
-                Err(TransportError::Protocol(code)) => {
-                    self.bad_client(id, "ring index corrupt", code);
-                    return;
-                }
-                Err(_) => {
-                    self.drop_conn(id);
+                Err(e) => {
+                    self.transport_failed(id, "ring index corrupt", e);
                     return;
                 }
             }
