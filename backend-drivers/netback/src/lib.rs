@@ -206,9 +206,8 @@ impl NetBackend {
     /// Creates the TAP (or attaches to it when it exists: a restarted
     /// service finds a vif whose TAP another process still holds), turns
     /// its carrier off (no frontend yet), sets its MAC
-    /// (`fe:ff:ff:ff:ff:ff`) and MTU, turns its IPv6 off ([`tap::no_ipv6`]),
-    /// makes it a port of the bridge (created if missing; kept when it
-    /// already is one) and sets it up.
+    /// (`fe:ff:ff:ff:ff:ff`) and MTU, makes it a port of the bridge
+    /// (created if missing; kept when it already is one) and sets it up.
     pub fn new(config: NetConfig) -> Result<Self, NetbackError> {
         let mut config = config;
         config.max_queues = config.max_queues.clamp(1, MAX_QUEUES);
@@ -220,7 +219,6 @@ impl NetBackend {
         })?;
         tap::set_mac(&config.ifname, BACKEND_MAC)?;
         tap::set_mtu(&config.ifname, config.mtu)?;
-        tap::no_ipv6(&config.ifname)?;
         if let Some(br) = &config.bridge {
             tap::ensure_bridge(br)?;
             tap::ensure_port(br, &config.ifname)?;

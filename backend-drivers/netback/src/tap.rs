@@ -148,25 +148,6 @@ pub fn set_up(name: &str) -> Result<(), TapError> {
     ioctl_ifr(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut r).map_err(io_err("SIOCSIFFLAGS", name))
 }
 
-/// Turns IPv6 off on `name` (`net.ipv6.conf.NAME.disable_ipv6`, in the
-/// caller's network namespace): a vif is a bridge port that carries its
-/// guest's frames and needs no address of Dom0's (Xen's `vif-bridge`
-/// flushes them). Left on, Dom0's kernel gives every vif the same
-/// link-local address (from the `fe:ff:ff:ff:ff:ff` MAC) and sends its
-/// duplicate-address probes, router solicitations and MLD reports from
-/// each, which the bridge floods to every other guest: with many guests
-/// on one bridge, each new vif cost every running guest work. Nothing to
-/// do on a kernel without IPv6.
-pub fn no_ipv6(name: &str) -> Result<(), TapError> {
-    check_name(name)?;
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    match std::fs::write(&path, b"1") {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("disable_ipv6", name)(e)),
-    }
-}
-
 /// Sets the MTU of `name`.
 pub fn set_mtu(name: &str, mtu: u32) -> Result<(), TapError> {
     let s = ctl_socket().map_err(io_err("socket", name))?;
