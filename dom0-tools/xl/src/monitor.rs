@@ -68,16 +68,37 @@ fn wait_dom_exc(virq: &mut Option<(xen_shim_dom0::Evtchn, u32)>) {
             if fired.contains(port) {
                 let _ = ev.unmask(*port);
             }
-            if gone {
-                // The daemon went away: bind again on the next wait.
+            if gone && !reattach(ev) {
+                // Not back within REATTACH_WITHIN: bind again on the next
+                // wait (the old port is closed by the shim's grace).
                 *virq = None;
-                std::thread::sleep(POLL_FALLBACK);
             }
         }
         Err(_) => {
             *virq = None;
             std::thread::sleep(POLL_FALLBACK);
         }
+    }
+}
+
+/// How long a monitor whose shim restarted tries to hand its port back
+/// before it binds a new one.
+const REATTACH_WITHIN: Duration = Duration::from_secs(2);
+
+/// The shim went away: hands the handle's `VIRQ_DOM_EXC` port back to the
+/// new daemon (binding a new one instead left the old port to be closed as
+/// an orphan at the end of the shim's reattach grace); whether it did
+/// within [`REATTACH_WITHIN`].
+fn reattach(ev: &xen_shim_dom0::Evtchn) -> bool {
+    let until = Instant::now() + REATTACH_WITHIN;
+    loop {
+        if ev.reattach().is_ok() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(POLL_FALLBACK);
     }
 }
 

@@ -51,6 +51,24 @@ const GUEST_RUN: Duration = Duration::from_secs(240);
 const RECORDS: u32 = 120;
 /// The service is killed once the guest logged each of these records' ack.
 const KILL_AT: [u32; 2] = [30, 75];
+
+/// One SIGKILL of a plan: `service`, once the guest acknowledged record
+/// `at`; then the test waits `pause` before the next one.
+#[derive(Clone, Copy)]
+struct Kill {
+    at: u32,
+    service: &'static str,
+    pause: Duration,
+}
+
+/// The same service killed at each of [`KILL_AT`].
+fn twice(service: &'static str) -> [Kill; 2] {
+    KILL_AT.map(|at| Kill {
+        at,
+        service,
+        pause: Duration::ZERO,
+    })
+}
 /// How long the supervisor gets to have a new service running (its first
 /// restart comes 0.1 s after the death, the second 0.2 s).
 const BACK_WITHIN: Duration = Duration::from_secs(2);
@@ -106,7 +124,7 @@ fn wait_log(host: &Dom0, name: &str, what: &str, until: impl Fn(&str) -> bool) -
 #[test]
 fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_acked_records(
 ) -> Result<()> {
-    sigkill_during_writes("backendd", &["xvda"])
+    sigkill_during_writes(&twice("backendd"), &["xvda"], 0.0)
 }
 
 /// With two disks both reconnect: each disk's waiter sees the watch events
@@ -115,7 +133,7 @@ fn test_backendd_sigkill_during_guest_writes_restart_reconnects_without_losing_a
 #[test]
 fn test_backendd_sigkill_with_two_disks_both_reconnect_without_losing_acked_records() -> Result<()>
 {
-    sigkill_during_writes("backendd", &["xvda", "xvdb"])
+    sigkill_during_writes(&twice("backendd"), &["xvda", "xvdb"], 0.0)
 }
 
 /// xenstored SIGKILLed with a guest running: its supervisor has it back
@@ -191,18 +209,46 @@ fn test_xenstored_sigkill_is_restarted_with_its_state_and_backendd_follows() -> 
 #[test]
 fn test_xenstored_sigkill_during_guest_writes_restart_keeps_watches_and_acked_records() -> Result<()>
 {
-    sigkill_during_writes("xenstored", &["xvda"])
+    sigkill_during_writes(&twice("xenstored"), &["xvda"], 0.0)
 }
 
 #[test]
 fn test_shimd_sigkill_during_guest_writes_is_restarted_by_its_supervisor() -> Result<()> {
-    sigkill_during_writes("xen-shimd", &["xvda"])
+    sigkill_during_writes(&twice("xen-shimd"), &["xvda"], 0.0)
 }
 
-fn sigkill_during_writes(service: &str, vdevs: &[&str]) -> Result<()> {
+/// The shim SIGKILLed and back, then, past the shim's reattach grace (10 s,
+/// after which it closes the ports no Dom0 handle reclaimed), backendd
+/// SIGKILLed: the disk reconnects through xenstore, so xenstored must have
+/// reattached its guests' event channels to the new shim by itself (no
+/// domain was introduced meanwhile, nothing else made it talk to the shim).
+/// The guest paces its records (0.2 s each) to still be writing then.
+#[test]
+fn test_shimd_then_backendd_sigkill_past_the_reattach_grace_the_disk_reconnects() -> Result<()> {
+    let plan = [
+        Kill {
+            at: 20,
+            service: "xen-shimd",
+            pause: Duration::from_secs(13),
+        },
+        Kill {
+            at: 25,
+            service: "backendd",
+            pause: Duration::ZERO,
+        },
+    ];
+    sigkill_during_writes(&plan, &["xvda"], 0.2)
+}
+
+fn sigkill_during_writes(plan: &[Kill], vdevs: &[&str], pace_s: f64) -> Result<()> {
     // Arrange
-    let mut host = dom0("bkill-", service)?;
-    let name = format!("bkill{}{}", std::process::id(), vdevs.len());
+    let mut host = dom0("bkill-", plan[0].service)?;
+    let name = format!(
+        "bkill{}{}{}",
+        std::process::id(),
+        vdevs.len(),
+        plan[1].service.len()
+    );
     let mut imgs = Vec::new();
     let mut disks = Vec::new();
     let (mut mkfs, mut mount, mut write, mut umount) =
@@ -226,6 +272,11 @@ fn sigkill_during_writes(service: &str, vdevs: &[&str]) -> Result<()> {
         ));
         imgs.push(img);
     }
+    let pace = if pace_s > 0.0 {
+        format!("sleep {pace_s}\n")
+    } else {
+        String::new()
+    };
     let script = host.dir.path().join("init.sh");
     std::fs::write(
         &script,
@@ -239,6 +290,7 @@ fn sigkill_during_writes(service: &str, vdevs: &[&str]) -> Result<()> {
              while [ $i -le {RECORDS} ]; do\n\
              {write}\
              echo \"ack $i\"\n\
+             {pace}\
              i=$((i + 1))\n\
              done\n\
              {umount}\
@@ -265,62 +317,82 @@ fn sigkill_during_writes(service: &str, vdevs: &[&str]) -> Result<()> {
 
     // Act: kill the service mid-stream (twice); only its supervisor
     // starts it again; let the guest finish.
-    let supervisor = host
-        .supervisor_pid(service)
-        .with_context(|| format!("{service} runs under xen-supervise"))?;
+    let mut services: Vec<&str> = plan.iter().map(|k| k.service).collect();
+    services.dedup();
+    let mut supervisors = Vec::new();
+    for s in &services {
+        supervisors.push(
+            host.supervisor_pid(s)
+                .with_context(|| format!("{s} runs under xen-supervise"))?,
+        );
+    }
     let mut kills = Vec::new();
     let mut back_after = Vec::new();
-    for at in KILL_AT {
+    for k in plan {
         let before = wait_log(&host, &name, "the guest's records", |l| {
-            acked(l).contains(&at) || l.contains("pvguest shutdown")
+            acked(l).contains(&k.at) || l.contains("pvguest shutdown")
         });
         assert!(
-            acked(&before).contains(&at),
+            acked(&before).contains(&k.at),
             "{before}\nthe services' logs:\n{}\n{}\n{}",
             service_log(&host, "backendd"),
             service_log(&host, "xenstored"),
             service_log(&host, "xen-shimd"),
         );
         let pid = host
-            .service_pid(service)
-            .with_context(|| format!("{service} runs"))?;
+            .service_pid(k.service)
+            .with_context(|| format!("{} runs", k.service))?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("SIGKILL the service");
         let after = acked(&host.guest_log(&name)).last().copied().unwrap_or(0);
-        kills.push((pid, after));
-        back_after.push(wait_new_pid(&host, service, pid)?);
+        kills.push((k.service, pid, after));
+        back_after.push(wait_new_pid(&host, k.service, pid)?);
+        std::thread::sleep(k.pause);
     }
     let log = wait_log(&host, &name, "the guest's script after the restart", |l| {
         l.contains("pvguest shutdown") || l.contains("frontend-failed")
     });
     let destroyed = host.destroy_guest(&name)?;
     eprintln!(
-        "killed {service} (pid, last ack): {kills:?}\nback (new pid, after): {back_after:?}\n\
-         guest log:\n{log}\nxl destroy: {}\n{service} log:\n{}\nbackendd log:\n{}",
+        "killed (service, pid, last ack): {kills:?}\nback (new pid, after): {back_after:?}\n\
+         guest log:\n{log}\nxl destroy: {}\nxen-shimd log:\n{}\nxenstored log:\n{}\n\
+         backendd log:\n{}",
         String::from_utf8_lossy(&destroyed.stderr),
-        service_log(&host, service),
+        service_log(&host, "xen-shimd"),
+        service_log(&host, "xenstored"),
         service_log(&host, "backendd"),
     );
 
-    // Assert: the same supervisor restarted the service after each kill,
+    // Assert: the same supervisor restarted each service after each kill,
     // and says why in its log; the guest finished and its disk reconnected.
-    assert_eq!(host.supervisor_pid(service), Some(supervisor));
-    let blog = service_log(&host, service);
-    assert_eq!(
-        blog.matches(&format!("{service} killed by signal 9 (SIGKILL)"))
-            .count(),
-        kills.len(),
-        "{blog}"
-    );
-    for (i, (new_pid, _)) in back_after.iter().enumerate() {
-        assert!(blog.contains(&format!("; restart {} in", i + 1)), "{blog}");
-        assert!(blog.contains(&format!("started, pid {new_pid}")), "{blog}");
+    for (s, sup) in services.iter().zip(&supervisors) {
+        assert_eq!(host.supervisor_pid(s), Some(*sup));
+        let blog = service_log(&host, s);
+        let mine: Vec<_> = kills
+            .iter()
+            .zip(&back_after)
+            .filter(|((k, _, _), _)| k == s)
+            .collect();
+        assert_eq!(
+            blog.matches(&format!("{s} killed by signal 9 (SIGKILL)"))
+                .count(),
+            mine.len(),
+            "{blog}"
+        );
+        for (i, (_, (new_pid, _))) in mine.iter().enumerate() {
+            assert!(blog.contains(&format!("; restart {} in", i + 1)), "{blog}");
+            assert!(blog.contains(&format!("started, pid {new_pid}")), "{blog}");
+        }
     }
+    // Every Dom0 handle gave its ports back to a restarted shim within its
+    // grace (the shim closes the others, and with them channels to guests).
+    let slog = service_log(&host, "xen-shimd");
+    assert!(!slog.contains("nobody reclaimed"), "{slog}");
     assert!(
-        kills.iter().all(|&(_, after)| after < RECORDS),
+        kills.iter().all(|&(_, _, after)| after < RECORDS),
         "a kill came after the last write: {kills:?}"
     );
     assert!(log.contains("guest-init-ok"), "{log}");

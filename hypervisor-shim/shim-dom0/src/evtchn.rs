@@ -367,6 +367,14 @@ impl Evtchn {
         client::poll_and_drain(&self.conn, &self.events)
     }
 
+    /// The handle's connection to the daemon, for an outer event loop that
+    /// does not use [`Evtchn::pending`]: readable when the daemon sent an
+    /// event or went away (then [`Evtchn::reattach`]). The fd changes when
+    /// the handle reattaches.
+    pub fn control_fd(&self) -> Option<RawFd> {
+        self.conn.lock().ok().map(|c| c.raw_fd())
+    }
+
     /// The epoll fd, for an outer event loop: readable when a port fired.
     pub fn as_raw_fd(&self) -> RawFd {
         self.ports.epoll_fd()

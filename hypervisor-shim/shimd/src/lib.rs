@@ -875,20 +875,25 @@ impl Daemon {
     }
 
     fn close_orphans(&mut self) {
-        let orphans: Vec<u32> = self
+        let orphans: Vec<(u32, String)> = self
             .domains
             .get(&0)
             .map(|d| {
                 d.ports
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, p)| p.as_ref().filter(|p| p.orphan).map(|_| i as u32))
+                    .filter_map(|(i, p)| {
+                        p.as_ref()
+                            .filter(|p| p.orphan)
+                            .map(|p| (i as u32, format!("{:?}", p.kind)))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        for p in &orphans {
+        for (p, kind) in &orphans {
             tracing::info!(
                 port = p,
+                kind = %kind,
                 "closing a Dom0 port nobody reclaimed after the restart"
             );
             self.close_port(0, *p);

@@ -758,6 +758,7 @@ impl StateDir {
                         m.sync(off, buf.len()).map_err(io_err(&jpath))?;
                     }
                     self.journal_len += buf.len() as u64;
+                    m.release_before(off + buf.len());
                     buf.clear();
                     return Ok(());
                 }

@@ -350,6 +350,9 @@ impl Server {
                 &self.core.quotas,
                 conns.into_iter(),
             )?;
+            // The snapshot's buffer (the whole tree) was freed: give it
+            // back to the system once idle, as after closed connections.
+            self.closed_since_trim = self.closed_since_trim.max(1);
         }
         Ok(())
     }

@@ -26,6 +26,17 @@
 //!   own, so that the fd stays the same if the shim comes up later); the
 //!   check asks the shim for the domains' states.
 //!
+//! The handle stays attached to the shim across the shim's restarts by
+//! itself ([`ShimLink::keep_attached`]): its connection socket is in the
+//! same small epoll set, so the shim going away wakes the server, which
+//! hands the handle's ports back to the new shim at once (retrying every
+//! [`REATTACH_RETRY`] until it is up). A restarted shim closes the ports no
+//! handle reclaimed within its grace (10 s): waiting for the next
+//! `XS_INTRODUCE` to reattach, as before, cut every guest's xenstore event
+//! channel after a quiet restart. Once reattached, every ring is kicked in
+//! both directions (the guest notified, the server's side woken), so a
+//! request or reply whose notification fell in the gap is seen.
+//!
 //! The ring's event channel is a port of the shared [`Evtchn`] handle. The
 //! server polls a duplicate of the port's incoming eventfd (owned by the
 //! notifier, so it lives exactly as long as the connection), `ack` drains
@@ -42,10 +53,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use xen_abi::grant_table::GNTTAB_RESERVED_XENSTORE;
 use xen_abi::xen::VIRQ_DOM_EXC;
 use xen_shim_dom0::{Evtchn, Gntdev};
-use xen_shim_proto::protocol::{ControlError, ControlEvent, DomainState};
+use xen_shim_proto::protocol::{ControlError, DomainState};
 use xen_shim_proto::{EvtchnError, GrantError, ShimError};
 use xenstore_wire::{DomId, XsError};
 
@@ -148,17 +161,27 @@ fn drain_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Reads the notifications queued on the event-channel handle's socket
-/// (peers closing our ports), so that it never fills up, and reattaches the
-/// handle's ports if the shim daemon restarted meanwhile.
-fn drain_control_events(h: &Handles) {
-    let evs = h.evtchn.take_control_events();
-    if evs.contains(&ControlEvent::Disconnected) {
-        match h.evtchn.reattach() {
-            Ok(()) => tracing::info!("the hypervisor shim restarted: event channels reattached"),
-            Err(e) => tracing::warn!(error = %e, "cannot reattach event channels to the shim"),
-        }
-    }
+/// How often a handle whose shim went away tries to reattach.
+pub const REATTACH_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Token of the handle's connection socket in `exc`.
+const EXC_CONTROL: u64 = 1;
+/// Token of the reattach retry timer in `exc`.
+const EXC_RETRY: u64 = 2;
+
+/// The event-channel handle's connection as watched in `exc`.
+#[derive(Debug, Default)]
+struct Attach {
+    /// A duplicate of the handle's connection socket, registered in `exc`,
+    /// and the socket's inode: a different inode behind the handle's fd
+    /// means it reconnected (here or inside a call that met the restart).
+    watched: Option<(OwnedFd, u64)>,
+    /// The shim went away and the handle is not attached yet.
+    lost: bool,
+}
+
+fn inode(fd: RawFd) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
 }
 
 /// The connection to the shim, once made.
@@ -192,6 +215,9 @@ struct Shared {
     /// Readable when `VIRQ_DOM_EXC` fired; stays the same fd whether or not
     /// the shim is up.
     exc: Epoll,
+    attach: Mutex<Attach>,
+    /// In `exc`: armed while the handle is lost, to try again.
+    retry: TimerFd,
     log: LogLimiter,
 }
 
@@ -278,6 +304,16 @@ impl ShimLink {
     /// (see [`ShimLink::connect`]): the shim may start after xenstored.
     pub fn new(socket: &Path) -> Result<ShimLink, ShimLinkError> {
         let exc = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        let retry = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        exc.add(
+            retry.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, EXC_RETRY),
+        )
+        .map_err(io::Error::from)?;
         Ok(ShimLink {
             shared: Arc::new(Shared {
                 socket: socket.to_owned(),
@@ -286,6 +322,8 @@ impl ShimLink {
                 serial: AtomicU64::new(1),
                 prepared: Mutex::new(HashMap::new()),
                 exc,
+                attach: Mutex::new(Attach::default()),
+                retry,
                 log: LogLimiter::new(10, std::time::Duration::from_secs(5)),
             }),
         })
@@ -338,7 +376,94 @@ impl ShimLink {
             virq_fd,
         });
         *slot = Some(Arc::clone(&h));
+        drop(slot);
+        self.watch_control(&mut lock(&self.shared.attach), &h);
         Ok(h)
+    }
+
+    /// Registers the handle's current connection socket in `exc` (a
+    /// duplicate, so the registration lives as long as it); returns
+    /// whether it replaced another one (the handle reconnected).
+    fn watch_control(&self, st: &mut Attach, h: &Handles) -> bool {
+        let Some(fd) = h.evtchn.control_fd() else {
+            return false;
+        };
+        let ino = inode(fd);
+        if ino.is_some() && st.watched.as_ref().map(|w| w.1) == ino {
+            return false;
+        }
+        let had = self.unwatch_control(st);
+        // SAFETY: `fd` is the handle's live connection socket (the handle
+        // is borrowed for this call); dup_fd makes a descriptor of our own.
+        let Ok(dup) = (unsafe { dup_fd(fd) }) else {
+            return had;
+        };
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, EXC_CONTROL);
+        if self.shared.exc.add(dup.as_fd(), ev).is_ok() {
+            st.watched = Some((dup, ino.unwrap_or(0)));
+        }
+        had
+    }
+
+    /// Takes the watched socket out of `exc`; whether one was watched.
+    fn unwatch_control(&self, st: &mut Attach) -> bool {
+        match st.watched.take() {
+            Some((dup, _)) => {
+                let _ = self.shared.exc.delete(dup.as_fd());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads the notifications queued on the event-channel handle's socket
+    /// (peers closing our ports), so that it never fills up, and, if the
+    /// shim went away, hands the handle's ports back to the new one (see
+    /// the [module docs](self)); returns whether the handle is attached.
+    fn keep_attached(&self, h: &Handles) -> bool {
+        let _ = h.evtchn.take_control_events();
+        let _ = self.shared.retry.wait();
+        let mut st = lock(&self.shared.attach);
+        match h.evtchn.reattach() {
+            Ok(()) => {
+                let was_lost = std::mem::replace(&mut st.lost, false);
+                let _ = self.shared.retry.unset();
+                if self.watch_control(&mut st, h) || was_lost {
+                    drop(st);
+                    tracing::info!("the hypervisor shim restarted: event channels reattached");
+                    self.kick_rings(h);
+                }
+                true
+            }
+            Err(e) => {
+                if !st.lost {
+                    tracing::warn!(error = %e, "the hypervisor shim went away: reattaching");
+                }
+                st.lost = true;
+                self.unwatch_control(&mut st);
+                let at = TimeSpec::from_duration(REATTACH_RETRY);
+                let _ = self
+                    .shared
+                    .retry
+                    .set(Expiration::OneShot(at), TimerSetTimeFlags::empty());
+                false
+            }
+        }
+    }
+
+    /// After a reattach: notifies every domain's ring port (the guest looks
+    /// at its ring again) and wakes the server's side of each (it reads
+    /// what the guest wrote meanwhile).
+    fn kick_rings(&self, h: &Handles) {
+        let ports: Vec<u32> = lock(&self.shared.bound).values().map(|&(p, _)| p).collect();
+        for port in ports {
+            if let Err(e) = h.evtchn.notify(port) {
+                tracing::debug!(port, error = %e, "kick after reattach failed");
+            }
+            if let Some(fd) = h.evtchn.port_in_fd(port) {
+                let _ = xen_shim_proto::sys::eventfd_signal(fd);
+            }
+        }
     }
 
     /// Binds `port` of `domid`, first dropping the domain's live binding
@@ -421,7 +546,7 @@ impl ShimLink {
             return Err(ShimLinkError::BadPort);
         }
         let h = self.handles()?;
-        drain_control_events(&h);
+        self.keep_attached(&h);
         let info = match h.gntdev.control().domain_info(domid) {
             Ok(i) => i,
             Err(e) if e.errno() == Some(libc::ESRCH) => return Err(ShimLinkError::NoDomain(domid)),
@@ -512,7 +637,10 @@ impl DomainWatcher for ShimLink {
             return Ok(Vec::new());
         };
         drain_eventfd(h.virq_fd.as_fd())?;
-        drain_control_events(&h);
+        if !self.keep_attached(&h) {
+            // The shim is away: nothing to learn until it is back.
+            return Ok(Vec::new());
+        }
         let doms = h
             .gntdev
             .control()

@@ -14,6 +14,13 @@
 //! preallocate (`EOPNOTSUPP`) makes [`MappedFile::new`] fail, and the caller
 //! falls back to `write(2)`.
 //!
+//! Pages the appends have moved past are dropped from the mapping in
+//! [`RELEASE`] steps (`MADV_DONTNEED`: for a shared file mapping that only
+//! unmaps them; the data, dirty or not, stays in the page cache and the
+//! file). The daemon's resident set then holds at most a few hundred KiB
+//! of journal, not the whole journal up to its compaction (4 MiB or more),
+//! which made xenstored's RSS a sawtooth of that height in long runs.
+//!
 //! The mapping reserves more address space than the file holds; only bytes
 //! below the file's length are ever written, so no access reaches a page
 //! beyond the end of the file. The state directory is the daemon's own: a
@@ -37,6 +44,10 @@ const MIN_MAP: usize = 64 << 20;
 
 const PAGE: usize = 4096;
 
+/// Pages behind the append offset are released once this many bytes of
+/// them have accumulated (one `madvise(2)` per this much journal).
+pub const RELEASE: usize = 64 << 10;
+
 fn round_up(n: usize, to: usize) -> Option<usize> {
     n.checked_add(to - 1).map(|v| v / to * to)
 }
@@ -49,6 +60,9 @@ pub struct MappedFile {
     map_len: usize,
     /// Bytes of the file (all preallocated); `file_len <= map_len`.
     file_len: usize,
+    /// Pages below this offset are not mapped in (released, or never
+    /// touched through this mapping); page aligned.
+    released: usize,
 }
 
 // SAFETY: the value owns its mapping exclusively (nothing else in the
@@ -64,6 +78,7 @@ impl MappedFile {
             base,
             map_len,
             file_len,
+            released: 0,
         };
         m.populate(0, file_len);
         Ok(m)
@@ -156,8 +171,33 @@ impl MappedFile {
         Ok(())
     }
 
+    /// The appends have reached `off`: unmaps the whole pages below it
+    /// (once [`RELEASE`] bytes of them are still mapped). Their bytes stay
+    /// in the file; a later read through the mapping faults them back in.
+    pub fn release_before(&mut self, off: usize) {
+        let upto = (off / PAGE * PAGE).min(self.file_len);
+        if upto < self.released.saturating_add(RELEASE) {
+            return;
+        }
+        // SAFETY: `released..upto` is page aligned and lies within our live
+        // mapping (upto <= file_len <= map_len); MADV_DONTNEED on a shared
+        // file mapping only removes the page-table entries (a dirty page
+        // stays dirty in the page cache), so no data is lost and no
+        // reference into the range exists (it is only written through raw
+        // pointers).
+        let _ = unsafe {
+            libc::madvise(
+                self.base.as_ptr().add(self.released).cast(),
+                upto - self.released,
+                libc::MADV_DONTNEED,
+            )
+        };
+        self.released = upto;
+    }
+
     /// The file was truncated to zero by the caller: grows it again.
     pub fn reset(&mut self, file: &File) -> io::Result<()> {
+        self.released = 0;
         self.file_len = 0;
         self.file_len = Self::grow_file(file, 0, GROW)?;
         self.populate(0, self.file_len);
@@ -215,6 +255,64 @@ impl Drop for MappedFile {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// `Rss:` (KiB) of the mapping that starts at `base`, from
+    /// `/proc/self/smaps`.
+    fn mapping_rss_kib(base: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
+        let head = format!("{base:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+        assert!(
+            lines.next().is_some(),
+            "the mapping at {base:#x} is in smaps"
+        );
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("an Rss line")
+    }
+
+    #[test]
+    fn test_mapped_appends_release_the_pages_behind_them_and_keep_the_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("j");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .expect("open");
+        let mut m = MappedFile::new(&f, 1).expect("map");
+        let total = 4 << 20;
+        let mut off = 0;
+        let mut n = 0u32;
+        while off < total {
+            let rec = [n.to_le_bytes(); 256].concat();
+            m.reserve(&f, off + rec.len()).expect("grow");
+            m.write_at(off, &rec);
+            off += rec.len();
+            m.release_before(off);
+            n += 1;
+        }
+        // Resident: the unreleased tail and the populated step ahead of it,
+        // not the 4 MiB appended.
+        let rss = mapping_rss_kib(m.base.as_ptr() as usize);
+        let bound = ((RELEASE + 2 * GROW) / 1024) as u64;
+        assert!(
+            rss <= bound,
+            "{rss} KiB of the journal resident, bound {bound} KiB"
+        );
+        let mut data = Vec::new();
+        std::fs::File::open(&p)
+            .expect("reopen")
+            .read_to_end(&mut data)
+            .expect("read");
+        for (i, rec) in data[..total].chunks(1024).enumerate() {
+            let want = [(i as u32).to_le_bytes(); 256].concat();
+            assert_eq!(rec, &want[..], "record {i} in the file");
+        }
+    }
 
     #[test]
     fn test_mapped_write_at_lands_in_file_rest_zero() {
