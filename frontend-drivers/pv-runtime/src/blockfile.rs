@@ -578,10 +578,108 @@ pub fn ensure_free_loop_node() -> Result<PathBuf, BlockfileError> {
     Ok(p)
 }
 
+/// `losetup --find --show FILE` where `/dev` is a private tmpfs
+/// ([`private_dev`]): attaches `file` to the free loop device whose node
+/// [`ensure_free_loop_node`] made, naming it (plain `--find` picks the free
+/// number itself and fails with `ENOENT` when its node is missing: every
+/// disk but the root, and the root too when the free-node step lost a race
+/// with another guest). Another process taking that device first (`EBUSY`)
+/// makes it try the next free one. Without `/dev/loop-control`, plain
+/// `--find`. Returns the loop device's path.
+///
+/// # Errors
+/// `losetup`'s message.
+pub fn attach_free_loop(file: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..16 {
+        let Ok(node) = ensure_free_loop_node() else {
+            return crate::machine::run("losetup", &["--find", "--show", file]);
+        };
+        let node = node.to_string_lossy().into_owned();
+        match crate::machine::run("losetup", &["--show", &node, file]) {
+            Ok(dev) => return Ok(dev),
+            Err(e) if e.to_ascii_lowercase().contains("busy") => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vbd::RamDisk;
+
+    /// In a mount namespace whose `/dev` is a tmpfs holding only
+    /// `loop-control` and `null` (a guest's private `/dev` once the nodes it was made
+    /// with are all in use), two files are attached to loop devices, each
+    /// through a node made for it. Plain `losetup --find` failed there
+    /// with `ENOENT` (the soak's 33rd guest: "cannot attach a loop device
+    /// to /dev/xvdb"). Needs root and the loop driver.
+    #[test]
+    fn test_attach_free_loop_in_a_dev_without_loop_nodes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files: Vec<String> = (0..2)
+            .map(|i| {
+                let p = dir.path().join(format!("disk{i}"));
+                fs::File::create(&p)
+                    .and_then(|f| f.set_len(1 << 20))
+                    .expect("make the file");
+                p.to_string_lossy().into_owned()
+            })
+            .collect();
+        let r = std::thread::spawn(move || -> Result<Vec<(String, bool)>, String> {
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make / private: {e}"))?;
+            mount(
+                Some("tmpfs"),
+                "/dev",
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=755"),
+            )
+            .map_err(|e| format!("mount a tmpfs on /dev: {e}"))?;
+            mknod(
+                "/dev/loop-control",
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o600),
+                makedev(10, 237),
+            )
+            .map_err(|e| format!("mknod loop-control: {e}"))?;
+            mknod(
+                "/dev/null",
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(1, 3),
+            )
+            .map_err(|e| format!("mknod null: {e}"))?;
+            let mut out = Vec::new();
+            for f in &files {
+                let dev = attach_free_loop(f)?;
+                out.push((dev.clone(), Path::new(&dev).exists()));
+            }
+            for (dev, _) in &out {
+                let _ = crate::machine::run("losetup", &["-d", dev]);
+            }
+            Ok(out)
+        })
+        .join()
+        .expect("the thread ran");
+        let devs = r.expect("both files attached");
+        assert_eq!(devs.len(), 2);
+        assert_ne!(devs[0].0, devs[1].0, "{devs:?}");
+        assert!(
+            devs.iter().all(|d| d.0.starts_with("/dev/loop") && d.1),
+            "{devs:?}"
+        );
+    }
 
     #[test]
     fn test_block_file_attr_is_read_only_for_read_only_disk() {

@@ -253,15 +253,11 @@ fn mount_root(spec: &MachineSpec, out: &mut dyn Write) -> Result<Mounted, Machin
             // disk's (a guest may remount it rw); a read-only disk makes a
             // read-only loop device (losetup falls back).
             let d = format!("/dev/{name}");
-            // A free device's node in our private /dev first (its absence
-            // is reported by losetup below, more clearly).
-            let _ = crate::blockfile::ensure_free_loop_node();
-            let loopdev = run("losetup", &["--find", "--show", &d]).map_err(|why| {
-                MachineError::MountRoot {
+            let loopdev =
+                crate::blockfile::attach_free_loop(&d).map_err(|why| MachineError::MountRoot {
                     dev: d.clone(),
                     why,
-                }
-            })?;
+                })?;
             // `nodev`: the guest writes its root disk's raw blocks and
             // could plant a device node there (the guest's /dev is a tmpfs
             // of its own); the mount copied into its namespace keeps it

@@ -164,7 +164,7 @@ pub fn attach_loops(disks: &[String], root: Option<&str>) -> Result<Vec<LoopDisk
         let file = format!("/dev/{name}");
         // A read-only disk makes a read-only loop device (losetup falls
         // back).
-        let loopdev = crate::machine::run("losetup", &["--find", "--show", &file]).map_err(fail)?;
+        let loopdev = crate::blockfile::attach_free_loop(&file).map_err(fail)?;
         let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -413,9 +413,6 @@ fn broker_answer(req: &str, owner: (u32, u32)) -> (String, Option<LoopDisk>) {
         "attach" if broker_disk_name(arg) => {
             if let Err(e) = broker_own_file(arg) {
                 return (format!("err {e}"), None);
-            }
-            if let Err(e) = crate::blockfile::ensure_free_loop_node() {
-                return (format!("err {}", xen_diag::ErrorChain(&e)), None);
             }
             match attach_loops(&[arg.to_owned()], None).map(|mut v| v.pop()) {
                 Ok(Some(l)) => {
