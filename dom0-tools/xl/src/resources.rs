@@ -502,6 +502,14 @@ impl Census {
     /// Reads the host (never fails: what cannot be read is left out).
     #[must_use]
     pub fn take() -> Self {
+        Self::take_of(None)
+    }
+
+    /// [`Census::take`] of the domains `only` (all with `None`): `xl list
+    /// NAME` read every domain's cgroup and balloon target, a xenstore read
+    /// per domain, to print one line.
+    #[must_use]
+    pub fn take_of(only: Option<&[u16]>) -> Self {
         let mut c = Self {
             mem_total_mib: mem_total_mib(),
             ..Self::default()
@@ -510,7 +518,13 @@ impl Census {
             return c;
         };
         for name in h.groups().unwrap_or_default() {
-            if let (Some(id), Ok(g)) = (group_domid(&name), h.group(&name)) {
+            let Some(id) = group_domid(&name) else {
+                continue;
+            };
+            if only.is_some_and(|o| !o.contains(&id)) {
+                continue;
+            }
+            if let Ok(g) = h.group(&name) {
                 c.groups.insert(id, g);
             }
         }

@@ -1392,7 +1392,12 @@ pub fn list(out: &mut dyn Write, which: &[String], verbose: bool) -> Result<(), 
         what: "write the listing".into(),
         source,
     };
-    let census = crate::resources::Census::take();
+    let census = if which.is_empty() {
+        crate::resources::Census::take()
+    } else {
+        let ids: Vec<u16> = domains.iter().map(|d| d.domid).collect();
+        crate::resources::Census::take_of(Some(&ids))
+    };
     let row = |d: &DomainInfo| list_row(d, &census.figures(d, &all));
     if !verbose {
         writeln!(out, "{LIST_HEADER}").map_err(io)?;

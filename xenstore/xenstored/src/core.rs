@@ -621,7 +621,20 @@ impl Core {
         let (op, handler) = table::lookup(hdr.ty).ok_or(XsError::Enosys)?;
         let req = Request::parse(hdr, payload).map_err(|e| e.xs_error())?;
         if self.trace_requests {
-            tracing::info!(conn = id, domid = caller.domid, "request {}", op.name);
+            tracing::info!(
+                conn = id,
+                domid = caller.domid,
+                tx = hdr.tx_id,
+                path = req.path().unwrap_or(""),
+                value = %match &req {
+                    Request::Write { value, .. } if value.len() <= 32 => {
+                        String::from_utf8_lossy(value)
+                    }
+                    _ => "".into(),
+                },
+                "request {}",
+                op.name
+            );
         }
         if op.has(table::PRIV) && !caller.privileged {
             return Err(XsError::Eacces);

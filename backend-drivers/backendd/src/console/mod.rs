@@ -309,9 +309,11 @@ impl Consoles {
             } else if settling {
                 settle.remove(0);
             }
-            if event || settling || rescanned.elapsed() >= RESCAN_SAFETY {
+            if rescanned.elapsed() >= RESCAN_SAFETY {
                 self.rescan();
                 rescanned = Instant::now();
+            } else if event || settling {
+                self.rescan_changed();
             } else {
                 self.reap();
             }
@@ -360,8 +362,26 @@ impl Consoles {
         }
     }
 
-    /// Brings the running consoles in line with xenstore.
+    /// Brings the running consoles in line with xenstore: every domain's
+    /// console nodes read (a new incarnation under a served domid is seen
+    /// by its port).
     pub fn rescan(&mut self) {
+        self.rescan_with(true);
+    }
+
+    /// What a domain's introduction or release changes: the domains listed
+    /// and not served are read and started, the served ones no longer
+    /// listed stopped; the served ones still listed are not read. A full
+    /// [`Consoles::rescan`] read three nodes of every domain on every event:
+    /// with guests created one after another, three rescans each (the
+    /// event and its [`SETTLE`] follow-ups), 2,300 xenstore reads for the
+    /// 256th guest, on the single-threaded xenstored its own devices wait
+    /// for.
+    pub fn rescan_changed(&mut self) {
+        self.rescan_with(false);
+    }
+
+    fn rescan_with(&mut self, full: bool) {
         let mut domains: Vec<u16> = match self.xs.directory("/local/domain") {
             Ok(v) => v.iter().filter_map(|d| d.parse().ok()).collect(),
             Err(e) if e.is_enoent() => Vec::new(),
@@ -373,9 +393,17 @@ impl Consoles {
         domains.retain(|&d| d != self.cfg.domid);
         domains.truncate(MAX_DOMAINS);
         let mut present = HashMap::new();
-        for d in domains {
+        for d in to_read(&domains, &self.live, full) {
             if let Some(n) = self.nodes(d) {
                 present.insert(d, n);
+            }
+        }
+        // Served and still listed, not read again: as they are.
+        if !full {
+            for d in &domains {
+                if let Some(e) = self.live.get(d) {
+                    present.entry(*d).or_insert_with(|| e.nodes.clone());
+                }
             }
         }
         // Gone, or a new incarnation (another port): stop. The name is
@@ -496,9 +524,46 @@ impl Consoles {
     }
 }
 
+/// The domains of `listed` whose console nodes a rescan reads: all of
+/// them (`full`), or those not served yet.
+fn to_read(listed: &[u16], live: &HashMap<u16, Entry>, full: bool) -> Vec<u16> {
+    listed
+        .iter()
+        .copied()
+        .filter(|d| full || !live.contains_key(d))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn served(domid: u16) -> (u16, Entry) {
+        (
+            domid,
+            Entry {
+                nodes: ConsoleNodes {
+                    port: 2,
+                    name: format!("g{domid}"),
+                },
+                handle: None,
+                status: ConsoleStatus {
+                    tty: None,
+                    failed: None,
+                    stats: Arc::default(),
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn test_event_rescan_reads_only_the_domains_not_served() {
+        let live: HashMap<u16, Entry> = (1..=255).map(served).collect();
+        let listed: Vec<u16> = (1..=256).collect();
+        assert_eq!(to_read(&listed, &live, false), vec![256]);
+        assert_eq!(to_read(&listed, &live, true), listed);
+        assert!(to_read(&[3, 4], &live, false).is_empty());
+    }
 
     #[test]
     fn test_log_file_name_plain_name_kept() {
