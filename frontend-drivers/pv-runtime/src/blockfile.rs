@@ -646,20 +646,15 @@ mod tests {
                 Some("mode=755"),
             )
             .map_err(|e| format!("mount a tmpfs on /dev: {e}"))?;
-            mknod(
-                "/dev/loop-control",
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o600),
-                makedev(10, 237),
-            )
-            .map_err(|e| format!("mknod loop-control: {e}"))?;
-            mknod(
-                "/dev/null",
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o666),
-                makedev(1, 3),
-            )
-            .map_err(|e| format!("mknod null: {e}"))?;
+            for (node, major, minor) in [("/dev/loop-control", 10, 237), ("/dev/null", 1, 3)] {
+                mknod(
+                    node,
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o666),
+                    makedev(major, minor),
+                )
+                .map_err(|e| format!("mknod {node}: {e}"))?;
+            }
             let mut out = Vec::new();
             for f in &files {
                 let dev = attach_free_loop(f)?;

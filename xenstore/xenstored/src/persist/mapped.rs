@@ -256,6 +256,21 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// A fresh journal file in a temporary directory (kept alive by the
+    /// returned guard).
+    fn journal_file() -> (tempfile::TempDir, std::path::PathBuf, File) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("j");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .expect("open");
+        (dir, p, f)
+    }
+
     /// `Rss:` (KiB) of the mapping that starts at `base`, from
     /// `/proc/self/smaps`.
     fn mapping_rss_kib(base: usize) -> u64 {
@@ -274,15 +289,7 @@ mod tests {
 
     #[test]
     fn test_mapped_appends_release_the_pages_behind_them_and_keep_the_bytes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let p = dir.path().join("j");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .expect("open");
+        let (_dir, p, f) = journal_file();
         let mut m = MappedFile::new(&f, 1).expect("map");
         let total = 4 << 20;
         let mut off = 0;
@@ -316,15 +323,7 @@ mod tests {
 
     #[test]
     fn test_mapped_write_at_lands_in_file_rest_zero() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let p = dir.path().join("j");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .expect("open");
+        let (_dir, p, f) = journal_file();
         let mut m = MappedFile::new(&f, 10).expect("map");
         m.write_at(0, b"hello");
         m.reserve(&f, GROW + 3).expect("grow");
@@ -343,15 +342,7 @@ mod tests {
 
     #[test]
     fn test_mapped_reserve_beyond_mapping_remaps_keeping_bytes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let p = dir.path().join("j");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .expect("open");
+        let (_dir, p, f) = journal_file();
         let mut m = MappedFile::new(&f, 1).expect("map");
         m.write_at(0, b"x");
         let far = MIN_MAP + 1;
@@ -365,14 +356,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "beyond the reserved file")]
     fn test_mapped_write_past_reservation_panics() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let f = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("j"))
-            .expect("open");
+        let (_dir, _, f) = journal_file();
         let mut m = MappedFile::new(&f, 1).expect("map");
         m.write_at(GROW - 1, b"ab");
     }
