@@ -629,15 +629,7 @@ mod tests {
             })
             .collect();
         let r = std::thread::spawn(move || -> Result<Vec<(String, bool)>, String> {
-            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| format!("make / private: {e}"))?;
+            private_mount_namespace().map_err(|e| format!("{e}"))?;
             mount(
                 Some("tmpfs"),
                 "/dev",
