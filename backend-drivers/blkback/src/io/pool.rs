@@ -246,8 +246,11 @@ mod tests {
         for _ in 0..4 {
             done_rx.recv_timeout(Duration::from_secs(5)).expect("done");
         }
-        // Idle, they leave; a later job starts one again.
-        let deadline = std::time::Instant::now() + IDLE_EXIT * 3;
+        // Idle, they leave; a later job starts one again. They wait for
+        // work one at a time (the receiver is behind a lock), so the three
+        // leave one IDLE_EXIT after another: 15 s, which the old deadline of
+        // exactly 3 x IDLE_EXIT missed on a loaded machine (CI).
+        let deadline = std::time::Instant::now() + IDLE_EXIT * 5;
         while pool.live_threads() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
