@@ -104,6 +104,41 @@ fn test_rbd_write_flush_read_discard_parallel_then_rbd_export_and_snapshot() {
             &b[..]
         );
     }
+    // A write of scattered segments (a request's pages, copied into one
+    // buffer before librbd) lands in segment order; the segments are
+    // overwritten as soon as it is submitted, which the disk must not see.
+    let mut segs: Vec<Vec<u8>> = (0..5u64).map(|i| pattern(300 + i, 4096)).collect();
+    segs[2].truncate(512);
+    let expected: Vec<u8> = segs.concat();
+    let v: Vec<IoVec> = segs
+        .iter_mut()
+        .map(|b| IoVec {
+            ptr: b.as_mut_ptr(),
+            len: b.len(),
+        })
+        .collect();
+    // SAFETY: `segs` stays alive (and unmoved) until the completion below.
+    unsafe {
+        img.submit(
+            true,
+            &v,
+            44 * MIB,
+            Box::new(move |r| {
+                let _ = tx.send((usize::MAX, r));
+            }),
+        )
+    };
+    for b in segs.iter_mut() {
+        b.fill(0xee);
+    }
+    let (_, r) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("completion of the scattered write");
+    r.expect("scattered write");
+    assert_eq!(
+        read(&*img, 44 * MIB, expected.len()).expect("read"),
+        expected
+    );
     // Discard of whole objects reads back as zeros.
     img.discard(16 * MIB, 4 * MIB).expect("discard");
     assert!(read(&*img, 16 * MIB, MIB as usize)

@@ -49,7 +49,15 @@ pub struct BlkfrontConfig {
     /// `multi-queue-max-queues` may lower it).
     pub max_queues: u32,
     /// Most segments per indirect request (clamped to 11..=256; used only
-    /// when the backend offers `feature-max-indirect-segments`).
+    /// when the backend offers `feature-max-indirect-segments`). The
+    /// default, 256, makes a 1 MiB I/O one request (Linux's blkfront takes
+    /// 32 unless `max_indirect_segments` is raised): with 32, eight
+    /// requests each, a ring of 128 slots holds 16 MiB in flight, and a
+    /// network disk answering in milliseconds then runs short of depth
+    /// (1 MiB QD32 on RBD: 0.74-0.76x of fio's rbd engine for writes,
+    /// 0.66-0.72x for reads, against 0.83-0.86x and 0.78x with 256). The
+    /// pages a request needs are the same either way; only the pages kept
+    /// for reuse may grow to what the ring had in flight.
     pub max_indirect_segments: u32,
     /// Offer `feature-persistent` (used when the backend offers it too).
     pub persistent_grants: bool,
@@ -77,7 +85,7 @@ impl Default for BlkfrontConfig {
         BlkfrontConfig {
             max_ring_page_order: 2,
             max_queues: 1,
-            max_indirect_segments: 32,
+            max_indirect_segments: 256,
             persistent_grants: true,
             max_cached_pages: 1024,
             poll_budget: DEFAULT_POLL_BUDGET,

@@ -45,7 +45,8 @@ fn test_handshake_multi_page_ring_writes_libxl_nodes_and_connects() {
     let disk = front.disk().expect("disk");
     assert_eq!(disk.sectors, 8192);
     assert!(front.persistent());
-    assert_eq!(front.max_request_bytes(), 32 * 4096);
+    // The default: 256 segments a request, as many as the backend offers.
+    assert_eq!(front.max_request_bytes(), 256 * 4096);
 }
 
 #[test]
@@ -576,7 +577,13 @@ fn test_buffer_write_then_read_roundtrips_without_persistent_grants() {
 #[test]
 fn test_buffer_bad_lengths_and_ranges_are_refused() {
     let p = platform();
-    let (mut front, _back) = connected(&p, Offer::default(), BlkfrontConfig::default());
+    // 32 segments a request: a registered buffer may be larger than one
+    // request carries.
+    let cfg = BlkfrontConfig {
+        max_indirect_segments: 32,
+        ..BlkfrontConfig::default()
+    };
+    let (mut front, _back) = connected(&p, Offer::default(), cfg);
     assert_eq!(front.alloc_buffer(0), Err(BlkfrontError::BadBuffer));
     assert_eq!(front.alloc_buffer(100), Err(BlkfrontError::BadBuffer));
     assert_eq!(

@@ -97,9 +97,14 @@ pub struct DispatchStats {
 pub struct EventHub {
     hv: &'static Hypervisor,
     state: Mutex<HubState>,
-    /// Signalled after every dispatcher round ([`EventHub::poll`],
-    /// [`EventHub::wait_shutdown`]).
+    /// Signalled after every dispatcher round ([`EventHub::poll`]).
     cond: Condvar,
+    /// Signalled only when the daemon's notifications changed the shutdown
+    /// or connection state, or on [`EventHub::wake_all`]
+    /// ([`EventHub::wait_shutdown`]): the threads that wait for a shutdown
+    /// (the reattach watcher, an idle domain's main thread) do not wake for
+    /// every ring notification.
+    control_cond: Condvar,
     /// Signalled only when a port was latched or on [`EventHub::wake_all`]
     /// ([`EventHub::wait_changed`]): the idle xenstore watch readers do not
     /// wake for other ports' events.
@@ -130,6 +135,7 @@ impl EventHub {
             hv,
             state: Mutex::new(HubState::default()),
             cond: Condvar::new(),
+            control_cond: Condvar::new(),
             latch_cond: Condvar::new(),
             handlers: RwLock::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
@@ -257,6 +263,7 @@ impl EventHub {
     pub fn wake_all(&self) {
         self.lock().wakes += 1;
         self.cond.notify_all();
+        self.control_cond.notify_all();
         self.latch_cond.notify_all();
     }
 
@@ -326,7 +333,7 @@ impl EventHub {
             if done() {
                 return None;
             }
-            st = self.wait_until(st, deadline)?;
+            st = Self::wait_on(&self.control_cond, st, deadline)?;
         }
     }
 
@@ -469,6 +476,8 @@ impl EventHub {
                 }
             }
         }
+        drop(st);
+        self.control_cond.notify_all();
         true
     }
 }

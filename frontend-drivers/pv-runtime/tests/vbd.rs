@@ -87,7 +87,13 @@ fn platform() -> FakePlatform {
 }
 
 fn vbd<'a>(p: &'a FakePlatform, offer: Offer, mode: Mode) -> Vbd<'a, FakePlatform, Backend<'a>> {
-    let (front, back) = connected(p, offer, BlkfrontConfig::default());
+    // 32 segments a request (128 KiB), as Linux's blkfront takes by
+    // default: large transfers split into several requests.
+    let bcfg = BlkfrontConfig {
+        max_indirect_segments: 32,
+        ..BlkfrontConfig::default()
+    };
+    let (front, back) = connected(p, offer, bcfg);
     let cfg = VbdConfig {
         max_in_flight: 16,
         io_timeout: Duration::from_secs(5),

@@ -134,6 +134,9 @@ pub struct LoadConfig {
     pub poll_budget: Duration,
     /// [`BlkfrontConfig::max_queues`] of the device.
     pub queues: u32,
+    /// [`BlkfrontConfig::max_indirect_segments`] of the device (`None`:
+    /// its default).
+    pub max_indirect_segments: Option<u32>,
 }
 
 /// One pattern's result.
@@ -295,11 +298,24 @@ pub fn run_load<P: Platform + ?Sized>(
     let bcfg = BlkfrontConfig {
         poll_budget: cfg.poll_budget,
         max_queues: cfg.queues,
+        max_indirect_segments: cfg
+            .max_indirect_segments
+            .unwrap_or(BlkfrontConfig::default().max_indirect_segments),
         ..BlkfrontConfig::default()
     };
+    let opened = Instant::now();
     let mut dev = vbd::open(p, devid, bcfg, timeout)
         .map_err(|source| BlkloadError::Connect { devid, source })?;
     let disk = *dev.disk().ok_or(BlkfrontError::NotConnected)?;
+    // The host times `xl create` to this line (as the PVHVM kernel's).
+    writeln!(
+        out,
+        "blkload: vbd {devid} Connected in {} us: {} sectors of {} bytes",
+        opened.elapsed().as_micros(),
+        disk.sectors,
+        disk.sector_size
+    )?;
+    out.flush()?;
     let ss = disk.sector_size as usize;
     if ss == 0 || cfg.bs % ss != 0 {
         return Err(BlkloadError::BadParams(format!(

@@ -51,6 +51,10 @@ pub struct Args {
     /// Queues (rings) to ask blkfront for.
     #[arg(long, default_value_t = 1)]
     pub queues: u32,
+    /// Most segments per indirect request blkfront uses (default:
+    /// blkfront's own, `BlkfrontConfig::default()`).
+    #[arg(long)]
+    pub max_indirect_segments: Option<u32>,
 }
 
 /// Why the guest's load failed.
@@ -72,6 +76,7 @@ pub fn run(args: &Args) -> ExitCode {
         copy: args.blkload_copy,
         poll_budget: Duration::from_micros(args.poll_us),
         queues: args.queues,
+        max_indirect_segments: args.max_indirect_segments,
     };
     let timeout = args.attach.timeout();
     run_guest(&args.attach, PvShutdown::Ignore, |p, _ctl, out| {

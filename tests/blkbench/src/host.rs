@@ -57,6 +57,19 @@ impl Host {
         extra: &str,
         limit: Duration,
     ) -> Result<String> {
+        Ok(self.run_guest_timed(name, disk, program, extra, limit)?.0)
+    }
+
+    /// [`Self::run_guest`], also returning the time from `xl create` to
+    /// the disk's Connected line in the guest's log (`blkload` prints one).
+    pub fn run_guest_timed(
+        &mut self,
+        name: &str,
+        disk: &str,
+        program: Option<&Path>,
+        extra: &str,
+        limit: Duration,
+    ) -> Result<(String, Option<Duration>)> {
         let kernel = program.map_or(String::new(), |p| format!("kernel = '{}'\n", p.display()));
         // vcpus = 2: the guest's cgroup gets both host CPUs, as the fio
         // reference in Dom0 has (its blkfront threads are the guest's kernel).
@@ -65,14 +78,13 @@ impl Host {
              extra = '{extra}'\n\
              disk = [ '{disk}' ]\n"
         );
-        let (log, _) = self.run_cfg(
+        self.run_cfg(
             name,
             &cfg,
             &["pvguest shutdown", "frontend-failed"],
             "frontend-failed",
             limit,
-        )?;
-        Ok(log)
+        )
     }
 
     /// `xl create`s a PVHVM guest `name` booting `kernel` with `extra` as

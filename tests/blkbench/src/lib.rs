@@ -289,7 +289,9 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         if args.pvhvm_kernel.is_some() {
             bail!("--rbd and --pvhvm-kernel cannot be combined");
         }
-        let c = xen_testhost::ceph::CephCluster::start((size_mib << 20) * 3 + (256 << 20))?;
+        // Paged objects: the cluster's rates do not drift as random writes
+        // split memstore's objects (`start_paged`).
+        let c = xen_testhost::ceph::CephCluster::start_paged((size_mib << 20) * 3 + (256 << 20))?;
         c.rbd(&["import", image.to_str().context("utf-8 path")?, "rbd/bench"])?;
         std::fs::remove_file(&image).context("remove the imported file")?;
         // fio's rbd engine has no cache option: its configuration file.
@@ -355,54 +357,73 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         .collect();
     let limit = secs(60.0 + 3.0 * seconds.max(gfio_secs) * 4.0);
     for rep in 0..reps {
-        for (i, load) in loads.iter().enumerate() {
-            if args.no_native {
-                break;
-            }
-            match &ceph {
-                Some((c, client)) => {
-                    let a = fio::rbd_args("rbd", "bench", load, secs(seconds));
-                    native[i].samples.push(fio::run_ceph(&a, load.bs, client)?);
-                    rbd_bench[i].samples.push(rbd_bench_sample(
-                        c,
-                        load,
-                        secs(seconds),
-                        args.rbd_cache,
-                    )?);
+        // The references and the guest take turns going first, so that a
+        // cluster or host whose rates drift within the run favours neither.
+        let order = if rep % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for references in order {
+            if references {
+                for (i, load) in loads.iter().enumerate() {
+                    if args.no_native {
+                        break;
+                    }
+                    match &ceph {
+                        Some((c, client)) => {
+                            let a = fio::rbd_args("rbd", "bench", load, secs(seconds));
+                            native[i].samples.push(fio::run_ceph(&a, load.bs, client)?);
+                            rbd_bench[i].samples.push(rbd_bench_sample(
+                                c,
+                                load,
+                                secs(seconds),
+                                args.rbd_cache,
+                            )?);
+                        }
+                        None => {
+                            let a = fio::args(&image, load, secs(seconds), "io_uring", false);
+                            native[i].samples.push(fio::run(&a, load.bs)?);
+                        }
+                    }
                 }
-                None => {
-                    let a = fio::args(&image, load, secs(seconds), "io_uring", false);
-                    native[i].samples.push(fio::run(&a, load.bs)?);
-                }
-            }
-        }
-        // blkload runs every load of one block size in one guest.
-        for bs in [4096usize, 1 << 20] {
-            let of_bs: Vec<&Load> = loads.iter().filter(|l| l.bs == bs).collect();
-            if of_bs.is_empty() {
-                continue;
-            }
-            let patterns: Vec<&str> = of_bs.iter().map(|l| l.pattern).collect();
-            let qd = of_bs.first().map_or(32, |l| l.qd);
-            let name = format!("blkbench{}r{rep}b{bs}", std::process::id());
-            let extra = format!(
-                "--timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds} {}",
-                patterns.join(","),
-                args.blkload_args
-            );
-            let blkload = host.libexec.join("blkload");
-            let log = host.run_guest(&name, &disk, Some(&blkload), &extra, limit)?;
-            let got = parse_blkload(&log)?;
-            for l in of_bs {
-                let s = got
-                    .iter()
-                    .find(|(p, _)| p == l.pattern)
-                    .map(|(_, s)| *s)
-                    .with_context(|| {
-                        format!("the guest printed no {} result; its log:\n{log}", l.pattern)
-                    })?;
-                if let Some(r) = front.iter_mut().find(|r| r.load == *l) {
-                    r.samples.push(s);
+            } else {
+                // blkload runs every load of one block size in one guest.
+                for bs in [4096usize, 1 << 20] {
+                    let of_bs: Vec<&Load> = loads.iter().filter(|l| l.bs == bs).collect();
+                    if of_bs.is_empty() {
+                        continue;
+                    }
+                    let patterns: Vec<&str> = of_bs.iter().map(|l| l.pattern).collect();
+                    let qd = of_bs.first().map_or(32, |l| l.qd);
+                    let name = format!("blkbench{}r{rep}b{bs}", std::process::id());
+                    let extra = format!(
+                        "--timeout-secs 30 --pattern {} --bs {bs} --qd {qd} --seconds {seconds} {}",
+                        patterns.join(","),
+                        args.blkload_args
+                    );
+                    let blkload = host.libexec.join("blkload");
+                    let (log, connected) =
+                        host.run_guest_timed(&name, &disk, Some(&blkload), &extra, limit)?;
+                    if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
+                        t.push(("pv", c.as_secs_f64()));
+                    }
+                    let got = parse_blkload(&log)?;
+                    for l in of_bs {
+                        let s = got
+                            .iter()
+                            .find(|(p, _)| p == l.pattern)
+                            .map(|(_, s)| *s)
+                            .with_context(|| {
+                                format!(
+                                    "the guest printed no {} result; its log:\n{log}",
+                                    l.pattern
+                                )
+                            })?;
+                        if let Some(r) = front.iter_mut().find(|r| r.load == *l) {
+                            r.samples.push(s);
+                        }
+                    }
                 }
             }
         }
@@ -460,8 +481,10 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The `xl create` to disk-Connected times of the PVHVM guests, seconds.
-pub static CONNECT_TIMES: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+/// The `xl create` to disk-Connected times of the guests, seconds, with
+/// the guest's kind (`pv`, `pvhvm`).
+pub static CONNECT_TIMES: std::sync::Mutex<Vec<(&'static str, f64)>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Parses the PVHVM guest's `fvcompare` lines: `(path, op, sample)`.
 pub fn parse_fvcompare(log: &str) -> Result<Vec<(String, String, Sample)>> {
@@ -545,7 +568,7 @@ fn measure_pvhvm(
             let (log, connected) =
                 host.run_pvhvm_guest(&name, kernel, image, None, &extra, limit)?;
             if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
-                t.push(c.as_secs_f64());
+                t.push(("pvhvm", c.as_secs_f64()));
             }
             let got = parse_blkload(&log)?;
             for l in of_bs {
@@ -692,17 +715,30 @@ fn row_json(rows: &[Row], row: &Row) -> serde_json::Value {
     j
 }
 
-fn connect_json() -> Option<serde_json::Value> {
-    let t = CONNECT_TIMES.lock().ok()?.clone();
-    let (med, min, max) = spread(&t)?;
-    Some(serde_json::json!({
-        "impl": "pvhvm",
-        "metric": "xl_create_to_disk_connected_ms",
-        "samples": t.len(),
-        "median": med * 1e3,
-        "min": min * 1e3,
-        "max": max * 1e3,
-    }))
+/// One line per kind of guest: the `xl create` to disk-Connected times.
+fn connect_json() -> Vec<serde_json::Value> {
+    let Ok(all) = CONNECT_TIMES.lock().map(|t| t.clone()) else {
+        return Vec::new();
+    };
+    ["pv", "pvhvm"]
+        .iter()
+        .filter_map(|&kind| {
+            let t: Vec<f64> = all
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, s)| *s)
+                .collect();
+            let (med, min, max) = spread(&t)?;
+            Some(serde_json::json!({
+                "impl": kind,
+                "metric": "xl_create_to_disk_connected_ms",
+                "samples": t.len(),
+                "median": med * 1e3,
+                "min": min * 1e3,
+                "max": max * 1e3,
+            }))
+        })
+        .collect()
 }
 
 /// Runs the benchmark and prints the table (or the JSON lines).
@@ -712,7 +748,7 @@ pub fn run(args: &Args) -> Result<()> {
         for r in &rows {
             println!("{}", row_json(&rows, r));
         }
-        if let Some(c) = connect_json() {
+        for c in connect_json() {
             println!("{c}");
         }
         return Ok(());
@@ -745,9 +781,10 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    if let Some(c) = connect_json() {
+    for c in connect_json() {
         println!(
-            "pvhvm: xl create to disk Connected: median {:.1} ms ({:.1}..{:.1}) over {} guests",
+            "{}: xl create to disk Connected: median {:.1} ms ({:.1}..{:.1}) over {} guests",
+            c["impl"].as_str().unwrap_or("?"),
             c["median"].as_f64().unwrap_or(0.0),
             c["min"].as_f64().unwrap_or(0.0),
             c["max"].as_f64().unwrap_or(0.0),

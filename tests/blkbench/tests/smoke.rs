@@ -49,7 +49,26 @@ fn test_blkbench_quick_json_rows_have_the_documented_shape() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
         .collect();
-    assert_eq!(rows.len(), 9, "3 impls x 3 loads: {stdout}");
+    assert_eq!(
+        rows.len(),
+        10,
+        "3 impls x 3 loads and the PV guests' connect times: {stdout}"
+    );
+    let connect = rows
+        .iter()
+        .find(|r| r["metric"] == "xl_create_to_disk_connected_ms")
+        .unwrap_or_else(|| panic!("no connect-time line: {stdout}"));
+    assert_eq!(connect["impl"], "pv", "{connect}");
+    assert!(
+        connect["samples"].as_u64().is_some_and(|n| n >= 2),
+        "{connect}"
+    );
+    for k in ["median", "min", "max"] {
+        assert!(
+            connect[k].as_f64().is_some_and(|x| x > 0.0 && x < 30_000.0),
+            "{k} of {connect}"
+        );
+    }
     for imp in ["fio-native", "blkfront", "fio-guest"] {
         for pat in ["randread", "seqread", "seqwrite"] {
             let r = rows
