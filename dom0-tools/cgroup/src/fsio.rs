@@ -104,11 +104,15 @@ pub(crate) fn rmdir(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// Has the process `cmd` spawns write `0` (itself) to each directory's
-/// `cgroup.procs` between fork and exec.
-pub(crate) fn enter_on_exec(dirs: &[PathBuf], cmd: &mut Command) -> Result<(), CgroupError> {
+/// `file` (`cgroup.procs`, or v1's `tasks`) between fork and exec.
+pub(crate) fn enter_on_exec(
+    dirs: &[PathBuf],
+    file: &str,
+    cmd: &mut Command,
+) -> Result<(), CgroupError> {
     let mut fds = Vec::new();
     for d in dirs {
-        let p = d.join("cgroup.procs");
+        let p = d.join(file);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&p)

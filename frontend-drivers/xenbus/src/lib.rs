@@ -47,4 +47,4 @@ pub mod state;
 pub use client::{ClientConfig, ClientStats, WatchEvent, XenbusClient};
 pub use error::XenbusError;
 pub use events::{FnEvents, PlatformEvents, XenbusEvents};
-pub use frontend::{FrontendDevice, FrontendError, NodeWriter};
+pub use frontend::{numbered_key, FrontendDevice, FrontendError, NodeWriter};

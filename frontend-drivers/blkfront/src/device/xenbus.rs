@@ -12,7 +12,7 @@ use xen_abi::io::blkif::{keys, XEN_IO_PROTO_ABI_NATIVE};
 use xen_abi::io::xenbus::XenbusState;
 use xen_front_platform::{Platform, PlatformError, XsWatchEvent};
 use xen_ring::{FrontRing, SharedRing};
-use xen_xenbus::NodeWriter;
+use xen_xenbus::{numbered_key, NodeWriter};
 
 use super::{plat, BlkFront, BlkStatus, FrontState, Queue};
 use crate::error::{BlkfrontError, FailReason};
@@ -159,19 +159,18 @@ impl<'p, P: Platform + ?Sized> BlkFront<'p, P> {
     }
 
     fn write_transport_in(&self, w: &NodeWriter<'_, P>) -> Result<(), PlatformError> {
-        // Remove what an earlier connection may have left.
-        for k in [
-            keys::RING_REF,
-            keys::EVENT_CHANNEL,
-            keys::RING_PAGE_ORDER,
-            keys::MULTI_QUEUE_NUM_QUEUES,
-        ] {
-            w.remove(k)?;
-        }
-        for i in 0..16 {
-            w.remove(&format!("{}{i}", keys::RING_REF))?;
-            w.remove(&format!("{}{i}", keys::QUEUE_PREFIX))?;
-        }
+        // Remove what an earlier connection may have left: the transport
+        // keys, `ring-refN` and `queue-N`.
+        w.remove_where(|k| {
+            [
+                keys::EVENT_CHANNEL,
+                keys::RING_PAGE_ORDER,
+                keys::MULTI_QUEUE_NUM_QUEUES,
+            ]
+            .contains(&k)
+                || numbered_key(k, keys::RING_REF)
+                || numbered_key(k, keys::QUEUE_PREFIX)
+        })?;
         let write_queue = |prefix: &str, q: &Queue| -> Result<(), PlatformError> {
             if q.grefs.len() == 1 {
                 w.write(&format!("{prefix}{}", keys::RING_REF), q.grefs[0])?;

@@ -15,11 +15,9 @@ use xen_abi::io::netif::{keys, NETIF_RX_RING_SIZE, NETIF_TX_RING_SIZE};
 use xen_abi::io::xenbus::XenbusState;
 use xen_front_platform::{Platform, PlatformError, SharedPages, XsWatchEvent};
 use xen_ring::{FrontRing, SharedRing};
-use xen_xenbus::NodeWriter;
+use xen_xenbus::{numbered_key, NodeWriter};
 
-use super::{
-    plat, BackendOffer, Deferred, FrontState, NetFront, Queue, QueueStats, RetiredTx, MAX_QUEUES,
-};
+use super::{plat, BackendOffer, Deferred, FrontState, NetFront, Queue, QueueStats, RetiredTx};
 use crate::error::{FailReason, NetfrontError};
 use crate::request::{rx_request, MAX_EXTRAS, MAX_SLOTS};
 
@@ -251,20 +249,20 @@ impl<'p, P: Platform + ?Sized> NetFront<'p, P> {
     }
 
     pub(super) fn write_transport_in(&self, w: &NodeWriter<'_, P>) -> Result<(), PlatformError> {
-        // Remove what an earlier connection may have left.
-        for k in [
-            keys::TX_RING_REF,
-            keys::RX_RING_REF,
-            keys::EVENT_CHANNEL,
-            keys::EVENT_CHANNEL_TX,
-            keys::EVENT_CHANNEL_RX,
-            keys::MULTI_QUEUE_NUM_QUEUES,
-        ] {
-            w.remove(k)?;
-        }
-        for i in 0..MAX_QUEUES {
-            w.remove(&format!("{}{i}", keys::QUEUE_PREFIX))?;
-        }
+        // Remove what an earlier connection may have left: the transport
+        // keys and `queue-N`.
+        w.remove_where(|k| {
+            [
+                keys::TX_RING_REF,
+                keys::RX_RING_REF,
+                keys::EVENT_CHANNEL,
+                keys::EVENT_CHANNEL_TX,
+                keys::EVENT_CHANNEL_RX,
+                keys::MULTI_QUEUE_NUM_QUEUES,
+            ]
+            .contains(&k)
+                || numbered_key(k, keys::QUEUE_PREFIX)
+        })?;
         let write_queue = |prefix: &str, q: &Queue| -> Result<(), PlatformError> {
             w.write(&format!("{prefix}{}", keys::TX_RING_REF), q.tx_ring_gref)?;
             w.write(&format!("{prefix}{}", keys::RX_RING_REF), q.rx_ring_gref)?;
