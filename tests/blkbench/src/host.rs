@@ -48,20 +48,8 @@ impl Host {
     /// running `program`
     /// (`kernel=`; default `xl`'s, the `xen-pvguest` runtime) with `extra`
     /// as its command line, waits until it shut down (or `limit`), destroys
-    /// it and returns its console log.
-    pub fn run_guest(
-        &mut self,
-        name: &str,
-        disk: &str,
-        program: Option<&Path>,
-        extra: &str,
-        limit: Duration,
-    ) -> Result<String> {
-        Ok(self.run_guest_timed(name, disk, program, extra, limit)?.0)
-    }
-
-    /// [`Self::run_guest`], also returning the time from `xl create` to
-    /// the disk's Connected line in the guest's log (`blkload` prints one).
+    /// it and returns its console log and the time from `xl create` to the
+    /// disk's Connected line in that log (`blkload` prints one).
     pub fn run_guest_timed(
         &mut self,
         name: &str,

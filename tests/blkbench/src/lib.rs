@@ -405,25 +405,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
                     let blkload = host.libexec.join("blkload");
                     let (log, connected) =
                         host.run_guest_timed(&name, &disk, Some(&blkload), &extra, limit)?;
-                    if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
-                        t.push(("pv", c.as_secs_f64()));
-                    }
-                    let got = parse_blkload(&log)?;
-                    for l in of_bs {
-                        let s = got
-                            .iter()
-                            .find(|(p, _)| p == l.pattern)
-                            .map(|(_, s)| *s)
-                            .with_context(|| {
-                                format!(
-                                    "the guest printed no {} result; its log:\n{log}",
-                                    l.pattern
-                                )
-                            })?;
-                        if let Some(r) = front.iter_mut().find(|r| r.load == *l) {
-                            r.samples.push(s);
-                        }
-                    }
+                    record_guest("pv", connected, &log, &of_bs, &mut front)?;
                 }
             }
         }
@@ -453,7 +435,7 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
             }
             let name = format!("blkbench{}r{rep}fio", std::process::id());
             let extra = format!("pvguest.timeout=30 init={}", script.display());
-            let log = host.run_guest(&name, &disk, None, &extra, limit)?;
+            let log = host.run_guest_timed(&name, &disk, None, &extra, limit)?.0;
             if !log.contains("guest-fio-done") {
                 bail!("fio in the guest failed; its log:\n{log}");
             }
@@ -479,6 +461,38 @@ pub fn measure(args: &Args) -> Result<Vec<Row>> {
         )?);
     }
     Ok(rows)
+}
+
+/// Takes a `blkload` guest's results: its `xl create` to disk-Connected
+/// time into [`CONNECT_TIMES`] (as `kind`), and a sample for each load of
+/// `loads` into its row of `rows`.
+fn record_guest(
+    kind: &'static str,
+    connected: Option<Duration>,
+    log: &str,
+    loads: &[&Load],
+    rows: &mut [Row],
+) -> Result<()> {
+    if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
+        t.push((kind, c.as_secs_f64()));
+    }
+    let got = parse_blkload(log)?;
+    for l in loads {
+        let s = got
+            .iter()
+            .find(|(p, _)| p == l.pattern)
+            .map(|(_, s)| *s)
+            .with_context(|| {
+                format!(
+                    "the {kind} guest printed no {} result; its log:\n{log}",
+                    l.pattern
+                )
+            })?;
+        if let Some(r) = rows.iter_mut().find(|r| r.load == **l) {
+            r.samples.push(s);
+        }
+    }
+    Ok(())
 }
 
 /// The `xl create` to disk-Connected times of the guests, seconds, with
@@ -567,25 +581,7 @@ fn measure_pvhvm(
             );
             let (log, connected) =
                 host.run_pvhvm_guest(&name, kernel, image, None, &extra, limit)?;
-            if let (Some(c), Ok(mut t)) = (connected, CONNECT_TIMES.lock()) {
-                t.push(("pvhvm", c.as_secs_f64()));
-            }
-            let got = parse_blkload(&log)?;
-            for l in of_bs {
-                let s = got
-                    .iter()
-                    .find(|(p, _)| p == l.pattern)
-                    .map(|(_, s)| *s)
-                    .with_context(|| {
-                        format!(
-                            "the PVHVM guest printed no {} result; its log:\n{log}",
-                            l.pattern
-                        )
-                    })?;
-                if let Some(r) = rows.iter_mut().find(|r| r.load == *l) {
-                    r.samples.push(s);
-                }
-            }
+            record_guest("pvhvm", connected, &log, &of_bs, &mut rows)?;
         }
         let name = format!("blkbench{}r{rep}fv", std::process::id());
         let extra = format!("fvcompare bs=4096 secs={}", secs_u.min(2));
