@@ -41,7 +41,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use xen_abi::io::xenbus::XenbusState;
-use xen_blkfront::{BlkFront, BlkfrontConfig, BlkfrontError, FrontState};
+use xen_blkfront::{BlkFront, BlkfrontError, FrontState};
 use xen_front_platform::{Platform, XBT_NIL};
 
 use crate::blockfile::{self, BlockFile, BlockFileUnmounter, BlockfileError};
@@ -455,8 +455,8 @@ where
     fn attach_disk(&mut self, s: &'scope Scope<'scope, '_>, devid: u32) -> Result<(), String> {
         let p = self.p;
         let name = vbd::vdev_name(devid).ok_or_else(|| format!("no_xvd_name_for_{devid}"))?;
-        let dev =
-            vbd::open(p, devid, BlkfrontConfig::default(), self.timeout).map_err(|e| words(&e))?;
+        let dev = vbd::open(p, devid, vbd::runtime_blkfront_config(), self.timeout)
+            .map_err(|e| words(&e))?;
         let backend = dev.backend_path().to_owned();
         let ctl = Arc::new(DiskCtl::default());
         let waiter = HotWaiter {

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use xen_blkfront::BlkfrontConfig;
 use xen_front_platform::{Platform, XBT_NIL};
 
 use crate::blockfile::{self, BlockFile, BlockfileError};
@@ -150,7 +149,7 @@ pub fn run_with_disks<P: Platform + Sync + ?Sized>(
     let mut disks = Vec::new();
     for &devid in &ids {
         let name = vbd::vdev_name(devid).ok_or(PvdiskError::BadDevid(devid))?;
-        let dev = vbd::open(p, devid, BlkfrontConfig::default(), timeout)
+        let dev = vbd::open(p, devid, vbd::runtime_blkfront_config(), timeout)
             .map_err(|source| PvdiskError::Connect { devid, source })?;
         let waiter = EventWaiter::new(p, Duration::from_millis(50));
         let d = Vbd::new(p, dev, waiter, VbdConfig::default())
