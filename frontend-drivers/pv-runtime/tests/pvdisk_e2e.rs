@@ -512,5 +512,11 @@ fn test_xl_create_with_unreachable_nbd_server_fails_naming_the_disk() -> Result<
     // No domain is left behind.
     let list = host.xl_ok(&["list"])?;
     assert!(!list.contains(&name), "{list}");
+    // The runtime, forked as soon as the domain existed, was held before
+    // exec and never ran: its early log is empty.
+    let early = host.rundir().join(format!("pvguest-{name}.log"));
+    let text =
+        std::fs::read_to_string(&early).map_err(|e| anyhow::anyhow!("{}: {e}", early.display()))?;
+    assert!(text.is_empty(), "the refused guest's runtime ran: {text}");
     Ok(())
 }
